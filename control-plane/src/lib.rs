@@ -1,0 +1,6 @@
+//! Airlock's control plane: the only writer of the event log. It validates
+//! commands against the current projection, appends events, relays them to the
+//! bus, and serves the REST and gRPC APIs over the same command handlers.
+
+pub mod eventlog;
+pub mod secrets;

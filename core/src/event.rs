@@ -1,0 +1,81 @@
+//! The events of a tenant's log, as the domain sees them. The protobuf form in
+//! `airlock-proto` is the stored and distributed encoding; conversions live there.
+
+use serde::{Deserialize, Serialize};
+
+use crate::connection::ConnectionSpec;
+use crate::ids::{ConnectionId, IssuerId, KeyId, TenantId};
+use crate::principal::{AdminScope, PrincipalKind};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    TenantCreated { tenant_id: TenantId, name: String },
+    ConnectionRegistered { spec: ConnectionSpec },
+    ConnectionUpdated { spec: ConnectionSpec },
+    ConnectionRemoved { connection_id: ConnectionId, name: String },
+    PolicyApplied { version: u64, source: String, digest: String },
+    IssuerTrusted { issuer: TrustedIssuer },
+    IssuerRemoved { issuer_id: IssuerId },
+    ApiKeyIssued { key_id: KeyId, name: String, sha256: String, scope: AdminScope },
+    ApiKeyRevoked { key_id: KeyId },
+    SigningKeyAdded { kid: String, algorithm: String, public_key: Vec<u8> },
+    TokenIssued { jti: String, subject: String, groups: Vec<String>, expires_at_unix: i64 },
+}
+
+impl Event {
+    /// The event's type name, as stored beside it and shown in `GET /v1/events`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::TenantCreated { .. } => "tenant_created",
+            Event::ConnectionRegistered { .. } => "connection_registered",
+            Event::ConnectionUpdated { .. } => "connection_updated",
+            Event::ConnectionRemoved { .. } => "connection_removed",
+            Event::PolicyApplied { .. } => "policy_applied",
+            Event::IssuerTrusted { .. } => "issuer_trusted",
+            Event::IssuerRemoved { .. } => "issuer_removed",
+            Event::ApiKeyIssued { .. } => "api_key_issued",
+            Event::ApiKeyRevoked { .. } => "api_key_revoked",
+            Event::SigningKeyAdded { .. } => "signing_key_added",
+            Event::TokenIssued { .. } => "token_issued",
+        }
+    }
+}
+
+/// An OIDC issuer a tenant trusts, and how its claims become a principal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedIssuer {
+    pub id: IssuerId,
+    pub name: String,
+    /// The `iss` claim, exactly; discovery is at `{issuer_url}/.well-known/openid-configuration`.
+    pub issuer_url: String,
+    /// The `aud` the token must carry.
+    pub audience: String,
+    /// Which claim names the subject (`sub`, or e.g. a CI provider's `repository`).
+    pub subject_claim: String,
+    /// Which claim lists groups (empty: none).
+    pub groups_claim: String,
+    pub principal_kind: PrincipalKind,
+}
+
+/// Stream names: the unit of optimistic concurrency in the log.
+pub mod stream {
+    use crate::ids::{ConnectionId, IssuerId, KeyId};
+
+    pub const TENANT: &str = "tenant";
+    pub const POLICY: &str = "policy";
+    pub const SIGNING_KEYS: &str = "signing-keys";
+    pub const TOKENS: &str = "tokens";
+
+    pub fn connection(id: &ConnectionId) -> String {
+        format!("connection/{id}")
+    }
+
+    pub fn issuer(id: &IssuerId) -> String {
+        format!("issuer/{id}")
+    }
+
+    pub fn api_key(id: &KeyId) -> String {
+        format!("api-key/{id}")
+    }
+}

@@ -1,0 +1,17 @@
+//! Airlock's domain, with no I/O: identifiers, the events of the log, the pure
+//! fold that turns a tenant's events into its state, the hash chain over those
+//! events, and the policy model. Every other crate calls into this one.
+
+pub mod chain;
+pub mod connection;
+pub mod duration;
+pub mod event;
+pub mod ids;
+pub mod policy;
+pub mod principal;
+pub mod snapshot;
+pub mod state;
+
+pub use event::Event;
+pub use ids::{ConnectionId, IssuerId, KeyId, TenantId};
+pub use state::{ApplyError, TenantState};

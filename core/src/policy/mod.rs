@@ -1,0 +1,53 @@
+//! The policy model: a versioned YAML document per tenant with access rules
+//! (who may hold which role on which connections, for how long, with which
+//! approval), command rules (per statement: allow, deny or review) and masking
+//! rules. `Policy::parse` reads and validates a document; a document it refuses
+//! names the field and the reason.
+
+mod document;
+mod model;
+
+pub use model::*;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a policy document was refused: which field, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct PolicyError {
+    /// A path into the document, e.g. `access[1].max_ttl` (empty for the whole document).
+    pub field: String,
+    pub reason: String,
+}
+
+impl PolicyError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// The largest policy document accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+impl Policy {
+    /// Reads and validates a YAML policy document.
+    pub fn parse(source: &str) -> Result<Policy, PolicyError> {
+        if source.len() > MAX_DOCUMENT_BYTES {
+            return Err(PolicyError::new("", format!("document is larger than {MAX_DOCUMENT_BYTES} bytes")));
+        }
+        let doc: document::Document = serde_norway::from_str(source).map_err(yaml_error)?;
+        doc.validate()
+    }
+}
+
+/// serde's YAML errors read `access[1]: unknown field ...`: split the path off as the field.
+fn yaml_error(e: serde_norway::Error) -> PolicyError {
+    let text = e.to_string();
+    match text.split_once(": ") {
+        Some((path, reason)) if !path.contains(' ') => PolicyError::new(path, reason),
+        _ => PolicyError::new("", text),
+    }
+}
+
+#[cfg(test)]
+mod tests;

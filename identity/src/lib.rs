@@ -1,0 +1,43 @@
+//! Identity: turns a bearer token into a verified [`Principal`], and mints
+//! Airlock's own short-lived tokens.
+//!
+//! Three kinds of bearer token are understood:
+//! - OIDC JWTs from an issuer a tenant trusts (an IdP for people, a CI provider
+//!   for jobs), verified against the issuer's JWKS (discovered, cached, refetched
+//!   on an unknown `kid` at most once per cooldown);
+//! - Airlock's own JWTs, signed with a per-tenant Ed25519 key whose public half
+//!   is in the tenant's event log (so workers verify them with no network call);
+//! - opaque API keys (`alk_...`), of which only the SHA-256 is known.
+//!
+//! Lookups go through [`Directory`], implemented by whoever holds the tenants'
+//! projected state (the control plane and every worker).
+
+use airlock_core::event::TrustedIssuer;
+use airlock_core::principal::Principal;
+use airlock_core::state::{ApiKey, SigningKey};
+use airlock_core::TenantId;
+
+/// The `aud` of every token Airlock mints.
+pub const AIRLOCK_AUDIENCE: &str = "airlock";
+
+/// The prefix of opaque API keys.
+pub const API_KEY_PREFIX: &str = "alk_";
+
+/// What the verifier needs to know about tenants. Implementations answer from
+/// memory; none of these may do I/O.
+pub trait Directory: Send + Sync {
+    /// Every (tenant, issuer) whose `issuer_url` equals `iss`.
+    fn issuers_for(&self, iss: &str) -> Vec<(TenantId, TrustedIssuer)>;
+    /// The tenant owning an Airlock signing key, and the key.
+    fn signing_key(&self, kid: &str) -> Option<(TenantId, SigningKey)>;
+    /// The tenant owning an API key with this SHA-256 (hex), and the key.
+    fn api_key(&self, sha256_hex: &str) -> Option<(TenantId, ApiKey)>;
+}
+
+/// Why a token was refused. The message is safe to show the client: it never
+/// contains the token, a key, or an internal address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
+pub fn principal_placeholder(_: &Principal) {}

@@ -1,0 +1,185 @@
+//! The event bus: how committed events travel from the control plane's outbox
+//! relay to every data-plane worker.
+//!
+//! NATS JetStream in a deployment (one subject per tenant, `{prefix}.events.{tenant}`),
+//! an in-process broadcast channel in `airlock up`. Neither is the source of truth:
+//! delivery is at least once and may skip (a lagging subscriber, a bus outage), so
+//! consumers apply idempotently by `seq` and backfill any gap from the control plane.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, stream};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio::sync::broadcast;
+
+use crate::v1::EventRecord;
+
+pub type RecordStream = Pin<Box<dyn Stream<Item = EventRecord> + Send>>;
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Only records published from now on (a worker that has just taken a snapshot).
+    New,
+    /// Every record the bus still holds.
+    Beginning,
+}
+
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes a committed record and returns once the bus has accepted it.
+    async fn publish(&self, record: &EventRecord) -> anyhow::Result<()>;
+
+    /// Records of every tenant. The stream ends when the bus is gone; it may skip
+    /// records, which consumers notice as a gap in `seq`.
+    async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream>;
+}
+
+/// The in-process bus of the embedded mode.
+#[derive(Clone)]
+pub struct MemoryBus {
+    // Bound: 4096 records. A subscriber that falls further behind skips ahead and
+    // backfills the gap from the log; the publisher never waits.
+    tx: broadcast::Sender<EventRecord>,
+}
+
+impl MemoryBus {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Self { tx }
+    }
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, record: &EventRecord) -> anyhow::Result<()> {
+        // No subscribers is not an error: the record is in the log.
+        let _ = self.tx.send(record.clone());
+        Ok(())
+    }
+
+    async fn subscribe(&self, _start: StartAt) -> anyhow::Result<RecordStream> {
+        let rx = self.tx.subscribe();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| async move { r.ok() });
+        Ok(Box::pin(stream))
+    }
+}
+
+/// Settings of the NATS bus.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    pub url: String,
+    /// Subject prefix and stream name stem, so several installations (or tests) can
+    /// share one NATS server: subjects `{prefix}.events.{tenant}`, stream `{PREFIX}_EVENTS`.
+    pub prefix: String,
+    /// How long JetStream keeps records. Older ones are backfilled from the log.
+    pub max_age: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self { url: "nats://127.0.0.1:4222".into(), prefix: "airlock".into(), max_age: Duration::from_secs(24 * 3600) }
+    }
+}
+
+/// JetStream: durable, deduplicated by `{tenant}:{seq}` within its window.
+#[derive(Clone)]
+pub struct NatsBus {
+    js: jetstream::Context,
+    stream_name: String,
+    prefix: String,
+}
+
+impl NatsBus {
+    pub async fn connect(options: &NatsOptions) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name("airlock")
+            .retry_on_initial_connect()
+            .connect(&options.url)
+            .await?;
+        Self::with_client(client, options).await
+    }
+
+    pub async fn with_client(client: async_nats::Client, options: &NatsOptions) -> anyhow::Result<Self> {
+        let js = jetstream::new(client);
+        let stream_name = format!("{}_EVENTS", options.prefix.to_uppercase().replace(['.', '-', '*', '>'], "_"));
+        js.get_or_create_stream(stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{}.events.>", options.prefix)],
+            max_age: options.max_age,
+            duplicate_window: Duration::from_secs(120),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating JetStream stream {stream_name}: {e}"))?;
+        Ok(Self { js, stream_name, prefix: options.prefix.clone() })
+    }
+
+    pub fn subject(&self, tenant_id: &str) -> String {
+        format!("{}.events.{tenant_id}", self.prefix)
+    }
+
+    pub fn stream_name(&self) -> &str {
+        &self.stream_name
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, record: &EventRecord) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{}:{}", record.tenant_id, record.seq).as_str());
+        let ack = self
+            .js
+            .publish_with_headers(self.subject(&record.tenant_id), headers, record.encode_to_vec().into())
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing to NATS: {e}"))?;
+        ack.await.map_err(|e| anyhow::anyhow!("NATS did not acknowledge: {e}"))?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream> {
+        let stream = self
+            .js
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening JetStream stream {}: {e}", self.stream_name))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.events.>", self.prefix),
+                deliver_policy: match start {
+                    StartAt::New => DeliverPolicy::New,
+                    StartAt::Beginning => DeliverPolicy::All,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("creating NATS consumer: {e}"))?;
+        let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("reading NATS consumer: {e}"))?;
+        let records = messages.filter_map(|m| async move {
+            match m {
+                Ok(m) => match EventRecord::decode(m.payload.as_ref()) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!("skipping an undecodable bus message: {e}");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("NATS consumer error: {e}");
+                    None
+                }
+            }
+        });
+        Ok(Box::pin(records))
+    }
+}

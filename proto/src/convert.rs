@@ -1,0 +1,259 @@
+//! Core events ⇄ their protobuf encoding. The encoding is what the log stores and
+//! hashes; decoding refuses anything it cannot map back into the domain.
+
+use std::collections::BTreeMap;
+
+use airlock_core::connection::{ConnectionKind, ConnectionSpec, CredentialMode, TargetTls};
+use airlock_core::event::TrustedIssuer;
+use airlock_core::principal::{AdminScope, PrincipalKind};
+use airlock_core::{ConnectionId, Event, IssuerId, KeyId, TenantId};
+use prost::Message;
+
+use crate::v1::{self, event::Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event payload is not valid protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("event payload has no kind (written by a newer version?)")]
+    Empty,
+    #[error("event field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> DecodeError {
+    DecodeError::Field { field, reason: reason.into() }
+}
+
+fn id<T: std::str::FromStr>(name: &'static str, s: &str) -> Result<T, DecodeError> {
+    s.parse().map_err(|_| field(name, format!("{s:?} is not a valid id")))
+}
+
+/// The stored bytes of an event.
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    to_proto(event).encode_to_vec()
+}
+
+pub fn decode_event(payload: &[u8]) -> Result<Event, DecodeError> {
+    from_proto(v1::Event::decode(payload)?)
+}
+
+pub fn to_proto(event: &Event) -> v1::Event {
+    let kind = match event {
+        Event::TenantCreated { tenant_id, name } => {
+            Kind::TenantCreated(v1::TenantCreated { tenant_id: tenant_id.to_string(), name: name.clone() })
+        }
+        Event::ConnectionRegistered { spec } => {
+            Kind::ConnectionRegistered(v1::ConnectionRegistered { spec: Some(spec_to_proto(spec)) })
+        }
+        Event::ConnectionUpdated { spec } => {
+            Kind::ConnectionUpdated(v1::ConnectionUpdated { spec: Some(spec_to_proto(spec)) })
+        }
+        Event::ConnectionRemoved { connection_id, name } => Kind::ConnectionRemoved(v1::ConnectionRemoved {
+            connection_id: connection_id.to_string(),
+            name: name.clone(),
+        }),
+        Event::PolicyApplied { version, source, digest } => Kind::PolicyApplied(v1::PolicyApplied {
+            version: *version,
+            source: source.clone(),
+            digest: digest.clone(),
+        }),
+        Event::IssuerTrusted { issuer } => Kind::IssuerTrusted(v1::IssuerTrusted {
+            issuer_id: issuer.id.to_string(),
+            name: issuer.name.clone(),
+            issuer_url: issuer.issuer_url.clone(),
+            audience: issuer.audience.clone(),
+            subject_claim: issuer.subject_claim.clone(),
+            groups_claim: issuer.groups_claim.clone(),
+            principal_kind: issuer.principal_kind.as_str().to_owned(),
+        }),
+        Event::IssuerRemoved { issuer_id } => {
+            Kind::IssuerRemoved(v1::IssuerRemoved { issuer_id: issuer_id.to_string() })
+        }
+        Event::ApiKeyIssued { key_id, name, sha256, scope } => Kind::ApiKeyIssued(v1::ApiKeyIssued {
+            key_id: key_id.to_string(),
+            name: name.clone(),
+            sha256: sha256.clone(),
+            scope: scope_str(*scope).to_owned(),
+        }),
+        Event::ApiKeyRevoked { key_id } => Kind::ApiKeyRevoked(v1::ApiKeyRevoked { key_id: key_id.to_string() }),
+        Event::SigningKeyAdded { kid, algorithm, public_key } => Kind::SigningKeyAdded(v1::SigningKeyAdded {
+            kid: kid.clone(),
+            algorithm: algorithm.clone(),
+            public_key: public_key.clone(),
+        }),
+        Event::TokenIssued { jti, subject, groups, expires_at_unix } => Kind::TokenIssued(v1::TokenIssued {
+            jti: jti.clone(),
+            subject: subject.clone(),
+            groups: groups.clone(),
+            expires_at_unix: *expires_at_unix,
+        }),
+    };
+    v1::Event { kind: Some(kind) }
+}
+
+pub fn from_proto(event: v1::Event) -> Result<Event, DecodeError> {
+    Ok(match event.kind.ok_or(DecodeError::Empty)? {
+        Kind::TenantCreated(e) => Event::TenantCreated { tenant_id: id::<TenantId>("tenant_id", &e.tenant_id)?, name: e.name },
+        Kind::ConnectionRegistered(e) => {
+            Event::ConnectionRegistered { spec: spec_from_proto(e.spec.ok_or_else(|| field("spec", "missing"))?)? }
+        }
+        Kind::ConnectionUpdated(e) => {
+            Event::ConnectionUpdated { spec: spec_from_proto(e.spec.ok_or_else(|| field("spec", "missing"))?)? }
+        }
+        Kind::ConnectionRemoved(e) => Event::ConnectionRemoved {
+            connection_id: id::<ConnectionId>("connection_id", &e.connection_id)?,
+            name: e.name,
+        },
+        Kind::PolicyApplied(e) => Event::PolicyApplied { version: e.version, source: e.source, digest: e.digest },
+        Kind::IssuerTrusted(e) => Event::IssuerTrusted {
+            issuer: TrustedIssuer {
+                id: id::<IssuerId>("issuer_id", &e.issuer_id)?,
+                name: e.name,
+                issuer_url: e.issuer_url,
+                audience: e.audience,
+                subject_claim: e.subject_claim,
+                groups_claim: e.groups_claim,
+                principal_kind: PrincipalKind::parse(&e.principal_kind)
+                    .ok_or_else(|| field("principal_kind", e.principal_kind.clone()))?,
+            },
+        },
+        Kind::IssuerRemoved(e) => Event::IssuerRemoved { issuer_id: id::<IssuerId>("issuer_id", &e.issuer_id)? },
+        Kind::ApiKeyIssued(e) => Event::ApiKeyIssued {
+            key_id: id::<KeyId>("key_id", &e.key_id)?,
+            name: e.name,
+            sha256: e.sha256,
+            scope: parse_scope(&e.scope).ok_or_else(|| field("scope", e.scope.clone()))?,
+        },
+        Kind::ApiKeyRevoked(e) => Event::ApiKeyRevoked { key_id: id::<KeyId>("key_id", &e.key_id)? },
+        Kind::SigningKeyAdded(e) => {
+            Event::SigningKeyAdded { kid: e.kid, algorithm: e.algorithm, public_key: e.public_key }
+        }
+        Kind::TokenIssued(e) => Event::TokenIssued {
+            jti: e.jti,
+            subject: e.subject,
+            groups: e.groups,
+            expires_at_unix: e.expires_at_unix,
+        },
+    })
+}
+
+fn scope_str(scope: AdminScope) -> &'static str {
+    match scope {
+        AdminScope::None => "none",
+        AdminScope::Tenant => "tenant_admin",
+        AdminScope::Platform => "platform_admin",
+    }
+}
+
+fn parse_scope(s: &str) -> Option<AdminScope> {
+    Some(match s {
+        "none" => AdminScope::None,
+        "tenant_admin" => AdminScope::Tenant,
+        "platform_admin" => AdminScope::Platform,
+        _ => return None,
+    })
+}
+
+fn spec_to_proto(spec: &ConnectionSpec) -> v1::ConnectionSpec {
+    v1::ConnectionSpec {
+        connection_id: spec.id.to_string(),
+        name: spec.name.clone(),
+        kind: spec.kind.as_str().to_owned(),
+        address: spec.address.clone(),
+        database: spec.database.clone(),
+        tls: spec.tls.as_str().to_owned(),
+        roles: spec
+            .roles
+            .iter()
+            .map(|(name, target_role)| v1::RoleMapping { name: name.clone(), target_role: target_role.clone() })
+            .collect(),
+        labels: spec.labels.iter().map(|(key, value)| v1::Label { key: key.clone(), value: value.clone() }).collect(),
+        credential_mode: spec.credential_mode.as_str().to_owned(),
+        secret_version: spec.secret_version,
+        admin_user: spec.credential_user.clone(),
+    }
+}
+
+fn spec_from_proto(p: v1::ConnectionSpec) -> Result<ConnectionSpec, DecodeError> {
+    Ok(ConnectionSpec {
+        id: id::<ConnectionId>("connection_id", &p.connection_id)?,
+        kind: ConnectionKind::parse(&p.kind).ok_or_else(|| field("kind", p.kind.clone()))?,
+        tls: TargetTls::parse(&p.tls).ok_or_else(|| field("tls", p.tls.clone()))?,
+        credential_mode: CredentialMode::parse(&p.credential_mode)
+            .ok_or_else(|| field("credential_mode", p.credential_mode.clone()))?,
+        name: p.name,
+        address: p.address,
+        database: p.database,
+        roles: p.roles.into_iter().map(|r| (r.name, r.target_role)).collect::<BTreeMap<_, _>>(),
+        labels: p.labels.into_iter().map(|l| (l.key, l.value)).collect::<BTreeMap<_, _>>(),
+        credential_user: p.admin_user,
+        secret_version: p.secret_version,
+    })
+}
+
+/// The chain header of a stored record.
+pub fn header(record: &v1::EventRecord) -> airlock_core::chain::Header<'_> {
+    airlock_core::chain::Header {
+        tenant_id: &record.tenant_id,
+        seq: record.seq,
+        stream: &record.stream,
+        stream_version: record.stream_version,
+        occurred_at_unix_ms: record.occurred_at_unix_ms,
+        actor: &record.actor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips() {
+        let spec = ConnectionSpec {
+            id: ConnectionId::new(),
+            name: "pg".into(),
+            kind: ConnectionKind::Postgres,
+            address: "127.0.0.1:5432".into(),
+            database: "app".into(),
+            tls: TargetTls::Prefer,
+            roles: [("readonly".to_owned(), "app_readonly".to_owned())].into(),
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            credential_mode: CredentialMode::SessionRole,
+            credential_user: "postgres".into(),
+            secret_version: 1,
+        };
+        let events = vec![
+            Event::TenantCreated { tenant_id: TenantId::new(), name: "t".into() },
+            Event::ConnectionRegistered { spec: spec.clone() },
+            Event::ConnectionUpdated { spec },
+            Event::ConnectionRemoved { connection_id: ConnectionId::new(), name: "pg".into() },
+            Event::PolicyApplied { version: 2, source: "version: 1".into(), digest: "ab".into() },
+            Event::IssuerTrusted {
+                issuer: TrustedIssuer {
+                    id: IssuerId::new(),
+                    name: "ci".into(),
+                    issuer_url: "https://ci".into(),
+                    audience: "airlock".into(),
+                    subject_claim: "repository".into(),
+                    groups_claim: String::new(),
+                    principal_kind: PrincipalKind::Workload,
+                },
+            },
+            Event::IssuerRemoved { issuer_id: IssuerId::new() },
+            Event::ApiKeyIssued { key_id: KeyId::new(), name: "admin".into(), sha256: "00".into(), scope: AdminScope::Platform },
+            Event::ApiKeyRevoked { key_id: KeyId::new() },
+            Event::SigningKeyAdded { kid: "k1".into(), algorithm: "EdDSA".into(), public_key: vec![1; 32] },
+            Event::TokenIssued { jti: "j".into(), subject: "s".into(), groups: vec!["g".into()], expires_at_unix: 5 },
+        ];
+        for e in events {
+            assert_eq!(decode_event(&encode_event(&e)).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn garbage_payloads_are_errors() {
+        assert!(decode_event(&[0xff, 0xff, 0xff]).is_err());
+        assert!(matches!(decode_event(&[]), Err(DecodeError::Empty)));
+    }
+}
