@@ -2,17 +2,11 @@
 //! Rust), so building Airlock never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/airlock/v1/events.proto",
-        "proto/airlock/v1/api.proto",
-        "proto/airlock/v1/worker.proto",
-    ];
+    let files = ["proto/airlock/v1/events.proto", "proto/airlock/v1/api.proto", "proto/airlock/v1/worker.proto"];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
-        .btree_map(".")
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().btree_map(".").compile_fds(descriptors)?;
     Ok(())
 }

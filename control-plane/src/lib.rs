@@ -2,5 +2,13 @@
 //! commands against the current projection, appends events, relays them to the
 //! bus, and serves the REST and gRPC APIs over the same command handlers.
 
+pub mod error;
 pub mod eventlog;
+pub mod grpc;
+pub mod relay;
+pub mod rest;
 pub mod secrets;
+pub mod server;
+pub mod service;
+pub mod store;
+mod web;

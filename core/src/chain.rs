@@ -59,9 +59,7 @@ impl ChainError {
     /// The first `seq` that fails.
     pub fn seq(&self) -> u64 {
         match self {
-            ChainError::Gap { seq, .. }
-            | ChainError::BrokenLink { seq, .. }
-            | ChainError::BadHash { seq } => *seq,
+            ChainError::Gap { seq, .. } | ChainError::BrokenLink { seq, .. } | ChainError::BadHash { seq } => *seq,
         }
     }
 }
@@ -118,14 +116,7 @@ mod tests {
     use super::*;
 
     fn header(seq: u64) -> Header<'static> {
-        Header {
-            tenant_id: "t",
-            seq,
-            stream: "s",
-            stream_version: seq,
-            occurred_at_unix_ms: 1,
-            actor: "a",
-        }
+        Header { tenant_id: "t", seq, stream: "s", stream_version: seq, occurred_at_unix_ms: 1, actor: "a" }
     }
 
     #[test]

@@ -122,9 +122,7 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err(format!("{field}: must be 1 to 63 characters"));
     }
-    let ok = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let ok = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     let starts_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !ok || !starts_ok {
         return Err(format!(

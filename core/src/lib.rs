@@ -11,7 +11,9 @@ pub mod policy;
 pub mod principal;
 pub mod snapshot;
 pub mod state;
+pub mod tenants;
 
 pub use event::Event;
 pub use ids::{ConnectionId, IssuerId, KeyId, TenantId};
 pub use state::{ApplyError, TenantState};
+pub use tenants::Tenants;

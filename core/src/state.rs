@@ -26,6 +26,8 @@ pub struct TenantState {
     pub issuers: BTreeMap<IssuerId, TrustedIssuer>,
     pub api_keys: BTreeMap<KeyId, ApiKey>,
     pub signing_keys: BTreeMap<String, SigningKey>,
+    /// The key new tokens are signed with: the last one added.
+    pub current_signing_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,10 +114,8 @@ impl TenantState {
                 self.issuers.remove(issuer_id);
             }
             Event::ApiKeyIssued { key_id, name, sha256, scope } => {
-                self.api_keys.insert(
-                    *key_id,
-                    ApiKey { id: *key_id, name: name.clone(), sha256: sha256.clone(), scope: *scope },
-                );
+                self.api_keys
+                    .insert(*key_id, ApiKey { id: *key_id, name: name.clone(), sha256: sha256.clone(), scope: *scope });
             }
             Event::ApiKeyRevoked { key_id } => {
                 self.api_keys.remove(key_id);
@@ -125,6 +125,7 @@ impl TenantState {
                     kid.clone(),
                     SigningKey { kid: kid.clone(), algorithm: algorithm.clone(), public_key: public_key.clone() },
                 );
+                self.current_signing_key = Some(kid.clone());
             }
             Event::TokenIssued { .. } => {}
         }

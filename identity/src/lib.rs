@@ -11,11 +11,30 @@
 //!
 //! Lookups go through [`Directory`], implemented by whoever holds the tenants'
 //! projected state (the control plane and every worker).
+//!
+//! Codemap: [`Verifier`] (`verifier.rs`) routes a token to one of the three
+//! paths; `jwks.rs` discovers and caches issuers' keys, fetching through
+//! `http.rs`; `claims.rs` checks times and maps claims to a [`Principal`];
+//! `airlock_tokens.rs` mints and verifies Airlock's own tokens and publishes
+//! their keys; `api_keys.rs` makes and resolves API keys.
 
-use airlock_core::event::TrustedIssuer;
-use airlock_core::principal::Principal;
-use airlock_core::state::{ApiKey, SigningKey};
+mod airlock_tokens;
+mod api_keys;
+mod claims;
+mod http;
+mod jwks;
+mod verifier;
+
 use airlock_core::TenantId;
+use airlock_core::event::TrustedIssuer;
+use airlock_core::state::{ApiKey, SigningKey};
+
+pub use airlock_tokens::{
+    IssuedToken, MAX_MINTED_TTL, MintError, MintRequest, SigningKeyPair, jwks_document, mint, openid_configuration,
+};
+pub use api_keys::generate_api_key;
+pub use claims::MAX_GROUPS;
+pub use verifier::{MAX_LEEWAY_SECS, MAX_TOKEN_LEN, Verifier, VerifierOptions};
 
 /// The `aud` of every token Airlock mints.
 pub const AIRLOCK_AUDIENCE: &str = "airlock";
@@ -40,4 +59,8 @@ pub trait Directory: Send + Sync {
 #[error("{0}")]
 pub struct AuthError(pub String);
 
-pub fn principal_placeholder(_: &Principal) {}
+impl AuthError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}

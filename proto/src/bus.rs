@@ -100,11 +100,8 @@ pub struct NatsBus {
 
 impl NatsBus {
     pub async fn connect(options: &NatsOptions) -> anyhow::Result<Self> {
-        let client = async_nats::ConnectOptions::new()
-            .name("airlock")
-            .retry_on_initial_connect()
-            .connect(&options.url)
-            .await?;
+        let client =
+            async_nats::ConnectOptions::new().name("airlock").retry_on_initial_connect().connect(&options.url).await?;
         Self::with_client(client, options).await
     }
 

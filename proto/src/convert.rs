@@ -53,11 +53,9 @@ pub fn to_proto(event: &Event) -> v1::Event {
             connection_id: connection_id.to_string(),
             name: name.clone(),
         }),
-        Event::PolicyApplied { version, source, digest } => Kind::PolicyApplied(v1::PolicyApplied {
-            version: *version,
-            source: source.clone(),
-            digest: digest.clone(),
-        }),
+        Event::PolicyApplied { version, source, digest } => {
+            Kind::PolicyApplied(v1::PolicyApplied { version: *version, source: source.clone(), digest: digest.clone() })
+        }
         Event::IssuerTrusted { issuer } => Kind::IssuerTrusted(v1::IssuerTrusted {
             issuer_id: issuer.id.to_string(),
             name: issuer.name.clone(),
@@ -94,7 +92,9 @@ pub fn to_proto(event: &Event) -> v1::Event {
 
 pub fn from_proto(event: v1::Event) -> Result<Event, DecodeError> {
     Ok(match event.kind.ok_or(DecodeError::Empty)? {
-        Kind::TenantCreated(e) => Event::TenantCreated { tenant_id: id::<TenantId>("tenant_id", &e.tenant_id)?, name: e.name },
+        Kind::TenantCreated(e) => {
+            Event::TenantCreated { tenant_id: id::<TenantId>("tenant_id", &e.tenant_id)?, name: e.name }
+        }
         Kind::ConnectionRegistered(e) => {
             Event::ConnectionRegistered { spec: spec_from_proto(e.spec.ok_or_else(|| field("spec", "missing"))?)? }
         }
@@ -129,12 +129,9 @@ pub fn from_proto(event: v1::Event) -> Result<Event, DecodeError> {
         Kind::SigningKeyAdded(e) => {
             Event::SigningKeyAdded { kid: e.kid, algorithm: e.algorithm, public_key: e.public_key }
         }
-        Kind::TokenIssued(e) => Event::TokenIssued {
-            jti: e.jti,
-            subject: e.subject,
-            groups: e.groups,
-            expires_at_unix: e.expires_at_unix,
-        },
+        Kind::TokenIssued(e) => {
+            Event::TokenIssued { jti: e.jti, subject: e.subject, groups: e.groups, expires_at_unix: e.expires_at_unix }
+        }
     })
 }
 
@@ -241,7 +238,12 @@ mod tests {
                 },
             },
             Event::IssuerRemoved { issuer_id: IssuerId::new() },
-            Event::ApiKeyIssued { key_id: KeyId::new(), name: "admin".into(), sha256: "00".into(), scope: AdminScope::Platform },
+            Event::ApiKeyIssued {
+                key_id: KeyId::new(),
+                name: "admin".into(),
+                sha256: "00".into(),
+                scope: AdminScope::Platform,
+            },
             Event::ApiKeyRevoked { key_id: KeyId::new() },
             Event::SigningKeyAdded { kid: "k1".into(), algorithm: "EdDSA".into(), public_key: vec![1; 32] },
             Event::TokenIssued { jti: "j".into(), subject: "s".into(), groups: vec!["g".into()], expires_at_unix: 5 },

@@ -1,1 +1,25 @@
 //! placeholder
+
+pub mod nats;
+pub mod pg;
+
+/// Polls `check` until it returns true, panicking with `what` once `timeout`
+/// has passed: tests wait for an outcome instead of sleeping a guessed time.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub mod oidc;

@@ -6,6 +6,10 @@
 use airlock_core::{Event, TenantId};
 use airlock_proto::EventRecord;
 
+pub mod postgres;
+pub(crate) mod records;
+pub mod sqlite;
+
 /// What the writer expects of a stream before its append (optimistic concurrency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {

@@ -7,6 +7,10 @@
 
 use airlock_core::TenantId;
 
+pub mod postgres;
+pub mod sealer;
+pub mod sqlite;
+
 /// A decrypted secret. `Debug` redacts the bytes.
 pub struct Secret {
     pub version: u64,

@@ -95,7 +95,10 @@ impl Document {
         match &self.version {
             Value::Number(n) if n.as_u64() == Some(1) => {}
             other => {
-                return Err(PolicyError::new("version", format!("unsupported version {other}; this build reads version 1")));
+                return Err(PolicyError::new(
+                    "version",
+                    format!("unsupported version {other}; this build reads version 1"),
+                ));
             }
         }
         if self.access.len() + self.commands.len() + self.masking.len() > MAX_RULES {
@@ -105,7 +108,10 @@ impl Document {
         let mut unique = |field: String, name: &str| -> Result<(), PolicyError> {
             validate_name(&field, name).map_err(|r| split(&r))?;
             if !names.insert(name.to_owned()) {
-                return Err(PolicyError::new(field, format!("rule name {name:?} is used twice; rule names must be unique")));
+                return Err(PolicyError::new(
+                    field,
+                    format!("rule name {name:?} is used twice; rule names must be unique"),
+                ));
             }
             Ok(())
         };
@@ -228,7 +234,10 @@ impl AccessDoc {
         let approval = match &self.approval {
             Value::String(s) if s == "none" => Approval::None,
             Value::String(s) => {
-                return Err(PolicyError::new(field, format!("{s:?} is not an approval; use none or {{ approvers: ..., quorum: N }}")));
+                return Err(PolicyError::new(
+                    field,
+                    format!("{s:?} is not an approval; use none or {{ approvers: ..., quorum: N }}"),
+                ));
             }
             v => {
                 let map = object(&field, v)?;
@@ -275,7 +284,10 @@ impl CommandDoc {
             Value::String(s) if s == "allow" => CommandAction::Allow,
             Value::String(s) if s == "deny" => CommandAction::Deny,
             Value::String(s) => {
-                return Err(PolicyError::new(field, format!("unknown action {s:?}, expected allow, deny or {{ review: ... }}")));
+                return Err(PolicyError::new(
+                    field,
+                    format!("unknown action {s:?}, expected allow, deny or {{ review: ... }}"),
+                ));
             }
             v => {
                 let map = object(&field, v)?;
@@ -298,7 +310,12 @@ impl CommandDoc {
         Ok(CommandRule {
             name: self.name,
             connections,
-            matcher: CommandMatch { kinds, tables: m.tables, functions: m.functions, unbounded_write: m.unbounded_write },
+            matcher: CommandMatch {
+                kinds,
+                tables: m.tables,
+                functions: m.functions,
+                unbounded_write: m.unbounded_write,
+            },
             action,
         })
     }
@@ -324,7 +341,10 @@ impl MaskingDoc {
             return Err(PolicyError::new(at, "must name columns or detectors"));
         }
         let strategy = MaskStrategy::parse(&self.strategy).ok_or_else(|| {
-            PolicyError::new(format!("{at}.strategy"), format!("unknown strategy {:?}, expected redact, partial or hash", self.strategy))
+            PolicyError::new(
+                format!("{at}.strategy"),
+                format!("unknown strategy {:?}, expected redact, partial or hash", self.strategy),
+            )
         })?;
         Ok(MaskingRule { name: self.name, connections, columns, detectors, strategy })
     }

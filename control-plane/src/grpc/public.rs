@@ -1,0 +1,144 @@
+//! The public services: tenants, connections, policy, issuers, tokens, events.
+
+use std::pin::Pin;
+
+use airlock_proto::v1;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::{Api, convert};
+use crate::service::MintTokenInput;
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl v1::tenant_service_server::TenantService for Api {
+    async fn create_tenant(&self, request: Request<v1::CreateTenantRequest>) -> Reply<v1::CreateTenantResponse> {
+        let p = self.principal(&request).await?;
+        let created = self.cp.create_tenant(&p, &request.get_ref().name).await?;
+        Ok(Response::new(v1::CreateTenantResponse {
+            tenant: Some(convert::tenant(created.tenant)),
+            admin_token: created.admin_token,
+        }))
+    }
+
+    async fn list_tenants(&self, request: Request<v1::ListTenantsRequest>) -> Reply<v1::ListTenantsResponse> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(v1::ListTenantsResponse {
+            tenants: self.cp.list_tenants(&p).into_iter().map(convert::tenant).collect(),
+        }))
+    }
+
+    async fn get_tenant(&self, request: Request<v1::GetTenantRequest>) -> Reply<v1::Tenant> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(convert::tenant(self.cp.get_tenant(&p, &request.get_ref().id)?)))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::connection_service_server::ConnectionService for Api {
+    async fn register_connection(&self, request: Request<v1::ConnectionInput>) -> Reply<v1::Connection> {
+        let p = self.principal(&request).await?;
+        let input = convert::connection_input(request.into_inner());
+        Ok(Response::new(convert::connection(self.cp.register_connection(&p, input).await?)))
+    }
+
+    async fn update_connection(&self, request: Request<v1::UpdateConnectionRequest>) -> Reply<v1::Connection> {
+        let p = self.principal(&request).await?;
+        let v1::UpdateConnectionRequest { connection, input } = request.into_inner();
+        let input = input.ok_or_else(|| Status::invalid_argument("input: required"))?;
+        let view = self.cp.update_connection(&p, &connection, convert::connection_input(input)).await?;
+        Ok(Response::new(convert::connection(view)))
+    }
+
+    async fn remove_connection(&self, request: Request<v1::ConnectionRef>) -> Reply<v1::RemoveConnectionResponse> {
+        let p = self.principal(&request).await?;
+        self.cp.remove_connection(&p, &request.get_ref().connection).await?;
+        Ok(Response::new(v1::RemoveConnectionResponse {}))
+    }
+
+    async fn get_connection(&self, request: Request<v1::ConnectionRef>) -> Reply<v1::Connection> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(convert::connection(self.cp.get_connection(&p, &request.get_ref().connection)?)))
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<v1::ListConnectionsRequest>,
+    ) -> Reply<v1::ListConnectionsResponse> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(v1::ListConnectionsResponse {
+            connections: self.cp.list_connections(&p).into_iter().map(convert::connection).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::policy_service_server::PolicyService for Api {
+    async fn apply_policy(&self, request: Request<v1::ApplyPolicyRequest>) -> Reply<v1::Policy> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(convert::policy(self.cp.apply_policy(&p, &request.get_ref().source).await?)))
+    }
+
+    async fn get_policy(&self, request: Request<v1::GetPolicyRequest>) -> Reply<v1::Policy> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(convert::policy(self.cp.get_policy(&p)?)))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::issuer_service_server::IssuerService for Api {
+    async fn trust_issuer(&self, request: Request<v1::TrustIssuerRequest>) -> Reply<v1::Issuer> {
+        let p = self.principal(&request).await?;
+        let input = convert::issuer_input(request.into_inner());
+        Ok(Response::new(convert::issuer(self.cp.trust_issuer(&p, input).await?)))
+    }
+
+    async fn list_issuers(&self, request: Request<v1::ListIssuersRequest>) -> Reply<v1::ListIssuersResponse> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(v1::ListIssuersResponse {
+            issuers: self.cp.list_issuers(&p).into_iter().map(convert::issuer).collect(),
+        }))
+    }
+
+    async fn remove_issuer(&self, request: Request<v1::RemoveIssuerRequest>) -> Reply<v1::RemoveIssuerResponse> {
+        let p = self.principal(&request).await?;
+        self.cp.remove_issuer(&p, &request.get_ref().issuer).await?;
+        Ok(Response::new(v1::RemoveIssuerResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::token_service_server::TokenService for Api {
+    async fn mint_token(&self, request: Request<v1::MintTokenRequest>) -> Reply<v1::MintTokenResponse> {
+        let p = self.principal(&request).await?;
+        let r = request.into_inner();
+        let input = MintTokenInput {
+            subject: r.subject,
+            groups: r.groups,
+            ttl_seconds: Some(r.ttl_seconds).filter(|t| *t > 0),
+        };
+        let minted = self.cp.mint_token(&p, input).await?;
+        Ok(Response::new(v1::MintTokenResponse { token: minted.token, expires_at_unix: minted.expires_at_unix }))
+    }
+}
+
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<v1::EventRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::event_service_server::EventService for Api {
+    async fn list_events(&self, request: Request<v1::ListEventsRequest>) -> Reply<v1::ListEventsResponse> {
+        let p = self.principal(&request).await?;
+        let r = request.get_ref();
+        let (events, head_seq) = self.cp.list_events(&p, r.from_seq, Some(r.limit).filter(|l| *l > 0)).await?;
+        Ok(Response::new(v1::ListEventsResponse { events, head_seq }))
+    }
+
+    type SubscribeStream = RecordStream;
+
+    async fn subscribe(&self, request: Request<v1::SubscribeRequest>) -> Reply<Self::SubscribeStream> {
+        let p = self.principal(&request).await?;
+        let stream = self.cp.subscribe_events(&p, request.get_ref().from_seq)?;
+        Ok(Response::new(Box::pin(stream.map(|r| r.map_err(Status::from)))))
+    }
+}

@@ -1,0 +1,54 @@
+//! The REST API under `/v1/`, plus health, metrics, Airlock's own OIDC discovery
+//! documents and the web UI. Every handler is a thin adapter: extract, call the
+//! command handler in `service`, render.
+
+mod connections;
+mod events;
+mod extract;
+mod health;
+mod issuers;
+mod openapi;
+mod policy;
+mod tenants;
+mod tokens;
+mod wellknown;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::service::ControlPlane;
+
+pub use extract::{Authenticated, bearer};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router(cp: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/.well-known/jwks.json", get(wellknown::jwks))
+        .route("/.well-known/openid-configuration", get(wellknown::openid_configuration))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route("/v1/tenants/{id}", get(tenants::get))
+        .route("/v1/connections", post(connections::register).get(connections::list))
+        .route(
+            "/v1/connections/{connection}",
+            get(connections::get).put(connections::update).delete(connections::remove),
+        )
+        .route("/v1/policy", get(policy::get).put(policy::apply))
+        .route("/v1/issuers", post(issuers::trust).get(issuers::list))
+        .route("/v1/issuers/{issuer}", axum::routing::delete(issuers::remove))
+        .route("/v1/tokens", post(tokens::mint))
+        .route("/v1/events", get(events::list))
+        .merge(crate::web::router())
+        .fallback(|| async { crate::error::ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(cp)
+}

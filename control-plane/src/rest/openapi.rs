@@ -1,0 +1,52 @@
+//! The OpenAPI document at `/v1/openapi.json`, generated from the handlers.
+
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::error::ErrorBody;
+use crate::service::{
+    ConnectionInput, ConnectionView, CreatedTenant, CredentialInput, EventPage, EventView, IssuerInput, IssuerView,
+    MintTokenInput, MintedToken, PolicyView, TenantView,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Airlock", description = "Just-in-time access gateway: the control plane's REST API."),
+    paths(
+        super::tenants::create, super::tenants::list, super::tenants::get,
+        super::connections::register, super::connections::list, super::connections::get,
+        super::connections::update, super::connections::remove,
+        super::policy::apply, super::policy::get,
+        super::issuers::trust, super::issuers::list, super::issuers::remove,
+        super::tokens::mint,
+        super::events::list,
+    ),
+    components(schemas(
+        ErrorBody, TenantView, CreatedTenant, super::tenants::CreateTenantInput, ConnectionInput, CredentialInput,
+        ConnectionView, PolicyView, IssuerInput, IssuerView, MintTokenInput, MintedToken, EventView, EventPage,
+    )),
+    modifiers(&Bearer),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+pub fn spec() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub async fn document() -> impl IntoResponse {
+    axum::Json(spec())
+}

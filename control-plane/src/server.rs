@@ -1,0 +1,145 @@
+//! Starts the control plane: opens the store (applying migrations), loads every
+//! tenant's state, makes sure the default tenant exists, and serves REST and
+//! gRPC while the outbox relay feeds the bus.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use airlock_identity::{Verifier, VerifierOptions};
+use airlock_proto::bus::Bus;
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::relay::Relay;
+use crate::service::{ControlPlane, ServiceOptions};
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct Options {
+    /// `sqlite://path` or `postgres://...`.
+    pub database_url: String,
+    /// Encrypts secrets at rest.
+    pub master_key: [u8; 32],
+    /// The URL Airlock is reached at (the `iss` of the tokens it mints).
+    pub public_url: String,
+    pub api_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub worker_token: String,
+    pub identity: VerifierOptions,
+    /// Where to write a platform admin token when one is issued on first start.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("public_url", &self.public_url)
+            .field("api_addr", &self.api_addr)
+            .field("grpc_addr", &self.grpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running control plane.
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub control_plane: Arc<ControlPlane>,
+}
+
+pub async fn start(
+    options: Options,
+    bus: Arc<dyn Bus>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Running> {
+    let store = Store::open(&options.database_url, options.master_key)
+        .await
+        .with_context(|| format!("opening the event log at {}", redact_url(&options.database_url)))?;
+    let verifier = Verifier::new(options.identity.clone())?;
+    let service = ServiceOptions { public_url: options.public_url.clone(), worker_token: options.worker_token.clone() };
+    let cp = ControlPlane::load(store.event_log(), store.secrets(), verifier, service).await?;
+
+    let wants_token = options.admin_token_file.as_ref().is_some_and(|p| !p.exists());
+    if let Some(token) = cp.bootstrap(wants_token).await.map_err(|e| anyhow::anyhow!("bootstrapping: {e}"))? {
+        if let Some(path) = &options.admin_token_file {
+            write_secret_file(path, &token).with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "wrote an admin token for the default tenant");
+        }
+    }
+
+    let relay = Relay::new(store.event_log(), bus, store.notify());
+    tracker.spawn(relay.run(cancel.clone()));
+
+    let api_listener = tokio::net::TcpListener::bind(options.api_addr)
+        .await
+        .with_context(|| format!("binding the REST API to {}", options.api_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    let app = crate::rest::router(cp.clone());
+    let api_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(api_listener, app).with_graceful_shutdown(api_cancel.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!("failed to serve the REST API: {e:#}");
+        }
+    });
+
+    let grpc_listener = tokio::net::TcpListener::bind(options.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC API to {}", options.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let routes = crate::grpc::routes(cp.clone());
+    let grpc_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                grpc_cancel.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::error!("failed to serve the gRPC API: {e:#}");
+        }
+    });
+
+    tracing::info!(%api_addr, %grpc_addr, "control plane serving");
+    Ok(Running { api_addr, grpc_addr, control_plane: cp })
+}
+
+/// Writes a file only its owner can read.
+fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(super::redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(super::redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}

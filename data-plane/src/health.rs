@@ -1,0 +1,53 @@
+//! The worker's health, readiness and metrics: what it has applied, per tenant.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::projection::Projection;
+
+pub fn router(projection: Arc<Projection>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(projection)
+}
+
+/// `{"status": "ok", "ready": true, "applied": {"<tenant>": seq}}`
+async fn healthz(State(p): State<Arc<Projection>>) -> impl IntoResponse {
+    let applied: serde_json::Map<String, serde_json::Value> =
+        p.applied().into_iter().map(|(t, seq)| (t.to_string(), seq.into())).collect();
+    axum::Json(serde_json::json!({"status": "ok", "ready": p.is_ready(), "applied": applied}))
+}
+
+async fn readyz(State(p): State<Arc<Projection>>) -> impl IntoResponse {
+    if p.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "loading the projection") }
+}
+
+async fn metrics(State(p): State<Arc<Projection>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP airlock_worker_applied_seq The last event seq this worker applied, per tenant.");
+    let _ = writeln!(out, "# TYPE airlock_worker_applied_seq gauge");
+    for (tenant, seq) in p.applied() {
+        let _ = writeln!(out, "airlock_worker_applied_seq{{tenant=\"{tenant}\"}} {seq}");
+    }
+    let c = p.counters();
+    for (name, help, value) in [
+        ("airlock_worker_events_applied_total", "Events applied.", &c.applied),
+        ("airlock_worker_events_duplicate_total", "Events received again and ignored.", &c.duplicates),
+        ("airlock_worker_gaps_total", "Gaps in seq noticed on the bus.", &c.gaps),
+        ("airlock_worker_events_backfilled_total", "Events read from the control plane to fill gaps.", &c.backfilled),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(out, "# HELP airlock_worker_ready 1 once the projection is loaded.");
+    let _ = writeln!(out, "# TYPE airlock_worker_ready gauge\nairlock_worker_ready {}", u8::from(p.is_ready()));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,90 @@
+//! The worker's projection: every tenant's state, plus what the worker reports
+//! about its own progress.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use airlock_core::state::Applied;
+use airlock_core::{ApplyError, Event, TenantId, TenantState, Tenants};
+
+#[derive(Default)]
+pub struct Projection {
+    tenants: RwLock<Tenants>,
+    ready: AtomicBool,
+    pub(crate) counters: Counters,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub gaps: AtomicU64,
+    pub backfilled: AtomicU64,
+}
+
+impl Projection {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&Tenants) -> T) -> T {
+        let guard = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    pub fn apply(&self, tenant: TenantId, seq: u64, event: &Event) -> Result<Applied, ApplyError> {
+        let result = {
+            let mut guard = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+            guard.apply_at(tenant, seq, event)
+        };
+        let counter = match &result {
+            Ok(Applied::Applied) => &self.counters.applied,
+            Ok(Applied::Duplicate) => &self.counters.duplicates,
+            Err(ApplyError::Gap { .. }) => &self.counters.gaps,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    pub fn install(&self, tenant: TenantId, state: TenantState) {
+        let mut guard = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        guard.install(tenant, state);
+    }
+
+    /// The `seq` applied for each tenant.
+    pub fn applied(&self) -> BTreeMap<TenantId, u64> {
+        self.read(|t| t.iter().map(|(id, s)| (*id, s.seq)).collect())
+    }
+
+    pub fn seq(&self, tenant: &TenantId) -> u64 {
+        self.read(|t| t.seq(tenant))
+    }
+
+    /// True once the first snapshot is installed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+impl airlock_identity::Directory for Projection {
+    fn issuers_for(&self, iss: &str) -> Vec<(TenantId, airlock_core::event::TrustedIssuer)> {
+        self.read(|t| t.issuers_for(iss))
+    }
+
+    fn signing_key(&self, kid: &str) -> Option<(TenantId, airlock_core::state::SigningKey)> {
+        self.read(|t| t.signing_key(kid))
+    }
+
+    fn api_key(&self, sha256_hex: &str) -> Option<(TenantId, airlock_core::state::ApiKey)> {
+        self.read(|t| t.api_key(sha256_hex))
+    }
+}

@@ -1,0 +1,384 @@
+//! The client verbs: talk to the REST API at `AIRLOCK_URL` with the bearer
+//! token in `AIRLOCK_TOKEN`, print what came back, and exit non-zero on errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum ConnectionsCommand {
+    /// List connections.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one connection.
+    Get { connection: String },
+    /// Register a connection from a JSON file (`-` for standard input).
+    Add { file: PathBuf },
+    /// Replace a connection's settings from a JSON file.
+    Update { connection: String, file: PathBuf },
+    /// Remove a connection.
+    Remove { connection: String },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Apply a policy document (YAML).
+    Apply { file: PathBuf },
+    /// Print the current policy document.
+    Get,
+}
+
+#[derive(Subcommand)]
+pub enum IssuersCommand {
+    List,
+    /// Trust an OIDC issuer's tokens.
+    Add {
+        name: String,
+        #[arg(long)]
+        issuer_url: String,
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        subject_claim: Option<String>,
+        #[arg(long)]
+        groups_claim: Option<String>,
+        /// human or workload.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    Remove {
+        issuer: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantsCommand {
+    List,
+    /// Create a tenant; prints its admin token once.
+    Create {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    subject: String,
+    /// A group (repeat for several).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// Lifetime, e.g. 15m or 1h.
+    #[arg(long, default_value = "15m")]
+    ttl: String,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn from_env() -> anyhow::Result<Self> {
+        let base = std::env::var("AIRLOCK_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+        let token = std::env::var("AIRLOCK_TOKEN").context(
+            "set AIRLOCK_TOKEN to an access token (airlock up writes an admin token to DATA_DIR/admin.token)",
+        )?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: token.trim().to_owned() })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response =
+            request.bearer_auth(&self.token).send().await.with_context(|| format!("reaching {}", self.base))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text);
+            anyhow::bail!("{} {}", status.as_u16(), message);
+        }
+        if text.is_empty() { Ok(Value::Null) } else { Ok(serde_json::from_str(&text)?) }
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(format!("{}{path}", self.base))).await
+    }
+}
+
+fn read_input(file: &PathBuf) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+        })
+        .collect()
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Prints rows as aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+pub async fn connections(cmd: ConnectionsCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    match cmd {
+        ConnectionsCommand::List { json } => {
+            let list = c.get("/v1/connections").await?;
+            if json {
+                print_json(&list);
+            } else {
+                let rows = list
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                let roles = c
+                                    .get("roles")
+                                    .and_then(Value::as_object)
+                                    .map(|r| r.keys().cloned().collect::<Vec<_>>().join(","))
+                                    .unwrap_or_default();
+                                vec![text(c, "name"), text(c, "kind"), text(c, "address"), text(c, "database"), roles]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["NAME", "KIND", "ADDRESS", "DATABASE", "ROLES"], rows);
+            }
+        }
+        ConnectionsCommand::Get { connection } => {
+            print_json(&c.get(&format!("/v1/connections/{}", path_segment(&connection))).await?)
+        }
+        ConnectionsCommand::Add { file } => {
+            let body: Value = serde_json::from_str(&read_input(&file)?).context("the connection file is not JSON")?;
+            let created = c.post("/v1/connections", &body).await?;
+            println!("registered connection {} ({})", text(&created, "name"), text(&created, "id"));
+        }
+        ConnectionsCommand::Update { connection, file } => {
+            let body: Value = serde_json::from_str(&read_input(&file)?).context("the connection file is not JSON")?;
+            let updated = c.put_json(&format!("/v1/connections/{}", path_segment(&connection)), &body).await?;
+            println!("updated connection {}", text(&updated, "name"));
+        }
+        ConnectionsCommand::Remove { connection } => {
+            c.delete(&format!("/v1/connections/{}", path_segment(&connection))).await?;
+            println!("removed connection {connection}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    match cmd {
+        PolicyCommand::Apply { file } => {
+            let source = read_input(&file)?;
+            let request = c
+                .http
+                .put(format!("{}/v1/policy", c.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+                .body(source);
+            let applied = c.send(request).await?;
+            println!("applied policy version {} (seq {})", text(&applied, "version"), text(&applied, "seq"));
+        }
+        PolicyCommand::Get => print!("{}", text(&c.get("/v1/policy").await?, "source")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn issuers(cmd: IssuersCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    match cmd {
+        IssuersCommand::List => {
+            let list = c.get("/v1/issuers").await?;
+            let rows = list
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|i| {
+                            vec![text(i, "name"), text(i, "issuer_url"), text(i, "audience"), text(i, "subject_claim")]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(&["NAME", "ISSUER", "AUDIENCE", "SUBJECT CLAIM"], rows);
+        }
+        IssuersCommand::Add { name, issuer_url, audience, subject_claim, groups_claim, kind } => {
+            let body = serde_json::json!({
+                "name": name, "issuer_url": issuer_url, "audience": audience,
+                "subject_claim": subject_claim, "groups_claim": groups_claim, "principal_kind": kind,
+            });
+            let created = c.post("/v1/issuers", &body).await?;
+            println!("trusting {} for audience {}", text(&created, "issuer_url"), text(&created, "audience"));
+        }
+        IssuersCommand::Remove { issuer } => {
+            c.delete(&format!("/v1/issuers/{}", path_segment(&issuer))).await?;
+            println!("removed issuer {issuer}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn tenants(cmd: TenantsCommand) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    match cmd {
+        TenantsCommand::List => {
+            let list = c.get("/v1/tenants").await?;
+            let rows = list
+                .as_array()
+                .map(|a| a.iter().map(|t| vec![text(t, "name"), text(t, "id"), text(t, "seq")]).collect())
+                .unwrap_or_default();
+            table(&["NAME", "ID", "SEQ"], rows);
+        }
+        TenantsCommand::Create { name } => {
+            let created = c.post("/v1/tenants", &serde_json::json!({"name": name})).await?;
+            let tenant = created.get("tenant").cloned().unwrap_or_default();
+            eprintln!(
+                "created tenant {} ({}); its admin token (shown once):",
+                text(&tenant, "name"),
+                text(&tenant, "id")
+            );
+            println!("{}", text(&created, "admin_token"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let ttl = airlock_core::duration::parse(&args.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let body = serde_json::json!({"subject": args.subject, "groups": args.groups, "ttl_seconds": ttl.as_secs()});
+    let minted = c.post("/v1/tokens", &body).await?;
+    println!("{}", text(&minted, "token"));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn events(from_seq: u64, follow: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let mut next = from_seq.max(1);
+    if !json {
+        println!("{:>6}  {:<24}  {:<22}  {:<24}  HASH", "SEQ", "TYPE", "ACTOR", "OCCURRED AT");
+    }
+    loop {
+        let wait = if follow { "&wait_ms=25000" } else { "" };
+        let page = c.get(&format!("/v1/events?from_seq={next}{wait}")).await?;
+        let events = page.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        for e in &events {
+            if json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                let hash = text(e, "hash");
+                println!(
+                    "{:>6}  {:<24}  {:<22}  {:<24}  {}",
+                    text(e, "seq"),
+                    text(e, "type"),
+                    text(e, "actor"),
+                    text(e, "occurred_at"),
+                    hash.get(..16).unwrap_or(&hash)
+                );
+            }
+            next = e.get("seq").and_then(Value::as_u64).map_or(next, |s| s + 1);
+        }
+        if events.is_empty() && !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Recomputes the chain from the events the API returns: an edited, missing or
+/// reordered event is named by its `seq`.
+pub async fn verify() -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let tenants = c.get("/v1/tenants").await?;
+    let tenant_id = tenants
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|t| text(t, "id"))
+        .context("the token's tenant is not visible")?;
+    let mut verifier = airlock_core::chain::Verifier::new();
+    let mut next = 1u64;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    loop {
+        let page = c.get(&format!("/v1/events?from_seq={next}&limit=10000")).await?;
+        let events = page.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        if events.is_empty() {
+            break;
+        }
+        for e in &events {
+            let seq = e.get("seq").and_then(Value::as_u64).context("an event without seq")?;
+            let header = airlock_core::chain::Header {
+                tenant_id: &tenant_id,
+                seq,
+                stream: &text(e, "stream"),
+                stream_version: e.get("stream_version").and_then(Value::as_u64).unwrap_or_default(),
+                occurred_at_unix_ms: e.get("occurred_at_unix_ms").and_then(Value::as_i64).unwrap_or_default(),
+                actor: &text(e, "actor"),
+            };
+            let payload =
+                b64.decode(text(e, "payload")).with_context(|| format!("seq {seq}: payload is not base64"))?;
+            let prev = hex::decode(text(e, "prev_hash")).with_context(|| format!("seq {seq}: prev_hash is not hex"))?;
+            let hash = hex::decode(text(e, "hash")).with_context(|| format!("seq {seq}: hash is not hex"))?;
+            if let Err(err) = verifier.check(&header, &payload, &prev, &hash) {
+                eprintln!("chain broken at seq {}: {err}", err.seq());
+                return Ok(ExitCode::FAILURE);
+            }
+            next = seq + 1;
+        }
+    }
+    println!("chain intact: {} events verified", verifier.verified());
+    Ok(ExitCode::SUCCESS)
+}

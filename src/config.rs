@@ -1,0 +1,264 @@
+//! One TOML file, then environment variables, then flags. Every setting has a
+//! default here, so `airlock up` runs with no file at all. Environment
+//! variables are `AIRLOCK_<SECTION>__<KEY>` (e.g. `AIRLOCK_DATABASE__URL`) or
+//! `AIRLOCK_<KEY>` for top-level keys (e.g. `AIRLOCK_DATA_DIR`).
+//! `deploy/airlock.example.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where `airlock up` keeps its database, keys and admin token.
+    pub data_dir: PathBuf,
+    /// The URL clients reach the REST API at; the `iss` of tokens Airlock mints.
+    /// Default: `http://{api.addr}`.
+    pub public_url: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    pub database: Database,
+    pub secrets: Secrets,
+    pub api: Api,
+    pub bus: BusConfig,
+    pub worker: Worker,
+    pub identity: Identity,
+    pub recorder: Recorder,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    /// `postgres://...` or `sqlite://path`. Default in `airlock up`: `sqlite://{data_dir}/airlock.db`.
+    pub url: String,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Secrets {
+    /// 32 bytes, base64: encrypts connection credentials and signing keys at rest.
+    pub master_key: String,
+    /// A file holding the key. Default in `airlock up`: `{data_dir}/master.key`, created on first start.
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets").field("master_key_file", &self.master_key_file).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// REST API and web UI.
+    pub addr: SocketAddr,
+    /// gRPC API.
+    pub grpc_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// NATS with JetStream. Empty: the in-process bus (only `airlock up`).
+    pub nats_url: String,
+    /// Subject prefix and stream name stem on NATS.
+    pub prefix: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Worker {
+    /// The shared secret workers present to the control plane. Default in `airlock up`: generated.
+    pub token: String,
+    pub token_file: Option<PathBuf>,
+    /// The control plane's gRPC URL.
+    pub control_plane_url: String,
+    /// Health, readiness and metrics of the worker.
+    pub admin_addr: SocketAddr,
+    /// The Postgres gateway.
+    pub pg_addr: SocketAddr,
+    /// How often a worker compares its state with the log's heads.
+    #[serde(with = "duration_text")]
+    pub reconcile_every: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("control_plane_url", &self.control_plane_url)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How bearer tokens are checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Identity {
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most 60).
+    pub leeway_secs: u64,
+    /// After fetching an issuer's keys, how long an unknown `kid` is refused without fetching again.
+    #[serde(with = "duration_text")]
+    pub jwks_refetch_cooldown: Duration,
+    /// How long fetched keys are used before they are fetched again.
+    #[serde(with = "duration_text")]
+    pub jwks_max_age: Duration,
+    /// Timeout of each request to an issuer.
+    #[serde(with = "duration_text")]
+    pub http_timeout: Duration,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        let d = airlock_identity::VerifierOptions::default();
+        Self {
+            leeway_secs: d.leeway_secs,
+            jwks_refetch_cooldown: d.jwks_refetch_cooldown,
+            jwks_max_age: d.jwks_max_age,
+            http_timeout: d.http_timeout,
+        }
+    }
+}
+
+impl Identity {
+    pub fn verifier_options(&self, own_issuer: String) -> airlock_identity::VerifierOptions {
+        airlock_identity::VerifierOptions {
+            own_issuer,
+            leeway_secs: self.leeway_secs,
+            jwks_refetch_cooldown: self.jwks_refetch_cooldown,
+            jwks_max_age: self.jwks_max_age,
+            http_timeout: self.http_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("airlock-data"),
+            public_url: String::new(),
+            log_format: "text".into(),
+            database: Database::default(),
+            secrets: Secrets::default(),
+            api: Api::default(),
+            bus: BusConfig::default(),
+            worker: Worker::default(),
+            identity: Identity::default(),
+            recorder: Recorder::default(),
+        }
+    }
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self { addr: addr("127.0.0.1:8080"), grpc_addr: addr("127.0.0.1:8081") }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { nats_url: String::new(), prefix: "airlock".into() }
+    }
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Self {
+            token: String::new(),
+            token_file: None,
+            control_plane_url: "http://127.0.0.1:8081".into(),
+            admin_addr: addr("127.0.0.1:9090"),
+            pg_addr: addr("127.0.0.1:15432"),
+            reconcile_every: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self { addr: addr("127.0.0.1:8082") }
+    }
+}
+
+const SECTIONS: [&str; 7] = ["database", "secrets", "api", "bus", "worker", "identity", "recorder"];
+const TOP_LEVEL: [&str; 3] = ["data_dir", "public_url", "log_format"];
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only keys that name a setting: AIRLOCK_URL, AIRLOCK_TOKEN and friends
+        // belong to the client verbs, not to the configuration.
+        let env = Env::prefixed("AIRLOCK_").split("__").filter(|key| {
+            let key = key.as_str();
+            TOP_LEVEL.contains(&key) || SECTIONS.iter().any(|s| key.strip_prefix(s).is_some_and(|r| r.starts_with('.')))
+        });
+        figment.merge(env).extract().context("reading the configuration")
+    }
+
+    /// The public URL, defaulting to the REST address.
+    pub fn public_url(&self) -> String {
+        if self.public_url.is_empty() {
+            format!("http://{}", self.api.addr)
+        } else {
+            self.public_url.trim_end_matches('/').to_owned()
+        }
+    }
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&airlock_core::duration::format(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        airlock_core::duration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("airlock-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("airlock.toml");
+        std::fs::write(&file, "data_dir = \"/srv/airlock\"\n[api]\naddr = \"0.0.0.0:9000\"\n").unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/airlock"));
+        assert_eq!(config.api.addr, addr("0.0.0.0:9000"));
+        assert_eq!(config.api.grpc_addr, addr("127.0.0.1:8081"));
+        assert_eq!(config.worker.reconcile_every, Duration::from_secs(2));
+
+        std::fs::write(&file, "[api]\nadress = \"0.0.0.0:9000\"\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+        assert!(e.contains("adress"), "{e}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Wires the parts into processes: `up` (everything, embedded), and each part
+//! alone. Shutdown: Ctrl-C or SIGTERM cancels every task, and the process waits
+//! for them to drain.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use airlock_proto::bus::{Bus, MemoryBus, NatsBus, NatsOptions};
+use anyhow::Context;
+use base64::Engine;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+
+pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
+    init_logging(&config);
+    let dir = config.data_dir.clone();
+    create_private_dir(&dir)?;
+    if config.database.url.is_empty() {
+        config.database.url = format!("sqlite://{}", dir.join("airlock.db").display());
+    }
+    if config.secrets.master_key.is_empty() && config.secrets.master_key_file.is_none() {
+        config.secrets.master_key_file = Some(dir.join("master.key"));
+        ensure_random_file(&dir.join("master.key"), 32)?;
+    }
+    if config.worker.token.is_empty() && config.worker.token_file.is_none() {
+        config.worker.token_file = Some(dir.join("worker.token"));
+        ensure_random_file(&dir.join("worker.token"), 32)?;
+    }
+    let bus: Arc<dyn Bus> =
+        if config.bus.nats_url.is_empty() { Arc::new(MemoryBus::new()) } else { nats(&config).await? };
+
+    let (cancel, tracker) = lifecycle();
+    let cp =
+        airlock_control_plane::server::start(control_plane_options(&config)?, bus.clone(), cancel.clone(), &tracker)
+            .await?;
+    let mut worker = worker_options(&config)?;
+    worker.control_plane_url = format!("http://{}", cp.grpc_addr);
+    let w = airlock_data_plane::start(worker, bus, cancel.clone(), &tracker).await?;
+
+    println!("Airlock is up.");
+    println!("  REST API and web UI  http://{}", cp.api_addr);
+    println!("  gRPC API             http://{}", cp.grpc_addr);
+    println!("  worker health        http://{}/healthz", w.admin_addr);
+    println!("  admin token          {}", dir.join("admin.token").display());
+    println!(
+        "Try: export AIRLOCK_URL=http://{} AIRLOCK_TOKEN=$(cat {})",
+        cp.api_addr,
+        dir.join("admin.token").display()
+    );
+    wait(cancel, tracker).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn control_plane(config: Config) -> anyhow::Result<ExitCode> {
+    init_logging(&config);
+    anyhow::ensure!(
+        !config.database.url.is_empty(),
+        "set database.url (or AIRLOCK_DATABASE__URL, or --database-url) to the event log's postgres:// URL"
+    );
+    let bus = nats(&config).await?;
+    create_private_dir(&config.data_dir)?;
+    let (cancel, tracker) = lifecycle();
+    airlock_control_plane::server::start(control_plane_options(&config)?, bus, cancel.clone(), &tracker).await?;
+    wait(cancel, tracker).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn gateway(config: Config) -> anyhow::Result<ExitCode> {
+    init_logging(&config);
+    let bus = nats(&config).await?;
+    let (cancel, tracker) = lifecycle();
+    airlock_data_plane::start(worker_options(&config)?, bus, cancel.clone(), &tracker).await?;
+    wait(cancel, tracker).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn recorder(config: Config) -> anyhow::Result<ExitCode> {
+    init_logging(&config);
+    let (cancel, tracker) = lifecycle();
+    airlock_recorder::start(config.recorder.addr, cancel.clone(), &tracker).await?;
+    wait(cancel, tracker).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plane::server::Options> {
+    let identity = config.identity.verifier_options(config.public_url());
+    Ok(airlock_control_plane::server::Options {
+        database_url: config.database.url.clone(),
+        master_key: master_key(config)?,
+        public_url: config.public_url(),
+        api_addr: config.api.addr,
+        grpc_addr: config.api.grpc_addr,
+        worker_token: worker_token(config)?,
+        identity,
+        admin_token_file: Some(config.data_dir.join("admin.token")),
+    })
+}
+
+fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options> {
+    Ok(airlock_data_plane::Options {
+        control_plane_url: config.worker.control_plane_url.clone(),
+        worker_token: worker_token(config)?,
+        admin_addr: config.worker.admin_addr,
+        reconcile_every: config.worker.reconcile_every,
+    })
+}
+
+async fn nats(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
+    anyhow::ensure!(!config.bus.nats_url.is_empty(), "set bus.nats_url (or AIRLOCK_BUS__NATS_URL, or --nats-url)");
+    let options =
+        NatsOptions { url: config.bus.nats_url.clone(), prefix: config.bus.prefix.clone(), ..Default::default() };
+    let bus = NatsBus::connect(&options).await.with_context(|| format!("connecting to NATS at {}", options.url))?;
+    Ok(Arc::new(bus))
+}
+
+fn master_key(config: &Config) -> anyhow::Result<[u8; 32]> {
+    let text = match &config.secrets.master_key_file {
+        _ if !config.secrets.master_key.is_empty() => config.secrets.master_key.clone(),
+        Some(path) => read_secret_file(path)?,
+        None => anyhow::bail!(
+            "set secrets.master_key (or AIRLOCK_SECRETS__MASTER_KEY) to 32 random bytes in base64, or secrets.master_key_file"
+        ),
+    };
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(text.trim()).context("secrets.master_key is not base64")?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("secrets.master_key must be exactly 32 bytes"))
+}
+
+fn worker_token(config: &Config) -> anyhow::Result<String> {
+    if !config.worker.token.is_empty() {
+        return Ok(config.worker.token.clone());
+    }
+    match &config.worker.token_file {
+        Some(path) => Ok(read_secret_file(path)?.trim().to_owned()),
+        None => anyhow::bail!(
+            "set worker.token (or AIRLOCK_WORKER__TOKEN): the secret workers share with the control plane"
+        ),
+    }
+}
+
+fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Creates a file of `len` random bytes (base64) readable only by its owner, unless it exists.
+fn ensure_random_file(path: &Path, len: usize) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    write_private(path, &text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    writeln!(file, "{contents}")
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,async_nats=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn lifecycle() -> (CancellationToken, TaskTracker) {
+    let cancel = CancellationToken::new();
+    let signal = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    (cancel, TaskTracker::new())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn wait(cancel: CancellationToken, tracker: TaskTracker) {
+    cancel.cancelled().await;
+    tracker.close();
+    tracker.wait().await;
+}
