@@ -1,4 +1,4 @@
-//! Identity: turns a bearer token into a verified [`Principal`], and mints
+//! Identity: turns a bearer token into a verified [`Principal`](airlock_core::principal::Principal), and mints
 //! Airlock's own short-lived tokens.
 //!
 //! Three kinds of bearer token are understood:
@@ -14,7 +14,7 @@
 //!
 //! Codemap: [`Verifier`] (`verifier.rs`) routes a token to one of the three
 //! paths; `jwks.rs` discovers and caches issuers' keys, fetching through
-//! `http.rs`; `claims.rs` checks times and maps claims to a [`Principal`];
+//! `http.rs`; `claims.rs` checks times and maps claims to a principal;
 //! `airlock_tokens.rs` mints and verifies Airlock's own tokens and publishes
 //! their keys; `api_keys.rs` makes and resolves API keys.
 

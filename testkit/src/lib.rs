@@ -1,6 +1,9 @@
-//! placeholder
+//! Harness builders shared by Airlock's tests and benchmarks: a fresh Postgres
+//! database per test, a private JetStream stream per test, a local OIDC issuer,
+//! and `eventually` for waiting on an outcome instead of sleeping.
 
 pub mod nats;
+pub mod oidc;
 pub mod pg;
 
 /// Polls `check` until it returns true, panicking with `what` once `timeout`
@@ -21,5 +24,3 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
-
-pub mod oidc;

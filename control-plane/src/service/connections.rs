@@ -361,7 +361,7 @@ mod tests {
         let field = |f: fn(&mut ConnectionInput)| {
             let mut i = input();
             f(&mut i);
-            validate(i, ConnectionId::new()).unwrap_err().field.unwrap()
+            validate(i, ConnectionId::new()).err().unwrap().field.unwrap()
         };
         assert_eq!(field(|i| i.address = "nohost".into()), "address");
         assert_eq!(field(|i| i.address = "h:99999".into()), "address");

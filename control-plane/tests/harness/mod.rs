@@ -1,0 +1,128 @@
+//! An in-process control plane on `127.0.0.1:0`, and a small REST client.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use airlock_control_plane::server::{Options, Running, start};
+use airlock_proto::bus::{Bus, MemoryBus};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub const DESIGN_CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres", "address": "127.0.0.1:5432", "database": "app",
+ "tls": "prefer",
+ "admin_credential": {"user": "postgres", "password": ""},
+ "roles": {"readonly": "app_readonly", "readwrite": "app_readwrite"}}"#;
+
+pub const DESIGN_POLICY: &str = include_str!("../../../core/testdata/design-policy.yaml");
+
+pub struct Harness {
+    pub running: Running,
+    pub base: String,
+    pub admin_token: String,
+    pub dir: std::path::PathBuf,
+    pub database_url: String,
+    pub bus: Arc<dyn Bus>,
+    cancel: CancellationToken,
+    _db: Option<airlock_testkit::pg::TestDb>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Harness {
+    pub async fn start(backend: Backend) -> Harness {
+        Self::start_with(backend, Arc::new(MemoryBus::new())).await
+    }
+
+    pub async fn start_with(backend: Backend, bus: Arc<dyn Bus>) -> Harness {
+        let dir = std::env::temp_dir().join(format!("airlock-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (database_url, db) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}", dir.join("airlock.db").display()), None),
+            Backend::Postgres => {
+                let db = airlock_testkit::pg::TestDb::create().await.unwrap();
+                (db.url().to_owned(), Some(db))
+            }
+        };
+        // The public URL must be known before binding; bind the REST port first.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api_addr = api.local_addr().unwrap();
+        drop(api);
+        let public_url = format!("http://{api_addr}");
+        let options = Options {
+            database_url: database_url.clone(),
+            master_key: [7; 32],
+            public_url: public_url.clone(),
+            api_addr,
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            worker_token: "worker-secret".into(),
+            identity: airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() },
+            admin_token_file: Some(dir.join("admin.token")),
+        };
+        let cancel = CancellationToken::new();
+        let running = start(options, bus.clone(), cancel.clone(), &TaskTracker::new()).await.unwrap();
+        let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+        Harness { base: public_url, running, admin_token, dir, database_url, bus, cancel, _db: db }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.base));
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put_policy(&self, token: &str, yaml: &str) -> (StatusCode, Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/v1/policy", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn register_design_connection(&self, token: &str) -> Value {
+        let (status, body) =
+            self.post("/v1/connections", token, serde_json::from_str(DESIGN_CONNECTION).unwrap()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// A new tenant and its admin token.
+    pub async fn create_tenant(&self, name: &str) -> (String, String) {
+        let (status, body) = self.post("/v1/tenants", &self.admin_token, serde_json::json!({"name": name})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (body["tenant"]["id"].as_str().unwrap().to_owned(), body["admin_token"].as_str().unwrap().to_owned())
+    }
+}
