@@ -210,8 +210,9 @@ impl Config {
         // Only keys that name a setting: AIRLOCK_URL, AIRLOCK_TOKEN and friends
         // belong to the client verbs, not to the configuration.
         let env = Env::prefixed("AIRLOCK_").split("__").filter(|key| {
-            let key = key.as_str();
-            TOP_LEVEL.contains(&key) || SECTIONS.iter().any(|s| key.strip_prefix(s).is_some_and(|r| r.starts_with('.')))
+            let key = key.as_str().to_ascii_lowercase();
+            TOP_LEVEL.contains(&key.as_str())
+                || SECTIONS.iter().any(|s| key.strip_prefix(s).is_some_and(|r| r.starts_with('.')))
         });
         figment.merge(env).extract().context("reading the configuration")
     }
@@ -260,5 +261,22 @@ mod tests {
         std::fs::write(&file, "[api]\nadress = \"0.0.0.0:9000\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(&file)).unwrap_err());
         assert!(e.contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_sections_and_top_level_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AIRLOCK_DATABASE__URL", "postgres://db/airlock");
+            jail.set_env("AIRLOCK_WORKER__ADMIN_ADDR", "127.0.0.1:9999");
+            jail.set_env("AIRLOCK_DATA_DIR", "/var/lib/airlock");
+            // The client verbs' variables are not settings.
+            jail.set_env("AIRLOCK_URL", "http://elsewhere");
+            jail.set_env("AIRLOCK_TOKEN", "t");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.database.url, "postgres://db/airlock");
+            assert_eq!(config.worker.admin_addr, addr("127.0.0.1:9999"));
+            assert_eq!(config.data_dir, PathBuf::from("/var/lib/airlock"));
+            Ok(())
+        });
     }
 }

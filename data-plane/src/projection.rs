@@ -7,12 +7,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use airlock_core::state::Applied;
 use airlock_core::{ApplyError, Event, TenantId, TenantState, Tenants};
+use tokio::sync::watch;
 
-#[derive(Default)]
 pub struct Projection {
     tenants: RwLock<Tenants>,
     ready: AtomicBool,
     pub(crate) counters: Counters,
+    /// Bumped whenever the state changes, so callers can await a change.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Projection {
+    fn default() -> Self {
+        Self {
+            tenants: RwLock::default(),
+            ready: AtomicBool::default(),
+            counters: Counters::default(),
+            changed: watch::channel(0).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -38,6 +51,9 @@ impl Projection {
             let mut guard = self.tenants.write().unwrap_or_else(|e| e.into_inner());
             guard.apply_at(tenant, seq, event)
         };
+        if matches!(result, Ok(Applied::Applied)) {
+            self.changed.send_modify(|n| *n += 1);
+        }
         let counter = match &result {
             Ok(Applied::Applied) => &self.counters.applied,
             Ok(Applied::Duplicate) => &self.counters.duplicates,
@@ -50,6 +66,23 @@ impl Projection {
     pub fn install(&self, tenant: TenantId, state: TenantState) {
         let mut guard = self.tenants.write().unwrap_or_else(|e| e.into_inner());
         guard.install(tenant, state);
+        drop(guard);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever the projection does.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits until `tenant` has applied at least `seq`.
+    pub async fn wait_for(&self, tenant: &TenantId, seq: u64) {
+        let mut changes = self.changes();
+        while self.seq(tenant) < seq {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The `seq` applied for each tenant.

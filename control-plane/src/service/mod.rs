@@ -25,6 +25,7 @@ use airlock_core::principal::Principal;
 use airlock_core::{Event, TenantId, TenantState, Tenants};
 use airlock_identity::{Directory, Verifier};
 use airlock_proto::EventRecord;
+use anyhow::Context;
 use tokio::sync::watch;
 
 pub use connections::{ConnectionInput, ConnectionView, CredentialInput};
@@ -113,7 +114,9 @@ impl ControlPlane {
             signing_keys: Mutex::new(HashMap::new()),
         });
         for tenant in cp.log.tenants().await? {
-            cp.catch_up(tenant).await?;
+            cp.catch_up(tenant)
+                .await
+                .with_context(|| format!("loading the event log of tenant {tenant} (run `airlock verify`)"))?;
         }
         Ok(cp)
     }

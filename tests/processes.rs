@@ -1,0 +1,243 @@
+//! The `airlock` binary as users run it: `airlock up` with the CLI verbs, and a
+//! control plane with two gateway processes on Postgres and NATS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use airlock_testkit::eventually;
+use base64::Engine;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_airlock");
+const CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres", "address": "127.0.0.1:5432", "database": "app",
+ "tls": "prefer",
+ "admin_credential": {"user": "postgres", "password": ""},
+ "roles": {"readonly": "app_readonly", "readwrite": "app_readwrite"}}"#;
+const POLICY: &str = include_str!("../core/testdata/design-policy.yaml");
+
+/// A child process, killed when dropped; its output goes to a log file shown on failure.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc { child: cmd.spawn().unwrap(), log }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("airlock-proc-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+async fn wait_ready(url: &str) {
+    eventually(Duration::from_secs(60), &format!("{url} to be ready"), || async {
+        reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
+
+/// Runs a client verb against `url` with `token`.
+fn cli(url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("AIRLOCK_URL", url).env("AIRLOCK_TOKEN", token).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn airlock_up_quick_start_with_the_cli() {
+    let dir = TempDir::new();
+    let data = dir.0.join("data");
+    let (api, grpc, worker) = (free_addr(), free_addr(), free_addr());
+    let args =
+        ["up", "--data-dir", data.to_str().unwrap(), "--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string()];
+    let env = [("AIRLOCK_WORKER__ADMIN_ADDR", worker.to_string())];
+    let mut up = Proc::spawn("up", &dir.0, &args, &env);
+    let url = format!("http://{api}");
+    wait_ready(&format!("{url}/readyz")).await;
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+
+    std::fs::write(dir.0.join("connection.json"), CONNECTION).unwrap();
+    std::fs::write(dir.0.join("policy.yaml"), POLICY).unwrap();
+    let out = cli(&url, &token, &["connections", "add", dir.0.join("connection.json").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&url, &token, &["policy", "apply", dir.0.join("policy.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("applied policy version 1"), "{}", stdout(&out));
+    let out = cli(&url, &token, &["connections", "list"]);
+    assert!(stdout(&out).contains("pg-local  postgres  127.0.0.1:5432  app"), "{}", stdout(&out));
+    let out = cli(&url, &token, &["events"]);
+    assert!(stdout(&out).contains("policy_applied"), "{}", stdout(&out));
+    let out = cli(&url, &token, &["verify"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("chain intact: 5 events verified"), "{}", stdout(&out));
+
+    // The in-process worker applied everything.
+    eventually(Duration::from_secs(10), "the worker to apply seq 5", || async {
+        let health: Value = reqwest::get(format!("http://{worker}/healthz")).await.unwrap().json().await.unwrap();
+        health["applied"].as_object().is_some_and(|a| a.values().any(|s| s == 5))
+    })
+    .await;
+
+    // A bad token is refused with a clear message.
+    let out = cli(&url, "alk_wrong", &["connections", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+
+    // A restart keeps the state and the admin token.
+    up.kill();
+    let mut up = Proc::spawn("up-again", &dir.0, &args, &env);
+    wait_ready(&format!("{url}/readyz")).await;
+    assert_eq!(std::fs::read_to_string(data.join("admin.token")).unwrap().trim(), token);
+    let out = cli(&url, &token, &["connections", "list"]);
+    assert!(stdout(&out).contains("pg-local"), "{out:?}");
+
+    // Edit one stored event behind Airlock's back: verify names it.
+    let db = format!("sqlite://{}", data.join("airlock.db").display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db).await.unwrap();
+    sqlx::query("UPDATE events SET actor = 'someone-else' WHERE seq = 4").execute(&mut conn).await.unwrap();
+    let out = cli(&url, &token, &["verify"]);
+    assert!(!out.status.success(), "verify passed on a tampered log: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("seq 4"), "{out:?}");
+    // A deleted event too, by the seq where the chain breaks.
+    sqlx::query("DELETE FROM events WHERE seq = 2").execute(&mut conn).await.unwrap();
+    let out = cli(&url, &token, &["verify"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("seq 3"), "{out:?}");
+    drop(conn);
+
+    // And Airlock refuses to start on a log with a hole in it.
+    up.kill();
+    let out = Command::new(BIN).args(args).envs(env.iter().map(|(k, v)| (k, v))).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected seq 2, got 3"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_policy_applied_over_rest_reaches_two_gateway_processes() {
+    let dir = TempDir::new();
+    let db = airlock_testkit::pg::TestDb::create().await.unwrap();
+    let prefix = airlock_testkit::nats::unique_prefix();
+    let _stream = airlock_testkit::nats::StreamCleanup(format!("{}_EVENTS", prefix.to_uppercase()));
+    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let common = vec![
+        ("AIRLOCK_BUS__NATS_URL", airlock_testkit::nats::nats_url()),
+        ("AIRLOCK_BUS__PREFIX", prefix.clone()),
+        ("AIRLOCK_WORKER__TOKEN", "cluster-secret".to_owned()),
+    ];
+    let (api, grpc) = (free_addr(), free_addr());
+    let mut cp_env = common.clone();
+    cp_env.push(("AIRLOCK_DATABASE__URL", db.url().to_owned()));
+    cp_env.push(("AIRLOCK_SECRETS__MASTER_KEY", key));
+    cp_env.push(("AIRLOCK_DATA_DIR", dir.0.join("cp").display().to_string()));
+    let _cp = Proc::spawn(
+        "control-plane",
+        &dir.0,
+        &["control-plane", "--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string()],
+        &cp_env,
+    );
+    let url = format!("http://{api}");
+    wait_ready(&format!("{url}/readyz")).await;
+
+    let gateway = |name: &str, admin: SocketAddr| {
+        let args = ["gateway", "--control-plane-url", &format!("http://{grpc}"), "--admin-addr", &admin.to_string()];
+        Proc::spawn(name, &dir.0, &args, &common)
+    };
+    let (a1, a2) = (free_addr(), free_addr());
+    let _g1 = gateway("gateway-1", a1);
+    let mut g2 = gateway("gateway-2", a2);
+    for admin in [a1, a2] {
+        wait_ready(&format!("http://{admin}/readyz")).await;
+    }
+
+    let token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let tenants: Value =
+        http.get(format!("{url}/v1/tenants")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let tenant = tenants[0]["id"].as_str().unwrap().to_owned();
+    let apply = |doc: String| {
+        let request = http
+            .put(format!("{url}/v1/policy"))
+            .bearer_auth(&token)
+            .header("content-type", "application/yaml")
+            .body(doc);
+        async move {
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success());
+            response.json::<Value>().await.unwrap()["seq"].as_u64().unwrap()
+        }
+    };
+    let applied_by = |admin: SocketAddr, seq: u64| {
+        let tenant = tenant.clone();
+        async move {
+            eventually(Duration::from_secs(20), &format!("gateway {admin} to apply seq {seq}"), || {
+                let tenant = tenant.clone();
+                async move {
+                    let Ok(r) = reqwest::get(format!("http://{admin}/healthz")).await else { return false };
+                    let health: Value = r.json().await.unwrap_or_default();
+                    health["applied"][&tenant].as_u64() == Some(seq)
+                }
+            })
+            .await
+        }
+    };
+
+    let seq = apply(POLICY.to_owned()).await;
+    applied_by(a1, seq).await;
+    applied_by(a2, seq).await;
+
+    // A gateway that was down catches up when it comes back.
+    g2.kill();
+    let seq = apply(format!("# while gateway-2 is down\n{POLICY}")).await;
+    applied_by(a1, seq).await;
+    let _g2 = gateway("gateway-2-again", a2);
+    applied_by(a2, seq).await;
+    db.drop_db().await.unwrap();
+}
