@@ -101,23 +101,15 @@ impl Projection {
 
     pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
-}
 
-impl airlock_identity::Directory for Projection {
-    fn issuers_for(&self, iss: &str) -> Vec<(TenantId, airlock_core::event::TrustedIssuer)> {
-        self.read(|t| t.issuers_for(iss))
-    }
-
-    fn signing_key(&self, kid: &str) -> Option<(TenantId, airlock_core::state::SigningKey)> {
-        self.read(|t| t.signing_key(kid))
-    }
-
-    fn api_key(&self, sha256_hex: &str) -> Option<(TenantId, airlock_core::state::ApiKey)> {
-        self.read(|t| t.api_key(sha256_hex))
+    /// For the identity verifier: token checks read the same state.
+    pub fn directory(&self) -> &dyn airlock_identity::Directory {
+        &self.tenants
     }
 }

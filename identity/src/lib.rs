@@ -53,6 +53,22 @@ pub trait Directory: Send + Sync {
     fn api_key(&self, sha256_hex: &str) -> Option<(TenantId, ApiKey)>;
 }
 
+/// The projection every component keeps (the control plane's and each
+/// worker's) answers directly; each lookup holds the read lock only for itself.
+impl Directory for std::sync::RwLock<airlock_core::Tenants> {
+    fn issuers_for(&self, iss: &str) -> Vec<(TenantId, TrustedIssuer)> {
+        self.read().unwrap_or_else(|e| e.into_inner()).issuers_for(iss)
+    }
+
+    fn signing_key(&self, kid: &str) -> Option<(TenantId, SigningKey)> {
+        self.read().unwrap_or_else(|e| e.into_inner()).signing_key(kid)
+    }
+
+    fn api_key(&self, sha256_hex: &str) -> Option<(TenantId, ApiKey)> {
+        self.read().unwrap_or_else(|e| e.into_inner()).api_key(sha256_hex)
+    }
+}
+
 /// Why a token was refused. The message is safe to show the client: it never
 /// contains the token, a key, or an internal address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

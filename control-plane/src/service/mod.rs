@@ -63,7 +63,7 @@ pub struct ControlPlane {
     signing_keys: Mutex<HashMap<String, Arc<Vec<u8>>>>,
 }
 
-/// The projection of every tenant, shared with the identity verifier.
+/// The projection of every tenant; the identity verifier reads it too.
 #[derive(Default)]
 pub struct TenantsHandle(RwLock<Tenants>);
 
@@ -77,19 +77,9 @@ impl TenantsHandle {
         let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
     }
-}
 
-impl Directory for TenantsHandle {
-    fn issuers_for(&self, iss: &str) -> Vec<(TenantId, airlock_core::event::TrustedIssuer)> {
-        self.read(|t| t.issuers_for(iss))
-    }
-
-    fn signing_key(&self, kid: &str) -> Option<(TenantId, airlock_core::state::SigningKey)> {
-        self.read(|t| t.signing_key(kid))
-    }
-
-    fn api_key(&self, sha256_hex: &str) -> Option<(TenantId, airlock_core::state::ApiKey)> {
-        self.read(|t| t.api_key(sha256_hex))
+    pub fn directory(&self) -> &dyn Directory {
+        &self.0
     }
 }
 
@@ -138,7 +128,7 @@ impl ControlPlane {
         let token = bearer.ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?;
         let principal = self
             .verifier
-            .verify(token, self.tenants.as_ref())
+            .verify(token, self.tenants.directory())
             .await
             .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
         if self.tenants.read(|t| t.get(&principal.tenant_id).is_none_or(|s| s.tenant_id.is_none())) {
