@@ -94,6 +94,7 @@ pub async fn start(
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {
         let served = tonic::transport::Server::builder()
+            .layer(tower_http::trace::TraceLayer::new_for_grpc())
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
