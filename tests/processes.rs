@@ -103,6 +103,13 @@ async fn airlock_up_quick_start_with_the_cli() {
     wait_ready(&format!("{url}/readyz")).await;
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
 
+    // The web UI is served beside the API.
+    let page = reqwest::get(format!("{url}/")).await.unwrap().text().await.unwrap();
+    assert!(page.contains("<title>Airlock</title>"));
+    // `events --follow` prints events as they are appended.
+    let follow_env = [("AIRLOCK_URL", url.clone()), ("AIRLOCK_TOKEN", token.clone())];
+    let follow = Proc::spawn("follow", &dir.0, &["events", "--follow"], &follow_env);
+
     std::fs::write(dir.0.join("connection.json"), CONNECTION).unwrap();
     std::fs::write(dir.0.join("policy.yaml"), POLICY).unwrap();
     let out = cli(&url, &token, &["connections", "add", dir.0.join("connection.json").to_str().unwrap()]);
@@ -114,6 +121,11 @@ async fn airlock_up_quick_start_with_the_cli() {
     assert!(stdout(&out).contains("pg-local  postgres  127.0.0.1:5432  app"), "{}", stdout(&out));
     let out = cli(&url, &token, &["events"]);
     assert!(stdout(&out).contains("policy_applied"), "{}", stdout(&out));
+    eventually(Duration::from_secs(10), "events --follow to print the policy", || async {
+        std::fs::read_to_string(&follow.log).is_ok_and(|l| l.contains("policy_applied"))
+    })
+    .await;
+    drop(follow);
     let out = cli(&url, &token, &["verify"]);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout(&out).contains("chain intact: 5 events verified"), "{}", stdout(&out));
