@@ -79,6 +79,25 @@ pub struct TokenArgs {
     ttl: String,
 }
 
+#[derive(Args)]
+pub struct GrantArgs {
+    /// Connection name or id.
+    connection: String,
+    /// The principal's subject.
+    #[arg(long)]
+    subject: String,
+    #[arg(long)]
+    role: String,
+    /// Lifetime, e.g. 15m or 1h.
+    #[arg(long, default_value = "15m")]
+    ttl: String,
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// The issuer that must vouch for the subject (default: any the tenant trusts).
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -307,6 +326,64 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn grant(args: GrantArgs) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let ttl = airlock_core::duration::parse(&args.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let body = serde_json::json!({
+        "subject": args.subject, "issuer": args.issuer, "connection": args.connection, "role": args.role,
+        "ttl_seconds": ttl.as_secs(), "reason": args.reason,
+    });
+    let g = c.post("/v1/grants", &body).await?;
+    println!("{}", text(&g, "id"));
+    eprintln!(
+        "granted {} role {} on {} until {}",
+        text(&g, "subject"),
+        text(&g, "role"),
+        text(&g, "connection"),
+        format_unix(g.get("expires_at_unix").and_then(Value::as_i64).unwrap_or_default())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn grants() -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let list = c.get("/v1/grants").await?;
+    let rows = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|g| {
+                    let until = format_unix(g.get("expires_at_unix").and_then(Value::as_i64).unwrap_or_default());
+                    vec![
+                        text(g, "id"),
+                        text(g, "subject"),
+                        text(g, "connection"),
+                        text(g, "role"),
+                        until,
+                        text(g, "state"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "SUBJECT", "CONNECTION", "ROLE", "UNTIL", "STATE"], rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn revoke(grant: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    c.post(&format!("/v1/grants/{}/revoke", path_segment(grant)), &serde_json::json!({"reason": reason})).await?;
+    println!("revoked grant {grant}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_unix(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
 pub async fn events(from_seq: u64, follow: bool, json: bool) -> anyhow::Result<ExitCode> {
     let c = Client::from_env()?;
     let mut next = from_seq.max(1);
@@ -381,4 +458,14 @@ pub async fn verify() -> anyhow::Result<ExitCode> {
     }
     println!("chain intact: {} events verified", verifier.verified());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unix_times_print_as_utc() {
+        assert_eq!(super::format_unix(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::format_unix(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(super::format_unix(951_782_400), "2000-02-29T00:00:00Z");
+    }
 }

@@ -71,6 +71,16 @@ enum Command {
     Tenants(client::TenantsCommand),
     /// Mint a short-lived Airlock token for a workload.
     Token(client::TokenArgs),
+    /// Grant a principal a role on a connection now (tenant admins).
+    Grant(client::GrantArgs),
+    /// List grants.
+    Grants,
+    /// End a grant now; sessions it admitted end with it.
+    Revoke {
+        grant: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Print the tenant's event log.
     Events {
         #[arg(long, default_value_t = 0)]
@@ -165,6 +175,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Issuers(cmd) => client::issuers(cmd).await,
         Command::Tenants(cmd) => client::tenants(cmd).await,
         Command::Token(args) => client::token(args).await,
+        Command::Grant(args) => client::grant(args).await,
+        Command::Grants => client::grants().await,
+        Command::Revoke { grant, reason } => client::revoke(&grant, &reason).await,
         Command::Events { from_seq, follow, json } => client::events(from_seq, follow, json).await,
         Command::Verify => client::verify().await,
     }

@@ -25,6 +25,7 @@ on_both_backends!(
     minted_tokens_authenticate_and_verify_with_the_published_jwks,
     tenants_cannot_see_or_change_each_other,
     oidc_tokens_from_a_trusted_issuer_authenticate,
+    admins_grant_and_revoke_access,
 );
 
 async fn design_documents_are_accepted_as_written(backend: Backend) {
@@ -281,4 +282,45 @@ async fn oidc_tokens_from_a_trusted_issuer_authenticate(backend: Backend) {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = h.get("/v1/connections", &token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+async fn admins_grant_and_revoke_access(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.register_design_connection(&h.admin_token).await;
+    let grant = json!({"subject": "ci-job-42", "connection": "pg-local", "role": "readonly", "ttl_seconds": 900, "reason": "deploy"});
+    let (status, created) = h.post("/v1/grants", &h.admin_token, grant.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["state"], "active");
+    assert_eq!(created["connection"], "pg-local");
+    assert_eq!(created["expires_at_unix"].as_i64().unwrap() - created["starts_at_unix"].as_i64().unwrap(), 900);
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let mut bad = grant.clone();
+    bad["role"] = json!("superuser");
+    let (status, body) = h.post("/v1/grants", &h.admin_token, bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "role");
+    let mut bad = grant.clone();
+    bad["ttl_seconds"] = json!(0);
+    let (status, _) = h.post("/v1/grants", &h.admin_token, bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (_, list) = h.get("/v1/grants", &h.admin_token).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Another tenant can neither see nor revoke it.
+    let (_, b) = h.create_tenant("tenant-b").await;
+    let (status, _) = h.get(&format!("/v1/grants/{id}"), &b).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h.post(&format!("/v1/grants/{id}/revoke"), &b, json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, revoked) = h.post(&format!("/v1/grants/{id}/revoke"), &h.admin_token, json!({"reason": "done"})).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(revoked["state"], "revoked");
+    let (_, list) = h.get("/v1/grants", &h.admin_token).await;
+    assert_eq!(list, json!([]));
+    let (_, events) = h.get("/v1/events?from_seq=0", &h.admin_token).await;
+    let types: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(types.ends_with(&["grant_activated", "grant_revoked"]), "{types:?}");
 }

@@ -86,3 +86,46 @@ async fn the_worker_service_needs_the_worker_token() {
     assert_eq!(state.name, "default");
     assert_eq!(state.seq, 3);
 }
+
+#[tokio::test]
+async fn workers_read_credentials_and_record_sessions_with_the_worker_token() {
+    let h = Harness::start(Backend::Sqlite).await;
+    let mut conn: serde_json::Value = serde_json::from_str(harness::DESIGN_CONNECTION).unwrap();
+    conn["admin_credential"]["password"] = serde_json::json!("pw-for-the-gateway");
+    let (_, created) = h.post("/v1/connections", &h.admin_token, conn).await;
+    let (_, tenants) = h.get("/v1/tenants", &h.admin_token).await;
+    let request = v1::ConnectionCredentialRequest {
+        tenant_id: tenants[0]["id"].as_str().unwrap().into(),
+        connection_id: created["id"].as_str().unwrap().into(),
+    };
+    let mut worker = v1::worker_service_client::WorkerServiceClient::new(channel(&h).await);
+    let refused = worker.connection_credential(authed(&h.admin_token, request.clone())).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let credential = worker.connection_credential(authed("worker-secret", request.clone())).await.unwrap().into_inner();
+    assert_eq!((credential.user.as_str(), credential.password.as_str()), ("postgres", "pw-for-the-gateway"));
+
+    let opened = v1::SessionOpened {
+        session_id: airlock_core::SessionId::new().to_string(),
+        grant_id: airlock_core::GrantId::new().to_string(),
+        connection_id: request.connection_id.clone(),
+        subject: "ci".into(),
+        issuer: "i".into(),
+        client_addr: "127.0.0.1:1".into(),
+        worker_id: "w1".into(),
+        target_role: "airlock_x".into(),
+    };
+    let reply = worker
+        .record_session(authed(
+            "worker-secret",
+            v1::RecordSessionRequest {
+                tenant_id: request.tenant_id.clone(),
+                kind: Some(v1::record_session_request::Kind::Opened(opened)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, events) = h.get(&format!("/v1/events?from_seq={}", reply.seq), &h.admin_token).await;
+    assert_eq!(events["events"][0]["type"], "session_opened");
+    assert_eq!(events["events"][0]["data"]["session"]["client_addr"], "127.0.0.1:1");
+}

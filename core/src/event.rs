@@ -4,23 +4,90 @@
 use serde::{Deserialize, Serialize};
 
 use crate::connection::ConnectionSpec;
-use crate::ids::{ConnectionId, IssuerId, KeyId, TenantId};
+use crate::grant::Grant;
+use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, SessionId, TenantId};
 use crate::principal::{AdminScope, PrincipalKind};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    TenantCreated { tenant_id: TenantId, name: String },
-    ConnectionRegistered { spec: ConnectionSpec },
-    ConnectionUpdated { spec: ConnectionSpec },
-    ConnectionRemoved { connection_id: ConnectionId, name: String },
-    PolicyApplied { version: u64, source: String, digest: String },
-    IssuerTrusted { issuer: TrustedIssuer },
-    IssuerRemoved { issuer_id: IssuerId },
-    ApiKeyIssued { key_id: KeyId, name: String, sha256: String, scope: AdminScope },
-    ApiKeyRevoked { key_id: KeyId },
-    SigningKeyAdded { kid: String, algorithm: String, public_key: Vec<u8> },
-    TokenIssued { jti: String, subject: String, groups: Vec<String>, expires_at_unix: i64 },
+    TenantCreated {
+        tenant_id: TenantId,
+        name: String,
+    },
+    ConnectionRegistered {
+        spec: ConnectionSpec,
+    },
+    ConnectionUpdated {
+        spec: ConnectionSpec,
+    },
+    ConnectionRemoved {
+        connection_id: ConnectionId,
+        name: String,
+    },
+    PolicyApplied {
+        version: u64,
+        source: String,
+        digest: String,
+    },
+    IssuerTrusted {
+        issuer: TrustedIssuer,
+    },
+    IssuerRemoved {
+        issuer_id: IssuerId,
+    },
+    ApiKeyIssued {
+        key_id: KeyId,
+        name: String,
+        sha256: String,
+        scope: AdminScope,
+    },
+    ApiKeyRevoked {
+        key_id: KeyId,
+    },
+    SigningKeyAdded {
+        kid: String,
+        algorithm: String,
+        public_key: Vec<u8>,
+    },
+    TokenIssued {
+        jti: String,
+        subject: String,
+        groups: Vec<String>,
+        expires_at_unix: i64,
+    },
+    GrantActivated {
+        grant: Grant,
+    },
+    GrantRevoked {
+        grant_id: GrantId,
+        revoked_by: String,
+        reason: String,
+    },
+    SessionOpened {
+        session: SessionInfo,
+    },
+    SessionClosed {
+        session_id: SessionId,
+        duration_ms: u64,
+        bytes_from_client: u64,
+        bytes_to_client: u64,
+        reason: String,
+    },
+}
+
+/// A session as recorded when it opens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub grant_id: GrantId,
+    pub connection_id: ConnectionId,
+    pub subject: String,
+    pub issuer: String,
+    pub client_addr: String,
+    pub worker_id: String,
+    /// The role the session runs as on the target (`airlock_...`), or the static user.
+    pub target_role: String,
 }
 
 impl Event {
@@ -38,6 +105,10 @@ impl Event {
             Event::ApiKeyRevoked { .. } => "api_key_revoked",
             Event::SigningKeyAdded { .. } => "signing_key_added",
             Event::TokenIssued { .. } => "token_issued",
+            Event::GrantActivated { .. } => "grant_activated",
+            Event::GrantRevoked { .. } => "grant_revoked",
+            Event::SessionOpened { .. } => "session_opened",
+            Event::SessionClosed { .. } => "session_closed",
         }
     }
 }
@@ -60,7 +131,7 @@ pub struct TrustedIssuer {
 
 /// Stream names: the unit of optimistic concurrency in the log.
 pub mod stream {
-    use crate::ids::{ConnectionId, IssuerId, KeyId};
+    use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, SessionId};
 
     pub const TENANT: &str = "tenant";
     pub const POLICY: &str = "policy";
@@ -77,5 +148,13 @@ pub mod stream {
 
     pub fn api_key(id: &KeyId) -> String {
         format!("api-key/{id}")
+    }
+
+    pub fn grant(id: &GrantId) -> String {
+        format!("grant/{id}")
+    }
+
+    pub fn session(id: &SessionId) -> String {
+        format!("session/{id}")
     }
 }

@@ -68,3 +68,11 @@ id_type!(
     /// An API key.
     KeyId
 );
+id_type!(
+    /// A just-in-time grant.
+    GrantId
+);
+id_type!(
+    /// One client connection through a gateway.
+    SessionId
+);

@@ -6,6 +6,7 @@ pub mod chain;
 pub mod connection;
 pub mod duration;
 pub mod event;
+pub mod grant;
 pub mod ids;
 pub mod policy;
 pub mod principal;
@@ -14,6 +15,6 @@ pub mod state;
 pub mod tenants;
 
 pub use event::Event;
-pub use ids::{ConnectionId, IssuerId, KeyId, TenantId};
+pub use ids::{ConnectionId, GrantId, IssuerId, KeyId, SessionId, TenantId};
 pub use state::{ApplyError, TenantState};
 pub use tenants::Tenants;

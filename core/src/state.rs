@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::ConnectionSpec;
 use crate::event::{Event, TrustedIssuer};
-use crate::ids::{ConnectionId, IssuerId, KeyId, TenantId};
+use crate::grant::Grant;
+use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, TenantId};
 use crate::policy::{Policy, PolicyError};
 use crate::principal::AdminScope;
 
@@ -28,6 +29,8 @@ pub struct TenantState {
     pub signing_keys: BTreeMap<String, SigningKey>,
     /// The key new tokens are signed with: the last one added.
     pub current_signing_key: Option<String>,
+    /// Grants not revoked. Whether one is live also depends on the clock.
+    pub grants: BTreeMap<GrantId, Grant>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,6 +101,8 @@ impl TenantState {
             }
             Event::ConnectionRemoved { connection_id, .. } => {
                 self.connections.remove(connection_id);
+                // A grant on a removed connection ends with it.
+                self.grants.retain(|_, g| g.connection_id != *connection_id);
             }
             Event::PolicyApplied { version, source, digest } => {
                 self.policy = Some(ActivePolicy {
@@ -127,7 +132,13 @@ impl TenantState {
                 );
                 self.current_signing_key = Some(kid.clone());
             }
-            Event::TokenIssued { .. } => {}
+            Event::GrantActivated { grant } => {
+                self.grants.insert(grant.id, grant.clone());
+            }
+            Event::GrantRevoked { grant_id, .. } => {
+                self.grants.remove(grant_id);
+            }
+            Event::TokenIssued { .. } | Event::SessionOpened { .. } | Event::SessionClosed { .. } => {}
         }
     }
 
@@ -141,6 +152,20 @@ impl TenantState {
             Ok(id) => self.connections.get(&id),
             Err(_) => self.connection_by_name(id_or_name),
         }
+    }
+
+    /// The live grant that admits `principal` to `connection` as `role`, if any.
+    pub fn grant_for(
+        &self,
+        principal: &crate::principal::Principal,
+        connection: &ConnectionId,
+        role: &str,
+        now_unix: i64,
+    ) -> Option<&Grant> {
+        self.grants
+            .values()
+            .filter(|g| g.connection_id == *connection && g.role == role && g.admits(principal, now_unix))
+            .max_by_key(|g| g.expires_at_unix)
     }
 
     pub fn find_issuer(&self, id_or_name: &str) -> Option<&TrustedIssuer> {

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use airlock_core::connection::{ConnectionKind, ConnectionSpec, CredentialMode, TargetTls};
-use airlock_core::event::TrustedIssuer;
+use airlock_core::event::{SessionInfo, TrustedIssuer};
+use airlock_core::grant::Grant;
 use airlock_core::principal::{AdminScope, PrincipalKind};
-use airlock_core::{ConnectionId, Event, IssuerId, KeyId, TenantId};
+use airlock_core::{ConnectionId, Event, GrantId, IssuerId, KeyId, SessionId, TenantId};
 use prost::Message;
 
 use crate::v1::{self, event::Kind};
@@ -86,6 +87,24 @@ pub fn to_proto(event: &Event) -> v1::Event {
             groups: groups.clone(),
             expires_at_unix: *expires_at_unix,
         }),
+        Event::GrantActivated { grant } => {
+            Kind::GrantActivated(v1::GrantActivated { grant: Some(grant_to_proto(grant)) })
+        }
+        Event::GrantRevoked { grant_id, revoked_by, reason } => Kind::GrantRevoked(v1::GrantRevoked {
+            grant_id: grant_id.to_string(),
+            revoked_by: revoked_by.clone(),
+            reason: reason.clone(),
+        }),
+        Event::SessionOpened { session } => Kind::SessionOpened(session_to_proto(session)),
+        Event::SessionClosed { session_id, duration_ms, bytes_from_client, bytes_to_client, reason } => {
+            Kind::SessionClosed(v1::SessionClosed {
+                session_id: session_id.to_string(),
+                duration_ms: *duration_ms,
+                bytes_from_client: *bytes_from_client,
+                bytes_to_client: *bytes_to_client,
+                reason: reason.clone(),
+            })
+        }
     };
     v1::Event { kind: Some(kind) }
 }
@@ -132,6 +151,22 @@ pub fn from_proto(event: v1::Event) -> Result<Event, DecodeError> {
         Kind::TokenIssued(e) => {
             Event::TokenIssued { jti: e.jti, subject: e.subject, groups: e.groups, expires_at_unix: e.expires_at_unix }
         }
+        Kind::GrantActivated(e) => {
+            Event::GrantActivated { grant: grant_from_proto(e.grant.ok_or_else(|| field("grant", "missing"))?)? }
+        }
+        Kind::GrantRevoked(e) => Event::GrantRevoked {
+            grant_id: id::<GrantId>("grant_id", &e.grant_id)?,
+            revoked_by: e.revoked_by,
+            reason: e.reason,
+        },
+        Kind::SessionOpened(e) => Event::SessionOpened { session: session_from_proto(e)? },
+        Kind::SessionClosed(e) => Event::SessionClosed {
+            session_id: id::<SessionId>("session_id", &e.session_id)?,
+            duration_ms: e.duration_ms,
+            bytes_from_client: e.bytes_from_client,
+            bytes_to_client: e.bytes_to_client,
+            reason: e.reason,
+        },
     })
 }
 
@@ -186,6 +221,60 @@ fn spec_from_proto(p: v1::ConnectionSpec) -> Result<ConnectionSpec, DecodeError>
         labels: p.labels.into_iter().map(|l| (l.key, l.value)).collect::<BTreeMap<_, _>>(),
         credential_user: p.admin_user,
         secret_version: p.secret_version,
+    })
+}
+
+pub fn grant_to_proto(g: &Grant) -> v1::Grant {
+    v1::Grant {
+        grant_id: g.id.to_string(),
+        subject: g.subject.clone(),
+        issuer: g.issuer.clone(),
+        connection_id: g.connection_id.to_string(),
+        role: g.role.clone(),
+        starts_at_unix: g.starts_at_unix,
+        expires_at_unix: g.expires_at_unix,
+        reason: g.reason.clone(),
+        granted_by: g.granted_by.clone(),
+    }
+}
+
+pub fn grant_from_proto(g: v1::Grant) -> Result<Grant, DecodeError> {
+    Ok(Grant {
+        id: id::<GrantId>("grant_id", &g.grant_id)?,
+        connection_id: id::<ConnectionId>("connection_id", &g.connection_id)?,
+        subject: g.subject,
+        issuer: g.issuer,
+        role: g.role,
+        starts_at_unix: g.starts_at_unix,
+        expires_at_unix: g.expires_at_unix,
+        reason: g.reason,
+        granted_by: g.granted_by,
+    })
+}
+
+pub fn session_to_proto(s: &SessionInfo) -> v1::SessionOpened {
+    v1::SessionOpened {
+        session_id: s.id.to_string(),
+        grant_id: s.grant_id.to_string(),
+        connection_id: s.connection_id.to_string(),
+        subject: s.subject.clone(),
+        issuer: s.issuer.clone(),
+        client_addr: s.client_addr.clone(),
+        worker_id: s.worker_id.clone(),
+        target_role: s.target_role.clone(),
+    }
+}
+
+pub fn session_from_proto(s: v1::SessionOpened) -> Result<SessionInfo, DecodeError> {
+    Ok(SessionInfo {
+        id: id::<SessionId>("session_id", &s.session_id)?,
+        grant_id: id::<GrantId>("grant_id", &s.grant_id)?,
+        connection_id: id::<ConnectionId>("connection_id", &s.connection_id)?,
+        subject: s.subject,
+        issuer: s.issuer,
+        client_addr: s.client_addr,
+        worker_id: s.worker_id,
+        target_role: s.target_role,
     })
 }
 
@@ -247,6 +336,39 @@ mod tests {
             Event::ApiKeyRevoked { key_id: KeyId::new() },
             Event::SigningKeyAdded { kid: "k1".into(), algorithm: "EdDSA".into(), public_key: vec![1; 32] },
             Event::TokenIssued { jti: "j".into(), subject: "s".into(), groups: vec!["g".into()], expires_at_unix: 5 },
+            Event::GrantActivated {
+                grant: Grant {
+                    id: GrantId::new(),
+                    subject: "ci-job".into(),
+                    issuer: String::new(),
+                    connection_id: ConnectionId::new(),
+                    role: "readonly".into(),
+                    starts_at_unix: 1,
+                    expires_at_unix: 2,
+                    reason: "why".into(),
+                    granted_by: "admin".into(),
+                },
+            },
+            Event::GrantRevoked { grant_id: GrantId::new(), revoked_by: "a".into(), reason: "r".into() },
+            Event::SessionOpened {
+                session: SessionInfo {
+                    id: SessionId::new(),
+                    grant_id: GrantId::new(),
+                    connection_id: ConnectionId::new(),
+                    subject: "s".into(),
+                    issuer: "i".into(),
+                    client_addr: "127.0.0.1:5".into(),
+                    worker_id: "w".into(),
+                    target_role: "airlock_x".into(),
+                },
+            },
+            Event::SessionClosed {
+                session_id: SessionId::new(),
+                duration_ms: 5,
+                bytes_from_client: 6,
+                bytes_to_client: 7,
+                reason: "client closed".into(),
+            },
         ];
         for e in events {
             assert_eq!(decode_event(&encode_event(&e)).unwrap(), e);

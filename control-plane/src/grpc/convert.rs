@@ -3,7 +3,7 @@
 use airlock_proto::v1;
 
 use crate::service::{
-    ConnectionInput, ConnectionView, CredentialInput, IssuerInput, IssuerView, PolicyView, TenantView,
+    ConnectionInput, ConnectionView, CredentialInput, GrantView, IssuerInput, IssuerView, PolicyView, TenantView,
 };
 
 pub fn tenant(t: TenantView) -> v1::Tenant {
@@ -70,5 +70,19 @@ pub fn issuer(i: IssuerView) -> v1::Issuer {
         subject_claim: i.subject_claim,
         groups_claim: i.groups_claim,
         principal_kind: i.principal_kind,
+    }
+}
+
+pub fn grant(g: GrantView) -> v1::Grant {
+    v1::Grant {
+        grant_id: g.id,
+        subject: g.subject,
+        issuer: g.issuer,
+        connection_id: g.connection_id,
+        role: g.role,
+        starts_at_unix: g.starts_at_unix,
+        expires_at_unix: g.expires_at_unix,
+        reason: g.reason,
+        granted_by: g.granted_by,
     }
 }

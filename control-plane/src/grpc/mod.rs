@@ -38,6 +38,7 @@ impl Api {
 pub fn routes(cp: Arc<ControlPlane>) -> tonic::service::Routes {
     use v1::connection_service_server::ConnectionServiceServer;
     use v1::event_service_server::EventServiceServer;
+    use v1::grant_service_server::GrantServiceServer;
     use v1::issuer_service_server::IssuerServiceServer;
     use v1::policy_service_server::PolicyServiceServer;
     use v1::tenant_service_server::TenantServiceServer;
@@ -59,5 +60,6 @@ pub fn routes(cp: Arc<ControlPlane>) -> tonic::service::Routes {
         .add_service(limited!(IssuerServiceServer))
         .add_service(limited!(TokenServiceServer))
         .add_service(limited!(EventServiceServer))
+        .add_service(limited!(GrantServiceServer))
         .add_service(limited!(WorkerServiceServer))
 }

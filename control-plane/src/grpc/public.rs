@@ -142,3 +142,38 @@ impl v1::event_service_server::EventService for Api {
         Ok(Response::new(Box::pin(stream.map(|r| r.map_err(Status::from)))))
     }
 }
+
+#[tonic::async_trait]
+impl v1::grant_service_server::GrantService for Api {
+    async fn create_grant(&self, request: Request<v1::CreateGrantRequest>) -> Reply<v1::Grant> {
+        let p = self.principal(&request).await?;
+        let r = request.into_inner();
+        let input = crate::service::GrantInput {
+            subject: r.subject,
+            issuer: Some(r.issuer).filter(|i| !i.is_empty()),
+            connection: r.connection,
+            role: r.role,
+            ttl_seconds: r.ttl_seconds,
+            reason: r.reason,
+        };
+        Ok(Response::new(convert::grant(self.cp.create_grant(&p, input).await?)))
+    }
+
+    async fn list_grants(&self, request: Request<v1::ListGrantsRequest>) -> Reply<v1::ListGrantsResponse> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(v1::ListGrantsResponse {
+            grants: self.cp.list_grants(&p)?.into_iter().map(convert::grant).collect(),
+        }))
+    }
+
+    async fn get_grant(&self, request: Request<v1::GetGrantRequest>) -> Reply<v1::Grant> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(convert::grant(self.cp.get_grant(&p, &request.get_ref().id)?)))
+    }
+
+    async fn revoke_grant(&self, request: Request<v1::RevokeGrantRequest>) -> Reply<v1::Grant> {
+        let p = self.principal(&request).await?;
+        let r = request.get_ref();
+        Ok(Response::new(convert::grant(self.cp.revoke_grant(&p, &r.id, &r.reason).await?)))
+    }
+}

@@ -43,4 +43,34 @@ impl v1::worker_service_server::WorkerService for Api {
             .collect();
         Ok(Response::new(v1::HeadsResponse { heads }))
     }
+
+    async fn connection_credential(
+        &self,
+        request: Request<v1::ConnectionCredentialRequest>,
+    ) -> Result<Response<v1::ConnectionCredentialResponse>, Status> {
+        self.cp.authenticate_worker(bearer(&request))?;
+        let r = request.get_ref();
+        let tenant: TenantId = r.tenant_id.parse().map_err(|_| Status::invalid_argument("tenant_id: not an id"))?;
+        let connection = r.connection_id.parse().map_err(|_| Status::invalid_argument("connection_id: not an id"))?;
+        let c = self.cp.connection_credential(tenant, connection).await?;
+        Ok(Response::new(v1::ConnectionCredentialResponse { user: c.user, password: c.password, version: c.version }))
+    }
+
+    async fn record_session(
+        &self,
+        request: Request<v1::RecordSessionRequest>,
+    ) -> Result<Response<v1::RecordSessionResponse>, Status> {
+        self.cp.authenticate_worker(bearer(&request))?;
+        let r = request.into_inner();
+        let tenant: TenantId = r.tenant_id.parse().map_err(|_| Status::invalid_argument("tenant_id: not an id"))?;
+        let kind = r.kind.ok_or_else(|| Status::invalid_argument("kind: required"))?;
+        let event = match kind {
+            v1::record_session_request::Kind::Opened(o) => v1::event::Kind::SessionOpened(o),
+            v1::record_session_request::Kind::Closed(c) => v1::event::Kind::SessionClosed(c),
+        };
+        let event = airlock_proto::convert::from_proto(v1::Event { kind: Some(event) })
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let seq = self.cp.record_session(tenant, event).await?;
+        Ok(Response::new(v1::RecordSessionResponse { seq }))
+    }
 }

@@ -5,6 +5,7 @@
 mod connections;
 mod events;
 mod extract;
+mod grants;
 mod health;
 mod issuers;
 mod openapi;
@@ -46,6 +47,9 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/issuers/{issuer}", axum::routing::delete(issuers::remove))
         .route("/v1/tokens", post(tokens::mint))
         .route("/v1/events", get(events::list))
+        .route("/v1/grants", post(grants::create).get(grants::list))
+        .route("/v1/grants/{id}", get(grants::get))
+        .route("/v1/grants/{id}/revoke", post(grants::revoke))
         .merge(crate::web::router())
         .fallback(|| async { crate::error::ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

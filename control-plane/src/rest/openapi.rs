@@ -21,10 +21,12 @@ use crate::service::{
         super::issuers::trust, super::issuers::list, super::issuers::remove,
         super::tokens::mint,
         super::events::list,
+        super::grants::create, super::grants::list, super::grants::get, super::grants::revoke,
     ),
     components(schemas(
         ErrorBody, TenantView, CreatedTenant, super::tenants::CreateTenantInput, ConnectionInput, CredentialInput,
         ConnectionView, PolicyView, IssuerInput, IssuerView, MintTokenInput, MintedToken, EventView, EventPage,
+        crate::service::GrantInput, crate::service::GrantView, crate::service::RevokeInput,
     )),
     modifiers(&Bearer),
     security(("bearer" = [])),

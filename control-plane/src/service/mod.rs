@@ -10,6 +10,7 @@
 
 mod connections;
 mod events;
+mod grants;
 mod issuers;
 mod policy;
 mod tenants;
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 
 pub use connections::{ConnectionInput, ConnectionView, CredentialInput};
 pub use events::{EventPage, EventView};
+pub use grants::{GrantInput, GrantView, RevokeInput};
 pub use issuers::{IssuerInput, IssuerView};
 pub use policy::PolicyView;
 pub use tenants::{CreateTenantInput, CreatedTenant, TenantView};

@@ -41,3 +41,57 @@ impl ControlPlane {
         self.read_events(tenant, from_seq, None).await
     }
 }
+
+/// A connection's stored credential, as the gateway needs it.
+pub struct StoredCredential {
+    pub user: String,
+    pub password: String,
+    pub version: u64,
+}
+
+impl std::fmt::Debug for StoredCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCredential")
+            .field("user", &self.user)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    pub async fn connection_credential(
+        &self,
+        tenant: TenantId,
+        connection: airlock_core::ConnectionId,
+    ) -> Result<StoredCredential, ApiError> {
+        let known = self.tenants.read(|t| t.get(&tenant).is_some_and(|s| s.connections.contains_key(&connection)));
+        if !known {
+            return Err(ApiError::not_found(format!("connection {connection}")));
+        }
+        let secret = self
+            .secrets
+            .get(tenant, &format!("connection/{connection}"))
+            .await
+            .map_err(|e| ApiError::internal("read a credential", e))?
+            .ok_or_else(|| ApiError::not_found(format!("credential of connection {connection}")))?;
+        let credential: super::CredentialInput =
+            serde_json::from_slice(&secret.plaintext).map_err(|e| ApiError::internal("decode a credential", e))?;
+        Ok(StoredCredential { user: credential.user, password: credential.password, version: secret.version })
+    }
+
+    /// Appends a session's opening or closing, sent by the worker that serves it.
+    pub async fn record_session(&self, tenant: TenantId, event: airlock_core::Event) -> Result<u64, ApiError> {
+        let (stream, expected) = match &event {
+            airlock_core::Event::SessionOpened { session } => {
+                (airlock_core::event::stream::session(&session.id), crate::eventlog::ExpectedVersion::NoStream)
+            }
+            airlock_core::Event::SessionClosed { session_id, .. } => {
+                (airlock_core::event::stream::session(session_id), crate::eventlog::ExpectedVersion::Any)
+            }
+            _ => return Err(ApiError::invalid("kind", "only session events")),
+        };
+        let (records, ()) =
+            self.command(tenant, "worker", |_| Ok((super::Planned::one(stream, expected, event), ()))).await?;
+        Ok(records.last().map_or(0, |r| r.seq))
+    }
+}
