@@ -16,7 +16,10 @@ use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, TenantId};
 use crate::policy::{Policy, PolicyError};
 use crate::principal::AdminScope;
 
+/// Fields default when absent, so a snapshot written before a field existed
+/// still loads (the events after it fill the field in).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TenantState {
     pub tenant_id: Option<TenantId>,
     pub name: String,
@@ -31,6 +34,14 @@ pub struct TenantState {
     pub current_signing_key: Option<String>,
     /// Grants not revoked. Whether one is live also depends on the clock.
     pub grants: BTreeMap<GrantId, Grant>,
+    /// Revoked grants, kept so a refusal can say why.
+    pub revoked_grants: BTreeMap<GrantId, (Grant, Revocation)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub revoked_by: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +114,7 @@ impl TenantState {
                 self.connections.remove(connection_id);
                 // A grant on a removed connection ends with it.
                 self.grants.retain(|_, g| g.connection_id != *connection_id);
+                self.revoked_grants.retain(|_, (g, _)| g.connection_id != *connection_id);
             }
             Event::PolicyApplied { version, source, digest } => {
                 self.policy = Some(ActivePolicy {
@@ -135,8 +147,11 @@ impl TenantState {
             Event::GrantActivated { grant } => {
                 self.grants.insert(grant.id, grant.clone());
             }
-            Event::GrantRevoked { grant_id, .. } => {
-                self.grants.remove(grant_id);
+            Event::GrantRevoked { grant_id, revoked_by, reason } => {
+                if let Some(grant) = self.grants.remove(grant_id) {
+                    let revocation = Revocation { revoked_by: revoked_by.clone(), reason: reason.clone() };
+                    self.revoked_grants.insert(*grant_id, (grant, revocation));
+                }
             }
             Event::TokenIssued { .. } | Event::SessionOpened { .. } | Event::SessionClosed { .. } => {}
         }
@@ -166,6 +181,43 @@ impl TenantState {
             .values()
             .filter(|g| g.connection_id == *connection && g.role == role && g.admits(principal, now_unix))
             .max_by_key(|g| g.expires_at_unix)
+    }
+
+    /// Why `principal` may not use `connection` as `role` now, or `None` when a
+    /// live grant admits it. The text is for the client: it names the grant.
+    pub fn denial(
+        &self,
+        principal: &crate::principal::Principal,
+        connection: &ConnectionSpec,
+        role: &str,
+        now_unix: i64,
+    ) -> Option<String> {
+        if self.grant_for(principal, &connection.id, role, now_unix).is_some() {
+            return None;
+        }
+        let mine = |g: &Grant| {
+            g.connection_id == connection.id
+                && g.role == role
+                && g.subject == principal.subject
+                && (g.issuer.is_empty() || g.issuer == principal.issuer)
+        };
+        if let Some(g) = self.grants.values().filter(|g| mine(g)).max_by_key(|g| g.expires_at_unix) {
+            return Some(if g.expires_at_unix <= now_unix {
+                format!("grant {} for {} on {} as {} has expired", g.id, principal.subject, connection.name, role)
+            } else {
+                format!(
+                    "grant {} for {} on {} as {} has not started yet",
+                    g.id, principal.subject, connection.name, role
+                )
+            });
+        }
+        if let Some((g, r)) =
+            self.revoked_grants.values().filter(|(g, _)| mine(g)).max_by_key(|(g, _)| g.expires_at_unix)
+        {
+            let why = if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) };
+            return Some(format!("grant {} was revoked by {}{why}", g.id, r.revoked_by));
+        }
+        Some(format!("no grant for {} on {} as {}", principal.subject, connection.name, role))
     }
 
     pub fn find_issuer(&self, id_or_name: &str) -> Option<&TrustedIssuer> {
@@ -198,5 +250,68 @@ mod tests {
         assert_eq!(s.apply_at(3, &removed), Err(ApplyError::Gap { expected: 2, got: 3 }));
         assert_eq!(s.seq, 1);
         assert_eq!(s.name, "acme");
+    }
+}
+
+#[cfg(test)]
+mod grant_tests {
+    use super::*;
+    use crate::connection::{ConnectionKind, CredentialMode, TargetTls};
+    use crate::principal::{AdminScope, Principal, PrincipalKind};
+
+    fn connection() -> ConnectionSpec {
+        ConnectionSpec {
+            id: ConnectionId::new(),
+            name: "pg".into(),
+            kind: ConnectionKind::Postgres,
+            address: "h:5432".into(),
+            database: "app".into(),
+            tls: TargetTls::Prefer,
+            roles: [("readonly".to_owned(), "app_readonly".to_owned())].into(),
+            labels: BTreeMap::new(),
+            credential_mode: CredentialMode::SessionRole,
+            credential_user: "postgres".into(),
+            secret_version: 1,
+        }
+    }
+
+    fn principal(subject: &str) -> Principal {
+        Principal {
+            tenant_id: TenantId::new(),
+            issuer: "https://idp".into(),
+            subject: subject.into(),
+            groups: vec![],
+            kind: PrincipalKind::Workload,
+            admin: AdminScope::None,
+        }
+    }
+
+    #[test]
+    fn denials_say_which_grant_and_why() {
+        let c = connection();
+        let mut s = TenantState::default();
+        let grant = Grant {
+            id: GrantId::new(),
+            subject: "ci".into(),
+            issuer: String::new(),
+            connection_id: c.id,
+            role: "readonly".into(),
+            starts_at_unix: 100,
+            expires_at_unix: 200,
+            reason: String::new(),
+            granted_by: "admin".into(),
+        };
+        s.apply(&Event::GrantActivated { grant: grant.clone() });
+        assert_eq!(s.denial(&principal("ci"), &c, "readonly", 150), None);
+        assert!(s.denial(&principal("ci"), &c, "readonly", 200).unwrap().contains("has expired"));
+        assert!(s.denial(&principal("other"), &c, "readonly", 150).unwrap().starts_with("no grant for other"));
+        assert!(s.denial(&principal("ci"), &c, "readwrite", 150).unwrap().starts_with("no grant"));
+        s.apply(&Event::GrantRevoked { grant_id: grant.id, revoked_by: "alice".into(), reason: "incident".into() });
+        let why = s.denial(&principal("ci"), &c, "readonly", 150).unwrap();
+        assert!(why.contains("revoked by alice: incident"), "{why}");
+        // An issuer-bound grant admits only that issuer's subject.
+        let bound = Grant { id: GrantId::new(), issuer: "https://other".into(), ..grant };
+        s.apply(&Event::GrantActivated { grant: bound });
+        assert!(s.denial(&principal("ci"), &c, "readonly", 150).is_some());
     }
 }

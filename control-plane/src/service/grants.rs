@@ -127,13 +127,17 @@ impl ControlPlane {
         Ok(view)
     }
 
-    /// Grants that are not revoked (live or past their end).
+    /// Every grant: active, expired or revoked.
     pub fn list_grants(&self, principal: &Principal) -> Result<Vec<GrantView>, ApiError> {
         require_tenant_admin(principal)?;
         let now = unix_now();
         Ok(self.tenants.read(|t| {
             t.get(&principal.tenant_id)
-                .map(|s| s.grants.values().map(|g| view(s, g, status(g, now))).collect())
+                .map(|s| {
+                    let live = s.grants.values().map(|g| view(s, g, status(g, now)));
+                    let revoked = s.revoked_grants.values().map(|(g, _)| view(s, g, "revoked"));
+                    live.chain(revoked).collect()
+                })
                 .unwrap_or_default()
         }))
     }
@@ -145,7 +149,12 @@ impl ControlPlane {
         let now = unix_now();
         self.tenants
             .read(|t| {
-                t.get(&principal.tenant_id).and_then(|s| s.grants.get(&grant_id).map(|g| view(s, g, status(g, now))))
+                t.get(&principal.tenant_id).and_then(|s| {
+                    s.grants
+                        .get(&grant_id)
+                        .map(|g| view(s, g, status(g, now)))
+                        .or_else(|| s.revoked_grants.get(&grant_id).map(|(g, _)| view(s, g, "revoked")))
+                })
             })
             .ok_or_else(not_found)
     }
