@@ -1,0 +1,48 @@
+//! Client bytes reach the Postgres gateway before anyone is authenticated: the
+//! startup parser, the framer and the frontend decoder must refuse garbage,
+//! never panic, never read past a declared length, and forward a frame's raw
+//! bytes exactly as they arrived.
+
+#![no_main]
+
+use airlock_data_plane::postgres::protocol::FrontendMessage;
+use airlock_data_plane::postgres::protocol::frame::parse_frontend_frame;
+use airlock_data_plane::postgres::protocol::frontend::{
+    decode_frontend, decode_password, decode_sasl_initial_response,
+};
+use airlock_data_plane::postgres::protocol::startup::parse_startup;
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+
+/// A small cap so the fuzzer reaches the too-long path, far above any seed.
+const MAX_LEN: usize = 1 << 20;
+
+fuzz_target!(|data: &[u8]| {
+    let mut buf = BytesMut::from(data);
+    let before = buf.len();
+    match parse_startup(&mut buf) {
+        Ok(None) => assert_eq!(buf.len(), before, "need-more-bytes consumed input"),
+        Ok(Some(_)) | Err(_) => {}
+    }
+    // Whatever the startup outcome, keep framing what follows (also covers
+    // inputs that are only typed messages).
+    let mut consumed = data.len() - buf.len();
+    for _ in 0..10_000 {
+        let len = buf.len();
+        match parse_frontend_frame(&mut buf, MAX_LEN) {
+            Ok(Some(frame)) => {
+                assert_eq!(frame.raw().as_ref(), &data[consumed..consumed + frame.len()], "frame is not the input");
+                consumed += frame.len();
+                if let Ok(FrontendMessage::Password(body)) = decode_frontend(&frame) {
+                    let _ = decode_password(&body);
+                    let _ = decode_sasl_initial_response(&body);
+                }
+            }
+            Ok(None) => {
+                assert_eq!(buf.len(), len, "need-more-bytes consumed input");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+});
