@@ -84,6 +84,15 @@ pub struct Worker {
     pub admin_addr: SocketAddr,
     /// The Postgres gateway.
     pub pg_addr: SocketAddr,
+    /// Names this worker's session roles on targets, so a restarted worker removes
+    /// what it left behind. Must be stable across restarts and unique per worker.
+    /// Default: `{hostname}-{pg port}`.
+    pub id: String,
+    /// The gateway's TLS certificate and key (PEM). Unset: a self-signed pair in `data_dir`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept tokens over unencrypted connections from other hosts (never do this in production).
+    pub allow_cleartext_off_loopback: bool,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -186,6 +195,10 @@ impl Default for Worker {
             control_plane_url: "http://127.0.0.1:8081".into(),
             admin_addr: addr("127.0.0.1:9090"),
             pg_addr: addr("127.0.0.1:15432"),
+            id: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_cleartext_off_loopback: false,
             reconcile_every: Duration::from_secs(2),
         }
     }
@@ -215,6 +228,21 @@ impl Config {
                 || SECTIONS.iter().any(|s| key.strip_prefix(s).is_some_and(|r| r.starts_with('.')))
         });
         figment.merge(env).extract().context("reading the configuration")
+    }
+
+    /// The worker's id: configured, or `{hostname}-{pg port}`.
+    pub fn worker_id(&self) -> String {
+        if !self.worker.id.is_empty() {
+            return self.worker.id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "worker".to_owned());
+        let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).collect();
+        format!("{host}-{}", self.worker.pg_addr.port())
     }
 
     /// The public URL, defaulting to the REST address.
@@ -264,6 +292,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_sections_and_top_level_keys() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("AIRLOCK_DATABASE__URL", "postgres://db/airlock");

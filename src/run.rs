@@ -44,6 +44,9 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     println!("  REST API and web UI  http://{}", cp.api_addr);
     println!("  gRPC API             http://{}", cp.grpc_addr);
     println!("  worker health        http://{}/healthz", w.admin_addr);
+    if let Some(pg) = w.pg_addr {
+        println!("  Postgres gateway     postgres://<connection>.<role>@{pg}/<database> (password: an access token)");
+    }
     println!("  admin token          {}", dir.join("admin.token").display());
     println!(
         "Try: export AIRLOCK_URL=http://{} AIRLOCK_TOKEN=$(cat {})",
@@ -100,11 +103,27 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
 }
 
 fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options> {
+    use airlock_data_plane::postgres::tls::TlsSource;
+    let tls = match (&config.worker.tls_cert_file, &config.worker.tls_key_file) {
+        (Some(cert), Some(key)) => TlsSource::Files { cert: cert.clone(), key: key.clone() },
+        (None, None) => TlsSource::SelfSigned {
+            dir: config.data_dir.clone(),
+            names: vec!["localhost".into(), config.worker.pg_addr.ip().to_string()],
+        },
+        _ => anyhow::bail!("set both worker.tls_cert_file and worker.tls_key_file, or neither"),
+    };
+    let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
+        worker_id: config.worker_id(),
+        allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
+        ..Default::default()
+    };
     Ok(airlock_data_plane::Options {
         control_plane_url: config.worker.control_plane_url.clone(),
         worker_token: worker_token(config)?,
         admin_addr: config.worker.admin_addr,
         reconcile_every: config.worker.reconcile_every,
+        identity: config.identity.verifier_options(config.public_url()),
+        postgres: Some(airlock_data_plane::PostgresOptions { listen: config.worker.pg_addr, tls: Some(tls), gateway }),
     })
 }
 
@@ -180,8 +199,12 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,async_nats=warn,tower_http=warn"));
+    let requested =
+        std::env::var("AIRLOCK_LOG").unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn,tower_http=warn".into());
+    // tokio-postgres logs statement text at debug, and the statements that make
+    // session roles carry password verifiers: keep it quieter whatever is asked.
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{requested},tokio_postgres=info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();

@@ -132,7 +132,8 @@ async fn airlock_up_quick_start_with_the_cli() {
 
     // The in-process worker applied everything.
     eventually(Duration::from_secs(10), "the worker to apply seq 5", || async {
-        let health: Value = reqwest::get(format!("http://{worker}/healthz")).await.unwrap().json().await.unwrap();
+        let Ok(response) = reqwest::get(format!("http://{worker}/healthz")).await else { return false };
+        let health: Value = response.json().await.unwrap_or_default();
         health["applied"].as_object().is_some_and(|a| a.values().any(|s| s == 5))
     })
     .await;
@@ -199,8 +200,19 @@ async fn a_policy_applied_over_rest_reaches_two_gateway_processes() {
     wait_ready(&format!("{url}/readyz")).await;
 
     let gateway = |name: &str, admin: SocketAddr| {
-        let args = ["gateway", "--control-plane-url", &format!("http://{grpc}"), "--admin-addr", &admin.to_string()];
-        Proc::spawn(name, &dir.0, &args, &common)
+        let pg = free_addr().to_string();
+        let args = [
+            "gateway",
+            "--control-plane-url",
+            &format!("http://{grpc}"),
+            "--admin-addr",
+            &admin.to_string(),
+            "--pg-addr",
+            &pg,
+        ];
+        let mut env = common.clone();
+        env.push(("AIRLOCK_DATA_DIR", dir.0.join(name).display().to_string()));
+        Proc::spawn(name, &dir.0, &args, &env)
     };
     let (a1, a2) = (free_addr(), free_addr());
     let _g1 = gateway("gateway-1", a1);

@@ -95,6 +95,8 @@ impl Cluster {
             worker_token: "w".into(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             reconcile_every,
+            identity: Default::default(),
+            postgres: None,
         };
         airlock_data_plane::start(options, self.bus.clone(), self.cancel.clone(), &self.tracker).await.unwrap()
     }

@@ -63,11 +63,10 @@ pub async fn start(
     let cp = ControlPlane::load(store.event_log(), store.secrets(), verifier, service).await?;
 
     let wants_token = options.admin_token_file.as_ref().is_some_and(|p| !p.exists());
-    if let Some(token) = cp.bootstrap(wants_token).await.map_err(|e| anyhow::anyhow!("bootstrapping: {e}"))? {
-        if let Some(path) = &options.admin_token_file {
-            write_secret_file(path, &token).with_context(|| format!("writing {}", path.display()))?;
-            tracing::info!(path = %path.display(), "wrote an admin token for the default tenant");
-        }
+    let issued = cp.bootstrap(wants_token).await.map_err(|e| anyhow::anyhow!("bootstrapping: {e}"))?;
+    if let (Some(token), Some(path)) = (issued, &options.admin_token_file) {
+        write_secret_file(path, &token).with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(path = %path.display(), "wrote an admin token for the default tenant");
     }
 
     let relay = Relay::new(store.event_log(), bus, store.notify());

@@ -4,9 +4,10 @@
 //! path. (The protocol gateways plug in here.)
 
 pub mod health;
+pub mod postgres;
 pub mod projection;
 pub mod sync;
 pub mod worker;
 
 pub use projection::Projection;
-pub use worker::{Options, RunningWorker, start};
+pub use worker::{Options, PostgresOptions, RunningWorker, start};

@@ -20,6 +20,18 @@ pub struct Options {
     /// Health, readiness and metrics.
     pub admin_addr: SocketAddr,
     pub reconcile_every: Duration,
+    /// How tokens presented to the gateways are checked.
+    pub identity: airlock_identity::VerifierOptions,
+    /// The Postgres gateway, when this worker serves one.
+    pub postgres: Option<PostgresOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    pub listen: SocketAddr,
+    /// TLS toward clients (`None`: TLS refused, cleartext tokens only from loopback).
+    pub tls: Option<crate::postgres::tls::TlsSource>,
+    pub gateway: crate::postgres::gateway::GatewayOptions,
 }
 
 impl std::fmt::Debug for Options {
@@ -33,6 +45,8 @@ impl std::fmt::Debug for Options {
 
 pub struct RunningWorker {
     pub admin_addr: SocketAddr,
+    /// Where the Postgres gateway listens, when it runs.
+    pub pg_addr: Option<SocketAddr>,
     pub projection: Arc<Projection>,
 }
 
@@ -44,6 +58,10 @@ pub async fn start(
 ) -> anyhow::Result<RunningWorker> {
     let projection = Arc::new(Projection::new());
     let source = Arc::new(GrpcSource::new(&options.control_plane_url, &options.worker_token)?);
+    let pg_addr = match &options.postgres {
+        Some(pg) => Some(start_postgres(pg, &options, &projection, &source, &cancel, tracker).await?),
+        None => None,
+    };
     let sync = Synchronizer { projection: projection.clone(), source, bus, reconcile_every: options.reconcile_every };
     tracker.spawn(sync.run(cancel.clone()));
 
@@ -58,5 +76,48 @@ pub async fn start(
         }
     });
     tracing::info!(%admin_addr, "worker started");
-    Ok(RunningWorker { admin_addr, projection })
+    Ok(RunningWorker { admin_addr, pg_addr, projection })
+}
+
+/// Binds the Postgres gateway now and starts accepting once the projection is
+/// loaded (clients wait in the listen backlog until then), after sweeping the
+/// session roles an earlier run of this worker left behind.
+async fn start_postgres(
+    pg: &PostgresOptions,
+    options: &Options,
+    projection: &Arc<Projection>,
+    source: &Arc<GrpcSource>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(pg.listen)
+        .await
+        .with_context(|| format!("binding the Postgres gateway to {}", pg.listen))?;
+    let addr = listener.local_addr()?;
+    let tls = pg.tls.as_ref().map(crate::postgres::tls::acceptor).transpose()?;
+    let verifier = airlock_identity::Verifier::new(options.identity.clone())?;
+    let gateway = crate::postgres::gateway::Gateway::new(
+        projection.clone(),
+        verifier,
+        source.as_ref().clone(),
+        tls,
+        pg.gateway.clone(),
+        Arc::new(crate::postgres::hook::AllowAll),
+    );
+    let projection = projection.clone();
+    let cancel = cancel.clone();
+    let sessions = tracker.clone();
+    tracker.spawn(async move {
+        let mut changes = projection.changes();
+        while !projection.is_ready() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+        }
+        gateway.sweep().await;
+        gateway.serve(listener, cancel, sessions).await;
+    });
+    tracing::info!(%addr, "Postgres gateway listening");
+    Ok(addr)
 }

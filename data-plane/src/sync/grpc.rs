@@ -3,7 +3,9 @@
 use airlock_core::{TenantId, TenantState};
 use airlock_proto::EventRecord;
 use airlock_proto::v1::worker_service_client::WorkerServiceClient;
-use airlock_proto::v1::{BackfillRequest, HeadsRequest, SnapshotRequest};
+use airlock_proto::v1::{
+    self, BackfillRequest, ConnectionCredentialRequest, HeadsRequest, RecordSessionRequest, SnapshotRequest,
+};
 use futures::TryStreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -35,6 +37,44 @@ impl GrpcSource {
         let mut request = tonic::Request::new(message);
         request.metadata_mut().insert("authorization", self.authorization.clone());
         request
+    }
+}
+
+/// A connection's credential as the control plane keeps it.
+#[derive(Clone)]
+pub struct Credential {
+    pub user: String,
+    pub password: String,
+    pub version: u64,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("user", &self.user).field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl GrpcSource {
+    pub async fn connection_credential(
+        &self,
+        tenant: TenantId,
+        connection: airlock_core::ConnectionId,
+    ) -> anyhow::Result<Credential> {
+        let request =
+            ConnectionCredentialRequest { tenant_id: tenant.to_string(), connection_id: connection.to_string() };
+        let reply = self.client.clone().connection_credential(self.request(request)).await?.into_inner();
+        Ok(Credential { user: reply.user, password: reply.password, version: reply.version })
+    }
+
+    /// Records a session event in the tenant's log; returns its `seq`.
+    pub async fn record_session(&self, tenant: TenantId, event: &airlock_core::Event) -> anyhow::Result<u64> {
+        let kind = match airlock_proto::convert::to_proto(event).kind {
+            Some(v1::event::Kind::SessionOpened(o)) => v1::record_session_request::Kind::Opened(o),
+            Some(v1::event::Kind::SessionClosed(c)) => v1::record_session_request::Kind::Closed(c),
+            _ => anyhow::bail!("only session events are recorded by workers"),
+        };
+        let request = RecordSessionRequest { tenant_id: tenant.to_string(), kind: Some(kind) };
+        Ok(self.client.clone().record_session(self.request(request)).await?.into_inner().seq)
     }
 }
 

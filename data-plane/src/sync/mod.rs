@@ -8,7 +8,7 @@
 //! one to reveal the gap, so the worker also compares its `seq`s with the log's
 //! heads on a timer.
 
-mod grpc;
+pub mod grpc;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,0 +1,224 @@
+//! The Postgres gateway's listener and what its sessions share: the projection
+//! to decide from, the token verifier, the control plane (for credentials and
+//! session records), one admin connection per target (for session roles), and
+//! the map that routes cancel requests to the right upstream backend.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_core::connection::{ConnectionSpec, CredentialMode};
+use airlock_core::{ConnectionId, TenantId};
+use airlock_identity::Verifier;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::hook::StatementHook;
+use super::roles::{RoleManager, TlsChoice};
+use super::upstream::{BackendKey, UpstreamOptions};
+use crate::projection::Projection;
+use crate::sync::GrpcSource;
+use crate::sync::grpc::Credential;
+
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Names this worker's session roles, so a restarted worker sweeps its own leftovers. Stable across restarts.
+    pub worker_id: String,
+    /// Accept the cleartext token from non-loopback clients without TLS (off by default).
+    pub allow_cleartext_off_loopback: bool,
+    /// The longest client message accepted (COPY data, Bind parameters).
+    pub max_message_len: usize,
+    /// Connecting and logging in to the target.
+    pub connect_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            worker_id: "worker".into(),
+            allow_cleartext_off_loopback: false,
+            max_message_len: super::protocol::DEFAULT_MAX_FRONTEND_MESSAGE_LEN,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+type AdminConnection = (u64, Arc<RoleManager>);
+
+/// Where a cancel request for a gateway-issued key goes.
+#[derive(Debug, Clone)]
+pub(crate) struct CancelTarget {
+    pub upstream: UpstreamOptions,
+    pub key: BackendKey,
+}
+
+pub struct Gateway {
+    pub(crate) projection: Arc<Projection>,
+    pub(crate) verifier: Verifier,
+    pub(crate) control_plane: GrpcSource,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) options: GatewayOptions,
+    pub(crate) hook: Arc<dyn StatementHook>,
+    /// Gateway-issued (pid, key) → the upstream backend's. Entries live as long as their session.
+    pub(crate) cancels: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
+    credentials: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), Credential>>,
+    /// One admin connection per target, with the credential version it logged in with.
+    admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
+}
+
+impl Gateway {
+    pub fn new(
+        projection: Arc<Projection>,
+        verifier: Verifier,
+        control_plane: GrpcSource,
+        tls: Option<TlsAcceptor>,
+        options: GatewayOptions,
+        hook: Arc<dyn StatementHook>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            projection,
+            verifier,
+            control_plane,
+            tls,
+            options,
+            hook,
+            cancels: Mutex::new(HashMap::new()),
+            credentials: tokio::sync::Mutex::new(HashMap::new()),
+            admins: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Accepts clients until cancelled; each session runs in `tracker`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken, tracker: TaskTracker) {
+        loop {
+            let accepted = tokio::select! {
+                () = cancel.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let gateway = self.clone();
+                    tracker.spawn(super::session::run(gateway, stream, peer, cancel.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("failed to accept a Postgres client: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits (briefly) until this worker has applied everything the log holds
+    /// for `tenant`. Returns whether the projection moved, so a decision made
+    /// before is worth making again. Only refusals call this: it asks the
+    /// control plane for the log's heads.
+    pub(crate) async fn catch_up(&self, tenant: TenantId) -> bool {
+        use crate::sync::Source;
+        let before = self.projection.seq(&tenant);
+        let head = match self.control_plane.heads().await {
+            Ok(heads) => heads.into_iter().find(|(t, _)| *t == tenant).map_or(0, |(_, seq)| seq),
+            Err(e) => {
+                tracing::warn!("failed to read the log's heads: {e:#}");
+                return false;
+            }
+        };
+        if head <= before {
+            return false;
+        }
+        let waited = tokio::time::timeout(Duration::from_secs(2), self.projection.wait_for(&tenant, head)).await;
+        waited.is_ok()
+    }
+
+    /// The connection's stored credential, read from the control plane once per version.
+    pub(crate) async fn credential(&self, tenant: TenantId, spec: &ConnectionSpec) -> anyhow::Result<Credential> {
+        let mut cache = self.credentials.lock().await;
+        if let Some(c) = cache.get(&(tenant, spec.id)).filter(|c| c.version >= spec.secret_version) {
+            return Ok(c.clone());
+        }
+        let fresh = self.control_plane.connection_credential(tenant, spec.id).await?;
+        cache.insert((tenant, spec.id), fresh.clone());
+        Ok(fresh)
+    }
+
+    /// The admin connection that makes session roles on this target.
+    pub(crate) async fn role_manager(
+        &self,
+        tenant: TenantId,
+        spec: &ConnectionSpec,
+    ) -> anyhow::Result<Arc<RoleManager>> {
+        let credential = self.credential(tenant, spec).await?;
+        let mut admins = self.admins.lock().await;
+        if let Some((version, manager)) = admins.get(&(tenant, spec.id))
+            && *version == credential.version
+        {
+            return Ok(manager.clone());
+        }
+        let (host, port) = split_address(&spec.address)?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(port)
+            .user(&credential.user)
+            .password(&credential.password)
+            .dbname(&spec.database)
+            .application_name("airlock")
+            .connect_timeout(self.options.connect_timeout);
+        let tls = admin_tls(spec, &mut config)?;
+        let manager = Arc::new(RoleManager::connect(config, tls).await?);
+        admins.insert((tenant, spec.id), (credential.version, manager.clone()));
+        Ok(manager)
+    }
+
+    /// Drops the session roles this worker left behind (a crash, a kill -9):
+    /// run once the projection is loaded.
+    pub async fn sweep(&self) {
+        let targets: Vec<(TenantId, ConnectionSpec)> = self.projection.read(|t| {
+            t.created()
+                .flat_map(|(tenant, s)| s.connections.values().map(|c| (*tenant, c.clone())))
+                .filter(|(_, c)| c.credential_mode == CredentialMode::SessionRole)
+                .collect()
+        });
+        for (tenant, spec) in targets {
+            let swept = match self.role_manager(tenant, &spec).await {
+                Ok(manager) => manager.sweep(&self.options.worker_id).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match swept {
+                Ok(dropped) if !dropped.is_empty() => {
+                    tracing::info!(connection = %spec.name, dropped = dropped.len(), "removed session roles left by an earlier run");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(connection = %spec.name, "failed to sweep leftover session roles: {e:#}"),
+            }
+        }
+    }
+}
+
+/// TLS for the admin connection, following the connection's `tls` setting.
+fn admin_tls(spec: &ConnectionSpec, config: &mut tokio_postgres::Config) -> anyhow::Result<TlsChoice> {
+    use airlock_core::connection::TargetTls;
+    use tokio_postgres::config::SslMode;
+    let (mode, choice) = match spec.tls {
+        TargetTls::Disable => (SslMode::Disable, TlsChoice::Disable),
+        TargetTls::Prefer => (SslMode::Prefer, TlsChoice::Rustls(super::upstream::client_config(spec.tls, None)?)),
+        other => (SslMode::Require, TlsChoice::Rustls(super::upstream::client_config(other, None)?)),
+    };
+    config.ssl_mode(mode);
+    Ok(choice)
+}
+
+pub(crate) fn split_address(address: &str) -> anyhow::Result<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("address {address:?} has no port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host, port.parse()?))
+}
+
+/// A bound listener's address, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("postgres://<connection>.<role>@{addr}/<database>")
+}

@@ -1,0 +1,12 @@
+//! The Postgres gateway: clients (psql, pgbench, drivers) connect here with an
+//! access token as their password; the gateway checks it and the grant, makes a
+//! role for the session on the target, and relays the session through the
+//! statement hook.
+
+pub mod gateway;
+pub mod hook;
+pub mod protocol;
+pub mod roles;
+mod session;
+pub mod tls;
+pub mod upstream;

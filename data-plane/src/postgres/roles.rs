@@ -1,0 +1,743 @@
+//! Per-session roles on a Postgres target.
+//!
+//! For every session the gateway creates, with the connection's admin
+//! credential, a role `airlock_<session id as 32 hex chars>` that can log in
+//! with a random password until the grant's end, is a member of exactly the
+//! role template the grant names (e.g. `app_readonly`), and never holds
+//! SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION — neither as its
+//! own attributes nor through the template. The gateway then connects upstream
+//! as that role. At session end or grant end the role is dropped: logins are
+//! switched off, its backends terminated, what it owns reassigned to the admin
+//! user, and the role removed. On start a worker sweeps the roles it left
+//! behind (they carry `worker=<id>` in their comment), e.g. after `kill -9`.
+//!
+//! Secrets: the password is generated here, handed to the caller in
+//! [`SessionRole`] (whose `Debug` redacts it) and never logged. Only a
+//! SCRAM-SHA-256 verifier, computed client-side, is sent to the server, so the
+//! plaintext is not in the statement text, the server's statement log or
+//! `pg_stat_activity`.
+//!
+//! TLS to the admin connection is the caller's choice ([`TlsChoice`]): the
+//! caller builds the `tokio_postgres::Config` (including its `ssl_mode`) and
+//! either refuses TLS or supplies a rustls `ClientConfig` (whose verifier
+//! decides what "verified" means).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use rand::RngCore as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, Socket};
+
+/// Every role this module creates is named `airlock_` + 32 lowercase hex chars.
+pub const ROLE_PREFIX: &str = "airlock_";
+
+/// One upstream connection per session: the gateway opens exactly one backend
+/// connection as the session role (cancel requests carry a backend key and do
+/// not log in), so a second login with the same password — a leaked or replayed
+/// credential — is refused by the server while the session is live.
+pub const SESSION_CONNECTION_LIMIT: u32 = 1;
+
+/// How long `drop_session_role` waits for each terminated backend to exit, so
+/// that its locks and temporary objects are gone before the role is dropped.
+const TERMINATE_WAIT_MS: i64 = 5_000;
+
+/// Bound on how long the drop transaction waits for a lock (an object the role
+/// owns being in use by someone else), so a drop reports an error instead of
+/// hanging the caller.
+const DROP_LOCK_TIMEOUT: &str = "10s";
+
+/// Longest worker id accepted (it goes into the role's comment).
+const MAX_WORKER_ID_LEN: usize = 128;
+
+/// Postgres truncates identifiers to NAMEDATALEN - 1 bytes; a longer template
+/// name would silently name another role, so it is refused.
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// Roles a session must never reach through membership even though their
+/// power is not a role attribute: each lets its members read or write the
+/// server's files or run programs as the server's OS user.
+const FORBIDDEN_PREDEFINED_ROLES: [&str; 3] =
+    ["pg_execute_server_program", "pg_write_server_files", "pg_read_server_files"];
+
+/// Errors from managing session roles. Messages are safe to show to a client
+/// or write to a log: they name roles and problems, never a password or a
+/// statement's text.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error("cannot connect to the target as the admin user: {0}")]
+    Connect(String),
+    #[error("invalid role template name: {0}")]
+    InvalidTemplateName(&'static str),
+    #[error("role template {0:?} does not exist on the target")]
+    TemplateNotFound(String),
+    #[error("role template {template:?} is refused: {reason}")]
+    TemplateTooPowerful { template: String, reason: String },
+    #[error("invalid worker id: {0}")]
+    InvalidWorkerId(&'static str),
+    #[error("the grant's end is {0}")]
+    InvalidValidUntil(&'static str),
+    #[error("session role {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("refusing to manage role {0:?}: not an airlock session role")]
+    NotASessionRole(String),
+    #[error("cannot drop session role {role:?}: it still owns objects or holds privileges elsewhere ({detail})")]
+    StillReferenced { role: String, detail: String },
+    #[error("{}", sweep_message(dropped, failed))]
+    SweepIncomplete { dropped: Vec<String>, failed: Vec<(String, String)> },
+    #[error("target error while {context}: {message}")]
+    Database { context: &'static str, message: String },
+}
+
+/// How the admin connection reaches the target. The caller's
+/// `tokio_postgres::Config::ssl_mode` decides whether TLS is attempted
+/// (`disable`), preferred (`prefer`: falls back to cleartext if the server has
+/// no TLS) or required (`require`).
+#[derive(Clone)]
+pub enum TlsChoice {
+    /// No TLS; only for `ssl_mode = disable` or a loopback/`prefer` target
+    /// without TLS. With `ssl_mode = require` connecting fails.
+    Disable,
+    /// TLS with rustls. The `ClientConfig`'s certificate verifier decides what
+    /// is trusted; the server name checked is the host in the Config.
+    Rustls(Arc<rustls::ClientConfig>),
+}
+
+impl fmt::Debug for TlsChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsChoice::Disable => f.write_str("Disable"),
+            TlsChoice::Rustls(_) => f.write_str("Rustls(..)"),
+        }
+    }
+}
+
+/// What a session role is made for.
+#[derive(Debug, Clone)]
+pub struct SessionRoleSpec {
+    pub session_id: uuid::Uuid,
+    /// Stable id of the worker that owns the session; its sweeper finds the
+    /// role by it after a crash. `[A-Za-z0-9._:-]`, at most 128 chars.
+    pub worker_id: String,
+    /// The Postgres role the grant's role maps to on this connection.
+    pub template_role: String,
+    /// The grant's end; the role's `VALID UNTIL` (truncated to the second).
+    pub valid_until: SystemTime,
+}
+
+/// A created session role and the password to log in as it.
+#[derive(Clone)]
+pub struct SessionRole {
+    pub name: String,
+    pub password: String,
+}
+
+impl fmt::Debug for SessionRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRole").field("name", &self.name).field("password", &"<redacted>").finish()
+    }
+}
+
+/// The name of the session role for a session: `airlock_<32 hex chars>`.
+pub fn session_role_name(session_id: uuid::Uuid) -> String {
+    format!("{ROLE_PREFIX}{}", session_id.simple())
+}
+
+/// Whether `name` is shaped like a role this module creates.
+pub fn is_session_role_name(name: &str) -> bool {
+    match name.strip_prefix(ROLE_PREFIX) {
+        Some(hex) => hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        None => false,
+    }
+}
+
+/// Manages session roles over one admin connection to a target. Methods take
+/// `&self` and serialise on the connection; share it with an `Arc`. If the
+/// connection drops, the next call reconnects.
+pub struct RoleManager {
+    config: tokio_postgres::Config,
+    tls: TlsChoice,
+    client: Mutex<Client>,
+}
+
+/// The admin connection is what the role manager holds; the name the issue uses.
+pub type AdminConnection = RoleManager;
+
+impl fmt::Debug for RoleManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The Config's own Debug redacts its password, but print only what helps.
+        f.debug_struct("RoleManager")
+            .field("user", &self.config.get_user())
+            .field("dbname", &self.config.get_dbname())
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoleManager {
+    /// Connects to the target with the connection's admin credential, as
+    /// described by `config` (host, port, user, password, dbname — the
+    /// connection's database, where session roles' objects live — and
+    /// ssl_mode).
+    pub async fn connect(config: tokio_postgres::Config, tls: TlsChoice) -> Result<RoleManager, RoleError> {
+        let client = open(&config, &tls).await?;
+        Ok(RoleManager { config, tls, client: Mutex::new(client) })
+    }
+
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, RoleError> {
+        let mut guard = self.client.lock().await;
+        if guard.is_closed() {
+            tracing::info!("admin connection to the target was closed; reconnecting");
+            *guard = open(&self.config, &self.tls).await?;
+        }
+        Ok(guard)
+    }
+
+    /// Creates the session role for `spec` and returns its name and password.
+    ///
+    /// The template is checked in the same transaction that creates the role:
+    /// it must exist and neither it nor any role it is a member of (directly or
+    /// indirectly) may be SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS or
+    /// REPLICATION, or one of the predefined roles that reach the server's
+    /// files or programs.
+    pub async fn create_session_role(&self, spec: &SessionRoleSpec) -> Result<SessionRole, RoleError> {
+        validate_worker_id(&spec.worker_id)?;
+        validate_template_name(&spec.template_role)?;
+        let until = rfc3339_utc(spec.valid_until)?;
+        if spec.valid_until <= SystemTime::now() {
+            return Err(RoleError::InvalidValidUntil("already in the past"));
+        }
+        let name = session_role_name(spec.session_id);
+        let password = random_password();
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+
+        let create = format!(
+            "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS NOREPLICATION \
+             INHERIT CONNECTION LIMIT {limit} PASSWORD {verifier} VALID UNTIL {until} IN ROLE {template}",
+            role = quote_ident(&name),
+            limit = SESSION_CONNECTION_LIMIT,
+            verifier = quote_literal(&verifier),
+            until = quote_literal(&until),
+            template = quote_ident(&spec.template_role),
+        );
+        let comment = format!(
+            "COMMENT ON ROLE {role} IS {text}",
+            role = quote_ident(&name),
+            text = quote_literal(&role_comment(&spec.worker_id, spec.session_id, &until)),
+        );
+
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| db_error("starting a transaction", &e))?;
+        check_template(&tx, &spec.template_role).await?;
+        // The statement carries only the SCRAM verifier; still, never log it.
+        tx.batch_execute(&create).await.map_err(|e| match e.code() {
+            Some(c) if *c == SqlState::DUPLICATE_OBJECT => RoleError::AlreadyExists(name.clone()),
+            _ => db_error("creating the session role", &e),
+        })?;
+        tx.batch_execute(&comment).await.map_err(|e| db_error("commenting the session role", &e))?;
+        tx.commit().await.map_err(|e| db_error("committing the session role", &e))?;
+        tracing::info!(role = %name, template = %spec.template_role, valid_until = %until, "created session role");
+        Ok(SessionRole { name, password })
+    }
+
+    /// Drops a session role: no more logins, its backends terminated (waiting
+    /// for them to exit), what it owns in this database reassigned to the admin
+    /// user, its remaining privileges here dropped, then the role. Dropping a
+    /// role that does not exist is Ok. Only names shaped like session roles are
+    /// accepted.
+    ///
+    /// `REASSIGN OWNED` and `DROP OWNED` act on the current database only (the
+    /// connection's database); if the role owns objects or holds privileges in
+    /// another database, the drop fails with [`RoleError::StillReferenced`]
+    /// naming them, and the role stays NOLOGIN.
+    pub async fn drop_session_role(&self, name: &str) -> Result<(), RoleError> {
+        if !is_session_role_name(name) {
+            return Err(RoleError::NotASessionRole(name.to_owned()));
+        }
+        let mut client = self.client().await?;
+        drop_role(&mut client, name).await
+    }
+
+    /// Drops every session role whose comment says it was made by `worker_id`
+    /// (run on a worker's start, for the roles a crash left behind). Roles of
+    /// other workers are left alone. Returns the names dropped; if some could
+    /// not be dropped, the others still are and the error
+    /// ([`RoleError::SweepIncomplete`]) lists both.
+    pub async fn sweep(&self, worker_id: &str) -> Result<Vec<String>, RoleError> {
+        validate_worker_id(worker_id)?;
+        let mut client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
+                 WHERE rolname ~ '^airlock_[0-9a-f]{32}$' ORDER BY rolname",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error("listing session roles", &e))?;
+        let mut mine = Vec::new();
+        for row in rows {
+            let name: String = row.try_get(0).map_err(|e| db_error("listing session roles", &e))?;
+            let comment: Option<String> = row.try_get(1).map_err(|e| db_error("listing session roles", &e))?;
+            if comment.as_deref().and_then(comment_worker) == Some(worker_id) && is_session_role_name(&name) {
+                mine.push(name);
+            }
+        }
+        drop_all(&mut client, mine, "swept leftover session role").await
+    }
+
+    /// Drops session roles of any worker whose `VALID UNTIL` has passed: their
+    /// grant has ended, so no session may still use them. Safe for any worker
+    /// to run (e.g. periodically), covering a worker that never comes back.
+    pub async fn sweep_expired(&self) -> Result<Vec<String>, RoleError> {
+        let mut client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT rolname::text FROM pg_roles \
+                 WHERE rolname ~ '^airlock_[0-9a-f]{32}$' AND rolvaliduntil < now() ORDER BY rolname",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error("listing expired session roles", &e))?;
+        let mut expired = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get(0).map_err(|e| db_error("listing expired session roles", &e))?;
+            if is_session_role_name(&name) {
+                expired.push(name);
+            }
+        }
+        drop_all(&mut client, expired, "swept expired session role").await
+    }
+}
+
+async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client, RoleError> {
+    match tls {
+        TlsChoice::Disable => {
+            let (client, connection) = config.connect(NoTls).await.map_err(|e| connect_error(&e))?;
+            spawn_connection(connection);
+            Ok(client)
+        }
+        TlsChoice::Rustls(tls_config) => {
+            let (client, connection) =
+                config.connect(RustlsConnector::new(tls_config.clone())).await.map_err(|e| connect_error(&e))?;
+            spawn_connection(connection);
+            Ok(client)
+        }
+    }
+}
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %safe_message(&e), "admin connection to the target ended");
+        }
+    });
+}
+
+/// Refuses a template that is missing or that would confer power the session
+/// must not have, directly or through (recursive) membership.
+async fn check_template(tx: &tokio_postgres::Transaction<'_>, template: &str) -> Result<(), RoleError> {
+    let rows = tx
+        .query(
+            "WITH RECURSIVE up(oid) AS ( \
+                 SELECT oid FROM pg_roles WHERE rolname = $1 \
+               UNION \
+                 SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.oid) \
+             SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplication \
+             FROM up JOIN pg_roles r ON r.oid = up.oid",
+            &[&template],
+        )
+        .await
+        .map_err(|e| db_error("checking the role template", &e))?;
+    if rows.is_empty() {
+        return Err(RoleError::TemplateNotFound(template.to_owned()));
+    }
+    for row in rows {
+        let get = |i: usize| row.try_get::<_, bool>(i).map_err(|e| db_error("checking the role template", &e));
+        let name: String = row.try_get(0).map_err(|e| db_error("checking the role template", &e))?;
+        let attributes = [
+            ("SUPERUSER", get(1)?),
+            ("CREATEROLE", get(2)?),
+            ("CREATEDB", get(3)?),
+            ("BYPASSRLS", get(4)?),
+            ("REPLICATION", get(5)?),
+        ];
+        let found: Vec<&str> = attributes.iter().filter(|(_, set)| *set).map(|(attr, _)| *attr).collect();
+        let via = if name == template { String::from("it") } else { format!("its membership in {name:?}") };
+        if !found.is_empty() {
+            return Err(RoleError::TemplateTooPowerful {
+                template: template.to_owned(),
+                reason: format!("{via} confers {}", found.join(", ")),
+            });
+        }
+        if FORBIDDEN_PREDEFINED_ROLES.contains(&name.as_str()) {
+            return Err(RoleError::TemplateTooPowerful {
+                template: template.to_owned(),
+                reason: format!("{via} gives access to the server's files or programs"),
+            });
+        }
+        if name.starts_with(ROLE_PREFIX) {
+            return Err(RoleError::TemplateTooPowerful {
+                template: template.to_owned(),
+                reason: format!("{via} is an airlock session role"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Drops each role, going on past failures (one role that cannot be dropped
+/// must not keep the others alive); Ok with the names if all went, otherwise
+/// [`RoleError::SweepIncomplete`] naming both lists.
+async fn drop_all(client: &mut Client, names: Vec<String>, what: &'static str) -> Result<Vec<String>, RoleError> {
+    let mut dropped = Vec::with_capacity(names.len());
+    let mut failed = Vec::new();
+    for name in names {
+        match drop_role(client, &name).await {
+            Ok(()) => {
+                tracing::info!(role = %name, "{what}");
+                dropped.push(name);
+            }
+            Err(e) => {
+                tracing::warn!(role = %name, error = %e, "could not drop session role");
+                failed.push((name, e.to_string()));
+            }
+        }
+    }
+    if failed.is_empty() { Ok(dropped) } else { Err(RoleError::SweepIncomplete { dropped, failed }) }
+}
+
+fn sweep_message(dropped: &[String], failed: &[(String, String)]) -> String {
+    let failures: Vec<String> = failed.iter().map(|(role, error)| format!("{role}: {error}")).collect();
+    format!("sweep dropped {} session role(s) but not {}: {}", dropped.len(), failed.len(), failures.join("; "))
+}
+
+async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .map_err(|e| db_error("looking up the session role", &e))?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    let role = quote_ident(name);
+    // 1. No new logins (also stops a client that has the password reconnecting).
+    match client.batch_execute(&format!("ALTER ROLE {role} NOLOGIN")).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+        Err(e) => return Err(db_error("disabling the session role's login", &e)),
+    }
+    // 2. End its sessions in every database, waiting for each backend to exit
+    //    so its locks and temporary objects are released.
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+            &[&name, &TERMINATE_WAIT_MS],
+        )
+        .await
+        .map_err(|e| db_error("terminating the session role's backends", &e))?;
+    // 3. Owned objects and privileges (this database), then the role, in one
+    //    transaction: all or nothing.
+    let tx = client.transaction().await.map_err(|e| db_error("starting a transaction", &e))?;
+    let statements = format!(
+        "SET LOCAL lock_timeout = {timeout}; REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+        timeout = quote_literal(DROP_LOCK_TIMEOUT),
+    );
+    match tx.batch_execute(&statements).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+        Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
+            let detail =
+                e.as_db_error().and_then(|d| d.detail().map(str::to_owned)).unwrap_or_else(|| safe_message(&e));
+            return Err(RoleError::StillReferenced { role: name.to_owned(), detail: detail.replace('\n', "; ") });
+        }
+        Err(e) => return Err(db_error("dropping the session role", &e)),
+    }
+    tx.commit().await.map_err(|e| db_error("committing the session role's drop", &e))?;
+    tracing::info!(role = %name, "dropped session role");
+    Ok(())
+}
+
+/// 32 random bytes from the OS, base64url without padding (43 chars; no
+/// character that SASLprep changes or SQL needs escaped).
+fn random_password() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `airlock worker=<id> session=<uuid> until=<rfc3339>`.
+fn role_comment(worker_id: &str, session_id: uuid::Uuid, until: &str) -> String {
+    format!("airlock worker={worker_id} session={} until={until}", session_id.hyphenated())
+}
+
+/// The worker id in a role comment written by [`role_comment`], if any.
+fn comment_worker(comment: &str) -> Option<&str> {
+    let mut words = comment.split_ascii_whitespace();
+    if words.next() != Some("airlock") {
+        return None;
+    }
+    words.find_map(|w| w.strip_prefix("worker="))
+}
+
+fn validate_worker_id(worker_id: &str) -> Result<(), RoleError> {
+    if worker_id.is_empty() {
+        return Err(RoleError::InvalidWorkerId("empty"));
+    }
+    if worker_id.len() > MAX_WORKER_ID_LEN {
+        return Err(RoleError::InvalidWorkerId("longer than 128 characters"));
+    }
+    if !worker_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+        return Err(RoleError::InvalidWorkerId("only letters, digits and . _ : - are allowed"));
+    }
+    Ok(())
+}
+
+fn validate_template_name(template: &str) -> Result<(), RoleError> {
+    if template.is_empty() {
+        return Err(RoleError::InvalidTemplateName("empty"));
+    }
+    if template.len() > MAX_IDENTIFIER_LEN {
+        return Err(RoleError::InvalidTemplateName("longer than 63 bytes"));
+    }
+    if template.contains('\0') {
+        return Err(RoleError::InvalidTemplateName("contains a NUL character"));
+    }
+    Ok(())
+}
+
+/// A quoted SQL identifier: `"` around it, embedded `"` doubled. Callers
+/// refuse NUL first (Postgres cannot carry it in a statement).
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A quoted SQL string literal, as Postgres's `quote_literal` makes it: `'`
+/// doubled, and if there is a backslash, an `E''` literal with backslashes
+/// doubled (correct whatever `standard_conforming_strings` is).
+pub fn quote_literal(value: &str) -> String {
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') { format!("E'{}'", quoted.replace('\\', "\\\\")) } else { format!("'{quoted}'") }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a time at or after the epoch, truncated to the
+/// second (so the role expires no later than the grant).
+fn rfc3339_utc(t: SystemTime) -> Result<String, RoleError> {
+    let secs = t.duration_since(UNIX_EPOCH).map_err(|_| RoleError::InvalidValidUntil("before 1970"))?.as_secs();
+    let secs = i64::try_from(secs).map_err(|_| RoleError::InvalidValidUntil("too far in the future"))?;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    if y > 9999 {
+        return Err(RoleError::InvalidValidUntil("too far in the future"));
+    }
+    Ok(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60))
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A tokio_postgres error as text without secrets: for a server error its
+/// SQLSTATE and message (never the statement), otherwise the error's own text
+/// and its causes (tokio_postgres does not put passwords in them).
+fn safe_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            // tokio_postgres's own text ("error performing TLS handshake") hides
+            // the cause; add the chain (I/O, TLS, DNS errors: no secrets).
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+fn db_error(context: &'static str, e: &tokio_postgres::Error) -> RoleError {
+    RoleError::Database { context, message: safe_message(e) }
+}
+
+fn connect_error(e: &tokio_postgres::Error) -> RoleError {
+    RoleError::Connect(safe_message(e))
+}
+
+// ---- rustls for tokio_postgres (the admin connection's TLS) ----
+
+/// A `MakeTlsConnect` for tokio_postgres over rustls.
+#[derive(Clone)]
+pub struct RustlsConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl RustlsConnector {
+    pub fn new(config: Arc<rustls::ClientConfig>) -> RustlsConnector {
+        RustlsConnector { config }
+    }
+}
+
+impl MakeTlsConnect<Socket> for RustlsConnector {
+    type Stream = RustlsStream<Socket>;
+    type TlsConnect = RustlsConnect;
+    type Error = rustls::pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, Self::Error> {
+        let server_name = rustls::pki_types::ServerName::try_from(domain.to_owned())?;
+        Ok(RustlsConnect { config: self.config.clone(), server_name })
+    }
+}
+
+/// One TLS handshake to the server named at `make_tls_connect`.
+pub struct RustlsConnect {
+    config: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl<S> TlsConnect<S> for RustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let connector = tokio_rustls::TlsConnector::from(self.config);
+            let tls = connector.connect(self.server_name, stream).await?;
+            Ok(RustlsStream(tls))
+        })
+    }
+}
+
+/// The TLS stream tokio_postgres reads and writes. No channel binding is
+/// offered (tokio_postgres then does not require it).
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// Whether TLS was negotiated on an admin connection is visible in
+/// `pg_stat_ssl`; exposed for the caller's health checks and tests.
+impl RoleManager {
+    pub async fn connection_uses_tls(&self) -> Result<bool, RoleError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .map_err(|e| db_error("reading pg_stat_ssl", &e))?;
+        row.try_get(0).map_err(|e| db_error("reading pg_stat_ssl", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("app_readonly"), "\"app_readonly\"");
+        assert_eq!(quote_ident("x\"; DROP ROLE postgres; --"), "\"x\"\"; DROP ROLE postgres; --\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
+    }
+
+    #[test]
+    fn names() {
+        let id = uuid::Uuid::new_v4();
+        let name = session_role_name(id);
+        assert!(is_session_role_name(&name));
+        assert_eq!(name.len(), 8 + 32);
+        assert!(!is_session_role_name("airlock_"));
+        assert!(!is_session_role_name("postgres"));
+        assert!(!is_session_role_name(&name.to_uppercase()));
+        assert!(!is_session_role_name(&format!("{name}0")));
+        assert!(!is_session_role_name("airlock_0123456789abcdef0123456789abcdeg"));
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_utc(UNIX_EPOCH).unwrap(), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_999); // 2024-02-29T12:34:56.999Z
+        assert_eq!(rfc3339_utc(t).unwrap(), "2024-02-29T12:34:56Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_utc(t).unwrap(), "2000-02-29T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(4_102_444_799); // 2099-12-31T23:59:59Z
+        assert_eq!(rfc3339_utc(t).unwrap(), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn comments_and_ids() {
+        let id = uuid::Uuid::new_v4();
+        let c = role_comment("worker-1", id, "2030-01-01T00:00:00Z");
+        assert_eq!(comment_worker(&c), Some("worker-1"));
+        assert_eq!(comment_worker("worker=worker-1"), None);
+        assert!(validate_worker_id("w-1.a:b_c").is_ok());
+        assert!(validate_worker_id("w 1").is_err());
+        assert!(validate_worker_id("").is_err());
+        assert!(validate_worker_id("w'1").is_err());
+    }
+
+    #[test]
+    fn passwords_are_random_and_redacted() {
+        let (a, b) = (random_password(), random_password());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        let role = SessionRole { name: "airlock_x".into(), password: a.clone() };
+        assert!(!format!("{role:?}").contains(&a));
+    }
+}

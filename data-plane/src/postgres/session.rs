@@ -1,0 +1,777 @@
+//! One client session, from its first byte to its last:
+//!
+//! 1. startup: SSLRequest (TLS if configured), GSSENCRequest (refused),
+//!    CancelRequest (routed to the upstream backend), StartupMessage;
+//! 2. authentication: the password is an access token; it must verify, and a
+//!    live grant must admit its principal to the connection and role named by
+//!    the user name (`<connection>[.<role>]`);
+//! 3. credentials: a role made for this session on the target (or the static
+//!    credential), and an upstream connection logged in as it;
+//! 4. relay: client messages framed, decoded as far as the statement hook
+//!    needs, forwarded byte for byte; server messages forwarded, watching
+//!    ReadyForQuery; the session ends with a FATAL that says why as soon as
+//!    the projection no longer admits it or its grant runs out;
+//! 5. the end: the session role is dropped and the session recorded.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use airlock_core::connection::{ConnectionKind, ConnectionSpec, CredentialMode};
+use airlock_core::event::SessionInfo;
+use airlock_core::grant::Grant;
+use airlock_core::{Event, SessionId, TenantId};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::gateway::{CancelTarget, Gateway};
+use super::hook::{SessionContext, Statement, Verdict};
+use super::protocol::encode::{self, Report};
+use super::protocol::frame::{MAX_AUTH_MESSAGE_LEN, parse_frontend_frame};
+use super::protocol::frontend::decode_password;
+use super::protocol::{
+    BackendMessage, DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_backend, decode_frontend,
+    parse_frame, parse_startup, sqlstate,
+};
+use super::roles::SessionRoleSpec;
+use super::upstream::{self, Upstream, UpstreamOptions};
+
+/// How much a read may bring in at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a session ended, as recorded and (for FATALs) as told to the client.
+#[derive(Debug)]
+struct Ended {
+    reason: String,
+    /// Sent to the client as a FATAL before closing, when the client is still there.
+    fatal: Option<Report>,
+}
+
+impl Ended {
+    fn quietly(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), fatal: None }
+    }
+
+    fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self { reason: message.clone(), fatal: Some(Report::fatal(code, message)) }
+    }
+}
+
+pub(crate) async fn run(gateway: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    let session = SessionId::new();
+    let span = tracing::info_span!("pg_session", %session, %peer, tenant = tracing::field::Empty,
+        principal = tracing::field::Empty, connection = tracing::field::Empty);
+    async move {
+        let mut client = Client { io: ClientIo::Plain(tcp), buf: BytesMut::with_capacity(8192), peer, tls: false };
+        let outcome = session_main(&gateway, &mut client, session, &shutdown).await;
+        if let Err(ended) = outcome {
+            if let Some(report) = &ended.fatal {
+                let mut out = BytesMut::new();
+                encode::error_response(&mut out, report);
+                let _ = client.io.write_all(&out).await;
+            }
+            tracing::debug!(reason = %ended.reason, "session refused");
+        }
+        let _ = client.io.shutdown().await;
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Client {
+    io: ClientIo,
+    buf: BytesMut,
+    peer: SocketAddr,
+    tls: bool,
+}
+
+/// Everything established before the relay starts.
+struct Admitted {
+    context: SessionContext,
+    grant: Grant,
+    connection: ConnectionSpec,
+    database: String,
+    params: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+async fn session_main(
+    gw: &Arc<Gateway>,
+    client: &mut Client,
+    session: SessionId,
+    shutdown: &CancellationToken,
+) -> Result<(), Ended> {
+    let params = startup(gw, client).await?;
+    let Some(params) = params else { return Ok(()) };
+    let admitted = authenticate(gw, client, session, params).await?;
+    let span = tracing::Span::current();
+    span.record("tenant", tracing::field::display(&admitted.context.tenant));
+    span.record("principal", admitted.context.principal.subject.as_str());
+    span.record("connection", admitted.connection.name.as_str());
+
+    // Credentials on the target: a role made for this session, or the static one.
+    let credential = gw.credential(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
+        tracing::error!("failed to read the credential of connection {}: {e:#}", admitted.connection.name);
+        Ended::fatal(sqlstate::CONNECTION_FAILURE, "the gateway cannot read the connection's credential; try again")
+    })?;
+    let mut session_role = None;
+    let (user, password) = match admitted.connection.credential_mode {
+        CredentialMode::Static => (credential.user.clone(), credential.password.clone()),
+        CredentialMode::SessionRole => {
+            let template = admitted.connection.roles.get(&admitted.context.role).cloned().ok_or_else(|| {
+                Ended::fatal(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("connection {} has no role {}", admitted.connection.name, admitted.context.role),
+                )
+            })?;
+            let manager = gw.role_manager(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
+                tracing::error!("failed to reach {} as its admin: {e:#}", admitted.connection.name);
+                Ended::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("the gateway cannot reach {}", admitted.connection.name),
+                )
+            })?;
+            let spec = SessionRoleSpec {
+                session_id: *session.as_uuid(),
+                worker_id: gw.options.worker_id.clone(),
+                template_role: template,
+                valid_until: unix_to_system(admitted.grant.expires_at_unix),
+            };
+            let role = manager.create_session_role(&spec).await.map_err(|e| {
+                tracing::error!("failed to create a session role on {}: {e}", admitted.connection.name);
+                Ended::fatal(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("the gateway could not create a session role on {}: {e}", admitted.connection.name),
+                )
+            })?;
+            let login = (role.name.clone(), role.password.clone());
+            session_role = Some((manager, role.name));
+            login
+        }
+    };
+
+    let result = relay_session(gw, client, &admitted, user, password, shutdown).await;
+
+    // The end: whatever happened, the session role goes.
+    if let Some((manager, name)) = session_role
+        && let Err(e) = manager.drop_session_role(&name).await
+    {
+        tracing::error!(role = %name, "failed to drop a session role: {e}");
+    }
+    result
+}
+
+/// Reads the startup phase. `Ok(None)`: the connection was a cancel request, done.
+async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, Ended> {
+    loop {
+        let message = loop {
+            match parse_startup(&mut client.buf) {
+                Ok(Some(m)) => break m,
+                Ok(None) => read_more(client).await?,
+                Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+            }
+        };
+        match message {
+            Startup::SslRequest => {
+                if client.tls {
+                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "SSLRequest after TLS was established"));
+                }
+                let Some(acceptor) = gw.tls.clone() else {
+                    client.io.write_all(&[encode::SSL_REFUSED]).await.map_err(io_ended)?;
+                    continue;
+                };
+                // Bytes sent after SSLRequest but before the handshake would be
+                // read as if they came through TLS: refuse them.
+                if !client.buf.is_empty() {
+                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "unencrypted data after SSLRequest"));
+                }
+                client.io.write_all(&[encode::SSL_ACCEPTED]).await.map_err(io_ended)?;
+                let ClientIo::Plain(tcp) = std::mem::replace(&mut client.io, ClientIo::Closed) else {
+                    return Err(Ended::quietly("TLS requested twice"));
+                };
+                let tls =
+                    acceptor.accept(tcp).await.map_err(|e| Ended::quietly(format!("TLS handshake failed: {e}")))?;
+                client.io = ClientIo::Tls(Box::new(tls));
+                client.tls = true;
+            }
+            Startup::GssEncRequest => client.io.write_all(&[encode::SSL_REFUSED]).await.map_err(io_ended)?,
+            Startup::CancelRequest { pid, secret_key } => {
+                forward_cancel(gw, pid, &secret_key).await;
+                return Ok(None);
+            }
+            Startup::Startup { protocol, params } => {
+                if protocol.1 > 0 || params.iter().any(|(n, _)| n.starts_with(b"_pq_.")) {
+                    // We speak 3.0 and no protocol extensions; say so, as the server would.
+                    let unsupported: Vec<&[u8]> =
+                        params.iter().filter(|(n, _)| n.starts_with(b"_pq_.")).map(|(n, _)| n.as_slice()).collect();
+                    let mut out = BytesMut::new();
+                    encode::negotiate_protocol_version(&mut out, 0, &unsupported)
+                        .map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+                    client.io.write_all(&out).await.map_err(io_ended)?;
+                }
+                let params = params.into_iter().filter(|(n, _)| !n.starts_with(b"_pq_.")).collect();
+                return Ok(Some(params));
+            }
+        }
+    }
+}
+
+async fn authenticate(
+    gw: &Gateway,
+    client: &mut Client,
+    session: SessionId,
+    params: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<Admitted, Ended> {
+    let param = |name: &[u8]| params.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+    if param(b"replication").is_some_and(|v| v != b"false" && v != b"0" && v != b"off" && v != b"no") {
+        return Err(Ended::fatal(sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported"));
+    }
+    let user = param(b"user")
+        .and_then(|u| std::str::from_utf8(u).ok())
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            Ended::fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                "connect as <connection>[.<role>] with your access token as the password",
+            )
+        })?
+        .to_owned();
+    let (connection_name, role) = match user.split_once('.') {
+        Some((c, r)) => (c.to_owned(), Some(r.to_owned())),
+        None => (user.clone(), None),
+    };
+    if !client.tls && !client.peer.ip().is_loopback() && !gw.options.allow_cleartext_off_loopback {
+        return Err(Ended::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "this gateway requires TLS from other hosts (sslmode=require): the password is an access token",
+        ));
+    }
+
+    // The password is the token.
+    let mut out = BytesMut::new();
+    encode::authentication_cleartext_password(&mut out);
+    client.io.write_all(&out).await.map_err(io_ended)?;
+    let frame = loop {
+        match parse_frame(&mut client.buf, MAX_AUTH_MESSAGE_LEN) {
+            Ok(Some(f)) => break f,
+            Ok(None) => read_more(client).await?,
+            Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        }
+    };
+    if frame.tag() != b'p' {
+        return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"));
+    }
+    let token =
+        decode_password(&frame.body()).map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+    let token = std::str::from_utf8(&token).map_err(|_| invalid_token("not a token"))?;
+    let principal =
+        gw.verifier.verify(token.trim(), gw.projection.directory()).await.map_err(|e| invalid_token(&e.0))?;
+
+    let tenant = principal.tenant_id;
+    let decided = match decide(gw, &principal, &connection_name, role.as_deref()) {
+        // A refusal is checked against the log's head first: a grant made a
+        // moment ago may not have reached this worker yet.
+        Err(_) if gw.catch_up(tenant).await => decide(gw, &principal, &connection_name, role.as_deref()),
+        other => other,
+    }?;
+    let (connection, role, grant) = decided;
+
+    // The database is the connection's. libpq sends the user name as the
+    // database when none is given: treat that as "the connection's".
+    let database = match param(b"database") {
+        None => connection.database.clone(),
+        Some(d) if d == user.as_bytes() => connection.database.clone(),
+        Some(d) if d == connection.database.as_bytes() => connection.database.clone(),
+        Some(d) => {
+            return Err(Ended::fatal(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!(
+                    "connection {connection_name} serves database {}, not {}",
+                    connection.database,
+                    String::from_utf8_lossy(d)
+                ),
+            ));
+        }
+    };
+    let forwarded = params
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_slice(), b"user" | b"database" | b"replication"))
+        .cloned()
+        .collect();
+    tracing::info!(role = %role, grant = %grant.id, "session admitted");
+    Ok(Admitted {
+        context: SessionContext {
+            tenant,
+            session,
+            principal,
+            connection: connection.id,
+            connection_name: connection.name.clone(),
+            grant: grant.id,
+            role,
+        },
+        grant,
+        connection,
+        database,
+        params: forwarded,
+    })
+}
+
+/// Which connection, role and grant admit `principal`, from the projection alone.
+fn decide(
+    gw: &Gateway,
+    principal: &airlock_core::principal::Principal,
+    connection_name: &str,
+    role: Option<&str>,
+) -> Result<(ConnectionSpec, String, Grant), Ended> {
+    let now = unix_now();
+    let tenant = principal.tenant_id;
+    gw.projection.read(|t| {
+        let state = t.get(&tenant).ok_or_else(|| no_access("your tenant is not known to this gateway yet".into()))?;
+        let connection = state
+            .connection_by_name(connection_name)
+            .ok_or_else(|| no_access(format!("no connection named {connection_name}")))?;
+        if connection.kind != ConnectionKind::Postgres {
+            return Err(no_access(format!("{connection_name} is not a Postgres connection")));
+        }
+        let role = match role {
+            Some(r) => r.to_owned(),
+            None => {
+                let mut roles: Vec<&str> = state
+                    .grants
+                    .values()
+                    .filter(|g| g.connection_id == connection.id && g.admits(principal, now))
+                    .map(|g| g.role.as_str())
+                    .collect();
+                roles.dedup();
+                match roles.as_slice() {
+                    [one] => (*one).to_owned(),
+                    [] => return Err(no_access(format!("no grant for {} on {connection_name}", principal.subject))),
+                    many => {
+                        return Err(no_access(format!(
+                            "you hold several roles on {connection_name} ({}); connect as {connection_name}.<role>",
+                            many.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        if let Some(why) = state.denial(principal, connection, &role, now) {
+            return Err(no_access(why));
+        }
+        let grant = state
+            .grant_for(principal, &connection.id, &role, now)
+            .cloned()
+            .ok_or_else(|| no_access("no grant".into()))?;
+        Ok((connection.clone(), role, grant))
+    })
+}
+
+fn invalid_token(why: &str) -> Ended {
+    Ended::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, format!("invalid access token: {why}"))
+}
+
+fn no_access(why: String) -> Ended {
+    Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access denied: {why}"))
+}
+
+async fn relay_session(
+    gw: &Arc<Gateway>,
+    client: &mut Client,
+    admitted: &Admitted,
+    user: String,
+    password: String,
+    shutdown: &CancellationToken,
+) -> Result<(), Ended> {
+    let mut options =
+        UpstreamOptions::new(admitted.connection.address.clone(), user, password, admitted.database.clone());
+    options.tls = admitted.connection.tls;
+    options.params = admitted.params.clone();
+    options.connect_timeout = gw.options.connect_timeout;
+    let upstream = upstream::connect(&options).await.map_err(|e| {
+        tracing::warn!("failed to connect to {}: {e}", admitted.connection.name);
+        match e {
+            upstream::UpstreamError::Refused { sqlstate: _, message, .. } => Ended::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("{} refused the session: {message}", admitted.connection.name),
+            ),
+            _ => Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{} is unreachable", admitted.connection.name)),
+        }
+    })?;
+
+    // Our own cancel key, mapped to the backend's.
+    let (pid, key) = loop {
+        let pid = rand::random::<i32>() & i32::MAX;
+        let key: [u8; 4] = rand::random();
+        let mut cancels = gw.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        if pid != 0 && !cancels.contains_key(&(pid, key)) {
+            if let Some(backend) = &upstream.backend_key {
+                cancels.insert((pid, key), CancelTarget { upstream: options.clone(), key: backend.clone() });
+            }
+            break (pid, key);
+        }
+    };
+    let _unregister = Unregister { gateway: gw.clone(), key: (pid, key) };
+
+    let mut out = BytesMut::new();
+    encode::authentication_ok(&mut out);
+    for (name, value) in &upstream.parameters {
+        encode::parameter_status(&mut out, name, value)
+            .map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+    }
+    encode::backend_key_data(&mut out, pid, &key)
+        .map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+    encode::ready_for_query(&mut out, upstream.ready_status);
+    client.io.write_all(&out).await.map_err(io_ended)?;
+
+    let started = Instant::now();
+    let info = SessionInfo {
+        id: admitted.context.session,
+        grant_id: admitted.grant.id,
+        connection_id: admitted.connection.id,
+        subject: admitted.context.principal.subject.clone(),
+        issuer: admitted.context.principal.issuer.clone(),
+        client_addr: client.peer.to_string(),
+        worker_id: gw.options.worker_id.clone(),
+        target_role: options.user.clone(),
+    };
+    record(gw, admitted.context.tenant, Event::SessionOpened { session: info });
+
+    let mut relay = Relay {
+        gw,
+        client,
+        upstream,
+        context: &admitted.context,
+        bytes_in: 0,
+        bytes_out: 0,
+        status: b'I',
+        discarding: false,
+        inject: Vec::new(),
+    };
+    let ended = relay.run(&admitted.connection, shutdown).await;
+    let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
+    let reason = match &ended {
+        Ok(()) => "client closed the session".to_owned(),
+        Err(e) => e.reason.clone(),
+    };
+    tracing::info!(bytes_in, bytes_out, reason = %reason, "session ended");
+    record(
+        gw,
+        admitted.context.tenant,
+        Event::SessionClosed {
+            session_id: admitted.context.session,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bytes_from_client: bytes_in,
+            bytes_to_client: bytes_out,
+            reason,
+        },
+    );
+    ended
+}
+
+struct Unregister {
+    gateway: Arc<Gateway>,
+    key: (i32, [u8; 4]),
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.gateway.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}
+
+/// Sends a session event to the control plane without holding up the session.
+fn record(gw: &Arc<Gateway>, tenant: TenantId, event: Event) {
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        if let Err(e) = gw.control_plane.record_session(tenant, &event).await {
+            tracing::warn!("failed to record a session event: {e:#}");
+        }
+    });
+}
+
+struct Relay<'a> {
+    gw: &'a Arc<Gateway>,
+    client: &'a mut Client,
+    upstream: Upstream,
+    context: &'a SessionContext,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The transaction status of the last ReadyForQuery.
+    status: u8,
+    /// After a refused extended-protocol message, discard until Sync, as Postgres does.
+    discarding: bool,
+    /// Errors to send before the next ReadyForQuery from the server.
+    inject: Vec<Report>,
+}
+
+impl Relay<'_> {
+    async fn run(&mut self, connection: &ConnectionSpec, shutdown: &CancellationToken) -> Result<(), Ended> {
+        let mut changes = self.gw.projection.changes();
+        let expires_in = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0);
+        let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
+        tokio::pin!(expiry);
+        let mut server_buf = std::mem::take(&mut self.upstream.leftover);
+        let mut to_server = BytesMut::with_capacity(8192);
+        let mut to_client = BytesMut::with_capacity(8192);
+        // Anything the client sent along with its password.
+        self.client_frames(&mut to_server, &mut to_client)?;
+        self.flush(&mut to_server, &mut to_client).await?;
+        loop {
+            tokio::select! {
+                read = self.client.io.read_buf(&mut self.client.buf) => {
+                    let n = read.map_err(io_ended)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.bytes_in += n as u64;
+                    let terminated = self.client_frames(&mut to_server, &mut to_client)?;
+                    self.flush(&mut to_server, &mut to_client).await?;
+                    if terminated {
+                        return Ok(());
+                    }
+                }
+                read = self.upstream.stream.read_buf(&mut server_buf) => {
+                    let n = read.map_err(io_ended)?;
+                    if n == 0 {
+                        return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
+                    }
+                    self.server_frames(&mut server_buf, &mut to_client)?;
+                    self.flush(&mut to_server, &mut to_client).await?;
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                    }
+                    if let Some(why) = self.still_admitted(connection) {
+                        return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                    }
+                }
+                () = &mut expiry => {
+                    if let Some(why) = self.still_admitted(connection) {
+                        return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                    }
+                    let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
+                    expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                }
+                () = shutdown.cancelled() => {
+                    return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                }
+            }
+            if self.client.buf.capacity() < READ_CHUNK {
+                self.client.buf.reserve(READ_CHUNK);
+            }
+            if server_buf.capacity() < READ_CHUNK {
+                server_buf.reserve(READ_CHUNK);
+            }
+        }
+    }
+
+    fn grant_end(&self) -> i64 {
+        self.gw.projection.read(|t| {
+            t.get(&self.context.tenant).and_then(|s| s.grants.get(&self.context.grant)).map_or(0, |g| g.expires_at_unix)
+        })
+    }
+
+    /// `None` while the projection still admits this session; otherwise why not.
+    fn still_admitted(&self, connection: &ConnectionSpec) -> Option<String> {
+        let now = unix_now();
+        self.gw.projection.read(|t| {
+            let Some(state) = t.get(&self.context.tenant) else { return Some("the tenant is gone".to_owned()) };
+            let Some(current) = state.connections.get(&connection.id) else {
+                return Some(format!("connection {} was removed", connection.name));
+            };
+            state.denial(&self.context.principal, current, &self.context.role, now)
+        })
+    }
+
+    /// Handles every complete client message in the buffer. Returns true on Terminate.
+    fn client_frames(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<bool, Ended> {
+        loop {
+            let frame = match parse_frontend_frame(&mut self.client.buf, self.gw.options.max_message_len) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+            };
+            let message =
+                decode_frontend(&frame).map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+            let statement = match &message {
+                FrontendMessage::Query { sql } => Some(Statement::Query { sql }),
+                FrontendMessage::Parse { name, sql, .. } => Some(Statement::Parse { name, sql }),
+                FrontendMessage::Bind { portal, statement, params, .. } => {
+                    Some(Statement::Bind { portal, statement, params })
+                }
+                FrontendMessage::Execute { portal, max_rows } => {
+                    Some(Statement::Execute { portal, max_rows: *max_rows })
+                }
+                FrontendMessage::FunctionCall { .. } => Some(Statement::FunctionCall),
+                FrontendMessage::Unknown(tag) => {
+                    return Err(Ended::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("invalid frontend message type {}", super::protocol::Tag(*tag)),
+                    ));
+                }
+                FrontendMessage::Password(_) => {
+                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "unexpected password message"));
+                }
+                _ => None,
+            };
+            if self.discarding {
+                if matches!(message, FrontendMessage::Sync) {
+                    self.discarding = false;
+                    to_server.extend_from_slice(frame.raw());
+                }
+                continue;
+            }
+            let verdict = match statement {
+                Some(s) => self.gw.hook.check(self.context, s),
+                None => Verdict::Allow,
+            };
+            match verdict {
+                Verdict::Allow => {
+                    to_server.extend_from_slice(frame.raw());
+                    if matches!(message, FrontendMessage::Terminate) {
+                        return Ok(true);
+                    }
+                }
+                Verdict::Deny { rule, message: text } => {
+                    let report =
+                        Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {rule}"));
+                    if matches!(message, FrontendMessage::Query { .. }) {
+                        // Nothing is pending upstream for a simple query: answer now.
+                        encode::error_response(to_client, &report);
+                        encode::ready_for_query(to_client, if self.status == b'T' { b'E' } else { self.status });
+                    } else {
+                        self.discarding = true;
+                        self.inject.push(report);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards every complete server message, keeping track of the transaction status.
+    fn server_frames(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        loop {
+            let frame = match parse_frame(server_buf, DEFAULT_MAX_BACKEND_MESSAGE_LEN) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::error!("the target sent an invalid message: {e}");
+                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
+                }
+            };
+            if frame.tag() == b'Z' {
+                if let Ok(BackendMessage::ReadyForQuery { status }) = decode_backend(&frame) {
+                    self.status = status;
+                }
+                for report in self.inject.drain(..) {
+                    encode::error_response(to_client, &report);
+                }
+            }
+            to_client.extend_from_slice(frame.raw());
+        }
+    }
+
+    async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        if !to_server.is_empty() {
+            self.upstream.stream.write_all(to_server).await.map_err(io_ended)?;
+            to_server.clear();
+        }
+        if !to_client.is_empty() {
+            self.bytes_out += to_client.len() as u64;
+            self.client.io.write_all(to_client).await.map_err(io_ended)?;
+            to_client.clear();
+        }
+        Ok(())
+    }
+}
+
+async fn forward_cancel(gw: &Gateway, pid: i32, secret_key: &[u8]) {
+    let Ok(key) = <[u8; 4]>::try_from(secret_key) else { return };
+    let target = gw.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, key)).cloned();
+    // An unknown key gets no answer, as from Postgres itself.
+    if let Some(target) = target
+        && let Err(e) = upstream::cancel(&target.upstream, &target.key).await
+    {
+        tracing::warn!("failed to forward a cancel request: {e}");
+    }
+}
+
+async fn read_more(client: &mut Client) -> Result<(), Ended> {
+    if client.buf.capacity() - client.buf.len() < 1024 {
+        client.buf.reserve(8192);
+    }
+    let n = client.io.read_buf(&mut client.buf).await.map_err(io_ended)?;
+    if n == 0 {
+        return Err(Ended::quietly("the client went away"));
+    }
+    Ok(())
+}
+
+fn io_ended(e: std::io::Error) -> Ended {
+    Ended::quietly(format!("connection lost: {e}"))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn unix_to_system(t: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0))
+}
+
+/// The client's side: plain TCP until an SSLRequest upgrades it.
+enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Only while upgrading.
+    Closed,
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientIo::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientIo::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientIo::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientIo::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}

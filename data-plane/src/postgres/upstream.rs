@@ -1,0 +1,650 @@
+//! The gateway's own client connection to a target Postgres: TCP, optional TLS
+//! through SSLRequest, StartupMessage, authentication (cleartext, MD5,
+//! SCRAM-SHA-256), then the session parameters and cancel key up to the first
+//! ReadyForQuery. What comes after is the relay's business: [`Upstream`] hands
+//! back the stream and any bytes already read past ReadyForQuery.
+//!
+//! TLS follows libpq's `sslmode`s ([`TargetTls`]):
+//! - `disable`: plaintext.
+//! - `prefer`: TLS when the server offers it, plaintext when it refuses.
+//! - `require`: TLS or nothing, but the certificate is not checked, exactly as
+//!   libpq's `require` without a root certificate: it stops passive
+//!   eavesdropping, not an active man in the middle.
+//! - `verify-ca`: the certificate must chain to [`UpstreamOptions::root_certs`].
+//! - `verify-full`: and must name the host ([`UpstreamOptions::server_name`],
+//!   by default the host part of the address).
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use airlock_core::connection::TargetTls;
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::protocol::backend::{Authentication, BackendMessage, ErrorFields, decode_backend};
+use super::protocol::frame::{Frame, parse_frame};
+use super::protocol::startup::{PROTOCOL_3_0, encode_cancel_request, encode_ssl_request, encode_startup};
+use super::protocol::{ProtocolError, Tag, encode};
+
+/// The longest message accepted from the server before ReadyForQuery. The
+/// handshake's messages are small; this stops a hostile target from making
+/// the gateway buffer a gigabyte before it is even authenticated.
+const MAX_HANDSHAKE_MESSAGE_LEN: usize = 1 << 20;
+
+/// Startup parameters the gateway sets itself; a client's value for one is
+/// never forwarded.
+const RESERVED_PARAMS: [&[u8]; 2] = [b"user", b"database"];
+
+/// How to reach and log in to a target.
+#[derive(Clone)]
+pub struct UpstreamOptions {
+    /// `host:port` or `[v6]:port`.
+    pub address: String,
+    pub tls: TargetTls,
+    /// Trust anchors for `verify-ca` and `verify-full` (required by both).
+    pub root_certs: Option<Arc<RootCertStore>>,
+    /// The name the certificate must carry under `verify-full`; by default the
+    /// host part of `address`.
+    pub server_name: Option<String>,
+    pub user: String,
+    /// Never logged: `Debug` prints it redacted.
+    pub password: String,
+    pub database: String,
+    /// Further startup parameters to send, in order (e.g. the client's
+    /// `application_name`, `client_encoding`, `DateStyle`, `options`): the
+    /// caller decides which. `user` and `database` here are dropped.
+    pub params: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Covers TCP connect, TLS and authentication up to ReadyForQuery.
+    pub connect_timeout: Duration,
+}
+
+impl UpstreamOptions {
+    pub fn new(
+        address: impl Into<String>,
+        user: impl Into<String>,
+        password: impl Into<String>,
+        database: impl Into<String>,
+    ) -> Self {
+        UpstreamOptions {
+            address: address.into(),
+            tls: TargetTls::Prefer,
+            root_certs: None,
+            server_name: None,
+            user: user.into(),
+            password: password.into(),
+            database: database.into(),
+            params: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamOptions")
+            .field("address", &self.address)
+            .field("tls", &self.tls)
+            .field("root_certs", &self.root_certs.as_ref().map(|r| r.len()))
+            .field("server_name", &self.server_name)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("database", &self.database)
+            .field("params", &self.params.iter().map(|(n, _)| String::from_utf8_lossy(n)).collect::<Vec<_>>())
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// The server's cancel key for this session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub pid: i32,
+    pub secret_key: Vec<u8>,
+}
+
+/// A logged-in session, ready for queries.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: UpstreamStream,
+    /// Bytes read past the first ReadyForQuery: they belong to the relay.
+    pub leftover: BytesMut,
+    /// Every ParameterStatus before ReadyForQuery, in order (`server_version`,
+    /// `client_encoding`, …), raw.
+    pub parameters: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `None` only if the server sent no BackendKeyData (Postgres always does).
+    pub backend_key: Option<BackendKey>,
+    /// The first ReadyForQuery's transaction status, normally `I`.
+    pub ready_status: u8,
+}
+
+impl Upstream {
+    /// The value of a ParameterStatus the server reported.
+    pub fn parameter(&self, name: &[u8]) -> Option<&[u8]> {
+        self.parameters.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// The connection to the target, plaintext or TLS.
+#[derive(Debug)]
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl UpstreamStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(_))
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a connection to the target failed. `Refused` carries the server's own
+/// error; the others are the gateway's view. None of them holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("timed out after {0:?} connecting to the target")]
+    Timeout(Duration),
+    #[error("the target does not accept TLS and the connection requires it")]
+    TlsUnavailable,
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+    #[error("TLS handshake with the target failed: {0}")]
+    Tls(io::Error),
+    #[error("reading from or writing to the target failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the target sent an invalid message: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the target sent an unexpected message {tag} during {phase}")]
+    Unexpected { tag: Tag, phase: &'static str },
+    #[error("the target closed the connection during {0}")]
+    Closed(&'static str),
+    /// The server's ErrorResponse: wrong password, unknown database, too many
+    /// connections, …
+    #[error("the target refused the connection: {message} (SQLSTATE {sqlstate})")]
+    Refused { sqlstate: String, message: String, fields: ErrorFields },
+    #[error("the target asks for authentication the gateway does not support: {0}")]
+    UnsupportedAuth(String),
+    #[error("SCRAM authentication with the target failed: {0}")]
+    Scram(String),
+}
+
+/// Connects and logs in; see the module documentation for the TLS modes.
+pub async fn connect(opts: &UpstreamOptions) -> Result<Upstream, UpstreamError> {
+    tokio::time::timeout(opts.connect_timeout, connect_inner(opts))
+        .await
+        .map_err(|_| UpstreamError::Timeout(opts.connect_timeout))?
+}
+
+/// Sends a CancelRequest for `key` on a new connection (with the same TLS
+/// mode) and waits for the server to close it, so the cancel has been
+/// delivered when this returns. The server never answers a cancel: whether it
+/// took effect shows on the session it was meant for.
+pub async fn cancel(opts: &UpstreamOptions, key: &BackendKey) -> Result<(), UpstreamError> {
+    let work = async {
+        let mut stream = open(opts).await?;
+        let mut buf = BytesMut::new();
+        encode_cancel_request(&mut buf, key.pid, &key.secret_key)?;
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        let mut sink = [0u8; 64];
+        // The server closes the connection once it has read the request.
+        while stream.read(&mut sink).await? != 0 {}
+        Ok(())
+    };
+    tokio::time::timeout(opts.connect_timeout, work).await.map_err(|_| UpstreamError::Timeout(opts.connect_timeout))?
+}
+
+async fn connect_inner(opts: &UpstreamOptions) -> Result<Upstream, UpstreamError> {
+    let mut stream = open(opts).await?;
+    let mut out = BytesMut::new();
+    encode_startup(&mut out, PROTOCOL_3_0, &startup_params(opts))?;
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+
+    let mut buf = BytesMut::with_capacity(8192);
+    authenticate(&mut stream, &mut buf, opts).await?;
+
+    let mut parameters = Vec::new();
+    let mut backend_key = None;
+    loop {
+        let frame = read_frame(&mut stream, &mut buf, "session setup").await?;
+        match decode_backend(&frame)? {
+            BackendMessage::ParameterStatus { name, value } => parameters.push((name.to_vec(), value.to_vec())),
+            BackendMessage::BackendKeyData { pid, secret_key } => backend_key = Some(BackendKey { pid, secret_key }),
+            BackendMessage::NoticeResponse(_) => {}
+            BackendMessage::ErrorResponse(fields) => return Err(refused(fields)),
+            BackendMessage::ReadyForQuery { status } => {
+                return Ok(Upstream { stream, leftover: buf, parameters, backend_key, ready_status: status });
+            }
+            _ => return Err(UpstreamError::Unexpected { tag: Tag(frame.tag()), phase: "session setup" }),
+        }
+    }
+}
+
+/// The caller's parameters first, then `user` and `database`: Postgres takes
+/// the last value of a repeated name, so nothing before can override them.
+fn startup_params(opts: &UpstreamOptions) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut params: Vec<(Vec<u8>, Vec<u8>)> =
+        opts.params.iter().filter(|(name, _)| !RESERVED_PARAMS.contains(&name.as_slice())).cloned().collect();
+    params.push((b"user".to_vec(), opts.user.as_bytes().to_vec()));
+    params.push((b"database".to_vec(), opts.database.as_bytes().to_vec()));
+    params
+}
+
+/// Answers the server's authentication requests until AuthenticationOk.
+async fn authenticate(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    opts: &UpstreamOptions,
+) -> Result<(), UpstreamError> {
+    const PHASE: &str = "authentication";
+    let mut out = BytesMut::new();
+    loop {
+        let frame = read_frame(stream, buf, PHASE).await?;
+        let request = match decode_backend(&frame)? {
+            BackendMessage::Authentication(request) => request,
+            BackendMessage::ErrorResponse(fields) => return Err(refused(fields)),
+            // NegotiateProtocolVersion: the server speaks an older 3.x; we asked for 3.0.
+            BackendMessage::Other(b'v') => continue,
+            _ => return Err(UpstreamError::Unexpected { tag: Tag(frame.tag()), phase: PHASE }),
+        };
+        match request {
+            Authentication::Ok => return Ok(()),
+            Authentication::CleartextPassword => {
+                encode::password_message(&mut out, opts.password.as_bytes())?;
+            }
+            Authentication::Md5Password { salt } => {
+                let hash = md5_hash(opts.user.as_bytes(), opts.password.as_bytes(), salt);
+                encode::password_message(&mut out, hash.as_bytes())?;
+            }
+            Authentication::Sasl { mechanisms } => {
+                if !mechanisms.iter().any(|m| m.as_ref() == SCRAM_SHA_256.as_bytes()) {
+                    let offered: Vec<_> = mechanisms.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+                    return Err(UpstreamError::UnsupportedAuth(format!("SASL {}", offered.join(", "))));
+                }
+                scram(stream, buf, opts).await?;
+                // After SASLFinal the server must say AuthenticationOk.
+                let frame = read_frame(stream, buf, PHASE).await?;
+                return match decode_backend(&frame)? {
+                    BackendMessage::Authentication(Authentication::Ok) => Ok(()),
+                    BackendMessage::ErrorResponse(fields) => Err(refused(fields)),
+                    _ => Err(UpstreamError::Unexpected { tag: Tag(frame.tag()), phase: PHASE }),
+                };
+            }
+            Authentication::SaslContinue { .. } | Authentication::SaslFinal { .. } => {
+                return Err(UpstreamError::Scram("the target sent a SASL step without starting SASL".into()));
+            }
+            Authentication::Unsupported(code) => {
+                return Err(UpstreamError::UnsupportedAuth(auth_name(code)));
+            }
+        }
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        out.clear();
+    }
+}
+
+/// SCRAM-SHA-256 (RFC 5802, 7677) without channel binding (`n,,`): the
+/// server's final message is checked, so a target that does not know the
+/// password cannot pass for one that does.
+async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamOptions) -> Result<(), UpstreamError> {
+    const PHASE: &str = "SCRAM authentication";
+    let mut scram = ScramSha256::new(opts.password.as_bytes(), ChannelBinding::unsupported());
+    let mut out = BytesMut::new();
+    encode::sasl_initial_response(&mut out, SCRAM_SHA_256.as_bytes(), scram.message())?;
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+
+    let data = sasl_step(stream, buf, PHASE, |a| match a {
+        Authentication::SaslContinue { data } => Some(data),
+        _ => None,
+    })
+    .await?;
+    scram.update(&data).map_err(|e| UpstreamError::Scram(e.to_string()))?;
+    out.clear();
+    encode::sasl_response(&mut out, scram.message())?;
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+
+    let data = sasl_step(stream, buf, PHASE, |a| match a {
+        Authentication::SaslFinal { data } => Some(data),
+        _ => None,
+    })
+    .await?;
+    scram.finish(&data).map_err(|e| UpstreamError::Scram(e.to_string()))
+}
+
+async fn sasl_step(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    phase: &'static str,
+    want: impl Fn(Authentication) -> Option<Bytes>,
+) -> Result<Bytes, UpstreamError> {
+    let frame = read_frame(stream, buf, phase).await?;
+    match decode_backend(&frame)? {
+        BackendMessage::Authentication(a) => want(a).ok_or(UpstreamError::Unexpected { tag: Tag(frame.tag()), phase }),
+        BackendMessage::ErrorResponse(fields) => Err(refused(fields)),
+        _ => Err(UpstreamError::Unexpected { tag: Tag(frame.tag()), phase }),
+    }
+}
+
+fn auth_name(code: i32) -> String {
+    match code {
+        2 => "Kerberos V5".into(),
+        6 => "SCM credentials".into(),
+        7 | 8 => "GSSAPI".into(),
+        9 => "SSPI".into(),
+        other => format!("authentication request {other}"),
+    }
+}
+
+fn refused(fields: ErrorFields) -> UpstreamError {
+    let text = |b: Option<&Bytes>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    UpstreamError::Refused { sqlstate: text(fields.code()), message: text(fields.message()), fields }
+}
+
+async fn read_frame(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    phase: &'static str,
+) -> Result<Frame, UpstreamError> {
+    loop {
+        if let Some(frame) = parse_frame(buf, MAX_HANDSHAKE_MESSAGE_LEN)? {
+            return Ok(frame);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(UpstreamError::Closed(phase));
+        }
+    }
+}
+
+/// TCP, then TLS when the mode asks for it.
+async fn open(opts: &UpstreamOptions) -> Result<UpstreamStream, UpstreamError> {
+    // Build the TLS configuration first: a bad one fails without touching the network.
+    let tls = match opts.tls {
+        TargetTls::Disable => None,
+        _ => Some(tls_connector(opts)?),
+    };
+    let mut tcp = TcpStream::connect(&opts.address)
+        .await
+        .map_err(|source| UpstreamError::Connect { address: opts.address.clone(), source })?;
+    tcp.set_nodelay(true)?;
+    let Some((connector, server_name)) = tls else { return Ok(UpstreamStream::Plain(tcp)) };
+
+    let mut request = BytesMut::new();
+    encode_ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    // Exactly one byte: anything the server sends after it, before the TLS
+    // handshake, must not be taken as trusted (CVE-2021-23222).
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => UpstreamError::Closed("TLS negotiation"),
+        _ => UpstreamError::Io(e),
+    })?;
+    match answer {
+        [encode::SSL_ACCEPTED] => {
+            let tls = connector.connect(server_name, tcp).await.map_err(UpstreamError::Tls)?;
+            Ok(UpstreamStream::Tls(Box::new(tls)))
+        }
+        [encode::SSL_REFUSED] if opts.tls == TargetTls::Prefer => Ok(UpstreamStream::Plain(tcp)),
+        [encode::SSL_REFUSED] => Err(UpstreamError::TlsUnavailable),
+        // An ErrorResponse here means a server too old for SSLRequest.
+        [other] => Err(UpstreamError::Unexpected { tag: Tag(other), phase: "TLS negotiation" }),
+    }
+}
+
+/// The rustls client configuration for a TLS mode: libpq's meanings (`require`
+/// encrypts without checking the certificate; `verify-ca` checks the chain;
+/// `verify-full` also the name). Shared by upstream sessions and the admin
+/// connection that makes session roles.
+pub fn client_config(
+    tls: TargetTls,
+    root_certs: Option<Arc<RootCertStore>>,
+) -> Result<Arc<ClientConfig>, UpstreamError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
+    let roots = || {
+        root_certs
+            .clone()
+            .ok_or_else(|| UpstreamError::TlsConfig(format!("{} needs root certificates for the target", tls.as_str())))
+    };
+    let mut config = match tls {
+        TargetTls::VerifyFull => builder.with_root_certificates(roots()?).with_no_client_auth(),
+        TargetTls::VerifyCa => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly { roots: roots()?, provider }))
+            .with_no_client_auth(),
+        TargetTls::Disable | TargetTls::Prefer | TargetTls::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_no_client_auth(),
+    };
+    // What libpq sends since Postgres 17; older servers ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn tls_connector(opts: &UpstreamOptions) -> Result<(TlsConnector, ServerName<'static>), UpstreamError> {
+    let config = client_config(opts.tls, opts.root_certs.clone())?;
+    let host = opts.server_name.clone().unwrap_or_else(|| host_of(&opts.address).to_owned());
+    let server_name = match ServerName::try_from(host) {
+        Ok(name) => name,
+        Err(e) if opts.tls == TargetTls::VerifyFull => {
+            return Err(UpstreamError::TlsConfig(format!("invalid server name for verify-full: {e}")));
+        }
+        // The name only matters to verify-full; SNI is best effort otherwise.
+        Err(_) => ServerName::try_from("localhost").map_err(|e| UpstreamError::TlsConfig(e.to_string()))?,
+    };
+    Ok((TlsConnector::from(config), server_name))
+}
+
+/// `host` from `host:port`, `[v6]:port` or a bare host.
+fn host_of(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => address,
+    }
+}
+
+/// `prefer`/`require`: any certificate, as libpq does without a root
+/// certificate. The handshake signature is still checked, which proves the
+/// server holds the key of the certificate it showed (not who it is).
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
+#[derive(Debug)]
+struct ChainOnly {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_addresses() {
+        assert_eq!(host_of("db.internal:5432"), "db.internal");
+        assert_eq!(host_of("127.0.0.1:5432"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:5432"), "::1");
+        assert_eq!(host_of("db.internal"), "db.internal");
+        assert_eq!(host_of("::1"), "::1");
+    }
+
+    #[test]
+    fn client_cannot_override_user_or_database() {
+        let mut opts = UpstreamOptions::new("127.0.0.1:5432", "airlock_s1", "pw", "app");
+        opts.params = vec![
+            (b"user".to_vec(), b"postgres".to_vec()),
+            (b"application_name".to_vec(), b"psql".to_vec()),
+            (b"database".to_vec(), b"other".to_vec()),
+        ];
+        assert_eq!(
+            startup_params(&opts),
+            vec![
+                (b"application_name".to_vec(), b"psql".to_vec()),
+                (b"user".to_vec(), b"airlock_s1".to_vec()),
+                (b"database".to_vec(), b"app".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn debug_redacts_the_password() {
+        let opts = UpstreamOptions::new("h:1", "u", "hunter2-secret", "d");
+        let shown = format!("{opts:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,638 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! Per-session roles against the Postgres on this machine. Each test has its
+//! own database; roles are cluster-wide, so templates are named `tpl_<uuid>`
+//! and each test's worker id is unique, and a guard sweeps both at the end
+//! (even when the test fails).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_data_plane::postgres::roles::{
+    RoleError, RoleManager, SessionRole, SessionRoleSpec, TlsChoice, is_session_role_name, session_role_name,
+};
+use airlock_testkit::pg::TestDb;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, NoTls};
+
+// ---- harness ----
+
+fn config(db: &TestDb) -> tokio_postgres::Config {
+    db.url().parse().unwrap()
+}
+
+async fn admin(db: &TestDb) -> Client {
+    let (client, conn) = tokio_postgres::connect(db.url(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+async fn manager(db: &TestDb) -> RoleManager {
+    RoleManager::connect(config(db), TlsChoice::Disable).await.unwrap()
+}
+
+/// Logs in to the test database as `role` with `password`.
+async fn login(db: &TestDb, role: &SessionRole) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = config(db);
+    cfg.user(&role.name).password(&role.password);
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn spec(worker: &str, template: &str) -> SessionRoleSpec {
+    SessionRoleSpec {
+        session_id: uuid::Uuid::new_v4(),
+        worker_id: worker.to_owned(),
+        template_role: template.to_owned(),
+        valid_until: SystemTime::now() + Duration::from_millis(3_600_789),
+    }
+}
+
+/// Cleans up what a test made outside its database: the session roles of its
+/// worker id(s) and its template roles. Runs in Drop, on a thread with its own
+/// runtime, like TestDb's own cleanup; declare it after the TestDb so it runs
+/// first (the templates hold privileges in that database).
+struct Cleanup {
+    url: String,
+    workers: Vec<String>,
+    templates: Vec<String>,
+}
+
+impl Cleanup {
+    fn new(db: &TestDb) -> Cleanup {
+        Cleanup { url: db.url().to_owned(), workers: Vec::new(), templates: Vec::new() }
+    }
+
+    fn worker(&mut self) -> String {
+        let w = unique("test-worker");
+        self.workers.push(w.clone());
+        w
+    }
+
+    /// Creates a NOLOGIN template role (with extra `attributes`) and records it.
+    async fn template(&mut self, admin: &Client, attributes: &str) -> String {
+        let name = unique("tpl");
+        self.template_named(admin, &name, attributes).await;
+        name
+    }
+
+    async fn template_named(&mut self, admin: &Client, name: &str, attributes: &str) {
+        admin.batch_execute(&format!("CREATE ROLE {} NOLOGIN {attributes}", quote(name))).await.unwrap();
+        self.templates.push(name.to_owned());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (url, workers, templates) = (self.url.clone(), self.workers.clone(), self.templates.clone());
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+                cfg.connect_timeout(Duration::from_secs(5));
+                if let Ok(m) = RoleManager::connect(cfg, TlsChoice::Disable).await {
+                    for w in &workers {
+                        let _ = m.sweep(w).await;
+                    }
+                }
+                if let Ok((client, conn)) = tokio_postgres::connect(&url, NoTls).await {
+                    tokio::spawn(conn);
+                    for t in templates.iter().rev() {
+                        let q = quote(t);
+                        let _ = client.batch_execute(&format!("DROP OWNED BY {q}; DROP ROLE IF EXISTS {q}")).await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn role_exists(admin: &Client, name: &str) -> bool {
+    admin.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.unwrap().is_some()
+}
+
+/// The roles `name` is directly a member of.
+async fn memberships(admin: &Client, name: &str) -> Vec<String> {
+    admin
+        .query(
+            "SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+             JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1 ORDER BY 1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn airlock_roles(admin: &Client) -> Vec<String> {
+    admin
+        .query("SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'airlock\\_%'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+// ---- SCRAM-SHA-256 verification (RFC 5802 / 7677), from sha2 alone ----
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new().chain_update(&ipad).chain_update(message).finalize();
+    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
+}
+
+/// PBKDF2-HMAC-SHA256 with one output block (SCRAM's `Hi`).
+fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut salt1 = salt.to_vec();
+    salt1.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = hmac_sha256(password, &salt1);
+    let mut out = u;
+    for _ in 1..iterations {
+        u = hmac_sha256(password, &u);
+        for (o, x) in out.iter_mut().zip(u.iter()) {
+            *o ^= x;
+        }
+    }
+    out
+}
+
+/// Whether `password` matches Postgres's stored verifier
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+fn scram_verifies(verifier: &str, password: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rest = verifier.strip_prefix("SCRAM-SHA-256$").expect("a SCRAM verifier");
+    let (params, keys) = rest.split_once('$').unwrap();
+    let (iterations, salt) = params.split_once(':').unwrap();
+    let (stored_key, server_key) = keys.split_once(':').unwrap();
+    let salted = hi(password.as_bytes(), &b64.decode(salt).unwrap(), iterations.parse().unwrap());
+    let client_key = hmac_sha256(&salted, b"Client Key");
+    let computed_stored: [u8; 32] = Sha256::digest(client_key).into();
+    let computed_server = hmac_sha256(&salted, b"Server Key");
+    computed_stored.as_slice() == b64.decode(stored_key).unwrap().as_slice()
+        && computed_server.as_slice() == b64.decode(server_key).unwrap().as_slice()
+}
+
+#[test]
+fn scram_check_matches_postgres_protocol() {
+    let verifier = postgres_protocol::password::scram_sha_256(b"pencil");
+    assert!(scram_verifies(&verifier, "pencil"));
+    assert!(!scram_verifies(&verifier, "pencil2"));
+}
+
+// ---- tests ----
+
+#[tokio::test]
+async fn created_role_has_exactly_the_template_and_a_client_computed_scram_password() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    // If the gateway sent the plaintext, this database's sessions would store it
+    // as md5; a SCRAM verifier in pg_authid proves it was computed client-side.
+    admin.batch_execute(&format!("ALTER DATABASE {} SET password_encryption = 'md5'", quote(db.name()))).await.unwrap();
+    let template = cleanup.template(&admin, "").await;
+    let worker = cleanup.worker();
+    let roles = manager(&db).await;
+    let check: String = {
+        let (c, conn) = tokio_postgres::connect(db.url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c.query_one("SHOW password_encryption", &[]).await.unwrap().get(0)
+    };
+    assert_eq!(check, "md5", "the database setting is in effect for new sessions");
+
+    let spec = spec(&worker, &template);
+    let role = roles.create_session_role(&spec).await.unwrap();
+    assert_eq!(role.name, session_role_name(spec.session_id));
+    assert!(is_session_role_name(&role.name));
+    assert_eq!(role.password.len(), 43);
+    assert!(!format!("{role:?}").contains(&role.password), "Debug redacts the password");
+
+    let row = admin
+        .query_one(
+            "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication, rolinherit, \
+                    rolconnlimit, extract(epoch FROM rolvaliduntil)::float8, rolpassword, \
+                    shobj_description(oid, 'pg_authid') \
+             FROM pg_authid WHERE rolname = $1",
+            &[&role.name],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "LOGIN");
+    for (i, attr) in [(1, "SUPERUSER"), (2, "CREATEROLE"), (3, "CREATEDB"), (4, "BYPASSRLS"), (5, "REPLICATION")] {
+        assert!(!row.get::<_, bool>(i), "must not be {attr}");
+    }
+    assert!(row.get::<_, bool>(6), "INHERIT, so the template's privileges apply without SET ROLE");
+    assert_eq!(row.get::<_, i32>(7), 1, "CONNECTION LIMIT 1");
+    let valid_until: f64 = row.get(8);
+    let grant_end = spec.valid_until.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(valid_until, grant_end as f64, "VALID UNTIL is the grant's end, to the second");
+    let verifier: String = row.get(9);
+    assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "stored as a SCRAM verifier");
+    assert!(scram_verifies(&verifier, &role.password), "the returned password matches the stored verifier");
+    assert!(!scram_verifies(&verifier, "not the password"));
+    assert!(!verifier.contains(&role.password));
+    let comment: String = row.get(10);
+    assert!(comment.contains(&format!("worker={worker} ")), "{comment}");
+    assert!(comment.contains(&format!("session={}", spec.session_id)), "{comment}");
+
+    assert_eq!(memberships(&admin, &role.name).await, vec![template.clone()], "member of exactly the template");
+
+    // It can log in, and only once at a time.
+    let session = login(&db, &role).await.unwrap();
+    let who: String = session.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(who, role.name);
+    let Err(second) = login(&db, &role).await else { panic!("a second login is refused") };
+    assert_eq!(second.code(), Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS));
+
+    // Creating the same session's role twice is refused, not silently reused.
+    assert!(matches!(roles.create_session_role(&spec).await, Err(RoleError::AlreadyExists(_))));
+
+    roles.drop_session_role(&role.name).await.unwrap();
+    assert!(!role_exists(&admin, &role.name).await);
+    assert!(session.is_closed() || session.simple_query("SELECT 1").await.is_err(), "its backend was terminated");
+}
+
+#[tokio::test]
+async fn session_role_reads_what_the_template_reads_and_cannot_write() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (id int, owner text); INSERT INTO accounts VALUES (1, 'ada'), (2, 'bob'); \
+             CREATE TABLE secrets (k text); GRANT SELECT ON accounts TO {}",
+            quote(&template)
+        ))
+        .await
+        .unwrap();
+    let roles = manager(&db).await;
+    let role = roles.create_session_role(&spec(&cleanup.worker(), &template)).await.unwrap();
+
+    let session = login(&db, &role).await.unwrap();
+    let rows = session.query("SELECT id FROM accounts ORDER BY id", &[]).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(), vec![1, 2]);
+    let denied = session.execute("INSERT INTO accounts VALUES (3, 'eve')", &[]).await.unwrap_err();
+    assert_eq!(denied.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
+    let denied = session.query("SELECT * FROM secrets", &[]).await.unwrap_err();
+    assert_eq!(denied.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
+    let denied = session.batch_execute("CREATE TABLE mine (x int)").await.unwrap_err();
+    assert_eq!(denied.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
+
+    drop(session);
+    roles.drop_session_role(&role.name).await.unwrap();
+    assert!(!role_exists(&admin, &role.name).await);
+}
+
+#[tokio::test]
+async fn templates_that_confer_power_are_refused() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let roles = manager(&db).await;
+    let worker = cleanup.worker();
+
+    let superuser = cleanup.template(&admin, "SUPERUSER").await;
+    let createrole = cleanup.template(&admin, "CREATEROLE").await;
+    let bypassrls = cleanup.template(&admin, "BYPASSRLS").await;
+    let replication = cleanup.template(&admin, "REPLICATION").await;
+    let createdb = cleanup.template(&admin, "CREATEDB").await;
+    // Member of a superuser role, two levels up.
+    let middle = cleanup.template(&admin, &format!("IN ROLE {}", quote(&superuser))).await;
+    let indirect = cleanup.template(&admin, &format!("IN ROLE {}", quote(&middle))).await;
+    // Member of a predefined role that runs programs on the server.
+    let programs = cleanup.template(&admin, "IN ROLE pg_execute_server_program").await;
+
+    for (template, expect) in [
+        (&superuser, "SUPERUSER"),
+        (&createrole, "CREATEROLE"),
+        (&bypassrls, "BYPASSRLS"),
+        (&replication, "REPLICATION"),
+        (&createdb, "CREATEDB"),
+        (&middle, "SUPERUSER"),
+        (&indirect, "SUPERUSER"),
+        (&programs, "server's files or programs"),
+    ] {
+        let spec = spec(&worker, template);
+        let err = roles.create_session_role(&spec).await.unwrap_err();
+        assert!(matches!(err, RoleError::TemplateTooPowerful { .. }), "{template}: {err}");
+        let message = err.to_string();
+        assert!(message.contains(expect) && message.contains(template.as_str()), "{message}");
+        assert!(!role_exists(&admin, &session_role_name(spec.session_id)).await, "nothing created for {template}");
+    }
+    // The refusal names the role that confers the power.
+    let err = roles.create_session_role(&spec(&worker, &indirect)).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("membership in \"{superuser}\"")), "{err}");
+
+    // The manager's connection is still usable after the rolled-back attempts.
+    let ok = cleanup.template(&admin, "").await;
+    let role = roles.create_session_role(&spec(&worker, &ok)).await.unwrap();
+    roles.drop_session_role(&role.name).await.unwrap();
+}
+
+#[tokio::test]
+async fn drop_reassigns_owned_objects_and_ends_live_connections() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    admin.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}", quote(&template))).await.unwrap();
+    let roles = manager(&db).await;
+    let role = roles.create_session_role(&spec(&cleanup.worker(), &template)).await.unwrap();
+
+    let session = login(&db, &role).await.unwrap();
+    session
+        .batch_execute(
+            "CREATE TABLE made_in_session (x int); INSERT INTO made_in_session VALUES (42); \
+             CREATE TEMP TABLE scratch (y int)",
+        )
+        .await
+        .unwrap();
+    session.batch_execute("BEGIN; INSERT INTO made_in_session VALUES (43)").await.unwrap();
+    let owner: String = admin
+        .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'made_in_session'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, role.name);
+
+    // The session is live, mid-transaction, holding a lock on the table it owns.
+    tokio::time::timeout(Duration::from_secs(20), roles.drop_session_role(&role.name)).await.unwrap().unwrap();
+    assert!(!role_exists(&admin, &role.name).await);
+    assert!(session.simple_query("SELECT 1").await.is_err(), "the live connection was terminated");
+    let still_there: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role.name])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(still_there, 0);
+
+    // The table it made survives, owned by the admin user; the open transaction was rolled back.
+    let row = admin
+        .query_one(
+            "SELECT tableowner::text, (SELECT array_agg(x ORDER BY x) FROM made_in_session) FROM pg_tables \
+             WHERE tablename = 'made_in_session'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "postgres");
+    assert_eq!(row.get::<_, Vec<i32>>(1), vec![42]);
+
+    // Idempotent.
+    roles.drop_session_role(&role.name).await.unwrap();
+    roles.drop_session_role(&session_role_name(uuid::Uuid::new_v4())).await.unwrap();
+}
+
+#[tokio::test]
+async fn drop_refuses_names_that_are_not_session_roles() {
+    let db = TestDb::create().await.unwrap();
+    let admin = admin(&db).await;
+    let roles = manager(&db).await;
+    for name in [
+        "postgres",
+        "airlock_",
+        "airlock_xyz",
+        "AIRLOCK_0123456789ABCDEF0123456789ABCDEF",
+        "airlock_0123456789abcdef0123456789abcdef\"; DROP ROLE postgres; --",
+        "pg_read_all_data",
+    ] {
+        let err = roles.drop_session_role(name).await.unwrap_err();
+        assert!(matches!(err, RoleError::NotASessionRole(_)), "{name}: {err}");
+    }
+    assert!(role_exists(&admin, "postgres").await);
+}
+
+#[tokio::test]
+async fn sweep_after_a_crash_drops_this_workers_roles_and_leaves_another_workers() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    let (me, other) = (cleanup.worker(), cleanup.worker());
+
+    // A worker makes roles, one with a live session, and then dies without
+    // dropping anything (its admin connection simply goes away).
+    let crashed = manager(&db).await;
+    let mine_a = crashed.create_session_role(&spec(&me, &template)).await.unwrap();
+    let mine_b = crashed.create_session_role(&spec(&me, &template)).await.unwrap();
+    let theirs = crashed.create_session_role(&spec(&other, &template)).await.unwrap();
+    let live = login(&db, &mine_a).await.unwrap();
+    drop(crashed);
+
+    // Restarted with the same worker id, it sweeps.
+    let restarted = manager(&db).await;
+    let mut expected = vec![mine_a.name.clone(), mine_b.name.clone()];
+    expected.sort();
+    assert_eq!(restarted.sweep(&me).await.unwrap(), expected);
+    assert!(!role_exists(&admin, &mine_a.name).await);
+    assert!(!role_exists(&admin, &mine_b.name).await);
+    assert!(live.simple_query("SELECT 1").await.is_err(), "the leftover session was ended");
+    assert!(role_exists(&admin, &theirs.name).await, "another worker's role is left alone");
+    assert!(login(&db, &theirs).await.is_ok(), "and still usable");
+
+    // Sweeping again finds nothing; the other worker's own sweep finds its role.
+    assert!(restarted.sweep(&me).await.unwrap().is_empty());
+    assert_eq!(restarted.sweep(&other).await.unwrap(), vec![theirs.name.clone()]);
+    assert!(!airlock_roles(&admin).await.iter().any(|r| [&mine_a.name, &mine_b.name, &theirs.name].contains(&r)));
+}
+
+#[tokio::test]
+async fn sweep_expired_drops_roles_whose_grant_has_ended() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    let worker = cleanup.worker();
+    let roles = manager(&db).await;
+    let ended = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    let current = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    // Let one grant's end pass (VALID UNTIL in the past is refused at creation).
+    admin
+        .batch_execute(&format!("ALTER ROLE {} VALID UNTIL '2000-01-01T00:00:00Z'", quote(&ended.name)))
+        .await
+        .unwrap();
+
+    let swept = roles.sweep_expired().await.unwrap();
+    assert!(swept.contains(&ended.name), "{swept:?}");
+    assert!(!swept.contains(&current.name));
+    assert!(!role_exists(&admin, &ended.name).await);
+    assert!(role_exists(&admin, &current.name).await);
+
+    let mut past = spec(&worker, &template);
+    past.valid_until = SystemTime::now() - Duration::from_secs(1);
+    assert!(matches!(roles.create_session_role(&past).await, Err(RoleError::InvalidValidUntil(_))));
+}
+
+#[tokio::test]
+async fn hostile_template_names_are_quoted_never_executed() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let roles = manager(&db).await;
+    let worker = cleanup.worker();
+
+    // A name that does not exist is refused as such, and nothing runs.
+    let hostile = "x\"; DROP ROLE postgres; --";
+    let spec1 = spec(&worker, hostile);
+    let err = roles.create_session_role(&spec1).await.unwrap_err();
+    assert!(matches!(err, RoleError::TemplateNotFound(ref t) if t == hostile), "{err}");
+    assert!(role_exists(&admin, "postgres").await);
+    assert!(!role_exists(&admin, &session_role_name(spec1.session_id)).await);
+
+    // A role that really has such a name is used as exactly that role.
+    let odd = format!("tpl_{}\"; DROP ROLE postgres; -- '\\", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    cleanup.template_named(&admin, &odd, "").await;
+    let role = roles.create_session_role(&spec(&worker, &odd)).await.unwrap();
+    assert_eq!(memberships(&admin, &role.name).await, vec![odd.clone()]);
+    assert!(role_exists(&admin, "postgres").await);
+    roles.drop_session_role(&role.name).await.unwrap();
+
+    // Names Postgres would truncate or cannot carry are refused before any SQL.
+    for bad in ["", "a\0b", &"t".repeat(64)] {
+        let err = roles.create_session_role(&spec(&worker, bad)).await.unwrap_err();
+        assert!(matches!(err, RoleError::InvalidTemplateName(_)), "{bad:?}: {err}");
+    }
+    // So are worker ids that would make the comment ambiguous.
+    let mut s = spec("w 1", &odd);
+    assert!(matches!(roles.create_session_role(&s).await, Err(RoleError::InvalidWorkerId(_))));
+    s.worker_id = "w'1".into();
+    assert!(matches!(roles.create_session_role(&s).await, Err(RoleError::InvalidWorkerId(_))));
+    assert!(matches!(roles.sweep("").await, Err(RoleError::InvalidWorkerId(_))));
+}
+
+#[tokio::test]
+async fn admin_connection_reconnects_after_it_is_terminated() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    let roles = manager(&db).await;
+    let worker = cleanup.worker();
+    let role = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    // Kill the manager's backend (everything in this database but our own).
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND usename = 'postgres'",
+            &[],
+        )
+        .await
+        .unwrap();
+    // Once the client has seen its connection end, the next call reconnects.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    roles.drop_session_role(&role.name).await.unwrap();
+    assert!(!role_exists(&admin, &role.name).await);
+}
+
+/// TLS on the admin connection with rustls, verifying the server's certificate
+/// (this machine's Postgres serves Debian's snakeoil certificate for
+/// `localhost`). Skipped if that certificate is not there.
+#[tokio::test]
+async fn admin_connection_over_verified_tls() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let Ok(cert) = CertificateDer::from_pem_file("/etc/ssl/certs/ssl-cert-snakeoil.pem") else {
+        eprintln!("no snakeoil certificate; skipping");
+        return;
+    };
+    let db = TestDb::create().await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let tls = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+
+    let url = config(&db);
+    // `host` is the name the certificate is checked against; `hostaddr` where to connect.
+    let cfg = |host: &str| {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.user(url.get_user().unwrap())
+            .dbname(db.name())
+            .port(url.get_ports().first().copied().unwrap_or(5432))
+            .host(host)
+            .hostaddr("127.0.0.1".parse().unwrap())
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        cfg
+    };
+    let roles = RoleManager::connect(cfg("localhost"), TlsChoice::Rustls(tls.clone())).await.unwrap();
+    assert!(roles.connection_uses_tls().await.unwrap());
+
+    // A name the certificate does not cover is refused.
+    let err = RoleManager::connect(cfg("not-localhost.invalid"), TlsChoice::Rustls(tls)).await.unwrap_err();
+    assert!(matches!(err, RoleError::Connect(ref m) if m.contains("certificate")), "{err}");
+
+    // TLS required without a TLS implementation is refused, not downgraded.
+    let err = RoleManager::connect(cfg("localhost"), TlsChoice::Disable).await.unwrap_err();
+    assert!(matches!(err, RoleError::Connect(_)), "{err}");
+}
+
+/// REASSIGN/DROP OWNED act on one database: a role that made objects in
+/// another database cannot be dropped from the connection's database. The
+/// failure names the problem, the role stays NOLOGIN, the sweep still drops
+/// the worker's other roles, and a manager on that other database finishes it.
+#[tokio::test]
+async fn objects_in_another_database_are_reported_and_do_not_block_the_sweep() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let other_db = TestDb::create().await.unwrap(); // dropped before `cleanup` runs
+    let admin = admin(&db).await;
+    let other_admin = self::admin(&other_db).await;
+    let template = cleanup.template(&admin, "").await;
+    other_admin.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}", quote(&template))).await.unwrap();
+    let worker = cleanup.worker();
+    let roles = manager(&db).await;
+    let stray = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    let plain = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    {
+        let elsewhere = login(&other_db, &stray).await.unwrap();
+        elsewhere.batch_execute("CREATE TABLE made_elsewhere (x int)").await.unwrap();
+    }
+
+    let err = roles.drop_session_role(&stray.name).await.unwrap_err();
+    assert!(matches!(err, RoleError::StillReferenced { .. }), "{err}");
+    assert!(err.to_string().contains(other_db.name()), "names the database: {err}");
+    let can_login: bool =
+        admin.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&stray.name]).await.unwrap().get(0);
+    assert!(!can_login, "left NOLOGIN");
+
+    match roles.sweep(&worker).await.unwrap_err() {
+        RoleError::SweepIncomplete { dropped, failed } => {
+            assert_eq!(dropped, vec![plain.name.clone()]);
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].0, stray.name);
+        }
+        other => panic!("expected SweepIncomplete, got {other}"),
+    }
+    assert!(!role_exists(&admin, &plain.name).await);
+
+    let there = manager(&other_db).await;
+    there.drop_session_role(&stray.name).await.unwrap();
+    assert!(!role_exists(&admin, &stray.name).await);
+}

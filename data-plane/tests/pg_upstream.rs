@@ -1,0 +1,583 @@
+//! The gateway's upstream handshake against the Postgres on this machine
+//! (127.0.0.1:5432), and against scripted servers for the password methods:
+//! this machine's pg_hba trusts every 127.0.0.1 connection, so the real server
+//! never asks for a password. The scripted servers check proofs against the
+//! verifiers the real server stored for real roles (pg_authid), so the SCRAM
+//! and MD5 arithmetic is Postgres's, not ours.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_core::connection::TargetTls;
+use airlock_data_plane::postgres::protocol::backend::{BackendMessage, decode_backend};
+use airlock_data_plane::postgres::protocol::encode::{self, Report};
+use airlock_data_plane::postgres::protocol::frame::{Frame, parse_frame};
+use airlock_data_plane::postgres::protocol::frontend::{
+    FrontendMessage, decode_frontend, decode_password, decode_sasl_initial_response,
+};
+use airlock_data_plane::postgres::protocol::sqlstate;
+use airlock_data_plane::postgres::protocol::startup::{Startup, parse_startup};
+use airlock_data_plane::postgres::upstream::{self, Upstream, UpstreamError, UpstreamOptions};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::{BufMut, Bytes, BytesMut};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const PG: &str = "127.0.0.1:5432";
+
+fn opts(tls: TargetTls) -> UpstreamOptions {
+    let mut o = UpstreamOptions::new(PG, "postgres", "", "postgres");
+    o.tls = tls;
+    o.connect_timeout = Duration::from_secs(10);
+    o
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Reads server messages until ReadyForQuery, starting with what the handshake left over.
+async fn read_until_ready(up: &mut Upstream) -> Vec<BackendMessage> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(frame) = parse_frame(&mut up.leftover, 1 << 30).unwrap() {
+            let msg = decode_backend(&frame).unwrap();
+            let done = matches!(msg, BackendMessage::ReadyForQuery { .. });
+            out.push(msg);
+            if done {
+                return out;
+            }
+        }
+        assert_ne!(up.stream.read_buf(&mut up.leftover).await.unwrap(), 0, "server closed");
+    }
+}
+
+async fn simple_query(up: &mut Upstream, sql: &[u8]) -> Vec<BackendMessage> {
+    let mut buf = BytesMut::new();
+    encode::query(&mut buf, sql).unwrap();
+    up.stream.write_all(&buf).await.unwrap();
+    read_until_ready(up).await
+}
+
+/// The single value of a one-row, one-column result.
+async fn scalar(up: &mut Upstream, sql: &str) -> Bytes {
+    let messages = simple_query(up, sql.as_bytes()).await;
+    messages
+        .into_iter()
+        .find_map(|m| match m {
+            BackendMessage::DataRow(mut cells) if cells.len() == 1 => cells.pop().unwrap(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no value for {sql}"))
+}
+
+// --- the real server ---
+
+#[tokio::test]
+async fn plaintext_login_runs_a_query() {
+    let mut o = opts(TargetTls::Disable);
+    o.params = vec![
+        (b"application_name".to_vec(), b"airlock-upstream-test".to_vec()),
+        (b"client_encoding".to_vec(), b"LATIN1".to_vec()),
+        // A client's user never reaches the server.
+        (b"user".to_vec(), b"nobody".to_vec()),
+    ];
+    let mut up = upstream::connect(&o).await.unwrap();
+    assert!(!up.stream.is_tls());
+    assert_eq!(up.ready_status, b'I');
+    assert!(up.parameter(b"server_version").unwrap().starts_with(b"15"));
+    assert_eq!(up.parameter(b"application_name"), Some(&b"airlock-upstream-test"[..]));
+    assert_eq!(up.parameter(b"client_encoding"), Some(&b"LATIN1"[..]));
+    let key = up.backend_key.clone().unwrap();
+    assert_eq!(key.secret_key.len(), 4);
+
+    let messages = simple_query(&mut up, b"select 1").await;
+    let [BackendMessage::RowDescription(fields), row, done, ready] = &messages[..] else { panic!("{messages:?}") };
+    assert_eq!((&fields[0].name[..], fields[0].type_oid), (&b"?column?"[..], 23));
+    assert_eq!(*row, BackendMessage::DataRow(vec![Some(Bytes::from_static(b"1"))]));
+    assert_eq!(*done, BackendMessage::CommandComplete { tag: Bytes::from_static(b"SELECT 1") });
+    assert_eq!(*ready, BackendMessage::ReadyForQuery { status: b'I' });
+
+    assert_eq!(scalar(&mut up, "select current_user").await, &b"postgres"[..]);
+    assert_eq!(scalar(&mut up, "select pg_backend_pid()::text").await, key.pid.to_string().as_bytes());
+    // LATIN1 both ways: 0xE9 in, 0xE9 out, and the server saw one character.
+    assert_eq!(
+        simple_query(&mut up, b"select 'caf\xe9'::text, length('caf\xe9')").await[1],
+        BackendMessage::DataRow(vec![Some(Bytes::from_static(b"caf\xe9")), Some(Bytes::from_static(b"4"))])
+    );
+}
+
+#[tokio::test]
+async fn prefer_and_require_negotiate_tls() {
+    for mode in [TargetTls::Prefer, TargetTls::Require] {
+        let mut up = upstream::connect(&opts(mode)).await.unwrap();
+        assert!(up.stream.is_tls(), "{mode:?}");
+        assert_eq!(
+            scalar(&mut up, "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()").await,
+            &b"true"[..]
+        );
+    }
+}
+
+fn server_cert_roots() -> Arc<RootCertStore> {
+    // The server's ssl_cert_file: Debian's self-signed snakeoil, CN=localhost, DNS:localhost.
+    let cert = CertificateDer::from_pem_file("/etc/ssl/certs/ssl-cert-snakeoil.pem").unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).unwrap();
+    Arc::new(roots)
+}
+
+fn unrelated_roots() -> Arc<RootCertStore> {
+    let ca = rcgen::generate_simple_self_signed(vec!["someone-else".to_string()]).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    Arc::new(roots)
+}
+
+#[tokio::test]
+async fn verify_modes_check_the_certificate() {
+    let mut o = opts(TargetTls::VerifyCa);
+    assert!(matches!(upstream::connect(&o).await.unwrap_err(), UpstreamError::TlsConfig(_)), "no roots");
+
+    o.root_certs = Some(server_cert_roots());
+    let mut up = upstream::connect(&o).await.unwrap();
+    assert!(up.stream.is_tls());
+    assert_eq!(scalar(&mut up, "select 1").await, &b"1"[..]);
+
+    o.root_certs = Some(unrelated_roots());
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(matches!(&err, UpstreamError::Tls(e) if e.to_string().contains("UnknownIssuer")), "{err}");
+
+    // verify-full checks the name too: the certificate names only DNS:localhost.
+    let mut o = opts(TargetTls::VerifyFull);
+    o.root_certs = Some(server_cert_roots());
+    o.server_name = Some("localhost".into());
+    let mut up = upstream::connect(&o).await.unwrap();
+    assert_eq!(scalar(&mut up, "select 1").await, &b"1"[..]);
+    for name in [None, Some("db.example.com")] {
+        // None: the address's host, 127.0.0.1, which the certificate does not name.
+        o.server_name = name.map(Into::into);
+        let err = upstream::connect(&o).await.unwrap_err();
+        assert!(matches!(&err, UpstreamError::Tls(e) if e.to_string().contains("not valid for name")), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_database_is_refused_with_the_servers_sqlstate() {
+    let mut o = opts(TargetTls::Disable);
+    o.database = "airlock_no_such_database".into();
+    let err = upstream::connect(&o).await.unwrap_err();
+    let UpstreamError::Refused { sqlstate, message, fields } = &err else { panic!("{err}") };
+    assert_eq!(sqlstate, sqlstate::INVALID_CATALOG_NAME);
+    assert_eq!(message, "database \"airlock_no_such_database\" does not exist");
+    assert_eq!(fields.severity().unwrap(), &b"FATAL"[..]);
+}
+
+#[tokio::test]
+async fn unknown_role_is_refused() {
+    let mut o = opts(TargetTls::Prefer);
+    o.user = "airlock_no_such_role".into();
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(matches!(&err, UpstreamError::Refused { sqlstate, .. } if sqlstate == "28000"), "{err}");
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_running_query() {
+    for mode in [TargetTls::Disable, TargetTls::Require] {
+        let o = opts(mode);
+        let mut up = upstream::connect(&o).await.unwrap();
+        let key = up.backend_key.clone().unwrap();
+        let mut buf = BytesMut::new();
+        encode::query(&mut buf, b"select pg_sleep(30)").unwrap();
+        up.stream.write_all(&buf).await.unwrap();
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        upstream::cancel(&o, &key).await.unwrap();
+        let messages = read_until_ready(&mut up).await;
+        let error = messages
+            .iter()
+            .find_map(|m| match m {
+                BackendMessage::ErrorResponse(e) => Some(e.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{messages:?}"));
+        assert_eq!(error.code().unwrap(), sqlstate::QUERY_CANCELED.as_bytes());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
+
+#[tokio::test]
+async fn connect_failures() {
+    // Nothing listens on port 1.
+    let mut o = opts(TargetTls::Disable);
+    o.address = "127.0.0.1:1".into();
+    assert!(matches!(upstream::connect(&o).await.unwrap_err(), UpstreamError::Connect { .. }));
+    // A server that accepts and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut o = opts(TargetTls::Disable);
+    o.address = listener.local_addr().unwrap().to_string();
+    o.connect_timeout = Duration::from_millis(300);
+    let hold = tokio::spawn(async move {
+        let _held = listener.accept().await;
+        std::future::pending::<()>().await
+    });
+    assert!(matches!(upstream::connect(&o).await.unwrap_err(), UpstreamError::Timeout(_)));
+    hold.abort();
+}
+
+// --- scripted servers for the password methods ---
+
+struct Peer {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Peer {
+    async fn startup(&mut self) -> Startup {
+        loop {
+            if let Some(s) = parse_startup(&mut self.buf).unwrap() {
+                return s;
+            }
+            assert_ne!(self.stream.read_buf(&mut self.buf).await.unwrap(), 0);
+        }
+    }
+
+    async fn message(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = parse_frame(&mut self.buf, 1 << 20).unwrap() {
+                return Some(f);
+            }
+            if self.stream.read_buf(&mut self.buf).await.unwrap() == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn password_body(&mut self) -> Bytes {
+        match decode_frontend(&self.message().await.unwrap()).unwrap() {
+            FrontendMessage::Password(body) => body,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn auth(&mut self, code: i32, data: &[u8]) {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(data);
+        self.send(Frame::new(b'R', &body).unwrap().raw()).await;
+    }
+
+    async fn refuse(&mut self, user: &str) {
+        let mut out = BytesMut::new();
+        let report =
+            Report::fatal(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""));
+        encode::error_response(&mut out, &report);
+        self.send(&out).await;
+    }
+
+    /// AuthenticationOk and the session setup, then `extra` in the same write.
+    async fn welcome(&mut self, extra: &[u8]) {
+        let mut out = BytesMut::new();
+        encode::authentication_ok(&mut out);
+        encode::parameter_status(&mut out, b"server_version", b"15.20").unwrap();
+        encode::backend_key_data(&mut out, 4242, &[7; 4]).unwrap();
+        encode::ready_for_query(&mut out, b'I');
+        out.put_slice(extra);
+        self.send(&out).await;
+    }
+}
+
+/// A one-connection server running `script`; returns options pointing at it.
+async fn scripted<F, Fut>(user: &str, password: &str, script: F) -> (UpstreamOptions, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(Peer) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut o = UpstreamOptions::new(listener.local_addr().unwrap().to_string(), user, password, "app");
+    o.tls = TargetTls::Disable;
+    o.connect_timeout = Duration::from_secs(5);
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        script(Peer { stream, buf: BytesMut::new() }).await;
+    });
+    (o, task)
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let inner = Sha256::new().chain_update(k.map(|b| b ^ 0x36)).chain_update(msg).finalize();
+    Sha256::new().chain_update(k.map(|b| b ^ 0x5c)).chain_update(inner).finalize().into()
+}
+
+/// A role created on the real server with `password_encryption = method`,
+/// and the verifier Postgres stored for it. Dropped on drop.
+struct Role {
+    name: String,
+    verifier: String,
+}
+
+async fn make_role(method: &str, password: &str) -> Role {
+    let name = format!("airlock_test_{}_{}", method.replace('-', "_"), rand::random::<u32>());
+    let db = admin().await;
+    db.batch_execute(&format!("SET password_encryption = '{method}'; CREATE ROLE {name} LOGIN PASSWORD '{password}'"))
+        .await
+        .unwrap();
+    let verifier: String =
+        db.query_one("select rolpassword from pg_authid where rolname = $1", &[&name]).await.unwrap().get(0);
+    Role { name, verifier }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { admin().await.batch_execute(&format!("DROP ROLE IF EXISTS {name}")).await.unwrap() });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// How the scripted SCRAM server misbehaves, if at all.
+#[derive(Clone, Copy, PartialEq)]
+enum ScramServer {
+    Honest,
+    /// Does not know the password: a wrong ServerKey signs the final message.
+    Impostor,
+    /// Says AuthenticationOk right after the client's proof, with no SASLFinal.
+    SkipsFinal,
+}
+
+/// A SCRAM-SHA-256 server (RFC 5802/7677) holding Postgres's stored verifier
+/// `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
+async fn scram_server(mut peer: Peer, verifier: String, behaviour: ScramServer) {
+    let startup = peer.startup().await;
+    assert_eq!(startup.last_param(b"database"), Some(&b"app"[..]));
+    let (head, keys) = verifier.strip_prefix("SCRAM-SHA-256$").unwrap().split_once('$').unwrap();
+    let (iterations, salt) = head.split_once(':').unwrap();
+    let (stored_key, server_key) = keys.split_once(':').unwrap();
+    let stored_key = B64.decode(stored_key).unwrap();
+    let mut server_key = B64.decode(server_key).unwrap();
+    if behaviour == ScramServer::Impostor {
+        server_key[0] ^= 1;
+    }
+
+    peer.auth(10, b"SCRAM-SHA-256\0\0").await;
+    let (mechanism, first) = decode_sasl_initial_response(&peer.password_body().await).unwrap();
+    assert_eq!(&mechanism[..], b"SCRAM-SHA-256");
+    let first = String::from_utf8(first.unwrap().to_vec()).unwrap();
+    let client_first_bare = first.strip_prefix("n,,").expect("no channel binding");
+    let client_nonce = client_first_bare.split_once(",r=").unwrap().1;
+    let nonce = format!("{client_nonce}{}", B64.encode(rand::random::<[u8; 18]>()));
+    let server_first = format!("r={nonce},s={salt},i={iterations}");
+    peer.auth(11, server_first.as_bytes()).await;
+
+    let final_msg = String::from_utf8(peer.password_body().await.to_vec()).unwrap();
+    let (without_proof, proof) = final_msg.rsplit_once(",p=").unwrap();
+    assert_eq!(without_proof, format!("c=biws,r={nonce}"));
+    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+    let signature = hmac(&stored_key, auth_message.as_bytes());
+    let client_key: Vec<u8> = B64.decode(proof).unwrap().iter().zip(signature).map(|(p, s)| p ^ s).collect();
+    if Sha256::digest(&client_key)[..] != stored_key[..] {
+        let user = String::from_utf8_lossy(startup.last_param(b"user").unwrap()).into_owned();
+        peer.refuse(&user).await;
+        return;
+    }
+    if behaviour != ScramServer::SkipsFinal {
+        let server_signature = hmac(&server_key, auth_message.as_bytes());
+        peer.auth(12, format!("v={}", B64.encode(server_signature)).as_bytes()).await;
+    }
+    peer.welcome(b"Zleftover").await;
+    let _ = peer.message().await;
+}
+
+#[tokio::test]
+async fn scram_sha_256_against_a_postgres_verifier() {
+    let role = make_role("scram-sha-256", "correct horse").await;
+    assert!(role.verifier.starts_with("SCRAM-SHA-256$4096:"));
+
+    let verifier = role.verifier.clone();
+    let (o, server) =
+        scripted(&role.name, "correct horse", move |p| scram_server(p, verifier, ScramServer::Honest)).await;
+    let up = upstream::connect(&o).await.unwrap();
+    assert_eq!(up.parameter(b"server_version"), Some(&b"15.20"[..]));
+    assert_eq!(up.backend_key.as_ref().map(|k| k.pid), Some(4242));
+    assert_eq!(&up.leftover[..], b"Zleftover", "bytes after ReadyForQuery are handed over");
+    drop(up);
+    server.await.unwrap();
+
+    let verifier = role.verifier.clone();
+    let (o, server) =
+        scripted(&role.name, "wrong horse", move |p| scram_server(p, verifier, ScramServer::Honest)).await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(matches!(&err, UpstreamError::Refused { sqlstate, .. } if sqlstate == "28P01"), "{err}");
+    assert!(!err.to_string().contains("wrong horse"));
+    server.await.unwrap();
+
+    let verifier = role.verifier.clone();
+    let (o, server) =
+        scripted(&role.name, "correct horse", move |p| scram_server(p, verifier, ScramServer::Impostor)).await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::Scram(_)), "{err}");
+    server.abort();
+
+    let verifier = role.verifier.clone();
+    let (o, server) =
+        scripted(&role.name, "correct horse", move |p| scram_server(p, verifier, ScramServer::SkipsFinal)).await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::Unexpected { .. }), "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn md5_against_a_postgres_verifier() {
+    let role = make_role("md5", "s3cret").await;
+    assert!(role.verifier.starts_with("md5"));
+    let salt = [0x01, 0x02, 0x03, 0x04];
+    // What a real server expects: md5(stored hash hex || salt), computed by Postgres.
+    let expected: String = admin()
+        .await
+        .query_one(
+            "select 'md5' || md5(convert_to(substr(rolpassword, 4), 'UTF8') || '\\x01020304'::bytea) from pg_authid where rolname = $1",
+            &[&role.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    for (password, accepted) in [("s3cret", true), ("S3cret", false)] {
+        let expected = expected.clone();
+        let (o, server) = scripted(&role.name, password, move |mut peer| async move {
+            peer.startup().await;
+            peer.auth(5, &salt).await;
+            let sent = decode_password(&peer.password_body().await).unwrap();
+            if sent == expected.as_bytes() {
+                peer.welcome(b"").await;
+            } else {
+                peer.refuse("x").await;
+            }
+            let _ = peer.message().await;
+        })
+        .await;
+        let result = upstream::connect(&o).await;
+        assert_eq!(result.is_ok(), accepted, "{password}: {:?}", result.err());
+        match result {
+            Err(e) => assert!(matches!(e, UpstreamError::Refused { ref sqlstate, .. } if sqlstate == "28P01")),
+            // Closing the session lets the server's script finish.
+            Ok(up) => drop(up),
+        }
+        server.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn cleartext_password() {
+    let (o, server) = scripted("u", "pa ss", |mut peer| async move {
+        peer.startup().await;
+        peer.auth(3, b"").await;
+        assert_eq!(decode_password(&peer.password_body().await).unwrap(), &b"pa ss"[..]);
+        peer.welcome(b"").await;
+        let _ = peer.message().await;
+    })
+    .await;
+    upstream::connect(&o).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn unsupported_authentication_is_named() {
+    let (o, server) = scripted("u", "p", |mut peer| async move {
+        peer.startup().await;
+        peer.auth(7, b"").await;
+        let _ = peer.message().await;
+    })
+    .await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert_eq!(err.to_string(), "the target asks for authentication the gateway does not support: GSSAPI");
+    drop(err);
+    server.await.unwrap();
+
+    let (o, server) = scripted("u", "p", |mut peer| async move {
+        peer.startup().await;
+        peer.auth(10, b"SCRAM-SHA-256-PLUS\0OAUTHBEARER\0\0").await;
+        let _ = peer.message().await;
+    })
+    .await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(err.to_string().contains("SASL SCRAM-SHA-256-PLUS, OAUTHBEARER"), "{err}");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn server_refusing_tls() {
+    for (mode, ok) in [(TargetTls::Require, false), (TargetTls::Prefer, true)] {
+        let (mut o, server) = scripted("u", "p", |mut peer| async move {
+            assert_eq!(peer.startup().await, Startup::SslRequest);
+            peer.send(b"N").await;
+            assert!(matches!(peer.startup().await, Startup::Startup { .. }));
+            peer.welcome(b"").await;
+            let _ = peer.message().await;
+        })
+        .await;
+        o.tls = mode;
+        let result = upstream::connect(&o).await;
+        assert_eq!(result.is_ok(), ok, "{mode:?}: {:?}", result.as_ref().err());
+        if !ok {
+            assert!(matches!(result.unwrap_err(), UpstreamError::TlsUnavailable));
+            server.abort();
+        } else {
+            assert!(!result.unwrap().stream.is_tls());
+            server.await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_server_messages_are_errors() {
+    // A ParameterStatus whose declared length stops inside its name.
+    let (o, server) = scripted("u", "p", |mut peer| async move {
+        peer.startup().await;
+        let mut out = BytesMut::new();
+        encode::authentication_ok(&mut out);
+        out.put_slice(b"S\0\0\0\x06ab\0value\0");
+        peer.send(&out).await;
+        let _ = peer.message().await;
+    })
+    .await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::Protocol(_)), "{err}");
+    server.await.unwrap();
+
+    // A negative length.
+    let (o, server) = scripted("u", "p", |mut peer| async move {
+        peer.startup().await;
+        peer.send(b"R\xff\xff\xff\xf0").await;
+        let _ = peer.message().await;
+    })
+    .await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert_eq!(err.to_string(), "the target sent an invalid message: invalid message length -16 for message 'R'");
+    server.await.unwrap();
+}
