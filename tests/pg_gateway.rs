@@ -4,219 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::net::SocketAddr;
+mod support;
+
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_proto::bus::MemoryBus;
 use airlock_testkit::eventually;
-use airlock_testkit::pg::TestDb;
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// A control plane and one worker with its Postgres gateway, in process, in
-/// front of a fresh database with a template role and a table.
-struct Stack {
-    api: String,
-    admin: String,
-    pg: SocketAddr,
-    db: TestDb,
-    template: String,
-    worker_id: String,
-    dir: std::path::PathBuf,
-    projection: Arc<airlock_data_plane::Projection>,
-    cancel: CancellationToken,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-impl Stack {
-    async fn start() -> Stack {
-        let db = TestDb::create().await.unwrap();
-        let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
-        let admin = admin_client(db.url()).await;
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {template} NOLOGIN;
-                 CREATE TABLE people (id int PRIMARY KEY, name text);
-                 INSERT INTO people VALUES (1, 'café'), (2, 'Zoë');
-                 GRANT SELECT ON people TO {template};"
-            ))
-            .await
-            .unwrap();
-
-        let dir = std::env::temp_dir().join(format!("airlock-pg-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let bus = Arc::new(MemoryBus::new());
-        let api_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let public_url = format!("http://{api_addr}");
-        let identity = airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() };
-        let cp = airlock_control_plane::server::start(
-            airlock_control_plane::server::Options {
-                database_url: format!("sqlite://{}", dir.join("airlock.db").display()),
-                master_key: [3; 32],
-                public_url: public_url.clone(),
-                api_addr,
-                grpc_addr: "127.0.0.1:0".parse().unwrap(),
-                worker_token: "w".into(),
-                identity: identity.clone(),
-                admin_token_file: Some(dir.join("admin.token")),
-            },
-            bus.clone(),
-            cancel.clone(),
-            &tracker,
-        )
-        .await
-        .unwrap();
-        let worker_id = format!("test-{}", uuid::Uuid::new_v4().simple());
-        let worker = airlock_data_plane::start(
-            airlock_data_plane::Options {
-                control_plane_url: format!("http://{}", cp.grpc_addr),
-                worker_token: "w".into(),
-                admin_addr: "127.0.0.1:0".parse().unwrap(),
-                reconcile_every: Duration::from_secs(60),
-                identity,
-                postgres: Some(airlock_data_plane::PostgresOptions {
-                    listen: "127.0.0.1:0".parse().unwrap(),
-                    tls: Some(airlock_data_plane::postgres::tls::TlsSource::SelfSigned {
-                        dir: dir.clone(),
-                        names: vec!["localhost".into(), "127.0.0.1".into()],
-                    }),
-                    gateway: airlock_data_plane::postgres::gateway::GatewayOptions {
-                        worker_id: worker_id.clone(),
-                        ..Default::default()
-                    },
-                }),
-            },
-            bus,
-            cancel.clone(),
-            &tracker,
-        )
-        .await
-        .unwrap();
-        let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        let projection = worker.projection.clone();
-        let stack = Stack {
-            api: public_url,
-            admin,
-            pg: worker.pg_addr.unwrap(),
-            db,
-            template,
-            worker_id,
-            dir,
-            projection,
-            cancel,
-        };
-        let (host_db, _) = stack.target();
-        let connection = json!({
-            "name": "pg", "kind": "postgres", "address": "127.0.0.1:5432", "database": host_db, "tls": "disable",
-            "admin_credential": {"user": "postgres", "password": ""},
-            "roles": {"readonly": stack.template},
-        });
-        let (status, body) = stack.post("/v1/connections", connection).await;
-        assert_eq!(status, 201, "{body}");
-        stack
-    }
-
-    /// Waits until the worker has applied everything the log holds (a change
-    /// reaches workers in milliseconds, not instantly).
-    async fn settle(&self) {
-        let r =
-            reqwest::Client::new().get(format!("{}/v1/events?from_seq=1&limit=1", self.api)).bearer_auth(&self.admin);
-        let page: Value = r.send().await.unwrap().json().await.unwrap();
-        let head = page["head_seq"].as_u64().unwrap();
-        let tenants: Value = reqwest::Client::new()
-            .get(format!("{}/v1/tenants", self.api))
-            .bearer_auth(&self.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let tenant = tenants[0]["id"].as_str().unwrap().parse().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.projection.wait_for(&tenant, head)).await.unwrap();
-    }
-
-    /// The target database's name, and the admin URL.
-    fn target(&self) -> (String, String) {
-        (self.db.name().to_owned(), self.db.url().to_owned())
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}{path}", self.api))
-            .bearer_auth(&self.admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn token(&self, subject: &str) -> String {
-        let (status, body) = self.post("/v1/tokens", json!({"subject": subject, "groups": ["agents"]})).await;
-        assert_eq!(status, 201, "{body}");
-        body["token"].as_str().unwrap().to_owned()
-    }
-
-    async fn grant(&self, subject: &str, ttl: u64) -> String {
-        let body =
-            json!({"subject": subject, "connection": "pg", "role": "readonly", "ttl_seconds": ttl, "reason": "test"});
-        let (status, body) = self.post("/v1/grants", body).await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_str().unwrap().to_owned()
-    }
-
-    fn url(&self, user: &str, token: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={user} password={token} dbname={} sslmode=disable",
-            self.pg.port(),
-            self.db.name()
-        )
-    }
-
-    async fn connect(&self, user: &str, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.url(user, token), tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
-    }
-
-    /// Session roles this stack's worker has on the server.
-    async fn session_roles(&self) -> Vec<String> {
-        let admin = admin_client(self.db.url()).await;
-        let rows = admin
-            .query(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND shobj_description(oid, 'pg_authid') LIKE '%' || $1 || '%'",
-                &[&format!("worker={}", self.worker_id)],
-            )
-            .await
-            .unwrap();
-        rows.iter().map(|r| r.get(0)).collect()
-    }
-}
-
-fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.code().code().to_owned()).unwrap_or_else(|| format!("no db error: {e}"))
-}
+use serde_json::json;
+use support::{Stack, admin_client, sqlstate};
 
 #[tokio::test]
 async fn a_granted_agent_reads_through_a_role_made_for_its_session() {
@@ -341,10 +136,24 @@ async fn a_cancel_reaches_the_right_backend() {
     assert_eq!(one, 1);
 }
 
-/// Runs psql off the runtime's thread: the gateway it talks to runs on this runtime.
 async fn psql(s: &Stack, token: &str, extra_env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    psql_with(s, "pg.readonly", token, extra_env, args).await
+}
+
+async fn psql_as(s: &Stack, user: &str, token: &str, args: &[&str]) -> std::process::Output {
+    psql_with(s, user, token, &[], args).await
+}
+
+/// Runs psql off the runtime's thread: the gateway it talks to runs on this runtime.
+async fn psql_with(
+    s: &Stack,
+    user: &str,
+    token: &str,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
     let mut cmd = Command::new("psql");
-    cmd.arg(format!("host=127.0.0.1 port={} user=pg.readonly dbname={} sslmode=require", s.pg.port(), s.db.name()))
+    cmd.arg(format!("host=127.0.0.1 port={} user={user} dbname={} sslmode=require", s.pg.port(), s.db.name()))
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-At"])
         .args(args)
         .env("PGPASSWORD", token);
@@ -385,6 +194,22 @@ async fn psql_over_tls_with_a_transaction_copy_and_a_latin1_client() {
     let out = psql(&s, &token, &[], &["-c", &format!("\\copy people TO '{}' CSV", file.display())]).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "1,café\n2,Zoë\n");
+
+    // \copy in streams COPY FROM STDIN, for a role that may write.
+    let writer = s.token("loader").await;
+    s.grant_role("loader", "readwrite", 900).await;
+    std::fs::write(s.dir.join("more.csv"), "3,Émile\n4,Ødegaard\n").unwrap();
+    let out = psql_as(
+        &s,
+        "pg.readwrite",
+        &writer,
+        &["-c", &format!("\\copy people FROM '{}' CSV", s.dir.join("more.csv").display())],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let admin = admin_client(s.db.url()).await;
+    let n: i64 = admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
+    assert_eq!(n, 4);
 
     // A LATIN1 client gets LATIN1 bytes: nothing on the way re-encodes text.
     let out =

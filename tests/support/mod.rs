@@ -1,0 +1,238 @@
+//! A control plane and a worker with its Postgres gateway, in process, in front
+//! of a fresh database: the harness of the gateway's end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_proto::bus::MemoryBus;
+use airlock_testkit::pg::TestDb;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A control plane and one worker with its Postgres gateway, in process, in
+/// front of a fresh database with a template role and a table.
+pub struct Stack {
+    pub api: String,
+    pub admin: String,
+    pub pg: SocketAddr,
+    pub db: TestDb,
+    pub template: String,
+    pub worker_id: String,
+    pub dir: std::path::PathBuf,
+    pub projection: Arc<airlock_data_plane::Projection>,
+    pub cancel: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // The template roles are cluster-wide: drop them with the database.
+        let (url, template) = (self.db.url().to_owned(), self.template.clone());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
+                tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(&format!(
+                        "DROP OWNED BY {template}, {template}_rw; DROP ROLE IF EXISTS {template}; DROP ROLE IF EXISTS {template}_rw;"
+                    ))
+                    .await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+pub async fn admin_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let db = TestDb::create().await.unwrap();
+        let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
+        let admin = admin_client(db.url()).await;
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {template} NOLOGIN;
+                 CREATE ROLE {template}_rw NOLOGIN;
+                 CREATE TABLE people (id int PRIMARY KEY, name text);
+                 INSERT INTO people VALUES (1, 'café'), (2, 'Zoë');
+                 GRANT SELECT ON people TO {template};
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {template}_rw;
+                 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {template}_rw;
+                 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {template};"
+            ))
+            .await
+            .unwrap();
+
+        let dir = std::env::temp_dir().join(format!("airlock-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let bus = Arc::new(MemoryBus::new());
+        let api_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let public_url = format!("http://{api_addr}");
+        let identity = airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() };
+        let cp = airlock_control_plane::server::start(
+            airlock_control_plane::server::Options {
+                database_url: format!("sqlite://{}", dir.join("airlock.db").display()),
+                master_key: [3; 32],
+                public_url: public_url.clone(),
+                api_addr,
+                grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                worker_token: "w".into(),
+                identity: identity.clone(),
+                admin_token_file: Some(dir.join("admin.token")),
+            },
+            bus.clone(),
+            cancel.clone(),
+            &tracker,
+        )
+        .await
+        .unwrap();
+        let worker_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let worker = airlock_data_plane::start(
+            airlock_data_plane::Options {
+                control_plane_url: format!("http://{}", cp.grpc_addr),
+                worker_token: "w".into(),
+                admin_addr: "127.0.0.1:0".parse().unwrap(),
+                reconcile_every: Duration::from_secs(60),
+                identity,
+                postgres: Some(airlock_data_plane::PostgresOptions {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    tls: Some(airlock_data_plane::postgres::tls::TlsSource::SelfSigned {
+                        dir: dir.clone(),
+                        names: vec!["localhost".into(), "127.0.0.1".into()],
+                    }),
+                    gateway: airlock_data_plane::postgres::gateway::GatewayOptions {
+                        worker_id: worker_id.clone(),
+                        ..Default::default()
+                    },
+                }),
+            },
+            bus,
+            cancel.clone(),
+            &tracker,
+        )
+        .await
+        .unwrap();
+        let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+        let projection = worker.projection.clone();
+        let stack = Stack {
+            api: public_url,
+            admin,
+            pg: worker.pg_addr.unwrap(),
+            db,
+            template,
+            worker_id,
+            dir,
+            projection,
+            cancel,
+        };
+        let (host_db, _) = stack.target();
+        let connection = json!({
+            "name": "pg", "kind": "postgres", "address": "127.0.0.1:5432", "database": host_db, "tls": "disable",
+            "admin_credential": {"user": "postgres", "password": ""},
+            "roles": {"readonly": stack.template, "readwrite": format!("{}_rw", stack.template)},
+        });
+        let (status, body) = stack.post("/v1/connections", connection).await;
+        assert_eq!(status, 201, "{body}");
+        stack
+    }
+
+    /// Waits until the worker has applied everything the log holds (a change
+    /// reaches workers in milliseconds, not instantly).
+    pub async fn settle(&self) {
+        let r =
+            reqwest::Client::new().get(format!("{}/v1/events?from_seq=1&limit=1", self.api)).bearer_auth(&self.admin);
+        let page: Value = r.send().await.unwrap().json().await.unwrap();
+        let head = page["head_seq"].as_u64().unwrap();
+        let tenants: Value = reqwest::Client::new()
+            .get(format!("{}/v1/tenants", self.api))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let tenant = tenants[0]["id"].as_str().unwrap().parse().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.projection.wait_for(&tenant, head)).await.unwrap();
+    }
+
+    /// The target database's name, and the admin URL.
+    pub fn target(&self) -> (String, String) {
+        (self.db.name().to_owned(), self.db.url().to_owned())
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn token(&self, subject: &str) -> String {
+        let (status, body) = self.post("/v1/tokens", json!({"subject": subject, "groups": ["agents"]})).await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn grant(&self, subject: &str, ttl: u64) -> String {
+        self.grant_role(subject, "readonly", ttl).await
+    }
+
+    pub async fn grant_role(&self, subject: &str, role: &str, ttl: u64) -> String {
+        let body = json!({"subject": subject, "connection": "pg", "role": role, "ttl_seconds": ttl, "reason": "test"});
+        let (status, body) = self.post("/v1/grants", body).await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn url(&self, user: &str, token: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={token} dbname={} sslmode=disable",
+            self.pg.port(),
+            self.db.name()
+        )
+    }
+
+    pub async fn connect(&self, user: &str, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.url(user, token), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Session roles this stack's worker has on the server.
+    pub async fn session_roles(&self) -> Vec<String> {
+        let admin = admin_client(self.db.url()).await;
+        let rows = admin
+            .query(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND shobj_description(oid, 'pg_authid') LIKE '%' || $1 || '%'",
+                &[&format!("worker={}", self.worker_id)],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+}
+
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.code().code().to_owned()).unwrap_or_else(|| format!("no db error: {e}"))
+}
