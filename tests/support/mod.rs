@@ -32,10 +32,18 @@ impl Drop for Stack {
         self.cancel.cancel();
         let _ = std::fs::remove_dir_all(&self.dir);
         // The template roles are cluster-wide: drop them with the database.
-        let (url, template) = (self.db.url().to_owned(), self.template.clone());
+        let (url, template, worker) = (self.db.url().to_owned(), self.template.clone(), self.worker_id.clone());
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
+                // Sessions still open when the test returned never got to drop their roles:
+                // do what a restarted worker does.
+                if let Ok(config) = url.parse::<tokio_postgres::Config>() {
+                    use airlock_data_plane::postgres::roles::{RoleManager, TlsChoice};
+                    if let Ok(manager) = RoleManager::connect(config, TlsChoice::Disable).await {
+                        let _ = manager.sweep(&worker).await;
+                    }
+                }
                 let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
                 tokio::spawn(conn);
                 let _ = client
