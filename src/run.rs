@@ -99,6 +99,7 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
         worker_token: worker_token(config)?,
         identity,
         admin_token_file: Some(config.data_dir.join("admin.token")),
+        reissue_admin_token: false,
     })
 }
 
@@ -187,13 +188,18 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     writeln!(file, "{contents}")
 }
 
+/// Creates the data directory readable by its owner only. An existing one we
+/// cannot restrict (a mount point owned by someone else) is used with a warning.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let existed = dir.exists();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {}", dir.display()))?;
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            anyhow::ensure!(existed, "restricting {}: {e}", dir.display());
+            tracing::warn!(dir = %dir.display(), "could not make the data directory private: {e}");
+        }
     }
     Ok(())
 }

@@ -74,6 +74,7 @@ async fn cluster(bus: Arc<dyn Bus>) -> Cluster {
         worker_token: "w".into(),
         identity: Default::default(),
         admin_token_file: Some(dir.join("admin.token")),
+        reissue_admin_token: false,
     };
     let running = airlock_control_plane::server::start(options, bus.clone(), cancel.clone(), &tracker).await.unwrap();
     let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();

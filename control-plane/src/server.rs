@@ -30,6 +30,11 @@ pub struct Options {
     pub identity: VerifierOptions,
     /// Where to write a platform admin token when one is issued on first start.
     pub admin_token_file: Option<PathBuf>,
+    /// Issue a new platform admin token when `admin_token_file` is missing although
+    /// the default tenant exists (`airlock up`, whose data directory is the user's own).
+    /// Off for a deployed control plane, whose disk may be ephemeral: every restart
+    /// would add a standing admin key.
+    pub reissue_admin_token: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -62,7 +67,7 @@ pub async fn start(
     let service = ServiceOptions { public_url: options.public_url.clone(), worker_token: options.worker_token.clone() };
     let cp = ControlPlane::load(store.event_log(), store.secrets(), verifier, service).await?;
 
-    let wants_token = options.admin_token_file.as_ref().is_some_and(|p| !p.exists());
+    let wants_token = options.reissue_admin_token && options.admin_token_file.as_ref().is_some_and(|p| !p.exists());
     let issued = cp.bootstrap(wants_token).await.map_err(|e| anyhow::anyhow!("bootstrapping: {e}"))?;
     if let (Some(token), Some(path)) = (issued, &options.admin_token_file) {
         write_secret_file(path, &token).with_context(|| format!("writing {}", path.display()))?;

@@ -110,7 +110,10 @@ async fn open_sqlite(url: &str) -> anyhow::Result<(SqlitePool, SqlitePool)> {
         .context("parsing the SQLite URL")?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // FULL: a commit is on disk before the command is answered (in WAL mode,
+        // NORMAL may lose the last commits on power loss), as the invariant
+        // "an acknowledged command is in the log" requires.
+        .synchronous(SqliteSynchronous::Full)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");

@@ -56,3 +56,12 @@ fn duration_parse_seeds() {
         }
     }
 }
+
+#[test]
+fn the_alias_expansion_seed_is_refused_before_it_expands() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/policy_parse/alias-expansion.yaml");
+    let source = std::fs::read_to_string(path).unwrap();
+    let e = airlock_core::policy::Policy::parse(&source).unwrap_err();
+    assert!(e.reason.contains("aliases"), "{e}");
+}

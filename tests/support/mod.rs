@@ -100,6 +100,7 @@ impl Stack {
                 worker_token: "w".into(),
                 identity: identity.clone(),
                 admin_token_file: Some(dir.join("admin.token")),
+                reissue_admin_token: false,
             },
             bus.clone(),
             cancel.clone(),

@@ -70,6 +70,7 @@ impl Harness {
             worker_token: "worker-secret".into(),
             identity: airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() },
             admin_token_file: Some(dir.join("admin.token")),
+            reissue_admin_token: false,
         };
         let cancel = CancellationToken::new();
         let running = start(options, bus.clone(), cancel.clone(), &TaskTracker::new()).await.unwrap();

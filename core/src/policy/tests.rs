@@ -67,3 +67,13 @@ fn garbage_is_refused_not_panicked_on() {
         assert!(Policy::parse(doc).is_err(), "{doc:?}");
     }
 }
+
+#[test]
+fn aliases_are_refused_before_they_can_expand() {
+    let bomb = "version: 1\naccess:\n  - name: a\n    principals: { groups: &g [x, x, x] }\n    connections: [pg]\n    roles: [r]\n    max_ttl: 1h\n    approval: none\n  - name: b\n    principals: { groups: *g }\n    connections: [pg]\n    roles: [r]\n    max_ttl: 1h\n    approval: none\n";
+    let e = refused(bomb);
+    assert!(e.reason.contains("line 10") && e.reason.contains("aliases"), "{e}");
+    // Stars that are not aliases are fine: quoted, inside words, in comments.
+    let ok = "version: 1 # *not an alias\nmasking:\n  - name: m\n    columns: ['*.*.email', \"public.*.ssn\"]\n    strategy: redact\n";
+    Policy::parse(ok).unwrap();
+}

@@ -293,6 +293,7 @@ impl Deployment {
             worker_token: WORKER_TOKEN.into(),
             identity: airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() },
             admin_token_file: Some(token_file.clone()),
+            reissue_admin_token: false,
         };
         let running = server::start(options, control_plane_bus, self.cancel.clone(), &self.tracker).await?;
         self.base = public_url;
