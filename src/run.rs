@@ -124,7 +124,12 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         admin_addr: config.worker.admin_addr,
         reconcile_every: config.worker.reconcile_every,
         identity: config.identity.verifier_options(config.public_url()),
-        postgres: Some(airlock_data_plane::PostgresOptions { listen: config.worker.pg_addr, tls: Some(tls), gateway }),
+        postgres: Some(airlock_data_plane::PostgresOptions {
+            listen: config.worker.pg_addr,
+            tls: Some(tls),
+            gateway,
+            hook: std::sync::Arc::new(airlock_data_plane::postgres::hook::AllowAll),
+        }),
     })
 }
 

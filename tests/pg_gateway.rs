@@ -222,3 +222,123 @@ async fn psql_over_tls_with_a_transaction_copy_and_a_latin1_client() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("division by zero"), "{out:?}");
 }
+
+/// Refuses statements that mention DROP: enough to see a refusal travel the
+/// simple and the extended protocol.
+struct NoDrops;
+
+impl airlock_data_plane::postgres::hook::StatementHook for NoDrops {
+    fn check(
+        &self,
+        _session: &airlock_data_plane::postgres::hook::SessionContext,
+        statement: airlock_data_plane::postgres::hook::Statement<'_>,
+    ) -> airlock_data_plane::postgres::hook::Verdict {
+        use airlock_data_plane::postgres::hook::{Statement, Verdict};
+        let sql = match statement {
+            Statement::Query { sql } | Statement::Parse { sql, .. } => sql,
+            _ => return Verdict::Allow,
+        };
+        if String::from_utf8_lossy(sql).to_ascii_uppercase().contains("DROP") {
+            Verdict::Deny { rule: "no-drops".into(), message: "DROP is not allowed here".into() }
+        } else {
+            Verdict::Allow
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_from_the_statement_hook_reaches_the_client_and_the_session_goes_on() {
+    let s = Stack::start_with_hook(std::sync::Arc::new(NoDrops)).await;
+    let token = s.token("ci-job-42").await;
+    s.grant_role("ci-job-42", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &token).await.unwrap();
+    // Simple protocol.
+    let e = client.batch_execute("DROP TABLE people").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    assert_eq!(e.as_db_error().unwrap().message(), "DROP is not allowed here");
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: no-drops"));
+    client.batch_execute("SELECT 1").await.unwrap();
+    // Extended protocol: the refused Parse and what follows it up to Sync are discarded.
+    let e = client.query("DROP TABLE people", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let n: i64 = client.query_one("SELECT count(*) FROM people WHERE id > $1", &[&0i32]).await.unwrap().get(0);
+    assert_eq!(n, 2, "the table is still there and the session still works");
+}
+
+#[tokio::test]
+async fn sessions_are_recorded_with_who_where_how_long_and_how_much() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    let grant = s.grant("ci-job-42", 900).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    client.query("SELECT * FROM people", &[]).await.unwrap();
+    drop(client);
+    let events = || async {
+        let r = reqwest::Client::new().get(format!("{}/v1/events?from_seq=0", s.api)).bearer_auth(&s.admin);
+        let page: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
+        page["events"].as_array().unwrap().clone()
+    };
+    eventually(Duration::from_secs(10), "the session's close to be recorded", || async {
+        events().await.iter().any(|e| e["type"] == "session_closed")
+    })
+    .await;
+    let all = events().await;
+    let opened = all.iter().find(|e| e["type"] == "session_opened").unwrap();
+    assert_eq!(opened["data"]["session"]["subject"], "ci-job-42");
+    assert_eq!(opened["data"]["session"]["grant_id"], json!(grant));
+    assert!(opened["data"]["session"]["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(opened["data"]["session"]["target_role"].as_str().unwrap().starts_with("airlock_"));
+    let closed = all.iter().find(|e| e["type"] == "session_closed").unwrap();
+    assert_eq!(closed["data"]["session_id"], opened["data"]["session"]["id"]);
+    assert!(closed["data"]["bytes_from_client"].as_u64().unwrap() > 0);
+    assert!(closed["data"]["bytes_to_client"].as_u64().unwrap() > 0);
+    assert!(closed["data"]["duration_ms"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn a_static_credential_connection_logs_in_as_its_one_user() {
+    let s = Stack::start().await;
+    let connection = json!({
+        "name": "pg-static", "kind": "postgres", "address": "127.0.0.1:5432", "database": s.db.name(), "tls": "disable",
+        "static_credential": {"user": "postgres", "password": ""},
+    });
+    let (status, body) = s.post("/v1/connections", connection).await;
+    assert_eq!(status, 201, "{body}");
+    let token = s.token("ci-job-42").await;
+    let grant = json!({"subject": "ci-job-42", "connection": "pg-static", "role": "shared", "ttl_seconds": 900});
+    let (status, body) = s.post("/v1/grants", grant).await;
+    assert_eq!(status, 201, "{body}");
+    let client = s.connect("pg-static.shared", &token).await.unwrap();
+    let user: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    assert_eq!(user, "postgres");
+    assert!(s.session_roles().await.is_empty(), "no session role is made for a static credential");
+}
+
+#[tokio::test]
+async fn psql_verifies_the_gateways_certificate_with_verify_full() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let conninfo = format!(
+        "host=localhost port={} user=pg.readonly dbname={} sslmode=verify-full sslrootcert={}",
+        s.pg.port(),
+        s.db.name(),
+        s.dir.join("gateway.crt").display()
+    );
+    let mut cmd = Command::new("psql");
+    cmd.arg(&conninfo).args(["-X", "-At", "-c", "SELECT 1"]).env("PGPASSWORD", &token);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"1\n");
+    // Against roots that never signed the gateway's certificate, verification fails.
+    let untrusted = conninfo.replace(
+        &format!("sslrootcert={}", s.dir.join("gateway.crt").display()),
+        "sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+    );
+    assert_ne!(untrusted, conninfo);
+    let mut cmd = Command::new("psql");
+    cmd.arg(untrusted).args(["-X", "-At", "-c", "SELECT 1"]).env("PGPASSWORD", &token);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(!out.status.success(), "verify-full accepted a certificate it cannot trust: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate verify failed"), "{out:?}");
+}

@@ -26,12 +26,20 @@ pub struct Options {
     pub postgres: Option<PostgresOptions>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresOptions {
     pub listen: SocketAddr,
     /// TLS toward clients (`None`: TLS refused, cleartext tokens only from loopback).
     pub tls: Option<crate::postgres::tls::TlsSource>,
     pub gateway: crate::postgres::gateway::GatewayOptions,
+    /// What every statement passes through.
+    pub hook: Arc<dyn crate::postgres::hook::StatementHook>,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions").field("listen", &self.listen).field("tls", &self.tls).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Options {
@@ -102,7 +110,7 @@ async fn start_postgres(
         source.as_ref().clone(),
         tls,
         pg.gateway.clone(),
-        Arc::new(crate::postgres::hook::AllowAll),
+        pg.hook.clone(),
     );
     let projection = projection.clone();
     let cancel = cancel.clone();

@@ -65,6 +65,10 @@ pub async fn admin_client(url: &str) -> tokio_postgres::Client {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Self::start_with_hook(Arc::new(airlock_data_plane::postgres::hook::AllowAll)).await
+    }
+
+    pub async fn start_with_hook(hook: Arc<dyn airlock_data_plane::postgres::hook::StatementHook>) -> Stack {
         let db = TestDb::create().await.unwrap();
         let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
         let admin = admin_client(db.url()).await;
@@ -126,6 +130,7 @@ impl Stack {
                         worker_id: worker_id.clone(),
                         ..Default::default()
                     },
+                    hook,
                 }),
             },
             bus,
