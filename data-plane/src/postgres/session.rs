@@ -245,7 +245,7 @@ async fn authenticate(
         Some((c, r)) => (c.to_owned(), Some(r.to_owned())),
         None => (user.clone(), None),
     };
-    if !client.tls && !client.peer.ip().is_loopback() && !gw.options.allow_cleartext_off_loopback {
+    if !token_may_travel(client.tls, client.peer.ip(), gw.options.allow_cleartext_off_loopback) {
         return Err(Ended::fatal(
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             "this gateway requires TLS from other hosts (sslmode=require): the password is an access token",
@@ -369,6 +369,12 @@ fn decide(
             .ok_or_else(|| no_access("no grant".into()))?;
         Ok((connection.clone(), role, grant))
     })
+}
+
+/// The password is a token: it may cross the network only inside TLS, unless it
+/// never leaves the host or the operator said otherwise.
+fn token_may_travel(tls: bool, peer: std::net::IpAddr, allow_cleartext_off_loopback: bool) -> bool {
+    tls || peer.is_loopback() || allow_cleartext_off_loopback
 }
 
 fn invalid_token(why: &str) -> Ended {
@@ -773,5 +779,22 @@ impl AsyncWrite for ClientIo {
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             ClientIo::Closed => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_may_travel;
+
+    #[test]
+    fn tokens_cross_the_network_only_inside_tls() {
+        let remote: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let local6: std::net::IpAddr = "::1".parse().unwrap();
+        assert!(!token_may_travel(false, remote, false));
+        assert!(token_may_travel(true, remote, false));
+        assert!(token_may_travel(false, local, false));
+        assert!(token_may_travel(false, local6, false));
+        assert!(token_may_travel(false, remote, true));
     }
 }

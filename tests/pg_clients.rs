@@ -1,0 +1,418 @@
+//! Real Postgres clients through the gateway: pgbench in every query mode,
+//! psycopg 3, node-postgres, and tokio-postgres (and raw frames) pipelining.
+//! The client packages are installed by `scripts/test`; a missing one fails
+//! the test and says so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use airlock_testkit::eventually;
+use serde_json::Value;
+use support::{Stack, admin_client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const INSTALL: &str = "run scripts/test, which installs the client packages the tests need";
+
+/// Runs a client process off the runtime's thread: the gateway it talks to runs on this runtime.
+async fn run(mut cmd: Command) -> Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): {INSTALL}"))
+}
+
+/// pgbench from PATH, or Debian's versioned directory (postgresql-contrib / postgresql-NN).
+fn pgbench() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("pgbench")).find(|p| p.is_file()))
+        .unwrap_or_default();
+    let debian = || {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin/pgbench"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        found.pop()
+    };
+    on_path.or_else(debian).unwrap_or_else(|| panic!("pgbench is not installed: {INSTALL}"))
+}
+
+/// The pgbench tables in the target, made by the admin; the readwrite template may use them.
+async fn pgbench_tables(s: &Stack) {
+    let out = run({
+        let mut cmd = Command::new(pgbench());
+        cmd.args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", s.db.name()])
+            .env("PGSSLMODE", "disable");
+        cmd
+    })
+    .await;
+    assert!(out.status.success(), "pgbench -i failed: {out:?}");
+    let admin = admin_client(s.db.url()).await;
+    let rw = format!("{}_rw", s.template);
+    // The harness's default privileges already cover tables the admin creates later.
+    for table in ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"] {
+        let ok: bool = admin
+            .query_one("SELECT has_table_privilege($1, $2, 'SELECT, INSERT, UPDATE, DELETE')", &[&rw, &table])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ok, "{rw} has no rights on {table} by default privileges");
+    }
+    admin
+        .batch_execute(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO {rw}"
+        ))
+        .await
+        .unwrap();
+}
+
+/// pgbench through the gateway as `pg.readwrite`, with the token as the password.
+async fn pgbench_through_gateway(s: &Stack, token: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(pgbench());
+    cmd.args(["-n", "-c", "4", "-j", "2", "-t", "50"])
+        .args(args)
+        .arg(format!("host=127.0.0.1 port={} user=pg.readwrite dbname={} sslmode=disable", s.pg.port(), s.db.name()))
+        .env("PGPASSWORD", token);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("number of failed transactions: 0 "), "pgbench {args:?}:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("number of transactions actually processed: 200/200"),
+        "pgbench {args:?}:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+async fn no_session_roles_left(s: &Stack) {
+    eventually(Duration::from_secs(10), "every session role to be dropped", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_select_only_in_every_query_mode() {
+    let s = Stack::start().await;
+    pgbench_tables(&s).await;
+    let token = s.token("bench").await;
+    s.grant_role("bench", "readwrite", 900).await;
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench_through_gateway(&s, &token, &["-S", "-M", mode]).await;
+        assert!(out.contains(&format!("query mode: {mode}")), "{out}");
+        assert!(out.contains("<builtin: select only>"), "{out}");
+        no_session_roles_left(&s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_tpcb_in_every_query_mode() {
+    let s = Stack::start().await;
+    pgbench_tables(&s).await;
+    let token = s.token("bench").await;
+    s.grant_role("bench", "readwrite", 900).await;
+    let admin = admin_client(s.db.url()).await;
+    for (i, mode) in ["simple", "extended", "prepared"].into_iter().enumerate() {
+        let out = pgbench_through_gateway(&s, &token, &["-M", mode]).await;
+        assert!(out.contains(&format!("query mode: {mode}")), "{out}");
+        assert!(out.contains("<builtin: TPC-B (sort of)>"), "{out}");
+        // Every transaction committed on the target: one history row each.
+        let n: i64 = admin.query_one("SELECT count(*) FROM pgbench_history", &[]).await.unwrap().get(0);
+        assert_eq!(n, 200 * (i as i64 + 1), "after -M {mode}");
+        no_session_roles_left(&s).await;
+    }
+    // The branch balances add up to the history's deltas: no statement was lost or repeated.
+    let row = admin
+        .query_one("SELECT (SELECT sum(bbalance) FROM pgbench_branches), (SELECT sum(delta) FROM pgbench_history)", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), row.get::<_, i64>(1));
+}
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// The one JSON line a client script prints; a script that finds its driver missing exits 2.
+fn script_json(out: &Output, driver: &str) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(2) && stdout.contains("\"missing\"") {
+        panic!("{driver} is not installed ({}): {INSTALL}", stdout.trim());
+    }
+    assert!(out.status.success(), "the {driver} script failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output from the {driver} script: {stderr}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON from the {driver} script ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_parameters_prepared_statements_a_large_result_and_errors() {
+    let s = Stack::start().await;
+    let token = s.token("py").await;
+    s.grant_role("py", "readwrite", 900).await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(clients_dir().join("psycopg_check.py")).arg(s.url("pg.readwrite", &token));
+    let out = run(cmd).await;
+    let v = script_json(&out, "psycopg (python3)");
+    assert!(v["current_user"].as_str().unwrap().starts_with("airlock_"), "{v}");
+    assert_eq!(v["param"], "café", "{v}");
+    assert_eq!(v["params_many"], serde_json::json!(["ab", 42]), "{v}");
+    assert_eq!(v["prepared"], serde_json::json!([0, 2, 4, 6, 8]), "{v}");
+    assert!(v["prepared_on_server"].as_i64().unwrap() >= 1, "psycopg did not prepare on the server: {v}");
+    assert_eq!(v["server_cursor_rows"], 100_000, "{v}");
+    assert_eq!(v["server_cursor_last"], 100_000, "{v}");
+    assert_eq!(v["server_cursor_width"], 100, "{v}");
+    assert_eq!(v["large_rows"], 100_000, "{v}");
+    assert_eq!(v["inside_tx"], 1, "{v}");
+    assert_eq!(v["after_rollback"], 0, "{v}");
+    assert_eq!(v["after_commit"], "committed", "{v}");
+    assert_eq!(v["error"], "42P01", "{v}");
+    assert_eq!(v["error_in_tx"], "22012", "{v}");
+    assert_eq!(v["after_error"], 3, "{v}");
+    assert_eq!(v["status_idle"], true, "{v}");
+    let admin = admin_client(s.db.url()).await;
+    let ids: Vec<i32> =
+        admin.query("SELECT id FROM people ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![1, 2, 101]);
+    no_session_roles_left(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_parameters_named_statements_a_large_result_and_errors() {
+    let s = Stack::start().await;
+    let token = s.token("js").await;
+    s.grant_role("js", "readwrite", 900).await;
+    let dir = clients_dir().join("node");
+    assert!(dir.join("node_modules/pg").is_dir(), "node-postgres is not installed in {}: {INSTALL}", dir.display());
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("check.js"))
+        .current_dir(&dir)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", s.pg.port().to_string())
+        .env("PGUSER", "pg.readwrite")
+        .env("PGPASSWORD", &token)
+        .env("PGDATABASE", s.db.name())
+        .env("PGSSLMODE", "disable");
+    let out = run(cmd).await;
+    let v = script_json(&out, "node-postgres (node)");
+    assert!(v["current_user"].as_str().unwrap().starts_with("airlock_"), "{v}");
+    assert_eq!(v["param"], "Zoë", "{v}");
+    assert_eq!(v["params_many"], serde_json::json!(["ab", 42]), "{v}");
+    assert_eq!(v["prepared"], serde_json::json!([0, 2, 4, 6, 8]), "{v}");
+    assert_eq!(v["prepared_on_server"], 1, "{v}");
+    assert_eq!(v["large_rows"], 100_000, "{v}");
+    assert_eq!(v["large_last"], 100_000, "{v}");
+    assert_eq!(v["large_width"], 100, "{v}");
+    assert_eq!(v["concurrent"], serde_json::json!([1, 2, 3, 4, 5]), "{v}");
+    assert_eq!(v["after_rollback"], 0, "{v}");
+    assert_eq!(v["error"], "42P01", "{v}");
+    assert_eq!(v["error_prepared"], "42P01", "{v}");
+    assert_eq!(v["after_error"], 2, "{v}");
+    assert_eq!(v["prepared_after_error"], 42, "{v}");
+    no_session_roles_left(&s).await;
+}
+
+#[tokio::test]
+async fn tokio_postgres_pipelines_twenty_queries_on_one_client() {
+    let s = Stack::start().await;
+    let token = s.token("rs").await;
+    s.grant("rs", 900).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    // Issued together, the requests go out back to back before the first answer.
+    let statement = client.prepare("SELECT $1::int, repeat('y', $1::int)").await.unwrap();
+    let queries = (0..20i32).map(|i| {
+        let (client, statement) = (&client, &statement);
+        async move {
+            if i % 2 == 0 {
+                client.query(statement, &[&i]).await
+            } else {
+                client
+                    .query_typed("SELECT $1::int, repeat('y', $1::int)", &[(&i, tokio_postgres::types::Type::INT4)])
+                    .await
+            }
+        }
+    });
+    let results = futures::future::join_all(queries).await;
+    for (i, rows) in results.into_iter().enumerate() {
+        let rows = rows.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].get::<_, i32>(0), i as i32);
+        assert_eq!(rows[0].get::<_, String>(1), "y".repeat(i));
+    }
+    // An error in the middle of a pipeline fails that query only.
+    let (a, b, c) = tokio::join!(
+        client.query_one("SELECT 1", &[]),
+        client.query_one("SELECT * FROM nowhere", &[]),
+        client.query_one("SELECT name FROM people WHERE id = 2", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(support::sqlstate(&b.unwrap_err()), "42P01");
+    assert_eq!(c.unwrap().get::<_, String>(0), "Zoë");
+}
+
+// --- raw frames ------------------------------------------------------------------
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    message(b'P', &b)
+}
+
+/// Bind with text parameters and text results.
+fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    cstr(&mut b, statement);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p.as_bytes());
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    message(b'B', &b)
+}
+
+fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal);
+    b.extend_from_slice(&max_rows.to_be_bytes());
+    message(b'E', &b)
+}
+
+/// Reads one backend message: its tag and body.
+async fn read_message(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    let tag = stream.read_u8().await.unwrap();
+    let len = stream.read_i32().await.unwrap();
+    let mut body = vec![0; len as usize - 4];
+    stream.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}
+
+/// Reads backend messages up to ReadyForQuery, as `tag:first column` strings.
+async fn read_until_ready(stream: &mut tokio::net::TcpStream) -> (Vec<String>, u8) {
+    let mut seen = Vec::new();
+    loop {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
+        match tag {
+            b'Z' => return (seen, body[0]),
+            b'D' => {
+                let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+                seen.push(format!("D:{}", String::from_utf8_lossy(&body[6..6 + len])));
+            }
+            b'E' => {
+                let code = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"C")).unwrap();
+                seen.push(format!("E:{}", String::from_utf8_lossy(code)));
+            }
+            b'C' => seen.push(format!("C:{}", String::from_utf8_lossy(&body[..body.len() - 1]))),
+            b'N' | b'S' => {}
+            other => seen.push((other as char).to_string()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn several_parse_bind_execute_before_one_sync_are_answered_in_order() {
+    let s = Stack::start().await;
+    let token = s.token("raw").await;
+    s.grant("raw", 900).await;
+    let mut stream = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", "pg.readonly"), ("database", s.db.name())] {
+        cstr(&mut startup, k);
+        cstr(&mut startup, v);
+    }
+    startup.push(0);
+    let mut first = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    first.extend_from_slice(&startup);
+    stream.write_all(&first).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!((tag, &body[..]), (b'R', &3i32.to_be_bytes()[..]), "expected a cleartext password request");
+    let mut password = Vec::new();
+    cstr(&mut password, &token);
+    stream.write_all(&message(b'p', &password)).await.unwrap();
+    let (_, status) = read_until_ready(&mut stream).await;
+    assert_eq!(status, b'I');
+
+    // One write: a named statement bound twice into two portals, unnamed ones,
+    // a portal executed in two steps, an error, then what follows the error is
+    // skipped until the one Sync.
+    let mut batch = Vec::new();
+    batch.extend(parse("s1", "SELECT name FROM people WHERE id = $1"));
+    batch.extend(bind("p1", "s1", &["1"]));
+    batch.extend(bind("p2", "s1", &["2"]));
+    batch.extend(execute("p2", 0));
+    batch.extend(execute("p1", 0));
+    batch.extend(parse("", "SELECT g::text FROM generate_series(1, 3) g"));
+    batch.extend(bind("", "", &[]));
+    batch.extend(execute("", 2));
+    batch.extend(execute("", 0));
+    batch.extend(message(b'S', &[]));
+    batch.extend(parse("", "SELECT 1 / g FROM generate_series(0, 0) g"));
+    batch.extend(bind("", "", &[]));
+    batch.extend(execute("", 0));
+    batch.extend(parse("", "SELECT 'skipped'"));
+    batch.extend(bind("", "", &[]));
+    batch.extend(execute("", 0));
+    batch.extend(message(b'S', &[]));
+    batch.extend(bind("", "s1", &["2"]));
+    batch.extend(execute("", 0));
+    batch.extend(message(b'S', &[]));
+    stream.write_all(&batch).await.unwrap();
+
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!(
+        seen,
+        [
+            "1",
+            "2",
+            "2",
+            "D:Zoë",
+            "C:SELECT 1",
+            "D:café",
+            "C:SELECT 1",
+            "1",
+            "2",
+            "D:1",
+            "D:2",
+            "s",
+            "D:3",
+            "C:SELECT 1"
+        ],
+        "the first pipeline"
+    );
+    assert_eq!(status, b'I');
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "E:22012"], "the failing pipeline");
+    assert_eq!(status, b'I');
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["2", "D:Zoë", "C:SELECT 1"], "the statement outlives the error");
+    stream.write_all(&message(b'X', &[])).await.unwrap();
+    drop(stream);
+    no_session_roles_left(&s).await;
+}

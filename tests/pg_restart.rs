@@ -1,0 +1,249 @@
+//! `kill -9` of `airlock up` with a live gateway session leaves its session role
+//! on the target; the restarted worker (same id) sweeps it on start.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use airlock_testkit::eventually;
+use airlock_testkit::pg::TestDb;
+use serde_json::{Value, json};
+use support::admin_client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// `airlock up`, killed (SIGKILL) when dropped; its output goes to a log shown on failure.
+struct Up {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Up {
+    fn spawn(name: &str, dir: &Path, args: &[String], env: &[(&str, String)]) -> Up {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdout(file.try_clone().unwrap()).stderr(file);
+        Up { child: cmd.stdin(Stdio::null()).spawn().unwrap(), log }
+    }
+
+    /// `kill -9`: no shutdown path runs.
+    fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.kill_9();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+/// The template role is cluster-wide: dropped at the end, with any session role
+/// of this worker a failed run left (the database goes with `TestDb`).
+struct Cleanup {
+    url: String,
+    template: String,
+    worker: String,
+    dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (url, template, worker) = (self.url.clone(), self.template.clone(), self.worker.clone());
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(config) = url.parse::<tokio_postgres::Config>() {
+                    use airlock_data_plane::postgres::roles::{RoleManager, TlsChoice};
+                    if let Ok(manager) = RoleManager::connect(config, TlsChoice::Disable).await {
+                        let _ = manager.sweep(&worker).await;
+                    }
+                }
+                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
+                tokio::spawn(conn);
+                let _ =
+                    client.batch_execute(&format!("DROP OWNED BY {template}; DROP ROLE IF EXISTS {template};")).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+async fn wait_ready(url: &str) {
+    eventually(Duration::from_secs(60), &format!("{url} to be ready"), || async {
+        reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
+
+/// Session roles of `worker` on the server, by the comment the gateway puts on them.
+async fn roles_of(admin: &tokio_postgres::Client, worker: &str) -> Vec<String> {
+    admin
+        .query(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND shobj_description(oid, 'pg_authid') LIKE '%' || $1 || '%'",
+            &[&format!("worker={worker} ")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn role_exists(admin: &tokio_postgres::Client, role: &str) -> bool {
+    !admin.query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role]).await.unwrap().is_empty()
+}
+
+/// Waits until the worker at `health` has applied the log's head.
+async fn worker_caught_up(api: &str, admin_token: &str, health: SocketAddr) {
+    let http = reqwest::Client::new();
+    let page: Value = http
+        .get(format!("{api}/v1/events?from_seq=1&limit=1"))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let head = page["head_seq"].as_u64().unwrap();
+    eventually(Duration::from_secs(20), &format!("the worker to apply seq {head}"), || async {
+        let Ok(r) = reqwest::get(format!("http://{health}/healthz")).await else { return false };
+        let health: Value = r.json().await.unwrap_or_default();
+        health["applied"].as_object().is_some_and(|a| a.values().any(|s| s.as_u64() >= Some(head)))
+    })
+    .await;
+}
+
+async fn connect(pg: SocketAddr, db: &str, token: &str) -> tokio_postgres::Client {
+    let url =
+        format!("host=127.0.0.1 port={} user=pg.readonly password={token} dbname={db} sslmode=disable", pg.port());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+#[tokio::test]
+async fn after_kill_9_and_a_restart_no_session_role_of_the_worker_is_left() {
+    let db = TestDb::create().await.unwrap();
+    let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
+    let worker_id = format!("restart-{}", uuid::Uuid::new_v4().simple());
+    let dir = std::env::temp_dir().join(format!("airlock-restart-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup =
+        Cleanup { url: db.url().to_owned(), template: template.clone(), worker: worker_id.clone(), dir: dir.clone() };
+    let admin = admin_client(db.url()).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {template} NOLOGIN;
+             CREATE TABLE people (id int PRIMARY KEY, name text);
+             INSERT INTO people VALUES (1, 'café');
+             GRANT SELECT ON people TO {template};"
+        ))
+        .await
+        .unwrap();
+
+    let data = dir.join("data");
+    let (api, grpc, pg, health) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let args: Vec<String> = vec![
+        "up".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--api-addr".into(),
+        api.to_string(),
+        "--grpc-addr".into(),
+        grpc.to_string(),
+        "--pg-addr".into(),
+        pg.to_string(),
+    ];
+    let env = [("AIRLOCK_WORKER__ADMIN_ADDR", health.to_string()), ("AIRLOCK_WORKER__ID", worker_id.clone())];
+    let mut up = Up::spawn("up", &dir, &args, &env);
+    let url = format!("http://{api}");
+    wait_ready(&format!("{url}/readyz")).await;
+    wait_ready(&format!("http://{health}/readyz")).await;
+    let admin_token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let request = http.post(format!("{url}{path}")).bearer_auth(&admin_token).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 201, "{body}");
+            body
+        }
+    };
+    post(
+        "/v1/connections",
+        json!({
+            "name": "pg", "kind": "postgres", "address": "127.0.0.1:5432", "database": db.name(), "tls": "disable",
+            "admin_credential": {"user": "postgres", "password": ""},
+            "roles": {"readonly": template},
+        }),
+    )
+    .await;
+    let token = post("/v1/tokens", json!({"subject": "survivor", "groups": ["agents"]})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post(
+        "/v1/grants",
+        json!({"subject": "survivor", "connection": "pg", "role": "readonly", "ttl_seconds": 900, "reason": "test"}),
+    )
+    .await;
+    worker_caught_up(&url, &admin_token, health).await;
+
+    // A live session: its role exists, carrying this worker's id.
+    let client = connect(pg, db.name(), &token).await;
+    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    assert!(role.starts_with("airlock_"), "{role}");
+    assert_eq!(roles_of(&admin, &worker_id).await, vec![role.clone()]);
+
+    // kill -9: nothing gets to drop the role.
+    up.kill_9();
+    eventually(Duration::from_secs(5), "the client to see its session end", || async { client.is_closed() }).await;
+    assert!(role_exists(&admin, &role).await, "the role {role} was dropped although the worker was killed");
+    assert_eq!(roles_of(&admin, &worker_id).await, vec![role.clone()]);
+
+    // The same worker id, restarted on the same data directory, sweeps it.
+    let _up = Up::spawn("up-again", &dir, &args, &env);
+    wait_ready(&format!("{url}/readyz")).await;
+    wait_ready(&format!("http://{health}/readyz")).await;
+    eventually(Duration::from_secs(15), "the restarted worker to sweep the leftover role", || async {
+        roles_of(&admin, &worker_id).await.is_empty()
+    })
+    .await;
+    assert!(!role_exists(&admin, &role).await);
+
+    // And a fresh session works, with a role of its own that goes when it ends.
+    worker_caught_up(&url, &admin_token, health).await;
+    let client = connect(pg, db.name(), &token).await;
+    let row = client.query_one("SELECT current_user, name FROM people WHERE id = $1", &[&1i32]).await.unwrap();
+    let fresh: String = row.get(0);
+    assert!(fresh.starts_with("airlock_") && fresh != role, "{fresh}");
+    assert_eq!(row.get::<_, String>(1), "café");
+    assert_eq!(roles_of(&admin, &worker_id).await, vec![fresh]);
+    drop(client);
+    eventually(Duration::from_secs(10), "the fresh session's role to be dropped", || async {
+        roles_of(&admin, &worker_id).await.is_empty()
+    })
+    .await;
+}
