@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenarios::{event_append, propagation};
+use crate::scenarios::{event_append, pg_throughput, propagation};
 
 #[derive(Debug, Parser)]
 #[command(name = "airlock-loadtest", about = "Airlock's load scenarios (build with --release)")]
@@ -27,6 +27,9 @@ enum Scenario {
     EventAppend(event_append::Args),
     /// PUT /v1/policy over REST until every worker has applied it, over NATS and the in-process bus.
     Propagation(propagation::Args),
+    /// pgbench -S directly, through pgbouncer and through the Postgres gateway (`airlock up` as a child
+    /// process; needs pgbouncer and `cargo build --release`). Not part of `all`.
+    PgThroughput(pg_throughput::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
 }
@@ -56,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::EventAppend(args) => event_append::run(&args, &out).await,
         Scenario::Propagation(args) => propagation::run(&args, &out).await,
+        Scenario::PgThroughput(args) => pg_throughput::run(&args, &out).await,
         Scenario::All(args) => {
             event_append::run(&args.event_append, &out).await?;
             println!();

@@ -2,6 +2,7 @@
 //! in-process, prints a table and writes `<scenario>.json`.
 
 pub mod event_append;
+pub mod pg_throughput;
 pub mod propagation;
 
 /// The policy document of DESIGN.md, as users write it.

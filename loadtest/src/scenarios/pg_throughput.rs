@@ -1,0 +1,933 @@
+//! `pg-throughput`: pgbench `-S` against the target directly, through
+//! pgbouncer and through the Postgres gateway, alternating, and the CPU each
+//! middle process spends per transaction.
+//!
+//! Unlike the other scenarios the gateway does not run in-process: it is the
+//! real `airlock up` binary as a child process, so its CPU time (read from
+//! `/proc/<pid>/stat` before and after each run) is its own and not the load
+//! generator's. pgbouncer (Debian's package) runs as a child too, with a
+//! generated config; pgbench is the load generator. Every run of a repetition
+//! goes through the three targets in turn (the starting target rotates with the
+//! repetition), and the table reports medians over the repetitions.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use crate::report::{self, Document, Host, Table};
+
+/// The connection name registered with the gateway, and its grant role.
+const CONNECTION: &str = "bench";
+const ROLE: &str = "readonly";
+const SUBJECT: &str = "loadtest-pgbench";
+/// How long the gateway gets to come up and to apply the grant.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Seconds per pgbench run (`-T`).
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Repetitions; each runs every target, mode and client count once. Medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Client counts (`-c`; `-j` is min(c, 2)).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
+    pub clients: Vec<u32>,
+    /// pgbench query modes (`-M`): simple, extended, prepared.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Mode::Simple, Mode::Extended])]
+    pub modes: Vec<Mode>,
+    /// pgbench scale factor for `pgbench -i -s`.
+    #[arg(long, default_value_t = 10)]
+    pub scale: u32,
+    /// The `airlock` binary (default: next to this binary, i.e. target/release/airlock).
+    #[arg(long)]
+    pub airlock_bin: Option<PathBuf>,
+    /// The pgbench binary (default: on PATH, else /usr/lib/postgresql/*/bin/pgbench).
+    #[arg(long)]
+    pub pgbench: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Simple,
+    Extended,
+    Prepared,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Simple => "simple",
+            Mode::Extended => "extended",
+            Mode::Prepared => "prepared",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Direct,
+    Pgbouncer,
+    Gateway,
+}
+
+impl Target {
+    const ALL: [Target; 3] = [Target::Direct, Target::Pgbouncer, Target::Gateway];
+
+    fn label(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Pgbouncer => "pgbouncer",
+            Target::Gateway => "gateway",
+        }
+    }
+}
+
+/// One pgbench run.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    rep: usize,
+    target: Target,
+    mode: Mode,
+    clients: u32,
+    transactions: u64,
+    tps: f64,
+    latency_avg_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU (user + system) the middle process spent during the run, per
+    /// transaction; none for `direct`.
+    cpu_us_per_tx: Option<f64>,
+}
+
+/// Medians over the repetitions of one (target, mode, clients).
+#[derive(Debug, Clone, Serialize)]
+struct Summary {
+    target: Target,
+    mode: Mode,
+    clients: u32,
+    reps: usize,
+    tps: f64,
+    tps_vs_direct: f64,
+    tps_vs_pgbouncer: f64,
+    latency_avg_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Median over repetitions of (this p50 − direct's p50 in the same repetition).
+    added_p50_us: f64,
+    added_p99_us: f64,
+    cpu_us_per_tx: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Verdict {
+    target: String,
+    detail: String,
+    pass: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    nproc: usize,
+    cpu_model: String,
+    loadavg_start: String,
+    loadavg_end: String,
+    clk_tck: u64,
+    pgbench: String,
+    pgbouncer: String,
+    postgres: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Parameters {
+    seconds: u64,
+    reps: usize,
+    clients: Vec<u32>,
+    modes: Vec<Mode>,
+    scale: u32,
+    pgbouncer_pool_mode: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    machine: Machine,
+    summaries: Vec<Summary>,
+    verdicts: Vec<Verdict>,
+    runs: Vec<Run>,
+}
+
+/// Runs the scenario and writes `pg-throughput.json` into `out`.
+pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
+    anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
+    anyhow::ensure!(!args.clients.is_empty() && !args.modes.is_empty(), "--clients and --modes need a value");
+    let pgbench = find_pgbench(args.pgbench.as_deref())?;
+    let pgbouncer_bin = find_on_path("pgbouncer")
+        .context("pgbouncer is not installed: run `apt-get install pgbouncer` (Debian's package) and try again")?;
+    let airlock_bin = find_airlock(args.airlock_bin.as_deref())?;
+    let started_at = report::unix_ms_now();
+    let started = Instant::now();
+    let loadavg_start = loadavg();
+    let clk_tck = clk_tck();
+
+    let dir = std::env::temp_dir().join(format!("airlock-pg-throughput-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut bench = Bench { dir: dir.clone(), db: None, template: None, pgbouncer: None, gateway: None };
+    let result = bench.measure(args, &pgbench, &pgbouncer_bin, &airlock_bin, clk_tck).await;
+    bench.stop().await;
+    let (runs, versions) = result?;
+
+    let summaries = summarize(&runs);
+    let verdicts = verdicts(&summaries, args);
+    let machine = Machine {
+        nproc: std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model: cpu_model(),
+        loadavg_start,
+        loadavg_end: loadavg(),
+        clk_tck,
+        pgbench: versions.pgbench,
+        pgbouncer: versions.pgbouncer,
+        postgres: versions.postgres,
+    };
+
+    let mut table = Table::new(&[
+        "target",
+        "mode",
+        "clients",
+        "tps",
+        "vs direct",
+        "vs pgbouncer",
+        "p50 ms",
+        "p99 ms",
+        "+p50 us",
+        "+p99 us",
+        "CPU us/tx",
+    ]);
+    for s in &summaries {
+        table.row(vec![
+            s.target.label().to_owned(),
+            s.mode.to_string(),
+            s.clients.to_string(),
+            format!("{:.0}", s.tps),
+            format!("{:.2}", s.tps_vs_direct),
+            format!("{:.2}", s.tps_vs_pgbouncer),
+            format!("{:.3}", s.p50_ms),
+            format!("{:.3}", s.p99_ms),
+            if s.target == Target::Direct { "-".into() } else { format!("{:.0}", s.added_p50_us) },
+            if s.target == Target::Direct { "-".into() } else { format!("{:.0}", s.added_p99_us) },
+            s.cpu_us_per_tx.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+        ]);
+    }
+    println!("pg-throughput: pgbench -S direct / through pgbouncer / through the gateway\n");
+    println!(
+        "machine: {} cores ({}), load average at start {}, at end {}",
+        machine.nproc, machine.cpu_model, machine.loadavg_start, machine.loadavg_end
+    );
+    println!("{}; {}; {}\n", machine.postgres, machine.pgbench, machine.pgbouncer);
+    print!("{}", table.render());
+    println!();
+    for v in &verdicts {
+        println!("{} {}: {}", if v.pass { "PASS" } else { "MISS" }, v.target, v.detail);
+    }
+    println!();
+    let notes = vec![
+        format!(
+            "pgbench -S -T {} -c N -j min(N,2), scale {}, {} repetitions, targets alternating within each \
+             repetition (the first target rotates); figures are medians over the repetitions.",
+            args.seconds, args.scale, args.reps
+        ),
+        "tps is pgbench's 'without initial connection time'; p50/p99 are nearest-rank over pgbench's \
+         per-transaction log (-l), which pgbench writes for every target alike."
+            .to_owned(),
+        "+p50/+p99: this target's percentile minus direct's in the same repetition (median over repetitions)."
+            .to_owned(),
+        format!(
+            "CPU us/tx: utime+stime of the middle process from /proc/<pid>/stat (CLK_TCK {clk_tck}) over the run, \
+             divided by the transactions; the gateway process is all of `airlock up` (the control plane idles \
+             during the runs)."
+        ),
+        "pgbouncer: pool_mode transaction for simple/extended; session for prepared (pgbouncer < 1.21 cannot \
+         keep prepared statements in transaction mode)."
+            .to_owned(),
+        "pgbench, Postgres, pgbouncer and the gateway share this host's cores, so every figure includes their \
+         scheduling on each other."
+            .to_owned(),
+    ];
+    for n in &notes {
+        println!("note: {n}");
+    }
+    let mut pool_modes = BTreeMap::new();
+    pool_modes.insert("simple".to_owned(), "transaction".to_owned());
+    pool_modes.insert("extended".to_owned(), "transaction".to_owned());
+    pool_modes.insert("prepared".to_owned(), "session".to_owned());
+    let doc = Document {
+        scenario: "pg-throughput",
+        started_at_unix_ms: started_at,
+        duration_s: started.elapsed().as_secs_f64(),
+        host: Host::current(),
+        parameters: Parameters {
+            seconds: args.seconds,
+            reps: args.reps,
+            clients: args.clients.clone(),
+            modes: args.modes.clone(),
+            scale: args.scale,
+            pgbouncer_pool_mode: pool_modes,
+        },
+        notes,
+        results: Results { machine, summaries, verdicts, runs },
+    };
+    let path = report::write_json(out, &doc)?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+struct Versions {
+    pgbench: String,
+    pgbouncer: String,
+    postgres: String,
+}
+
+/// A child process and where its output went.
+struct Proc {
+    child: Child,
+    /// The pid whose CPU is measured (pgbouncer's from its pidfile).
+    pid: u32,
+    log: PathBuf,
+}
+
+/// Everything the scenario makes, so it can all be removed afterwards.
+struct Bench {
+    dir: PathBuf,
+    db: Option<airlock_testkit::pg::TestDb>,
+    template: Option<String>,
+    pgbouncer: Option<Proc>,
+    gateway: Option<Proc>,
+}
+
+/// Where each target listens and how to log in.
+struct Endpoints {
+    pg_host: String,
+    pg_port: u16,
+    pg_user: String,
+    database: String,
+    pgbouncer_port: u16,
+    gateway: SocketAddr,
+    token: String,
+}
+
+impl Bench {
+    async fn measure(
+        &mut self,
+        args: &Args,
+        pgbench: &Path,
+        pgbouncer_bin: &Path,
+        airlock_bin: &Path,
+        clk_tck: u64,
+    ) -> anyhow::Result<(Vec<Run>, Versions)> {
+        // The target database, filled by pgbench, and a template role that may read it.
+        let db = airlock_testkit::pg::TestDb::create().await.context("creating a Postgres database")?;
+        let options = PgConnectOptions::from_str(db.url()).context("parsing the test database URL")?;
+        let (pg_host, pg_port, pg_user) =
+            (options.get_host().to_owned(), options.get_port(), options.get_username().to_owned());
+        let database = db.name().to_owned();
+        self.db = Some(db);
+        let versions = Versions {
+            pgbench: command_output(Command::new(pgbench).arg("--version"))?.trim().to_owned(),
+            pgbouncer: command_output(Command::new(pgbouncer_bin).arg("--version"))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            postgres: String::new(),
+        };
+        eprintln!("  pgbench -i -s {} on {database}", args.scale);
+        let init = Command::new(pgbench)
+            .args(["-i", "-q", "-s", &args.scale.to_string(), "-h", &pg_host, "-p", &pg_port.to_string()])
+            .args(["-U", &pg_user, &database])
+            .stdout(Stdio::null())
+            .output()
+            .context("running pgbench -i")?;
+        anyhow::ensure!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+
+        let template = format!("bench_tpl_{}", uuid::Uuid::new_v4().simple());
+        let url = self.db.as_ref().map(|d| d.url().to_owned()).unwrap_or_default();
+        let mut admin = PgConnection::connect(&url).await.context("connecting to the test database")?;
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE {template} NOLOGIN;
+             GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO {template};"
+        ))
+        .execute(&mut admin)
+        .await
+        .context("creating the template role")?;
+        self.template = Some(template.clone());
+        let postgres: (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut admin).await?;
+        admin.close().await?;
+        let versions = Versions { postgres: format!("PostgreSQL {}", postgres.0), ..versions };
+
+        // pgbouncer, as the postgres user (it refuses to run as root).
+        let pgbouncer_port = free_port()?;
+        self.pgbouncer = Some(
+            start_pgbouncer(pgbouncer_bin, &self.dir, pgbouncer_port, &pg_host, pg_port, &pg_user, &database)
+                .context("starting pgbouncer")?,
+        );
+
+        // The gateway: `airlock up` in its own process.
+        let (gateway, api) = self.start_gateway(airlock_bin).context("starting the gateway (`airlock up`)")?;
+        let token = register(&api, &self.dir.join("airlock-data"), &pg_host, pg_port, &database, &template)
+            .await
+            .context("registering the connection, grant and token")?;
+        let endpoints = Endpoints { pg_host, pg_port, pg_user, database, pgbouncer_port, gateway, token };
+
+        // Warm up each target (and wait for the gateway to have applied the grant).
+        for target in Target::ALL {
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                let out = pgbench_command(pgbench, &endpoints, target, Mode::Simple)
+                    .args(["-S", "-n", "-c", "1", "-T", "1"])
+                    .output()
+                    .context("running pgbench")?;
+                if out.status.success() {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "pgbench could not run against {}: {}",
+                    target.label(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+
+        let total = args.reps * args.clients.len() * args.modes.len() * Target::ALL.len();
+        eprintln!("  {total} runs of {} s each", args.seconds);
+        let mut runs = Vec::with_capacity(total);
+        for rep in 0..args.reps {
+            for &clients in &args.clients {
+                for &mode in &args.modes {
+                    for target in Target::ALL.iter().cycle().skip(rep % Target::ALL.len()).take(Target::ALL.len()) {
+                        let target = *target;
+                        let pid = match target {
+                            Target::Direct => None,
+                            Target::Pgbouncer => self.pgbouncer.as_ref().map(|p| p.pid),
+                            Target::Gateway => self.gateway.as_ref().map(|p| p.pid),
+                        };
+                        let run =
+                            one_run(pgbench, &endpoints, &self.dir, args, rep, target, mode, clients, pid, clk_tck)
+                                .with_context(|| {
+                                    format!("pgbench against {} ({mode}, {clients} clients)", target.label())
+                                })?;
+                        eprintln!(
+                            "  rep {rep} {:<9} {mode:<8} c={clients}: {:.0} tps, p50 {:.3} ms, p99 {:.3} ms{}",
+                            target.label(),
+                            run.tps,
+                            run.p50_ms,
+                            run.p99_ms,
+                            run.cpu_us_per_tx.map_or_else(String::new, |c| format!(", {c:.1} CPU us/tx"))
+                        );
+                        runs.push(run);
+                    }
+                }
+            }
+        }
+        Ok((runs, versions))
+    }
+
+    fn start_gateway(&mut self, airlock_bin: &Path) -> anyhow::Result<(SocketAddr, String)> {
+        let data_dir = self.dir.join("airlock-data");
+        let (api, grpc, pg, admin) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+        let log = self.dir.join("airlock.log");
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(airlock_bin)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string(), "--pg-addr", &pg.to_string()])
+            .env_remove("AIRLOCK_CONFIG")
+            .env("AIRLOCK_WORKER__ADMIN_ADDR", admin.to_string())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("spawning {}", airlock_bin.display()))?;
+        let pid = child.id();
+        self.gateway = Some(Proc { child, pid, log: log.clone() });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !data_dir.join("admin.token").exists() || std::net::TcpStream::connect(pg).is_err() {
+            if let Some(p) = self.gateway.as_mut()
+                && let Ok(Some(status)) = p.child.try_wait()
+            {
+                anyhow::bail!("airlock up exited with {status}: {}", tail(&p.log));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "airlock up was not ready after {READY_TIMEOUT:?}: {}",
+                tail(&log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok((pg, format!("http://{api}")))
+    }
+
+    async fn stop(self) {
+        // The gateway first: a graceful stop ends its sessions and drops their roles.
+        for p in [self.gateway, self.pgbouncer].into_iter().flatten() {
+            stop_child(p);
+        }
+        if let Some(db) = self.db
+            && let Err(e) = db.drop_db().await
+        {
+            eprintln!("warning: failed to drop the test database: {e:#}");
+        }
+        if let Some(template) = self.template {
+            let drop_role = async {
+                let mut admin = PgConnection::connect(&airlock_testkit::pg::admin_url()).await?;
+                sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {template}")).execute(&mut admin).await?;
+                admin.close().await?;
+                anyhow::Ok(())
+            };
+            if let Err(e) = drop_role.await {
+                eprintln!("warning: failed to drop role {template}: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 10 s.
+fn stop_child(mut p: Proc) {
+    let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match p.child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                eprintln!("warning: pid {} did not stop on SIGTERM; killing it", p.child.id());
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                return;
+            }
+        }
+    }
+}
+
+/// Registers the connection, grants the subject its role and mints its token.
+async fn register(
+    api: &str,
+    data_dir: &Path,
+    pg_host: &str,
+    pg_port: u16,
+    database: &str,
+    template: &str,
+) -> anyhow::Result<String> {
+    let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        client.post(format!("{api}{path}")).bearer_auth(&admin).json(&body).send()
+    };
+    let connection = serde_json::json!({
+        "name": CONNECTION, "kind": "postgres", "address": format!("{pg_host}:{pg_port}"), "database": database,
+        "tls": "disable",
+        "admin_credential": {"user": "postgres", "password": ""},
+        "roles": {ROLE: template},
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    // The REST API may come up a moment after the gateway's port.
+    let response = loop {
+        match post("/v1/connections", connection.clone()).await {
+            Ok(r) => break r,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "POST /v1/connections answered {status}: {}", response.text().await?);
+    let grant = serde_json::json!({"subject": SUBJECT, "connection": CONNECTION, "role": ROLE, "ttl_seconds": 3600});
+    let response = post("/v1/grants", grant).await?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "POST /v1/grants answered {status}: {}", response.text().await?);
+    let response = post("/v1/tokens", serde_json::json!({"subject": SUBJECT, "ttl_seconds": 3600})).await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    anyhow::ensure!(status.is_success(), "POST /v1/tokens answered {status}: {body}");
+    body.get("token").and_then(|t| t.as_str()).map(str::to_owned).context("POST /v1/tokens returned no token")
+}
+
+fn start_pgbouncer(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    pg_host: &str,
+    pg_port: u16,
+    pg_user: &str,
+    database: &str,
+) -> anyhow::Result<Proc> {
+    let dir = dir.join("pgbouncer");
+    std::fs::create_dir_all(&dir)?;
+    let (ini, log, pidfile) = (dir.join("pgbouncer.ini"), dir.join("pgbouncer.log"), dir.join("pgbouncer.pid"));
+    let target = format!("host={pg_host} port={pg_port} dbname={database} user={pg_user}");
+    let config = format!(
+        "[databases]\n\
+         bench = {target} pool_mode=transaction\n\
+         bench_session = {target} pool_mode=session\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = any\n\
+         pool_mode = transaction\n\
+         max_client_conn = 200\n\
+         default_pool_size = 20\n\
+         logfile = {}\n\
+         pidfile = {}\n",
+        log.display(),
+        pidfile.display()
+    );
+    std::fs::write(&ini, config)?;
+    let root = command_output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false);
+    let mut command = Command::new(bin);
+    if root {
+        // pgbouncer refuses to run as root; -u switches user in the same process.
+        let status = Command::new("chown").args(["-R", "postgres:"]).arg(&dir).status()?;
+        anyhow::ensure!(status.success(), "chown -R postgres: {} failed", dir.display());
+        let parent = dir.parent().context("pgbouncer dir has no parent")?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+        command.args(["-u", "postgres"]);
+    }
+    let stderr = dir.join("stderr.log");
+    let child =
+        command.arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr)?).spawn()?;
+    let mut proc = Proc { pid: child.id(), child, log: log.clone() };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            anyhow::bail!("pgbouncer exited with {status}: {} {}", tail(&stderr), tail(&log));
+        }
+        let pid = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some(pid) = pid
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            proc.pid = pid;
+            return Ok(proc);
+        }
+        if Instant::now() >= deadline {
+            stop_child(proc);
+            anyhow::bail!("pgbouncer was not ready after {READY_TIMEOUT:?}: {}", tail(&log));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A pgbench command aimed at `target`, without the workload arguments.
+fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mode: Mode) -> Command {
+    let mut c = Command::new(pgbench);
+    c.env_remove("PGPASSWORD").env_remove("PGSSLMODE").env_remove("PGOPTIONS").stdin(Stdio::null());
+    match target {
+        Target::Direct => {
+            c.args(["-h", &e.pg_host, "-p", &e.pg_port.to_string(), "-U", &e.pg_user, &e.database]);
+        }
+        Target::Pgbouncer => {
+            let db = if mode == Mode::Prepared { "bench_session" } else { "bench" };
+            c.args(["-h", "127.0.0.1", "-p", &e.pgbouncer_port.to_string(), "-U", &e.pg_user, db]);
+        }
+        Target::Gateway => {
+            let user = format!("{CONNECTION}.{ROLE}");
+            c.args(["-h", &e.gateway.ip().to_string(), "-p", &e.gateway.port().to_string(), "-U", &user, &e.database]);
+            c.env("PGPASSWORD", &e.token).env("PGSSLMODE", "disable");
+        }
+    }
+    c
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_run(
+    pgbench: &Path,
+    e: &Endpoints,
+    dir: &Path,
+    args: &Args,
+    rep: usize,
+    target: Target,
+    mode: Mode,
+    clients: u32,
+    pid: Option<u32>,
+    clk_tck: u64,
+) -> anyhow::Result<Run> {
+    let logs = dir.join(format!("log-{rep}-{}-{mode}-{clients}", target.label()));
+    std::fs::create_dir_all(&logs)?;
+    let threads = clients.min(2);
+    let mut command = pgbench_command(pgbench, e, target, mode);
+    command
+        .args(["-S", "-n", "-M", &mode.to_string(), "-c", &clients.to_string(), "-j", &threads.to_string()])
+        .args(["-T", &args.seconds.to_string(), "-l", "--log-prefix"])
+        .arg(logs.join("tx"));
+    let cpu_before = pid.map(cpu_ticks).transpose()?;
+    let out = command.output().context("running pgbench")?;
+    let cpu_after = pid.map(cpu_ticks).transpose()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed ({}): {}{}",
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let transactions = parse_after(&stdout, "number of transactions actually processed:")
+        .context("no transaction count in pgbench's output")? as u64;
+    let tps = parse_after(&stdout, "tps =").context("no tps in pgbench's output")?;
+    let latency_avg_ms = parse_after(&stdout, "latency average =").unwrap_or(0.0);
+    let mut latencies = read_latencies_ms(&logs)?;
+    let _ = std::fs::remove_dir_all(&logs);
+    latencies.sort_by(f64::total_cmp);
+    let cpu_us_per_tx = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if transactions > 0 => {
+            Some(a.saturating_sub(b) as f64 * 1_000_000.0 / clk_tck as f64 / transactions as f64)
+        }
+        _ => None,
+    };
+    Ok(Run {
+        rep,
+        target,
+        mode,
+        clients,
+        transactions,
+        tps,
+        latency_avg_ms,
+        p50_ms: report::percentile(&latencies, 50.0),
+        p99_ms: report::percentile(&latencies, 99.0),
+        cpu_us_per_tx,
+    })
+}
+
+/// The number after `label` on the first line containing it.
+fn parse_after(text: &str, label: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.contains(label))?;
+    let rest = line.split_once(label)?.1;
+    rest.split_whitespace().next()?.split('/').next()?.parse().ok()
+}
+
+/// Every transaction's latency from pgbench's per-transaction logs in `dir`
+/// (`client_id transaction_no time_us script_no epoch epoch_us`).
+fn read_latencies_ms(dir: &Path) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let mut text = String::new();
+        std::fs::File::open(entry?.path())?.read_to_string(&mut text)?;
+        out.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()).map(|us| us / 1000.0));
+    }
+    Ok(out)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("malformed /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state (3rd field) is fields[0]; utime (14th) and stime (15th) are [11] and [12].
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let upper = v.get(n / 2).copied().unwrap_or(0.0);
+    if n % 2 == 1 { upper } else { (v.get(n / 2 - 1).copied().unwrap_or(upper) + upper) / 2.0 }
+}
+
+fn summarize(runs: &[Run]) -> Vec<Summary> {
+    let find = |rep: usize, target: Target, mode: Mode, clients: u32| {
+        runs.iter().find(|r| r.rep == rep && r.target == target && r.mode == mode && r.clients == clients)
+    };
+    let mut keys: Vec<(Mode, u32, Target)> = runs.iter().map(|r| (r.mode, r.clients, r.target)).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|(mode, clients, target)| {
+            let own: Vec<&Run> =
+                runs.iter().filter(|r| r.target == target && r.mode == mode && r.clients == clients).collect();
+            let paired = |other: Target, f: &dyn Fn(&Run, &Run) -> f64| {
+                median(own.iter().filter_map(|r| find(r.rep, other, mode, clients).map(|o| f(r, o))).collect())
+            };
+            let cpu: Vec<f64> = own.iter().filter_map(|r| r.cpu_us_per_tx).collect();
+            Summary {
+                target,
+                mode,
+                clients,
+                reps: own.len(),
+                tps: median(own.iter().map(|r| r.tps).collect()),
+                tps_vs_direct: paired(Target::Direct, &|r, o| r.tps / o.tps),
+                tps_vs_pgbouncer: paired(Target::Pgbouncer, &|r, o| r.tps / o.tps),
+                latency_avg_ms: median(own.iter().map(|r| r.latency_avg_ms).collect()),
+                p50_ms: median(own.iter().map(|r| r.p50_ms).collect()),
+                p99_ms: median(own.iter().map(|r| r.p99_ms).collect()),
+                added_p50_us: paired(Target::Direct, &|r, o| (r.p50_ms - o.p50_ms) * 1000.0),
+                added_p99_us: paired(Target::Direct, &|r, o| (r.p99_ms - o.p99_ms) * 1000.0),
+                cpu_us_per_tx: if cpu.is_empty() { None } else { Some(median(cpu)) },
+            }
+        })
+        .collect()
+}
+
+/// The issue's targets: at 8 clients gateway TPS ≥ 0.9× pgbouncer's; at 1
+/// client the latency the gateway adds ≤ what pgbouncer adds; CPU per
+/// transaction ≤ pgbouncer's.
+fn verdicts(summaries: &[Summary], args: &Args) -> Vec<Verdict> {
+    let get = |target: Target, mode: Mode, clients: u32| {
+        summaries.iter().find(|s| s.target == target && s.mode == mode && s.clients == clients)
+    };
+    let mut out = Vec::new();
+    let most = args.clients.iter().copied().max().unwrap_or(8);
+    let least = args.clients.iter().copied().min().unwrap_or(1);
+    for &mode in &args.modes {
+        if let (Some(g), Some(b)) = (get(Target::Gateway, mode, most), get(Target::Pgbouncer, mode, most)) {
+            out.push(Verdict {
+                target: format!("TPS >= 0.9x pgbouncer ({mode}, {most} clients)"),
+                detail: format!("gateway {:.0} tps, pgbouncer {:.0} tps, ratio {:.2}", g.tps, b.tps, g.tps / b.tps),
+                pass: g.tps >= 0.9 * b.tps,
+            });
+        }
+        if let (Some(g), Some(b)) = (get(Target::Gateway, mode, least), get(Target::Pgbouncer, mode, least)) {
+            out.push(Verdict {
+                target: format!("added p50 <= pgbouncer's ({mode}, {least} client)"),
+                detail: format!("gateway +{:.0} us, pgbouncer +{:.0} us", g.added_p50_us, b.added_p50_us),
+                pass: g.added_p50_us <= b.added_p50_us,
+            });
+            out.push(Verdict {
+                target: format!("added p99 <= pgbouncer's ({mode}, {least} client)"),
+                detail: format!("gateway +{:.0} us, pgbouncer +{:.0} us", g.added_p99_us, b.added_p99_us),
+                pass: g.added_p99_us <= b.added_p99_us,
+            });
+        }
+        for &clients in &args.clients {
+            if let (Some(g), Some(b)) = (get(Target::Gateway, mode, clients), get(Target::Pgbouncer, mode, clients))
+                && let (Some(gc), Some(bc)) = (g.cpu_us_per_tx, b.cpu_us_per_tx)
+            {
+                out.push(Verdict {
+                    target: format!("CPU/tx <= pgbouncer's ({mode}, {clients} clients)"),
+                    detail: format!("gateway {gc:.1} us/tx, pgbouncer {bc:.1} us/tx"),
+                    pass: gc <= bc,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = find_on_path("pgbench") {
+        return Ok(p);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin/pgbench")).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().context("pgbench not found: install postgresql-client (or pass --pgbench PATH)")
+}
+
+fn find_airlock(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_owned());
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join("airlock"));
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("release/airlock"));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/airlock"));
+    candidates.into_iter().find(|p| p.is_file()).context(
+        "the airlock binary was not found next to this one: run `cargo build --release` first (or pass --airlock-bin)",
+    )
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(free_addr()?.port())
+}
+
+fn command_output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command.output().with_context(|| format!("running {command:?}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn clk_tck() -> u64 {
+    command_output(Command::new("getconf").arg("CLK_TCK")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(100)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name"))?.split_once(':').map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The last lines of a log, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines.iter().skip(lines.len().saturating_sub(10)).copied().collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pgbench_output() {
+        let out = "number of transactions actually processed: 12345\nlatency average = 0.081 ms\n\
+                   initial connection time = 2.1 ms\ntps = 12300.5 (without initial connection time)\n";
+        assert_eq!(parse_after(out, "number of transactions actually processed:"), Some(12345.0));
+        assert_eq!(parse_after(out, "tps ="), Some(12300.5));
+        assert_eq!(parse_after(out, "latency average ="), Some(0.081));
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
