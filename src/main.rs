@@ -16,6 +16,10 @@ struct Cli {
     /// Configuration file (TOML). Environment variables `AIRLOCK_<SECTION>__<KEY>` override it.
     #[arg(long, global = true, env = "AIRLOCK_CONFIG")]
     config: Option<PathBuf>,
+    /// Runtime threads; 1 runs everything on one thread, which costs the least CPU per
+    /// relayed message (no cross-thread wake-ups). Default: one per core.
+    #[arg(long, global = true, env = "AIRLOCK_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,7 +115,12 @@ struct Listen {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -527,52 +527,63 @@ impl Relay<'_> {
         // Anything the client sent along with its password.
         self.client_frames(&mut to_server, &mut to_client)?;
         self.flush(&mut to_server, &mut to_client).await?;
+        // These futures live across iterations: registering with the projection's
+        // watch and the shutdown token on every message would cost a lock on
+        // state every session shares.
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
         loop {
-            tokio::select! {
-                read = self.client.io.read_buf(&mut self.client.buf) => {
-                    let n = read.map_err(io_ended)?;
-                    if n == 0 {
-                        return Ok(());
+            let changed = changes.changed();
+            tokio::pin!(changed);
+            loop {
+                tokio::select! {
+                    read = self.client.io.read_buf(&mut self.client.buf) => {
+                        let n = read.map_err(io_ended)?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        self.bytes_in += n as u64;
+                        let terminated = self.client_frames(&mut to_server, &mut to_client)?;
+                        self.flush(&mut to_server, &mut to_client).await?;
+                        if terminated {
+                            return Ok(());
+                        }
                     }
-                    self.bytes_in += n as u64;
-                    let terminated = self.client_frames(&mut to_server, &mut to_client)?;
-                    self.flush(&mut to_server, &mut to_client).await?;
-                    if terminated {
-                        return Ok(());
+                    read = self.upstream.stream.read_buf(&mut server_buf) => {
+                        let n = read.map_err(io_ended)?;
+                        if n == 0 {
+                            return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
+                        }
+                        self.server_frames(&mut server_buf, &mut to_client)?;
+                        self.flush(&mut to_server, &mut to_client).await?;
                     }
-                }
-                read = self.upstream.stream.read_buf(&mut server_buf) => {
-                    let n = read.map_err(io_ended)?;
-                    if n == 0 {
-                        return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
+                    result = &mut changed => {
+                        if result.is_err() {
+                            return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                        }
+                        if let Some(why) = self.still_admitted(connection) {
+                            return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                        }
+                        // Watch for the next change.
+                        break;
                     }
-                    self.server_frames(&mut server_buf, &mut to_client)?;
-                    self.flush(&mut to_server, &mut to_client).await?;
-                }
-                changed = changes.changed() => {
-                    if changed.is_err() {
+                    () = &mut expiry => {
+                        if let Some(why) = self.still_admitted(connection) {
+                            return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                        }
+                        let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
+                        expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                    }
+                    () = &mut shutting_down => {
                         return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
                     }
-                    if let Some(why) = self.still_admitted(connection) {
-                        return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
-                    }
                 }
-                () = &mut expiry => {
-                    if let Some(why) = self.still_admitted(connection) {
-                        return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
-                    }
-                    let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
-                    expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                if self.client.buf.capacity() < READ_CHUNK {
+                    self.client.buf.reserve(READ_CHUNK);
                 }
-                () = shutdown.cancelled() => {
-                    return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                if server_buf.capacity() < READ_CHUNK {
+                    server_buf.reserve(READ_CHUNK);
                 }
-            }
-            if self.client.buf.capacity() < READ_CHUNK {
-                self.client.buf.reserve(READ_CHUNK);
-            }
-            if server_buf.capacity() < READ_CHUNK {
-                server_buf.reserve(READ_CHUNK);
             }
         }
     }
