@@ -93,6 +93,9 @@ pub struct Worker {
     pub tls_key_file: Option<PathBuf>,
     /// Accept tokens over unencrypted connections from other hosts (never do this in production).
     pub allow_cleartext_off_loopback: bool,
+    /// Threads that relay Postgres sessions, each a single-threaded runtime
+    /// (default: one per core; 0: sessions share the main runtime).
+    pub session_threads: Option<usize>,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -199,6 +202,7 @@ impl Default for Worker {
             tls_cert_file: None,
             tls_key_file: None,
             allow_cleartext_off_loopback: false,
+            session_threads: None,
             reconcile_every: Duration::from_secs(2),
         }
     }

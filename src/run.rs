@@ -116,6 +116,10 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
         worker_id: config.worker_id(),
         allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
+        session_threads: config
+            .worker
+            .session_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {

@@ -33,6 +33,11 @@ pub struct GatewayOptions {
     pub max_message_len: usize,
     /// Connecting and logging in to the target.
     pub connect_timeout: Duration,
+    /// Session threads. Each runs a single-threaded runtime, and a session lives
+    /// on one of them from accept to close, client and target sockets alike: no
+    /// cross-thread wake-up on the relay path. 0: the caller's runtime serves
+    /// sessions (what in-process tests use).
+    pub session_threads: usize,
 }
 
 impl Default for GatewayOptions {
@@ -42,6 +47,7 @@ impl Default for GatewayOptions {
             allow_cleartext_off_loopback: false,
             max_message_len: super::protocol::DEFAULT_MAX_FRONTEND_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
+            session_threads: 0,
         }
     }
 }
@@ -91,8 +97,12 @@ impl Gateway {
         })
     }
 
-    /// Accepts clients until cancelled; each session runs in `tracker`.
+    /// Accepts clients until cancelled. Sessions run on the session threads
+    /// (round robin), or in `tracker` when there are none; either way `tracker`
+    /// is done only when every session has ended and dropped its role.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken, tracker: TaskTracker) {
+        let lanes = self.session_lanes(&cancel, &tracker);
+        let mut next = 0usize;
         loop {
             let accepted = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -101,8 +111,21 @@ impl Gateway {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let gateway = self.clone();
-                    tracker.spawn(super::session::run(gateway, stream, peer, cancel.clone()));
+                    if lanes.is_empty() {
+                        tracker.spawn(super::session::run(self.clone(), stream, peer, cancel.clone()));
+                        continue;
+                    }
+                    next = next.wrapping_add(1);
+                    let Some(lane) = lanes.get(next % lanes.len()) else { continue };
+                    // Moving a socket to another runtime: deregister it here first.
+                    match stream.into_std() {
+                        Ok(std_stream) => {
+                            if lane.send((std_stream, peer)).await.is_err() {
+                                tracing::error!("a session thread is gone; refusing {peer}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("failed to hand over a Postgres client: {e}"),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -111,6 +134,55 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Starts the session threads; returns where to send them clients.
+    fn session_lanes(
+        self: &Arc<Self>,
+        cancel: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Vec<tokio::sync::mpsc::Sender<(std::net::TcpStream, SocketAddr)>> {
+        let mut lanes = Vec::new();
+        for i in 0..self.options.session_threads {
+            // Bound: 1024 accepted clients waiting for their thread; accept waits beyond it.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(std::net::TcpStream, SocketAddr)>(1024);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let gateway = self.clone();
+            let cancel = cancel.clone();
+            let spawned = std::thread::Builder::new().name(format!("airlock-pg-{i}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("failed to start a session thread: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let sessions = TaskTracker::new();
+                    while let Some((std_stream, peer)) = rx.recv().await {
+                        match tokio::net::TcpStream::from_std(std_stream) {
+                            Ok(stream) => {
+                                sessions.spawn(super::session::run(gateway.clone(), stream, peer, cancel.clone()));
+                            }
+                            Err(e) => tracing::warn!("failed to take over a Postgres client: {e}"),
+                        }
+                    }
+                    sessions.close();
+                    sessions.wait().await;
+                });
+                let _ = done_tx.send(());
+            });
+            match spawned {
+                Ok(_) => {
+                    tracker.spawn(async move {
+                        let _ = done_rx.await;
+                    });
+                    lanes.push(tx);
+                }
+                Err(e) => tracing::error!("failed to start a session thread: {e}"),
+            }
+        }
+        lanes
     }
 
     /// Waits (briefly) until this worker has applied everything the log holds

@@ -115,13 +115,15 @@ async fn session_main(
     span.record("connection", admitted.connection.name.as_str());
 
     // Credentials on the target: a role made for this session, or the static one.
-    let credential = gw.credential(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
-        tracing::error!("failed to read the credential of connection {}: {e:#}", admitted.connection.name);
-        Ended::fatal(sqlstate::CONNECTION_FAILURE, "the gateway cannot read the connection's credential; try again")
-    })?;
     let mut session_role = None;
     let (user, password) = match admitted.connection.credential_mode {
-        CredentialMode::Static => (credential.user.clone(), credential.password.clone()),
+        CredentialMode::Static => {
+            let credential = gw.credential(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
+                tracing::error!("failed to read the credential of connection {}: {e:#}", admitted.connection.name);
+                Ended::fatal(sqlstate::CONNECTION_FAILURE, "the gateway cannot read the connection's credential")
+            })?;
+            (credential.user, credential.password)
+        }
         CredentialMode::SessionRole => {
             let template = admitted.connection.roles.get(&admitted.context.role).cloned().ok_or_else(|| {
                 Ended::fatal(

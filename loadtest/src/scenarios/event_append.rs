@@ -230,10 +230,9 @@ async fn open(backend: Backend) -> anyhow::Result<(Store, Cleanup, String)> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let url = format!("sqlite://{}", dir.join("airlock.db").display());
             let store = Store::open(&url, [7; 32]).await?;
-            let note = "sqlite: journal_mode=WAL, synchronous=NORMAL (control-plane/src/store.rs). In WAL mode \
-                        NORMAL does NOT fsync on commit, only at checkpoints: an append survives a crash of \
-                        the process but the last ones may be lost on power loss or an OS crash. Figures are \
-                        therefore not comparable with Postgres's fsync-per-commit."
+            let note = "sqlite: journal_mode=WAL, synchronous=FULL (control-plane/src/store.rs): every commit \
+                        is fsynced before the append returns, as on Postgres. One write connection serves \
+                        every tenant, so writers on different tenants queue too."
                 .to_owned();
             Ok((store, Cleanup::Sqlite(dir), note))
         }
