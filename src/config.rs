@@ -94,7 +94,7 @@ pub struct Worker {
     /// Accept tokens over unencrypted connections from other hosts (never do this in production).
     pub allow_cleartext_off_loopback: bool,
     /// Threads that relay Postgres sessions, each a single-threaded runtime
-    /// (default: one per core; 0: sessions share the main runtime).
+    /// (default: half the cores, at least 1; 0: sessions share the main runtime).
     pub session_threads: Option<usize>,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]

@@ -17,7 +17,7 @@ const CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres", "address": 
  "tls": "prefer",
  "admin_credential": {"user": "postgres", "password": ""},
  "roles": {"readonly": "app_readonly", "readwrite": "app_readwrite"}}"#;
-const POLICY: &str = include_str!("../core/testdata/design-policy.yaml");
+const POLICY: &str = include_str!("../core/testdata/example-policy.yaml");
 
 /// A child process, killed when dropped; its output goes to a log file shown on failure.
 struct Proc {

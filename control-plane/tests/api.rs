@@ -4,7 +4,7 @@
 
 mod harness;
 
-use harness::{Backend, DESIGN_POLICY, Harness};
+use harness::{Backend, EXAMPLE_POLICY, Harness};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -20,7 +20,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
-    design_documents_are_accepted_as_written,
+    example_documents_are_accepted_as_written,
     invalid_policies_name_the_field,
     errors_are_json_with_the_right_status,
     secrets_are_never_echoed_or_logged_to_events,
@@ -30,20 +30,20 @@ on_both_backends!(
     admins_grant_and_revoke_access,
 );
 
-async fn design_documents_are_accepted_as_written(backend: Backend) {
+async fn example_documents_are_accepted_as_written(backend: Backend) {
     let h = Harness::start(backend).await;
     let (status, _) = h.get("/readyz", "").await;
     assert_eq!(status, StatusCode::OK);
 
-    let conn = h.register_design_connection(&h.admin_token).await;
+    let conn = h.register_example_connection(&h.admin_token).await;
     assert_eq!(conn["name"], "pg-local");
     assert_eq!(conn["roles"]["readonly"], "app_readonly");
     assert_eq!(conn["credential_user"], "postgres");
 
-    let (status, policy) = h.put_policy(&h.admin_token, DESIGN_POLICY).await;
+    let (status, policy) = h.put_policy(&h.admin_token, EXAMPLE_POLICY).await;
     assert_eq!(status, StatusCode::OK, "{policy}");
     assert_eq!(policy["version"], 1);
-    let (status, policy2) = h.put_policy(&h.admin_token, DESIGN_POLICY).await;
+    let (status, policy2) = h.put_policy(&h.admin_token, EXAMPLE_POLICY).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(policy2["version"], 2);
 
@@ -82,7 +82,7 @@ async fn design_documents_are_accepted_as_written(backend: Backend) {
 
 async fn invalid_policies_name_the_field(backend: Backend) {
     let h = Harness::start(backend).await;
-    let bad = DESIGN_POLICY.replace("max_ttl: 30m", "max_ttl: 30 minutes");
+    let bad = EXAMPLE_POLICY.replace("max_ttl: 30m", "max_ttl: 30 minutes");
     let (status, body) = h.put_policy(&h.admin_token, &bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_argument");
@@ -110,14 +110,14 @@ async fn errors_are_json_with_the_right_status(backend: Backend) {
     let (status, body) = h.post("/v1/connections", &h.admin_token, json!({"name": "x"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_argument");
-    let mut conn: Value = serde_json::from_str(harness::DESIGN_CONNECTION).unwrap();
+    let mut conn: Value = serde_json::from_str(harness::EXAMPLE_CONNECTION).unwrap();
     conn["address"] = json!("no-port");
     let (status, body) = h.post("/v1/connections", &h.admin_token, conn).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["field"], "address");
-    h.register_design_connection(&h.admin_token).await;
+    h.register_example_connection(&h.admin_token).await;
     let (status, body) =
-        h.post("/v1/connections", &h.admin_token, serde_json::from_str(harness::DESIGN_CONNECTION).unwrap()).await;
+        h.post("/v1/connections", &h.admin_token, serde_json::from_str(harness::EXAMPLE_CONNECTION).unwrap()).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"], "conflict");
     let response = reqwest::Client::new()
@@ -134,7 +134,7 @@ async fn errors_are_json_with_the_right_status(backend: Backend) {
 async fn secrets_are_never_echoed_or_logged_to_events(backend: Backend) {
     let h = Harness::start(backend).await;
     let secret = "s3cr3t-Passw0rd-that-must-not-leak";
-    let mut conn: Value = serde_json::from_str(harness::DESIGN_CONNECTION).unwrap();
+    let mut conn: Value = serde_json::from_str(harness::EXAMPLE_CONNECTION).unwrap();
     conn["admin_credential"]["password"] = json!(secret);
     let (status, created) = h.post("/v1/connections", &h.admin_token, conn.clone()).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -158,7 +158,7 @@ async fn secrets_are_never_echoed_or_logged_to_events(backend: Backend) {
 
 async fn minted_tokens_authenticate_and_verify_with_the_published_jwks(backend: Backend) {
     let h = Harness::start(backend).await;
-    h.register_design_connection(&h.admin_token).await;
+    h.register_example_connection(&h.admin_token).await;
     let (status, minted) = h
         .post("/v1/tokens", &h.admin_token, json!({"subject": "ci-job-42", "groups": ["agents"], "ttl_seconds": 900}))
         .await;
@@ -200,9 +200,9 @@ async fn minted_tokens_authenticate_and_verify_with_the_published_jwks(backend: 
 
 async fn tenants_cannot_see_or_change_each_other(backend: Backend) {
     let h = Harness::start(backend).await;
-    let a_conn = h.register_design_connection(&h.admin_token).await;
+    let a_conn = h.register_example_connection(&h.admin_token).await;
     let a_id = a_conn["id"].as_str().unwrap().to_owned();
-    let (status, _) = h.put_policy(&h.admin_token, DESIGN_POLICY).await;
+    let (status, _) = h.put_policy(&h.admin_token, EXAMPLE_POLICY).await;
     assert_eq!(status, StatusCode::OK);
     let (_, a_tenants) = h.get("/v1/tenants", &h.admin_token).await;
     let a_tenant = a_tenants[0]["id"].as_str().unwrap().to_owned();
@@ -217,7 +217,7 @@ async fn tenants_cannot_see_or_change_each_other(backend: Backend) {
     for path in [format!("/v1/connections/{a_id}"), "/v1/connections/pg-local".to_owned()] {
         let (status, _) = h.get(&path, &b).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "GET {path}");
-        let body: Value = serde_json::from_str(harness::DESIGN_CONNECTION).unwrap();
+        let body: Value = serde_json::from_str(harness::EXAMPLE_CONNECTION).unwrap();
         let (status, _) = h.call(Method::PUT, &path, &b, Some(body)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "PUT {path}");
         let (status, _) = h.call(Method::DELETE, &path, &b, None).await;
@@ -235,7 +235,7 @@ async fn tenants_cannot_see_or_change_each_other(backend: Backend) {
     let (status, _) = h.put_policy(&b, "version: 1\n").await;
     assert_eq!(status, StatusCode::OK);
     let (_, a_policy) = h.get("/v1/policy", &h.admin_token).await;
-    assert_eq!(a_policy["source"], json!(DESIGN_POLICY));
+    assert_eq!(a_policy["source"], json!(EXAMPLE_POLICY));
     let (_, b_events) = h.get("/v1/events?from_seq=0", &b).await;
     assert!(!b_events.to_string().contains(&a_id));
     assert!(!b_events.to_string().contains("pg-local"));
@@ -288,7 +288,7 @@ async fn oidc_tokens_from_a_trusted_issuer_authenticate(backend: Backend) {
 
 async fn admins_grant_and_revoke_access(backend: Backend) {
     let h = Harness::start(backend).await;
-    h.register_design_connection(&h.admin_token).await;
+    h.register_example_connection(&h.admin_token).await;
     let grant = json!({"subject": "ci-job-42", "connection": "pg-local", "role": "readonly", "ttl_seconds": 900, "reason": "deploy"});
     let (status, created) = h.post("/v1/grants", &h.admin_token, grant.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");

@@ -68,7 +68,7 @@ async fn subscribe_catches_up_then_follows_new_events() {
         assert_eq!(record.seq, expected);
     }
     // Then the next append arrives as it happens.
-    h.register_design_connection(&h.admin_token).await;
+    h.register_example_connection(&h.admin_token).await;
     let record =
         tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(record.seq, 4);
@@ -92,7 +92,7 @@ async fn the_worker_service_needs_the_worker_token() {
 #[tokio::test]
 async fn workers_read_credentials_and_record_sessions_with_the_worker_token() {
     let h = Harness::start(Backend::Sqlite).await;
-    let mut conn: serde_json::Value = serde_json::from_str(harness::DESIGN_CONNECTION).unwrap();
+    let mut conn: serde_json::Value = serde_json::from_str(harness::EXAMPLE_CONNECTION).unwrap();
     conn["admin_credential"]["password"] = serde_json::json!("pw-for-the-gateway");
     let (_, created) = h.post("/v1/connections", &h.admin_token, conn).await;
     let (_, tenants) = h.get("/v1/tenants", &h.admin_token).await;

@@ -30,7 +30,7 @@ fn policy_parse_seeds() {
         let Ok(source) = std::str::from_utf8(&bytes) else { continue };
         accepted += usize::from(Policy::parse(source).is_ok());
     }
-    // The design's example policy is among the seeds and must stay valid.
+    // The README's example policy is among the seeds and must stay valid.
     assert!(accepted >= 1, "no seed policy parsed");
 }
 

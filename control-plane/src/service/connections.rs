@@ -350,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn the_design_example_validates() {
+    fn the_example_validates() {
         let v = validate(input(), ConnectionId::new()).unwrap();
         assert_eq!(v.spec.roles["readonly"], "app_readonly");
         assert_eq!(v.spec.credential_mode, CredentialMode::SessionRole);

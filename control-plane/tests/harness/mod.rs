@@ -11,12 +11,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub const DESIGN_CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres", "address": "127.0.0.1:5432", "database": "app",
+pub const EXAMPLE_CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres", "address": "127.0.0.1:5432", "database": "app",
  "tls": "prefer",
  "admin_credential": {"user": "postgres", "password": ""},
  "roles": {"readonly": "app_readonly", "readwrite": "app_readwrite"}}"#;
 
-pub const DESIGN_POLICY: &str = include_str!("../../../core/testdata/design-policy.yaml");
+pub const EXAMPLE_POLICY: &str = include_str!("../../../core/testdata/example-policy.yaml");
 
 pub struct Harness {
     pub running: Running,
@@ -113,9 +113,9 @@ impl Harness {
         (status, response.json().await.unwrap())
     }
 
-    pub async fn register_design_connection(&self, token: &str) -> Value {
+    pub async fn register_example_connection(&self, token: &str) -> Value {
         let (status, body) =
-            self.post("/v1/connections", token, serde_json::from_str(DESIGN_CONNECTION).unwrap()).await;
+            self.post("/v1/connections", token, serde_json::from_str(EXAMPLE_CONNECTION).unwrap()).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
     }

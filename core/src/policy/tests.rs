@@ -1,10 +1,10 @@
 use super::*;
 
-const DESIGN: &str = include_str!("../../testdata/design-policy.yaml");
+const EXAMPLE: &str = include_str!("../../testdata/example-policy.yaml");
 
 #[test]
-fn the_design_document_is_accepted_as_written() {
-    let p = Policy::parse(DESIGN).unwrap();
+fn the_example_document_is_accepted_as_written() {
+    let p = Policy::parse(EXAMPLE).unwrap();
     assert_eq!(p.access.len(), 2);
     assert_eq!(p.access[0].max_ttl_secs, 3600);
     assert_eq!(p.access[0].approval, Approval::None);
@@ -27,34 +27,34 @@ fn refused(doc: &str) -> PolicyError {
 
 #[test]
 fn errors_name_the_field_and_the_reason() {
-    let e = refused(&DESIGN.replace("max_ttl: 30m", "max_ttl: 30 minutes"));
+    let e = refused(&EXAMPLE.replace("max_ttl: 30m", "max_ttl: 30 minutes"));
     assert_eq!(e.field, "access[1].max_ttl");
     assert!(e.reason.contains("unit"), "{e}");
 
-    let e = refused(&DESIGN.replace("kinds: [ddl]", "kinds: [dll]"));
+    let e = refused(&EXAMPLE.replace("kinds: [ddl]", "kinds: [dll]"));
     assert_eq!(e.field, "commands[0].match.kinds[0]");
     assert!(e.reason.contains("\"dll\""), "{e}");
 
-    let e = refused(&DESIGN.replace("quorum: 1", "quorum: 0"));
+    let e = refused(&EXAMPLE.replace("quorum: 1", "quorum: 0"));
     assert_eq!(e.field, "access[1].approval.quorum");
 
-    let e = refused(&DESIGN.replace("strategy: redact", "strategy: blur"));
+    let e = refused(&EXAMPLE.replace("strategy: redact", "strategy: blur"));
     assert_eq!(e.field, "masking[0].strategy");
 
-    let e = refused(&DESIGN.replace("action: deny\n  - name: no-file", "action: drop\n  - name: no-file"));
+    let e = refused(&EXAMPLE.replace("action: deny\n  - name: no-file", "action: drop\n  - name: no-file"));
     assert_eq!(e.field, "commands[1].action");
 
-    let e = refused(&DESIGN.replace("version: 1", "version: 2"));
+    let e = refused(&EXAMPLE.replace("version: 1", "version: 2"));
     assert_eq!(e.field, "version");
 
-    let e = refused(&DESIGN.replace("name: agents-write", "name: agents-read"));
+    let e = refused(&EXAMPLE.replace("name: agents-write", "name: agents-read"));
     assert_eq!(e.field, "access[1].name");
 
-    let e = refused(&DESIGN.replace("    max_ttl: 1h\n", "    max_ttl: 1h\n    colour: red\n"));
+    let e = refused(&EXAMPLE.replace("    max_ttl: 1h\n", "    max_ttl: 1h\n    colour: red\n"));
     assert!(e.field.starts_with("access[0]"), "{e}");
     assert!(e.reason.contains("colour"), "{e}");
 
-    let e = refused(&DESIGN.replace("\"public.users.ssn\"", "\"users.ssn\""));
+    let e = refused(&EXAMPLE.replace("\"public.users.ssn\"", "\"users.ssn\""));
     assert_eq!(e.field, "masking[0].columns[1]");
 
     let e = refused("version: 1\naccess: 7\n");

@@ -169,9 +169,6 @@ pub struct RoleManager {
     client: Mutex<Client>,
 }
 
-/// The admin connection is what the role manager holds; the name the issue uses.
-pub type AdminConnection = RoleManager;
-
 impl fmt::Debug for RoleManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The Config's own Debug redacts its password, but print only what helps.

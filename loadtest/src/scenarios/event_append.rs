@@ -4,7 +4,7 @@
 //! inserts, head update, commit).
 //!
 //! For each backend (Postgres on a fresh database, SQLite in a temp file), each
-//! event size (a `PolicyApplied` carrying the DESIGN policy, a small
+//! event size (a `PolicyApplied` carrying the example policy, a small
 //! `ConnectionRemoved`) and each concurrency C: C writers each on its own
 //! tenant, and (C > 1) C writers on ONE tenant, which the log serializes.
 
@@ -19,7 +19,7 @@ use airlock_core::{ConnectionId, Event, TenantId};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::DESIGN_POLICY;
+use super::EXAMPLE_POLICY;
 use crate::report::{self, Document, Host, Stats, Table};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +63,7 @@ impl std::fmt::Display for Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Size {
-    /// `PolicyApplied` with the DESIGN policy document (about 1 KB of YAML).
+    /// `PolicyApplied` with the example policy document (about 1 KB of YAML).
     Policy,
     /// `ConnectionRemoved`: an id and a name.
     Small,
@@ -255,7 +255,7 @@ fn event(size: Size, connection: ConnectionId, i: usize) -> Event {
     match size {
         Size::Policy => Event::PolicyApplied {
             version: i as u64 + 1,
-            source: format!("{DESIGN_POLICY}\n# loadtest {i}\n"),
+            source: format!("{EXAMPLE_POLICY}\n# loadtest {i}\n"),
             digest: format!("{:064x}", i),
         },
         Size::Small => Event::ConnectionRemoved { connection_id: connection, name: "pg-local".into() },

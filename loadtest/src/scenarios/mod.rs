@@ -5,5 +5,5 @@ pub mod event_append;
 pub mod pg_throughput;
 pub mod propagation;
 
-/// The policy document of DESIGN.md, as users write it.
-pub const DESIGN_POLICY: &str = include_str!("../../../core/testdata/design-policy.yaml");
+/// The example policy document of the README, as users write it.
+pub const EXAMPLE_POLICY: &str = include_str!("../../../core/testdata/example-policy.yaml");

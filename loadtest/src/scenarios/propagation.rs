@@ -4,7 +4,7 @@
 //! connection (on NATS: its own `NatsBus::connect`, as separate processes would
 //! have), reconciling rarely so what is measured is the bus path: REST command
 //! → append (commit) → outbox relay → bus → each worker's projection. Each round
-//! sends `PUT /v1/policy` with the DESIGN policy (a varying comment, so every
+//! sends `PUT /v1/policy` with the example policy (a varying comment, so every
 //! round is a new version) and times, from the moment the request is sent:
 //! the REST round trip, and the moment each worker has applied the new `seq`.
 //!
@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::DESIGN_POLICY;
+use super::EXAMPLE_POLICY;
 use crate::report::{self, Document, Host, Stats, Table};
 
 const WORKER_TOKEN: &str = "loadtest-worker-secret";
@@ -206,7 +206,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
             interval_ms: args.interval_ms,
             reconcile_every_s: args.reconcile_every_s,
             variants: args.variants.clone(),
-            policy_bytes: DESIGN_POLICY.len(),
+            policy_bytes: EXAMPLE_POLICY.len(),
         },
         notes,
         results,
@@ -467,7 +467,7 @@ async fn one_round(
     i: usize,
 ) -> anyhow::Result<Round> {
     let expected = head + 1;
-    let body = format!("{DESIGN_POLICY}\n# loadtest round {i}\n");
+    let body = format!("{EXAMPLE_POLICY}\n# loadtest round {i}\n");
     let applied = futures::future::join_all(d.projections.iter().map(|p| async move {
         p.wait_for(&tenant, expected).await;
         Instant::now()
