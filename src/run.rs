@@ -116,10 +116,12 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
         worker_id: config.worker_id(),
         allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
-        session_threads: config
-            .worker
-            .session_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+        // Half the cores by default: the kernel's TCP work for each relayed message
+        // needs cores too, and more session threads than that cost more CPU per
+        // message than they add in throughput.
+        session_threads: config.worker.session_threads.unwrap_or_else(|| {
+            (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1)
+        }),
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
