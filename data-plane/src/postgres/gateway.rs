@@ -187,8 +187,10 @@ impl Gateway {
 
     /// Waits (briefly) until this worker has applied everything the log holds
     /// for `tenant`. Returns whether the projection moved, so a decision made
-    /// before is worth making again. Only refusals call this: it asks the
-    /// control plane for the log's heads.
+    /// before is worth making again. Only refusals of a verified token call
+    /// this (one request to the control plane for the log's heads), so only a
+    /// principal the tenant trusts can cause such requests, one per refused
+    /// connection.
     pub(crate) async fn catch_up(&self, tenant: TenantId) -> bool {
         use crate::sync::Source;
         let before = self.projection.seq(&tenant);
