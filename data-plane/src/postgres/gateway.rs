@@ -248,8 +248,8 @@ impl Gateway {
         Ok(manager)
     }
 
-    /// Drops the session roles this worker left behind (a crash, a kill -9):
-    /// run once the projection is loaded.
+    /// Drops the session roles this worker left behind (a crash, a kill -9)
+    /// and any whose grant has ended: run once the projection is loaded.
     pub async fn sweep(&self) {
         let targets: Vec<(TenantId, ConnectionSpec)> = self.projection.read(|t| {
             t.created()
@@ -258,10 +258,15 @@ impl Gateway {
                 .collect()
         });
         for (tenant, spec) in targets {
-            let swept = match self.role_manager(tenant, &spec).await {
-                Ok(manager) => manager.sweep(&self.options.worker_id).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            };
+            // This worker's leftovers, and any worker's whose grant has ended (a
+            // worker that never came back under the same id).
+            let swept = async {
+                let manager = self.role_manager(tenant, &spec).await?;
+                let mut dropped = manager.sweep(&self.options.worker_id).await?;
+                dropped.extend(manager.sweep_expired().await?);
+                anyhow::Ok(dropped)
+            }
+            .await;
             match swept {
                 Ok(dropped) if !dropped.is_empty() => {
                     tracing::info!(connection = %spec.name, dropped = dropped.len(), "removed session roles left by an earlier run");
