@@ -475,8 +475,9 @@ async fn sweep_expired_drops_roles_whose_grant_has_ended() {
         .unwrap();
 
     let swept = roles.sweep_expired().await.unwrap();
-    assert!(swept.contains(&ended.name), "{swept:?}");
-    assert!(!swept.contains(&current.name));
+    // Another starting worker (tests run in parallel) may have swept it first:
+    // what matters is that it is gone and the current one is not.
+    assert!(!swept.contains(&current.name), "{swept:?}");
     assert!(!role_exists(&admin, &ended.name).await);
     assert!(role_exists(&admin, &current.name).await);
 
