@@ -787,7 +787,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
         .collect()
 }
 
-/// The targets: at 8 clients gateway TPS ≥ 0.9× pgbouncer's; at 1
+/// The gateway's targets: at 8 clients gateway TPS ≥ 0.9× pgbouncer's; at 1
 /// client the latency the gateway adds ≤ what pgbouncer adds; CPU per
 /// transaction ≤ pgbouncer's.
 fn verdicts(summaries: &[Summary], args: &Args) -> Vec<Verdict> {
