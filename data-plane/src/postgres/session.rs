@@ -32,11 +32,10 @@ use tracing::Instrument;
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict};
 use super::protocol::encode::{self, Report};
-use super::protocol::frame::{MAX_AUTH_MESSAGE_LEN, parse_frontend_frame};
+use super::protocol::frame::{HEADER_LEN, MAX_AUTH_MESSAGE_LEN, parse_frontend_frame, peek_frame};
 use super::protocol::frontend::decode_password;
 use super::protocol::{
-    BackendMessage, DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_backend, decode_frontend,
-    parse_frame, parse_startup, sqlstate,
+    DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
 };
 use super::roles::SessionRoleSpec;
 use super::upstream::{self, Upstream, UpstreamOptions};
@@ -556,7 +555,7 @@ impl Relay<'_> {
                         if n == 0 {
                             return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
                         }
-                        self.server_frames(&mut server_buf, &mut to_client)?;
+                        self.forward_server(&mut server_buf, &mut to_client).await?;
                         self.flush(&mut to_server, &mut to_client).await?;
                     }
                     result = &mut changed => {
@@ -673,27 +672,45 @@ impl Relay<'_> {
         }
     }
 
-    /// Forwards every complete server message, keeping track of the transaction status.
-    fn server_frames(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+    /// Forwards every complete server message as it came, keeping track of the
+    /// transaction status. Messages are only measured, not copied apart: the
+    /// whole run of complete ones goes to the client in one write, unless an
+    /// error must be slipped in before a ReadyForQuery.
+    async fn forward_server(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        let mut complete = 0;
         loop {
-            let frame = match parse_frame(server_buf, DEFAULT_MAX_BACKEND_MESSAGE_LEN) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+            let rest = server_buf.get(complete..).unwrap_or_default();
+            let (tag, len) = match peek_frame(rest, DEFAULT_MAX_BACKEND_MESSAGE_LEN) {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::error!("the target sent an invalid message: {e}");
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
                 }
             };
-            if frame.tag() == b'Z' {
-                if let Ok(BackendMessage::ReadyForQuery { status }) = decode_backend(&frame) {
+            if tag == b'Z' {
+                if let Some(&status) = rest.get(HEADER_LEN) {
                     self.status = status;
                 }
-                for report in self.inject.drain(..) {
-                    encode::error_response(to_client, &report);
+                if !self.inject.is_empty() {
+                    to_client.extend_from_slice(&server_buf.split_to(complete));
+                    complete = 0;
+                    for report in self.inject.drain(..) {
+                        encode::error_response(to_client, &report);
+                    }
                 }
             }
-            to_client.extend_from_slice(frame.raw());
+            complete += len;
         }
+        let run = server_buf.split_to(complete);
+        if to_client.is_empty() {
+            // The common case: nothing of ours to add, so no copy.
+            self.bytes_out += run.len() as u64;
+            self.client.io.write_all(&run).await.map_err(io_ended)?;
+        } else {
+            to_client.extend_from_slice(&run);
+        }
+        Ok(())
     }
 
     async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {

@@ -92,6 +92,18 @@ impl std::fmt::Debug for Frame {
 /// included) or over `max_len` is refused as soon as the header is read, so
 /// the caller never waits for, or buffers, an oversized body.
 pub fn parse_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, ProtocolError> {
+    match peek_frame(buf, max_len)? {
+        Some((_, total)) => Ok(Some(Frame { raw: buf.split_to(total).freeze() })),
+        // No `reserve(total)` here: a declared length is not yet a reason to
+        // allocate; the buffer grows as bytes actually arrive.
+        None => Ok(None),
+    }
+}
+
+/// The tag and whole length (tag included) of the message at the front of
+/// `buf`, once all of it has arrived; the same checks as [`parse_frame`],
+/// without taking anything. For forwarding runs of messages as they came.
+pub fn peek_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, ProtocolError> {
     let Some(&[tag, a, b, c, d]) = buf.get(..HEADER_LEN) else { return Ok(None) };
     let declared = i32::from_be_bytes([a, b, c, d]);
     if declared < 4 {
@@ -102,12 +114,7 @@ pub fn parse_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
         return Err(ProtocolError::MessageTooLong { tag: Tag(tag), len, max: max_len });
     }
     let total = len + 1;
-    if buf.len() < total {
-        // No `reserve(total)` here: a declared length is not yet a reason to
-        // allocate; the buffer grows as bytes actually arrive.
-        return Ok(None);
-    }
-    Ok(Some(Frame { raw: buf.split_to(total).freeze() }))
+    if buf.len() < total { Ok(None) } else { Ok(Some((tag, total))) }
 }
 
 /// The cap Postgres applies to a client message with this tag, with
