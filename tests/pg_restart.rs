@@ -6,47 +6,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_testkit::eventually;
 use airlock_testkit::pg::TestDb;
 use serde_json::{Value, json};
 use support::admin_client;
-
-const BIN: &str = env!("CARGO_BIN_EXE_airlock");
-
-/// `airlock up`, killed (SIGKILL) when dropped; its output goes to a log shown on failure.
-struct Up {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Up {
-    fn spawn(name: &str, dir: &Path, args: &[String], env: &[(&str, String)]) -> Up {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdout(file.try_clone().unwrap()).stderr(file);
-        Up { child: cmd.stdin(Stdio::null()).spawn().unwrap(), log }
-    }
-
-    /// `kill -9`: no shutdown path runs.
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        self.kill_9();
-        if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
+use support::process::{Proc, free_addr, wait_ready};
 
 /// The template role is cluster-wide: dropped at the end, with any session role
 /// of this worker a failed run left (the database goes with `TestDb`).
@@ -59,36 +26,9 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let (url, template, worker) = (self.url.clone(), self.template.clone(), self.worker.clone());
         let _ = std::fs::remove_dir_all(&self.dir);
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                if let Ok(config) = url.parse::<tokio_postgres::Config>() {
-                    use airlock_data_plane::postgres::roles::{RoleManager, TlsChoice};
-                    if let Ok(manager) = RoleManager::connect(config, TlsChoice::Disable).await {
-                        let _ = manager.sweep(&worker).await;
-                    }
-                }
-                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
-                tokio::spawn(conn);
-                let _ =
-                    client.batch_execute(&format!("DROP OWNED BY {template}; DROP ROLE IF EXISTS {template};")).await;
-            });
-        });
-        let _ = cleanup.join();
+        support::drop_roles(&self.url, &self.worker, std::slice::from_ref(&self.template));
     }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-async fn wait_ready(url: &str) {
-    eventually(Duration::from_secs(60), &format!("{url} to be ready"), || async {
-        reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
 }
 
 /// Session roles of `worker` on the server, by the comment the gateway puts on them.
@@ -174,7 +114,7 @@ async fn after_kill_9_and_a_restart_no_session_role_of_the_worker_is_left() {
         pg.to_string(),
     ];
     let env = [("AIRLOCK_WORKER__ADMIN_ADDR", health.to_string()), ("AIRLOCK_WORKER__ID", worker_id.clone())];
-    let mut up = Up::spawn("up", &dir, &args, &env);
+    let mut up = Proc::spawn("up", &dir, &args, &env);
     let url = format!("http://{api}");
     wait_ready(&format!("{url}/readyz")).await;
     wait_ready(&format!("http://{health}/readyz")).await;
@@ -218,13 +158,13 @@ async fn after_kill_9_and_a_restart_no_session_role_of_the_worker_is_left() {
     assert_eq!(roles_of(&admin, &worker_id).await, vec![role.clone()]);
 
     // kill -9: nothing gets to drop the role.
-    up.kill_9();
+    up.kill();
     eventually(Duration::from_secs(5), "the client to see its session end", || async { client.is_closed() }).await;
     assert!(role_exists(&admin, &role).await, "the role {role} was dropped although the worker was killed");
     assert_eq!(roles_of(&admin, &worker_id).await, vec![role.clone()]);
 
     // The same worker id, restarted on the same data directory, sweeps it.
-    let _up = Up::spawn("up-again", &dir, &args, &env);
+    let _up = Proc::spawn("up-again", &dir, &args, &env);
     wait_ready(&format!("{url}/readyz")).await;
     wait_ready(&format!("http://{health}/readyz")).await;
     eventually(Duration::from_secs(15), "the restarted worker to sweep the leftover role", || async {

@@ -3,83 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use airlock_testkit::eventually;
 use base64::Engine;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_airlock");
+use support::process::{BIN, Proc, TempDir, free_addr, wait_ready};
 const CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres", "address": "127.0.0.1:5432", "database": "app",
  "tls": "prefer",
  "admin_credential": {"user": "postgres", "password": ""},
  "roles": {"readonly": "app_readonly", "readwrite": "app_readwrite"}}"#;
 const POLICY: &str = include_str!("../core/testdata/example-policy.yaml");
-
-/// A child process, killed when dropped; its output goes to a log file shown on failure.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Proc { child: cmd.spawn().unwrap(), log }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("airlock-proc-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-async fn wait_ready(url: &str) {
-    eventually(Duration::from_secs(60), &format!("{url} to be ready"), || async {
-        reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-}
 
 /// Runs a client verb against `url` with `token`.
 fn cli(url: &str, token: &str, args: &[&str]) -> Output {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,29 +34,34 @@ impl Drop for Stack {
         self.cancel.cancel();
         let _ = std::fs::remove_dir_all(&self.dir);
         // The template roles are cluster-wide: drop them with the database.
-        let (url, template, worker) = (self.db.url().to_owned(), self.template.clone(), self.worker_id.clone());
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                // Sessions still open when the test returned never got to drop their roles:
-                // do what a restarted worker does.
-                if let Ok(config) = url.parse::<tokio_postgres::Config>() {
-                    use airlock_data_plane::postgres::roles::{RoleManager, TlsChoice};
-                    if let Ok(manager) = RoleManager::connect(config, TlsChoice::Disable).await {
-                        let _ = manager.sweep(&worker).await;
-                    }
-                }
-                let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
-                tokio::spawn(conn);
-                let _ = client
-                    .batch_execute(&format!(
-                        "DROP OWNED BY {template}, {template}_rw; DROP ROLE IF EXISTS {template}; DROP ROLE IF EXISTS {template}_rw;"
-                    ))
-                    .await;
-            });
-        });
-        let _ = cleanup.join();
+        drop_roles(self.db.url(), &self.worker_id, &[self.template.clone(), format!("{}_rw", self.template)]);
     }
+}
+
+/// Cleanup that must run even when a test fails, from `Drop` (which cannot
+/// await): sweeps `worker`'s session roles (sessions still open when the test
+/// returned never got to drop theirs; this is what a restarted worker does),
+/// then drops the cluster-wide template roles.
+pub fn drop_roles(url: &str, worker: &str, templates: &[String]) {
+    let (url, worker, templates) = (url.to_owned(), worker.to_owned(), templates.to_vec());
+    let cleanup = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            if let Ok(config) = url.parse::<tokio_postgres::Config>() {
+                use airlock_data_plane::postgres::roles::{RoleManager, TlsChoice};
+                if let Ok(manager) = RoleManager::connect(config, TlsChoice::Disable).await {
+                    let _ = manager.sweep(&worker).await;
+                }
+            }
+            let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
+            tokio::spawn(conn);
+            for template in &templates {
+                let _ =
+                    client.batch_execute(&format!("DROP OWNED BY {template}; DROP ROLE IF EXISTS {template};")).await;
+            }
+        });
+    });
+    let _ = cleanup.join();
 }
 
 pub async fn admin_client(url: &str) -> tokio_postgres::Client {
