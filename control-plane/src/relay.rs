@@ -107,21 +107,15 @@ impl Relay {
     /// were published; an error means the rest of the batch is retried later.
     async fn pass(&self) -> anyhow::Result<usize> {
         let pending = self.log.outbox_pending(BATCH).await.map_err(|e| e.context("read the outbox"))?;
-        let mut done = Vec::with_capacity(pending.len());
-        let mut failed = None;
-        for (id, record) in &pending {
-            match self.bus.publish(record).await {
-                Ok(()) => {
-                    done.push(*id);
-                    self.metrics.published.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    // Stop here: publishing later records would reorder this tenant.
-                    failed = Some(e.context(format!("publish event {}:{}", record.tenant_id, record.seq)));
-                    break;
-                }
-            }
-        }
+        let records: Vec<_> = pending.iter().map(|(_, r)| r.clone()).collect();
+        // In order, stopping at the first failure: later records would reorder a tenant.
+        let (published, error) = self.bus.publish_batch(&records).await;
+        let done: Vec<i64> = pending.iter().take(published).map(|(id, _)| *id).collect();
+        self.metrics.published.fetch_add(done.len() as u64, Ordering::Relaxed);
+        let failed = error.map(|e| match records.get(published) {
+            Some(r) => e.context(format!("publish event {}:{}", r.tenant_id, r.seq)),
+            None => e.context("publish events"),
+        });
         if !done.is_empty() {
             // If this fails the records stay pending and are published again:
             // a duplicate, which the bus and the consumers absorb.

@@ -32,6 +32,19 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes a committed record and returns once the bus has accepted it.
     async fn publish(&self, record: &EventRecord) -> anyhow::Result<()>;
 
+    /// Publishes records in order; returns how many from the front the bus has
+    /// accepted, and the error that stopped it, if any. Records after the
+    /// accepted prefix may have reached the bus too (they will be published
+    /// again: a duplicate, which consumers absorb by `seq`).
+    async fn publish_batch(&self, records: &[EventRecord]) -> (usize, Option<anyhow::Error>) {
+        for (i, record) in records.iter().enumerate() {
+            if let Err(e) = self.publish(record).await {
+                return (i, Some(e));
+            }
+        }
+        (records.len(), None)
+    }
+
     /// Records of every tenant. The stream ends when the bus is gone; it may skip
     /// records, which consumers notice as a gap in `seq`.
     async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream>;
@@ -99,6 +112,19 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
+    /// Waits for acknowledgements in order; the count of the acknowledged prefix.
+    async fn acknowledged(
+        acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    ) -> (usize, Option<anyhow::Error>) {
+        let total = acks.len();
+        for (i, ack) in acks.into_iter().enumerate() {
+            if let Err(e) = ack.await {
+                return (i, Some(anyhow::anyhow!("NATS did not acknowledge: {e}")));
+            }
+        }
+        (total, None)
+    }
+
     pub async fn connect(options: &NatsOptions) -> anyhow::Result<Self> {
         let client =
             async_nats::ConnectOptions::new().name("airlock").retry_on_initial_connect().connect(&options.url).await?;
@@ -142,6 +168,29 @@ impl Bus for NatsBus {
             .map_err(|e| anyhow::anyhow!("publishing to NATS: {e}"))?;
         ack.await.map_err(|e| anyhow::anyhow!("NATS did not acknowledge: {e}"))?;
         Ok(())
+    }
+
+    /// Sends the whole batch before waiting for the first acknowledgement:
+    /// one round trip to JetStream per batch rather than per record.
+    async fn publish_batch(&self, records: &[EventRecord]) -> (usize, Option<anyhow::Error>) {
+        let mut acks = Vec::with_capacity(records.len());
+        for record in records {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{}:{}", record.tenant_id, record.seq).as_str());
+            match self
+                .js
+                .publish_with_headers(self.subject(&record.tenant_id), headers, record.encode_to_vec().into())
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    // What was sent before still counts once acknowledged.
+                    let error = anyhow::anyhow!("publishing to NATS: {e}");
+                    return (Self::acknowledged(acks).await.0, Some(error));
+                }
+            }
+        }
+        Self::acknowledged(acks).await
     }
 
     async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream> {
