@@ -192,9 +192,10 @@ async fn an_expired_token_is_refused() {
     let expired = issuer.token(&with(issuer.claims("alice"), "exp", json!(now - 120)));
     assert_refused(verifier.verify(&expired, &directory).await, "token expired");
 
-    // With an injected clock: valid now, expired past exp + leeway (30 s).
-    let token = issuer.token(&issuer.claims("alice"));
+    // With an injected clock: valid now, expired past exp + leeway (30 s). The
+    // exp is set here, not by claims(), whose own clock may have ticked since `now`.
     let exp = now + 300;
+    let token = issuer.token(&with(issuer.claims("alice"), "exp", json!(exp)));
     assert!(verifier.verify_at(&token, &directory, exp + 29).await.is_ok());
     assert_refused(verifier.verify_at(&token, &directory, exp + 30).await, "token expired");
 
