@@ -149,7 +149,12 @@ async fn a_worker_starts_from_the_snapshot_and_follows_the_bus() {
     let policy = w.projection.read(|t| t.get(&tenant).unwrap().policy.clone().unwrap());
     assert_eq!(policy.version, 2);
     assert!(policy.source.contains("after the worker"));
-    // Its health endpoint reports the same seq.
+    // Its health endpoint reports the same seq, once the worker calls itself ready
+    // (after the snapshot and a look at the log's heads).
+    airlock_testkit::eventually(Duration::from_secs(10), "the worker to be ready", || async {
+        w.projection.is_ready()
+    })
+    .await;
     let health: serde_json::Value =
         reqwest::get(format!("http://{}/healthz", w.admin_addr)).await.unwrap().json().await.unwrap();
     assert_eq!(health["applied"][tenant.to_string()], second);
