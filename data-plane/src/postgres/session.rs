@@ -66,21 +66,17 @@ pub(crate) async fn run(gateway: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr,
     let session = SessionId::new();
     let span = tracing::info_span!("pg_session", %session, %peer, tenant = tracing::field::Empty,
         principal = tracing::field::Empty, connection = tracing::field::Empty);
-    async move {
-        let mut client = Client { io: ClientIo::Plain(tcp), buf: BytesMut::with_capacity(8192), peer, tls: false };
-        let outcome = session_main(&gateway, &mut client, session, &shutdown).await;
-        if let Err(ended) = outcome {
-            if let Some(report) = &ended.fatal {
-                let mut out = BytesMut::new();
-                encode::error_response(&mut out, report);
-                let _ = client.io.write_all(&out).await;
-            }
-            tracing::debug!(reason = %ended.reason, "session refused");
+    let mut client = Client { io: ClientIo::Plain(tcp), buf: BytesMut::with_capacity(8192), peer, tls: false };
+    let outcome = session_main(&gateway, &mut client, session, &shutdown, &span).await;
+    if let Err(ended) = outcome {
+        if let Some(report) = &ended.fatal {
+            let mut out = BytesMut::new();
+            encode::error_response(&mut out, report);
+            let _ = client.io.write_all(&out).await;
         }
-        let _ = client.io.shutdown().await;
+        tracing::debug!(parent: &span, reason = %ended.reason, "session ended early");
     }
-    .instrument(span)
-    .await;
+    let _ = client.io.shutdown().await;
 }
 
 struct Client {
@@ -99,70 +95,79 @@ struct Admitted {
     params: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// The session's span is entered only around its setup, its teardown and its
+/// log lines, never for every relayed message: entering a span on each poll is
+/// a measurable share of what relaying costs.
 async fn session_main(
     gw: &Arc<Gateway>,
     client: &mut Client,
     session: SessionId,
     shutdown: &CancellationToken,
+    span: &tracing::Span,
 ) -> Result<(), Ended> {
-    let params = startup(gw, client).await?;
+    let params = startup(gw, client).instrument(span.clone()).await?;
     let Some(params) = params else { return Ok(()) };
-    let admitted = authenticate(gw, client, session, params).await?;
-    let span = tracing::Span::current();
+    let admitted = authenticate(gw, client, session, params).instrument(span.clone()).await?;
     span.record("tenant", tracing::field::display(&admitted.context.tenant));
     span.record("principal", admitted.context.principal.subject.as_str());
     span.record("connection", admitted.connection.name.as_str());
 
     // Credentials on the target: a role made for this session, or the static one.
-    let mut session_role = None;
-    let (user, password) = match admitted.connection.credential_mode {
-        CredentialMode::Static => {
-            let credential = gw.credential(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
-                tracing::error!("failed to read the credential of connection {}: {e:#}", admitted.connection.name);
-                Ended::fatal(sqlstate::CONNECTION_FAILURE, "the gateway cannot read the connection's credential")
-            })?;
-            (credential.user, credential.password)
-        }
-        CredentialMode::SessionRole => {
-            let template = admitted.connection.roles.get(&admitted.context.role).cloned().ok_or_else(|| {
-                Ended::fatal(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    format!("connection {} has no role {}", admitted.connection.name, admitted.context.role),
-                )
-            })?;
-            let manager = gw.role_manager(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
-                tracing::error!("failed to reach {} as its admin: {e:#}", admitted.connection.name);
-                Ended::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    format!("the gateway cannot reach {}", admitted.connection.name),
-                )
-            })?;
-            let spec = SessionRoleSpec {
-                session_id: *session.as_uuid(),
-                worker_id: gw.options.worker_id.clone(),
-                template_role: template,
-                valid_until: unix_to_system(admitted.grant.expires_at_unix),
-            };
-            let role = manager.create_session_role(&spec).await.map_err(|e| {
-                tracing::error!("failed to create a session role on {}: {e}", admitted.connection.name);
-                Ended::fatal(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    format!("the gateway could not create a session role on {}: {e}", admitted.connection.name),
-                )
-            })?;
-            let login = (role.name.clone(), role.password.clone());
-            session_role = Some((manager, role.name));
-            login
-        }
-    };
+    let credentials = async {
+        let mut session_role = None;
+        let login = match admitted.connection.credential_mode {
+            CredentialMode::Static => {
+                let credential = gw.credential(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
+                    tracing::error!("failed to read the credential of connection {}: {e:#}", admitted.connection.name);
+                    Ended::fatal(sqlstate::CONNECTION_FAILURE, "the gateway cannot read the connection's credential")
+                })?;
+                (credential.user, credential.password)
+            }
+            CredentialMode::SessionRole => {
+                let template = admitted.connection.roles.get(&admitted.context.role).cloned().ok_or_else(|| {
+                    Ended::fatal(
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        format!("connection {} has no role {}", admitted.connection.name, admitted.context.role),
+                    )
+                })?;
+                let manager = gw.role_manager(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
+                    tracing::error!("failed to reach {} as its admin: {e:#}", admitted.connection.name);
+                    Ended::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("the gateway cannot reach {}", admitted.connection.name),
+                    )
+                })?;
+                let spec = SessionRoleSpec {
+                    session_id: *session.as_uuid(),
+                    worker_id: gw.options.worker_id.clone(),
+                    template_role: template,
+                    valid_until: unix_to_system(admitted.grant.expires_at_unix),
+                };
+                let role = manager.create_session_role(&spec).await.map_err(|e| {
+                    tracing::error!("failed to create a session role on {}: {e}", admitted.connection.name);
+                    Ended::fatal(
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        format!("the gateway could not create a session role on {}: {e}", admitted.connection.name),
+                    )
+                })?;
+                let login = (role.name.clone(), role.password.clone());
+                session_role = Some((manager, role.name));
+                login
+            }
+        };
+        Ok::<_, Ended>((login, session_role))
+    }
+    .instrument(span.clone())
+    .await?;
+    let ((user, password), session_role) = credentials;
 
-    let result = relay_session(gw, client, &admitted, user, password, shutdown).await;
+    let result = relay_session(gw, client, &admitted, user, password, shutdown, span).await;
 
     // The end: whatever happened, the session role goes.
     if let Some((manager, name)) = session_role
-        && let Err(e) = manager.drop_session_role(&name).await
+        && let Err(e) = manager.drop_session_role(&name).instrument(span.clone()).await
     {
-        tracing::error!(role = %name, "failed to drop a session role: {e}");
+        tracing::error!(parent: span, role = %name, "failed to drop a session role: {e}");
     }
     result
 }
@@ -393,14 +398,15 @@ async fn relay_session(
     user: String,
     password: String,
     shutdown: &CancellationToken,
+    span: &tracing::Span,
 ) -> Result<(), Ended> {
     let mut options =
         UpstreamOptions::new(admitted.connection.address.clone(), user, password, admitted.database.clone());
     options.tls = admitted.connection.tls;
     options.params = admitted.params.clone();
     options.connect_timeout = gw.options.connect_timeout;
-    let upstream = upstream::connect(&options).await.map_err(|e| {
-        tracing::warn!("failed to connect to {}: {e}", admitted.connection.name);
+    let upstream = upstream::connect(&options).instrument(span.clone()).await.map_err(|e| {
+        tracing::warn!(parent: span, "failed to connect to {}: {e}", admitted.connection.name);
         match e {
             upstream::UpstreamError::Refused { sqlstate: _, message, .. } => Ended::fatal(
                 sqlstate::CONNECTION_FAILURE,
@@ -449,6 +455,7 @@ async fn relay_session(
     record(gw, admitted.context.tenant, Event::SessionOpened { session: info });
 
     let mut relay = Relay {
+        span,
         gw,
         client,
         upstream,
@@ -465,7 +472,7 @@ async fn relay_session(
         Ok(()) => "client closed the session".to_owned(),
         Err(e) => e.reason.clone(),
     };
-    tracing::info!(bytes_in, bytes_out, reason = %reason, "session ended");
+    tracing::info!(parent: span, bytes_in, bytes_out, reason = %reason, "session ended");
     record(
         gw,
         admitted.context.tenant,
@@ -502,6 +509,7 @@ fn record(gw: &Arc<Gateway>, tenant: TenantId, event: Event) {
 }
 
 struct Relay<'a> {
+    span: &'a tracing::Span,
     gw: &'a Arc<Gateway>,
     client: &'a mut Client,
     upstream: Upstream,
@@ -684,7 +692,7 @@ impl Relay<'_> {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::error!("the target sent an invalid message: {e}");
+                    tracing::error!(parent: self.span, "the target sent an invalid message: {e}");
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
                 }
             };
