@@ -479,11 +479,11 @@ pub fn client_config(
         TargetTls::VerifyFull => builder.with_root_certificates(roots()?).with_no_client_auth(),
         TargetTls::VerifyCa => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainOnly { roots: roots()?, provider }))
+            .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots: Some(roots()?), provider }))
             .with_no_client_auth(),
         TargetTls::Disable | TargetTls::Prefer | TargetTls::Require => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots: None, provider }))
             .with_no_client_auth(),
     };
     // What libpq sends since Postgres 17; older servers ignore it.
@@ -516,57 +516,19 @@ fn host_of(address: &str) -> &str {
     }
 }
 
-/// `prefer`/`require`: any certificate, as libpq does without a root
-/// certificate. The handshake signature is still checked, which proves the
-/// server holds the key of the certificate it showed (not who it is).
+/// The certificate checks of `prefer`/`require` and of `verify-ca`, which
+/// rustls's own verifier (chain and name: `verify-full`) does not offer.
+/// Without roots any certificate is accepted, as libpq does without a root
+/// certificate; with roots the chain must lead to one, and the name is not
+/// checked. Either way the handshake signature is checked, which proves the
+/// server holds the key of the certificate it showed.
 #[derive(Debug)]
-struct AnyCertificate {
+struct LibpqVerifier {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -575,14 +537,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
