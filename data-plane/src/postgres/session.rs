@@ -520,7 +520,10 @@ struct Relay<'a> {
     status: u8,
     /// After a refused extended-protocol message, discard until Sync, as Postgres does.
     discarding: bool,
-    /// Errors to send before the next ReadyForQuery from the server.
+    /// Errors to send before the next ReadyForQuery from the server. With
+    /// pipelined requests that ReadyForQuery may answer an earlier Sync: errors
+    /// must be placed by the ordinal of the ReadyForQuery they belong to before
+    /// statement rules rely on refusals (see ARCHITECTURE.md, known gaps).
     inject: Vec<Report>,
 }
 
