@@ -10,10 +10,6 @@ use super::sealer::Sealer;
 use super::{Secret, SecretStore};
 use crate::eventlog::records::{from_db, to_db};
 
-/// How many times `put` retries when a concurrent `put` of the same name took
-/// the version it computed. Each retry reads the new latest version.
-const PUT_ATTEMPTS: usize = 8;
-
 pub struct PgSecretStore {
     pool: PgPool,
     sealer: Arc<Sealer>,
@@ -27,36 +23,40 @@ impl PgSecretStore {
 
 #[async_trait::async_trait]
 impl SecretStore for PgSecretStore {
+    /// Writers of one secret take turns on a transaction-scoped advisory lock on
+    /// its (tenant, name), so each gets the next version without retrying; the
+    /// primary key still refuses a duplicate version should anything else write.
     async fn put(&self, tenant: TenantId, name: &str, plaintext: &[u8]) -> anyhow::Result<u64> {
         let tenant_id = tenant.to_string();
-        for _ in 0..PUT_ATTEMPTS {
-            let latest: Option<i64> =
-                sqlx::query_scalar("SELECT max(version) FROM secrets WHERE tenant_id = $1 AND name = $2")
-                    .bind(&tenant_id)
-                    .bind(name)
-                    .fetch_one(&self.pool)
-                    .await
-                    .with_context(|| format!("reading secret {name}"))?;
-            let version = from_db("secret version", latest.unwrap_or(0))? + 1;
-            // The version is part of the associated data, so seal only once it is known.
-            let sealed = self.sealer.seal(tenant, name, version, plaintext)?;
-            let inserted = sqlx::query(
-                "INSERT INTO secrets (tenant_id, name, version, nonce, ciphertext) VALUES ($1, $2, $3, $4, $5)",
-            )
+        let context = || format!("storing secret {name}");
+        let mut tx = self.pool.begin().await.with_context(context)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+            .bind(&tenant_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .with_context(context)?;
+        let latest: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM secrets WHERE tenant_id = $1 AND name = $2")
+                .bind(&tenant_id)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await
+                .with_context(|| format!("reading secret {name}"))?;
+        let version = from_db("secret version", latest.unwrap_or(0))? + 1;
+        // The version is part of the associated data, so seal only once it is known.
+        let sealed = self.sealer.seal(tenant, name, version, plaintext)?;
+        sqlx::query("INSERT INTO secrets (tenant_id, name, version, nonce, ciphertext) VALUES ($1, $2, $3, $4, $5)")
             .bind(&tenant_id)
             .bind(name)
             .bind(to_db(version)?)
             .bind(sealed.nonce.as_slice())
             .bind(&sealed.ciphertext)
-            .execute(&self.pool)
-            .await;
-            match inserted {
-                Ok(_) => return Ok(version),
-                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => continue,
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("storing secret {name}"))),
-            }
-        }
-        anyhow::bail!("storing secret {name}: too many concurrent writers")
+            .execute(&mut *tx)
+            .await
+            .with_context(context)?;
+        tx.commit().await.with_context(context)?;
+        Ok(version)
     }
 
     async fn get(&self, tenant: TenantId, name: &str) -> anyhow::Result<Option<Secret>> {
