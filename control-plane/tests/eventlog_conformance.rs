@@ -6,6 +6,7 @@
 // Helpers outside #[test] fns fail loudly too; clippy's allow-*-in-tests only covers the fns.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -284,28 +285,7 @@ async fn a_unique_violation_from_another_writer_is_a_conflict(b: Backend) {
     assert!(matches!(r, Err(AppendError::Conflict { .. })), "{r:?}");
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::$case(super::Backend::postgres().await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::$case(super::Backend::sqlite().await).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     seq_is_assigned_from_one_without_gaps,
     expected_versions_are_enforced,
     concurrent_appends_expecting_one_version_let_exactly_one_win,

@@ -4,6 +4,7 @@
 // Helpers outside #[test] fns fail loudly too; clippy's allow-*-in-tests only covers the fns.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use airlock_control_plane::store::Store;
@@ -99,28 +100,7 @@ async fn concurrent_puts_get_distinct_versions(b: Backend) {
     assert_eq!(s.get(t, "signing-key/k").await.unwrap().unwrap().version, 10);
 }
 
-macro_rules! both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::$case(super::Backend::postgres().await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::$case(super::Backend::sqlite().await).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+on_both_backends!(
     versions_count_up_and_get_returns_the_latest,
     tenants_do_not_see_each_others_secrets,
     the_plaintext_is_not_in_the_stored_row,

@@ -131,3 +131,27 @@ pub fn events(range: std::ops::RangeInclusive<u64>) -> Vec<Event> {
 pub fn tenant() -> TenantId {
     TenantId::new()
 }
+
+/// Runs each listed case (an `async fn(Backend)`) once on Postgres and once on
+/// SQLite, as separate tests so they run in parallel.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(super::Backend::postgres().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(super::Backend::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
