@@ -98,6 +98,33 @@ pub struct GrantArgs {
     issuer: Option<String>,
 }
 
+#[derive(Args)]
+pub struct RequestArgs {
+    /// Connection name or id.
+    connection: String,
+    #[arg(long)]
+    role: String,
+    /// Lifetime, e.g. 15m or 1h (policy sets the maximum).
+    #[arg(long, default_value = "15m")]
+    ttl: String,
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// When the request needs review, wait for the decision.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args)]
+pub struct DecideArgs {
+    /// The review's id (an access request's review has the request's id).
+    review: String,
+    #[arg(long, default_value = "")]
+    comment: String,
+    /// For a held statement: approve identical statements for the rest of the grant.
+    #[arg(long)]
+    for_grant: bool,
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -374,6 +401,128 @@ pub async fn revoke(grant: &str, reason: &str) -> anyhow::Result<ExitCode> {
     let c = Client::from_env()?;
     c.post(&format!("/v1/grants/{}/revoke", path_segment(grant)), &serde_json::json!({"reason": reason})).await?;
     println!("revoked grant {grant}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks for access; prints the request's id, then what happened to it on
+/// stderr. Exits non-zero unless the grant is active (or, without `--wait`,
+/// pending review).
+pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let ttl = airlock_core::duration::parse(&args.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let body = serde_json::json!({
+        "connection": args.connection, "role": args.role, "ttl_seconds": ttl.as_secs(), "reason": args.reason,
+    });
+    let mut q = c.post("/v1/access-requests", &body).await?;
+    let id = text(&q, "id");
+    println!("{id}");
+    if text(&q, "state") == "pending" {
+        let review = q.get("review").cloned().unwrap_or_default();
+        eprintln!(
+            "pending review by {} (quorum {}) under rule {}; approvers run: airlock approve {id}",
+            approvers_text(&review),
+            text(&review, "quorum"),
+            text(&q, "rule"),
+        );
+        if !args.wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        while text(&q, "state") == "pending" {
+            q = c.get(&format!("/v1/access-requests/{}?wait_ms=25000", path_segment(&id))).await?;
+        }
+    }
+    let state = text(&q, "state");
+    if state == "active" {
+        let grant = q.get("grant").cloned().unwrap_or_default();
+        eprintln!(
+            "granted role {} on {} until {} (rule {}, by {})",
+            text(&q, "role"),
+            text(&q, "connection"),
+            format_unix(grant.get("expires_at_unix").and_then(Value::as_i64).unwrap_or_default()),
+            text(&q, "rule"),
+            text(&grant, "granted_by"),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let why = q
+        .get("review")
+        .and_then(|r| r.get("decisions"))
+        .and_then(Value::as_array)
+        .and_then(|d| d.iter().find(|d| d.get("approve") == Some(&Value::Bool(false))))
+        .map(|d| format!(" by {}: {}", text(d, "by"), text(d, "comment")))
+        .unwrap_or_default();
+    eprintln!("request {id} was {state}{why}");
+    Ok(ExitCode::FAILURE)
+}
+
+fn approvers_text(review: &Value) -> String {
+    let list = |key: &str| -> Vec<String> {
+        review.get(key).and_then(Value::as_array).map(|a| a.iter().map(text_of).collect()).unwrap_or_default()
+    };
+    let mut parts = Vec::new();
+    let groups = list("approver_groups");
+    if !groups.is_empty() {
+        parts.push(format!("a member of {}", groups.join(", ")));
+    }
+    let subjects = list("approver_subjects");
+    if !subjects.is_empty() {
+        parts.push(subjects.join(", "));
+    }
+    parts.join(" or ")
+}
+
+fn text_of(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let scope = if args.for_grant { "grant" } else { "once" };
+    let body = serde_json::json!({"approve": approve, "comment": args.comment, "scope": scope});
+    let r = c.post(&format!("/v1/reviews/{}/decision", path_segment(&args.review)), &body).await?;
+    println!(
+        "review {} is {} ({} of {} approvals)",
+        text(&r, "id"),
+        text(&r, "state"),
+        text(&r, "approvals"),
+        text(&r, "quorum")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reviews(all: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let list = c.get(if all { "/v1/reviews" } else { "/v1/reviews?pending_for_me=true" }).await?;
+    if json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let what = if text(r, "kind") == "command" {
+                        let statement = text(r, "statement");
+                        let short: String = statement.chars().take(60).collect();
+                        if short.len() < statement.len() { format!("{short}...") } else { short }
+                    } else {
+                        format!("role {} for {}", text(r, "role"), text(r, "ttl_seconds"))
+                    };
+                    vec![
+                        text(r, "id"),
+                        text(r, "state"),
+                        text(r, "requester"),
+                        text(r, "connection"),
+                        what,
+                        format!("{}/{}", text(r, "approvals"), text(r, "quorum")),
+                        format_unix(r.get("expires_at_unix").and_then(Value::as_i64).unwrap_or_default()),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "STATE", "REQUESTER", "CONNECTION", "WHAT", "APPROVALS", "UNTIL"], rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -75,7 +75,20 @@ enum Command {
     Tenants(client::TenantsCommand),
     /// Mint a short-lived Airlock token for a workload.
     Token(client::TokenArgs),
-    /// Grant a principal a role on a connection now (tenant admins).
+    /// Ask for a role on a connection; policy grants it or opens a review.
+    Request(client::RequestArgs),
+    /// Approve a review (an access request or a held statement).
+    Approve(client::DecideArgs),
+    /// Deny a review.
+    Deny(client::DecideArgs),
+    /// Reviews waiting for you (or all you may see, with --all).
+    Reviews {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant a principal a role on a connection now, without a request (tenant admins).
     Grant(client::GrantArgs),
     /// List grants.
     Grants,
@@ -184,6 +197,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Issuers(cmd) => client::issuers(cmd).await,
         Command::Tenants(cmd) => client::tenants(cmd).await,
         Command::Token(args) => client::token(args).await,
+        Command::Request(args) => client::request(args).await,
+        Command::Approve(args) => client::decide(args, true).await,
+        Command::Deny(args) => client::decide(args, false).await,
+        Command::Reviews { all, json } => client::reviews(all, json).await,
         Command::Grant(args) => client::grant(args).await,
         Command::Grants => client::grants().await,
         Command::Revoke { grant, reason } => client::revoke(&grant, &reason).await,

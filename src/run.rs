@@ -100,6 +100,7 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
         identity,
         admin_token_file: Some(config.data_dir.join("admin.token")),
         reissue_admin_token: false,
+        clock: airlock_core::clock::system(),
     })
 }
 
@@ -134,7 +135,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
             listen: config.worker.pg_addr,
             tls: Some(tls),
             gateway,
-            hook: std::sync::Arc::new(airlock_data_plane::postgres::hook::AllowAll),
+            hook: None,
         }),
     })
 }

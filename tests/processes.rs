@@ -203,3 +203,96 @@ async fn a_policy_applied_over_rest_reaches_two_gateway_processes() {
     applied_by(a2, seq).await;
     db.drop_db().await.unwrap();
 }
+
+#[tokio::test]
+async fn access_is_requested_approved_and_denied_from_the_cli() {
+    let dir = TempDir::new();
+    let data = dir.0.join("data");
+    let (api, grpc, worker, pg) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let args = [
+        "up",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-addr",
+        &api.to_string(),
+        "--grpc-addr",
+        &grpc.to_string(),
+        "--pg-addr",
+        &pg.to_string(),
+    ];
+    let env = [("AIRLOCK_WORKER__ADMIN_ADDR", worker.to_string())];
+    let _up = Proc::spawn("up", &dir.0, &args, &env);
+    let url = format!("http://{api}");
+    wait_ready(&format!("{url}/readyz")).await;
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+    std::fs::write(dir.0.join("connection.json"), CONNECTION).unwrap();
+    std::fs::write(dir.0.join("policy.yaml"), POLICY).unwrap();
+    assert!(
+        cli(&url, &admin, &["connections", "add", dir.0.join("connection.json").to_str().unwrap()]).status.success()
+    );
+    assert!(cli(&url, &admin, &["policy", "apply", dir.0.join("policy.yaml").to_str().unwrap()]).status.success());
+    let mint = |subject: &str, group: &str| {
+        let out = cli(&url, &admin, &["token", "--subject", subject, "--group", group, "--ttl", "1h"]);
+        assert!(out.status.success(), "{out:?}");
+        stdout(&out).trim().to_owned()
+    };
+    let (agent, alice) = (mint("agent-7", "agents"), mint("alice", "dba"));
+
+    // Policy grants read access at once.
+    let out = cli(&url, &agent, &["request", "pg-local", "--role", "readonly", "--ttl", "10m"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("granted role readonly on pg-local"), "{stderr}");
+    assert!(stderr.contains("rule agents-read"), "{stderr}");
+    // Longer than the rule allows: refused, naming the limit.
+    let out = cli(&url, &agent, &["request", "pg-local", "--role", "readonly", "--ttl", "2h"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rule agents-read allows at most 3600s"), "{out:?}");
+
+    // Writes wait for a DBA; the requester waits with --wait.
+    let waiting = |reason: &str| {
+        Command::new(BIN)
+            .args(["request", "pg-local", "--role", "readwrite", "--ttl", "10m", "--reason", reason, "--wait"])
+            .env("AIRLOCK_URL", &url)
+            .env("AIRLOCK_TOKEN", &agent)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let pending_review = || async {
+        let found = std::sync::Mutex::new(String::new());
+        eventually(Duration::from_secs(10), "the request to wait for alice", || async {
+            let out = cli(&url, &alice, &["reviews", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let first = list.as_array().and_then(|a| a.first()).and_then(|r| r["id"].as_str()).map(str::to_owned);
+            first.map(|id| *found.lock().unwrap() = id).is_some()
+        })
+        .await;
+        found.into_inner().unwrap()
+    };
+    let child = waiting("apply the orders migration");
+    let id = pending_review().await;
+    let out = cli(&url, &agent, &["approve", &id]);
+    assert!(!out.status.success(), "the requester approved their own request: {out:?}");
+    let out = cli(&url, &alice, &["approve", &id, "--comment", "looks fine"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("is approved (1 of 1 approvals)"), "{}", stdout(&out));
+    let done = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    assert!(done.status.success(), "{done:?}");
+    assert_eq!(stdout(&done).trim(), id);
+    assert!(String::from_utf8_lossy(&done.stderr).contains("granted role readwrite"), "{done:?}");
+
+    let child = waiting("drop everything");
+    let id = pending_review().await;
+    let out = cli(&url, &alice, &["deny", &id, "--comment", "not today"]);
+    assert!(out.status.success(), "{out:?}");
+    let done = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    assert!(!done.status.success(), "a denied request exited zero: {done:?}");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(stderr.contains("was denied by alice: not today"), "{stderr}");
+
+    let out = cli(&url, &agent, &["grants"]);
+    let listed = stdout(&out);
+    assert_eq!(listed.lines().filter(|l| l.contains("active")).count(), 2, "{listed}");
+}

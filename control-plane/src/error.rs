@@ -77,6 +77,9 @@ pub struct ErrorBody {
     /// The offending field, when one input field is to blame (e.g. `access[1].max_ttl`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The policy rule that refused, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,18 +88,25 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
+    pub rule: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), field: None }
+        Self { code, message: message.into(), field: None, rule: None }
+    }
+
+    /// Names the policy rule that made the decision.
+    pub fn with_rule(mut self, rule: Option<String>) -> Self {
+        self.rule = rule;
+        self
     }
 
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         let field = field.into();
         let reason = reason.into();
         let message = if field.is_empty() { reason } else { format!("{field}: {reason}") };
-        Self { code: ErrorCode::InvalidArgument, message, field: Some(field).filter(|f| !f.is_empty()) }
+        Self { code: ErrorCode::InvalidArgument, message, field: Some(field).filter(|f| !f.is_empty()), rule: None }
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
@@ -122,7 +132,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error: self.code.as_str().to_owned(), message: self.message.clone(), field: self.field.clone() }
+        ErrorBody {
+            error: self.code.as_str().to_owned(),
+            message: self.message.clone(),
+            field: self.field.clone(),
+            rule: self.rule.clone(),
+        }
     }
 }
 

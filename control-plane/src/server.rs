@@ -35,6 +35,8 @@ pub struct Options {
     /// Off for a deployed control plane, whose disk may be ephemeral: every restart
     /// would add a standing admin key.
     pub reissue_admin_token: bool,
+    /// What grants and reviews expire by (the system clock, unless a test moves it).
+    pub clock: Arc<dyn airlock_core::clock::Clock>,
 }
 
 impl std::fmt::Debug for Options {
@@ -64,7 +66,11 @@ pub async fn start(
         .await
         .with_context(|| format!("opening the event log at {}", redact_url(&options.database_url)))?;
     let verifier = Verifier::new(options.identity.clone())?;
-    let service = ServiceOptions { public_url: options.public_url.clone(), worker_token: options.worker_token.clone() };
+    let service = ServiceOptions {
+        public_url: options.public_url.clone(),
+        worker_token: options.worker_token.clone(),
+        clock: options.clock.clone(),
+    };
     let cp = ControlPlane::load(store.event_log(), store.secrets(), verifier, service).await?;
 
     let wants_token = options.reissue_admin_token && options.admin_token_file.as_ref().is_some_and(|p| !p.exists());
@@ -76,6 +82,19 @@ pub async fn start(
 
     let relay = Relay::new(store.event_log(), bus, store.notify());
     tracker.spawn(relay.run(cancel.clone()));
+
+    tracker.spawn(expire_by_the_clock(cp.clone(), cancel.clone()));
+
+    let slack = crate::notify::slack_review::SlackDeliverer::new(
+        store.secrets(),
+        store.notify_store(),
+        options.public_url.clone(),
+    );
+    let notifier =
+        crate::notify::Notifier::new(store.event_log(), store.secrets(), store.notify_store(), cp.appended())?
+            .with_planner(Arc::new(crate::notify::slack_review::SlackPlanner))
+            .with_handler(crate::notify::slack_review::SLACK_KIND, Arc::new(slack));
+    tracker.spawn(notifier.run(cancel.clone()));
 
     let api_listener = tokio::net::TcpListener::bind(options.api_addr)
         .await
@@ -112,6 +131,39 @@ pub async fn start(
 
     tracing::info!(%api_addr, %grpc_addr, "control plane serving");
     Ok(Running { api_addr, grpc_addr, control_plane: cp })
+}
+
+/// The longest the expirer sleeps: grants and reviews appended by another
+/// control-plane instance do not wake it.
+const EXPIRY_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Records `GrantExpired` and expired reviews as their ends pass. Workers end
+/// access by the clock on their own; this makes the end a fact in the log.
+async fn expire_by_the_clock(cp: Arc<ControlPlane>, cancel: CancellationToken) {
+    let mut appended = cp.appended();
+    loop {
+        if let Err(e) = cp.expire_due().await {
+            tracing::warn!("failed to record expiries: {}", e.message);
+        }
+        let wait = match cp.next_deadline() {
+            // Wake a moment after the second it ends: expiry compares whole seconds.
+            Some(deadline) => {
+                let secs = u64::try_from(deadline.saturating_sub(cp.now())).unwrap_or(0);
+                std::time::Duration::from_secs(secs).saturating_add(std::time::Duration::from_millis(50))
+            }
+            None => EXPIRY_BACKSTOP,
+        }
+        .min(EXPIRY_BACKSTOP);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            changed = appended.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Writes a file only its owner can read.

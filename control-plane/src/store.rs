@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::eventlog::EventLog;
 use crate::eventlog::postgres::PgEventLog;
 use crate::eventlog::sqlite::SqliteEventLog;
+use crate::notify::store::{NotifyStore, PgNotifyStore, SqliteNotifyStore};
 use crate::secrets::SecretStore;
 use crate::secrets::postgres::PgSecretStore;
 use crate::secrets::sealer::Sealer;
@@ -35,12 +36,14 @@ enum Pools {
     Sqlite { read: SqlitePool, write: SqlitePool },
 }
 
-/// The opened database: hands out the event log and the secret store.
+/// The opened database: hands out the event log, the secret store and the
+/// notifier's delivery queue.
 #[derive(Clone)]
 pub struct Store {
     pools: Pools,
     log: Arc<dyn EventLog>,
     secrets: Arc<dyn SecretStore>,
+    notifications: Arc<dyn NotifyStore>,
     notify: Arc<Notify>,
 }
 
@@ -60,6 +63,7 @@ impl Store {
             Ok(Store {
                 log: Arc::new(PgEventLog::new(pool.clone(), notify.clone())),
                 secrets: Arc::new(PgSecretStore::new(pool.clone(), sealer)),
+                notifications: Arc::new(PgNotifyStore::new(pool.clone())),
                 pools: Pools::Postgres(pool),
                 notify,
             })
@@ -69,6 +73,7 @@ impl Store {
             Ok(Store {
                 log: Arc::new(SqliteEventLog::new(read.clone(), write.clone(), notify.clone())),
                 secrets: Arc::new(SqliteSecretStore::new(read.clone(), write.clone(), sealer)),
+                notifications: Arc::new(SqliteNotifyStore::new(read.clone(), write.clone())),
                 pools: Pools::Sqlite { read, write },
                 notify,
             })
@@ -83,6 +88,10 @@ impl Store {
 
     pub fn secrets(&self) -> Arc<dyn SecretStore> {
         self.secrets.clone()
+    }
+
+    pub fn notify_store(&self) -> Arc<dyn NotifyStore> {
+        self.notifications.clone()
     }
 
     /// Signalled after every committed append; the outbox relay waits on it.

@@ -322,8 +322,9 @@ async fn admins_grant_and_revoke_access(backend: Backend) {
     assert_eq!(revoked["state"], "revoked");
     let (_, list) = h.get("/v1/grants", &h.admin_token).await;
     assert_eq!(list[0]["state"], "revoked");
-    let (status, _) = h.post(&format!("/v1/grants/{id}/revoke"), &h.admin_token, json!({})).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "a revoked grant cannot be revoked again");
+    let (status, body) = h.post(&format!("/v1/grants/{id}/revoke"), &h.admin_token, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a revoked grant cannot be revoked again");
+    assert!(body["message"].as_str().unwrap().ends_with("is already revoked"), "{body}");
     let (_, events) = h.get("/v1/events?from_seq=0", &h.admin_token).await;
     let types: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(types.ends_with(&["grant_activated", "grant_revoked"]), "{types:?}");

@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::ConnectionSpec;
 use crate::grant::Grant;
-use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, SessionId, TenantId};
+use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, ReviewId, SessionId, TenantId, WebhookId};
+use crate::integration::{SlackSettings, Webhook};
 use crate::principal::{AdminScope, PrincipalKind};
+use crate::review::{AccessRequest, Decision, HeldCommand, Outcome};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -64,6 +66,42 @@ pub enum Event {
         revoked_by: String,
         reason: String,
     },
+    /// The grant's end passed; recorded by the control plane (workers end access
+    /// by the clock without waiting for it).
+    GrantExpired {
+        grant_id: GrantId,
+    },
+    /// A principal asked for access. Without a review, `GrantActivated` follows
+    /// in the same append.
+    AccessRequested {
+        request: AccessRequest,
+    },
+    /// A worker holds a statement until it is reviewed.
+    CommandHeld {
+        command: HeldCommand,
+    },
+    /// One approver's decision on a pending review.
+    ReviewDecided {
+        review_id: ReviewId,
+        decision: Decision,
+    },
+    /// A review closed. An approved access request's `GrantActivated` follows
+    /// in the same append.
+    ReviewResolved {
+        review_id: ReviewId,
+        outcome: Outcome,
+        at_unix: i64,
+    },
+    WebhookAdded {
+        webhook: Webhook,
+    },
+    WebhookRemoved {
+        webhook_id: WebhookId,
+    },
+    SlackConfigured {
+        slack: SlackSettings,
+    },
+    SlackRemoved {},
     SessionOpened {
         session: SessionInfo,
     },
@@ -107,6 +145,15 @@ impl Event {
             Event::TokenIssued { .. } => "token_issued",
             Event::GrantActivated { .. } => "grant_activated",
             Event::GrantRevoked { .. } => "grant_revoked",
+            Event::GrantExpired { .. } => "grant_expired",
+            Event::AccessRequested { .. } => "access_requested",
+            Event::CommandHeld { .. } => "command_held",
+            Event::ReviewDecided { .. } => "review_decided",
+            Event::ReviewResolved { .. } => "review_resolved",
+            Event::WebhookAdded { .. } => "webhook_added",
+            Event::WebhookRemoved { .. } => "webhook_removed",
+            Event::SlackConfigured { .. } => "slack_configured",
+            Event::SlackRemoved { .. } => "slack_removed",
             Event::SessionOpened { .. } => "session_opened",
             Event::SessionClosed { .. } => "session_closed",
         }
@@ -131,9 +178,10 @@ pub struct TrustedIssuer {
 
 /// Stream names: the unit of optimistic concurrency in the log.
 pub mod stream {
-    use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, SessionId};
+    use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, ReviewId, SessionId, WebhookId};
 
     pub const TENANT: &str = "tenant";
+    pub const SLACK: &str = "integration/slack";
     pub const POLICY: &str = "policy";
     pub const SIGNING_KEYS: &str = "signing-keys";
     pub const TOKENS: &str = "tokens";
@@ -152,6 +200,16 @@ pub mod stream {
 
     pub fn grant(id: &GrantId) -> String {
         format!("grant/{id}")
+    }
+
+    /// A held statement's review. (An access request, its review and its grant
+    /// share the request's `grant/` stream.)
+    pub fn review(id: &ReviewId) -> String {
+        format!("review/{id}")
+    }
+
+    pub fn webhook(id: &WebhookId) -> String {
+        format!("webhook/{id}")
     }
 
     pub fn session(id: &SessionId) -> String {

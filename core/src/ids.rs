@@ -76,3 +76,25 @@ id_type!(
     /// One client connection through a gateway.
     SessionId
 );
+id_type!(
+    /// A review: of an access request (the same UUID as the request) or of a held statement.
+    ReviewId
+);
+id_type!(
+    /// An outbound webhook endpoint.
+    WebhookId
+);
+
+impl ReviewId {
+    /// The review of an access request carries the request's id.
+    pub fn of_request(request: &GrantId) -> Self {
+        Self::from_uuid(*request.as_uuid())
+    }
+}
+
+impl GrantId {
+    /// The access request reviewed by `review`, if it is one.
+    pub fn of_review(review: &ReviewId) -> Self {
+        Self::from_uuid(*review.as_uuid())
+    }
+}

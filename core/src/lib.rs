@@ -3,18 +3,22 @@
 //! events, and the policy model. Every other crate calls into this one.
 
 pub mod chain;
+pub mod clock;
 pub mod connection;
 pub mod duration;
 pub mod event;
 pub mod grant;
 pub mod ids;
+pub mod integration;
 pub mod policy;
 pub mod principal;
+pub mod review;
 pub mod snapshot;
+pub mod sql;
 pub mod state;
 pub mod tenants;
 
 pub use event::Event;
-pub use ids::{ConnectionId, GrantId, IssuerId, KeyId, SessionId, TenantId};
+pub use ids::{ConnectionId, GrantId, IssuerId, KeyId, ReviewId, SessionId, TenantId, WebhookId};
 pub use state::{ApplyError, TenantState};
 pub use tenants::Tenants;

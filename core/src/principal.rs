@@ -1,5 +1,7 @@
 //! Who is asking: the identity a verified token stands for.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::TenantId;
@@ -47,6 +49,11 @@ pub struct Principal {
     pub issuer: String,
     pub subject: String,
     pub groups: Vec<String>,
+    /// The token's other claims with a string, number or boolean value, as
+    /// text, for policy rules that match on claims. Empty for Airlock's own
+    /// tokens and API keys.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
     pub kind: PrincipalKind,
     pub admin: AdminScope,
 }

@@ -5,16 +5,18 @@
 //! `seq`: an event at or below the current `seq` is ignored, and one past the
 //! next expected `seq` is refused as a gap so the caller can backfill.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::connection::ConnectionSpec;
 use crate::event::{Event, TrustedIssuer};
 use crate::grant::Grant;
-use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, TenantId};
+use crate::ids::{ConnectionId, GrantId, IssuerId, KeyId, ReviewId, TenantId, WebhookId};
+use crate::integration::{SlackSettings, Webhook};
 use crate::policy::{Policy, PolicyError};
 use crate::principal::AdminScope;
+use crate::review::{AccessRequest, ApprovalScope, Outcome, Review, Reviewed};
 
 /// Fields default when absent, so a snapshot written before a field existed
 /// still loads (the events after it fill the field in).
@@ -36,6 +38,44 @@ pub struct TenantState {
     pub grants: BTreeMap<GrantId, Grant>,
     /// Revoked grants, kept so a refusal can say why.
     pub revoked_grants: BTreeMap<GrantId, (Grant, Revocation)>,
+    /// Grants whose end the control plane has recorded.
+    pub expired_grants: BTreeMap<GrantId, Grant>,
+    pub access_requests: BTreeMap<GrantId, AccessRequest>,
+    /// Reviews of access requests and of held statements, open and closed.
+    pub reviews: BTreeMap<ReviewId, Review>,
+    /// Statement fingerprints an approver allowed for the rest of a grant.
+    pub approved_statements: BTreeMap<GrantId, BTreeSet<String>>,
+    pub webhooks: BTreeMap<WebhookId, Webhook>,
+    pub slack: Option<SlackSettings>,
+}
+
+/// Where an access request stands, as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestState {
+    /// Waiting for approvers.
+    Pending,
+    Denied,
+    /// Nobody reviewed it in time.
+    Expired,
+    /// Approved: the grant is live.
+    Active,
+    /// Approved, and the grant has run out.
+    GrantExpired,
+    /// Approved, and the grant was revoked.
+    Revoked,
+}
+
+impl RequestState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Denied => "denied",
+            RequestState::Expired => "expired",
+            RequestState::Active => "active",
+            RequestState::GrantExpired => "grant_expired",
+            RequestState::Revoked => "revoked",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +155,7 @@ impl TenantState {
                 // A grant on a removed connection ends with it.
                 self.grants.retain(|_, g| g.connection_id != *connection_id);
                 self.revoked_grants.retain(|_, (g, _)| g.connection_id != *connection_id);
+                self.expired_grants.retain(|_, g| g.connection_id != *connection_id);
             }
             Event::PolicyApplied { version, source, digest } => {
                 self.policy = Some(ActivePolicy {
@@ -148,10 +189,84 @@ impl TenantState {
                 self.grants.insert(grant.id, grant.clone());
             }
             Event::GrantRevoked { grant_id, revoked_by, reason } => {
+                self.approved_statements.remove(grant_id);
                 if let Some(grant) = self.grants.remove(grant_id) {
                     let revocation = Revocation { revoked_by: revoked_by.clone(), reason: reason.clone() };
                     self.revoked_grants.insert(*grant_id, (grant, revocation));
                 }
+            }
+            Event::GrantExpired { grant_id } => {
+                if let Some(grant) = self.grants.remove(grant_id) {
+                    self.expired_grants.insert(*grant_id, grant);
+                }
+                self.approved_statements.remove(grant_id);
+            }
+            Event::AccessRequested { request } => {
+                if let Some(terms) = &request.review {
+                    let id = ReviewId::of_request(&request.id);
+                    self.reviews.insert(
+                        id,
+                        Review {
+                            id,
+                            what: Reviewed::Access(request.id),
+                            requester: request.subject.clone(),
+                            requester_issuer: request.issuer.clone(),
+                            connection_id: request.connection_id,
+                            rule: request.rule.clone(),
+                            opened_at_unix: request.requested_at_unix,
+                            terms: terms.clone(),
+                            decisions: Vec::new(),
+                            outcome: None,
+                        },
+                    );
+                }
+                self.access_requests.insert(request.id, request.clone());
+            }
+            Event::CommandHeld { command } => {
+                self.reviews.insert(
+                    command.id,
+                    Review {
+                        id: command.id,
+                        what: Reviewed::Command(Box::new(command.clone())),
+                        requester: command.subject.clone(),
+                        requester_issuer: command.issuer.clone(),
+                        connection_id: command.connection_id,
+                        rule: command.rule.clone(),
+                        opened_at_unix: command.held_at_unix,
+                        terms: command.terms.clone(),
+                        decisions: Vec::new(),
+                        outcome: None,
+                    },
+                );
+            }
+            Event::ReviewDecided { review_id, decision } => {
+                if let Some(review) = self.reviews.get_mut(review_id) {
+                    review.decisions.push(decision.clone());
+                }
+            }
+            Event::ReviewResolved { review_id, outcome, at_unix } => {
+                if let Some(review) = self.reviews.get_mut(review_id) {
+                    review.outcome = Some((*outcome, *at_unix));
+                    if let Reviewed::Command(held) = &review.what
+                        && *outcome == Outcome::Approved
+                        && review.decisions.iter().any(|d| d.approve && d.scope == ApprovalScope::Grant)
+                        && self.grants.contains_key(&held.grant_id)
+                    {
+                        self.approved_statements.entry(held.grant_id).or_default().insert(held.fingerprint.clone());
+                    }
+                }
+            }
+            Event::WebhookAdded { webhook } => {
+                self.webhooks.insert(webhook.id, webhook.clone());
+            }
+            Event::WebhookRemoved { webhook_id } => {
+                self.webhooks.remove(webhook_id);
+            }
+            Event::SlackConfigured { slack } => {
+                self.slack = Some(slack.clone());
+            }
+            Event::SlackRemoved {} => {
+                self.slack = None;
             }
             Event::TokenIssued { .. } | Event::SessionOpened { .. } | Event::SessionClosed { .. } => {}
         }
@@ -211,13 +326,55 @@ impl TenantState {
                 )
             });
         }
-        if let Some((g, r)) =
-            self.revoked_grants.values().filter(|(g, _)| mine(g)).max_by_key(|(g, _)| g.expires_at_unix)
-        {
-            let why = if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) };
-            return Some(format!("grant {} was revoked by {}{why}", g.id, r.revoked_by));
+        let revoked = self.revoked_grants.values().filter(|(g, _)| mine(g)).max_by_key(|(g, _)| g.expires_at_unix);
+        let expired = self.expired_grants.values().filter(|g| mine(g)).max_by_key(|g| g.expires_at_unix);
+        match (revoked, expired) {
+            (Some((g, r)), e) if e.is_none_or(|e| e.expires_at_unix <= g.expires_at_unix) => {
+                let why = if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) };
+                return Some(format!("grant {} was revoked by {}{why}", g.id, r.revoked_by));
+            }
+            (_, Some(g)) => {
+                return Some(format!(
+                    "grant {} for {} on {} as {} has expired",
+                    g.id, principal.subject, connection.name, role
+                ));
+            }
+            _ => {}
         }
         Some(format!("no grant for {} on {} as {}", principal.subject, connection.name, role))
+    }
+
+    /// Where an access request stands at `now_unix`.
+    pub fn request_state(&self, id: &GrantId, now_unix: i64) -> Option<RequestState> {
+        let request = self.access_requests.get(id)?;
+        if request.review.is_some() {
+            match self.reviews.get(&ReviewId::of_request(id)).and_then(|r| r.outcome) {
+                None => return Some(RequestState::Pending),
+                Some((Outcome::Denied, _)) => return Some(RequestState::Denied),
+                Some((Outcome::Expired, _)) => return Some(RequestState::Expired),
+                Some((Outcome::Approved, _)) => {}
+            }
+        }
+        Some(self.grant_state(id, now_unix).unwrap_or(RequestState::Active))
+    }
+
+    /// `Active`, `GrantExpired` or `Revoked` for a grant this state knows.
+    pub fn grant_state(&self, id: &GrantId, now_unix: i64) -> Option<RequestState> {
+        if let Some(g) = self.grants.get(id) {
+            return Some(if now_unix < g.expires_at_unix { RequestState::Active } else { RequestState::GrantExpired });
+        }
+        if self.revoked_grants.contains_key(id) {
+            return Some(RequestState::Revoked);
+        }
+        self.expired_grants.contains_key(id).then_some(RequestState::GrantExpired)
+    }
+
+    /// Any grant, live or ended.
+    pub fn any_grant(&self, id: &GrantId) -> Option<&Grant> {
+        self.grants
+            .get(id)
+            .or_else(|| self.revoked_grants.get(id).map(|(g, _)| g))
+            .or_else(|| self.expired_grants.get(id))
     }
 
     pub fn find_issuer(&self, id_or_name: &str) -> Option<&TrustedIssuer> {
@@ -281,6 +438,7 @@ mod grant_tests {
             issuer: "https://idp".into(),
             subject: subject.into(),
             groups: vec![],
+            claims: BTreeMap::new(),
             kind: PrincipalKind::Workload,
             admin: AdminScope::None,
         }

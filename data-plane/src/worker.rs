@@ -32,8 +32,9 @@ pub struct PostgresOptions {
     /// TLS toward clients (`None`: TLS refused, cleartext tokens only from loopback).
     pub tls: Option<crate::postgres::tls::TlsSource>,
     pub gateway: crate::postgres::gateway::GatewayOptions,
-    /// What every statement passes through.
-    pub hook: Arc<dyn crate::postgres::hook::StatementHook>,
+    /// What every statement passes through. `None`: the tenant's command rules,
+    /// read from this worker's projection.
+    pub hook: Option<Arc<dyn crate::postgres::hook::StatementHook>>,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -110,7 +111,7 @@ async fn start_postgres(
         source.as_ref().clone(),
         tls,
         pg.gateway.clone(),
-        pg.hook.clone(),
+        pg.hook.clone().unwrap_or_else(|| Arc::new(crate::postgres::policy_hook::PolicyHook::new(projection.clone()))),
     );
     let projection = projection.clone();
     let cancel = cancel.clone();

@@ -231,6 +231,7 @@ pub(crate) fn verify(
         issuer: options.own_issuer.clone(),
         subject: claims.sub,
         groups: groups(Some(&claims.groups)),
+        claims: Default::default(),
         kind,
         admin: AdminScope::None,
     })

@@ -37,6 +37,7 @@ pub(crate) fn verify(token: &str, directory: &dyn Directory) -> Result<Principal
         issuer: ISSUER.to_owned(),
         subject: format!("api-key:{}", key.name),
         groups: Vec::new(),
+        claims: Default::default(),
         kind: PrincipalKind::Workload,
         admin: key.scope,
     })

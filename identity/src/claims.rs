@@ -86,10 +86,35 @@ pub(crate) fn oidc_principal(
         issuer: issuer.issuer_url.clone(),
         subject,
         groups,
+        claims: scalar_claims(claims),
         kind: issuer.principal_kind,
         admin: AdminScope::None,
     })
 }
+
+/// The claims policy rules can match on: those with a string, number or
+/// boolean value, at most [`MAX_SCALAR_CLAIMS`] of them, each value at most
+/// 256 bytes. Registered claims about the token itself are left out.
+fn scalar_claims(claims: &Claims) -> std::collections::BTreeMap<String, String> {
+    const SKIP: [&str; 6] = ["exp", "iat", "nbf", "jti", "aud", "iss"];
+    claims
+        .iter()
+        .filter(|(k, _)| !SKIP.contains(&k.as_str()) && k.len() <= 128)
+        .filter_map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            (text.len() <= 256).then(|| (k.clone(), text))
+        })
+        .take(MAX_SCALAR_CLAIMS)
+        .collect()
+}
+
+/// How many of a token's claims a principal keeps for policy matching.
+pub const MAX_SCALAR_CLAIMS: usize = 64;
 
 /// Groups from a claim that is an array of strings or a single string.
 /// Entries of other types are ignored; at most [`MAX_GROUPS`] are kept.

@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use airlock_core::connection::{ConnectionKind, ConnectionSpec, CredentialMode, TargetTls};
 use airlock_core::event::{SessionInfo, TrustedIssuer};
 use airlock_core::grant::Grant;
+use airlock_core::integration::{SlackSettings, SlackUser, Webhook};
+use airlock_core::policy::Approvers;
 use airlock_core::principal::{AdminScope, PrincipalKind};
-use airlock_core::{ConnectionId, Event, GrantId, IssuerId, KeyId, SessionId, TenantId};
+use airlock_core::review::{AccessRequest, ApprovalScope, Decision, HeldCommand, Outcome, ReviewTerms};
+use airlock_core::{ConnectionId, Event, GrantId, IssuerId, KeyId, ReviewId, SessionId, TenantId, WebhookId};
 use prost::Message;
 
 use crate::v1::{self, event::Kind};
@@ -95,6 +98,70 @@ pub fn to_proto(event: &Event) -> v1::Event {
             revoked_by: revoked_by.clone(),
             reason: reason.clone(),
         }),
+        Event::GrantExpired { grant_id } => Kind::GrantExpired(v1::GrantExpired { grant_id: grant_id.to_string() }),
+        Event::AccessRequested { request: r } => Kind::AccessRequested(v1::AccessRequested {
+            request_id: r.id.to_string(),
+            subject: r.subject.clone(),
+            issuer: r.issuer.clone(),
+            connection_id: r.connection_id.to_string(),
+            role: r.role.clone(),
+            ttl_secs: r.ttl_secs,
+            reason: r.reason.clone(),
+            rule: r.rule.clone(),
+            requested_at_unix: r.requested_at_unix,
+            review: r.review.as_ref().map(terms_to_proto),
+        }),
+        Event::CommandHeld { command: c } => Kind::CommandHeld(v1::CommandHeld {
+            review_id: c.id.to_string(),
+            session_id: c.session_id.to_string(),
+            grant_id: c.grant_id.to_string(),
+            connection_id: c.connection_id.to_string(),
+            subject: c.subject.clone(),
+            issuer: c.issuer.clone(),
+            statement: c.statement.clone(),
+            fingerprint: c.fingerprint.clone(),
+            rule: c.rule.clone(),
+            held_at_unix: c.held_at_unix,
+            terms: Some(terms_to_proto(&c.terms)),
+        }),
+        Event::ReviewDecided { review_id, decision: d } => Kind::ReviewDecided(v1::ReviewDecided {
+            review_id: review_id.to_string(),
+            by: d.by.clone(),
+            by_issuer: d.by_issuer.clone(),
+            approve: d.approve,
+            comment: d.comment.clone(),
+            scope: d.scope.as_str().to_owned(),
+            at_unix: d.at_unix,
+            via: d.via.clone(),
+        }),
+        Event::ReviewResolved { review_id, outcome, at_unix } => Kind::ReviewResolved(v1::ReviewResolved {
+            review_id: review_id.to_string(),
+            outcome: outcome.as_str().to_owned(),
+            at_unix: *at_unix,
+        }),
+        Event::WebhookAdded { webhook: w } => Kind::WebhookAdded(v1::WebhookAdded {
+            webhook_id: w.id.to_string(),
+            url: w.url.clone(),
+            event_types: w.event_types.clone(),
+            description: w.description.clone(),
+        }),
+        Event::WebhookRemoved { webhook_id } => {
+            Kind::WebhookRemoved(v1::WebhookRemoved { webhook_id: webhook_id.to_string() })
+        }
+        Event::SlackConfigured { slack } => Kind::SlackConfigured(v1::SlackConfigured {
+            channel: slack.channel.clone(),
+            api_base_url: slack.api_base_url.clone(),
+            users: slack
+                .users
+                .iter()
+                .map(|(id, u)| v1::SlackUser {
+                    slack_user_id: id.clone(),
+                    subject: u.subject.clone(),
+                    groups: u.groups.clone(),
+                })
+                .collect(),
+        }),
+        Event::SlackRemoved {} => Kind::SlackRemoved(v1::SlackRemoved {}),
         Event::SessionOpened { session } => Kind::SessionOpened(session_to_proto(session)),
         Event::SessionClosed { session_id, duration_ms, bytes_from_client, bytes_to_client, reason } => {
             Kind::SessionClosed(v1::SessionClosed {
@@ -159,6 +226,74 @@ pub fn from_proto(event: v1::Event) -> Result<Event, DecodeError> {
             revoked_by: e.revoked_by,
             reason: e.reason,
         },
+        Kind::GrantExpired(e) => Event::GrantExpired { grant_id: id::<GrantId>("grant_id", &e.grant_id)? },
+        Kind::AccessRequested(e) => Event::AccessRequested {
+            request: AccessRequest {
+                id: id::<GrantId>("request_id", &e.request_id)?,
+                connection_id: id::<ConnectionId>("connection_id", &e.connection_id)?,
+                subject: e.subject,
+                issuer: e.issuer,
+                role: e.role,
+                ttl_secs: e.ttl_secs,
+                reason: e.reason,
+                rule: e.rule,
+                requested_at_unix: e.requested_at_unix,
+                review: e.review.map(terms_from_proto),
+            },
+        },
+        Kind::CommandHeld(e) => Event::CommandHeld {
+            command: HeldCommand {
+                id: id::<ReviewId>("review_id", &e.review_id)?,
+                session_id: id::<SessionId>("session_id", &e.session_id)?,
+                grant_id: id::<GrantId>("grant_id", &e.grant_id)?,
+                connection_id: id::<ConnectionId>("connection_id", &e.connection_id)?,
+                subject: e.subject,
+                issuer: e.issuer,
+                statement: e.statement,
+                fingerprint: e.fingerprint,
+                rule: e.rule,
+                held_at_unix: e.held_at_unix,
+                terms: terms_from_proto(e.terms.ok_or_else(|| field("terms", "missing"))?),
+            },
+        },
+        Kind::ReviewDecided(e) => Event::ReviewDecided {
+            review_id: id::<ReviewId>("review_id", &e.review_id)?,
+            decision: Decision {
+                scope: ApprovalScope::parse(&e.scope).ok_or_else(|| field("scope", e.scope.clone()))?,
+                by: e.by,
+                by_issuer: e.by_issuer,
+                approve: e.approve,
+                comment: e.comment,
+                at_unix: e.at_unix,
+                via: e.via,
+            },
+        },
+        Kind::ReviewResolved(e) => Event::ReviewResolved {
+            review_id: id::<ReviewId>("review_id", &e.review_id)?,
+            outcome: Outcome::parse(&e.outcome).ok_or_else(|| field("outcome", e.outcome.clone()))?,
+            at_unix: e.at_unix,
+        },
+        Kind::WebhookAdded(e) => Event::WebhookAdded {
+            webhook: Webhook {
+                id: id::<WebhookId>("webhook_id", &e.webhook_id)?,
+                url: e.url,
+                event_types: e.event_types,
+                description: e.description,
+            },
+        },
+        Kind::WebhookRemoved(e) => Event::WebhookRemoved { webhook_id: id::<WebhookId>("webhook_id", &e.webhook_id)? },
+        Kind::SlackConfigured(e) => Event::SlackConfigured {
+            slack: SlackSettings {
+                channel: e.channel,
+                api_base_url: e.api_base_url,
+                users: e
+                    .users
+                    .into_iter()
+                    .map(|u| (u.slack_user_id, SlackUser { subject: u.subject, groups: u.groups }))
+                    .collect(),
+            },
+        },
+        Kind::SlackRemoved(_) => Event::SlackRemoved {},
         Kind::SessionOpened(e) => Event::SessionOpened { session: session_from_proto(e)? },
         Kind::SessionClosed(e) => Event::SessionClosed {
             session_id: id::<SessionId>("session_id", &e.session_id)?,
@@ -222,6 +357,23 @@ fn spec_from_proto(p: v1::ConnectionSpec) -> Result<ConnectionSpec, DecodeError>
         credential_user: p.admin_user,
         secret_version: p.secret_version,
     })
+}
+
+fn terms_to_proto(t: &ReviewTerms) -> v1::ReviewTerms {
+    v1::ReviewTerms {
+        approver_groups: t.approvers.groups.clone(),
+        approver_subjects: t.approvers.subjects.clone(),
+        quorum: t.quorum,
+        expires_at_unix: t.expires_at_unix,
+    }
+}
+
+fn terms_from_proto(t: v1::ReviewTerms) -> ReviewTerms {
+    ReviewTerms {
+        approvers: Approvers { groups: t.approver_groups, subjects: t.approver_subjects },
+        quorum: t.quorum,
+        expires_at_unix: t.expires_at_unix,
+    }
 }
 
 pub fn grant_to_proto(g: &Grant) -> v1::Grant {
@@ -309,6 +461,11 @@ mod tests {
             credential_user: "postgres".into(),
             secret_version: 1,
         };
+        let terms = ReviewTerms {
+            approvers: Approvers { groups: vec!["dba".into()], subjects: vec!["bob".into()] },
+            quorum: 2,
+            expires_at_unix: 99,
+        };
         let events = vec![
             Event::TenantCreated { tenant_id: TenantId::new(), name: "t".into() },
             Event::ConnectionRegistered { spec: spec.clone() },
@@ -369,6 +526,67 @@ mod tests {
                 bytes_to_client: 7,
                 reason: "client closed".into(),
             },
+            Event::GrantExpired { grant_id: GrantId::new() },
+            Event::AccessRequested {
+                request: AccessRequest {
+                    id: GrantId::new(),
+                    subject: "agent".into(),
+                    issuer: "https://idp".into(),
+                    connection_id: ConnectionId::new(),
+                    role: "readwrite".into(),
+                    ttl_secs: 900,
+                    reason: "fix".into(),
+                    rule: "writes".into(),
+                    requested_at_unix: 10,
+                    review: Some(terms.clone()),
+                },
+            },
+            Event::CommandHeld {
+                command: HeldCommand {
+                    id: ReviewId::new(),
+                    session_id: SessionId::new(),
+                    grant_id: GrantId::new(),
+                    connection_id: ConnectionId::new(),
+                    subject: "agent".into(),
+                    issuer: "https://idp".into(),
+                    statement: "DROP TABLE t".into(),
+                    fingerprint: "ff".into(),
+                    rule: "ddl".into(),
+                    held_at_unix: 11,
+                    terms,
+                },
+            },
+            Event::ReviewDecided {
+                review_id: ReviewId::new(),
+                decision: Decision {
+                    by: "alice".into(),
+                    by_issuer: "https://idp".into(),
+                    approve: true,
+                    comment: "ok".into(),
+                    scope: ApprovalScope::Grant,
+                    at_unix: 12,
+                    via: "slack".into(),
+                },
+            },
+            Event::ReviewResolved { review_id: ReviewId::new(), outcome: Outcome::Expired, at_unix: 13 },
+            Event::WebhookAdded {
+                webhook: Webhook {
+                    id: WebhookId::new(),
+                    url: "https://hooks.example/a".into(),
+                    event_types: vec!["access_requested".into()],
+                    description: "pager".into(),
+                },
+            },
+            Event::WebhookRemoved { webhook_id: WebhookId::new() },
+            Event::SlackConfigured {
+                slack: SlackSettings {
+                    channel: "C1".into(),
+                    api_base_url: "https://slack.com/api".into(),
+                    users: [("U1".to_owned(), SlackUser { subject: "alice".into(), groups: vec!["dba".into()] })]
+                        .into(),
+                },
+            },
+            Event::SlackRemoved {},
         ];
         for e in events {
             assert_eq!(decode_event(&encode_event(&e)).unwrap(), e);

@@ -1,10 +1,12 @@
 //! Harness builders shared by Airlock's tests and benchmarks: a fresh Postgres
 //! database per test, a private JetStream stream per test, a local OIDC issuer,
-//! and `eventually` for waiting on an outcome instead of sleeping.
+//! a stand-in for Slack's Web API, and `eventually` for waiting on an outcome
+//! instead of sleeping.
 
 pub mod nats;
 pub mod oidc;
 pub mod pg;
+pub mod slack;
 
 /// Polls `check` until it returns true, panicking with `what` once `timeout`
 /// has passed: tests wait for an outcome instead of sleeping a guessed time.

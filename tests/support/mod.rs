@@ -72,10 +72,15 @@ pub async fn admin_client(url: &str) -> tokio_postgres::Client {
 
 impl Stack {
     pub async fn start() -> Stack {
-        Self::start_with_hook(Arc::new(airlock_data_plane::postgres::hook::AllowAll)).await
+        Self::start_hooked(None).await
     }
 
     pub async fn start_with_hook(hook: Arc<dyn airlock_data_plane::postgres::hook::StatementHook>) -> Stack {
+        Self::start_hooked(Some(hook)).await
+    }
+
+    /// `None`: the tenant's command rules, as a deployed gateway applies them.
+    async fn start_hooked(hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>) -> Stack {
         let db = TestDb::create().await.unwrap();
         let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
         let admin = admin_client(db.url()).await;
@@ -112,6 +117,7 @@ impl Stack {
                 identity: identity.clone(),
                 admin_token_file: Some(dir.join("admin.token")),
                 reissue_admin_token: false,
+                clock: airlock_core::clock::system(),
             },
             bus.clone(),
             cancel.clone(),
@@ -195,10 +201,44 @@ impl Stack {
         (self.db.name().to_owned(), self.db.url().to_owned())
     }
 
+    /// A POST as the tenant's admin.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_as(path, &self.admin, body).await
+    }
+
+    /// Applies a policy document and waits until the worker has it.
+    pub async fn apply_policy(&self, yaml: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/v1/policy", self.api))
+            .bearer_auth(&self.admin)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+        self.settle().await;
+    }
+
+    /// A token for `subject` in `groups`.
+    pub async fn token_in(&self, subject: &str, groups: &[&str]) -> String {
+        let (status, body) = self.post("/v1/tokens", json!({"subject": subject, "groups": groups})).await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A GET with `token`.
+    pub async fn get_as(&self, path: &str, token: &str) -> Value {
+        let r = reqwest::Client::new().get(format!("{}{path}", self.api)).bearer_auth(token).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// A POST with `token`.
+    pub async fn post_as(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         let r = reqwest::Client::new()
             .post(format!("{}{path}", self.api))
-            .bearer_auth(&self.admin)
+            .bearer_auth(token)
             .json(&body)
             .send()
             .await

@@ -3,7 +3,8 @@
 use airlock_proto::v1;
 
 use crate::service::{
-    ConnectionInput, ConnectionView, CredentialInput, GrantView, IssuerInput, IssuerView, PolicyView, TenantView,
+    AccessRequestView, ConnectionInput, ConnectionView, CredentialInput, GrantView, IssuerInput, IssuerView,
+    PolicyView, ReviewView, TenantView,
 };
 
 pub fn tenant(t: TenantView) -> v1::Tenant {
@@ -84,5 +85,60 @@ pub fn grant(g: GrantView) -> v1::Grant {
         expires_at_unix: g.expires_at_unix,
         reason: g.reason,
         granted_by: g.granted_by,
+    }
+}
+
+pub fn review(r: ReviewView) -> v1::ReviewInfo {
+    v1::ReviewInfo {
+        id: r.id,
+        kind: r.kind,
+        state: r.state,
+        requester: r.requester,
+        connection_id: r.connection_id,
+        connection: r.connection,
+        rule: r.rule,
+        approver_groups: r.approver_groups,
+        approver_subjects: r.approver_subjects,
+        quorum: r.quorum,
+        approvals: r.approvals,
+        opened_at_unix: r.opened_at_unix,
+        expires_at_unix: r.expires_at_unix,
+        decided_at_unix: r.decided_at_unix.unwrap_or(0),
+        decisions: r
+            .decisions
+            .into_iter()
+            .map(|d| v1::ReviewDecisionInfo {
+                by: d.by,
+                approve: d.approve,
+                comment: d.comment,
+                scope: d.scope,
+                at_unix: d.at_unix,
+                via: d.via,
+            })
+            .collect(),
+        role: r.role.unwrap_or_default(),
+        ttl_seconds: r.ttl_seconds.unwrap_or(0),
+        reason: r.reason.unwrap_or_default(),
+        statement: r.statement.unwrap_or_default(),
+        session_id: r.session_id.unwrap_or_default(),
+        grant_id: r.grant_id.unwrap_or_default(),
+    }
+}
+
+pub fn access_request(q: AccessRequestView) -> v1::AccessRequestInfo {
+    v1::AccessRequestInfo {
+        id: q.id,
+        state: q.state,
+        subject: q.subject,
+        issuer: q.issuer,
+        connection_id: q.connection_id,
+        connection: q.connection,
+        role: q.role,
+        ttl_seconds: q.ttl_seconds,
+        reason: q.reason,
+        rule: q.rule,
+        requested_at_unix: q.requested_at_unix,
+        review: q.review.map(review),
+        grant: q.grant.map(grant),
     }
 }

@@ -36,11 +36,13 @@ impl Api {
 
 /// Every `airlock.v1` service, ready to add to a tonic server.
 pub fn routes(cp: Arc<ControlPlane>) -> tonic::service::Routes {
+    use v1::access_service_server::AccessServiceServer;
     use v1::connection_service_server::ConnectionServiceServer;
     use v1::event_service_server::EventServiceServer;
     use v1::grant_service_server::GrantServiceServer;
     use v1::issuer_service_server::IssuerServiceServer;
     use v1::policy_service_server::PolicyServiceServer;
+    use v1::review_service_server::ReviewServiceServer;
     use v1::tenant_service_server::TenantServiceServer;
     use v1::token_service_server::TokenServiceServer;
     use v1::worker_service_server::WorkerServiceServer;
@@ -55,6 +57,8 @@ pub fn routes(cp: Arc<ControlPlane>) -> tonic::service::Routes {
     }
     tonic::service::Routes::default()
         .add_service(limited!(TenantServiceServer))
+        .add_service(limited!(AccessServiceServer))
+        .add_service(limited!(ReviewServiceServer))
         .add_service(limited!(ConnectionServiceServer))
         .add_service(limited!(PolicyServiceServer))
         .add_service(limited!(IssuerServiceServer))

@@ -162,7 +162,7 @@ impl v1::grant_service_server::GrantService for Api {
     async fn list_grants(&self, request: Request<v1::ListGrantsRequest>) -> Reply<v1::ListGrantsResponse> {
         let p = self.principal(&request).await?;
         Ok(Response::new(v1::ListGrantsResponse {
-            grants: self.cp.list_grants(&p)?.into_iter().map(convert::grant).collect(),
+            grants: self.cp.list_grants(&p).into_iter().map(convert::grant).collect(),
         }))
     }
 
@@ -175,5 +175,64 @@ impl v1::grant_service_server::GrantService for Api {
         let p = self.principal(&request).await?;
         let r = request.get_ref();
         Ok(Response::new(convert::grant(self.cp.revoke_grant(&p, &r.id, &r.reason).await?)))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::access_service_server::AccessService for Api {
+    async fn request_access(&self, request: Request<v1::RequestAccessRequest>) -> Reply<v1::AccessRequestInfo> {
+        let p = self.principal(&request).await?;
+        let r = request.into_inner();
+        let input = crate::service::AccessRequestInput {
+            connection: r.connection,
+            role: r.role,
+            ttl_seconds: r.ttl_seconds,
+            reason: r.reason,
+        };
+        Ok(Response::new(convert::access_request(self.cp.request_access(&p, input).await?)))
+    }
+
+    async fn get_access_request(&self, request: Request<v1::GetAccessRequestRequest>) -> Reply<v1::AccessRequestInfo> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(convert::access_request(self.cp.get_access_request(&p, &request.get_ref().id)?)))
+    }
+
+    async fn list_access_requests(
+        &self,
+        request: Request<v1::ListAccessRequestsRequest>,
+    ) -> Reply<v1::ListAccessRequestsResponse> {
+        let p = self.principal(&request).await?;
+        let requests = self.cp.list_access_requests(&p).into_iter().map(convert::access_request).collect();
+        Ok(Response::new(v1::ListAccessRequestsResponse { requests }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::review_service_server::ReviewService for Api {
+    async fn list_reviews(&self, request: Request<v1::ListReviewsRequest>) -> Reply<v1::ListReviewsResponse> {
+        let p = self.principal(&request).await?;
+        let r = request.get_ref();
+        let filter = crate::service::ReviewFilter {
+            pending_for_me: r.pending_for_me,
+            state: Some(r.state.clone()).filter(|s| !s.is_empty()),
+        };
+        let reviews = self.cp.list_reviews(&p, &filter).into_iter().map(convert::review).collect();
+        Ok(Response::new(v1::ListReviewsResponse { reviews }))
+    }
+
+    async fn get_review(&self, request: Request<v1::GetReviewRequest>) -> Reply<v1::ReviewInfo> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(convert::review(self.cp.get_review(&p, &request.get_ref().id)?)))
+    }
+
+    async fn decide_review(&self, request: Request<v1::DecideReviewRequest>) -> Reply<v1::ReviewInfo> {
+        let p = self.principal(&request).await?;
+        let r = request.into_inner();
+        let input = crate::service::DecisionInput {
+            approve: r.approve,
+            comment: r.comment,
+            scope: Some(r.scope).filter(|s| !s.is_empty()),
+        };
+        Ok(Response::new(convert::review(self.cp.decide_review(&p, &r.id, input, "api").await?)))
     }
 }

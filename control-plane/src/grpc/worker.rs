@@ -73,4 +73,22 @@ impl v1::worker_service_server::WorkerService for Api {
         let seq = self.cp.record_session(tenant, event).await?;
         Ok(Response::new(v1::RecordSessionResponse { seq }))
     }
+
+    async fn hold_command(
+        &self,
+        request: Request<v1::HoldCommandRequest>,
+    ) -> Result<Response<v1::HoldCommandResponse>, Status> {
+        self.cp.authenticate_worker(bearer(&request))?;
+        let r = request.into_inner();
+        let id = |name: &str, s: &str| Status::invalid_argument(format!("{name}: {s:?} is not an id"));
+        let tenant: TenantId = r.tenant_id.parse().map_err(|_| id("tenant_id", &r.tenant_id))?;
+        let session = r.session_id.parse().map_err(|_| id("session_id", &r.session_id))?;
+        let grant = r.grant_id.parse().map_err(|_| id("grant_id", &r.grant_id))?;
+        let held = self.cp.hold_command(tenant, session, grant, r.statement, r.rule).await?;
+        Ok(Response::new(v1::HoldCommandResponse {
+            review_id: held.review_id.to_string(),
+            expires_at_unix: held.expires_at_unix,
+            seq: held.seq,
+        }))
+    }
 }

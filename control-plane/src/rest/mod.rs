@@ -2,11 +2,13 @@
 //! documents and the web UI. Every handler is a thin adapter: extract, call the
 //! command handler in `service`, render.
 
+mod access;
 mod connections;
 mod events;
 mod extract;
 mod grants;
 mod health;
+mod integrations;
 mod issuers;
 mod openapi;
 mod policy;
@@ -47,6 +49,18 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/issuers/{issuer}", axum::routing::delete(issuers::remove))
         .route("/v1/tokens", post(tokens::mint))
         .route("/v1/events", get(events::list))
+        .route("/v1/access-requests", post(access::create).get(access::list))
+        .route("/v1/access-requests/{id}", get(access::get))
+        .route("/v1/reviews", get(access::list_reviews))
+        .route("/v1/reviews/{id}", get(access::get_review))
+        .route("/v1/reviews/{id}/decision", post(access::decide))
+        .route("/v1/webhooks", post(integrations::add_webhook).get(integrations::list_webhooks))
+        .route("/v1/webhooks/{id}", axum::routing::delete(integrations::remove_webhook))
+        .route(
+            "/v1/integrations/slack",
+            get(integrations::get_slack).put(integrations::put_slack).delete(integrations::remove_slack),
+        )
+        .route("/v1/integrations/slack/interactions", post(integrations::slack_interaction))
         .route("/v1/grants", post(grants::create).get(grants::list))
         .route("/v1/grants/{id}", get(grants::get))
         .route("/v1/grants/{id}/revoke", post(grants::revoke))

@@ -1,14 +1,14 @@
-//! Grants made directly by a tenant admin. (Access requests, approvals and
-//! expiry events build on the same `GrantActivated`/`GrantRevoked` events.)
+//! Grants: listing, revoking, and grants made directly by a tenant admin.
+//! Grants that come from access requests are made in `access.rs`.
 
-use airlock_core::connection::{CredentialMode, validate_name};
+use airlock_core::connection::{ConnectionSpec, CredentialMode, validate_name};
 use airlock_core::event::stream;
 use airlock_core::grant::Grant;
 use airlock_core::principal::Principal;
-use airlock_core::{Event, GrantId, TenantState};
+use airlock_core::state::RequestState;
+use airlock_core::{Event, GrantId, ReviewId, TenantState};
 use serde::{Deserialize, Serialize};
 
-use super::tokens::unix_now;
 use super::{ControlPlane, Planned, require_tenant_admin};
 use crate::error::ApiError;
 use crate::eventlog::ExpectedVersion;
@@ -48,6 +48,9 @@ pub struct GrantView {
     pub granted_by: String,
     /// `active`, `expired` or `revoked`.
     pub state: String,
+    /// Who revoked it and why, when revoked.
+    pub revoked_by: Option<String>,
+    pub revoke_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -57,7 +60,13 @@ pub struct RevokeInput {
     pub reason: String,
 }
 
-fn view(state: &TenantState, g: &Grant, status: &str) -> GrantView {
+pub(crate) fn grant_view(state: &TenantState, g: &Grant, now: i64) -> GrantView {
+    let revocation = state.revoked_grants.get(&g.id).map(|(_, r)| r);
+    let status = match state.grant_state(&g.id, now) {
+        Some(RequestState::Revoked) => "revoked",
+        Some(RequestState::Active) => "active",
+        _ => "expired",
+    };
     GrantView {
         id: g.id.to_string(),
         subject: g.subject.clone(),
@@ -70,11 +79,30 @@ fn view(state: &TenantState, g: &Grant, status: &str) -> GrantView {
         reason: g.reason.clone(),
         granted_by: g.granted_by.clone(),
         state: status.to_owned(),
+        revoked_by: revocation.map(|r| r.revoked_by.clone()),
+        revoke_reason: revocation.map(|r| r.reason.clone()),
     }
 }
 
-fn status(g: &Grant, now: i64) -> &'static str {
-    if g.is_live(now) { "active" } else { "expired" }
+/// Refuses a role the connection does not define (for per-session roles).
+pub(crate) fn check_role(connection: &ConnectionSpec, role: &str) -> Result<(), ApiError> {
+    validate_name("role", role).map_err(|r| ApiError::invalid("role", r.trim_start_matches("role: ")))?;
+    if connection.credential_mode == CredentialMode::SessionRole && !connection.roles.contains_key(role) {
+        let known: Vec<&str> = connection.roles.keys().map(String::as_str).collect();
+        return Err(ApiError::invalid(
+            "role",
+            format!("{} has no role {:?} (it has: {})", connection.name, role, known.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// Who may see or revoke a grant: tenant admins, its holder, and the approvers
+/// of the request it came from.
+fn may_manage(principal: &Principal, state: &TenantState, g: &Grant) -> bool {
+    principal.is_tenant_admin()
+        || principal.subject == g.subject
+        || state.reviews.get(&ReviewId::of_request(&g.id)).is_some_and(|r| r.terms.approvers.admit(principal))
 }
 
 impl ControlPlane {
@@ -89,22 +117,13 @@ impl ControlPlane {
         if input.reason.len() > 1024 {
             return Err(ApiError::invalid("reason", "at most 1024 characters"));
         }
-        validate_name("role", &input.role).map_err(|r| ApiError::invalid("role", r.trim_start_matches("role: ")))?;
-        let now = unix_now();
+        let now = self.now();
         let (_, view) = self
             .command(principal.tenant_id, &principal.subject, |state| {
                 let connection = state
                     .find_connection(&input.connection)
                     .ok_or_else(|| ApiError::not_found(format!("connection {}", input.connection)))?;
-                if connection.credential_mode == CredentialMode::SessionRole
-                    && !connection.roles.contains_key(&input.role)
-                {
-                    let known: Vec<&str> = connection.roles.keys().map(String::as_str).collect();
-                    return Err(ApiError::invalid(
-                        "role",
-                        format!("{} has no role {:?} (it has: {})", connection.name, input.role, known.join(", ")),
-                    ));
-                }
+                check_role(connection, &input.role)?;
                 let grant = Grant {
                     id: GrantId::new(),
                     subject: input.subject.clone(),
@@ -116,7 +135,9 @@ impl ControlPlane {
                     reason: input.reason.clone(),
                     granted_by: principal.subject.clone(),
                 };
-                let view = view(state, &grant, "active");
+                let mut after = state.clone();
+                after.apply(&Event::GrantActivated { grant: grant.clone() });
+                let view = grant_view(&after, &grant, now);
                 Ok((
                     Planned::one(stream::grant(&grant.id), ExpectedVersion::NoStream, Event::GrantActivated { grant }),
                     view,
@@ -127,53 +148,60 @@ impl ControlPlane {
         Ok(view)
     }
 
-    /// Every grant: active, expired or revoked.
-    pub fn list_grants(&self, principal: &Principal) -> Result<Vec<GrantView>, ApiError> {
-        require_tenant_admin(principal)?;
-        let now = unix_now();
-        Ok(self.tenants.read(|t| {
-            t.get(&principal.tenant_id)
-                .map(|s| {
-                    let live = s.grants.values().map(|g| view(s, g, status(g, now)));
-                    let revoked = s.revoked_grants.values().map(|(g, _)| view(s, g, "revoked"));
-                    live.chain(revoked).collect()
-                })
-                .unwrap_or_default()
-        }))
+    /// Every grant the caller may see (tenant admins: all), newest first.
+    pub fn list_grants(&self, principal: &Principal) -> Vec<GrantView> {
+        let now = self.now();
+        self.tenants.read(|t| {
+            let Some(s) = t.get(&principal.tenant_id) else { return Vec::new() };
+            let live = s.grants.values();
+            let revoked = s.revoked_grants.values().map(|(g, _)| g);
+            let expired = s.expired_grants.values();
+            let mut all: Vec<&Grant> =
+                live.chain(revoked).chain(expired).filter(|g| may_manage(principal, s, g)).collect();
+            all.sort_by_key(|g| std::cmp::Reverse(g.id));
+            all.into_iter().map(|g| grant_view(s, g, now)).collect()
+        })
     }
 
     pub fn get_grant(&self, principal: &Principal, id: &str) -> Result<GrantView, ApiError> {
-        require_tenant_admin(principal)?;
         let not_found = || ApiError::not_found(format!("grant {id}"));
         let grant_id: GrantId = id.parse().map_err(|_| not_found())?;
-        let now = unix_now();
+        let now = self.now();
         self.tenants
             .read(|t| {
-                t.get(&principal.tenant_id).and_then(|s| {
-                    s.grants
-                        .get(&grant_id)
-                        .map(|g| view(s, g, status(g, now)))
-                        .or_else(|| s.revoked_grants.get(&grant_id).map(|(g, _)| view(s, g, "revoked")))
-                })
+                let s = t.get(&principal.tenant_id)?;
+                let g = s.any_grant(&grant_id)?;
+                may_manage(principal, s, g).then(|| grant_view(s, g, now))
             })
             .ok_or_else(not_found)
     }
 
-    /// Ends a grant now: every worker ends the sessions it admitted.
+    /// Ends a grant now: every worker ends the sessions it admitted. Tenant
+    /// admins, the grant's holder and its approvers may revoke it.
     pub async fn revoke_grant(&self, principal: &Principal, id: &str, reason: &str) -> Result<GrantView, ApiError> {
-        require_tenant_admin(principal)?;
+        if reason.len() > 1024 {
+            return Err(ApiError::invalid("reason", "at most 1024 characters"));
+        }
         let not_found = || ApiError::not_found(format!("grant {id}"));
         let grant_id: GrantId = id.parse().map_err(|_| not_found())?;
+        let now = self.now();
         let (_, view) = self
             .command(principal.tenant_id, &principal.subject, |state| {
-                let grant = state.grants.get(&grant_id).ok_or_else(not_found)?;
-                let view = view(state, grant, "revoked");
+                let grant =
+                    state.any_grant(&grant_id).filter(|g| may_manage(principal, state, g)).ok_or_else(not_found)?;
+                if !state.grants.contains_key(&grant_id) {
+                    let status = grant_view(state, grant, now).state;
+                    return Err(ApiError::conflict(format!("grant {id} is already {status}")));
+                }
                 let event =
                     Event::GrantRevoked { grant_id, revoked_by: principal.subject.clone(), reason: reason.to_owned() };
+                let mut after = state.clone();
+                after.apply(&event);
+                let view = grant_view(&after, grant, now);
                 Ok((Planned::one(stream::grant(&grant_id), ExpectedVersion::Any, event), view))
             })
             .await?;
-        tracing::info!(tenant = %principal.tenant_id, grant = %view.id, "grant revoked");
+        tracing::info!(tenant = %principal.tenant_id, grant = %view.id, by = %principal.subject, "grant revoked");
         Ok(view)
     }
 }

@@ -8,9 +8,11 @@
 //! always checked against everything committed before it. Streams add optimistic
 //! concurrency on top for writers in other processes.
 
+mod access;
 mod connections;
 mod events;
 mod grants;
+mod integrations;
 mod issuers;
 mod policy;
 mod tenants;
@@ -22,6 +24,7 @@ pub use worker::TenantSnapshot;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use airlock_core::clock::Clock;
 use airlock_core::principal::Principal;
 use airlock_core::{Event, TenantId, TenantState, Tenants};
 use airlock_identity::{Directory, Verifier};
@@ -29,9 +32,14 @@ use airlock_proto::EventRecord;
 use anyhow::Context;
 use tokio::sync::watch;
 
+pub use access::{
+    AccessRequestInput, AccessRequestView, DecisionInput, DecisionView, MAX_REQUEST_TTL_SECS, ReviewFilter, ReviewView,
+};
 pub use connections::{ConnectionInput, ConnectionView, CredentialInput};
 pub use events::{EventPage, EventView};
 pub use grants::{GrantInput, GrantView, RevokeInput};
+pub(crate) use integrations::SLACK_BOT_TOKEN;
+pub use integrations::{CreatedWebhook, SlackInput, SlackUserInput, SlackView, WebhookInput, WebhookView};
 pub use issuers::{IssuerInput, IssuerView};
 pub use policy::PolicyView;
 pub use tenants::{CreateTenantInput, CreatedTenant, TenantView};
@@ -48,6 +56,8 @@ pub struct ServiceOptions {
     pub public_url: String,
     /// The shared secret data-plane workers present to the worker API.
     pub worker_token: String,
+    /// What grants and reviews expire by; a test moves it.
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct ControlPlane {
@@ -119,6 +129,10 @@ impl ControlPlane {
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.log
+    }
+
+    pub fn now(&self) -> i64 {
+        self.options.clock.now_unix()
     }
 
     pub fn public_url(&self) -> &str {

@@ -95,3 +95,85 @@ impl ControlPlane {
         Ok(records.last().map_or(0, |r| r.seq))
     }
 }
+
+/// The longest statement that can be held for review.
+pub const MAX_HELD_STATEMENT_BYTES: usize = 64 * 1024;
+
+/// A held statement's review, as the worker needs it.
+#[derive(Debug, Clone)]
+pub struct HeldReview {
+    pub review_id: airlock_core::ReviewId,
+    pub expires_at_unix: i64,
+    pub seq: u64,
+}
+
+impl ControlPlane {
+    /// Opens a review of a statement a command rule holds. The rule is looked
+    /// up in the tenant's current policy, so the review's approvers and timeout
+    /// are the policy's, not the worker's word.
+    pub async fn hold_command(
+        &self,
+        tenant: TenantId,
+        session: airlock_core::SessionId,
+        grant: airlock_core::GrantId,
+        statement: String,
+        rule: String,
+    ) -> Result<HeldReview, ApiError> {
+        use airlock_core::policy::CommandAction;
+        use airlock_core::review::{HeldCommand, ReviewTerms, fingerprint};
+        if statement.len() > MAX_HELD_STATEMENT_BYTES {
+            return Err(ApiError::invalid("statement", format!("longer than {MAX_HELD_STATEMENT_BYTES} bytes")));
+        }
+        let now = self.now();
+        let (records, held) = self
+            .command(tenant, "worker", |state| {
+                let g = state
+                    .grants
+                    .get(&grant)
+                    .filter(|g| g.is_live(now))
+                    .ok_or_else(|| ApiError::conflict(format!("grant {grant} is not live")))?;
+                let policy = match state.policy.as_ref().map(|p| &p.parsed) {
+                    Some(Ok(p)) => p,
+                    _ => return Err(ApiError::conflict("the tenant has no usable policy")),
+                };
+                let (approvers, quorum, timeout_secs) = policy
+                    .commands
+                    .iter()
+                    .find(|r| r.name == rule)
+                    .and_then(|r| match &r.action {
+                        CommandAction::Review { approvers, quorum, timeout_secs } => {
+                            Some((approvers.clone(), *quorum, *timeout_secs))
+                        }
+                        _ => None,
+                    })
+                    .ok_or_else(|| ApiError::conflict(format!("the policy has no review rule {rule}")))?;
+                let held = HeldCommand {
+                    id: airlock_core::ReviewId::new(),
+                    session_id: session,
+                    grant_id: grant,
+                    connection_id: g.connection_id,
+                    subject: g.subject.clone(),
+                    issuer: g.issuer.clone(),
+                    fingerprint: fingerprint(&statement),
+                    statement: statement.clone(),
+                    rule: rule.clone(),
+                    held_at_unix: now,
+                    terms: ReviewTerms {
+                        approvers,
+                        quorum,
+                        expires_at_unix: now.saturating_add(i64::try_from(timeout_secs).unwrap_or(i64::MAX)),
+                    },
+                };
+                let event = airlock_core::Event::CommandHeld { command: held.clone() };
+                let stream = airlock_core::event::stream::review(&held.id);
+                Ok((super::Planned::one(stream, crate::eventlog::ExpectedVersion::NoStream, event), held))
+            })
+            .await?;
+        tracing::info!(%tenant, review = %held.id, session = %session, rule = %held.rule, "statement held for review");
+        Ok(HeldReview {
+            review_id: held.id,
+            expires_at_unix: held.terms.expires_at_unix,
+            seq: records.last().map_or(0, |r| r.seq),
+        })
+    }
+}

@@ -47,6 +47,19 @@ impl Harness {
     }
 
     pub async fn start_with(backend: Backend, bus: Arc<dyn Bus>) -> Harness {
+        Self::start_full(backend, bus, airlock_core::clock::system()).await
+    }
+
+    /// With a clock the test moves.
+    pub async fn start_with_clock(backend: Backend, clock: Arc<dyn airlock_core::clock::Clock>) -> Harness {
+        Self::start_full(backend, Arc::new(MemoryBus::new()), clock).await
+    }
+
+    pub async fn start_full(
+        backend: Backend,
+        bus: Arc<dyn Bus>,
+        clock: Arc<dyn airlock_core::clock::Clock>,
+    ) -> Harness {
         let dir = std::env::temp_dir().join(format!("airlock-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let (database_url, db) = match backend {
@@ -71,6 +84,7 @@ impl Harness {
             identity: airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() },
             admin_token_file: Some(dir.join("admin.token")),
             reissue_admin_token: false,
+            clock,
         };
         let cancel = CancellationToken::new();
         let running = start(options, bus.clone(), cancel.clone(), &TaskTracker::new()).await.unwrap();
@@ -118,6 +132,15 @@ impl Harness {
             self.post("/v1/connections", token, serde_json::from_str(EXAMPLE_CONNECTION).unwrap()).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
+    }
+
+    /// An Airlock token for `subject` in `groups` (minted with `admin`'s token).
+    pub async fn token(&self, admin: &str, subject: &str, groups: &[&str]) -> String {
+        let (status, body) = self
+            .post("/v1/tokens", admin, serde_json::json!({"subject": subject, "groups": groups, "ttl_seconds": 3600}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
     }
 
     /// A new tenant and its admin token.

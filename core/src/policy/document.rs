@@ -151,8 +151,16 @@ fn connection_patterns(at: &str, list: Vec<String>) -> Result<Vec<String>, Polic
         return Err(PolicyError::new(format!("{at}.connections"), "must name at least one connection (or \"*\")"));
     }
     for (i, c) in list.iter().enumerate() {
-        if c != "*" {
-            validate_name(&format!("{at}.connections[{i}]"), c).map_err(|r| split(&r))?;
+        let field = format!("{at}.connections[{i}]");
+        match c.split_once('=') {
+            _ if c == "*" => {}
+            // A label: `key=value`.
+            Some((key, value)) => {
+                if key.is_empty() || key.len() > 63 || value.is_empty() || value.len() > 255 {
+                    return Err(PolicyError::new(field, "a label pattern is key=value, each part non-empty"));
+                }
+            }
+            None => validate_name(&field, c).map_err(|r| split(&r))?,
         }
     }
     Ok(list)
@@ -201,6 +209,18 @@ fn approvers(field: &str, v: Option<&Value>) -> Result<Approvers, PolicyError> {
     Ok(Approvers { groups, subjects })
 }
 
+/// A quorum larger than the approvers named one by one, with no group to draw
+/// more from, could never be met.
+fn reachable(field: &str, approvers: &Approvers, quorum: u32) -> Result<(), PolicyError> {
+    if approvers.groups.is_empty() && approvers.subjects.len() < quorum as usize {
+        return Err(PolicyError::new(
+            field,
+            format!("{quorum} approvals can never be reached from {} named subject(s)", approvers.subjects.len()),
+        ));
+    }
+    Ok(())
+}
+
 fn quorum(field: &str, v: Option<&Value>) -> Result<u32, PolicyError> {
     match v {
         None => Ok(1),
@@ -241,11 +261,18 @@ impl AccessDoc {
             }
             v => {
                 let map = object(&field, v)?;
-                only_keys(&field, map, &["approvers", "quorum"])?;
-                Approval::Review {
-                    approvers: approvers(&format!("{field}.approvers"), map.get("approvers"))?,
-                    quorum: quorum(&format!("{field}.quorum"), map.get("quorum"))?,
-                }
+                only_keys(&field, map, &["approvers", "quorum", "timeout"])?;
+                let approvers = approvers(&format!("{field}.approvers"), map.get("approvers"))?;
+                let quorum = quorum(&format!("{field}.quorum"), map.get("quorum"))?;
+                reachable(&format!("{field}.quorum"), &approvers, quorum)?;
+                let timeout_secs = match map.get("timeout") {
+                    None => crate::review::DEFAULT_REQUEST_TIMEOUT_SECS,
+                    Some(Value::String(t)) => duration_field(&format!("{field}.timeout"), t)?,
+                    Some(_) => {
+                        return Err(PolicyError::new(format!("{field}.timeout"), "must be a duration such as 1h"));
+                    }
+                };
+                Approval::Review { approvers, quorum, timeout_secs }
             }
         };
         Ok(AccessRule {
@@ -300,11 +327,10 @@ impl CommandDoc {
                     Some(Value::String(t)) => duration_field(&format!("{rf}.timeout"), t)?,
                     Some(_) => return Err(PolicyError::new(format!("{rf}.timeout"), "must be a duration such as 10m")),
                 };
-                CommandAction::Review {
-                    approvers: approvers(&format!("{rf}.approvers"), review.get("approvers"))?,
-                    quorum: quorum(&format!("{rf}.quorum"), review.get("quorum"))?,
-                    timeout_secs,
-                }
+                let approvers = approvers(&format!("{rf}.approvers"), review.get("approvers"))?;
+                let quorum = quorum(&format!("{rf}.quorum"), review.get("quorum"))?;
+                reachable(&format!("{rf}.quorum"), &approvers, quorum)?;
+                CommandAction::Review { approvers, quorum, timeout_secs }
             }
         };
         Ok(CommandRule {

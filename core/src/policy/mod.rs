@@ -4,8 +4,11 @@
 //! rules. `Policy::parse` reads and validates a document; a document it refuses
 //! names the field and the reason.
 
+mod commands;
 mod document;
 mod model;
+
+pub use commands::{CommandVerdict, DENIED_FUNCTIONS};
 
 pub use model::*;
 

@@ -39,7 +39,12 @@ pub struct PrincipalMatch {
 #[serde(rename_all = "snake_case")]
 pub enum Approval {
     None,
-    Review { approvers: Approvers, quorum: u32 },
+    /// `timeout_secs`: how long the request waits for its quorum before it expires.
+    Review {
+        approvers: Approvers,
+        quorum: u32,
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +190,95 @@ impl MaskStrategy {
     }
 }
 
-/// Does a rule's connection list cover this connection?
-pub fn covers(patterns: &[String], connection: &str) -> bool {
-    patterns.iter().any(|p| p == "*" || p == connection)
+/// Does a rule's connection list cover this connection? A pattern is `*`, a
+/// connection's name, or `key=value`, which matches a label.
+pub fn covers(patterns: &[String], connection: &str, labels: &BTreeMap<String, String>) -> bool {
+    patterns.iter().any(|p| match p.split_once('=') {
+        Some((key, value)) => labels.get(key).is_some_and(|v| v == value),
+        None => p == "*" || p == connection,
+    })
+}
+
+impl PrincipalMatch {
+    /// Any listed subject, group or claim matches (an empty match admits nobody).
+    pub fn admits(&self, principal: &crate::principal::Principal) -> bool {
+        self.subjects.contains(&principal.subject)
+            || self.groups.iter().any(|g| principal.in_group(g))
+            || self.claims.iter().any(|(k, v)| principal.claims.get(k) == Some(v))
+    }
+}
+
+/// What an access request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessAsk<'a> {
+    pub principal: &'a crate::principal::Principal,
+    pub connection: &'a crate::connection::ConnectionSpec,
+    pub role: &'a str,
+    pub ttl_secs: u64,
+    pub reason: &'a str,
+}
+
+/// Why policy refuses an access request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AccessRefused {
+    #[error("no access rule lets {subject} hold role {role} on {connection}")]
+    NoRule { subject: String, role: String, connection: String },
+    #[error("rule {rule} allows at most {max_ttl_secs}s; {asked}s was asked for")]
+    TooLong { rule: String, max_ttl_secs: u64, asked: u64 },
+    #[error("rule {rule} requires a reason")]
+    ReasonRequired { rule: String },
+}
+
+impl AccessRefused {
+    /// The rule that refused, when one did.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            AccessRefused::NoRule { .. } => None,
+            AccessRefused::TooLong { rule, .. } | AccessRefused::ReasonRequired { rule } => Some(rule),
+        }
+    }
+}
+
+impl Policy {
+    /// The access rule that decides a request. Of the rules that match the
+    /// principal, connection and role, allow the TTL and have the reason they
+    /// need, the most restrictive wins: one that needs approval over one that
+    /// does not; among equals, the first in the document.
+    pub fn access_rule(&self, ask: &AccessAsk<'_>) -> Result<&AccessRule, AccessRefused> {
+        let matching: Vec<&AccessRule> = self
+            .access
+            .iter()
+            .filter(|r| {
+                r.principals.admits(ask.principal)
+                    && covers(&r.connections, &ask.connection.name, &ask.connection.labels)
+                    && r.roles.iter().any(|role| role == ask.role)
+            })
+            .collect();
+        if matching.is_empty() {
+            return Err(AccessRefused::NoRule {
+                subject: ask.principal.subject.clone(),
+                role: ask.role.to_owned(),
+                connection: ask.connection.name.clone(),
+            });
+        }
+        let long_enough: Vec<&AccessRule> =
+            matching.iter().copied().filter(|r| ask.ttl_secs <= r.max_ttl_secs).collect();
+        if long_enough.is_empty() {
+            let longest = matching.iter().copied().max_by_key(|r| r.max_ttl_secs);
+            return Err(AccessRefused::TooLong {
+                rule: longest.map(|r| r.name.clone()).unwrap_or_default(),
+                max_ttl_secs: longest.map_or(0, |r| r.max_ttl_secs),
+                asked: ask.ttl_secs,
+            });
+        }
+        let has_reason = !ask.reason.trim().is_empty();
+        let satisfied: Vec<&AccessRule> =
+            long_enough.iter().copied().filter(|r| has_reason || !r.reason_required).collect();
+        let Some(first) = satisfied.first() else {
+            return Err(AccessRefused::ReasonRequired {
+                rule: long_enough.first().map(|r| r.name.clone()).unwrap_or_default(),
+            });
+        };
+        Ok(satisfied.iter().copied().find(|r| matches!(r.approval, Approval::Review { .. })).unwrap_or(first))
+    }
 }

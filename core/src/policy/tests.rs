@@ -10,7 +10,11 @@ fn the_example_document_is_accepted_as_written() {
     assert_eq!(p.access[0].approval, Approval::None);
     assert_eq!(
         p.access[1].approval,
-        Approval::Review { approvers: Approvers { groups: vec!["dba".into()], subjects: vec![] }, quorum: 1 }
+        Approval::Review {
+            approvers: Approvers { groups: vec!["dba".into()], subjects: vec![] },
+            quorum: 1,
+            timeout_secs: crate::review::DEFAULT_REQUEST_TIMEOUT_SECS
+        }
     );
     assert_eq!(p.commands[0].matcher.kinds, vec![StatementKind::Ddl]);
     assert!(matches!(p.commands[0].action, CommandAction::Review { timeout_secs: 600, .. }));

@@ -52,6 +52,12 @@ pub enum Verdict {
         rule: String,
         message: String,
     },
+    /// Held until approvers decide: the session opens a review through the
+    /// control plane, tells the client where it can be approved, and waits.
+    /// Only a simple Query or a Parse, which carry statement text, is held.
+    Review {
+        rule: String,
+    },
 }
 
 pub trait StatementHook: Send + Sync + 'static {

@@ -5,6 +5,7 @@
 
 pub mod gateway;
 pub mod hook;
+pub mod policy_hook;
 pub mod protocol;
 pub mod roles;
 mod session;

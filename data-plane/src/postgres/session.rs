@@ -464,7 +464,11 @@ async fn relay_session(
         bytes_out: 0,
         status: b'I',
         discarding: false,
+        ready_owed: 0,
+        ready_seen: 0,
+        refusal: None,
         inject: Vec::new(),
+        held: None,
     };
     let ended = relay.run(&admitted.connection, shutdown).await;
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
@@ -520,12 +524,45 @@ struct Relay<'a> {
     status: u8,
     /// After a refused extended-protocol message, discard until Sync, as Postgres does.
     discarding: bool,
-    /// Errors to send before the next ReadyForQuery from the server. With
-    /// pipelined requests that ReadyForQuery may answer an earlier Sync: errors
-    /// must be placed by the ordinal of the ReadyForQuery they belong to before
-    /// statement rules rely on refusals (see ARCHITECTURE.md, known gaps).
-    inject: Vec<Report>,
+    /// ReadyForQuery messages the server owes: one per Query and Sync forwarded.
+    ready_owed: u64,
+    /// ReadyForQuery messages seen from the server.
+    ready_seen: u64,
+    /// The error of a refused extended-protocol message, until the Sync that
+    /// ends its batch is forwarded.
+    refusal: Option<Report>,
+    /// Errors to place just before the ReadyForQuery with this ordinal: the one
+    /// that answers the Sync ending the refused message's batch. With pipelined
+    /// batches that is not always the next ReadyForQuery.
+    inject: Vec<(u64, Report)>,
+    /// A statement the hook holds for review, taken out of the client's stream.
+    held: Option<Held>,
 }
+
+/// A statement waiting for review.
+struct Held {
+    /// The message as the client sent it, forwarded if approved.
+    raw: bytes::Bytes,
+    sql: String,
+    /// A simple Query (else a Parse).
+    is_query: bool,
+    rule: String,
+}
+
+/// How far the client's messages were handled.
+enum Progress {
+    /// All complete messages were handled.
+    Done,
+    Terminated,
+    /// Stopped at a statement held for review (in `Relay::held`).
+    Hold,
+}
+
+/// How long opening a review may take before the statement is refused.
+const OPEN_REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time past a review's end before a worker stops waiting for the control
+/// plane to record the expiry: clocks differ a little.
+const REVIEW_GRACE: Duration = Duration::from_secs(2);
 
 impl Relay<'_> {
     async fn run(&mut self, connection: &ConnectionSpec, shutdown: &CancellationToken) -> Result<(), Ended> {
@@ -537,8 +574,9 @@ impl Relay<'_> {
         let mut to_server = BytesMut::with_capacity(8192);
         let mut to_client = BytesMut::with_capacity(8192);
         // Anything the client sent along with its password.
-        self.client_frames(&mut to_server, &mut to_client)?;
-        self.flush(&mut to_server, &mut to_client).await?;
+        if self.process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client).await? {
+            return Ok(());
+        }
         // These futures live across iterations: registering with the projection's
         // watch and the shutdown token on every message would cost a lock on
         // state every session shares.
@@ -555,9 +593,7 @@ impl Relay<'_> {
                             return Ok(());
                         }
                         self.bytes_in += n as u64;
-                        let terminated = self.client_frames(&mut to_server, &mut to_client)?;
-                        self.flush(&mut to_server, &mut to_client).await?;
-                        if terminated {
+                        if self.process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client).await? {
                             return Ok(());
                         }
                     }
@@ -618,12 +654,44 @@ impl Relay<'_> {
         })
     }
 
-    /// Handles every complete client message in the buffer. Returns true on Terminate.
-    fn client_frames(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<bool, Ended> {
+    /// Handles the client's complete messages, holding statements for review
+    /// where the hook says so. Returns true when the client terminated.
+    async fn process_client(
+        &mut self,
+        connection: &ConnectionSpec,
+        shutdown: &CancellationToken,
+        server_buf: &mut BytesMut,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<bool, Ended> {
+        loop {
+            let progress = self.client_frames(to_server)?;
+            self.flush(to_server, to_client).await?;
+            match progress {
+                Progress::Done => return Ok(false),
+                Progress::Terminated => return Ok(true),
+                Progress::Hold => {
+                    let Some(held) = self.held.take() else { return Ok(false) };
+                    match self.await_review(&held, connection, shutdown, server_buf, to_client).await? {
+                        Ok(()) => {
+                            to_server.extend_from_slice(&held.raw);
+                            if held.is_query {
+                                self.ready_owed += 1;
+                            }
+                        }
+                        Err(report) => self.refuse(held.is_query, report, to_server),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every complete client message in the buffer, up to a held one.
+    fn client_frames(&mut self, to_server: &mut BytesMut) -> Result<Progress, Ended> {
         loop {
             let frame = match parse_frontend_frame(&mut self.client.buf, self.gw.options.max_message_len) {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(false),
+                Ok(None) => return Ok(Progress::Done),
                 Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
             };
             let message =
@@ -649,10 +717,12 @@ impl Relay<'_> {
                 }
                 _ => None,
             };
+            let is_query = matches!(message, FrontendMessage::Query { .. });
+            let is_sync = matches!(message, FrontendMessage::Sync);
             if self.discarding {
-                if matches!(message, FrontendMessage::Sync) {
+                if is_sync {
                     self.discarding = false;
-                    to_server.extend_from_slice(frame.raw());
+                    self.forward_sync(frame.raw(), to_server);
                 }
                 continue;
             }
@@ -662,25 +732,191 @@ impl Relay<'_> {
             };
             match verdict {
                 Verdict::Allow => {
+                    if is_sync {
+                        self.forward_sync(frame.raw(), to_server);
+                        continue;
+                    }
                     to_server.extend_from_slice(frame.raw());
+                    if is_query {
+                        self.ready_owed += 1;
+                    }
                     if matches!(message, FrontendMessage::Terminate) {
-                        return Ok(true);
+                        return Ok(Progress::Terminated);
                     }
                 }
                 Verdict::Deny { rule, message: text } => {
                     let report =
                         Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {rule}"));
-                    if matches!(message, FrontendMessage::Query { .. }) {
-                        // Nothing is pending upstream for a simple query: answer now.
-                        encode::error_response(to_client, &report);
-                        encode::ready_for_query(to_client, if self.status == b'T' { b'E' } else { self.status });
-                    } else {
-                        self.discarding = true;
-                        self.inject.push(report);
-                    }
+                    self.refuse(is_query, report, to_server);
+                }
+                Verdict::Review { rule } => {
+                    let sql = match &message {
+                        FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } => {
+                            std::str::from_utf8(sql).ok().map(str::to_owned)
+                        }
+                        _ => None,
+                    };
+                    let Some(sql) = sql else {
+                        let report = Report::error(
+                            sqlstate::INSUFFICIENT_PRIVILEGE,
+                            format!(
+                                "permission denied: rule {rule} holds this for review, which needs UTF-8 statement text"
+                            ),
+                        );
+                        self.refuse(is_query, report, to_server);
+                        continue;
+                    };
+                    let raw = bytes::Bytes::copy_from_slice(frame.raw());
+                    self.held = Some(Held { raw, sql, is_query, rule });
+                    return Ok(Progress::Hold);
                 }
             }
         }
+    }
+
+    fn forward_sync(&mut self, raw: &[u8], to_server: &mut BytesMut) {
+        to_server.extend_from_slice(raw);
+        self.ready_owed += 1;
+        if let Some(report) = self.refusal.take() {
+            self.inject.push((self.ready_owed, report));
+        }
+    }
+
+    /// Refuses a statement the way Postgres refuses one. A simple query is
+    /// replaced by one that raises the refusal on the server, so the error
+    /// arrives in its place among the responses and a transaction block is
+    /// aborted, as for any failed statement. An extended-protocol message is
+    /// dropped with the rest of its batch, and the error goes just before the
+    /// ReadyForQuery that answers the batch's Sync.
+    fn refuse(&mut self, is_query: bool, report: Report, to_server: &mut BytesMut) {
+        if is_query {
+            encode::refusal_query(to_server, &report);
+            self.ready_owed += 1;
+        } else {
+            self.discarding = true;
+            self.refusal = Some(report);
+        }
+    }
+
+    /// Opens a review of a held statement, tells the client where it can be
+    /// approved, and waits for the outcome to reach the projection. Responses
+    /// to earlier statements keep flowing meanwhile. `Ok(Err(report))`: refuse
+    /// the statement with that error.
+    async fn await_review(
+        &mut self,
+        held: &Held,
+        connection: &ConnectionSpec,
+        shutdown: &CancellationToken,
+        server_buf: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<Result<(), Report>, Ended> {
+        let refused = |text: String| {
+            Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {}", held.rule))
+        };
+        let ctx = self.context;
+        let opening =
+            self.gw.control_plane.hold_command(ctx.tenant, ctx.session, ctx.grant, held.sql.clone(), held.rule.clone());
+        let review = match tokio::time::timeout(OPEN_REVIEW_TIMEOUT, opening).await {
+            Ok(Ok(review)) => review,
+            Ok(Err(e)) => {
+                tracing::warn!(parent: self.span, rule = %held.rule, "failed to open a review: {e:#}");
+                return Ok(Err(refused(format!(
+                    "permission denied: rule {} holds this statement for review, and the review could not be opened",
+                    held.rule
+                ))));
+            }
+            Err(_) => {
+                tracing::warn!(parent: self.span, rule = %held.rule, "opening a review timed out");
+                return Ok(Err(refused(format!(
+                    "permission denied: rule {} holds this statement for review, and the control plane did not answer",
+                    held.rule
+                ))));
+            }
+        };
+        let id = review.review_id;
+        let wait = u64::try_from(review.expires_at_unix.saturating_sub(unix_now())).unwrap_or(0);
+        tracing::info!(parent: self.span, review = %id, rule = %held.rule, "statement held for review");
+        let notice = Report::notice(format!(
+            "statement held for review {id} by rule {}: waiting up to {} for approval",
+            held.rule,
+            airlock_core::duration::format(Duration::from_secs(wait))
+        ))
+        .with_hint(format!("an approver runs `airlock approve {id}`, or decides it in the web inbox or in Slack"));
+        encode::notice_response(to_client, &notice);
+        self.bytes_out += to_client.len() as u64;
+        self.client.io.write_all(to_client).await.map_err(io_ended)?;
+        to_client.clear();
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait) + REVIEW_GRACE;
+        let mut changes = self.gw.projection.changes();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
+        loop {
+            changes.mark_unchanged();
+            if let Some(outcome) = self.review_outcome(id, review.seq) {
+                tracing::info!(parent: self.span, review = %id, approved = outcome.is_ok(), "review decided");
+                return Ok(outcome);
+            }
+            if let Some(why) = self.still_admitted(connection) {
+                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                    }
+                }
+                read = self.upstream.stream.read_buf(server_buf) => {
+                    if read.map_err(io_ended)? == 0 {
+                        return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
+                    }
+                    self.forward_server(server_buf, to_client).await?;
+                    if !to_client.is_empty() {
+                        self.bytes_out += to_client.len() as u64;
+                        self.client.io.write_all(to_client).await.map_err(io_ended)?;
+                        to_client.clear();
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Ok(Err(refused(format!(
+                        "permission denied: review {id} was not decided in time; the statement did not run"
+                    ))));
+                }
+                () = &mut shutting_down => {
+                    return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                }
+            }
+        }
+    }
+
+    /// The review's outcome once the projection has it: `Ok` to run the
+    /// statement, or the error that refuses it.
+    fn review_outcome(&self, id: airlock_core::ReviewId, held_at_seq: u64) -> Option<Result<(), Report>> {
+        use airlock_core::review::Outcome;
+        self.gw.projection.read(|t| {
+            let state = t.get(&self.context.tenant)?;
+            if state.seq < held_at_seq {
+                return None;
+            }
+            let review = state.reviews.get(&id)?;
+            let (outcome, _) = review.outcome?;
+            let refused = |text: String| {
+                Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {}", review.rule))
+            };
+            Some(match outcome {
+                Outcome::Approved => Ok(()),
+                Outcome::Denied => {
+                    let by = review.decisions.iter().find(|d| !d.approve);
+                    let who = by.map(|d| d.by.as_str()).unwrap_or("an approver");
+                    let comment = by.map(|d| d.comment.as_str()).filter(|c| !c.is_empty());
+                    let why = comment.map(|c| format!(": {c}")).unwrap_or_default();
+                    Err(refused(format!("permission denied: review {id} was denied by {who}{why}")))
+                }
+                Outcome::Expired => Err(refused(format!(
+                    "permission denied: review {id} was not decided in time; the statement did not run"
+                ))),
+            })
+        })
     }
 
     /// Forwards every complete server message as it came, keeping track of the
@@ -703,10 +939,15 @@ impl Relay<'_> {
                 if let Some(&status) = rest.get(HEADER_LEN) {
                     self.status = status;
                 }
-                if !self.inject.is_empty() {
+                self.ready_seen += 1;
+                let seen = self.ready_seen;
+                if self.inject.iter().any(|(n, _)| *n == seen) {
                     to_client.extend_from_slice(&server_buf.split_to(complete));
                     complete = 0;
-                    for report in self.inject.drain(..) {
+                    let (now, later): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.inject).into_iter().partition(|(n, _)| *n == seen);
+                    self.inject = later;
+                    for (_, report) in now {
                         encode::error_response(to_client, &report);
                     }
                 }

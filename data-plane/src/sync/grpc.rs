@@ -78,6 +78,36 @@ impl GrpcSource {
     }
 }
 
+/// A review opened for a held statement.
+#[derive(Debug, Clone)]
+pub struct HeldReview {
+    pub review_id: airlock_core::ReviewId,
+    pub expires_at_unix: i64,
+    /// The seq of its `CommandHeld`; the outcome comes after it.
+    pub seq: u64,
+}
+
+impl GrpcSource {
+    pub async fn hold_command(
+        &self,
+        tenant: TenantId,
+        session: airlock_core::SessionId,
+        grant: airlock_core::GrantId,
+        statement: String,
+        rule: String,
+    ) -> anyhow::Result<HeldReview> {
+        let request = v1::HoldCommandRequest {
+            tenant_id: tenant.to_string(),
+            session_id: session.to_string(),
+            grant_id: grant.to_string(),
+            statement,
+            rule,
+        };
+        let reply = self.client.clone().hold_command(self.request(request)).await?.into_inner();
+        Ok(HeldReview { review_id: reply.review_id.parse()?, expires_at_unix: reply.expires_at_unix, seq: reply.seq })
+    }
+}
+
 #[async_trait::async_trait]
 impl Source for GrpcSource {
     async fn snapshot(&self) -> anyhow::Result<Vec<(TenantId, TenantState)>> {

