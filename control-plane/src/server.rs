@@ -71,7 +71,7 @@ pub async fn start(
         worker_token: options.worker_token.clone(),
         clock: options.clock.clone(),
     };
-    let cp = ControlPlane::load(store.event_log(), store.secrets(), verifier, service).await?;
+    let cp = ControlPlane::load(store.event_log(), store.secrets(), store.notify_store(), verifier, service).await?;
 
     let wants_token = options.reissue_admin_token && options.admin_token_file.as_ref().is_some_and(|p| !p.exists());
     let issued = cp.bootstrap(wants_token).await.map_err(|e| anyhow::anyhow!("bootstrapping: {e}"))?;

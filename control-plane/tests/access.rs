@@ -363,4 +363,18 @@ async fn webhooks_registered_over_the_api_receive_signed_review_events(backend: 
     assert_eq!(seen[1].1["type"], "review_resolved");
     assert_eq!(seen[1].1["data"]["event"]["outcome"], "denied");
     assert!(receiver.bad.lock().unwrap().is_empty(), "every delivery was signed with the secret given");
+
+    // Each delivery and its attempts can be read back, newest first.
+    airlock_testkit::eventually(std::time::Duration::from_secs(10), "both deliveries recorded", || async {
+        let (_, list) = s.h.get("/v1/deliveries", &s.h.admin_token).await;
+        list.as_array().is_some_and(|d| d.iter().filter(|d| d["state"] == "delivered").count() == 2)
+    })
+    .await;
+    let (_, deliveries) = s.h.get("/v1/deliveries", &s.h.admin_token).await;
+    let first = &deliveries[1];
+    assert_eq!(first["kind"], "webhook");
+    assert_eq!(first["msg_id"], seen[0].0.as_str());
+    assert_eq!(first["attempts"][0]["status"], 204);
+    let (status, _) = s.h.get("/v1/deliveries", &s.agent).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -131,3 +131,62 @@ async fn workers_read_credentials_and_record_sessions_with_the_worker_token() {
     assert_eq!(events["events"][0]["type"], "session_opened");
     assert_eq!(events["events"][0]["data"]["session"]["client_addr"], "127.0.0.1:1");
 }
+
+#[tokio::test]
+async fn access_is_requested_and_reviewed_over_grpc() {
+    let h = Harness::start(Backend::Sqlite).await;
+    h.register_example_connection(&h.admin_token).await;
+    let (status, body) = h.put_policy(&h.admin_token, harness::EXAMPLE_POLICY).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let agent = h.token(&h.admin_token, "agent-7", &["agents"]).await;
+    let dba = h.token(&h.admin_token, "alice", &["dba"]).await;
+
+    let mut access = v1::access_service_client::AccessServiceClient::new(channel(&h).await);
+    let ask = |role: &str| v1::RequestAccessRequest {
+        connection: "pg-local".into(),
+        role: role.into(),
+        ttl_seconds: 600,
+        reason: "grpc".into(),
+    };
+    let read = access.request_access(authed(&agent, ask("readonly"))).await.unwrap().into_inner();
+    assert_eq!(read.state, "active");
+    assert_eq!(read.grant.unwrap().grant_id, read.id);
+    let refused = access
+        .request_access(authed(&agent, v1::RequestAccessRequest { ttl_seconds: 7200, ..ask("readonly") }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("rule agents-read allows at most 3600s"), "{}", refused.message());
+
+    let write = access.request_access(authed(&agent, ask("readwrite"))).await.unwrap().into_inner();
+    assert_eq!(write.state, "pending");
+    let mut reviews = v1::review_service_client::ReviewServiceClient::new(channel(&h).await);
+    let mine = reviews
+        .list_reviews(authed(&dba, v1::ListReviewsRequest { pending_for_me: true, state: String::new() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.reviews.len(), 1);
+    assert_eq!(mine.reviews[0].id, write.id);
+    let own = reviews
+        .decide_review(authed(
+            &agent,
+            v1::DecideReviewRequest { id: write.id.clone(), approve: true, ..Default::default() },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied);
+    let decided = reviews
+        .decide_review(authed(
+            &dba,
+            v1::DecideReviewRequest { id: write.id.clone(), approve: true, comment: "ok".into(), scope: String::new() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(decided.state, "approved");
+    assert_eq!(decided.decisions[0].by, "alice");
+    // REST sees the same.
+    let (_, rest) = h.get(&format!("/v1/access-requests/{}", write.id), &agent).await;
+    assert_eq!(rest["state"], "active");
+}

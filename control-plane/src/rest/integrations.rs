@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 
 use super::extract::{ApiJson, Authenticated};
 use crate::error::{ApiError, ErrorBody};
-use crate::service::{ControlPlane, CreatedWebhook, SlackInput, SlackView, WebhookInput, WebhookView};
+use crate::service::{ControlPlane, CreatedWebhook, DeliveryView, SlackInput, SlackView, WebhookInput, WebhookView};
 
 /// Add an endpoint that receives the tenant's events, signed per Standard
 /// Webhooks. The signing secret is in the reply, and only there.
@@ -36,6 +36,26 @@ pub async fn remove_webhook(
 ) -> Result<StatusCode, ApiError> {
     cp.remove_webhook(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct DeliveriesQuery {
+    /// Only deliveries with an id below this (to page back).
+    pub before: Option<i64>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<u32>,
+}
+
+/// Notification deliveries (webhooks and Slack), newest first, with every attempt.
+#[utoipa::path(get, path = "/v1/deliveries", tag = "integrations", params(DeliveriesQuery),
+    responses((status = 200, body = Vec<DeliveryView>), (status = 403, body = ErrorBody)))]
+pub async fn list_deliveries(
+    State(cp): State<Arc<ControlPlane>>,
+    Authenticated(p): Authenticated,
+    query: Result<axum::extract::Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Vec<DeliveryView>>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid("", e.body_text()))?;
+    Ok(axum::Json(cp.list_deliveries(&p, q.before, q.limit).await?))
 }
 
 /// Post review messages to a Slack channel and take decisions from its buttons.

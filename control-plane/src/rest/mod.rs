@@ -56,6 +56,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/reviews/{id}/decision", post(access::decide))
         .route("/v1/webhooks", post(integrations::add_webhook).get(integrations::list_webhooks))
         .route("/v1/webhooks/{id}", axum::routing::delete(integrations::remove_webhook))
+        .route("/v1/deliveries", get(integrations::list_deliveries))
         .route(
             "/v1/integrations/slack",
             get(integrations::get_slack).put(integrations::put_slack).delete(integrations::remove_slack),

@@ -26,7 +26,7 @@ use crate::service::{
         super::access::list_reviews, super::access::get_review, super::access::decide,
         super::integrations::add_webhook, super::integrations::list_webhooks, super::integrations::remove_webhook,
         super::integrations::put_slack, super::integrations::get_slack, super::integrations::remove_slack,
-        super::integrations::slack_interaction,
+        super::integrations::slack_interaction, super::integrations::list_deliveries,
     ),
     components(schemas(
         ErrorBody, TenantView, CreatedTenant, super::tenants::CreateTenantInput, ConnectionInput, CredentialInput,
@@ -36,6 +36,7 @@ use crate::service::{
         crate::service::DecisionView, crate::service::DecisionInput,
         crate::service::WebhookInput, crate::service::WebhookView, crate::service::CreatedWebhook,
         crate::service::SlackInput, crate::service::SlackUserInput, crate::service::SlackView,
+        crate::service::DeliveryView, crate::service::DeliveryAttemptView,
     )),
     modifiers(&Bearer),
     security(("bearer" = [])),

@@ -91,6 +91,33 @@ pub struct SlackView {
     pub users: BTreeMap<String, SlackUserInput>,
 }
 
+/// A notification delivery and its attempts, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    pub id: i64,
+    /// `webhook` or `slack`.
+    pub kind: String,
+    /// The webhook's id, or the review a Slack message is about.
+    pub target: String,
+    /// The `webhook-id` a receiver deduplicates by.
+    pub msg_id: String,
+    pub event_seq: u64,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub next_attempt_at_ms: i64,
+    pub attempts: Vec<DeliveryAttemptView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryAttemptView {
+    pub attempt: u32,
+    pub at_ms: i64,
+    /// The receiver's HTTP status; absent when it did not answer.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
 fn webhook_view(w: &Webhook) -> WebhookView {
     WebhookView {
         id: w.id.to_string(),
@@ -185,6 +212,46 @@ impl ControlPlane {
             .await
             .map_err(|e| ApiError::internal("delete a webhook secret", e))?;
         Ok(())
+    }
+
+    /// The tenant's latest deliveries (webhooks and Slack), each with its attempts.
+    pub async fn list_deliveries(
+        &self,
+        principal: &Principal,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<DeliveryView>, ApiError> {
+        require_tenant_admin(principal)?;
+        let limit = limit.unwrap_or(50).clamp(1, 500);
+        let histories = self
+            .deliveries
+            .list(principal.tenant_id, before, limit)
+            .await
+            .map_err(|e| ApiError::internal("list deliveries", e))?;
+        Ok(histories
+            .into_iter()
+            .map(|h| DeliveryView {
+                id: h.delivery.id,
+                kind: h.delivery.kind,
+                target: h.delivery.target,
+                msg_id: h.delivery.msg_id,
+                event_seq: h.delivery.event_seq,
+                state: h.delivery.state.as_str().to_owned(),
+                next_attempt_at_ms: h.delivery.next_attempt_at_ms,
+                attempts: h
+                    .attempts
+                    .into_iter()
+                    .rev()
+                    .map(|a| DeliveryAttemptView {
+                        attempt: a.attempt,
+                        at_ms: a.at_ms,
+                        status: a.status,
+                        error: a.error,
+                        duration_ms: a.duration_ms,
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 
     pub async fn configure_slack(&self, principal: &Principal, input: SlackInput) -> Result<SlackView, ApiError> {

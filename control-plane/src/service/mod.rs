@@ -39,7 +39,9 @@ pub use connections::{ConnectionInput, ConnectionView, CredentialInput};
 pub use events::{EventPage, EventView};
 pub use grants::{GrantInput, GrantView, RevokeInput};
 pub(crate) use integrations::SLACK_BOT_TOKEN;
-pub use integrations::{CreatedWebhook, SlackInput, SlackUserInput, SlackView, WebhookInput, WebhookView};
+pub use integrations::{
+    CreatedWebhook, DeliveryAttemptView, DeliveryView, SlackInput, SlackUserInput, SlackView, WebhookInput, WebhookView,
+};
 pub use issuers::{IssuerInput, IssuerView};
 pub use policy::PolicyView;
 pub use tenants::{CreateTenantInput, CreatedTenant, TenantView};
@@ -63,6 +65,8 @@ pub struct ServiceOptions {
 pub struct ControlPlane {
     log: Arc<dyn EventLog>,
     secrets: Arc<dyn SecretStore>,
+    /// Notification deliveries and their attempts, for reading back.
+    deliveries: Arc<dyn crate::notify::NotifyStore>,
     tenants: Arc<TenantsHandle>,
     verifier: Verifier,
     options: ServiceOptions,
@@ -100,6 +104,7 @@ impl ControlPlane {
     pub async fn load(
         log: Arc<dyn EventLog>,
         secrets: Arc<dyn SecretStore>,
+        deliveries: Arc<dyn crate::notify::NotifyStore>,
         verifier: Verifier,
         options: ServiceOptions,
     ) -> anyhow::Result<Arc<Self>> {
@@ -107,6 +112,7 @@ impl ControlPlane {
         let cp = Arc::new(Self {
             log,
             secrets,
+            deliveries,
             tenants: Arc::new(TenantsHandle::default()),
             verifier,
             options,
