@@ -65,3 +65,12 @@ fn the_alias_expansion_seed_is_refused_before_it_expands() {
     let e = airlock_core::policy::Policy::parse(&source).unwrap_err();
     assert!(e.reason.contains("aliases"), "{e}");
 }
+
+#[test]
+fn sql_classify_seeds() {
+    let mut classified = 0;
+    for (_name, bytes) in corpus("sql_classify") {
+        classified += usize::from(airlock_core::sql::classify_bytes(&bytes).is_ok());
+    }
+    assert!(classified >= 1, "no seed statement classified");
+}

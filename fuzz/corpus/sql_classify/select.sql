@@ -1,0 +1,1 @@
+SELECT * FROM public.users u WHERE u.id = $1
