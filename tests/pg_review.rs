@@ -209,7 +209,7 @@ async fn a_statement_nobody_reviews_in_time_is_refused() {
 version: 1
 commands:
   - name: ddl-needs-dba
-    match: { kinds: [ddl] }
+    match: { kinds: [ddl, dcl] }
     action: { review: { approvers: { groups: [dba] }, timeout: 1s } }
 "#,
     )
@@ -227,4 +227,12 @@ commands:
     let reviews = s.get_as("/v1/reviews", &s.admin).await;
     assert_eq!(reviews[0]["state"], "expired");
     client.batch_execute("SELECT 1").await.unwrap();
+
+    // A held statement's password reaches neither approvers nor the log.
+    let e = client.batch_execute("ALTER ROLE nobody_at_all PASSWORD 'hunter2'").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let reviews = s.get_as("/v1/reviews", &s.admin).await;
+    assert_eq!(reviews[0]["statement"], "ALTER ROLE nobody_at_all PASSWORD '<redacted>'");
+    let events = s.get_as("/v1/events?from_seq=1&limit=1000", &s.admin).await;
+    assert!(!events.to_string().contains("hunter2"));
 }

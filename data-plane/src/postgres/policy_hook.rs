@@ -55,11 +55,11 @@ impl StatementHook for PolicyHook {
                 CommandVerdict::Deny { rule, reason } => deny(&rule, reason),
                 CommandVerdict::Review { rule, .. } => {
                     // An approver may have allowed this statement for the rest of the grant.
-                    let text = String::from_utf8_lossy(sql);
-                    let approved = state
-                        .approved_statements
-                        .get(&session.grant)
-                        .is_some_and(|set| set.contains(&fingerprint(&text)));
+                    // The review was opened with the statement as approvers saw it.
+                    let approved = state.approved_statements.get(&session.grant).is_some_and(|set| {
+                        let text = String::from_utf8_lossy(sql);
+                        set.contains(&fingerprint(&airlock_core::sql::redact_secrets(&text)))
+                    });
                     if approved { Verdict::Allow } else { Verdict::Review { rule } }
                 }
             }

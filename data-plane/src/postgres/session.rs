@@ -814,8 +814,9 @@ impl Relay<'_> {
             Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {}", held.rule))
         };
         let ctx = self.context;
-        let opening =
-            self.gw.control_plane.hold_command(ctx.tenant, ctx.session, ctx.grant, held.sql.clone(), held.rule.clone());
+        // Approvers see the statement and the log keeps it: never with a password in it.
+        let shown = airlock_core::sql::redact_secrets(&held.sql);
+        let opening = self.gw.control_plane.hold_command(ctx.tenant, ctx.session, ctx.grant, shown, held.rule.clone());
         let review = match tokio::time::timeout(OPEN_REVIEW_TIMEOUT, opening).await {
             Ok(Ok(review)) => review,
             Ok(Err(e)) => {
