@@ -133,9 +133,9 @@ async fn an_approval_for_the_grant_lets_identical_statements_through() {
     assert_eq!(status, 200, "{body}");
     assert!(first.await.unwrap().status.success());
     s.settle().await;
-    // Identical (whitespace aside): no new review.
+    // Identical: no new review. (Not even whitespace may differ: it can end a comment.)
     let client = s.connect("pg.readwrite", &agent).await.unwrap();
-    client.batch_execute("CREATE TABLE IF NOT EXISTS  scratch (id int);").await.unwrap();
+    client.batch_execute(sql).await.unwrap();
     let list = s.get_as("/v1/reviews?pending_for_me=true", &alice).await;
     assert_eq!(list.as_array().unwrap().len(), 0);
     // A different statement is held again.
@@ -235,4 +235,83 @@ commands:
     assert_eq!(reviews[0]["statement"], "ALTER ROLE nobody_at_all PASSWORD '<redacted>'");
     let events = s.get_as("/v1/events?from_seq=1&limit=1000", &s.admin).await;
     assert!(!events.to_string().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_prepared_statement_is_held_at_each_execution_with_its_parameters() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let alice = s.token_in("alice", &["dba"]).await;
+    allow_create(&s).await;
+    let client = std::sync::Arc::new(s.connect("pg.readwrite", &agent).await.unwrap());
+    // Preparing runs nothing, so it is not held.
+    let statement = client.prepare("CREATE TABLE IF NOT EXISTS prepared_t (id int)").await.unwrap();
+
+    let run = |client: std::sync::Arc<tokio_postgres::Client>, statement: tokio_postgres::Statement| {
+        tokio::spawn(async move { client.execute(&statement, &[]).await })
+    };
+    let first = run(client.clone(), statement.clone());
+    let review = pending_review(&s, &alice).await;
+    assert_eq!(review["statement"], "CREATE TABLE IF NOT EXISTS prepared_t (id int)");
+    let id = review["id"].as_str().unwrap().to_owned();
+    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true})).await;
+    first.await.unwrap().unwrap();
+    assert_eq!(columns(&s, "prepared_t").await, ["id"]);
+
+    // The approval covered that execution only: running it again is a new review.
+    let second = run(client.clone(), statement);
+    let review = pending_review(&s, &alice).await;
+    assert_ne!(review["id"], id.as_str());
+    let id = review["id"].as_str().unwrap();
+    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": false})).await;
+    assert_eq!(sqlstate(&second.await.unwrap().unwrap_err()), "42501");
+    client.query_one("SELECT 1", &[]).await.unwrap();
+
+    // Parameters are shown to approvers with the statement.
+    let update = client.prepare("UPDATE people SET name = $1 WHERE id = $2 RETURNING id").await.unwrap();
+    s.apply_policy(
+        r#"
+version: 1
+commands:
+  - name: writes-need-review
+    match: { kinds: [write] }
+    action: { review: { approvers: { groups: [dba] } } }
+"#,
+    )
+    .await;
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.query(&update, &[&"Zed", &2i32]).await }
+    });
+    let review = pending_review(&s, &alice).await;
+    assert_eq!(
+        review["statement"],
+        "UPDATE people SET name = $1 WHERE id = $2 RETURNING id\n-- parameters: $1 = 'Zed', $2 = <4 bytes>"
+    );
+    let id = review["id"].as_str().unwrap();
+    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true})).await;
+    assert_eq!(held.await.unwrap().unwrap().len(), 1, "a statement prepared before the policy changed is held too");
+}
+
+#[tokio::test]
+async fn a_session_that_reads_strings_differently_is_refused_where_rules_apply() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let mut config: tokio_postgres::Config = s.url("pg.readwrite", &agent).parse().unwrap();
+    config.options("-c standard_conforming_strings=off");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // With backslash escapes on, 'a\' , ' is one string to the server and not to a
+    // standard SQL reader: nothing is run in such a session.
+    let e = client.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:session-lexing"));
+
+    let client = s.connect("pg.readwrite", &agent).await.unwrap();
+    let e = client.batch_execute("SET standard_conforming_strings = off").await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:session-lexing"));
+    client.batch_execute("SELECT 1").await.unwrap();
 }

@@ -356,7 +356,9 @@ async fn webhooks_registered_over_the_api_receive_signed_review_events(backend: 
         receiver.seen.lock().unwrap().len() == 2
     })
     .await;
-    let seen = receiver.seen.lock().unwrap().clone();
+    // Deliveries run concurrently: a receiver orders by the event's seq, not by arrival.
+    let mut seen = receiver.seen.lock().unwrap().clone();
+    seen.sort_by_key(|(_, body)| body["data"]["seq"].as_u64());
     assert_eq!(seen[0].1["type"], "access_requested");
     assert_eq!(seen[0].1["data"]["event"]["request"]["id"], id.as_str());
     assert_eq!(seen[0].1["data"]["event"]["request"]["reason"], "rotate keys");

@@ -153,6 +153,10 @@ pub struct Review {
     pub decisions: Vec<Decision>,
     /// `None` while pending.
     pub outcome: Option<(Outcome, i64)>,
+    /// The tenant had Slack set up when the review opened, so a message was
+    /// posted for it (updates go only to reviews that have one).
+    #[serde(default)]
+    pub in_slack: bool,
 }
 
 /// Why a principal may not decide a review.
@@ -244,20 +248,13 @@ impl Approvers {
     }
 }
 
-/// A statement's fingerprint for "identical statements": its text with runs of
-/// whitespace collapsed, hashed. Literals are part of it on purpose: approving
-/// `DELETE FROM t WHERE id = 1` does not approve `... id = 2`.
+/// A statement's fingerprint for "identical statements": a hash of its exact
+/// text. Nothing is normalized: collapsing whitespace would also collapse the
+/// newline that ends a `--` comment, and approving `... WHERE id = 1 -- OR true`
+/// would approve `... WHERE id = 1 --\nOR true`.
 pub fn fingerprint(statement: &str) -> String {
     use sha2::Digest;
-    let mut normalized = String::with_capacity(statement.len());
-    for word in statement.split_whitespace() {
-        if !normalized.is_empty() {
-            normalized.push(' ');
-        }
-        normalized.push_str(word);
-    }
-    let trimmed = normalized.trim_end_matches(';').trim_end();
-    hex::encode(sha2::Sha256::digest(trimmed.as_bytes()))
+    hex::encode(sha2::Sha256::digest(statement.as_bytes()))
 }
 
 #[cfg(test)]
@@ -295,6 +292,7 @@ mod tests {
             },
             decisions: vec![],
             outcome: None,
+            in_slack: false,
         }
     }
 
@@ -348,8 +346,12 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_ignore_layout_but_not_literals() {
-        assert_eq!(fingerprint("DELETE FROM t\n  WHERE id = 1;"), fingerprint("DELETE FROM t WHERE id = 1"));
+    fn fingerprints_are_of_the_exact_text() {
+        assert_eq!(fingerprint("DELETE FROM t WHERE id = 1"), fingerprint("DELETE FROM t WHERE id = 1"));
         assert_ne!(fingerprint("DELETE FROM t WHERE id = 1"), fingerprint("DELETE FROM t WHERE id = 2"));
+        assert_ne!(
+            fingerprint("DELETE FROM t WHERE id = 1 -- OR true"),
+            fingerprint("DELETE FROM t WHERE id = 1 --\nOR true")
+        );
     }
 }

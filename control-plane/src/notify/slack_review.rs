@@ -52,7 +52,7 @@ impl DeliveryPlanner for SlackPlanner {
             Event::ReviewDecided { review_id, .. } | Event::ReviewResolved { review_id, .. } => (*review_id, false),
             _ => return Vec::new(),
         };
-        let Some(review) = state.reviews.get(&review_id) else { return Vec::new() };
+        let Some(review) = state.reviews.get(&review_id).filter(|r| r.in_slack) else { return Vec::new() };
         let planned = planned(state, review, post, &slack.channel, &slack.api_base_url);
         let Ok(payload) = serde_json::to_vec(&planned) else { return Vec::new() };
         let msg_id = if post { format!("post:{review_id}") } else { format!("update:{review_id}:{}", record.seq) };
@@ -112,6 +112,8 @@ pub struct SlackDeliverer {
     public_url: String,
     /// Wakes updates waiting for their review's message to be posted.
     posted: tokio::sync::Notify,
+    /// One delivery per review message at a time, so updates apply in order.
+    messages: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How long an update waits for the post it updates, when both are in flight
@@ -120,7 +122,7 @@ const AWAIT_POST: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl SlackDeliverer {
     pub fn new(secrets: Arc<dyn SecretStore>, store: Arc<dyn NotifyStore>, public_url: String) -> Self {
-        Self { secrets, store, public_url, posted: tokio::sync::Notify::new() }
+        Self { secrets, store, public_url, posted: tokio::sync::Notify::new(), messages: Default::default() }
     }
 
     /// Where the review's message is (`channel ts`), waiting a while for a
@@ -174,7 +176,16 @@ impl Deliver for SlackDeliverer {
             outcome: Outcome::parse(&p.outcome).map(|outcome| Decided { outcome, by: p.by.clone() }),
         };
         let key = note_key(&p.review_id);
+        let lock = {
+            let mut messages = self.messages.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget locks nobody holds, so the map stays as small as the work in flight.
+            messages.retain(|_, l| Arc::strong_count(l) > 1);
+            messages.entry(key.clone()).or_default().clone()
+        };
+        // Held until the note is written, so a message's updates apply one at a time, in order.
+        let serial;
         let result = if p.post {
+            serial = lock.lock().await;
             if self.store.note(tenant, &key).await?.is_some() {
                 // Posted before a crash cut the attempt's recording short.
                 return Ok(DeliveryResult::Delivered { status: None });
@@ -182,16 +193,34 @@ impl Deliver for SlackDeliverer {
             client
                 .post_message(&p.channel, &message)
                 .await
-                .map(|posted| Some(format!("{} {}", posted.channel, posted.ts)))
+                .map(|posted| Some(format!("{} {} {}", posted.channel, posted.ts, delivery.event_seq)))
         } else {
-            let Some(at) = self.message_of(tenant, &key).await? else {
+            let Some(_) = self.message_of(tenant, &key).await? else {
                 return Ok(DeliveryResult::Retry {
                     status: None,
                     error: "the review's message is not posted yet".into(),
                 });
             };
-            let (channel, ts) = at.split_once(' ').unwrap_or((p.channel.as_str(), at.as_str()));
-            client.update_message(channel, ts, &message).await.map(|()| None)
+            serial = lock.lock().await;
+            // Read again under the lock: another update may have moved it on.
+            let at = self.store.note(tenant, &key).await?.unwrap_or_default();
+            let mut parts = at.split(' ');
+            let (Some(channel), Some(ts)) = (parts.next(), parts.next()) else {
+                return Ok(DeliveryResult::GiveUp {
+                    status: None,
+                    error: "the stored message reference is unreadable".into(),
+                });
+            };
+            let shown_seq: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            // Updates may be retried out of order: an older snapshot never replaces a newer one.
+            if delivery.event_seq <= shown_seq {
+                return Ok(DeliveryResult::Delivered { status: None });
+            }
+            let (channel, ts) = (channel.to_owned(), ts.to_owned());
+            client
+                .update_message(&channel, &ts, &message)
+                .await
+                .map(|()| Some(format!("{channel} {ts} {}", delivery.event_seq)))
         };
         match result {
             Ok(posted) => {
@@ -199,6 +228,7 @@ impl Deliver for SlackDeliverer {
                     self.store.set_note(tenant, &key, &at).await?;
                     self.posted.notify_waiters();
                 }
+                drop(serial);
                 Ok(DeliveryResult::Delivered { status: Some(200) })
             }
             Err(e) if e.is_retryable() => Ok(DeliveryResult::Retry { status: None, error: e.to_string() }),

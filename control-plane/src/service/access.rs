@@ -387,6 +387,14 @@ impl ControlPlane {
                 if !may_see(principal, &review.requester, Some(review)) {
                     return Err(not_found());
                 }
+                // A held statement whose grant has ended can never run: nothing to decide.
+                if let Reviewed::Command(held) = &review.what
+                    && !state.grants.get(&held.grant_id).is_some_and(|g| g.is_live(now))
+                {
+                    return Err(ApiError::conflict(format!(
+                        "the grant of review {review_id} has ended; the statement will not run"
+                    )));
+                }
                 review.may_decide(principal, scope, now).map_err(|refused| match refused {
                     DecisionRefused::Closed(..) | DecisionRefused::Expired(_) | DecisionRefused::AlreadyDecided(_) => {
                         ApiError::conflict(refused.to_string())
@@ -450,20 +458,31 @@ impl ControlPlane {
                 .collect()
         });
         let mut appended = 0;
+        let mut failed = None;
         for (tenant, planned) in due {
             for p in planned {
                 // Re-checked under the write lock: another instance may have recorded it first.
-                let (records, ()) = self
+                let result = self
                     .command(tenant, "system", |state| {
                         let still_due = p.events.iter().all(|e| is_due(state, e, now));
                         let events = if still_due { p.events.clone() } else { Vec::new() };
                         Ok((Planned { stream: p.stream.clone(), expected: ExpectedVersion::Any, events }, ()))
                     })
-                    .await?;
-                appended += records.len();
+                    .await;
+                // One tenant's failure must not hold up the others' expiries.
+                match result {
+                    Ok((records, ())) => appended += records.len(),
+                    Err(e) => {
+                        tracing::warn!(%tenant, "failed to record an expiry: {}", e.message);
+                        failed = Some(e);
+                    }
+                }
             }
         }
-        Ok(appended)
+        match failed {
+            Some(e) if appended == 0 => Err(e),
+            _ => Ok(appended),
+        }
     }
 
     /// When the next grant or review of any tenant ends, if any does.

@@ -183,7 +183,8 @@ impl ControlPlane {
                 Ok((Planned::one(stream::webhook(&webhook.id), ExpectedVersion::NoStream, event), ()))
             })
             .await?;
-        tracing::info!(tenant = %principal.tenant_id, webhook = %webhook.id, url = %webhook.url, "webhook added");
+        // Not the URL: it may carry a token of the receiver's.
+        tracing::info!(tenant = %principal.tenant_id, webhook = %webhook.id, "webhook added");
         Ok(CreatedWebhook {
             webhook: webhook_view(&webhook),
             secret: crate::notify::webhooks::secret_to_string(&secret),

@@ -21,6 +21,14 @@ pub const DENIED_FUNCTIONS: &[&str] = &[
     "pg_rotate_logfile",
 ];
 
+/// Settings that change how the server splits statement text into tokens.
+/// The gateway reads statements as UTF-8 with standard-conforming strings; a
+/// session that changed these could make the server run text the gateway read
+/// as something else (a backslash that ends a string for one and not the
+/// other). Changing them is refused; `*` is a `set_config` whose target is
+/// not a literal.
+pub const LEXING_SETTINGS: &[&str] = &["standard_conforming_strings", "client_encoding", "backslash_quote", "*"];
+
 /// What happens to a statement, and which rule said so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandVerdict {
@@ -85,6 +93,13 @@ impl Policy {
 fn decide_one(rules: &[&CommandRule], s: &Classified) -> CommandVerdict {
     if s.copy_program {
         return CommandVerdict::builtin("copy-program", "COPY to or from a program runs commands on the server");
+    }
+    if let Some(setting) = s.settings.iter().find(|n| LEXING_SETTINGS.contains(&n.as_str())) {
+        let what = if setting == "*" { "a setting named by an expression".to_owned() } else { setting.clone() };
+        return CommandVerdict::builtin(
+            "session-lexing",
+            format!("changing {what} would let statements be read differently by the gateway and the server"),
+        );
     }
     if let Some(f) = s.functions.iter().find(|f| DENIED_FUNCTIONS.contains(&f.as_str())) {
         return CommandVerdict::builtin("denied-function", format!("{f}() is never allowed through the gateway"));
@@ -179,6 +194,10 @@ mod tests {
         assert_eq!(rule(&decide("SELEC 1")), Some("builtin:unreadable-statement"));
         assert_eq!(rule(&decide("SELECT 1; DROP TABLE t")), Some("builtin:one-statement-per-query"));
         assert_eq!(rule(&decide("COPY t FROM PROGRAM 'id'")), Some("builtin:copy-program"));
+        assert_eq!(rule(&decide("SET standard_conforming_strings = off")), Some("builtin:session-lexing"));
+        assert_eq!(rule(&decide("SELECT set_config('client_encoding', 'GBK', false)")), Some("builtin:session-lexing"));
+        assert_eq!(rule(&decide("SELECT * FROM pg_read_file('/etc/passwd')")), Some("builtin:denied-function"));
+        assert_eq!(rule(&decide("EXPLAIN (ANALYZE) DELETE FROM orders")), Some("no-unbounded-writes"));
     }
 
     #[test]

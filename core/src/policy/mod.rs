@@ -8,7 +8,7 @@ mod commands;
 mod document;
 mod model;
 
-pub use commands::{CommandVerdict, DENIED_FUNCTIONS};
+pub use commands::{CommandVerdict, DENIED_FUNCTIONS, LEXING_SETTINGS};
 
 pub use model::*;
 

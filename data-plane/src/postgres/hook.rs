@@ -34,6 +34,9 @@ pub enum Statement<'a> {
         portal: &'a Bytes,
         statement: &'a Bytes,
         params: &'a [Option<Bytes>],
+        /// The text of the prepared statement it binds, when this session's
+        /// gateway saw its Parse.
+        sql: Option<&'a Bytes>,
     },
     Execute {
         portal: &'a Bytes,
@@ -54,7 +57,8 @@ pub enum Verdict {
     },
     /// Held until approvers decide: the session opens a review through the
     /// control plane, tells the client where it can be approved, and waits.
-    /// Only a simple Query or a Parse, which carry statement text, is held.
+    /// A simple Query or a Bind (with its parameters) is held; a Parse that
+    /// needs review is let through, and each Bind of it is held.
     Review {
         rule: String,
     },
@@ -62,6 +66,36 @@ pub enum Verdict {
 
 pub trait StatementHook: Send + Sync + 'static {
     fn check(&self, session: &SessionContext, statement: Statement<'_>) -> Verdict;
+
+    /// Whether this hook decides by reading statement text for this session.
+    /// Such a session must keep the server reading text as the gateway does
+    /// (UTF-8 or a single-byte encoding, standard-conforming strings).
+    fn reads_statement_text(&self, _session: &SessionContext) -> bool {
+        false
+    }
+}
+
+/// A statement as approvers see it: the text with any password replaced, and
+/// a Bind's parameters after it (each cut to 200 characters; binary or
+/// unreadable values by their size).
+pub fn shown_statement(sql: &str, params: &[Option<Bytes>]) -> String {
+    let mut shown = airlock_core::sql::redact_secrets(sql);
+    for (i, p) in params.iter().enumerate() {
+        shown.push_str(if i == 0 { "\n-- parameters: " } else { ", " });
+        let value = match p {
+            None => "NULL".to_owned(),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) if !text.chars().any(char::is_control) => {
+                    let cut: String = text.chars().take(200).collect();
+                    let more = if cut.len() < text.len() { "..." } else { "" };
+                    format!("'{}'{more}", cut.replace('\'', "''"))
+                }
+                _ => format!("<{} bytes>", bytes.len()),
+            },
+        };
+        shown.push_str(&format!("${} = {value}", i + 1));
+    }
+    shown
 }
 
 /// Allows every statement (what the gateway does until policy inspects statements).

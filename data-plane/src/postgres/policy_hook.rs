@@ -6,7 +6,7 @@ use std::sync::Arc;
 use airlock_core::policy::CommandVerdict;
 use airlock_core::review::fingerprint;
 
-use super::hook::{SessionContext, Statement, StatementHook, Verdict};
+use super::hook::{SessionContext, Statement, StatementHook, Verdict, shown_statement};
 use crate::projection::Projection;
 
 pub struct PolicyHook {
@@ -21,11 +21,13 @@ impl PolicyHook {
 
 impl StatementHook for PolicyHook {
     fn check(&self, session: &SessionContext, statement: Statement<'_>) -> Verdict {
-        let sql = match statement {
-            Statement::Query { sql } | Statement::Parse { sql, .. } => Some(sql),
-            // A portal runs what its Parse was allowed to.
-            Statement::Bind { .. } | Statement::Execute { .. } => return Verdict::Allow,
-            Statement::FunctionCall => None,
+        let (sql, params, is_parse) = match statement {
+            Statement::Query { sql } => (Some(sql), None, false),
+            Statement::Parse { sql, .. } => (Some(sql), None, true),
+            Statement::Bind { sql, params, .. } => (sql, Some(params), false),
+            // A portal runs what its Bind was allowed to.
+            Statement::Execute { .. } => return Verdict::Allow,
+            Statement::FunctionCall => (None, None, false),
         };
         self.projection.read(|tenants| {
             let Some(state) = tenants.get(&session.tenant) else {
@@ -42,10 +44,14 @@ impl StatementHook for PolicyHook {
                 return deny("builtin:no-connection", format!("connection {} was removed", session.connection_name));
             };
             let Some(sql) = sql else {
-                // A fast-path call names a function by number; with command
-                // rules to apply it cannot be checked.
+                // A fast-path call names a function by number, and a Bind of a
+                // statement this gateway did not see parsed has no text: with
+                // command rules to apply, neither can be checked.
                 return if policy.command_rules_for(connection).next().is_some() {
-                    deny("builtin:function-call", "fast-path function calls cannot be checked; use SQL".to_owned())
+                    deny(
+                        "builtin:unreadable-call",
+                        "this call carries no statement the gateway can check; use SQL".to_owned(),
+                    )
                 } else {
                     Verdict::Allow
                 };
@@ -53,15 +59,29 @@ impl StatementHook for PolicyHook {
             match policy.decide_statement(connection, sql) {
                 CommandVerdict::Allow { .. } => Verdict::Allow,
                 CommandVerdict::Deny { rule, reason } => deny(&rule, reason),
+                // Preparing runs nothing; each Bind of it is held, with its parameters.
+                CommandVerdict::Review { .. } if is_parse => Verdict::Allow,
                 CommandVerdict::Review { rule, .. } => {
-                    // An approver may have allowed this statement for the rest of the grant.
-                    // The review was opened with the statement as approvers saw it.
+                    // An approver may have allowed this statement for the rest of the
+                    // grant; the review was opened with the statement as shown to them.
                     let approved = state.approved_statements.get(&session.grant).is_some_and(|set| {
                         let text = String::from_utf8_lossy(sql);
-                        set.contains(&fingerprint(&airlock_core::sql::redact_secrets(&text)))
+                        set.contains(&fingerprint(&shown_statement(&text, params.unwrap_or_default())))
                     });
                     if approved { Verdict::Allow } else { Verdict::Review { rule } }
                 }
+            }
+        })
+    }
+
+    fn reads_statement_text(&self, session: &SessionContext) -> bool {
+        self.projection.read(|tenants| {
+            let Some(state) = tenants.get(&session.tenant) else { return true };
+            let Some(connection) = state.connections.get(&session.connection) else { return true };
+            match state.policy.as_ref().map(|p| &p.parsed) {
+                None => false,
+                Some(Ok(policy)) => policy.command_rules_for(connection).next().is_some(),
+                Some(Err(_)) => true,
             }
         })
     }

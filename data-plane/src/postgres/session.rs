@@ -30,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::gateway::{CancelTarget, Gateway};
-use super::hook::{SessionContext, Statement, Verdict};
+use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{HEADER_LEN, MAX_AUTH_MESSAGE_LEN, parse_frontend_frame, peek_frame};
+use super::protocol::frontend::ObjectKind;
 use super::protocol::frontend::decode_password;
 use super::protocol::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
@@ -454,6 +455,7 @@ async fn relay_session(
     };
     record(gw, admitted.context.tenant, Event::SessionOpened { session: info });
 
+    let lexing_safe = upstream.parameters.iter().all(|(name, value)| lexing_setting(name, value) != Some(false));
     let mut relay = Relay {
         span,
         gw,
@@ -469,6 +471,8 @@ async fn relay_session(
         refusal: None,
         inject: Vec::new(),
         held: None,
+        prepared: std::collections::HashMap::new(),
+        lexing_safe,
     };
     let ended = relay.run(&admitted.connection, shutdown).await;
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
@@ -537,14 +541,40 @@ struct Relay<'a> {
     inject: Vec<(u64, Report)>,
     /// A statement the hook holds for review, taken out of the client's stream.
     held: Option<Held>,
+    /// The text of each statement the client prepared, by name ("" unnamed).
+    prepared: std::collections::HashMap<bytes::Bytes, bytes::Bytes>,
+    /// The server reads statement text as the gateway does: a client encoding
+    /// whose characters cannot hide a quote or backslash, and standard-conforming
+    /// strings. Tracked from the server's ParameterStatus messages.
+    lexing_safe: bool,
+}
+
+/// Named prepared statements remembered per session; a Bind of one past this
+/// has no text to check, which fails closed where command rules apply.
+const MAX_PREPARED: usize = 10_000;
+
+/// Client encodings in which a multibyte character can end in a byte that is
+/// an ASCII quote or backslash: the server and the gateway would split the
+/// same text into different tokens.
+const UNSAFE_ENCODINGS: &[&[u8]] = &[b"BIG5", b"GBK", b"GB18030", b"SJIS", b"SHIFT_JIS_2004", b"UHC", b"JOHAB"];
+
+/// Whether a reported setting keeps statement text read alike; `None` when
+/// the setting does not bear on it.
+fn lexing_setting(name: &[u8], value: &[u8]) -> Option<bool> {
+    match name {
+        b"client_encoding" => Some(!UNSAFE_ENCODINGS.iter().any(|e| e.eq_ignore_ascii_case(value))),
+        b"standard_conforming_strings" => Some(value == b"on"),
+        _ => None,
+    }
 }
 
 /// A statement waiting for review.
 struct Held {
     /// The message as the client sent it, forwarded if approved.
     raw: bytes::Bytes,
-    sql: String,
-    /// A simple Query (else a Parse).
+    /// The statement as approvers see it (see `hook::shown_statement`).
+    shown: String,
+    /// A simple Query (else a Bind).
     is_query: bool,
     rule: String,
 }
@@ -696,11 +726,23 @@ impl Relay<'_> {
             };
             let message =
                 decode_frontend(&frame).map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+            // What the client prepares, so each Bind can be decided with its text.
+            match &message {
+                FrontendMessage::Parse { name, sql, .. }
+                    if self.prepared.len() < MAX_PREPARED || self.prepared.contains_key(name) || name.is_empty() =>
+                {
+                    self.prepared.insert(name.clone(), sql.clone());
+                }
+                FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
+                    self.prepared.remove(name);
+                }
+                _ => {}
+            }
             let statement = match &message {
                 FrontendMessage::Query { sql } => Some(Statement::Query { sql }),
                 FrontendMessage::Parse { name, sql, .. } => Some(Statement::Parse { name, sql }),
                 FrontendMessage::Bind { portal, statement, params, .. } => {
-                    Some(Statement::Bind { portal, statement, params })
+                    Some(Statement::Bind { portal, statement, params, sql: self.prepared.get(statement) })
                 }
                 FrontendMessage::Execute { portal, max_rows } => {
                     Some(Statement::Execute { portal, max_rows: *max_rows })
@@ -717,7 +759,8 @@ impl Relay<'_> {
                 }
                 _ => None,
             };
-            let is_query = matches!(message, FrontendMessage::Query { .. });
+            // A simple query and a fast-path call each get a ReadyForQuery of their own.
+            let owes_ready = matches!(message, FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. });
             let is_sync = matches!(message, FrontendMessage::Sync);
             if self.discarding {
                 if is_sync {
@@ -727,6 +770,12 @@ impl Relay<'_> {
                 continue;
             }
             let verdict = match statement {
+                Some(_) if !self.lexing_safe && self.gw.hook.reads_statement_text(self.context) => Verdict::Deny {
+                    rule: "builtin:session-lexing".into(),
+                    message: "permission denied: this session's client_encoding or standard_conforming_strings \
+                              makes the server read statements differently from the gateway"
+                        .into(),
+                },
                 Some(s) => self.gw.hook.check(self.context, s),
                 None => Verdict::Allow,
             };
@@ -737,7 +786,7 @@ impl Relay<'_> {
                         continue;
                     }
                     to_server.extend_from_slice(frame.raw());
-                    if is_query {
+                    if owes_ready {
                         self.ready_owed += 1;
                     }
                     if matches!(message, FrontendMessage::Terminate) {
@@ -747,27 +796,30 @@ impl Relay<'_> {
                 Verdict::Deny { rule, message: text } => {
                     let report =
                         Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {rule}"));
-                    self.refuse(is_query, report, to_server);
+                    self.refuse(owes_ready, report, to_server);
                 }
                 Verdict::Review { rule } => {
-                    let sql = match &message {
-                        FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } => {
-                            std::str::from_utf8(sql).ok().map(str::to_owned)
+                    let shown = match &message {
+                        FrontendMessage::Query { sql } => {
+                            std::str::from_utf8(sql).ok().map(|s| shown_statement(s, &[]))
                         }
+                        FrontendMessage::Bind { statement, params, .. } => self
+                            .prepared
+                            .get(statement)
+                            .and_then(|sql| std::str::from_utf8(sql).ok())
+                            .map(|s| shown_statement(s, params)),
                         _ => None,
                     };
-                    let Some(sql) = sql else {
+                    let Some(shown) = shown else {
                         let report = Report::error(
                             sqlstate::INSUFFICIENT_PRIVILEGE,
-                            format!(
-                                "permission denied: rule {rule} holds this for review, which needs UTF-8 statement text"
-                            ),
+                            format!("permission denied: rule {rule} holds this for review, which needs its UTF-8 text"),
                         );
-                        self.refuse(is_query, report, to_server);
+                        self.refuse(owes_ready, report, to_server);
                         continue;
                     };
                     let raw = bytes::Bytes::copy_from_slice(frame.raw());
-                    self.held = Some(Held { raw, sql, is_query, rule });
+                    self.held = Some(Held { raw, shown, is_query: owes_ready, rule });
                     return Ok(Progress::Hold);
                 }
             }
@@ -814,9 +866,13 @@ impl Relay<'_> {
             Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {}", held.rule))
         };
         let ctx = self.context;
-        // Approvers see the statement and the log keeps it: never with a password in it.
-        let shown = airlock_core::sql::redact_secrets(&held.sql);
-        let opening = self.gw.control_plane.hold_command(ctx.tenant, ctx.session, ctx.grant, shown, held.rule.clone());
+        let opening = self.gw.control_plane.hold_command(
+            ctx.tenant,
+            ctx.session,
+            ctx.grant,
+            held.shown.clone(),
+            held.rule.clone(),
+        );
         let review = match tokio::time::timeout(OPEN_REVIEW_TIMEOUT, opening).await {
             Ok(Ok(review)) => review,
             Ok(Err(e)) => {
@@ -852,16 +908,26 @@ impl Relay<'_> {
         let mut changes = self.gw.projection.changes();
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
+        // The grant may end while the statement waits; it must not run after that.
+        let grant_ends = tokio::time::sleep(Duration::from_secs(
+            u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0),
+        ));
+        tokio::pin!(grant_ends);
         loop {
             changes.mark_unchanged();
+            // Access first: an approval that arrives with the revocation runs nothing.
+            if let Some(why) = self.still_admitted(connection) {
+                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+            }
             if let Some(outcome) = self.review_outcome(id, review.seq) {
                 tracing::info!(parent: self.span, review = %id, approved = outcome.is_ok(), "review decided");
                 return Ok(outcome);
             }
-            if let Some(why) = self.still_admitted(connection) {
-                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
-            }
             tokio::select! {
+                () = &mut grant_ends => {
+                    // Checked again at the top: ends the session if the grant is over.
+                    grant_ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
@@ -936,6 +1002,17 @@ impl Relay<'_> {
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
                 }
             };
+            if tag == b'S'
+                && let Some(body) = rest.get(HEADER_LEN..len)
+            {
+                let mut parts = body.split(|b| *b == 0);
+                if let (Some(name), Some(value)) = (parts.next(), parts.next())
+                    && let Some(safe) = lexing_setting(name, value)
+                {
+                    // Once unsafe, stays unsafe: a later reset does not undo what ran meanwhile.
+                    self.lexing_safe &= safe;
+                }
+            }
             if tag == b'Z' {
                 if let Some(&status) = rest.get(HEADER_LEN) {
                     self.status = status;
