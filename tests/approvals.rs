@@ -232,7 +232,7 @@ access:
         .unwrap();
     assert!(r.status().is_success());
     let slack_config = json!({
-        "channel": CHANNEL, "bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET,
+        "team_id": "T0TEAM", "channel": CHANNEL, "bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET,
         "api_base_url": slack.base_url(),
         "users": {"U0ALICE": {"subject": "alice", "groups": ["dba"]}, "U0EVE": {"subject": "eve", "groups": ["dev"]}},
     });
@@ -271,15 +271,18 @@ access:
     let text = posted.blocks.to_string();
     assert!(text.contains("agent-7") && text.contains("fix order 2") && text.contains("pg-e2e"), "{text}");
 
-    let click = |user: &str, action: &str| {
-        interaction_body(user, user, "T0TEAM", action, &value, CHANNEL, &posted.ts, "https://hooks.slack.com/actions/x")
+    let click_from = |team: &str, user: &str, action: &str| {
+        interaction_body(user, user, team, action, &value, CHANNEL, &posted.ts, "https://hooks.slack.com/actions/x")
     };
+    let click = |user: &str, action: &str| click_from("T0TEAM", user, action);
     let approve = click("U0ALICE", "airlock_approve");
     // Forged, stale, unmapped and unauthorized presses decide nothing.
     let (status, _) = d.slack_click(&approve, "not-the-signing-secret", now()).await;
     assert_eq!(status, 401, "a forged signature");
     let (status, _) = d.slack_click(&approve, SIGNING_SECRET, now() - 301).await;
     assert_eq!(status, 401, "a five-minute-old signature");
+    let (status, _) = d.slack_click(&click_from("T0OTHER", "U0ALICE", "airlock_approve"), SIGNING_SECRET, now()).await;
+    assert_eq!(status, 401, "another workspace, even with the app's signature");
     let (status, body) = d.slack_click(&click("U0STRANGER", "airlock_approve"), SIGNING_SECRET, now()).await;
     assert_eq!(status, 403, "{body}");
     assert!(body["message"].as_str().unwrap().contains("not mapped"), "{body}");

@@ -27,6 +27,8 @@ impl Webhook {
 /// The tenant's Slack workspace: where review messages go and who its users are.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlackSettings {
+    /// The Slack workspace (`T0123456789`): button presses from any other are refused.
+    pub team_id: String,
     /// The channel review messages are posted to (an id such as `C0123456789`).
     pub channel: String,
     /// Slack's Web API base URL (`https://slack.com/api`).

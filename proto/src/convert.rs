@@ -149,6 +149,7 @@ pub fn to_proto(event: &Event) -> v1::Event {
             Kind::WebhookRemoved(v1::WebhookRemoved { webhook_id: webhook_id.to_string() })
         }
         Event::SlackConfigured { slack } => Kind::SlackConfigured(v1::SlackConfigured {
+            team_id: slack.team_id.clone(),
             channel: slack.channel.clone(),
             api_base_url: slack.api_base_url.clone(),
             users: slack
@@ -284,6 +285,7 @@ pub fn from_proto(event: v1::Event) -> Result<Event, DecodeError> {
         Kind::WebhookRemoved(e) => Event::WebhookRemoved { webhook_id: id::<WebhookId>("webhook_id", &e.webhook_id)? },
         Kind::SlackConfigured(e) => Event::SlackConfigured {
             slack: SlackSettings {
+                team_id: e.team_id,
                 channel: e.channel,
                 api_base_url: e.api_base_url,
                 users: e
@@ -580,6 +582,7 @@ mod tests {
             Event::WebhookRemoved { webhook_id: WebhookId::new() },
             Event::SlackConfigured {
                 slack: SlackSettings {
+                    team_id: "T1".into(),
                     channel: "C1".into(),
                     api_base_url: "https://slack.com/api".into(),
                     users: [("U1".to_owned(), SlackUser { subject: "alice".into(), groups: vec!["dba".into()] })]

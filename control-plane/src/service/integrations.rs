@@ -56,6 +56,8 @@ impl std::fmt::Debug for CreatedWebhook {
 #[derive(Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlackInput {
+    /// The workspace's id (`T0123456789`); presses from any other workspace are refused.
+    pub team_id: String,
     /// The channel review messages go to (its id, e.g. `C0123456789`).
     pub channel: String,
     /// The app's bot token (`xoxb-...`).
@@ -86,6 +88,7 @@ pub struct SlackUserInput {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SlackView {
+    pub team_id: String,
     pub channel: String,
     pub api_base_url: String,
     pub users: BTreeMap<String, SlackUserInput>,
@@ -263,6 +266,12 @@ impl ControlPlane {
         if !channel_ok {
             return Err(ApiError::invalid("channel", "a channel id such as C0123456789"));
         }
+        let team_ok = !input.team_id.is_empty()
+            && input.team_id.len() <= 32
+            && input.team_id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !team_ok {
+            return Err(ApiError::invalid("team_id", "the workspace's id, such as T0123456789"));
+        }
         if !input.bot_token.starts_with("xoxb-") || input.bot_token.len() > 256 {
             return Err(ApiError::invalid("bot_token", "a bot token (xoxb-...)"));
         }
@@ -285,6 +294,7 @@ impl ControlPlane {
         self.put_secret(principal.tenant_id, SLACK_BOT_TOKEN, input.bot_token.as_bytes()).await?;
         self.put_secret(principal.tenant_id, SLACK_SIGNING_SECRET, input.signing_secret.as_bytes()).await?;
         let slack = SlackSettings {
+            team_id: input.team_id.clone(),
             channel: input.channel.clone(),
             api_base_url: api_base_url.trim_end_matches('/').to_owned(),
             users: input
@@ -338,6 +348,7 @@ impl ControlPlane {
 
 fn slack_view(s: &SlackSettings) -> SlackView {
     SlackView {
+        team_id: s.team_id.clone(),
         channel: s.channel.clone(),
         api_base_url: s.api_base_url.clone(),
         users: s
@@ -381,6 +392,11 @@ impl ControlPlane {
             .await?
             .ok_or_else(|| refused(format!("tenant {tenant} has no Slack signing secret")))?;
         slack::verify_request(&secret, timestamp, signature, body, self.now()).map_err(|e| refused(e.to_string()))?;
+        // Signed by the tenant's app, and from the tenant's workspace: an app shared
+        // with another workspace cannot press this tenant's buttons.
+        if interaction.team_id != settings.team_id {
+            return Err(refused(format!("the press came from workspace {}, not the tenant's", interaction.team_id)));
+        }
         let user = settings.users.get(&interaction.user_id).ok_or_else(|| {
             ApiError::forbidden(format!(
                 "Slack user {} is not mapped to an Airlock principal; ask an admin to add them",
