@@ -335,6 +335,7 @@ access:
     for (i, (client, closed)) in sessions.into_iter().enumerate() {
         let closed_at = tokio::time::timeout(Duration::from_secs(5), closed).await.unwrap().unwrap();
         let after = closed_at.duration_since(revoked_at);
+        eprintln!("worker {i}: session ended {after:?} after the revocation was acknowledged");
         assert!(after < Duration::from_secs(1), "the session on worker {i} outlived the revocation by {after:?}");
         assert!(client.is_closed());
     }

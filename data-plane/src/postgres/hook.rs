@@ -67,11 +67,14 @@ pub enum Verdict {
 pub trait StatementHook: Send + Sync + 'static {
     fn check(&self, session: &SessionContext, statement: Statement<'_>) -> Verdict;
 
-    /// Whether this hook decides by reading statement text for this session.
-    /// Such a session must keep the server reading text as the gateway does
-    /// (UTF-8 or a single-byte encoding, standard-conforming strings).
-    fn reads_statement_text(&self, _session: &SessionContext) -> bool {
-        false
+    /// Whether this hook looks at this session's statements at all; asked when
+    /// the session starts and again whenever the worker's state changes. A
+    /// session whose hook does not is relayed without calling it, and decodes
+    /// no more than the relay itself needs. One whose hook does must keep the
+    /// server reading text as the gateway does (a client encoding that cannot
+    /// hide a quote, standard-conforming strings).
+    fn inspects(&self, _session: &SessionContext) -> bool {
+        true
     }
 }
 
@@ -105,5 +108,9 @@ pub struct AllowAll;
 impl StatementHook for AllowAll {
     fn check(&self, _session: &SessionContext, _statement: Statement<'_>) -> Verdict {
         Verdict::Allow
+    }
+
+    fn inspects(&self, _session: &SessionContext) -> bool {
+        false
     }
 }

@@ -74,7 +74,7 @@ impl StatementHook for PolicyHook {
         })
     }
 
-    fn reads_statement_text(&self, session: &SessionContext) -> bool {
+    fn inspects(&self, session: &SessionContext) -> bool {
         self.projection.read(|tenants| {
             let Some(state) = tenants.get(&session.tenant) else { return true };
             let Some(connection) = state.connections.get(&session.connection) else { return true };

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::protocol::encode::{self, Report};
-use super::protocol::frame::{HEADER_LEN, MAX_AUTH_MESSAGE_LEN, parse_frontend_frame, peek_frame};
+use super::protocol::frame::{Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, parse_frontend_frame, peek_frame};
 use super::protocol::frontend::ObjectKind;
 use super::protocol::frontend::decode_password;
 use super::protocol::{
@@ -473,6 +473,7 @@ async fn relay_session(
         held: None,
         prepared: std::collections::HashMap::new(),
         lexing_safe,
+        inspecting: gw.hook.inspects(&admitted.context),
     };
     let ended = relay.run(&admitted.connection, shutdown).await;
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
@@ -547,6 +548,9 @@ struct Relay<'a> {
     /// whose characters cannot hide a quote or backslash, and standard-conforming
     /// strings. Tracked from the server's ParameterStatus messages.
     lexing_safe: bool,
+    /// The hook looks at this session's statements (`StatementHook::inspects`),
+    /// asked again on every change of the worker's state.
+    inspecting: bool,
 }
 
 /// Named prepared statements remembered per session; a Bind of one past this
@@ -642,6 +646,7 @@ impl Relay<'_> {
                         if let Some(why) = self.still_admitted(connection) {
                             return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
                         }
+                        self.inspecting = self.gw.hook.inspects(self.context);
                         // Watch for the next change.
                         break;
                     }
@@ -724,6 +729,12 @@ impl Relay<'_> {
                 Ok(None) => return Ok(Progress::Done),
                 Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
             };
+            if !self.inspecting && self.relay_uninspected(&frame, to_server) {
+                if frame.tag() == b'X' {
+                    return Ok(Progress::Terminated);
+                }
+                continue;
+            }
             let message =
                 decode_frontend(&frame).map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
             // What the client prepares, so each Bind can be decided with its text.
@@ -731,7 +742,9 @@ impl Relay<'_> {
                 FrontendMessage::Parse { name, sql, .. }
                     if self.prepared.len() < MAX_PREPARED || self.prepared.contains_key(name) || name.is_empty() =>
                 {
-                    self.prepared.insert(name.clone(), sql.clone());
+                    // Copied: a slice would keep the whole read buffer it came from alive,
+                    // and every later read would then need a new one.
+                    self.prepared.insert(bytes::Bytes::copy_from_slice(name), bytes::Bytes::copy_from_slice(sql));
                 }
                 FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
                     self.prepared.remove(name);
@@ -770,7 +783,7 @@ impl Relay<'_> {
                 continue;
             }
             let verdict = match statement {
-                Some(_) if !self.lexing_safe && self.gw.hook.reads_statement_text(self.context) => Verdict::Deny {
+                Some(_) if !self.lexing_safe && self.inspecting => Verdict::Deny {
                     rule: "builtin:session-lexing".into(),
                     message: "permission denied: this session's client_encoding or standard_conforming_strings \
                               makes the server read statements differently from the gateway"
@@ -824,6 +837,34 @@ impl Relay<'_> {
                 }
             }
         }
+    }
+
+    /// Relays a message the hook would not look at, decoding only what the
+    /// relay itself needs. Returns false for the messages that need the full
+    /// path anyway: a Parse or Close (prepared statements are remembered even
+    /// now, in case command rules arrive mid-session) and anything malformed
+    /// or unexpected, which the decoder refuses with the right error.
+    fn relay_uninspected(&mut self, frame: &Frame, to_server: &mut BytesMut) -> bool {
+        let tag = frame.tag();
+        if !matches!(tag, b'Q' | b'B' | b'E' | b'D' | b'S' | b'H' | b'X' | b'd' | b'c' | b'f' | b'F') {
+            return false;
+        }
+        if self.discarding {
+            if tag == b'S' {
+                self.discarding = false;
+                self.forward_sync(frame.raw(), to_server);
+            }
+            return true;
+        }
+        if tag == b'S' {
+            self.forward_sync(frame.raw(), to_server);
+        } else {
+            to_server.extend_from_slice(frame.raw());
+            if matches!(tag, b'Q' | b'F') {
+                self.ready_owed += 1;
+            }
+        }
+        true
     }
 
     fn forward_sync(&mut self, raw: &[u8], to_server: &mut BytesMut) {
