@@ -342,3 +342,27 @@ async fn psql_verifies_the_gateways_certificate_with_verify_full() {
     assert!(!out.status.success(), "verify-full accepted a certificate it cannot trust: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("certificate verify failed"), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_moved_clock_expires_the_grant_and_ends_the_session() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    let grant = s.grant("ci-job-42", 600).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    // The control plane's clock passes the grant's end: it records the expiry,
+    // and the worker ends the session on that event, long before its own clock would.
+    s.clock.advance(601);
+    s.control_plane.expire_due().await.unwrap();
+    eventually(Duration::from_secs(5), "the session to end on the recorded expiry", || async { client.is_closed() })
+        .await;
+    eventually(Duration::from_secs(10), "the session role to be dropped", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
+    let (status, body) = s.post(&format!("/v1/grants/{grant}/revoke"), json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().ends_with("is already expired"), "{body}");
+    let e = s.connect("pg.readonly", &token).await.unwrap_err();
+    assert!(e.as_db_error().unwrap().message().contains("has expired"), "{e}");
+}

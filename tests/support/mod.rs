@@ -27,6 +27,9 @@ pub struct Stack {
     pub dir: std::path::PathBuf,
     pub projection: Arc<airlock_data_plane::Projection>,
     pub cancel: CancellationToken,
+    pub control_plane: Arc<airlock_control_plane::service::ControlPlane>,
+    /// The control plane's clock; tests move it to expire grants and reviews.
+    pub clock: airlock_core::clock::ManualClock,
 }
 
 impl Drop for Stack {
@@ -106,6 +109,7 @@ impl Stack {
         let api_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let public_url = format!("http://{api_addr}");
         let identity = airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() };
+        let clock = airlock_core::clock::ManualClock::new();
         let cp = airlock_control_plane::server::start(
             airlock_control_plane::server::Options {
                 database_url: format!("sqlite://{}", dir.join("airlock.db").display()),
@@ -117,7 +121,7 @@ impl Stack {
                 identity: identity.clone(),
                 admin_token_file: Some(dir.join("admin.token")),
                 reissue_admin_token: false,
-                clock: airlock_core::clock::system(),
+                clock: Arc::new(clock.clone()),
             },
             bus.clone(),
             cancel.clone(),
@@ -164,6 +168,8 @@ impl Stack {
             dir,
             projection,
             cancel,
+            control_plane: cp.control_plane.clone(),
+            clock,
         };
         let (host_db, _) = stack.target();
         let connection = json!({
