@@ -1,21 +1,87 @@
 //! The statement hook that applies the tenant's command rules, read from the
 //! worker's projection: no call leaves the worker to decide.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
-use airlock_core::policy::CommandVerdict;
+use airlock_core::connection::ConnectionSpec;
+use airlock_core::policy::{CommandVerdict, Policy};
 use airlock_core::review::fingerprint;
+use airlock_core::{ConnectionId, TenantId};
+use bytes::Bytes;
 
 use super::hook::{SessionContext, Statement, StatementHook, Verdict, shown_statement};
 use crate::projection::Projection;
 
+/// Decisions remembered per worker; past this many the cache starts over.
+const CACHE_ENTRIES: usize = 8192;
+/// Statements longer than this are decided every time (they are rarely repeated).
+const CACHE_MAX_STATEMENT: usize = 4096;
+
 pub struct PolicyHook {
     projection: Arc<Projection>,
+    /// Command-rule decisions by the exact statement text and everything else
+    /// they depend on, so a repeated statement skips the parser. Exact text,
+    /// not a normalized form: `set_config('client_encoding', ...)` and
+    /// `set_config('app.user', ...)` normalize alike and are decided apart.
+    cache: Mutex<HashMap<CacheKey, CommandVerdict>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct CacheKey {
+    tenant: TenantId,
+    connection: ConnectionId,
+    policy_version: u64,
+    /// The connection's name and labels, which decide what rules cover it.
+    coverage: u64,
+    sql: Bytes,
+}
+
+fn coverage(connection: &ConnectionSpec) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    connection.name.hash(&mut h);
+    connection.labels.hash(&mut h);
+    h.finish()
 }
 
 impl PolicyHook {
     pub fn new(projection: Arc<Projection>) -> Self {
-        Self { projection }
+        Self { projection, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// What the policy says of `sql` on `connection`, from the cache when the
+    /// same statement was decided under the same policy before.
+    fn decide(
+        &self,
+        session: &SessionContext,
+        policy: &Policy,
+        version: u64,
+        connection: &ConnectionSpec,
+        sql: &Bytes,
+    ) -> CommandVerdict {
+        if sql.len() > CACHE_MAX_STATEMENT {
+            return policy.decide_statement(connection, sql);
+        }
+        let key = CacheKey {
+            tenant: session.tenant,
+            connection: connection.id,
+            policy_version: version,
+            coverage: coverage(connection),
+            sql: sql.clone(),
+        };
+        if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return hit.clone();
+        }
+        let verdict = policy.decide_statement(connection, sql);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        // A copy: a slice would keep the client's read buffer alive.
+        let key = CacheKey { sql: Bytes::copy_from_slice(sql), ..key };
+        cache.insert(key, verdict.clone());
+        verdict
     }
 }
 
@@ -33,10 +99,10 @@ impl StatementHook for PolicyHook {
             let Some(state) = tenants.get(&session.tenant) else {
                 return deny("builtin:no-tenant", "the tenant is gone".to_owned());
             };
-            let policy = match state.policy.as_ref().map(|p| &p.parsed) {
+            let (policy, version) = match state.policy.as_ref().map(|p| (&p.parsed, p.version)) {
                 None => return Verdict::Allow,
-                Some(Ok(policy)) => policy,
-                Some(Err(e)) => {
+                Some((Ok(policy), version)) => (policy, version),
+                Some((Err(e), _)) => {
                     return deny("builtin:unusable-policy", format!("the tenant's policy cannot be used: {e}"));
                 }
             };
@@ -56,7 +122,7 @@ impl StatementHook for PolicyHook {
                     Verdict::Allow
                 };
             };
-            match policy.decide_statement(connection, sql) {
+            match self.decide(session, policy, version, connection, sql) {
                 CommandVerdict::Allow { .. } => Verdict::Allow,
                 CommandVerdict::Deny { rule, reason } => deny(&rule, reason),
                 // Preparing runs nothing; each Bind of it is held, with its parameters.
@@ -89,4 +155,84 @@ impl StatementHook for PolicyHook {
 
 fn deny(rule: &str, reason: String) -> Verdict {
     Verdict::Deny { rule: rule.to_owned(), message: format!("permission denied: {reason}") }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+    use airlock_core::connection::{ConnectionKind, CredentialMode, TargetTls};
+    use airlock_core::principal::{AdminScope, Principal, PrincipalKind};
+    use airlock_core::{Event, GrantId, SessionId};
+
+    use super::*;
+
+    const RULES: &str = "version: 1\ncommands:\n  - name: no-unbounded-writes\n    match: { unbounded_write: true }\n    action: deny\n";
+
+    fn setup() -> (Arc<Projection>, SessionContext) {
+        let tenant = TenantId::new();
+        let connection = ConnectionSpec {
+            id: ConnectionId::new(),
+            name: "pg".into(),
+            kind: ConnectionKind::Postgres,
+            address: "h:5432".into(),
+            database: "app".into(),
+            tls: TargetTls::Prefer,
+            roles: Default::default(),
+            labels: Default::default(),
+            credential_mode: CredentialMode::SessionRole,
+            credential_user: "postgres".into(),
+            secret_version: 1,
+        };
+        let projection = Arc::new(Projection::new());
+        let events = [
+            Event::TenantCreated { tenant_id: tenant, name: "t".into() },
+            Event::ConnectionRegistered { spec: connection.clone() },
+            Event::PolicyApplied { version: 1, source: RULES.into(), digest: "d".into() },
+        ];
+        for (i, e) in events.iter().enumerate() {
+            projection.apply(tenant, i as u64 + 1, e).unwrap();
+        }
+        let session = SessionContext {
+            tenant,
+            session: SessionId::new(),
+            principal: Principal {
+                tenant_id: tenant,
+                issuer: String::new(),
+                subject: "agent".into(),
+                groups: vec![],
+                claims: Default::default(),
+                kind: PrincipalKind::Workload,
+                admin: AdminScope::None,
+            },
+            connection: connection.id,
+            connection_name: "pg".into(),
+            grant: GrantId::new(),
+            role: "readonly".into(),
+        };
+        (projection, session)
+    }
+
+    #[test]
+    fn repeated_statements_are_decided_once_per_policy() {
+        let (projection, session) = setup();
+        let hook = PolicyHook::new(projection.clone());
+        let delete = Bytes::from_static(b"DELETE FROM t");
+        for _ in 0..3 {
+            assert!(matches!(hook.check(&session, Statement::Query { sql: &delete }), Verdict::Deny { .. }));
+        }
+        let select = Bytes::from_static(b"SELECT 1");
+        assert_eq!(hook.check(&session, Statement::Query { sql: &select }), Verdict::Allow);
+        assert_eq!(hook.cache.lock().unwrap().len(), 2, "one decision per distinct statement");
+
+        // A new policy version is decided afresh: the old decision does not stick.
+        projection
+            .apply(
+                session.tenant,
+                4,
+                &Event::PolicyApplied { version: 2, source: "version: 1\n".into(), digest: "e".into() },
+            )
+            .unwrap();
+        assert_eq!(hook.check(&session, Statement::Query { sql: &delete }), Verdict::Allow);
+    }
 }
