@@ -315,3 +315,20 @@ async fn a_session_that_reads_strings_differently_is_refused_where_rules_apply()
     assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:session-lexing"));
     client.batch_execute("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_statement_too_complex_to_check_is_refused_and_the_worker_lives() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &agent).await.unwrap();
+    // 40,000 terms: as a tree, deeper than any thread's stack could walk.
+    let flat = format!("SELECT {}1", "1 + ".repeat(40_000));
+    let e = client.batch_execute(&flat).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:unreadable-statement"));
+    assert!(e.as_db_error().unwrap().message().contains("too many to check"), "{e}");
+    // The same worker serves the session and new ones.
+    client.batch_execute("SELECT 1").await.unwrap();
+    s.connect("pg.readwrite", &agent).await.unwrap().batch_execute("SELECT 1").await.unwrap();
+}

@@ -22,6 +22,11 @@ use crate::policy::StatementKind;
 pub const MAX_STATEMENT_BYTES: usize = 1024 * 1024;
 /// How deeply expressions may nest before the parser gives up.
 const RECURSION_LIMIT: usize = 64;
+/// The most operators and keywords a statement may hold. A flat chain
+/// (`1 + 1 + ...`) parses without recursion but builds a tree as deep as it is
+/// long, and walking or dropping that tree would overflow a thread's stack and
+/// take the whole worker down; longer chains are refused before parsing.
+pub const MAX_OPERATORS: usize = 8192;
 
 /// One classified statement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -56,6 +61,8 @@ pub enum ClassifyError {
     NotUtf8,
     #[error("the statement could not be parsed: {0}")]
     Parse(String),
+    #[error("the statement chains more than {MAX_OPERATORS} operators, too many to check")]
+    TooComplex,
 }
 
 /// Classifies every statement in `sql` (a simple query may hold several).
@@ -63,10 +70,45 @@ pub fn classify(sql: &str) -> Result<Vec<Classified>, ClassifyError> {
     if sql.len() > MAX_STATEMENT_BYTES {
         return Err(ClassifyError::TooLong);
     }
-    let statements = Parser::new(&PostgreSqlDialect {})
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = PostgreSqlDialect {};
+    let tokens =
+        Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| ClassifyError::Parse(e.to_string()))?;
+    let operators = tokens
+        .iter()
+        .filter(|t| match &t.token {
+            // Keywords too: `x IS NULL IS NULL ...` and `NOT NOT ...` chain without symbols.
+            // Identifiers and the literal keywords of a long VALUES list do not.
+            Token::Word(w) => {
+                use sqlparser::keywords::Keyword;
+                !matches!(
+                    w.keyword,
+                    Keyword::NoKeyword | Keyword::NULL | Keyword::TRUE | Keyword::FALSE | Keyword::DEFAULT
+                )
+            }
+            Token::Whitespace(_)
+            | Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::Comma
+            | Token::LParen
+            | Token::RParen
+            | Token::Period
+            | Token::SemiColon
+            | Token::Placeholder(_)
+            | Token::EOF => false,
+            _ => true,
+        })
+        .count();
+    if operators > MAX_OPERATORS {
+        return Err(ClassifyError::TooComplex);
+    }
+    let statements = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
         .map_err(|e| ClassifyError::Parse(e.to_string()))?;
     Ok(statements.iter().map(classify_one).collect())
 }
@@ -528,5 +570,18 @@ mod tests {
         assert_eq!(classify_bytes(b"SELECT '\xe9'"), Err(ClassifyError::NotUtf8));
         let deep = format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500));
         assert!(classify(&deep).is_err(), "deep nesting is refused, not a stack overflow");
+        // A flat chain nests as deep as it is long once parsed: long ones are refused up front.
+        let flat = |n: usize| format!("SELECT {}1", "1 + ".repeat(n));
+        assert_eq!(classify(&flat(40_000)), Err(ClassifyError::TooComplex));
+        assert_eq!(
+            classify(&format!("SELECT 1 WHERE {}true", "true OR ".repeat(40_000))),
+            Err(ClassifyError::TooComplex)
+        );
+        assert_eq!(classify(&flat(MAX_OPERATORS - 1)).unwrap().len(), 1, "the longest allowed chain is walked safely");
+        let is_null = format!("SELECT 1 {}", "IS NULL ".repeat(20_000));
+        assert_eq!(classify(&is_null), Err(ClassifyError::TooComplex));
+        // Long lists are not chains.
+        let values = format!("INSERT INTO t VALUES {}(1, 'x')", "(1, 'x', NULL, true), ".repeat(20_000));
+        assert_eq!(classify(&values).unwrap()[0].kind(), StatementKind::Write);
     }
 }
