@@ -18,6 +18,8 @@ use sqlparser::parser::Parser;
 
 use crate::policy::StatementKind;
 
+mod postgres;
+
 /// The longest statement the classifier reads; longer ones are refused.
 pub const MAX_STATEMENT_BYTES: usize = 1024 * 1024;
 /// How deeply expressions may nest before the parser gives up.
@@ -63,6 +65,10 @@ pub enum ClassifyError {
     Parse(String),
     #[error("the statement chains more than {MAX_OPERATORS} operators, too many to check")]
     TooComplex,
+    #[error("the statement nests more than {RECURSION_LIMIT} levels deep, too deep to check")]
+    TooDeep,
+    #[error("the gateway and Postgres read the statement differently: {0}")]
+    Disagreement(String),
 }
 
 /// Classifies every statement in `sql` (a simple query may hold several).
@@ -105,12 +111,41 @@ pub fn classify(sql: &str) -> Result<Vec<Classified>, ClassifyError> {
     if operators > MAX_OPERATORS {
         return Err(ClassifyError::TooComplex);
     }
-    let statements = Parser::new(&dialect)
+    // Nesting is bounded before either parser sees it: each recurses per level.
+    let mut depth = 0usize;
+    for t in &tokens {
+        match t.token {
+            Token::LParen | Token::LBracket => {
+                depth += 1;
+                if depth > RECURSION_LIMIT {
+                    return Err(ClassifyError::TooDeep);
+                }
+            }
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let ours = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
         .with_tokens_with_locations(tokens)
-        .parse_statements()
-        .map_err(|e| ClassifyError::Parse(e.to_string()))?;
-    Ok(statements.iter().map(classify_one).collect())
+        .parse_statements();
+    // Postgres's own grammar reads every statement too: the fallback when sqlparser
+    // cannot, the cross-check when it can.
+    match (ours, postgres::parse(sql)) {
+        (Ok(statements), theirs) => {
+            let classified: Vec<Classified> = statements.iter().map(classify_one).collect();
+            match theirs {
+                postgres::Parsed::Tree(theirs) => postgres::cross_check(&classified, &theirs)?,
+                // The server would refuse it too.
+                postgres::Parsed::Refused(why) => return Err(ClassifyError::Parse(why)),
+                // A long chain of operators: sqlparser's reading stands alone.
+                postgres::Parsed::Unavailable => {}
+            }
+            Ok(classified)
+        }
+        (Err(_), postgres::Parsed::Tree(theirs)) => Ok(postgres::classify(&theirs)),
+        (Err(e), _) => Err(ClassifyError::Parse(e.to_string())),
+    }
 }
 
 /// Classifies statement text given as bytes in the client's encoding; text
@@ -554,6 +589,29 @@ mod tests {
     }
 
     #[test]
+    fn postgres_grammar_reads_what_sqlparser_cannot() {
+        use StatementKind::*;
+        for (sql, kind) in [
+            ("VACUUM ANALYZE t", Admin),
+            ("COPY t FROM STDIN WITH (FREEZE ON)", Write),
+            ("ALTER SEQUENCE s OWNED BY t.id", Ddl),
+            ("CREATE MATERIALIZED VIEW v AS SELECT 1 WITH NO DATA", Ddl),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, NOT DEFERRABLE", Transaction),
+            ("SELECT * FROM t FOR NO KEY UPDATE", Read),
+            ("TABLE t", Read),
+            ("ALTER SYSTEM SET work_mem = '64MB'", Admin),
+            ("DO 'begin perform 1; end'", Unknown),
+        ] {
+            let c = one(sql);
+            assert_eq!(c.kind(), kind, "{sql}");
+        }
+        let c = one("DELETE FROM t WHERE CURRENT OF c");
+        assert_eq!(c.kind(), Write);
+        assert!(!c.unbounded_write, "a cursor bounds the delete");
+        assert!(c.tables.contains("t"));
+    }
+
+    #[test]
     fn passwords_are_redacted_and_the_rest_kept() {
         assert_eq!(
             redact_secrets("ALTER ROLE bob WITH LOGIN PASSWORD 's3cr''et' VALID UNTIL '2030-01-01'"),
@@ -569,7 +627,7 @@ mod tests {
         assert!(matches!(classify("SELEC 1"), Err(ClassifyError::Parse(_))));
         assert_eq!(classify_bytes(b"SELECT '\xe9'"), Err(ClassifyError::NotUtf8));
         let deep = format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500));
-        assert!(classify(&deep).is_err(), "deep nesting is refused, not a stack overflow");
+        assert_eq!(classify(&deep), Err(ClassifyError::TooDeep), "deep nesting is refused, not a stack overflow");
         // A flat chain nests as deep as it is long once parsed: long ones are refused up front.
         let flat = |n: usize| format!("SELECT {}1", "1 + ".repeat(n));
         assert_eq!(classify(&flat(40_000)), Err(ClassifyError::TooComplex));
@@ -577,7 +635,8 @@ mod tests {
             classify(&format!("SELECT 1 WHERE {}true", "true OR ".repeat(40_000))),
             Err(ClassifyError::TooComplex)
         );
-        assert_eq!(classify(&flat(MAX_OPERATORS - 1)).unwrap().len(), 1, "the longest allowed chain is walked safely");
+        assert_eq!(classify(&flat(1000)).unwrap().len(), 1);
+        assert_eq!(classify(&flat(MAX_OPERATORS - 1)).unwrap().len(), 1, "the longest chain let through is read");
         let is_null = format!("SELECT 1 {}", "IS NULL ".repeat(20_000));
         assert_eq!(classify(&is_null), Err(ClassifyError::TooComplex));
         // Long lists are not chains.
