@@ -101,6 +101,13 @@ fn decide_one(rules: &[&CommandRule], s: &Classified) -> CommandVerdict {
             format!("changing {what} would let statements be read differently by the gateway and the server"),
         );
     }
+    // SET ROLE is a statement of kind dcl that rules decide; set_config('role', ...) hides
+    // the same change inside a read.
+    if s.functions.contains("set_config")
+        && s.settings.iter().any(|n| matches!(n.as_str(), "role" | "session_authorization"))
+    {
+        return CommandVerdict::builtin("denied-function", "set_config() may not change the session's role");
+    }
     if let Some(f) = s.functions.iter().find(|f| DENIED_FUNCTIONS.contains(&f.as_str())) {
         return CommandVerdict::builtin("denied-function", format!("{f}() is never allowed through the gateway"));
     }
@@ -198,6 +205,14 @@ mod tests {
         assert_eq!(rule(&decide("SELECT set_config('client_encoding', 'GBK', false)")), Some("builtin:session-lexing"));
         assert_eq!(rule(&decide("SELECT * FROM pg_read_file('/etc/passwd')")), Some("builtin:denied-function"));
         assert_eq!(rule(&decide("EXPLAIN (ANALYZE) DELETE FROM orders")), Some("no-unbounded-writes"));
+        assert_eq!(rule(&decide("SELECT set_config('role', 'postgres', false)")), Some("builtin:denied-function"));
+        assert_eq!(
+            rule(&decide("UPDATE pg_settings SET setting = 'on' WHERE name = 'x'")),
+            Some("builtin:session-lexing")
+        );
+        assert_eq!(rule(&decide("TRUNCATE orders")), Some("no-unbounded-writes"));
+        assert_eq!(rule(&decide("DELETE FROM orders WHERE id = 1 OR true")), Some("no-unbounded-writes"));
+        assert_eq!(rule(&decide("UPDATE orders SET total = 0 WHERE id = id")), Some("no-unbounded-writes"));
     }
 
     #[test]

@@ -247,7 +247,7 @@ impl Visitor for Walk {
     }
 
     fn pre_visit_statement(&mut self, statement: &Ast) -> ControlFlow<()> {
-        let unbounded = |selection: Option<&Expr>| selection.is_none_or(names_no_column);
+        let unbounded = |selection: Option<&Expr>| selection.is_none_or(trivially_true);
         match statement {
             Ast::Delete(d) => {
                 self.writes = true;
@@ -261,13 +261,25 @@ impl Visitor for Walk {
                     }
                 }
             }
+            // pg_settings is a view over the session's settings: writing it is SET.
+            Ast::Update(u) if is_pg_settings(&u.table.relation) => {
+                self.writes = true;
+                self.c.settings.insert("*".to_owned());
+            }
             Ast::Update(u) => {
                 self.writes = true;
                 if !self.explain_only {
                     self.c.unbounded_write |= unbounded(u.selection.as_ref());
                 }
             }
-            Ast::Insert(_) | Ast::Merge(_) | Ast::Truncate(_) => self.writes = true,
+            Ast::Insert(_) | Ast::Merge(_) => self.writes = true,
+            // Every row, by definition.
+            Ast::Truncate(_) => {
+                self.writes = true;
+                if !self.explain_only {
+                    self.c.unbounded_write = true;
+                }
+            }
             Ast::Copy { target: CopyTarget::Program { .. }, .. } => self.c.copy_program = true,
             Ast::Copy { to: false, .. } => self.writes = true,
             Ast::Set(set) => {
@@ -279,6 +291,10 @@ impl Visitor for Walk {
         }
         ControlFlow::Continue(())
     }
+}
+
+fn is_pg_settings(relation: &TableFactor) -> bool {
+    matches!(relation, TableFactor::Table { name, .. } if bare(name) == "pg_settings")
 }
 
 /// `EXPLAIN` without `ANALYZE` (in either spelling): plans, runs nothing.
@@ -458,7 +474,28 @@ fn is_plain_query(body: &SetExpr) -> bool {
     }
 }
 
-/// A WHERE clause that names no column is true (or false) for every row.
+/// A WHERE clause that bounds nothing: one that names no column, `x = x`, or
+/// an OR with such a term (`id = 1 OR true`). Walked with an explicit stack:
+/// an OR chain can be as long as the operator bound allows.
+fn trivially_true(selection: &Expr) -> bool {
+    use sqlparser::ast::BinaryOperator;
+    let mut terms = vec![selection];
+    while let Some(e) = terms.pop() {
+        match e {
+            Expr::Nested(inner) => terms.push(inner),
+            Expr::BinaryOp { left, op: BinaryOperator::Or, right } => {
+                terms.push(left);
+                terms.push(right);
+            }
+            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } if left == right => return true,
+            e if names_no_column(e) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// An expression that names no column is the same for every row.
 fn names_no_column(selection: &Expr) -> bool {
     let found = visit_expressions(selection, |e: &Expr| match e {
         Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Subquery(_) | Expr::Exists { .. } => {

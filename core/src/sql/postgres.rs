@@ -108,7 +108,13 @@ fn classify_one(node: &NodeEnum) -> Classified {
                 }
             }
             NodeRef::DeleteStmt(d) => c.unbounded_write |= unbounded(d.where_clause.as_deref()),
-            NodeRef::UpdateStmt(u) => c.unbounded_write |= unbounded(u.where_clause.as_deref()),
+            NodeRef::UpdateStmt(u) => {
+                c.unbounded_write |= unbounded(u.where_clause.as_deref());
+                if u.relation.as_ref().is_some_and(|r| r.relname.eq_ignore_ascii_case("pg_settings")) {
+                    c.settings.insert("*".to_owned());
+                }
+            }
+            NodeRef::TruncateStmt(_) => c.unbounded_write = true,
             NodeRef::CopyStmt(copy) if copy.is_program => c.copy_program = true,
             NodeRef::VariableSetStmt(v) => {
                 c.settings.insert(if v.name.is_empty() { "*".to_owned() } else { v.name.to_lowercase() });

@@ -1,0 +1,177 @@
+//! Statement rules against an adversarial client, through the real gateway to
+//! the real Postgres: each statement's outcome as the client sees it, and for
+//! each refusal, proof that nothing changed in the database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use support::{Stack, admin_client, sqlstate};
+
+const POLICY: &str = r#"
+version: 1
+commands:
+  - name: no-schema-or-privilege-changes
+    match: { kinds: [ddl, dcl, admin] }
+    action: deny
+  - name: no-unbounded-writes
+    match: { unbounded_write: true }
+    action: deny
+"#;
+
+/// What a statement must come to: run, or be refused by the named rule.
+enum Expect {
+    Runs,
+    Refused(&'static str),
+}
+use Expect::{Refused, Runs};
+
+const CASES: &[(&str, Expect)] = &[
+    // Unbounded writes, however they are spelled.
+    ("DELETE FROM people", Refused("no-unbounded-writes")),
+    ("DELETE FROM people WHERE 1 = 1", Refused("no-unbounded-writes")),
+    ("DELETE FROM people WHERE true", Refused("no-unbounded-writes")),
+    ("DELETE FROM people WHERE id = 1 OR true", Refused("no-unbounded-writes")),
+    ("DELETE FROM people WHERE (id = id)", Refused("no-unbounded-writes")),
+    ("UPDATE people SET name = 'x'", Refused("no-unbounded-writes")),
+    ("UPDATE people SET name = 'x' WHERE 'a' = 'a'", Refused("no-unbounded-writes")),
+    ("delete/* a comment */from people", Refused("no-unbounded-writes")),
+    ("DELETE /* nested /* block */ comment */ FROM people", Refused("no-unbounded-writes")),
+    ("DeLeTe FrOm PEOPLE", Refused("no-unbounded-writes")),
+    ("DELETE\n\tFROM\r\n  people", Refused("no-unbounded-writes")),
+    ("TRUNCATE people", Refused("no-unbounded-writes")),
+    ("WITH d AS (DELETE FROM people RETURNING *) SELECT count(*) FROM d", Refused("no-unbounded-writes")),
+    ("SELECT 1 FROM (WITH d AS (DELETE FROM people RETURNING 1) SELECT * FROM d) s", Refused("no-unbounded-writes")),
+    ("EXPLAIN ANALYZE DELETE FROM people", Refused("no-unbounded-writes")),
+    ("EXPLAIN (ANALYZE) DELETE FROM people", Refused("no-unbounded-writes")),
+    ("COPY (DELETE FROM people RETURNING *) TO STDOUT", Refused("no-unbounded-writes")),
+    ("PREPARE wipe AS DELETE FROM people", Refused("no-unbounded-writes")),
+    ("EXECUTE wipe", Refused("builtin:unknown-statement")),
+    // Several statements in one query.
+    ("SELECT 1; DELETE FROM people", Refused("builtin:one-statement-per-query")),
+    ("SELECT 1; SELECT 2", Refused("builtin:one-statement-per-query")),
+    ("BEGIN; DELETE FROM people WHERE id = 1; COMMIT", Refused("builtin:one-statement-per-query")),
+    ("SELECT 1;DELETE FROM people;--", Refused("builtin:one-statement-per-query")),
+    // Schema and privilege changes.
+    ("DROP TABLE people", Refused("no-schema-or-privilege-changes")),
+    ("drop table \"people\"", Refused("no-schema-or-privilege-changes")),
+    ("CREATE TABLE other (id int)", Refused("no-schema-or-privilege-changes")),
+    ("ALTER TABLE people ADD COLUMN c int", Refused("no-schema-or-privilege-changes")),
+    (
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM people RETURNING 1'",
+        Refused("no-schema-or-privilege-changes"),
+    ),
+    ("SELECT * INTO people_copy FROM people", Refused("no-schema-or-privilege-changes")),
+    ("GRANT SELECT ON people TO PUBLIC", Refused("no-schema-or-privilege-changes")),
+    ("SET ROLE postgres", Refused("no-schema-or-privilege-changes")),
+    ("SET SESSION AUTHORIZATION postgres", Refused("no-schema-or-privilege-changes")),
+    ("VACUUM people", Refused("no-schema-or-privilege-changes")),
+    ("ANALYZE people", Refused("no-schema-or-privilege-changes")),
+    ("ALTER SYSTEM SET work_mem = '1MB'", Refused("no-schema-or-privilege-changes")),
+    // What the gateway cannot follow.
+    ("DO $$BEGIN DELETE FROM people; END$$", Refused("builtin:unknown-statement")),
+    ("DO 'BEGIN DELETE FROM people; END'", Refused("builtin:unknown-statement")),
+    ("SELEC 1", Refused("builtin:unreadable-statement")),
+    // Files, programs, other sessions.
+    ("COPY people TO PROGRAM 'id'", Refused("builtin:copy-program")),
+    ("COPY (SELECT 1) TO PROGRAM 'id'", Refused("builtin:copy-program")),
+    ("SELECT pg_read_file('/etc/passwd')", Refused("builtin:denied-function")),
+    ("SELECT * FROM pg_read_file('/etc/passwd')", Refused("builtin:denied-function")),
+    ("SELECT PG_READ_FILE('/etc/passwd')", Refused("builtin:denied-function")),
+    ("SELECT pg_catalog.pg_read_file('/etc/passwd')", Refused("builtin:denied-function")),
+    ("SELECT \"pg_read_file\"('/etc/passwd')", Refused("builtin:denied-function")),
+    ("SELECT lo_import('/etc/passwd')", Refused("builtin:denied-function")),
+    ("SELECT pg_terminate_backend(pg_backend_pid())", Refused("builtin:denied-function")),
+    ("SELECT length(pg_read_binary_file('/etc/hostname'))", Refused("builtin:denied-function")),
+    // Changing who the session is, or how it reads text.
+    ("SELECT set_config('role', 'postgres', false)", Refused("builtin:denied-function")),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", Refused("builtin:session-lexing")),
+    ("SET standard_conforming_strings = off", Refused("builtin:session-lexing")),
+    ("SET client_encoding = 'SJIS'", Refused("builtin:session-lexing")),
+    ("SET NAMES 'GBK'", Refused("builtin:session-lexing")),
+    (
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+        Refused("builtin:session-lexing"),
+    ),
+    // Reads, and writes that name their rows: these run.
+    ("SELECT * FROM people", Runs),
+    ("SELECT name FROM people WHERE id = 1", Runs),
+    ("select $$DELETE FROM people$$", Runs),
+    ("SELECT $x$; DELETE FROM people; $x$", Runs),
+    ("SELECT 'DROP TABLE people'", Runs),
+    ("SELECT 1 -- ; DELETE FROM people", Runs),
+    ("/* DELETE FROM people; */ SELECT 1", Runs),
+    ("SELECT E'\\'; DELETE FROM people; --'", Runs),
+    ("SELECT U&'\\0044ELETE FROM people'", Runs),
+    ("SELECT * FROM people FOR NO KEY UPDATE", Runs),
+    ("TABLE people", Runs),
+    ("UPDATE people SET name = name WHERE id = 1", Runs),
+    ("DELETE FROM people WHERE id = 999", Runs),
+    ("LISTEN channel_a", Runs),
+    ("NOTIFY channel_a", Runs),
+    ("SET statement_timeout = '5s'", Runs),
+];
+
+/// Everything a refused statement could have changed.
+async fn snapshot(s: &Stack) -> String {
+    let admin = admin_client(s.db.url()).await;
+    let row = admin
+        .query_one(
+            "SELECT (SELECT coalesce(string_agg(id || ':' || name, ',' ORDER BY id), '') FROM people)
+                 || ' | ' || (SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public')",
+            &[],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test]
+async fn adversarial_statements_are_refused_and_change_nothing() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &token).await.unwrap();
+    let mut failures = Vec::new();
+    for (sql, expect) in CASES {
+        let before = snapshot(&s).await;
+        let outcome = client.batch_execute(sql).await;
+        match (expect, outcome) {
+            (Runs, Ok(())) => {}
+            (Runs, Err(e)) => failures.push(format!("{sql:?} should run: {e:?}")),
+            (Refused(rule), Ok(())) => failures.push(format!("{sql:?} ran; rule {rule} should refuse it")),
+            (Refused(rule), Err(e)) => {
+                let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default().to_owned();
+                if sqlstate(&e) != "42501" || !detail.contains(rule) {
+                    failures.push(format!("{sql:?}: expected 42501 by {rule}, got {} {detail:?}", sqlstate(&e)));
+                }
+                let after = snapshot(&s).await;
+                if after != before {
+                    failures.push(format!("{sql:?} was refused but changed the database: {before} -> {after}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(CASES.len() >= 60);
+}
+
+#[tokio::test]
+async fn the_extended_protocol_is_held_to_the_same_rules() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &token).await.unwrap();
+    let before = snapshot(&s).await;
+    let e = client.execute("DELETE FROM people", &[]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: no-unbounded-writes"));
+    let e = client.query("SELECT pg_read_file($1)", &[&"/etc/passwd"]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:denied-function"));
+    let e = client.execute("UPDATE people SET name = $1 WHERE $2 = $2", &[&"x", &1i32]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: no-unbounded-writes"));
+    assert_eq!(snapshot(&s).await, before);
+    let n = client.execute("UPDATE people SET name = $1 WHERE id = $2", &[&"Zoë", &2i32]).await.unwrap();
+    assert_eq!(n, 1);
+}
