@@ -10,6 +10,7 @@ pub mod event;
 pub mod grant;
 pub mod ids;
 pub mod integration;
+pub mod mask;
 pub mod policy;
 pub mod principal;
 pub mod review;
