@@ -49,6 +49,21 @@ async fn pending_review(s: &Stack, approver: &str) -> Value {
     found.into_inner().unwrap()
 }
 
+/// A stack with `policy`, the agent's token (with a readwrite grant) and a DBA's.
+async fn setup(policy: &str) -> (Stack, String, String) {
+    let s = Stack::start().await;
+    s.apply_policy(policy).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let alice = s.token_in("alice", &["dba"]).await;
+    (s, agent, alice)
+}
+
+/// Decides review `id` as `token`.
+async fn decide(s: &Stack, token: &str, id: &str, body: Value) -> (u16, Value) {
+    s.post_as(&format!("/v1/reviews/{id}/decision"), token, body).await
+}
+
 /// Lets the readwrite template create tables (Postgres 15 takes that from PUBLIC).
 async fn allow_create(s: &Stack) {
     let admin = admin_client(s.db.url()).await;
@@ -66,11 +81,7 @@ async fn columns(s: &Stack, table: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_held_statement_runs_once_when_approved_and_not_at_all_when_denied() {
-    let s = Stack::start().await;
-    s.apply_policy(POLICY).await;
-    let agent = s.token("agent-7").await;
-    s.grant_role("agent-7", "readwrite", 900).await;
-    let alice = s.token_in("alice", &["dba"]).await;
+    let (s, agent, alice) = setup(POLICY).await;
 
     allow_create(&s).await;
 
@@ -82,11 +93,10 @@ async fn a_held_statement_runs_once_when_approved_and_not_at_all_when_denied() {
     assert_eq!(review["statement"], "CREATE TABLE notes (id int, body text)");
     let id = review["id"].as_str().unwrap().to_owned();
     // The requester cannot approve their own statement.
-    let (status, body) = s.post_as(&format!("/v1/reviews/{id}/decision"), &agent, json!({"approve": true})).await;
+    let (status, body) = decide(&s, &agent, &id, json!({"approve": true})).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["message"], "agent-7 requested this and cannot review their own request");
-    let (status, body) =
-        s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true, "comment": "ok"})).await;
+    let (status, body) = decide(&s, &alice, &id, json!({"approve": true, "comment": "ok"})).await;
     assert_eq!(status, 200, "{body}");
     let out = waiting.await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -104,9 +114,7 @@ async fn a_held_statement_runs_once_when_approved_and_not_at_all_when_denied() {
     let review = pending_review(&s, &alice).await;
     assert_ne!(review["id"], id.as_str());
     let id = review["id"].as_str().unwrap().to_owned();
-    let (status, _) = s
-        .post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": false, "comment": "not in prod"}))
-        .await;
+    let (status, _) = decide(&s, &alice, &id, json!({"approve": false, "comment": "not in prod"})).await;
     assert_eq!(status, 200);
     let out = waiting.await.unwrap();
     assert!(!out.status.success());
@@ -117,19 +125,14 @@ async fn a_held_statement_runs_once_when_approved_and_not_at_all_when_denied() {
 
 #[tokio::test]
 async fn an_approval_for_the_grant_lets_identical_statements_through() {
-    let s = Stack::start().await;
-    s.apply_policy(POLICY).await;
-    let agent = s.token("agent-7").await;
-    s.grant_role("agent-7", "readwrite", 900).await;
-    let alice = s.token_in("alice", &["dba"]).await;
+    let (s, agent, alice) = setup(POLICY).await;
     allow_create(&s).await;
 
     let sql = "CREATE TABLE IF NOT EXISTS scratch (id int)";
     let first = psql(&s, &agent, sql);
     let review = pending_review(&s, &alice).await;
     let id = review["id"].as_str().unwrap();
-    let (status, body) =
-        s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true, "scope": "grant"})).await;
+    let (status, body) = decide(&s, &alice, &id, json!({"approve": true, "scope": "grant"})).await;
     assert_eq!(status, 200, "{body}");
     assert!(first.await.unwrap().status.success());
     s.settle().await;
@@ -146,7 +149,7 @@ async fn an_approval_for_the_grant_lets_identical_statements_through() {
     let review = pending_review(&s, &alice).await;
     assert_eq!(review["statement"], "CREATE TABLE IF NOT EXISTS other (id int)");
     let id = review["id"].as_str().unwrap();
-    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": false})).await;
+    decide(&s, &alice, &id, json!({"approve": false})).await;
     assert_eq!(sqlstate(&other.await.unwrap().unwrap_err()), "42501");
 }
 
@@ -239,11 +242,7 @@ commands:
 
 #[tokio::test]
 async fn a_prepared_statement_is_held_at_each_execution_with_its_parameters() {
-    let s = Stack::start().await;
-    s.apply_policy(POLICY).await;
-    let agent = s.token("agent-7").await;
-    s.grant_role("agent-7", "readwrite", 900).await;
-    let alice = s.token_in("alice", &["dba"]).await;
+    let (s, agent, alice) = setup(POLICY).await;
     allow_create(&s).await;
     let client = std::sync::Arc::new(s.connect("pg.readwrite", &agent).await.unwrap());
     // Preparing runs nothing, so it is not held.
@@ -256,7 +255,7 @@ async fn a_prepared_statement_is_held_at_each_execution_with_its_parameters() {
     let review = pending_review(&s, &alice).await;
     assert_eq!(review["statement"], "CREATE TABLE IF NOT EXISTS prepared_t (id int)");
     let id = review["id"].as_str().unwrap().to_owned();
-    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true})).await;
+    decide(&s, &alice, &id, json!({"approve": true})).await;
     first.await.unwrap().unwrap();
     assert_eq!(columns(&s, "prepared_t").await, ["id"]);
 
@@ -265,7 +264,7 @@ async fn a_prepared_statement_is_held_at_each_execution_with_its_parameters() {
     let review = pending_review(&s, &alice).await;
     assert_ne!(review["id"], id.as_str());
     let id = review["id"].as_str().unwrap();
-    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": false})).await;
+    decide(&s, &alice, &id, json!({"approve": false})).await;
     assert_eq!(sqlstate(&second.await.unwrap().unwrap_err()), "42501");
     client.query_one("SELECT 1", &[]).await.unwrap();
 
@@ -291,7 +290,7 @@ commands:
         "UPDATE people SET name = $1 WHERE id = $2 RETURNING id\n-- parameters: $1 = 'Zed', $2 = <4 bytes>"
     );
     let id = review["id"].as_str().unwrap();
-    s.post_as(&format!("/v1/reviews/{id}/decision"), &alice, json!({"approve": true})).await;
+    decide(&s, &alice, &id, json!({"approve": true})).await;
     assert_eq!(held.await.unwrap().unwrap().len(), 1, "a statement prepared before the policy changed is held too");
 }
 

@@ -64,13 +64,8 @@ pub fn replacement(value: &[u8], strategy: MaskStrategy, salt: &[u8]) -> Vec<u8>
         MaskStrategy::Redact => b"[redacted]".to_vec(),
         MaskStrategy::Partial => {
             // The last four letters or digits stay; every other one becomes '*'.
-            let keep_from = value
-                .iter()
-                .enumerate()
-                .rev()
-                .filter(|(_, b)| b.is_ascii_alphanumeric())
-                .nth(3)
-                .map_or(0, |(i, _)| i);
+            let keep_from =
+                value.iter().enumerate().rev().filter(|(_, b)| b.is_ascii_alphanumeric()).nth(3).map_or(0, |(i, _)| i);
             value
                 .iter()
                 .enumerate()
@@ -99,7 +94,8 @@ fn card_numbers(text: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < text.len() {
-        let starts = text.get(i).is_some_and(u8::is_ascii_digit) && (i == 0 || !text.get(i - 1).copied().is_some_and(is_word));
+        let starts =
+            text.get(i).is_some_and(u8::is_ascii_digit) && (i == 0 || !text.get(i - 1).copied().is_some_and(is_word));
         if !starts {
             i += 1;
             continue;
@@ -277,7 +273,8 @@ fn api_keys(text: &[u8]) -> Vec<(usize, usize)> {
     let mut i = 0;
     while i < text.len() {
         let boundary = i == 0 || !text.get(i - 1).copied().is_some_and(key_char);
-        let hit = boundary.then(|| PREFIXES.iter().find(|(p, _)| text.get(i..).is_some_and(|t| t.starts_with(p)))).flatten();
+        let hit =
+            boundary.then(|| PREFIXES.iter().find(|(p, _)| text.get(i..).is_some_and(|t| t.starts_with(p)))).flatten();
         let Some((prefix, min_rest)) = hit else {
             i += 1;
             continue;
@@ -324,7 +321,11 @@ mod tests {
         assert_eq!(masked("not@an-email", MaskStrategy::Redact), "not@an-email");
         assert_eq!(masked("IBAN GB82 WEST 1234 5698 7654 32", MaskStrategy::Redact), "IBAN [redacted]");
         assert_eq!(masked("DE89370400440532013000", MaskStrategy::Partial), "******************3000");
-        assert_eq!(masked("GB82WEST12345698765433", MaskStrategy::Redact), "GB82WEST12345698765433", "bad check digits");
+        assert_eq!(
+            masked("GB82WEST12345698765433", MaskStrategy::Redact),
+            "GB82WEST12345698765433",
+            "bad check digits"
+        );
         assert_eq!(masked("ssn 123-45-6789", MaskStrategy::Redact), "ssn [redacted]");
         assert_eq!(masked("000-12-3456 and 123-45-67890", MaskStrategy::Redact), "000-12-3456 and 123-45-67890");
         assert_eq!(masked("key=AKIAIOSFODNN7EXAMPLE", MaskStrategy::Redact), "key=[redacted]");
