@@ -132,7 +132,7 @@ async fn an_approval_for_the_grant_lets_identical_statements_through() {
     let first = psql(&s, &agent, sql);
     let review = pending_review(&s, &alice).await;
     let id = review["id"].as_str().unwrap();
-    let (status, body) = decide(&s, &alice, &id, json!({"approve": true, "scope": "grant"})).await;
+    let (status, body) = decide(&s, &alice, id, json!({"approve": true, "scope": "grant"})).await;
     assert_eq!(status, 200, "{body}");
     assert!(first.await.unwrap().status.success());
     s.settle().await;
@@ -149,7 +149,7 @@ async fn an_approval_for_the_grant_lets_identical_statements_through() {
     let review = pending_review(&s, &alice).await;
     assert_eq!(review["statement"], "CREATE TABLE IF NOT EXISTS other (id int)");
     let id = review["id"].as_str().unwrap();
-    decide(&s, &alice, &id, json!({"approve": false})).await;
+    decide(&s, &alice, id, json!({"approve": false})).await;
     assert_eq!(sqlstate(&other.await.unwrap().unwrap_err()), "42501");
 }
 
@@ -264,7 +264,7 @@ async fn a_prepared_statement_is_held_at_each_execution_with_its_parameters() {
     let review = pending_review(&s, &alice).await;
     assert_ne!(review["id"], id.as_str());
     let id = review["id"].as_str().unwrap();
-    decide(&s, &alice, &id, json!({"approve": false})).await;
+    decide(&s, &alice, id, json!({"approve": false})).await;
     assert_eq!(sqlstate(&second.await.unwrap().unwrap_err()), "42501");
     client.query_one("SELECT 1", &[]).await.unwrap();
 
@@ -290,7 +290,7 @@ commands:
         "UPDATE people SET name = $1 WHERE id = $2 RETURNING id\n-- parameters: $1 = 'Zed', $2 = <4 bytes>"
     );
     let id = review["id"].as_str().unwrap();
-    decide(&s, &alice, &id, json!({"approve": true})).await;
+    decide(&s, &alice, id, json!({"approve": true})).await;
     assert_eq!(held.await.unwrap().unwrap().len(), 1, "a statement prepared before the policy changed is held too");
 }
 
