@@ -68,9 +68,30 @@ fn the_alias_expansion_seed_is_refused_before_it_expands() {
 
 #[test]
 fn sql_classify_seeds() {
+    let policy = Policy::parse(include_str!("../testdata/example-policy.yaml")).unwrap();
+    let connection = airlock_core::connection::ConnectionSpec {
+        id: airlock_core::ConnectionId::new(),
+        name: "pg-local".into(),
+        kind: airlock_core::connection::ConnectionKind::Postgres,
+        address: "127.0.0.1:5432".into(),
+        database: "app".into(),
+        tls: airlock_core::connection::TargetTls::Prefer,
+        roles: Default::default(),
+        labels: Default::default(),
+        credential_mode: airlock_core::connection::CredentialMode::SessionRole,
+        credential_user: "postgres".into(),
+        secret_version: 1,
+    };
     let mut classified = 0;
-    for (_name, bytes) in corpus("sql_classify") {
-        classified += usize::from(airlock_core::sql::classify_bytes(&bytes).is_ok());
+    for (name, bytes) in corpus("sql_classify") {
+        let readable = airlock_core::sql::classify_bytes(&bytes).is_ok();
+        classified += usize::from(readable);
+        // Nothing the classifier cannot read runs.
+        let verdict = policy.decide_statement(&connection, &bytes);
+        assert!(
+            readable || matches!(verdict, airlock_core::policy::CommandVerdict::Deny { .. }),
+            "{name}: {verdict:?}"
+        );
     }
     assert!(classified >= 1, "no seed statement classified");
 }
