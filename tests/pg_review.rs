@@ -331,3 +331,23 @@ async fn a_statement_too_complex_to_check_is_refused_and_the_worker_lives() {
     client.batch_execute("SELECT 1").await.unwrap();
     s.connect("pg.readwrite", &agent).await.unwrap().batch_execute("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cancel_ends_the_wait_for_review_and_the_statement_never_runs() {
+    let (s, agent, alice) = setup(POLICY).await;
+    allow_create(&s).await;
+    let client = std::sync::Arc::new(s.connect("pg.readwrite", &agent).await.unwrap());
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.batch_execute("CREATE TABLE cancelled_t (id int)").await }
+    });
+    let review = pending_review(&s, &alice).await;
+    client.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = held.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    // Approving now runs nothing: the session stopped waiting.
+    let (status, _) = decide(&s, &alice, review["id"].as_str().unwrap(), json!({"approve": true})).await;
+    assert_eq!(status, 200);
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert!(columns(&s, "cancelled_t").await.is_empty());
+}

@@ -59,6 +59,9 @@ type AdminConnection = (u64, Arc<RoleManager>);
 pub(crate) struct CancelTarget {
     pub upstream: UpstreamOptions,
     pub key: BackendKey,
+    /// Wakes the session when it is waiting on a held statement: a cancel then
+    /// ends the wait, as it would end a running statement.
+    pub held: Arc<tokio::sync::Notify>,
 }
 
 pub struct Gateway {

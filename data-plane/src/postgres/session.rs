@@ -418,13 +418,16 @@ async fn relay_session(
     })?;
 
     // Our own cancel key, mapped to the backend's.
+    let cancel_held = Arc::new(tokio::sync::Notify::new());
     let (pid, key) = loop {
         let pid = rand::random::<i32>() & i32::MAX;
         let key: [u8; 4] = rand::random();
         let mut cancels = gw.cancels.lock().unwrap_or_else(|e| e.into_inner());
         if pid != 0 && !cancels.contains_key(&(pid, key)) {
             if let Some(backend) = &upstream.backend_key {
-                cancels.insert((pid, key), CancelTarget { upstream: options.clone(), key: backend.clone() });
+                let target =
+                    CancelTarget { upstream: options.clone(), key: backend.clone(), held: cancel_held.clone() };
+                cancels.insert((pid, key), target);
             }
             break (pid, key);
         }
@@ -474,6 +477,7 @@ async fn relay_session(
         prepared: std::collections::HashMap::new(),
         lexing_safe,
         inspecting: gw.hook.inspects(&admitted.context),
+        cancel_held,
     };
     let ended = relay.run(&admitted.connection, shutdown).await;
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
@@ -551,7 +555,13 @@ struct Relay<'a> {
     /// The hook looks at this session's statements (`StatementHook::inspects`),
     /// asked again on every change of the worker's state.
     inspecting: bool,
+    /// Notified by a cancel request for this session (see `CancelTarget::held`).
+    cancel_held: Arc<tokio::sync::Notify>,
 }
+
+/// How much a client may send while one of its statements is held; past it,
+/// the session stops reading until the review ends.
+const HELD_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// Named prepared statements remembered per session; a Bind of one past this
 /// has no text to check, which fails closed where command rules apply.
@@ -964,7 +974,24 @@ impl Relay<'_> {
                 tracing::info!(parent: self.span, review = %id, approved = outcome.is_ok(), "review decided");
                 return Ok(outcome);
             }
+            let cancelled = self.cancel_held.notified();
+            let room = self.client.buf.len() < HELD_BUFFER_LIMIT;
             tokio::select! {
+                () = cancelled => {
+                    tracing::info!(parent: self.span, review = %id, "a held statement was cancelled by the client");
+                    let report = Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
+                        .with_detail(format!("it was held for review {id}, which stays open and no longer runs it"));
+                    return Ok(Err(report));
+                }
+                // Whatever the client sends meanwhile waits its turn; a client that
+                // went away ends the session now, not when the review ends.
+                read = self.client.io.read_buf(&mut self.client.buf), if room => {
+                    let n = read.map_err(io_ended)?;
+                    if n == 0 {
+                        return Err(Ended::quietly("the client went away while a statement was held"));
+                    }
+                    self.bytes_in += n as u64;
+                }
                 () = &mut grant_ends => {
                     // Checked again at the top: ends the session if the grant is over.
                     grant_ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -1102,9 +1129,11 @@ async fn forward_cancel(gw: &Gateway, pid: i32, secret_key: &[u8]) {
     let Ok(key) = <[u8; 4]>::try_from(secret_key) else { return };
     let target = gw.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, key)).cloned();
     // An unknown key gets no answer, as from Postgres itself.
-    if let Some(target) = target
-        && let Err(e) = upstream::cancel(&target.upstream, &target.key).await
-    {
+    let Some(target) = target else { return };
+    // Only a session waiting right now is woken: a cancel with nothing running
+    // must not cancel the next statement.
+    target.held.notify_waiters();
+    if let Err(e) = upstream::cancel(&target.upstream, &target.key).await {
         tracing::warn!("failed to forward a cancel request: {e}");
     }
 }
