@@ -342,12 +342,17 @@ async fn a_cancel_ends_the_wait_for_review_and_the_statement_never_runs() {
         async move { client.batch_execute("CREATE TABLE cancelled_t (id int)").await }
     });
     let review = pending_review(&s, &alice).await;
+    let id = review["id"].as_str().unwrap().to_owned();
     client.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
     let e = held.await.unwrap().unwrap_err();
     assert_eq!(sqlstate(&e), "57014", "{e:?}");
-    // Approving now runs nothing: the session stopped waiting.
-    let (status, _) = decide(&s, &alice, review["id"].as_str().unwrap(), json!({"approve": true})).await;
-    assert_eq!(status, 200);
+    // The review is withdrawn: nobody is asked to decide what can no longer run.
+    eventually(Duration::from_secs(10), "the review to be withdrawn", || async {
+        s.get_as(&format!("/v1/reviews/{id}"), &alice).await["state"] == "withdrawn"
+    })
+    .await;
+    let (status, _) = decide(&s, &alice, &id, json!({"approve": true})).await;
+    assert_eq!(status, 409);
     client.batch_execute("SELECT 1").await.unwrap();
     assert!(columns(&s, "cancelled_t").await.is_empty());
 }

@@ -108,6 +108,8 @@ pub enum Outcome {
     Approved,
     Denied,
     Expired,
+    /// The statement's session stopped waiting (a cancel, or the client left).
+    Withdrawn,
 }
 
 impl Outcome {
@@ -116,6 +118,7 @@ impl Outcome {
             Outcome::Approved => "approved",
             Outcome::Denied => "denied",
             Outcome::Expired => "expired",
+            Outcome::Withdrawn => "withdrawn",
         }
     }
 
@@ -124,6 +127,7 @@ impl Outcome {
             "approved" => Outcome::Approved,
             "denied" => Outcome::Denied,
             "expired" => Outcome::Expired,
+            "withdrawn" => Outcome::Withdrawn,
             _ => return None,
         })
     }

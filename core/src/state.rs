@@ -367,7 +367,7 @@ impl TenantState {
             match self.reviews.get(&ReviewId::of_request(id)).and_then(|r| r.outcome) {
                 None => return Some(RequestState::Pending),
                 Some((Outcome::Denied, _)) => return Some(RequestState::Denied),
-                Some((Outcome::Expired, _)) => return Some(RequestState::Expired),
+                Some((Outcome::Expired | Outcome::Withdrawn, _)) => return Some(RequestState::Expired),
                 Some((Outcome::Approved, _)) => {}
             }
         }

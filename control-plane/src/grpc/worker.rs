@@ -91,4 +91,18 @@ impl v1::worker_service_server::WorkerService for Api {
             seq: held.seq,
         }))
     }
+
+    async fn withdraw_review(
+        &self,
+        request: Request<v1::WithdrawReviewRequest>,
+    ) -> Result<Response<v1::WithdrawReviewResponse>, Status> {
+        self.cp.authenticate_worker(bearer(&request))?;
+        let r = request.into_inner();
+        let id = |name: &str, s: &str| Status::invalid_argument(format!("{name}: {s:?} is not an id"));
+        let tenant: TenantId = r.tenant_id.parse().map_err(|_| id("tenant_id", &r.tenant_id))?;
+        let review = r.review_id.parse().map_err(|_| id("review_id", &r.review_id))?;
+        let session = r.session_id.parse().map_err(|_| id("session_id", &r.session_id))?;
+        self.cp.withdraw_review(tenant, review, session).await?;
+        Ok(Response::new(v1::WithdrawReviewResponse {}))
+    }
 }

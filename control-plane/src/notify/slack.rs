@@ -210,6 +210,9 @@ fn outcome_text(decided: &Decided) -> String {
         Outcome::Denied if by.is_empty() => ":no_entry: *Denied*".to_owned(),
         Outcome::Denied => format!(":no_entry: *Denied* by {by}"),
         Outcome::Expired => ":hourglass: *Expired*: nobody decided in time".to_owned(),
+        Outcome::Withdrawn => {
+            ":leftwards_arrow_with_hook: *Withdrawn*: the statement's session stopped waiting".to_owned()
+        }
     }
 }
 

@@ -82,7 +82,8 @@ fn planned(state: &TenantState, review: &Review, post: bool, channel: &str, api_
                 .filter(|d| d.approve == (outcome == Outcome::Approved))
                 .map(|d| d.by.clone())
                 .collect();
-            (outcome.as_str().to_owned(), if outcome == Outcome::Expired { Vec::new() } else { by })
+            let nobody = matches!(outcome, Outcome::Expired | Outcome::Withdrawn);
+            (outcome.as_str().to_owned(), if nobody { Vec::new() } else { by })
         }
     };
     Planned {

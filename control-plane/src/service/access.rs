@@ -64,7 +64,7 @@ pub struct ReviewView {
     pub id: String,
     /// `access` or `command`.
     pub kind: String,
-    /// `pending`, `approved`, `denied` or `expired`.
+    /// `pending`, `approved`, `denied`, `expired` or `withdrawn` (a held statement whose session stopped waiting).
     pub state: String,
     pub requester: String,
     pub connection_id: String,

@@ -177,3 +177,33 @@ impl ControlPlane {
         })
     }
 }
+
+impl ControlPlane {
+    /// Closes the review of a statement whose session stopped waiting for it
+    /// (a cancel, or the client went away), so approvers are not asked to
+    /// decide what can no longer run. Nothing happens to a review that is
+    /// already closed or was held by another session.
+    pub async fn withdraw_review(
+        &self,
+        tenant: TenantId,
+        review_id: airlock_core::ReviewId,
+        session: airlock_core::SessionId,
+    ) -> Result<(), ApiError> {
+        use airlock_core::review::{Outcome, Reviewed};
+        let now = self.now();
+        self.command(tenant, "worker", |state| {
+            let open = state.reviews.get(&review_id).is_some_and(|r| {
+                r.is_pending() && matches!(&r.what, Reviewed::Command(held) if held.session_id == session)
+            });
+            let events = if open {
+                vec![airlock_core::Event::ReviewResolved { review_id, outcome: Outcome::Withdrawn, at_unix: now }]
+            } else {
+                Vec::new()
+            };
+            let stream = airlock_core::event::stream::review(&review_id);
+            Ok((super::Planned { stream, expected: crate::eventlog::ExpectedVersion::Any, events }, ()))
+        })
+        .await?;
+        Ok(())
+    }
+}

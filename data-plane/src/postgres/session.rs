@@ -979,8 +979,9 @@ impl Relay<'_> {
             tokio::select! {
                 () = cancelled => {
                     tracing::info!(parent: self.span, review = %id, "a held statement was cancelled by the client");
+                    self.withdraw(id);
                     let report = Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
-                        .with_detail(format!("it was held for review {id}, which stays open and no longer runs it"));
+                        .with_detail(format!("it was held for review {id}, which is withdrawn"));
                     return Ok(Err(report));
                 }
                 // Whatever the client sends meanwhile waits its turn; a client that
@@ -988,6 +989,7 @@ impl Relay<'_> {
                 read = self.client.io.read_buf(&mut self.client.buf), if room => {
                     let n = read.map_err(io_ended)?;
                     if n == 0 {
+                        self.withdraw(id);
                         return Err(Ended::quietly("the client went away while a statement was held"));
                     }
                     self.bytes_in += n as u64;
@@ -1024,6 +1026,18 @@ impl Relay<'_> {
         }
     }
 
+    /// Closes a review this session stopped waiting for, in the background: the
+    /// session does not wait on it, and a failure only leaves the review to expire.
+    fn withdraw(&self, review: airlock_core::ReviewId) {
+        let gw = self.gw.clone();
+        let (tenant, session) = (self.context.tenant, self.context.session);
+        tokio::spawn(async move {
+            if let Err(e) = gw.control_plane.withdraw_review(tenant, review, session).await {
+                tracing::warn!(%review, "failed to withdraw a review: {e:#}");
+            }
+        });
+    }
+
     /// The review's outcome once the projection has it: `Ok` to run the
     /// statement, or the error that refuses it.
     fn review_outcome(&self, id: airlock_core::ReviewId, held_at_seq: u64) -> Option<Result<(), Report>> {
@@ -1047,6 +1061,7 @@ impl Relay<'_> {
                     let why = comment.map(|c| format!(": {c}")).unwrap_or_default();
                     Err(refused(format!("permission denied: review {id} was denied by {who}{why}")))
                 }
+                Outcome::Withdrawn => Err(refused(format!("permission denied: review {id} was withdrawn"))),
                 Outcome::Expired => Err(refused(format!(
                     "permission denied: review {id} was not decided in time; the statement did not run"
                 ))),

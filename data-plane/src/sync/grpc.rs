@@ -106,6 +106,21 @@ impl GrpcSource {
         let reply = self.client.clone().hold_command(self.request(request)).await?.into_inner();
         Ok(HeldReview { review_id: reply.review_id.parse()?, expires_at_unix: reply.expires_at_unix, seq: reply.seq })
     }
+
+    pub async fn withdraw_review(
+        &self,
+        tenant: TenantId,
+        review: airlock_core::ReviewId,
+        session: airlock_core::SessionId,
+    ) -> anyhow::Result<()> {
+        let request = v1::WithdrawReviewRequest {
+            tenant_id: tenant.to_string(),
+            review_id: review.to_string(),
+            session_id: session.to_string(),
+        };
+        self.client.clone().withdraw_review(self.request(request)).await?;
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
