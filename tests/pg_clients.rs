@@ -335,6 +335,105 @@ async fn read_until_ready(stream: &mut tokio::net::TcpStream) -> (Vec<String>, u
     }
 }
 
+/// A raw session as `user`, logged in and ready for query.
+async fn raw_login(s: &Stack, user: &str, token: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", s.db.name())] {
+        cstr(&mut startup, k);
+        cstr(&mut startup, v);
+    }
+    startup.push(0);
+    let mut first = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    first.extend_from_slice(&startup);
+    stream.write_all(&first).await.unwrap();
+    let (tag, _) = read_message(&mut stream).await;
+    assert_eq!(tag, b'R');
+    let mut password = Vec::new();
+    cstr(&mut password, token);
+    stream.write_all(&message(b'p', &password)).await.unwrap();
+    let (_, status) = read_until_ready(&mut stream).await;
+    assert_eq!(status, b'I');
+    stream
+}
+
+#[tokio::test]
+async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
+    let s = Stack::start().await;
+    s.apply_policy(
+        "version: 1\ncommands:\n  - name: writes-need-review\n    match: { kinds: [write] }\n    \
+         action: { review: { approvers: { groups: [dba] }, timeout: 1s } }\n",
+    )
+    .await;
+    let token = s.token("raw").await;
+    s.grant_role("raw", "readwrite", 900).await;
+    let mut stream = raw_login(&s, "pg.readwrite", &token).await;
+    let rows = || async {
+        let admin = admin_client(s.db.url()).await;
+        admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get::<_, i64>(0)
+    };
+    let send = |batch: Vec<Vec<u8>>| batch.concat();
+
+    // A write is prepared (it is held at each Bind, not at Parse), then a Parse of
+    // harmless text under the same name is discarded after a refusal: the server
+    // still holds the write, and so must the gateway.
+    stream
+        .write_all(&send(vec![
+            parse("", "DELETE FROM people WHERE id = 1"),
+            parse("x", "SELEC broken"),
+            parse("", "SELECT 1"),
+            message(b'S', &[]),
+        ]))
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "E:42501"], "the refusal and nothing after it");
+    stream.write_all(&send(vec![bind("", "", &[]), execute("", 0), message(b'S', &[])])).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "the bound write was held, and refused when nobody approved it");
+    assert_eq!(rows().await, 2);
+
+    // A named statement cannot be re-prepared: the server keeps the first text.
+    stream
+        .write_all(&send(vec![
+            parse("s", "DELETE FROM people WHERE id = 2"),
+            message(b'S', &[]),
+            parse("s", "SELECT 1"),
+            message(b'S', &[]),
+            bind("", "s", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ]))
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P05"], "Postgres refuses the second Parse");
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "the Bind is decided on the text the server holds");
+    assert_eq!(rows().await, 2);
+
+    // After DEALLOCATE the gateway cannot know what a name stands for: its Binds are refused.
+    let mut query = Vec::new();
+    cstr(&mut query, "DEALLOCATE s");
+    stream.write_all(&message(b'Q', &query)).await.unwrap();
+    read_until_ready(&mut stream).await;
+    stream
+        .write_all(&send(vec![
+            parse("s", "DELETE FROM people WHERE id = 2"),
+            bind("", "s", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ]))
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "E:42501"]);
+    assert_eq!(rows().await, 2);
+}
+
 #[tokio::test]
 async fn several_parse_bind_execute_before_one_sync_are_answered_in_order() {
     let s = Stack::start().await;

@@ -546,8 +546,9 @@ struct Relay<'a> {
     inject: Vec<(u64, Report)>,
     /// A statement the hook holds for review, taken out of the client's stream.
     held: Option<Held>,
-    /// The text of each statement the client prepared, by name ("" unnamed).
-    prepared: std::collections::HashMap<bytes::Bytes, bytes::Bytes>,
+    /// The text of each statement the client prepared, by name ("" unnamed),
+    /// as the server holds them; `None` where the gateway lost track.
+    prepared: std::collections::HashMap<bytes::Bytes, Option<bytes::Bytes>>,
     /// The server reads statement text as the gateway does: a client encoding
     /// whose characters cannot hide a quote or backslash, and standard-conforming
     /// strings. Tracked from the server's ParameterStatus messages.
@@ -747,25 +748,12 @@ impl Relay<'_> {
             }
             let message =
                 decode_frontend(&frame).map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
-            // What the client prepares, so each Bind can be decided with its text.
-            match &message {
-                FrontendMessage::Parse { name, sql, .. }
-                    if self.prepared.len() < MAX_PREPARED || self.prepared.contains_key(name) || name.is_empty() =>
-                {
-                    // Copied: a slice would keep the whole read buffer it came from alive,
-                    // and every later read would then need a new one.
-                    self.prepared.insert(bytes::Bytes::copy_from_slice(name), bytes::Bytes::copy_from_slice(sql));
-                }
-                FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
-                    self.prepared.remove(name);
-                }
-                _ => {}
-            }
             let statement = match &message {
                 FrontendMessage::Query { sql } => Some(Statement::Query { sql }),
                 FrontendMessage::Parse { name, sql, .. } => Some(Statement::Parse { name, sql }),
                 FrontendMessage::Bind { portal, statement, params, .. } => {
-                    Some(Statement::Bind { portal, statement, params, sql: self.prepared.get(statement) })
+                    let sql = self.prepared.get(statement).and_then(Option::as_ref);
+                    Some(Statement::Bind { portal, statement, params, sql })
                 }
                 FrontendMessage::Execute { portal, max_rows } => {
                     Some(Statement::Execute { portal, max_rows: *max_rows })
@@ -809,6 +797,7 @@ impl Relay<'_> {
                         continue;
                     }
                     to_server.extend_from_slice(frame.raw());
+                    self.track_prepared(&message);
                     if owes_ready {
                         self.ready_owed += 1;
                     }
@@ -829,6 +818,7 @@ impl Relay<'_> {
                         FrontendMessage::Bind { statement, params, .. } => self
                             .prepared
                             .get(statement)
+                            .and_then(Option::as_ref)
                             .and_then(|sql| std::str::from_utf8(sql).ok())
                             .map(|s| shown_statement(s, params)),
                         _ => None,
@@ -873,8 +863,56 @@ impl Relay<'_> {
             if matches!(tag, b'Q' | b'F') {
                 self.ready_owed += 1;
             }
+            if tag == b'Q' {
+                self.track_simple_query(&frame.body());
+            }
         }
         true
+    }
+
+    /// Keeps `prepared` a mirror of what the server holds, from the messages
+    /// forwarded to it (never from refused or discarded ones). Where the
+    /// gateway cannot know what the server did, it forgets the text, and a
+    /// Bind of that statement is refused where rules apply.
+    fn track_prepared(&mut self, message: &FrontendMessage) {
+        if let FrontendMessage::Parse { sql, .. } = message {
+            self.forget_if_deallocating(sql);
+        }
+        match message {
+            // The server replaces the unnamed statement; a named one it refuses
+            // when the name is taken, and keeps the old one: so a taken name keeps
+            // its old text here too.
+            FrontendMessage::Parse { name, sql, .. }
+                if name.is_empty() || (!self.prepared.contains_key(name) && self.prepared.len() < MAX_PREPARED) =>
+            {
+                // Copied: a slice would keep the whole read buffer it came from alive,
+                // and every later read would then need a new one.
+                self.prepared.insert(bytes::Bytes::copy_from_slice(name), Some(bytes::Bytes::copy_from_slice(sql)));
+            }
+            FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
+                self.prepared.remove(name);
+            }
+            FrontendMessage::Query { sql } => self.track_simple_query(sql),
+            _ => {}
+        }
+    }
+
+    /// A simple query destroys the unnamed statement; one that may deallocate
+    /// or discard prepared statements (by SQL) leaves their state unknown.
+    fn track_simple_query(&mut self, sql: &[u8]) {
+        self.prepared.remove(b"".as_slice());
+        self.forget_if_deallocating(sql);
+    }
+
+    /// `DEALLOCATE` and `DISCARD` may remove prepared statements, or fail and
+    /// keep them: the gateway cannot tell, so it forgets every statement's text.
+    fn forget_if_deallocating(&mut self, sql: &[u8]) {
+        let mentions = |word: &[u8]| sql.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
+        if mentions(b"deallocate") || mentions(b"discard") {
+            for text in self.prepared.values_mut() {
+                *text = None;
+            }
+        }
     }
 
     fn forward_sync(&mut self, raw: &[u8], to_server: &mut BytesMut) {
