@@ -234,7 +234,7 @@ impl ControlPlane {
             return Err(ApiError::invalid("reason", "at most 1024 printable characters"));
         }
         let now = self.now();
-        let (_, view) = self
+        let (_, request) = self
             .command(principal.tenant_id, &principal.subject, |state| {
                 let connection = state
                     .find_connection(&input.connection)
@@ -285,16 +285,12 @@ impl ControlPlane {
                     let grant = grant_of(&request, format!("policy rule {}", rule.name), now);
                     events.push(Event::GrantActivated { grant });
                 }
-                let mut after = state.clone();
-                for e in &events {
-                    after.apply(e);
-                }
-                let view = request_view(&after, &request, now);
                 let planned =
                     Planned { stream: stream::grant(&request.id), expected: ExpectedVersion::NoStream, events };
-                Ok((planned, view))
+                Ok((planned, request))
             })
             .await?;
+        let view = self.view_after(principal.tenant_id, "request access", |s| Some(request_view(s, &request, now)))?;
         tracing::info!(tenant = %principal.tenant_id, request = %view.id, subject = %view.subject,
             connection = %view.connection, role = %view.role, state = %view.state, rule = %view.rule, "access requested");
         Ok(view)
@@ -381,7 +377,7 @@ impl ControlPlane {
             return Err(ApiError::invalid("scope", "only an approval can cover identical statements"));
         }
         let now = self.now();
-        let (_, view) = self
+        let (_, ()) = self
             .command(principal.tenant_id, &principal.subject, |state| {
                 let review = state.reviews.get(&review_id).ok_or_else(not_found)?;
                 if !may_see(principal, &review.requester, Some(review)) {
@@ -430,18 +426,12 @@ impl ControlPlane {
                     Reviewed::Access(request_id) => stream::grant(request_id),
                     Reviewed::Command(_) => stream::review(&review_id),
                 };
-                let mut after = state.clone();
-                for e in &events {
-                    after.apply(e);
-                }
-                let view = after
-                    .reviews
-                    .get(&review_id)
-                    .map(|r| review_view(&after, r, now))
-                    .ok_or_else(|| ApiError::internal("decide a review", "the review vanished"))?;
-                Ok((Planned { stream, expected: ExpectedVersion::Any, events }, view))
+                Ok((Planned { stream, expected: ExpectedVersion::Any, events }, ()))
             })
             .await?;
+        let view = self.view_after(principal.tenant_id, "decide a review", |s| {
+            s.reviews.get(&review_id).map(|r| review_view(s, r, now))
+        })?;
         tracing::info!(tenant = %principal.tenant_id, review = %view.id, by = %principal.subject,
             approve = input.approve, state = %view.state, via, "review decided");
         Ok(view)

@@ -118,7 +118,7 @@ impl ControlPlane {
             return Err(ApiError::invalid("reason", "at most 1024 characters"));
         }
         let now = self.now();
-        let (_, view) = self
+        let (_, grant_id) = self
             .command(principal.tenant_id, &principal.subject, |state| {
                 let connection = state
                     .find_connection(&input.connection)
@@ -135,15 +135,13 @@ impl ControlPlane {
                     reason: input.reason.clone(),
                     granted_by: principal.subject.clone(),
                 };
-                let mut after = state.clone();
-                after.apply(&Event::GrantActivated { grant: grant.clone() });
-                let view = grant_view(&after, &grant, now);
-                Ok((
-                    Planned::one(stream::grant(&grant.id), ExpectedVersion::NoStream, Event::GrantActivated { grant }),
-                    view,
-                ))
+                let id = grant.id;
+                Ok((Planned::one(stream::grant(&id), ExpectedVersion::NoStream, Event::GrantActivated { grant }), id))
             })
             .await?;
+        let view = self.view_after(principal.tenant_id, "grant access", |s| {
+            s.any_grant(&grant_id).map(|g| grant_view(s, g, now))
+        })?;
         tracing::info!(tenant = %principal.tenant_id, grant = %view.id, subject = %view.subject, connection = %view.connection, "grant activated");
         Ok(view)
     }
@@ -185,7 +183,7 @@ impl ControlPlane {
         let not_found = || ApiError::not_found(format!("grant {id}"));
         let grant_id: GrantId = id.parse().map_err(|_| not_found())?;
         let now = self.now();
-        let (_, view) = self
+        let (_, ()) = self
             .command(principal.tenant_id, &principal.subject, |state| {
                 let grant =
                     state.any_grant(&grant_id).filter(|g| may_manage(principal, state, g)).ok_or_else(not_found)?;
@@ -195,12 +193,12 @@ impl ControlPlane {
                 }
                 let event =
                     Event::GrantRevoked { grant_id, revoked_by: principal.subject.clone(), reason: reason.to_owned() };
-                let mut after = state.clone();
-                after.apply(&event);
-                let view = grant_view(&after, grant, now);
-                Ok((Planned::one(stream::grant(&grant_id), ExpectedVersion::Any, event), view))
+                Ok((Planned::one(stream::grant(&grant_id), ExpectedVersion::Any, event), ()))
             })
             .await?;
+        let view = self.view_after(principal.tenant_id, "revoke a grant", |s| {
+            s.any_grant(&grant_id).map(|g| grant_view(s, g, now))
+        })?;
         tracing::info!(tenant = %principal.tenant_id, grant = %view.id, by = %principal.subject, "grant revoked");
         Ok(view)
     }

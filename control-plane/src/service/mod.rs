@@ -226,6 +226,20 @@ impl ControlPlane {
         Ok((records, out))
     }
 
+    /// Reads the tenant's state as the projection holds it, which includes what
+    /// a command just appended: a command's reply is built from this rather
+    /// than from a copy of the state with its events applied a second time.
+    fn view_after<T>(
+        &self,
+        tenant: TenantId,
+        what: &str,
+        view: impl FnOnce(&TenantState) -> Option<T>,
+    ) -> Result<T, ApiError> {
+        self.tenants
+            .read(|t| t.get(&tenant).and_then(view))
+            .ok_or_else(|| ApiError::internal(what, "the appended state is not in the projection"))
+    }
+
     async fn append(&self, tenant: TenantId, actor: &str, planned: Planned) -> Result<Vec<EventRecord>, ApiError> {
         if planned.events.is_empty() {
             return Ok(Vec::new());

@@ -127,7 +127,7 @@ fn classify_one(node: &NodeEnum) -> Classified {
         c.settings.insert("*".to_owned());
     }
     c.functions = functions;
-    c.kind = Some(kind_of(node, &c));
+    c.kind = Some(kind_of(node));
     c
 }
 
@@ -162,7 +162,7 @@ fn writes(node: &NodeEnum) -> bool {
     })
 }
 
-fn kind_of(node: &NodeEnum, _c: &Classified) -> StatementKind {
+fn kind_of(node: &NodeEnum) -> StatementKind {
     use StatementKind::*;
     match node {
         NodeEnum::SelectStmt(s) if s.into_clause.is_some() => Ddl,

@@ -907,6 +907,11 @@ impl Relay<'_> {
     /// `DEALLOCATE` and `DISCARD` may remove prepared statements, or fail and
     /// keep them: the gateway cannot tell, so it forgets every statement's text.
     fn forget_if_deallocating(&mut self, sql: &[u8]) {
+        // Most sessions prepare nothing: then there is nothing to forget, and no
+        // statement pays for the scan.
+        if self.prepared.is_empty() {
+            return;
+        }
         let mentions = |word: &[u8]| sql.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
         if mentions(b"deallocate") || mentions(b"discard") {
             for text in self.prepared.values_mut() {
