@@ -16,8 +16,10 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::policy::StatementKind;
+use crate::policy::{ColumnPattern, StatementKind};
+use lineage::Lineage;
 
+pub mod lineage;
 mod postgres;
 
 /// The longest statement the classifier reads; longer ones are refused.
@@ -73,6 +75,13 @@ pub enum ClassifyError {
 
 /// Classifies every statement in `sql` (a simple query may hold several).
 pub fn classify(sql: &str) -> Result<Vec<Classified>, ClassifyError> {
+    Ok(analyze(sql, &[])?.into_iter().map(|(c, _)| c).collect())
+}
+
+/// Classifies every statement in `sql` and, when `patterns` names masked
+/// columns, follows them through each statement ([`lineage::lineage`]). A
+/// statement only Postgres's grammar could read has no lineage (`None`).
+pub fn analyze(sql: &str, patterns: &[ColumnPattern]) -> Result<Vec<(Classified, Option<Lineage>)>, ClassifyError> {
     if sql.len() > MAX_STATEMENT_BYTES {
         return Err(ClassifyError::TooLong);
     }
@@ -141,11 +150,26 @@ pub fn classify(sql: &str) -> Result<Vec<Classified>, ClassifyError> {
                 // A long chain of operators: sqlparser's reading stands alone.
                 postgres::Parsed::Unavailable => {}
             }
-            Ok(classified)
+            let lineages = statements.iter().map(|s| (!patterns.is_empty()).then(|| lineage::lineage(s, patterns)));
+            Ok(classified.into_iter().zip(lineages).collect())
         }
-        (Err(_), postgres::Parsed::Tree(theirs)) => Ok(postgres::classify(&theirs)),
+        (Err(_), postgres::Parsed::Tree(theirs)) => {
+            Ok(postgres::classify(&theirs).into_iter().map(|c| (c, None)).collect())
+        }
         (Err(e), _) => Err(ClassifyError::Parse(e.to_string())),
     }
+}
+
+/// `analyze` of statement text given as bytes in the client's encoding; text
+/// that is not UTF-8 cannot be read and is refused.
+pub fn analyze_bytes(
+    sql: &[u8],
+    patterns: &[ColumnPattern],
+) -> Result<Vec<(Classified, Option<Lineage>)>, ClassifyError> {
+    if sql.len() > MAX_STATEMENT_BYTES {
+        return Err(ClassifyError::TooLong);
+    }
+    analyze(std::str::from_utf8(sql).map_err(|_| ClassifyError::NotUtf8)?, patterns)
 }
 
 /// Classifies statement text given as bytes in the client's encoding; text
