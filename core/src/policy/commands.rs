@@ -2,9 +2,11 @@
 //! wins (deny over review over allow), and a few refusals hold whatever the
 //! policy says.
 
-use super::model::{Approvers, CommandAction, CommandMatch, CommandRule, Policy, covers};
+use super::masking::{MaskedUse, ResultMask, patterns};
+use super::model::{Approvers, CommandAction, CommandMatch, CommandRule, MaskingRule, Policy, covers};
 use crate::connection::ConnectionSpec;
-use crate::sql::{Classified, classify_bytes};
+use crate::sql::Classified;
+use crate::sql::lineage::UseKind;
 
 /// Functions refused whatever the policy says: they read or write the
 /// server's files, reach other servers, or act on other sessions.
@@ -69,25 +71,138 @@ impl Policy {
     }
 
     /// Decides the statement text of a simple query or a Parse. Without any
-    /// command rule for the connection, everything is allowed unread.
+    /// command or masking rule for the connection, everything is allowed unread.
     pub fn decide_statement(&self, connection: &ConnectionSpec, sql: &[u8]) -> CommandVerdict {
+        self.decide(connection, sql).verdict
+    }
+
+    /// Decides the statement text of a simple query or a Parse, and, where
+    /// masking rules cover the connection, how its result is masked.
+    pub fn decide(&self, connection: &ConnectionSpec, sql: &[u8]) -> Decision {
         let rules: Vec<&CommandRule> = self.command_rules_for(connection).collect();
-        if rules.is_empty() {
-            return CommandVerdict::Allow { rule: None };
+        let masking: Vec<MaskingRule> = self.masking_rules_for(connection).cloned().collect();
+        if rules.is_empty() && masking.is_empty() {
+            return Decision { verdict: CommandVerdict::Allow { rule: None }, mask: None };
         }
-        let statements = match classify_bytes(sql) {
+        let unread = |verdict: CommandVerdict, masking: Vec<MaskingRule>| Decision {
+            verdict,
+            mask: (!masking.is_empty()).then(|| ResultMask::unread(masking)),
+        };
+        let statements = match crate::sql::analyze_bytes(sql, &patterns(&masking)) {
             Ok(s) => s,
-            Err(e) => return CommandVerdict::builtin("unreadable-statement", format!("{e}; it is refused")),
+            Err(e) => {
+                let verdict = CommandVerdict::builtin("unreadable-statement", format!("{e}; it is refused"));
+                return unread(verdict, masking);
+            }
         };
         if statements.len() > 1 {
-            return CommandVerdict::builtin(
+            let verdict = CommandVerdict::builtin(
                 "one-statement-per-query",
                 format!("{} statements in one query; send them one at a time", statements.len()),
             );
+            return unread(verdict, masking);
         }
         // An empty query (`;`) runs nothing.
-        statements.first().map_or(CommandVerdict::Allow { rule: None }, |s| decide_one(&rules, s))
+        let Some((statement, lineage)) = statements.first() else {
+            return Decision { verdict: CommandVerdict::Allow { rule: None }, mask: None };
+        };
+        let mut verdict = decide_one(&rules, statement);
+        if masking.is_empty() {
+            return Decision { verdict, mask: None };
+        }
+        let (mask, mut uses) = match lineage {
+            Some(lineage) => ResultMask::from_lineage(masking, lineage),
+            // Read only by Postgres's own grammar: its columns cannot be
+            // followed, so every computed one is masked, and a statement that
+            // names a masked column at all is taken to filter on it.
+            None => {
+                let uses = mentioned(&masking, sql);
+                (ResultMask::unread(masking), uses)
+            }
+        };
+        // What masking cannot follow inside a statement that reads masked
+        // columns: a function body or a trigger defined by text, a value kept
+        // in a setting or sent as a notification.
+        let stores = statement.functions.iter().any(|f| SIDE_CHANNELS.contains(&f.as_str()));
+        if statement.kind() == crate::policy::StatementKind::Ddl || (stores && mask.involved) {
+            for mut u in mentioned(mask.rules(), sql) {
+                u.how = UseKind::Copy;
+                uses.push(u);
+            }
+        }
+        for u in &uses {
+            if let Some(rule) = mask.rules().get(u.rule) {
+                verdict = stronger(verdict, use_verdict(rule, u));
+            }
+        }
+        Decision { verdict, mask: Some(mask) }
     }
+}
+
+/// Functions that keep or send a value where a later statement, or another
+/// session, reads it unmasked.
+const SIDE_CHANNELS: &[&str] = &["set_config", "pg_notify", "lo_from_bytea", "lo_put"];
+
+/// A statement's verdict, and how its result is masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: CommandVerdict,
+    /// `None` when no masking rule covers the connection.
+    pub mask: Option<ResultMask>,
+}
+
+/// What a rule says of a statement that uses one of its columns.
+fn use_verdict(rule: &MaskingRule, u: &MaskedUse) -> CommandVerdict {
+    let what = match u.how {
+        UseKind::Filter => "filtering, sorting or joining on it reveals its values by inference",
+        UseKind::Copy => "copying it into a table, a view or a new name takes its values out of masking",
+        UseKind::Export => {
+            return CommandVerdict::builtin(
+                "masked-export",
+                format!(
+                    "{} is masked by rule {}, and COPY or a cursor cannot be masked; select the columns you need instead",
+                    u.column, rule.name
+                ),
+            );
+        }
+    };
+    match &rule.on_filter {
+        CommandAction::Allow => CommandVerdict::Allow { rule: None },
+        CommandAction::Deny => CommandVerdict::Deny {
+            rule: rule.name.clone(),
+            reason: format!("{} is masked by rule {}: {what}", u.column, rule.name),
+        },
+        CommandAction::Review { approvers, quorum, timeout_secs } => CommandVerdict::Review {
+            rule: rule.name.clone(),
+            approvers: approvers.clone(),
+            quorum: *quorum,
+            timeout_secs: *timeout_secs,
+        },
+    }
+}
+
+/// The more restrictive of two verdicts; on a tie, the first.
+fn stronger(a: CommandVerdict, b: CommandVerdict) -> CommandVerdict {
+    if b.severity() > a.severity() { b } else { a }
+}
+
+/// For a statement only Postgres's grammar could read: each rule whose
+/// column (or, for `*` columns, table) the text names as a word.
+fn mentioned(rules: &[MaskingRule], sql: &[u8]) -> Vec<MaskedUse> {
+    let text = String::from_utf8_lossy(sql).to_lowercase();
+    let words: std::collections::BTreeSet<&str> =
+        text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).filter(|w| !w.is_empty()).collect();
+    let mut uses = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for p in &rule.columns {
+            let name = if p.column != "*" { &p.column } else { &p.table };
+            if name == "*" || words.contains(name.to_lowercase().as_str()) {
+                uses.push(MaskedUse { rule: i, column: name.clone(), how: UseKind::Filter });
+                break;
+            }
+        }
+    }
+    uses
 }
 
 fn decide_one(rules: &[&CommandRule], s: &Classified) -> CommandVerdict {
@@ -155,6 +270,7 @@ mod tests {
     use super::*;
     use crate::connection::{ConnectionKind, CredentialMode, TargetTls};
     use crate::ids::ConnectionId;
+    use crate::policy::MaskStrategy;
 
     fn connection() -> ConnectionSpec {
         ConnectionSpec {
@@ -219,5 +335,41 @@ mod tests {
     fn without_command_rules_nothing_is_parsed() {
         let policy = Policy::parse("version: 1").unwrap();
         assert_eq!(policy.decide_statement(&connection(), b"SELEC garbage"), CommandVerdict::Allow { rule: None });
+    }
+
+    const MASKING: &str = "version: 1\nmasking:\n  - name: pii\n    columns: ['*.*.email', 'public.users.ssn']\n    strategy: hash\n  - name: cards\n    columns: ['public.users.card']\n    detectors: [credit_card]\n    strategy: partial\n    on_filter: { review: { approvers: { groups: [dba] } } }\n";
+
+    fn masked(sql: &str) -> Decision {
+        Policy::parse(MASKING).unwrap().decide(&connection(), sql.as_bytes())
+    }
+
+    #[test]
+    fn masking_follows_computed_columns_and_refuses_what_it_cannot_follow() {
+        let d = masked("SELECT id, upper(email), card || '' FROM users");
+        assert_eq!(d.verdict, CommandVerdict::Allow { rule: None });
+        let mask = d.mask.unwrap();
+        assert_eq!(mask.computed(0), None);
+        assert_eq!(mask.computed(1).map(|m| (m.rule, m.strategy)), Some(("pii".into(), MaskStrategy::Hash)));
+        assert_eq!(mask.computed(2).map(|m| m.strategy), Some(MaskStrategy::Partial));
+        assert_eq!(mask.column("public", "users", "ssn").map(|m| m.rule), Some("pii".into()));
+        assert_eq!(mask.column("public", "orders", "ssn"), None);
+        assert!(mask.has_detectors() && mask.involved);
+
+        // Filters: denied by default, or held for review where the rule says so.
+        assert_eq!(rule(&masked("SELECT id FROM users WHERE ssn LIKE '1%'").verdict), Some("pii"));
+        let held = masked("SELECT id FROM users ORDER BY card").verdict;
+        assert!(matches!(held, CommandVerdict::Review { ref rule, .. } if rule == "cards"), "{held:?}");
+        assert_eq!(rule(&masked("COPY users TO STDOUT").verdict), Some("builtin:masked-export"));
+        // Side channels and definitions that name masked columns.
+        assert_eq!(rule(&masked("SELECT set_config('app.x', email, false) FROM users").verdict), Some("pii"));
+        let f = "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT email FROM users LIMIT 1'";
+        assert_eq!(rule(&masked(f).verdict), Some("pii"));
+        // Unreadable statements are refused and their results masked whole.
+        let d = masked("SELEC email");
+        assert_eq!(rule(&d.verdict), Some("builtin:unreadable-statement"));
+        assert!(d.mask.unwrap().computed(0).is_some());
+        // With masking alone, statements of unknown kind are refused too.
+        assert_eq!(rule(&masked("DO $$BEGIN RAISE NOTICE '%', 1; END$$").verdict), Some("builtin:unknown-statement"));
+        assert_eq!(masked("SELECT 1").verdict, CommandVerdict::Allow { rule: None });
     }
 }

@@ -84,6 +84,10 @@ struct MaskingDoc {
     #[serde(default)]
     detectors: Vec<String>,
     strategy: String,
+    /// What happens to a statement that filters, sorts, joins or groups on a
+    /// masked column, or copies its values elsewhere; deny when not given.
+    #[serde(default)]
+    on_filter: Option<Value>,
 }
 
 fn all_connections() -> Vec<String> {
@@ -306,33 +310,7 @@ impl CommandDoc {
                 "must match on at least one of kinds, tables, functions, unbounded_write",
             ));
         }
-        let field = format!("{at}.action");
-        let action = match &self.action {
-            Value::String(s) if s == "allow" => CommandAction::Allow,
-            Value::String(s) if s == "deny" => CommandAction::Deny,
-            Value::String(s) => {
-                return Err(PolicyError::new(
-                    field,
-                    format!("unknown action {s:?}, expected allow, deny or {{ review: ... }}"),
-                ));
-            }
-            v => {
-                let map = object(&field, v)?;
-                only_keys(&field, map, &["review"])?;
-                let rf = format!("{field}.review");
-                let review = object(&rf, map.get("review").unwrap_or(&Value::Null))?;
-                only_keys(&rf, review, &["approvers", "quorum", "timeout"])?;
-                let timeout_secs = match review.get("timeout") {
-                    None => DEFAULT_REVIEW_TIMEOUT_SECS,
-                    Some(Value::String(t)) => duration_field(&format!("{rf}.timeout"), t)?,
-                    Some(_) => return Err(PolicyError::new(format!("{rf}.timeout"), "must be a duration such as 10m")),
-                };
-                let approvers = approvers(&format!("{rf}.approvers"), review.get("approvers"))?;
-                let quorum = quorum(&format!("{rf}.quorum"), review.get("quorum"))?;
-                reachable(&format!("{rf}.quorum"), &approvers, quorum)?;
-                CommandAction::Review { approvers, quorum, timeout_secs }
-            }
-        };
+        let action = command_action(&format!("{at}.action"), &self.action)?;
         Ok(CommandRule {
             name: self.name,
             connections,
@@ -345,6 +323,38 @@ impl CommandDoc {
             action,
         })
     }
+}
+
+/// `allow`, `deny` or `{ review: { approvers, quorum, timeout } }`.
+fn command_action(field: &str, value: &Value) -> Result<CommandAction, PolicyError> {
+    let field = field.to_owned();
+    let action = match value {
+        Value::String(s) if s == "allow" => CommandAction::Allow,
+        Value::String(s) if s == "deny" => CommandAction::Deny,
+        Value::String(s) => {
+            return Err(PolicyError::new(
+                field,
+                format!("unknown action {s:?}, expected allow, deny or {{ review: ... }}"),
+            ));
+        }
+        v => {
+            let map = object(&field, v)?;
+            only_keys(&field, map, &["review"])?;
+            let rf = format!("{field}.review");
+            let review = object(&rf, map.get("review").unwrap_or(&Value::Null))?;
+            only_keys(&rf, review, &["approvers", "quorum", "timeout"])?;
+            let timeout_secs = match review.get("timeout") {
+                None => DEFAULT_REVIEW_TIMEOUT_SECS,
+                Some(Value::String(t)) => duration_field(&format!("{rf}.timeout"), t)?,
+                Some(_) => return Err(PolicyError::new(format!("{rf}.timeout"), "must be a duration such as 10m")),
+            };
+            let approvers = approvers(&format!("{rf}.approvers"), review.get("approvers"))?;
+            let quorum = quorum(&format!("{rf}.quorum"), review.get("quorum"))?;
+            reachable(&format!("{rf}.quorum"), &approvers, quorum)?;
+            CommandAction::Review { approvers, quorum, timeout_secs }
+        }
+    };
+    Ok(action)
 }
 
 impl MaskingDoc {
@@ -372,6 +382,10 @@ impl MaskingDoc {
                 format!("unknown strategy {:?}, expected redact, partial or hash", self.strategy),
             )
         })?;
-        Ok(MaskingRule { name: self.name, connections, columns, detectors, strategy })
+        let on_filter = match &self.on_filter {
+            None => CommandAction::Deny,
+            Some(v) => command_action(&format!("{at}.on_filter"), v)?,
+        };
+        Ok(MaskingRule { name: self.name, connections, columns, detectors, strategy, on_filter })
     }
 }

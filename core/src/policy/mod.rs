@@ -6,9 +6,11 @@
 
 mod commands;
 mod document;
+mod masking;
 mod model;
 
-pub use commands::{CommandVerdict, DENIED_FUNCTIONS, LEXING_SETTINGS};
+pub use commands::{CommandVerdict, DENIED_FUNCTIONS, Decision, LEXING_SETTINGS};
+pub use masking::{MaskedUse, ResultMask, WholeMask};
 
 pub use model::*;
 

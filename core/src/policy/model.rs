@@ -116,6 +116,15 @@ pub struct MaskingRule {
     pub columns: Vec<ColumnPattern>,
     pub detectors: Vec<Detector>,
     pub strategy: MaskStrategy,
+    /// What happens to a statement that filters, sorts, joins or groups on a
+    /// masked column, or copies its values where masking does not follow:
+    /// such a statement learns the values by inference, or moves them.
+    #[serde(default = "deny")]
+    pub on_filter: CommandAction,
+}
+
+fn deny() -> CommandAction {
+    CommandAction::Deny
 }
 
 /// `schema.table.column`, each part a name or `*`.
@@ -171,7 +180,7 @@ impl Detector {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MaskStrategy {
     Redact,
@@ -180,6 +189,17 @@ pub enum MaskStrategy {
 }
 
 impl MaskStrategy {
+    /// How much a masked value still tells: a redacted value nothing, a hash
+    /// whether two values are equal, a partial one its last characters.
+    /// Where several rules mask one value, the one that tells least wins.
+    pub fn reveals(self) -> u8 {
+        match self {
+            MaskStrategy::Redact => 0,
+            MaskStrategy::Hash => 1,
+            MaskStrategy::Partial => 2,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "redact" => MaskStrategy::Redact,

@@ -3,6 +3,9 @@
 //! `StatementHook` before it is forwarded. Guardrails, approvals, masking and
 //! recording plug in here; the default allows everything.
 
+use std::sync::Arc;
+
+use airlock_core::policy::ResultMask;
 use airlock_core::principal::Principal;
 use airlock_core::{ConnectionId, GrantId, SessionId, TenantId};
 use bytes::Bytes;
@@ -75,6 +78,20 @@ pub trait StatementHook: Send + Sync + 'static {
     /// hide a quote, standard-conforming strings).
     fn inspects(&self, _session: &SessionContext) -> bool {
         true
+    }
+
+    /// Whether this session's results are masked; asked like `inspects`. A
+    /// hook that masks must also inspect.
+    fn masks(&self, _session: &SessionContext) -> bool {
+        false
+    }
+
+    /// How the results of a statement are masked: `sql` is the text of a
+    /// simple query or a Parse, `None` for a statement whose text the gateway
+    /// does not know (every column it computes is then masked). `None` when no
+    /// masking rule covers the session's connection.
+    fn result_mask(&self, _session: &SessionContext, _sql: Option<&Bytes>) -> Option<Arc<ResultMask>> {
+        None
     }
 }
 

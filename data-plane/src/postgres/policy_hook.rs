@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use airlock_core::connection::ConnectionSpec;
-use airlock_core::policy::{CommandVerdict, Policy};
+use airlock_core::policy::{CommandVerdict, Decision, Policy, ResultMask};
 use airlock_core::review::fingerprint;
 use airlock_core::{ConnectionId, TenantId};
 use bytes::Bytes;
@@ -25,7 +25,21 @@ pub struct PolicyHook {
     /// they depend on, so a repeated statement skips the parser. Exact text,
     /// not a normalized form: `set_config('client_encoding', ...)` and
     /// `set_config('app.user', ...)` normalize alike and are decided apart.
-    cache: Mutex<HashMap<CacheKey, CommandVerdict>>,
+    cache: Mutex<HashMap<CacheKey, Cached>>,
+}
+
+/// A decision as the cache keeps it: the mask shared by every session that
+/// runs the statement.
+#[derive(Clone)]
+struct Cached {
+    verdict: CommandVerdict,
+    mask: Option<Arc<ResultMask>>,
+}
+
+impl From<Decision> for Cached {
+    fn from(d: Decision) -> Self {
+        Cached { verdict: d.verdict, mask: d.mask.map(Arc::new) }
+    }
 }
 
 #[derive(PartialEq, Eq, Hash)]
@@ -59,9 +73,9 @@ impl PolicyHook {
         version: u64,
         connection: &ConnectionSpec,
         sql: &Bytes,
-    ) -> CommandVerdict {
+    ) -> Cached {
         if sql.len() > CACHE_MAX_STATEMENT {
-            return policy.decide_statement(connection, sql);
+            return policy.decide(connection, sql).into();
         }
         let key = CacheKey {
             tenant: session.tenant,
@@ -73,15 +87,42 @@ impl PolicyHook {
         if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return hit.clone();
         }
-        let verdict = policy.decide_statement(connection, sql);
+        let decided = Cached::from(policy.decide(connection, sql));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
         // A copy: a slice would keep the client's read buffer alive.
         let key = CacheKey { sql: Bytes::copy_from_slice(sql), ..key };
-        cache.insert(key, verdict.clone());
-        verdict
+        cache.insert(key, decided.clone());
+        decided
+    }
+
+    /// The tenant's usable policy and the session's connection, or why not.
+    fn with_policy<T>(
+        &self,
+        session: &SessionContext,
+        f: impl FnOnce(&airlock_core::TenantState, &Policy, u64, &ConnectionSpec) -> T,
+    ) -> Result<T, Verdict> {
+        self.projection.read(|tenants| {
+            let Some(state) = tenants.get(&session.tenant) else {
+                return Err(deny("builtin:no-tenant", "the tenant is gone".to_owned()));
+            };
+            let (policy, version) = match state.policy.as_ref().map(|p| (&p.parsed, p.version)) {
+                None => return Err(Verdict::Allow),
+                Some((Ok(policy), version)) => (policy, version),
+                Some((Err(e), _)) => {
+                    return Err(deny("builtin:unusable-policy", format!("the tenant's policy cannot be used: {e}")));
+                }
+            };
+            let Some(connection) = state.connections.get(&session.connection) else {
+                return Err(deny(
+                    "builtin:no-connection",
+                    format!("connection {} was removed", session.connection_name),
+                ));
+            };
+            Ok(f(state, policy, version, connection))
+        })
     }
 }
 
@@ -95,25 +136,14 @@ impl StatementHook for PolicyHook {
             Statement::Execute { .. } => return Verdict::Allow,
             Statement::FunctionCall => (None, None, false),
         };
-        self.projection.read(|tenants| {
-            let Some(state) = tenants.get(&session.tenant) else {
-                return deny("builtin:no-tenant", "the tenant is gone".to_owned());
-            };
-            let (policy, version) = match state.policy.as_ref().map(|p| (&p.parsed, p.version)) {
-                None => return Verdict::Allow,
-                Some((Ok(policy), version)) => (policy, version),
-                Some((Err(e), _)) => {
-                    return deny("builtin:unusable-policy", format!("the tenant's policy cannot be used: {e}"));
-                }
-            };
-            let Some(connection) = state.connections.get(&session.connection) else {
-                return deny("builtin:no-connection", format!("connection {} was removed", session.connection_name));
-            };
+        let decided = self.with_policy(session, |state, policy, version, connection| {
             let Some(sql) = sql else {
                 // A fast-path call names a function by number, and a Bind of a
                 // statement this gateway did not see parsed has no text: with
-                // command rules to apply, neither can be checked.
-                return if policy.command_rules_for(connection).next().is_some() {
+                // command or masking rules to apply, neither can be checked.
+                let applies = policy.command_rules_for(connection).next().is_some()
+                    || policy.masking_rules_for(connection).next().is_some();
+                return if applies {
                     deny(
                         "builtin:unreadable-call",
                         "this call carries no statement the gateway can check; use SQL".to_owned(),
@@ -122,7 +152,7 @@ impl StatementHook for PolicyHook {
                     Verdict::Allow
                 };
             };
-            match self.decide(session, policy, version, connection, sql) {
+            match self.decide(session, policy, version, connection, sql).verdict {
                 CommandVerdict::Allow { .. } => Verdict::Allow,
                 CommandVerdict::Deny { rule, reason } => deny(&rule, reason),
                 // Preparing runs nothing; each Bind of it is held, with its parameters.
@@ -137,7 +167,8 @@ impl StatementHook for PolicyHook {
                     if approved { Verdict::Allow } else { Verdict::Review { rule } }
                 }
             }
-        })
+        });
+        decided.unwrap_or_else(|v| v)
     }
 
     fn inspects(&self, session: &SessionContext) -> bool {
@@ -146,10 +177,36 @@ impl StatementHook for PolicyHook {
             let Some(connection) = state.connections.get(&session.connection) else { return true };
             match state.policy.as_ref().map(|p| &p.parsed) {
                 None => false,
-                Some(Ok(policy)) => policy.command_rules_for(connection).next().is_some(),
+                Some(Ok(policy)) => {
+                    policy.command_rules_for(connection).next().is_some()
+                        || policy.masking_rules_for(connection).next().is_some()
+                }
                 Some(Err(_)) => true,
             }
         })
+    }
+
+    fn masks(&self, session: &SessionContext) -> bool {
+        self.projection.read(|tenants| {
+            let Some(state) = tenants.get(&session.tenant) else { return false };
+            let Some(connection) = state.connections.get(&session.connection) else { return false };
+            match state.policy.as_ref().map(|p| &p.parsed) {
+                Some(Ok(policy)) => policy.masking_rules_for(connection).next().is_some(),
+                _ => false,
+            }
+        })
+    }
+
+    fn result_mask(&self, session: &SessionContext, sql: Option<&Bytes>) -> Option<Arc<ResultMask>> {
+        self.with_policy(session, |_, policy, version, connection| match sql {
+            Some(sql) => self.decide(session, policy, version, connection, sql).mask,
+            None => {
+                let rules: Vec<_> = policy.masking_rules_for(connection).cloned().collect();
+                (!rules.is_empty()).then(|| Arc::new(ResultMask::unread(rules)))
+            }
+        })
+        .ok()
+        .flatten()
     }
 }
 
