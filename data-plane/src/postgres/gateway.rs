@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::catalog::Catalog;
 use super::hook::StatementHook;
 use super::roles::{RoleManager, TlsChoice};
 use super::upstream::{BackendKey, UpstreamOptions};
@@ -76,6 +77,8 @@ pub struct Gateway {
     credentials: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), Credential>>,
     /// One admin connection per target, with the credential version it logged in with.
     admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
+    /// What each target's catalog says of the relations results come from.
+    catalogs: Mutex<HashMap<(TenantId, ConnectionId), Arc<Catalog>>>,
 }
 
 impl Gateway {
@@ -97,6 +100,7 @@ impl Gateway {
             cancels: Mutex::new(HashMap::new()),
             credentials: tokio::sync::Mutex::new(HashMap::new()),
             admins: tokio::sync::Mutex::new(HashMap::new()),
+            catalogs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -220,6 +224,12 @@ impl Gateway {
         let fresh = self.control_plane.connection_credential(tenant, spec.id).await?;
         cache.insert((tenant, spec.id), fresh.clone());
         Ok(fresh)
+    }
+
+    /// The catalog of a target, as masking reads it.
+    pub(crate) fn catalog(&self, tenant: TenantId, connection: ConnectionId) -> Arc<Catalog> {
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        catalogs.entry((tenant, connection)).or_default().clone()
     }
 
     /// The admin connection that makes session roles on this target.

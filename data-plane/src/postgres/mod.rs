@@ -3,8 +3,10 @@
 //! role for the session on the target, and relays the session through the
 //! statement hook.
 
+pub mod catalog;
 pub mod gateway;
 pub mod hook;
+pub mod masking;
 pub mod policy_hook;
 pub mod protocol;
 pub mod roles;

@@ -264,6 +264,54 @@ impl RoleManager {
         drop_role(&mut client, name).await
     }
 
+    /// Describes the relations with these OIDs (tables, views and the like):
+    /// their schema, name, kind, columns, the tables they inherit from or are
+    /// partitions of, and, for views, their definition.
+    /// OIDs that name no relation are left out.
+    pub async fn describe_relations(&self, oids: &[u32]) -> Result<Vec<super::catalog::Relation>, RoleError> {
+        const CONTEXT: &str = "reading the catalog";
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH RECURSIVE up(child, oid) AS ( \
+                     SELECT inhrelid, inhparent FROM pg_inherits WHERE inhrelid = ANY($1) \
+                     UNION SELECT up.child, i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid) \
+                 SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
+                        CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END, \
+                        coalesce(array_agg(a.attnum ORDER BY a.attnum) FILTER (WHERE a.attnum > 0), '{}'), \
+                        coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0), '{}'), \
+                        (SELECT coalesce(array_agg(pn.nspname::text ORDER BY p.oid), '{}') FROM up \
+                         JOIN pg_class p ON p.oid = up.oid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+                         WHERE up.child = c.oid), \
+                        (SELECT coalesce(array_agg(p.relname::text ORDER BY p.oid), '{}') FROM up \
+                         JOIN pg_class p ON p.oid = up.oid WHERE up.child = c.oid) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 WHERE c.oid = ANY($1) GROUP BY c.oid, n.nspname, c.relname, c.relkind",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| db_error(CONTEXT, &e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kind: String = row.try_get(3).map_err(|e| db_error(CONTEXT, &e))?;
+            let numbers: Vec<i16> = row.try_get(5).map_err(|e| db_error(CONTEXT, &e))?;
+            let names: Vec<String> = row.try_get(6).map_err(|e| db_error(CONTEXT, &e))?;
+            let ancestor_schemas: Vec<String> = row.try_get(7).map_err(|e| db_error(CONTEXT, &e))?;
+            let ancestor_names: Vec<String> = row.try_get(8).map_err(|e| db_error(CONTEXT, &e))?;
+            out.push(super::catalog::Relation {
+                oid: row.try_get(0).map_err(|e| db_error(CONTEXT, &e))?,
+                schema: row.try_get(1).map_err(|e| db_error(CONTEXT, &e))?,
+                name: row.try_get(2).map_err(|e| db_error(CONTEXT, &e))?,
+                is_view: matches!(kind.as_str(), "v" | "m"),
+                definition: row.try_get(4).map_err(|e| db_error(CONTEXT, &e))?,
+                columns: numbers.into_iter().zip(names).collect(),
+                ancestors: ancestor_schemas.into_iter().zip(ancestor_names).collect(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Drops every session role whose comment says it was made by `worker_id`
     /// (run on a worker's start, for the roles a crash left behind). Roles of
     /// other workers are left alone. Returns the names dropped; if some could

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use airlock_core::connection::{ConnectionKind, ConnectionSpec, CredentialMode};
 use airlock_core::event::SessionInfo;
 use airlock_core::grant::Grant;
+use airlock_core::policy::ResultMask;
 use airlock_core::{Event, SessionId, TenantId};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -31,6 +32,7 @@ use tracing::Instrument;
 
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
+use super::masking::{self, Expect, Responses};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, parse_frontend_frame, peek_frame};
 use super::protocol::frontend::ObjectKind;
@@ -478,7 +480,11 @@ async fn relay_session(
         lexing_safe,
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
+        masking: gw.hook.masks(&admitted.context).then(Responses::default),
+        salt: admitted.context.tenant.to_string().into_bytes(),
+        connection: &admitted.connection,
     };
+    relay.inspecting |= relay.masking.is_some();
     let ended = relay.run(&admitted.connection, shutdown).await;
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
     let reason = match &ended {
@@ -558,6 +564,12 @@ struct Relay<'a> {
     inspecting: bool,
     /// Notified by a cancel request for this session (see `CancelTarget::held`).
     cancel_held: Arc<tokio::sync::Notify>,
+    /// The responses owed and how their rows are masked, when masking rules
+    /// cover this session's connection (decided when it starts).
+    masking: Option<Responses>,
+    /// Keys the hash strategy: the tenant.
+    salt: Vec<u8>,
+    connection: &'a ConnectionSpec,
 }
 
 /// How much a client may send while one of its statements is held; past it,
@@ -587,11 +599,19 @@ fn lexing_setting(name: &[u8], value: &[u8]) -> Option<bool> {
 struct Held {
     /// The message as the client sent it, forwarded if approved.
     raw: bytes::Bytes,
+    message: FrontendMessage,
     /// The statement as approvers see it (see `hook::shown_statement`).
     shown: String,
     /// A simple Query (else a Bind).
     is_query: bool,
     rule: String,
+}
+
+/// What becomes of one server message in a masked session.
+enum Relayed {
+    AsIs,
+    Changed(BytesMut),
+    Dropped,
 }
 
 /// How far the client's messages were handled.
@@ -657,7 +677,13 @@ impl Relay<'_> {
                         if let Some(why) = self.still_admitted(connection) {
                             return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
                         }
-                        self.inspecting = self.gw.hook.inspects(self.context);
+                        if self.masking.is_none() && self.gw.hook.masks(self.context) {
+                            return Err(Ended::fatal(
+                                sqlstate::INSUFFICIENT_PRIVILEGE,
+                                "masking rules now cover this connection; reconnect to continue under them",
+                            ));
+                        }
+                        self.inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
                         // Watch for the next change.
                         break;
                     }
@@ -720,6 +746,7 @@ impl Relay<'_> {
                     let Some(held) = self.held.take() else { return Ok(false) };
                     match self.await_review(&held, connection, shutdown, server_buf, to_client).await? {
                         Ok(()) => {
+                            self.expect_responses(&held.message, to_server);
                             to_server.extend_from_slice(&held.raw);
                             if held.is_query {
                                 self.ready_owed += 1;
@@ -796,6 +823,7 @@ impl Relay<'_> {
                         self.forward_sync(frame.raw(), to_server);
                         continue;
                     }
+                    self.expect_responses(&message, to_server);
                     to_server.extend_from_slice(frame.raw());
                     self.track_prepared(&message);
                     if owes_ready {
@@ -832,7 +860,7 @@ impl Relay<'_> {
                         continue;
                     };
                     let raw = bytes::Bytes::copy_from_slice(frame.raw());
-                    self.held = Some(Held { raw, shown, is_query: owes_ready, rule });
+                    self.held = Some(Held { raw, message, shown, is_query: owes_ready, rule });
                     return Ok(Progress::Hold);
                 }
             }
@@ -917,10 +945,49 @@ impl Relay<'_> {
             for text in self.prepared.values_mut() {
                 *text = None;
             }
+            if let Some(r) = &mut self.masking {
+                r.forget_statements();
+            }
+        }
+    }
+
+    /// Notes the responses a message about to be forwarded owes, with the
+    /// mask its rows are read with. Before an Execute, asks the server to
+    /// describe the portal: its answer, kept from the client, describes the
+    /// rows that follow.
+    fn expect_responses(&mut self, message: &FrontendMessage, to_server: &mut BytesMut) {
+        let Some(r) = self.masking.as_mut() else { return };
+        let (hook, context) = (&self.gw.hook, self.context);
+        let mask_of = |sql: Option<&bytes::Bytes>| {
+            hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
+        };
+        match message {
+            FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
+            FrontendMessage::Parse { name, sql, .. } => r.parsed(name, mask_of(Some(sql))),
+            FrontendMessage::Bind { portal, statement, .. } => r.bound(portal, statement, || mask_of(None)),
+            FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {
+                r.queue.push_back(Expect::DescribeStatement);
+            }
+            FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
+                let mask = r.portal(name, || mask_of(None));
+                r.queue.push_back(Expect::DescribePortal { hidden: false, mask });
+            }
+            FrontendMessage::Execute { portal, .. } => {
+                let mask = r.portal(portal, || mask_of(None));
+                encode::describe_portal(to_server, portal);
+                r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone() });
+                r.queue.push_back(Expect::Execute(mask));
+            }
+            FrontendMessage::Close { kind, name } => r.closed(*kind == ObjectKind::Statement, name),
+            FrontendMessage::FunctionCall { .. } => r.queue.push_back(Expect::FunctionCall),
+            _ => {}
         }
     }
 
     fn forward_sync(&mut self, raw: &[u8], to_server: &mut BytesMut) {
+        if let Some(r) = &mut self.masking {
+            r.queue.push_back(Expect::Sync);
+        }
         to_server.extend_from_slice(raw);
         self.ready_owed += 1;
         if let Some(report) = self.refusal.take() {
@@ -936,6 +1003,9 @@ impl Relay<'_> {
     /// ReadyForQuery that answers the batch's Sync.
     fn refuse(&mut self, is_query: bool, report: Report, to_server: &mut BytesMut) {
         if is_query {
+            if let Some(r) = &mut self.masking {
+                r.queue.push_back(Expect::Query(Arc::new(ResultMask::unread(Vec::new()))));
+            }
             encode::refusal_query(to_server, &report);
             self.ready_owed += 1;
         } else {
@@ -1117,6 +1187,9 @@ impl Relay<'_> {
     /// whole run of complete ones goes to the client in one write, unless an
     /// error must be slipped in before a ReadyForQuery.
     async fn forward_server(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        if self.masking.is_some() {
+            return self.forward_masked(server_buf, to_client).await;
+        }
         let mut complete = 0;
         loop {
             let rest = server_buf.get(complete..).unwrap_or_default();
@@ -1128,30 +1201,15 @@ impl Relay<'_> {
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
                 }
             };
-            if tag == b'S'
-                && let Some(body) = rest.get(HEADER_LEN..len)
-            {
-                let mut parts = body.split(|b| *b == 0);
-                if let (Some(name), Some(value)) = (parts.next(), parts.next())
-                    && let Some(safe) = lexing_setting(name, value)
-                {
-                    // Once unsafe, stays unsafe: a later reset does not undo what ran meanwhile.
-                    self.lexing_safe &= safe;
-                }
+            if tag == b'S' {
+                self.setting_reported(rest.get(HEADER_LEN..len).unwrap_or_default());
             }
             if tag == b'Z' {
-                if let Some(&status) = rest.get(HEADER_LEN) {
-                    self.status = status;
-                }
-                self.ready_seen += 1;
-                let seen = self.ready_seen;
-                if self.inject.iter().any(|(n, _)| *n == seen) {
+                let now = self.ready_for_query(rest.get(HEADER_LEN).copied());
+                if !now.is_empty() {
                     to_client.extend_from_slice(&server_buf.split_to(complete));
                     complete = 0;
-                    let (now, later): (Vec<_>, Vec<_>) =
-                        std::mem::take(&mut self.inject).into_iter().partition(|(n, _)| *n == seen);
-                    self.inject = later;
-                    for (_, report) in now {
+                    for report in now {
                         encode::error_response(to_client, &report);
                     }
                 }
@@ -1167,6 +1225,315 @@ impl Relay<'_> {
             to_client.extend_from_slice(&run);
         }
         Ok(())
+    }
+
+    /// A ParameterStatus: whether the server still reads text as the gateway does.
+    fn setting_reported(&mut self, body: &[u8]) {
+        let mut parts = body.split(|b| *b == 0);
+        if let (Some(name), Some(value)) = (parts.next(), parts.next())
+            && let Some(safe) = lexing_setting(name, value)
+        {
+            // Once unsafe, stays unsafe: a later reset does not undo what ran meanwhile.
+            self.lexing_safe &= safe;
+        }
+    }
+
+    /// A ReadyForQuery: notes the transaction status, and returns the refusals
+    /// that go just before it.
+    fn ready_for_query(&mut self, status: Option<u8>) -> Vec<Report> {
+        if let Some(status) = status {
+            self.status = status;
+        }
+        self.ready_seen += 1;
+        let seen = self.ready_seen;
+        if !self.inject.iter().any(|(n, _)| *n == seen) {
+            return Vec::new();
+        }
+        let (now, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.inject).into_iter().partition(|(n, _)| *n == seen);
+        self.inject = later;
+        now.into_iter().map(|(_, report)| report).collect()
+    }
+
+    /// Forwards every complete server message, masking rows, copied rows,
+    /// errors and notices as the result they belong to says. Everything goes
+    /// to `to_client`, for the caller to write.
+    async fn forward_masked(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        loop {
+            let (tag, len) = match peek_frame(server_buf, DEFAULT_MAX_BACKEND_MESSAGE_LEN) {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(parent: self.span, "the target sent an invalid message: {e}");
+                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
+                }
+            };
+            let raw = server_buf.split_to(len);
+            let out = self.masked_message(tag, &raw).await?;
+            if tag == b'S' {
+                self.setting_reported(raw.get(HEADER_LEN..).unwrap_or_default());
+            }
+            if tag == b'Z' {
+                for report in self.ready_for_query(raw.get(HEADER_LEN).copied()) {
+                    encode::error_response(to_client, &report);
+                }
+            }
+            match out {
+                Relayed::AsIs => to_client.extend_from_slice(&raw),
+                Relayed::Changed(changed) => to_client.extend_from_slice(&changed),
+                Relayed::Dropped => {}
+            }
+        }
+    }
+
+    /// Places one server message among the responses owed and masks what it
+    /// carries.
+    async fn masked_message(&mut self, tag: u8, raw: &[u8]) -> Result<Relayed, Ended> {
+        let lost = |what: &str| {
+            tracing::error!("masking lost track of the target's responses: {what}");
+            Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the gateway lost track of the target's responses")
+        };
+        let Some(r) = self.masking.as_mut() else { return Ok(Relayed::AsIs) };
+        let dropping = r.dropping;
+        let relayed = match tag {
+            b'1' | b'2' | b'3' => {
+                let popped = r.queue.pop_front();
+                let fits = matches!(
+                    (tag, &popped),
+                    (b'1', Some(Expect::Parse)) | (b'2', Some(Expect::Bind)) | (b'3', Some(Expect::Close))
+                );
+                if !fits {
+                    return Err(lost("a completion that answers nothing sent"));
+                }
+                Relayed::AsIs
+            }
+            b't' => {
+                if !matches!(r.queue.front(), Some(Expect::DescribeStatement)) {
+                    return Err(lost("a parameter description nobody asked for"));
+                }
+                Relayed::AsIs
+            }
+            b'n' => match r.queue.pop_front() {
+                Some(Expect::DescribeStatement | Expect::DescribePortal { hidden: false, .. }) => Relayed::AsIs,
+                Some(Expect::DescribePortal { hidden: true, .. }) => {
+                    r.current = None;
+                    Relayed::Dropped
+                }
+                _ => return Err(lost("NoData that answers no Describe")),
+            },
+            b'T' => {
+                let (hidden, mask) = match r.queue.front() {
+                    Some(Expect::DescribeStatement) => {
+                        r.queue.pop_front();
+                        return Ok(if dropping { Relayed::Dropped } else { Relayed::AsIs });
+                    }
+                    Some(Expect::DescribePortal { hidden, mask }) => (*hidden, mask.clone()),
+                    Some(Expect::Query(mask)) => (false, mask.clone()),
+                    _ => return Err(lost("a row description that answers nothing sent")),
+                };
+                if !matches!(r.queue.front(), Some(Expect::Query(_))) {
+                    r.queue.pop_front();
+                }
+                let fields = match super::protocol::decode_backend(
+                    &Frame::new(b'T', raw.get(HEADER_LEN..).unwrap_or_default())
+                        .map_err(|_| lost("an unreadable row description"))?,
+                ) {
+                    Ok(super::protocol::BackendMessage::RowDescription(fields)) => fields,
+                    _ => return Err(lost("an unreadable row description")),
+                };
+                let shape = self.shape(&fields, mask).await?;
+                let Some(r) = self.masking.as_mut() else { return Ok(Relayed::AsIs) };
+                if let Some(why) = masking::unreadable(&fields, &shape.columns) {
+                    r.current = None;
+                    r.dropping = true;
+                    let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
+                        .with_detail("rule: builtin:masked-binary");
+                    let mut out = BytesMut::new();
+                    encode::error_response(&mut out, &report);
+                    return Ok(if dropping { Relayed::Dropped } else { Relayed::Changed(out) });
+                }
+                r.current = Some(Arc::new(shape));
+                if hidden { Relayed::Dropped } else { Relayed::AsIs }
+            }
+            // The rows of a refused result.
+            b'D' | b'd' if dropping => Relayed::Dropped,
+            b'D' => {
+                if !matches!(r.queue.front(), Some(Expect::Query(_) | Expect::Execute(_))) {
+                    return Err(lost("a row outside any result"));
+                }
+                let Some(shape) = r.current.clone() else { return Err(lost("a row before its description")) };
+                match masking::mask_row(raw, &shape, &self.salt) {
+                    Ok(Some(changed)) => Relayed::Changed(changed),
+                    Ok(None) => Relayed::AsIs,
+                    Err(e) => {
+                        tracing::error!(parent: self.span, "the target sent an invalid row: {e}");
+                        return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
+                    }
+                }
+            }
+            b'C' | b'I' | b's' => {
+                r.current = None;
+                r.copy_binary = false;
+                match r.queue.front() {
+                    Some(Expect::Execute(_)) => {
+                        r.queue.pop_front();
+                    }
+                    Some(Expect::Query(_)) => {}
+                    _ => return Err(lost("a completion outside any statement")),
+                }
+                Relayed::AsIs
+            }
+            b'E' | b'N' => {
+                let mask = match r.queue.front() {
+                    Some(Expect::Query(m) | Expect::Execute(m) | Expect::DescribePortal { mask: m, .. }) => {
+                        Some(m.clone())
+                    }
+                    _ => None,
+                };
+                if tag == b'E' {
+                    r.current = None;
+                    r.copy_binary = false;
+                    // Outside a simple query, the server skips to the next Sync.
+                    if !matches!(r.queue.front(), Some(Expect::Query(_) | Expect::FunctionCall)) {
+                        while r.queue.front().is_some_and(|e| !matches!(e, Expect::Sync)) {
+                            r.queue.pop_front();
+                        }
+                    }
+                }
+                let any_rules = self.gw.hook.result_mask(self.context, None);
+                match mask.or(any_rules) {
+                    Some(m) => match masking::mask_report(raw, &m, m.involved, &self.salt) {
+                        Some(changed) => Relayed::Changed(changed),
+                        None => Relayed::AsIs,
+                    },
+                    None => Relayed::AsIs,
+                }
+            }
+            b'H' => {
+                let binary = raw.get(HEADER_LEN) == Some(&1);
+                let detects = match r.queue.front() {
+                    Some(Expect::Query(m) | Expect::Execute(m)) => m.has_detectors(),
+                    _ => return Err(lost("COPY outside any statement")),
+                };
+                if binary && detects {
+                    r.dropping = true;
+                    let report = Report::error(
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        "permission denied: COPY in binary format cannot be masked; use text or CSV",
+                    )
+                    .with_detail("rule: builtin:masked-binary");
+                    let mut out = BytesMut::new();
+                    encode::error_response(&mut out, &report);
+                    return Ok(if dropping { Relayed::Dropped } else { Relayed::Changed(out) });
+                }
+                r.copy_binary = binary;
+                Relayed::AsIs
+            }
+            b'd' => {
+                let mask = match r.queue.front() {
+                    Some(Expect::Query(m) | Expect::Execute(m)) => m.clone(),
+                    _ => return Err(lost("COPY data outside any statement")),
+                };
+                if r.copy_binary || !mask.has_detectors() {
+                    Relayed::AsIs
+                } else {
+                    masking::mask_copy_data(raw, &mask, &self.salt).map_or(Relayed::AsIs, Relayed::Changed)
+                }
+            }
+            b'Z' => {
+                match r.queue.pop_front() {
+                    Some(Expect::Query(_) | Expect::Sync | Expect::FunctionCall) => {}
+                    _ => return Err(lost("ReadyForQuery that answers nothing sent")),
+                }
+                r.current = None;
+                r.dropping = false;
+                return Ok(Relayed::AsIs);
+            }
+            b'V' => {
+                if !matches!(r.queue.front(), Some(Expect::FunctionCall)) {
+                    return Err(lost("a function result nobody asked for"));
+                }
+                Relayed::AsIs
+            }
+            // Asynchronous: settings, notifications; and the rest of a COPY.
+            b'S' | b'A' | b'G' | b'W' | b'c' => Relayed::AsIs,
+            other => {
+                return Err(lost(&format!("unexpected message {}", super::protocol::Tag(other))));
+            }
+        };
+        Ok(if dropping { Relayed::Dropped } else { relayed })
+    }
+
+    /// What happens to each column of a result described by `fields`.
+    async fn shape(
+        &self,
+        fields: &[super::protocol::FieldDescription],
+        mask: Arc<ResultMask>,
+    ) -> Result<masking::Shape, Ended> {
+        use masking::Column;
+        let column_rules = mask.rules().iter().any(|r| !r.columns.is_empty());
+        let mut oids: Vec<u32> =
+            fields.iter().filter(|f| f.table_oid != 0 && f.column_attr > 0).map(|f| f.table_oid).collect();
+        oids.sort_unstable();
+        oids.dedup();
+        let relations = if column_rules && !oids.is_empty() {
+            let unreachable = |e: String| {
+                tracing::error!(parent: self.span, "failed to read the catalog of {}: {e}", self.connection.name);
+                Ended::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("the gateway cannot read the catalog of {} to mask results", self.connection.name),
+                )
+            };
+            let admin = self
+                .gw
+                .role_manager(self.context.tenant, self.connection)
+                .await
+                .map_err(|e| unreachable(format!("{e:#}")))?;
+            self.gw
+                .catalog(self.context.tenant, self.connection.id)
+                .relations(&oids, &admin)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+        } else {
+            std::collections::HashMap::new()
+        };
+        let mut columns = Vec::with_capacity(fields.len());
+        for (i, f) in fields.iter().enumerate() {
+            let whole = if f.table_oid != 0 && f.column_attr > 0 {
+                if !column_rules {
+                    None
+                } else {
+                    match relations.get(&f.table_oid) {
+                        Some(Some(rel)) if rel.is_view => {
+                            // A view's columns are what its definition computes.
+                            let definition = rel.definition.as_deref().map(|d| bytes::Bytes::from(d.to_owned()));
+                            match definition.and_then(|d| self.gw.hook.result_mask(self.context, Some(&d))) {
+                                Some(view) => view.computed(usize::try_from(f.column_attr - 1).unwrap_or(0)),
+                                None => mask.strongest(),
+                            }
+                        }
+                        Some(Some(rel)) => match rel.columns.get(&f.column_attr) {
+                            Some(name) => std::iter::once((&rel.schema, &rel.name))
+                                .chain(rel.ancestors.iter().map(|(s, n)| (s, n)))
+                                .filter_map(|(schema, table)| mask.column(schema, table, name))
+                                .min_by_key(|m| m.strategy.reveals()),
+                            None => mask.strongest(),
+                        },
+                        // Gone from the catalog: masked, since nothing says it is not.
+                        _ => mask.strongest(),
+                    }
+                }
+            } else {
+                mask.computed(i)
+            };
+            let column = match whole {
+                Some(w) => Column::Whole(w),
+                None if mask.has_detectors() => Column::Detect,
+                None => Column::Pass,
+            };
+            columns.push((column, masking::value_kind(f.type_oid), f.format == 1));
+        }
+        Ok(masking::shape(columns, mask))
     }
 
     async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {

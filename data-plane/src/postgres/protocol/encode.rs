@@ -224,6 +224,15 @@ pub fn query(buf: &mut BytesMut, sql: &[u8]) -> Result<(), ProtocolError> {
     put_message(buf, b'Q', |buf| put_cstr(buf, sql, "a query string"))
 }
 
+/// Appends a Describe of a portal. The name came in a client's message, so it
+/// holds no NUL and fits a message.
+pub fn describe_portal(buf: &mut BytesMut, portal: &[u8]) {
+    let _ = put_message(buf, b'D', |buf| {
+        buf.put_u8(b'P');
+        put_cstr(buf, portal, "a portal name")
+    });
+}
+
 /// Appends a Sync.
 pub fn sync(buf: &mut BytesMut) {
     buf.put_u8(b'S');

@@ -1,0 +1,477 @@
+//! Masking of what a session's statements return, row by row.
+//!
+//! Which result a server message belongs to is followed from the messages the
+//! session forwarded ([`Responses`]): each simple query, Parse, Bind, Describe,
+//! Execute, Close and Sync owes the client a known set of responses, in order.
+//! Before every Execute the gateway adds a Describe of the portal of its own,
+//! whose answer it keeps to itself: so every row arrives after a description
+//! of its columns, whatever the client asked for.
+//!
+//! For each column of a result ([`shape`]): a plain column of a table (Postgres
+//! names its table and number) is masked whole when a rule names it; a column
+//! the statement computes is masked whole when its lineage reaches a masked
+//! column; every other text value is read by the content detectors. A masked
+//! text value is replaced per the rule's strategy; a masked value of any other
+//! type becomes NULL, which every client can read whatever the format. A
+//! binary-format column whose values the detectors cannot read (an array, a
+//! record, a type the gateway does not know) refuses the whole result.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use airlock_core::mask;
+use airlock_core::policy::{MaskStrategy, ResultMask, WholeMask};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::protocol::frame::HEADER_LEN;
+use super::protocol::{FieldDescription, ProtocolError};
+
+/// The response a forwarded client message owes, in the order owed.
+#[derive(Debug)]
+pub enum Expect {
+    /// A simple query: its results, up to its ReadyForQuery.
+    Query(Arc<ResultMask>),
+    /// A fast-path call: its result, up to its ReadyForQuery.
+    FunctionCall,
+    Parse,
+    Bind,
+    Close,
+    /// ParameterDescription, then RowDescription or NoData.
+    DescribeStatement,
+    /// RowDescription or NoData; `hidden` when the gateway asked, not the client.
+    DescribePortal {
+        hidden: bool,
+        mask: Arc<ResultMask>,
+    },
+    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute(Arc<ResultMask>),
+    Sync,
+}
+
+/// The responses a session's server owes, and the masks they are read with.
+#[derive(Debug, Default)]
+pub struct Responses {
+    pub queue: VecDeque<Expect>,
+    /// The mask of each prepared statement, by name, as the server holds them.
+    statements: HashMap<Bytes, Arc<ResultMask>>,
+    /// The mask of each portal, by name.
+    portals: HashMap<Bytes, Arc<ResultMask>>,
+    /// The columns of the result being relayed.
+    pub current: Option<Arc<Shape>>,
+    /// After a result is refused: server messages are dropped up to the next
+    /// ReadyForQuery.
+    pub dropping: bool,
+    /// The result being relayed is a COPY in binary (its rows cannot be read).
+    pub copy_binary: bool,
+}
+
+/// Prepared statements and portals remembered per session.
+const MAX_NAMED: usize = 10_000;
+
+impl Responses {
+    pub fn parsed(&mut self, name: &Bytes, mask: Arc<ResultMask>) {
+        if name.is_empty() || (!self.statements.contains_key(name) && self.statements.len() < MAX_NAMED) {
+            self.statements.insert(Bytes::copy_from_slice(name), mask);
+        }
+        self.queue.push_back(Expect::Parse);
+    }
+
+    /// A Bind: the portal takes its statement's mask, or `unknown` when the
+    /// gateway did not see the statement prepared.
+    pub fn bound(&mut self, portal: &Bytes, statement: &Bytes, unknown: impl FnOnce() -> Arc<ResultMask>) {
+        let mask = self.statements.get(statement).cloned().unwrap_or_else(unknown);
+        if portal.is_empty() || self.portals.contains_key(portal) || self.portals.len() < MAX_NAMED {
+            self.portals.insert(Bytes::copy_from_slice(portal), mask);
+        }
+        self.queue.push_back(Expect::Bind);
+    }
+
+    /// The mask of a portal, or `unknown` when it is not known.
+    pub fn portal(&self, portal: &Bytes, unknown: impl FnOnce() -> Arc<ResultMask>) -> Arc<ResultMask> {
+        self.portals.get(portal).cloned().unwrap_or_else(unknown)
+    }
+
+    pub fn closed(&mut self, statement: bool, name: &Bytes) {
+        if statement {
+            self.statements.remove(name);
+        } else {
+            self.portals.remove(name);
+        }
+        self.queue.push_back(Expect::Close);
+    }
+
+    /// A simple query replaces the unnamed statement and portal.
+    pub fn query(&mut self, mask: Arc<ResultMask>) {
+        self.statements.remove(b"".as_slice());
+        self.portals.remove(b"".as_slice());
+        self.queue.push_back(Expect::Query(mask));
+    }
+
+    /// `DEALLOCATE` or `DISCARD` by SQL: which statements are gone is not
+    /// known, so none keeps its mask (a Bind of one is then masked as unknown).
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+}
+
+/// What happens to one column's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Column {
+    Pass,
+    /// Read by the content detectors.
+    Detect,
+    Whole(WholeMask),
+}
+
+/// How a column's values are written, as far as masking cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Text in both formats: text, varchar, char, name, unknown.
+    Text,
+    Json,
+    /// Binary: a version byte, then JSON text.
+    Jsonb,
+    /// Numbers, times, booleans, uuids, bytea, addresses: no text inside a
+    /// binary value; a masked one becomes NULL.
+    Scalar,
+    /// Arrays, records, composites, enums, domains and types the gateway does
+    /// not know: text inside, which the detectors read only in text format.
+    Other,
+}
+
+pub fn value_kind(type_oid: u32) -> ValueKind {
+    match type_oid {
+        25 | 1043 | 1042 | 19 | 705 | 18 => ValueKind::Text,
+        114 => ValueKind::Json,
+        3802 => ValueKind::Jsonb,
+        16 | 17 | 20 | 21 | 23 | 26 | 700 | 701 | 1700 | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 | 2950 | 869 | 650
+        | 829 | 774 | 790 | 28 | 27 | 3220 | 1560 | 1562 => ValueKind::Scalar,
+        _ => ValueKind::Other,
+    }
+}
+
+/// A result's columns: what happens to each, how it is written, in which format.
+#[derive(Debug)]
+pub struct Shape {
+    pub columns: Vec<(Column, ValueKind, bool)>,
+    pub mask: Arc<ResultMask>,
+    /// Nothing to change in any row.
+    pub untouched: bool,
+}
+
+/// Why a result cannot be relayed masked.
+pub fn unreadable(fields: &[FieldDescription], columns: &[(Column, ValueKind, bool)]) -> Option<String> {
+    fields.iter().zip(columns).find_map(|(f, (column, kind, binary))| {
+        (*binary && *column == Column::Detect && *kind == ValueKind::Other).then(|| {
+            format!(
+                "column {} is sent in binary format, in which masking cannot read it; request text format",
+                String::from_utf8_lossy(&f.name)
+            )
+        })
+    })
+}
+
+pub fn shape(columns: Vec<(Column, ValueKind, bool)>, mask: Arc<ResultMask>) -> Shape {
+    let untouched = columns.iter().all(|(c, _, _)| *c == Column::Pass);
+    Shape { columns, mask, untouched }
+}
+
+/// The DataRow `raw` (header included) with its values masked per `shape`, or
+/// `None` when nothing in it changes.
+pub fn mask_row(raw: &[u8], shape: &Shape, salt: &[u8]) -> Result<Option<BytesMut>, ProtocolError> {
+    if shape.untouched {
+        return Ok(None);
+    }
+    let malformed = |what| ProtocolError::Malformed { tag: super::protocol::Tag(b'D'), what };
+    let body = raw.get(HEADER_LEN..).ok_or(malformed("truncated"))?;
+    let count = body
+        .get(..2)
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .map(u16::from_be_bytes)
+        .ok_or(malformed("missing column count"))?;
+    if usize::from(count) != shape.columns.len() {
+        return Err(malformed("row does not match its description"));
+    }
+    let mut at = 2usize;
+    let mut cells: Vec<(usize, Option<(usize, usize)>)> = Vec::with_capacity(shape.columns.len());
+    for _ in 0..count {
+        let len = body
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(i32::from_be_bytes)
+            .ok_or(malformed("fewer columns than declared"))?;
+        at += 4;
+        if len < 0 {
+            cells.push((at, None));
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed("negative column length"))?;
+        let end =
+            at.checked_add(len).filter(|e| *e <= body.len()).ok_or(malformed("column longer than the message"))?;
+        cells.push((at, Some((at, end))));
+        at = end;
+    }
+    if at != body.len() {
+        return Err(malformed("bytes after the last column"));
+    }
+    let mut changed: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(cells.len());
+    let mut any = false;
+    for ((column, kind, binary), (_, span)) in shape.columns.iter().zip(&cells) {
+        let value = span.and_then(|(s, e)| body.get(s..e));
+        let new = match (column, value) {
+            (Column::Pass, _) | (_, None) => None,
+            (Column::Whole(m), Some(v)) => Some(whole(v, *kind, *binary, m.strategy, salt)),
+            (Column::Detect, Some(v)) => detect(v, *kind, *binary, &shape.mask, salt),
+        };
+        any |= new.is_some();
+        changed.push(new);
+    }
+    if !any {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(raw.len() + 16 * cells.len());
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_u16(count);
+    for (new, (_, span)) in changed.into_iter().zip(&cells) {
+        let value: Option<&[u8]> = match &new {
+            Some(replaced) => replaced.as_deref(),
+            None => span.and_then(|(s, e)| body.get(s..e)),
+        };
+        match value {
+            None => out.put_i32(-1),
+            Some(v) => {
+                out.put_i32(i32::try_from(v.len()).map_err(|_| malformed("column too long"))?);
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    let len = i32::try_from(out.len() - 1).map_err(|_| malformed("row too long"))?;
+    if let Some(b) = out.get_mut(1..5) {
+        b.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(Some(out))
+}
+
+/// A value masked whole; `None` is NULL.
+fn whole(value: &[u8], kind: ValueKind, binary: bool, strategy: MaskStrategy, salt: &[u8]) -> Option<Vec<u8>> {
+    match kind {
+        ValueKind::Text => Some(mask::replacement(value, strategy, salt)),
+        ValueKind::Json | ValueKind::Jsonb => {
+            // A JSON string: a partial mask of JSON text would keep its quotes and
+            // escapes, and no longer be JSON.
+            let strategy = if strategy == MaskStrategy::Partial { MaskStrategy::Redact } else { strategy };
+            let mut out = Vec::new();
+            if binary && kind == ValueKind::Jsonb {
+                out.push(1);
+            }
+            out.push(b'"');
+            out.extend_from_slice(&mask::replacement(value, strategy, salt));
+            out.push(b'"');
+            Some(out)
+        }
+        ValueKind::Scalar | ValueKind::Other => None,
+    }
+}
+
+/// A value read by every rule's detectors: `None` when nothing was found,
+/// `Some(None)` for NULL.
+fn detect(value: &[u8], kind: ValueKind, binary: bool, m: &ResultMask, salt: &[u8]) -> Option<Option<Vec<u8>>> {
+    let (prefix, text) = match (kind, binary) {
+        (ValueKind::Jsonb, true) => value.split_at_checked(1)?,
+        // Binary values of these hold no text; binary ones of `Other` were refused.
+        (ValueKind::Scalar | ValueKind::Other, true) => return None,
+        _ => (&[][..], value),
+    };
+    let mut current: Option<Vec<u8>> = None;
+    for (rule, detectors) in m.detectors() {
+        let input = current.as_deref().unwrap_or(text);
+        if let Some(masked) = mask::mask(input, detectors, rule.strategy, salt) {
+            current = Some(masked);
+        }
+    }
+    let masked = current?;
+    if kind == ValueKind::Scalar {
+        // A number that holds a card number: text in its place would not parse.
+        return Some(None);
+    }
+    let mut out = prefix.to_vec();
+    out.extend_from_slice(&masked);
+    Some(Some(out))
+}
+
+/// A CopyData message's rows read by the detectors; `None` when unchanged.
+pub fn mask_copy_data(raw: &[u8], m: &ResultMask, salt: &[u8]) -> Option<BytesMut> {
+    let body = raw.get(HEADER_LEN..)?;
+    let masked = detect(body, ValueKind::Text, false, m, salt)??;
+    let mut out = BytesMut::with_capacity(masked.len() + HEADER_LEN);
+    out.put_u8(b'd');
+    out.put_i32(i32::try_from(masked.len() + 4).ok()?);
+    out.extend_from_slice(&masked);
+    Some(out)
+}
+
+/// An ErrorResponse or NoticeResponse with its text read by the detectors and,
+/// when the statement reads masked columns (`withhold`), its message, detail,
+/// hint and context replaced: Postgres quotes values in them (`invalid input
+/// syntax for type integer: "123-45-6789"`). Codes, severities and the names
+/// of objects stay. `None` when unchanged.
+pub fn mask_report(raw: &[u8], m: &ResultMask, withhold: bool, salt: &[u8]) -> Option<BytesMut> {
+    let tag = *raw.first()?;
+    let body = raw.get(HEADER_LEN..)?;
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while let Some(&code) = body.get(at) {
+        if code == 0 {
+            break;
+        }
+        let rest = body.get(at + 1..)?;
+        let nul = rest.iter().position(|b| *b == 0)?;
+        fields.push((code, rest.get(..nul)?));
+        at += nul + 2;
+    }
+    let mut changed = false;
+    let mut out = BytesMut::with_capacity(raw.len());
+    out.put_u8(tag);
+    out.put_i32(0);
+    for (code, value) in fields {
+        let text_field = matches!(code, b'M' | b'D' | b'H' | b'W' | b'q');
+        let replaced: Option<Vec<u8>> = if withhold && text_field {
+            match code {
+                b'M' => Some(b"the message is withheld: the statement reads masked columns".to_vec()),
+                _ => Some(Vec::new()),
+            }
+        } else if text_field {
+            detect(value, ValueKind::Text, false, m, salt).flatten()
+        } else {
+            None
+        };
+        match replaced {
+            Some(v) if v.is_empty() => changed = true,
+            Some(v) => {
+                changed = true;
+                out.put_u8(code);
+                out.extend(v.into_iter().filter(|b| *b != 0));
+                out.put_u8(0);
+            }
+            None => {
+                out.put_u8(code);
+                out.extend_from_slice(value);
+                out.put_u8(0);
+            }
+        }
+    }
+    out.put_u8(0);
+    if !changed {
+        return None;
+    }
+    let len = i32::try_from(out.len() - 1).ok()?;
+    out.get_mut(1..5)?.copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_core::policy::Policy;
+
+    fn result_mask() -> Arc<ResultMask> {
+        let policy = Policy::parse(
+            "version: 1\nmasking:\n  - name: pii\n    columns: ['*.*.email']\n    detectors: [credit_card]\n    strategy: partial\n",
+        )
+        .unwrap();
+        Arc::new(ResultMask::unread(policy.masking))
+    }
+
+    fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_u16(values.len() as u16);
+        for v in values {
+            match v {
+                None => out.put_i32(-1),
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        out.to_vec()
+    }
+
+    #[test]
+    fn rows_are_masked_per_column_and_kept_well_formed() {
+        let m = result_mask();
+        let whole = WholeMask { rule: "pii".into(), strategy: MaskStrategy::Redact };
+        let columns = vec![
+            (Column::Pass, ValueKind::Scalar, false),
+            (Column::Whole(whole.clone()), ValueKind::Text, false),
+            (Column::Detect, ValueKind::Text, false),
+            (Column::Whole(whole.clone()), ValueKind::Scalar, true),
+            (Column::Detect, ValueKind::Scalar, false),
+            (Column::Whole(whole), ValueKind::Jsonb, true),
+            (Column::Detect, ValueKind::Text, false),
+        ];
+        let s = shape(columns, m);
+        let raw = row(&[
+            Some(b"1"),
+            Some(b"ana@example.com"),
+            Some(b"card 4111 1111 1111 1111"),
+            Some(&[0, 0, 0, 7]),
+            Some(b"4111111111111111"),
+            Some(b"\x01{\"a\": 1}"),
+            None,
+        ]);
+        let out = mask_row(&raw, &s, b"t").unwrap().unwrap();
+        let expected = row(&[
+            Some(b"1"),
+            Some(b"[redacted]"),
+            Some(b"card **** **** **** 1111"),
+            None,
+            None,
+            Some(b"\x01\"[redacted]\""),
+            None,
+        ]);
+        assert_eq!(out.to_vec(), expected);
+        // Nothing found: the row is forwarded as it came.
+        let clean = row(&[Some(b"2"), None, Some(b"hello"), None, Some(b"12"), None, None]);
+        assert_eq!(mask_row(&clean, &s, b"t").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_rows_are_refused() {
+        let s = shape(vec![(Column::Detect, ValueKind::Text, false)], result_mask());
+        let mut bad = row(&[Some(b"abc")]);
+        bad[10] = 0xff; // length now negative
+        assert!(mask_row(&bad, &s, b"t").is_err());
+        let two = row(&[Some(b"a"), Some(b"b")]);
+        assert!(mask_row(&two, &s, b"t").is_err(), "more columns than described");
+        let mut long = row(&[Some(b"abc")]);
+        long[10] = 9;
+        assert!(mask_row(&long, &s, b"t").is_err());
+    }
+
+    #[test]
+    fn error_text_is_withheld_or_read_by_the_detectors() {
+        let m = result_mask();
+        let mut raw = BytesMut::new();
+        raw.put_u8(b'E');
+        raw.put_i32(0);
+        for (code, text) in [(b'S', "ERROR"), (b'C', "22P02"), (b'M', "invalid input: \"4111111111111111\"")] {
+            raw.put_u8(code);
+            raw.extend_from_slice(text.as_bytes());
+            raw.put_u8(0);
+        }
+        raw.put_u8(0);
+        let len = (raw.len() - 1) as i32;
+        raw[1..5].copy_from_slice(&len.to_be_bytes());
+        let read = mask_report(&raw, &m, false, b"t").unwrap();
+        assert!(String::from_utf8_lossy(&read).contains("\"************1111\""));
+        let withheld = mask_report(&raw, &m, true, b"t").unwrap();
+        let text = String::from_utf8_lossy(&withheld);
+        assert!(text.contains("withheld") && text.contains("22P02") && !text.contains("4111"), "{text}");
+    }
+}

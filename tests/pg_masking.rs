@@ -1,0 +1,257 @@
+//! Masking through the real gateway against the real Postgres: what a client
+//! sees of masked columns and of sensitive values, in text and binary formats,
+//! by the simple and the extended protocol, and what happens to the ways
+//! around it (expressions, views, unions, whole-row values, filters, COPY,
+//! error messages).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{Stack, admin_client, sqlstate};
+use tokio_postgres::SimpleQueryMessage;
+
+const POLICY: &str = r#"
+version: 1
+masking:
+  - name: pii
+    columns: ["*.*.email", "public.customers.ssn", "public.accounts.ssn"]
+    strategy: redact
+  - name: cards
+    columns: ["public.customers.card"]
+    detectors: [credit_card, email, national_id]
+    strategy: partial
+"#;
+
+const CARD: &str = "4111 1111 1111 1111";
+
+/// The target's tables: customers with personal data, orders that carry an
+/// `ssn` column no rule names, a view that renames a masked column, and a
+/// table that inherits one.
+async fn tables(s: &Stack) {
+    let admin = admin_client(s.db.url()).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text, card text,
+                                     notes text, balance bigint, profile jsonb);
+             INSERT INTO customers VALUES
+               (1, 'Ana', 'ana@example.com', '123-45-6789', '{CARD}',
+                'call ana@example.com, card {CARD}', 4111111111111111, '{{\"mail\": \"ana@example.com\"}}'),
+               (2, 'Bo', 'bo@example.org', '987-65-4321', '5500 0000 0000 0004', 'no secrets here', 12, '{{}}');
+             CREATE TABLE orders (id int, ssn text);
+             INSERT INTO orders VALUES (1, '555555555');
+             CREATE VIEW contacts AS SELECT id, email AS contact, name FROM customers;
+             CREATE TABLE accounts (id int, ssn text);
+             CREATE TABLE accounts_eu () INHERITS (accounts);
+             INSERT INTO accounts_eu VALUES (1, '123-45-6789');
+             GRANT SELECT ON customers, orders, contacts, accounts, accounts_eu TO {t}, {t}_rw;",
+            t = s.template
+        ))
+        .await
+        .unwrap();
+}
+
+async fn masked_stack() -> (Stack, tokio_postgres::Client, String) {
+    let s = Stack::start().await;
+    tables(&s).await;
+    s.apply_policy(POLICY).await;
+    let token = s.token("agent-9").await;
+    s.grant("agent-9", 900).await;
+    let client = s.connect("pg", &token).await.unwrap();
+    (s, client, token)
+}
+
+/// The rows a simple query returns, as text (`None` for NULL).
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            _ => None,
+        })
+        .collect())
+}
+
+fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
+    values.iter().map(|v| v.map(str::to_owned)).collect()
+}
+
+const R: Option<&str> = Some("[redacted]");
+
+#[tokio::test]
+async fn masked_columns_are_masked_however_they_are_read() {
+    let (_s, client, _) = masked_stack().await;
+    let cases: &[(&str, Vec<Option<String>>)] = &[
+        // Named columns, star, aliases: Postgres names the origin; the catalog decides.
+        ("SELECT id, name, email, ssn FROM customers WHERE id = 1", row(&[Some("1"), Some("Ana"), R, R])),
+        ("SELECT email AS e, c.ssn AS s FROM customers c WHERE id = 2", row(&[R, R])),
+        ("SELECT x FROM (SELECT email AS x FROM customers WHERE id = 1) s", row(&[R])),
+        ("WITH c AS (SELECT ssn FROM customers WHERE id = 1) SELECT * FROM c", row(&[R])),
+        // Computed from masked columns: lineage decides.
+        ("SELECT upper(email) FROM customers WHERE id = 1", row(&[R])),
+        ("SELECT email || '' FROM customers WHERE id = 1", row(&[R])),
+        ("SELECT substr(ssn, 1, 3) FROM customers WHERE id = 1", row(&[R])),
+        ("SELECT email::varchar(100) FROM customers WHERE id = 1", row(&[R])),
+        ("SELECT coalesce(NULL, ssn) FROM customers WHERE id = 1", row(&[R])),
+        ("SELECT CASE WHEN id = 1 THEN ssn END FROM customers WHERE id = 1", row(&[R])),
+        ("SELECT (SELECT email FROM customers WHERE id = 1)", row(&[R])),
+        ("SELECT * FROM (SELECT id, lower(email) AS m FROM customers WHERE id = 1) s", row(&[Some("1"), R])),
+        // Whole rows carry every column; json is masked as JSON.
+        ("SELECT row_to_json(c) FROM customers c WHERE id = 1", row(&[Some("\"[redacted]\"")])),
+        ("SELECT to_jsonb(c.*) FROM customers c WHERE id = 1", row(&[Some("\"[redacted]\"")])),
+        ("SELECT c::text FROM customers c WHERE id = 1", row(&[R])),
+        ("SELECT json_agg(email) FROM customers", row(&[Some("\"[redacted]\"")])),
+        // A union's columns have no origin: every branch counts.
+        (
+            "SELECT name FROM customers WHERE id = 1 UNION ALL SELECT email FROM customers WHERE id = 1",
+            [row(&[R]), row(&[R])].concat(),
+        ),
+        // A view that renames a masked column.
+        ("SELECT contact, name FROM contacts WHERE id = 1", row(&[R, Some("Ana")])),
+        // A table that inherits a masked column, read under its own name.
+        ("SELECT ssn FROM accounts_eu", row(&[R])),
+        ("SELECT ssn FROM accounts", row(&[R])),
+        // What no rule names is left alone.
+        ("SELECT count(*), max(id) FROM customers", row(&[Some("2"), Some("2")])),
+        ("SELECT ssn FROM orders WHERE id = 1", row(&[Some("555555555")])),
+        ("SELECT name FROM customers WHERE id = 2", row(&[Some("Bo")])),
+        // Partial masks keep the last four; detectors read every text value.
+        ("SELECT card FROM customers WHERE id = 1", row(&[Some("**** **** **** 1111")])),
+        ("SELECT notes FROM customers WHERE id = 1", row(&[Some("call ***@******e.com, card **** **** **** 1111")])),
+        ("SELECT 'my ssn is 123-45-6789'", row(&[Some("my ssn is ***-**-6789")])),
+        // A card number in an integer column cannot be shown masked as a number: NULL.
+        ("SELECT balance FROM customers WHERE id = 1", row(&[None])),
+        ("SELECT balance FROM customers WHERE id = 2", row(&[Some("12")])),
+        ("SELECT profile FROM customers WHERE id = 1", row(&[Some("{\"mail\": \"***@******e.com\"}")])),
+    ];
+    let mut failures = Vec::new();
+    for (sql, expected) in cases {
+        match rows(&client, sql).await {
+            Ok(got) => {
+                let flat: Vec<Option<String>> = got.into_iter().flatten().collect();
+                if &flat != expected {
+                    failures.push(format!("{sql}\n   got {flat:?}\n  want {expected:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("{sql}: {e:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[tokio::test]
+async fn filters_copies_and_exports_of_masked_columns_are_refused() {
+    let (s, client, token) = masked_stack().await;
+    let cases: &[(&str, &str)] = &[
+        ("SELECT id FROM customers WHERE ssn LIKE '12%'", "pii"),
+        ("SELECT id FROM customers WHERE upper(email) = 'ANA@EXAMPLE.COM'", "pii"),
+        ("SELECT id FROM customers ORDER BY email", "pii"),
+        ("SELECT c.id FROM customers c JOIN orders o ON o.ssn = c.ssn", "pii"),
+        ("SELECT id FROM customers WHERE id IN (SELECT id FROM customers WHERE ssn > '5')", "pii"),
+        ("SELECT count(*) FROM customers GROUP BY email", "pii"),
+        ("SELECT id FROM customers WHERE card LIKE '4%'", "cards"),
+        ("COPY customers TO STDOUT", "builtin:masked-export"),
+        ("COPY (SELECT email FROM customers) TO STDOUT", "builtin:masked-export"),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT ssn FROM customers", "builtin:masked-export"),
+        ("CREATE TEMP TABLE leak AS SELECT ssn FROM customers", "pii"),
+        ("SELECT email INTO TEMP leak FROM customers", "pii"),
+        ("CREATE TEMP VIEW leak AS SELECT email FROM customers", "pii"),
+    ];
+    let mut failures = Vec::new();
+    for (sql, rule) in cases {
+        match client.simple_query(sql).await {
+            Ok(_) => failures.push(format!("{sql} ran; {rule} should refuse it")),
+            Err(e) => {
+                let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default().to_owned();
+                if sqlstate(&e) != "42501" || detail != format!("rule: {rule}") {
+                    failures.push(format!("{sql}: expected 42501 by {rule}, got {} {detail:?}", sqlstate(&e)));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+
+    // COPY of what is not masked runs, and the detectors read its rows.
+    use futures::StreamExt;
+    let stream = client.copy_out("COPY (SELECT id, notes FROM customers ORDER BY id) TO STDOUT").await.unwrap();
+    let chunks: Vec<_> = stream.collect().await;
+    let text: String = chunks.into_iter().map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap()).collect();
+    assert_eq!(text, "1\tcall ***@******e.com, card **** **** **** 1111\n2\tno secrets here\n");
+
+    // A rule may allow filters instead: the same statement then runs.
+    s.apply_policy(&POLICY.replace("    strategy: redact\n", "    strategy: redact\n    on_filter: allow\n")).await;
+    let fresh = s.connect("pg", &token).await.unwrap();
+    let got = rows(&fresh, "SELECT id, ssn FROM customers WHERE ssn LIKE '12%'").await.unwrap();
+    assert_eq!(got, vec![row(&[Some("1"), R])]);
+}
+
+#[tokio::test]
+async fn error_messages_do_not_quote_masked_values() {
+    let (_s, client, _) = masked_stack().await;
+    let e = client.simple_query("SELECT ssn::int FROM customers WHERE id = 1").await.unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22P02");
+    assert!(!format!("{db:?}").contains("6789"), "{db:?}");
+    assert!(db.message().contains("withheld"), "{db:?}");
+    // An error of a statement that reads nothing masked keeps its text, with
+    // the detectors' reading.
+    let e = client.simple_query("SELECT 'card 4111111111111111'::int").await.unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert!(db.message().contains("************1111"), "{db:?}");
+    // The session goes on.
+    assert_eq!(rows(&client, "SELECT name FROM customers WHERE id = 1").await.unwrap(), vec![row(&[Some("Ana")])]);
+}
+
+#[tokio::test]
+async fn binary_results_are_masked_or_refused() {
+    let (_s, client, _) = masked_stack().await;
+    // tokio-postgres asks for every result in binary format.
+    let r =
+        client.query_one("SELECT id, email, ssn, card, notes FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
+    assert_eq!(r.get::<_, i32>(0), 1);
+    assert_eq!(r.get::<_, &str>(1), "[redacted]");
+    assert_eq!(r.get::<_, &str>(2), "[redacted]");
+    assert_eq!(r.get::<_, &str>(3), "**** **** **** 1111");
+    assert_eq!(r.get::<_, &str>(4), "call ***@******e.com, card **** **** **** 1111");
+    let r = client.query_one("SELECT upper(email), balance FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
+    assert_eq!(r.get::<_, &str>(0), "[redacted]");
+    assert_eq!(r.get::<_, Option<i64>>(1), Some(4_111_111_111_111_111), "binary integers are not read by detectors");
+    let r = client.query_one("SELECT profile, row_to_json(c) FROM customers c WHERE id = $1", &[&1i32]).await.unwrap();
+    assert_eq!(r.get::<_, serde_json::Value>(0), serde_json::json!({"mail": "***@******e.com"}));
+    assert_eq!(r.get::<_, serde_json::Value>(1), serde_json::json!("[redacted]"));
+    // An array in binary cannot be read by the detectors: refused, not passed.
+    let e = client.query("SELECT array_agg(notes) FROM customers", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:masked-binary"));
+    // The session goes on, and a prepared statement run many times stays masked.
+    let statement = client.prepare("SELECT email FROM customers WHERE id = $1").await.unwrap();
+    for id in [1i32, 2, 1] {
+        assert_eq!(client.query_one(&statement, &[&id]).await.unwrap().get::<_, &str>(0), "[redacted]");
+    }
+    let e = client.query("SELECT id FROM customers WHERE email = $1", &[&"ana@example.com"]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: pii"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_sees_masked_values_in_text_and_binary() {
+    let (s, _client, token) = masked_stack().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/psycopg_masking.py");
+    let conninfo = s.url("pg", &token);
+    let out = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(conninfo).output())
+        .await
+        .unwrap()
+        .expect("python3 runs: run scripts/test, which installs psycopg");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "psycopg script failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["text"], serde_json::json!([1, "[redacted]", "[redacted]", "**** **** **** 1111"]), "{v}");
+    assert_eq!(v["binary"], serde_json::json!([1, "[redacted]", "[redacted]", "**** **** **** 1111"]), "{v}");
+    assert_eq!(v["prepared"], serde_json::json!(["[redacted]", "[redacted]", "[redacted]"]), "{v}");
+    assert_eq!(v["binary_array"], "42501", "{v}");
+    assert_eq!(v["filter"], "42501", "{v}");
+    assert_eq!(v["after"], "Ana", "{v}");
+}
