@@ -415,7 +415,44 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     assert_eq!(seen, ["E:42501"], "the Bind is decided on the text the server holds");
     assert_eq!(rows().await, 2);
 
-    // After DEALLOCATE the gateway cannot know what a name stands for: its Binds are refused.
+    // A Parse the server refuses leaves nothing under its name: the next Parse
+    // of the name is what a Bind runs, and is decided on that text.
+    stream.write_all(&send(vec![parse("w", "SELECT * FROM no_such_table"), message(b'S', &[])])).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    stream
+        .write_all(&send(vec![
+            parse("w", "DELETE FROM people WHERE id = 1"),
+            bind("", "w", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ]))
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "E:42501"], "the write was held, and refused when nobody approved it");
+    assert_eq!(rows().await, 2);
+
+    // The same, sent at once: the gateway cannot know yet which text the name
+    // will hold, so the Bind is refused.
+    stream
+        .write_all(&send(vec![
+            parse("v", "SELECT * FROM no_such_table"),
+            message(b'S', &[]),
+            parse("v", "DELETE FROM people WHERE id = 1"),
+            bind("", "v", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ]))
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "E:42501"]);
+    assert_eq!(rows().await, 2);
+
+    // After DEALLOCATE the name is free again; a new Parse of it is decided on its own text.
     let mut query = Vec::new();
     cstr(&mut query, "DEALLOCATE s");
     stream.write_all(&message(b'Q', &query)).await.unwrap();
@@ -514,4 +551,32 @@ async fn several_parse_bind_execute_before_one_sync_are_answered_in_order() {
     stream.write_all(&message(b'X', &[])).await.unwrap();
     drop(stream);
     no_session_roles_left(&s).await;
+}
+
+#[tokio::test]
+async fn a_failed_parse_leaves_no_mask_behind() {
+    let s = Stack::start().await;
+    s.apply_policy("version: 1\nmasking:\n  - name: names\n    columns: [public.people.name]\n    strategy: redact\n")
+        .await;
+    let token = s.token("raw").await;
+    s.grant("raw", 900).await;
+    let mut stream = raw_login(&s, "pg", &token).await;
+    // Refused by the server: the name stays free, whatever the gateway read in it.
+    stream.write_all(&[parse("s1", "SELECT 'x'::text FROM no_such_table"), message(b'S', &[])].concat()).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    stream
+        .write_all(
+            &[
+                parse("s1", "SELECT upper(name) FROM people WHERE id = 1"),
+                bind("", "s1", &[]),
+                execute("", 0),
+                message(b'S', &[]),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "D:[redacted]", "C:SELECT 1"]);
 }

@@ -69,19 +69,41 @@ pub struct Responses {
 const MAX_NAMED: usize = 10_000;
 
 impl Responses {
-    pub fn parsed(&mut self, name: &Bytes, mask: Arc<ResultMask>) {
-        if name.is_empty() || (!self.statements.contains_key(name) && self.statements.len() < MAX_NAMED) {
+    /// A Parse, as the session keeps statement text: the unnamed statement is
+    /// replaced, a taken name keeps its mask (the server refuses the Parse),
+    /// and a name with an earlier Parse, Bind or Close still unanswered
+    /// (`ambiguous`) is forgotten. An error later forgets every name not yet
+    /// confirmed (`forget`).
+    pub fn parsed(&mut self, name: &Bytes, mask: Arc<ResultMask>, ambiguous: bool) {
+        if ambiguous {
+            self.statements.remove(name);
+        } else if name.is_empty() || (!self.statements.contains_key(name) && self.statements.len() < MAX_NAMED) {
             self.statements.insert(Bytes::copy_from_slice(name), mask);
         }
         self.queue.push_back(Expect::Parse);
     }
 
+    /// A statement or portal whose Parse, Bind or Close may have failed: its
+    /// rows are masked as those of a statement the gateway cannot read.
+    pub fn forget(&mut self, name: &Bytes) {
+        self.statements.remove(name);
+        self.portals.remove(name);
+    }
+
     /// A Bind: the portal takes its statement's mask, or `unknown` when the
     /// gateway did not see the statement prepared.
-    pub fn bound(&mut self, portal: &Bytes, statement: &Bytes, unknown: impl FnOnce() -> Arc<ResultMask>) {
+    pub fn bound(
+        &mut self,
+        portal: &Bytes,
+        statement: &Bytes,
+        unknown: impl FnOnce() -> Arc<ResultMask>,
+        ambiguous: bool,
+    ) {
         let mask = self.statements.get(statement).cloned().unwrap_or_else(unknown);
-        if portal.is_empty() || self.portals.contains_key(portal) || self.portals.len() < MAX_NAMED {
+        if !ambiguous && (self.portals.contains_key(portal) || self.portals.len() < MAX_NAMED) {
             self.portals.insert(Bytes::copy_from_slice(portal), mask);
+        } else {
+            self.portals.remove(portal);
         }
         self.queue.push_back(Expect::Bind);
     }

@@ -480,6 +480,7 @@ async fn relay_session(
         lexing_safe,
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
+        in_flight: std::collections::VecDeque::new(),
         masking: gw.hook.masks(&admitted.context).then(Responses::default),
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
@@ -564,6 +565,9 @@ struct Relay<'a> {
     inspecting: bool,
     /// Notified by a cancel request for this session (see `CancelTarget::held`).
     cancel_held: Arc<tokio::sync::Notify>,
+    /// Names of statements and portals whose Parse, Bind or Close was
+    /// forwarded and not yet confirmed, with the tag of the confirmation owed.
+    in_flight: std::collections::VecDeque<(u8, bytes::Bytes)>,
     /// The responses owed and how their rows are masked, when masking rules
     /// cover this session's connection (decided when it starts).
     masking: Option<Responses>,
@@ -907,21 +911,64 @@ impl Relay<'_> {
             self.forget_if_deallocating(sql);
         }
         match message {
-            // The server replaces the unnamed statement; a named one it refuses
+            // The server replaces the unnamed statement (or, if the Parse fails,
+            // has none and skips the rest of the batch). A named one it refuses
             // when the name is taken, and keeps the old one: so a taken name keeps
-            // its old text here too.
-            FrontendMessage::Parse { name, sql, .. }
-                if name.is_empty() || (!self.prepared.contains_key(name) && self.prepared.len() < MAX_PREPARED) =>
-            {
+            // its old text here too. Where the server's answer to an earlier
+            // Parse or Close of the name is still owed, the gateway cannot know
+            // which text the name will hold, and forgets it. A Parse the server
+            // refuses or skips is followed by an ErrorResponse, and then every
+            // name not yet confirmed is forgotten (`server_error`).
+            FrontendMessage::Parse { name, sql, .. } => {
+                let ambiguous = !name.is_empty() && self.unconfirmed(name);
                 // Copied: a slice would keep the whole read buffer it came from alive,
                 // and every later read would then need a new one.
-                self.prepared.insert(bytes::Bytes::copy_from_slice(name), Some(bytes::Bytes::copy_from_slice(sql)));
+                let key = bytes::Bytes::copy_from_slice(name);
+                if ambiguous {
+                    self.prepared.insert(key.clone(), None);
+                } else if name.is_empty()
+                    || (self.prepared.get(name).is_some_and(Option::is_none))
+                    || (!self.prepared.contains_key(name) && self.prepared.len() < MAX_PREPARED)
+                {
+                    self.prepared.insert(key.clone(), Some(bytes::Bytes::copy_from_slice(sql)));
+                }
+                self.in_flight.push_back((b'1', key));
             }
             FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
                 self.prepared.remove(name);
+                self.in_flight.push_back((b'3', bytes::Bytes::copy_from_slice(name)));
             }
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
             _ => {}
+        }
+    }
+
+    /// Whether a Parse, Bind or Close of this name awaits the server's answer.
+    fn unconfirmed(&self, name: &[u8]) -> bool {
+        self.in_flight.iter().any(|(_, n)| n.as_ref() == name)
+    }
+
+    /// A ParseComplete, BindComplete or CloseComplete (`tag`) confirms the
+    /// oldest message of its kind in flight.
+    fn confirmed(&mut self, tag: u8) {
+        if let Some(i) = self.in_flight.iter().position(|(t, _)| *t == tag) {
+            self.in_flight.remove(i);
+        }
+    }
+
+    /// An ErrorResponse: a Parse, Bind or Close not yet confirmed may have
+    /// been refused or skipped, so what the gateway recorded for their names
+    /// may not be what the server holds. They are forgotten: a Bind of such a
+    /// statement is then refused where rules apply, and its rows masked as
+    /// those of a statement the gateway cannot read.
+    fn server_error(&mut self) {
+        for (_, name) in std::mem::take(&mut self.in_flight) {
+            if let Some(text) = self.prepared.get_mut(&name) {
+                *text = None;
+            }
+            if let Some(r) = &mut self.masking {
+                r.forget(&name);
+            }
         }
     }
 
@@ -958,13 +1005,18 @@ impl Relay<'_> {
     fn expect_responses(&mut self, message: &FrontendMessage, to_server: &mut BytesMut) {
         let Some(r) = self.masking.as_mut() else { return };
         let (hook, context) = (&self.gw.hook, self.context);
+        let in_flight = &self.in_flight;
+        let ambiguous = |name: &bytes::Bytes| !name.is_empty() && in_flight.iter().any(|(_, n)| n == name);
         let mask_of = |sql: Option<&bytes::Bytes>| {
             hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
         };
         match message {
             FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
-            FrontendMessage::Parse { name, sql, .. } => r.parsed(name, mask_of(Some(sql))),
-            FrontendMessage::Bind { portal, statement, .. } => r.bound(portal, statement, || mask_of(None)),
+            FrontendMessage::Parse { name, sql, .. } => r.parsed(name, mask_of(Some(sql)), ambiguous(name)),
+            FrontendMessage::Bind { portal, statement, .. } => {
+                r.bound(portal, statement, || mask_of(None), ambiguous(portal));
+                self.in_flight.push_back((b'2', bytes::Bytes::copy_from_slice(portal)));
+            }
             FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {
                 r.queue.push_back(Expect::DescribeStatement);
             }
@@ -1204,6 +1256,11 @@ impl Relay<'_> {
             if tag == b'S' {
                 self.setting_reported(rest.get(HEADER_LEN..len).unwrap_or_default());
             }
+            match tag {
+                b'E' => self.server_error(),
+                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
+                _ => {}
+            }
             if tag == b'Z' {
                 let now = self.ready_for_query(rest.get(HEADER_LEN).copied());
                 if !now.is_empty() {
@@ -1245,6 +1302,10 @@ impl Relay<'_> {
             self.status = status;
         }
         self.ready_seen += 1;
+        if self.ready_seen >= self.ready_owed {
+            // Everything sent was answered: whatever did not fail stands.
+            self.in_flight.clear();
+        }
         let seen = self.ready_seen;
         if !self.inject.iter().any(|(n, _)| *n == seen) {
             return Vec::new();
@@ -1272,6 +1333,11 @@ impl Relay<'_> {
             let out = self.masked_message(tag, &raw).await?;
             if tag == b'S' {
                 self.setting_reported(raw.get(HEADER_LEN..).unwrap_or_default());
+            }
+            match tag {
+                b'E' => self.server_error(),
+                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
+                _ => {}
             }
             if tag == b'Z' {
                 for report in self.ready_for_query(raw.get(HEADER_LEN).copied()) {
