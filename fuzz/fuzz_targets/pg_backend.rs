@@ -49,9 +49,10 @@ fuzz_target!(|data: &[u8]| {
                         let count = raw.get(5..7).map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
                         let columns = (0..count.min(64))
                             .map(|i| {
-                                let column = match i % 3 {
+                                let column = match i % 4 {
                                     0 => Column::Pass,
                                     1 => Column::Detect,
+                                    2 => Column::Computed(whole.clone()),
                                     _ => Column::Whole(whole.clone()),
                                 };
                                 let kind = kinds.get(i % kinds.len()).copied().unwrap_or(ValueKind::Text);

@@ -120,6 +120,25 @@ impl Policy {
                 (ResultMask::unread(masking), uses)
             }
         };
+        // Code defined now runs later where masking cannot see what it reads
+        // (`CREATE FUNCTION f() ... AS 'SELECT * FROM users'`), and planner
+        // statistics hold sample values of every column.
+        let column_rules = mask.rules().iter().any(|r| !r.columns.is_empty());
+        if column_rules && statement.defines_code {
+            let verdict = CommandVerdict::builtin(
+                "masked-code",
+                "defining functions, procedures, triggers or rules is refused where columns are masked: \
+                 what they read could not be masked",
+            );
+            return Decision { verdict, mask: Some(mask) };
+        }
+        if column_rules && statement.tables.iter().any(|t| STATISTICS.contains(&t.as_str())) {
+            let verdict = CommandVerdict::builtin(
+                "masked-statistics",
+                "planner statistics hold sample values of masked columns, and are not readable where columns are masked",
+            );
+            return Decision { verdict, mask: Some(mask) };
+        }
         // What masking cannot follow inside a statement that reads masked
         // columns: a function body or a trigger defined by text, a value kept
         // in a setting or sent as a notification.
@@ -138,6 +157,20 @@ impl Policy {
         Decision { verdict, mask: Some(mask) }
     }
 }
+
+/// Views and tables of planner statistics, which keep sample values.
+const STATISTICS: &[&str] = &[
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext_data",
+    "pg_catalog.pg_stats",
+    "pg_catalog.pg_stats_ext",
+    "pg_catalog.pg_stats_ext_exprs",
+    "pg_catalog.pg_statistic",
+    "pg_catalog.pg_statistic_ext_data",
+];
 
 /// Functions that keep or send a value where a later statement, or another
 /// session, reads it unmasked.
@@ -362,8 +395,10 @@ mod tests {
         assert_eq!(rule(&masked("COPY users TO STDOUT").verdict), Some("builtin:masked-export"));
         // Side channels and definitions that name masked columns.
         assert_eq!(rule(&masked("SELECT set_config('app.x', email, false) FROM users").verdict), Some("pii"));
-        let f = "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT email FROM users LIMIT 1'";
-        assert_eq!(rule(&masked(f).verdict), Some("pii"));
+        let f = "CREATE FUNCTION f() RETURNS SETOF users LANGUAGE sql AS 'SELECT * FROM users'";
+        assert_eq!(rule(&masked(f).verdict), Some("builtin:masked-code"));
+        let stats = "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'users'";
+        assert_eq!(rule(&masked(stats).verdict), Some("builtin:masked-statistics"));
         // Unreadable statements are refused and their results masked whole.
         let d = masked("SELEC email");
         assert_eq!(rule(&d.verdict), Some("builtin:unreadable-statement"));

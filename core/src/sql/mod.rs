@@ -49,6 +49,9 @@ pub struct Classified {
     /// `SET ROLE` (`role`), `SET SESSION AUTHORIZATION` (`session_authorization`),
     /// `set_config('x', ...)`; `*` when `set_config` names a setting that is not a literal.
     pub settings: BTreeSet<String>,
+    /// It defines code that runs later, out of the gateway's sight: a
+    /// function, procedure, trigger, rule, aggregate or operator.
+    pub defines_code: bool,
 }
 
 impl Classified {
@@ -119,6 +122,23 @@ pub fn analyze(sql: &str, patterns: &[ColumnPattern]) -> Result<Vec<(Classified,
         .count();
     if operators > MAX_OPERATORS {
         return Err(ClassifyError::TooComplex);
+    }
+    // `U&"..."` is an identifier with Unicode escapes to Postgres, and a column
+    // `U`, an operator and another identifier to sqlparser: the two would name
+    // different columns.
+    let unicode_identifier = tokens.windows(3).any(|w| match w {
+        [a, b, c] => {
+            matches!(&a.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("u"))
+                && matches!(b.token, Token::Ampersand)
+                && matches!(&c.token, Token::Word(w) if w.quote_style == Some('"'))
+        }
+        _ => false,
+    });
+    if unicode_identifier {
+        return Err(ClassifyError::Parse(
+            "identifiers with Unicode escapes (U&\"...\") are not read by the gateway; write the name plainly"
+                .to_owned(),
+        ));
     }
     // Nesting is bounded before either parser sees it: each recurses per level.
     let mut depth = 0usize;
@@ -228,6 +248,16 @@ fn classify_one(statement: &Ast) -> Classified {
         kind = StatementKind::Write;
     }
     c.kind = Some(kind);
+    c.defines_code = matches!(
+        statement,
+        Ast::CreateFunction(_)
+            | Ast::CreateProcedure { .. }
+            | Ast::CreateTrigger(_)
+            | Ast::CreateRule(_)
+            | Ast::CreateAggregate(_)
+            | Ast::CreateOperator(_)
+            | Ast::AlterFunction(_)
+    );
     c
 }
 
@@ -680,6 +710,15 @@ mod tests {
         );
         assert_eq!(redact_secrets("create user x password $p$hidden$p$"), "create user x password '<redacted>'");
         assert_eq!(redact_secrets("SELECT 'password', 1"), "SELECT 'password', 1");
+    }
+
+    #[test]
+    fn identifiers_with_unicode_escapes_are_refused() {
+        assert!(matches!(classify(r#"SELECT upper(U&"em\0061il") FROM users"#), Err(ClassifyError::Parse(_))));
+        assert!(matches!(classify(r#"SELECT u&"x" FROM t"#), Err(ClassifyError::Parse(_))));
+        // A Unicode string literal is read alike by both, and `u & "x"` is an operator.
+        assert!(classify(r"SELECT U&'\0044ELETE'").is_ok());
+        assert!(classify(r#"SELECT u & "x" FROM t"#).is_ok());
     }
 
     #[test]

@@ -91,7 +91,17 @@ pub(super) fn classify(result: &pg_query::ParseResult) -> Vec<Classified> {
 }
 
 fn classify_one(node: &NodeEnum) -> Classified {
-    let mut c = Classified::default();
+    let mut c = Classified {
+        defines_code: matches!(
+            node,
+            NodeEnum::CreateFunctionStmt(_)
+                | NodeEnum::CreateTrigStmt(_)
+                | NodeEnum::RuleStmt(_)
+                | NodeEnum::DefineStmt(_)
+                | NodeEnum::AlterFunctionStmt(_)
+        ),
+        ..Classified::default()
+    };
     let mut functions = BTreeSet::new();
     for (n, _, _, _) in node.nodes() {
         match n {

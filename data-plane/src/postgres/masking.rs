@@ -142,7 +142,12 @@ pub enum Column {
     Pass,
     /// Read by the content detectors.
     Detect,
+    /// A masked column's own value, masked per the rule's strategy.
     Whole(WholeMask),
+    /// A value the statement computes from masked columns: always redacted,
+    /// NULL too. A partial or hashed `substr(ssn, 1, 1)` would give the value
+    /// away a character at a time, and NULL or not one bit per row.
+    Computed(WholeMask),
 }
 
 /// How a column's values are written, as far as masking cares.
@@ -241,6 +246,7 @@ pub fn mask_row(raw: &[u8], shape: &Shape, salt: &[u8]) -> Result<Option<BytesMu
     for ((column, kind, binary), (_, span)) in shape.columns.iter().zip(&cells) {
         let value = span.and_then(|(s, e)| body.get(s..e));
         let new = match (column, value) {
+            (Column::Computed(_), v) => Some(whole(v.unwrap_or_default(), *kind, *binary, MaskStrategy::Redact, salt)),
             (Column::Pass, _) | (_, None) => None,
             (Column::Whole(m), Some(v)) => Some(whole(v, *kind, *binary, m.strategy, salt)),
             (Column::Detect, Some(v)) => detect(v, *kind, *binary, &shape.mask, salt),
@@ -434,8 +440,9 @@ mod tests {
             (Column::Detect, ValueKind::Text, false),
             (Column::Whole(whole.clone()), ValueKind::Scalar, true),
             (Column::Detect, ValueKind::Scalar, false),
-            (Column::Whole(whole), ValueKind::Jsonb, true),
+            (Column::Whole(whole.clone()), ValueKind::Jsonb, true),
             (Column::Detect, ValueKind::Text, false),
+            (Column::Computed(WholeMask { strategy: MaskStrategy::Partial, ..whole }), ValueKind::Text, false),
         ];
         let s = shape(columns, m);
         let raw = row(&[
@@ -445,6 +452,7 @@ mod tests {
             Some(&[0, 0, 0, 7]),
             Some(b"4111111111111111"),
             Some(b"\x01{\"a\": 1}"),
+            None,
             None,
         ]);
         let out = mask_row(&raw, &s, b"t").unwrap().unwrap();
@@ -456,10 +464,13 @@ mod tests {
             None,
             Some(b"\x01\"[redacted]\""),
             None,
+            // Computed from a masked column: redacted whatever the rule's strategy, NULL too.
+            Some(b"[redacted]"),
         ]);
         assert_eq!(out.to_vec(), expected);
         // Nothing found: the row is forwarded as it came.
         let clean = row(&[Some(b"2"), None, Some(b"hello"), None, Some(b"12"), None, None]);
+        let s = shape(s.columns[..7].to_vec(), s.mask.clone());
         assert_eq!(mask_row(&clean, &s, b"t").unwrap(), None);
     }
 

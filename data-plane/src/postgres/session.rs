@@ -1592,7 +1592,9 @@ impl Relay<'_> {
             } else {
                 mask.computed(i)
             };
+            let computed = f.table_oid == 0 || f.column_attr <= 0;
             let column = match whole {
+                Some(w) if computed => Column::Computed(w),
                 Some(w) => Column::Whole(w),
                 None if mask.has_detectors() => Column::Detect,
                 None => Column::Pass,
