@@ -3,7 +3,7 @@
 //! policy says.
 
 use super::masking::{MaskedUse, ResultMask, patterns};
-use super::model::{Approvers, CommandAction, CommandMatch, CommandRule, MaskingRule, Policy, covers};
+use super::model::{Approvers, ColumnPattern, CommandAction, CommandMatch, CommandRule, MaskingRule, Policy, covers};
 use crate::connection::ConnectionSpec;
 use crate::sql::Classified;
 use crate::sql::lineage::UseKind;
@@ -79,8 +79,25 @@ impl Policy {
     /// Decides the statement text of a simple query or a Parse, and, where
     /// masking rules cover the connection, how its result is masked.
     pub fn decide(&self, connection: &ConnectionSpec, sql: &[u8]) -> Decision {
+        self.decide_with(connection, sql, &[])
+    }
+
+    /// `decide`, with masked-column patterns the target's catalog adds to the
+    /// rules (views and inheriting tables over masked columns, see
+    /// [`super::masking::derive_patterns`]), by rule name.
+    pub fn decide_with(
+        &self,
+        connection: &ConnectionSpec,
+        sql: &[u8],
+        derived: &[(String, ColumnPattern)],
+    ) -> Decision {
         let rules: Vec<&CommandRule> = self.command_rules_for(connection).collect();
-        let masking: Vec<MaskingRule> = self.masking_rules_for(connection).cloned().collect();
+        let mut masking: Vec<MaskingRule> = self.masking_rules_for(connection).cloned().collect();
+        for (rule, pattern) in derived {
+            if let Some(r) = masking.iter_mut().find(|r| &r.name == rule) {
+                r.columns.push(pattern.clone());
+            }
+        }
         if rules.is_empty() && masking.is_empty() {
             return Decision { verdict: CommandVerdict::Allow { rule: None }, mask: None };
         }

@@ -10,7 +10,7 @@
 //! origin; for those, the statement's lineage (`crate::sql::lineage`) says
 //! which masked columns it may derive from ([`ResultMask::computed`]).
 
-use super::model::{Detector, MaskStrategy, MaskingRule, Policy, covers};
+use super::model::{ColumnPattern, Detector, MaskStrategy, MaskingRule, Policy, covers};
 use crate::connection::ConnectionSpec;
 use crate::sql::lineage::{Lineage, UseKind};
 
@@ -137,4 +137,138 @@ pub fn patterns(rules: &[MaskingRule]) -> Vec<super::model::ColumnPattern> {
 /// For each flattened pattern, the index of the rule it came from.
 fn pattern_owners(rules: &[MaskingRule]) -> Vec<usize> {
     rules.iter().enumerate().flat_map(|(i, r)| std::iter::repeat_n(i, r.columns.len())).collect()
+}
+
+/// A relation of the target, as derivation needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogRelation {
+    pub schema: String,
+    pub name: String,
+    /// Column names in order.
+    pub columns: Vec<String>,
+    /// A view's definition (a SELECT).
+    pub definition: Option<String>,
+    /// `(schema, name)` of every table it inherits from or is a partition of.
+    pub ancestors: Vec<(String, String)>,
+}
+
+/// How many times view definitions are read again, for views over views.
+const VIEW_ROUNDS: usize = 8;
+
+/// The patterns the catalog adds to `rules`, by rule name: a column of a
+/// table that inherits a masked column, and a column of a view whose
+/// definition may derive it from one (all of a view's columns, where its
+/// definition's columns cannot be listed). With these, a statement that
+/// names the view or the child table is followed like one that names the
+/// masked table itself: its computed columns masked, its filters caught.
+pub fn derive_patterns(rules: &[MaskingRule], relations: &[CatalogRelation]) -> Vec<(String, ColumnPattern)> {
+    let mut derived: Vec<(String, ColumnPattern)> = Vec::new();
+    let add = |derived: &mut Vec<(String, ColumnPattern)>, rule: &str, schema: &str, table: &str, column: &str| {
+        let pattern = ColumnPattern { schema: schema.to_owned(), table: table.to_owned(), column: column.to_owned() };
+        let new = !derived.iter().any(|(r, p)| r == rule && p == &pattern);
+        if new {
+            derived.push((rule.to_owned(), pattern));
+        }
+        new
+    };
+    for rel in relations {
+        for rule in rules {
+            for p in &rule.columns {
+                for (schema, table) in &rel.ancestors {
+                    for column in &rel.columns {
+                        if p.matches(schema, table, column) {
+                            add(&mut derived, &rule.name, &rel.schema, &rel.name, column);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for _ in 0..VIEW_ROUNDS {
+        let mut grew = false;
+        // The rules as they stand, with what was derived so far.
+        let mut current = rules.to_vec();
+        for (rule, pattern) in &derived {
+            if let Some(r) = current.iter_mut().find(|r| &r.name == rule) {
+                r.columns.push(pattern.clone());
+            }
+        }
+        let flat = patterns(&current);
+        let owners = pattern_owners(&current);
+        for rel in relations {
+            let Some(definition) = &rel.definition else { continue };
+            let Ok(statements) = crate::sql::analyze(definition, &flat) else {
+                // A view the gateway cannot read: every column is masked by every rule.
+                for rule in &current {
+                    grew |= add(&mut derived, &rule.name, &rel.schema, &rel.name, "*");
+                }
+                continue;
+            };
+            for (_, lineage) in statements {
+                let Some(lineage) = lineage else {
+                    for rule in &current {
+                        grew |= add(&mut derived, &rule.name, &rel.schema, &rel.name, "*");
+                    }
+                    continue;
+                };
+                let rule_of = |p: &usize| owners.get(*p).and_then(|r| current.get(*r)).map(|r| r.name.clone());
+                match &lineage.outputs {
+                    Some(outputs) => {
+                        for (column, from) in rel.columns.iter().zip(outputs) {
+                            for rule in from.iter().filter_map(rule_of) {
+                                grew |= add(&mut derived, &rule, &rel.schema, &rel.name, column);
+                            }
+                        }
+                    }
+                    None => {
+                        for rule in lineage.result.iter().filter_map(rule_of) {
+                            grew |= add(&mut derived, &rule, &rel.schema, &rel.name, "*");
+                        }
+                    }
+                }
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    derived
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_and_inheriting_tables_carry_the_masked_columns_they_show() {
+        let policy = Policy::parse(
+            "version: 1\nmasking:\n  - name: pii\n    columns: ['public.customers.email', 'public.customers.ssn']\n    strategy: redact\n",
+        )
+        .unwrap();
+        let view = |name: &str, columns: &[&str], definition: &str| CatalogRelation {
+            schema: "public".into(),
+            name: name.into(),
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            definition: Some(definition.into()),
+            ancestors: vec![],
+        };
+        let relations = vec![
+            view("contacts", &["id", "contact"], "SELECT customers.id, customers.email AS contact FROM customers"),
+            view("contacts2", &["who"], "SELECT contacts.contact AS who FROM contacts"),
+            view("counts", &["n"], "SELECT count(*) AS n FROM customers"),
+            CatalogRelation {
+                schema: "public".into(),
+                name: "customers_eu".into(),
+                columns: vec!["id".into(), "email".into(), "ssn".into()],
+                definition: None,
+                ancestors: vec![("public".into(), "customers".into())],
+            },
+        ];
+        let derived = derive_patterns(&policy.masking, &relations);
+        let has = |t: &str, c: &str| derived.iter().any(|(r, p)| r == "pii" && p.table == t && p.column == c);
+        assert!(has("contacts", "contact") && !has("contacts", "id"));
+        assert!(has("contacts2", "who"), "a view over a view: {derived:?}");
+        assert!(!has("counts", "n"));
+        assert!(has("customers_eu", "email") && has("customers_eu", "ssn") && !has("customers_eu", "id"));
+    }
 }

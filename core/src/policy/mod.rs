@@ -10,7 +10,7 @@ mod masking;
 mod model;
 
 pub use commands::{CommandVerdict, DENIED_FUNCTIONS, Decision, LEXING_SETTINGS};
-pub use masking::{MaskedUse, ResultMask, WholeMask};
+pub use masking::{CatalogRelation, MaskedUse, ResultMask, WholeMask, derive_patterns};
 
 pub use model::*;
 

@@ -93,6 +93,17 @@ pub trait StatementHook: Send + Sync + 'static {
     fn result_mask(&self, _session: &SessionContext, _sql: Option<&Bytes>) -> Option<Arc<ResultMask>> {
         None
     }
+
+    /// Whether the hook wants to learn the target's views and inheriting
+    /// tables (`learn_catalog`) before this session's statements are masked:
+    /// asked when a masked session starts.
+    fn wants_catalog(&self, _session: &SessionContext) -> bool {
+        false
+    }
+
+    /// The target's views and inheriting tables, read for a session that
+    /// starts, so that masking follows masked columns through them.
+    fn learn_catalog(&self, _session: &SessionContext, _relations: &[airlock_core::policy::CatalogRelation]) {}
 }
 
 /// A statement as approvers see it: the text with any password replaced, and

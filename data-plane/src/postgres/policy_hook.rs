@@ -26,7 +26,22 @@ pub struct PolicyHook {
     /// not a normalized form: `set_config('client_encoding', ...)` and
     /// `set_config('app.user', ...)` normalize alike and are decided apart.
     cache: Mutex<HashMap<CacheKey, Cached>>,
+    /// Per target, the patterns its views and inheriting tables add to the
+    /// masking rules, and when and under which policy they were derived.
+    derived: Mutex<HashMap<(TenantId, ConnectionId), Arc<Derived>>>,
 }
+
+struct Derived {
+    at: std::time::Instant,
+    policy_version: u64,
+    /// Distinguishes one derivation from the next in the decision cache.
+    generation: u64,
+    patterns: Vec<(String, airlock_core::policy::ColumnPattern)>,
+}
+
+/// How long derived patterns are used before a starting session reads the
+/// catalog again.
+const DERIVED_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A decision as the cache keeps it: the mask shared by every session that
 /// runs the statement.
@@ -49,6 +64,8 @@ struct CacheKey {
     policy_version: u64,
     /// The connection's name and labels, which decide what rules cover it.
     coverage: u64,
+    /// The derivation of catalog patterns the decision used (0: none).
+    derived: u64,
     sql: Bytes,
 }
 
@@ -61,7 +78,7 @@ fn coverage(connection: &ConnectionSpec) -> u64 {
 
 impl PolicyHook {
     pub fn new(projection: Arc<Projection>) -> Self {
-        Self { projection, cache: Mutex::new(HashMap::new()) }
+        Self { projection, cache: Mutex::new(HashMap::new()), derived: Mutex::new(HashMap::new()) }
     }
 
     /// What the policy says of `sql` on `connection`, from the cache when the
@@ -74,20 +91,32 @@ impl PolicyHook {
         connection: &ConnectionSpec,
         sql: &Bytes,
     ) -> Cached {
+        let derived = if policy.masking.is_empty() {
+            None
+        } else {
+            self.derived
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(session.tenant, session.connection))
+                .filter(|d| d.policy_version == version)
+                .cloned()
+        };
+        let patterns = derived.as_ref().map_or(&[][..], |d| d.patterns.as_slice());
         if sql.len() > CACHE_MAX_STATEMENT {
-            return policy.decide(connection, sql).into();
+            return policy.decide_with(connection, sql, patterns).into();
         }
         let key = CacheKey {
             tenant: session.tenant,
             connection: connection.id,
             policy_version: version,
             coverage: coverage(connection),
+            derived: derived.as_ref().map_or(0, |d| d.generation),
             sql: sql.clone(),
         };
         if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return hit.clone();
         }
-        let decided = Cached::from(policy.decide(connection, sql));
+        let decided = Cached::from(policy.decide_with(connection, sql, patterns));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
@@ -195,6 +224,31 @@ impl StatementHook for PolicyHook {
                 _ => false,
             }
         })
+    }
+
+    fn wants_catalog(&self, session: &SessionContext) -> bool {
+        let version = self
+            .projection
+            .read(|t| t.get(&session.tenant).and_then(|s| s.policy.as_ref()).map(|p| p.version).unwrap_or_default());
+        let derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        derived
+            .get(&(session.tenant, session.connection))
+            .is_none_or(|d| d.policy_version != version || d.at.elapsed() > DERIVED_FRESH_FOR)
+    }
+
+    fn learn_catalog(&self, session: &SessionContext, relations: &[airlock_core::policy::CatalogRelation]) {
+        let learned = self.with_policy(session, |_, policy, version, connection| {
+            let rules: Vec<_> = policy.masking_rules_for(connection).cloned().collect();
+            (version, airlock_core::policy::derive_patterns(&rules, relations))
+        });
+        let Ok((policy_version, patterns)) = learned else { return };
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let derived = Derived { at: std::time::Instant::now(), policy_version, generation, patterns };
+        self.derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((session.tenant, session.connection), Arc::new(derived));
     }
 
     fn result_mask(&self, session: &SessionContext, sql: Option<&Bytes>) -> Option<Arc<ResultMask>> {

@@ -312,6 +312,29 @@ impl RoleManager {
         Ok(out)
     }
 
+    /// Every view, materialized view and inheriting or partition table of the
+    /// database outside the system schemas: what masking follows masked
+    /// columns through.
+    pub async fn masking_relations(&self) -> Result<Vec<super::catalog::Relation>, RoleError> {
+        let oids: Vec<u32> = {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE (c.relkind IN ('v', 'm') OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)) \
+                       AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+                    &[],
+                )
+                .await
+                .map_err(|e| db_error("listing views", &e))?;
+            rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(|e| db_error("listing views", &e))?
+        };
+        if oids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.describe_relations(&oids).await
+    }
+
     /// Drops every session role whose comment says it was made by `worker_id`
     /// (run on a worker's start, for the roles a crash left behind). Roles of
     /// other workers are left alone. Returns the names dropped; if some could

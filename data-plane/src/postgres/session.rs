@@ -460,6 +460,34 @@ async fn relay_session(
     };
     record(gw, admitted.context.tenant, Event::SessionOpened { session: info });
 
+    // Masking follows masked columns through the target's views and
+    // inheriting tables: the hook learns them before the first statement.
+    let masks = gw.hook.masks(&admitted.context);
+    if masks && gw.hook.wants_catalog(&admitted.context) {
+        let relations = async {
+            let admin = gw.role_manager(admitted.context.tenant, &admitted.connection).await?;
+            anyhow::Ok(admin.masking_relations().await?)
+        }
+        .await
+        .map_err(|e| {
+            tracing::error!(parent: span, "failed to read the catalog of {}: {e:#}", admitted.connection.name);
+            Ended::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("the gateway cannot read the catalog of {} to mask results", admitted.connection.name),
+            )
+        })?;
+        let relations: Vec<airlock_core::policy::CatalogRelation> = relations
+            .into_iter()
+            .map(|r| airlock_core::policy::CatalogRelation {
+                schema: r.schema,
+                name: r.name,
+                columns: r.columns.into_values().collect(),
+                definition: r.definition,
+                ancestors: r.ancestors,
+            })
+            .collect();
+        gw.hook.learn_catalog(&admitted.context, &relations);
+    }
     let lexing_safe = upstream.parameters.iter().all(|(name, value)| lexing_setting(name, value) != Some(false));
     let mut relay = Relay {
         span,
@@ -481,7 +509,7 @@ async fn relay_session(
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
         in_flight: std::collections::VecDeque::new(),
-        masking: gw.hook.masks(&admitted.context).then(Responses::default),
+        masking: masks.then(Responses::default),
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
     };
