@@ -1,5 +1,6 @@
-//! What deciding a statement costs the gateway: classifying and applying the
-//! command rules (cold: sqlparser and Postgres's grammar both read it), and a
+//! What deciding a statement costs the gateway: classifying it, following its
+//! masked columns and applying the command and masking rules of the example
+//! policy (cold: sqlparser and Postgres's grammar both read it), and a
 //! decision the cache already holds (warm), through the hook sessions call.
 //!
 //!     cargo bench -p airlock-data-plane --bench decide
@@ -84,6 +85,10 @@ fn decide(c: &mut Criterion) {
         c.bench_function(&format!("cold/{name}"), |b| b.iter(|| black_box(policy.decide_statement(&connection, &sql))));
         c.bench_function(&format!("cached/{name}"), |b| {
             b.iter(|| black_box(hook.check(&session, Statement::Query { sql: &sql })))
+        });
+        // A masked session also asks for the statement's result mask, from the same cache.
+        c.bench_function(&format!("cached-mask/{name}"), |b| {
+            b.iter(|| black_box(hook.result_mask(&session, Some(&sql))))
         });
     }
 }
