@@ -270,3 +270,32 @@ async fn psycopg_sees_masked_values_in_text_and_binary() {
     assert_eq!(v["filter"], "42501", "{v}");
     assert_eq!(v["after"], "Ana", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_sees_masked_values_and_copies_what_is_not_masked() {
+    let (s, _client, token) = masked_stack().await;
+    let psql = |args: Vec<String>| {
+        let mut cmd = Command::new("psql");
+        cmd.arg(format!("host=127.0.0.1 port={} user=pg dbname={} sslmode=require", s.pg.port(), s.db.name()))
+            .args(["-X", "-At", "-F", "|"])
+            .args(args)
+            .env("PGPASSWORD", &token);
+        async move { tokio::task::spawn_blocking(move || cmd.output().expect("psql runs")).await.unwrap() }
+    };
+    let out = psql(vec!["-c".into(), "SELECT id, email, card, upper(ssn) FROM customers ORDER BY id".into()]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1|[redacted]|**** **** **** 1111|[redacted]\n2|[redacted]|**** **** **** 0004|[redacted]\n"
+    );
+    // \copy out of what is not masked runs, read by the detectors; of a masked table, refused.
+    let out = psql(vec!["-c".into(), r"\copy (SELECT id, notes FROM customers ORDER BY id) TO STDOUT".into()]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\tcall ***@******e.com, card **** **** **** 1111\n2\tno secrets here\n"
+    );
+    let out = psql(vec!["-c".into(), r"\copy customers TO STDOUT".into()]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("masked-export") && !String::from_utf8_lossy(&out.stdout).contains('@'), "{stderr}");
+}
