@@ -580,3 +580,38 @@ async fn a_failed_parse_leaves_no_mask_behind() {
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "2", "D:[redacted]", "C:SELECT 1"]);
 }
+
+#[tokio::test]
+async fn a_sync_sent_during_a_copy_does_not_shift_later_results() {
+    let s = Stack::start().await;
+    s.apply_policy("version: 1\nmasking:\n  - name: names\n    columns: [public.people.name]\n    strategy: redact\n")
+        .await;
+    let token = s.token("raw").await;
+    s.grant("raw", 900).await;
+    let mut stream = raw_login(&s, "pg", &token).await;
+    let query = |sql: &str| {
+        let mut q = Vec::new();
+        cstr(&mut q, sql);
+        message(b'Q', &q)
+    };
+    stream.write_all(&query("CREATE TEMP TABLE t (x text)")).await.unwrap();
+    read_until_ready(&mut stream).await;
+    stream.write_all(&query("COPY t FROM STDIN")).await.unwrap();
+    let (tag, _) = read_message(&mut stream).await;
+    assert_eq!(tag, b'G');
+    // The server ignores a Sync while it reads copy data, and answers it with nothing.
+    stream.write_all(&[message(b'S', &[]), message(b'c', &[])].concat()).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["C:COPY 0"]);
+    stream.write_all(&query("SELECT 1/0")).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:22012"]);
+    for _ in 0..2 {
+        stream.write_all(&query("SELECT upper(name) FROM people WHERE id = 1")).await.unwrap();
+        let (seen, _) = read_until_ready(&mut stream).await;
+        assert_eq!(seen, ["T", "D:[redacted]", "C:SELECT 1"]);
+        stream.write_all(&query("SELECT 'plain'")).await.unwrap();
+        let (seen, _) = read_until_ready(&mut stream).await;
+        assert_eq!(seen, ["T", "D:plain", "C:SELECT 1"]);
+    }
+}

@@ -205,6 +205,30 @@ async fn filters_copies_and_exports_of_masked_columns_are_refused() {
 }
 
 #[tokio::test]
+async fn copy_from_stdin_keeps_every_later_result_masked() {
+    let (_s, client, _) = masked_stack().await;
+    client.batch_execute("CREATE TEMP TABLE sink (x text)").await.unwrap();
+    // tokio-postgres sends a Sync after the Execute that starts the copy, which
+    // the server ignores while it reads copy data.
+    use futures::SinkExt;
+    let sink = client.copy_in::<_, &'static [u8]>("COPY sink FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(b"hello\n".as_slice()).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    let e = client.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "22012");
+    for _ in 0..2 {
+        assert_eq!(
+            rows(&client, "SELECT upper(email), ssn || '' FROM customers WHERE id = 1").await.unwrap(),
+            vec![row(&[R, R])]
+        );
+        assert_eq!(rows(&client, "SELECT 1").await.unwrap(), vec![row(&[Some("1")])]);
+    }
+    let r = client.query_one("SELECT upper(email) FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
+    assert_eq!(r.get::<_, &str>(0), "[redacted]");
+}
+
+#[tokio::test]
 async fn error_messages_do_not_quote_masked_values() {
     let (_s, client, _) = masked_stack().await;
     let e = client.simple_query("SELECT ssn::int FROM customers WHERE id = 1").await.unwrap_err();

@@ -509,6 +509,9 @@ async fn relay_session(
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
         in_flight: std::collections::VecDeque::new(),
+        syncs_since_start: 0,
+        copy_phantoms: None,
+        copy_in: false,
         masking: masks.then(Responses::default),
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
@@ -593,6 +596,15 @@ struct Relay<'a> {
     inspecting: bool,
     /// Notified by a cancel request for this session (see `CancelTarget::held`).
     cancel_held: Arc<tokio::sync::Notify>,
+    /// Syncs forwarded since the last Query, Execute or fast-path call: if that
+    /// started a COPY FROM STDIN, the server ignores them (it reads only copy
+    /// data until CopyDone or CopyFail) and owes no ReadyForQuery for them.
+    syncs_since_start: u64,
+    /// Set when a CopyDone or CopyFail is forwarded: the Syncs sent during the
+    /// copy, taken back once the server says the copy ended.
+    copy_phantoms: Option<u64>,
+    /// The server is reading copy data (a CopyInResponse was seen).
+    copy_in: bool,
     /// Names of statements and portals whose Parse, Bind or Close was
     /// forwarded and not yet confirmed, with the tag of the confirmation owed.
     in_flight: std::collections::VecDeque<(u8, bytes::Bytes)>,
@@ -855,6 +867,7 @@ impl Relay<'_> {
                         self.forward_sync(frame.raw(), to_server);
                         continue;
                     }
+                    self.count_copy(frame.tag());
                     self.expect_responses(&message, to_server);
                     to_server.extend_from_slice(frame.raw());
                     self.track_prepared(&message);
@@ -919,6 +932,7 @@ impl Relay<'_> {
         if tag == b'S' {
             self.forward_sync(frame.raw(), to_server);
         } else {
+            self.count_copy(tag);
             to_server.extend_from_slice(frame.raw());
             if matches!(tag, b'Q' | b'F') {
                 self.ready_owed += 1;
@@ -967,6 +981,46 @@ impl Relay<'_> {
                 self.in_flight.push_back((b'3', bytes::Bytes::copy_from_slice(name)));
             }
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
+            _ => {}
+        }
+    }
+
+    /// Follows a forwarded message for the Syncs a COPY FROM STDIN swallows.
+    fn count_copy(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'E' | b'F' => self.syncs_since_start = 0,
+            b'c' | b'f' => {
+                self.copy_phantoms = Some(self.syncs_since_start);
+                self.syncs_since_start = 0;
+            }
+            _ => {}
+        }
+    }
+
+    /// A server message, for the end of a COPY FROM STDIN: when the copy the
+    /// server was reading ends, the Syncs the client sent during it were
+    /// ignored, and no ReadyForQuery answers them.
+    fn copy_progress(&mut self, tag: u8) {
+        match tag {
+            b'G' => self.copy_in = true,
+            b'C' | b'E' if self.copy_in => {
+                self.copy_in = false;
+                let Some(phantoms) = self.copy_phantoms.take() else { return };
+                self.ready_owed = self.ready_owed.saturating_sub(phantoms);
+                if let Some(r) = &mut self.masking {
+                    // They were queued after the statement that started the copy.
+                    let mut left = phantoms;
+                    let mut i = 1;
+                    while left > 0 && i < r.queue.len() {
+                        if matches!(r.queue.get(i), Some(Expect::Sync)) {
+                            r.queue.remove(i);
+                            left -= 1;
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -1065,6 +1119,7 @@ impl Relay<'_> {
     }
 
     fn forward_sync(&mut self, raw: &[u8], to_server: &mut BytesMut) {
+        self.syncs_since_start += 1;
         if let Some(r) = &mut self.masking {
             r.queue.push_back(Expect::Sync);
         }
@@ -1289,6 +1344,9 @@ impl Relay<'_> {
                 b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
                 _ => {}
             }
+            if matches!(tag, b'G' | b'C' | b'E') {
+                self.copy_progress(tag);
+            }
             if tag == b'Z' {
                 let now = self.ready_for_query(rest.get(HEADER_LEN).copied());
                 if !now.is_empty() {
@@ -1358,6 +1416,11 @@ impl Relay<'_> {
                 }
             };
             let raw = server_buf.split_to(len);
+            // First: the end of a copy takes back the Syncs the server ignored,
+            // before the statement's own expectation is settled.
+            if matches!(tag, b'G' | b'C' | b'E') {
+                self.copy_progress(tag);
+            }
             let out = self.masked_message(tag, &raw).await?;
             if tag == b'S' {
                 self.setting_reported(raw.get(HEADER_LEN..).unwrap_or_default());
