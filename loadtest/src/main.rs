@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenarios::{event_append, pg_throughput, propagation};
+use crate::scenarios::{event_append, pg_policy, pg_throughput, propagation};
 
 #[derive(Debug, Parser)]
 #[command(name = "airlock-loadtest", about = "Airlock's load scenarios (build with --release)")]
@@ -30,6 +30,10 @@ enum Scenario {
     /// pgbench -S directly, through pgbouncer and through the Postgres gateway (`airlock up` as a child
     /// process; needs pgbouncer and `cargo build --release`). Not part of `all`.
     PgThroughput(pg_throughput::Args),
+    /// What command rules and masking cost through the Postgres gateway: pgbench directly, through the gateway
+    /// without a policy and with one (`airlock up` as a child process; needs `cargo build --release`). Not part
+    /// of `all`.
+    PgPolicy(pg_policy::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
 }
@@ -60,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::EventAppend(args) => event_append::run(&args, &out).await,
         Scenario::Propagation(args) => propagation::run(&args, &out).await,
         Scenario::PgThroughput(args) => pg_throughput::run(&args, &out).await,
+        Scenario::PgPolicy(args) => pg_policy::run(&args, &out).await,
         Scenario::All(args) => {
             event_append::run(&args.event_append, &out).await?;
             println!();

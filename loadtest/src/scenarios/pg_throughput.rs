@@ -26,11 +26,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use crate::report::{self, Document, Host, Table};
 
 /// The connection name registered with the gateway, and its grant role.
-const CONNECTION: &str = "bench";
-const ROLE: &str = "readonly";
+pub(crate) const CONNECTION: &str = "bench";
+pub(crate) const ROLE: &str = "readonly";
 const SUBJECT: &str = "loadtest-pgbench";
 /// How long the gateway gets to come up and to apply the grant.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -300,31 +300,31 @@ struct Versions {
 }
 
 /// A child process and where its output went.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     /// The pid whose CPU is measured (pgbouncer's from its pidfile).
-    pid: u32,
-    log: PathBuf,
+    pub(crate) pid: u32,
+    pub(crate) log: PathBuf,
 }
 
 /// Everything the scenario makes, so it can all be removed afterwards.
-struct Bench {
-    dir: PathBuf,
-    db: Option<airlock_testkit::pg::TestDb>,
-    template: Option<String>,
-    pgbouncer: Option<Proc>,
-    gateway: Option<Proc>,
+pub(crate) struct Bench {
+    pub(crate) dir: PathBuf,
+    pub(crate) db: Option<airlock_testkit::pg::TestDb>,
+    pub(crate) template: Option<String>,
+    pub(crate) pgbouncer: Option<Proc>,
+    pub(crate) gateway: Option<Proc>,
 }
 
 /// Where each target listens and how to log in.
-struct Endpoints {
-    pg_host: String,
-    pg_port: u16,
-    pg_user: String,
-    database: String,
-    pgbouncer_port: u16,
-    gateway: SocketAddr,
-    token: String,
+pub(crate) struct Endpoints {
+    pub(crate) pg_host: String,
+    pub(crate) pg_port: u16,
+    pub(crate) pg_user: String,
+    pub(crate) database: String,
+    pub(crate) pgbouncer_port: u16,
+    pub(crate) gateway: SocketAddr,
+    pub(crate) token: String,
 }
 
 impl Bench {
@@ -445,7 +445,7 @@ impl Bench {
         Ok((runs, versions))
     }
 
-    fn start_gateway(&mut self, airlock_bin: &Path) -> anyhow::Result<(SocketAddr, String)> {
+    pub(crate) fn start_gateway(&mut self, airlock_bin: &Path) -> anyhow::Result<(SocketAddr, String)> {
         let data_dir = self.dir.join("airlock-data");
         let (api, grpc, pg, admin) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
         let log = self.dir.join("airlock.log");
@@ -481,7 +481,7 @@ impl Bench {
         Ok((pg, format!("http://{api}")))
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         // The gateway first: a graceful stop ends its sessions and drops their roles.
         for p in [self.gateway, self.pgbouncer].into_iter().flatten() {
             stop_child(p);
@@ -525,7 +525,7 @@ fn stop_child(mut p: Proc) {
 }
 
 /// Registers the connection, grants the subject its role and mints its token.
-async fn register(
+pub(crate) async fn register(
     api: &str,
     data_dir: &Path,
     pg_host: &str,
@@ -633,7 +633,7 @@ fn start_pgbouncer(
 }
 
 /// A pgbench command aimed at `target`, without the workload arguments.
-fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mode: Mode) -> Command {
+pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mode: Mode) -> Command {
     let mut c = Command::new(pgbench);
     c.env_remove("PGPASSWORD").env_remove("PGSSLMODE").env_remove("PGOPTIONS").stdin(Stdio::null());
     match target {
@@ -674,6 +674,41 @@ fn one_run(
         .args(["-S", "-n", "-M", &mode.to_string(), "-c", &clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &args.seconds.to_string(), "-l", "--log-prefix"])
         .arg(logs.join("tx"));
+    let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx } =
+        run_pgbench(&mut command, pid, &logs, clk_tck)?;
+    Ok(Run {
+        rep,
+        target,
+        mode,
+        clients,
+        transactions,
+        tps,
+        latency_avg_ms,
+        p50_ms: report::percentile(&latencies, 50.0),
+        p99_ms: report::percentile(&latencies, 99.0),
+        cpu_us_per_tx,
+    })
+}
+
+/// What one pgbench run measured.
+pub(crate) struct PgbenchRun {
+    pub transactions: u64,
+    pub tps: f64,
+    pub latency_avg_ms: f64,
+    /// Every transaction's latency, sorted.
+    pub latencies: Vec<f64>,
+    /// The CPU of process `pid` over the run, per transaction.
+    pub cpu_us_per_tx: Option<f64>,
+}
+
+/// Runs a prepared pgbench command that logs each transaction under `logs`,
+/// with the CPU process `pid` spent meanwhile.
+pub(crate) fn run_pgbench(
+    command: &mut Command,
+    pid: Option<u32>,
+    logs: &Path,
+    clk_tck: u64,
+) -> anyhow::Result<PgbenchRun> {
     let cpu_before = pid.map(cpu_ticks).transpose()?;
     let out = command.output().context("running pgbench")?;
     let cpu_after = pid.map(cpu_ticks).transpose()?;
@@ -689,8 +724,8 @@ fn one_run(
         .context("no transaction count in pgbench's output")? as u64;
     let tps = parse_after(&stdout, "tps =").context("no tps in pgbench's output")?;
     let latency_avg_ms = parse_after(&stdout, "latency average =").unwrap_or(0.0);
-    let mut latencies = read_latencies_ms(&logs)?;
-    let _ = std::fs::remove_dir_all(&logs);
+    let mut latencies = read_latencies_ms(logs)?;
+    let _ = std::fs::remove_dir_all(logs);
     latencies.sort_by(f64::total_cmp);
     let cpu_us_per_tx = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) if transactions > 0 => {
@@ -698,22 +733,11 @@ fn one_run(
         }
         _ => None,
     };
-    Ok(Run {
-        rep,
-        target,
-        mode,
-        clients,
-        transactions,
-        tps,
-        latency_avg_ms,
-        p50_ms: report::percentile(&latencies, 50.0),
-        p99_ms: report::percentile(&latencies, 99.0),
-        cpu_us_per_tx,
-    })
+    Ok(PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx })
 }
 
 /// The number after `label` on the first line containing it.
-fn parse_after(text: &str, label: &str) -> Option<f64> {
+pub(crate) fn parse_after(text: &str, label: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.contains(label))?;
     let rest = line.split_once(label)?.1;
     rest.split_whitespace().next()?.split('/').next()?.parse().ok()
@@ -721,7 +745,7 @@ fn parse_after(text: &str, label: &str) -> Option<f64> {
 
 /// Every transaction's latency from pgbench's per-transaction logs in `dir`
 /// (`client_id transaction_no time_us script_no epoch epoch_us`).
-fn read_latencies_ms(dir: &Path) -> anyhow::Result<Vec<f64>> {
+pub(crate) fn read_latencies_ms(dir: &Path) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let mut text = String::new();
@@ -732,7 +756,7 @@ fn read_latencies_ms(dir: &Path) -> anyhow::Result<Vec<f64>> {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("malformed /proc/<pid>/stat")?.1;
@@ -743,7 +767,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -840,7 +864,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_owned());
     }
@@ -854,7 +878,7 @@ fn find_pgbench(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     versions.pop().context("pgbench not found: install postgresql-client (or pass --pgbench PATH)")
 }
 
-fn find_airlock(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_airlock(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_owned());
     }
@@ -881,22 +905,22 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(free_addr()?.port())
 }
 
-fn command_output(command: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn command_output(command: &mut Command) -> anyhow::Result<String> {
     let out = command.output().with_context(|| format!("running {command:?}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn clk_tck() -> u64 {
+pub(crate) fn clk_tck() -> u64 {
     command_output(Command::new("getconf").arg("CLK_TCK")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(100)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
