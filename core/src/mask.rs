@@ -291,6 +291,11 @@ fn api_keys(text: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < text.len() {
+        // Every prefix starts with one of these letters: most positions are passed at once.
+        if !text.get(i).is_some_and(|b| matches!(b, b's' | b'r' | b'A' | b'g' | b'x')) {
+            i += 1;
+            continue;
+        }
         let boundary = i == 0 || !text.get(i - 1).copied().is_some_and(key_char);
         let hit =
             boundary.then(|| PREFIXES.iter().find(|(p, _)| text.get(i..).is_some_and(|t| t.starts_with(p)))).flatten();

@@ -206,8 +206,15 @@ pub fn shape(columns: Vec<(Column, ValueKind, bool)>, mask: Arc<ResultMask>) -> 
 /// The DataRow `raw` (header included) with its values masked per `shape`, or
 /// `None` when nothing in it changes.
 pub fn mask_row(raw: &[u8], shape: &Shape, salt: &[u8]) -> Result<Option<BytesMut>, ProtocolError> {
+    let mut out = BytesMut::new();
+    Ok(mask_row_into(raw, shape, salt, &mut out)?.then_some(out))
+}
+
+/// `mask_row`, appending the masked row to `out`; false (and nothing
+/// appended) when nothing in the row changes.
+pub fn mask_row_into(raw: &[u8], shape: &Shape, salt: &[u8], out: &mut BytesMut) -> Result<bool, ProtocolError> {
     if shape.untouched {
-        return Ok(None);
+        return Ok(false);
     }
     let malformed = |what| ProtocolError::Malformed { tag: super::protocol::Tag(b'D'), what };
     let body = raw.get(HEADER_LEN..).ok_or(malformed("truncated"))?;
@@ -255,9 +262,10 @@ pub fn mask_row(raw: &[u8], shape: &Shape, salt: &[u8]) -> Result<Option<BytesMu
         changed.push(new);
     }
     if !any {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut out = BytesMut::with_capacity(raw.len() + 16 * cells.len());
+    let start = out.len();
+    out.reserve(raw.len() + 16 * cells.len());
     out.put_u8(b'D');
     out.put_i32(0);
     out.put_u16(count);
@@ -269,16 +277,23 @@ pub fn mask_row(raw: &[u8], shape: &Shape, salt: &[u8]) -> Result<Option<BytesMu
         match value {
             None => out.put_i32(-1),
             Some(v) => {
-                out.put_i32(i32::try_from(v.len()).map_err(|_| malformed("column too long"))?);
+                let Ok(len) = i32::try_from(v.len()) else {
+                    out.truncate(start);
+                    return Err(malformed("column too long"));
+                };
+                out.put_i32(len);
                 out.extend_from_slice(v);
             }
         }
     }
-    let len = i32::try_from(out.len() - 1).map_err(|_| malformed("row too long"))?;
-    if let Some(b) = out.get_mut(1..5) {
+    let Ok(len) = i32::try_from(out.len() - start - 1) else {
+        out.truncate(start);
+        return Err(malformed("row too long"));
+    };
+    if let Some(b) = out.get_mut(start + 1..start + 5) {
         b.copy_from_slice(&len.to_be_bytes());
     }
-    Ok(Some(out))
+    Ok(true)
 }
 
 /// A value masked whole; `None` is NULL.

@@ -655,6 +655,8 @@ struct Held {
 enum Relayed {
     AsIs,
     Changed(BytesMut),
+    /// Already written to the client's buffer.
+    Written,
     Dropped,
 }
 
@@ -1421,7 +1423,7 @@ impl Relay<'_> {
             if matches!(tag, b'G' | b'C' | b'E') {
                 self.copy_progress(tag);
             }
-            let out = self.masked_message(tag, &raw).await?;
+            let out = self.masked_message(tag, &raw, to_client).await?;
             if tag == b'S' {
                 self.setting_reported(raw.get(HEADER_LEN..).unwrap_or_default());
             }
@@ -1438,14 +1440,14 @@ impl Relay<'_> {
             match out {
                 Relayed::AsIs => to_client.extend_from_slice(&raw),
                 Relayed::Changed(changed) => to_client.extend_from_slice(&changed),
-                Relayed::Dropped => {}
+                Relayed::Written | Relayed::Dropped => {}
             }
         }
     }
 
     /// Places one server message among the responses owed and masks what it
     /// carries.
-    async fn masked_message(&mut self, tag: u8, raw: &[u8]) -> Result<Relayed, Ended> {
+    async fn masked_message(&mut self, tag: u8, raw: &[u8], to_client: &mut BytesMut) -> Result<Relayed, Ended> {
         let lost = |what: &str| {
             tracing::error!("masking lost track of the target's responses: {what}");
             Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the gateway lost track of the target's responses")
@@ -1518,10 +1520,10 @@ impl Relay<'_> {
                 if !matches!(r.queue.front(), Some(Expect::Query(_) | Expect::Execute(_))) {
                     return Err(lost("a row outside any result"));
                 }
-                let Some(shape) = r.current.clone() else { return Err(lost("a row before its description")) };
-                match masking::mask_row(raw, &shape, &self.salt) {
-                    Ok(Some(changed)) => Relayed::Changed(changed),
-                    Ok(None) => Relayed::AsIs,
+                let Some(shape) = r.current.as_ref() else { return Err(lost("a row before its description")) };
+                match masking::mask_row_into(raw, shape, &self.salt, to_client) {
+                    Ok(true) => Relayed::Written,
+                    Ok(false) => Relayed::AsIs,
                     Err(e) => {
                         tracing::error!(parent: self.span, "the target sent an invalid row: {e}");
                         return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
