@@ -226,6 +226,20 @@ async fn copy_from_stdin_keeps_every_later_result_masked() {
     }
     let r = client.query_one("SELECT upper(email) FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
     assert_eq!(r.get::<_, &str>(0), "[redacted]");
+
+    // A copy the server ends early, on bad data, leaves the session in step too.
+    client.batch_execute("CREATE TEMP TABLE numbers (n int)").await.unwrap();
+    let sink = client.copy_in::<_, &'static [u8]>("COPY numbers FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    let failed = async {
+        sink.send(b"1\nnot a number\n".as_slice()).await?;
+        sink.finish().await
+    }
+    .await;
+    assert_eq!(sqlstate(&failed.unwrap_err()), "22P02");
+    let r = client.query_one("SELECT upper(email) FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
+    assert_eq!(r.get::<_, &str>(0), "[redacted]");
+    assert_eq!(rows(&client, "SELECT 'plain'").await.unwrap(), vec![row(&[Some("plain")])]);
 }
 
 #[tokio::test]

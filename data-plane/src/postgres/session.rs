@@ -512,6 +512,7 @@ async fn relay_session(
         syncs_since_start: 0,
         copy_phantoms: None,
         copy_in: false,
+        copy_ended_early: false,
         masking: masks.then(Responses::default),
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
@@ -605,6 +606,8 @@ struct Relay<'a> {
     copy_phantoms: Option<u64>,
     /// The server is reading copy data (a CopyInResponse was seen).
     copy_in: bool,
+    /// The server ended a copy with an error before the client's CopyDone.
+    copy_ended_early: bool,
     /// Names of statements and portals whose Parse, Bind or Close was
     /// forwarded and not yet confirmed, with the tag of the confirmation owed.
     in_flight: std::collections::VecDeque<(u8, bytes::Bytes)>,
@@ -992,7 +995,9 @@ impl Relay<'_> {
         match tag {
             b'Q' | b'E' | b'F' => self.syncs_since_start = 0,
             b'c' | b'f' => {
-                self.copy_phantoms = Some(self.syncs_since_start);
+                if !std::mem::take(&mut self.copy_ended_early) {
+                    self.copy_phantoms = Some(self.syncs_since_start);
+                }
                 self.syncs_since_start = 0;
             }
             _ => {}
@@ -1007,7 +1012,16 @@ impl Relay<'_> {
             b'G' => self.copy_in = true,
             b'C' | b'E' if self.copy_in => {
                 self.copy_in = false;
-                let Some(phantoms) = self.copy_phantoms.take() else { return };
+                // Ended by the server before the client's CopyDone (bad data): the
+                // Syncs sent so far were read during the copy, and the CopyDone
+                // still to come counts none.
+                let phantoms = match self.copy_phantoms.take() {
+                    Some(n) => n,
+                    None => {
+                        self.copy_ended_early = true;
+                        std::mem::take(&mut self.syncs_since_start)
+                    }
+                };
                 self.ready_owed = self.ready_owed.saturating_sub(phantoms);
                 if let Some(r) = &mut self.masking {
                     // They were queued after the statement that started the copy.
