@@ -297,6 +297,18 @@ fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
     message(b'B', &b)
 }
 
+/// A simple query.
+fn query(sql: &str) -> Vec<u8> {
+    let mut q = Vec::new();
+    cstr(&mut q, sql);
+    message(b'Q', &q)
+}
+
+/// Parse, Bind and Execute of one statement, then Sync.
+fn run_named(name: &str, sql: &str) -> Vec<u8> {
+    [parse(name, sql), bind("", name, &[]), execute("", 0), message(b'S', &[])].concat()
+}
+
 fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, portal);
@@ -420,15 +432,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     stream.write_all(&send(vec![parse("w", "SELECT * FROM no_such_table"), message(b'S', &[])])).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42P01"]);
-    stream
-        .write_all(&send(vec![
-            parse("w", "DELETE FROM people WHERE id = 1"),
-            bind("", "w", &[]),
-            execute("", 0),
-            message(b'S', &[]),
-        ]))
-        .await
-        .unwrap();
+    stream.write_all(&run_named("w", "DELETE FROM people WHERE id = 1")).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "E:42501"], "the write was held, and refused when nobody approved it");
     assert_eq!(rows().await, 2);
@@ -439,10 +443,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
         .write_all(&send(vec![
             parse("v", "SELECT * FROM no_such_table"),
             message(b'S', &[]),
-            parse("v", "DELETE FROM people WHERE id = 1"),
-            bind("", "v", &[]),
-            execute("", 0),
-            message(b'S', &[]),
+            run_named("v", "DELETE FROM people WHERE id = 1"),
         ]))
         .await
         .unwrap();
@@ -453,19 +454,9 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     assert_eq!(rows().await, 2);
 
     // After DEALLOCATE the name is free again; a new Parse of it is decided on its own text.
-    let mut query = Vec::new();
-    cstr(&mut query, "DEALLOCATE s");
-    stream.write_all(&message(b'Q', &query)).await.unwrap();
+    stream.write_all(&query("DEALLOCATE s")).await.unwrap();
     read_until_ready(&mut stream).await;
-    stream
-        .write_all(&send(vec![
-            parse("s", "DELETE FROM people WHERE id = 2"),
-            bind("", "s", &[]),
-            execute("", 0),
-            message(b'S', &[]),
-        ]))
-        .await
-        .unwrap();
+    stream.write_all(&run_named("s", "DELETE FROM people WHERE id = 2")).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "E:42501"]);
     assert_eq!(rows().await, 2);
@@ -565,18 +556,7 @@ async fn a_failed_parse_leaves_no_mask_behind() {
     stream.write_all(&[parse("s1", "SELECT 'x'::text FROM no_such_table"), message(b'S', &[])].concat()).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42P01"]);
-    stream
-        .write_all(
-            &[
-                parse("s1", "SELECT upper(name) FROM people WHERE id = 1"),
-                bind("", "s1", &[]),
-                execute("", 0),
-                message(b'S', &[]),
-            ]
-            .concat(),
-        )
-        .await
-        .unwrap();
+    stream.write_all(&run_named("s1", "SELECT upper(name) FROM people WHERE id = 1")).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "2", "D:[redacted]", "C:SELECT 1"]);
 }
@@ -589,11 +569,6 @@ async fn a_sync_sent_during_a_copy_does_not_shift_later_results() {
     let token = s.token("raw").await;
     s.grant("raw", 900).await;
     let mut stream = raw_login(&s, "pg", &token).await;
-    let query = |sql: &str| {
-        let mut q = Vec::new();
-        cstr(&mut q, sql);
-        message(b'Q', &q)
-    };
     stream.write_all(&query("CREATE TEMP TABLE t (x text)")).await.unwrap();
     read_until_ready(&mut stream).await;
     stream.write_all(&query("COPY t FROM STDIN")).await.unwrap();

@@ -1573,8 +1573,9 @@ impl Relay<'_> {
                         }
                     }
                 }
-                let any_rules = self.gw.hook.result_mask(self.context, None);
-                match mask.or(any_rules) {
+                // Outside any statement's result (a notice between statements): the
+                // detectors of whatever rules cover the connection.
+                match mask.or_else(|| self.gw.hook.result_mask(self.context, None)) {
                     Some(m) => match masking::mask_report(raw, &m, m.involved, &self.salt) {
                         Some(changed) => Relayed::Changed(changed),
                         None => Relayed::AsIs,
