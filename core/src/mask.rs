@@ -6,6 +6,8 @@
 //! client encoding whose ASCII bytes mean ASCII (the gateway refuses sessions in
 //! the few encodings where they may not), and the replacement is ASCII too.
 
+use std::borrow::Cow;
+
 use crate::policy::{Detector, MaskStrategy};
 
 /// A found value: where it is in the text, and what it is.
@@ -16,25 +18,64 @@ pub struct Found {
     pub detector: Detector,
 }
 
+/// What the one pass before the detectors notes of each byte (see [`find`]).
+const DIGIT: u8 = 1;
+const AT: u8 = 1 << 1;
+const DASH: u8 = 1 << 2;
+const UPPER: u8 = 1 << 3;
+const UNDERSCORE: u8 = 1 << 4;
+const CAPITAL_A: u8 = 1 << 5;
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        #[allow(clippy::indexing_slicing, reason = "b < 256, checked at compile time")]
+        let slot = &mut table[b];
+        *slot = if c.is_ascii_digit() {
+            DIGIT
+        } else if c == b'@' {
+            AT
+        } else if c == b'-' {
+            DASH
+        } else if c == b'_' {
+            UNDERSCORE
+        } else if c == b'A' {
+            UPPER | CAPITAL_A
+        } else if c.is_ascii_uppercase() {
+            UPPER
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+
 /// Every value the detectors find in `text`, in order, not overlapping.
 pub fn find(text: &[u8], detectors: &[Detector]) -> Vec<Found> {
     let mut found = Vec::new();
+    // The shortest value any detector finds is an email like `a@b.cd`.
+    if text.len() < 6 {
+        return found;
+    }
     // One pass over the value says which detectors could find anything in it:
     // most values are short words or numbers, and skip every detector.
-    let (mut digits, mut at, mut dash, mut upper) = (0usize, false, false, false);
+    let (mut seen, mut digits) = (0u8, 0u32);
     for b in text {
-        digits += usize::from(b.is_ascii_digit());
-        at |= *b == b'@';
-        dash |= *b == b'-';
-        upper |= b.is_ascii_uppercase();
+        let class = CLASSES.get(usize::from(*b)).copied().unwrap_or_default();
+        seen |= class;
+        digits += u32::from(class & DIGIT);
     }
+    let has = |class: u8| seen & class != 0;
     for d in detectors {
         let possible = match d {
             Detector::CreditCard => digits >= 13,
-            Detector::Email => at,
-            Detector::Iban => upper && digits >= 2 && text.len() >= 15,
-            Detector::NationalId => dash && digits >= 9,
-            Detector::ApiKey => text.len() >= 14,
+            Detector::Email => has(AT),
+            Detector::Iban => has(UPPER) && digits >= 2 && text.len() >= 15,
+            Detector::NationalId => has(DASH) && digits >= 9,
+            // Every prefix `api_keys` knows holds an underscore or a dash, or starts with `A`.
+            Detector::ApiKey => text.len() >= 14 && has(UNDERSCORE | DASH | CAPITAL_A),
         };
         if !possible {
             continue;
@@ -78,18 +119,13 @@ pub fn mask(text: &[u8], detectors: &[Detector], strategy: MaskStrategy, salt: &
 }
 
 /// The replacement for one whole value (a masked column's value, or a found span).
-pub fn replacement(value: &[u8], strategy: MaskStrategy, salt: &[u8]) -> Vec<u8> {
+pub fn replacement(value: &[u8], strategy: MaskStrategy, salt: &[u8]) -> Cow<'static, [u8]> {
     match strategy {
-        MaskStrategy::Redact => b"[redacted]".to_vec(),
+        MaskStrategy::Redact => Cow::Borrowed(b"[redacted]"),
         MaskStrategy::Partial => {
-            // The last four letters or digits stay; every other one becomes '*'.
-            let keep_from =
-                value.iter().enumerate().rev().filter(|(_, b)| b.is_ascii_alphanumeric()).nth(3).map_or(0, |(i, _)| i);
-            value
-                .iter()
-                .enumerate()
-                .map(|(i, b)| if i < keep_from && (b.is_ascii_alphanumeric() || !b.is_ascii()) { b'*' } else { *b })
-                .collect()
+            let mut out = Vec::with_capacity(value.len());
+            partial_into(value, &mut out);
+            Cow::Owned(out)
         }
         MaskStrategy::Hash => {
             use sha2::Digest;
@@ -98,9 +134,22 @@ pub fn replacement(value: &[u8], strategy: MaskStrategy, salt: &[u8]) -> Vec<u8>
             h.update([0]);
             h.update(value);
             let digest = hex::encode(h.finalize());
-            format!("hash:{}", digest.get(..16).unwrap_or(&digest)).into_bytes()
+            Cow::Owned(format!("hash:{}", digest.get(..16).unwrap_or(&digest)).into_bytes())
         }
     }
+}
+
+/// The partial mask of `value`, appended to `out`: the last four letters or
+/// digits stay; every other one becomes `*`. As long as `value`.
+pub fn partial_into(value: &[u8], out: &mut impl Extend<u8>) {
+    let keep_from =
+        value.iter().enumerate().rev().filter(|(_, b)| b.is_ascii_alphanumeric()).nth(3).map_or(0, |(i, _)| i);
+    out.extend(
+        value
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if i < keep_from && (b.is_ascii_alphanumeric() || !b.is_ascii()) { b'*' } else { *b }),
+    );
 }
 
 fn is_word(b: u8) -> bool {

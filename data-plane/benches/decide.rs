@@ -1,7 +1,9 @@
 //! What deciding a statement costs the gateway: classifying it, following its
 //! masked columns and applying the command and masking rules of the example
 //! policy (cold: sqlparser and Postgres's grammar both read it), and a
-//! decision the cache already holds (warm), through the hook sessions call.
+//! decision the cache already holds (warm), through the hook sessions call:
+//! for the same text, and for the same statement with other constants (found
+//! by its normalized form).
 //!
 //!     cargo bench -p airlock-data-plane --bench decide
 
@@ -80,8 +82,8 @@ fn decide(c: &mut Criterion) {
     let (projection, session, connection) = setup();
     let policy = Policy::parse(POLICY).unwrap();
     let hook = PolicyHook::new(projection);
-    for (name, sql) in STATEMENTS {
-        let sql = Bytes::from_static(sql.as_bytes());
+    for (name, text) in STATEMENTS {
+        let sql = Bytes::from_static(text.as_bytes());
         c.bench_function(&format!("cold/{name}"), |b| b.iter(|| black_box(policy.decide_statement(&connection, &sql))));
         c.bench_function(&format!("cached/{name}"), |b| {
             b.iter(|| black_box(hook.check(&session, Statement::Query { sql: &sql })))
@@ -89,6 +91,16 @@ fn decide(c: &mut Criterion) {
         // A masked session also asks for the statement's result mask, from the same cache.
         c.bench_function(&format!("cached-mask/{name}"), |b| {
             b.iter(|| black_box(hook.result_mask(&session, Some(&sql))))
+        });
+        if !text.contains("48213") {
+            continue;
+        }
+        // Texts the cache holds no decision for, of a form it does.
+        let texts: Vec<Bytes> =
+            (0..4096).map(|i| Bytes::from(text.replace("48213", &(100_000 + i).to_string()))).collect();
+        let mut next = texts.iter().cycle();
+        c.bench_function(&format!("cached-by-form/{name}"), |b| {
+            b.iter(|| black_box(hook.check(&session, Statement::Query { sql: next.next().unwrap() })))
         });
     }
 }

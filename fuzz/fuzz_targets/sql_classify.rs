@@ -1,6 +1,8 @@
 //! The statement classifier reads what clients send through the gateway: it must
 //! classify or refuse, never panic or overflow its stack; and whatever it cannot
-//! read, the command rules refuse (nothing unreadable runs as a read).
+//! read, the command rules refuse (nothing unreadable runs as a read). A
+//! decision said to hold for every statement of the same normalized form
+//! must be the decision of each such statement.
 
 #![no_main]
 
@@ -8,6 +10,7 @@ use std::sync::OnceLock;
 
 use airlock_core::connection::{ConnectionKind, ConnectionSpec, CredentialMode, TargetTls};
 use airlock_core::policy::{CommandVerdict, Policy};
+use airlock_core::sql::normalize::{normalize, with_literals};
 use libfuzzer_sys::fuzz_target;
 
 fn policy() -> &'static (Policy, ConnectionSpec) {
@@ -34,8 +37,17 @@ fn policy() -> &'static (Policy, ConnectionSpec) {
 fuzz_target!(|data: &[u8]| {
     let classified = airlock_core::sql::classify_bytes(data);
     let (policy, connection) = policy();
-    let verdict = policy.decide_statement(connection, data);
+    let decided = policy.decide(connection, data);
     if classified.is_err() {
+        let verdict = &decided.verdict;
         assert!(matches!(verdict, CommandVerdict::Deny { .. }), "unreadable input was not refused: {verdict:?}");
+    }
+    if let (true, Some(form)) = (decided.reusable, normalize(data)) {
+        for (number, string) in [("0", "''"), ("2", "'role'"), ("1", "'ssn'")] {
+            let other = with_literals(&form, number, string);
+            assert_eq!(normalize(&other).as_ref(), Some(&form), "a statement of the form has another form");
+            let theirs = policy.decide(connection, &other);
+            assert_eq!((&theirs.verdict, &theirs.mask), (&decided.verdict, &decided.mask), "decided apart");
+        }
     }
 });

@@ -99,11 +99,12 @@ impl Policy {
             }
         }
         if rules.is_empty() && masking.is_empty() {
-            return Decision { verdict: CommandVerdict::Allow { rule: None }, mask: None };
+            return Decision { verdict: CommandVerdict::Allow { rule: None }, mask: None, reusable: true };
         }
         let unread = |verdict: CommandVerdict, masking: Vec<MaskingRule>| Decision {
             verdict,
             mask: (!masking.is_empty()).then(|| ResultMask::unread(masking)),
+            reusable: false,
         };
         let statements = match crate::sql::analyze_bytes(sql, &patterns(&masking)) {
             Ok(s) => s,
@@ -121,11 +122,11 @@ impl Policy {
         }
         // An empty query (`;`) runs nothing.
         let Some((statement, lineage)) = statements.first() else {
-            return Decision { verdict: CommandVerdict::Allow { rule: None }, mask: None };
+            return Decision { verdict: CommandVerdict::Allow { rule: None }, mask: None, reusable: true };
         };
         let mut verdict = decide_one(&rules, statement);
         if masking.is_empty() {
-            return Decision { verdict, mask: None };
+            return Decision { verdict, mask: None, reusable: !statement.literal_sensitive };
         }
         let (mask, mut uses) = match lineage {
             Some(lineage) => ResultMask::from_lineage(masking, lineage),
@@ -147,20 +148,21 @@ impl Policy {
                 "defining functions, procedures, triggers or rules is refused where columns are masked: \
                  what they read could not be masked",
             );
-            return Decision { verdict, mask: Some(mask) };
+            return Decision { verdict, mask: Some(mask), reusable: false };
         }
         if column_rules && statement.tables.iter().any(|t| STATISTICS.contains(&t.as_str())) {
             let verdict = CommandVerdict::builtin(
                 "masked-statistics",
                 "planner statistics hold sample values of masked columns, and are not readable where columns are masked",
             );
-            return Decision { verdict, mask: Some(mask) };
+            return Decision { verdict, mask: Some(mask), reusable: false };
         }
         // What masking cannot follow inside a statement that reads masked
         // columns: a function body or a trigger defined by text, a value kept
         // in a setting or sent as a notification.
         let stores = statement.functions.iter().any(|f| SIDE_CHANNELS.contains(&f.as_str()));
-        if statement.kind() == crate::policy::StatementKind::Ddl || (stores && mask.involved) {
+        let by_words = statement.kind() == crate::policy::StatementKind::Ddl || (stores && mask.involved);
+        if by_words {
             for mut u in mentioned(mask.rules(), sql) {
                 u.how = UseKind::Copy;
                 uses.push(u);
@@ -171,7 +173,10 @@ impl Policy {
                 verdict = stronger(verdict, use_verdict(rule, u));
             }
         }
-        Decision { verdict, mask: Some(mask) }
+        // Words are looked for in literals too (`mentioned`).
+        let reusable =
+            !by_words && !statement.literal_sensitive && lineage.as_ref().is_some_and(|l| !l.literal_sensitive);
+        Decision { verdict, mask: Some(mask), reusable }
     }
 }
 
@@ -199,6 +204,10 @@ pub struct Decision {
     pub verdict: CommandVerdict,
     /// `None` when no masking rule covers the connection.
     pub mask: Option<ResultMask>,
+    /// The same decision holds for every statement with the same
+    /// [`crate::sql::normalize::normalize`]d form: nothing in it turned on a
+    /// literal's value.
+    pub reusable: bool,
 }
 
 /// What a rule says of a statement that uses one of its columns.
@@ -391,6 +400,72 @@ mod tests {
 
     fn masked(sql: &str) -> Decision {
         Policy::parse(MASKING).unwrap().decide(&connection(), sql.as_bytes())
+    }
+
+    /// Statements whose decision turns on a literal, beside ones whose does not.
+    const LITERAL_GAMES: &[&str] = &[
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48213",
+        "SELECT id, email FROM users WHERE id = 1 ORDER BY 1",
+        "SELECT id, ssn FROM users ORDER BY 2",
+        "SELECT id, ssn FROM users GROUP BY 1, 2",
+        "SELECT DISTINCT ON (1) id, ssn FROM users",
+        "SELECT set_config('application_name', 'x', false)",
+        "SELECT set_config('role', 'postgres', false)",
+        "DELETE FROM orders WHERE id + 1 = id + 2",
+        "UPDATE orders SET total = 0 WHERE id * 2 = id * 3",
+        "DELETE FROM orders WHERE id = 4 OR 1 = 2",
+        "EXPLAIN (ANALYZE 0) DELETE FROM orders",
+        "CREATE VIEW v AS SELECT 'x' AS a",
+        "SELECT pg_notify('c', 'x')",
+        "SELECT * FROM users WHERE id = 5 LIMIT 10",
+        "INSERT INTO orders (id, total) VALUES (1, 2.5)",
+        "SELECT upper(email), 'x' || name FROM users WHERE id = 3",
+        "VACUUM ANALYZE orders",
+        "SELECT 1",
+    ];
+
+    #[test]
+    fn a_decision_shared_by_form_fits_every_statement_of_that_form() {
+        let policies = [
+            Policy::parse(include_str!("../../testdata/example-policy.yaml")).unwrap(),
+            Policy::parse(MASKING).unwrap(),
+        ];
+        let literals = [("0", "''"), ("1", "'role'"), ("2", "'ssn'"), ("3.5", "'x'"), ("48213", "'application_name'")];
+        let mut shared = 0;
+        for policy in &policies {
+            for sql in LITERAL_GAMES {
+                let decided = policy.decide(&connection(), sql.as_bytes());
+                let Some(form) = crate::sql::normalize::normalize(sql.as_bytes()) else { continue };
+                if !decided.reusable {
+                    continue;
+                }
+                shared += 1;
+                for (number, string) in literals {
+                    let other = crate::sql::normalize::with_literals(&form, number, string);
+                    assert_eq!(crate::sql::normalize::normalize(&other).as_ref(), Some(&form));
+                    let theirs = policy.decide(&connection(), &other);
+                    assert_eq!(
+                        (&theirs.verdict, &theirs.mask),
+                        (&decided.verdict, &decided.mask),
+                        "{sql} and {} decided apart",
+                        String::from_utf8_lossy(&other)
+                    );
+                }
+            }
+        }
+        assert!(shared > 10, "too few statements were shareable to test anything: {shared}");
+        // What must not be shared.
+        for sql in [
+            "SELECT id, ssn FROM users ORDER BY 1",
+            "SELECT set_config('application_name', 'x', false)",
+            "DELETE FROM orders WHERE id + 1 = id + 2",
+            "EXPLAIN (ANALYZE 0) DELETE FROM orders",
+            "CREATE VIEW v AS SELECT 'x' AS a",
+            "VACUUM ANALYZE orders",
+        ] {
+            assert!(!policies[1].decide(&connection(), sql.as_bytes()).reusable, "{sql}");
+        }
+        assert!(policies[1].decide(&connection(), b"SELECT abalance FROM t WHERE aid = 4").reusable);
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct Lineage {
     pub result: Vec<usize>,
     /// Every use found, one per (pattern, column, how).
     pub uses: Vec<Use>,
+    /// A literal's value decided something: `ORDER BY 2` sorts by the second
+    /// column, `ORDER BY 1` by the first.
+    pub literal_sensitive: bool,
 }
 
 /// How many extra passes recursive WITH lists may take in one statement. A
@@ -124,6 +127,7 @@ pub fn lineage(statement: &Statement, patterns: &[ColumnPattern]) -> Lineage {
         touched: vec![Taint::default()],
         passes: RECURSIVE_PASSES,
         work: Cell::new(0),
+        literal_sensitive: false,
     };
     let shape = an.statement(statement, &Scope::ROOT);
     if an.work.get() > WORK_BUDGET {
@@ -150,7 +154,7 @@ pub fn lineage(statement: &Statement, patterns: &[ColumnPattern]) -> Lineage {
     } else {
         (Some(Vec::new()), Vec::new())
     };
-    Lineage { outputs, result, uses: an.uses }
+    Lineage { outputs, result, uses: an.uses, literal_sensitive: an.literal_sensitive }
 }
 
 /// The answer for a statement too costly to follow: any column may carry any
@@ -164,7 +168,7 @@ fn everything(patterns: &[ColumnPattern]) -> Lineage {
             [UseKind::Filter, UseKind::Copy, UseKind::Export].map(|how| Use { pattern, column: column.to_owned(), how })
         })
         .collect();
-    Lineage { outputs: None, result: all, uses }
+    Lineage { outputs: None, result: all, uses, literal_sensitive: true }
 }
 
 type Set = BTreeSet<usize>;
@@ -356,6 +360,8 @@ struct Analyzer<'p> {
     passes: usize,
     /// Work done so far, against [`WORK_BUDGET`].
     work: Cell<usize>,
+    /// See [`Lineage::literal_sensitive`].
+    literal_sensitive: bool,
 }
 
 impl Analyzer<'_> {
@@ -689,6 +695,9 @@ impl Analyzer<'_> {
     /// An ORDER BY, GROUP BY or DISTINCT ON item: a position names an output
     /// column; anything else is an expression over the inputs or the outputs.
     fn sort_key(&mut self, expr: &Expr, scope: &Scope<'_>, shape: &Shape) {
+        if matches!(expr, Expr::Value(_)) {
+            self.literal_sensitive = true;
+        }
         if let Some(n) = ordinal(expr) {
             let column = if shape.starred { None } else { n.checked_sub(1).and_then(|i| shape.columns.get(i)) };
             match column {

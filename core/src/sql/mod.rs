@@ -20,6 +20,7 @@ use crate::policy::{ColumnPattern, StatementKind};
 use lineage::Lineage;
 
 pub mod lineage;
+pub mod normalize;
 mod postgres;
 
 /// The longest statement the classifier reads; longer ones are refused.
@@ -52,6 +53,11 @@ pub struct Classified {
     /// It defines code that runs later, out of the gateway's sight: a
     /// function, procedure, trigger, rule, aggregate or operator.
     pub defines_code: bool,
+    /// What it was found to be depends on the value of a literal in it
+    /// (`set_config('role', ...)`, `WHERE 1 = 1`), or it was read by Postgres's
+    /// grammar alone: another statement with the same [`normalize`]d form may
+    /// be something else.
+    pub literal_sensitive: bool,
 }
 
 impl Classified {
@@ -239,6 +245,10 @@ pub fn redact_secrets(sql: &str) -> String {
 
 fn classify_one(statement: &Ast) -> Classified {
     let mut walk = Walk { c: Classified::default(), writes: false, explain_only: is_plain_explain(statement) };
+    // `EXPLAIN (ANALYZE 0)` plans and `(ANALYZE 1)` runs.
+    if let Ast::Explain { options: Some(options), .. } = statement {
+        walk.c.literal_sensitive |= options.iter().any(|o| o.arg.is_some());
+    }
     let _ = statement.visit(&mut walk);
     let mut c = walk.c;
     let mut kind = kind_of(statement);
@@ -293,6 +303,7 @@ impl Visitor for Walk {
         if let Expr::Function(f) = expr {
             let name = bare(&f.name);
             if name == "set_config" {
+                self.c.literal_sensitive = true;
                 self.c.settings.insert(first_literal(&f.args).map_or_else(|| "*".to_owned(), |v| v.to_lowercase()));
             }
             self.c.functions.insert(name);
@@ -301,7 +312,8 @@ impl Visitor for Walk {
     }
 
     fn pre_visit_statement(&mut self, statement: &Ast) -> ControlFlow<()> {
-        let unbounded = |selection: Option<&Expr>| selection.is_none_or(trivially_true);
+        let mut sensitive = false;
+        let mut unbounded = |selection: Option<&Expr>| selection.is_none_or(|e| trivially_true(e, &mut sensitive));
         match statement {
             Ast::Delete(d) => {
                 self.writes = true;
@@ -343,6 +355,7 @@ impl Visitor for Walk {
             }
             _ => {}
         }
+        self.c.literal_sensitive |= sensitive;
         ControlFlow::Continue(())
     }
 }
@@ -531,7 +544,7 @@ fn is_plain_query(body: &SetExpr) -> bool {
 /// A WHERE clause that bounds nothing: one that names no column, `x = x`, or
 /// an OR with such a term (`id = 1 OR true`). Walked with an explicit stack:
 /// an OR chain can be as long as the operator bound allows.
-fn trivially_true(selection: &Expr) -> bool {
+fn trivially_true(selection: &Expr, literal_sensitive: &mut bool) -> bool {
     use sqlparser::ast::BinaryOperator;
     let mut terms = vec![selection];
     while let Some(e) = terms.pop() {
@@ -541,7 +554,21 @@ fn trivially_true(selection: &Expr) -> bool {
                 terms.push(left);
                 terms.push(right);
             }
-            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } if left == right => return true,
+            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                if left == right {
+                    return true;
+                }
+                // `id + 1 = id + 2` holds for no row and `id + 1 = id + 1` for
+                // every one: the answer turned on the literals.
+                let (l, r) = (left.to_string(), right.to_string());
+                let normalized = |s: &str| normalize::normalize(s.as_bytes());
+                if normalized(&l).is_none_or(|l| Some(l) == normalized(&r)) {
+                    *literal_sensitive = true;
+                }
+                if names_no_column(e) {
+                    return true;
+                }
+            }
             e if names_no_column(e) => return true,
             _ => {}
         }

@@ -16,6 +16,7 @@
 //! binary-format column whose values the detectors cannot read (an array, a
 //! record, a type the gateway does not know) refuses the whole result.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -210,12 +211,23 @@ pub fn mask_row(raw: &[u8], shape: &Shape, salt: &[u8]) -> Result<Option<BytesMu
     Ok(mask_row_into(raw, shape, salt, &mut out)?.then_some(out))
 }
 
-/// `mask_row`, appending the masked row to `out`; false (and nothing
-/// appended) when nothing in the row changes.
+/// Appends the DataRow `raw` to `out` with its values masked per `shape`, in
+/// one pass and with no copy but the one into `out`; true when a value
+/// changed. On an error nothing is appended.
 pub fn mask_row_into(raw: &[u8], shape: &Shape, salt: &[u8], out: &mut BytesMut) -> Result<bool, ProtocolError> {
     if shape.untouched {
+        out.extend_from_slice(raw);
         return Ok(false);
     }
+    let start = out.len();
+    let written = write_masked_row(raw, shape, salt, out);
+    if written.is_err() {
+        out.truncate(start);
+    }
+    written
+}
+
+fn write_masked_row(raw: &[u8], shape: &Shape, salt: &[u8], out: &mut BytesMut) -> Result<bool, ProtocolError> {
     let malformed = |what| ProtocolError::Malformed { tag: super::protocol::Tag(b'D'), what };
     let body = raw.get(HEADER_LEN..).ok_or(malformed("truncated"))?;
     let count = body
@@ -226,78 +238,76 @@ pub fn mask_row_into(raw: &[u8], shape: &Shape, salt: &[u8], out: &mut BytesMut)
     if usize::from(count) != shape.columns.len() {
         return Err(malformed("row does not match its description"));
     }
+    let start = out.len();
+    out.reserve(raw.len() + 16 * shape.columns.len());
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_u16(count);
+    let mut changed = false;
     let mut at = 2usize;
-    let mut cells: Vec<(usize, Option<(usize, usize)>)> = Vec::with_capacity(shape.columns.len());
-    for _ in 0..count {
+    for (column, kind, binary) in &shape.columns {
         let len = body
             .get(at..at + 4)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(i32::from_be_bytes)
             .ok_or(malformed("fewer columns than declared"))?;
         at += 4;
-        if len < 0 {
-            cells.push((at, None));
-            continue;
-        }
-        let len = usize::try_from(len).map_err(|_| malformed("negative column length"))?;
-        let end =
-            at.checked_add(len).filter(|e| *e <= body.len()).ok_or(malformed("column longer than the message"))?;
-        cells.push((at, Some((at, end))));
-        at = end;
-    }
-    if at != body.len() {
-        return Err(malformed("bytes after the last column"));
-    }
-    let mut changed: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(cells.len());
-    let mut any = false;
-    for ((column, kind, binary), (_, span)) in shape.columns.iter().zip(&cells) {
-        let value = span.and_then(|(s, e)| body.get(s..e));
+        let value = match usize::try_from(len) {
+            Err(_) => None,
+            Ok(len) => {
+                let end = at
+                    .checked_add(len)
+                    .filter(|e| *e <= body.len())
+                    .ok_or(malformed("column longer than the message"))?;
+                let value = body.get(at..end);
+                at = end;
+                value
+            }
+        };
         let new = match (column, value) {
+            // The common partial mask, written in place.
+            (Column::Whole(m), Some(v)) if m.strategy == MaskStrategy::Partial && *kind == ValueKind::Text => {
+                out.put_i32(i32::try_from(v.len()).map_err(|_| malformed("column too long"))?);
+                mask::partial_into(v, out);
+                changed = true;
+                continue;
+            }
             (Column::Computed(_), v) => Some(whole(v.unwrap_or_default(), *kind, *binary, MaskStrategy::Redact, salt)),
             (Column::Pass, _) | (_, None) => None,
             (Column::Whole(m), Some(v)) => Some(whole(v, *kind, *binary, m.strategy, salt)),
-            (Column::Detect, Some(v)) => detect(v, *kind, *binary, &shape.mask, salt),
+            (Column::Detect, Some(v)) => detect(v, *kind, *binary, &shape.mask, salt).map(|d| d.map(Cow::Owned)),
         };
-        any |= new.is_some();
-        changed.push(new);
-    }
-    if !any {
-        return Ok(false);
-    }
-    let start = out.len();
-    out.reserve(raw.len() + 16 * cells.len());
-    out.put_u8(b'D');
-    out.put_i32(0);
-    out.put_u16(count);
-    for (new, (_, span)) in changed.into_iter().zip(&cells) {
-        let value: Option<&[u8]> = match &new {
+        changed |= new.is_some();
+        let value = match &new {
             Some(replaced) => replaced.as_deref(),
-            None => span.and_then(|(s, e)| body.get(s..e)),
+            None => value,
         };
         match value {
             None => out.put_i32(-1),
             Some(v) => {
-                let Ok(len) = i32::try_from(v.len()) else {
-                    out.truncate(start);
-                    return Err(malformed("column too long"));
-                };
-                out.put_i32(len);
+                out.put_i32(i32::try_from(v.len()).map_err(|_| malformed("column too long"))?);
                 out.extend_from_slice(v);
             }
         }
     }
-    let Ok(len) = i32::try_from(out.len() - start - 1) else {
-        out.truncate(start);
-        return Err(malformed("row too long"));
-    };
+    if at != body.len() {
+        return Err(malformed("bytes after the last column"));
+    }
+    let len = i32::try_from(out.len() - start - 1).map_err(|_| malformed("row too long"))?;
     if let Some(b) = out.get_mut(start + 1..start + 5) {
         b.copy_from_slice(&len.to_be_bytes());
     }
-    Ok(true)
+    Ok(changed)
 }
 
 /// A value masked whole; `None` is NULL.
-fn whole(value: &[u8], kind: ValueKind, binary: bool, strategy: MaskStrategy, salt: &[u8]) -> Option<Vec<u8>> {
+fn whole(
+    value: &[u8],
+    kind: ValueKind,
+    binary: bool,
+    strategy: MaskStrategy,
+    salt: &[u8],
+) -> Option<Cow<'static, [u8]>> {
     match kind {
         ValueKind::Text => Some(mask::replacement(value, strategy, salt)),
         ValueKind::Json | ValueKind::Jsonb => {
@@ -311,7 +321,7 @@ fn whole(value: &[u8], kind: ValueKind, binary: bool, strategy: MaskStrategy, sa
             out.push(b'"');
             out.extend_from_slice(&mask::replacement(value, strategy, salt));
             out.push(b'"');
-            Some(out)
+            Some(Cow::Owned(out))
         }
         ValueKind::Scalar | ValueKind::Other => None,
     }

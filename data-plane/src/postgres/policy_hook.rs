@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use airlock_core::connection::ConnectionSpec;
 use airlock_core::policy::{CommandVerdict, Decision, Policy, ResultMask};
 use airlock_core::review::fingerprint;
+use airlock_core::sql::normalize::normalize;
 use airlock_core::{ConnectionId, TenantId};
 use bytes::Bytes;
 
@@ -21,10 +22,11 @@ const CACHE_MAX_STATEMENT: usize = 4096;
 
 pub struct PolicyHook {
     projection: Arc<Projection>,
-    /// Command-rule decisions by the exact statement text and everything else
-    /// they depend on, so a repeated statement skips the parser. Exact text,
-    /// not a normalized form: `set_config('client_encoding', ...)` and
-    /// `set_config('app.user', ...)` normalize alike and are decided apart.
+    /// Decisions by statement text and everything else they depend on, so a
+    /// repeated statement skips the parser: by the exact text, and, for an
+    /// allowed statement whose decision turned on no literal's value
+    /// ([`Decision::reusable`]), by its normalized form too, so the same
+    /// statement with other constants skips it as well.
     cache: Mutex<HashMap<CacheKey, Cached>>,
     /// Per target, the patterns its views and inheriting tables add to the
     /// masking rules, and when and under which policy they were derived.
@@ -57,7 +59,7 @@ impl From<Decision> for Cached {
     }
 }
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
     tenant: TenantId,
     connection: ConnectionId,
@@ -66,6 +68,8 @@ struct CacheKey {
     coverage: u64,
     /// The derivation of catalog patterns the decision used (0: none).
     derived: u64,
+    /// `sql` is a normalized form ([`airlock_core::sql::normalize`]), not text.
+    normalized: bool,
     sql: Bytes,
 }
 
@@ -111,19 +115,32 @@ impl PolicyHook {
             policy_version: version,
             coverage: coverage(connection),
             derived: derived.as_ref().map_or(0, |d| d.generation),
+            normalized: false,
             sql: sql.clone(),
         };
         if let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return hit.clone();
         }
-        let decided = Cached::from(policy.decide_with(connection, sql, patterns));
+        let form = normalize(sql).map(Bytes::from);
+        let by_form = form.map(|form| CacheKey { normalized: true, sql: form, ..key.clone() });
+        if let Some(by_form) = &by_form
+            && let Some(hit) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(by_form)
+        {
+            return hit.clone();
+        }
+        let decision = policy.decide_with(connection, sql, patterns);
+        let shared = decision.reusable && matches!(decision.verdict, CommandVerdict::Allow { .. });
+        let decided = Cached::from(decision);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
         // A copy: a slice would keep the client's read buffer alive.
-        let key = CacheKey { sql: Bytes::copy_from_slice(sql), ..key };
-        cache.insert(key, decided.clone());
+        cache.insert(CacheKey { sql: Bytes::copy_from_slice(sql), ..key }, decided.clone());
+        // Only allows are shared by form: a refusal's reason may quote the text.
+        if let (true, Some(by_form)) = (shared, by_form) {
+            cache.insert(by_form, decided.clone());
+        }
         decided
     }
 
@@ -334,7 +351,8 @@ mod tests {
         }
         let select = Bytes::from_static(b"SELECT 1");
         assert_eq!(hook.check(&session, Statement::Query { sql: &select }), Verdict::Allow);
-        assert_eq!(hook.cache.lock().unwrap().len(), 2, "one decision per distinct statement");
+        // The refusal by its text; the allow by its text and by its form.
+        assert_eq!(hook.cache.lock().unwrap().len(), 3, "one decision per distinct statement");
 
         // A new policy version is decided afresh: the old decision does not stick.
         projection
@@ -345,5 +363,24 @@ mod tests {
             )
             .unwrap();
         assert_eq!(hook.check(&session, Statement::Query { sql: &delete }), Verdict::Allow);
+    }
+
+    #[test]
+    fn statements_that_differ_in_constants_share_a_decision_unless_it_turns_on_them() {
+        let (projection, session) = setup();
+        let hook = PolicyHook::new(projection);
+        let check =
+            |sql: &'static str| hook.check(&session, Statement::Query { sql: &Bytes::from_static(sql.as_bytes()) });
+        assert_eq!(check("DELETE FROM t WHERE id = 1"), Verdict::Allow);
+        let entries = hook.cache.lock().unwrap().len();
+        assert_eq!(check("DELETE FROM t WHERE id = 2"), Verdict::Allow);
+        assert_eq!(check("DELETE FROM t WHERE id = 31337"), Verdict::Allow);
+        assert_eq!(hook.cache.lock().unwrap().len(), entries, "found by form, nothing decided afresh");
+
+        // `id + 1 = id + 2` bounds the delete (to nothing); `id + 1 = id + 1` does not.
+        assert_eq!(check("DELETE FROM t WHERE id + 1 = id + 2"), Verdict::Allow);
+        assert!(
+            matches!(check("DELETE FROM t WHERE id + 1 = id + 1"), Verdict::Deny { rule, .. } if rule == "no-unbounded-writes")
+        );
     }
 }

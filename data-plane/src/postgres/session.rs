@@ -1431,6 +1431,21 @@ impl Relay<'_> {
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
                 }
             };
+            // Rows, the bulk of a result, go straight from one buffer to the other.
+            if tag == b'D'
+                && let Some(r) = self.masking.as_ref()
+                && let Some(shape) = r.current.as_ref()
+                && !r.dropping
+                && matches!(r.queue.front(), Some(Expect::Query(_) | Expect::Execute(_)))
+            {
+                let raw = server_buf.get(..len).unwrap_or_default();
+                if let Err(e) = masking::mask_row_into(raw, shape, &self.salt, to_client) {
+                    tracing::error!(parent: self.span, "the target sent an invalid row: {e}");
+                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
+                }
+                bytes::Buf::advance(server_buf, len);
+                continue;
+            }
             let raw = server_buf.split_to(len);
             // First: the end of a copy takes back the Syncs the server ignored,
             // before the statement's own expectation is settled.
@@ -1536,8 +1551,7 @@ impl Relay<'_> {
                 }
                 let Some(shape) = r.current.as_ref() else { return Err(lost("a row before its description")) };
                 match masking::mask_row_into(raw, shape, &self.salt, to_client) {
-                    Ok(true) => Relayed::Written,
-                    Ok(false) => Relayed::AsIs,
+                    Ok(_) => Relayed::Written,
                     Err(e) => {
                         tracing::error!(parent: self.span, "the target sent an invalid row: {e}");
                         return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
