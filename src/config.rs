@@ -29,7 +29,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub worker: Worker,
     pub identity: Identity,
-    pub recorder: Recorder,
+    pub recorder: airlock_recorder::Config,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -151,12 +151,6 @@ impl Identity {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Recorder {
-    pub addr: SocketAddr,
-}
-
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
@@ -173,7 +167,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             worker: Worker::default(),
             identity: Identity::default(),
-            recorder: Recorder::default(),
+            recorder: airlock_recorder::Config::default(),
         }
     }
 }
@@ -205,12 +199,6 @@ impl Default for Worker {
             session_threads: None,
             reconcile_every: Duration::from_secs(2),
         }
-    }
-}
-
-impl Default for Recorder {
-    fn default() -> Self {
-        Self { addr: addr("127.0.0.1:8082") }
     }
 }
 
@@ -293,6 +281,16 @@ mod tests {
         std::fs::write(&file, "[api]\nadress = \"0.0.0.0:9000\"\n").unwrap();
         let e = format!("{:#}", Config::load(Some(&file)).unwrap_err());
         assert!(e.contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_read_as_written() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/airlock.example.toml");
+        let config = Config::load(Some(&example)).unwrap();
+        assert_eq!(config.recorder.addr, addr("127.0.0.1:8082"));
+        assert_eq!(config.recorder.backend, airlock_recorder::Backend::Local);
+        assert_eq!(config.recorder.chunk_bytes, 1 << 20);
+        config.recorder.validate().unwrap();
     }
 
     #[test]

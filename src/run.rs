@@ -82,8 +82,10 @@ pub async fn gateway(config: Config) -> anyhow::Result<ExitCode> {
 
 pub async fn recorder(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
+    let mut recorder = config.recorder.clone();
+    recorder.data_dir.get_or_insert_with(|| config.data_dir.join("recorder"));
     let (cancel, tracker) = lifecycle();
-    airlock_recorder::start(config.recorder.addr, cancel.clone(), &tracker).await?;
+    airlock_recorder::start(recorder, Some(worker_token(&config)?), cancel.clone(), &tracker).await?;
     wait(cancel, tracker).await;
     Ok(ExitCode::SUCCESS)
 }

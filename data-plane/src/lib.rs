@@ -6,6 +6,7 @@
 pub mod health;
 pub mod postgres;
 pub mod projection;
+pub mod recording;
 pub mod sync;
 pub mod worker;
 

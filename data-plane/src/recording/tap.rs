@@ -1,0 +1,256 @@
+//! A session's tap, on the session's own task: each call numbers the next
+//! frame, stamps it and appends it to the session's spool file before
+//! returning. The hot path is one `write` into the session's file (a sync to
+//! disk too in strict mode) and one update of the spool's byte counter; the
+//! uploader is woken only when it has not been already.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use airlock_core::SessionId;
+use airlock_proto::v1::{self, frame::Body};
+use tokio::sync::watch;
+
+use super::spool::{self, MAX_DECISION_STATEMENT, MAX_DECISION_TEXT, MAX_FRAME_BODY_BYTES, Way};
+use super::{Error, Inner, Session, now_unix_micros};
+
+/// Past this capacity, the encoding buffer is let go after a write (one large
+/// message does not keep its memory for the rest of the session).
+const KEEP_BUFFER_BYTES: usize = 256 << 10;
+
+/// Records one session. `Send`: it lives on the session's task.
+pub struct SessionTap {
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    file: File,
+    /// Reused for every frame: encoding allocates only to grow it.
+    buf: Vec<u8>,
+    last_seq: u64,
+    client_total: u64,
+    server_total: u64,
+    full: watch::Receiver<u64>,
+    ended: bool,
+    /// A failed write could not be cut back: the file may end inside a record.
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for SessionTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTap")
+            .field("session", &self.session.id)
+            .field("last_seq", &self.last_seq)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionTap {
+    pub(super) fn new(inner: Arc<Inner>, session: Arc<Session>, file: File) -> Self {
+        let full = inner.full.subscribe();
+        Self {
+            inner,
+            session,
+            file,
+            buf: Vec::new(),
+            last_seq: 0,
+            client_total: 0,
+            server_total: 0,
+            full,
+            ended: false,
+            poisoned: false,
+        }
+    }
+
+    pub fn session_id(&self) -> SessionId {
+        self.session.id
+    }
+
+    /// The seq of the last frame written (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Records bytes the client sent; forward them only once this returned
+    /// `Ok`. Returns the seq of the (last) frame written: more than
+    /// [`MAX_FRAME_BODY_BYTES`] are split over several frames. Nothing is
+    /// written for no bytes.
+    pub fn client_bytes(&mut self, bytes: &[u8]) -> Result<u64, Error> {
+        self.relayed(Way::Client, bytes)
+    }
+
+    /// Records bytes as the client receives them (after masking); write them
+    /// to the client only once this returned `Ok`.
+    pub fn server_bytes(&mut self, bytes: &[u8]) -> Result<u64, Error> {
+        self.relayed(Way::Server, bytes)
+    }
+
+    /// Records a policy decision. A statement over 1 MiB is cut (its bytes
+    /// are whole in the client's frames), and so are other texts over 4 KiB.
+    pub fn decision(&mut self, mut decision: v1::Decision) -> Result<u64, Error> {
+        self.check()?;
+        spool::truncate_utf8(&mut decision.statement, MAX_DECISION_STATEMENT);
+        for text in [&mut decision.rule, &mut decision.reason, &mut decision.review_id, &mut decision.approver] {
+            spool::truncate_utf8(text, MAX_DECISION_TEXT);
+        }
+        self.message_frame(Body::Decision(decision), true)
+    }
+
+    /// Records the session's end, with the bytes recorded each way, and syncs
+    /// the file. The end is written even past the spool's bound (a session
+    /// must be able to end; it is one small frame per session). Nothing can
+    /// be recorded after it.
+    pub fn end(&mut self, reason: &str) -> Result<u64, Error> {
+        self.check()?;
+        let mut reason = reason.to_owned();
+        spool::truncate_utf8(&mut reason, MAX_DECISION_TEXT);
+        let end = v1::SessionEnd { reason, client_bytes: self.client_total, server_bytes: self.server_total };
+        let seq = self.message_frame(Body::End(end), false)?;
+        self.ended = true;
+        if !self.inner.strict {
+            self.file.sync_data().map_err(|e| self.write_error(e))?;
+        }
+        Ok(seq)
+    }
+
+    /// Resolves once the recorder has stored every frame up to `seq`, asking
+    /// it to store them now rather than at its next chunk bound. It waits as
+    /// long as the recorder is unreachable: bound it with a timeout where a
+    /// wait must end. The future borrows nothing from the tap.
+    pub fn durable(&self, seq: u64) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let recorded = if seq > self.last_seq { Err(Error::NotRecorded { seq, last: self.last_seq }) } else { Ok(()) };
+        if recorded.is_ok() && seq > *self.session.durable.borrow() {
+            self.session.flush_wanted.fetch_max(seq, Ordering::AcqRel);
+            self.inner.wake(&self.session);
+        }
+        let mut durable = self.session.durable.subscribe();
+        let session = self.session.clone();
+        async move {
+            recorded?;
+            tokio::select! {
+                biased;
+                reached = durable.wait_for(|d| *d >= seq) => reached.map(|_| ()).map_err(|_| Error::Stopped),
+                () = session.stop.cancelled() => {
+                    if *session.durable.borrow() >= seq { Ok(()) } else { Err(session.stop_error()) }
+                }
+            }
+        }
+    }
+
+    /// What tells the session it must end though the client did not go.
+    pub fn stop_signal(&self) -> StopSignal {
+        StopSignal { inner: self.inner.clone(), session: self.session.clone(), full: self.full.clone() }
+    }
+
+    fn relayed(&mut self, way: Way, bytes: &[u8]) -> Result<u64, Error> {
+        self.check()?;
+        if bytes.is_empty() {
+            return Ok(self.last_seq);
+        }
+        let at = now_unix_micros();
+        self.buf.clear();
+        let mut seq = self.last_seq;
+        for piece in bytes.chunks(MAX_FRAME_BODY_BYTES) {
+            seq += 1;
+            spool::put_bytes_frame(&mut self.buf, seq, at, way, piece);
+        }
+        self.append(seq, true)?;
+        let total = match way {
+            Way::Client => &mut self.client_total,
+            Way::Server => &mut self.server_total,
+        };
+        *total = total.saturating_add(bytes.len() as u64);
+        Ok(seq)
+    }
+
+    fn message_frame(&mut self, body: Body, within_bound: bool) -> Result<u64, Error> {
+        let seq = self.last_seq + 1;
+        let frame = v1::Frame { session_id: String::new(), seq, at_unix_micros: now_unix_micros(), body: Some(body) };
+        self.buf.clear();
+        spool::put_message(&mut self.buf, &frame).map_err(|e| self.write_error(std::io::Error::other(e)))?;
+        self.append(seq, within_bound)?;
+        Ok(seq)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.ended || self.session.closed.load(Ordering::Acquire) {
+            return Err(Error::Ended);
+        }
+        if let Some(reason) = self.session.failure.get() {
+            return Err(Error::Failed { reason: reason.clone() });
+        }
+        if self.poisoned {
+            return Err(self.write_error(std::io::Error::other("an earlier failed write could not be undone")));
+        }
+        Ok(())
+    }
+
+    /// Appends the encoded frames in `buf` with one write; `last_seq` is the seq of the last.
+    fn append(&mut self, last_seq: u64, within_bound: bool) -> Result<(), Error> {
+        let len = self.buf.len() as u64;
+        self.inner.reserve(len, within_bound)?;
+        if let Err(error) = self.file.write_all(&self.buf) {
+            self.inner.unreserve(len);
+            // A write cut short leaves part of a record: cut the file back to whole records.
+            if self.file.set_len(self.session.committed.load(Ordering::Acquire)).is_err() {
+                self.poisoned = true;
+            }
+            return Err(self.write_error(error));
+        }
+        let synced = if self.inner.strict { self.file.sync_data() } else { Ok(()) };
+        self.session.committed.fetch_add(len, Ordering::AcqRel);
+        self.last_seq = last_seq;
+        self.inner.wake(&self.session);
+        if self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
+        synced.map_err(|e| self.write_error(e))
+    }
+
+    fn write_error(&self, error: std::io::Error) -> Error {
+        Error::Write { path: self.session.path.clone(), error }
+    }
+}
+
+impl Drop for SessionTap {
+    /// A session that stops without its end is ended by the uploader.
+    fn drop(&mut self) {
+        if !self.ended && !self.session.closed.load(Ordering::Acquire) {
+            self.session.abandoned.store(true, Ordering::Release);
+            self.inner.wake(&self.session);
+        }
+    }
+}
+
+/// Tells a session it must end: the spool passed its bound (every live
+/// session), the recorder refused this session's recording, or the worker
+/// is stopping. Cheap to clone; use it in the session's `select!`.
+#[derive(Clone)]
+pub struct StopSignal {
+    inner: Arc<Inner>,
+    session: Arc<Session>,
+    full: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopSignal").field("session", &self.session.id).finish_non_exhaustive()
+    }
+}
+
+impl StopSignal {
+    /// Resolves with why the session must end. Cancel-safe.
+    pub async fn stopped(&mut self) -> Error {
+        tokio::select! {
+            biased;
+            () = self.session.stop.cancelled() => self.session.stop_error(),
+            // The sender lives in `inner`, which this holds: `changed` fails never.
+            _ = self.full.changed() => Error::SpoolFull {
+                used: self.inner.used.load(Ordering::Acquire),
+                bound: self.inner.bound,
+            },
+        }
+    }
+}
