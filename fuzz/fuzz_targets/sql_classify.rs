@@ -43,8 +43,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(matches!(verdict, CommandVerdict::Deny { .. }), "unreadable input was not refused: {verdict:?}");
     }
     if let (true, Some(form)) = (decided.reusable, normalize(data)) {
-        for (number, string) in [("0", "''"), ("2", "'role'"), ("1", "'ssn'")] {
-            let other = with_literals(&form, number, string);
+        for (integer, decimal, string) in [("0", "0.0", "''"), ("2", "1.5", "'role'"), ("2147483647", "2.5", "'ab'")] {
+            let other = with_literals(&form, integer, decimal, string);
             assert_eq!(normalize(&other).as_ref(), Some(&form), "a statement of the form has another form");
             let theirs = policy.decide(connection, &other);
             assert_eq!((&theirs.verdict, &theirs.mask), (&decided.verdict, &decided.mask), "decided apart");

@@ -422,6 +422,14 @@ mod tests {
         "SELECT upper(email), 'x' || name FROM users WHERE id = 3",
         "VACUUM ANALYZE orders",
         "SELECT 1",
+        // Whether these parse at all turns on their numbers and strings.
+        "SELECT id::float(10), email FROM users",
+        "SELECT id::varchar(10), interval '1' second(3) FROM users",
+        "SELECT id::numeric(10, 2) FROM users WHERE total > 1.5",
+        "COPY orders (id) TO STDOUT DELIMITER ','",
+        "FETCH 5 FROM c",
+        "SELECT id, ssn FROM users ORDER BY (2)",
+        "SELECT ssn, count(*) FROM users GROUP BY ROLLUP (1)",
     ];
 
     #[test]
@@ -430,7 +438,13 @@ mod tests {
             Policy::parse(include_str!("../../testdata/example-policy.yaml")).unwrap(),
             Policy::parse(MASKING).unwrap(),
         ];
-        let literals = [("0", "''"), ("1", "'role'"), ("2", "'ssn'"), ("3.5", "'x'"), ("48213", "'application_name'")];
+        let literals = [
+            ("0", "0.0", "''"),
+            ("1", "1.5", "'role'"),
+            ("2", "2.5", "'ssn'"),
+            ("2147483647", "3.5", "'ab'"),
+            ("48213", "0.5", "'application_name'"),
+        ];
         let mut shared = 0;
         for policy in &policies {
             for sql in LITERAL_GAMES {
@@ -440,8 +454,8 @@ mod tests {
                     continue;
                 }
                 shared += 1;
-                for (number, string) in literals {
-                    let other = crate::sql::normalize::with_literals(&form, number, string);
+                for (integer, decimal, string) in literals {
+                    let other = crate::sql::normalize::with_literals(&form, integer, decimal, string);
                     assert_eq!(crate::sql::normalize::normalize(&other).as_ref(), Some(&form));
                     let theirs = policy.decide(&connection(), &other);
                     assert_eq!(
@@ -462,6 +476,9 @@ mod tests {
             "EXPLAIN (ANALYZE 0) DELETE FROM orders",
             "CREATE VIEW v AS SELECT 'x' AS a",
             "VACUUM ANALYZE orders",
+            "SELECT id::float(10), email FROM users",
+            "COPY orders (id) TO STDOUT DELIMITER ','",
+            "SELECT id, ssn FROM users ORDER BY (1)",
         ] {
             assert!(!policies[1].decide(&connection(), sql.as_bytes()).reusable, "{sql}");
         }
@@ -482,6 +499,19 @@ mod tests {
 
         // Filters: denied by default, or held for review where the rule says so.
         assert_eq!(rule(&masked("SELECT id FROM users WHERE ssn LIKE '1%'").verdict), Some("pii"));
+        // Positions name output columns, in parentheses and in grouping sets too.
+        for sql in [
+            "SELECT id, ssn FROM users ORDER BY (2)",
+            "SELECT id, ssn FROM users ORDER BY ((2)) DESC",
+            "SELECT id, ssn FROM users GROUP BY id, (2)",
+            "SELECT DISTINCT ON ((2)) id, ssn FROM users",
+            "SELECT ssn, count(*) FROM users GROUP BY ROLLUP (1)",
+            "SELECT ssn, count(*) FROM users GROUP BY CUBE (1)",
+            "SELECT ssn, count(*) FROM users GROUP BY GROUPING SETS ((1), ())",
+        ] {
+            assert_eq!(rule(&masked(sql).verdict), Some("pii"), "{sql}");
+        }
+        assert_eq!(masked("SELECT id, ssn FROM users ORDER BY (1)").verdict, CommandVerdict::Allow { rule: None });
         let held = masked("SELECT id FROM users ORDER BY card").verdict;
         assert!(matches!(held, CommandVerdict::Review { ref rule, .. } if rule == "cards"), "{held:?}");
         assert_eq!(rule(&masked("COPY users TO STDOUT").verdict), Some("builtin:masked-export"));

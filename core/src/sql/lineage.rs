@@ -694,11 +694,23 @@ impl Analyzer<'_> {
 
     /// An ORDER BY, GROUP BY or DISTINCT ON item: a position names an output
     /// column; anything else is an expression over the inputs or the outputs.
+    /// Postgres reads `ORDER BY (2)` and `GROUP BY ROLLUP (1)` as positions too.
     fn sort_key(&mut self, expr: &Expr, scope: &Scope<'_>, shape: &Shape) {
-        if matches!(expr, Expr::Value(_)) {
-            self.literal_sensitive = true;
+        let mut bare = expr;
+        while let Expr::Nested(inner) = bare {
+            bare = inner;
         }
-        if let Some(n) = ordinal(expr) {
+        match bare {
+            Expr::Rollup(sets) | Expr::Cube(sets) | Expr::GroupingSets(sets) => {
+                for item in sets.iter().flatten() {
+                    self.sort_key(item, scope, shape);
+                }
+                return;
+            }
+            Expr::Value(_) => self.literal_sensitive = true,
+            _ => {}
+        }
+        if let Some(n) = ordinal(bare) {
             let column = if shape.starred { None } else { n.checked_sub(1).and_then(|i| shape.columns.get(i)) };
             match column {
                 Some(Col::Named { taint, .. }) => self.record(taint, UseKind::Filter),

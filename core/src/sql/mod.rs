@@ -245,10 +245,14 @@ pub fn redact_secrets(sql: &str) -> String {
 
 fn classify_one(statement: &Ast) -> Classified {
     let mut walk = Walk { c: Classified::default(), writes: false, explain_only: is_plain_explain(statement) };
-    // `EXPLAIN (ANALYZE 0)` plans and `(ANALYZE 1)` runs.
-    if let Ast::Explain { options: Some(options), .. } = statement {
-        walk.c.literal_sensitive |= options.iter().any(|o| o.arg.is_some());
-    }
+    // `EXPLAIN (ANALYZE 0)` plans and `(ANALYZE 1)` runs. Whether COPY's
+    // options, FETCH's count and DDL parse at all turns on their numbers and
+    // strings (`DELIMITER 'ab'`, `varchar(0)`).
+    walk.c.literal_sensitive |= match statement {
+        Ast::Explain { options: Some(options), .. } => options.iter().any(|o| o.arg.is_some()),
+        Ast::Copy { .. } | Ast::Fetch { .. } => true,
+        _ => false,
+    };
     let _ = statement.visit(&mut walk);
     let mut c = walk.c;
     let mut kind = kind_of(statement);
@@ -258,6 +262,7 @@ fn classify_one(statement: &Ast) -> Classified {
         kind = StatementKind::Write;
     }
     c.kind = Some(kind);
+    c.literal_sensitive |= kind == StatementKind::Ddl;
     c.defines_code = matches!(
         statement,
         Ast::CreateFunction(_)
@@ -300,6 +305,17 @@ impl Visitor for Walk {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        // A type's modifiers (`float(10)`, `varchar(3)`, `int[2]`) are read as
+        // numbers by both parsers, which refuse some values.
+        let modified = |t: &sqlparser::ast::DataType| t.to_string().bytes().any(|b| b.is_ascii_digit());
+        match expr {
+            Expr::Cast { data_type, .. } if modified(data_type) => self.c.literal_sensitive = true,
+            Expr::TypedString(t) if modified(&t.data_type) => self.c.literal_sensitive = true,
+            Expr::Interval(i) if i.leading_precision.is_some() || i.fractional_seconds_precision.is_some() => {
+                self.c.literal_sensitive = true;
+            }
+            _ => {}
+        }
         if let Expr::Function(f) = expr {
             let name = bare(&f.name);
             if name == "set_config" {
@@ -555,6 +571,7 @@ fn trivially_true(selection: &Expr, literal_sensitive: &mut bool) -> bool {
                 terms.push(right);
             }
             Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                let (left, right) = (unparenthesized(left), unparenthesized(right));
                 if left == right {
                     return true;
                 }
@@ -574,6 +591,13 @@ fn trivially_true(selection: &Expr, literal_sensitive: &mut bool) -> bool {
         }
     }
     false
+}
+
+fn unparenthesized(mut e: &Expr) -> &Expr {
+    while let Expr::Nested(inner) = e {
+        e = inner;
+    }
+    e
 }
 
 /// An expression that names no column is the same for every row.
@@ -661,6 +685,8 @@ mod tests {
         }
         assert!(one("DELETE FROM t").unbounded_write);
         assert!(one("DELETE FROM t WHERE 1 = 1").unbounded_write);
+        assert!(one("DELETE FROM t WHERE (id + 1) = id + 1").unbounded_write);
+        assert!(one("DELETE FROM t WHERE (id) = ((id))").unbounded_write);
         assert!(one("UPDATE t SET a = 1 WHERE true").unbounded_write);
         assert!(!one("DELETE FROM t WHERE id = 3").unbounded_write);
         assert!(!one("UPDATE t SET a = 1 WHERE id IN (SELECT 1)").unbounded_write);

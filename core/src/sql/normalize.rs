@@ -13,8 +13,10 @@
 //! backslashes in strings, and numbers in any form but `123` and `1.5`.
 //!
 //! Each literal becomes a marker byte `0xFF`, which valid UTF-8 never holds,
-//! followed by its kind (`'` or `0`): the text between markers is the
-//! original's, byte for byte, so equal forms mean equal text outside literals.
+//! followed by its kind (`'` a string, `0` an integer, `.` a decimal): the
+//! text between markers is the original's, byte for byte, so equal forms mean
+//! equal text outside literals. Integers past 2147483647 are kept as they
+//! are: parsers read some integers into 32 bits and refuse larger ones.
 
 /// The byte that starts a marker in a normalized form.
 const MARK: u8 = 0xFF;
@@ -45,8 +47,21 @@ pub fn normalize(sql: &[u8]) -> Option<Vec<u8>> {
                 i = end;
             }
             b'0'..=b'9' => {
-                i = number_end(sql, i)?;
-                out.extend_from_slice(&[MARK, b'0']);
+                // `.5` and `t.5`: the parsers read the dot as part of the number.
+                if previous == Some(b'.') {
+                    return None;
+                }
+                let end = number_end(sql, i)?;
+                let number = span(i, end);
+                let kind = if number.contains(&b'.') {
+                    b'.'
+                } else if std::str::from_utf8(number).ok()?.parse::<u32>().ok()? > i32::MAX.unsigned_abs() {
+                    return None;
+                } else {
+                    b'0'
+                };
+                out.extend_from_slice(&[MARK, kind]);
+                i = end;
             }
             b'$' => {
                 // `$1`: a parameter, kept. Anything else is a dollar quote.
@@ -83,16 +98,18 @@ fn run(sql: &[u8], from: usize, f: impl Fn(u8) -> bool) -> usize {
     sql.get(from..).unwrap_or_default().iter().take_while(|&&c| f(c)).count()
 }
 
-/// A statement of the normalized `form` with every number written as
-/// `number` and every string as `string` (which must be literals themselves):
-/// how tests make statements that a shared decision must fit.
+/// A statement of the normalized `form` with every integer written as
+/// `integer`, every decimal as `decimal` and every string as `string` (which
+/// must be such literals themselves): how tests make statements that a shared
+/// decision must fit.
 #[doc(hidden)]
-pub fn with_literals(form: &[u8], number: &str, string: &str) -> Vec<u8> {
+pub fn with_literals(form: &[u8], integer: &str, decimal: &str, string: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(form.len());
     let mut i = 0;
     while let Some(&b) = form.get(i) {
         match (b, form.get(i + 1)) {
-            (MARK, Some(b'0')) => out.extend_from_slice(number.as_bytes()),
+            (MARK, Some(b'0')) => out.extend_from_slice(integer.as_bytes()),
+            (MARK, Some(b'.')) => out.extend_from_slice(decimal.as_bytes()),
             (MARK, _) => out.extend_from_slice(string.as_bytes()),
             _ => {
                 out.push(b);
@@ -174,6 +191,7 @@ mod tests {
             "SELECT * FROM t WHERE name = 'it''s' AND x > 20.25"
         ));
         assert!(same("INSERT INTO t VALUES (1, 'a', $1)", "INSERT INTO t VALUES (99, '', $1)"));
+        assert!(same("SELECT 2147483647", "SELECT 0"));
         assert!(same("SELECT 1 -- it's a comment\n, 'x'", "SELECT 2 -- it's a comment\n, 'y'"));
     }
 
@@ -186,8 +204,8 @@ mod tests {
         assert!(!same("SELECT \"a'b\" FROM t", "SELECT \"a'c\" FROM t"));
         assert!(!same("SELECT 1 -- x\n", "SELECT 1 -- y\n"));
         assert!(!same("SELECT 1  FROM t", "SELECT 1 FROM t"));
-        // A dot then digits after a name is not a number of its own here.
-        assert!(!same("SELECT t.5", "SELECT t5"));
+        // Integers and decimals apart: some places take only the first.
+        assert!(!same("SELECT x::numeric(10)", "SELECT x::numeric(1.5)"));
     }
 
     #[test]
@@ -210,6 +228,10 @@ mod tests {
             "SELECT 1..2",
             "SELECT 1.x",
             "SELECT 1abc",
+            "SELECT .5",
+            "SELECT t.5",
+            "SELECT 2147483648",
+            "SELECT 99999999999999999999",
             "SELECT $1abc",
             "SELECT 'unterminated",
             "SELECT \"unterminated",
