@@ -99,6 +99,9 @@ pub struct Worker {
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
+    /// Session recording (`[worker.recording]`): every session is recorded.
+    /// The recorder's URL is ignored by `airlock up`, which records to its own.
+    pub recording: airlock_data_plane::recording::Options,
 }
 
 impl std::fmt::Debug for Worker {
@@ -106,6 +109,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("control_plane_url", &self.control_plane_url)
             .field("admin_addr", &self.admin_addr)
+            .field("recording", &self.recording)
             .finish_non_exhaustive()
     }
 }
@@ -198,6 +202,7 @@ impl Default for Worker {
             allow_cleartext_off_loopback: false,
             session_threads: None,
             reconcile_every: Duration::from_secs(2),
+            recording: airlock_data_plane::recording::Options::default(),
         }
     }
 }
@@ -235,6 +240,15 @@ impl Config {
             .unwrap_or_else(|| "worker".to_owned());
         let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).collect();
         format!("{host}-{}", self.worker.pg_addr.port())
+    }
+
+    /// The worker's recording options: the spool defaults to `{data_dir}/spool`.
+    pub fn recording(&self) -> airlock_data_plane::recording::Options {
+        let mut recording = self.worker.recording.clone();
+        if recording.spool_dir.as_os_str().is_empty() {
+            recording.spool_dir = self.data_dir.join("spool");
+        }
+        recording
     }
 
     /// The public URL, defaulting to the REST address.
@@ -291,6 +305,12 @@ mod tests {
         assert_eq!(config.recorder.backend, airlock_recorder::Backend::Local);
         assert_eq!(config.recorder.chunk_bytes, 1 << 20);
         config.recorder.validate().unwrap();
+        let recording = config.recording();
+        assert_eq!(recording.recorder_url, "http://127.0.0.1:8082");
+        assert_eq!(recording.spool_dir, PathBuf::from("airlock-data/spool"));
+        assert_eq!(recording.spool_max_bytes, 1 << 30);
+        assert!(!recording.strict);
+        recording.validate().unwrap();
     }
 
     #[test]
@@ -300,6 +320,7 @@ mod tests {
             jail.set_env("AIRLOCK_DATABASE__URL", "postgres://db/airlock");
             jail.set_env("AIRLOCK_WORKER__ADMIN_ADDR", "127.0.0.1:9999");
             jail.set_env("AIRLOCK_DATA_DIR", "/var/lib/airlock");
+            jail.set_env("AIRLOCK_WORKER__RECORDING__STRICT", "true");
             // The client verbs' variables are not settings.
             jail.set_env("AIRLOCK_URL", "http://elsewhere");
             jail.set_env("AIRLOCK_TOKEN", "t");
@@ -307,6 +328,8 @@ mod tests {
             assert_eq!(config.database.url, "postgres://db/airlock");
             assert_eq!(config.worker.admin_addr, addr("127.0.0.1:9999"));
             assert_eq!(config.data_dir, PathBuf::from("/var/lib/airlock"));
+            assert!(config.worker.recording.strict);
+            assert_eq!(config.recording().spool_dir, PathBuf::from("/var/lib/airlock/spool"));
             Ok(())
         });
     }

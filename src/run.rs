@@ -36,14 +36,22 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     let cp =
         airlock_control_plane::server::start(control_plane_options(&config)?, bus.clone(), cancel.clone(), &tracker)
             .await?;
+    // Every session is recorded: the worker records to this process's recorder.
+    let mut recorder = config.recorder.clone();
+    recorder.data_dir.get_or_insert_with(|| dir.join("recorder"));
+    let rec = airlock_recorder::start(recorder, Some(worker_token(&config)?), cancel.clone(), &tracker).await?;
     let mut worker = worker_options(&config)?;
     worker.control_plane_url = format!("http://{}", cp.grpc_addr);
+    if let Some(recording) = worker.postgres.as_mut().and_then(|pg| pg.recording.as_mut()) {
+        recording.recorder_url = format!("http://{}", rec.addr);
+    }
     let w = airlock_data_plane::start(worker, bus, cancel.clone(), &tracker).await?;
 
     println!("Airlock is up.");
     println!("  REST API and web UI  http://{}", cp.api_addr);
     println!("  gRPC API             http://{}", cp.grpc_addr);
     println!("  worker health        http://{}/healthz", w.admin_addr);
+    println!("  session recorder     http://{} (key {})", rec.addr, rec.key_id);
     if let Some(pg) = w.pg_addr {
         println!("  Postgres gateway     postgres://<connection>.<role>@{pg}/<database> (password: an access token)");
     }
@@ -138,6 +146,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
             tls: Some(tls),
             gateway,
             hook: None,
+            recording: Some(config.recording()),
         }),
     })
 }

@@ -112,6 +112,7 @@ impl Deployment {
                             ..Default::default()
                         },
                         hook: None,
+                        recording: None,
                     }),
                 },
                 bus,

@@ -35,11 +35,21 @@ pub struct PostgresOptions {
     /// What every statement passes through. `None`: the tenant's command rules,
     /// read from this worker's projection.
     pub hook: Option<Arc<dyn crate::postgres::hook::StatementHook>>,
+    /// Where sessions are recorded: every session is, and one that cannot be
+    /// is refused (or ended). The worker token and the worker id are this
+    /// worker's, whatever the options say. `None` records nothing: only for
+    /// tests and benchmarks that start a gateway without a recorder; the
+    /// `airlock` binary always sets it.
+    pub recording: Option<crate::recording::Options>,
 }
 
 impl std::fmt::Debug for PostgresOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresOptions").field("listen", &self.listen).field("tls", &self.tls).finish_non_exhaustive()
+        f.debug_struct("PostgresOptions")
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("recording", &self.recording)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,6 +115,22 @@ async fn start_postgres(
     let addr = listener.local_addr()?;
     let tls = pg.tls.as_ref().map(crate::postgres::tls::acceptor).transpose()?;
     let verifier = airlock_identity::Verifier::new(options.identity.clone())?;
+    let recorder = match &pg.recording {
+        Some(recording) => {
+            let mut recording = recording.clone();
+            recording.worker_token = options.worker_token.clone();
+            recording.worker_id = pg.gateway.worker_id.clone();
+            let spool = recording.spool_dir.clone();
+            let recorder = crate::recording::Recorder::start(recording, cancel.clone(), tracker)
+                .await
+                .with_context(|| format!("starting session recording (spool {})", spool.display()))?;
+            Some(recorder)
+        }
+        None => {
+            tracing::warn!("session recording is off: sessions through this gateway are not recorded");
+            None
+        }
+    };
     let gateway = crate::postgres::gateway::Gateway::new(
         projection.clone(),
         verifier,
@@ -112,6 +138,7 @@ async fn start_postgres(
         tls,
         pg.gateway.clone(),
         pg.hook.clone().unwrap_or_else(|| Arc::new(crate::postgres::policy_hook::PolicyHook::new(projection.clone()))),
+        recorder,
     );
     let projection = projection.clone();
     let cancel = cancel.clone();

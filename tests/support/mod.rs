@@ -30,6 +30,23 @@ pub struct Stack {
     pub control_plane: Arc<airlock_control_plane::service::ControlPlane>,
     /// The control plane's clock; tests move it to expire grants and reviews.
     pub clock: airlock_core::clock::ManualClock,
+    /// The recorder the worker records to, when it runs (`Recording::Recorder`).
+    pub recorder: Option<airlock_recorder::Started>,
+    /// The recorder's store, read back.
+    pub recordings: airlock_recorder::Recordings,
+}
+
+/// How the stack's worker records sessions.
+#[derive(Debug, Clone, Copy)]
+pub enum Recording {
+    /// To a recorder started in process beside it (every stack but those that say otherwise).
+    Recorder,
+    /// To a recorder started in process, in strict mode: nothing the client
+    /// sends reaches the target before the recorder stored it.
+    Strict,
+    /// To a recorder nobody runs, with a spool this many bytes large; strict
+    /// sessions wait half a second for it.
+    Unreachable { spool_max_bytes: u64, strict: bool },
 }
 
 impl Drop for Stack {
@@ -75,15 +92,18 @@ pub async fn admin_client(url: &str) -> tokio_postgres::Client {
 
 impl Stack {
     pub async fn start() -> Stack {
-        Self::start_hooked(None).await
+        Self::start_with(None, Recording::Recorder).await
     }
 
     pub async fn start_with_hook(hook: Arc<dyn airlock_data_plane::postgres::hook::StatementHook>) -> Stack {
-        Self::start_hooked(Some(hook)).await
+        Self::start_with(Some(hook), Recording::Recorder).await
     }
 
-    /// `None`: the tenant's command rules, as a deployed gateway applies them.
-    async fn start_hooked(hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>) -> Stack {
+    /// `hook` `None`: the tenant's command rules, as a deployed gateway applies them.
+    pub async fn start_with(
+        hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>,
+        recording: Recording,
+    ) -> Stack {
         let db = TestDb::create().await.unwrap();
         let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
         let admin = admin_client(db.url()).await;
@@ -130,6 +150,41 @@ impl Stack {
         .await
         .unwrap();
         let worker_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let recorder_config = airlock_recorder::Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir: Some(dir.join("recorder")),
+            ..Default::default()
+        };
+        let (recorder, recording) = match recording {
+            Recording::Recorder | Recording::Strict => {
+                let started =
+                    airlock_recorder::start(recorder_config.clone(), Some("w".into()), cancel.clone(), &tracker)
+                        .await
+                        .unwrap();
+                let options = airlock_data_plane::recording::Options {
+                    recorder_url: format!("http://{}", started.addr),
+                    spool_dir: dir.join("spool"),
+                    strict: matches!(recording, Recording::Strict),
+                    reconnect_max_ms: 200,
+                    ..Default::default()
+                };
+                (Some(started), options)
+            }
+            Recording::Unreachable { spool_max_bytes, strict } => {
+                let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+                let options = airlock_data_plane::recording::Options {
+                    recorder_url: format!("http://{nobody}"),
+                    spool_dir: dir.join("spool"),
+                    spool_max_bytes,
+                    strict,
+                    strict_timeout_ms: 500,
+                    reconnect_max_ms: 200,
+                    ..Default::default()
+                };
+                (None, options)
+            }
+        };
+        let recordings = airlock_recorder::Recordings::open(&recorder_config).unwrap();
         let worker = airlock_data_plane::start(
             airlock_data_plane::Options {
                 control_plane_url: format!("http://{}", cp.grpc_addr),
@@ -148,6 +203,7 @@ impl Stack {
                         ..Default::default()
                     },
                     hook,
+                    recording: Some(recording),
                 }),
             },
             bus,
@@ -170,6 +226,8 @@ impl Stack {
             cancel,
             control_plane: cp.control_plane.clone(),
             clock,
+            recorder,
+            recordings,
         };
         let (host_db, _) = stack.target();
         let connection = json!({

@@ -21,6 +21,8 @@ impl Proc {
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(args).stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null());
+        // `airlock up` runs a recorder: on a port of its own, so tests run side by side.
+        cmd.env("AIRLOCK_RECORDER__ADDR", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }

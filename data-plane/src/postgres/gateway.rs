@@ -1,7 +1,8 @@
 //! The Postgres gateway's listener and what its sessions share: the projection
 //! to decide from, the token verifier, the control plane (for credentials and
-//! session records), one admin connection per target (for session roles), and
-//! the map that routes cancel requests to the right upstream backend.
+//! session records), the recording spool, one admin connection per target (for
+//! session roles), and the map that routes cancel requests to the right
+//! upstream backend.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use super::hook::StatementHook;
 use super::roles::{RoleManager, TlsChoice};
 use super::upstream::{BackendKey, UpstreamOptions};
 use crate::projection::Projection;
+use crate::recording::Recorder;
 use crate::sync::GrpcSource;
 use crate::sync::grpc::Credential;
 
@@ -72,6 +74,8 @@ pub struct Gateway {
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) options: GatewayOptions,
     pub(crate) hook: Arc<dyn StatementHook>,
+    /// Where every session is recorded (`None`: nothing is, see `PostgresOptions::recording`).
+    pub(crate) recorder: Option<Recorder>,
     /// Gateway-issued (pid, key) → the upstream backend's. Entries live as long as their session.
     pub(crate) cancels: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
     credentials: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), Credential>>,
@@ -89,6 +93,7 @@ impl Gateway {
         tls: Option<TlsAcceptor>,
         options: GatewayOptions,
         hook: Arc<dyn StatementHook>,
+        recorder: Option<Recorder>,
     ) -> Arc<Self> {
         Arc::new(Self {
             projection,
@@ -97,6 +102,7 @@ impl Gateway {
             tls,
             options,
             hook,
+            recorder,
             cancels: Mutex::new(HashMap::new()),
             credentials: tokio::sync::Mutex::new(HashMap::new()),
             admins: tokio::sync::Mutex::new(HashMap::new()),

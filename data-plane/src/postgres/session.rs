@@ -12,6 +12,15 @@
 //!    ReadyForQuery; the session ends with a FATAL that says why as soon as
 //!    the projection no longer admits it or its grant runs out;
 //! 5. the end: the session role is dropped and the session recorded.
+//!
+//! Recording (when the worker records, see `PostgresOptions::recording`)
+//! starts once the client is authenticated, so the token is never in it, and
+//! refuses the session when it cannot start. From then on, client bytes are
+//! recorded as they are read, before anything is done with them; server bytes
+//! as the client receives them (masked), before each write to the client; and
+//! the hook's decisions as it makes them. Any failure to record ends the
+//! session (fail closed), and so does a full spool through the tap's stop
+//! signal.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -42,9 +51,13 @@ use super::protocol::{
 };
 use super::roles::SessionRoleSpec;
 use super::upstream::{self, Upstream, UpstreamOptions};
+use crate::recording::{self, SessionTap};
 
 /// How much a read may bring in at once.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// SQLSTATE insufficient_resources: the session cannot be recorded.
+const RECORDING_UNAVAILABLE: &str = "53000";
 
 /// Why a session ended, as recorded and (for FATALs) as told to the client.
 #[derive(Debug)]
@@ -115,6 +128,84 @@ async fn session_main(
     span.record("principal", admitted.context.principal.subject.as_str());
     span.record("connection", admitted.connection.name.as_str());
 
+    let mut tap = open_recording(gw, client, &admitted, span)?;
+    let result = admitted_session(gw, client, &admitted, tap.as_mut(), shutdown, span).await;
+    if let Some(tap) = tap.as_mut() {
+        end_recording(tap, &result, span);
+    }
+    result
+}
+
+/// Starts recording an authenticated session: refused (and so the session)
+/// when the spool is full or cannot be written. Records what the client sent
+/// after its password message, which is still unread.
+fn open_recording(
+    gw: &Gateway,
+    client: &Client,
+    admitted: &Admitted,
+    span: &tracing::Span,
+) -> Result<Option<SessionTap>, Ended> {
+    let Some(recorder) = &gw.recorder else { return Ok(None) };
+    let context = &admitted.context;
+    let meta = recording::SessionOpen {
+        tenant: context.tenant,
+        session: context.session,
+        connection_id: admitted.connection.id.to_string(),
+        principal_subject: context.principal.subject.clone(),
+        principal_issuer: context.principal.issuer.clone(),
+        client_addr: client.peer,
+        target_role: context.role.clone(),
+        protocol: "postgres".into(),
+        started_at: SystemTime::now(),
+    };
+    let mut tap = recorder.open_session(meta).map_err(|e| recording_lost(span, &e))?;
+    if let Err(e) = tap.client_bytes(&client.buf) {
+        let _ = tap.end("the session could not be recorded");
+        return Err(recording_lost(span, &e));
+    }
+    Ok(Some(tap))
+}
+
+/// Records the session's last words: the FATAL it is ended with, if any, then its end.
+fn end_recording(tap: &mut SessionTap, result: &Result<(), Ended>, span: &tracing::Span) {
+    let reason = match result {
+        Ok(()) => "client closed the session",
+        Err(ended) => {
+            if let Some(report) = &ended.fatal {
+                let mut out = BytesMut::new();
+                encode::error_response(&mut out, report);
+                let _ = tap.server_bytes(&out);
+            }
+            ended.reason.as_str()
+        }
+    };
+    if let Err(e) = tap.end(reason) {
+        tracing::warn!(parent: span, "failed to record the end of the session: {e}");
+    }
+}
+
+/// A session whose recording failed ends with this.
+fn recording_lost(span: &tracing::Span, e: &recording::Error) -> Ended {
+    match e {
+        recording::Error::SpoolFull { .. } | recording::Error::Stopped => {
+            tracing::warn!(parent: span, "session refused or ended: {e}");
+        }
+        _ => tracing::error!(parent: span, "failed to record the session: {e}"),
+    }
+    Ended::fatal(RECORDING_UNAVAILABLE, e.client_message())
+}
+
+/// An authenticated, recorded session: its credentials on the target, the
+/// relay, and the session role dropped at the end whatever happened.
+async fn admitted_session(
+    gw: &Arc<Gateway>,
+    client: &mut Client,
+    admitted: &Admitted,
+    tap: Option<&mut SessionTap>,
+    shutdown: &CancellationToken,
+    span: &tracing::Span,
+) -> Result<(), Ended> {
+    let session = admitted.context.session;
     // Credentials on the target: a role made for this session, or the static one.
     let credentials = async {
         let mut session_role = None;
@@ -164,7 +255,7 @@ async fn session_main(
     .await?;
     let ((user, password), session_role) = credentials;
 
-    let result = relay_session(gw, client, &admitted, user, password, shutdown, span).await;
+    let result = relay_session(gw, client, admitted, tap, user, password, shutdown, span).await;
 
     // The end: whatever happened, the session role goes.
     if let Some((manager, name)) = session_role
@@ -394,10 +485,12 @@ fn no_access(why: String) -> Ended {
     Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access denied: {why}"))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn relay_session(
     gw: &Arc<Gateway>,
     client: &mut Client,
     admitted: &Admitted,
+    mut tap: Option<&mut SessionTap>,
     user: String,
     password: String,
     shutdown: &CancellationToken,
@@ -445,6 +538,9 @@ async fn relay_session(
     encode::backend_key_data(&mut out, pid, &key)
         .map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
     encode::ready_for_query(&mut out, upstream.ready_status);
+    if let Some(tap) = tap.as_deref_mut() {
+        tap.server_bytes(&out).map_err(|e| recording_lost(span, &e))?;
+    }
     client.io.write_all(&out).await.map_err(io_ended)?;
 
     let started = Instant::now();
@@ -516,6 +612,10 @@ async fn relay_session(
         masking: masks.then(Responses::default),
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
+        tap,
+        client_seq: 0,
+        durable_seq: 0,
+        review_note: None,
     };
     relay.inspecting |= relay.masking.is_some();
     let ended = relay.run(&admitted.connection, shutdown).await;
@@ -617,6 +717,14 @@ struct Relay<'a> {
     /// Keys the hash strategy: the tenant.
     salt: Vec<u8>,
     connection: &'a ConnectionSpec,
+    /// Where the session is recorded.
+    tap: Option<&'a mut SessionTap>,
+    /// The seq of the last frame of client bytes recorded.
+    client_seq: u64,
+    /// In strict mode, the last seq the recorder confirmed stored.
+    durable_seq: u64,
+    /// The review of the last held statement and who approved it, once decided.
+    review_note: Option<(String, String)>,
 }
 
 /// How much a client may send while one of its statements is held; past it,
@@ -696,6 +804,8 @@ impl Relay<'_> {
         // state every session shares.
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
+        // Ends the session when it can no longer be recorded (a full spool).
+        let mut stop = self.tap.as_deref().map(SessionTap::stop_signal);
         loop {
             let changed = changes.changed();
             tokio::pin!(changed);
@@ -707,6 +817,7 @@ impl Relay<'_> {
                             return Ok(());
                         }
                         self.bytes_in += n as u64;
+                        self.record_read(n)?;
                         if self.process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client).await? {
                             return Ok(());
                         }
@@ -746,6 +857,7 @@ impl Relay<'_> {
                     () = &mut shutting_down => {
                         return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
                     }
+                    e = recording_stopped(&mut stop) => return Err(recording_lost(self.span, &e)),
                 }
                 if self.client.buf.capacity() < READ_CHUNK {
                     self.client.buf.reserve(READ_CHUNK);
@@ -793,7 +905,22 @@ impl Relay<'_> {
                 Progress::Terminated => return Ok(true),
                 Progress::Hold => {
                     let Some(held) = self.held.take() else { return Ok(false) };
-                    match self.await_review(&held, connection, shutdown, server_buf, to_client).await? {
+                    self.review_note = None;
+                    let outcome = self.await_review(&held, connection, shutdown, server_buf, to_client).await?;
+                    let (review_id, approver) = self.review_note.take().unwrap_or_default();
+                    let (verdict, reason) = match &outcome {
+                        Ok(()) => (recording::Verdict::Allow, "approved".to_owned()),
+                        Err(report) => (recording::Verdict::Deny, report.message.clone()),
+                    };
+                    self.record_decision(recording::Decision {
+                        statement: held.shown.clone(),
+                        verdict: verdict as i32,
+                        rule: held.rule.clone(),
+                        reason,
+                        review_id,
+                        approver,
+                    })?;
+                    match outcome {
                         Ok(()) => {
                             self.expect_responses(&held.message, to_server);
                             to_server.extend_from_slice(&held.raw);
@@ -866,6 +993,9 @@ impl Relay<'_> {
                 Some(s) => self.gw.hook.check(self.context, s),
                 None => Verdict::Allow,
             };
+            if self.tap.is_some() && statement.is_some() {
+                self.record_verdict(&message, &verdict)?;
+            }
             match verdict {
                 Verdict::Allow => {
                     if is_sync {
@@ -906,6 +1036,14 @@ impl Relay<'_> {
                             sqlstate::INSUFFICIENT_PRIVILEGE,
                             format!("permission denied: rule {rule} holds this for review, which needs its UTF-8 text"),
                         );
+                        if self.tap.is_some() {
+                            self.record_decision(recording::Decision {
+                                verdict: recording::Verdict::Deny as i32,
+                                reason: report.message.clone(),
+                                rule,
+                                ..Default::default()
+                            })?;
+                        }
                         self.refuse(owes_ready, report, to_server);
                         continue;
                     };
@@ -915,6 +1053,33 @@ impl Relay<'_> {
                 }
             }
         }
+    }
+
+    /// Records the hook's verdict on a statement: every refusal and hold, and
+    /// what it allowed of the statements that carry text (a Query, a Parse, a
+    /// Bind of a statement whose text is known).
+    fn record_verdict(&mut self, message: &FrontendMessage, verdict: &Verdict) -> Result<(), Ended> {
+        let sql = match message {
+            FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } => Some(sql),
+            FrontendMessage::Bind { statement, .. } => self.prepared.get(statement).and_then(Option::as_ref),
+            _ => None,
+        };
+        let (verdict, rule, reason) = match verdict {
+            // Allows are worth recording where rules look at statements.
+            Verdict::Allow if sql.is_none() || !self.inspecting => return Ok(()),
+            Verdict::Allow => (recording::Verdict::Allow, String::new(), String::new()),
+            Verdict::Deny { rule, message } => (recording::Verdict::Deny, rule.clone(), message.clone()),
+            Verdict::Review { rule } => (recording::Verdict::Review, rule.clone(), "held for review".to_owned()),
+        };
+        let statement = sql.map(|s| decision_text(s)).unwrap_or_default();
+        self.record_decision(recording::Decision {
+            statement,
+            verdict: verdict as i32,
+            rule,
+            reason,
+            review_id: String::new(),
+            approver: String::new(),
+        })
     }
 
     /// Relays a message the hook would not look at, decoding only what the
@@ -1206,6 +1371,7 @@ impl Relay<'_> {
             }
         };
         let id = review.review_id;
+        self.review_note = Some((id.to_string(), String::new()));
         let wait = u64::try_from(review.expires_at_unix.saturating_sub(unix_now())).unwrap_or(0);
         tracing::info!(parent: self.span, review = %id, rule = %held.rule, "statement held for review");
         let notice = Report::notice(format!(
@@ -1215,6 +1381,7 @@ impl Relay<'_> {
         ))
         .with_hint(format!("an approver runs `airlock approve {id}`, or decides it in the web inbox or in Slack"));
         encode::notice_response(to_client, &notice);
+        self.record_server(to_client)?;
         self.bytes_out += to_client.len() as u64;
         self.client.io.write_all(to_client).await.map_err(io_ended)?;
         to_client.clear();
@@ -1228,13 +1395,15 @@ impl Relay<'_> {
             u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0),
         ));
         tokio::pin!(grant_ends);
+        let mut stop = self.tap.as_deref().map(SessionTap::stop_signal);
         loop {
             changes.mark_unchanged();
             // Access first: an approval that arrives with the revocation runs nothing.
             if let Some(why) = self.still_admitted(connection) {
                 return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
             }
-            if let Some(outcome) = self.review_outcome(id, review.seq) {
+            if let Some((outcome, approver)) = self.review_outcome(id, review.seq) {
+                self.review_note = Some((id.to_string(), approver));
                 tracing::info!(parent: self.span, review = %id, approved = outcome.is_ok(), "review decided");
                 return Ok(outcome);
             }
@@ -1257,6 +1426,7 @@ impl Relay<'_> {
                         return Err(Ended::quietly("the client went away while a statement was held"));
                     }
                     self.bytes_in += n as u64;
+                    self.record_read(n)?;
                 }
                 () = &mut grant_ends => {
                     // Checked again at the top: ends the session if the grant is over.
@@ -1273,6 +1443,7 @@ impl Relay<'_> {
                     }
                     self.forward_server(server_buf, to_client).await?;
                     if !to_client.is_empty() {
+                        self.record_server(to_client)?;
                         self.bytes_out += to_client.len() as u64;
                         self.client.io.write_all(to_client).await.map_err(io_ended)?;
                         to_client.clear();
@@ -1286,6 +1457,7 @@ impl Relay<'_> {
                 () = &mut shutting_down => {
                     return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
                 }
+                e = recording_stopped(&mut stop) => return Err(recording_lost(self.span, &e)),
             }
         }
     }
@@ -1303,8 +1475,8 @@ impl Relay<'_> {
     }
 
     /// The review's outcome once the projection has it: `Ok` to run the
-    /// statement, or the error that refuses it.
-    fn review_outcome(&self, id: airlock_core::ReviewId, held_at_seq: u64) -> Option<Result<(), Report>> {
+    /// statement, or the error that refuses it; and who decided it.
+    fn review_outcome(&self, id: airlock_core::ReviewId, held_at_seq: u64) -> Option<(Result<(), Report>, String)> {
         use airlock_core::review::Outcome;
         self.gw.projection.read(|t| {
             let state = t.get(&self.context.tenant)?;
@@ -1316,7 +1488,14 @@ impl Relay<'_> {
             let refused = |text: String| {
                 Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {}", review.rule))
             };
-            Some(match outcome {
+            let deciders: Vec<&str> = review
+                .decisions
+                .iter()
+                .filter(|d| d.approve == matches!(outcome, Outcome::Approved))
+                .map(|d| d.by.as_str())
+                .collect();
+            let deciders = deciders.join(", ");
+            let result = match outcome {
                 Outcome::Approved => Ok(()),
                 Outcome::Denied => {
                     let by = review.decisions.iter().find(|d| !d.approve);
@@ -1329,7 +1508,8 @@ impl Relay<'_> {
                 Outcome::Expired => Err(refused(format!(
                     "permission denied: review {id} was not decided in time; the statement did not run"
                 ))),
-            })
+            };
+            Some((result, deciders))
         })
     }
 
@@ -1378,6 +1558,7 @@ impl Relay<'_> {
         let run = server_buf.split_to(complete);
         if to_client.is_empty() {
             // The common case: nothing of ours to add, so no copy.
+            self.record_server(&run)?;
             self.bytes_out += run.len() as u64;
             self.client.io.write_all(&run).await.map_err(io_ended)?;
         } else {
@@ -1728,16 +1909,81 @@ impl Relay<'_> {
 
     async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
         if !to_server.is_empty() {
+            self.client_bytes_stored().await?;
             self.upstream.stream.write_all(to_server).await.map_err(io_ended)?;
             to_server.clear();
         }
         if !to_client.is_empty() {
+            self.record_server(to_client)?;
             self.bytes_out += to_client.len() as u64;
             self.client.io.write_all(to_client).await.map_err(io_ended)?;
             to_client.clear();
         }
         Ok(())
     }
+}
+
+impl Relay<'_> {
+    /// Records the `n` bytes just read into the client's buffer, before
+    /// anything is done with them.
+    fn record_read(&mut self, n: usize) -> Result<(), Ended> {
+        let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
+        let read = self.client.buf.get(self.client.buf.len().saturating_sub(n)..).unwrap_or_default();
+        self.client_seq = tap.client_bytes(read).map_err(|e| recording_lost(self.span, &e))?;
+        Ok(())
+    }
+
+    /// Records bytes about to be written to the client.
+    fn record_server(&mut self, bytes: &[u8]) -> Result<(), Ended> {
+        let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
+        tap.server_bytes(bytes).map_err(|e| recording_lost(self.span, &e))?;
+        Ok(())
+    }
+
+    /// Records what policy decided of a statement.
+    fn record_decision(&mut self, decision: recording::Decision) -> Result<(), Ended> {
+        let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
+        tap.decision(decision).map_err(|e| recording_lost(self.span, &e))?;
+        Ok(())
+    }
+
+    /// In strict mode, waits until the recorder has stored everything the
+    /// client sent so far: nothing reaches the target unrecorded. A recorder
+    /// that does not answer in time ends the session.
+    async fn client_bytes_stored(&mut self) -> Result<(), Ended> {
+        let Some(tap) = self.tap.as_deref() else { return Ok(()) };
+        let Some(wait) = tap.strict_wait() else { return Ok(()) };
+        if self.client_seq <= self.durable_seq {
+            return Ok(());
+        }
+        match tokio::time::timeout(wait, tap.durable(self.client_seq)).await {
+            Ok(Ok(())) => {
+                self.durable_seq = self.client_seq;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(recording_lost(self.span, &e)),
+            Err(_) => {
+                tracing::error!(parent: self.span, seq = self.client_seq, "the recorder did not store the session's frames in time");
+                Err(Ended::fatal(
+                    RECORDING_UNAVAILABLE,
+                    "session recording is unavailable (the recorder did not store the statement in time)",
+                ))
+            }
+        }
+    }
+}
+
+/// Why a session can no longer be recorded; pending forever without recording.
+async fn recording_stopped(stop: &mut Option<recording::StopSignal>) -> recording::Error {
+    match stop {
+        Some(stop) => stop.stopped().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A statement's text as a decision records it.
+fn decision_text(sql: &[u8]) -> String {
+    String::from_utf8_lossy(sql).into_owned()
 }
 
 async fn forward_cancel(gw: &Gateway, pid: i32, secret_key: &[u8]) {

@@ -57,8 +57,8 @@ pub use uploader::{REASON_ABANDONED, REASON_RESTARTED};
 pub struct Options {
     /// The recorder's gRPC URL.
     pub recorder_url: String,
-    /// Where sessions are spooled. Default: `spool/` in Airlock's data
-    /// directory (the binary sets it).
+    /// Where sessions are spooled. Must be set; the binary's default (an
+    /// empty path here) is `spool/` in Airlock's data directory.
     pub spool_dir: PathBuf,
     /// The most bytes the spool holds. Past it, new sessions are refused and
     /// live ones are ended.
@@ -67,6 +67,9 @@ pub struct Options {
     /// the recorder to store a statement before it is forwarded
     /// ([`SessionTap::durable`]).
     pub strict: bool,
+    /// In strict mode, how long a session waits for the recorder to store
+    /// what the client sent before the session is ended (fail closed).
+    pub strict_timeout_ms: u64,
     /// The longest wait between attempts to reach the recorder.
     pub reconnect_max_ms: u64,
     /// Sent as `authorization: Bearer <token>`; empty sends none. Set from
@@ -82,9 +85,10 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             recorder_url: "http://127.0.0.1:8082".into(),
-            spool_dir: PathBuf::from("airlock-data").join("spool"),
+            spool_dir: PathBuf::new(),
             spool_max_bytes: 1 << 30,
             strict: false,
+            strict_timeout_ms: 5_000,
             reconnect_max_ms: 10_000,
             worker_token: String::new(),
             worker_id: String::new(),
@@ -99,6 +103,7 @@ impl std::fmt::Debug for Options {
             .field("spool_dir", &self.spool_dir)
             .field("spool_max_bytes", &self.spool_max_bytes)
             .field("strict", &self.strict)
+            .field("strict_timeout_ms", &self.strict_timeout_ms)
             .field("reconnect_max_ms", &self.reconnect_max_ms)
             .field("worker_id", &self.worker_id)
             .finish_non_exhaustive()
@@ -108,8 +113,14 @@ impl std::fmt::Debug for Options {
 impl Options {
     /// Refuses settings the worker cannot record with, naming the field.
     pub fn validate(&self) -> Result<(), String> {
+        if self.spool_dir.as_os_str().is_empty() {
+            return Err("recording.spool_dir must be set".into());
+        }
         if self.spool_max_bytes == 0 {
             return Err("recording.spool_max_bytes must be greater than zero".into());
+        }
+        if self.strict && self.strict_timeout_ms == 0 {
+            return Err("recording.strict_timeout_ms must be greater than zero".into());
         }
         if self.reconnect_max_ms == 0 {
             return Err("recording.reconnect_max_ms must be greater than zero".into());
@@ -221,6 +232,8 @@ struct Inner {
     spool_dir: PathBuf,
     bound: u64,
     strict: bool,
+    /// How long a strict session waits for [`SessionTap::durable`].
+    strict_timeout: std::time::Duration,
     worker_id: String,
     /// Bytes in the spool's files. The only state every session's hot path touches.
     used: AtomicU64,
@@ -368,6 +381,7 @@ impl Recorder {
             spool_dir: options.spool_dir.clone(),
             bound: options.spool_max_bytes,
             strict: options.strict,
+            strict_timeout: std::time::Duration::from_millis(options.strict_timeout_ms),
             worker_id: options.worker_id.clone(),
             used: AtomicU64::new(scan.bytes),
             wake,

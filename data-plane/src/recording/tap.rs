@@ -68,6 +68,12 @@ impl SessionTap {
         self.session.id
     }
 
+    /// In strict mode, how long to wait for [`SessionTap::durable`] before
+    /// forwarding what the client sent; `None` when not strict.
+    pub fn strict_wait(&self) -> Option<std::time::Duration> {
+        self.inner.strict.then_some(self.inner.strict_timeout)
+    }
+
     /// The seq of the last frame written (0 before the first).
     pub fn last_seq(&self) -> u64 {
         self.last_seq

@@ -1,0 +1,244 @@
+//! Session recording through the real gateway: psql in front, Postgres behind,
+//! the recorder beside. What the client sent, what it saw (masked), what
+//! policy decided; never the token; and no session when it cannot be recorded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use airlock_core::{SessionId, TenantId};
+use airlock_proto::v1::{self, frame::Body};
+use airlock_testkit::eventually;
+use serde_json::Value;
+use support::{Recording, Stack, admin_client, sqlstate};
+
+const POLICY: &str = r#"
+version: 1
+commands:
+  - name: no-unbounded-writes
+    match: { unbounded_write: true }
+    action: deny
+masking:
+  - name: pii
+    columns: ["public.contacts.email"]
+    strategy: redact
+"#;
+
+/// psql as `user`, off the runtime's thread (the gateway runs on this runtime).
+async fn psql(s: &Stack, user: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("psql");
+    cmd.arg(format!("host=127.0.0.1 port={} user={user} dbname={} sslmode=require", s.pg.port(), s.db.name()))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At"])
+        .args(args)
+        .env("PGPASSWORD", token);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+/// The tenant, and the sessions the log says were opened, oldest first.
+async fn sessions(s: &Stack) -> (TenantId, Vec<SessionId>) {
+    let tenants = s.get_as("/v1/tenants", &s.admin).await;
+    let tenant = tenants[0]["id"].as_str().unwrap().parse().unwrap();
+    let page = s.get_as("/v1/events?from_seq=0", &s.admin).await;
+    let opened = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "session_opened")
+        .map(|e: &Value| e["data"]["session"]["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    (tenant, opened)
+}
+
+/// Every frame of a session, once the recorder has signed its manifest.
+async fn frames(s: &Stack, tenant: TenantId, session: SessionId) -> Vec<v1::Frame> {
+    eventually(Duration::from_secs(20), "the session's recording to be signed", || async {
+        matches!(s.recordings.manifest(tenant, session).await, Ok(Some(_)))
+    })
+    .await;
+    let mut frames = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = s.recordings.read_frames(tenant, session, from, 1000).await.unwrap();
+        frames.extend(page.frames);
+        if !page.more {
+            return frames;
+        }
+        from = page.next_seq;
+    }
+}
+
+/// The bytes each way, in order.
+fn streams(frames: &[v1::Frame]) -> (Vec<u8>, Vec<u8>) {
+    let (mut client, mut server) = (Vec::new(), Vec::new());
+    for f in frames {
+        match &f.body {
+            Some(Body::ClientBytes(b)) => client.extend_from_slice(b),
+            Some(Body::ServerBytes(b)) => server.extend_from_slice(b),
+            _ => {}
+        }
+    }
+    (client, server)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn a_psql_session_is_recorded_with_its_statements_masked_rows_and_decisions_and_never_the_token() {
+    let s = Stack::start().await;
+    let admin = admin_client(s.db.url()).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE contacts (id int PRIMARY KEY, email text);
+             INSERT INTO contacts VALUES (1, 'ana@example.com');",
+        )
+        .await
+        .unwrap();
+    s.apply_policy(POLICY).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+
+    let out = psql(
+        &s,
+        "pg.readwrite",
+        &token,
+        &[
+            "-c",
+            "SELECT id, name FROM people ORDER BY id",
+            "-c",
+            "SELECT email FROM contacts",
+            "-c",
+            "DELETE FROM people",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "1|café\n2|Zoë\n[redacted]\n", "{stderr}");
+    assert!(stderr.contains("denied by rule no-unbounded-writes"), "{stderr}");
+
+    let (tenant, opened) = sessions(&s).await;
+    assert_eq!(opened.len(), 1);
+    let session = opened[0];
+    let frames = frames(&s, tenant, session).await;
+
+    // Signed by the recorder, every chunk in the chain.
+    let recorder = s.recorder.as_ref().unwrap();
+    let report = s.recordings.verify(tenant, session, &recorder.public_key).await.unwrap();
+    assert!(report.is_valid(), "{report}");
+    assert_eq!(report.last_seq, frames.last().unwrap().seq);
+
+    // What the client sent, the refused statement too.
+    let (client, server) = streams(&frames);
+    for sql in ["SELECT id, name FROM people ORDER BY id", "SELECT email FROM contacts", "DELETE FROM people"] {
+        assert!(contains(&client, sql.as_bytes()), "client bytes lack {sql:?}");
+    }
+    // What the client saw: the rows, the masked value and not what it hides, the refusal.
+    for seen in ["café", "Zoë", "[redacted]", "denied by rule no-unbounded-writes"] {
+        assert!(contains(&server, seen.as_bytes()), "server bytes lack {seen:?}");
+    }
+    assert!(!contains(&server, b"ana@example.com"), "the masked value was recorded");
+
+    // The decisions, the refusal naming its rule.
+    let decisions: Vec<&v1::Decision> = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Some(Body::Decision(d)) => Some(d),
+            _ => None,
+        })
+        .collect();
+    let denied = decisions.iter().find(|d| d.verdict == v1::Verdict::Deny as i32).expect("a denial is recorded");
+    assert_eq!(denied.rule, "no-unbounded-writes");
+    assert_eq!(denied.statement, "DELETE FROM people");
+    assert!(denied.reason.contains("no-unbounded-writes"), "{}", denied.reason);
+    let allowed: Vec<&str> =
+        decisions.iter().filter(|d| d.verdict == v1::Verdict::Allow as i32).map(|d| d.statement.as_str()).collect();
+    assert!(allowed.contains(&"SELECT email FROM contacts"), "{allowed:?}");
+
+    // The session's end, last.
+    match &frames.last().unwrap().body {
+        Some(Body::End(end)) => {
+            assert_eq!(end.reason, "client closed the session");
+            assert_eq!(end.client_bytes, client.len() as u64);
+            assert_eq!(end.server_bytes, server.len() as u64);
+        }
+        other => panic!("the last frame is not the end: {other:?}"),
+    }
+
+    // The token is nowhere: recording starts after the password message.
+    for f in &frames {
+        let text = match &f.body {
+            Some(Body::ClientBytes(b) | Body::ServerBytes(b)) => b.to_vec(),
+            Some(Body::Decision(d)) => format!("{}{}{}{}", d.statement, d.rule, d.reason, d.approver).into_bytes(),
+            Some(Body::End(e)) => e.reason.clone().into_bytes(),
+            None => Vec::new(),
+        };
+        assert!(!contains(&text, token.as_bytes()), "frame {} holds the token", f.seq);
+    }
+}
+
+#[tokio::test]
+async fn a_full_spool_ends_live_sessions_and_refuses_new_ones() {
+    let s = Stack::start_with(None, Recording::Unreachable { spool_max_bytes: 16 << 10, strict: false }).await;
+    let token = s.token("agent-7").await;
+    s.grant("agent-7", 900).await;
+    let idle = s.connect("pg.readonly", &token).await.unwrap();
+    let busy = s.connect("pg.readonly", &token).await.unwrap();
+    let n: i64 = busy.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+
+    // The recorder is unreachable: a large result fills the spool, and ends the session that asked for it.
+    let e = busy.simple_query("SELECT repeat('x', 100000)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53000");
+    assert_eq!(e.as_db_error().unwrap().message(), "session recording is unavailable (the recording spool is full)");
+    // ... and the idle one too, told why.
+    eventually(Duration::from_secs(5), "the idle session to be ended", || async { idle.is_closed() }).await;
+
+    // A new session is refused with a clear error, over psql as over tokio-postgres.
+    let e = s.connect("pg.readonly", &token).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53000");
+    assert_eq!(e.as_db_error().unwrap().message(), "session recording is unavailable (the recording spool is full)");
+    let out = psql(&s, "pg.readonly", &token, &["-c", "SELECT 1"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("session recording is unavailable (the recording spool is full)"), "{stderr}");
+}
+
+#[tokio::test]
+async fn in_strict_mode_a_statement_runs_only_once_the_recorder_stored_it() {
+    // With the recorder: sessions work, and their recording is whole.
+    let s = Stack::start_with(None, Recording::Strict).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let out = psql(
+        &s,
+        "pg.readwrite",
+        &token,
+        &["-c", "INSERT INTO people VALUES (3, 'Ida')", "-c", "SELECT name FROM people WHERE id = 3"],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "INSERT 0 1\nIda\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let (tenant, opened) = sessions(&s).await;
+    let frames = frames(&s, tenant, opened[0]).await;
+    let (client, server) = streams(&frames);
+    assert!(contains(&client, b"INSERT INTO people VALUES (3, 'Ida')"));
+    assert!(contains(&server, b"Ida"));
+    let report = s.recordings.verify(tenant, opened[0], &s.recorder.as_ref().unwrap().public_key).await.unwrap();
+    assert!(report.is_valid(), "{report}");
+
+    // Without it: the statement never reaches the target, and the session ends.
+    let s = Stack::start_with(None, Recording::Unreachable { spool_max_bytes: 1 << 20, strict: true }).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &token).await.unwrap();
+    let e = client.simple_query("INSERT INTO people VALUES (3, 'Ida')").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53000");
+    assert!(e.as_db_error().unwrap().message().contains("did not store the statement in time"), "{e}");
+    let admin = admin_client(s.db.url()).await;
+    let n: i64 = admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2, "the unrecorded statement ran");
+}
