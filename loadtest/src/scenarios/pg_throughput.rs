@@ -457,6 +457,8 @@ impl Bench {
             .args(["--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string(), "--pg-addr", &pg.to_string()])
             .env_remove("AIRLOCK_CONFIG")
             .env("AIRLOCK_WORKER__ADMIN_ADDR", admin.to_string())
+            // Gateways run side by side (pg-policy starts two): each records to a recorder of its own.
+            .env("AIRLOCK_RECORDER__ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
