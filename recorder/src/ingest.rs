@@ -11,7 +11,7 @@
 //! only once the earlier one has let go of the session's lock, that is after
 //! any store it was making returned; it then reads the chain from the store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,9 +35,9 @@ use crate::writer::{Accepted, Refused, Writer};
 /// Acks waiting to be sent on one stream. When it is full (the worker does not
 /// read its acks), session tasks wait, then the stream stops reading frames.
 const ACK_QUEUE: usize = 256;
-/// Frames waiting for one session's task. When it is full (a store is slow),
-/// the stream stops reading frames. At most this many frames of
-/// `MAX_ENCODED_FRAME_BYTES` each wait per session.
+/// Batches of frames waiting for one session's task. When it is full (a store
+/// is slow), the stream stops reading requests. At most this many requests'
+/// worth of frames wait per session.
 const SESSION_QUEUE: usize = 32;
 /// Sessions that ended on a stream, remembered so that the frames a worker
 /// resends after a session's end are absorbed. Older ones are forgotten (a
@@ -96,8 +96,10 @@ impl Ingest {
     }
 }
 
+/// Frames of one session from one request, in order; `flush`: store them
+/// (and what the session buffered before) now.
 struct Incoming {
-    frame: v1::Frame,
+    frames: Vec<v1::Frame>,
     flush: bool,
 }
 
@@ -166,11 +168,45 @@ impl StreamState {
     }
 
     async fn route(&mut self, request: v1::IngestRequest) -> Result<(), Status> {
-        match request.kind {
-            Some(v1::ingest_request::Kind::Open(open)) => self.open(open),
-            Some(v1::ingest_request::Kind::Frame(frame)) => self.frame(frame, request.flush).await,
-            None => Err(Status::invalid_argument("an ingest request needs an open or a frame")),
+        if request.opens.is_empty() && request.frames.is_empty() && request.flush_sessions.is_empty() {
+            return Err(Status::invalid_argument("an ingest request needs opens, frames or sessions to flush"));
         }
+        let mut flush = HashSet::with_capacity(request.flush_sessions.len());
+        for id in &request.flush_sessions {
+            let id: SessionId = id.parse().map_err(|_| Status::invalid_argument("flush_sessions: not a session id"))?;
+            flush.insert(id);
+        }
+        for open in request.opens {
+            self.open(open)?;
+        }
+        // Each run of one session's frames goes to its task in one piece; the
+        // last run of a session named in `flush_sessions` carries the flush.
+        let mut runs: Vec<(SessionId, Vec<v1::Frame>, bool)> = Vec::new();
+        for frame in request.frames {
+            match runs.last_mut() {
+                Some((_, run, _)) if run.first().is_some_and(|f| f.session_id == frame.session_id) => run.push(frame),
+                _ => {
+                    let session: SessionId = frame
+                        .session_id
+                        .parse()
+                        .map_err(|_| Status::invalid_argument("frame.session_id: not an id"))?;
+                    runs.push((session, vec![frame], false));
+                }
+            }
+        }
+        for (session, _, flush_it) in runs.iter_mut().rev() {
+            *flush_it = flush.remove(session);
+        }
+        for (session, run, flush_it) in runs {
+            self.frames(session, run, flush_it).await?;
+        }
+        // A named session without frames here stores what it holds.
+        for session in flush {
+            if self.open.contains_key(&session) {
+                self.frames(session, Vec::new(), true).await?;
+            }
+        }
+        Ok(())
     }
 
     fn open(&mut self, open: v1::SessionOpen) -> Result<(), Status> {
@@ -220,15 +256,13 @@ impl StreamState {
         Ok(())
     }
 
-    async fn frame(&mut self, frame: v1::Frame, flush: bool) -> Result<(), Status> {
-        let session: SessionId =
-            frame.session_id.parse().map_err(|_| Status::invalid_argument("frame.session_id: not an id"))?;
-        let seq = frame.seq;
-        if seq == 0 {
-            return Err(Status::invalid_argument(format!("session {session}: seq starts at 1")));
+    /// Hands `frames`, all of `session` and in order, to its task.
+    async fn frames(&mut self, session: SessionId, frames: Vec<v1::Frame>, flush: bool) -> Result<(), Status> {
+        if let Some(f) = frames.iter().find(|f| f.seq == 0) {
+            return Err(Status::invalid_argument(format!("session {session}: seq starts at 1, got {}", f.seq)));
         }
         self.drain_closed();
-        let mut incoming = Incoming { frame, flush };
+        let mut incoming = Incoming { frames, flush };
         if let Some(open) = self.open.get(&session) {
             let tx = open.tx.clone();
             tokio::select! {
@@ -250,13 +284,15 @@ impl StreamState {
                 )));
             }
         }
+        let Some(seq) = incoming.frames.iter().map(|f| f.seq).max() else { return Ok(()) };
         match self.closed.last_seq(&session) {
-            Some(last) if incoming.frame.seq <= last => Ok(()),
+            Some(last) if seq <= last => Ok(()),
             Some(last) => {
                 Err(Status::failed_precondition(format!("session {session} ended at seq {last}, got seq {seq}")))
             }
             None => {
-                Err(Status::failed_precondition(format!("session {session}: frame {seq} before the session's open")))
+                let first = incoming.frames.iter().map(|f| f.seq).min().unwrap_or(seq);
+                Err(Status::failed_precondition(format!("session {session}: frame {first} before the session's open")))
             }
         }
     }
@@ -433,7 +469,7 @@ impl SessionTask {
                 biased;
                 _ = self.cancel.cancelled() => return Ok(()),
                 incoming = self.rx.recv() => match incoming {
-                    Some(Incoming { frame, flush }) => self.take(&mut w, frame, flush).await?,
+                    Some(Incoming { frames, flush }) => self.take(&mut w, frames, flush).await?,
                     // The stream ended or the recorder is stopping: store what is buffered.
                     None => {
                         if w.has_buffered() {
@@ -451,22 +487,29 @@ impl SessionTask {
         }
     }
 
-    async fn take(&mut self, w: &mut Writer, frame: v1::Frame, flush: bool) -> Result<(), Failure> {
-        match w.accept(frame).map_err(Failure::Refused)? {
-            Accepted::Duplicate if flush => {
-                w.flush().await?;
-                self.ack(w).await;
+    /// Takes a batch of frames: a chunk is stored whenever the buffer reaches
+    /// its bound (or the session's end is in it), and at the end of the batch
+    /// when `flush` asks for it; each store is acknowledged.
+    async fn take(&mut self, w: &mut Writer, frames: Vec<v1::Frame>, flush: bool) -> Result<(), Failure> {
+        for frame in frames {
+            if w.accept(frame).map_err(Failure::Refused)? == Accepted::Buffered && w.wants_flush() {
+                self.store(w).await?;
             }
-            Accepted::Duplicate => {}
-            Accepted::Buffered if flush || w.wants_flush() => {
-                w.flush().await?;
-                if w.needs_close() {
-                    w.close().await?;
-                }
-                self.ack(w).await;
-            }
-            Accepted::Buffered => {}
         }
+        if flush {
+            self.store(w).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores what is buffered (if anything), signs the manifest once the end
+    /// is stored, and acknowledges.
+    async fn store(&mut self, w: &mut Writer) -> Result<(), Failure> {
+        w.flush().await?;
+        if w.needs_close() {
+            w.close().await?;
+        }
+        self.ack(w).await;
         Ok(())
     }
 

@@ -41,8 +41,9 @@ pub use signing::{Signer, key_id, public_key_from_pem};
 pub use store::Store;
 pub use verify::{BadChunk, Report, Signature};
 
-/// The largest gRPC message the recorder reads: a frame at its largest, with room to spare.
-const MAX_MESSAGE_BYTES: usize = chunk::MAX_ENCODED_FRAME_BYTES + (64 << 10);
+/// The largest gRPC message the recorder reads: a frame at its largest, and
+/// 1 MiB of other frames and opens batched with it.
+const MAX_MESSAGE_BYTES: usize = chunk::MAX_ENCODED_FRAME_BYTES + (1 << 20);
 
 /// A running recorder.
 #[derive(Debug, Clone)]

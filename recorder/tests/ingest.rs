@@ -8,7 +8,7 @@
 mod support;
 
 use airlock_proto::v1::recorder_service_client::RecorderServiceClient;
-use airlock_proto::v1::{Frame, frame::Body};
+use airlock_proto::v1::{Frame, IngestRequest, frame::Body};
 use airlock_recorder::Config;
 use bytes::Bytes;
 use support::{Recorder, Session, Stream, read_all, send};
@@ -150,6 +150,47 @@ async fn sessions_share_a_stream() {
         assert_eq!(read_all(&recordings, s, 9).await, expected);
         assert!(recordings.verify(s.tenant, s.id, &recorder.started.public_key).await.unwrap().is_valid());
     }
+    recorder.stop().await;
+}
+
+#[tokio::test]
+async fn one_request_carries_opens_and_interleaved_frames_of_several_sessions() {
+    let (_dir, recorder) = local(|c| c).await;
+    let (a, b) = (Session::new(), Session::new());
+    let mut stream = Stream::open(&mut recorder.client().await).await;
+    let mut opens = a.open();
+    opens.opens.extend(b.open().opens);
+    stream.send(opens).await;
+    // Runs of each, interleaved; only `a` is to be stored now.
+    let frames = vec![a.frame(1), a.frame(2), b.frame(1), a.frame(3), b.frame(2), b.frame(3)];
+    stream.send(IngestRequest { frames, flush_sessions: vec![a.id.to_string()], ..IngestRequest::default() }).await;
+    assert_eq!(stream.durable(&a, 3).await.durable_seq, 3);
+    // A flush naming `b` alone stores what it holds.
+    stream.send(IngestRequest { flush_sessions: vec![b.id.to_string()], ..IngestRequest::default() }).await;
+    assert_eq!(stream.durable(&b, 3).await.durable_seq, 3);
+    let recordings = recorder.recordings();
+    for s in [&a, &b] {
+        let expected: Vec<Frame> = (1..=3).map(|seq| s.frame(seq)).collect();
+        assert_eq!(read_all(&recordings, s, 10).await, expected);
+    }
+    drop(stream);
+    recorder.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_request_or_a_bad_flush_name_is_refused() {
+    let (_dir, recorder) = local(|c| c).await;
+    let mut client = recorder.client().await;
+    let mut stream = Stream::open(&mut client).await;
+    stream.send(IngestRequest::default()).await;
+    let status = stream.failure().await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("needs opens, frames or sessions to flush"), "{}", status.message());
+    let mut stream = Stream::open(&mut client).await;
+    stream.send(IngestRequest { flush_sessions: vec!["not-an-id".into()], ..IngestRequest::default() }).await;
+    let status = stream.failure().await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("flush_sessions"), "{}", status.message());
     recorder.stop().await;
 }
 

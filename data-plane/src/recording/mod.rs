@@ -55,6 +55,10 @@ pub use uploader::{REASON_ABANDONED, REASON_RESTARTED};
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
+    /// False: sessions are not recorded (the worker warns at start). For
+    /// measuring what recording costs, and targets whose sessions must not
+    /// leave the gateway.
+    pub enabled: bool,
     /// The recorder's gRPC URL.
     pub recorder_url: String,
     /// Where sessions are spooled. Must be set; the binary's default (an
@@ -84,6 +88,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            enabled: true,
             recorder_url: "http://127.0.0.1:8082".into(),
             spool_dir: PathBuf::new(),
             spool_max_bytes: 1 << 30,
@@ -99,6 +104,7 @@ impl Default for Options {
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
+            .field("enabled", &self.enabled)
             .field("recorder_url", &self.recorder_url)
             .field("spool_dir", &self.spool_dir)
             .field("spool_max_bytes", &self.spool_max_bytes)
@@ -238,8 +244,9 @@ struct Inner {
     /// Bytes in the spool's files. The only state every session's hot path touches.
     used: AtomicU64,
     /// Sessions with something for the uploader. Unbounded, yet never longer
-    /// than the number of spooled sessions: a session is sent only when its
-    /// `queued` flag goes from clear to set, and the uploader clears it on receipt.
+    /// than twice the number of spooled sessions: a session is sent only when
+    /// its `queued` or its `urgent` flag goes from clear to set; the uploader
+    /// clears `queued` when it reads the session's file, `urgent` on receipt.
     wake: mpsc::UnboundedSender<Arc<Session>>,
     /// Bumped each time the spool refuses a write for its bound: live sessions end.
     full: watch::Sender<u64>,
@@ -296,6 +303,14 @@ impl Inner {
         }
     }
 
+    /// Tells the uploader that someone waits for `session`'s frames to be
+    /// stored: it sends them without waiting for more to gather.
+    fn wake_urgent(&self, session: &Arc<Session>) {
+        if !session.urgent.swap(true, Ordering::AcqRel) {
+            let _ = self.wake.send(session.clone());
+        }
+    }
+
     fn session_gone(&self) {
         self.live.send_modify(|n| *n = n.saturating_sub(1));
     }
@@ -317,8 +332,10 @@ struct Session {
     recovered: bool,
     /// Its tap is gone without recording the end.
     abandoned: AtomicBool,
-    /// In the uploader's wake queue.
+    /// Written since the uploader last read its file; in the wake queue.
     queued: AtomicBool,
+    /// In the wake queue for a waiter on `durable`.
+    urgent: AtomicBool,
     /// The highest seq a [`SessionTap::durable`] caller waits for.
     flush_wanted: AtomicU64,
     /// Every frame up to here is stored by the recorder.
@@ -344,6 +361,7 @@ impl Session {
             recovered: false,
             abandoned: AtomicBool::new(false),
             queued: AtomicBool::new(false),
+            urgent: AtomicBool::new(false),
             flush_wanted: AtomicU64::new(0),
             durable: watch::channel(0).0,
             closed: AtomicBool::new(false),

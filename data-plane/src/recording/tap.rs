@@ -129,7 +129,7 @@ impl SessionTap {
         let recorded = if seq > self.last_seq { Err(Error::NotRecorded { seq, last: self.last_seq }) } else { Ok(()) };
         if recorded.is_ok() && seq > *self.session.durable.borrow() {
             self.session.flush_wanted.fetch_max(seq, Ordering::AcqRel);
-            self.inner.wake(&self.session);
+            self.inner.wake_urgent(&self.session);
         }
         let mut durable = self.session.durable.subscribe();
         let session = self.session.clone();

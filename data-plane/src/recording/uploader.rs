@@ -26,6 +26,7 @@ use airlock_core::SessionId;
 use airlock_proto::v1::recorder_service_client::RecorderServiceClient;
 use airlock_proto::v1::{self, frame::Body};
 use anyhow::Context;
+use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,7 +43,16 @@ use super::{Inner, Options, Session, now_unix_micros};
 /// reading acks.
 const REQUEST_QUEUE: usize = 16;
 /// Requests made in one turn before acks and wakes are looked at again.
-const SEND_BATCH: usize = 64;
+const SEND_BATCH: usize = 16;
+/// A request takes frames (and opens) until it holds this many bytes; one
+/// frame may take it past, up to the largest frame. The recorder reads
+/// requests of up to a largest frame plus 1 MiB.
+const REQUEST_TARGET_BYTES: usize = 256 << 10;
+/// How long written frames wait for more to gather before they are sent,
+/// unless someone waits for them to be stored. Recording's cost on the
+/// session's hot path is then one write into its file: the uploader is woken,
+/// and a request made, about once per session per `LINGER`, not per frame.
+const LINGER: Duration = Duration::from_millis(5);
 /// A sent frame's seq and offset are kept every this many bytes, so that a
 /// replay reads a file from near its first unacknowledged frame. Between two
 /// acks a session keeps about (bytes in flight / this) of them.
@@ -69,6 +79,10 @@ pub(super) struct Uploader {
     uploads: HashMap<SessionId, Upload>,
     /// Sessions with something to send, in turn.
     run: VecDeque<SessionId>,
+    /// When what is in `run` is to be sent, at the latest.
+    due: Option<tokio::time::Instant>,
+    /// Sending now: `due` passed, or someone waits for a frame to be stored.
+    sending: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +105,8 @@ struct Upload {
     resume: u64,
     /// The seq the next record read must have.
     next_seq: u64,
-    /// The highest frame sent on this stream, and where it starts in the file.
-    sent: Option<(u64, u64)>,
+    /// The highest frame sent on this stream.
+    sent: Option<u64>,
     /// The highest frame sent with `flush` on this stream.
     flushed: u64,
     /// The highest seq the recorder acknowledged.
@@ -153,8 +167,8 @@ impl Upload {
     }
 
     fn note_sent(&mut self, seq: u64, offset: u64) {
-        if self.sent.is_none_or(|(sent, _)| seq > sent) {
-            self.sent = Some((seq, offset));
+        if self.sent.is_none_or(|sent| seq > sent) {
+            self.sent = Some(seq);
         }
         if self.checkpoints.back().is_none_or(|&(last, at)| seq > last && offset >= at + CHECKPOINT_BYTES) {
             self.checkpoints.push_back((seq, offset));
@@ -177,6 +191,11 @@ impl Upload {
             news
         });
         true
+    }
+
+    /// Someone waits for a frame the recorder was not asked to store yet.
+    fn wants_flush(&self) -> bool {
+        self.session.flush_wanted.load(Ordering::Acquire) > self.flushed.max(self.durable)
     }
 
     fn count(&mut self, frame: &v1::Frame) {
@@ -227,6 +246,8 @@ impl Uploader {
             wake,
             uploads: HashMap::new(),
             run: VecDeque::new(),
+            due: None,
+            sending: false,
         })
     }
 
@@ -268,7 +289,7 @@ impl Uploader {
             Err(status) => return Outcome::Broken(describe(&status)),
         };
         tracing::info!(recorder = %self.url, sessions = self.uploads.len(), "connected to the recorder");
-        // Every session is opened again on a new stream.
+        // Every session is opened again on a new stream, at once.
         self.run.clear();
         for (id, upload) in &mut self.uploads {
             upload.phase = Phase::Unopened;
@@ -277,6 +298,7 @@ impl Uploader {
             upload.in_run = true;
             self.run.push_back(*id);
         }
+        self.sending = !self.run.is_empty();
         loop {
             tokio::select! {
                 biased;
@@ -291,7 +313,8 @@ impl Uploader {
                     Err(status) => return Outcome::Broken(self.on_failure(&status)),
                 },
                 Some(session) = self.wake.recv() => self.on_wake(session),
-                permit = tx.reserve(), if !self.run.is_empty() => match permit {
+                () = sleep_until(self.due), if !self.sending && self.due.is_some() => self.sending = true,
+                permit = tx.reserve(), if self.sending => match permit {
                     Ok(permit) => self.send_batch(permit, &tx),
                     Err(_) => return Outcome::Broken("the stream's sending side closed".into()),
                 },
@@ -300,67 +323,105 @@ impl Uploader {
     }
 
     fn on_wake(&mut self, session: Arc<Session>) {
-        // Cleared before the session's state is read: a write after this wakes again.
-        session.queued.store(false, Ordering::Release);
+        session.urgent.swap(false, Ordering::AcqRel);
         if session.closed.load(Ordering::Acquire) || session.failure.get().is_some() {
             return;
         }
         let id = session.id;
         let upload = self.uploads.entry(id).or_insert_with(|| Upload::new(session));
-        if upload.phase != Phase::Opening && !upload.in_run {
+        if upload.phase != Phase::Opening {
+            let urgent = upload.wants_flush();
+            self.queue(id, urgent);
+        }
+    }
+
+    /// Puts a session in the run (if it is not there), to be sent within
+    /// `LINGER`, or at once when `urgent`.
+    fn queue(&mut self, id: SessionId, urgent: bool) {
+        let Some(upload) = self.uploads.get_mut(&id) else { return };
+        if !upload.in_run {
             upload.in_run = true;
             self.run.push_back(id);
         }
+        if urgent {
+            self.sending = true;
+        } else if !self.sending && self.due.is_none() {
+            self.due = Some(tokio::time::Instant::now() + LINGER);
+        }
     }
 
-    /// Makes up to `SEND_BATCH` requests, a session at a time in turn.
+    /// Makes up to `SEND_BATCH` requests, each of as many sessions' frames as
+    /// fit, the sessions in turn. Stops sending once the run is empty.
     fn send_batch(&mut self, first: mpsc::Permit<'_, v1::IngestRequest>, tx: &mpsc::Sender<v1::IngestRequest>) {
         let mut permit = Some(first);
         for _ in 0..SEND_BATCH {
-            let Some(p) = permit.take().or_else(|| tx.try_reserve().ok()) else { return };
-            let Some(id) = self.run.pop_front() else { return };
-            match self.next_request(id) {
-                Ok(Some(request)) => {
-                    p.send(request);
-                    self.run.push_back(id);
-                }
-                Ok(None) => {
-                    if let Some(upload) = self.uploads.get_mut(&id) {
-                        upload.in_run = false;
-                    }
-                    permit = Some(p);
-                }
-                Err(e) => {
-                    self.fail(id, format!("its spool file could not be read: {e}"));
-                    permit = Some(p);
-                }
+            if self.run.is_empty() {
+                break;
             }
+            let Some(p) = permit.take().or_else(|| tx.try_reserve().ok()) else { return };
+            let request = self.next_request();
+            if request.opens.is_empty() && request.frames.is_empty() && request.flush_sessions.is_empty() {
+                permit = Some(p);
+                continue;
+            }
+            p.send(request);
+        }
+        if self.run.is_empty() {
+            self.sending = false;
+            self.due = None;
         }
     }
 
-    /// The session's next request on this stream, if it has one now.
-    fn next_request(&mut self, id: SessionId) -> Result<Option<v1::IngestRequest>, SpoolError> {
-        let Some(u) = self.uploads.get_mut(&id) else { return Ok(None) };
+    /// The next request: sessions from the front of the run, each read as far
+    /// as the request has room; a session with more than fits goes to the back.
+    fn next_request(&mut self) -> v1::IngestRequest {
+        let mut request = v1::IngestRequest::default();
+        let mut size = 0;
+        for _ in 0..self.run.len() {
+            if size >= REQUEST_TARGET_BYTES {
+                break;
+            }
+            let Some(id) = self.run.pop_front() else { break };
+            match self.fill(id, &mut request, &mut size) {
+                Ok(true) => self.run.push_back(id),
+                Ok(false) => {
+                    if let Some(upload) = self.uploads.get_mut(&id) {
+                        upload.in_run = false;
+                    }
+                }
+                Err(e) => self.fail(id, format!("its spool file could not be read: {e}")),
+            }
+        }
+        request
+    }
+
+    /// Adds what the session has to send now to `request`, until `size`
+    /// reaches `REQUEST_TARGET_BYTES`; true when it has more.
+    fn fill(&mut self, id: SessionId, request: &mut v1::IngestRequest, size: &mut usize) -> Result<bool, SpoolError> {
+        let Some(u) = self.uploads.get_mut(&id) else { return Ok(false) };
+        // Cleared before the file is read: a write after this wakes again.
+        u.session.queued.swap(false, Ordering::AcqRel);
         match u.phase {
             Phase::Unopened => {
                 u.phase = Phase::Opening;
-                let open = v1::ingest_request::Kind::Open(u.session.open.clone());
-                return Ok(Some(v1::IngestRequest { kind: Some(open), flush: false }));
+                *size += u.session.open.encoded_len() + 8;
+                request.opens.push(u.session.open.clone());
+                return Ok(false);
             }
-            Phase::Opening => return Ok(None),
+            Phase::Opening => return Ok(false),
             Phase::Streaming => {}
         }
         let wanted = u.session.flush_wanted.load(Ordering::Acquire);
-        if wanted > u.flushed.max(u.durable)
-            && let Some((seq, offset)) = u.sent
-            && seq >= wanted
-        {
-            // Sent before anyone waited for it: again, with `flush`.
-            u.rewind(seq, offset);
-        }
         // A tap marks itself gone after its last write: the flag first, then the length.
         let abandoned = u.session.abandoned.load(Ordering::Acquire);
-        while let Some((frame, offset)) = read_frame(u, &self.inner)? {
+        let mut last = None;
+        let mut more = false;
+        loop {
+            if *size >= REQUEST_TARGET_BYTES {
+                more = true;
+                break;
+            }
+            let Some((frame, offset)) = read_frame(u, &self.inner)? else { break };
             u.count(&frame);
             if spool::is_end(&frame) {
                 u.end_read = true;
@@ -368,33 +429,41 @@ impl Uploader {
             if frame.seq < u.resume {
                 continue;
             }
-            let flush = wanted > u.flushed.max(u.durable) && frame.seq >= wanted;
-            if flush {
-                u.flushed = frame.seq;
-            }
             u.note_sent(frame.seq, offset);
-            return Ok(Some(frame_request(frame, flush)));
+            last = Some(frame.seq);
+            *size += frame.encoded_len() + 8;
+            request.frames.push(frame);
         }
-        if u.end_read || u.end_made || !(u.session.recovered || abandoned) {
-            return Ok(None);
+        if !more && !(u.end_read || u.end_made || !(u.session.recovered || abandoned)) {
+            // The file ends without the session's end: make it, after whatever
+            // either side holds.
+            u.end_made = true;
+            let seq = u.next_seq.max(u.resume);
+            let reason = if u.session.recovered { REASON_RESTARTED } else { REASON_ABANDONED };
+            tracing::info!(
+                tenant = %u.session.tenant, session = %u.session.id, seq,
+                "ending a recording that has no end: {reason}"
+            );
+            let end =
+                v1::SessionEnd { reason: reason.into(), client_bytes: u.client_bytes, server_bytes: u.server_bytes };
+            let frame = v1::Frame {
+                session_id: u.session.id_text.clone(),
+                seq,
+                at_unix_micros: now_unix_micros(),
+                body: Some(Body::End(end)),
+            };
+            last = Some(seq);
+            *size += frame.encoded_len() + 8;
+            request.frames.push(frame);
         }
-        // The file ends without the session's end: make it, after whatever
-        // either side holds.
-        u.end_made = true;
-        let seq = u.next_seq.max(u.resume);
-        let reason = if u.session.recovered { REASON_RESTARTED } else { REASON_ABANDONED };
-        tracing::info!(
-            tenant = %u.session.tenant, session = %u.session.id, seq,
-            "ending a recording that has no end: {reason}"
-        );
-        let end = v1::SessionEnd { reason: reason.into(), client_bytes: u.client_bytes, server_bytes: u.server_bytes };
-        let frame = v1::Frame {
-            session_id: u.session.id_text.clone(),
-            seq,
-            at_unix_micros: now_unix_micros(),
-            body: Some(Body::End(end)),
-        };
-        Ok(Some(frame_request(frame, false)))
+        // Someone waits for a frame that is now sent (here or before): ask
+        // for it to be stored now.
+        let sent = last.or(u.sent).unwrap_or(0);
+        if wanted > u.flushed.max(u.durable) && sent >= wanted {
+            u.flushed = sent;
+            request.flush_sessions.push(u.session.id_text.clone());
+        }
+        Ok(more)
     }
 
     /// Acks for sessions this stream does not carry (any more) are ignored.
@@ -408,10 +477,10 @@ impl Uploader {
         }
         if upload.phase == Phase::Opening {
             upload.start_from(ack.durable_seq);
-            if !upload.in_run {
-                upload.in_run = true;
-                self.run.push_back(id);
-            }
+            let news = upload.acknowledged(ack.durable_seq);
+            let urgent = upload.wants_flush();
+            self.queue(id, urgent);
+            return news;
         }
         upload.acknowledged(ack.durable_seq)
     }
@@ -519,8 +588,11 @@ fn cut(u: &mut Upload, inner: &Inner, offset: u64, why: &SpoolError) {
     u.reader.seek(offset);
 }
 
-fn frame_request(frame: v1::Frame, flush: bool) -> v1::IngestRequest {
-    v1::IngestRequest { kind: Some(v1::ingest_request::Kind::Frame(frame)), flush }
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The session a refusal names: in its trailers, or at the start of its message.

@@ -7,9 +7,7 @@ use std::path::Path;
 
 use airlock_core::{SessionId, TenantId};
 use airlock_proto::v1::recorder_service_client::RecorderServiceClient;
-use airlock_proto::v1::{
-    self, Decision, Frame, IngestAck, IngestRequest, SessionEnd, SessionOpen, Verdict, frame::Body,
-};
+use airlock_proto::v1::{Decision, Frame, IngestAck, IngestRequest, SessionEnd, SessionOpen, Verdict, frame::Body};
 use airlock_recorder::{Backend, Config, Recordings, S3, Started};
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -109,7 +107,7 @@ impl Session {
 
     pub fn open(&self) -> IngestRequest {
         IngestRequest {
-            kind: Some(v1::ingest_request::Kind::Open(SessionOpen {
+            opens: vec![SessionOpen {
                 tenant_id: self.tenant.to_string(),
                 session_id: self.id.to_string(),
                 connection_id: "pg-local".into(),
@@ -120,8 +118,8 @@ impl Session {
                 target_role: "readonly".into(),
                 protocol: "postgres".into(),
                 started_at_unix_ms: 1_700_000_000_000,
-            })),
-            flush: false,
+            }],
+            ..IngestRequest::default()
         }
     }
 
@@ -162,8 +160,10 @@ impl Session {
     }
 }
 
+/// A request of one frame, naming its session to be flushed when `flush`.
 pub fn send(frame: Frame, flush: bool) -> IngestRequest {
-    IngestRequest { kind: Some(v1::ingest_request::Kind::Frame(frame)), flush }
+    let flush_sessions = if flush { vec![frame.session_id.clone()] } else { Vec::new() };
+    IngestRequest { opens: Vec::new(), frames: vec![frame], flush_sessions }
 }
 
 /// One Ingest stream.
