@@ -310,6 +310,7 @@ mod tests {
         assert_eq!(recording.spool_dir, PathBuf::from("airlock-data/spool"));
         assert_eq!(recording.spool_max_bytes, 1 << 30);
         assert!(!recording.strict);
+        assert!(recording.enabled);
         recording.validate().unwrap();
     }
 
@@ -321,6 +322,7 @@ mod tests {
             jail.set_env("AIRLOCK_WORKER__ADMIN_ADDR", "127.0.0.1:9999");
             jail.set_env("AIRLOCK_DATA_DIR", "/var/lib/airlock");
             jail.set_env("AIRLOCK_WORKER__RECORDING__STRICT", "true");
+            jail.set_env("AIRLOCK_WORKER__RECORDING__ENABLED", "false");
             // The client verbs' variables are not settings.
             jail.set_env("AIRLOCK_URL", "http://elsewhere");
             jail.set_env("AIRLOCK_TOKEN", "t");
@@ -329,6 +331,7 @@ mod tests {
             assert_eq!(config.worker.admin_addr, addr("127.0.0.1:9999"));
             assert_eq!(config.data_dir, PathBuf::from("/var/lib/airlock"));
             assert!(config.worker.recording.strict);
+            assert!(!config.worker.recording.enabled);
             assert_eq!(config.recording().spool_dir, PathBuf::from("/var/lib/airlock/spool"));
             Ok(())
         });

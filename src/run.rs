@@ -146,7 +146,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
             tls: Some(tls),
             gateway,
             hook: None,
-            recording: Some(config.recording()),
+            recording: config.worker.recording.enabled.then(|| config.recording()),
         }),
     })
 }

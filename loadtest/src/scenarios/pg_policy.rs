@@ -586,7 +586,7 @@ impl Gateway {
         target: &Database,
         template: &str,
     ) -> anyhow::Result<Gateway> {
-        let (gateway, api) = bench.start_gateway(airlock_bin).context("starting `airlock up`")?;
+        let (gateway, api) = bench.start_gateway(airlock_bin, true).context("starting `airlock up`")?;
         let data_dir = bench.dir.join("airlock-data");
         let token = register(&api, &data_dir, &target.host, target.port, &target.name, template)
             .await
@@ -601,6 +601,7 @@ impl Gateway {
             pgbouncer_port: 0,
             gateway,
             token,
+            unrecorded: None,
         };
         Ok(Gateway { endpoints, pid, api, admin_token })
     }

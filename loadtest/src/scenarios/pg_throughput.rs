@@ -81,16 +81,19 @@ pub enum Target {
     Direct,
     Pgbouncer,
     Gateway,
+    /// A second gateway, the same but with session recording off.
+    GatewayUnrecorded,
 }
 
 impl Target {
-    const ALL: [Target; 3] = [Target::Direct, Target::Pgbouncer, Target::Gateway];
+    const ALL: [Target; 4] = [Target::Direct, Target::Pgbouncer, Target::Gateway, Target::GatewayUnrecorded];
 
     fn label(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Pgbouncer => "pgbouncer",
             Target::Gateway => "gateway",
+            Target::GatewayUnrecorded => "gw-unrec",
         }
     }
 }
@@ -184,8 +187,11 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("airlock-pg-throughput-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut unrecorded =
+        Bench { dir: dir.join("unrecorded"), db: None, template: None, pgbouncer: None, gateway: None };
     let mut bench = Bench { dir: dir.clone(), db: None, template: None, pgbouncer: None, gateway: None };
-    let result = bench.measure(args, &pgbench, &pgbouncer_bin, &airlock_bin, clk_tck).await;
+    let result = bench.measure(args, &pgbench, &pgbouncer_bin, &airlock_bin, clk_tck, &mut unrecorded).await;
+    unrecorded.stop().await;
     bench.stop().await;
     let (runs, versions) = result?;
 
@@ -230,7 +236,10 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
             s.cpu_us_per_tx.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
         ]);
     }
-    println!("pg-throughput: pgbench -S direct / through pgbouncer / through the gateway\n");
+    println!(
+        "pg-throughput: pgbench -S direct / through pgbouncer / through the gateway / through a gateway that \
+         does not record (gw-unrec)\n"
+    );
     println!(
         "machine: {} cores ({}), load average at start {}, at end {}",
         machine.nproc, machine.cpu_model, machine.loadavg_start, machine.loadavg_end
@@ -256,8 +265,11 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         format!(
             "CPU us/tx: utime+stime of the middle process from /proc/<pid>/stat (CLK_TCK {clk_tck}) over the run, \
              divided by the transactions; the gateway process is all of `airlock up` (the control plane idles \
-             during the runs)."
+             during the runs; the recorder it runs records the gateway's sessions)."
         ),
+        "gw-unrec: a second `airlock up`, the same but with worker.recording.enabled = false; gateway vs \
+         gw-unrec is what recording costs."
+            .to_owned(),
         "pgbouncer: pool_mode transaction for simple/extended; session for prepared (pgbouncer < 1.21 cannot \
          keep prepared statements in transaction mode)."
             .to_owned(),
@@ -325,6 +337,8 @@ pub(crate) struct Endpoints {
     pub(crate) pgbouncer_port: u16,
     pub(crate) gateway: SocketAddr,
     pub(crate) token: String,
+    /// The gateway that does not record, and its token.
+    pub(crate) unrecorded: Option<(SocketAddr, String)>,
 }
 
 impl Bench {
@@ -335,6 +349,7 @@ impl Bench {
         pgbouncer_bin: &Path,
         airlock_bin: &Path,
         clk_tck: u64,
+        unrecorded: &mut Bench,
     ) -> anyhow::Result<(Vec<Run>, Versions)> {
         // The target database, filled by pgbench, and a template role that may read it.
         let db = airlock_testkit::pg::TestDb::create().await.context("creating a Postgres database")?;
@@ -384,11 +399,28 @@ impl Bench {
         );
 
         // The gateway: `airlock up` in its own process.
-        let (gateway, api) = self.start_gateway(airlock_bin).context("starting the gateway (`airlock up`)")?;
+        let (gateway, api) = self.start_gateway(airlock_bin, true).context("starting the gateway (`airlock up`)")?;
         let token = register(&api, &self.dir.join("airlock-data"), &pg_host, pg_port, &database, &template)
             .await
             .context("registering the connection, grant and token")?;
-        let endpoints = Endpoints { pg_host, pg_port, pg_user, database, pgbouncer_port, gateway, token };
+        // And one that does not record, beside it.
+        std::fs::create_dir_all(&unrecorded.dir)?;
+        let (gateway_unrecorded, api) =
+            unrecorded.start_gateway(airlock_bin, false).context("starting the unrecorded gateway")?;
+        let token_unrecorded =
+            register(&api, &unrecorded.dir.join("airlock-data"), &pg_host, pg_port, &database, &template)
+                .await
+                .context("registering the connection, grant and token with the unrecorded gateway")?;
+        let endpoints = Endpoints {
+            pg_host,
+            pg_port,
+            pg_user,
+            database,
+            pgbouncer_port,
+            gateway,
+            token,
+            unrecorded: Some((gateway_unrecorded, token_unrecorded)),
+        };
 
         // Warm up each target (and wait for the gateway to have applied the grant).
         for target in Target::ALL {
@@ -423,6 +455,7 @@ impl Bench {
                             Target::Direct => None,
                             Target::Pgbouncer => self.pgbouncer.as_ref().map(|p| p.pid),
                             Target::Gateway => self.gateway.as_ref().map(|p| p.pid),
+                            Target::GatewayUnrecorded => unrecorded.gateway.as_ref().map(|p| p.pid),
                         };
                         let run =
                             one_run(pgbench, &endpoints, &self.dir, args, rep, target, mode, clients, pid, clk_tck)
@@ -445,7 +478,12 @@ impl Bench {
         Ok((runs, versions))
     }
 
-    pub(crate) fn start_gateway(&mut self, airlock_bin: &Path) -> anyhow::Result<(SocketAddr, String)> {
+    /// `airlock up` in its own process, recording its sessions when `recording`.
+    pub(crate) fn start_gateway(
+        &mut self,
+        airlock_bin: &Path,
+        recording: bool,
+    ) -> anyhow::Result<(SocketAddr, String)> {
         let data_dir = self.dir.join("airlock-data");
         let (api, grpc, pg, admin) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
         let log = self.dir.join("airlock.log");
@@ -459,6 +497,7 @@ impl Bench {
             .env("AIRLOCK_WORKER__ADMIN_ADDR", admin.to_string())
             // Gateways run side by side (pg-policy starts two): each records to a recorder of its own.
             .env("AIRLOCK_RECORDER__ADDR", "127.0.0.1:0")
+            .env("AIRLOCK_WORKER__RECORDING__ENABLED", recording.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -646,10 +685,14 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
             let db = if mode == Mode::Prepared { "bench_session" } else { "bench" };
             c.args(["-h", "127.0.0.1", "-p", &e.pgbouncer_port.to_string(), "-U", &e.pg_user, db]);
         }
-        Target::Gateway => {
+        Target::Gateway | Target::GatewayUnrecorded => {
+            let (addr, token) = match (target, &e.unrecorded) {
+                (Target::GatewayUnrecorded, Some((addr, token))) => (*addr, token),
+                _ => (e.gateway, &e.token),
+            };
             let user = format!("{CONNECTION}.{ROLE}");
-            c.args(["-h", &e.gateway.ip().to_string(), "-p", &e.gateway.port().to_string(), "-U", &user, &e.database]);
-            c.env("PGPASSWORD", &e.token).env("PGSSLMODE", "disable");
+            c.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-U", &user, &e.database]);
+            c.env("PGPASSWORD", token).env("PGSSLMODE", "disable");
         }
     }
     c
@@ -815,7 +858,8 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
 
 /// The gateway's targets: at 8 clients gateway TPS ≥ 0.9× pgbouncer's; at 1
 /// client the latency the gateway adds ≤ what pgbouncer adds; CPU per
-/// transaction ≤ pgbouncer's.
+/// transaction ≤ pgbouncer's. And what recording costs: TPS with recording
+/// on ≥ 0.9× with it off.
 fn verdicts(summaries: &[Summary], args: &Args) -> Vec<Verdict> {
     let get = |target: Target, mode: Mode, clients: u32| {
         summaries.iter().find(|s| s.target == target && s.mode == mode && s.clients == clients)
@@ -851,6 +895,23 @@ fn verdicts(summaries: &[Summary], args: &Args) -> Vec<Verdict> {
                     target: format!("CPU/tx <= pgbouncer's ({mode}, {clients} clients)"),
                     detail: format!("gateway {gc:.1} us/tx, pgbouncer {bc:.1} us/tx"),
                     pass: gc <= bc,
+                });
+            }
+        }
+        for &clients in &args.clients {
+            if let (Some(g), Some(u)) =
+                (get(Target::Gateway, mode, clients), get(Target::GatewayUnrecorded, mode, clients))
+                && let (Some(gc), Some(uc)) = (g.cpu_us_per_tx, u.cpu_us_per_tx)
+            {
+                out.push(Verdict {
+                    target: format!("recording on vs off, TPS >= 0.9x ({mode}, {clients} clients)"),
+                    detail: format!(
+                        "TPS ratio {:.2}, CPU {gc:.1} vs {uc:.1} us/tx ({:.2}x), added p50 {:+.0} us",
+                        g.tps / u.tps,
+                        gc / uc,
+                        g.added_p50_us - u.added_p50_us
+                    ),
+                    pass: g.tps >= 0.9 * u.tps,
                 });
             }
         }
