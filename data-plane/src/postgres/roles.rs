@@ -517,13 +517,14 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         .await
         .map_err(|e| db_error("terminating the session role's backends", &e))?;
     // 3. Owned objects and privileges (this database), then the role, in one
-    //    transaction: all or nothing.
-    let tx = client.transaction().await.map_err(|e| db_error("starting a transaction", &e))?;
+    //    transaction: all or nothing. One simple query is one implicit
+    //    transaction, which the server commits without waiting for us: a
+    //    worker that stalls (or dies) here leaves no role rows locked.
     let statements = format!(
         "SET LOCAL lock_timeout = {timeout}; REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
         timeout = quote_literal(DROP_LOCK_TIMEOUT),
     );
-    match tx.batch_execute(&statements).await {
+    match client.batch_execute(&statements).await {
         Ok(()) => {}
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
         Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
@@ -533,7 +534,6 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         }
         Err(e) => return Err(db_error("dropping the session role", &e)),
     }
-    tx.commit().await.map_err(|e| db_error("committing the session role's drop", &e))?;
     tracing::info!(role = %name, "dropped session role");
     Ok(())
 }
