@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenarios::{event_append, pg_policy, pg_throughput, propagation};
+use crate::scenarios::{event_append, pg_policy, pg_throughput, propagation, recorder_ingest};
 
 #[derive(Debug, Parser)]
 #[command(name = "airlock-loadtest", about = "Airlock's load scenarios (build with --release)")]
@@ -34,6 +34,10 @@ enum Scenario {
     /// without a policy and with one (`airlock up` as a child process; needs `cargo build --release`). Not part
     /// of `all`.
     PgPolicy(pg_policy::Args),
+    /// Frames streamed to `airlock recorder` (a child process) as fast as it stores them: MB/s per core, to a
+    /// local directory and, with --s3-url, an S3-compatible server (needs `cargo build --release`). Not part
+    /// of `all`.
+    RecorderIngest(recorder_ingest::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
 }
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Propagation(args) => propagation::run(&args, &out).await,
         Scenario::PgThroughput(args) => pg_throughput::run(&args, &out).await,
         Scenario::PgPolicy(args) => pg_policy::run(&args, &out).await,
+        Scenario::RecorderIngest(args) => recorder_ingest::run(&args, &out).await,
         Scenario::All(args) => {
             event_append::run(&args.event_append, &out).await?;
             println!();

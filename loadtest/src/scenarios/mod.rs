@@ -5,6 +5,7 @@ pub mod event_append;
 pub mod pg_policy;
 pub mod pg_throughput;
 pub mod propagation;
+pub mod recorder_ingest;
 
 /// The example policy document of the README, as users write it.
 pub const EXAMPLE_POLICY: &str = include_str!("../../../core/testdata/example-policy.yaml");

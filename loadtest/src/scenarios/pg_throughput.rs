@@ -313,7 +313,7 @@ struct Versions {
 
 /// A child process and where its output went.
 pub(crate) struct Proc {
-    child: Child,
+    pub(crate) child: Child,
     /// The pid whose CPU is measured (pgbouncer's from its pidfile).
     pub(crate) pid: u32,
     pub(crate) log: PathBuf,
@@ -548,7 +548,7 @@ impl Bench {
 }
 
 /// SIGTERM, then SIGKILL if it has not exited within 10 s.
-fn stop_child(mut p: Proc) {
+pub(crate) fn stop_child(mut p: Proc) {
     let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -960,7 +960,7 @@ pub(crate) fn find_airlock(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
@@ -993,7 +993,7 @@ pub(crate) fn cpu_model() -> String {
 }
 
 /// The last lines of a log, for error messages.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines.iter().skip(lines.len().saturating_sub(10)).copied().collect::<Vec<_>>().join("\n")

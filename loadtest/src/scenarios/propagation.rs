@@ -295,6 +295,7 @@ impl Deployment {
             admin_token_file: Some(token_file.clone()),
             reissue_admin_token: false,
             clock: airlock_core::clock::system(),
+            recordings: None,
         };
         let running = server::start(options, control_plane_bus, self.cancel.clone(), &self.tracker).await?;
         self.base = public_url;
