@@ -609,6 +609,228 @@ pub async fn verify() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Args)]
+pub struct SessionsArgs {
+    /// The principal's subject.
+    #[arg(long)]
+    principal: Option<String>,
+    /// Connection name or id.
+    #[arg(long)]
+    connection: Option<String>,
+    /// Opened at or after (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Opened at or before (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// open, completed (the client ended it) or terminated (Airlock ended it).
+    #[arg(long)]
+    outcome: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `key=value&...`, percent-encoded, of the values that are set.
+fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
+    let mut q = form_urlencoded_pairs(pairs);
+    if !q.is_empty() {
+        q.insert(0, '?');
+    }
+    q
+}
+
+fn form_urlencoded_pairs(pairs: &[(&str, Option<&str>)]) -> String {
+    pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", path_segment(v)))).collect::<Vec<_>>().join("&")
+}
+
+pub async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let limit = args.limit.to_string();
+    let q = query_string(&[
+        ("principal", args.principal.as_deref()),
+        ("connection", args.connection.as_deref()),
+        ("since", args.since.as_deref()),
+        ("until", args.until.as_deref()),
+        ("outcome", args.outcome.as_deref()),
+        ("limit", Some(limit.as_str())),
+    ]);
+    let page = c.get(&format!("/v1/sessions{q}")).await?;
+    let sessions = page.get("sessions").and_then(Value::as_array).cloned().unwrap_or_default();
+    if args.json {
+        for s in &sessions {
+            println!("{}", serde_json::to_string(s)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = sessions
+        .iter()
+        .map(|s| {
+            let duration = s.get("duration_ms").and_then(Value::as_u64).map(format_ms).unwrap_or_default();
+            vec![
+                text(s, "id"),
+                text(s, "opened_at"),
+                text(s, "subject"),
+                text(s, "connection"),
+                text(s, "target_role"),
+                duration,
+                text(s, "outcome"),
+                text(s, "close_reason"),
+            ]
+        })
+        .collect();
+    table(&["ID", "OPENED", "PRINCIPAL", "CONNECTION", "ROLE", "DURATION", "OUTCOME", "REASON"], rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_ms(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
+    }
+}
+
+/// Prints a session's timeline, a page at a time: what was run, what policy
+/// decided, what came back.
+pub async fn replay(session: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use airlock_recorder::timeline::Entry;
+    let c = Client::from_env()?;
+    let id = path_segment(session);
+    let mut after = 0u64;
+    loop {
+        let page = c.get(&format!("/v1/sessions/{id}/timeline?after={after}&limit=500")).await?;
+        let entries: Vec<Entry> =
+            serde_json::from_value(page.get("entries").cloned().unwrap_or(Value::Array(Vec::new())))
+                .context("reading the timeline")?;
+        for entry in &entries {
+            if json {
+                println!("{}", serde_json::to_string(entry)?);
+            } else {
+                print!("{}", render_entry(entry));
+            }
+        }
+        let live = page.get("live").and_then(Value::as_bool).unwrap_or(false);
+        match page.get("next").and_then(Value::as_u64) {
+            Some(next) if next != after || !entries.is_empty() => after = next,
+            _ => {
+                if live && !json {
+                    println!("(the session is still open)");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+/// Rows shown per statement in the terminal.
+const SHOWN_ROWS: usize = 10;
+
+/// One timeline entry for a terminal: time, decision, rule, statement, a few rows, the outcome.
+fn render_entry(e: &airlock_recorder::timeline::Entry) -> String {
+    use airlock_recorder::timeline::Kind;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let time = e.at.get(11..23).unwrap_or(&e.at);
+    let indent = " ".repeat(time.len() + 2);
+    match e.kind {
+        Kind::End => {
+            let _ = writeln!(out, "{time}  END");
+            return out;
+        }
+        Kind::Notice => {
+            if let Some(n) = &e.error {
+                let _ = writeln!(out, "{time}  {:<6}  {}", n.severity, n.message);
+            }
+            return out;
+        }
+        Kind::Statement => {}
+    }
+    let (badge, rule) = match &e.decision {
+        Some(d) => (d.verdict.to_uppercase(), d.rule.clone()),
+        None => ("-".to_owned(), String::new()),
+    };
+    let duration = e.duration_ms.map(|d| format!("  ({d:.1} ms)")).unwrap_or_default();
+    let statement = e.statement.as_deref().unwrap_or("(statement not known)");
+    let rule = if rule.is_empty() { String::new() } else { format!("[{rule}] ") };
+    let _ = writeln!(out, "{time}  {badge:<6}  {rule}{}{duration}", statement.replace('\n', "\n  "));
+    let repeated = |reason: &str| e.error.as_ref().is_some_and(|error| error.message.contains(reason));
+    if let Some(d) = &e.decision
+        && (!d.approver.is_empty() || (d.verdict == "deny" && !repeated(&d.reason)))
+    {
+        let who = if d.approver.is_empty() { String::new() } else { format!(" approved by {}", d.approver) };
+        let _ = writeln!(out, "{indent}{}{who}", d.reason);
+    }
+    if let Some(params) = &e.parameters
+        && !params.is_empty()
+    {
+        let shown: Vec<String> = params.iter().map(|p| p.clone().unwrap_or_else(|| "NULL".into())).collect();
+        let _ = writeln!(out, "{indent}parameters: {}", shown.join(", "));
+    }
+    if let (Some(columns), Some(rows)) = (&e.columns, &e.rows) {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .take(SHOWN_ROWS)
+            .map(|r| r.iter().map(|v| v.clone().unwrap_or_else(|| "NULL".into())).collect())
+            .collect();
+        let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+        for row in &cells {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count()).min(40);
+            }
+        }
+        let line = |cells: &[String]| -> String {
+            let parts: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| {
+                    let c: String = c.chars().take(*w).collect();
+                    format!("{c:<w$}")
+                })
+                .collect();
+            format!("{indent}| {} |", parts.join(" | "))
+        };
+        let _ = writeln!(out, "{}", line(columns));
+        for row in &cells {
+            let _ = writeln!(out, "{}", line(row));
+        }
+        let total = e.row_count.unwrap_or(rows.len() as u64);
+        if total > cells.len() as u64 {
+            let _ = writeln!(out, "{indent}… {} more rows", total - cells.len() as u64);
+        }
+    }
+    if let Some(error) = &e.error {
+        let _ = writeln!(out, "{indent}{} {}: {}", error.severity, error.sqlstate, error.message);
+    } else if let Some(tag) = &e.command_tag {
+        let _ = writeln!(out, "{indent}{tag}");
+    }
+    out
+}
+
+/// Checks a session's recording; exits non-zero naming the first bad chunk.
+pub async fn verify_session(session: &str) -> anyhow::Result<ExitCode> {
+    let c = Client::from_env()?;
+    let report = c.get(&format!("/v1/sessions/{}/verify", path_segment(session))).await?;
+    let intact = report.get("intact").and_then(Value::as_bool).unwrap_or(false);
+    let detail = text(&report, "detail");
+    if intact {
+        println!("recording intact: {detail}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match report.get("first_bad_chunk").filter(|b| !b.is_null()) {
+        Some(bad) => eprintln!(
+            "recording damaged: first bad chunk {} ({}): {}",
+            text(bad, "index"),
+            text(bad, "key"),
+            text(bad, "reason")
+        ),
+        None => eprintln!("recording not intact: {detail}"),
+    }
+    Ok(ExitCode::FAILURE)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -30,6 +30,25 @@ pub struct Config {
     pub worker: Worker,
     pub identity: Identity,
     pub recorder: airlock_recorder::Config,
+    pub recordings: Recordings,
+}
+
+/// Where the control plane reads session recordings for replay and
+/// verification (`[recordings]`): the recorder's store, read directly. Unset
+/// keys follow `[recorder]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recordings {
+    /// `local` or `s3`. Default: `recorder.backend`.
+    pub backend: Option<airlock_recorder::Backend>,
+    /// Default: `recorder.local_dir` (`{data_dir}/recorder/recordings`).
+    pub local_dir: Option<PathBuf>,
+    /// Default: `[recorder.s3]`.
+    pub s3: Option<airlock_recorder::S3>,
+    /// The recorder's public key (PEM, as `airlock recorder` logs its id) that
+    /// verifies recordings. Default: the public half of the recorder's signing
+    /// key when this machine holds it (`airlock up`).
+    pub public_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -172,6 +191,7 @@ impl Default for Config {
             worker: Worker::default(),
             identity: Identity::default(),
             recorder: airlock_recorder::Config::default(),
+            recordings: Recordings::default(),
         }
     }
 }
@@ -207,7 +227,7 @@ impl Default for Worker {
     }
 }
 
-const SECTIONS: [&str; 7] = ["database", "secrets", "api", "bus", "worker", "identity", "recorder"];
+const SECTIONS: [&str; 8] = ["database", "secrets", "api", "bus", "worker", "identity", "recorder", "recordings"];
 const TOP_LEVEL: [&str; 3] = ["data_dir", "public_url", "log_format"];
 
 impl Config {
@@ -249,6 +269,28 @@ impl Config {
             recording.spool_dir = self.data_dir.join("spool");
         }
         recording
+    }
+
+    /// The recorder's settings with its data directory filled in.
+    pub fn recorder(&self) -> airlock_recorder::Config {
+        let mut recorder = self.recorder.clone();
+        recorder.data_dir.get_or_insert_with(|| self.data_dir.join("recorder"));
+        recorder
+    }
+
+    /// Where the control plane reads recordings: `[recordings]` over `[recorder]`.
+    pub fn recordings_store(&self) -> airlock_recorder::Config {
+        let mut store = self.recorder();
+        if let Some(backend) = self.recordings.backend {
+            store.backend = backend;
+        }
+        if let Some(dir) = &self.recordings.local_dir {
+            store.local_dir = Some(dir.clone());
+        }
+        if let Some(s3) = &self.recordings.s3 {
+            store.s3 = s3.clone();
+        }
+        store
     }
 
     /// The public URL, defaulting to the REST address.
@@ -323,6 +365,7 @@ mod tests {
             jail.set_env("AIRLOCK_DATA_DIR", "/var/lib/airlock");
             jail.set_env("AIRLOCK_WORKER__RECORDING__STRICT", "true");
             jail.set_env("AIRLOCK_WORKER__RECORDING__ENABLED", "false");
+            jail.set_env("AIRLOCK_RECORDINGS__PUBLIC_KEY_FILE", "/etc/airlock/recorder.pub");
             // The client verbs' variables are not settings.
             jail.set_env("AIRLOCK_URL", "http://elsewhere");
             jail.set_env("AIRLOCK_TOKEN", "t");
@@ -333,6 +376,9 @@ mod tests {
             assert!(config.worker.recording.strict);
             assert!(!config.worker.recording.enabled);
             assert_eq!(config.recording().spool_dir, PathBuf::from("/var/lib/airlock/spool"));
+            assert_eq!(config.recordings.public_key_file, Some(PathBuf::from("/etc/airlock/recorder.pub")));
+            // The control plane reads recordings where the recorder writes them.
+            assert_eq!(config.recordings_store().local_dir(), PathBuf::from("/var/lib/airlock/recorder/recordings"));
             Ok(())
         });
     }

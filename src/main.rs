@@ -109,8 +109,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check the tenant's event chain; exits non-zero naming the first bad seq.
-    Verify,
+    /// Sessions through the gateways, newest first.
+    Sessions(client::SessionsArgs),
+    /// Print a session's timeline: statements, decisions, rows as the client saw them, errors.
+    Replay {
+        session: String,
+        /// Print JSON lines (one timeline entry per line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the tenant's event chain (exits non-zero naming the first bad seq), or
+    /// with SESSION, that session's recording (naming the first bad chunk).
+    Verify { session: Option<String> },
 }
 
 #[derive(Args)]
@@ -205,7 +215,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grants => client::grants().await,
         Command::Revoke { grant, reason } => client::revoke(&grant, &reason).await,
         Command::Events { from_seq, follow, json } => client::events(from_seq, follow, json).await,
-        Command::Verify => client::verify().await,
+        Command::Sessions(args) => client::sessions(args).await,
+        Command::Replay { session, json } => client::replay(&session, json).await,
+        Command::Verify { session: None } => client::verify().await,
+        Command::Verify { session: Some(session) } => client::verify_session(&session).await,
     }
 }
 

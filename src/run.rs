@@ -33,13 +33,15 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
         if config.bus.nats_url.is_empty() { Arc::new(MemoryBus::new()) } else { nats(&config).await? };
 
     let (cancel, tracker) = lifecycle();
-    let cp =
-        airlock_control_plane::server::start(control_plane_options(&config)?, bus.clone(), cancel.clone(), &tracker)
-            .await?;
-    // Every session is recorded: the worker records to this process's recorder.
-    let mut recorder = config.recorder.clone();
-    recorder.data_dir.get_or_insert_with(|| dir.join("recorder"));
-    let rec = airlock_recorder::start(recorder, Some(worker_token(&config)?), cancel.clone(), &tracker).await?;
+    // Every session is recorded: the worker records to this process's recorder,
+    // and the control plane reads its recordings with its key.
+    let rec =
+        airlock_recorder::start(config.recorder(), Some(worker_token(&config)?), cancel.clone(), &tracker).await?;
+    let mut options = control_plane_options(&config)?;
+    if let Some(recordings) = options.recordings.as_mut() {
+        recordings.trusted_key = Some(rec.public_key);
+    }
+    let cp = airlock_control_plane::server::start(options, bus.clone(), cancel.clone(), &tracker).await?;
     let mut worker = worker_options(&config)?;
     worker.control_plane_url = format!("http://{}", cp.grpc_addr);
     if let Some(recording) = worker.postgres.as_mut().and_then(|pg| pg.recording.as_mut()) {
@@ -90,10 +92,8 @@ pub async fn gateway(config: Config) -> anyhow::Result<ExitCode> {
 
 pub async fn recorder(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
-    let mut recorder = config.recorder.clone();
-    recorder.data_dir.get_or_insert_with(|| config.data_dir.join("recorder"));
     let (cancel, tracker) = lifecycle();
-    airlock_recorder::start(recorder, Some(worker_token(&config)?), cancel.clone(), &tracker).await?;
+    airlock_recorder::start(config.recorder(), Some(worker_token(&config)?), cancel.clone(), &tracker).await?;
     wait(cancel, tracker).await;
     Ok(ExitCode::SUCCESS)
 }
@@ -111,7 +111,32 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
         admin_token_file: Some(config.data_dir.join("admin.token")),
         reissue_admin_token: false,
         clock: airlock_core::clock::system(),
+        recordings: Some(recordings(config)?),
     })
+}
+
+/// Where the control plane reads recordings, and the key it trusts: the
+/// configured public key, else the recorder's own when this machine holds it.
+fn recordings(config: &Config) -> anyhow::Result<airlock_control_plane::service::Recordings> {
+    let store = config.recordings_store();
+    store.validate().map_err(anyhow::Error::msg)?;
+    let trusted_key = match &config.recordings.public_key_file {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(airlock_recorder::public_key_from_pem(&pem).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => {
+            let own = store.signing_key_file();
+            match own.exists().then(|| airlock_recorder::Signer::load(&own)).transpose() {
+                Ok(signer) => signer.map(|s| s.verifying_key()),
+                Err(e) => {
+                    tracing::warn!("recordings cannot be verified: set recordings.public_key_file ({e:#})");
+                    None
+                }
+            }
+        }
+    };
+    Ok(airlock_control_plane::service::Recordings { store: airlock_recorder::Recordings::open(&store)?, trusted_key })
 }
 
 fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options> {

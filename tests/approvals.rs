@@ -87,6 +87,7 @@ impl Deployment {
                 admin_token_file: Some(dir.join("admin.token")),
                 reissue_admin_token: false,
                 clock: airlock_core::clock::system(),
+                recordings: None,
             },
             Arc::new(bus),
             cancel.clone(),

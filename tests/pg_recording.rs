@@ -6,13 +6,11 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use airlock_core::{SessionId, TenantId};
 use airlock_proto::v1::{self, frame::Body};
 use airlock_testkit::eventually;
-use serde_json::Value;
 use support::{Recording, Stack, admin_client, sqlstate};
 
 const POLICY: &str = r#"
@@ -27,29 +25,9 @@ masking:
     strategy: redact
 "#;
 
-/// psql as `user`, off the runtime's thread (the gateway runs on this runtime).
+/// psql as `user`, stopping at the first error.
 async fn psql(s: &Stack, user: &str, token: &str, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new("psql");
-    cmd.arg(format!("host=127.0.0.1 port={} user={user} dbname={} sslmode=require", s.pg.port(), s.db.name()))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At"])
-        .args(args)
-        .env("PGPASSWORD", token);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
-}
-
-/// The tenant, and the sessions the log says were opened, oldest first.
-async fn sessions(s: &Stack) -> (TenantId, Vec<SessionId>) {
-    let tenants = s.get_as("/v1/tenants", &s.admin).await;
-    let tenant = tenants[0]["id"].as_str().unwrap().parse().unwrap();
-    let page = s.get_as("/v1/events?from_seq=0", &s.admin).await;
-    let opened = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "session_opened")
-        .map(|e: &Value| e["data"]["session"]["id"].as_str().unwrap().parse().unwrap())
-        .collect();
-    (tenant, opened)
+    s.psql(user, token, &[&["-v", "ON_ERROR_STOP=1"], args].concat()).await
 }
 
 /// Every frame of a session, once the recorder has signed its manifest.
@@ -121,7 +99,7 @@ async fn a_psql_session_is_recorded_with_its_statements_masked_rows_and_decision
     assert_eq!(stdout, "1|café\n2|Zoë\n[redacted]\n", "{stderr}");
     assert!(stderr.contains("denied by rule no-unbounded-writes"), "{stderr}");
 
-    let (tenant, opened) = sessions(&s).await;
+    let (tenant, opened) = s.opened_sessions().await;
     assert_eq!(opened.len(), 1);
     let session = opened[0];
     let frames = frames(&s, tenant, session).await;
@@ -222,7 +200,7 @@ async fn in_strict_mode_a_statement_runs_only_once_the_recorder_stored_it() {
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "INSERT 0 1\nIda\n", "{}", String::from_utf8_lossy(&out.stderr));
-    let (tenant, opened) = sessions(&s).await;
+    let (tenant, opened) = s.opened_sessions().await;
     let frames = frames(&s, tenant, opened[0]).await;
     let (client, server) = streams(&frames);
     assert!(contains(&client, b"INSERT INTO people VALUES (3, 'Ida')"));

@@ -76,6 +76,7 @@ async fn cluster(bus: Arc<dyn Bus>) -> Cluster {
         admin_token_file: Some(dir.join("admin.token")),
         reissue_admin_token: false,
         clock: airlock_core::clock::system(),
+        recordings: None,
     };
     let running = airlock_control_plane::server::start(options, bus.clone(), cancel.clone(), &tracker).await.unwrap();
     let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();

@@ -11,5 +11,6 @@ pub mod rest;
 pub mod secrets;
 pub mod server;
 pub mod service;
+pub mod session_index;
 pub mod store;
 mod web;

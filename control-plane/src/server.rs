@@ -37,6 +37,8 @@ pub struct Options {
     pub reissue_admin_token: bool,
     /// What grants and reviews expire by (the system clock, unless a test moves it).
     pub clock: Arc<dyn airlock_core::clock::Clock>,
+    /// Where session recordings are read for replay and verification.
+    pub recordings: Option<crate::service::Recordings>,
 }
 
 impl std::fmt::Debug for Options {
@@ -70,8 +72,17 @@ pub async fn start(
         public_url: options.public_url.clone(),
         worker_token: options.worker_token.clone(),
         clock: options.clock.clone(),
+        recordings: options.recordings.clone(),
     };
-    let cp = ControlPlane::load(store.event_log(), store.secrets(), store.notify_store(), verifier, service).await?;
+    let cp = ControlPlane::load(
+        store.event_log(),
+        store.secrets(),
+        store.notify_store(),
+        store.session_index(),
+        verifier,
+        service,
+    )
+    .await?;
 
     let wants_token = options.reissue_admin_token && options.admin_token_file.as_ref().is_some_and(|p| !p.exists());
     let issued = cp.bootstrap(wants_token).await.map_err(|e| anyhow::anyhow!("bootstrapping: {e}"))?;

@@ -22,6 +22,7 @@ use crate::secrets::SecretStore;
 use crate::secrets::postgres::PgSecretStore;
 use crate::secrets::sealer::Sealer;
 use crate::secrets::sqlite::SqliteSecretStore;
+use crate::session_index::{PgSessionIndex, SessionIndex, SqliteSessionIndex};
 
 /// Connections to Postgres per control-plane instance.
 const PG_MAX_CONNECTIONS: u32 = 16;
@@ -44,6 +45,7 @@ pub struct Store {
     log: Arc<dyn EventLog>,
     secrets: Arc<dyn SecretStore>,
     notifications: Arc<dyn NotifyStore>,
+    sessions: Arc<dyn SessionIndex>,
     notify: Arc<Notify>,
 }
 
@@ -64,6 +66,7 @@ impl Store {
                 log: Arc::new(PgEventLog::new(pool.clone(), notify.clone())),
                 secrets: Arc::new(PgSecretStore::new(pool.clone(), sealer)),
                 notifications: Arc::new(PgNotifyStore::new(pool.clone())),
+                sessions: Arc::new(PgSessionIndex::new(pool.clone())),
                 pools: Pools::Postgres(pool),
                 notify,
             })
@@ -74,6 +77,7 @@ impl Store {
                 log: Arc::new(SqliteEventLog::new(read.clone(), write.clone(), notify.clone())),
                 secrets: Arc::new(SqliteSecretStore::new(read.clone(), write.clone(), sealer)),
                 notifications: Arc::new(SqliteNotifyStore::new(read.clone(), write.clone())),
+                sessions: Arc::new(SqliteSessionIndex::new(read.clone(), write.clone())),
                 pools: Pools::Sqlite { read, write },
                 notify,
             })
@@ -92,6 +96,11 @@ impl Store {
 
     pub fn notify_store(&self) -> Arc<dyn NotifyStore> {
         self.notifications.clone()
+    }
+
+    /// The sessions the log records, for listing.
+    pub fn session_index(&self) -> Arc<dyn SessionIndex> {
+        self.sessions.clone()
     }
 
     /// Signalled after every committed append; the outbox relay waits on it.

@@ -14,6 +14,7 @@ pub mod mask;
 pub mod policy;
 pub mod principal;
 pub mod review;
+pub mod session;
 pub mod snapshot;
 pub mod sql;
 pub mod state;

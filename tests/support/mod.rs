@@ -61,12 +61,24 @@ impl Drop for Stack {
 /// Cleanup that must run even when a test fails, from `Drop` (which cannot
 /// await): sweeps `worker`'s session roles (sessions still open when the test
 /// returned never got to drop theirs; this is what a restarted worker does),
-/// then drops the cluster-wide template roles.
+/// then drops the cluster-wide template roles. Bounded: the test's runtime is
+/// blocked meanwhile, so the stack's own connections to the database cannot
+/// finish what they were doing; they are ended first, which rolls back
+/// anything they held locked.
 pub fn drop_roles(url: &str, worker: &str, templates: &[String]) {
     let (url, worker, templates) = (url.to_owned(), worker.to_owned(), templates.to_vec());
     let cleanup = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        rt.block_on(async {
+        let cleanup = async {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(
+                        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    )
+                    .await;
+            }
             if let Ok(config) = url.parse::<tokio_postgres::Config>() {
                 use airlock_data_plane::postgres::roles::{RoleManager, TlsChoice};
                 if let Ok(manager) = RoleManager::connect(config, TlsChoice::Disable).await {
@@ -76,10 +88,16 @@ pub fn drop_roles(url: &str, worker: &str, templates: &[String]) {
             let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };
             tokio::spawn(conn);
             for template in &templates {
-                let _ =
-                    client.batch_execute(&format!("DROP OWNED BY {template}; DROP ROLE IF EXISTS {template};")).await;
+                let _ = client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '5s'; DROP OWNED BY {template}; DROP ROLE IF EXISTS {template};"
+                    ))
+                    .await;
             }
-        });
+        };
+        if rt.block_on(tokio::time::timeout(std::time::Duration::from_secs(30), cleanup)).is_err() {
+            eprintln!("warning: cleaning up the test's roles took over 30 s; some may be left");
+        }
     });
     let _ = cleanup.join();
 }
@@ -91,6 +109,36 @@ pub async fn admin_client(url: &str) -> tokio_postgres::Client {
 }
 
 impl Stack {
+    /// psql (`-X -At`) as `user` with `token` for its password, off the
+    /// runtime's thread (the gateway runs on this runtime).
+    pub async fn psql(&self, user: &str, token: &str, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new("psql");
+        cmd.arg(format!(
+            "host=127.0.0.1 port={} user={user} dbname={} sslmode=require",
+            self.pg.port(),
+            self.db.name()
+        ))
+        .args(["-X", "-At"])
+        .args(args)
+        .env("PGPASSWORD", token);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+    }
+
+    /// The first tenant, and the sessions the log says were opened, oldest first.
+    pub async fn opened_sessions(&self) -> (airlock_core::TenantId, Vec<airlock_core::SessionId>) {
+        let tenants = self.get_as("/v1/tenants", &self.admin).await;
+        let tenant = tenants[0]["id"].as_str().unwrap().parse().unwrap();
+        let page = self.get_as("/v1/events?from_seq=0", &self.admin).await;
+        let opened = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "session_opened")
+            .map(|e| e["data"]["session"]["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        (tenant, opened)
+    }
+
     pub async fn start() -> Stack {
         Self::start_with(None, Recording::Recorder).await
     }
@@ -130,25 +178,6 @@ impl Stack {
         let public_url = format!("http://{api_addr}");
         let identity = airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() };
         let clock = airlock_core::clock::ManualClock::new();
-        let cp = airlock_control_plane::server::start(
-            airlock_control_plane::server::Options {
-                database_url: format!("sqlite://{}", dir.join("airlock.db").display()),
-                master_key: [3; 32],
-                public_url: public_url.clone(),
-                api_addr,
-                grpc_addr: "127.0.0.1:0".parse().unwrap(),
-                worker_token: "w".into(),
-                identity: identity.clone(),
-                admin_token_file: Some(dir.join("admin.token")),
-                reissue_admin_token: false,
-                clock: Arc::new(clock.clone()),
-            },
-            bus.clone(),
-            cancel.clone(),
-            &tracker,
-        )
-        .await
-        .unwrap();
         let worker_id = format!("test-{}", uuid::Uuid::new_v4().simple());
         let recorder_config = airlock_recorder::Config {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -185,6 +214,29 @@ impl Stack {
             }
         };
         let recordings = airlock_recorder::Recordings::open(&recorder_config).unwrap();
+        let cp = airlock_control_plane::server::start(
+            airlock_control_plane::server::Options {
+                database_url: format!("sqlite://{}", dir.join("airlock.db").display()),
+                master_key: [3; 32],
+                public_url: public_url.clone(),
+                api_addr,
+                grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                worker_token: "w".into(),
+                identity: identity.clone(),
+                admin_token_file: Some(dir.join("admin.token")),
+                reissue_admin_token: false,
+                clock: Arc::new(clock.clone()),
+                recordings: Some(airlock_control_plane::service::Recordings {
+                    store: recordings.clone(),
+                    trusted_key: recorder.as_ref().map(|r| r.public_key),
+                }),
+            },
+            bus.clone(),
+            cancel.clone(),
+            &tracker,
+        )
+        .await
+        .unwrap();
         let worker = airlock_data_plane::start(
             airlock_data_plane::Options {
                 control_plane_url: format!("http://{}", cp.grpc_addr),

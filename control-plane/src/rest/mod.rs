@@ -12,6 +12,7 @@ mod integrations;
 mod issuers;
 mod openapi;
 mod policy;
+mod sessions;
 mod tenants;
 mod tokens;
 mod wellknown;
@@ -65,6 +66,11 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/grants", post(grants::create).get(grants::list))
         .route("/v1/grants/{id}", get(grants::get))
         .route("/v1/grants/{id}/revoke", post(grants::revoke))
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{id}", get(sessions::get))
+        .route("/v1/sessions/{id}/timeline", get(sessions::timeline))
+        .route("/v1/sessions/{id}/timeline.jsonl", get(sessions::timeline_jsonl))
+        .route("/v1/sessions/{id}/verify", get(sessions::verify))
         .merge(crate::web::router())
         .fallback(|| async { crate::error::ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

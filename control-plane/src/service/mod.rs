@@ -15,6 +15,7 @@ mod grants;
 mod integrations;
 mod issuers;
 mod policy;
+mod sessions;
 mod tenants;
 mod tokens;
 mod worker;
@@ -44,6 +45,11 @@ pub use integrations::{
 };
 pub use issuers::{IssuerInput, IssuerView};
 pub use policy::PolicyView;
+pub(crate) use sessions::recording_error;
+pub use sessions::{
+    BadChunkView, RecordingState, Recordings, SessionDetail, SessionFilter, SessionPage, SessionView, TimelineView,
+    VerifyView,
+};
 pub use tenants::{CreateTenantInput, CreatedTenant, TenantView};
 pub use tokens::{MintTokenInput, MintedToken};
 
@@ -60,6 +66,8 @@ pub struct ServiceOptions {
     pub worker_token: String,
     /// What grants and reviews expire by; a test moves it.
     pub clock: Arc<dyn Clock>,
+    /// Where session recordings are read for replay and verification (none: not configured).
+    pub recordings: Option<Recordings>,
 }
 
 pub struct ControlPlane {
@@ -67,6 +75,8 @@ pub struct ControlPlane {
     secrets: Arc<dyn SecretStore>,
     /// Notification deliveries and their attempts, for reading back.
     deliveries: Arc<dyn crate::notify::NotifyStore>,
+    /// The sessions the log records, for listing.
+    sessions: Arc<dyn crate::session_index::SessionIndex>,
     tenants: Arc<TenantsHandle>,
     verifier: Verifier,
     options: ServiceOptions,
@@ -105,6 +115,7 @@ impl ControlPlane {
         log: Arc<dyn EventLog>,
         secrets: Arc<dyn SecretStore>,
         deliveries: Arc<dyn crate::notify::NotifyStore>,
+        sessions: Arc<dyn crate::session_index::SessionIndex>,
         verifier: Verifier,
         options: ServiceOptions,
     ) -> anyhow::Result<Arc<Self>> {
@@ -113,6 +124,7 @@ impl ControlPlane {
             log,
             secrets,
             deliveries,
+            sessions,
             tenants: Arc::new(TenantsHandle::default()),
             verifier,
             options,

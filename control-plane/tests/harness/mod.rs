@@ -85,6 +85,14 @@ impl Harness {
             admin_token_file: Some(dir.join("admin.token")),
             reissue_admin_token: false,
             clock,
+            recordings: Some(airlock_control_plane::service::Recordings {
+                store: airlock_recorder::Recordings::open(&airlock_recorder::Config {
+                    data_dir: Some(dir.join("recorder")),
+                    ..Default::default()
+                })
+                .unwrap(),
+                trusted_key: None,
+            }),
         };
         let cancel = CancellationToken::new();
         let running = start(options, bus.clone(), cancel.clone(), &TaskTracker::new()).await.unwrap();

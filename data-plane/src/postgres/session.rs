@@ -169,7 +169,7 @@ fn open_recording(
 /// Records the session's last words: the FATAL it is ended with, if any, then its end.
 fn end_recording(tap: &mut SessionTap, result: &Result<(), Ended>, span: &tracing::Span) {
     let reason = match result {
-        Ok(()) => "client closed the session",
+        Ok(()) => airlock_core::session::CLIENT_CLOSED,
         Err(ended) => {
             if let Some(report) = &ended.fatal {
                 let mut out = BytesMut::new();
@@ -621,7 +621,7 @@ async fn relay_session(
     let ended = relay.run(&admitted.connection, shutdown).await;
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
     let reason = match &ended {
-        Ok(()) => "client closed the session".to_owned(),
+        Ok(()) => airlock_core::session::CLIENT_CLOSED.to_owned(),
         Err(e) => e.reason.clone(),
     };
     tracing::info!(parent: span, bytes_in, bytes_out, reason = %reason, "session ended");
@@ -821,7 +821,7 @@ impl Relay<'_> {
                         }
                     }
                     read = self.upstream.stream.read_buf(&mut server_buf) => {
-                        let n = read.map_err(io_ended)?;
+                        let n = read.map_err(target_lost)?;
                         if n == 0 {
                             return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
                         }
@@ -1436,7 +1436,7 @@ impl Relay<'_> {
                     }
                 }
                 read = self.upstream.stream.read_buf(server_buf) => {
-                    if read.map_err(io_ended)? == 0 {
+                    if read.map_err(target_lost)? == 0 {
                         return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
                     }
                     self.forward_server(server_buf, to_client).await?;
@@ -1902,7 +1902,7 @@ impl Relay<'_> {
     async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
-            self.upstream.stream.write_all(to_server).await.map_err(io_ended)?;
+            self.upstream.stream.write_all(to_server).await.map_err(target_lost)?;
             to_server.clear();
         }
         if !to_client.is_empty() {
@@ -2002,8 +2002,15 @@ async fn read_more(client: &mut Client) -> Result<(), Ended> {
     Ok(())
 }
 
+/// The client's connection failed: the client ended the session
+/// (`airlock_core::session::outcome` counts reasons starting so as completed).
 fn io_ended(e: std::io::Error) -> Ended {
     Ended::quietly(format!("connection lost: {e}"))
+}
+
+/// The target's connection failed: the session ended on Airlock's side.
+fn target_lost(e: std::io::Error) -> Ended {
+    Ended::quietly(format!("connection to the target lost: {e}"))
 }
 
 fn unix_now() -> i64 {
