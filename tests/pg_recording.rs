@@ -11,6 +11,7 @@ use std::time::Duration;
 use airlock_core::{SessionId, TenantId};
 use airlock_proto::v1::{self, frame::Body};
 use airlock_testkit::eventually;
+use support::process::{Proc, TempDir, free_addr, wait_ready};
 use support::{Recording, Stack, admin_client, sqlstate};
 
 const POLICY: &str = r#"
@@ -219,4 +220,66 @@ async fn in_strict_mode_a_statement_runs_only_once_the_recorder_stored_it() {
     let admin = admin_client(s.db.url()).await;
     let n: i64 = admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
     assert_eq!(n, 2, "the unrecorded statement ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_killed_mid_session_loses_nothing_once_it_is_back() {
+    // `airlock recorder` as a process of its own, killed with SIGKILL while a
+    // session runs, then started again on the same store.
+    let dir = TempDir::new();
+    let addr = free_addr();
+    let args = ["recorder", "--addr", &addr.to_string()];
+    let env = [("AIRLOCK_DATA_DIR", dir.0.display().to_string()), ("AIRLOCK_WORKER__TOKEN", "w".to_owned())];
+    let mut recorder = Proc::spawn("recorder", &dir.0, &args, &env);
+    wait_ready(&format!("http://{addr}/healthz")).await;
+    let s = Stack::start_with(None, Recording::External { url: format!("http://{addr}") }).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &token).await.unwrap();
+    client.simple_query("INSERT INTO people VALUES (10, 'before the kill')").await.unwrap();
+
+    recorder.kill();
+    // The session goes on: its frames wait in the worker's spool.
+    client.simple_query("INSERT INTO people VALUES (11, 'while it is down')").await.unwrap();
+    let mut recorder = Proc::spawn("recorder-again", &dir.0, &args, &env);
+    wait_ready(&format!("http://{addr}/healthz")).await;
+    client.simple_query("INSERT INTO people VALUES (12, 'once it is back')").await.unwrap();
+    drop(client);
+
+    let (tenant, opened) = s.opened_sessions().await;
+    let session = opened[0];
+    let config = airlock_recorder::Config { data_dir: Some(dir.0.join("recorder")), ..Default::default() };
+    let recordings = airlock_recorder::Recordings::open(&config).unwrap();
+    eventually(Duration::from_secs(20), "the session's recording to be signed", || async {
+        matches!(recordings.manifest(tenant, session).await, Ok(Some(_)))
+    })
+    .await;
+    let mut frames = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = recordings.read_frames(tenant, session, from, 1000).await.unwrap();
+        frames.extend(page.frames);
+        from = page.next_seq;
+        if !page.more {
+            break;
+        }
+    }
+    let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "every frame, in order");
+    let (client_bytes, _) = streams(&frames);
+    for row in ["before the kill", "while it is down", "once it is back"] {
+        assert!(contains(&client_bytes, row.as_bytes()), "{row} is not in the recording");
+    }
+    let key = airlock_recorder::Signer::load(&config.signing_key_file()).unwrap().verifying_key();
+    let report = recordings.verify(tenant, session, &key).await.unwrap();
+    assert!(report.is_valid(), "{report}");
+    // The spool drained: the closed session's file goes once the worker hears it closed.
+    let spool = s.dir.join("spool");
+    eventually(Duration::from_secs(20), "the session's spool file to be deleted", || async {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().contains(&session.to_string()))
+    })
+    .await;
+    recorder.kill();
 }

@@ -37,7 +37,7 @@ pub struct Stack {
 }
 
 /// How the stack's worker records sessions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Recording {
     /// To a recorder started in process beside it (every stack but those that say otherwise).
     Recorder,
@@ -47,6 +47,9 @@ pub enum Recording {
     /// To a recorder nobody runs, with a spool this many bytes large; strict
     /// sessions wait half a second for it.
     Unreachable { spool_max_bytes: u64, strict: bool },
+    /// To a recorder someone else runs (`airlock recorder` as a child process),
+    /// with the worker token `w`.
+    External { url: String },
 }
 
 impl Drop for Stack {
@@ -198,6 +201,15 @@ impl Stack {
                     ..Default::default()
                 };
                 (Some(started), options)
+            }
+            Recording::External { url } => {
+                let options = airlock_data_plane::recording::Options {
+                    recorder_url: url,
+                    spool_dir: dir.join("spool"),
+                    reconnect_max_ms: 200,
+                    ..Default::default()
+                };
+                (None, options)
             }
             Recording::Unreachable { spool_max_bytes, strict } => {
                 let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
