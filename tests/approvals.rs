@@ -42,6 +42,8 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         self.cancel.cancel();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The template role is cluster-wide: it goes with the database.
+        support::drop_roles(self.target.url(), "none", std::slice::from_ref(&self.role));
     }
 }
 

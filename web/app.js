@@ -61,7 +61,14 @@ async function route(event) {
     main.firstChild.textContent = "Page not found";
     return;
   }
-  const params = match.slice(1).map(decodeURIComponent);
+  let params;
+  try {
+    params = match.slice(1).map(decodeURIComponent);
+  } catch {
+    main.append(document.createElement("h1"));
+    main.firstChild.textContent = "Page not found";
+    return;
+  }
   // A new page for screen readers and keyboards too, as a full load would be.
   if (event && !found.public) main.focus({ preventScroll: true });
   try {

@@ -118,25 +118,26 @@ export async function render(main, { params, signal }) {
   return session;
 
   async function followTimeline() {
+    // The server returns only entries past `after` and never splits a seq
+    // between pages: every entry it returns is shown (several share a seq when
+    // one read from the client held several statements).
     let after = 0;
-    let lastSeq = 0;
     let wasLive = false;
     for (;;) {
       const page = await api(`${base}/timeline?after=${after}&limit=${PAGE}`, { signal });
-      for (const entry of page.entries) {
-        if (entry.seq <= lastSeq) continue;
-        lastSeq = entry.seq;
-        timeline.append(entryItem(entry));
-      }
+      for (const entry of page.entries) timeline.append(entryItem(entry));
       emptyNote.hidden = timeline.childElementCount > 0;
-      if (page.next !== null && page.next !== undefined) {
-        after = page.next;
+      const next = page.next ?? null;
+      const progressed = next !== null && next > after;
+      if (next !== null) after = Math.max(after, next);
+      if (progressed && page.entries.length > 0) continue;
+      liveNote.hidden = !page.live;
+      if (!page.live) {
+        if (next === null || !progressed) break;
         continue;
       }
-      liveNote.hidden = !page.live;
-      if (!page.live) break;
       wasLive = true;
-      after = Math.max(after, lastSeq);
+      // Caught up with a live session: wait before asking again.
       await pause(LIVE_POLL_MS, signal);
       if (signal.aborted) return;
     }

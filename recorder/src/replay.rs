@@ -14,12 +14,14 @@ use airlock_core::{SessionId, TenantId};
 use crate::error::Error;
 use crate::read::Recordings;
 use crate::store::SessionRef;
-use crate::timeline::{Decoder, Entry};
+use crate::timeline::{Decoder, Entry, VALUE_OVERHEAD};
 
 /// Frames read from the store at a time.
 const FRAMES_PER_READ: usize = 1000;
 /// The most entries a timeline page holds (more only when one frame starts more).
 pub const MAX_TIMELINE_PAGE: usize = 1000;
+/// A page also ends once its entries hold about this many bytes of rows and text.
+pub const MAX_TIMELINE_PAGE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimelinePage {
@@ -50,9 +52,7 @@ impl Recordings {
                 // Every entry up to `bound` is out; later ones start after it.
                 let bound = reader.decoder.pending_seq().map_or(frame.seq, |p| p.saturating_sub(1)).min(frame.seq);
                 let done = out.iter().take_while(|e| e.seq <= bound).count();
-                if done >= limit
-                    && let Some(last) = out.get(limit - 1)
-                {
+                if let Some(last) = page_end(&out, done, limit) {
                     let s = last.seq;
                     out.retain(|e| e.seq <= s);
                     let live = !reader.decoder.ended() && self.manifest(tenant, session).await?.is_none();
@@ -64,7 +64,8 @@ impl Recordings {
         let finished = decoder.ended() && decoder.pending_seq().is_none();
         let bound = decoder.pending_seq().map_or(decoder.last_seq(), |p| p.saturating_sub(1)).max(after);
         out.retain(|e| e.seq <= bound);
-        Ok(TimelinePage { entries: out, next: (!finished).then_some(bound), live: !decoder.ended() })
+        let live = !decoder.ended() && self.manifest(tenant, session).await?.is_none();
+        Ok(TimelinePage { entries: out, next: (!finished).then_some(bound), live })
     }
 
     /// Whether anything of the session's recording is stored.
@@ -130,4 +131,26 @@ impl TimelineReader {
     pub fn ended(&self) -> bool {
         self.decoder.ended()
     }
+}
+/// The last entry of a full page among the first `done` (complete) entries:
+/// the `limit`-th, or the one that takes the page past its byte bound.
+fn page_end(out: &[Entry], done: usize, limit: usize) -> Option<&Entry> {
+    let mut bytes = 0;
+    for (i, entry) in out.iter().take(done).enumerate() {
+        bytes += entry_bytes(entry);
+        if i + 1 >= limit || bytes >= MAX_TIMELINE_PAGE_BYTES {
+            return Some(entry);
+        }
+    }
+    None
+}
+
+/// About what an entry takes in memory.
+fn entry_bytes(e: &Entry) -> usize {
+    let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+    let values = |v: &[Option<String>]| v.iter().map(|x| text(x) + VALUE_OVERHEAD).sum::<usize>();
+    text(&e.statement)
+        + e.parameters.as_deref().map_or(0, values)
+        + e.rows.as_ref().map_or(0, |rows| rows.iter().map(|r| values(r) + VALUE_OVERHEAD).sum())
+        + 256
 }

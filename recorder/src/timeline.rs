@@ -17,7 +17,10 @@
 //! declared length and one larger than [`MAX_MESSAGE_BYTES`] is skipped
 //! unbuffered; an entry keeps at most [`MAX_ROWS`] rows (and
 //! [`MAX_ENTRY_ROW_BYTES`] of them) with the full `row_count`; values and
-//! statements are cut. A message split across frames is put back together.
+//! statements are cut; prepared statements and portals are remembered up to
+//! [`MAX_NAMES`] each (long names by a digest, a portal's parameters up to
+//! 64 KiB), results owed to statements up to 16 Ki. A message split across
+//! frames is put back together.
 //! Malformed messages are skipped; a length that cannot be a message's stops the
 //! decoding of that direction (the gateway would have ended such a session).
 
@@ -34,14 +37,23 @@ pub const MAX_ROWS: usize = 1000;
 pub const MAX_ENTRY_ROW_BYTES: usize = 1 << 20;
 /// Bytes of rows kept across every entry not yet handed out.
 pub const MAX_RETAINED_ROW_BYTES: usize = 32 << 20;
+/// What a kept value costs besides its bytes (an `Option<String>`), and a row besides its values.
+pub const VALUE_OVERHEAD: usize = 24;
 /// A value is cut after this many bytes.
 pub const MAX_VALUE_BYTES: usize = 1024;
 /// A statement's text is cut after this many bytes.
 pub const MAX_STATEMENT_BYTES: usize = 64 << 10;
 /// Entries not yet complete; past this the oldest is handed out as it stands.
 pub const MAX_PENDING: usize = 1024;
-/// Prepared statements and portals remembered.
-const MAX_NAMES: usize = 4096;
+/// Prepared statements and portals remembered, each.
+pub const MAX_NAMES: usize = 1024;
+/// Names longer than this are remembered by a digest.
+const MAX_NAME_KEY: usize = 64;
+/// Bytes of parameters kept per portal (shown values; the rest are left out).
+const MAX_PORTAL_PARAM_BYTES: usize = 64 << 10;
+/// Results owed to statements (executed, not answered yet); past this the
+/// oldest are given up.
+const MAX_OWED: usize = 16 << 10;
 /// Statements one simple query is split into; the rest stay with the last.
 const MAX_STATEMENTS_PER_QUERY: usize = 256;
 /// Parameters and columns shown per statement or row.
@@ -505,10 +517,18 @@ impl Decoder {
             Some(Body::End(_)) => self.end(seq, at),
             None => {}
         }
-        // Bounded: the oldest incomplete entries are handed out as they stand.
-        while self.slots.iter().filter(|s| !s.dropped).count() > MAX_PENDING {
-            let Some(front) = self.slots.iter_mut().find(|s| !s.complete && !s.dropped) else { break };
-            front.complete = true;
+        while self.owed.len() > MAX_OWED {
+            self.owed.pop_front();
+        }
+        // Bounded: past `MAX_PENDING`, the oldest entries are handed out as they stand.
+        let pending = self.slots.iter().filter(|s| !s.dropped).count();
+        let mut excess = pending.saturating_sub(MAX_PENDING);
+        for slot in self.slots.iter_mut().filter(|s| !s.dropped) {
+            if excess == 0 {
+                break;
+            }
+            slot.complete = true;
+            excess -= 1;
         }
     }
 
@@ -605,14 +625,15 @@ impl Decoder {
                 let (Some(name), Some(sql)) = (r.cstr(), r.cstr()) else { return };
                 let text = cut_text(sql, MAX_STATEMENT_BYTES);
                 self.batch_text = Some(text.clone());
-                if self.prepared.len() < MAX_NAMES || self.prepared.contains_key(name) {
-                    self.prepared.insert(name.to_vec(), Some(text));
+                let key = name_key(name);
+                if self.prepared.len() < MAX_NAMES || self.prepared.contains_key(&key) {
+                    self.prepared.insert(key, Some(text));
                 }
             }
             b'B' => {
                 let Some(portal) = r.cstr() else { return };
                 let Some(statement) = r.cstr() else { return };
-                let text = self.prepared.get(statement).cloned().flatten();
+                let text = self.prepared.get(&name_key(statement)).cloned().flatten();
                 let mut formats = Vec::new();
                 let Some(n) = r.i16() else { return };
                 for _ in 0..n.max(0) {
@@ -621,10 +642,13 @@ impl Decoder {
                 }
                 let Some(n) = r.i16() else { return };
                 let mut params = Vec::new();
+                let mut kept = 0;
                 for i in 0..n.max(0) as usize {
                     let Some(value) = r.value() else { return };
-                    if i < MAX_FIELDS {
-                        params.push(value.map(|v| show_value(v, Some(format_of(&formats, i)))));
+                    if i < MAX_FIELDS && kept < MAX_PORTAL_PARAM_BYTES {
+                        let shown = value.map(|v| show_value(v, Some(format_of(&formats, i))));
+                        kept += shown.as_ref().map_or(4, String::len);
+                        params.push(shown);
                     }
                 }
                 let mut results = Vec::new();
@@ -634,13 +658,14 @@ impl Decoder {
                         results.push(f);
                     }
                 }
-                if self.portals.len() < MAX_NAMES || self.portals.contains_key(portal) {
-                    self.portals.insert(portal.to_vec(), Portal { text, params, formats: results });
+                let key = name_key(portal);
+                if self.portals.len() < MAX_NAMES || self.portals.contains_key(&key) {
+                    self.portals.insert(key, Portal { text, params, formats: results });
                 }
             }
             b'E' => {
                 let Some(name) = r.cstr() else { return };
-                let portal = self.portals.get(name).cloned();
+                let portal = self.portals.get(&name_key(name)).cloned();
                 let (text, params, formats) = match portal {
                     Some(p) => (p.text, Some(p.params), p.formats),
                     None => (None, None, Vec::new()),
@@ -661,10 +686,10 @@ impl Decoder {
                 let (Some(kind), Some(name)) = (r.u8(), r.cstr()) else { return };
                 match kind {
                     b'S' => {
-                        self.prepared.remove(name);
+                        self.prepared.remove(&name_key(name));
                     }
                     b'P' => {
-                        self.portals.remove(name);
+                        self.portals.remove(&name_key(name));
                     }
                     _ => {}
                 }
@@ -774,9 +799,11 @@ impl Decoder {
                         (!slot.formats.is_empty()).then(|| format_of(&slot.formats, i))
                     });
                     let shown = value.map(|v| show_value(v, format));
-                    bytes += shown.as_ref().map_or(4, |s| s.len() + 8);
+                    // What it costs in memory: the value and its `Option<String>`.
+                    bytes += shown.as_ref().map_or(0, String::len) + VALUE_OVERHEAD;
                     row.push(shown);
                 }
+                bytes += VALUE_OVERHEAD;
                 rows.push(row);
                 slot.row_bytes += bytes;
                 self.retained += bytes;
@@ -965,11 +992,9 @@ impl Decoder {
         if refused && ids.len() > 1 {
             // A refused query runs as one failing statement: show it whole.
             let whole = text.clone();
-            for (n, other) in ids.iter().enumerate() {
-                if n == 0 {
-                    continue;
-                }
-                self.owed.retain(|o| !matches!(o, Owed::Results(x) if x == other));
+            let others: std::collections::HashSet<u64> = ids.iter().skip(1).copied().collect();
+            self.owed.retain(|o| !matches!(o, Owed::Results(x) if others.contains(x)));
+            for other in &others {
                 if let Some(slot) = self.slot_mut(*other) {
                     slot.dropped = true;
                 }
@@ -1039,6 +1064,20 @@ pub fn decode_all<'a>(frames: impl IntoIterator<Item = &'a v1::Frame>) -> Vec<En
         }
     }
     out
+}
+
+/// The key a statement or portal name is remembered by: the name, or past
+/// `MAX_NAME_KEY` bytes its first bytes and a SHA-256 digest of it (a
+/// recorded client may use names of up to a message's size).
+fn name_key(name: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    if name.len() <= MAX_NAME_KEY {
+        return name.to_vec();
+    }
+    let mut key = name.get(..MAX_NAME_KEY / 2).unwrap_or(name).to_vec();
+    key.push(0);
+    key.extend_from_slice(&Sha256::digest(name));
+    key
 }
 
 #[cfg(test)]
@@ -1436,5 +1475,60 @@ mod tests {
     fn times_are_rfc3339_with_microseconds() {
         assert_eq!(format_micros(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
         assert_eq!(format_micros(0), "1970-01-01T00:00:00.000000Z");
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn cstr(text: &[u8]) -> Vec<u8> {
+        [text, b"\0"].concat()
+    }
+
+    #[test]
+    fn statements_and_portals_with_names_of_any_length_are_found_again() {
+        let (name, portal) = (vec![b'n'; 100_000], vec![b'p'; 100_000]);
+        let parse = msg(b'P', &[cstr(&name), cstr(b"SELECT $1::int AS x"), vec![0, 0]].concat());
+        let bind = [cstr(&portal), cstr(&name), vec![0, 0, 0, 1, 0, 0, 0, 2], b"42".to_vec(), vec![0, 0]].concat();
+        let client = [parse, msg(b'B', &bind), msg(b'E', &[cstr(&portal), vec![0, 0, 0, 0]].concat()), msg(b'S', b"")];
+        let server = [
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'D', &[vec![0, 1, 0, 0, 0, 2], b"42".to_vec()].concat()),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'Z', b"I"),
+        ];
+        let frames = [
+            frame(1, 10, Body::ClientBytes(Bytes::from(client.concat()))),
+            frame(2, 20, Body::ServerBytes(Bytes::from(server.concat()))),
+            end(3, 30),
+        ];
+        let entries = decode_all(&frames);
+        let statement = &entries[0];
+        assert_eq!(statement.statement.as_deref(), Some("SELECT $1::int AS x"));
+        assert_eq!(statement.parameters, Some(vec![Some("42".to_owned())]));
+        assert_eq!(statement.rows, Some(cells(&[&[Some("42")]])));
+        assert_eq!(statement.command_tag.as_deref(), Some("SELECT 1"));
+    }
+
+    #[test]
+    fn thousands_of_queries_in_one_read_each_come_out() {
+        let n = 3 * MAX_PENDING;
+        let client: Vec<u8> = (0..n).flat_map(|i| msg(b'Q', &cstr(format!("SELECT {i}").as_bytes()))).collect();
+        let server: Vec<u8> = (0..n).flat_map(|_| [msg(b'C', b"SELECT 0\0"), msg(b'Z', b"I")].concat()).collect();
+        let frames = [
+            frame(1, 10, Body::ClientBytes(Bytes::from(client))),
+            frame(2, 20, Body::ServerBytes(Bytes::from(server))),
+            end(3, 30),
+        ];
+        let entries = decode_all(&frames);
+        let shown = statements(&entries);
+        assert_eq!(shown.len(), n);
+        assert!(shown.iter().enumerate().all(|(i, s)| *s == Some(format!("SELECT {i}").as_str())));
+        // All from the one frame they were read in.
+        assert!(entries.iter().filter(|e| e.kind == Kind::Statement).all(|e| e.seq == 1));
     }
 }

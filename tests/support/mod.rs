@@ -98,11 +98,13 @@ pub fn drop_roles(url: &str, worker: &str, templates: &[String]) {
                     .await;
             }
         };
-        if rt.block_on(tokio::time::timeout(std::time::Duration::from_secs(30), cleanup)).is_err() {
+        if rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), cleanup).await }).is_err() {
             eprintln!("warning: cleaning up the test's roles took over 30 s; some may be left");
         }
     });
-    let _ = cleanup.join();
+    if cleanup.join().is_err() {
+        eprintln!("warning: cleaning up the test's roles failed; some may be left");
+    }
 }
 
 pub async fn admin_client(url: &str) -> tokio_postgres::Client {
