@@ -31,6 +31,52 @@ pub struct Config {
     pub identity: Identity,
     pub recorder: airlock_recorder::Config,
     pub recordings: Recordings,
+    pub console: Console,
+}
+
+/// The web console (`[console]`): the OIDC provider it signs in with, as a
+/// public client (authorization code with PKCE, no client secret). With no
+/// issuer set, the console signs in with a pasted token only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Console {
+    /// The provider's issuer URL (its tokens' `iss`; discovery is under it).
+    pub oidc_issuer: String,
+    /// The console's client id at the provider; the `aud` of its ID tokens.
+    pub oidc_client_id: String,
+    /// Scopes asked for, space-separated; must include `openid`.
+    pub oidc_scopes: String,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self { oidc_issuer: String::new(), oidc_client_id: String::new(), oidc_scopes: "openid profile email".into() }
+    }
+}
+
+impl Console {
+    /// The control plane's console options; fails on a client id without an
+    /// issuer (or the reverse) and on what [`ConsoleOptions::validate`] refuses.
+    ///
+    /// [`ConsoleOptions::validate`]: airlock_control_plane::web::ConsoleOptions::validate
+    pub fn options(&self) -> anyhow::Result<airlock_control_plane::web::ConsoleOptions> {
+        use airlock_control_plane::web::{ConsoleOidc, ConsoleOptions};
+        let (issuer, client_id) = (self.oidc_issuer.trim(), self.oidc_client_id.trim());
+        let options = match (issuer.is_empty(), client_id.is_empty()) {
+            (true, true) => ConsoleOptions { oidc: None },
+            (false, false) => ConsoleOptions {
+                oidc: Some(ConsoleOidc {
+                    issuer: issuer.to_owned(),
+                    client_id: client_id.to_owned(),
+                    scopes: self.oidc_scopes.split_ascii_whitespace().collect::<Vec<_>>().join(" "),
+                }),
+            },
+            (true, false) => anyhow::bail!("console.oidc_client_id is set but console.oidc_issuer is not"),
+            (false, true) => anyhow::bail!("console.oidc_issuer is set but console.oidc_client_id is not"),
+        };
+        options.validate().map_err(anyhow::Error::msg)?;
+        Ok(options)
+    }
 }
 
 /// Where the control plane reads session recordings for replay and
@@ -192,6 +238,7 @@ impl Default for Config {
             identity: Identity::default(),
             recorder: airlock_recorder::Config::default(),
             recordings: Recordings::default(),
+            console: Console::default(),
         }
     }
 }
@@ -227,7 +274,8 @@ impl Default for Worker {
     }
 }
 
-const SECTIONS: [&str; 8] = ["database", "secrets", "api", "bus", "worker", "identity", "recorder", "recordings"];
+const SECTIONS: [&str; 9] =
+    ["database", "secrets", "api", "bus", "worker", "identity", "recorder", "recordings", "console"];
 const TOP_LEVEL: [&str; 3] = ["data_dir", "public_url", "log_format"];
 
 impl Config {
@@ -379,6 +427,24 @@ mod tests {
             assert_eq!(config.recordings.public_key_file, Some(PathBuf::from("/etc/airlock/recorder.pub")));
             // The control plane reads recordings where the recorder writes them.
             assert_eq!(config.recordings_store().local_dir(), PathBuf::from("/var/lib/airlock/recorder/recordings"));
+            Ok(())
+        });
+    }
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_console_signs_in_with_a_pasted_token_unless_an_oidc_provider_is_set() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Config::load(None).unwrap().console.options().unwrap().oidc, None);
+            jail.set_env("AIRLOCK_CONSOLE__OIDC_ISSUER", "https://login.example.com/");
+            // Half a provider is a mistake, not token paste.
+            assert!(Config::load(None).unwrap().console.options().is_err());
+            jail.set_env("AIRLOCK_CONSOLE__OIDC_CLIENT_ID", "airlock-console");
+            let oidc = Config::load(None).unwrap().console.options().unwrap().oidc.unwrap();
+            assert_eq!(oidc.issuer, "https://login.example.com/");
+            assert_eq!(oidc.client_id, "airlock-console");
+            assert_eq!(oidc.scopes, "openid profile email");
+            jail.set_env("AIRLOCK_CONSOLE__OIDC_SCOPES", "profile email");
+            assert!(Config::load(None).unwrap().console.options().is_err(), "scopes without openid");
             Ok(())
         });
     }

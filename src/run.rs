@@ -112,6 +112,7 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
         reissue_admin_token: false,
         clock: airlock_core::clock::system(),
         recordings: Some(recordings(config)?),
+        console: config.console.options()?,
     })
 }
 

@@ -90,6 +90,7 @@ impl Deployment {
                 reissue_admin_token: false,
                 clock: airlock_core::clock::system(),
                 recordings: None,
+                console: Default::default(),
             },
             Arc::new(bus),
             cancel.clone(),

@@ -1,8 +1,10 @@
 //! The web console in headless Chromium against the real stack: an approver
 //! approves a held statement from the inbox (psql then shows it ran), and an
 //! auditor finds the psql session, reads its statements with the masked value
-//! masked, and sees its recording intact. `tests/web/e2e.mjs` drives the
-//! browser; this test starts everything around it and checks what psql saw.
+//! masked, and sees its recording intact; an approver signs in through the
+//! tenant's OIDC provider (a stand-in on loopback) and approves. `tests/web/e2e.mjs`
+//! drives the browser; these tests start everything around it and check what
+//! psql saw.
 //!
 //! Needs Debian's `chromium` and `playwright-core` in `tests/web/node_modules`:
 //! `scripts/test` installs both.
@@ -59,7 +61,7 @@ fn screenshots_dir() -> PathBuf {
 }
 
 /// One phase of `e2e.mjs`, off the runtime's thread (the stack runs on this runtime).
-async fn e2e(s: &Stack, phase: &str, shots: &Path, session: Option<SessionId>) -> Output {
+async fn e2e(s: &Stack, phase: &str, shots: &Path, env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new("node");
     cmd.arg("e2e.mjs")
         .arg(phase)
@@ -71,9 +73,7 @@ async fn e2e(s: &Stack, phase: &str, shots: &Path, session: Option<SessionId>) -
         .env("AIRLOCK_E2E_MASKED", EMAIL)
         .env("AIRLOCK_E2E_SCREENSHOTS", shots)
         .env("AIRLOCK_CHROMIUM", chromium());
-    if let Some(session) = session {
-        cmd.env("AIRLOCK_E2E_SESSION", session.to_string());
-    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -104,6 +104,50 @@ async fn the_session(s: &Stack) -> (TenantId, SessionId) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_approves_from_the_inbox_and_an_auditor_reads_the_session() {
+    let shots = fresh_screenshots(check_browser());
+
+    let s = Stack::start().await;
+    let waiting = hold_a_statement(&s).await;
+
+    // The approver, in the browser: the held statement in the inbox, approved.
+    e2e(&s, "inbox", &shots, &[]).await;
+    assert_psql_ran_it(waiting).await;
+    let reviews = s.get_as("/v1/reviews", &s.admin).await;
+    let review = &reviews.as_array().unwrap()[0];
+    assert_eq!(review["state"], "approved");
+    assert_eq!(review["decisions"][0]["by"], "api-key:admin");
+    assert_eq!(review["decisions"][0]["comment"], "checked in the console");
+    assert_screenshots(&shots, &["inbox", "inbox-approved", "config"]);
+
+    // The auditor: the session in the list, its statements, the masked value
+    // masked, the recording intact.
+    let (tenant, session) = the_session(&s).await;
+    eventually(Duration::from_secs(20), "the session's end to reach the log", || async {
+        let page = s.get_as("/v1/events?from_seq=0", &s.admin).await;
+        page["events"].as_array().unwrap().iter().any(|e| e["type"] == "session_closed")
+    })
+    .await;
+    eventually(Duration::from_secs(20), "the session's recording to be signed", || async {
+        matches!(s.recordings.manifest(tenant, session).await, Ok(Some(_)))
+    })
+    .await;
+    e2e(&s, "sessions", &shots, &[("AIRLOCK_E2E_SESSION", session.to_string())]).await;
+    assert_screenshots(&shots, &["sessions", "session"]);
+}
+
+/// `dir` without the screenshots of an earlier run (they must not count for
+/// this one); other tests' folders inside it are left alone.
+fn fresh_screenshots(dir: PathBuf) -> PathBuf {
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "png" || e == "jsonl") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    dir
+}
+
+/// The web tests' screenshots folder, once Chromium and playwright-core are found.
+fn check_browser() -> PathBuf {
     let chromium = chromium();
     assert!(chromium.is_file(), "Chromium is not installed at {}: {INSTALL}", chromium.display());
     assert!(
@@ -111,11 +155,13 @@ async fn an_approver_approves_from_the_inbox_and_an_auditor_reads_the_session() 
         "playwright-core is not installed in {}: {INSTALL}",
         web_dir().display()
     );
-    let shots = screenshots_dir();
-    // Screenshots of an earlier run must not count for this one.
-    let _ = std::fs::remove_dir_all(&shots);
+    screenshots_dir()
+}
 
-    let s = Stack::start().await;
+/// A contacts table with a masked email, the policy, and one psql session as
+/// [`SUBJECT`]: a masked read, [`HELD`] (held for review), and a read that
+/// only works once it ran. Returns psql's output, once it ends.
+async fn hold_a_statement(s: &Stack) -> tokio::task::JoinHandle<Output> {
     let admin = admin_client(s.db.url()).await;
     admin
         .batch_execute(&format!(
@@ -138,35 +184,73 @@ async fn an_approver_approves_from_the_inbox_and_an_auditor_reads_the_session() 
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-At"])
         .args(["-c", "SELECT id, email FROM contacts", "-c", HELD, "-c", "SELECT count(*) FROM notes"])
         .env("PGPASSWORD", &token);
-    let waiting = tokio::task::spawn_blocking(move || psql.output().unwrap());
+    tokio::task::spawn_blocking(move || psql.output().unwrap())
+}
 
-    // The approver, in the browser: the held statement in the inbox, approved.
-    e2e(&s, "inbox", &shots, None).await;
+/// psql ended once the held statement was approved, having run it.
+async fn assert_psql_ran_it(waiting: tokio::task::JoinHandle<Output>) {
     let out = tokio::time::timeout(Duration::from_secs(60), waiting).await.expect("psql ends once approved").unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, "1|[redacted]\nCREATE TABLE\n0\n", "{stderr}");
     assert!(stderr.contains("statement held for review"), "{stderr}");
+}
+
+/// The console's client id at the stand-in provider.
+const CLIENT_ID: &str = "airlock-console";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_signs_in_through_the_identity_provider_and_approves() {
+    use airlock_control_plane::web::{ConsoleOidc, ConsoleOptions};
+    use airlock_testkit::oidc::{OidcIssuer, TestUser};
+
+    let shots = fresh_screenshots(check_browser().join("sso"));
+    let idp = OidcIssuer::start().await.unwrap();
+    let s = Stack::start_with_console(ConsoleOptions {
+        oidc: Some(ConsoleOidc {
+            issuer: idp.url().to_owned(),
+            client_id: CLIENT_ID.into(),
+            scopes: "openid profile email".into(),
+        }),
+    })
+    .await;
+    // The provider knows the console as a public client that comes back to its own page.
+    idp.register_client(CLIENT_ID, &format!("{}/", s.api));
+    // The tenant trusts the provider's ID tokens for the console.
+    let (status, body) = s
+        .post_as(
+            "/v1/issuers",
+            &s.admin,
+            serde_json::json!({"name": "sso", "issuer_url": idp.url(), "audience": CLIENT_ID}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let waiting = hold_a_statement(&s).await;
+    let idp_env = [("AIRLOCK_E2E_IDP", idp.url().to_owned())];
+
+    // A forged state, then a changed code verifier: refused, not signed in.
+    idp.sign_in_as(Some(TestUser { subject: "mallory".into(), groups: vec!["dba".into()], email: String::new() }));
+    e2e(&s, "sso-refused", &shots, &idp_env).await;
+    // The user refuses at the provider.
+    idp.sign_in_as(None);
+    e2e(&s, "sso-denied", &shots, &idp_env).await;
+    let reviews = s.get_as("/v1/reviews", &s.admin).await;
+    assert_eq!(reviews[0]["state"], "pending", "nothing was decided while refused: {reviews}");
+
+    // Ana, a DBA at the provider, signs in and approves.
+    idp.sign_in_as(Some(TestUser {
+        subject: "ana".into(),
+        groups: vec!["dba".into()],
+        email: "ana@example.com".into(),
+    }));
+    e2e(&s, "sso", &shots, &idp_env).await;
+    assert_psql_ran_it(waiting).await;
     let reviews = s.get_as("/v1/reviews", &s.admin).await;
     let review = &reviews.as_array().unwrap()[0];
     assert_eq!(review["state"], "approved");
-    assert_eq!(review["decisions"][0]["by"], "api-key:admin");
-    assert_eq!(review["decisions"][0]["comment"], "checked in the console");
-    assert_screenshots(&shots, &["inbox", "inbox-approved", "config"]);
-
-    // The auditor: the session in the list, its statements, the masked value
-    // masked, the recording intact.
-    let (tenant, session) = the_session(&s).await;
-    eventually(Duration::from_secs(20), "the session's end to reach the log", || async {
-        let page = s.get_as("/v1/events?from_seq=0", &s.admin).await;
-        page["events"].as_array().unwrap().iter().any(|e| e["type"] == "session_closed")
-    })
-    .await;
-    eventually(Duration::from_secs(20), "the session's recording to be signed", || async {
-        matches!(s.recordings.manifest(tenant, session).await, Ok(Some(_)))
-    })
-    .await;
-    e2e(&s, "sessions", &shots, Some(session)).await;
-    assert_screenshots(&shots, &["sessions", "session"]);
+    assert_eq!(review["decisions"][0]["by"], "ana", "{review}");
+    assert_eq!(review["decisions"][0]["comment"], "approved after single sign-on");
+    assert_eq!(idp.outstanding_codes(), 1, "the forged answer's code is never traded; every other one is");
+    assert_screenshots(&shots, &["login-sso", "login-sso-state-mismatch", "sso-inbox", "sso-inbox-approved"]);
 }

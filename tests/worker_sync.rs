@@ -77,6 +77,7 @@ async fn cluster(bus: Arc<dyn Bus>) -> Cluster {
         reissue_admin_token: false,
         clock: airlock_core::clock::system(),
         recordings: None,
+        console: Default::default(),
     };
     let running = airlock_control_plane::server::start(options, bus.clone(), cancel.clone(), &tracker).await.unwrap();
     let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();

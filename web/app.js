@@ -7,6 +7,7 @@ import { clearToken, token } from "./auth.js";
 import * as config from "./config.js";
 import * as inbox from "./inbox.js";
 import * as login from "./login.js";
+import { completeOidcLogin } from "./oidc.js";
 import * as session from "./session.js";
 import * as sessions from "./sessions.js";
 
@@ -116,5 +117,21 @@ window.addEventListener(SIGNED_OUT, (e) => {
   go("#/login");
 });
 
-window.addEventListener("hashchange", route);
-route();
+// Back from the identity provider (`/?code=...&state=...`): finish signing in
+// before the first route, so it opens signed in (or on the login page with
+// what failed). The address is replaced, not assigned: no hashchange, so the
+// first route runs once.
+async function start() {
+  try {
+    const next = await completeOidcLogin();
+    if (next) history.replaceState(null, "", next);
+  } catch (err) {
+    clearToken();
+    sessionStorage.setItem("airlock.login-message", err.message);
+    history.replaceState(null, "", "#/login");
+  }
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+start();

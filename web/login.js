@@ -1,9 +1,10 @@
-// Signing in: paste a token. (Single sign-on through the tenant's identity
-// provider will sit beside this form; see auth.js.)
+// Signing in: through the OIDC provider the control plane names, when it names
+// one (oidc.js), or by pasting a token.
 
 import { ApiError, api } from "./api.js";
 import { clearToken, setToken } from "./auth.js";
 import { h } from "./dom.js";
+import { beginOidcLogin, providerConfig } from "./oidc.js";
 
 export async function render(main, { go, query }) {
   document.title = "Sign in · Airlock";
@@ -20,10 +21,13 @@ export async function render(main, { go, query }) {
     "aria-describedby": "token-help login-error",
   });
   const submit = h("button", { type: "submit" }, "Sign in");
+  // Filled once the console's configuration names a provider.
+  const sso = h("div", { class: "sso", hidden: true });
   const form = h(
     "form",
     { class: "card login", onsubmit: (e) => signIn(e) },
     h("h1", {}, "Sign in"),
+    sso,
     h("label", { for: "token" }, "Access token"),
     input,
     h(
@@ -38,6 +42,30 @@ export async function render(main, { go, query }) {
   );
   main.append(form);
   input.focus();
+  offerSingleSignOn().catch((err) => {
+    error.textContent = `Single sign-on is unavailable: ${err.message}`;
+  });
+
+  async function offerSingleSignOn() {
+    const oidc = await providerConfig();
+    if (!oidc) return;
+    const host = new URL(oidc.issuer).host;
+    const button = h("button", { type: "button", class: "sso-button", onclick: () => go() }, `Sign in with ${host}`);
+    sso.append(button, h("p", { class: "muted or" }, "or paste a token"));
+    sso.hidden = false;
+    button.focus();
+
+    async function go() {
+      button.disabled = true;
+      error.textContent = "";
+      try {
+        await beginOidcLogin(oidc, query.get("next"));
+      } catch (err) {
+        error.textContent = err.message;
+        button.disabled = false;
+      }
+    }
+  }
 
   async function signIn(e) {
     e.preventDefault();

@@ -13,4 +13,4 @@ pub mod server;
 pub mod service;
 pub mod session_index;
 pub mod store;
-mod web;
+pub mod web;

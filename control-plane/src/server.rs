@@ -39,6 +39,8 @@ pub struct Options {
     pub clock: Arc<dyn airlock_core::clock::Clock>,
     /// Where session recordings are read for replay and verification.
     pub recordings: Option<crate::service::Recordings>,
+    /// The web console's settings (its OIDC sign-in).
+    pub console: crate::web::ConsoleOptions,
 }
 
 impl std::fmt::Debug for Options {
@@ -64,6 +66,7 @@ pub async fn start(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Running> {
+    options.console.validate().map_err(anyhow::Error::msg)?;
     let store = Store::open(&options.database_url, options.master_key)
         .await
         .with_context(|| format!("opening the event log at {}", redact_url(&options.database_url)))?;
@@ -111,7 +114,7 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the REST API to {}", options.api_addr))?;
     let api_addr = api_listener.local_addr()?;
-    let app = crate::rest::router(cp.clone());
+    let app = crate::rest::router(cp.clone(), &options.console).map_err(anyhow::Error::msg)?;
     let api_cancel = cancel.clone();
     tracker.spawn(async move {
         let served = axum::serve(api_listener, app).with_graceful_shutdown(api_cancel.cancelled_owned()).await;

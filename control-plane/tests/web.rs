@@ -93,11 +93,57 @@ async fn the_console_is_served_with_its_types_and_a_strict_content_security_poli
             pending.extend(imports(&file.body));
         }
     }
-    for module in ["/app.js", "/inbox.js", "/sessions.js", "/session.js", "/login.js", "/config.js"] {
+    for module in ["/app.js", "/inbox.js", "/sessions.js", "/session.js", "/login.js", "/oidc.js", "/config.js"] {
         assert!(seen.contains(module), "{module} is not loaded: {seen:?}");
     }
 
     // Nothing else is served from the console's place.
     let missing = fetch(&h, "/nope.js").await;
     assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn the_console_config_names_no_provider_by_default() {
+    let h = Harness::start(Backend::Sqlite).await;
+    let config = fetch(&h, "/console/config.json").await;
+    assert_eq!(config.status, 200);
+    assert_eq!(config.content_type, "application/json");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&config.body).unwrap(), serde_json::json!({"oidc": null}));
+    assert_eq!(config.csp, CSP);
+}
+
+#[tokio::test]
+async fn the_console_config_names_its_oidc_provider_unauthenticated_and_the_policy_allows_it() {
+    use airlock_control_plane::web::{ConsoleOidc, ConsoleOptions};
+    let console = ConsoleOptions {
+        oidc: Some(ConsoleOidc {
+            issuer: "https://login.example.com/tenant-1/v2.0".into(),
+            client_id: "airlock-console".into(),
+            scopes: "openid profile email groups".into(),
+        }),
+    };
+    let h = Harness::start_console(
+        Backend::Sqlite,
+        std::sync::Arc::new(airlock_proto::bus::MemoryBus::new()),
+        airlock_core::clock::system(),
+        console,
+    )
+    .await;
+    // No bearer token: the login page reads it before anyone signs in.
+    let config = fetch(&h, "/console/config.json").await;
+    assert_eq!(config.status, 200);
+    assert_eq!(config.content_type, "application/json");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&config.body).unwrap(),
+        serde_json::json!({"oidc": {
+            "issuer": "https://login.example.com/tenant-1/v2.0",
+            "client_id": "airlock-console",
+            "scopes": "openid profile email groups",
+        }})
+    );
+    // The provider's origin may be fetched (discovery, the token endpoint), nothing else changes.
+    let expected = CSP.replace("connect-src 'self';", "connect-src 'self' https://login.example.com;");
+    for path in ["/", "/app.js", "/login.js", "/console/config.json"] {
+        assert_eq!(fetch(&h, path).await.csp, expected, "{path}");
+    }
 }

@@ -157,6 +157,19 @@ impl Stack {
         hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>,
         recording: Recording,
     ) -> Stack {
+        Self::start_full(hook, recording, Default::default()).await
+    }
+
+    /// With the web console's settings (its OIDC sign-in).
+    pub async fn start_with_console(console: airlock_control_plane::web::ConsoleOptions) -> Stack {
+        Self::start_full(None, Recording::Recorder, console).await
+    }
+
+    pub async fn start_full(
+        hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>,
+        recording: Recording,
+        console: airlock_control_plane::web::ConsoleOptions,
+    ) -> Stack {
         let db = TestDb::create().await.unwrap();
         let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
         let admin = admin_client(db.url()).await;
@@ -244,6 +257,7 @@ impl Stack {
                     store: recordings.clone(),
                     trusted_key: recorder.as_ref().map(|r| r.public_key),
                 }),
+                console,
             },
             bus.clone(),
             cancel.clone(),

@@ -5,6 +5,11 @@
 //   node e2e.mjs inbox      sign in, find the held statement in the inbox, approve it
 //   node e2e.mjs sessions   find the psql session, open it, check its statements,
 //                           the masked value and the integrity badge, download its timeline
+//   node e2e.mjs sso-refused   single sign-on through the stand-in identity provider, with
+//                              the state tampered with, then the code verifier: an error each
+//                              time, and not signed in
+//   node e2e.mjs sso-denied    the user refuses at the provider: its error shown, not signed in
+//   node e2e.mjs sso           sign in with the provider, find the held statement, approve it
 //
 // Environment:
 //   AIRLOCK_URL              the control plane's REST address (http://127.0.0.1:PORT)
@@ -13,6 +18,7 @@
 //   AIRLOCK_E2E_SUBJECT      the principal that ran the psql session
 //   AIRLOCK_E2E_MASKED       a value the masking hides: it must not appear anywhere
 //   AIRLOCK_E2E_SESSION      the psql session's id (sessions phase)
+//   AIRLOCK_E2E_IDP          the identity provider's issuer URL (sso phases)
 //   AIRLOCK_E2E_SCREENSHOTS  where screenshots go (one PNG per page checked)
 //   AIRLOCK_CHROMIUM         the browser (default /usr/bin/chromium, Debian's package)
 //
@@ -36,7 +42,6 @@ const env = (name, fallback) => {
   return v;
 };
 const BASE = env("AIRLOCK_URL").replace(/\/$/, "");
-const TOKEN = env("AIRLOCK_TOKEN");
 const SHOTS = env("AIRLOCK_E2E_SCREENSHOTS");
 const CHROMIUM = env("AIRLOCK_CHROMIUM", "/usr/bin/chromium");
 // Long enough for a loaded machine; every wait ends as soon as its element shows.
@@ -45,7 +50,7 @@ const TIMEOUT_MS = 30_000;
 mkdirSync(SHOTS, { recursive: true });
 
 const phase = process.argv[2];
-const phases = { inbox, sessions };
+const phases = { inbox, sessions, "sso-refused": ssoRefused, "sso-denied": ssoDenied, sso };
 if (!phases[phase]) {
   console.error(`usage: node e2e.mjs ${Object.keys(phases).join("|")}`);
   process.exit(2);
@@ -53,6 +58,8 @@ if (!phases[phase]) {
 
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
 const problems = [];
+// What the page logged and where it went, printed when a check fails.
+const consoleLog = [];
 const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
 context.setDefaultTimeout(TIMEOUT_MS);
 const page = await context.newPage();
@@ -60,7 +67,11 @@ try {
   // A CSP violation or an uncaught error fails the run: the page must work
   // under its own Content-Security-Policy.
   page.on("pageerror", (e) => problems.push(`uncaught error: ${e.message}`));
+  page.on("framenavigated", (f) => {
+    if (f === page.mainFrame()) consoleLog.push(`navigated to ${f.url()}`);
+  });
   page.on("console", (m) => {
+    consoleLog.push(`${m.type()}: ${m.text()}`);
     if (m.type() === "error" && /Content Security Policy|Refused to/i.test(m.text())) {
       problems.push(`console: ${m.text()}`);
     }
@@ -71,6 +82,7 @@ try {
 } catch (err) {
   console.error(`e2e ${phase}: FAILED: ${err.stack ?? err}`);
   for (const p of problems) console.error(`  ${p}`);
+  for (const line of consoleLog) console.error(`  page: ${line}`);
   // What the page showed: its address and the error banner, if any.
   console.error(`  at ${page.url()}`);
   const banner = await page.locator("#banner").textContent({ timeout: 1000 }).catch(() => "");
@@ -88,15 +100,27 @@ async function shot(page, name) {
 async function signIn(page) {
   await page.goto(`${BASE}/`);
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
-  await page.getByLabel("Access token").fill(TOKEN);
-  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByLabel("Access token").fill(env("AIRLOCK_TOKEN"));
+  await page.getByRole("button", { name: "Sign in", exact: true }).click();
   await page.getByRole("heading", { name: "Inbox" }).waitFor();
 }
 
 async function inbox(page) {
+  await signIn(page);
+  await approveHeld(page, "checked in the console");
+
+  // The configuration page still shows the connection the session used.
+  await page.getByRole("link", { name: "Configuration" }).click();
+  await page.getByRole("heading", { name: "Connections" }).waitFor();
+  await page.locator("table").first().getByRole("cell", { name: "pg", exact: true }).waitFor();
+  await page.locator("pre", { hasText: "ddl-needs-approval" }).waitFor();
+  await shot(page, "config");
+}
+
+/** The held statement's card in the inbox, checked and approved with `comment`. */
+async function approveHeld(page, comment, shots = "inbox") {
   const statement = env("AIRLOCK_E2E_STATEMENT");
   const subject = env("AIRLOCK_E2E_SUBJECT");
-  await signIn(page);
 
   // The held statement's card: what is held, by whom, on which connection, under which rule.
   const card = page.locator("article.review").filter({ has: page.locator("pre", { hasText: statement }) });
@@ -109,20 +133,86 @@ async function inbox(page) {
   assert.equal(facts.Rule, "ddl-needs-approval");
   assert.match(facts["Requested at"], /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
   assert.equal(facts.Approvals, "0 of 1");
-  await shot(page, "inbox");
+  await shot(page, shots);
 
-  await card.getByLabel("Comment (optional)").fill("checked in the console");
+  await card.getByLabel("Comment (optional)").fill(comment);
   await card.getByRole("button", { name: "Approve" }).click();
   await page.getByRole("status").filter({ hasText: "Approved the held statement" }).waitFor();
   await card.waitFor({ state: "detached" });
-  await shot(page, "inbox-approved");
+  await shot(page, `${shots}-approved`);
+}
 
-  // The configuration page still shows the connection the session used.
-  await page.getByRole("link", { name: "Configuration" }).click();
-  await page.getByRole("heading", { name: "Connections" }).waitFor();
-  await page.locator("table").first().getByRole("cell", { name: "pg", exact: true }).waitFor();
-  await page.locator("pre", { hasText: "ddl-needs-approval" }).waitFor();
-  await shot(page, "config");
+/** The login page, with its single sign-on button (named after the provider's host). */
+async function ssoButton(page) {
+  const host = new URL(env("AIRLOCK_E2E_IDP")).host;
+  await page.goto(`${BASE}/`);
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  const button = page.getByRole("button", { name: `Sign in with ${host}` });
+  await button.waitFor();
+  return button;
+}
+
+/** After a failed single sign-on: the login page with `message`, no token, no query left. */
+async function notSignedIn(page, message) {
+  await page.locator("#login-error").filter({ hasText: message }).waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("airlock.token")), null);
+  assert.equal(new URL(page.url()).search, "", "the provider's answer is taken off the address");
+  assert.ok(await page.locator("#nav").isHidden(), "the navigation shows only when signed in");
+}
+
+async function ssoRefused(page) {
+  const idp = new URL(env("AIRLOCK_E2E_IDP"));
+  const at = (path) => (url) => url.origin === idp.origin && url.pathname === path;
+  const [authorizeUrl, tokenUrl] = [at("/authorize"), at("/token")];
+  await ssoButton(page);
+  await shot(page, "login-sso");
+
+  // The state the browser carries to the provider is changed on the way
+  // (an answer forged for another sign-in): the provider sends it back
+  // changed, and the console refuses the answer without trading the code.
+  let tokenCalls = 0;
+  await page.route(tokenUrl, (route) => {
+    tokenCalls += 1;
+    return route.continue();
+  });
+  await page.route(authorizeUrl, (route) => {
+    const url = new URL(route.request().url());
+    url.searchParams.set("state", "forged-state");
+    return route.continue({ url: url.href });
+  });
+  await (await ssoButton(page)).click();
+  await notSignedIn(page, "state mismatch");
+  assert.equal(tokenCalls, 0, "no code is traded for a forged answer");
+  await shot(page, "login-sso-state-mismatch");
+  await page.unroute(authorizeUrl);
+
+  // The code verifier is changed on its way to the token endpoint: the
+  // provider refuses the code.
+  await page.unroute(tokenUrl);
+  await page.route(tokenUrl, (route) => {
+    tokenCalls += 1;
+    const form = new URLSearchParams(route.request().postData() ?? "");
+    form.set("code_verifier", "x".repeat(64));
+    return route.continue({ postData: form.toString() });
+  });
+  await (await ssoButton(page)).click();
+  await notSignedIn(page, "invalid_grant");
+  assert.equal(tokenCalls, 1);
+}
+
+async function ssoDenied(page) {
+  await (await ssoButton(page)).click();
+  await notSignedIn(page, "refused the sign-in: access_denied");
+}
+
+async function sso(page) {
+  await (await ssoButton(page)).click();
+  await page.getByRole("heading", { name: "Inbox" }).waitFor();
+  assert.equal(new URL(page.url()).search, "", "the code is taken off the address");
+  const token = await page.evaluate(() => sessionStorage.getItem("airlock.token"));
+  assert.equal(token?.split(".").length, 3, "the ID token is the bearer token");
+  await page.locator("#nav").waitFor();
+  await approveHeld(page, "approved after single sign-on", "sso-inbox");
 }
 
 async function sessions(page) {

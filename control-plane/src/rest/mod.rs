@@ -30,8 +30,9 @@ pub use extract::{Authenticated, bearer};
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-pub fn router(cp: Arc<ControlPlane>) -> Router {
-    Router::new()
+/// Fails when the console's settings are not valid.
+pub fn router(cp: Arc<ControlPlane>, console: &crate::web::ConsoleOptions) -> Result<Router, String> {
+    Ok(Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -71,9 +72,9 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/sessions/{id}/timeline", get(sessions::timeline))
         .route("/v1/sessions/{id}/timeline.jsonl", get(sessions::timeline_jsonl))
         .route("/v1/sessions/{id}/verify", get(sessions::verify))
-        .merge(crate::web::router())
+        .merge(crate::web::router(console)?)
         .fallback(|| async { crate::error::ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(cp)
+        .with_state(cp))
 }

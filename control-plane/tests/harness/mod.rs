@@ -60,6 +60,16 @@ impl Harness {
         bus: Arc<dyn Bus>,
         clock: Arc<dyn airlock_core::clock::Clock>,
     ) -> Harness {
+        Self::start_console(backend, bus, clock, Default::default()).await
+    }
+
+    /// With the web console's settings.
+    pub async fn start_console(
+        backend: Backend,
+        bus: Arc<dyn Bus>,
+        clock: Arc<dyn airlock_core::clock::Clock>,
+        console: airlock_control_plane::web::ConsoleOptions,
+    ) -> Harness {
         let dir = std::env::temp_dir().join(format!("airlock-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let (database_url, db) = match backend {
@@ -93,6 +103,7 @@ impl Harness {
                 .unwrap(),
                 trusted_key: None,
             }),
+            console,
         };
         let cancel = CancellationToken::new();
         let running = start(options, bus.clone(), cancel.clone(), &TaskTracker::new()).await.unwrap();

@@ -296,6 +296,7 @@ impl Deployment {
             reissue_admin_token: false,
             clock: airlock_core::clock::system(),
             recordings: None,
+            console: Default::default(),
         };
         let running = server::start(options, control_plane_bus, self.cancel.clone(), &self.tracker).await?;
         self.base = public_url;
