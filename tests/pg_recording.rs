@@ -32,15 +32,15 @@ async fn psql(s: &Stack, user: &str, token: &str, args: &[&str]) -> std::process
 }
 
 /// Every frame of a session, once the recorder has signed its manifest.
-async fn frames(s: &Stack, tenant: TenantId, session: SessionId) -> Vec<v1::Frame> {
+async fn frames(recordings: &airlock_recorder::Recordings, tenant: TenantId, session: SessionId) -> Vec<v1::Frame> {
     eventually(Duration::from_secs(20), "the session's recording to be signed", || async {
-        matches!(s.recordings.manifest(tenant, session).await, Ok(Some(_)))
+        matches!(recordings.manifest(tenant, session).await, Ok(Some(_)))
     })
     .await;
     let mut frames = Vec::new();
     let mut from = 1;
     loop {
-        let page = s.recordings.read_frames(tenant, session, from, 1000).await.unwrap();
+        let page = recordings.read_frames(tenant, session, from, 1000).await.unwrap();
         frames.extend(page.frames);
         if !page.more {
             return frames;
@@ -103,7 +103,7 @@ async fn a_psql_session_is_recorded_with_its_statements_masked_rows_and_decision
     let (tenant, opened) = s.opened_sessions().await;
     assert_eq!(opened.len(), 1);
     let session = opened[0];
-    let frames = frames(&s, tenant, session).await;
+    let frames = frames(&s.recordings, tenant, session).await;
 
     // Signed by the recorder, every chunk in the chain.
     let recorder = s.recorder.as_ref().unwrap();
@@ -202,7 +202,7 @@ async fn in_strict_mode_a_statement_runs_only_once_the_recorder_stored_it() {
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "INSERT 0 1\nIda\n", "{}", String::from_utf8_lossy(&out.stderr));
     let (tenant, opened) = s.opened_sessions().await;
-    let frames = frames(&s, tenant, opened[0]).await;
+    let frames = frames(&s.recordings, tenant, opened[0]).await;
     let (client, server) = streams(&frames);
     assert!(contains(&client, b"INSERT INTO people VALUES (3, 'Ida')"));
     assert!(contains(&server, b"Ida"));
@@ -250,20 +250,7 @@ async fn a_recorder_killed_mid_session_loses_nothing_once_it_is_back() {
     let session = opened[0];
     let config = airlock_recorder::Config { data_dir: Some(dir.0.join("recorder")), ..Default::default() };
     let recordings = airlock_recorder::Recordings::open(&config).unwrap();
-    eventually(Duration::from_secs(20), "the session's recording to be signed", || async {
-        matches!(recordings.manifest(tenant, session).await, Ok(Some(_)))
-    })
-    .await;
-    let mut frames = Vec::new();
-    let mut from = 1;
-    loop {
-        let page = recordings.read_frames(tenant, session, from, 1000).await.unwrap();
-        frames.extend(page.frames);
-        from = page.next_seq;
-        if !page.more {
-            break;
-        }
-    }
+    let frames = frames(&recordings, tenant, session).await;
     let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "every frame, in order");
     let (client_bytes, _) = streams(&frames);
