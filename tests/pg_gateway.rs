@@ -366,3 +366,38 @@ async fn a_moved_clock_expires_the_grant_and_ends_the_session() {
     let e = s.connect("pg.readonly", &token).await.unwrap_err();
     assert!(e.as_db_error().unwrap().message().contains("has expired"), "{e}");
 }
+
+#[tokio::test]
+async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_back() {
+    let s = Stack::start().await;
+    let proxy = airlock_testkit::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await.unwrap();
+    let (database, _) = s.target();
+    let connection = json!({
+        "name": "flaky", "kind": "postgres", "address": proxy.addr().to_string(), "database": database,
+        "tls": "disable", "admin_credential": {"user": "postgres", "password": ""},
+        "roles": {"readonly": s.template},
+    });
+    let (status, body) = s.post("/v1/connections", connection).await;
+    assert_eq!(status, 201, "{body}");
+    let token = s.token("ci-job-9").await;
+    let grant = json!({"subject": "ci-job-9", "connection": "flaky", "role": "readonly", "ttl_seconds": 900});
+    let (status, body) = s.post("/v1/grants", grant).await;
+    assert_eq!(status, 201, "{body}");
+    s.settle().await;
+    let client = s.connect("flaky.readonly", &token).await.unwrap();
+    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    assert_eq!(s.session_roles().await, vec![role.clone()]);
+
+    // The target goes away mid-session: the session ends, and its role cannot be dropped then.
+    proxy.cut();
+    assert!(client.simple_query("SELECT 1").await.is_err());
+    eventually(Duration::from_secs(10), "the client to see its session end", || async { client.is_closed() }).await;
+    assert_eq!(s.session_roles().await, vec![role.clone()], "the role went while the target was away");
+
+    // Back: the gateway tries again and the role goes.
+    proxy.restore();
+    eventually(Duration::from_secs(20), "the session role to be dropped once the target is back", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
+}

@@ -1,5 +1,6 @@
 //! `kill -9` of `airlock up` with a live gateway session leaves its session role
-//! on the target; the restarted worker (same id) sweeps it on start.
+//! on the target; the restarted worker (same id) sweeps it on start, and closes
+//! the session in the log from what its recording spool held.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
@@ -68,6 +69,28 @@ async fn worker_caught_up(api: &str, admin_token: &str, health: SocketAddr) {
         health["applied"].as_object().is_some_and(|a| a.values().any(|s| s.as_u64() >= Some(head)))
     })
     .await;
+}
+
+/// The session that ran as `role`, once the log has its end.
+async fn session_of(api: &str, admin_token: &str, role: &str) -> Value {
+    let found = std::sync::Mutex::new(Value::Null);
+    eventually(Duration::from_secs(20), &format!("the session of {role} to be closed in the log"), || async {
+        let Ok(r) = reqwest::Client::new().get(format!("{api}/v1/sessions")).bearer_auth(admin_token).send().await
+        else {
+            return false;
+        };
+        let page: Value = r.json().await.unwrap_or_default();
+        let session = page["sessions"].as_array().and_then(|all| all.iter().find(|s| s["target_role"] == role));
+        match session {
+            Some(s) if !s["closed_at"].is_null() => {
+                *found.lock().unwrap() = s.clone();
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    found.into_inner().unwrap()
 }
 
 async fn connect(pg: SocketAddr, db: &str, token: &str) -> tokio_postgres::Client {
@@ -172,6 +195,12 @@ async fn after_kill_9_and_a_restart_no_session_role_of_the_worker_is_left() {
     })
     .await;
     assert!(!role_exists(&admin, &role).await);
+
+    // The killed session is closed in the log by the restart, from what its recording spool held.
+    let killed = session_of(&url, &admin_token, &role).await;
+    assert_eq!(killed["close_reason"], "worker restarted", "{killed}");
+    assert_eq!(killed["outcome"], "terminated", "{killed}");
+    assert!(killed["bytes_from_client"].as_u64() > Some(0), "{killed}");
 
     // And a fresh session works, with a role of its own that goes when it ends.
     worker_caught_up(&url, &admin_token, health).await;

@@ -296,3 +296,148 @@ async fn access_is_requested_approved_and_denied_from_the_cli() {
     let listed = stdout(&out);
     assert_eq!(listed.lines().filter(|l| l.contains("active")).count(), 2, "{listed}");
 }
+
+/// The data path does not need the control plane: with it killed, a gateway
+/// process keeps serving sessions, opens new ones, and the log gets every
+/// session's open and close once the control plane is back.
+#[tokio::test]
+async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back() {
+    let dir = TempDir::new();
+    let target = airlock_testkit::pg::TestDb::create().await.unwrap();
+    let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
+    let worker_id = format!("cp-down-{}", uuid::Uuid::new_v4().simple());
+    let _roles = DropRoles(target.url().to_owned(), worker_id.clone(), template.clone());
+    let admin = support::admin_client(target.url()).await;
+    admin.batch_execute(&format!("CREATE ROLE {template} NOLOGIN")).await.unwrap();
+    let prefix = airlock_testkit::nats::unique_prefix();
+    let _stream = airlock_testkit::nats::StreamCleanup(format!("{}_EVENTS", prefix.to_uppercase()));
+    let common = vec![
+        ("AIRLOCK_BUS__NATS_URL", airlock_testkit::nats::nats_url()),
+        ("AIRLOCK_BUS__PREFIX", prefix.clone()),
+        ("AIRLOCK_WORKER__TOKEN", "cluster-secret".to_owned()),
+    ];
+    let (api, grpc) = (free_addr(), free_addr());
+    // The gateway checks Airlock's own tokens as issued by the control plane's public URL.
+    let common: Vec<(&str, String)> =
+        common.into_iter().chain([("AIRLOCK_PUBLIC_URL", format!("http://{api}"))]).collect();
+    let mut cp_env = common.clone();
+    cp_env.push(("AIRLOCK_DATABASE__URL", format!("sqlite://{}", dir.0.join("airlock.db").display())));
+    cp_env.push(("AIRLOCK_SECRETS__MASTER_KEY", base64::engine::general_purpose::STANDARD.encode([5u8; 32])));
+    cp_env.push(("AIRLOCK_DATA_DIR", dir.0.join("cp").display().to_string()));
+    let cp_args = ["control-plane", "--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string()];
+    let mut cp = Proc::spawn("control-plane", &dir.0, &cp_args, &cp_env);
+    let url = format!("http://{api}");
+    wait_ready(&format!("{url}/readyz")).await;
+    let (health, pg) = (free_addr(), free_addr());
+    let mut gw_env = common.clone();
+    gw_env.push(("AIRLOCK_DATA_DIR", dir.0.join("gateway").display().to_string()));
+    gw_env.push(("AIRLOCK_WORKER__ID", worker_id.clone()));
+    gw_env.push(("AIRLOCK_WORKER__RECORDING__ENABLED", "false".to_owned()));
+    let gw_args = [
+        "gateway",
+        "--control-plane-url",
+        &format!("http://{grpc}"),
+        "--admin-addr",
+        &health.to_string(),
+        "--pg-addr",
+        &pg.to_string(),
+    ];
+    let _gateway = Proc::spawn("gateway", &dir.0, &gw_args, &gw_env);
+    wait_ready(&format!("http://{health}/readyz")).await;
+
+    let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let request = http.post(format!("{url}{path}")).bearer_auth(&admin_token).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    post(
+        "/v1/connections",
+        serde_json::json!({
+            "name": "pg", "kind": "postgres", "address": "127.0.0.1:5432", "database": target.name(),
+            "tls": "disable", "admin_credential": {"user": "postgres", "password": ""},
+            "roles": {"readonly": template},
+        }),
+    )
+    .await;
+    let token =
+        post("/v1/tokens", serde_json::json!({"subject": "steady"})).await["token"].as_str().unwrap().to_owned();
+    post(
+        "/v1/grants",
+        serde_json::json!({"subject": "steady", "connection": "pg", "role": "readonly", "ttl_seconds": 900}),
+    )
+    .await;
+    let connect = || async {
+        let url = format!(
+            "host=127.0.0.1 port={} user=pg.readonly password={token} dbname={} sslmode=disable",
+            pg.port(),
+            target.name()
+        );
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let role: String = client.query_one("SELECT current_user", &[]).await?.get(0);
+        Ok::<_, tokio_postgres::Error>((client, role))
+    };
+    let first = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(20), "the gateway to admit the grant", || async {
+        let session = connect().await.ok();
+        let admitted = session.is_some();
+        *first.lock().unwrap() = session;
+        admitted
+    })
+    .await;
+    let (before, before_role) = first.into_inner().unwrap().unwrap();
+
+    // The control plane is killed: a live session goes on, ends, and a new one opens and ends.
+    cp.kill();
+    before.simple_query("SELECT 1").await.unwrap();
+    drop(before);
+    let (during, during_role) = connect().await.expect("a session while the control plane is down");
+    during.simple_query("SELECT 2").await.unwrap();
+    drop(during);
+
+    // Back on the same database: the log gets both sessions, each opened and closed once.
+    let _cp = Proc::spawn("control-plane-again", &dir.0, &cp_args, &cp_env);
+    wait_ready(&format!("{url}/readyz")).await;
+    let sessions = || async {
+        let Ok(r) = http.get(format!("{url}/v1/sessions")).bearer_auth(&admin_token).send().await else {
+            return Vec::new();
+        };
+        let page: Value = r.json().await.unwrap_or_default();
+        page["sessions"].as_array().cloned().unwrap_or_default()
+    };
+    eventually(Duration::from_secs(30), "both sessions to be closed in the log", || async {
+        let all = sessions().await;
+        [&before_role, &during_role]
+            .iter()
+            .all(|role| all.iter().any(|s| s["target_role"] == role.as_str() && s["outcome"] == "completed"))
+    })
+    .await;
+    let page: Value = http
+        .get(format!("{url}/v1/events?from_seq=1&limit=1000"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "session_opened").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "session_closed").count(), 2, "{kinds:?}");
+}
+
+/// Drops the template role and any session role of the worker a failed run left.
+struct DropRoles(String, String, String);
+
+impl Drop for DropRoles {
+    fn drop(&mut self) {
+        support::drop_roles(&self.0, &self.1, std::slice::from_ref(&self.2));
+    }
+}

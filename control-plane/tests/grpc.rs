@@ -116,20 +116,46 @@ async fn workers_read_credentials_and_record_sessions_with_the_worker_token() {
         worker_id: "w1".into(),
         target_role: "airlock_x".into(),
     };
-    let reply = worker
-        .record_session(authed(
-            "worker-secret",
-            v1::RecordSessionRequest {
-                tenant_id: request.tenant_id.clone(),
-                kind: Some(v1::record_session_request::Kind::Opened(opened)),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let record = |kind: v1::record_session_request::Kind| {
+        let mut worker = worker.clone();
+        let tenant_id = request.tenant_id.clone();
+        async move {
+            worker
+                .record_session(authed("worker-secret", v1::RecordSessionRequest { tenant_id, kind: Some(kind) }))
+                .await
+        }
+    };
+    let session_id = opened.session_id.clone();
+    let reply = record(v1::record_session_request::Kind::Opened(opened.clone())).await.unwrap().into_inner();
     let (_, events) = h.get(&format!("/v1/events?from_seq={}", reply.seq), &h.admin_token).await;
     assert_eq!(events["events"][0]["type"], "session_opened");
     assert_eq!(events["events"][0]["data"]["session"]["client_addr"], "127.0.0.1:1");
+
+    // A worker that lost the answer sends again: the log has it once, and says so.
+    let again = record(v1::record_session_request::Kind::Opened(opened)).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    let closed = v1::SessionClosed {
+        session_id,
+        duration_ms: 5,
+        bytes_from_client: 10,
+        bytes_to_client: 20,
+        reason: "client closed the session".into(),
+    };
+    let closed_at = record(v1::record_session_request::Kind::Closed(closed.clone())).await.unwrap().into_inner().seq;
+    let again = record(v1::record_session_request::Kind::Closed(closed)).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    let (_, events) = h.get(&format!("/v1/events?from_seq={}", reply.seq), &h.admin_token).await;
+    let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["session_opened", "session_closed"]);
+    assert_eq!(events["events"][1]["seq"], closed_at);
+
+    // A close for a session the log never opened is refused too.
+    let stray = v1::SessionClosed {
+        session_id: airlock_core::SessionId::new().to_string(),
+        reason: "client closed the session".into(),
+        ..Default::default()
+    };
+    assert_eq!(record(v1::record_session_request::Kind::Closed(stray)).await.unwrap_err().code(), Code::AlreadyExists);
 }
 
 #[tokio::test]

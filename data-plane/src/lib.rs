@@ -7,6 +7,7 @@ pub mod health;
 pub mod postgres;
 pub mod projection;
 pub mod recording;
+pub mod session_events;
 pub mod sync;
 pub mod worker;
 

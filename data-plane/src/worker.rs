@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::projection::Projection;
+use crate::session_events::SessionEvents;
 use crate::sync::{GrpcSource, Synchronizer};
 
 #[derive(Clone)]
@@ -115,6 +116,7 @@ async fn start_postgres(
     let addr = listener.local_addr()?;
     let tls = pg.tls.as_ref().map(crate::postgres::tls::acceptor).transpose()?;
     let verifier = airlock_identity::Verifier::new(options.identity.clone())?;
+    let session_events = SessionEvents::start(source.as_ref().clone(), cancel.clone(), tracker);
     let recorder = match &pg.recording {
         Some(recording) => {
             let mut recording = recording.clone();
@@ -124,6 +126,9 @@ async fn start_postgres(
             let recorder = crate::recording::Recorder::start(recording, cancel.clone(), tracker)
                 .await
                 .with_context(|| format!("starting session recording (spool {})", spool.display()))?;
+            if let Some(restarted) = recorder.restarted_sessions() {
+                tracker.spawn(crate::session_events::close_restarted(restarted, session_events.clone()));
+            }
             Some(recorder)
         }
         None => {
@@ -139,7 +144,9 @@ async fn start_postgres(
         pg.gateway.clone(),
         pg.hook.clone().unwrap_or_else(|| Arc::new(crate::postgres::policy_hook::PolicyHook::new(projection.clone()))),
         recorder,
+        session_events,
     );
+    tracker.spawn(gateway.clone().retry_drops(cancel.clone()));
     let projection = projection.clone();
     let cancel = cancel.clone();
     let sessions = tracker.clone();

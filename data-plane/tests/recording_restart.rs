@@ -74,12 +74,29 @@ fn a_killed_workers_recordings_are_uploaded_and_ended_by_the_next_run() {
 
     runtime.block_on(async {
         let second = Worker::start(options(spool.path(), addr)).await;
+        let mut restarted = second.recorder.restarted_sessions().expect("the restarted sessions, once");
+        assert!(second.recorder.restarted_sessions().is_none());
         second.recorder.drained().await;
         assert!(spool_files(spool.path()).is_empty());
         for script in &mut scripts {
             let (client_bytes, server_bytes) = script.totals();
             script.expect_end(21, "worker restarted", client_bytes, server_bytes);
             script.assert_recorded(&recorder).await;
+        }
+        // Each is handed over to be closed in the log, with what its spool file said of it.
+        let mut handed: Vec<_> = (0..scripts.len()).map(|_| restarted.try_recv().unwrap()).collect();
+        assert!(restarted.try_recv().is_err(), "a session was handed over twice");
+        handed.sort_by_key(|r| r.session);
+        let mut expected: Vec<&Script> = scripts.iter().collect();
+        expected.sort_by_key(|s| s.session);
+        for (r, script) in handed.iter().zip(expected) {
+            let meta = script.meta();
+            assert_eq!((r.tenant, r.session), (script.tenant, script.session));
+            assert_eq!(
+                (r.open.grant_id.as_str(), r.open.session_role.as_str()),
+                (meta.grant_id.as_str(), meta.session_role.as_str())
+            );
+            assert_eq!((r.client_bytes, r.server_bytes), script.totals());
         }
         second.stop().await;
         recorder.stop().await;

@@ -6,6 +6,7 @@
 pub mod nats;
 pub mod oidc;
 pub mod pg;
+pub mod proxy;
 pub mod slack;
 
 /// Polls `check` until it returns true, panicking with `what` once `timeout`

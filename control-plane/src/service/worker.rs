@@ -79,14 +79,17 @@ impl ControlPlane {
         Ok(StoredCredential { user: credential.user, password: credential.password, version: secret.version })
     }
 
-    /// Appends a session's opening or closing, sent by the worker that serves it.
+    /// Appends a session's opening or closing, sent by the worker that serves
+    /// it. Each has one place in the session's stream (the open first, the
+    /// close right after it), so a worker that sends one again after losing
+    /// the answer is refused with a conflict rather than recording it twice.
     pub async fn record_session(&self, tenant: TenantId, event: airlock_core::Event) -> Result<u64, ApiError> {
         let (stream, expected) = match &event {
             airlock_core::Event::SessionOpened { session } => {
                 (airlock_core::event::stream::session(&session.id), crate::eventlog::ExpectedVersion::NoStream)
             }
             airlock_core::Event::SessionClosed { session_id, .. } => {
-                (airlock_core::event::stream::session(session_id), crate::eventlog::ExpectedVersion::Any)
+                (airlock_core::event::stream::session(session_id), crate::eventlog::ExpectedVersion::Exactly(1))
             }
             _ => return Err(ApiError::invalid("kind", "only session events")),
         };

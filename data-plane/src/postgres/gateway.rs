@@ -23,6 +23,7 @@ use super::roles::{RoleManager, TlsChoice};
 use super::upstream::{BackendKey, UpstreamOptions};
 use crate::projection::Projection;
 use crate::recording::Recorder;
+use crate::session_events::SessionEvents;
 use crate::sync::GrpcSource;
 use crate::sync::grpc::Credential;
 
@@ -83,9 +84,20 @@ pub struct Gateway {
     admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
     /// What each target's catalog says of the relations results come from.
     catalogs: Mutex<HashMap<(TenantId, ConnectionId), Arc<Catalog>>>,
+    /// Sessions' opening and closing, on their way to the control plane's log.
+    pub(crate) session_events: SessionEvents,
+    /// Session roles whose drop failed (the target away): retried by `retry_drops`.
+    undropped: Mutex<Vec<(Arc<RoleManager>, String)>>,
 }
 
+/// The most session roles waiting for another try at their drop; past it,
+/// the next start's sweep drops them (or their `VALID UNTIL` ends them).
+const MAX_UNDROPPED: usize = 10_000;
+/// How often failed drops are tried again.
+const RETRY_DROPS_EVERY: Duration = Duration::from_secs(5);
+
 impl Gateway {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         projection: Arc<Projection>,
         verifier: Verifier,
@@ -94,6 +106,7 @@ impl Gateway {
         options: GatewayOptions,
         hook: Arc<dyn StatementHook>,
         recorder: Option<Recorder>,
+        session_events: SessionEvents,
     ) -> Arc<Self> {
         Arc::new(Self {
             projection,
@@ -107,7 +120,48 @@ impl Gateway {
             credentials: tokio::sync::Mutex::new(HashMap::new()),
             admins: tokio::sync::Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
+            session_events,
+            undropped: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Keeps a session role whose drop failed for another try.
+    pub(crate) fn drop_later(&self, manager: Arc<RoleManager>, name: String) {
+        let mut undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
+        if undropped.len() >= MAX_UNDROPPED {
+            tracing::error!(role = %name, "{MAX_UNDROPPED} session roles wait for their drop already; the next start drops this one");
+            return;
+        }
+        undropped.push((manager, name));
+    }
+
+    /// Tries the failed drops again every few seconds until `cancel`, and
+    /// once more then: a target that was away (restarting, unreachable) gets
+    /// its session roles dropped once it is back.
+    pub async fn retry_drops(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                () = tokio::time::sleep(RETRY_DROPS_EVERY) => false,
+                () = cancel.cancelled() => true,
+            };
+            let pending = std::mem::take(&mut *self.undropped.lock().unwrap_or_else(|e| e.into_inner()));
+            for (manager, name) in pending {
+                match manager.drop_session_role(&name).await {
+                    Ok(()) => tracing::info!(role = %name, "dropped a session role on a later try"),
+                    Err(e) => {
+                        tracing::debug!(role = %name, "a session role still cannot be dropped: {e}");
+                        self.drop_later(manager, name);
+                    }
+                }
+            }
+            if stopping {
+                let left = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len();
+                if left > 0 {
+                    tracing::warn!("stopping with {left} session roles not dropped; the next start drops them");
+                }
+                return;
+            }
+        }
     }
 
     /// Accepts clients until cancelled. Sessions run on the session threads

@@ -157,6 +157,11 @@ fn open_recording(
         target_role: context.role.clone(),
         protocol: "postgres".into(),
         started_at: SystemTime::now(),
+        grant_id: admitted.grant.id.to_string(),
+        session_role: match admitted.connection.credential_mode {
+            CredentialMode::SessionRole => super::roles::session_role_name(*context.session.as_uuid()),
+            CredentialMode::Static => String::new(),
+        },
     };
     let mut tap = recorder.open_session(meta).map_err(|e| recording_lost(span, &e))?;
     if let Err(e) = tap.client_bytes(&client.buf) {
@@ -257,11 +262,12 @@ async fn admitted_session(
 
     let result = relay_session(gw, client, admitted, tap, user, password, shutdown, span).await;
 
-    // The end: whatever happened, the session role goes.
+    // The end: whatever happened, the session role goes (later, if the target is away now).
     if let Some((manager, name)) = session_role
         && let Err(e) = manager.drop_session_role(&name).instrument(span.clone()).await
     {
-        tracing::error!(parent: span, role = %name, "failed to drop a session role: {e}");
+        tracing::error!(parent: span, role = %name, "failed to drop a session role, trying again later: {e}");
+        gw.drop_later(manager, name);
     }
     result
 }
@@ -652,12 +658,7 @@ impl Drop for Unregister {
 
 /// Sends a session event to the control plane without holding up the session.
 fn record(gw: &Arc<Gateway>, tenant: TenantId, event: Event) {
-    let gw = gw.clone();
-    tokio::spawn(async move {
-        if let Err(e) = gw.control_plane.record_session(tenant, &event).await {
-            tracing::warn!("failed to record a session event: {e:#}");
-        }
-    });
+    gw.session_events.send(tenant, event);
 }
 
 struct Relay<'a> {

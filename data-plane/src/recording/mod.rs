@@ -35,7 +35,7 @@ mod uploader;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use airlock_core::{SessionId, TenantId};
@@ -154,6 +154,10 @@ pub struct SessionOpen {
     /// "postgres".
     pub protocol: String,
     pub started_at: SystemTime,
+    /// The grant that admitted the session.
+    pub grant_id: String,
+    /// The role the session logs in to the target as, when known as it starts; empty otherwise.
+    pub session_role: String,
 }
 
 impl SessionOpen {
@@ -172,6 +176,8 @@ impl SessionOpen {
             target_role: self.target_role.clone(),
             protocol: self.protocol.clone(),
             started_at_unix_ms,
+            grant_id: self.grant_id.clone(),
+            session_role: self.session_role.clone(),
         };
         for text in [
             &mut open.connection_id,
@@ -180,6 +186,8 @@ impl SessionOpen {
             &mut open.worker_id,
             &mut open.target_role,
             &mut open.protocol,
+            &mut open.grant_id,
+            &mut open.session_role,
         ] {
             spool::truncate_utf8(text, spool::MAX_METADATA_FIELD);
         }
@@ -222,6 +230,19 @@ impl Error {
 #[derive(Clone)]
 pub struct Recorder {
     inner: Arc<Inner>,
+    restarted: Arc<Mutex<Option<mpsc::UnboundedReceiver<RestartedSession>>>>,
+}
+
+/// A session an earlier run of the worker left open, as its spool file had it.
+#[derive(Debug, Clone)]
+pub struct RestartedSession {
+    pub tenant: TenantId,
+    pub session: SessionId,
+    /// As the session's tap wrote it when the session started.
+    pub open: v1::SessionOpen,
+    /// Bytes recorded from the client and to it.
+    pub client_bytes: u64,
+    pub server_bytes: u64,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -255,6 +276,10 @@ struct Inner {
     /// Sessions whose spool file is not closed by the recorder yet.
     live: watch::Sender<usize>,
     cancel: CancellationToken,
+    /// Sessions an earlier run left open, as their recordings are ended
+    /// (`Recorder::restarted_sessions`). Unbounded, but one per file the
+    /// spool held at start.
+    restarted: mpsc::UnboundedSender<RestartedSession>,
 }
 
 impl Inner {
@@ -395,6 +420,7 @@ impl Recorder {
         .context("reading the recording spool")??;
 
         let (wake, wake_rx) = mpsc::unbounded_channel();
+        let (restarted, restarted_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             spool_dir: options.spool_dir.clone(),
             bound: options.spool_max_bytes,
@@ -407,6 +433,7 @@ impl Recorder {
             full_latch: AtomicBool::new(false),
             live: watch::channel(scan.sessions.len()).0,
             cancel: cancel.clone(),
+            restarted,
         });
         if !scan.sessions.is_empty() {
             tracing::info!(
@@ -424,7 +451,14 @@ impl Recorder {
         }
         let uploader = uploader::Uploader::new(inner.clone(), &options, wake_rx)?;
         tracker.spawn(uploader.run(cancel));
-        Ok(Self { inner })
+        Ok(Self { inner, restarted: Arc::new(Mutex::new(Some(restarted_rx))) })
+    }
+
+    /// The sessions an earlier run of this worker left open (a crash, a
+    /// kill), each as the uploader ends its recording ("worker restarted"):
+    /// the worker closes them in the log too. Once: later calls get `None`.
+    pub fn restarted_sessions(&self) -> Option<mpsc::UnboundedReceiver<RestartedSession>> {
+        self.restarted.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Starts recording a session: creates its spool file and writes its

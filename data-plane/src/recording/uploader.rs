@@ -444,6 +444,15 @@ impl Uploader {
                 tenant = %u.session.tenant, session = %u.session.id, seq,
                 "ending a recording that has no end: {reason}"
             );
+            if u.session.recovered {
+                let _ = self.inner.restarted.send(super::RestartedSession {
+                    tenant: u.session.tenant,
+                    session: u.session.id,
+                    open: u.session.open.clone(),
+                    client_bytes: u.client_bytes,
+                    server_bytes: u.server_bytes,
+                });
+            }
             let end =
                 v1::SessionEnd { reason: reason.into(), client_bytes: u.client_bytes, server_bytes: u.server_bytes };
             let frame = v1::Frame {

@@ -66,12 +66,13 @@ impl GrpcSource {
         Ok(Credential { user: reply.user, password: reply.password, version: reply.version })
     }
 
-    /// Records a session event in the tenant's log; returns its `seq`.
-    pub async fn record_session(&self, tenant: TenantId, event: &airlock_core::Event) -> anyhow::Result<u64> {
+    /// Records a session event in the tenant's log; returns its `seq`. An
+    /// event the log has already is refused with `AlreadyExists`.
+    pub async fn record_session(&self, tenant: TenantId, event: &airlock_core::Event) -> Result<u64, tonic::Status> {
         let kind = match airlock_proto::convert::to_proto(event).kind {
             Some(v1::event::Kind::SessionOpened(o)) => v1::record_session_request::Kind::Opened(o),
             Some(v1::event::Kind::SessionClosed(c)) => v1::record_session_request::Kind::Closed(c),
-            _ => anyhow::bail!("only session events are recorded by workers"),
+            _ => return Err(tonic::Status::invalid_argument("only session events are recorded by workers")),
         };
         let request = RecordSessionRequest { tenant_id: tenant.to_string(), kind: Some(kind) };
         Ok(self.client.clone().record_session(self.request(request)).await?.into_inner().seq)

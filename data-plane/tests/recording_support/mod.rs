@@ -129,6 +129,8 @@ impl Script {
             target_role: "readonly".into(),
             protocol: "postgres".into(),
             started_at: UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_000),
+            grant_id: "01a217d0-2e3c-727a-8c2b-c25068352881".into(),
+            session_role: "airlock_0123456789abcdef0123456789abcdef".into(),
         }
     }
 

@@ -279,6 +279,7 @@ async fn stream(
             target_role: "readonly".into(),
             protocol: "postgres".into(),
             started_at_unix_ms: i64::try_from(report::unix_ms_now()).unwrap_or(i64::MAX),
+            ..Default::default()
         })
         .collect();
     tx.send(v1::IngestRequest { opens, ..Default::default() }).await?;

@@ -118,6 +118,7 @@ impl Session {
                 target_role: "readonly".into(),
                 protocol: "postgres".into(),
                 started_at_unix_ms: 1_700_000_000_000,
+                ..SessionOpen::default()
             }],
             ..IngestRequest::default()
         }
