@@ -260,7 +260,11 @@ async fn admitted_session(
     .await?;
     let ((user, password), session_role) = credentials;
 
-    let result = relay_session(gw, client, admitted, tap, user, password, shutdown, span).await;
+    let mut tap = tap;
+    let result = relay_session(gw, client, admitted, tap.as_deref_mut(), user, password, shutdown, span).await;
+    // The client hears why its session ended before the cleanup: dropping the
+    // role takes a few round trips to the target (its connection there is closed already).
+    let result = tell_client(client, tap, result).await;
 
     // The end: whatever happened, the session role goes (later, if the target is away now).
     if let Some((manager, name)) = session_role
@@ -270,6 +274,26 @@ async fn admitted_session(
         gw.drop_later(manager, name);
     }
     result
+}
+
+/// Records and sends the FATAL a session ends with, then closes the client's
+/// connection; the FATAL is taken out of the result so it is sent once.
+async fn tell_client(
+    client: &mut Client,
+    tap: Option<&mut SessionTap>,
+    result: Result<(), Ended>,
+) -> Result<(), Ended> {
+    let Err(mut ended) = result else { return result };
+    let Some(report) = ended.fatal.take() else { return Err(ended) };
+    let mut out = BytesMut::new();
+    encode::error_response(&mut out, &report);
+    if let Some(tap) = tap {
+        // Recorded before it is sent, as everything the client receives; a failure here changes nothing now.
+        let _ = tap.server_bytes(&out);
+    }
+    let _ = client.io.write_all(&out).await;
+    let _ = client.io.shutdown().await;
+    Err(ended)
 }
 
 /// Reads the startup phase. `Ok(None)`: the connection was a cancel request, done.
