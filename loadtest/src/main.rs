@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenarios::{event_append, pg_policy, pg_throughput, propagation, recorder_ingest};
+use crate::scenarios::{event_append, faults, pg_policy, pg_throughput, propagation, recorder_ingest};
 
 #[derive(Debug, Parser)]
 #[command(name = "airlock-loadtest", about = "Airlock's load scenarios (build with --release)")]
@@ -38,6 +38,10 @@ enum Scenario {
     /// local directory and, with --s3-url, an S3-compatible server (needs `cargo build --release`). Not part
     /// of `all`.
     RecorderIngest(recorder_ingest::Args),
+    /// Kills (SIGKILL) and restarts NATS, the recorder, a gateway, the control plane and Postgres in turn under
+    /// load, a private deployment of child processes; reports what kept working, recovery, and whether anything
+    /// acknowledged was lost (exits non-zero if so). Needs `cargo build --release`. Not part of `all`.
+    Faults(faults::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
 }
@@ -70,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::PgThroughput(args) => pg_throughput::run(&args, &out).await,
         Scenario::PgPolicy(args) => pg_policy::run(&args, &out).await,
         Scenario::RecorderIngest(args) => recorder_ingest::run(&args, &out).await,
+        Scenario::Faults(args) => faults::run(&args, &out).await,
         Scenario::All(args) => {
             event_append::run(&args.event_append, &out).await?;
             println!();

@@ -2,6 +2,7 @@
 //! in-process, prints a table and writes `<scenario>.json`.
 
 pub mod event_append;
+pub mod faults;
 pub mod pg_policy;
 pub mod pg_throughput;
 pub mod propagation;

@@ -18,8 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::str::FromStr as _;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -34,7 +33,7 @@ use super::pg_throughput::{
 use crate::report::{self, Document, Host, Table};
 
 /// The command rules of the `rules` workload.
-const RULES_POLICY: &str = "version: 1
+pub(crate) const RULES_POLICY: &str = "version: 1
 commands:
   - name: ddl-needs-review
     match: { kinds: [ddl] }
@@ -48,7 +47,7 @@ commands:
 ";
 
 /// The masking rules of the `masking` workload.
-const MASKING_POLICY: &str = "version: 1
+pub(crate) const MASKING_POLICY: &str = "version: 1
 masking:
   - name: pii
     columns: [\"*.*.email\", \"public.airlock_mask_bench.ssn\"]
@@ -60,10 +59,10 @@ masking:
 ";
 
 /// The table the masking workload reads, and its size.
-const MASK_TABLE: &str = "airlock_mask_bench";
-const MASK_ROWS: u32 = 100;
+pub(crate) const MASK_TABLE: &str = "airlock_mask_bench";
+pub(crate) const MASK_ROWS: u32 = 100;
 /// The masking workload's pgbench script: every transaction returns every row.
-const MASK_SCRIPT: &str = "SELECT * FROM airlock_mask_bench;\n";
+pub(crate) const MASK_SCRIPT: &str = "SELECT * FROM airlock_mask_bench;\n";
 
 /// Below this, the latency gateway-off adds is within the run-to-run noise of
 /// a p50, and a ratio to it says nothing.
@@ -76,7 +75,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub bench: pg_throughput::Args,
+    pub bench: pg_throughput::BenchArgs,
     /// Skip the command-rules workload (pgbench -S).
     #[arg(long)]
     pub skip_rules: bool,
@@ -233,10 +232,7 @@ struct Results {
 
 /// Runs the scenario and writes `pg-policy.json` into `out`.
 pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
-    let b = &args.bench;
-    anyhow::ensure!(b.reps > 0, "--reps must be at least 1");
-    anyhow::ensure!(b.seconds > 0, "--seconds must be at least 1");
-    anyhow::ensure!(!b.clients.is_empty() && !b.modes.is_empty(), "--clients and --modes need a value");
+    let b = &args.bench.or_defaults(&[1, 8], &[Mode::Simple, Mode::Extended])?;
     let workloads: Vec<Workload> = [(Workload::Rules, args.skip_rules), (Workload::Masking, args.skip_masking)]
         .into_iter()
         .filter_map(|(w, skip)| (!skip).then_some(w))
@@ -447,53 +443,22 @@ struct Versions {
 async fn measure(
     bench: &mut Bench,
     bench_off: &mut Bench,
-    args: &pg_throughput::Args,
+    args: &pg_throughput::BenchArgs,
     workloads: &[Workload],
     pgbench: &Path,
     airlock_bin: &Path,
     clk_tck: u64,
 ) -> anyhow::Result<(Vec<Run>, Versions)> {
-    // The target database, filled by pgbench, the masking table, and a template role that may read them.
-    let db = airlock_testkit::pg::TestDb::create().await.context("creating a Postgres database")?;
-    let url = db.url().to_owned();
-    let options = PgConnectOptions::from_str(&url).context("parsing the test database URL")?;
-    let (pg_host, pg_port, pg_user) =
-        (options.get_host().to_owned(), options.get_port(), options.get_username().to_owned());
-    let database = db.name().to_owned();
-    bench.db = Some(db);
-    eprintln!("  pgbench -i -s {} on {database}", args.scale);
-    let init = Command::new(pgbench)
-        .args(["-i", "-q", "-s", &args.scale.to_string(), "-h", &pg_host, "-p", &pg_port.to_string()])
-        .args(["-U", &pg_user, &database])
-        .stdout(Stdio::null())
-        .output()
-        .context("running pgbench -i")?;
-    anyhow::ensure!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
-
-    let mut admin = PgConnection::connect(&url).await.context("connecting to the test database")?;
-    let template = format!("bench_tpl_{}", uuid::Uuid::new_v4().simple());
-    sqlx::raw_sql(&format!("CREATE ROLE {template} NOLOGIN"))
-        .execute(&mut admin)
-        .await
-        .context("creating the template role")?;
-    bench.template = Some(template.clone());
-    sqlx::raw_sql(&mask_table_sql()).execute(&mut admin).await.context("creating the masking table")?;
-    sqlx::raw_sql(&format!(
-        "GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, {MASK_TABLE} \
-         TO {template}"
-    ))
-    .execute(&mut admin)
-    .await
-    .context("granting the template role")?;
-    let postgres: (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut admin).await?;
-    admin.close().await?;
+    // The target database, filled by pgbench, the masked table, and a template role that may read them.
+    let filled = bench.fill_target(pgbench, args.scale).await?;
     let versions = Versions {
         pgbench: command_output(Command::new(pgbench).arg("--version"))?.trim().to_owned(),
-        postgres: format!("PostgreSQL {}", postgres.0),
+        postgres: filled.server_version,
     };
+    let template = filled.template;
 
     // The gateways: `airlock up` twice, each in its own process with its own data dir.
-    let target = Database { host: pg_host, port: pg_port, user: pg_user, name: database };
+    let target = Database { host: filled.host, port: filled.port, user: filled.user, name: filled.name };
     let off = Gateway::start(bench_off, airlock_bin, &target, &template)
         .await
         .context("starting the gateway without a policy")?;
@@ -601,7 +566,7 @@ impl Gateway {
             pgbouncer_port: 0,
             gateway,
             token,
-            unrecorded: None,
+            bare: None,
         };
         Ok(Gateway { endpoints, pid, api, admin_token })
     }
@@ -829,7 +794,7 @@ fn costs(runs: &[Run], summaries: &[Summary]) -> Vec<Cost> {
         .collect()
 }
 
-fn sample_email(id: u32) -> String {
+pub(crate) fn sample_email(id: u32) -> String {
     format!("user{id}@example.com")
 }
 
@@ -854,7 +819,7 @@ fn sample_card(id: u32) -> String {
 
 /// The masking table and its rows: names, emails, SSNs, card numbers, and notes
 /// of which some hold an email or a card number in free text.
-fn mask_table_sql() -> String {
+pub(crate) fn mask_table_sql() -> String {
     const FIRST: [&str; 8] = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana"];
     const LAST: [&str; 7] = ["Martin", "Okafor", "Silva", "Novak", "Tanaka", "Haddad", "Larsen"];
     const PLAIN: [&str; 4] = [

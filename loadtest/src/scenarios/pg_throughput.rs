@@ -23,6 +23,9 @@ use serde::Serialize;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
+use super::pg_policy::{
+    MASK_ROWS, MASK_SCRIPT, MASK_TABLE, MASKING_POLICY, RULES_POLICY, mask_table_sql, sample_email,
+};
 use crate::report::{self, Document, Host, Table};
 
 /// The connection name registered with the gateway, and its grant role.
@@ -32,19 +35,21 @@ const SUBJECT: &str = "loadtest-pgbench";
 /// How long the gateway gets to come up and to apply the grant.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the pgbench scenarios (`pg-throughput`, `pg-policy`) share.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub struct BenchArgs {
     /// Seconds per pgbench run (`-T`).
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// Repetitions; each runs every target, mode and client count once. Medians are reported.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Client counts (`-c`; `-j` is min(c, 2)).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
+    /// Client counts (`-c`; `-j` is min(c, 2)). Default: 1,8,32 for pg-throughput, 1,8 for pg-policy.
+    #[arg(long, value_delimiter = ',')]
     pub clients: Vec<u32>,
-    /// pgbench query modes (`-M`): simple, extended, prepared.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![Mode::Simple, Mode::Extended])]
+    /// pgbench query modes (`-M`): simple, extended, prepared. Default: all three for pg-throughput,
+    /// simple,extended for pg-policy.
+    #[arg(long, value_delimiter = ',')]
     pub modes: Vec<Mode>,
     /// pgbench scale factor for `pgbench -i -s`.
     #[arg(long, default_value_t = 10)]
@@ -55,6 +60,55 @@ pub struct Args {
     /// The pgbench binary (default: on PATH, else /usr/lib/postgresql/*/bin/pgbench).
     #[arg(long)]
     pub pgbench: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// These arguments with the scenario's client counts and modes where none were given,
+    /// and checked.
+    pub fn or_defaults(&self, clients: &[u32], modes: &[Mode]) -> anyhow::Result<BenchArgs> {
+        anyhow::ensure!(self.reps > 0, "--reps must be at least 1");
+        anyhow::ensure!(self.seconds > 0, "--seconds must be at least 1");
+        anyhow::ensure!(self.clients.iter().all(|c| *c > 0), "--clients must be at least 1");
+        let mut out = self.clone();
+        if out.clients.is_empty() {
+            out.clients = clients.to_vec();
+        }
+        if out.modes.is_empty() {
+            out.modes = modes.to_vec();
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub bench: BenchArgs,
+    /// Workloads: `select` (pgbench -S) and `masked` (a 100-row SELECT * of a table with masked columns).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Workload::Select, Workload::Masked])]
+    pub workloads: Vec<Workload>,
+    /// Targets: direct, pgbouncer, gateway (command rules, masking and recording on), gw-bare (no policy,
+    /// no recording).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Target::Direct, Target::Pgbouncer, Target::Gateway])]
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// `pgbench -S`: one indexed single-row SELECT per transaction.
+    Select,
+    /// `SELECT * FROM airlock_mask_bench`: 100 rows with emails, SSNs and card numbers.
+    Masked,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Workload::Select => "select",
+            Workload::Masked => "masked",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -75,26 +129,33 @@ impl std::fmt::Display for Mode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Target {
     Direct,
     Pgbouncer,
+    /// The gateway with everything on: command rules, masking and recording.
     Gateway,
-    /// A second gateway, the same but with session recording off.
-    GatewayUnrecorded,
+    /// A second gateway with no policy and no recording: the relay alone.
+    #[value(name = "gw-bare")]
+    #[serde(rename = "gw-bare")]
+    GatewayBare,
 }
 
 impl Target {
-    const ALL: [Target; 4] = [Target::Direct, Target::Pgbouncer, Target::Gateway, Target::GatewayUnrecorded];
-
     fn label(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Pgbouncer => "pgbouncer",
             Target::Gateway => "gateway",
-            Target::GatewayUnrecorded => "gw-unrec",
+            Target::GatewayBare => "gw-bare",
         }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -102,6 +163,7 @@ impl Target {
 #[derive(Debug, Clone, Serialize)]
 struct Run {
     rep: usize,
+    workload: Workload,
     target: Target,
     mode: Mode,
     clients: u32,
@@ -118,13 +180,15 @@ struct Run {
 /// Medians over the repetitions of one (target, mode, clients).
 #[derive(Debug, Clone, Serialize)]
 struct Summary {
+    workload: Workload,
     target: Target,
     mode: Mode,
     clients: u32,
     reps: usize,
     tps: f64,
-    tps_vs_direct: f64,
-    tps_vs_pgbouncer: f64,
+    /// None when that target was not run.
+    tps_vs_direct: Option<f64>,
+    tps_vs_pgbouncer: Option<f64>,
     latency_avg_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -159,8 +223,13 @@ struct Parameters {
     reps: usize,
     clients: Vec<u32>,
     modes: Vec<Mode>,
+    workloads: Vec<Workload>,
+    targets: Vec<Target>,
     scale: u32,
     pgbouncer_pool_mode: BTreeMap<String, String>,
+    /// The gateway's policy (command rules and masking).
+    gateway_policy: String,
+    mask_script: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,13 +242,25 @@ struct Results {
 
 /// Runs the scenario and writes `pg-throughput.json` into `out`.
 pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
-    anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
-    anyhow::ensure!(!args.clients.is_empty() && !args.modes.is_empty(), "--clients and --modes need a value");
-    let pgbench = find_pgbench(args.pgbench.as_deref())?;
-    let pgbouncer_bin = find_on_path("pgbouncer")
-        .context("pgbouncer is not installed: run `apt-get install pgbouncer` (Debian's package) and try again")?;
-    let airlock_bin = find_airlock(args.airlock_bin.as_deref())?;
+    let bench_args = args.bench.or_defaults(&[1, 8, 32], &[Mode::Simple, Mode::Extended, Mode::Prepared])?;
+    anyhow::ensure!(!args.workloads.is_empty() && !args.targets.is_empty(), "--workloads and --targets need a value");
+    let mut targets = args.targets.clone();
+    targets.sort();
+    targets.dedup();
+    let mut workloads = args.workloads.clone();
+    workloads.sort();
+    workloads.dedup();
+    let b = &bench_args;
+    let pgbench = find_pgbench(b.pgbench.as_deref())?;
+    let pgbouncer_bin =
+        if targets.contains(&Target::Pgbouncer) {
+            Some(find_on_path("pgbouncer").context(
+                "pgbouncer is not installed: run `apt-get install pgbouncer` (Debian's package) and try again",
+            )?)
+        } else {
+            None
+        };
+    let airlock_bin = find_airlock(b.airlock_bin.as_deref())?;
     let started_at = report::unix_ms_now();
     let started = Instant::now();
     let loadavg_start = loadavg();
@@ -187,16 +268,16 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("airlock-pg-throughput-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut unrecorded =
-        Bench { dir: dir.join("unrecorded"), db: None, template: None, pgbouncer: None, gateway: None };
+    let mut bare = Bench { dir: dir.join("bare"), db: None, template: None, pgbouncer: None, gateway: None };
     let mut bench = Bench { dir: dir.clone(), db: None, template: None, pgbouncer: None, gateway: None };
-    let result = bench.measure(args, &pgbench, &pgbouncer_bin, &airlock_bin, clk_tck, &mut unrecorded).await;
-    unrecorded.stop().await;
+    let plan = Plan { args: b, workloads: &workloads, targets: &targets, clk_tck };
+    let result = bench.measure(&plan, &pgbench, pgbouncer_bin.as_deref(), &airlock_bin, &mut bare).await;
+    bare.stop().await;
     bench.stop().await;
     let (runs, versions) = result?;
 
     let summaries = summarize(&runs);
-    let verdicts = verdicts(&summaries, args);
+    let verdicts = verdicts(&summaries, b);
     let machine = Machine {
         nproc: std::thread::available_parallelism().map_or(0, usize::from),
         cpu_model: cpu_model(),
@@ -209,6 +290,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
     };
 
     let mut table = Table::new(&[
+        "workload",
         "target",
         "mode",
         "clients",
@@ -221,24 +303,28 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         "+p99 us",
         "CPU us/tx",
     ]);
+    let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     for s in &summaries {
+        let added = |v: f64| if s.target == Target::Direct { "-".to_owned() } else { format!("{v:.0}") };
         table.row(vec![
+            s.workload.to_string(),
             s.target.label().to_owned(),
             s.mode.to_string(),
             s.clients.to_string(),
             format!("{:.0}", s.tps),
-            format!("{:.2}", s.tps_vs_direct),
-            format!("{:.2}", s.tps_vs_pgbouncer),
+            ratio(s.tps_vs_direct),
+            ratio(s.tps_vs_pgbouncer),
             format!("{:.3}", s.p50_ms),
             format!("{:.3}", s.p99_ms),
-            if s.target == Target::Direct { "-".into() } else { format!("{:.0}", s.added_p50_us) },
-            if s.target == Target::Direct { "-".into() } else { format!("{:.0}", s.added_p99_us) },
+            added(s.added_p50_us),
+            added(s.added_p99_us),
             s.cpu_us_per_tx.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
         ]);
     }
     println!(
-        "pg-throughput: pgbench -S direct / through pgbouncer / through the gateway / through a gateway that \
-         does not record (gw-unrec)\n"
+        "pg-throughput: pgbench directly, through pgbouncer, and through the gateway with command rules, masking \
+         and recording on{}\n",
+        if targets.contains(&Target::GatewayBare) { " (and gw-bare: no policy, no recording)" } else { "" }
     );
     println!(
         "machine: {} cores ({}), load average at start {}, at end {}",
@@ -253,10 +339,19 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
     println!();
     let notes = vec![
         format!(
-            "pgbench -S -T {} -c N -j min(N,2), scale {}, {} repetitions, targets alternating within each \
+            "workloads: select = pgbench -S; masked = pgbench -f with `{}` ({MASK_ROWS} rows of 6 columns). \
+             pgbench -T {} -c N -j min(N,2), scale {}, {} repetitions, targets alternating within each \
              repetition (the first target rotates); figures are medians over the repetitions.",
-            args.seconds, args.scale, args.reps
+            MASK_SCRIPT.trim(),
+            b.seconds,
+            b.scale,
+            b.reps
         ),
+        "gateway: `airlock up` under a policy with three command rules (DDL held for review, unbounded writes \
+         and file functions denied) and two masking rules (emails and SSNs redacted, card numbers partially \
+         masked, five content detectors reading every other text value), recording every session. Only the \
+         gateway masks: direct and pgbouncer return the values as stored."
+            .to_owned(),
         "tps is pgbench's 'without initial connection time'; p50/p99 are nearest-rank over pgbench's \
          per-transaction log (-l), which pgbench writes for every target alike."
             .to_owned(),
@@ -267,9 +362,6 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
              divided by the transactions; the gateway process is all of `airlock up` (the control plane idles \
              during the runs; the recorder it runs records the gateway's sessions)."
         ),
-        "gw-unrec: a second `airlock up`, the same but with worker.recording.enabled = false; gateway vs \
-         gw-unrec is what recording costs."
-            .to_owned(),
         "pgbouncer: pool_mode transaction for simple/extended; session for prepared (pgbouncer < 1.21 cannot \
          keep prepared statements in transaction mode)."
             .to_owned(),
@@ -290,12 +382,16 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         host: Host::current(),
         parameters: Parameters {
-            seconds: args.seconds,
-            reps: args.reps,
-            clients: args.clients.clone(),
-            modes: args.modes.clone(),
-            scale: args.scale,
+            seconds: b.seconds,
+            reps: b.reps,
+            clients: b.clients.clone(),
+            modes: b.modes.clone(),
+            workloads,
+            targets,
+            scale: b.scale,
             pgbouncer_pool_mode: pool_modes,
+            gateway_policy: gateway_policy(),
+            mask_script: MASK_SCRIPT,
         },
         notes,
         results: Results { machine, summaries, verdicts, runs },
@@ -303,6 +399,19 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
     let path = report::write_json(out, &doc)?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// What one run of the scenario covers.
+struct Plan<'a> {
+    args: &'a BenchArgs,
+    workloads: &'a [Workload],
+    targets: &'a [Target],
+    clk_tck: u64,
+}
+
+/// The gateway's policy: `pg-policy`'s command rules and masking rules in one document.
+fn gateway_policy() -> String {
+    format!("{RULES_POLICY}{}", MASKING_POLICY.trim_start_matches("version: 1\n"))
 }
 
 struct Versions {
@@ -328,6 +437,18 @@ pub(crate) struct Bench {
     pub(crate) gateway: Option<Proc>,
 }
 
+/// The database the pgbench scenarios measure, and how to log in to it directly.
+pub(crate) struct BenchDb {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) name: String,
+    /// The role sessions through the gateway are made members of.
+    pub(crate) template: String,
+    /// `PostgreSQL <version>`.
+    pub(crate) server_version: String,
+}
+
 /// Where each target listens and how to log in.
 pub(crate) struct Endpoints {
     pub(crate) pg_host: String,
@@ -337,93 +458,74 @@ pub(crate) struct Endpoints {
     pub(crate) pgbouncer_port: u16,
     pub(crate) gateway: SocketAddr,
     pub(crate) token: String,
-    /// The gateway that does not record, and its token.
-    pub(crate) unrecorded: Option<(SocketAddr, String)>,
+    /// The gateway with no policy and no recording, and its token.
+    pub(crate) bare: Option<(SocketAddr, String)>,
 }
 
 impl Bench {
     async fn measure(
         &mut self,
-        args: &Args,
+        plan: &Plan<'_>,
         pgbench: &Path,
-        pgbouncer_bin: &Path,
+        pgbouncer_bin: Option<&Path>,
         airlock_bin: &Path,
-        clk_tck: u64,
-        unrecorded: &mut Bench,
+        bare: &mut Bench,
     ) -> anyhow::Result<(Vec<Run>, Versions)> {
-        // The target database, filled by pgbench, and a template role that may read it.
-        let db = airlock_testkit::pg::TestDb::create().await.context("creating a Postgres database")?;
-        let options = PgConnectOptions::from_str(db.url()).context("parsing the test database URL")?;
-        let (pg_host, pg_port, pg_user) =
-            (options.get_host().to_owned(), options.get_port(), options.get_username().to_owned());
-        let database = db.name().to_owned();
-        self.db = Some(db);
+        let args = plan.args;
+        let target = self.fill_target(pgbench, args.scale).await?;
+        let BenchDb { host: pg_host, port: pg_port, user: pg_user, name: database, template, server_version } = target;
+        let pgbouncer_version = match pgbouncer_bin {
+            Some(bin) => {
+                command_output(Command::new(bin).arg("--version"))?.lines().next().unwrap_or_default().to_owned()
+            }
+            None => "pgbouncer not run".to_owned(),
+        };
         let versions = Versions {
             pgbench: command_output(Command::new(pgbench).arg("--version"))?.trim().to_owned(),
-            pgbouncer: command_output(Command::new(pgbouncer_bin).arg("--version"))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-            postgres: String::new(),
+            pgbouncer: pgbouncer_version,
+            postgres: server_version,
         };
-        eprintln!("  pgbench -i -s {} on {database}", args.scale);
-        let init = Command::new(pgbench)
-            .args(["-i", "-q", "-s", &args.scale.to_string(), "-h", &pg_host, "-p", &pg_port.to_string()])
-            .args(["-U", &pg_user, &database])
-            .stdout(Stdio::null())
-            .output()
-            .context("running pgbench -i")?;
-        anyhow::ensure!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
-
-        let template = format!("bench_tpl_{}", uuid::Uuid::new_v4().simple());
-        let url = self.db.as_ref().map(|d| d.url().to_owned()).unwrap_or_default();
-        let mut admin = PgConnection::connect(&url).await.context("connecting to the test database")?;
-        sqlx::raw_sql(&format!(
-            "CREATE ROLE {template} NOLOGIN;
-             GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO {template};"
-        ))
-        .execute(&mut admin)
-        .await
-        .context("creating the template role")?;
-        self.template = Some(template.clone());
-        let postgres: (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut admin).await?;
-        admin.close().await?;
-        let versions = Versions { postgres: format!("PostgreSQL {}", postgres.0), ..versions };
+        let script = self.dir.join("mask-select.sql");
+        std::fs::write(&script, MASK_SCRIPT)?;
 
         // pgbouncer, as the postgres user (it refuses to run as root).
-        let pgbouncer_port = free_port()?;
-        self.pgbouncer = Some(
-            start_pgbouncer(pgbouncer_bin, &self.dir, pgbouncer_port, &pg_host, pg_port, &pg_user, &database)
-                .context("starting pgbouncer")?,
-        );
-
-        // The gateway: `airlock up` in its own process.
-        let (gateway, api) = self.start_gateway(airlock_bin, true).context("starting the gateway (`airlock up`)")?;
-        let token = register(&api, &self.dir.join("airlock-data"), &pg_host, pg_port, &database, &template)
-            .await
-            .context("registering the connection, grant and token")?;
-        // And one that does not record, beside it.
-        std::fs::create_dir_all(&unrecorded.dir)?;
-        let (gateway_unrecorded, api) =
-            unrecorded.start_gateway(airlock_bin, false).context("starting the unrecorded gateway")?;
-        let token_unrecorded =
-            register(&api, &unrecorded.dir.join("airlock-data"), &pg_host, pg_port, &database, &template)
-                .await
-                .context("registering the connection, grant and token with the unrecorded gateway")?;
-        let endpoints = Endpoints {
-            pg_host,
-            pg_port,
-            pg_user,
-            database,
-            pgbouncer_port,
-            gateway,
-            token,
-            unrecorded: Some((gateway_unrecorded, token_unrecorded)),
+        let pgbouncer_port = match pgbouncer_bin {
+            Some(bin) => {
+                let port = free_port()?;
+                let most = args.clients.iter().copied().max().unwrap_or(1);
+                let pgbouncer = start_pgbouncer(bin, &self.dir, port, &pg_host, pg_port, &pg_user, &database, most)
+                    .context("starting pgbouncer")?;
+                self.pgbouncer = Some(pgbouncer);
+                port
+            }
+            None => 0,
         };
 
-        // Warm up each target (and wait for the gateway to have applied the grant).
-        for target in Target::ALL {
+        // The gateway: `airlock up` in its own process, under the policy, recording.
+        let (gateway, api) = self.start_gateway(airlock_bin, true).context("starting the gateway (`airlock up`)")?;
+        let data_dir = self.dir.join("airlock-data");
+        let token = register(&api, &data_dir, &pg_host, pg_port, &database, &template)
+            .await
+            .context("registering the connection, grant and token")?;
+        apply_policy(&api, &data_dir, &gateway_policy()).await.context("applying the gateway's policy")?;
+        // And, when asked for, a bare one beside it.
+        let bare_endpoint = if plan.targets.contains(&Target::GatewayBare) {
+            std::fs::create_dir_all(&bare.dir)?;
+            let (addr, api) = bare.start_gateway(airlock_bin, false).context("starting the bare gateway")?;
+            let token = register(&api, &bare.dir.join("airlock-data"), &pg_host, pg_port, &database, &template)
+                .await
+                .context("registering the connection, grant and token with the bare gateway")?;
+            Some((addr, token))
+        } else {
+            None
+        };
+        let endpoints =
+            Endpoints { pg_host, pg_port, pg_user, database, pgbouncer_port, gateway, token, bare: bare_endpoint };
+        // The gateway masks as soon as a new session shows it (so every run's sessions are under the policy).
+        wait_until_masked(&endpoints).await.context("waiting for the gateway's policy to be in force")?;
+
+        // Warm up each target (and wait for the gateways to have applied their grants).
+        for &target in plan.targets {
             let deadline = Instant::now() + READY_TIMEOUT;
             loop {
                 let out = pgbench_command(pgbench, &endpoints, target, Mode::Simple)
@@ -443,39 +545,80 @@ impl Bench {
             }
         }
 
-        let total = args.reps * args.clients.len() * args.modes.len() * Target::ALL.len();
+        let n = plan.targets.len();
+        let total = args.reps * plan.workloads.len() * args.clients.len() * args.modes.len() * n;
         eprintln!("  {total} runs of {} s each", args.seconds);
         let mut runs = Vec::with_capacity(total);
         for rep in 0..args.reps {
-            for &clients in &args.clients {
-                for &mode in &args.modes {
-                    for target in Target::ALL.iter().cycle().skip(rep % Target::ALL.len()).take(Target::ALL.len()) {
-                        let target = *target;
-                        let pid = match target {
-                            Target::Direct => None,
-                            Target::Pgbouncer => self.pgbouncer.as_ref().map(|p| p.pid),
-                            Target::Gateway => self.gateway.as_ref().map(|p| p.pid),
-                            Target::GatewayUnrecorded => unrecorded.gateway.as_ref().map(|p| p.pid),
-                        };
-                        let run =
-                            one_run(pgbench, &endpoints, &self.dir, args, rep, target, mode, clients, pid, clk_tck)
+            for &workload in plan.workloads {
+                for &clients in &args.clients {
+                    for &mode in &args.modes {
+                        for &target in plan.targets.iter().cycle().skip(rep % n).take(n) {
+                            let pid = match target {
+                                Target::Direct => None,
+                                Target::Pgbouncer => self.pgbouncer.as_ref().map(|p| p.pid),
+                                Target::Gateway => self.gateway.as_ref().map(|p| p.pid),
+                                Target::GatewayBare => bare.gateway.as_ref().map(|p| p.pid),
+                            };
+                            let what = Combination { rep, workload, target, mode, clients };
+                            let run = one_run(pgbench, &endpoints, &self.dir, &script, args, what, pid, plan.clk_tck)
                                 .with_context(|| {
-                                    format!("pgbench against {} ({mode}, {clients} clients)", target.label())
-                                })?;
-                        eprintln!(
-                            "  rep {rep} {:<9} {mode:<8} c={clients}: {:.0} tps, p50 {:.3} ms, p99 {:.3} ms{}",
-                            target.label(),
-                            run.tps,
-                            run.p50_ms,
-                            run.p99_ms,
-                            run.cpu_us_per_tx.map_or_else(String::new, |c| format!(", {c:.1} CPU us/tx"))
-                        );
-                        runs.push(run);
+                                format!("pgbench {workload} against {} ({mode}, {clients} clients)", target.label())
+                            })?;
+                            eprintln!(
+                                "  rep {rep} {workload} {:<9} {mode:<8} c={clients}: {:.0} tps, p50 {:.3} ms, p99 \
+                                 {:.3} ms{}",
+                                target.label(),
+                                run.tps,
+                                run.p50_ms,
+                                run.p99_ms,
+                                run.cpu_us_per_tx.map_or_else(String::new, |c| format!(", {c:.1} CPU us/tx"))
+                            );
+                            runs.push(run);
+                        }
                     }
                 }
             }
         }
         Ok((runs, versions))
+    }
+
+    /// The database both pgbench scenarios measure, made for this run: `pgbench -i -s <scale>`, the
+    /// masked table, and a template role `bench_tpl_<uuid>` that may read them (kept in `self`, so
+    /// `stop` drops them even when a later step fails).
+    pub(crate) async fn fill_target(&mut self, pgbench: &Path, scale: u32) -> anyhow::Result<BenchDb> {
+        let db = airlock_testkit::pg::TestDb::create().await.context("creating a Postgres database")?;
+        let url = db.url().to_owned();
+        let options = PgConnectOptions::from_str(&url).context("parsing the test database URL")?;
+        let (host, port, user) = (options.get_host().to_owned(), options.get_port(), options.get_username().to_owned());
+        let name = db.name().to_owned();
+        self.db = Some(db);
+        eprintln!("  pgbench -i -s {scale} on {name}");
+        let init = Command::new(pgbench)
+            .args(["-i", "-q", "-s", &scale.to_string(), "-h", &host, "-p", &port.to_string(), "-U", &user, &name])
+            .stdout(Stdio::null())
+            .output()
+            .context("running pgbench -i")?;
+        anyhow::ensure!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+
+        let template = format!("bench_tpl_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&url).await.context("connecting to the test database")?;
+        sqlx::raw_sql(&format!("CREATE ROLE {template} NOLOGIN"))
+            .execute(&mut admin)
+            .await
+            .context("creating the template role")?;
+        self.template = Some(template.clone());
+        sqlx::raw_sql(&mask_table_sql()).execute(&mut admin).await.context("creating the masked table")?;
+        sqlx::raw_sql(&format!(
+            "GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, {MASK_TABLE} \
+             TO {template}"
+        ))
+        .execute(&mut admin)
+        .await
+        .context("granting the template role")?;
+        let version: (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut admin).await?;
+        admin.close().await?;
+        Ok(BenchDb { host, port, user, name, template, server_version: format!("PostgreSQL {}", version.0) })
     }
 
     /// `airlock up` in its own process, recording its sessions when `recording`.
@@ -607,6 +750,9 @@ pub(crate) async fn register(
     body.get("token").and_then(|t| t.as_str()).map(str::to_owned).context("POST /v1/tokens returned no token")
 }
 
+/// pgbouncer in front of `database`: `bench` pools by transaction, `bench_session` by session
+/// with a server connection for each of up to `clients` clients.
+#[allow(clippy::too_many_arguments)]
 fn start_pgbouncer(
     bin: &Path,
     dir: &Path,
@@ -615,15 +761,18 @@ fn start_pgbouncer(
     pg_port: u16,
     pg_user: &str,
     database: &str,
+    clients: u32,
 ) -> anyhow::Result<Proc> {
     let dir = dir.join("pgbouncer");
     std::fs::create_dir_all(&dir)?;
     let (ini, log, pidfile) = (dir.join("pgbouncer.ini"), dir.join("pgbouncer.log"), dir.join("pgbouncer.pid"));
     let target = format!("host={pg_host} port={pg_port} dbname={database} user={pg_user}");
+    // Session pooling holds a server connection per client: one for each, or clients would queue.
+    let session_pool = clients + 2;
     let config = format!(
         "[databases]\n\
          bench = {target} pool_mode=transaction\n\
-         bench_session = {target} pool_mode=session\n\
+         bench_session = {target} pool_mode=session pool_size={session_pool}\n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\
          listen_port = {port}\n\
@@ -632,6 +781,7 @@ fn start_pgbouncer(
          pool_mode = transaction\n\
          max_client_conn = 200\n\
          default_pool_size = 20\n\
+         server_idle_timeout = 10\n\
          logfile = {}\n\
          pidfile = {}\n",
         log.display(),
@@ -685,9 +835,9 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
             let db = if mode == Mode::Prepared { "bench_session" } else { "bench" };
             c.args(["-h", "127.0.0.1", "-p", &e.pgbouncer_port.to_string(), "-U", &e.pg_user, db]);
         }
-        Target::Gateway | Target::GatewayUnrecorded => {
-            let (addr, token) = match (target, &e.unrecorded) {
-                (Target::GatewayUnrecorded, Some((addr, token))) => (*addr, token),
+        Target::Gateway | Target::GatewayBare => {
+            let (addr, token) = match (target, &e.bare) {
+                (Target::GatewayBare, Some((addr, token))) => (*addr, token),
                 _ => (e.gateway, &e.token),
             };
             let user = format!("{CONNECTION}.{ROLE}");
@@ -698,31 +848,45 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
     c
 }
 
+/// Which run of a repetition.
+#[derive(Debug, Clone, Copy)]
+struct Combination {
+    rep: usize,
+    workload: Workload,
+    target: Target,
+    mode: Mode,
+    clients: u32,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn one_run(
     pgbench: &Path,
     e: &Endpoints,
     dir: &Path,
-    args: &Args,
-    rep: usize,
-    target: Target,
-    mode: Mode,
-    clients: u32,
+    script: &Path,
+    args: &BenchArgs,
+    what: Combination,
     pid: Option<u32>,
     clk_tck: u64,
 ) -> anyhow::Result<Run> {
-    let logs = dir.join(format!("log-{rep}-{}-{mode}-{clients}", target.label()));
+    let Combination { rep, workload, target, mode, clients } = what;
+    let logs = dir.join(format!("log-{rep}-{workload}-{}-{mode}-{clients}", target.label()));
     std::fs::create_dir_all(&logs)?;
     let threads = clients.min(2);
     let mut command = pgbench_command(pgbench, e, target, mode);
+    match workload {
+        Workload::Select => command.arg("-S"),
+        Workload::Masked => command.arg("-f").arg(script),
+    };
     command
-        .args(["-S", "-n", "-M", &mode.to_string(), "-c", &clients.to_string(), "-j", &threads.to_string()])
+        .args(["-n", "-M", &mode.to_string(), "-c", &clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &args.seconds.to_string(), "-l", "--log-prefix"])
         .arg(logs.join("tx"));
     let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx } =
         run_pgbench(&mut command, pid, &logs, clk_tck)?;
     Ok(Run {
         rep,
+        workload,
         target,
         mode,
         clients,
@@ -733,6 +897,50 @@ fn one_run(
         p99_ms: report::percentile(&latencies, 99.0),
         cpu_us_per_tx,
     })
+}
+
+/// Puts `document` in force as the tenant's policy (`PUT /v1/policy` with the admin token).
+pub(crate) async fn apply_policy(api: &str, data_dir: &Path, document: &str) -> anyhow::Result<()> {
+    let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
+    let response = reqwest::Client::new()
+        .put(format!("{api}/v1/policy"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/yaml")
+        .body(document.to_owned())
+        .send()
+        .await?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "PUT /v1/policy answered {status}: {}", response.text().await?);
+    Ok(())
+}
+
+/// Waits until a new session through the gateway reads row 1's email masked.
+async fn wait_until_masked(e: &Endpoints) -> anyhow::Result<()> {
+    let options = PgConnectOptions::new()
+        .host(&e.gateway.ip().to_string())
+        .port(e.gateway.port())
+        .username(&format!("{CONNECTION}.{ROLE}"))
+        .password(&e.token)
+        .database(&e.database)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let seen = async {
+            let mut conn = PgConnection::connect_with(&options).await?;
+            let row: (Option<String>,) =
+                sqlx::query_as(&format!("SELECT email FROM {MASK_TABLE} WHERE id = 1")).fetch_one(&mut conn).await?;
+            conn.close().await?;
+            anyhow::Ok(row.0)
+        }
+        .await;
+        let why = match seen {
+            Ok(email) if email.as_deref() != Some(sample_email(1).as_str()) => return Ok(()),
+            Ok(email) => format!("a new session still reads {email:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        anyhow::ensure!(Instant::now() < deadline, "the gateway did not mask within {READY_TIMEOUT:?}: {why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What one pgbench run measured.
@@ -823,21 +1031,31 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn summarize(runs: &[Run]) -> Vec<Summary> {
-    let find = |rep: usize, target: Target, mode: Mode, clients: u32| {
-        runs.iter().find(|r| r.rep == rep && r.target == target && r.mode == mode && r.clients == clients)
+    let find = |rep: usize, workload: Workload, target: Target, mode: Mode, clients: u32| {
+        runs.iter().find(|r| {
+            r.rep == rep && r.workload == workload && r.target == target && r.mode == mode && r.clients == clients
+        })
     };
-    let mut keys: Vec<(Mode, u32, Target)> = runs.iter().map(|r| (r.mode, r.clients, r.target)).collect();
+    let mut keys: Vec<(Workload, Mode, u32, Target)> =
+        runs.iter().map(|r| (r.workload, r.mode, r.clients, r.target)).collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .map(|(mode, clients, target)| {
-            let own: Vec<&Run> =
-                runs.iter().filter(|r| r.target == target && r.mode == mode && r.clients == clients).collect();
+        .map(|(workload, mode, clients, target)| {
+            let own: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.workload == workload && r.target == target && r.mode == mode && r.clients == clients)
+                .collect();
+            // The median over repetitions of f(this run, `other`'s run in the same repetition); none when
+            // `other` was not run.
             let paired = |other: Target, f: &dyn Fn(&Run, &Run) -> f64| {
-                median(own.iter().filter_map(|r| find(r.rep, other, mode, clients).map(|o| f(r, o))).collect())
+                let v: Vec<f64> =
+                    own.iter().filter_map(|r| find(r.rep, workload, other, mode, clients).map(|o| f(r, o))).collect();
+                if v.is_empty() { None } else { Some(median(v)) }
             };
             let cpu: Vec<f64> = own.iter().filter_map(|r| r.cpu_us_per_tx).collect();
             Summary {
+                workload,
                 target,
                 mode,
                 clients,
@@ -848,78 +1066,85 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                 latency_avg_ms: median(own.iter().map(|r| r.latency_avg_ms).collect()),
                 p50_ms: median(own.iter().map(|r| r.p50_ms).collect()),
                 p99_ms: median(own.iter().map(|r| r.p99_ms).collect()),
-                added_p50_us: paired(Target::Direct, &|r, o| (r.p50_ms - o.p50_ms) * 1000.0),
-                added_p99_us: paired(Target::Direct, &|r, o| (r.p99_ms - o.p99_ms) * 1000.0),
+                added_p50_us: paired(Target::Direct, &|r, o| (r.p50_ms - o.p50_ms) * 1000.0).unwrap_or(0.0),
+                added_p99_us: paired(Target::Direct, &|r, o| (r.p99_ms - o.p99_ms) * 1000.0).unwrap_or(0.0),
                 cpu_us_per_tx: if cpu.is_empty() { None } else { Some(median(cpu)) },
             }
         })
         .collect()
 }
 
-/// The gateway's targets: at 8 clients gateway TPS ≥ 0.9× pgbouncer's; at 1
-/// client the latency the gateway adds ≤ what pgbouncer adds; CPU per
-/// transaction ≤ pgbouncer's. And what recording costs: TPS with recording
-/// on ≥ 0.9× with it off.
-fn verdicts(summaries: &[Summary], args: &Args) -> Vec<Verdict> {
+/// The targets, on the `select` workload:
+/// - the gateway with everything on, at 8 clients (or the most run) in simple mode: TPS ≥ 1.0× pgbouncer's;
+///   at 1 client (or the fewest): p99 added over direct ≤ 100 µs, in every mode;
+/// - each gateway, every mode: at the most clients TPS ≥ 0.9× pgbouncer's; at the fewest the p50 and p99
+///   it adds ≤ what pgbouncer adds; CPU per transaction ≤ pgbouncer's at every client count.
+fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
     let get = |target: Target, mode: Mode, clients: u32| {
-        summaries.iter().find(|s| s.target == target && s.mode == mode && s.clients == clients)
+        summaries
+            .iter()
+            .find(|s| s.workload == Workload::Select && s.target == target && s.mode == mode && s.clients == clients)
     };
     let mut out = Vec::new();
     let most = args.clients.iter().copied().max().unwrap_or(8);
     let least = args.clients.iter().copied().min().unwrap_or(1);
+    let eight = if args.clients.contains(&8) { 8 } else { most };
+    if let (Some(g), Some(b)) = (get(Target::Gateway, Mode::Simple, eight), get(Target::Pgbouncer, Mode::Simple, eight))
+    {
+        out.push(Verdict {
+            target: format!("everything on: TPS >= 1.0x pgbouncer (select, simple, {eight} clients)"),
+            detail: format!("gateway {:.0} tps, pgbouncer {:.0} tps, ratio {:.2}", g.tps, b.tps, g.tps / b.tps),
+            pass: g.tps >= b.tps,
+        });
+    }
     for &mode in &args.modes {
-        if let (Some(g), Some(b)) = (get(Target::Gateway, mode, most), get(Target::Pgbouncer, mode, most)) {
+        if let Some(g) = get(Target::Gateway, mode, least) {
             out.push(Verdict {
-                target: format!("TPS >= 0.9x pgbouncer ({mode}, {most} clients)"),
-                detail: format!("gateway {:.0} tps, pgbouncer {:.0} tps, ratio {:.2}", g.tps, b.tps, g.tps / b.tps),
-                pass: g.tps >= 0.9 * b.tps,
+                target: format!("everything on: added p99 <= 100 us over direct (select, {mode}, {least} client)"),
+                detail: format!("gateway +{:.0} us", g.added_p99_us),
+                pass: g.added_p99_us <= 100.0,
             });
         }
-        if let (Some(g), Some(b)) = (get(Target::Gateway, mode, least), get(Target::Pgbouncer, mode, least)) {
-            out.push(Verdict {
-                target: format!("added p50 <= pgbouncer's ({mode}, {least} client)"),
-                detail: format!("gateway +{:.0} us, pgbouncer +{:.0} us", g.added_p50_us, b.added_p50_us),
-                pass: g.added_p50_us <= b.added_p50_us,
-            });
-            out.push(Verdict {
-                target: format!("added p99 <= pgbouncer's ({mode}, {least} client)"),
-                detail: format!("gateway +{:.0} us, pgbouncer +{:.0} us", g.added_p99_us, b.added_p99_us),
-                pass: g.added_p99_us <= b.added_p99_us,
-            });
-        }
-        for &clients in &args.clients {
-            if let (Some(g), Some(b)) = (get(Target::Gateway, mode, clients), get(Target::Pgbouncer, mode, clients))
-                && let (Some(gc), Some(bc)) = (g.cpu_us_per_tx, b.cpu_us_per_tx)
-            {
+    }
+    for gateway in [Target::Gateway, Target::GatewayBare] {
+        let name = gateway.label();
+        for &mode in &args.modes {
+            if let (Some(g), Some(b)) = (get(gateway, mode, most), get(Target::Pgbouncer, mode, most)) {
                 out.push(Verdict {
-                    target: format!("CPU/tx <= pgbouncer's ({mode}, {clients} clients)"),
-                    detail: format!("gateway {gc:.1} us/tx, pgbouncer {bc:.1} us/tx"),
-                    pass: gc <= bc,
+                    target: format!("{name}: TPS >= 0.9x pgbouncer (select, {mode}, {most} clients)"),
+                    detail: format!("{name} {:.0} tps, pgbouncer {:.0} tps, ratio {:.2}", g.tps, b.tps, g.tps / b.tps),
+                    pass: g.tps >= 0.9 * b.tps,
                 });
             }
-        }
-        for &clients in &args.clients {
-            if let (Some(g), Some(u)) =
-                (get(Target::Gateway, mode, clients), get(Target::GatewayUnrecorded, mode, clients))
-                && let (Some(gc), Some(uc)) = (g.cpu_us_per_tx, u.cpu_us_per_tx)
-            {
+            if let (Some(g), Some(b)) = (get(gateway, mode, least), get(Target::Pgbouncer, mode, least)) {
                 out.push(Verdict {
-                    target: format!("recording on vs off, TPS >= 0.9x ({mode}, {clients} clients)"),
-                    detail: format!(
-                        "TPS ratio {:.2}, CPU {gc:.1} vs {uc:.1} us/tx ({:.2}x), added p50 {:+.0} us",
-                        g.tps / u.tps,
-                        gc / uc,
-                        g.added_p50_us - u.added_p50_us
-                    ),
-                    pass: g.tps >= 0.9 * u.tps,
+                    target: format!("{name}: added p50 <= pgbouncer's (select, {mode}, {least} client)"),
+                    detail: format!("{name} +{:.0} us, pgbouncer +{:.0} us", g.added_p50_us, b.added_p50_us),
+                    pass: g.added_p50_us <= b.added_p50_us,
                 });
+                out.push(Verdict {
+                    target: format!("{name}: added p99 <= pgbouncer's (select, {mode}, {least} client)"),
+                    detail: format!("{name} +{:.0} us, pgbouncer +{:.0} us", g.added_p99_us, b.added_p99_us),
+                    pass: g.added_p99_us <= b.added_p99_us,
+                });
+            }
+            for &clients in &args.clients {
+                if let (Some(g), Some(b)) = (get(gateway, mode, clients), get(Target::Pgbouncer, mode, clients))
+                    && let (Some(gc), Some(bc)) = (g.cpu_us_per_tx, b.cpu_us_per_tx)
+                {
+                    out.push(Verdict {
+                        target: format!("{name}: CPU/tx <= pgbouncer's (select, {mode}, {clients} clients)"),
+                        detail: format!("{name} {gc:.1} us/tx, pgbouncer {bc:.1} us/tx"),
+                        pass: gc <= bc,
+                    });
+                }
             }
         }
     }
     out
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
