@@ -47,6 +47,19 @@ type Entry = (Instant, Option<Arc<Relation>>);
 
 impl Catalog {
     /// The relations with these OIDs, reading the ones not known or stale.
+    /// The relations with these OIDs when every one is known and fresh, with
+    /// no call to the target: `None` when any must be read (`relations`).
+    pub fn cached(&self, oids: &[u32]) -> Option<HashMap<u32, Option<Arc<Relation>>>> {
+        let now = Instant::now();
+        let known = self.relations.lock().unwrap_or_else(|e| e.into_inner());
+        oids.iter()
+            .map(|oid| match known.get(oid) {
+                Some((at, relation)) if now.duration_since(*at) < FRESH_FOR => Some((*oid, relation.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub async fn relations(
         &self,
         oids: &[u32],

@@ -828,7 +828,10 @@ impl Relay<'_> {
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
         // Ends the session when it can no longer be recorded (a full spool).
-        let mut stop = self.tap.as_deref().map(SessionTap::stop_signal);
+        // Like the two above, one future for the session's life: a new one per
+        // message would register with the recorder's shared watch each time.
+        let recording_stopped = recording_stopped(self.tap.as_deref().map(SessionTap::stop_signal));
+        tokio::pin!(recording_stopped);
         loop {
             let changed = changes.changed();
             tokio::pin!(changed);
@@ -880,7 +883,7 @@ impl Relay<'_> {
                     () = &mut shutting_down => {
                         return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
                     }
-                    e = recording_stopped(&mut stop) => return Err(recording_lost(self.span, &e)),
+                    e = &mut recording_stopped => return Err(recording_lost(self.span, &e)),
                 }
                 if self.client.buf.capacity() < READ_CHUNK {
                     self.client.buf.reserve(READ_CHUNK);
@@ -1418,7 +1421,8 @@ impl Relay<'_> {
             u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0),
         ));
         tokio::pin!(grant_ends);
-        let mut stop = self.tap.as_deref().map(SessionTap::stop_signal);
+        let recording_stopped = recording_stopped(self.tap.as_deref().map(SessionTap::stop_signal));
+        tokio::pin!(recording_stopped);
         loop {
             changes.mark_unchanged();
             // Access first: an approval that arrives with the revocation runs nothing.
@@ -1480,7 +1484,7 @@ impl Relay<'_> {
                 () = &mut shutting_down => {
                     return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
                 }
-                e = recording_stopped(&mut stop) => return Err(recording_lost(self.span, &e)),
+                e = &mut recording_stopped => return Err(recording_lost(self.span, &e)),
             }
         }
     }
@@ -1862,7 +1866,12 @@ impl Relay<'_> {
             fields.iter().filter(|f| f.table_oid != 0 && f.column_attr > 0).map(|f| f.table_oid).collect();
         oids.sort_unstable();
         oids.dedup();
-        let relations = if column_rules && !oids.is_empty() {
+        let catalog =
+            (column_rules && !oids.is_empty()).then(|| self.gw.catalog(self.context.tenant, self.connection.id));
+        let relations = if let Some(known) = catalog.as_ref().and_then(|c| c.cached(&oids)) {
+            // What a session reads again and again: no admin connection needed.
+            known
+        } else if let Some(catalog) = catalog {
             let unreachable = |e: String| {
                 tracing::error!(parent: self.span, "failed to read the catalog of {}: {e}", self.connection.name);
                 Ended::fatal(
@@ -1875,11 +1884,7 @@ impl Relay<'_> {
                 .role_manager(self.context.tenant, self.connection)
                 .await
                 .map_err(|e| unreachable(format!("{e:#}")))?;
-            self.gw
-                .catalog(self.context.tenant, self.connection.id)
-                .relations(&oids, &admin)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
+            catalog.relations(&oids, &admin).await.map_err(|e| unreachable(e.to_string()))?
         } else {
             std::collections::HashMap::new()
         };
@@ -1991,9 +1996,9 @@ impl Relay<'_> {
 }
 
 /// Why a session can no longer be recorded; pending forever without recording.
-async fn recording_stopped(stop: &mut Option<recording::StopSignal>) -> recording::Error {
+async fn recording_stopped(stop: Option<recording::StopSignal>) -> recording::Error {
     match stop {
-        Some(stop) => stop.stopped().await,
+        Some(mut stop) => stop.stopped().await,
         None => std::future::pending().await,
     }
 }
