@@ -16,6 +16,7 @@ use crate::config::Config;
 
 pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
+    raise_open_file_limit();
     let dir = config.data_dir.clone();
     create_private_dir(&dir)?;
     if config.database.url.is_empty() {
@@ -83,6 +84,7 @@ pub async fn control_plane(config: Config) -> anyhow::Result<ExitCode> {
 
 pub async fn gateway(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
+    raise_open_file_limit();
     let bus = nats(&config).await?;
     let (cancel, tracker) = lifecycle();
     airlock_data_plane::start(worker_options(&config)?, bus, cancel.clone(), &tracker).await?;
@@ -251,6 +253,24 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A gateway holds a few descriptors per session (the client's socket, the
+/// target's, the recording spool file): the common soft limit of 1024 would cap
+/// it at a few hundred sessions. The soft limit is raised to the hard one, as
+/// far as the system allows; what is left is logged.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        tracing::info!(limit = ?limit.current, "open files limit");
+        return;
+    }
+    let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the open files limit"),
+        Err(e) => tracing::warn!(limit = ?limit.current, "could not raise the open files limit: {e}"),
+    }
 }
 
 fn init_logging(config: &Config) {

@@ -36,10 +36,22 @@ async fn airlock_up_quick_start_with_the_cli() {
     let args =
         ["up", "--data-dir", data.to_str().unwrap(), "--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string()];
     let env = [("AIRLOCK_WORKER__ADMIN_ADDR", worker.to_string())];
+    // Started with the common soft limit of open files (children inherit it; this test runs in a process of its own).
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let low = Rlimit { current: limit.maximum.map(|m| m.min(1024)), maximum: limit.maximum };
+    setrlimit(Resource::Nofile, low).unwrap();
     let mut up = Proc::spawn("up", &dir.0, &args, &env);
+    setrlimit(Resource::Nofile, limit).unwrap();
     let url = format!("http://{api}");
     wait_ready(&format!("{url}/readyz")).await;
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+
+    // A gateway holds descriptors per session: it raised its soft open-files limit to the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", up.child.id())).unwrap();
+    let open_files: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().skip(3).take(2).collect();
+    assert_eq!(open_files[0], open_files[1], "{limits}");
 
     // The web UI is served beside the API.
     let page = reqwest::get(format!("{url}/")).await.unwrap().text().await.unwrap();

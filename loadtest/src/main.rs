@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenarios::{event_append, faults, pg_policy, pg_throughput, propagation, recorder_ingest};
+use crate::scenarios::{
+    event_append, faults, idle_sessions, pg_connect, pg_policy, pg_throughput, propagation, recorder_ingest,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "airlock-loadtest", about = "Airlock's load scenarios (build with --release)")]
@@ -42,6 +44,14 @@ enum Scenario {
     /// load, a private deployment of child processes; reports what kept working, recovery, and whether anything
     /// acknowledged was lost (exits non-zero if so). Needs `cargo build --release`. Not part of `all`.
     Faults(faults::Args),
+    /// New connections per second (`pgbench -S -C`) directly, through pgbouncer and through the Postgres
+    /// gateway, with the gateway's CPU per connection and how long its session roles take to be dropped (`airlock
+    /// up` as a child process; needs pgbouncer and `cargo build --release`). Not part of `all`.
+    PgConnect(pg_connect::Args),
+    /// N idle sessions held open through one `airlock up` (a child process; pgbouncer between it and Postgres):
+    /// the gateway's memory per session, threads and open files (needs pgbouncer and `cargo build --release`).
+    /// Not part of `all`.
+    IdleSessions(idle_sessions::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
 }
@@ -75,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::PgPolicy(args) => pg_policy::run(&args, &out).await,
         Scenario::RecorderIngest(args) => recorder_ingest::run(&args, &out).await,
         Scenario::Faults(args) => faults::run(&args, &out).await,
+        Scenario::PgConnect(args) => pg_connect::run(&args, &out).await,
+        Scenario::IdleSessions(args) => idle_sessions::run(&args, &out).await,
         Scenario::All(args) => {
             event_append::run(&args.event_append, &out).await?;
             println!();

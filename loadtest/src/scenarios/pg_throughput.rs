@@ -26,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use super::pg_policy::{
     MASK_ROWS, MASK_SCRIPT, MASK_TABLE, MASKING_POLICY, RULES_POLICY, mask_table_sql, sample_email,
 };
+use super::pgbouncer;
 use crate::report::{self, Document, Host, Table};
 
 /// The connection name registered with the gateway, and its grant role.
@@ -493,8 +494,19 @@ impl Bench {
             Some(bin) => {
                 let port = free_port()?;
                 let most = args.clients.iter().copied().max().unwrap_or(1);
-                let pgbouncer = start_pgbouncer(bin, &self.dir, port, &pg_host, pg_port, &pg_user, &database, most)
-                    .context("starting pgbouncer")?;
+                let entry = |pool_mode| pgbouncer::Config::database(&pg_host, pg_port, &database, &pg_user, pool_mode);
+                let config = pgbouncer::Config {
+                    port,
+                    databases: vec![
+                        ("bench".to_owned(), entry("transaction")),
+                        // Session pooling holds a server connection per client: one for each, or clients would queue.
+                        ("bench_session".to_owned(), format!("{} pool_size={}", entry("session"), most + 2)),
+                    ],
+                    max_client_conn: 200,
+                    default_pool_size: 20,
+                    ignore_startup_parameters: "extra_float_digits",
+                };
+                let pgbouncer = pgbouncer::start(bin, &self.dir, &config).context("starting pgbouncer")?;
                 self.pgbouncer = Some(pgbouncer);
                 port
             }
@@ -748,79 +760,6 @@ pub(crate) async fn register(
     let body: serde_json::Value = response.json().await?;
     anyhow::ensure!(status.is_success(), "POST /v1/tokens answered {status}: {body}");
     body.get("token").and_then(|t| t.as_str()).map(str::to_owned).context("POST /v1/tokens returned no token")
-}
-
-/// pgbouncer in front of `database`: `bench` pools by transaction, `bench_session` by session
-/// with a server connection for each of up to `clients` clients.
-#[allow(clippy::too_many_arguments)]
-fn start_pgbouncer(
-    bin: &Path,
-    dir: &Path,
-    port: u16,
-    pg_host: &str,
-    pg_port: u16,
-    pg_user: &str,
-    database: &str,
-    clients: u32,
-) -> anyhow::Result<Proc> {
-    let dir = dir.join("pgbouncer");
-    std::fs::create_dir_all(&dir)?;
-    let (ini, log, pidfile) = (dir.join("pgbouncer.ini"), dir.join("pgbouncer.log"), dir.join("pgbouncer.pid"));
-    let target = format!("host={pg_host} port={pg_port} dbname={database} user={pg_user}");
-    // Session pooling holds a server connection per client: one for each, or clients would queue.
-    let session_pool = clients + 2;
-    let config = format!(
-        "[databases]\n\
-         bench = {target} pool_mode=transaction\n\
-         bench_session = {target} pool_mode=session pool_size={session_pool}\n\
-         [pgbouncer]\n\
-         listen_addr = 127.0.0.1\n\
-         listen_port = {port}\n\
-         unix_socket_dir =\n\
-         auth_type = any\n\
-         pool_mode = transaction\n\
-         max_client_conn = 200\n\
-         default_pool_size = 20\n\
-         server_idle_timeout = 10\n\
-         logfile = {}\n\
-         pidfile = {}\n",
-        log.display(),
-        pidfile.display()
-    );
-    std::fs::write(&ini, config)?;
-    let root = command_output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false);
-    let mut command = Command::new(bin);
-    if root {
-        // pgbouncer refuses to run as root; -u switches user in the same process.
-        let status = Command::new("chown").args(["-R", "postgres:"]).arg(&dir).status()?;
-        anyhow::ensure!(status.success(), "chown -R postgres: {} failed", dir.display());
-        let parent = dir.parent().context("pgbouncer dir has no parent")?;
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
-        command.args(["-u", "postgres"]);
-    }
-    let stderr = dir.join("stderr.log");
-    let child =
-        command.arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr)?).spawn()?;
-    let mut proc = Proc { pid: child.id(), child, log: log.clone() };
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            anyhow::bail!("pgbouncer exited with {status}: {} {}", tail(&stderr), tail(&log));
-        }
-        let pid = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok());
-        if let Some(pid) = pid
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        {
-            proc.pid = pid;
-            return Ok(proc);
-        }
-        if Instant::now() >= deadline {
-            stop_child(proc);
-            anyhow::bail!("pgbouncer was not ready after {READY_TIMEOUT:?}: {}", tail(&log));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A pgbench command aimed at `target`, without the workload arguments.
