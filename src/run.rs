@@ -33,7 +33,11 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     let bus: Arc<dyn Bus> =
         if config.bus.nats_url.is_empty() { Arc::new(MemoryBus::new()) } else { nats(&config).await? };
 
-    let (cancel, tracker) = lifecycle();
+    let (stop, worker_tracker) = lifecycle();
+    // The worker stops first, on its own: its sessions end, and their closes
+    // reach the control plane and their recordings the recorder, which are
+    // stopped after it.
+    let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
     // Every session is recorded: the worker records to this process's recorder,
     // and the control plane reads its recordings with its key.
     let rec =
@@ -48,7 +52,7 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     if let Some(recording) = worker.postgres.as_mut().and_then(|pg| pg.recording.as_mut()) {
         recording.recorder_url = format!("http://{}", rec.addr);
     }
-    let w = airlock_data_plane::start(worker, bus, cancel.clone(), &tracker).await?;
+    let w = airlock_data_plane::start(worker, bus, stop.clone(), &worker_tracker).await?;
 
     println!("Airlock is up.");
     println!("  REST API and web UI  http://{}", cp.api_addr);
@@ -64,9 +68,19 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
         cp.api_addr,
         dir.join("admin.token").display()
     );
+    stop.cancelled().await;
+    worker_tracker.close();
+    if tokio::time::timeout(WORKER_STOP, worker_tracker.wait()).await.is_err() {
+        tracing::warn!("the worker did not stop within {WORKER_STOP:?}; stopping the rest anyway");
+    }
+    cancel.cancel();
     wait(cancel, tracker).await;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long `airlock up` waits for its worker to stop before it stops the
+/// control plane and the recorder under it.
+const WORKER_STOP: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub async fn control_plane(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);

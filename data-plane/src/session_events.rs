@@ -10,10 +10,12 @@
 //! after its open, so an event sent again after a lost answer is refused as
 //! already there, and counted as delivered.
 //!
-//! What is queued lives in memory: on a graceful stop the queue is drained
-//! for a short while; a worker that dies loses what it had not sent, except
-//! that the sessions it was serving are closed by its next start (their
-//! recordings say which: see `recording`'s restarted sessions).
+//! What is queued lives in memory. A stopping worker keeps sending for up to
+//! 5 s after its stop began, taking the closes of the sessions it ends
+//! meanwhile, until its gateway and sessions are gone; a worker that dies
+//! loses what it had not sent, except that the sessions it was serving are
+//! closed by its next start (their recordings say which: see `recording`'s
+//! restarted sessions).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,8 +66,9 @@ enum Attempt {
 }
 
 impl SessionEvents {
-    /// Starts the sender on `tracker`; it stops when `cancel` is cancelled,
-    /// after sending what it can within a few seconds.
+    /// Starts the sender on `tracker`. Once `cancel` is cancelled it goes on
+    /// until every `SessionEvents` is dropped (the gateway's sessions have
+    /// ended), for at most a few seconds.
     pub fn start(control_plane: GrpcSource, cancel: CancellationToken, tracker: &TaskTracker) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -105,13 +108,27 @@ async fn run(
     let mut deliveries = tokio::task::JoinSet::new();
     // The opens being delivered, so their sessions' closes go after them.
     let mut opening: HashMap<SessionId, oneshot::Receiver<()>> = HashMap::new();
-    let stopped = loop {
+    // A stopping worker's sessions end after `cancel`, and their closes come
+    // then: events are taken until every sender is gone (the gateway and its
+    // sessions with it), for at most a few seconds after `cancel`; then what
+    // is left is given up, in flight or queued.
+    let give_up = CancellationToken::new();
+    let deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(DRAIN_ON_STOP).await;
+    };
+    tokio::pin!(deadline);
+    let mut past_deadline = false;
+    loop {
         let next = tokio::select! {
             biased;
             next = rx.recv() => next,
-            () = cancel.cancelled() => break true,
+            () = &mut deadline => {
+                past_deadline = true;
+                None
+            }
         };
-        let Some((tenant, event)) = next else { break false };
+        let Some((tenant, event)) = next else { break };
         let (opened, after) = match &event {
             Event::SessionOpened { session } => {
                 let (tx, rx) = oneshot::channel();
@@ -123,58 +140,69 @@ async fn run(
         };
         // Finished deliveries are reaped as new ones come, so the set stays as large as what is in flight.
         while deliveries.try_join_next().is_some() {}
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break false };
-        let (control_plane, queued, cancel) = (control_plane.clone(), queued.clone(), cancel.clone());
-        deliveries.spawn(async move {
-            if let Some(after) = after {
-                let _ = after.await;
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit,
+            () = &mut deadline => {
+                past_deadline = true;
+                break;
             }
-            deliver(&control_plane, tenant, &event, &cancel).await;
-            if let Some(opened) = opened {
+        };
+        let Ok(permit) = permit else { break };
+        let (control_plane, queued, give_up) = (control_plane.clone(), queued.clone(), give_up.clone());
+        deliveries.spawn(async move {
+            // A close goes only once the log has its open: sent without it, it
+            // would be refused like a resend, and lost without a word.
+            let open_delivered = match after {
+                Some(after) => after.await.is_ok(),
+                None => true,
+            };
+            if !open_delivered {
+                tracing::error!(%tenant, "a session's close is not sent: its open did not reach the control plane");
+            } else if deliver(&control_plane, tenant, &event, &give_up).await
+                && let Some(opened) = opened
+            {
                 let _ = opened.send(());
             }
             queued.fetch_sub(1, Ordering::AcqRel);
             drop(permit);
         });
         opening.retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-    };
-    // Stopping: what is queued still goes, for a few seconds.
-    if stopped {
-        rx.close();
-        let drain = async {
-            while let Some((tenant, event)) = rx.recv().await {
-                if let Some(after) = match &event {
-                    Event::SessionClosed { session_id, .. } => opening.remove(session_id),
-                    _ => None,
-                } {
-                    let _ = after.await;
-                }
-                deliver(&control_plane, tenant, &event, &CancellationToken::new()).await;
-                queued.fetch_sub(1, Ordering::AcqRel);
-            }
-            while deliveries.join_next().await.is_some() {}
-        };
-        if tokio::time::timeout(DRAIN_ON_STOP, drain).await.is_err() {
-            tracing::error!(
-                "stopping with {} session events the control plane does not have; the sessions this worker \
-                 served are closed by its next start",
-                queued.load(Ordering::Acquire)
-            );
+    }
+    rx.close();
+    // What is in flight finishes, until the deadline.
+    if !past_deadline {
+        let finished = async { while deliveries.join_next().await.is_some() {} };
+        tokio::select! {
+            () = finished => {}
+            () = &mut deadline => {}
         }
+    }
+    give_up.cancel();
+    while deliveries.join_next().await.is_some() {}
+    let left = queued.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::error!(
+            "stopping with {left} session events the control plane does not have; the sessions this worker \
+             was serving are closed by its next start when they were recorded"
+        );
     }
 }
 
-/// Sends one event until the control plane has it, refuses it for good, or
-/// (when `cancel` is cancelled) the worker stops.
-async fn deliver(control_plane: &GrpcSource, tenant: TenantId, event: &Event, cancel: &CancellationToken) {
+/// Sends one event until the control plane has it (true), refuses it for
+/// good, or `give_up` is cancelled.
+async fn deliver(control_plane: &GrpcSource, tenant: TenantId, event: &Event, give_up: &CancellationToken) -> bool {
     let mut delay = FIRST_RETRY;
     let mut failures = 0u32;
     loop {
-        match attempt(control_plane, tenant, event).await {
-            Attempt::Delivered => return,
+        let attempted = tokio::select! {
+            attempted = attempt(control_plane, tenant, event) => attempted,
+            () = give_up.cancelled() => return false,
+        };
+        match attempted {
+            Attempt::Delivered => return true,
             Attempt::Refused(why) => {
                 tracing::error!(%tenant, kind = event.type_name(), "the control plane refused a session event: {why}");
-                return;
+                return false;
             }
             Attempt::Failed(why) => {
                 failures += 1;
@@ -189,7 +217,7 @@ async fn deliver(control_plane: &GrpcSource, tenant: TenantId, event: &Event, ca
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = cancel.cancelled() => return,
+            () = give_up.cancelled() => return false,
         }
         delay = (delay * 2).min(MAX_RETRY);
     }

@@ -86,8 +86,9 @@ pub struct Gateway {
     catalogs: Mutex<HashMap<(TenantId, ConnectionId), Arc<Catalog>>>,
     /// Sessions' opening and closing, on their way to the control plane's log.
     pub(crate) session_events: SessionEvents,
-    /// Session roles whose drop failed (the target away): retried by `retry_drops`.
-    undropped: Mutex<Vec<(Arc<RoleManager>, String)>>,
+    /// Session roles whose drop failed (the target away), with the target's
+    /// tenant and connection as they were: retried by `retry_drops`.
+    undropped: Mutex<Vec<(TenantId, ConnectionSpec, String)>>,
 }
 
 /// The most session roles waiting for another try at their drop; past it,
@@ -95,6 +96,8 @@ pub struct Gateway {
 const MAX_UNDROPPED: usize = 10_000;
 /// How often failed drops are tried again.
 const RETRY_DROPS_EVERY: Duration = Duration::from_secs(5);
+/// How long a stopping gateway tries them a last time.
+const FINAL_DROPS_WITHIN: Duration = Duration::from_secs(5);
 
 impl Gateway {
     #[allow(clippy::too_many_arguments)]
@@ -126,18 +129,20 @@ impl Gateway {
     }
 
     /// Keeps a session role whose drop failed for another try.
-    pub(crate) fn drop_later(&self, manager: Arc<RoleManager>, name: String) {
+    pub(crate) fn drop_later(&self, tenant: TenantId, connection: ConnectionSpec, name: String) {
         let mut undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
         if undropped.len() >= MAX_UNDROPPED {
             tracing::error!(role = %name, "{MAX_UNDROPPED} session roles wait for their drop already; the next start drops this one");
             return;
         }
-        undropped.push((manager, name));
+        undropped.push((tenant, connection, name));
     }
 
     /// Tries the failed drops again every few seconds until `cancel`, and
-    /// once more then: a target that was away (restarting, unreachable) gets
-    /// its session roles dropped once it is back.
+    /// once more then (for at most a few seconds): a target that was away
+    /// (restarting, unreachable) gets its session roles dropped once it is
+    /// back. Each try reaches the target as its connection now says (an
+    /// address or credential changed meanwhile is followed).
     pub async fn retry_drops(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             let stopping = tokio::select! {
@@ -145,14 +150,28 @@ impl Gateway {
                 () = cancel.cancelled() => true,
             };
             let pending = std::mem::take(&mut *self.undropped.lock().unwrap_or_else(|e| e.into_inner()));
-            for (manager, name) in pending {
-                match manager.drop_session_role(&name).await {
-                    Ok(()) => tracing::info!(role = %name, "dropped a session role on a later try"),
-                    Err(e) => {
-                        tracing::debug!(role = %name, "a session role still cannot be dropped: {e}");
-                        self.drop_later(manager, name);
+            let retried = async {
+                for (tenant, was, name) in pending {
+                    let now =
+                        self.projection.read(|t| t.get(&tenant).and_then(|s| s.connections.get(&was.id).cloned()));
+                    let spec = now.unwrap_or(was);
+                    let dropped = match self.role_manager(tenant, &spec).await {
+                        Ok(manager) => manager.drop_session_role(&name).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("{e:#}")),
+                    };
+                    match dropped {
+                        Ok(()) => tracing::info!(role = %name, "dropped a session role on a later try"),
+                        Err(e) => {
+                            tracing::debug!(role = %name, "a session role still cannot be dropped: {e}");
+                            self.drop_later(tenant, spec, name);
+                        }
                     }
                 }
+            };
+            if stopping {
+                let _ = tokio::time::timeout(FINAL_DROPS_WITHIN, retried).await;
+            } else {
+                retried.await;
             }
             if stopping {
                 let left = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len();

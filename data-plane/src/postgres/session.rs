@@ -271,7 +271,7 @@ async fn admitted_session(
         && let Err(e) = manager.drop_session_role(&name).instrument(span.clone()).await
     {
         tracing::error!(parent: span, role = %name, "failed to drop a session role, trying again later: {e}");
-        gw.drop_later(manager, name);
+        gw.drop_later(admitted.context.tenant, admitted.connection.clone(), name);
     }
     result
 }
@@ -291,10 +291,17 @@ async fn tell_client(
         // Recorded before it is sent, as everything the client receives; a failure here changes nothing now.
         let _ = tap.server_bytes(&out);
     }
-    let _ = client.io.write_all(&out).await;
-    let _ = client.io.shutdown().await;
+    // A client that stopped reading must not hold up the role's drop.
+    let told = async {
+        let _ = client.io.write_all(&out).await;
+        let _ = client.io.shutdown().await;
+    };
+    let _ = tokio::time::timeout(FATAL_WRITE_TIMEOUT, told).await;
     Err(ended)
 }
+
+/// How long a session's last FATAL may take to reach a client that is not reading.
+const FATAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads the startup phase. `Ok(None)`: the connection was a cancel request, done.
 async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, Ended> {
