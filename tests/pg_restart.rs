@@ -107,6 +107,8 @@ async fn connect(pg: SocketAddr, db: &str, token: &str) -> tokio_postgres::Clien
 /// and a template role, the connection `pg` registered, a grant and a token
 /// for subject `survivor`.
 struct Deployment {
+    /// First, so it is dropped first: it sweeps the roles through the database `db` holds.
+    _cleanup: Cleanup,
     db: TestDb,
     admin: tokio_postgres::Client,
     worker_id: String,
@@ -118,7 +120,6 @@ struct Deployment {
     token: String,
     pg: SocketAddr,
     health: SocketAddr,
-    _cleanup: Cleanup,
 }
 
 impl Deployment {
