@@ -344,6 +344,20 @@ access:
         assert!(after < Duration::from_secs(1), "the session on worker {i} outlived the revocation by {after:?}");
         assert!(client.is_closed());
     }
+    // And the roles made for them go (the client hears of the revocation first, the drop follows).
+    let target = admin_client(d.target.url()).await;
+    eventually(Duration::from_secs(10), "the revoked sessions' roles to be dropped", || async {
+        let members: i64 = target
+            .query_one(
+                "SELECT count(*) FROM pg_auth_members m JOIN pg_roles t ON t.oid = m.roleid WHERE t.rolname = $1",
+                &[&d.role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        members == 0
+    })
+    .await;
     let refused = tokio_postgres::connect(
         &format!(
             "host=127.0.0.1 port={} user=pg-e2e.readwrite password={agent} dbname={} sslmode=disable",
