@@ -348,6 +348,10 @@ struct Session {
     /// `id` as text, as every frame carries it.
     id_text: String,
     path: PathBuf,
+    /// The file its tap appends to, opened for reading too: the uploader
+    /// reads through it (positionally), so a session holds one descriptor
+    /// for its spool file. Unset for a session an earlier run left.
+    file: OnceLock<Arc<std::fs::File>>,
     open: v1::SessionOpen,
     /// Where the frames start in the file.
     data_start: u64,
@@ -380,6 +384,7 @@ impl Session {
             id,
             id_text: id.to_string(),
             path,
+            file: OnceLock::new(),
             open,
             data_start,
             committed: AtomicU64::new(len),
@@ -490,8 +495,10 @@ impl Recorder {
                 return Err(write_error(error));
             }
         };
+        let file = Arc::new(file);
         let mut session = Session::new(open, meta.tenant, meta.session, path, len, len);
         session.stop = inner.cancel.child_token();
+        let _ = session.file.set(file.clone());
         let session = Arc::new(session);
         inner.live.send_modify(|n| *n += 1);
         inner.wake(&session);
@@ -522,7 +529,8 @@ fn create_spool_file(
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     let mut options = std::fs::OpenOptions::new();
-    options.append(true).create_new(true);
+    // Read too: the uploader reads the session's records through this handle.
+    options.append(true).read(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

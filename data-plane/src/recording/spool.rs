@@ -16,8 +16,10 @@
 //! a crash mid-write, that is the torn tail to cut off).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use airlock_core::{SessionId, TenantId};
 use airlock_proto::v1::{self, frame::Body};
@@ -202,7 +204,10 @@ pub enum Next {
 /// is opened at the first read.
 pub struct Reader {
     path: PathBuf,
-    file: Option<File>,
+    /// The session's file, shared with its tap when it has one (reads are
+    /// positional, so the tap's appends and these reads never move each
+    /// other's offset): a recorded session holds one descriptor for it.
+    file: Option<Arc<File>>,
     /// The offset in the file of `buf`'s first byte.
     pos: u64,
     buf: BytesMut,
@@ -211,6 +216,11 @@ pub struct Reader {
 impl Reader {
     pub fn new(path: &Path, offset: u64) -> Self {
         Self { path: path.to_path_buf(), file: None, pos: offset, buf: BytesMut::new() }
+    }
+
+    /// Reads through `file` (opened for reading) rather than opening `path` itself.
+    pub fn with_file(path: &Path, offset: u64, file: Option<Arc<File>>) -> Self {
+        Self { path: path.to_path_buf(), file, pos: offset, buf: BytesMut::new() }
     }
 
     /// The offset of the next record.
@@ -278,16 +288,15 @@ impl Reader {
         // `need` is at most a record's length: `want` is bounded too.
         let want = available.min(missing.max(READ_AHEAD as u64)) as usize;
         let start = self.buf.len();
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => self.file.insert(File::open(&self.path)?),
+        let file = match &self.file {
+            Some(file) => file.clone(),
+            None => self.file.insert(Arc::new(File::open(&self.path)?)).clone(),
         };
-        file.seek(SeekFrom::Start(end))?;
         self.buf.resize(start + want, 0);
         let mut got = 0;
         while got < want {
             let Some(into) = self.buf.get_mut(start + got..) else { break };
-            match file.read(into) {
+            match file.read_at(into, end + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -401,6 +410,32 @@ mod tests {
             put_message(&mut theirs, &frame(7, body)).unwrap();
             assert_eq!(ours, theirs);
         }
+    }
+
+    #[test]
+    fn a_reader_sharing_the_writers_file_reads_what_is_appended() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.spool");
+        let file = std::fs::OpenOptions::new().append(true).read(true).create_new(true).open(&path).unwrap();
+        let file = Arc::new(file);
+        let mut bytes = Vec::new();
+        put_bytes_frame(&mut bytes, 1, 1, Way::Client, b"hello");
+        (&*file).write_all(&bytes).unwrap();
+        let first = bytes.len() as u64;
+        let mut reader = Reader::with_file(&path, 0, Some(file.clone()));
+        assert!(matches!(reader.next(first).unwrap(), Next::Record { offset: 0, .. }));
+        assert!(matches!(reader.next(first).unwrap(), Next::End));
+        // The writer appends through the same handle; the reader's reads did not move its offset.
+        let mut more = Vec::new();
+        put_bytes_frame(&mut more, 2, 2, Way::Server, b"world");
+        (&*file).write_all(&more).unwrap();
+        let Next::Record { offset, message } = reader.next(first + more.len() as u64).unwrap() else {
+            panic!("no record")
+        };
+        assert_eq!(offset, first);
+        assert_eq!(decode_frame(message, "s").unwrap().seq, 2);
+        assert_eq!(std::fs::read(&path).unwrap().len() as u64, first + more.len() as u64);
     }
 
     #[test]

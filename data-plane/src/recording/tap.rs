@@ -25,7 +25,8 @@ const KEEP_BUFFER_BYTES: usize = 256 << 10;
 pub struct SessionTap {
     inner: Arc<Inner>,
     session: Arc<Session>,
-    file: File,
+    /// Shared with the uploader, which reads through it.
+    file: Arc<File>,
     /// Reused for every frame: encoding allocates only to grow it.
     buf: Vec<u8>,
     last_seq: u64,
@@ -48,7 +49,7 @@ impl std::fmt::Debug for SessionTap {
 }
 
 impl SessionTap {
-    pub(super) fn new(inner: Arc<Inner>, session: Arc<Session>, file: File) -> Self {
+    pub(super) fn new(inner: Arc<Inner>, session: Arc<Session>, file: Arc<File>) -> Self {
         let full = inner.full.subscribe();
         Self {
             inner,
@@ -197,7 +198,7 @@ impl SessionTap {
     fn append(&mut self, last_seq: u64, within_bound: bool) -> Result<(), Error> {
         let len = self.buf.len() as u64;
         self.inner.reserve(len, within_bound)?;
-        if let Err(error) = self.file.write_all(&self.buf) {
+        if let Err(error) = (&*self.file).write_all(&self.buf) {
             self.inner.unreserve(len);
             // A write cut short leaves part of a record: cut the file back to whole records.
             if self.file.set_len(self.session.committed.load(Ordering::Acquire)).is_err() {

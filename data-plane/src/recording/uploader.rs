@@ -127,7 +127,7 @@ struct Upload {
 
 impl Upload {
     fn new(session: Arc<Session>) -> Self {
-        let reader = spool::Reader::new(&session.path, session.data_start);
+        let reader = spool::Reader::with_file(&session.path, session.data_start, session.file.get().cloned());
         Self {
             session,
             reader,

@@ -33,10 +33,10 @@ const TARGET_KIB_PER_SESSION: f64 = 64.0;
 /// database, the recorder's files, the runtime).
 const FD_MARGIN: u64 = 1024;
 /// The gateway's file descriptors per session: the client's socket, the
-/// upstream socket and, when recording, the session's spool file twice (the
-/// session's tap writes it, the uploader holds it open to read).
+/// upstream socket and, when recording, the session's spool file (one handle,
+/// which its tap appends to and the uploader reads through).
 const FDS_PER_SESSION: u64 = 2;
-const FDS_PER_RECORDED_SESSION: u64 = 4;
+const FDS_PER_RECORDED_SESSION: u64 = 3;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
