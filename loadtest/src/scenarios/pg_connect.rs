@@ -16,18 +16,15 @@
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::str::FromStr as _;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use sqlx::Connection as _;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use super::pg_throughput::{
-    Bench, Endpoints, Mode, READY_TIMEOUT, Target, clk_tck, command_output, cpu_model, cpu_ticks, find_airlock,
-    find_pgbench, free_addr, loadavg, median, parse_after, pgbench_command, register,
+    Bench, BenchDb, Endpoints, Machine, Mode, READY_TIMEOUT, Target, clk_tck, command_output, cpu_model, cpu_ticks,
+    find_airlock, find_pgbench, free_addr, loadavg, median, parse_after, pgbench_command, register,
 };
 use super::session_roles::{Drained, Watcher};
 use super::{pgbouncer, session_roles};
@@ -115,18 +112,6 @@ struct Summary {
     drain_ms: Option<f64>,
     /// Gateway: the most roles left after a run's bounded wait.
     roles_left_max: Option<i64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Machine {
-    nproc: usize,
-    cpu_model: String,
-    loadavg_start: String,
-    loadavg_end: String,
-    clk_tck: u64,
-    pgbench: String,
-    pgbouncer: String,
-    postgres: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -301,34 +286,8 @@ async fn measure(
     airlock_bin: &Path,
     clk_tck: u64,
 ) -> anyhow::Result<(Vec<Run>, String)> {
-    let db = airlock_testkit::pg::TestDb::create().await.context("creating a Postgres database")?;
-    let options = PgConnectOptions::from_str(db.url()).context("parsing the test database URL")?;
-    let (pg_host, pg_port, pg_user) =
-        (options.get_host().to_owned(), options.get_port(), options.get_username().to_owned());
-    let database = db.name().to_owned();
-    let url = db.url().to_owned();
-    bench.db = Some(db);
-    eprintln!("  pgbench -i -s {} on {database}", args.scale);
-    let init = Command::new(pgbench)
-        .args(["-i", "-q", "-s", &args.scale.to_string(), "-h", &pg_host, "-p", &pg_port.to_string()])
-        .args(["-U", &pg_user, &database])
-        .stdout(Stdio::null())
-        .output()
-        .context("running pgbench -i")?;
-    anyhow::ensure!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
-
-    let template = format!("bench_tpl_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&url).await.context("connecting to the test database")?;
-    sqlx::raw_sql(&format!(
-        "CREATE ROLE {template} NOLOGIN;
-         GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO {template};"
-    ))
-    .execute(&mut admin)
-    .await
-    .context("creating the template role")?;
-    bench.template = Some(template.clone());
-    let (version,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut admin).await?;
-    admin.close().await?;
+    let filled = bench.fill_target(pgbench, args.scale).await?;
+    let BenchDb { host: pg_host, port: pg_port, user: pg_user, name: database, template, server_version } = filled;
 
     // pgbouncer: `bench` is the database pgbench_command names for simple mode.
     let pgbouncer_port = free_addr()?.port();
@@ -409,7 +368,7 @@ async fn measure(
             }
         }
     }
-    Ok((runs, format!("PostgreSQL {version}")))
+    Ok((runs, server_version))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -207,15 +207,15 @@ struct Verdict {
 }
 
 #[derive(Debug, Serialize)]
-struct Machine {
-    nproc: usize,
-    cpu_model: String,
-    loadavg_start: String,
-    loadavg_end: String,
-    clk_tck: u64,
-    pgbench: String,
-    pgbouncer: String,
-    postgres: String,
+pub(crate) struct Machine {
+    pub(crate) nproc: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) loadavg_start: String,
+    pub(crate) loadavg_end: String,
+    pub(crate) clk_tck: u64,
+    pub(crate) pgbench: String,
+    pub(crate) pgbouncer: String,
+    pub(crate) postgres: String,
 }
 
 #[derive(Debug, Serialize)]
