@@ -13,3 +13,4 @@ pub mod roles;
 mod session;
 pub mod tls;
 pub mod upstream;
+mod wake_gate;

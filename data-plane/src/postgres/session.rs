@@ -33,7 +33,7 @@ use airlock_core::event::SessionInfo;
 use airlock_core::grant::Grant;
 use airlock_core::policy::ResultMask;
 use airlock_core::{Event, SessionId, TenantId};
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,9 @@ use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::masking::{self, Expect, Responses};
 use super::protocol::encode::{self, Report};
-use super::protocol::frame::{Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, parse_frontend_frame, peek_frame};
+use super::protocol::frame::{
+    Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, frontend_max_len, parse_frontend_frame, peek_frame,
+};
 use super::protocol::frontend::ObjectKind;
 use super::protocol::frontend::decode_password;
 use super::protocol::{
@@ -51,6 +53,7 @@ use super::protocol::{
 };
 use super::roles::SessionRoleSpec;
 use super::upstream::{self, Upstream, UpstreamOptions};
+use super::wake_gate::WakeGate;
 use crate::recording::{self, SessionTap};
 
 /// How much a read may bring in at once.
@@ -801,6 +804,16 @@ enum Relayed {
     Dropped,
 }
 
+/// What [`Relay::relay_uninspected`] did with the client's next message.
+enum Uninspected {
+    Relayed,
+    Terminated,
+    /// Not all of it has arrived.
+    Incomplete,
+    /// It needs the full path.
+    Decode,
+}
+
 /// How far the client's messages were handled.
 enum Progress {
     /// All complete messages were handled.
@@ -808,6 +821,16 @@ enum Progress {
     Terminated,
     /// Stopped at a statement held for review (in `Relay::held`).
     Hold,
+}
+
+/// What woke a relay besides its sockets.
+enum Control {
+    /// The projection changed; false when its sender is gone.
+    Changed(bool),
+    /// The grant's end, as it was when the timer was set.
+    Expired,
+    ShuttingDown,
+    RecordingStopped(recording::Error),
 }
 
 /// How long opening a review may take before the statement is refused.
@@ -829,21 +852,73 @@ impl Relay<'_> {
         if self.process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client).await? {
             return Ok(());
         }
-        // These futures live across iterations: registering with the projection's
-        // watch and the shutdown token on every message would cost a lock on
-        // state every session shares.
+        // The events that end or change a session, polled only when one of them
+        // wakes (see `wake_gate`). Each future lives across iterations:
+        // registering anew on every message would cost a lock on state every
+        // session shares.
+        let gate = WakeGate::new();
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
         // Ends the session when it can no longer be recorded (a full spool).
-        // Like the two above, one future for the session's life: a new one per
-        // message would register with the recorder's shared watch each time.
         let recording_stopped = recording_stopped(self.tap.as_deref().map(SessionTap::stop_signal));
         tokio::pin!(recording_stopped);
         loop {
             let changed = changes.changed();
             tokio::pin!(changed);
             loop {
+                let control = std::future::poll_fn(|cx| {
+                    let waker = std::task::ready!(gate.poll_woken(cx));
+                    let mut cx = Context::from_waker(&waker);
+                    let event = if let Poll::Ready(r) = changed.as_mut().poll(&mut cx) {
+                        Control::Changed(r.is_ok())
+                    } else if expiry.as_mut().poll(&mut cx).is_ready() {
+                        Control::Expired
+                    } else if shutting_down.as_mut().poll(&mut cx).is_ready() {
+                        Control::ShuttingDown
+                    } else if let Poll::Ready(e) = recording_stopped.as_mut().poll(&mut cx) {
+                        Control::RecordingStopped(e)
+                    } else {
+                        return Poll::Pending;
+                    };
+                    // The others were not polled this time: the next poll looks again.
+                    gate.reopen();
+                    Poll::Ready(event)
+                });
                 tokio::select! {
+                    // In this order: the gated events cost two atomic operations to
+                    // look at, and first they cannot be starved by a client that
+                    // keeps its socket always readable (a large COPY).
+                    biased;
+                    event = control => match event {
+                        Control::Changed(alive) => {
+                            if !alive {
+                                return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                            }
+                            if let Some(why) = self.still_admitted(connection) {
+                                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                            }
+                            if self.masking.is_none() && self.gw.hook.masks(self.context) {
+                                return Err(Ended::fatal(
+                                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    "masking rules now cover this connection; reconnect to continue under them",
+                                ));
+                            }
+                            self.inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
+                            // Watch for the next change.
+                            break;
+                        }
+                        Control::Expired => {
+                            if let Some(why) = self.still_admitted(connection) {
+                                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                            }
+                            let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
+                            expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                        }
+                        Control::ShuttingDown => {
+                            return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                        }
+                        Control::RecordingStopped(e) => return Err(recording_lost(self.span, &e)),
+                    },
                     read = self.client.io.read_buf(&mut self.client.buf) => {
                         let n = read.map_err(io_ended)?;
                         if n == 0 {
@@ -863,34 +938,6 @@ impl Relay<'_> {
                         self.forward_server(&mut server_buf, &mut to_client).await?;
                         self.flush(&mut to_server, &mut to_client).await?;
                     }
-                    result = &mut changed => {
-                        if result.is_err() {
-                            return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
-                        }
-                        if let Some(why) = self.still_admitted(connection) {
-                            return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
-                        }
-                        if self.masking.is_none() && self.gw.hook.masks(self.context) {
-                            return Err(Ended::fatal(
-                                sqlstate::INSUFFICIENT_PRIVILEGE,
-                                "masking rules now cover this connection; reconnect to continue under them",
-                            ));
-                        }
-                        self.inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
-                        // Watch for the next change.
-                        break;
-                    }
-                    () = &mut expiry => {
-                        if let Some(why) = self.still_admitted(connection) {
-                            return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
-                        }
-                        let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
-                        expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
-                    }
-                    () = &mut shutting_down => {
-                        return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
-                    }
-                    e = &mut recording_stopped => return Err(recording_lost(self.span, &e)),
                 }
                 if self.client.buf.capacity() < READ_CHUNK {
                     self.client.buf.reserve(READ_CHUNK);
@@ -971,17 +1018,19 @@ impl Relay<'_> {
     /// Handles every complete client message in the buffer, up to a held one.
     fn client_frames(&mut self, to_server: &mut BytesMut) -> Result<Progress, Ended> {
         loop {
+            if !self.inspecting {
+                match self.relay_uninspected(to_server)? {
+                    Uninspected::Relayed => continue,
+                    Uninspected::Terminated => return Ok(Progress::Terminated),
+                    Uninspected::Incomplete => return Ok(Progress::Done),
+                    Uninspected::Decode => {}
+                }
+            }
             let frame = match parse_frontend_frame(&mut self.client.buf, self.gw.options.max_message_len) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(Progress::Done),
                 Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
             };
-            if !self.inspecting && self.relay_uninspected(&frame, to_server) {
-                if frame.tag() == b'X' {
-                    return Ok(Progress::Terminated);
-                }
-                continue;
-            }
             let message =
                 decode_frontend(&frame).map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
             let statement = match &message {
@@ -1012,12 +1061,16 @@ impl Relay<'_> {
             if self.discarding {
                 if is_sync {
                     self.discarding = false;
-                    self.forward_sync(frame.raw(), to_server);
+                    to_server.extend_from_slice(frame.raw());
+                    self.sync_forwarded();
                 }
                 continue;
             }
             let verdict = match statement {
-                Some(_) if !self.lexing_safe && self.inspecting => Verdict::Deny {
+                // The hook inspects nothing of this session (as for the messages
+                // `relay_uninspected` takes): a Parse is only remembered.
+                Some(_) if !self.inspecting => Verdict::Allow,
+                Some(_) if !self.lexing_safe => Verdict::Deny {
                     rule: "builtin:session-lexing".into(),
                     message: "permission denied: this session's client_encoding or standard_conforming_strings \
                               makes the server read statements differently from the gateway"
@@ -1032,7 +1085,8 @@ impl Relay<'_> {
             match verdict {
                 Verdict::Allow => {
                     if is_sync {
-                        self.forward_sync(frame.raw(), to_server);
+                        to_server.extend_from_slice(frame.raw());
+                        self.sync_forwarded();
                         continue;
                     }
                     self.count_copy(frame.tag());
@@ -1115,36 +1169,43 @@ impl Relay<'_> {
         })
     }
 
-    /// Relays a message the hook would not look at, decoding only what the
-    /// relay itself needs. Returns false for the messages that need the full
-    /// path anyway: a Parse or Close (prepared statements are remembered even
-    /// now, in case command rules arrive mid-session) and anything malformed
-    /// or unexpected, which the decoder refuses with the right error.
-    fn relay_uninspected(&mut self, frame: &Frame, to_server: &mut BytesMut) -> bool {
-        let tag = frame.tag();
+    /// Relays the client's next message as it came when the hook would not look
+    /// at it: its bytes go from the read buffer to `to_server`, with no frame
+    /// made of them and nothing decoded but what the relay itself follows.
+    /// [`Uninspected::Decode`] for the messages that need the full path anyway:
+    /// a Parse or Close (prepared statements are remembered even now, in case
+    /// command rules arrive mid-session) and anything malformed or unexpected,
+    /// which the decoder refuses with the right error.
+    fn relay_uninspected(&mut self, to_server: &mut BytesMut) -> Result<Uninspected, Ended> {
+        let Some(&tag) = self.client.buf.first() else { return Ok(Uninspected::Incomplete) };
         if !matches!(tag, b'Q' | b'B' | b'E' | b'D' | b'S' | b'H' | b'X' | b'd' | b'c' | b'f' | b'F') {
-            return false;
+            return Ok(Uninspected::Decode);
         }
-        if self.discarding {
-            if tag == b'S' {
-                self.discarding = false;
-                self.forward_sync(frame.raw(), to_server);
-            }
-            return true;
+        let len = match peek_frame(&self.client.buf, frontend_max_len(tag, self.gw.options.max_message_len)) {
+            Ok(Some((_, len))) => len,
+            Ok(None) => return Ok(Uninspected::Incomplete),
+            Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        };
+        // After an error in a batch the server skips to its Sync, and so does the relay.
+        let forwarded = !self.discarding || tag == b'S';
+        let start = to_server.len();
+        if forwarded {
+            to_server.extend_from_slice(self.client.buf.get(..len).unwrap_or_default());
         }
+        self.client.buf.advance(len);
         if tag == b'S' {
-            self.forward_sync(frame.raw(), to_server);
-        } else {
+            self.discarding = false;
+            self.sync_forwarded();
+        } else if forwarded {
             self.count_copy(tag);
-            to_server.extend_from_slice(frame.raw());
             if matches!(tag, b'Q' | b'F') {
                 self.ready_owed += 1;
             }
             if tag == b'Q' {
-                self.track_simple_query(&frame.body());
+                self.track_simple_query(to_server.get(start + HEADER_LEN..).unwrap_or_default());
             }
         }
-        true
+        Ok(if tag == b'X' { Uninspected::Terminated } else { Uninspected::Relayed })
     }
 
     /// Keeps `prepared` a mirror of what the server holds, from the messages
@@ -1271,6 +1332,10 @@ impl Relay<'_> {
     /// A simple query destroys the unnamed statement; one that may deallocate
     /// or discard prepared statements (by SQL) leaves their state unknown.
     fn track_simple_query(&mut self, sql: &[u8]) {
+        if self.prepared.is_empty() {
+            // Most sessions prepare nothing: no hashing on every query.
+            return;
+        }
         self.prepared.remove(b"".as_slice());
         self.forget_if_deallocating(sql);
     }
@@ -1283,8 +1348,7 @@ impl Relay<'_> {
         if self.prepared.is_empty() {
             return;
         }
-        let mentions = |word: &[u8]| sql.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
-        if mentions(b"deallocate") || mentions(b"discard") {
+        if mentions_deallocation(sql) {
             for text in self.prepared.values_mut() {
                 *text = None;
             }
@@ -1332,12 +1396,13 @@ impl Relay<'_> {
         }
     }
 
-    fn forward_sync(&mut self, raw: &[u8], to_server: &mut BytesMut) {
+    /// Follows a Sync just forwarded: it owes a ReadyForQuery, before which
+    /// any refusal of its batch goes.
+    fn sync_forwarded(&mut self) {
         self.syncs_since_start += 1;
         if let Some(r) = &mut self.masking {
             r.queue.push_back(Expect::Sync);
         }
-        to_server.extend_from_slice(raw);
         self.ready_owed += 1;
         if let Some(report) = self.refusal.take() {
             self.inject.push((self.ready_owed, report));
@@ -1580,7 +1645,8 @@ impl Relay<'_> {
             if tag == b'Z' {
                 let now = self.ready_for_query(rest.get(HEADER_LEN).copied());
                 if !now.is_empty() {
-                    to_client.extend_from_slice(&server_buf.split_to(complete));
+                    to_client.extend_from_slice(server_buf.get(..complete).unwrap_or_default());
+                    server_buf.advance(complete);
                     complete = 0;
                     for report in now {
                         encode::error_response(to_client, &report);
@@ -1589,15 +1655,18 @@ impl Relay<'_> {
             }
             complete += len;
         }
-        let run = server_buf.split_to(complete);
+        // Written from the read buffer and then dropped from it (`advance`, not
+        // `split_to`, which would make the buffer shared and reference-counted).
+        let run = server_buf.get(..complete).unwrap_or_default();
         if to_client.is_empty() {
             // The common case: nothing of ours to add, so no copy.
-            self.record_server(&run)?;
+            self.record_server(run)?;
             self.bytes_out += run.len() as u64;
-            self.client.io.write_all(&run).await.map_err(io_ended)?;
+            self.client.io.write_all(run).await.map_err(io_ended)?;
         } else {
-            to_client.extend_from_slice(&run);
+            to_client.extend_from_slice(run);
         }
+        server_buf.advance(complete);
         Ok(())
     }
 
@@ -2002,6 +2071,17 @@ impl Relay<'_> {
     }
 }
 
+/// Whether `sql` has the word DEALLOCATE or DISCARD in it, in any case: a
+/// scan of every Parse and Query of a session that prepares statements, so it
+/// jumps from one `d` to the next.
+fn mentions_deallocation(sql: &[u8]) -> bool {
+    memchr::memchr2_iter(b'd', b'D', sql).any(|at| {
+        let rest = sql.get(at..).unwrap_or_default();
+        let starts = |word: &[u8]| rest.get(..word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+        starts(b"deallocate") || starts(b"discard")
+    })
+}
+
 /// Why a session can no longer be recorded; pending forever without recording.
 async fn recording_stopped(stop: Option<recording::StopSignal>) -> recording::Error {
     match stop {
@@ -2112,6 +2192,16 @@ impl AsyncWrite for ClientIo {
 #[cfg(test)]
 mod tests {
     use super::token_may_travel;
+
+    #[test]
+    fn deallocation_is_found_in_any_case_anywhere() {
+        assert!(super::mentions_deallocation(b"DEALLOCATE s1"));
+        assert!(super::mentions_deallocation(b"select 1; discard all"));
+        assert!(super::mentions_deallocation(b"/* d */ DeAlLoCaTe ALL"));
+        assert!(!super::mentions_deallocation(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+        assert!(!super::mentions_deallocation(b"select 'discar'"));
+        assert!(!super::mentions_deallocation(b""));
+    }
 
     #[test]
     fn tokens_cross_the_network_only_inside_tls() {
