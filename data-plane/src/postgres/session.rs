@@ -823,6 +823,13 @@ enum Progress {
     Hold,
 }
 
+/// What a relay's wait ended with.
+enum Woke {
+    Control(Control),
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+}
+
 /// What woke a relay besides its sockets.
 enum Control {
     /// The projection changed; false when its sender is gone.
@@ -862,6 +869,7 @@ impl Relay<'_> {
         // Ends the session when it can no longer be recorded (a full spool).
         let recording_stopped = recording_stopped(self.tap.as_deref().map(SessionTap::stop_signal));
         tokio::pin!(recording_stopped);
+        let mut server_first = false;
         loop {
             let changed = changes.changed();
             tokio::pin!(changed);
@@ -884,18 +892,37 @@ impl Relay<'_> {
                     gate.reopen();
                     Poll::Ready(event)
                 });
-                tokio::select! {
-                    // In this order: the gated events cost two atomic operations to
-                    // look at, and first they cannot be starved by a client that
-                    // keeps its socket always readable (a large COPY).
-                    biased;
-                    event = control => match event {
+                // The gated events first: they cost two atomic operations to look
+                // at, and so nothing starves them. The sockets take turns being
+                // looked at first, so that one kept readable (a large COPY, a
+                // long result) cannot starve the other.
+                let woke = if server_first {
+                    tokio::select! {
+                        biased;
+                        event = control => Woke::Control(event),
+                        read = self.upstream.stream.read_buf(&mut server_buf) => Woke::Server(read),
+                        read = self.client.io.read_buf(&mut self.client.buf) => Woke::Client(read),
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        event = control => Woke::Control(event),
+                        read = self.client.io.read_buf(&mut self.client.buf) => Woke::Client(read),
+                        read = self.upstream.stream.read_buf(&mut server_buf) => Woke::Server(read),
+                    }
+                };
+                server_first = !server_first;
+                match woke {
+                    Woke::Control(event) => match event {
                         Control::Changed(alive) => {
                             if !alive {
                                 return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
                             }
                             if let Some(why) = self.still_admitted(connection) {
-                                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                                return Err(Ended::fatal(
+                                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    format!("access ended: {why}"),
+                                ));
                             }
                             if self.masking.is_none() && self.gw.hook.masks(self.context) {
                                 return Err(Ended::fatal(
@@ -909,7 +936,10 @@ impl Relay<'_> {
                         }
                         Control::Expired => {
                             if let Some(why) = self.still_admitted(connection) {
-                                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                                return Err(Ended::fatal(
+                                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    format!("access ended: {why}"),
+                                ));
                             }
                             let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
                             expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
@@ -919,21 +949,27 @@ impl Relay<'_> {
                         }
                         Control::RecordingStopped(e) => return Err(recording_lost(self.span, &e)),
                     },
-                    read = self.client.io.read_buf(&mut self.client.buf) => {
+                    Woke::Client(read) => {
                         let n = read.map_err(io_ended)?;
                         if n == 0 {
                             return Ok(());
                         }
                         self.bytes_in += n as u64;
                         self.record_read(n)?;
-                        if self.process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client).await? {
+                        if self
+                            .process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client)
+                            .await?
+                        {
                             return Ok(());
                         }
                     }
-                    read = self.upstream.stream.read_buf(&mut server_buf) => {
+                    Woke::Server(read) => {
                         let n = read.map_err(target_lost)?;
                         if n == 0 {
-                            return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
+                            return Err(Ended::fatal(
+                                sqlstate::ADMIN_SHUTDOWN,
+                                format!("{} closed the connection", connection.name),
+                            ));
                         }
                         self.forward_server(&mut server_buf, &mut to_client).await?;
                         self.flush(&mut to_server, &mut to_client).await?;
