@@ -178,3 +178,56 @@ async fn a_recording_dropped_without_its_end_is_ended_by_the_uploader() {
     worker.stop().await;
     recorder.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_recorded_later_are_written_together_by_the_next_write() {
+    let (store, spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let recorder = TestRecorder::start(recorder_config(store.path(), free_addr())).await;
+    let worker = Worker::start(options(spool.path(), recorder.started.addr)).await;
+    let mut script = Script::new();
+    let mut tap = worker.recorder.open_session(script.meta()).unwrap();
+    let file = spool_files(spool.path()).pop().unwrap();
+    let len = || std::fs::metadata(&file).unwrap().len();
+    let opened = len();
+
+    // What a relay does for a statement: the client's bytes and the decision
+    // are encoded, and written by one commit before anything is forwarded.
+    let query = Bytes::from_static(b"Q\0\0\0\x0dSELECT 1;\0");
+    let decision = airlock_proto::v1::Decision {
+        statement: "SELECT 1;".into(),
+        verdict: airlock_proto::v1::Verdict::Allow as i32,
+        ..Default::default()
+    };
+    let sent = tap.client_bytes_later(&query).unwrap();
+    let decided = tap.decision_later(decision.clone()).unwrap();
+    assert_eq!((sent, decided), (1, 2), "numbered as they are recorded");
+    assert_eq!(len(), opened, "nothing written yet");
+    assert_eq!(tap.last_seq(), 0, "nothing written yet");
+    assert!(matches!(tap.durable(sent).await, Err(recording::Error::NotRecorded { .. })));
+    tap.commit().unwrap();
+    assert!(len() > opened, "written by the commit");
+    assert_eq!(tap.last_seq(), 2);
+    tap.commit().unwrap();
+    script.expected.push((sent, Body::ClientBytes(query.clone())));
+    script.expected.push((decided, Body::Decision(decision)));
+
+    // Any write takes what waits along, in order.
+    let more = tap.client_bytes_later(&query).unwrap();
+    let reply = Bytes::from_static(b"Z\0\0\0\x05I");
+    let replied = tap.server_bytes(&reply).unwrap();
+    assert_eq!((more, replied, tap.last_seq()), (3, 4, 4));
+    script.expected.push((more, Body::ClientBytes(query.clone())));
+    script.expected.push((replied, Body::ServerBytes(reply)));
+
+    // The end takes them too, and counts them.
+    let last = tap.client_bytes_later(&query).unwrap();
+    script.expected.push((last, Body::ClientBytes(query)));
+    let end = script.end(&mut tap, "client closed");
+    assert_eq!(end, last + 1);
+
+    tap.durable(end).await.unwrap();
+    worker.recorder.drained().await;
+    script.assert_recorded(&recorder).await;
+    worker.stop().await;
+    recorder.stop().await;
+}

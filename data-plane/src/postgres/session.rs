@@ -2042,6 +2042,11 @@ impl Relay<'_> {
     }
 
     async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        // What the client sent and what was decided of it, in one write, before
+        // anything goes on (and before a held statement waits for its review).
+        if let Some(tap) = self.tap.as_deref_mut() {
+            tap.commit().map_err(|e| recording_lost(self.span, &e))?;
+        }
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
             self.upstream.stream.write_all(to_server).await.map_err(target_lost)?;
@@ -2059,11 +2064,12 @@ impl Relay<'_> {
 
 impl Relay<'_> {
     /// Records the `n` bytes just read into the client's buffer, before
-    /// anything is done with them.
+    /// anything is done with them: written by the next `flush`, before it
+    /// forwards anything.
     fn record_read(&mut self, n: usize) -> Result<(), Ended> {
         let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
         let read = self.client.buf.get(self.client.buf.len().saturating_sub(n)..).unwrap_or_default();
-        self.client_seq = tap.client_bytes(read).map_err(|e| recording_lost(self.span, &e))?;
+        self.client_seq = tap.client_bytes_later(read).map_err(|e| recording_lost(self.span, &e))?;
         Ok(())
     }
 
@@ -2077,7 +2083,7 @@ impl Relay<'_> {
     /// Records what policy decided of a statement.
     fn record_decision(&mut self, decision: recording::Decision) -> Result<(), Ended> {
         let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
-        tap.decision(decision).map_err(|e| recording_lost(self.span, &e))?;
+        tap.decision_later(decision).map_err(|e| recording_lost(self.span, &e))?;
         Ok(())
     }
 

@@ -4,8 +4,9 @@
 //!
 //! - [`Recorder`] (one per worker): opens sessions, holds the spool's bound.
 //! - [`SessionTap`] (one per session, on its task): appends each frame to the
-//!   session's spool file before returning, so a recorded byte is on disk
-//!   before it is forwarded.
+//!   session's spool file before returning (or, for the `_later` calls, with
+//!   the next write, which the relay makes before forwarding), so a recorded
+//!   byte is in the spool before it is forwarded.
 //! - `uploader`: one stream to the recorder; sends each session's frames from
 //!   its file, wakes [`SessionTap::durable`] waiters as acks come, deletes a
 //!   file once the recorder closed its session, reconnects with backoff and
@@ -18,10 +19,11 @@
 //! ```text
 //! let mut tap = recorder.open_session(meta)?;   // refused: refuse the client
 //! let mut stop = tap.stop_signal();              // select! on stop.stopped()
-//! let seq = tap.client_bytes(&message)?;         // then forward to the target
+//! let seq = tap.client_bytes_later(&message)?;   // encoded, written with the next write
+//! tap.decision_later(decision)?;                 // what policy decided
+//! tap.commit()?;                                 // one write for both; then forward to the target
 //! tap.durable(seq).await?;                       // strict mode, before forwarding a statement
-//! tap.decision(decision)?;                       // what policy decided
-//! tap.server_bytes(&reply)?;                     // then write to the client
+//! tap.server_bytes(&reply)?;                     // written now; then write to the client
 //! tap.end("client closed")?;                     // last
 //! ```
 //!

@@ -1,8 +1,12 @@
 //! A session's tap, on the session's own task: each call numbers the next
 //! frame, stamps it and appends it to the session's spool file before
-//! returning. The hot path is one `write` into the session's file (a sync to
-//! disk too in strict mode) and one update of the spool's byte counter; the
-//! uploader is woken only when it has not been already.
+//! returning. The `_later` calls only encode their frame; it is written with
+//! the next write (any other call, or [`SessionTap::commit`]), so what the
+//! client sent and what policy decided of it take one `write` together, made
+//! before the relay forwards anything. The hot path is one `write` into the
+//! session's file (a sync to disk too in strict mode) and one update of the
+//! spool's byte counter; the uploader is woken only when it has not been
+//! already.
 
 use std::fs::File;
 use std::future::Future;
@@ -27,11 +31,17 @@ pub struct SessionTap {
     session: Arc<Session>,
     /// Shared with the uploader, which reads through it.
     file: Arc<File>,
-    /// Reused for every frame: encoding allocates only to grow it.
+    /// Frames encoded and not yet written; reused for every write, so
+    /// encoding allocates only to grow it.
     buf: Vec<u8>,
-    last_seq: u64,
+    /// The seq of the last frame encoded.
+    encoded_seq: u64,
+    /// The seq of the last frame written to the file.
+    written_seq: u64,
+    /// Bytes recorded each way: written, and (`pending`) encoded but not yet written.
     client_total: u64,
     server_total: u64,
+    pending: (u64, u64),
     full: watch::Receiver<u64>,
     ended: bool,
     /// A failed write could not be cut back: the file may end inside a record.
@@ -42,7 +52,8 @@ impl std::fmt::Debug for SessionTap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionTap")
             .field("session", &self.session.id)
-            .field("last_seq", &self.last_seq)
+            .field("written_seq", &self.written_seq)
+            .field("encoded_seq", &self.encoded_seq)
             .field("ended", &self.ended)
             .finish_non_exhaustive()
     }
@@ -56,9 +67,11 @@ impl SessionTap {
             session,
             file,
             buf: Vec::new(),
-            last_seq: 0,
+            encoded_seq: 0,
+            written_seq: 0,
             client_total: 0,
             server_total: 0,
+            pending: (0, 0),
             full,
             ended: false,
             poisoned: false,
@@ -77,7 +90,7 @@ impl SessionTap {
 
     /// The seq of the last frame written (0 before the first).
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.written_seq
     }
 
     /// Records bytes the client sent; forward them only once this returned
@@ -85,24 +98,47 @@ impl SessionTap {
     /// [`MAX_FRAME_BODY_BYTES`] are split over several frames. Nothing is
     /// written for no bytes.
     pub fn client_bytes(&mut self, bytes: &[u8]) -> Result<u64, Error> {
+        self.relayed(Way::Client, bytes)?;
+        self.write_pending(true)?;
+        Ok(self.encoded_seq)
+    }
+
+    /// [`SessionTap::client_bytes`], written with the next write: forward the
+    /// bytes only once a [`SessionTap::commit`] (or any other write) after
+    /// this returned `Ok`.
+    pub fn client_bytes_later(&mut self, bytes: &[u8]) -> Result<u64, Error> {
         self.relayed(Way::Client, bytes)
     }
 
     /// Records bytes as the client receives them (after masking); write them
     /// to the client only once this returned `Ok`.
     pub fn server_bytes(&mut self, bytes: &[u8]) -> Result<u64, Error> {
-        self.relayed(Way::Server, bytes)
+        self.relayed(Way::Server, bytes)?;
+        self.write_pending(true)?;
+        Ok(self.encoded_seq)
+    }
+
+    /// Writes the frames the `_later` calls encoded (none: nothing to do).
+    pub fn commit(&mut self) -> Result<(), Error> {
+        self.write_pending(true)
     }
 
     /// Records a policy decision. A statement over 1 MiB is cut (its bytes
     /// are whole in the client's frames), and so are other texts over 4 KiB.
-    pub fn decision(&mut self, mut decision: v1::Decision) -> Result<u64, Error> {
+    pub fn decision(&mut self, decision: v1::Decision) -> Result<u64, Error> {
+        let seq = self.decision_later(decision)?;
+        self.write_pending(true)?;
+        Ok(seq)
+    }
+
+    /// [`SessionTap::decision`], written with the next write.
+    pub fn decision_later(&mut self, mut decision: v1::Decision) -> Result<u64, Error> {
         self.check()?;
         spool::truncate_utf8(&mut decision.statement, MAX_DECISION_STATEMENT);
         for text in [&mut decision.rule, &mut decision.reason, &mut decision.review_id, &mut decision.approver] {
             spool::truncate_utf8(text, MAX_DECISION_TEXT);
         }
-        self.message_frame(Body::Decision(decision), true)
+        self.message_frame(Body::Decision(decision))
     }
 
     /// Records the session's end, with the bytes recorded each way, and syncs
@@ -111,10 +147,18 @@ impl SessionTap {
     /// be recorded after it.
     pub fn end(&mut self, reason: &str) -> Result<u64, Error> {
         self.check()?;
+        // Frames still waiting go first, within the bound; past it they are
+        // dropped (nothing was forwarded after them), and the end alone goes.
+        if let Err(e) = self.write_pending(true)
+            && !matches!(e, Error::SpoolFull { .. })
+        {
+            return Err(e);
+        }
         let mut reason = reason.to_owned();
         spool::truncate_utf8(&mut reason, MAX_DECISION_TEXT);
         let end = v1::SessionEnd { reason, client_bytes: self.client_total, server_bytes: self.server_total };
-        let seq = self.message_frame(Body::End(end), false)?;
+        let seq = self.message_frame(Body::End(end))?;
+        self.write_pending(false)?;
         self.ended = true;
         if !self.inner.strict {
             self.file.sync_data().map_err(|e| self.write_error(e))?;
@@ -127,7 +171,8 @@ impl SessionTap {
     /// long as the recorder is unreachable: bound it with a timeout where a
     /// wait must end. The future borrows nothing from the tap.
     pub fn durable(&self, seq: u64) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let recorded = if seq > self.last_seq { Err(Error::NotRecorded { seq, last: self.last_seq }) } else { Ok(()) };
+        let recorded =
+            if seq > self.written_seq { Err(Error::NotRecorded { seq, last: self.written_seq }) } else { Ok(()) };
         if recorded.is_ok() && seq > *self.session.durable.borrow() {
             self.session.flush_wanted.fetch_max(seq, Ordering::AcqRel);
             self.inner.wake_urgent(&self.session);
@@ -151,33 +196,37 @@ impl SessionTap {
         StopSignal { inner: self.inner.clone(), session: self.session.clone(), full: self.full.clone() }
     }
 
+    /// Encodes `bytes` as frames after those waiting; returns the last seq.
     fn relayed(&mut self, way: Way, bytes: &[u8]) -> Result<u64, Error> {
         self.check()?;
         if bytes.is_empty() {
-            return Ok(self.last_seq);
+            return Ok(self.encoded_seq);
         }
         let at = now_unix_micros();
-        self.buf.clear();
-        let mut seq = self.last_seq;
+        let mut seq = self.encoded_seq;
         for piece in bytes.chunks(MAX_FRAME_BODY_BYTES) {
             seq += 1;
             spool::put_bytes_frame(&mut self.buf, seq, at, way, piece);
         }
-        self.append(seq, true)?;
+        self.encoded_seq = seq;
         let total = match way {
-            Way::Client => &mut self.client_total,
-            Way::Server => &mut self.server_total,
+            Way::Client => &mut self.pending.0,
+            Way::Server => &mut self.pending.1,
         };
         *total = total.saturating_add(bytes.len() as u64);
         Ok(seq)
     }
 
-    fn message_frame(&mut self, body: Body, within_bound: bool) -> Result<u64, Error> {
-        let seq = self.last_seq + 1;
+    /// Encodes one frame after those waiting; returns its seq.
+    fn message_frame(&mut self, body: Body) -> Result<u64, Error> {
+        let seq = self.encoded_seq + 1;
         let frame = v1::Frame { session_id: String::new(), seq, at_unix_micros: now_unix_micros(), body: Some(body) };
-        self.buf.clear();
-        spool::put_message(&mut self.buf, &frame).map_err(|e| self.write_error(std::io::Error::other(e)))?;
-        self.append(seq, within_bound)?;
+        let mark = self.buf.len();
+        if let Err(e) = spool::put_message(&mut self.buf, &frame) {
+            self.buf.truncate(mark);
+            return Err(self.write_error(std::io::Error::other(e)));
+        }
+        self.encoded_seq = seq;
         Ok(seq)
     }
 
@@ -194,8 +243,24 @@ impl SessionTap {
         Ok(())
     }
 
-    /// Appends the encoded frames in `buf` with one write; `last_seq` is the seq of the last.
-    fn append(&mut self, last_seq: u64, within_bound: bool) -> Result<(), Error> {
+    /// Appends the frames waiting in `buf` with one write. When they cannot
+    /// be written they are dropped, their seqs given back: the file's seqs
+    /// stay consecutive, and nothing after the last written frame was
+    /// forwarded.
+    fn write_pending(&mut self, within_bound: bool) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.append(within_bound);
+        if result.is_err() {
+            self.buf.clear();
+            self.encoded_seq = self.written_seq;
+            self.pending = (0, 0);
+        }
+        result
+    }
+
+    fn append(&mut self, within_bound: bool) -> Result<(), Error> {
         let len = self.buf.len() as u64;
         self.inner.reserve(len, within_bound)?;
         if let Err(error) = (&*self.file).write_all(&self.buf) {
@@ -208,8 +273,12 @@ impl SessionTap {
         }
         let synced = if self.inner.strict { self.file.sync_data() } else { Ok(()) };
         self.session.committed.fetch_add(len, Ordering::AcqRel);
-        self.last_seq = last_seq;
+        self.written_seq = self.encoded_seq;
+        let (client, server) = std::mem::take(&mut self.pending);
+        self.client_total = self.client_total.saturating_add(client);
+        self.server_total = self.server_total.saturating_add(server);
         self.inner.wake(&self.session);
+        self.buf.clear();
         if self.buf.capacity() > KEEP_BUFFER_BYTES {
             self.buf = Vec::new();
         }
@@ -225,6 +294,10 @@ impl Drop for SessionTap {
     /// A session that stops without its end is ended by the uploader.
     fn drop(&mut self) {
         if !self.ended && !self.session.closed.load(Ordering::Acquire) {
+            // What the client sent last, though nothing was forwarded after it.
+            if self.check().is_ok() {
+                let _ = self.write_pending(true);
+            }
             self.session.abandoned.store(true, Ordering::Release);
             self.inner.wake(&self.session);
         }
