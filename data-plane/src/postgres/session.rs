@@ -652,8 +652,10 @@ async fn relay_session(
         masking: masks.then(Responses::default),
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
+        // The bytes sent along with the password were recorded when the tap
+        // opened: in strict mode they too wait for the recorder.
+        client_seq: tap.as_ref().map_or(0, |t| t.last_seq()),
         tap,
-        client_seq: 0,
         durable_seq: 0,
         review_note: None,
     };
@@ -1562,6 +1564,8 @@ impl Relay<'_> {
                     }
                     self.bytes_in += n as u64;
                     self.record_read(n)?;
+                    // Written now: nothing may take it along for as long as the review lasts.
+                    self.commit_recording()?;
                 }
                 () = &mut grant_ends => {
                     // Checked again at the top: ends the session if the grant is over.
@@ -2044,9 +2048,7 @@ impl Relay<'_> {
     async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
         // What the client sent and what was decided of it, in one write, before
         // anything goes on (and before a held statement waits for its review).
-        if let Some(tap) = self.tap.as_deref_mut() {
-            tap.commit().map_err(|e| recording_lost(self.span, &e))?;
-        }
+        self.commit_recording()?;
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
             self.upstream.stream.write_all(to_server).await.map_err(target_lost)?;
@@ -2078,6 +2080,12 @@ impl Relay<'_> {
         let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
         tap.server_bytes(bytes).map_err(|e| recording_lost(self.span, &e))?;
         Ok(())
+    }
+
+    /// Writes what `record_read` and `record_decision` recorded since the last write.
+    fn commit_recording(&mut self) -> Result<(), Ended> {
+        let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
+        tap.commit().map_err(|e| recording_lost(self.span, &e))
     }
 
     /// Records what policy decided of a statement.

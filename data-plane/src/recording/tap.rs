@@ -147,10 +147,11 @@ impl SessionTap {
     /// be recorded after it.
     pub fn end(&mut self, reason: &str) -> Result<u64, Error> {
         self.check()?;
-        // Frames still waiting go first, within the bound; past it they are
-        // dropped (nothing was forwarded after them), and the end alone goes.
+        // Frames still waiting go first, within the bound; when they cannot be
+        // written they are dropped (nothing was forwarded after them), and the
+        // end alone goes, unless the file could not be cut back to whole records.
         if let Err(e) = self.write_pending(true)
-            && !matches!(e, Error::SpoolFull { .. })
+            && self.poisoned
         {
             return Err(e);
         }
