@@ -14,7 +14,6 @@
 //! pgbench commands, CPU from `/proc`) is `pg-throughput`'s.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,8 +22,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::pg_throughput::{
-    Bench, BenchDb, Endpoints, Machine, Mode, READY_TIMEOUT, Target, clk_tck, command_output, cpu_model, cpu_ticks,
-    find_airlock, find_pgbench, free_addr, loadavg, median, parse_after, pgbench_command, register,
+    Bench, BenchDb, Endpoints, LogLine, Machine, Mode, READY_TIMEOUT, Target, clk_tck, command_output, cpu_model,
+    find_airlock, find_pgbench, free_addr, loadavg, median, parse_after, pgbench_command, register, run_pgbench,
 };
 use super::session_roles::{Drained, Watcher};
 use super::{pgbouncer, session_roles};
@@ -391,34 +390,12 @@ fn one_run(
         .args(["-S", "-n", "-C", "-M", "simple", "-c", &clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &args.seconds.to_string(), "-l", "--log-prefix"])
         .arg(logs.join("tx"));
-    let cpu_before = pid.map(cpu_ticks).transpose()?;
-    let out = command.output().context("running pgbench")?;
-    let cpu_after = pid.map(cpu_ticks).transpose()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(
-        out.status.success(),
-        "pgbench failed ({}): {}{}",
-        out.status,
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let connections = parse_after(&stdout, "number of transactions actually processed:")
-        .context("no transaction count in pgbench's output")? as u64;
-    let conn_per_s = parse_after(&stdout, "tps =").context("no tps in pgbench's output")?;
-    let latency_avg_ms = parse_after(&stdout, "latency average =").unwrap_or(0.0);
-    let connect_avg_ms = parse_after(&stdout, "average connection time =").unwrap_or(0.0);
-    let log = read_log(&logs)?;
-    let _ = std::fs::remove_dir_all(&logs);
-    let mut cycles = cycle_times_ms(&log);
+    let run = run_pgbench(&mut command, pid, &logs, clk_tck)?;
+    let connect_avg_ms = parse_after(&run.stdout, "average connection time =").unwrap_or(0.0);
+    let mut cycles = cycle_times_ms(&run.log);
     cycles.sort_by(f64::total_cmp);
-    let mut tx: Vec<f64> = log.iter().map(|l| l.time_us as f64 / 1000.0).collect();
-    tx.sort_by(f64::total_cmp);
-    let cpu_us_per_conn = match (cpu_before, cpu_after) {
-        (Some(b), Some(a)) if connections > 0 => {
-            Some(a.saturating_sub(b) as f64 * 1_000_000.0 / clk_tck as f64 / connections as f64)
-        }
-        _ => None,
-    };
+    let (connections, conn_per_s, latency_avg_ms, cpu_us_per_conn) =
+        (run.transactions, run.tps, run.latency_avg_ms, run.cpu_us_per_tx);
     Ok(Run {
         rep,
         target,
@@ -429,42 +406,10 @@ fn one_run(
         connect_avg_ms,
         cycle_p50_ms: report::percentile(&cycles, 50.0),
         cycle_p99_ms: report::percentile(&cycles, 99.0),
-        tx_p50_ms: report::percentile(&tx, 50.0),
+        tx_p50_ms: report::percentile(&run.latencies, 50.0),
         cpu_us_per_conn,
         roles: None,
     })
-}
-
-/// One line of pgbench's per-transaction log:
-/// `client_id transaction_no time_us script_no time_epoch time_us_part`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct LogLine {
-    client: u64,
-    transaction: u64,
-    time_us: u64,
-    /// When the transaction ended, in µs since the epoch.
-    end_us: u64,
-}
-
-fn parse_log_line(line: &str) -> Option<LogLine> {
-    let mut f = line.split_whitespace();
-    let client = f.next()?.parse().ok()?;
-    let transaction = f.next()?.parse().ok()?;
-    let time_us = f.next()?.parse().ok()?;
-    let _script = f.next()?;
-    let epoch: u64 = f.next()?.parse().ok()?;
-    let epoch_us: u64 = f.next()?.parse().ok()?;
-    Some(LogLine { client, transaction, time_us, end_us: epoch * 1_000_000 + epoch_us })
-}
-
-fn read_log(dir: &Path) -> anyhow::Result<Vec<LogLine>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let mut text = String::new();
-        std::fs::File::open(entry?.path())?.read_to_string(&mut text)?;
-        out.extend(text.lines().filter_map(parse_log_line));
-    }
-    Ok(out)
 }
 
 /// Per client, the time between the ends of consecutive transactions: with
@@ -533,6 +478,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::pg_throughput::parse_log_line;
 
     #[test]
     fn cycles_are_per_client_between_transaction_ends() {

@@ -696,7 +696,7 @@ impl Runner<'_> {
             Arm::GatewayOff => Some(self.off.pid),
             Arm::GatewayPolicy => Some(self.policy.pid),
         };
-        let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx } =
+        let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, .. } =
             run_pgbench(&mut command, pid, &logs, self.clk_tck)?;
         Ok(Run {
             rep,

@@ -821,7 +821,7 @@ fn one_run(
         .args(["-n", "-M", &mode.to_string(), "-c", &clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &args.seconds.to_string(), "-l", "--log-prefix"])
         .arg(logs.join("tx"));
-    let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx } =
+    let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, .. } =
         run_pgbench(&mut command, pid, &logs, clk_tck)?;
     Ok(Run {
         rep,
@@ -891,6 +891,10 @@ pub(crate) struct PgbenchRun {
     pub latencies: Vec<f64>,
     /// The CPU of process `pid` over the run, per transaction.
     pub cpu_us_per_tx: Option<f64>,
+    /// What pgbench printed.
+    pub stdout: String,
+    /// Its per-transaction log.
+    pub log: Vec<LogLine>,
 }
 
 /// Runs a prepared pgbench command that logs each transaction under `logs`,
@@ -904,7 +908,7 @@ pub(crate) fn run_pgbench(
     let cpu_before = pid.map(cpu_ticks).transpose()?;
     let out = command.output().context("running pgbench")?;
     let cpu_after = pid.map(cpu_ticks).transpose()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     anyhow::ensure!(
         out.status.success(),
         "pgbench failed ({}): {}{}",
@@ -916,8 +920,9 @@ pub(crate) fn run_pgbench(
         .context("no transaction count in pgbench's output")? as u64;
     let tps = parse_after(&stdout, "tps =").context("no tps in pgbench's output")?;
     let latency_avg_ms = parse_after(&stdout, "latency average =").unwrap_or(0.0);
-    let mut latencies = read_latencies_ms(logs)?;
+    let log = read_log(logs)?;
     let _ = std::fs::remove_dir_all(logs);
+    let mut latencies: Vec<f64> = log.iter().map(|l| l.time_us as f64 / 1000.0).collect();
     latencies.sort_by(f64::total_cmp);
     let cpu_us_per_tx = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) if transactions > 0 => {
@@ -925,7 +930,7 @@ pub(crate) fn run_pgbench(
         }
         _ => None,
     };
-    Ok(PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx })
+    Ok(PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, stdout, log })
 }
 
 /// The number after `label` on the first line containing it.
@@ -935,14 +940,34 @@ pub(crate) fn parse_after(text: &str, label: &str) -> Option<f64> {
     rest.split_whitespace().next()?.split('/').next()?.parse().ok()
 }
 
-/// Every transaction's latency from pgbench's per-transaction logs in `dir`
-/// (`client_id transaction_no time_us script_no epoch epoch_us`).
-pub(crate) fn read_latencies_ms(dir: &Path) -> anyhow::Result<Vec<f64>> {
+/// One line of pgbench's per-transaction log:
+/// `client_id transaction_no time_us script_no time_epoch time_us_part`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LogLine {
+    pub client: u64,
+    pub transaction: u64,
+    pub time_us: u64,
+    /// When the transaction ended, in µs since the epoch.
+    pub end_us: u64,
+}
+
+pub(crate) fn parse_log_line(line: &str) -> Option<LogLine> {
+    let mut f = line.split_whitespace();
+    let client = f.next()?.parse().ok()?;
+    let transaction = f.next()?.parse().ok()?;
+    let time_us = f.next()?.parse().ok()?;
+    let _script = f.next()?;
+    let epoch: u64 = f.next()?.parse().ok()?;
+    let epoch_us: u64 = f.next()?.parse().ok()?;
+    Some(LogLine { client, transaction, time_us, end_us: epoch * 1_000_000 + epoch_us })
+}
+
+pub(crate) fn read_log(dir: &Path) -> anyhow::Result<Vec<LogLine>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let mut text = String::new();
         std::fs::File::open(entry?.path())?.read_to_string(&mut text)?;
-        out.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()).map(|us| us / 1000.0));
+        out.extend(text.lines().filter_map(parse_log_line));
     }
     Ok(out)
 }
