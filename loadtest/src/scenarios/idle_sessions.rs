@@ -24,7 +24,7 @@ use sqlx::{ConnectOptions as _, Connection as _};
 
 use super::pg_throughput::{Bench, CONNECTION, READY_TIMEOUT, ROLE, find_airlock, free_addr, loadavg, register};
 use super::session_roles::{Drained, Watcher};
-use super::{pg_throughput, pgbouncer};
+use super::{pgbouncer, session_roles};
 use crate::report::{self, Document, Host, Table};
 
 /// The target: at most this much gateway memory per idle session.
@@ -159,17 +159,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
     let pool_size = 10;
     let result =
         measure(&mut bench, args, &checkpoints, &pgbouncer_bin, &airlock_bin, max_client_conn, pool_size).await;
-    let template = bench.template.clone();
-    if let Some(p) = bench.gateway.take() {
-        pg_throughput::stop_child(p);
-    }
-    let roles_left_after_stop = match template {
-        Some(t) => match Watcher::connect(&t).await {
-            Ok(w) => w.drop_leftovers().await.ok(),
-            Err(_) => None,
-        },
-        None => None,
-    };
+    let roles_left_after_stop = session_roles::stop_gateway_and_drop_leftovers(&mut bench).await;
     bench.stop().await;
     let mut r = result?;
     r.roles_left_after_stop = roles_left_after_stop;

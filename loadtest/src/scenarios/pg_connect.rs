@@ -25,7 +25,7 @@ use super::pg_throughput::{
     Bench, BenchDb, Endpoints, LogLine, Machine, Mode, READY_TIMEOUT, Target, clk_tck, command_output, cpu_model,
     find_airlock, find_pgbench, free_addr, loadavg, median, parse_after, pgbench_command, register, run_pgbench,
 };
-use super::session_roles::{Drained, Watcher};
+use super::session_roles::Drained;
 use super::{pgbouncer, session_roles};
 use crate::report::{self, Document, Host, Table};
 
@@ -150,18 +150,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut bench = Bench { dir, db: None, template: None, pgbouncer: None, gateway: None };
     let result = measure(&mut bench, args, &pgbench, &pgbouncer_bin, &airlock_bin, clk_tck).await;
-    let template = bench.template.clone();
-    // Stopping the gateway (SIGTERM) drops the roles of its sessions; what is left after that is counted.
-    if let Some(p) = bench.gateway.take() {
-        super::pg_throughput::stop_child(p);
-    }
-    let roles_left_after_stop = match template {
-        Some(t) => match Watcher::connect(&t).await {
-            Ok(w) => w.drop_leftovers().await.ok(),
-            Err(_) => None,
-        },
-        None => None,
-    };
+    let roles_left_after_stop = session_roles::stop_gateway_and_drop_leftovers(&mut bench).await;
     bench.stop().await;
     let (runs, postgres) = result?;
 

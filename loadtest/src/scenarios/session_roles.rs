@@ -91,3 +91,14 @@ impl Watcher {
         Ok(names.len())
     }
 }
+
+/// Stops the run's gateway (its SIGTERM drops the roles of its sessions) and
+/// drops whatever session roles are left; how many there were, or `None`
+/// when that could not be looked at.
+pub(crate) async fn stop_gateway_and_drop_leftovers(bench: &mut super::pg_throughput::Bench) -> Option<usize> {
+    if let Some(p) = bench.gateway.take() {
+        super::pg_throughput::stop_child(p);
+    }
+    let template = bench.template.clone()?;
+    Watcher::connect(&template).await.ok()?.drop_leftovers().await.ok()
+}
