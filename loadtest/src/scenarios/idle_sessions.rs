@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions as _, Connection as _};
 
-use super::pg_throughput::{Bench, CONNECTION, READY_TIMEOUT, ROLE, find_airlock, free_addr, loadavg, register};
+use super::pg_throughput::{Bench, READY_TIMEOUT, find_airlock, free_addr, gateway_options, loadavg, register};
 use super::session_roles::{Drained, Watcher};
 use super::{pgbouncer, session_roles};
 use crate::report::{self, Document, Host, Table};
@@ -373,14 +373,7 @@ async fn measure(
                 .map(|l| l.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" / "))
         })
         .unwrap_or_default();
-    let connect = PgConnectOptions::new()
-        .host(&gateway.ip().to_string())
-        .port(gateway.port())
-        .username(&format!("{CONNECTION}.{ROLE}"))
-        .password(&token)
-        .database(&database)
-        .ssl_mode(PgSslMode::Disable)
-        .disable_statement_logging();
+    let connect = gateway_options(gateway, &token, &database).disable_statement_logging();
     let mut watcher = Watcher::connect(&template).await?;
     let drain_bound = Duration::from_secs(args.drain_timeout_s);
 

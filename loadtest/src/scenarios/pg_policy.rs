@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgSslMode};
+use sqlx::postgres::{PgConnection, PgDatabaseError};
 use sqlx::{Connection as _, Row as _};
 
 use super::pg_throughput::{
-    self, Bench, CONNECTION, Endpoints, Mode, PgbenchRun, READY_TIMEOUT, ROLE, Target, clk_tck, command_output,
-    cpu_model, find_airlock, find_pgbench, loadavg, median, pgbench_command, register, run_pgbench,
+    self, Bench, Endpoints, Mode, PgbenchRun, READY_TIMEOUT, Target, clk_tck, command_output, cpu_model, find_airlock,
+    find_pgbench, loadavg, median, pgbench_command, register, run_pgbench,
 };
 use crate::report::{self, Document, Host, Table};
 
@@ -639,13 +639,7 @@ impl Runner<'_> {
     /// comes back as it is stored. The second value says what the session saw.
     async fn observe(&self, arm: Arm) -> anyhow::Result<(InForce, String)> {
         let (e, _) = self.target(arm);
-        let options = PgConnectOptions::new()
-            .host(&e.gateway.ip().to_string())
-            .port(e.gateway.port())
-            .username(&format!("{CONNECTION}.{ROLE}"))
-            .password(&e.token)
-            .database(&e.database)
-            .ssl_mode(PgSslMode::Disable);
+        let options = pg_throughput::gateway_options(e.gateway, &e.token, &e.database);
         let mut conn = PgConnection::connect_with(&options).await.context("connecting through the gateway")?;
         // The template role may not delete, so Postgres refuses this when the gateway lets it through.
         let delete = format!("DELETE FROM {MASK_TABLE}");

@@ -853,15 +853,21 @@ pub(crate) async fn apply_policy(api: &str, data_dir: &Path, document: &str) -> 
     Ok(())
 }
 
+/// A session through the gateway at `addr`, as the scenarios' role with its
+/// token, without TLS (the gateway allows that on loopback).
+pub(crate) fn gateway_options(addr: SocketAddr, token: &str, database: &str) -> PgConnectOptions {
+    PgConnectOptions::new()
+        .host(&addr.ip().to_string())
+        .port(addr.port())
+        .username(&format!("{CONNECTION}.{ROLE}"))
+        .password(token)
+        .database(database)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+}
+
 /// Waits until a new session through the gateway reads row 1's email masked.
 async fn wait_until_masked(e: &Endpoints) -> anyhow::Result<()> {
-    let options = PgConnectOptions::new()
-        .host(&e.gateway.ip().to_string())
-        .port(e.gateway.port())
-        .username(&format!("{CONNECTION}.{ROLE}"))
-        .password(&e.token)
-        .database(&e.database)
-        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let options = gateway_options(e.gateway, &e.token, &e.database);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let seen = async {
