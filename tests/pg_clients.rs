@@ -462,6 +462,49 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     assert_eq!(rows().await, 2);
 }
 
+/// A session no rule looks at still follows what it prepares: when command
+/// rules arrive mid-session, a Bind of a statement prepared before them is
+/// decided on its text (a statement whose text the gateway did not keep could
+/// only be refused).
+#[tokio::test]
+async fn statements_prepared_before_rules_arrive_are_decided_on_their_text() {
+    let s = Stack::start().await;
+    let token = s.token("raw").await;
+    s.grant_role("raw", "readwrite", 900).await;
+    let mut stream = raw_login(&s, "pg.readwrite", &token).await;
+    stream
+        .write_all(
+            &[
+                parse("r", "SELECT name FROM people WHERE id = $1"),
+                parse("", "SELECT name FROM people WHERE id = 2"),
+                parse("w", "DELETE FROM people"),
+                message(b'S', &[]),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "1", "1"]);
+
+    s.apply_policy("version: 1\ncommands:\n  - name: no-unbounded-writes\n    match: { unbounded_write: true }\n    action: deny\n")
+        .await;
+    let run =
+        |statement: &str, params: &[&str]| [bind("", statement, params), execute("", 0), message(b'S', &[])].concat();
+    stream.write_all(&run("r", &["1"])).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["2", "D:café", "C:SELECT 1"]);
+    stream.write_all(&run("", &[])).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["2", "D:Zoë", "C:SELECT 1"]);
+    stream.write_all(&run("w", &[])).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"]);
+    let admin = admin_client(s.db.url()).await;
+    let rows: i64 = admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 2);
+}
+
 #[tokio::test]
 async fn several_parse_bind_execute_before_one_sync_are_answered_in_order() {
     let s = Stack::start().await;

@@ -1209,20 +1209,30 @@ impl Relay<'_> {
 
     /// Relays the client's next message as it came when the hook would not look
     /// at it: its bytes go from the read buffer to `to_server`, with no frame
-    /// made of them and nothing decoded but what the relay itself follows.
-    /// [`Uninspected::Decode`] for the messages that need the full path anyway:
-    /// a Parse or Close (prepared statements are remembered even now, in case
-    /// command rules arrive mid-session) and anything malformed or unexpected,
-    /// which the decoder refuses with the right error.
+    /// made of them and nothing decoded but what the relay itself follows (of
+    /// a Parse, its name and text: prepared statements are remembered even
+    /// now, in case command rules arrive mid-session). [`Uninspected::Decode`]
+    /// for the messages that need the full path anyway: a Close, and anything
+    /// malformed or unexpected, which the decoder refuses with the right error.
     fn relay_uninspected(&mut self, to_server: &mut BytesMut) -> Result<Uninspected, Ended> {
         let Some(&tag) = self.client.buf.first() else { return Ok(Uninspected::Incomplete) };
-        if !matches!(tag, b'Q' | b'B' | b'E' | b'D' | b'S' | b'H' | b'X' | b'd' | b'c' | b'f' | b'F') {
+        if !matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'D' | b'S' | b'H' | b'X' | b'd' | b'c' | b'f' | b'F') {
             return Ok(Uninspected::Decode);
         }
         let len = match peek_frame(&self.client.buf, frontend_max_len(tag, self.gw.options.max_message_len)) {
             Ok(Some((_, len))) => len,
             Ok(None) => return Ok(Uninspected::Incomplete),
             Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        };
+        // A Parse is followed by its name and text, the body's first two strings.
+        let parse = if tag == b'P' {
+            let body = self.client.buf.get(HEADER_LEN..len).unwrap_or_default();
+            let Some(name_len) = memchr::memchr(0, body) else { return Ok(Uninspected::Decode) };
+            let sql = body.get(name_len + 1..).unwrap_or_default();
+            let Some(sql_len) = memchr::memchr(0, sql) else { return Ok(Uninspected::Decode) };
+            Some((name_len, sql_len))
+        } else {
+            None
         };
         // After an error in a batch the server skips to its Sync, and so does the relay.
         let forwarded = !self.discarding || tag == b'S';
@@ -1239,8 +1249,14 @@ impl Relay<'_> {
             if matches!(tag, b'Q' | b'F') {
                 self.ready_owed += 1;
             }
+            let body = to_server.get(start + HEADER_LEN..).unwrap_or_default();
             if tag == b'Q' {
-                self.track_simple_query(to_server.get(start + HEADER_LEN..).unwrap_or_default());
+                self.track_simple_query(body);
+            }
+            if let Some((name_len, sql_len)) = parse {
+                let name = body.get(..name_len).unwrap_or_default();
+                let sql = body.get(name_len + 1..name_len + 1 + sql_len).unwrap_or_default();
+                self.track_parse(name, sql);
             }
         }
         Ok(if tag == b'X' { Uninspected::Terminated } else { Uninspected::Relayed })
@@ -1251,33 +1267,8 @@ impl Relay<'_> {
     /// gateway cannot know what the server did, it forgets the text, and a
     /// Bind of that statement is refused where rules apply.
     fn track_prepared(&mut self, message: &FrontendMessage) {
-        if let FrontendMessage::Parse { sql, .. } = message {
-            self.forget_if_deallocating(sql);
-        }
         match message {
-            // The server replaces the unnamed statement (or, if the Parse fails,
-            // has none and skips the rest of the batch). A named one it refuses
-            // when the name is taken, and keeps the old one: so a taken name keeps
-            // its old text here too. Where the server's answer to an earlier
-            // Parse or Close of the name is still owed, the gateway cannot know
-            // which text the name will hold, and forgets it. A Parse the server
-            // refuses or skips is followed by an ErrorResponse, and then every
-            // name not yet confirmed is forgotten (`server_error`).
-            FrontendMessage::Parse { name, sql, .. } => {
-                let ambiguous = !name.is_empty() && self.unconfirmed(name);
-                // Copied: a slice would keep the whole read buffer it came from alive,
-                // and every later read would then need a new one.
-                let key = bytes::Bytes::copy_from_slice(name);
-                if ambiguous {
-                    self.prepared.insert(key.clone(), None);
-                } else if name.is_empty()
-                    || (self.prepared.get(name).is_some_and(Option::is_none))
-                    || (!self.prepared.contains_key(name) && self.prepared.len() < MAX_PREPARED)
-                {
-                    self.prepared.insert(key.clone(), Some(bytes::Bytes::copy_from_slice(sql)));
-                }
-                self.in_flight.push_back((b'1', key));
-            }
+            FrontendMessage::Parse { name, sql, .. } => self.track_parse(name, sql),
             FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
                 self.prepared.remove(name);
                 self.in_flight.push_back((b'3', bytes::Bytes::copy_from_slice(name)));
@@ -1285,6 +1276,31 @@ impl Relay<'_> {
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
             _ => {}
         }
+    }
+
+    /// A Parse forwarded: the server replaces the unnamed statement (or, if the
+    /// Parse fails, has none and skips the rest of the batch). A named one it
+    /// refuses when the name is taken, and keeps the old one: so a taken name
+    /// keeps its old text here too. Where the server's answer to an earlier
+    /// Parse or Close of the name is still owed, the gateway cannot know which
+    /// text the name will hold, and forgets it. A Parse the server refuses or
+    /// skips is followed by an ErrorResponse, and then every name not yet
+    /// confirmed is forgotten (`server_error`).
+    fn track_parse(&mut self, name: &[u8], sql: &[u8]) {
+        self.forget_if_deallocating(sql);
+        let ambiguous = !name.is_empty() && self.unconfirmed(name);
+        // Copied: a slice would keep the whole buffer it came from alive, and
+        // every later read would then need a new one.
+        let key = bytes::Bytes::copy_from_slice(name);
+        if ambiguous {
+            self.prepared.insert(key.clone(), None);
+        } else if name.is_empty()
+            || (self.prepared.get(name).is_some_and(Option::is_none))
+            || (!self.prepared.contains_key(name) && self.prepared.len() < MAX_PREPARED)
+        {
+            self.prepared.insert(key.clone(), Some(bytes::Bytes::copy_from_slice(sql)));
+        }
+        self.in_flight.push_back((b'1', key));
     }
 
     /// Follows a forwarded message for the Syncs a COPY FROM STDIN swallows.
