@@ -505,6 +505,33 @@ async fn statements_prepared_before_rules_arrive_are_decided_on_their_text() {
     assert_eq!(rows, 2);
 }
 
+/// A Parse the server would refuse before reading it as a statement (here,
+/// a byte after its parameter types) leaves the unnamed statement it had: the
+/// gateway must not take its text as the statement's, so it refuses it, in
+/// sessions no rule inspects too.
+#[tokio::test]
+async fn a_parse_with_bytes_after_its_parameter_types_is_refused() {
+    let s = Stack::start().await;
+    let token = s.token("raw").await;
+    s.grant_role("raw", "readwrite", 900).await;
+    let mut stream = raw_login(&s, "pg.readwrite", &token).await;
+    let mut body = Vec::new();
+    cstr(&mut body, "");
+    cstr(&mut body, "SELECT 1");
+    body.extend_from_slice(&[0, 0, 7]);
+    stream.write_all(&[message(b'P', &body), message(b'S', &[])].concat()).await.unwrap();
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream)).await.unwrap();
+    assert_eq!(tag, b'E');
+    let field = |name: u8| body.split(|b| *b == 0).find_map(|f| f.strip_prefix(&[name])).unwrap();
+    let shown = String::from_utf8_lossy(&body);
+    assert_eq!(field(b'C'), b"08P01", "{shown}");
+    // The gateway's refusal, not the server's (which is an ERROR, and the session goes on).
+    assert_eq!(field(b'V'), b"FATAL", "{shown}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert!(rest.is_empty(), "nothing after the refusal: {}", String::from_utf8_lossy(&rest));
+}
+
 #[tokio::test]
 async fn several_parse_bind_execute_before_one_sync_are_answered_in_order() {
     let s = Stack::start().await;

@@ -1224,13 +1224,13 @@ impl Relay<'_> {
             Ok(None) => return Ok(Uninspected::Incomplete),
             Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
         };
-        // A Parse is followed by its name and text, the body's first two strings.
+        // Of a Parse, the lengths of its name and text; one laid out other than
+        // Postgres reads it takes the full path, which refuses it.
         let parse = if tag == b'P' {
-            let body = self.client.buf.get(HEADER_LEN..len).unwrap_or_default();
-            let Some(name_len) = memchr::memchr(0, body) else { return Ok(Uninspected::Decode) };
-            let sql = body.get(name_len + 1..).unwrap_or_default();
-            let Some(sql_len) = memchr::memchr(0, sql) else { return Ok(Uninspected::Decode) };
-            Some((name_len, sql_len))
+            let Some(lengths) = parse_layout(self.client.buf.get(HEADER_LEN..len).unwrap_or_default()) else {
+                return Ok(Uninspected::Decode);
+            };
+            Some(lengths)
         } else {
             None
         };
@@ -2137,6 +2137,21 @@ impl Relay<'_> {
     }
 }
 
+/// The lengths of a Parse body's statement name and text, when the body is
+/// laid out as Postgres reads it: the two strings, a count of parameter types
+/// and that many types, and nothing after them. A Parse the server would
+/// refuse before reading it as a statement (and so keep the unnamed statement
+/// it had) is not one the relay may take as the statement's new text.
+fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
+    let name_len = memchr::memchr(0, body)?;
+    let rest = body.get(name_len + 1..)?;
+    let sql_len = memchr::memchr(0, rest)?;
+    let types = rest.get(sql_len + 1..)?;
+    let count = i16::from_be_bytes([*types.first()?, *types.get(1)?]);
+    let count = usize::try_from(count).ok()?;
+    (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
+}
+
 /// Whether `sql` has the word DEALLOCATE or DISCARD in it, in any case: a
 /// scan of every Parse and Query of a session that prepares statements, so it
 /// jumps from one `d` to the next.
@@ -2257,7 +2272,20 @@ impl AsyncWrite for ClientIo {
 
 #[cfg(test)]
 mod tests {
-    use super::token_may_travel;
+    use super::{parse_layout, token_may_travel};
+
+    #[test]
+    fn a_parse_is_read_only_when_laid_out_as_postgres_reads_it() {
+        let body = |tail: &[u8]| [b"s\0SELECT $1\0".as_slice(), tail].concat();
+        assert_eq!(parse_layout(&body(&[0, 0])), Some((1, 9)));
+        assert_eq!(parse_layout(&body(&[0, 1, 0, 0, 0, 23])), Some((1, 9)));
+        assert_eq!(parse_layout(&[0, 0, 0, 0]), Some((0, 0)));
+        for tail in [&[][..], &[0], &[0, 1], &[0, 1, 0, 0, 0], &[0, 0, 9], &[0xff, 0xff], &[0, 1, 0, 0, 0, 23, 0]] {
+            assert_eq!(parse_layout(&body(tail)), None, "{tail:?}");
+        }
+        assert_eq!(parse_layout(b"s\0SELECT 1"), None, "no end to the text");
+        assert_eq!(parse_layout(b"s"), None, "no end to the name");
+    }
 
     #[test]
     fn deallocation_is_found_in_any_case_anywhere() {
