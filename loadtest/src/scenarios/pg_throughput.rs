@@ -231,7 +231,7 @@ impl Paired {
         Some(Paired { median: median(values), min, max })
     }
 
-    /// `1.05 (repetitions 0.97–1.12)`, with `digits` decimals and a sign when `signed`.
+    /// `1.050 (repetitions 0.970 to 1.120)`, with `digits` decimals and a sign when `signed`.
     fn show(&self, digits: usize, signed: bool) -> String {
         let f = |v: f64| if signed { format!("{v:+.digits$}") } else { format!("{v:.digits$}") };
         format!("{} (repetitions {} to {})", f(self.median), f(self.min), f(self.max))
@@ -1123,7 +1123,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
     if let Some((g, vs, b)) = against(Target::Gateway, Mode::Simple, eight) {
         out.push(Verdict {
             target: format!("everything on: TPS >= 1.0x pgbouncer (select, simple, {eight} clients)"),
-            detail: format!("ratio {}; gateway {:.0} tps, pgbouncer {:.0} tps", vs.tps.show(2, false), g.tps, b.tps),
+            detail: format!("ratio {}; gateway {:.0} tps, pgbouncer {:.0} tps", vs.tps.show(3, false), g.tps, b.tps),
             pass: vs.tps.median >= 1.0,
         });
     }
@@ -1144,7 +1144,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                     target: format!("{name}: TPS >= 0.9x pgbouncer (select, {mode}, {most} clients)"),
                     detail: format!(
                         "ratio {}; {name} {:.0} tps, pgbouncer {:.0} tps",
-                        vs.tps.show(2, false),
+                        vs.tps.show(3, false),
                         g.tps,
                         b.tps
                     ),
@@ -1161,7 +1161,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                         detail: format!(
                             "{what} minus pgbouncer's {} us; added over direct: {name} {added:+.0} us, pgbouncer \
                              {theirs:+.0} us",
-                            diff.show(0, true)
+                            diff.show(1, true)
                         ),
                         pass: diff.median <= 0.0,
                     });
@@ -1173,7 +1173,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                 {
                     out.push(Verdict {
                         target: format!("{name}: CPU/tx <= pgbouncer's (select, {mode}, {clients} clients)"),
-                        detail: format!("ratio {}; {name} {gc:.1} us/tx, pgbouncer {bc:.1} us/tx", cpu.show(2, false)),
+                        detail: format!("ratio {}; {name} {gc:.1} us/tx, pgbouncer {bc:.1} us/tx", cpu.show(3, false)),
                         pass: cpu.median <= 1.0,
                     });
                 }
@@ -1319,13 +1319,13 @@ mod tests {
         };
         let cpu = find("gw-bare: CPU/tx");
         assert!(!cpu.pass, "{cpu:?}");
-        assert!(cpu.detail.starts_with("ratio 1.10 (repetitions 0.63 to 1.10)"), "{}", cpu.detail);
+        assert!(cpu.detail.starts_with("ratio 1.100 (repetitions 0.633 to 1.100)"), "{}", cpu.detail);
         let tps = find("gw-bare: TPS");
         assert!(tps.pass, "{tps:?}");
-        assert!(tps.detail.starts_with("ratio 0.95 (repetitions 0.50 to 0.95)"), "{}", tps.detail);
+        assert!(tps.detail.starts_with("ratio 0.950 (repetitions 0.500 to 0.950)"), "{}", tps.detail);
         let p99 = find("gw-bare: added p99");
         assert!(p99.pass, "{p99:?}");
-        assert!(p99.detail.starts_with("p99 minus pgbouncer's +0 (repetitions +0 to +0) us"), "{}", p99.detail);
+        assert!(p99.detail.starts_with("p99 minus pgbouncer's +0.0 (repetitions +0.0 to +0.0) us"), "{}", p99.detail);
     }
 
     #[test]
