@@ -370,21 +370,30 @@ async fn raw_login(s: &Stack, user: &str, token: &str) -> tokio::net::TcpStream 
     stream
 }
 
+/// Writes held for a review nobody gives: refused after a second.
+const WRITES_NEED_REVIEW: &str = "version: 1\ncommands:\n  - name: writes-need-review\n    match: { kinds: [write] }\n    \
+     action: { review: { approvers: { groups: [dba] }, timeout: 1s } }\n";
+
+/// A raw `pg.readwrite` session, under `policy` when given.
+async fn raw_readwrite(s: &Stack, policy: Option<&str>) -> tokio::net::TcpStream {
+    if let Some(policy) = policy {
+        s.apply_policy(policy).await;
+    }
+    let token = s.token("raw").await;
+    s.grant_role("raw", "readwrite", 900).await;
+    raw_login(s, "pg.readwrite", &token).await
+}
+
+/// How many rows `people` has, read directly.
+async fn people(s: &Stack) -> i64 {
+    let admin = admin_client(s.db.url()).await;
+    admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0)
+}
+
 #[tokio::test]
 async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     let s = Stack::start().await;
-    s.apply_policy(
-        "version: 1\ncommands:\n  - name: writes-need-review\n    match: { kinds: [write] }\n    \
-         action: { review: { approvers: { groups: [dba] }, timeout: 1s } }\n",
-    )
-    .await;
-    let token = s.token("raw").await;
-    s.grant_role("raw", "readwrite", 900).await;
-    let mut stream = raw_login(&s, "pg.readwrite", &token).await;
-    let rows = || async {
-        let admin = admin_client(s.db.url()).await;
-        admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get::<_, i64>(0)
-    };
+    let mut stream = raw_readwrite(&s, Some(WRITES_NEED_REVIEW)).await;
     let send = |batch: Vec<Vec<u8>>| batch.concat();
 
     // A write is prepared (it is held at each Bind, not at Parse), then a Parse of
@@ -404,7 +413,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     stream.write_all(&send(vec![bind("", "", &[]), execute("", 0), message(b'S', &[])])).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42501"], "the bound write was held, and refused when nobody approved it");
-    assert_eq!(rows().await, 2);
+    assert_eq!(people(&s).await, 2);
 
     // A named statement cannot be re-prepared: the server keeps the first text.
     stream
@@ -425,7 +434,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     assert_eq!(seen, ["E:42P05"], "Postgres refuses the second Parse");
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42501"], "the Bind is decided on the text the server holds");
-    assert_eq!(rows().await, 2);
+    assert_eq!(people(&s).await, 2);
 
     // A Parse the server refuses leaves nothing under its name: the next Parse
     // of the name is what a Bind runs, and is decided on that text.
@@ -435,7 +444,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     stream.write_all(&run_named("w", "DELETE FROM people WHERE id = 1")).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "E:42501"], "the write was held, and refused when nobody approved it");
-    assert_eq!(rows().await, 2);
+    assert_eq!(people(&s).await, 2);
 
     // The same, sent at once: the gateway cannot know yet which text the name
     // will hold, so the Bind is refused.
@@ -451,7 +460,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     assert_eq!(seen, ["E:42P01"]);
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "E:42501"]);
-    assert_eq!(rows().await, 2);
+    assert_eq!(people(&s).await, 2);
 
     // After DEALLOCATE the name is free again; a new Parse of it is decided on its own text.
     stream.write_all(&query("DEALLOCATE s")).await.unwrap();
@@ -459,7 +468,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     stream.write_all(&run_named("s", "DELETE FROM people WHERE id = 2")).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "E:42501"]);
-    assert_eq!(rows().await, 2);
+    assert_eq!(people(&s).await, 2);
 }
 
 /// A session no rule looks at still follows what it prepares: when command
@@ -469,9 +478,7 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
 #[tokio::test]
 async fn statements_prepared_before_rules_arrive_are_decided_on_their_text() {
     let s = Stack::start().await;
-    let token = s.token("raw").await;
-    s.grant_role("raw", "readwrite", 900).await;
-    let mut stream = raw_login(&s, "pg.readwrite", &token).await;
+    let mut stream = raw_readwrite(&s, None).await;
     stream
         .write_all(
             &[
@@ -500,9 +507,48 @@ async fn statements_prepared_before_rules_arrive_are_decided_on_their_text() {
     stream.write_all(&run("w", &[])).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42501"]);
-    let admin = admin_client(s.db.url()).await;
-    let rows: i64 = admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
-    assert_eq!(rows, 2);
+    assert_eq!(people(&s).await, 2);
+}
+
+/// A Parse of the unnamed statement that the server skips (an earlier
+/// message of its batch failed) leaves the statement it had; a Bind sent
+/// after the batch's Sync, before the server answered, would run that one. The
+/// gateway cannot know which text it runs, so where rules apply it refuses it.
+#[tokio::test]
+async fn an_unnamed_statement_is_not_taken_from_a_parse_the_server_may_have_skipped() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(WRITES_NEED_REVIEW)).await;
+    // A write is prepared: allowed, since each Bind of it is held.
+    stream.write_all(&[parse("", "DELETE FROM people WHERE id = 1"), message(b'S', &[])].concat()).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1"]);
+    // The server fails the first Parse and skips the second, then binds the write.
+    stream
+        .write_all(
+            &[
+                parse("a", "SELECT * FROM no_such_table"),
+                parse("", "SELECT 1"),
+                message(b'S', &[]),
+                bind("", "", &[]),
+                execute("", 0),
+                message(b'S', &[]),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "the Bind is refused, not run as SELECT 1");
+    assert_eq!(people(&s).await, 2);
+    // Once answered, the unnamed statement is known again.
+    stream
+        .write_all(&[parse("", "SELECT 1"), bind("", "", &[]), execute("", 0), message(b'S', &[])].concat())
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "D:1", "C:SELECT 1"]);
 }
 
 /// A Parse the server would refuse before reading it as a statement (here,
@@ -512,9 +558,7 @@ async fn statements_prepared_before_rules_arrive_are_decided_on_their_text() {
 #[tokio::test]
 async fn a_parse_with_bytes_after_its_parameter_types_is_refused() {
     let s = Stack::start().await;
-    let token = s.token("raw").await;
-    s.grant_role("raw", "readwrite", 900).await;
-    let mut stream = raw_login(&s, "pg.readwrite", &token).await;
+    let mut stream = raw_readwrite(&s, None).await;
     let mut body = Vec::new();
     cstr(&mut body, "");
     cstr(&mut body, "SELECT 1");

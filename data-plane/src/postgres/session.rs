@@ -645,6 +645,7 @@ async fn relay_session(
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
         in_flight: std::collections::VecDeque::new(),
+        unnamed_parsed_in: 0,
         syncs_since_start: 0,
         copy_phantoms: None,
         copy_in: false,
@@ -748,6 +749,9 @@ struct Relay<'a> {
     /// Names of statements and portals whose Parse, Bind or Close was
     /// forwarded and not yet confirmed, with the tag of the confirmation owed.
     in_flight: std::collections::VecDeque<(u8, bytes::Bytes)>,
+    /// `ready_owed` when the last Parse of the unnamed statement was forwarded:
+    /// which batch it went in (see `unnamed_uncertain`).
+    unnamed_parsed_in: u64,
     /// The responses owed and how their rows are masked, when masking rules
     /// cover this session's connection (decided when it starts).
     masking: Option<Responses>,
@@ -1075,7 +1079,7 @@ impl Relay<'_> {
                 FrontendMessage::Query { sql } => Some(Statement::Query { sql }),
                 FrontendMessage::Parse { name, sql, .. } => Some(Statement::Parse { name, sql }),
                 FrontendMessage::Bind { portal, statement, params, .. } => {
-                    let sql = self.prepared.get(statement).and_then(Option::as_ref);
+                    let sql = self.statement_text(statement);
                     Some(Statement::Bind { portal, statement, params, sql })
                 }
                 FrontendMessage::Execute { portal, max_rows } => {
@@ -1149,9 +1153,7 @@ impl Relay<'_> {
                             std::str::from_utf8(sql).ok().map(|s| shown_statement(s, &[]))
                         }
                         FrontendMessage::Bind { statement, params, .. } => self
-                            .prepared
-                            .get(statement)
-                            .and_then(Option::as_ref)
+                            .statement_text(statement)
                             .and_then(|sql| std::str::from_utf8(sql).ok())
                             .map(|s| shown_statement(s, params)),
                         _ => None,
@@ -1186,7 +1188,7 @@ impl Relay<'_> {
     fn record_verdict(&mut self, message: &FrontendMessage, verdict: &Verdict) -> Result<(), Ended> {
         let sql = match message {
             FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. } => Some(sql),
-            FrontendMessage::Bind { statement, .. } => self.prepared.get(statement).and_then(Option::as_ref),
+            FrontendMessage::Bind { statement, .. } => self.statement_text(statement),
             _ => None,
         };
         let (verdict, rule, reason) = match verdict {
@@ -1288,6 +1290,9 @@ impl Relay<'_> {
     /// confirmed is forgotten (`server_error`).
     fn track_parse(&mut self, name: &[u8], sql: &[u8]) {
         self.forget_if_deallocating(sql);
+        if name.is_empty() {
+            self.unnamed_parsed_in = self.ready_owed;
+        }
         let ambiguous = !name.is_empty() && self.unconfirmed(name);
         // Copied: a slice would keep the whole buffer it came from alive, and
         // every later read would then need a new one.
@@ -1354,6 +1359,27 @@ impl Relay<'_> {
         }
     }
 
+    /// The text a Bind of statement `name` sent now would run; none when the
+    /// gateway does not know it.
+    fn statement_text(&self, name: &[u8]) -> Option<&bytes::Bytes> {
+        if name.is_empty() && self.unnamed_uncertain() {
+            return None;
+        }
+        self.prepared.get(name).and_then(Option::as_ref)
+    }
+
+    /// Whether the server may hold another unnamed statement than the text of
+    /// the last Parse of one: that Parse is not answered yet, and a Sync (or a
+    /// Query) went after it. Had the Parse failed, or been skipped after an
+    /// error earlier in its batch, the server would have gone on at the Sync
+    /// with the unnamed statement it had before (a failure in reading the
+    /// message, such as text invalid in the client encoding, keeps it too).
+    /// Within the Parse's own batch there is no such doubt: after a failure
+    /// the server skips the rest of the batch.
+    fn unnamed_uncertain(&self) -> bool {
+        self.ready_owed != self.unnamed_parsed_in && self.in_flight.iter().any(|(t, n)| *t == b'1' && n.is_empty())
+    }
+
     /// Whether a Parse, Bind or Close of this name awaits the server's answer.
     fn unconfirmed(&self, name: &[u8]) -> bool {
         self.in_flight.iter().any(|(_, n)| n.as_ref() == name)
@@ -1417,6 +1443,7 @@ impl Relay<'_> {
     /// describe the portal: its answer, kept from the client, describes the
     /// rows that follow.
     fn expect_responses(&mut self, message: &FrontendMessage, to_server: &mut BytesMut) {
+        let unnamed_uncertain = self.unnamed_uncertain();
         let Some(r) = self.masking.as_mut() else { return };
         let (hook, context) = (&self.gw.hook, self.context);
         let in_flight = &self.in_flight;
@@ -1428,6 +1455,10 @@ impl Relay<'_> {
             FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
             FrontendMessage::Parse { name, sql, .. } => r.parsed(name, mask_of(Some(sql)), ambiguous(name)),
             FrontendMessage::Bind { portal, statement, .. } => {
+                if statement.is_empty() && unnamed_uncertain {
+                    // Read as a statement the gateway does not know.
+                    r.forget(statement);
+                }
                 r.bound(portal, statement, || mask_of(None), ambiguous(portal));
                 self.in_flight.push_back((b'2', bytes::Bytes::copy_from_slice(portal)));
             }
