@@ -74,10 +74,13 @@ impl Deployment {
         std::fs::create_dir_all(&dir).unwrap();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let api_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Bound here and handed over: the tokens' issuer names its address.
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_addr = api_listener.local_addr().unwrap();
         let public_url = format!("http://{api_addr}");
         let identity = airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() };
-        let cp = airlock_control_plane::server::start(
+        let cp = airlock_control_plane::server::start_on(
+            api_listener,
             airlock_control_plane::server::Options {
                 database_url: log.url().to_owned(),
                 master_key: [5; 32],

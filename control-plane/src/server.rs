@@ -66,6 +66,22 @@ pub async fn start(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Running> {
+    let api_listener = tokio::net::TcpListener::bind(options.api_addr)
+        .await
+        .with_context(|| format!("binding the REST API to {}", options.api_addr))?;
+    start_on(api_listener, options, bus, cancel, tracker).await
+}
+
+/// [`start`] with the REST API on a listener the caller bound, and so knew
+/// the address of before (`public_url` may name it); `options.api_addr` is
+/// not used.
+pub async fn start_on(
+    api_listener: tokio::net::TcpListener,
+    options: Options,
+    bus: Arc<dyn Bus>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Running> {
     options.console.validate().map_err(anyhow::Error::msg)?;
     let store = Store::open(&options.database_url, options.master_key)
         .await
@@ -110,9 +126,6 @@ pub async fn start(
             .with_handler(crate::notify::slack_review::SLACK_KIND, Arc::new(slack));
     tracker.spawn(notifier.run(cancel.clone()));
 
-    let api_listener = tokio::net::TcpListener::bind(options.api_addr)
-        .await
-        .with_context(|| format!("binding the REST API to {}", options.api_addr))?;
     let api_addr = api_listener.local_addr()?;
     let app = crate::rest::router(cp.clone(), &options.console).map_err(anyhow::Error::msg)?;
     let api_cancel = cancel.clone();

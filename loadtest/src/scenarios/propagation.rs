@@ -369,11 +369,9 @@ impl Deployment {
             Variant::Memory | Variant::Embedded => memory.clone(),
         };
 
-        // The public URL must be known before binding; take a free port first.
-        let api_addr = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-            probe.local_addr()?
-        };
+        // The public URL names the API's address: bound here and handed over.
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api_addr = api_listener.local_addr()?;
         let public_url = format!("http://{api_addr}");
         let token_file = self.dir.join("admin.token");
         let identity = airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() };
@@ -391,7 +389,8 @@ impl Deployment {
             recordings: None,
             console: Default::default(),
         };
-        let running = server::start(options, control_plane_bus, self.cancel.clone(), &self.tracker).await?;
+        let running =
+            server::start_on(api_listener, options, control_plane_bus, self.cancel.clone(), &self.tracker).await?;
         self.base = public_url;
         self.admin_token = std::fs::read_to_string(&token_file)
             .with_context(|| format!("reading {}", token_file.display()))?
