@@ -551,6 +551,37 @@ async fn an_unnamed_statement_is_not_taken_from_a_parse_the_server_may_have_skip
     assert_eq!(seen, ["1", "2", "D:1", "C:SELECT 1"]);
 }
 
+/// A ReadyForQuery answers the batches up to its Sync, not the Parse sent
+/// after it: when the server then fails that Parse, the gateway must forget
+/// the text, or a later Parse of the name (which the server takes, the name
+/// being free) would keep standing for it.
+#[tokio::test]
+async fn a_failed_parse_sent_after_a_sync_leaves_no_text_behind() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(WRITES_NEED_REVIEW)).await;
+    stream.write_all(&[message(b'S', &[]), parse("w", "SELECT * FROM no_such_table")].concat()).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    stream
+        .write_all(
+            &[
+                message(b'S', &[]),
+                parse("w", "DELETE FROM people WHERE id = 1"),
+                bind("", "w", &[]),
+                execute("", 0),
+                message(b'S', &[]),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "E:42501"], "the write was held, and refused when nobody approved it");
+    assert_eq!(people(&s).await, 2);
+}
+
 /// A Parse the server would refuse before reading it as a statement (here,
 /// a byte after its parameter types) leaves the unnamed statement it had: the
 /// gateway must not take its text as the statement's, so it refuses it, in

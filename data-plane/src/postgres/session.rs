@@ -645,7 +645,6 @@ async fn relay_session(
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
         in_flight: std::collections::VecDeque::new(),
-        unnamed_parsed_in: 0,
         syncs_since_start: 0,
         copy_phantoms: None,
         copy_in: false,
@@ -746,12 +745,8 @@ struct Relay<'a> {
     copy_in: bool,
     /// The server ended a copy with an error before the client's CopyDone.
     copy_ended_early: bool,
-    /// Names of statements and portals whose Parse, Bind or Close was
-    /// forwarded and not yet confirmed, with the tag of the confirmation owed.
-    in_flight: std::collections::VecDeque<(u8, bytes::Bytes)>,
-    /// `ready_owed` when the last Parse of the unnamed statement was forwarded:
-    /// which batch it went in (see `unnamed_uncertain`).
-    unnamed_parsed_in: u64,
+    /// The Parses, Binds and Closes forwarded and not yet answered, in order.
+    in_flight: std::collections::VecDeque<Owed>,
     /// The responses owed and how their rows are masked, when masking rules
     /// cover this session's connection (decided when it starts).
     masking: Option<Responses>,
@@ -771,6 +766,17 @@ struct Relay<'a> {
 /// How much a client may send while one of its statements is held; past it,
 /// the session stops reading until the review ends.
 const HELD_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// A Parse, Bind or Close forwarded and not yet answered.
+struct Owed {
+    /// The tag of the answer owed: ParseComplete, BindComplete or CloseComplete.
+    confirmation: u8,
+    /// The statement or portal's name.
+    name: bytes::Bytes,
+    /// The batch it went in, as the number of the ReadyForQuery that ends it
+    /// (counted as `Relay::ready_owed` counts them).
+    batch: u64,
+}
 
 /// Named prepared statements remembered per session; a Bind of one past this
 /// has no text to check, which fails closed where command rules apply.
@@ -1273,7 +1279,7 @@ impl Relay<'_> {
             FrontendMessage::Parse { name, sql, .. } => self.track_parse(name, sql),
             FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
                 self.prepared.remove(name);
-                self.in_flight.push_back((b'3', bytes::Bytes::copy_from_slice(name)));
+                self.owe(b'3', bytes::Bytes::copy_from_slice(name));
             }
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
             _ => {}
@@ -1290,9 +1296,6 @@ impl Relay<'_> {
     /// confirmed is forgotten (`server_error`).
     fn track_parse(&mut self, name: &[u8], sql: &[u8]) {
         self.forget_if_deallocating(sql);
-        if name.is_empty() {
-            self.unnamed_parsed_in = self.ready_owed;
-        }
         let ambiguous = !name.is_empty() && self.unconfirmed(name);
         // Copied: a slice would keep the whole buffer it came from alive, and
         // every later read would then need a new one.
@@ -1305,7 +1308,7 @@ impl Relay<'_> {
         {
             self.prepared.insert(key.clone(), Some(bytes::Bytes::copy_from_slice(sql)));
         }
-        self.in_flight.push_back((b'1', key));
+        self.owe(b'1', key);
     }
 
     /// Follows a forwarded message for the Syncs a COPY FROM STDIN swallows.
@@ -1377,29 +1380,40 @@ impl Relay<'_> {
     /// Within the Parse's own batch there is no such doubt: after a failure
     /// the server skips the rest of the batch.
     fn unnamed_uncertain(&self) -> bool {
-        self.ready_owed != self.unnamed_parsed_in && self.in_flight.iter().any(|(t, n)| *t == b'1' && n.is_empty())
+        let last_parse = self.in_flight.iter().rev().find(|o| o.confirmation == b'1' && o.name.is_empty());
+        last_parse.is_some_and(|o| o.batch <= self.ready_owed)
+    }
+
+    /// Notes a message just forwarded whose answer is owed.
+    fn owe(&mut self, confirmation: u8, name: bytes::Bytes) {
+        self.in_flight.push_back(Owed { confirmation, name, batch: self.ready_owed + 1 });
     }
 
     /// Whether a Parse, Bind or Close of this name awaits the server's answer.
     fn unconfirmed(&self, name: &[u8]) -> bool {
-        self.in_flight.iter().any(|(_, n)| n.as_ref() == name)
+        self.in_flight.iter().any(|o| o.name.as_ref() == name)
     }
 
     /// A ParseComplete, BindComplete or CloseComplete (`tag`) confirms the
     /// oldest message of its kind in flight.
     fn confirmed(&mut self, tag: u8) {
-        if let Some(i) = self.in_flight.iter().position(|(t, _)| *t == tag) {
+        if let Some(i) = self.in_flight.iter().position(|o| o.confirmation == tag) {
             self.in_flight.remove(i);
         }
     }
 
-    /// An ErrorResponse: a Parse, Bind or Close not yet confirmed may have
-    /// been refused or skipped, so what the gateway recorded for their names
-    /// may not be what the server holds. They are forgotten: a Bind of such a
+    /// An ErrorResponse: the server skips the rest of the batch it is in, so
+    /// a Parse, Bind or Close of that batch not yet confirmed may have been
+    /// refused or skipped, and what the gateway recorded for their names may
+    /// not be what the server holds. They are forgotten: a Bind of such a
     /// statement is then refused where rules apply, and its rows masked as
-    /// those of a statement the gateway cannot read.
+    /// those of a statement the gateway cannot read. Later batches the server
+    /// has yet to read are untouched: their answers are still owed, in order.
     fn server_error(&mut self) {
-        for (_, name) in std::mem::take(&mut self.in_flight) {
+        let current = self.ready_seen + 1;
+        let split = self.in_flight.iter().position(|o| o.batch > current).unwrap_or(self.in_flight.len());
+        let failed: Vec<Owed> = self.in_flight.drain(..split).collect();
+        for Owed { name, .. } in failed {
             if let Some(text) = self.prepared.get_mut(&name) {
                 *text = None;
             }
@@ -1447,7 +1461,8 @@ impl Relay<'_> {
         let Some(r) = self.masking.as_mut() else { return };
         let (hook, context) = (&self.gw.hook, self.context);
         let in_flight = &self.in_flight;
-        let ambiguous = |name: &bytes::Bytes| !name.is_empty() && in_flight.iter().any(|(_, n)| n == name);
+        let ambiguous = |name: &bytes::Bytes| !name.is_empty() && in_flight.iter().any(|o| o.name == *name);
+        let batch = self.ready_owed + 1;
         let mask_of = |sql: Option<&bytes::Bytes>| {
             hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
         };
@@ -1460,7 +1475,8 @@ impl Relay<'_> {
                     r.forget(statement);
                 }
                 r.bound(portal, statement, || mask_of(None), ambiguous(portal));
-                self.in_flight.push_back((b'2', bytes::Bytes::copy_from_slice(portal)));
+                let name = bytes::Bytes::copy_from_slice(portal);
+                self.in_flight.push_back(Owed { confirmation: b'2', name, batch });
             }
             FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {
                 r.queue.push_back(Expect::DescribeStatement);
@@ -1775,11 +1791,9 @@ impl Relay<'_> {
             self.status = status;
         }
         self.ready_seen += 1;
-        if self.ready_seen >= self.ready_owed {
-            // Everything sent was answered: whatever did not fail stands.
-            self.in_flight.clear();
-        }
+        // Everything of the batch this ends was answered: whatever did not fail stands.
         let seen = self.ready_seen;
+        self.in_flight.retain(|o| o.batch > seen);
         if !self.inject.iter().any(|(n, _)| *n == seen) {
             return Vec::new();
         }
@@ -2178,8 +2192,7 @@ fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
     let rest = body.get(name_len + 1..)?;
     let sql_len = memchr::memchr(0, rest)?;
     let types = rest.get(sql_len + 1..)?;
-    let count = i16::from_be_bytes([*types.first()?, *types.get(1)?]);
-    let count = usize::try_from(count).ok()?;
+    let count = usize::from(u16::from_be_bytes([*types.first()?, *types.get(1)?]));
     (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
 }
 
