@@ -582,6 +582,37 @@ async fn a_failed_parse_sent_after_a_sync_leaves_no_text_behind() {
     assert_eq!(people(&s).await, 2);
 }
 
+/// After an error in a batch the server skips everything up to its Sync,
+/// simple queries too, which then get no ReadyForQuery: the gateway's count of
+/// batches runs ahead of the server's, and an error must still forget the
+/// text of the Parse it failed.
+#[tokio::test]
+async fn a_failed_parse_is_forgotten_after_a_skipped_query() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(WRITES_NEED_REVIEW)).await;
+    let bad = "SELECT * FROM no_such_table";
+    stream.write_all(&[parse("a", bad), query("SELECT 1"), message(b'S', &[])].concat()).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"], "the query was skipped");
+    stream.write_all(&[parse("w", bad), message(b'S', &[])].concat()).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    stream.write_all(&message(b'S', &[])).await.unwrap();
+    read_until_ready(&mut stream).await;
+    stream
+        .write_all(
+            &[parse("w", "DELETE FROM people WHERE id = 1"), bind("", "w", &[]), execute("", 0), message(b'S', &[])]
+                .concat(),
+        )
+        .await
+        .unwrap();
+    // The Bind is refused (its error, placed by the gateway's count of batches,
+    // comes a ReadyForQuery late: a known fault of that count).
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert!(!seen.iter().any(|m| m.starts_with("C:DELETE")), "the write ran: {seen:?}");
+    assert_eq!(people(&s).await, 2);
+}
+
 /// A Parse the server would refuse before reading it as a statement (here,
 /// a byte after its parameter types) leaves the unnamed statement it had: the
 /// gateway must not take its text as the statement's, so it refuses it, in

@@ -1403,24 +1403,26 @@ impl Relay<'_> {
     }
 
     /// An ErrorResponse: the server skips the rest of the batch it is in, so
-    /// a Parse, Bind or Close of that batch not yet confirmed may have been
-    /// refused or skipped, and what the gateway recorded for their names may
-    /// not be what the server holds. They are forgotten: a Bind of such a
-    /// statement is then refused where rules apply, and its rows masked as
-    /// those of a statement the gateway cannot read. Later batches the server
-    /// has yet to read are untouched: their answers are still owed, in order.
+    /// a Parse, Bind or Close not yet confirmed may have been refused or
+    /// skipped, and what the gateway recorded for their names may not be what
+    /// the server holds. They are forgotten, all of them: the gateway's count
+    /// of batches can run ahead of the server's (a Query the server skips
+    /// after an error gets no ReadyForQuery), so which batch the error is in
+    /// is not certain. A Bind of such a statement is then refused where rules
+    /// apply, and its rows masked as those of a statement the gateway cannot
+    /// read. The messages of the batch the error is in (as counted here) are
+    /// no longer owed an answer; those of later batches still are, in order.
     fn server_error(&mut self) {
-        let current = self.ready_seen + 1;
-        let split = self.in_flight.iter().position(|o| o.batch > current).unwrap_or(self.in_flight.len());
-        let failed: Vec<Owed> = self.in_flight.drain(..split).collect();
-        for Owed { name, .. } in failed {
-            if let Some(text) = self.prepared.get_mut(&name) {
+        for Owed { name, .. } in &self.in_flight {
+            if let Some(text) = self.prepared.get_mut(name) {
                 *text = None;
             }
             if let Some(r) = &mut self.masking {
-                r.forget(&name);
+                r.forget(name);
             }
         }
+        let current = self.ready_seen + 1;
+        self.in_flight.retain(|o| o.batch > current);
     }
 
     /// A simple query destroys the unnamed statement; one that may deallocate
