@@ -635,6 +635,7 @@ async fn relay_session(
         bytes_out: 0,
         status: b'I',
         discarding: false,
+        batch_open: false,
         ready_owed: 0,
         ready_seen: 0,
         refusal: None,
@@ -709,6 +710,9 @@ struct Relay<'a> {
     status: u8,
     /// After a refused extended-protocol message, discard until Sync, as Postgres does.
     discarding: bool,
+    /// An extended-protocol message went to the server since the last Sync.
+    /// A simple query or function call sent now is refused (`mid_batch`).
+    batch_open: bool,
     /// ReadyForQuery messages the server owes: one per Query and Sync forwarded.
     ready_owed: u64,
     /// ReadyForQuery messages seen from the server.
@@ -1054,6 +1058,8 @@ impl Relay<'_> {
                             to_server.extend_from_slice(&held.raw);
                             if held.is_query {
                                 self.ready_owed += 1;
+                            } else {
+                                self.batch_open = true;
                             }
                         }
                         Err(report) => self.refuse(held.is_query, report, to_server),
@@ -1106,6 +1112,9 @@ impl Relay<'_> {
             // A simple query and a fast-path call each get a ReadyForQuery of their own.
             let owes_ready = matches!(message, FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. });
             let is_sync = matches!(message, FrontendMessage::Sync);
+            if owes_ready && self.batch_open && !self.discarding {
+                return Err(mid_batch());
+            }
             if self.discarding {
                 if is_sync {
                     self.discarding = false;
@@ -1140,6 +1149,9 @@ impl Relay<'_> {
                     self.count_copy(frame.tag());
                     self.expect_responses(&message, to_server);
                     to_server.extend_from_slice(frame.raw());
+                    if matches!(frame.tag(), b'P' | b'B' | b'E' | b'D' | b'C' | b'H') {
+                        self.batch_open = true;
+                    }
                     self.track_prepared(&message);
                     if owes_ready {
                         self.ready_owed += 1;
@@ -1244,6 +1256,12 @@ impl Relay<'_> {
         };
         // After an error in a batch the server skips to its Sync, and so does the relay.
         let forwarded = !self.discarding || tag == b'S';
+        if forwarded && matches!(tag, b'Q' | b'F') && self.batch_open {
+            return Err(mid_batch());
+        }
+        if forwarded && matches!(tag, b'P' | b'B' | b'E' | b'D' | b'H') {
+            self.batch_open = true;
+        }
         let start = to_server.len();
         if forwarded {
             to_server.extend_from_slice(self.client.buf.get(..len).unwrap_or_default());
@@ -1502,6 +1520,7 @@ impl Relay<'_> {
     /// Follows a Sync just forwarded: it owes a ReadyForQuery, before which
     /// any refusal of its batch goes.
     fn sync_forwarded(&mut self) {
+        self.batch_open = false;
         self.syncs_since_start += 1;
         if let Some(r) = &mut self.masking {
             r.queue.push_back(Expect::Sync);
@@ -2248,6 +2267,18 @@ async fn read_more(client: &mut Client) -> Result<(), Ended> {
 
 /// The client's connection failed: the client ended the session
 /// (`airlock_core::session::outcome` counts reasons starting so as completed).
+/// A simple query or function call sent after extended-protocol messages and
+/// before their Sync. Postgres would skip it if one of those messages failed,
+/// and send no ReadyForQuery for it; the relay, which counts the
+/// ReadyForQuery messages owed to place its refusals and to know which
+/// statement an answer belongs to, could no longer tell. No driver sends one.
+fn mid_batch() -> Ended {
+    Ended::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        "a simple query or function call cannot follow extended-protocol messages before their Sync",
+    )
+}
+
 fn io_ended(e: std::io::Error) -> Ended {
     Ended::quietly(format!("connection lost: {e}"))
 }
