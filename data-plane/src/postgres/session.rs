@@ -2265,8 +2265,6 @@ async fn read_more(client: &mut Client) -> Result<(), Ended> {
     Ok(())
 }
 
-/// The client's connection failed: the client ended the session
-/// (`airlock_core::session::outcome` counts reasons starting so as completed).
 /// A simple query or function call sent after extended-protocol messages and
 /// before their Sync. Postgres would skip it if one of those messages failed,
 /// and send no ReadyForQuery for it; the relay, which counts the
@@ -2279,6 +2277,8 @@ fn mid_batch() -> Ended {
     )
 }
 
+/// The client's connection failed: the client ended the session
+/// (`airlock_core::session::outcome` counts reasons starting so as completed).
 fn io_ended(e: std::io::Error) -> Ended {
     Ended::quietly(format!("connection lost: {e}"))
 }
