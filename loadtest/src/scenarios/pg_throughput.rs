@@ -1152,17 +1152,21 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                 });
             }
             if let Some((g, vs, b)) = against(gateway, mode, least) {
+                // What each adds over direct, when direct was run alongside.
+                let over_direct = get(Target::Direct, mode, least).is_some();
                 for (what, diff, added, theirs) in [
                     ("p50", vs.p50_us, g.added_p50_us, b.added_p50_us),
                     ("p99", vs.p99_us, g.added_p99_us, b.added_p99_us),
                 ] {
+                    let mut detail = format!("{what} minus pgbouncer's {} us", diff.show(1, true));
+                    if over_direct {
+                        detail.push_str(&format!(
+                            "; added over direct: {name} {added:+.0} us, pgbouncer {theirs:+.0} us"
+                        ));
+                    }
                     out.push(Verdict {
                         target: format!("{name}: added {what} <= pgbouncer's (select, {mode}, {least} client)"),
-                        detail: format!(
-                            "{what} minus pgbouncer's {} us; added over direct: {name} {added:+.0} us, pgbouncer \
-                             {theirs:+.0} us",
-                            diff.show(1, true)
-                        ),
+                        detail,
                         pass: diff.median <= 0.0,
                     });
                 }
@@ -1326,6 +1330,13 @@ mod tests {
         let p99 = find("gw-bare: added p99");
         assert!(p99.pass, "{p99:?}");
         assert!(p99.detail.starts_with("p99 minus pgbouncer's +0.0 (repetitions +0.0 to +0.0) us"), "{}", p99.detail);
+        assert!(p99.detail.contains("added over direct"), "{}", p99.detail);
+
+        // Without direct runs there is nothing added over direct to show.
+        runs.retain(|r| r.target != Target::Direct);
+        let without_direct = super::verdicts(&summarize(&runs), &args);
+        let p99 = without_direct.iter().find(|v| v.target.starts_with("gw-bare: added p99")).unwrap();
+        assert!(!p99.detail.contains("direct"), "{}", p99.detail);
     }
 
     #[test]
