@@ -305,6 +305,11 @@ fn query(sql: &str) -> Vec<u8> {
 }
 
 /// Parse, Bind and Execute of one statement, then Sync.
+/// Writes `messages` in one write, as a pipelining client does.
+async fn send(stream: &mut tokio::net::TcpStream, messages: &[Vec<u8>]) {
+    stream.write_all(&messages.concat()).await.unwrap();
+}
+
 fn run_named(name: &str, sql: &str) -> Vec<u8> {
     [parse(name, sql), bind("", name, &[]), execute("", 0), message(b'S', &[])].concat()
 }
@@ -479,18 +484,16 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
 async fn statements_prepared_before_rules_arrive_are_decided_on_their_text() {
     let s = Stack::start().await;
     let mut stream = raw_readwrite(&s, None).await;
-    stream
-        .write_all(
-            &[
-                parse("r", "SELECT name FROM people WHERE id = $1"),
-                parse("", "SELECT name FROM people WHERE id = 2"),
-                parse("w", "DELETE FROM people"),
-                message(b'S', &[]),
-            ]
-            .concat(),
-        )
-        .await
-        .unwrap();
+    send(
+        &mut stream,
+        &[
+            parse("r", "SELECT name FROM people WHERE id = $1"),
+            parse("", "SELECT name FROM people WHERE id = 2"),
+            parse("w", "DELETE FROM people"),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "1", "1"]);
 
@@ -519,34 +522,29 @@ async fn an_unnamed_statement_is_not_taken_from_a_parse_the_server_may_have_skip
     let s = Stack::start().await;
     let mut stream = raw_readwrite(&s, Some(WRITES_NEED_REVIEW)).await;
     // A write is prepared: allowed, since each Bind of it is held.
-    stream.write_all(&[parse("", "DELETE FROM people WHERE id = 1"), message(b'S', &[])].concat()).await.unwrap();
+    send(&mut stream, &[parse("", "DELETE FROM people WHERE id = 1"), message(b'S', &[])]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1"]);
     // The server fails the first Parse and skips the second, then binds the write.
-    stream
-        .write_all(
-            &[
-                parse("a", "SELECT * FROM no_such_table"),
-                parse("", "SELECT 1"),
-                message(b'S', &[]),
-                bind("", "", &[]),
-                execute("", 0),
-                message(b'S', &[]),
-            ]
-            .concat(),
-        )
-        .await
-        .unwrap();
+    send(
+        &mut stream,
+        &[
+            parse("a", "SELECT * FROM no_such_table"),
+            parse("", "SELECT 1"),
+            message(b'S', &[]),
+            bind("", "", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42P01"]);
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42501"], "the Bind is refused, not run as SELECT 1");
     assert_eq!(people(&s).await, 2);
     // Once answered, the unnamed statement is known again.
-    stream
-        .write_all(&[parse("", "SELECT 1"), bind("", "", &[]), execute("", 0), message(b'S', &[])].concat())
-        .await
-        .unwrap();
+    send(&mut stream, &[run_named("", "SELECT 1")]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "2", "D:1", "C:SELECT 1"]);
 }
@@ -559,22 +557,10 @@ async fn an_unnamed_statement_is_not_taken_from_a_parse_the_server_may_have_skip
 async fn a_failed_parse_sent_after_a_sync_leaves_no_text_behind() {
     let s = Stack::start().await;
     let mut stream = raw_readwrite(&s, Some(WRITES_NEED_REVIEW)).await;
-    stream.write_all(&[message(b'S', &[]), parse("w", "SELECT * FROM no_such_table")].concat()).await.unwrap();
+    send(&mut stream, &[message(b'S', &[]), parse("w", "SELECT * FROM no_such_table")]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert!(seen.is_empty(), "{seen:?}");
-    stream
-        .write_all(
-            &[
-                message(b'S', &[]),
-                parse("w", "DELETE FROM people WHERE id = 1"),
-                bind("", "w", &[]),
-                execute("", 0),
-                message(b'S', &[]),
-            ]
-            .concat(),
-        )
-        .await
-        .unwrap();
+    send(&mut stream, &[message(b'S', &[]), run_named("w", "DELETE FROM people WHERE id = 1")]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["E:42P01"]);
     let (seen, _) = read_until_ready(&mut stream).await;
@@ -591,12 +577,12 @@ async fn a_failed_parse_sent_after_a_sync_leaves_no_text_behind() {
 async fn a_simple_query_inside_an_extended_batch_ends_the_session() {
     let s = Stack::start().await;
     let mut stream = raw_readwrite(&s, Some(WRITES_NEED_REVIEW)).await;
-    stream.write_all(&[parse("a", "SELECT 1"), message(b'S', &[]), query("SELECT 2")].concat()).await.unwrap();
+    send(&mut stream, &[parse("a", "SELECT 1"), message(b'S', &[]), query("SELECT 2")]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1"]);
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["T", "D:2", "C:SELECT 1"]);
-    stream.write_all(&[parse("b", "SELECT * FROM no_such_table"), query("DELETE FROM people")].concat()).await.unwrap();
+    send(&mut stream, &[parse("b", "SELECT * FROM no_such_table"), query("DELETE FROM people")]).await;
     // The Parse's error may come first; the gateway's FATAL ends the session.
     let mut rest = Vec::new();
     let code = loop {
@@ -626,7 +612,7 @@ async fn a_parse_with_bytes_after_its_parameter_types_is_refused() {
     cstr(&mut body, "");
     cstr(&mut body, "SELECT 1");
     body.extend_from_slice(&[0, 0, 7]);
-    stream.write_all(&[message(b'P', &body), message(b'S', &[])].concat()).await.unwrap();
+    send(&mut stream, &[message(b'P', &body), message(b'S', &[])]).await;
     let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream)).await.unwrap();
     assert_eq!(tag, b'E');
     let field = |name: u8| body.split(|b| *b == 0).find_map(|f| f.strip_prefix(&[name])).unwrap();
