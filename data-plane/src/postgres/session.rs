@@ -1477,7 +1477,11 @@ impl Relay<'_> {
     /// describe the portal: its answer, kept from the client, describes the
     /// rows that follow.
     fn expect_responses(&mut self, message: &FrontendMessage, to_server: &mut BytesMut) {
-        let unnamed_uncertain = self.unnamed_uncertain();
+        if self.masking.is_none() {
+            return;
+        }
+        let unnamed_uncertain = matches!(message, FrontendMessage::Bind { statement, .. } if statement.is_empty())
+            && self.unnamed_uncertain();
         let Some(r) = self.masking.as_mut() else { return };
         let (hook, context) = (&self.gw.hook, self.context);
         let in_flight = &self.in_flight;
@@ -1490,7 +1494,7 @@ impl Relay<'_> {
             FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
             FrontendMessage::Parse { name, sql, .. } => r.parsed(name, mask_of(Some(sql)), ambiguous(name)),
             FrontendMessage::Bind { portal, statement, .. } => {
-                if statement.is_empty() && unnamed_uncertain {
+                if unnamed_uncertain {
                     // Read as a statement the gateway does not know.
                     r.forget(statement);
                 }
