@@ -389,6 +389,15 @@ async fn raw_readwrite(s: &Stack, policy: Option<&str>) -> tokio::net::TcpStream
     raw_login(s, "pg.readwrite", &token).await
 }
 
+/// A raw `pg` session where the names in `people` are masked.
+async fn raw_masked(s: &Stack) -> tokio::net::TcpStream {
+    s.apply_policy("version: 1\nmasking:\n  - name: names\n    columns: [public.people.name]\n    strategy: redact\n")
+        .await;
+    let token = s.token("raw").await;
+    s.grant("raw", 900).await;
+    raw_login(s, "pg", &token).await
+}
+
 /// How many rows `people` has, read directly.
 async fn people(s: &Stack) -> i64 {
     let admin = admin_client(s.db.url()).await;
@@ -710,11 +719,7 @@ async fn several_parse_bind_execute_before_one_sync_are_answered_in_order() {
 #[tokio::test]
 async fn a_failed_parse_leaves_no_mask_behind() {
     let s = Stack::start().await;
-    s.apply_policy("version: 1\nmasking:\n  - name: names\n    columns: [public.people.name]\n    strategy: redact\n")
-        .await;
-    let token = s.token("raw").await;
-    s.grant("raw", 900).await;
-    let mut stream = raw_login(&s, "pg", &token).await;
+    let mut stream = raw_masked(&s).await;
     // Refused by the server: the name stays free, whatever the gateway read in it.
     stream.write_all(&[parse("s1", "SELECT 'x'::text FROM no_such_table"), message(b'S', &[])].concat()).await.unwrap();
     let (seen, _) = read_until_ready(&mut stream).await;
@@ -727,11 +732,7 @@ async fn a_failed_parse_leaves_no_mask_behind() {
 #[tokio::test]
 async fn a_sync_sent_during_a_copy_does_not_shift_later_results() {
     let s = Stack::start().await;
-    s.apply_policy("version: 1\nmasking:\n  - name: names\n    columns: [public.people.name]\n    strategy: redact\n")
-        .await;
-    let token = s.token("raw").await;
-    s.grant("raw", 900).await;
-    let mut stream = raw_login(&s, "pg", &token).await;
+    let mut stream = raw_masked(&s).await;
     stream.write_all(&query("CREATE TEMP TABLE t (x text)")).await.unwrap();
     read_until_ready(&mut stream).await;
     stream.write_all(&query("COPY t FROM STDIN")).await.unwrap();
@@ -752,4 +753,253 @@ async fn a_sync_sent_during_a_copy_does_not_shift_later_results() {
         let (seen, _) = read_until_ready(&mut stream).await;
         assert_eq!(seen, ["T", "D:plain", "C:SELECT 1"]);
     }
+}
+
+/// Writes to `people` held for a review nobody gives; everything else allowed.
+const PEOPLE_WRITES_NEED_REVIEW: &str = "version: 1\ncommands:\n  - name: people-writes-need-review\n    \
+     match: { kinds: [write], tables: [people] }\n    \
+     action: { review: { approvers: { groups: [dba] }, timeout: 1s } }\n";
+
+/// Starts `COPY table FROM STDIN` in the extended protocol, with the Sync
+/// drivers send along with the Execute, and reads up to the CopyInResponse.
+async fn start_copy(stream: &mut tokio::net::TcpStream, table: &str) {
+    let sql = format!("COPY {table} FROM STDIN");
+    send(stream, &[parse("", &sql), bind("", "", &[]), execute("", 0), message(b'S', &[])]).await;
+    let mut seen = Vec::new();
+    loop {
+        let (tag, _) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
+        if tag == b'G' {
+            break;
+        }
+        seen.push(tag as char);
+    }
+    assert_eq!(seen, ['1', '2']);
+}
+
+/// The bypass the gateway's count of ReadyForQuery guards against: the
+/// unnamed statement holds a write, and a Parse of harmless text in its place
+/// fails. Refused when the count is right; run as `SELECT 1` when not.
+async fn assert_unnamed_write_still_held(s: &Stack, stream: &mut tokio::net::TcpStream) {
+    send(stream, &[parse("", "DELETE FROM people WHERE id = 1"), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(stream).await;
+    assert_eq!(seen, ["1"]);
+    send(
+        stream,
+        &[message(b'S', &[]), parse("a", "SELECT * FROM no_such_table"), parse("", "SELECT 1"), message(b'S', &[])],
+    )
+    .await;
+    let (seen, _) = read_until_ready(stream).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    let (seen, _) = read_until_ready(stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    send(stream, &[bind("", "", &[]), execute("", 0), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(stream).await;
+    assert_eq!(seen, ["E:42501"], "the bound write is held, and refused when nobody approves it");
+    assert_eq!(people(s).await, 2);
+}
+
+/// Only the Syncs sent before the CopyDone that ends a COPY are ignored by the
+/// server; those after it, even with a second CopyDone among them, are
+/// answered.
+#[tokio::test]
+async fn syncs_after_the_copy_done_are_answered() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
+    read_until_ready(&mut stream).await;
+    start_copy(&mut stream, "t").await;
+    send(&mut stream, &[message(b'c', &[]), message(b'S', &[]), message(b'S', &[]), message(b'c', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["C:COPY 0"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_unnamed_write_still_held(&s, &mut stream).await;
+}
+
+/// Reads backend messages up to an ErrorResponse of severity FATAL, and
+/// returns its SQLSTATE and message, once the gateway has closed the
+/// connection.
+async fn read_fatal(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    loop {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
+        let field = |name: u8| {
+            body.split(|b| *b == 0)
+                .find_map(|f| f.strip_prefix(&[name]))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        if tag == b'E' && field(b'V') == "FATAL" {
+            let mut after = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut after)).await.unwrap().unwrap();
+            assert!(after.is_empty());
+            return (field(b'C'), field(b'M'));
+        }
+    }
+}
+
+fn copy_data(text: &str) -> Vec<u8> {
+    message(b'd', text.as_bytes())
+}
+
+/// A COPY the server ends with an error, on bad data, after Syncs the client
+/// sent before and after that data: the server ignored the ones it read
+/// before the error and answered the others. The gateway asks the server
+/// which, and the session goes on in step.
+#[tokio::test]
+async fn a_copy_that_fails_among_syncs_leaves_the_session_in_step() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE n (x int)")]).await;
+    read_until_ready(&mut stream).await;
+
+    // Extended protocol: the Sync sent with the Execute is read before the
+    // data, and ignored; the three after the bad row are answered.
+    start_copy(&mut stream, "n").await;
+    let sync = message(b'S', &[]);
+    send(&mut stream, &[copy_data("1\nnot a number\n"), sync.clone(), sync.clone(), message(b'c', &[]), sync.clone()])
+        .await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:22P02"]);
+    for _ in 0..2 {
+        let (seen, _) = read_until_ready(&mut stream).await;
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+    assert_unnamed_write_still_held(&s, &mut stream).await;
+
+    // A simple query: its own ReadyForQuery comes with the error; the Sync
+    // sent before the data is ignored, the one after it answered.
+    send(&mut stream, &[query("COPY n FROM STDIN")]).await;
+    let (tag, _) = read_message(&mut stream).await;
+    assert_eq!(tag, b'G');
+    send(&mut stream, &[sync.clone(), copy_data("x\n"), sync.clone(), message(b'c', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:22P02"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_unnamed_write_still_held(&s, &mut stream).await;
+
+    // Inside a transaction block, which the error aborts.
+    send(&mut stream, &[query("BEGIN")]).await;
+    read_until_ready(&mut stream).await;
+    start_copy(&mut stream, "n").await;
+    send(&mut stream, &[copy_data("oops\n"), message(b'c', &[]), sync.clone()]).await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!((seen, status), (vec!["E:22P02".to_owned()], b'E'));
+    send(&mut stream, &[query("ROLLBACK")]).await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!((seen, status), (vec!["C:ROLLBACK".to_owned()], b'I'));
+    assert_unnamed_write_still_held(&s, &mut stream).await;
+
+    // The error arrives while the client is still sending data: the server
+    // skips what follows up to the client's next Sync, a statement too.
+    start_copy(&mut stream, "n").await;
+    send(&mut stream, &[copy_data("oops\n")]).await;
+    let (tag, _) = read_message(&mut stream).await;
+    assert_eq!(tag, b'E');
+    send(&mut stream, &[message(b'c', &[]), run_named("", "INSERT INTO n VALUES (42)")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert!(seen.is_empty(), "skipped: {seen:?}");
+    send(&mut stream, &[query("SELECT count(*) FROM n")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["T", "D:0", "C:SELECT 1"]);
+    assert_unnamed_write_still_held(&s, &mut stream).await;
+}
+
+/// With masking, the responses to what the client pipelined after a failed
+/// COPY (here a Close the server skips) stay matched to their statements.
+#[tokio::test]
+async fn a_failed_copy_keeps_masking_in_step() {
+    let s = Stack::start().await;
+    let mut stream = raw_masked(&s).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE n (x int)")]).await;
+    read_until_ready(&mut stream).await;
+    send(&mut stream, &[parse("s1", "SELECT 1"), message(b'S', &[])]).await;
+    read_until_ready(&mut stream).await;
+    start_copy(&mut stream, "n").await;
+    let mut close = vec![b'S'];
+    cstr(&mut close, "s1");
+    send(&mut stream, &[copy_data("bad\n"), message(b'c', &[]), message(b'C', &close), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:22P02"], "the Close was skipped with the rest of the batch");
+    for _ in 0..2 {
+        send(&mut stream, &[query("SELECT upper(name) FROM people WHERE id = 1")]).await;
+        let (seen, _) = read_until_ready(&mut stream).await;
+        assert_eq!(seen, ["T", "D:[redacted]", "C:SELECT 1"]);
+        send(&mut stream, &[run_named("s1", "SELECT 'plain'")]).await;
+        let (seen, _) = read_until_ready(&mut stream).await;
+        assert_eq!(seen, ["E:42P05"], "s1 still exists: its Close was skipped");
+    }
+}
+
+/// Pipelines the gateway cannot follow around a COPY end the session with
+/// an error that says why, before anything runs out of step.
+#[tokio::test]
+async fn copy_pipelines_the_gateway_cannot_follow_end_the_session() {
+    let s = Stack::start().await;
+    let sync = message(b'S', &[]);
+
+    // A statement sent after the one that starts a copy, before its
+    // CopyInResponse.
+    let mut stream = raw_readwrite(&s, None).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
+    read_until_ready(&mut stream).await;
+    send(
+        &mut stream,
+        &[parse("", "COPY t FROM STDIN"), bind("", "", &[]), execute("", 0), sync.clone(), run_named("", "SELECT 1")],
+    )
+    .await;
+    let (code, why) = read_fatal(&mut stream).await;
+    assert_eq!(code, "0A000", "{why}");
+    assert!(why.contains("wait for the copy's CopyInResponse"), "{why}");
+
+    // A statement sent while the server reads copy data.
+    let mut stream = raw_readwrite(&s, None).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
+    read_until_ready(&mut stream).await;
+    start_copy(&mut stream, "t").await;
+    send(&mut stream, &[copy_data("a\n"), parse("", "DELETE FROM people")]).await;
+    let (code, why) = read_fatal(&mut stream).await;
+    assert_eq!(code, "08P01", "{why}");
+    assert!(why.contains("only CopyData"), "{why}");
+
+    // Another message among the Syncs before the server began reading: had
+    // the copy failed before it, the server would have run it.
+    let mut stream = raw_readwrite(&s, None).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
+    read_until_ready(&mut stream).await;
+    send(
+        &mut stream,
+        &[
+            parse("", "COPY t FROM STDIN"),
+            bind("", "", &[]),
+            execute("", 0),
+            sync.clone(),
+            parse("p", "SELECT 1"),
+            sync,
+        ],
+    )
+    .await;
+    let (code, why) = read_fatal(&mut stream).await;
+    assert_eq!(code, "0A000", "{why}");
+    assert!(why.contains("cannot tell which of them the server ignored"), "{why}");
+    assert_eq!(people(&s).await, 2);
+}
+
+/// A client that pipelines Parse messages without end, which the server
+/// does not answer (here it is busy; after an error it would skip them up to
+/// a Sync that never comes), cannot make the gateway remember them without
+/// end.
+#[tokio::test]
+async fn unanswered_messages_are_bounded() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    let mut batch = query("SELECT pg_sleep(5)");
+    // One more than the gateway keeps track of.
+    for i in 0..16_385 {
+        batch.extend_from_slice(&parse(&format!("s{i}"), "SELECT 1"));
+    }
+    stream.write_all(&batch).await.unwrap();
+    let (code, why) = read_fatal(&mut stream).await;
+    assert_eq!(code, "54000", "{why}");
+    assert!(why.contains("send a Sync"), "{why}");
 }

@@ -236,7 +236,8 @@ async fn copy_from_stdin_keeps_every_later_result_masked() {
         sink.finish().await
     }
     .await;
-    assert_eq!(sqlstate(&failed.unwrap_err()), "22P02");
+    let failed = failed.unwrap_err();
+    assert_eq!(sqlstate(&failed), "22P02", "{failed:?}");
     let r = client.query_one("SELECT upper(email) FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
     assert_eq!(r.get::<_, &str>(0), "[redacted]");
     assert_eq!(rows(&client, "SELECT 'plain'").await.unwrap(), vec![row(&[Some("plain")])]);

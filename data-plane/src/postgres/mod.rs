@@ -4,6 +4,7 @@
 //! statement hook.
 
 pub mod catalog;
+mod copy_watch;
 pub mod gateway;
 pub mod hook;
 pub mod masking;

@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::copy_watch::{self, CopyEnd, CopyWatch, Probe, ProbeStep};
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::masking::{self, Expect, Responses};
@@ -646,10 +647,9 @@ async fn relay_session(
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
         in_flight: std::collections::VecDeque::new(),
-        syncs_since_start: 0,
-        copy_phantoms: None,
-        copy_in: false,
-        copy_ended_early: false,
+        copy: CopyWatch::default(),
+        probe: None,
+        resumed: false,
         masking: masks.then(Responses::default),
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
@@ -738,17 +738,14 @@ struct Relay<'a> {
     inspecting: bool,
     /// Notified by a cancel request for this session (see `CancelTarget::held`).
     cancel_held: Arc<tokio::sync::Notify>,
-    /// Syncs forwarded since the last Query, Execute or fast-path call: if that
-    /// started a COPY FROM STDIN, the server ignores them (it reads only copy
-    /// data until CopyDone or CopyFail) and owes no ReadyForQuery for them.
-    syncs_since_start: u64,
-    /// Set when a CopyDone or CopyFail is forwarded: the Syncs sent during the
-    /// copy, taken back once the server says the copy ended.
-    copy_phantoms: Option<u64>,
-    /// The server is reading copy data (a CopyInResponse was seen).
-    copy_in: bool,
-    /// The server ended a copy with an error before the client's CopyDone.
-    copy_ended_early: bool,
+    /// Which Syncs the server ignores while it reads COPY data, and so owes
+    /// no ReadyForQuery for.
+    copy: CopyWatch,
+    /// The question put to the server after a COPY failed with Syncs in
+    /// flight; the client's messages wait until it is answered.
+    probe: Option<Probe>,
+    /// A probe was answered: the client's messages read meanwhile wait.
+    resumed: bool,
     /// The Parses, Binds and Closes forwarded and not yet answered, in order.
     in_flight: std::collections::VecDeque<Owed>,
     /// The responses owed and how their rows are masked, when masking rules
@@ -781,6 +778,11 @@ struct Owed {
     /// (counted as `Relay::ready_owed` counts them).
     batch: u64,
 }
+
+/// Parse, Bind and Close messages a session may have forwarded and not yet
+/// had answered. Drivers read answers as they pipeline, and stay far below;
+/// each message looks through those in flight for its name.
+const MAX_IN_FLIGHT: usize = 16_384;
 
 /// Named prepared statements remembered per session; a Bind of one past this
 /// has no text to check, which fails closed where command rules apply.
@@ -917,13 +919,13 @@ impl Relay<'_> {
                         biased;
                         event = control => Woke::Control(event),
                         read = self.upstream.stream.read_buf(&mut server_buf) => Woke::Server(read),
-                        read = self.client.io.read_buf(&mut self.client.buf) => Woke::Client(read),
+                        read = self.client.io.read_buf(&mut self.client.buf), if self.probe.is_none() => Woke::Client(read),
                     }
                 } else {
                     tokio::select! {
                         biased;
                         event = control => Woke::Control(event),
-                        read = self.client.io.read_buf(&mut self.client.buf) => Woke::Client(read),
+                        read = self.client.io.read_buf(&mut self.client.buf), if self.probe.is_none() => Woke::Client(read),
                         read = self.upstream.stream.read_buf(&mut server_buf) => Woke::Server(read),
                     }
                 };
@@ -989,6 +991,13 @@ impl Relay<'_> {
                         }
                         self.forward_server(&mut server_buf, &mut to_client).await?;
                         self.flush(&mut to_server, &mut to_client).await?;
+                        if std::mem::take(&mut self.resumed)
+                            && self
+                                .process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client)
+                                .await?
+                        {
+                            return Ok(());
+                        }
                     }
                 }
                 if self.client.buf.capacity() < READ_CHUNK {
@@ -1030,6 +1039,10 @@ impl Relay<'_> {
         to_client: &mut BytesMut,
     ) -> Result<bool, Ended> {
         loop {
+            if self.probe.is_some() {
+                // Handled once the probe is answered (`resumed`).
+                return Ok(false);
+            }
             let progress = self.client_frames(to_server)?;
             self.flush(to_server, to_client).await?;
             match progress {
@@ -1054,6 +1067,11 @@ impl Relay<'_> {
                     })?;
                     match outcome {
                         Ok(()) => {
+                            let tag = held.raw.first().copied().unwrap_or_default();
+                            if !self.copy.admits(tag) {
+                                return Err(not_copy_data());
+                            }
+                            self.copy.forwarded(tag, self.ready_owed + 1);
                             self.expect_responses(&held.message, to_server);
                             to_server.extend_from_slice(&held.raw);
                             if held.is_query {
@@ -1123,6 +1141,9 @@ impl Relay<'_> {
                 }
                 continue;
             }
+            if !self.copy.admits(frame.tag()) {
+                return Err(not_copy_data());
+            }
             let verdict = match statement {
                 // The hook inspects nothing of this session (as for the messages
                 // `relay_uninspected` takes): a Parse is only remembered.
@@ -1146,13 +1167,14 @@ impl Relay<'_> {
                         self.sync_forwarded();
                         continue;
                     }
-                    self.count_copy(frame.tag());
+                    self.copy.forwarded(frame.tag(), self.ready_owed + 1);
                     self.expect_responses(&message, to_server);
                     to_server.extend_from_slice(frame.raw());
                     if matches!(frame.tag(), b'P' | b'B' | b'E' | b'D' | b'C' | b'H') {
                         self.batch_open = true;
                     }
                     self.track_prepared(&message);
+                    self.bounded_in_flight()?;
                     if owes_ready {
                         self.ready_owed += 1;
                     }
@@ -1259,6 +1281,9 @@ impl Relay<'_> {
         if forwarded && matches!(tag, b'Q' | b'F') && self.batch_open {
             return Err(mid_batch());
         }
+        if forwarded && !self.copy.admits(tag) {
+            return Err(not_copy_data());
+        }
         if forwarded && matches!(tag, b'P' | b'B' | b'E' | b'D' | b'H') {
             self.batch_open = true;
         }
@@ -1271,7 +1296,7 @@ impl Relay<'_> {
             self.discarding = false;
             self.sync_forwarded();
         } else if forwarded {
-            self.count_copy(tag);
+            self.copy.forwarded(tag, self.ready_owed + 1);
             if matches!(tag, b'Q' | b'F') {
                 self.ready_owed += 1;
             }
@@ -1283,6 +1308,7 @@ impl Relay<'_> {
                 let name = body.get(..name_len).unwrap_or_default();
                 let sql = body.get(name_len + 1..name_len + 1 + sql_len).unwrap_or_default();
                 self.track_parse(name, sql);
+                self.bounded_in_flight()?;
             }
         }
         Ok(if tag == b'X' { Uninspected::Terminated } else { Uninspected::Relayed })
@@ -1329,55 +1355,111 @@ impl Relay<'_> {
         self.owe(b'1', key);
     }
 
-    /// Follows a forwarded message for the Syncs a COPY FROM STDIN swallows.
-    fn count_copy(&mut self, tag: u8) {
-        match tag {
-            b'Q' | b'E' | b'F' => self.syncs_since_start = 0,
-            b'c' | b'f' => {
-                if !std::mem::take(&mut self.copy_ended_early) {
-                    self.copy_phantoms = Some(self.syncs_since_start);
-                }
-                self.syncs_since_start = 0;
+    /// A server message that bears on a COPY FROM STDIN: a CopyInResponse,
+    /// an end of a statement, an error.
+    fn copy_answer(&mut self, tag: u8) -> Result<(), Ended> {
+        let end = match tag {
+            b'G' => {
+                self.copy
+                    .began(self.ready_seen + 1)
+                    .map_err(|why| Ended::fatal(sqlstate::FEATURE_NOT_SUPPORTED, why))?;
+                None
             }
-            _ => {}
+            b'C' => {
+                let end = self.copy.done();
+                self.copy.answered(tag);
+                end
+            }
+            b'E' => self.copy.failed().transpose().map_err(|why| Ended::fatal(sqlstate::FEATURE_NOT_SUPPORTED, why))?,
+            _ => {
+                self.copy.answered(tag);
+                None
+            }
+        };
+        match end {
+            Some(CopyEnd::Settled { from, ignored, extended }) => self.take_back_syncs(from, ignored, extended),
+            Some(CopyEnd::Unsure { from, window, extended, synced_after }) => {
+                self.probe = Some(Probe::new(from, window, extended, synced_after, self.ready_owed));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The `ignored` Syncs numbered from `from` were read during a copy: no
+    /// ReadyForQuery answers them, and the batches after them move up. When
+    /// they were all the Syncs sent after an Execute that started the copy,
+    /// its batch is open again (`reopen`).
+    fn take_back_syncs(&mut self, from: u64, ignored: u64, reopen: bool) {
+        if ignored == 0 {
+            return;
+        }
+        self.ready_owed = self.ready_owed.saturating_sub(ignored);
+        if reopen && self.ready_owed < from {
+            self.batch_open = true;
+        }
+        for owed in &mut self.in_flight {
+            owed.batch = copy_watch::renumber(owed.batch, from, ignored);
+        }
+        for (ordinal, _) in &mut self.inject {
+            *ordinal = copy_watch::renumber(*ordinal, from, ignored);
+        }
+        if let Some(r) = &mut self.masking {
+            // Nothing the server still owes an answer lies among them: they
+            // are the first Syncs in the queue.
+            let mut left = ignored;
+            r.queue.retain(|e| {
+                let drop = left > 0 && matches!(e, Expect::Sync);
+                left -= u64::from(drop);
+                !drop
+            });
         }
     }
 
-    /// A server message, for the end of a COPY FROM STDIN: when the copy the
-    /// server was reading ends, the Syncs the client sent during it were
-    /// ignored, and no ReadyForQuery answers them.
-    fn copy_progress(&mut self, tag: u8) {
-        match tag {
-            b'G' => self.copy_in = true,
-            b'C' | b'E' if self.copy_in => {
-                self.copy_in = false;
-                // Ended by the server before the client's CopyDone (bad data): the
-                // Syncs sent so far were read during the copy, and the CopyDone
-                // still to come counts none.
-                let phantoms = match self.copy_phantoms.take() {
-                    Some(n) => n,
-                    None => {
-                        self.copy_ended_early = true;
-                        std::mem::take(&mut self.syncs_since_start)
-                    }
-                };
-                self.ready_owed = self.ready_owed.saturating_sub(phantoms);
-                if let Some(r) = &mut self.masking {
-                    // They were queued after the statement that started the copy.
-                    let mut left = phantoms;
-                    let mut i = 1;
-                    while left > 0 && i < r.queue.len() {
-                        if matches!(r.queue.get(i), Some(Expect::Sync)) {
-                            r.queue.remove(i);
-                            left -= 1;
-                        } else {
-                            i += 1;
-                        }
-                    }
+    /// Sends the probe just set up, once: after it the server is not
+    /// discarding, whatever batch was open before.
+    async fn send_probe(&mut self) -> Result<(), Ended> {
+        let Some(probe) = self.probe.as_mut().filter(|p| !p.sent) else { return Ok(()) };
+        probe.sent = true;
+        let messages = probe.messages();
+        self.batch_open = false;
+        self.upstream.stream.write_all(&messages).await.map_err(target_lost)
+    }
+
+    /// The probe was answered: the count is known again. The messages held
+    /// back meanwhile are put back in front of `server_buf`, to be handled as
+    /// they would have been, and the client's messages read meanwhile are
+    /// handled next.
+    fn probe_answered(&mut self, server_buf: &mut BytesMut) -> Result<(), Ended> {
+        let Some(probe) = self.probe.take() else { return Ok(()) };
+        let (from, window, extended, synced_after) = (probe.from, probe.window, probe.extended, probe.synced_after);
+        let Some((held, ignored)) = probe.outcome(self.ready_seen) else {
+            tracing::error!(parent: self.span, seen = self.ready_seen, "the answers to a probe do not fit what was sent");
+            return Err(lost_track());
+        };
+        self.take_back_syncs(from, ignored, false);
+        if extended && ignored == window {
+            // No Sync in the copy ended the discarding after the error: what
+            // the client sent after the copy, up to its next Sync, was skipped.
+            if let Some(r) = &mut self.masking {
+                while r.queue.front().is_some_and(|e| !matches!(e, Expect::Sync)) {
+                    r.queue.pop_front();
                 }
             }
-            _ => {}
+            // The probe's first Sync ended it early: up to the client's next
+            // Sync, the relay skips in its place.
+            if !synced_after {
+                self.discarding = true;
+            }
         }
+        if !held.is_empty() {
+            let mut replay = BytesMut::with_capacity(held.len() + server_buf.len());
+            replay.extend_from_slice(&held);
+            replay.extend_from_slice(server_buf);
+            *server_buf = replay;
+        }
+        self.resumed = true;
+        Ok(())
     }
 
     /// The text a Bind of statement `name` sent now would run; none when the
@@ -1400,6 +1482,20 @@ impl Relay<'_> {
     fn unnamed_uncertain(&self) -> bool {
         let last_parse = self.in_flight.iter().rev().find(|o| o.confirmation == b'1' && o.name.is_empty());
         last_parse.is_some_and(|o| o.batch <= self.ready_owed)
+    }
+
+    /// Ends a session whose client keeps sending Parse, Bind or Close
+    /// messages the server does not answer (it skips them after an error, up
+    /// to a Sync that does not come): what the gateway remembers of them is
+    /// bounded.
+    fn bounded_in_flight(&self) -> Result<(), Ended> {
+        if self.in_flight.len() > MAX_IN_FLIGHT {
+            return Err(Ended::fatal(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!("more than {MAX_IN_FLIGHT} Parse, Bind and Close messages await an answer; send a Sync"),
+            ));
+        }
+        Ok(())
     }
 
     /// Notes a message just forwarded whose answer is owed.
@@ -1525,7 +1621,7 @@ impl Relay<'_> {
     /// any refusal of its batch goes.
     fn sync_forwarded(&mut self) {
         self.batch_open = false;
-        self.syncs_since_start += 1;
+        self.copy.forwarded(b'S', self.ready_owed + 1);
         if let Some(r) = &mut self.masking {
             r.queue.push_back(Expect::Sync);
         }
@@ -1547,6 +1643,7 @@ impl Relay<'_> {
                 r.queue.push_back(Expect::Query(Arc::new(ResultMask::unread(Vec::new()))));
             }
             encode::refusal_query(to_server, &report);
+            self.copy.forwarded(b'Q', self.ready_owed + 1);
             self.ready_owed += 1;
         } else {
             self.discarding = true;
@@ -1746,8 +1843,15 @@ impl Relay<'_> {
     /// error must be slipped in before a ReadyForQuery.
     async fn forward_server(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
         if self.masking.is_some() {
-            return self.forward_masked(server_buf, to_client).await;
+            self.forward_masked(server_buf, to_client).await?;
+        } else {
+            self.forward_plain(server_buf, to_client).await?;
         }
+        self.send_probe().await
+    }
+
+    /// `forward_server` where nothing is masked.
+    async fn forward_plain(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
         let mut complete = 0;
         loop {
             let rest = server_buf.get(complete..).unwrap_or_default();
@@ -1759,6 +1863,19 @@ impl Relay<'_> {
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
                 }
             };
+            if let Some(probe) = &mut self.probe {
+                let step = probe.step(tag, rest.get(..len).unwrap_or_default());
+                // What went before it goes first.
+                to_client.extend_from_slice(server_buf.get(..complete).unwrap_or_default());
+                server_buf.advance(complete + len);
+                complete = 0;
+                match step {
+                    ProbeStep::Held => {}
+                    ProbeStep::Finished => self.probe_answered(server_buf)?,
+                    ProbeStep::Lost => return Err(self.probe_lost(tag)),
+                }
+                continue;
+            }
             if tag == b'S' {
                 self.setting_reported(rest.get(HEADER_LEN..len).unwrap_or_default());
             }
@@ -1767,8 +1884,8 @@ impl Relay<'_> {
                 b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
                 _ => {}
             }
-            if matches!(tag, b'G' | b'C' | b'E') {
-                self.copy_progress(tag);
+            if matches!(tag, b'G' | b'C' | b'E' | b'I' | b's') {
+                self.copy_answer(tag)?;
             }
             if tag == b'Z' {
                 let now = self.ready_for_query(rest.get(HEADER_LEN).copied());
@@ -1809,6 +1926,13 @@ impl Relay<'_> {
         }
     }
 
+    /// A probe that cannot be followed: too much held back, or a message
+    /// out of place among its answers.
+    fn probe_lost(&self, tag: u8) -> Ended {
+        tracing::error!(parent: self.span, tag = %super::protocol::Tag(tag), "the target's answers to a probe cannot be followed");
+        lost_track()
+    }
+
     /// A ReadyForQuery: notes the transaction status, and returns the refusals
     /// that go just before it.
     fn ready_for_query(&mut self, status: Option<u8>) -> Vec<Report> {
@@ -1816,6 +1940,7 @@ impl Relay<'_> {
             self.status = status;
         }
         self.ready_seen += 1;
+        self.copy.answered(b'Z');
         // Everything of the batch this ends was answered: whatever did not fail stands.
         let seen = self.ready_seen;
         self.in_flight.retain(|o| o.batch > seen);
@@ -1841,6 +1966,16 @@ impl Relay<'_> {
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
                 }
             };
+            if let Some(probe) = &mut self.probe {
+                let step = probe.step(tag, server_buf.get(..len).unwrap_or_default());
+                server_buf.advance(len);
+                match step {
+                    ProbeStep::Held => {}
+                    ProbeStep::Finished => self.probe_answered(server_buf)?,
+                    ProbeStep::Lost => return Err(self.probe_lost(tag)),
+                }
+                continue;
+            }
             // Rows, the bulk of a result, go straight from one buffer to the other.
             if tag == b'D'
                 && let Some(r) = self.masking.as_ref()
@@ -1859,8 +1994,8 @@ impl Relay<'_> {
             let raw = server_buf.split_to(len);
             // First: the end of a copy takes back the Syncs the server ignored,
             // before the statement's own expectation is settled.
-            if matches!(tag, b'G' | b'C' | b'E') {
-                self.copy_progress(tag);
+            if matches!(tag, b'G' | b'C' | b'E' | b'I' | b's') {
+                self.copy_answer(tag)?;
             }
             let out = self.masked_message(tag, &raw).await?;
             if tag == b'S' {
@@ -2279,6 +2414,14 @@ fn mid_batch() -> Ended {
         sqlstate::PROTOCOL_VIOLATION,
         "a simple query or function call cannot follow extended-protocol messages before their Sync",
     )
+}
+
+fn not_copy_data() -> Ended {
+    Ended::fatal(sqlstate::PROTOCOL_VIOLATION, copy_watch::NOT_COPY_DATA)
+}
+
+fn lost_track() -> Ended {
+    Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the gateway lost track of the target's responses")
 }
 
 /// The client's connection failed: the client ended the session
