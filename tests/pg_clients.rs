@@ -760,11 +760,17 @@ const PEOPLE_WRITES_NEED_REVIEW: &str = "version: 1\ncommands:\n  - name: people
      match: { kinds: [write], tables: [people] }\n    \
      action: { review: { approvers: { groups: [dba] }, timeout: 1s } }\n";
 
+/// `COPY table FROM STDIN` in the extended protocol, with the Sync drivers
+/// send along with the Execute.
+fn copy_from_stdin(table: &str) -> Vec<u8> {
+    let sql = format!("COPY {table} FROM STDIN");
+    [parse("", &sql), bind("", "", &[]), execute("", 0), message(b'S', &[])].concat()
+}
+
 /// Starts `COPY table FROM STDIN` in the extended protocol, with the Sync
 /// drivers send along with the Execute, and reads up to the CopyInResponse.
 async fn start_copy(stream: &mut tokio::net::TcpStream, table: &str) {
-    let sql = format!("COPY {table} FROM STDIN");
-    send(stream, &[parse("", &sql), bind("", "", &[]), execute("", 0), message(b'S', &[])]).await;
+    send(stream, &[copy_from_stdin(table)]).await;
     let mut seen = Vec::new();
     loop {
         let (tag, _) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
@@ -943,11 +949,7 @@ async fn copy_pipelines_the_gateway_cannot_follow_end_the_session() {
     let mut stream = raw_readwrite(&s, None).await;
     send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
     read_until_ready(&mut stream).await;
-    send(
-        &mut stream,
-        &[parse("", "COPY t FROM STDIN"), bind("", "", &[]), execute("", 0), sync.clone(), run_named("", "SELECT 1")],
-    )
-    .await;
+    send(&mut stream, &[copy_from_stdin("t"), run_named("", "SELECT 1")]).await;
     let (code, why) = read_fatal(&mut stream).await;
     assert_eq!(code, "0A000", "{why}");
     assert!(why.contains("wait for the copy's CopyInResponse"), "{why}");
@@ -967,18 +969,7 @@ async fn copy_pipelines_the_gateway_cannot_follow_end_the_session() {
     let mut stream = raw_readwrite(&s, None).await;
     send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
     read_until_ready(&mut stream).await;
-    send(
-        &mut stream,
-        &[
-            parse("", "COPY t FROM STDIN"),
-            bind("", "", &[]),
-            execute("", 0),
-            sync.clone(),
-            parse("p", "SELECT 1"),
-            sync,
-        ],
-    )
-    .await;
+    send(&mut stream, &[copy_from_stdin("t"), parse("p", "SELECT 1"), sync]).await;
     let (code, why) = read_fatal(&mut stream).await;
     assert_eq!(code, "0A000", "{why}");
     assert!(why.contains("cannot tell which of them the server ignored"), "{why}");
@@ -1002,4 +993,84 @@ async fn unanswered_messages_are_bounded() {
     let (code, why) = read_fatal(&mut stream).await;
     assert_eq!(code, "54000", "{why}");
     assert!(why.contains("send a Sync"), "{why}");
+}
+
+/// A Parse sent after the server's error has come back, before the batch's
+/// Sync, is skipped like the rest of the batch: the name it would have taken
+/// stays free, and the text the gateway read in it stands for nothing.
+#[tokio::test]
+async fn a_parse_skipped_after_an_error_already_relayed_leaves_no_text_behind() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[parse("a", "SELECT * FROM no_such_table"), message(b'H', &[])]).await;
+    let (tag, _) = read_message(&mut stream).await;
+    assert_eq!(tag, b'E');
+    send(&mut stream, &[parse("w", "SELECT 1"), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert!(seen.is_empty(), "skipped: {seen:?}");
+    // The name is free: the server takes this Parse.
+    send(&mut stream, &[parse("w", "DELETE FROM people WHERE id = 1"), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1"]);
+    send(&mut stream, &[bind("", "w", &[]), execute("", 0), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "the bound write is held, and refused when nobody approves it");
+    assert_eq!(people(&s).await, 2);
+}
+
+/// A statement refused between the start of a COPY and its data, sent
+/// before the server said it reads copy data: the gateway skips the rest of
+/// that batch as the server would, but not the copy data, which the server
+/// is reading.
+#[tokio::test]
+async fn copy_data_after_a_refused_statement_still_reaches_the_copy() {
+    let s = Stack::start().await;
+    let policy = "version: 1\ncommands:\n  - name: no-people-writes\n    \
+                  match: { kinds: [write], tables: [people] }\n    action: deny\n";
+    let mut stream = raw_readwrite(&s, Some(policy)).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
+    read_until_ready(&mut stream).await;
+    send(
+        &mut stream,
+        &[
+            copy_from_stdin("t"),
+            parse("w", "DELETE FROM people"),
+            copy_data("a\n"),
+            message(b'c', &[]),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "G", "C:COPY 1", "E:42501"]);
+    send(&mut stream, &[query("SELECT count(*) FROM t")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["T", "D:1", "C:SELECT 1"]);
+    assert_eq!(people(&s).await, 2);
+}
+
+/// A statement held for review after a COPY, when the copy fails during the
+/// review: the server skips what follows the failed copy up to the client's
+/// next Sync, so the held statement is skipped too, whatever its review says.
+#[tokio::test]
+async fn a_statement_held_behind_a_failed_copy_is_skipped_with_it() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE n (x int)")]).await;
+    read_until_ready(&mut stream).await;
+    send(&mut stream, &[parse("w", "DELETE FROM people WHERE id = 1"), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1"]);
+    start_copy(&mut stream, "n").await;
+    send(
+        &mut stream,
+        &[copy_data("bad\n"), message(b'c', &[]), bind("", "w", &[]), execute("", 0), message(b'S', &[])],
+    )
+    .await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:22P02"], "the copy's error, and nothing of the skipped statement");
+    send(&mut stream, &[query("SELECT count(*) FROM n")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["T", "D:0", "C:SELECT 1"]);
+    assert_eq!(people(&s).await, 2);
 }

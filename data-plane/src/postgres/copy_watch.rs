@@ -110,7 +110,7 @@ impl CopyWatch {
             b'd' | b'H' => {}
             b'E' | b'Q' | b'F' => {
                 let index = if tag == b'E' {
-                    self.executes += 1;
+                    self.executes = self.executes.saturating_add(1);
                     self.executes
                 } else {
                     0
@@ -143,7 +143,7 @@ impl CopyWatch {
     pub(crate) fn answered(&mut self, tag: u8) {
         match tag {
             b'Z' => self.completed = 0,
-            b'C' | b'I' | b's' => self.completed += 1,
+            b'C' | b'I' | b's' => self.completed = self.completed.saturating_add(1),
             _ => {}
         }
     }
@@ -229,8 +229,9 @@ pub(crate) struct Probe {
     held: Vec<u8>,
     /// ReadyForQuery messages among them.
     readies: u64,
-    /// Where the last of them starts, if it is a ReadyForQuery.
-    last_ready: Option<usize>,
+    /// Where the last ReadyForQuery among them starts, and its length, if
+    /// only asynchronous messages came after it.
+    last_ready: Option<(usize, usize)>,
     /// The probe's error came: the next ReadyForQuery is the probe's last.
     answered: bool,
     pub(crate) sent: bool,
@@ -286,13 +287,19 @@ impl Probe {
 
     /// Places one server message (`raw`: tag, length and body).
     pub(crate) fn step(&mut self, tag: u8, raw: &[u8]) -> ProbeStep {
+        // A notice, a notification or a setting may come at any point.
+        let asynchronous = matches!(tag, b'N' | b'A' | b'S');
         if self.answered {
-            return if tag == b'Z' { ProbeStep::Finished } else { ProbeStep::Lost };
-        }
-        if tag == b'E' && contains(raw, self.name.as_bytes()) {
-            // Just after the ReadyForQuery that answers the probe's first Sync.
-            let Some(at) = self.last_ready else { return ProbeStep::Lost };
-            self.held.truncate(at);
+            if tag == b'Z' {
+                return ProbeStep::Finished;
+            }
+            if !asynchronous {
+                return ProbeStep::Lost;
+            }
+        } else if tag == b'E' && contains(raw, self.name.as_bytes()) {
+            // After the ReadyForQuery that answers the probe's first Sync.
+            let Some((at, len)) = self.last_ready else { return ProbeStep::Lost };
+            self.held.drain(at..at + len);
             self.readies -= 1;
             self.answered = true;
             return ProbeStep::Held;
@@ -300,8 +307,12 @@ impl Probe {
         if self.held.len() + raw.len() > PROBE_HOLD_LIMIT {
             return ProbeStep::Lost;
         }
-        self.last_ready = (tag == b'Z').then_some(self.held.len());
-        self.readies += u64::from(tag == b'Z');
+        if tag == b'Z' {
+            self.last_ready = Some((self.held.len(), raw.len()));
+            self.readies += 1;
+        } else if !asynchronous {
+            self.last_ready = None;
+        }
         self.held.extend_from_slice(raw);
         ProbeStep::Held
     }
@@ -459,16 +470,20 @@ mod tests {
         assert_eq!(p.step(b'Z', ready), ProbeStep::Held);
         assert_eq!(p.step(b'3', close_complete), ProbeStep::Held);
         assert_eq!(p.step(b'Z', ready), ProbeStep::Held);
-        // The ReadyForQuery of the probe's first Sync, then its error.
+        // The ReadyForQuery of the probe's first Sync, then its error, with
+        // notifications around them.
+        let notification = b"A\0\0\0\x0e\0\0\0\x01ch\0hi\0".as_slice();
         assert_eq!(p.step(b'Z', ready), ProbeStep::Held);
+        assert_eq!(p.step(b'A', notification), ProbeStep::Held);
         let mut error = b"E....Mprepared statement \"".to_vec();
         error.extend_from_slice(p.name.as_bytes());
         error.extend_from_slice(b"\" does not exist\0\0");
         assert_eq!(p.step(b'E', &error), ProbeStep::Held);
+        assert_eq!(p.step(b'A', notification), ProbeStep::Held);
         assert_eq!(p.step(b'Z', ready), ProbeStep::Finished);
         // Owed 10, seen 5 before: five outstanding and two answered, so three ignored.
         let (held, ignored) = p.outcome(5).unwrap();
-        assert_eq!(held, [ready, close_complete, ready].concat());
+        assert_eq!(held, [ready, close_complete, ready, notification, notification].concat());
         assert_eq!(ignored, 3);
     }
 
@@ -482,7 +497,7 @@ mod tests {
         assert_eq!(p.step(b'E', &error(&p)), ProbeStep::Lost);
         assert_eq!(p.step(b'Z', ready), ProbeStep::Held);
         assert_eq!(p.step(b'E', &error(&p)), ProbeStep::Held);
-        assert_eq!(p.step(b'N', b"N\0\0\0\x04"), ProbeStep::Lost);
+        assert_eq!(p.step(b'1', b"1\0\0\0\x04"), ProbeStep::Lost);
         // Two ignored, where only one Sync was in the window.
         let mut p = Probe::new(2, 1, true, false, 10);
         p.step(b'Z', ready);

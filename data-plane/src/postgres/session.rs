@@ -642,6 +642,7 @@ async fn relay_session(
         refusal: None,
         inject: Vec::new(),
         held: None,
+        decided: None,
         prepared: std::collections::HashMap::new(),
         lexing_safe,
         inspecting: gw.hook.inspects(&admitted.context),
@@ -726,6 +727,8 @@ struct Relay<'a> {
     inject: Vec<(u64, Report)>,
     /// A statement the hook holds for review, taken out of the client's stream.
     held: Option<Held>,
+    /// A held statement whose review ended, waiting for a probe to be answered.
+    decided: Option<(Held, Result<(), Report>)>,
     /// The text of each statement the client prepared, by name ("" unnamed),
     /// as the server holds them; `None` where the gateway lost track.
     prepared: std::collections::HashMap<bytes::Bytes, Option<bytes::Bytes>>,
@@ -1043,6 +1046,9 @@ impl Relay<'_> {
                 // Handled once the probe is answered (`resumed`).
                 return Ok(false);
             }
+            if let Some((held, outcome)) = self.decided.take() {
+                self.release(held, outcome, to_server)?;
+            }
             let progress = self.client_frames(to_server)?;
             self.flush(to_server, to_client).await?;
             match progress {
@@ -1065,26 +1071,38 @@ impl Relay<'_> {
                         review_id,
                         approver,
                     })?;
-                    match outcome {
-                        Ok(()) => {
-                            let tag = held.raw.first().copied().unwrap_or_default();
-                            if !self.copy.admits(tag) {
-                                return Err(not_copy_data());
-                            }
-                            self.copy.forwarded(tag, self.ready_owed + 1);
-                            self.expect_responses(&held.message, to_server);
-                            to_server.extend_from_slice(&held.raw);
-                            if held.is_query {
-                                self.ready_owed += 1;
-                            } else {
-                                self.batch_open = true;
-                            }
-                        }
-                        Err(report) => self.refuse(held.is_query, report, to_server),
-                    }
+                    self.decided = Some((held, outcome));
                 }
             }
         }
+    }
+
+    /// Carries out the review of a held statement: forwards it, or refuses
+    /// it. Not while a probe is outstanding (the loop in `process_client`
+    /// waits): the count it goes by is being put right. When the probe found
+    /// the server skipping up to the client's next Sync, it is skipped too.
+    fn release(&mut self, held: Held, outcome: Result<(), Report>, to_server: &mut BytesMut) -> Result<(), Ended> {
+        if self.discarding {
+            return Ok(());
+        }
+        match outcome {
+            Ok(()) => {
+                let tag = held.raw.first().copied().unwrap_or_default();
+                if !self.copy.admits(tag) {
+                    return Err(not_copy_data());
+                }
+                self.copy.forwarded(tag, self.ready_owed + 1);
+                self.expect_responses(&held.message, to_server);
+                to_server.extend_from_slice(&held.raw);
+                if held.is_query {
+                    self.ready_owed += 1;
+                } else {
+                    self.batch_open = true;
+                }
+            }
+            Err(report) => self.refuse(held.is_query, report, to_server),
+        }
+        Ok(())
     }
 
     /// Handles every complete client message in the buffer, up to a held one.
@@ -1138,6 +1156,10 @@ impl Relay<'_> {
                     self.discarding = false;
                     to_server.extend_from_slice(frame.raw());
                     self.sync_forwarded();
+                } else if matches!(frame.tag(), b'd' | b'c' | b'f') {
+                    // For a copy the server may be reading; it ignores them otherwise.
+                    self.copy.forwarded(frame.tag(), self.ready_owed + 1);
+                    to_server.extend_from_slice(frame.raw());
                 }
                 continue;
             }
@@ -1276,8 +1298,10 @@ impl Relay<'_> {
         } else {
             None
         };
-        // After an error in a batch the server skips to its Sync, and so does the relay.
-        let forwarded = !self.discarding || tag == b'S';
+        // After an error in a batch the server skips to its Sync, and so does
+        // the relay; copy messages still go, for a copy the server may be
+        // reading (it ignores them otherwise).
+        let forwarded = !self.discarding || matches!(tag, b'S' | b'd' | b'c' | b'f');
         if forwarded && matches!(tag, b'Q' | b'F') && self.batch_open {
             return Err(mid_batch());
         }
@@ -1941,9 +1965,24 @@ impl Relay<'_> {
         }
         self.ready_seen += 1;
         self.copy.answered(b'Z');
-        // Everything of the batch this ends was answered: whatever did not fail stands.
+        // Everything of the batch this ends was answered: what was confirmed
+        // stands. A message still unanswered was skipped after an error in
+        // the batch, one the gateway relayed before forwarding it, and the
+        // server did not take what it names.
         let seen = self.ready_seen;
-        self.in_flight.retain(|o| o.batch > seen);
+        let (prepared, masking) = (&mut self.prepared, &mut self.masking);
+        self.in_flight.retain(|o| {
+            if o.batch > seen {
+                return true;
+            }
+            if let Some(text) = prepared.get_mut(&o.name) {
+                *text = None;
+            }
+            if let Some(r) = masking.as_mut() {
+                r.forget(&o.name);
+            }
+            false
+        });
         if !self.inject.iter().any(|(n, _)| *n == seen) {
             return Vec::new();
         }
