@@ -63,8 +63,9 @@ impl Drop for TempDir {
     }
 }
 
+/// An address nothing listens on yet, for a child process to bind.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    airlock_testkit::free_addr()
 }
 
 pub async fn wait_ready(url: &str) {

@@ -24,7 +24,7 @@ pub const NEVER_MS: u64 = 3_600_000;
 
 /// An address nothing listens on (yet).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    airlock_testkit::free_addr()
 }
 
 pub fn recorder_config(dir: &Path, addr: SocketAddr) -> Config {

@@ -1229,7 +1229,7 @@ pub(crate) fn find_airlock(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(airlock_testkit::free_addr())
 }
 
 fn free_port() -> anyhow::Result<u16> {
