@@ -1074,3 +1074,39 @@ async fn a_statement_held_behind_a_failed_copy_is_skipped_with_it() {
     assert_eq!(seen, ["T", "D:0", "C:SELECT 1"]);
     assert_eq!(people(&s).await, 2);
 }
+
+/// An error in one batch of a pipeline leaves the statements prepared in
+/// the next batches known: the server goes on with them after the Sync.
+#[tokio::test]
+async fn statements_prepared_after_a_failed_batch_stay_known() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(
+        &mut stream,
+        &[parse("a", "SELECT * FROM no_such_table"), message(b'S', &[]), parse("s1", "SELECT 1"), message(b'S', &[])],
+    )
+    .await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42P01"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1"]);
+    send(&mut stream, &[bind("", "s1", &[]), execute("", 0), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["2", "D:1", "C:SELECT 1"], "decided on its text, not refused as unknown");
+}
+
+/// A statement held for review while the COPY sent before it begins: once
+/// the review ends, neither the statement nor the query that refuses it may
+/// go to a server reading copy data.
+#[tokio::test]
+async fn a_review_that_ends_during_a_copy_ends_the_session() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
+    read_until_ready(&mut stream).await;
+    send(&mut stream, &[query("COPY t FROM STDIN"), query("DELETE FROM people")]).await;
+    let (code, why) = read_fatal(&mut stream).await;
+    assert_eq!(code, "08P01", "{why}");
+    assert!(why.contains("only CopyData"), "{why}");
+    assert_eq!(people(&s).await, 2);
+}

@@ -287,6 +287,11 @@ impl Probe {
 
     /// Places one server message (`raw`: tag, length and body).
     pub(crate) fn step(&mut self, tag: u8, raw: &[u8]) -> ProbeStep {
+        // A COPY the client pipelined would read the probe's Describe as copy
+        // data, and no answer to the probe would come.
+        if tag == b'G' {
+            return ProbeStep::Lost;
+        }
         // A notice, a notification or a setting may come at any point.
         let asynchronous = matches!(tag, b'N' | b'A' | b'S');
         if self.answered {
@@ -469,6 +474,7 @@ mod tests {
         let close_complete = b"3\0\0\0\x04".as_slice();
         assert_eq!(p.step(b'Z', ready), ProbeStep::Held);
         assert_eq!(p.step(b'3', close_complete), ProbeStep::Held);
+        assert_eq!(Probe::new(2, 3, true, false, 10).step(b'G', b"G\0\0\0\x07\0\0\0"), ProbeStep::Lost);
         assert_eq!(p.step(b'Z', ready), ProbeStep::Held);
         // The ReadyForQuery of the probe's first Sync, then its error, with
         // notifications around them.

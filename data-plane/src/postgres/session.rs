@@ -1085,12 +1085,14 @@ impl Relay<'_> {
         if self.discarding {
             return Ok(());
         }
+        // The server may have begun reading copy data meanwhile: the statement,
+        // or the query a refusal sends in its place, would end that copy.
+        let tag = held.raw.first().copied().unwrap_or_default();
+        if !self.copy.admits(tag) {
+            return Err(not_copy_data());
+        }
         match outcome {
             Ok(()) => {
-                let tag = held.raw.first().copied().unwrap_or_default();
-                if !self.copy.admits(tag) {
-                    return Err(not_copy_data());
-                }
                 self.copy.forwarded(tag, self.ready_owed + 1);
                 self.expect_responses(&held.message, to_server);
                 to_server.extend_from_slice(&held.raw);
@@ -1541,26 +1543,30 @@ impl Relay<'_> {
     }
 
     /// An ErrorResponse: the server skips the rest of the batch it is in, so
-    /// a Parse, Bind or Close not yet confirmed may have been refused or
-    /// skipped, and what the gateway recorded for their names may not be what
-    /// the server holds. They are forgotten, all of them: the gateway's count
-    /// of batches can run ahead of the server's (a Query the server skips
-    /// after an error gets no ReadyForQuery), so which batch the error is in
-    /// is not certain. A Bind of such a statement is then refused where rules
-    /// apply, and its rows masked as those of a statement the gateway cannot
-    /// read. The messages of the batch the error is in (as counted here) are
-    /// no longer owed an answer; those of later batches still are, in order.
+    /// a Parse, Bind or Close of that batch not yet confirmed was refused or
+    /// skipped, and what the gateway recorded for its name may not be what
+    /// the server holds: it is forgotten. A Bind of such a statement is then
+    /// refused where rules apply, and its rows masked as those of a statement
+    /// the gateway cannot read. Those of later batches are still owed an
+    /// answer, in order. The batch is told by the count of ReadyForQuery,
+    /// which is exact: nothing the server would skip without one is relayed
+    /// (`mid_batch`), and the Syncs a COPY ignores are taken back
+    /// (`copy_watch`).
     fn server_error(&mut self) {
-        for Owed { name, .. } in &self.in_flight {
-            if let Some(text) = self.prepared.get_mut(name) {
+        let current = self.ready_seen + 1;
+        let (prepared, masking) = (&mut self.prepared, &mut self.masking);
+        self.in_flight.retain(|o| {
+            if o.batch > current {
+                return true;
+            }
+            if let Some(text) = prepared.get_mut(&o.name) {
                 *text = None;
             }
-            if let Some(r) = &mut self.masking {
-                r.forget(name);
+            if let Some(r) = masking.as_mut() {
+                r.forget(&o.name);
             }
-        }
-        let current = self.ready_seen + 1;
-        self.in_flight.retain(|o| o.batch > current);
+            false
+        });
     }
 
     /// A simple query destroys the unnamed statement; one that may deallocate
