@@ -1553,10 +1553,15 @@ impl Relay<'_> {
     /// (`mid_batch`), and the Syncs a COPY ignores are taken back
     /// (`copy_watch`).
     fn server_error(&mut self) {
-        let current = self.ready_seen + 1;
+        self.settle_batches(self.ready_seen + 1);
+    }
+
+    /// The batches up to `last` are over: their messages still in flight
+    /// got no answer, and what they name is forgotten.
+    fn settle_batches(&mut self, last: u64) {
         let (prepared, masking) = (&mut self.prepared, &mut self.masking);
         self.in_flight.retain(|o| {
-            if o.batch > current {
+            if o.batch > last {
                 return true;
             }
             if let Some(text) = prepared.get_mut(&o.name) {
@@ -1976,19 +1981,7 @@ impl Relay<'_> {
         // the batch, one the gateway relayed before forwarding it, and the
         // server did not take what it names.
         let seen = self.ready_seen;
-        let (prepared, masking) = (&mut self.prepared, &mut self.masking);
-        self.in_flight.retain(|o| {
-            if o.batch > seen {
-                return true;
-            }
-            if let Some(text) = prepared.get_mut(&o.name) {
-                *text = None;
-            }
-            if let Some(r) = masking.as_mut() {
-                r.forget(&o.name);
-            }
-            false
-        });
+        self.settle_batches(seen);
         if !self.inject.iter().any(|(n, _)| *n == seen) {
             return Vec::new();
         }
