@@ -398,6 +398,15 @@ async fn raw_masked(s: &Stack) -> tokio::net::TcpStream {
     raw_login(s, "pg", &token).await
 }
 
+/// `raw_readwrite`, once `ddl` has run in the session.
+async fn raw_readwrite_with(s: &Stack, policy: Option<&str>, ddl: &str) -> tokio::net::TcpStream {
+    let mut stream = raw_readwrite(s, policy).await;
+    send(&mut stream, &[query(ddl)]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["C:CREATE TABLE"]);
+    stream
+}
+
 /// How many rows `people` has, read directly.
 async fn people(s: &Stack) -> i64 {
     let admin = admin_client(s.db.url()).await;
@@ -760,6 +769,10 @@ const PEOPLE_WRITES_NEED_REVIEW: &str = "version: 1\ncommands:\n  - name: people
      match: { kinds: [write], tables: [people] }\n    \
      action: { review: { approvers: { groups: [dba] }, timeout: 1s } }\n";
 
+/// Writes to `people` refused; everything else allowed.
+const PEOPLE_WRITES_DENIED: &str = "version: 1\ncommands:\n  - name: no-people-writes\n    \
+     match: { kinds: [write], tables: [people] }\n    action: deny\n";
+
 /// `COPY table FROM STDIN` in the extended protocol, with the Sync drivers
 /// send along with the Execute.
 fn copy_from_stdin(table: &str) -> Vec<u8> {
@@ -810,9 +823,7 @@ async fn assert_unnamed_write_still_held(s: &Stack, stream: &mut tokio::net::Tcp
 #[tokio::test]
 async fn syncs_after_the_copy_done_are_answered() {
     let s = Stack::start().await;
-    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, Some(PEOPLE_WRITES_NEED_REVIEW), "CREATE TEMP TABLE t (x text)").await;
     start_copy(&mut stream, "t").await;
     send(&mut stream, &[message(b'c', &[]), message(b'S', &[]), message(b'S', &[]), message(b'c', &[])]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
@@ -854,9 +865,7 @@ fn copy_data(text: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_copy_that_fails_among_syncs_leaves_the_session_in_step() {
     let s = Stack::start().await;
-    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE n (x int)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, Some(PEOPLE_WRITES_NEED_REVIEW), "CREATE TEMP TABLE n (x int)").await;
 
     // Extended protocol: the Sync sent with the Execute is read before the
     // data, and ignored; the three after the bad row are answered.
@@ -946,18 +955,14 @@ async fn copy_pipelines_the_gateway_cannot_follow_end_the_session() {
 
     // A statement sent after the one that starts a copy, before its
     // CopyInResponse.
-    let mut stream = raw_readwrite(&s, None).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, None, "CREATE TEMP TABLE t (x text)").await;
     send(&mut stream, &[copy_from_stdin("t"), run_named("", "SELECT 1")]).await;
     let (code, why) = read_fatal(&mut stream).await;
     assert_eq!(code, "0A000", "{why}");
     assert!(why.contains("wait for the copy's CopyInResponse"), "{why}");
 
     // A statement sent while the server reads copy data.
-    let mut stream = raw_readwrite(&s, None).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, None, "CREATE TEMP TABLE t (x text)").await;
     start_copy(&mut stream, "t").await;
     send(&mut stream, &[copy_data("a\n"), parse("", "DELETE FROM people")]).await;
     let (code, why) = read_fatal(&mut stream).await;
@@ -966,9 +971,7 @@ async fn copy_pipelines_the_gateway_cannot_follow_end_the_session() {
 
     // Another message among the Syncs before the server began reading: had
     // the copy failed before it, the server would have run it.
-    let mut stream = raw_readwrite(&s, None).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, None, "CREATE TEMP TABLE t (x text)").await;
     send(&mut stream, &[copy_from_stdin("t"), parse("p", "SELECT 1"), sync]).await;
     let (code, why) = read_fatal(&mut stream).await;
     assert_eq!(code, "0A000", "{why}");
@@ -1019,17 +1022,14 @@ async fn a_parse_skipped_after_an_error_already_relayed_leaves_no_text_behind() 
 }
 
 /// A statement refused between the start of a COPY and its data, sent
-/// before the server said it reads copy data: the gateway skips the rest of
-/// that batch as the server would, but not the copy data, which the server
-/// is reading.
+/// before the server said it reads copy data: the server fails the copy on
+/// the message sent in the refused one's place, as it would on the refused
+/// one, after a Sync it may or may not have read. The gateway cannot tell,
+/// and ends the session.
 #[tokio::test]
-async fn copy_data_after_a_refused_statement_still_reaches_the_copy() {
+async fn a_refusal_among_a_copys_pipelined_data_ends_the_session() {
     let s = Stack::start().await;
-    let policy = "version: 1\ncommands:\n  - name: no-people-writes\n    \
-                  match: { kinds: [write], tables: [people] }\n    action: deny\n";
-    let mut stream = raw_readwrite(&s, Some(policy)).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, Some(PEOPLE_WRITES_DENIED), "CREATE TEMP TABLE t (x text)").await;
     send(
         &mut stream,
         &[
@@ -1041,11 +1041,8 @@ async fn copy_data_after_a_refused_statement_still_reaches_the_copy() {
         ],
     )
     .await;
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["1", "2", "G", "C:COPY 1", "E:42501"]);
-    send(&mut stream, &[query("SELECT count(*) FROM t")]).await;
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["T", "D:1", "C:SELECT 1"]);
+    let (code, why) = read_fatal(&mut stream).await;
+    assert_eq!(code, "0A000", "{why}");
     assert_eq!(people(&s).await, 2);
 }
 
@@ -1055,9 +1052,7 @@ async fn copy_data_after_a_refused_statement_still_reaches_the_copy() {
 #[tokio::test]
 async fn a_statement_held_behind_a_failed_copy_is_skipped_with_it() {
     let s = Stack::start().await;
-    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE n (x int)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, Some(PEOPLE_WRITES_NEED_REVIEW), "CREATE TEMP TABLE n (x int)").await;
     send(&mut stream, &[parse("w", "DELETE FROM people WHERE id = 1"), message(b'S', &[])]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1"]);
@@ -1101,12 +1096,61 @@ async fn statements_prepared_after_a_failed_batch_stay_known() {
 #[tokio::test]
 async fn a_review_that_ends_during_a_copy_ends_the_session() {
     let s = Stack::start().await;
-    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
-    send(&mut stream, &[query("CREATE TEMP TABLE t (x text)")]).await;
-    read_until_ready(&mut stream).await;
+    let mut stream = raw_readwrite_with(&s, Some(PEOPLE_WRITES_NEED_REVIEW), "CREATE TEMP TABLE t (x text)").await;
     send(&mut stream, &[query("COPY t FROM STDIN"), query("DELETE FROM people")]).await;
     let (code, why) = read_fatal(&mut stream).await;
     assert_eq!(code, "08P01", "{why}");
     assert!(why.contains("only CopyData"), "{why}");
     assert_eq!(people(&s).await, 2);
+}
+
+/// A refused extended-protocol message fails its batch on the server as a
+/// failed statement would: what ran before it in the batch is rolled back,
+/// and a transaction block is aborted.
+#[tokio::test]
+async fn a_refused_message_fails_its_batch_on_the_server() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite_with(&s, Some(PEOPLE_WRITES_DENIED), "CREATE TEMP TABLE t (x int)").await;
+
+    // The batch's implicit transaction is rolled back.
+    send(
+        &mut stream,
+        &[
+            parse("", "INSERT INTO t VALUES (1)"),
+            bind("", "", &[]),
+            execute("", 0),
+            parse("w", "DELETE FROM people"),
+            bind("", "w", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!(
+        (seen, status),
+        (vec!["1".to_owned(), "2".to_owned(), "C:INSERT 0 1".to_owned(), "E:42501".to_owned()], b'I')
+    );
+    send(&mut stream, &[query("SELECT count(*) FROM t")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["T", "D:0", "C:SELECT 1"]);
+
+    // A transaction block is aborted: its COMMIT rolls back.
+    send(&mut stream, &[query("BEGIN")]).await;
+    read_until_ready(&mut stream).await;
+    send(&mut stream, &[run_named("", "INSERT INTO t VALUES (2)")]).await;
+    read_until_ready(&mut stream).await;
+    send(&mut stream, &[parse("w2", "DELETE FROM people"), message(b'S', &[])]).await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!((seen, status), (vec!["E:42501".to_owned()], b'E'));
+    send(&mut stream, &[query("COMMIT")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["C:ROLLBACK"]);
+    send(&mut stream, &[query("SELECT count(*) FROM t")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["T", "D:0", "C:SELECT 1"]);
+    assert_eq!(people(&s).await, 2);
+
+    // The session goes on, and the refusal's name is not left behind.
+    send(&mut stream, &[run_named("", "SELECT 1")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "D:1", "C:SELECT 1"]);
 }

@@ -720,11 +720,13 @@ struct Relay<'a> {
     ready_seen: u64,
     /// The error of a refused extended-protocol message, until the Sync that
     /// ends its batch is forwarded.
-    refusal: Option<Report>,
+    refusal: Option<Refusal>,
     /// Errors to place just before the ReadyForQuery with this ordinal: the one
     /// that answers the Sync ending the refused message's batch. With pipelined
-    /// batches that is not always the next ReadyForQuery.
-    inject: Vec<(u64, Report)>,
+    /// batches that is not always the next ReadyForQuery. Where the server's
+    /// error on the failing Bind sent in the refused message's place comes,
+    /// the refusal goes there instead.
+    inject: Vec<(u64, Refusal)>,
     /// A statement the hook holds for review, taken out of the client's stream.
     held: Option<Held>,
     /// A held statement whose review ended, waiting for a probe to be answered.
@@ -770,6 +772,16 @@ struct Relay<'a> {
 /// How much a client may send while one of its statements is held; past it,
 /// the session stops reading until the review ends.
 const HELD_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// The refusal of an extended-protocol message. In its place the server was
+/// sent a Bind of a statement named `name`, which no client can name, for
+/// the server to fail the batch as it would on any failed message: the
+/// implicit transaction of the batch is rolled back, a transaction block
+/// aborted.
+struct Refusal {
+    report: Report,
+    name: String,
+}
 
 /// A Parse, Bind or Close forwarded and not yet answered.
 struct Owed {
@@ -1661,17 +1673,20 @@ impl Relay<'_> {
             r.queue.push_back(Expect::Sync);
         }
         self.ready_owed += 1;
-        if let Some(report) = self.refusal.take() {
-            self.inject.push((self.ready_owed, report));
+        if let Some(refusal) = self.refusal.take() {
+            self.inject.push((self.ready_owed, refusal));
         }
     }
 
-    /// Refuses a statement the way Postgres refuses one. A simple query is
-    /// replaced by one that raises the refusal on the server, so the error
-    /// arrives in its place among the responses and a transaction block is
-    /// aborted, as for any failed statement. An extended-protocol message is
-    /// dropped with the rest of its batch, and the error goes just before the
-    /// ReadyForQuery that answers the batch's Sync.
+    /// Refuses a statement the way Postgres refuses one: the error arrives in
+    /// its place among the responses, and the server fails it as any failed
+    /// statement, rolling back the implicit transaction or aborting a
+    /// transaction block. A simple query is replaced by one that raises the
+    /// refusal on the server. An extended-protocol message is replaced by a
+    /// Bind the server fails on (`Refusal`), whose error is then replaced by
+    /// the refusal, and the rest of its batch is dropped. Should that error
+    /// not come (the server was already skipping the batch), the refusal goes
+    /// just before the ReadyForQuery that answers the batch's Sync.
     fn refuse(&mut self, is_query: bool, report: Report, to_server: &mut BytesMut) {
         if is_query {
             if let Some(r) = &mut self.masking {
@@ -1681,9 +1696,27 @@ impl Relay<'_> {
             self.copy.forwarded(b'Q', self.ready_owed + 1);
             self.ready_owed += 1;
         } else {
+            let name = format!("airlock_refused_{:032x}", rand::random::<u128>());
+            encode::failing_bind(to_server, name.as_bytes());
+            self.copy.forwarded(b'B', self.ready_owed + 1);
+            self.batch_open = true;
             self.discarding = true;
-            self.refusal = Some(report);
+            self.refusal = Some(Refusal { report, name });
         }
+    }
+
+    /// A server error: when it is the one on the Bind sent in a refused
+    /// message's place, the refusal to show instead.
+    fn refusal_answered(&mut self, raw: &[u8]) -> Option<Report> {
+        if self.refusal.is_none() && self.inject.is_empty() {
+            return None;
+        }
+        let names = |name: &str| raw.windows(name.len()).any(|w| w == name.as_bytes());
+        if self.refusal.as_ref().is_some_and(|r| names(&r.name)) {
+            return self.refusal.take().map(|r| r.report);
+        }
+        let at = self.inject.iter().position(|(_, r)| names(&r.name))?;
+        Some(self.inject.remove(at).1.report)
     }
 
     /// Opens a review of a held statement, tells the client where it can be
@@ -1922,6 +1955,16 @@ impl Relay<'_> {
             if matches!(tag, b'G' | b'C' | b'E' | b'I' | b's') {
                 self.copy_answer(tag)?;
             }
+            if tag == b'E'
+                && let Some(report) = self.refusal_answered(rest.get(..len).unwrap_or_default())
+            {
+                // In the server's error's place.
+                to_client.extend_from_slice(server_buf.get(..complete).unwrap_or_default());
+                server_buf.advance(complete + len);
+                complete = 0;
+                encode::error_response(to_client, &report);
+                continue;
+            }
             if tag == b'Z' {
                 let now = self.ready_for_query(rest.get(HEADER_LEN).copied());
                 if !now.is_empty() {
@@ -1988,7 +2031,7 @@ impl Relay<'_> {
         let (now, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.inject).into_iter().partition(|(n, _)| *n == seen);
         self.inject = later;
-        now.into_iter().map(|(_, report)| report).collect()
+        now.into_iter().map(|(_, refusal)| refusal.report).collect()
     }
 
     /// Forwards every complete server message, masking rows, copied rows,
@@ -2048,6 +2091,13 @@ impl Relay<'_> {
                 for report in self.ready_for_query(raw.get(HEADER_LEN).copied()) {
                     encode::error_response(to_client, &report);
                 }
+            }
+            if tag == b'E'
+                && let Some(report) = self.refusal_answered(&raw)
+            {
+                // In the server's error's place.
+                encode::error_response(to_client, &report);
+                continue;
             }
             match out {
                 Relayed::AsIs => to_client.extend_from_slice(&raw),
