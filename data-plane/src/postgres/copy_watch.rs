@@ -210,7 +210,7 @@ pub(crate) fn renumber(batch: u64, from: u64, ignored: u64) -> u64 {
 
 /// The relay's question to the server after a copy failed with Syncs in
 /// flight: a Sync (which ends the discarding after the error, if no Sync of
-/// the client's has), a Describe of a statement no client can name, and a
+/// the client's has), a Describe of a portal no client can name, and a
 /// Sync. The error the Describe gets carries that name, so its answers are
 /// told apart from the answers to the client's messages, which come before
 /// them: the relay holds those back, counts the ReadyForQuery among them, and
@@ -278,7 +278,9 @@ impl Probe {
         let len = i32::try_from(4 + 1 + self.name.len() + 1).unwrap_or(i32::MAX);
         out.push(b'D');
         out.extend_from_slice(&len.to_be_bytes());
-        out.push(b'S');
+        // A portal: a pgbouncer that tracks prepared statements ends the
+        // connection on an unknown statement's name.
+        out.push(b'P');
         out.extend_from_slice(self.name.as_bytes());
         out.push(0);
         out.extend_from_slice(b"S\0\0\0\x04");
@@ -481,7 +483,7 @@ mod tests {
         let notification = b"A\0\0\0\x0e\0\0\0\x01ch\0hi\0".as_slice();
         assert_eq!(p.step(b'Z', ready), ProbeStep::Held);
         assert_eq!(p.step(b'A', notification), ProbeStep::Held);
-        let mut error = b"E....Mprepared statement \"".to_vec();
+        let mut error = b"E....Mportal \"".to_vec();
         error.extend_from_slice(p.name.as_bytes());
         error.extend_from_slice(b"\" does not exist\0\0");
         assert_eq!(p.step(b'E', &error), ProbeStep::Held);

@@ -724,8 +724,8 @@ struct Relay<'a> {
     /// Errors to place just before the ReadyForQuery with this ordinal: the one
     /// that answers the Sync ending the refused message's batch. With pipelined
     /// batches that is not always the next ReadyForQuery. Where the server's
-    /// error on the failing Bind sent in the refused message's place comes,
-    /// the refusal goes there instead.
+    /// error on the failing Describe sent in the refused message's place
+    /// comes, the refusal goes there instead.
     inject: Vec<(u64, Refusal)>,
     /// A statement the hook holds for review, taken out of the client's stream.
     held: Option<Held>,
@@ -774,10 +774,12 @@ struct Relay<'a> {
 const HELD_BUFFER_LIMIT: usize = 1024 * 1024;
 
 /// The refusal of an extended-protocol message. In its place the server was
-/// sent a Bind of a statement named `name`, which no client can name, for
+/// sent a Describe of a portal named `name`, which no client can name, for
 /// the server to fail the batch as it would on any failed message: the
 /// implicit transaction of the batch is rolled back, a transaction block
-/// aborted.
+/// aborted. (A portal, not a statement: a pgbouncer that tracks prepared
+/// statements ends the connection on an unknown statement's name, and lets
+/// portals through.)
 struct Refusal {
     report: Report,
     name: String,
@@ -1683,7 +1685,7 @@ impl Relay<'_> {
     /// statement, rolling back the implicit transaction or aborting a
     /// transaction block. A simple query is replaced by one that raises the
     /// refusal on the server. An extended-protocol message is replaced by a
-    /// Bind the server fails on (`Refusal`), whose error is then replaced by
+    /// Describe the server fails on (`Refusal`), whose error is then replaced by
     /// the refusal, and the rest of its batch is dropped. Should that error
     /// not come (the server was already skipping the batch), the refusal goes
     /// just before the ReadyForQuery that answers the batch's Sync.
@@ -1697,15 +1699,15 @@ impl Relay<'_> {
             self.ready_owed += 1;
         } else {
             let name = format!("airlock_refused_{:032x}", rand::random::<u128>());
-            encode::failing_bind(to_server, name.as_bytes());
-            self.copy.forwarded(b'B', self.ready_owed + 1);
+            encode::describe_portal(to_server, name.as_bytes());
+            self.copy.forwarded(b'D', self.ready_owed + 1);
             self.batch_open = true;
             self.discarding = true;
             self.refusal = Some(Refusal { report, name });
         }
     }
 
-    /// A server error: when it is the one on the Bind sent in a refused
+    /// A server error: when it is the one on the Describe sent in a refused
     /// message's place, the refusal to show instead.
     fn refusal_answered(&mut self, raw: &[u8]) -> Option<Report> {
         if self.refusal.is_none() && self.inject.is_empty() {

@@ -233,21 +233,6 @@ pub fn describe_portal(buf: &mut BytesMut, portal: &[u8]) {
     });
 }
 
-/// Appends a Bind of the statement `name` to a portal of that name, with
-/// no parameters: where the name is held by no statement, the server fails
-/// on it as on any failed message of a batch.
-pub fn failing_bind(buf: &mut BytesMut, name: &[u8]) {
-    let _ = put_message(buf, b'B', |buf| {
-        put_cstr(buf, name, "a portal name")?;
-        put_cstr(buf, name, "a statement name")?;
-        // No parameter formats, no parameters, no result formats.
-        buf.put_i16(0);
-        buf.put_i16(0);
-        buf.put_i16(0);
-        Ok(())
-    });
-}
-
 /// Appends a Sync.
 pub fn sync(buf: &mut BytesMut) {
     buf.put_u8(b'S');
