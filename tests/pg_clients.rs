@@ -1154,3 +1154,19 @@ async fn a_refused_message_fails_its_batch_on_the_server() {
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "2", "D:1", "C:SELECT 1"]);
 }
+
+/// A client that goes away while the gateway waits for a probe's answer
+/// (here behind a long statement the client sent after its failed COPY)
+/// ends the session then, not when the probe is answered.
+#[tokio::test]
+async fn a_client_gone_during_a_probe_ends_the_session() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite_with(&s, None, "CREATE TEMP TABLE n (x int)").await;
+    start_copy(&mut stream, "n").await;
+    send(&mut stream, &[copy_data("bad\n"), message(b'c', &[]), message(b'S', &[]), query("SELECT pg_sleep(60)")])
+        .await;
+    let (tag, _) = read_message(&mut stream).await;
+    assert_eq!(tag, b'E', "the copy's error");
+    drop(stream);
+    no_session_roles_left(&s).await;
+}

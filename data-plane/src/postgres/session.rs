@@ -936,13 +936,13 @@ impl Relay<'_> {
                         biased;
                         event = control => Woke::Control(event),
                         read = self.upstream.stream.read_buf(&mut server_buf) => Woke::Server(read),
-                        read = self.client.io.read_buf(&mut self.client.buf), if self.probe.is_none() => Woke::Client(read),
+                        read = self.client.io.read_buf(&mut self.client.buf), if self.client_readable() => Woke::Client(read),
                     }
                 } else {
                     tokio::select! {
                         biased;
                         event = control => Woke::Control(event),
-                        read = self.client.io.read_buf(&mut self.client.buf), if self.probe.is_none() => Woke::Client(read),
+                        read = self.client.io.read_buf(&mut self.client.buf), if self.client_readable() => Woke::Client(read),
                         read = self.upstream.stream.read_buf(&mut server_buf) => Woke::Server(read),
                     }
                 };
@@ -1025,6 +1025,13 @@ impl Relay<'_> {
                 }
             }
         }
+    }
+
+    /// Whether to read the client now. While a probe is out its messages
+    /// wait, but reading goes on up to a bound, so that a client that went
+    /// away ends the session then and not when the probe is answered.
+    fn client_readable(&self) -> bool {
+        self.probe.is_none() || self.client.buf.len() < HELD_BUFFER_LIMIT
     }
 
     fn grant_end(&self) -> i64 {
