@@ -518,6 +518,29 @@ fn token_may_travel(tls: bool, peer: std::net::IpAddr, allow_cleartext_off_loopb
     tls || peer.is_loopback() || allow_cleartext_off_loopback
 }
 
+/// What the client is told when the session's connection to the target
+/// failed: refused by the target, out of file descriptors here (which is no
+/// fault of the target's, and passes), or unreachable.
+fn upstream_failed(target: &str, e: upstream::UpstreamError) -> Ended {
+    match e {
+        upstream::UpstreamError::Refused { message, .. } => {
+            Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{target} refused the session: {message}"))
+        }
+        upstream::UpstreamError::Connect { source, .. }
+            if matches!(
+                rustix::io::Errno::from_io_error(&source),
+                Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+            ) =>
+        {
+            Ended::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("the gateway has no file descriptors left to connect to {target}; try again later"),
+            )
+        }
+        _ => Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{target} is unreachable")),
+    }
+}
+
 fn invalid_token(why: &str) -> Ended {
     Ended::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, format!("invalid access token: {why}"))
 }
@@ -544,13 +567,7 @@ async fn relay_session(
     options.connect_timeout = gw.options.connect_timeout;
     let upstream = upstream::connect(&options).instrument(span.clone()).await.map_err(|e| {
         tracing::warn!(parent: span, "failed to connect to {}: {e}", admitted.connection.name);
-        match e {
-            upstream::UpstreamError::Refused { sqlstate: _, message, .. } => Ended::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("{} refused the session: {message}", admitted.connection.name),
-            ),
-            _ => Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{} is unreachable", admitted.connection.name)),
-        }
+        upstream_failed(&admitted.connection.name, e)
     })?;
 
     // Our own cancel key, mapped to the backend's.
@@ -2593,7 +2610,7 @@ impl AsyncWrite for ClientIo {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_layout, token_may_travel};
+    use super::{parse_layout, sqlstate, token_may_travel, upstream, upstream_failed};
 
     #[test]
     fn a_parse_is_read_only_when_laid_out_as_postgres_reads_it() {
@@ -2616,6 +2633,17 @@ mod tests {
         assert!(!super::mentions_deallocation(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
         assert!(!super::mentions_deallocation(b"select 'discar'"));
         assert!(!super::mentions_deallocation(b""));
+    }
+
+    #[test]
+    fn a_gateway_out_of_descriptors_says_so_and_not_that_the_target_is_down() {
+        let connect = |source| upstream::UpstreamError::Connect { address: "db:5432".into(), source };
+        let out = upstream_failed("pg-prod", connect(std::io::Error::from_raw_os_error(24)));
+        assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::TOO_MANY_CONNECTIONS));
+        assert!(out.reason.contains("no file descriptors left to connect to pg-prod"), "{}", out.reason);
+        let out = upstream_failed("pg-prod", connect(std::io::ErrorKind::ConnectionRefused.into()));
+        assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::CONNECTION_FAILURE));
+        assert_eq!(out.reason, "pg-prod is unreachable");
     }
 
     #[test]
