@@ -602,19 +602,8 @@ async fn a_simple_query_inside_an_extended_batch_ends_the_session() {
     assert_eq!(seen, ["T", "D:2", "C:SELECT 1"]);
     send(&mut stream, &[parse("b", "SELECT * FROM no_such_table"), query("DELETE FROM people")]).await;
     // The Parse's error may come first; the gateway's FATAL ends the session.
-    let mut rest = Vec::new();
-    let code = loop {
-        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream)).await.unwrap();
-        let field = |name: u8| body.split(|b| *b == 0).find_map(|f| f.strip_prefix(&[name])).map(<[u8]>::to_vec);
-        if tag == b'E' && field(b'V').as_deref() == Some(b"FATAL".as_slice()) {
-            break field(b'C');
-        }
-        rest.push(tag);
-    };
-    assert_eq!(code.as_deref(), Some(b"08P01".as_slice()), "before it: {rest:?}");
-    let mut after = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut after)).await.unwrap().unwrap();
-    assert!(after.is_empty());
+    let (code, why) = read_fatal(&mut stream).await;
+    assert_eq!(code, "08P01", "{why}");
     assert_eq!(people(&s).await, 2);
 }
 

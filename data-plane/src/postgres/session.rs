@@ -1737,7 +1737,7 @@ impl Relay<'_> {
         if self.refusal.is_none() && self.inject.is_empty() {
             return None;
         }
-        let names = |name: &str| raw.windows(name.len()).any(|w| w == name.as_bytes());
+        let names = |name: &str| copy_watch::contains(raw, name.as_bytes());
         if self.refusal.as_ref().is_some_and(|r| names(&r.name)) {
             return self.refusal.take().map(|r| r.report);
         }
@@ -2138,7 +2138,7 @@ impl Relay<'_> {
     async fn masked_message(&mut self, tag: u8, raw: &[u8]) -> Result<Relayed, Ended> {
         let lost = |what: &str| {
             tracing::error!("masking lost track of the target's responses: {what}");
-            Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the gateway lost track of the target's responses")
+            lost_track()
         };
         let Some(r) = self.masking.as_mut() else { return Ok(Relayed::AsIs) };
         let dropping = r.dropping;
