@@ -100,7 +100,7 @@ async fn a_psql_session_is_recorded_with_its_statements_masked_rows_and_decision
     assert_eq!(stdout, "1|café\n2|Zoë\n[redacted]\n", "{stderr}");
     assert!(stderr.contains("denied by rule no-unbounded-writes"), "{stderr}");
 
-    let (tenant, opened) = s.opened_sessions().await;
+    let (tenant, opened) = s.opened_sessions(1).await;
     assert_eq!(opened.len(), 1);
     let session = opened[0];
     let frames = frames(&s.recordings, tenant, session).await;
@@ -201,7 +201,7 @@ async fn in_strict_mode_a_statement_runs_only_once_the_recorder_stored_it() {
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "INSERT 0 1\nIda\n", "{}", String::from_utf8_lossy(&out.stderr));
-    let (tenant, opened) = s.opened_sessions().await;
+    let (tenant, opened) = s.opened_sessions(1).await;
     let frames = frames(&s.recordings, tenant, opened[0]).await;
     let (client, server) = streams(&frames);
     assert!(contains(&client, b"INSERT INTO people VALUES (3, 'Ida')"));
@@ -246,7 +246,7 @@ async fn a_recorder_killed_mid_session_loses_nothing_once_it_is_back() {
     client.simple_query("INSERT INTO people VALUES (12, 'once it is back')").await.unwrap();
     drop(client);
 
-    let (tenant, opened) = s.opened_sessions().await;
+    let (tenant, opened) = s.opened_sessions(1).await;
     let session = opened[0];
     let config = airlock_recorder::Config { data_dir: Some(dir.0.join("recorder")), ..Default::default() };
     let recordings = airlock_recorder::Recordings::open(&config).unwrap();

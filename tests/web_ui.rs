@@ -97,7 +97,7 @@ fn assert_screenshots(dir: &Path, names: &[&str]) {
 
 /// The tenant, and the session the log says was opened (there is one).
 async fn the_session(s: &Stack) -> (TenantId, SessionId) {
-    let (tenant, opened) = s.opened_sessions().await;
+    let (tenant, opened) = s.opened_sessions(1).await;
     assert_eq!(opened.len(), 1, "{opened:?}");
     (tenant, opened[0])
 }

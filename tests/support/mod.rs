@@ -129,19 +129,29 @@ impl Stack {
         tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
     }
 
-    /// The first tenant, and the sessions the log says were opened, oldest first.
-    pub async fn opened_sessions(&self) -> (airlock_core::TenantId, Vec<airlock_core::SessionId>) {
+    /// The first tenant, and the sessions the log says were opened, oldest
+    /// first, once it says `count` were: workers send session events to the
+    /// control plane after the fact, so a client that has exited may not be
+    /// in the log yet.
+    pub async fn opened_sessions(&self, count: usize) -> (airlock_core::TenantId, Vec<airlock_core::SessionId>) {
         let tenants = self.get_as("/v1/tenants", &self.admin).await;
         let tenant = tenants[0]["id"].as_str().unwrap().parse().unwrap();
-        let page = self.get_as("/v1/events?from_seq=0", &self.admin).await;
-        let opened = page["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "session_opened")
-            .map(|e| e["data"]["session"]["id"].as_str().unwrap().parse().unwrap())
-            .collect();
-        (tenant, opened)
+        let opened = std::sync::Mutex::new(Vec::new());
+        airlock_testkit::eventually(Duration::from_secs(10), &format!("{count} session_opened events"), || async {
+            let page = self.get_as("/v1/events?from_seq=0", &self.admin).await;
+            let found: Vec<airlock_core::SessionId> = page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == "session_opened")
+                .map(|e| e["data"]["session"]["id"].as_str().unwrap().parse().unwrap())
+                .collect();
+            let enough = found.len() >= count;
+            *opened.lock().unwrap() = found;
+            enough
+        })
+        .await;
+        (tenant, opened.into_inner().unwrap())
     }
 
     pub async fn start() -> Stack {
