@@ -236,7 +236,9 @@ impl Gateway {
             let gateway = self.clone();
             let cancel = cancel.clone();
             let spawned = std::thread::Builder::new().name(format!("airlock-pg-{i}")).spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                // Sockets and timers only: the signal and process drivers would
+                // otherwise take a turn on every park, once per relayed message.
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!("failed to start a session thread: {e}");
