@@ -7,6 +7,7 @@ pub mod catalog;
 mod copy_watch;
 pub mod gateway;
 pub mod hook;
+mod in_flight;
 pub mod masking;
 pub mod policy_hook;
 pub mod protocol;

@@ -42,6 +42,7 @@ use tracing::Instrument;
 use super::copy_watch::{self, CopyEnd, CopyWatch, Probe, ProbeStep};
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
+use super::in_flight::InFlight;
 use super::masking::{self, Expect, Responses};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{
@@ -664,7 +665,7 @@ async fn relay_session(
         lexing_safe,
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
-        in_flight: std::collections::VecDeque::new(),
+        in_flight: InFlight::default(),
         copy: CopyWatch::default(),
         probe: None,
         resumed: false,
@@ -769,7 +770,7 @@ struct Relay<'a> {
     /// A probe was answered: the client's messages read meanwhile wait.
     resumed: bool,
     /// The Parses, Binds and Closes forwarded and not yet answered, in order.
-    in_flight: std::collections::VecDeque<Owed>,
+    in_flight: InFlight,
     /// The responses owed and how their rows are masked, when masking rules
     /// cover this session's connection (decided when it starts).
     masking: Option<Responses>,
@@ -802,20 +803,8 @@ struct Refusal {
     name: String,
 }
 
-/// A Parse, Bind or Close forwarded and not yet answered.
-struct Owed {
-    /// The tag of the answer owed: ParseComplete, BindComplete or CloseComplete.
-    confirmation: u8,
-    /// The statement or portal's name.
-    name: bytes::Bytes,
-    /// The batch it went in, as the number of the ReadyForQuery that ends it
-    /// (counted as `Relay::ready_owed` counts them).
-    batch: u64,
-}
-
 /// Parse, Bind and Close messages a session may have forwarded and not yet
-/// had answered. Drivers read answers as they pipeline, and stay far below;
-/// each message looks through those in flight for its name.
+/// had answered. Drivers read answers as they pipeline, and stay far below.
 const MAX_IN_FLIGHT: usize = 16_384;
 
 /// Named prepared statements remembered per session; a Bind of one past this
@@ -1404,7 +1393,7 @@ impl Relay<'_> {
     /// confirmed is forgotten (`server_error`).
     fn track_parse(&mut self, name: &[u8], sql: &[u8]) {
         self.forget_if_deallocating(sql);
-        let ambiguous = !name.is_empty() && self.unconfirmed(name);
+        let ambiguous = self.in_flight.awaits_name(name);
         // Copied: a slice would keep the whole buffer it came from alive, and
         // every later read would then need a new one.
         let key = bytes::Bytes::copy_from_slice(name);
@@ -1462,9 +1451,7 @@ impl Relay<'_> {
         if reopen && self.ready_owed < from {
             self.batch_open = true;
         }
-        for owed in &mut self.in_flight {
-            owed.batch = copy_watch::renumber(owed.batch, from, ignored);
-        }
+        self.in_flight.renumber(|batch| copy_watch::renumber(batch, from, ignored));
         for (ordinal, _) in &mut self.inject {
             *ordinal = copy_watch::renumber(*ordinal, from, ignored);
         }
@@ -1544,8 +1531,7 @@ impl Relay<'_> {
     /// Within the Parse's own batch there is no such doubt: after a failure
     /// the server skips the rest of the batch.
     fn unnamed_uncertain(&self) -> bool {
-        let last_parse = self.in_flight.iter().rev().find(|o| o.confirmation == b'1' && o.name.is_empty());
-        last_parse.is_some_and(|o| o.batch <= self.ready_owed)
+        self.in_flight.last_unnamed_parse().is_some_and(|batch| batch <= self.ready_owed)
     }
 
     /// Ends a session whose client keeps sending Parse, Bind or Close
@@ -1564,20 +1550,7 @@ impl Relay<'_> {
 
     /// Notes a message just forwarded whose answer is owed.
     fn owe(&mut self, confirmation: u8, name: bytes::Bytes) {
-        self.in_flight.push_back(Owed { confirmation, name, batch: self.ready_owed + 1 });
-    }
-
-    /// Whether a Parse, Bind or Close of this name awaits the server's answer.
-    fn unconfirmed(&self, name: &[u8]) -> bool {
-        self.in_flight.iter().any(|o| o.name.as_ref() == name)
-    }
-
-    /// A ParseComplete, BindComplete or CloseComplete (`tag`) confirms the
-    /// oldest message of its kind in flight.
-    fn confirmed(&mut self, tag: u8) {
-        if let Some(i) = self.in_flight.iter().position(|o| o.confirmation == tag) {
-            self.in_flight.remove(i);
-        }
+        self.in_flight.push(confirmation, name, self.ready_owed + 1);
     }
 
     /// An ErrorResponse: the server skips the rest of the batch it is in, so
@@ -1598,17 +1571,13 @@ impl Relay<'_> {
     /// got no answer, and what they name is forgotten.
     fn settle_batches(&mut self, last: u64) {
         let (prepared, masking) = (&mut self.prepared, &mut self.masking);
-        self.in_flight.retain(|o| {
-            if o.batch > last {
-                return true;
-            }
-            if let Some(text) = prepared.get_mut(&o.name) {
+        self.in_flight.settle(last, |name| {
+            if let Some(text) = prepared.get_mut(name) {
                 *text = None;
             }
             if let Some(r) = masking.as_mut() {
-                r.forget(&o.name);
+                r.forget(name);
             }
-            false
         });
     }
 
@@ -1654,7 +1623,7 @@ impl Relay<'_> {
         let Some(r) = self.masking.as_mut() else { return };
         let (hook, context) = (&self.gw.hook, self.context);
         let in_flight = &self.in_flight;
-        let ambiguous = |name: &bytes::Bytes| !name.is_empty() && in_flight.iter().any(|o| o.name == *name);
+        let ambiguous = |name: &bytes::Bytes| in_flight.awaits_name(name);
         let batch = self.ready_owed + 1;
         let mask_of = |sql: Option<&bytes::Bytes>| {
             hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
@@ -1669,7 +1638,7 @@ impl Relay<'_> {
                 }
                 r.bound(portal, statement, || mask_of(None), ambiguous(portal));
                 let name = bytes::Bytes::copy_from_slice(portal);
-                self.in_flight.push_back(Owed { confirmation: b'2', name, batch });
+                self.in_flight.push(b'2', name, batch);
             }
             FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {
                 r.queue.push_back(Expect::DescribeStatement);
@@ -1975,7 +1944,7 @@ impl Relay<'_> {
             }
             match tag {
                 b'E' => self.server_error(),
-                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
+                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.in_flight.confirm(tag),
                 _ => {}
             }
             if matches!(tag, b'G' | b'C' | b'E' | b'I' | b's') {
@@ -2110,7 +2079,7 @@ impl Relay<'_> {
             }
             match tag {
                 b'E' => self.server_error(),
-                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
+                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.in_flight.confirm(tag),
                 _ => {}
             }
             if tag == b'Z' {
