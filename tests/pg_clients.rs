@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use airlock_testkit::eventually;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{Stack, admin_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1158,4 +1158,56 @@ async fn a_client_gone_during_a_probe_ends_the_session() {
     assert_eq!(tag, b'E', "the copy's error");
     drop(stream);
     no_session_roles_left(&s).await;
+}
+
+/// Writes and utility statements (`DEALLOCATE` among them) held for a review
+/// that waits long enough for a test to give it.
+const WRITES_AND_UTILITIES_NEED_APPROVAL: &str = "version: 1\ncommands:\n  - name: writes-and-utilities-need-review\n    \
+     match: { kinds: [write, utility] }\n    \
+     action: { review: { approvers: { groups: [dba] }, timeout: 10m } }\n";
+
+/// Decides the one review pending for `approver`, once there is one.
+async fn decide_pending(s: &Stack, approver: &str, approve: bool) {
+    let pending = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(10), "a review pending for the approver", || async {
+        let list = s.get_as("/v1/reviews?pending_for_me=true", approver).await;
+        let id = list.as_array().and_then(|a| a.first()).and_then(|r| r["id"].as_str().map(str::to_owned));
+        let found = id.is_some();
+        *pending.lock().unwrap() = id;
+        found
+    })
+    .await;
+    let id = pending.into_inner().unwrap().unwrap();
+    let (status, body) =
+        s.post_as(&format!("/v1/reviews/{id}/decision"), approver, json!({ "approve": approve })).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A simple query approved after its review changes the session's prepared
+/// statements as one allowed at once would: after an approved DEALLOCATE, a
+/// new Parse of the name is what a Bind of it runs, and it is decided on that
+/// text, not on the text the name held before.
+#[tokio::test]
+async fn an_approved_deallocate_leaves_no_text_behind() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(WRITES_AND_UTILITIES_NEED_APPROVAL)).await;
+    let alice = s.token_in("alice", &["dba"]).await;
+    send(&mut stream, &[parse("s", "SELECT 1"), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1"]);
+
+    send(&mut stream, &[query("DEALLOCATE s")]).await;
+    decide_pending(&s, &alice, true).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["C:DEALLOCATE"]);
+
+    // The name now holds a write: a Bind of it is held, and denied.
+    send(&mut stream, &[parse("s", "DELETE FROM people"), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1"]);
+    send(&mut stream, &[bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
+    decide_pending(&s, &alice, false).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "the bound write was held, and refused when denied");
+    assert_eq!(people(&s).await, 2);
 }

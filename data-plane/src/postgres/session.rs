@@ -1119,17 +1119,33 @@ impl Relay<'_> {
             return Err(not_copy_data());
         }
         match outcome {
-            Ok(()) => {
-                self.copy.forwarded(tag, self.ready_owed + 1);
-                self.expect_responses(&held.message, to_server);
-                to_server.extend_from_slice(&held.raw);
-                if held.is_query {
-                    self.ready_owed += 1;
-                } else {
-                    self.batch_open = true;
-                }
-            }
+            Ok(()) => self.forward_allowed(&held.message, &held.raw, held.is_query, to_server)?,
             Err(report) => self.refuse(held.is_query, report, to_server),
+        }
+        Ok(())
+    }
+
+    /// Forwards a message the hook allowed or a review approved, and notes
+    /// what the server now owes and holds. `owes_ready`: a simple query or
+    /// function call, answered with a ReadyForQuery of its own.
+    fn forward_allowed(
+        &mut self,
+        message: &FrontendMessage,
+        raw: &[u8],
+        owes_ready: bool,
+        to_server: &mut BytesMut,
+    ) -> Result<(), Ended> {
+        let tag = raw.first().copied().unwrap_or_default();
+        self.copy.forwarded(tag, self.ready_owed + 1);
+        self.expect_responses(message, to_server);
+        to_server.extend_from_slice(raw);
+        if matches!(tag, b'P' | b'B' | b'E' | b'D' | b'C' | b'H') {
+            self.batch_open = true;
+        }
+        self.track_prepared(message);
+        self.bounded_in_flight()?;
+        if owes_ready {
+            self.ready_owed += 1;
         }
         Ok(())
     }
@@ -1218,17 +1234,7 @@ impl Relay<'_> {
                         self.sync_forwarded();
                         continue;
                     }
-                    self.copy.forwarded(frame.tag(), self.ready_owed + 1);
-                    self.expect_responses(&message, to_server);
-                    to_server.extend_from_slice(frame.raw());
-                    if matches!(frame.tag(), b'P' | b'B' | b'E' | b'D' | b'C' | b'H') {
-                        self.batch_open = true;
-                    }
-                    self.track_prepared(&message);
-                    self.bounded_in_flight()?;
-                    if owes_ready {
-                        self.ready_owed += 1;
-                    }
+                    self.forward_allowed(&message, frame.raw(), owes_ready, to_server)?;
                     if matches!(message, FrontendMessage::Terminate) {
                         return Ok(Progress::Terminated);
                     }
