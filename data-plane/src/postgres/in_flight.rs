@@ -8,7 +8,11 @@
 //! reading an answer, and a session thread serves many sessions, so none of
 //! these looks through the whole list: names are counted in a map, the
 //! unnamed Parses kept apart, and batches, which only grow along the list,
-//! end from its front.
+//! end from its front. An answer goes to the oldest message of its kind,
+//! which is the first in the list: the server answers in order, and every
+//! message that gets a ParseComplete, BindComplete or CloseComplete is in
+//! the list (Binds only where they are followed, see `Relay::expect_responses`;
+//! an answer of a kind the list does not hold is not looked for).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -27,6 +31,10 @@ struct Owed {
     /// The batch it went in, as the number of the ReadyForQuery that ends it
     /// (counted as `Relay::ready_owed` counts them).
     batch: u64,
+    /// Named for what it does to the name (a Parse, a statement's Close, a
+    /// followed Bind), not only held for its place in the order (a portal's
+    /// Close, whose name the relay does not follow).
+    named: bool,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +44,18 @@ pub(crate) struct InFlight {
     named: HashMap<Bytes, usize>,
     /// The batches of the unnamed Parses among them, oldest first.
     unnamed_parses: VecDeque<u64>,
+    /// How many await a ParseComplete, a BindComplete and a CloseComplete.
+    kinds: [usize; 3],
+}
+
+/// Where `kinds` counts the messages an answer `tag` confirms.
+fn kind(tag: u8) -> Option<usize> {
+    match tag {
+        b'1' => Some(0),
+        b'2' => Some(1),
+        b'3' => Some(2),
+        _ => None,
+    }
 }
 
 impl InFlight {
@@ -51,14 +71,27 @@ impl InFlight {
     /// list: a message goes in the batch the next ReadyForQuery ends or a
     /// later one.
     pub(crate) fn push(&mut self, confirmation: u8, name: Bytes, batch: u64) {
-        debug_assert!(self.owed.back().is_none_or(|o| o.batch <= batch), "batches go in order");
         if confirmation == PARSE_COMPLETE && name.is_empty() {
             self.unnamed_parses.push_back(batch);
         }
         if !name.is_empty() {
             *self.named.entry(name.clone()).or_default() += 1;
         }
-        self.owed.push_back(Owed { confirmation, name, batch });
+        self.push_owed(Owed { confirmation, name, batch, named: true });
+    }
+
+    /// Notes a message just forwarded only for its place in the order: its
+    /// answer is not taken for another's.
+    pub(crate) fn hold_place(&mut self, confirmation: u8, batch: u64) {
+        self.push_owed(Owed { confirmation, name: Bytes::new(), batch, named: false });
+    }
+
+    fn push_owed(&mut self, o: Owed) {
+        debug_assert!(self.owed.back().is_none_or(|last| last.batch <= o.batch), "batches go in order");
+        if let Some(count) = kind(o.confirmation).and_then(|k| self.kinds.get_mut(k)) {
+            *count += 1;
+        }
+        self.owed.push_back(o);
     }
 
     /// Whether a message naming `name` (not the unnamed statement or portal)
@@ -73,10 +106,11 @@ impl InFlight {
     }
 
     /// A ParseComplete, BindComplete or CloseComplete (`tag`) answers the
-    /// oldest message of its kind. The server answers in order and a batch
-    /// that failed is settled, so that is the first one but for messages of
-    /// other kinds interleaved with it.
+    /// oldest message of its kind: the first in the list (see above).
     pub(crate) fn confirm(&mut self, tag: u8) {
+        if kind(tag).and_then(|k| self.kinds.get(k)).is_none_or(|count| *count == 0) {
+            return;
+        }
         if let Some(i) = self.owed.iter().position(|o| o.confirmation == tag)
             && let Some(o) = self.owed.remove(i)
         {
@@ -85,14 +119,16 @@ impl InFlight {
     }
 
     /// The batches up to `last` are over: the messages of theirs still here
-    /// got no answer. Each is passed to `unanswered` and dropped.
+    /// got no answer. They are dropped, and each that names something is
+    /// passed to `unanswered` first.
     pub(crate) fn settle(&mut self, last: u64, mut unanswered: impl FnMut(&Bytes)) {
         while self.owed.front().is_some_and(|o| o.batch <= last) {
             let Some(o) = self.owed.pop_front() else { break };
-            unanswered(&o.name);
+            if o.named {
+                unanswered(&o.name);
+            }
             self.forget(&o);
         }
-        debug_assert!(self.owed.iter().all(|o| o.batch > last), "batches go in order");
     }
 
     /// Gives every message the batch `renumber` says instead of its own
@@ -101,6 +137,10 @@ impl InFlight {
         for o in &mut self.owed {
             o.batch = renumber(o.batch);
         }
+        debug_assert!(
+            self.owed.iter().zip(self.owed.iter().skip(1)).all(|(a, b)| a.batch <= b.batch),
+            "still in order"
+        );
         for batch in &mut self.unnamed_parses {
             *batch = renumber(*batch);
         }
@@ -108,6 +148,12 @@ impl InFlight {
 
     /// Drops what the indexes hold of a message leaving the list.
     fn forget(&mut self, o: &Owed) {
+        if let Some(count) = kind(o.confirmation).and_then(|k| self.kinds.get_mut(k)) {
+            *count -= 1;
+        }
+        if !o.named {
+            return;
+        }
         if o.confirmation == PARSE_COMPLETE && o.name.is_empty() {
             // The oldest Parse left, or the front of the list: the oldest unnamed one.
             let oldest = self.unnamed_parses.pop_front();
@@ -217,6 +263,35 @@ mod tests {
         assert!(f.awaits_name(b"s"));
         f.settle(4, |_| {});
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_portal_close_is_answered_in_its_place_and_forgets_no_name() {
+        let mut f = InFlight::default();
+        f.hold_place(CLOSE_COMPLETE, 1);
+        f.push(CLOSE_COMPLETE, name("s"), 1);
+        f.push(PARSE_COMPLETE, name(""), 2);
+        // The portal's CloseComplete is not taken for the statement's.
+        f.confirm(CLOSE_COMPLETE);
+        assert!(f.awaits_name(b"s"));
+        f.confirm(CLOSE_COMPLETE);
+        assert!(!f.awaits_name(b"s"));
+        // Unanswered, it names nothing (the unnamed statement least of all).
+        f.hold_place(CLOSE_COMPLETE, 2);
+        let mut unanswered = Vec::new();
+        f.settle(2, |n| unanswered.push(n.clone()));
+        assert_eq!(unanswered, vec![name("")], "the unnamed Parse's, and only it");
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn an_answer_of_a_kind_not_followed_changes_nothing() {
+        let mut f = InFlight::default();
+        f.push(PARSE_COMPLETE, name("s"), 1);
+        // Binds are not followed here: a BindComplete takes nothing away.
+        f.confirm(BIND_COMPLETE);
+        assert_eq!(f.len(), 1);
+        assert!(f.awaits_name(b"s"));
     }
 
     #[test]

@@ -1384,6 +1384,10 @@ impl Relay<'_> {
                 self.prepared.remove(name);
                 self.owe(b'3', bytes::Bytes::copy_from_slice(name));
             }
+            // Its CloseComplete must not be taken for a statement's.
+            FrontendMessage::Close { kind: ObjectKind::Portal, .. } => {
+                self.in_flight.hold_place(b'3', self.ready_owed + 1);
+            }
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
             _ => {}
         }
