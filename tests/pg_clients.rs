@@ -1211,3 +1211,44 @@ async fn an_approved_deallocate_leaves_no_text_behind() {
     assert_eq!(seen, ["E:42501"], "the bound write was held, and refused when denied");
     assert_eq!(people(&s).await, 2);
 }
+
+/// A prepared statement whose text deallocates prepared statements does so
+/// when it is executed, as such a query would: a new Parse of a name it freed
+/// is then what a Bind of the name runs, and it is decided on that text.
+#[tokio::test]
+async fn an_executed_deallocate_leaves_no_text_behind() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    free_a_name_by_executing_a_prepared_deallocate(&mut stream).await;
+    send(&mut stream, &[parse("s", "DELETE FROM people"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    send(&mut stream, &[bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "held as the write the name now holds, and refused when nobody approved it");
+    assert_eq!(people(&s).await, 2);
+}
+
+/// The same in a session no rule looked at when the statement was executed:
+/// rules that arrive later decide on what the server holds.
+#[tokio::test]
+async fn a_deallocate_executed_before_rules_arrive_leaves_no_text_behind() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, None).await;
+    free_a_name_by_executing_a_prepared_deallocate(&mut stream).await;
+    send(&mut stream, &[parse("s", "DELETE FROM people"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    s.apply_policy(PEOPLE_WRITES_DENIED).await;
+    send(&mut stream, &[bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "refused: not run as SELECT 1");
+    assert_eq!(people(&s).await, 2);
+}
+
+/// Prepares `SELECT 1` as `s` and `DEALLOCATE s` as `d` (whose Parse frees
+/// nothing: `s` is not prepared yet), then executes `d`.
+async fn free_a_name_by_executing_a_prepared_deallocate(stream: &mut tokio::net::TcpStream) {
+    send(stream, &[parse("d", "DEALLOCATE s"), parse("s", "SELECT 1"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(stream).await.0, ["1", "1"]);
+    send(stream, &[bind("", "d", &[]), execute("", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(stream).await.0, ["2", "C:DEALLOCATE"]);
+}

@@ -1363,6 +1363,13 @@ impl Relay<'_> {
             if tag == b'Q' {
                 self.track_simple_query(body);
             }
+            if tag == b'B' {
+                match bind_statement(body) {
+                    Some(statement) => self.track_bind(statement),
+                    // The server refuses it; meanwhile what it runs is unknown.
+                    None => self.forget_statements(),
+                }
+            }
             if let Some((name_len, sql_len)) = parse {
                 let name = body.get(..name_len).unwrap_or_default();
                 let sql = body.get(name_len + 1..name_len + 1 + sql_len).unwrap_or_default();
@@ -1389,6 +1396,7 @@ impl Relay<'_> {
                 self.in_flight.hold_place(b'3', self.ready_owed + 1);
             }
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
+            FrontendMessage::Bind { statement, .. } => self.track_bind(statement),
             _ => {}
         }
     }
@@ -1611,12 +1619,30 @@ impl Relay<'_> {
             return;
         }
         if mentions_deallocation(sql) {
-            for text in self.prepared.values_mut() {
-                *text = None;
-            }
-            if let Some(r) = &mut self.masking {
-                r.forget_statements();
-            }
+            self.forget_statements();
+        }
+    }
+
+    /// A Bind: executed, its statement runs as a query would, and one whose
+    /// text may deallocate or discard prepared statements leaves their state
+    /// unknown (`forget_if_deallocating`); so does one whose text the gateway
+    /// does not know, which may be anything.
+    fn track_bind(&mut self, statement: &[u8]) {
+        if self.prepared.is_empty() {
+            return;
+        }
+        if self.statement_text(statement).is_none_or(|sql| mentions_deallocation(sql)) {
+            self.forget_statements();
+        }
+    }
+
+    /// Forgets every prepared statement's text (and mask).
+    fn forget_statements(&mut self) {
+        for text in self.prepared.values_mut() {
+            *text = None;
+        }
+        if let Some(r) = &mut self.masking {
+            r.forget_statements();
         }
     }
 
@@ -2449,6 +2475,13 @@ fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
     (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
 }
 
+/// Of a Bind's body, the name of the statement it binds (after the portal's).
+fn bind_statement(body: &[u8]) -> Option<&[u8]> {
+    let portal_len = memchr::memchr(0, body)?;
+    let rest = body.get(portal_len + 1..)?;
+    rest.get(..memchr::memchr(0, rest)?)
+}
+
 /// Whether `sql` has the word DEALLOCATE or DISCARD in it, in any case: a
 /// scan of every Parse and Query of a session that prepares statements, so it
 /// jumps from one `d` to the next.
@@ -2602,6 +2635,14 @@ mod tests {
         }
         assert_eq!(parse_layout(b"s\0SELECT 1"), None, "no end to the text");
         assert_eq!(parse_layout(b"s"), None, "no end to the name");
+    }
+
+    #[test]
+    fn a_binds_statement_is_the_name_after_its_portals() {
+        assert_eq!(super::bind_statement(b"p\0s1\0\0\0\0\0\0\0"), Some(&b"s1"[..]));
+        assert_eq!(super::bind_statement(b"\0\0\0\0"), Some(&b""[..]));
+        assert_eq!(super::bind_statement(b"p\0s1"), None, "no end to the name");
+        assert_eq!(super::bind_statement(b"p"), None);
     }
 
     #[test]
