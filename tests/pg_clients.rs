@@ -1252,3 +1252,26 @@ async fn free_a_name_by_executing_a_prepared_deallocate(stream: &mut tokio::net:
     send(stream, &[bind("", "d", &[]), execute("", 0), message(b'S', &[])]).await;
     assert_eq!(read_until_ready(stream).await.0, ["2", "C:DEALLOCATE"]);
 }
+
+/// A portal bound to a statement that deallocates frees what it names when
+/// it is executed, which may be after statements prepared since its Bind: a
+/// name freed then and prepared anew is decided on its new text.
+#[tokio::test]
+async fn a_deallocating_portal_executed_later_leaves_no_text_behind() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[parse("d", "DEALLOCATE t"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    send(&mut stream, &[bind("", "d", &[]), message(b'H', &[])]).await;
+    assert_eq!(read_message(&mut stream).await.0, b'2');
+    send(&mut stream, &[parse("t", "SELECT 1"), message(b'H', &[])]).await;
+    assert_eq!(read_message(&mut stream).await.0, b'1');
+    send(
+        &mut stream,
+        &[execute("", 0), parse("t", "DELETE FROM people"), bind("", "t", &[]), execute("", 0), message(b'S', &[])],
+    )
+    .await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["C:DEALLOCATE", "1", "E:42501"], "the write the name now holds was held, and refused");
+    assert_eq!(people(&s).await, 2);
+}

@@ -662,6 +662,8 @@ async fn relay_session(
         held: None,
         decided: None,
         prepared: std::collections::HashMap::new(),
+        deallocating_portals: std::collections::HashSet::new(),
+        every_portal_deallocates: false,
         lexing_safe,
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
@@ -752,6 +754,12 @@ struct Relay<'a> {
     /// The text of each statement the client prepared, by name ("" unnamed),
     /// as the server holds them; `None` where the gateway lost track.
     prepared: std::collections::HashMap<bytes::Bytes, Option<bytes::Bytes>>,
+    /// Portals bound to a statement that may deallocate prepared statements
+    /// (its text says so, or is not known): executing one forgets the texts
+    /// again, those learned since its Bind included.
+    deallocating_portals: std::collections::HashSet<bytes::Bytes>,
+    /// More than `MAX_PREPARED` such portals were bound: every Execute forgets.
+    every_portal_deallocates: bool,
     /// The server reads statement text as the gateway does: a client encoding
     /// whose characters cannot hide a quote or backslash, and standard-conforming
     /// strings. Tracked from the server's ParameterStatus messages.
@@ -1364,11 +1372,12 @@ impl Relay<'_> {
                 self.track_simple_query(body);
             }
             if tag == b'B' {
-                match bind_statement(body) {
-                    Some(statement) => self.track_bind(statement),
-                    // The server refuses it; meanwhile what it runs is unknown.
-                    None => self.forget_statements(),
-                }
+                // Unreadable: the server refuses it; meanwhile what it runs is unknown.
+                let (portal, statement) = bind_names(body).unwrap_or((&b""[..], &b"\0"[..]));
+                self.track_bind(portal, statement);
+            }
+            if tag == b'E' {
+                self.track_execute(body.get(..memchr::memchr(0, body).unwrap_or(0)).unwrap_or_default());
             }
             if let Some((name_len, sql_len)) = parse {
                 let name = body.get(..name_len).unwrap_or_default();
@@ -1396,7 +1405,8 @@ impl Relay<'_> {
                 self.in_flight.hold_place(b'3', self.ready_owed + 1);
             }
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
-            FrontendMessage::Bind { statement, .. } => self.track_bind(statement),
+            FrontendMessage::Bind { portal, statement, .. } => self.track_bind(portal, statement),
+            FrontendMessage::Execute { portal, .. } => self.track_execute(portal),
             _ => {}
         }
     }
@@ -1627,11 +1637,23 @@ impl Relay<'_> {
     /// text may deallocate or discard prepared statements leaves their state
     /// unknown (`forget_if_deallocating`); so does one whose text the gateway
     /// does not know, which may be anything.
-    fn track_bind(&mut self, statement: &[u8]) {
-        if self.prepared.is_empty() {
-            return;
-        }
+    /// The same goes for executing its portal, which may come later.
+    fn track_bind(&mut self, portal: &[u8], statement: &[u8]) {
         if self.statement_text(statement).is_none_or(|sql| mentions_deallocation(sql)) {
+            self.forget_statements();
+            if self.deallocating_portals.len() < MAX_PREPARED {
+                self.deallocating_portals.insert(bytes::Bytes::copy_from_slice(portal));
+            } else {
+                self.every_portal_deallocates = true;
+            }
+        } else if !self.deallocating_portals.is_empty() {
+            self.deallocating_portals.remove(portal);
+        }
+    }
+
+    /// An Execute of a portal bound to a statement that may deallocate.
+    fn track_execute(&mut self, portal: &[u8]) {
+        if self.every_portal_deallocates || self.deallocating_portals.contains(portal) {
             self.forget_statements();
         }
     }
@@ -2475,11 +2497,11 @@ fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
     (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
 }
 
-/// Of a Bind's body, the name of the statement it binds (after the portal's).
-fn bind_statement(body: &[u8]) -> Option<&[u8]> {
+/// Of a Bind's body, the names of the portal and of the statement it binds.
+fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let portal_len = memchr::memchr(0, body)?;
     let rest = body.get(portal_len + 1..)?;
-    rest.get(..memchr::memchr(0, rest)?)
+    Some((body.get(..portal_len)?, rest.get(..memchr::memchr(0, rest)?)?))
 }
 
 /// Whether `sql` has the word DEALLOCATE or DISCARD in it, in any case: a
@@ -2639,10 +2661,10 @@ mod tests {
 
     #[test]
     fn a_binds_statement_is_the_name_after_its_portals() {
-        assert_eq!(super::bind_statement(b"p\0s1\0\0\0\0\0\0\0"), Some(&b"s1"[..]));
-        assert_eq!(super::bind_statement(b"\0\0\0\0"), Some(&b""[..]));
-        assert_eq!(super::bind_statement(b"p\0s1"), None, "no end to the name");
-        assert_eq!(super::bind_statement(b"p"), None);
+        assert_eq!(super::bind_names(b"p\0s1\0\0\0\0\0\0\0"), Some((&b"p"[..], &b"s1"[..])));
+        assert_eq!(super::bind_names(b"\0\0\0\0"), Some((&b""[..], &b""[..])));
+        assert_eq!(super::bind_names(b"p\0s1"), None, "no end to the name");
+        assert_eq!(super::bind_names(b"p"), None);
     }
 
     #[test]
