@@ -662,6 +662,7 @@ async fn relay_session(
         held: None,
         decided: None,
         prepared: std::collections::HashMap::new(),
+        texts_known: false,
         deallocating_portals: std::collections::HashSet::new(),
         every_portal_deallocates: false,
         lexing_safe,
@@ -754,6 +755,8 @@ struct Relay<'a> {
     /// The text of each statement the client prepared, by name ("" unnamed),
     /// as the server holds them; `None` where the gateway lost track.
     prepared: std::collections::HashMap<bytes::Bytes, Option<bytes::Bytes>>,
+    /// Some text in `prepared` may be `Some` (false: every one is `None`).
+    texts_known: bool,
     /// Portals bound to a statement that may deallocate prepared statements
     /// (its text says so, or is not known): executing one forgets the texts
     /// again, those learned since its Bind included.
@@ -1432,6 +1435,7 @@ impl Relay<'_> {
             || (!self.prepared.contains_key(name) && self.prepared.len() < MAX_PREPARED)
         {
             self.prepared.insert(key.clone(), Some(bytes::Bytes::copy_from_slice(sql)));
+            self.texts_known = true;
         }
         self.owe(b'1', key);
     }
@@ -1660,8 +1664,13 @@ impl Relay<'_> {
 
     /// Forgets every prepared statement's text (and mask).
     fn forget_statements(&mut self) {
-        for text in self.prepared.values_mut() {
-            *text = None;
+        // Once forgotten, not looked through again until a text is learned: a
+        // client binding statements the gateway does not know, one after the
+        // other, would otherwise cost a pass over every name each time.
+        if std::mem::take(&mut self.texts_known) {
+            for text in self.prepared.values_mut() {
+                *text = None;
+            }
         }
         if let Some(r) = &mut self.masking {
             r.forget_statements();
