@@ -1166,18 +1166,10 @@ const WRITES_AND_UTILITIES_NEED_APPROVAL: &str = "version: 1\ncommands:\n  - nam
      match: { kinds: [write, utility] }\n    \
      action: { review: { approvers: { groups: [dba] }, timeout: 10m } }\n";
 
-/// Decides the one review pending for `approver`, once there is one.
+/// Decides the first review pending for `approver`, once there is one.
 async fn decide_pending(s: &Stack, approver: &str, approve: bool) {
-    let pending = std::sync::Mutex::new(None);
-    eventually(Duration::from_secs(10), "a review pending for the approver", || async {
-        let list = s.get_as("/v1/reviews?pending_for_me=true", approver).await;
-        let id = list.as_array().and_then(|a| a.first()).and_then(|r| r["id"].as_str().map(str::to_owned));
-        let found = id.is_some();
-        *pending.lock().unwrap() = id;
-        found
-    })
-    .await;
-    let id = pending.into_inner().unwrap().unwrap();
+    let review = s.pending_review(approver).await;
+    let id = review["id"].as_str().unwrap();
     let (status, body) =
         s.post_as(&format!("/v1/reviews/{id}/decision"), approver, json!({ "approve": approve })).await;
     assert_eq!(status, 200, "{body}");

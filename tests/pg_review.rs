@@ -32,23 +32,6 @@ fn psql(s: &Stack, token: &str, sql: &str) -> tokio::task::JoinHandle<std::proce
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
 }
 
-/// The one review pending for `approver`, once it is there.
-async fn pending_review(s: &Stack, approver: &str) -> Value {
-    let found = std::sync::Mutex::new(Value::Null);
-    eventually(Duration::from_secs(10), "a review pending for the approver", || async {
-        let list = s.get_as("/v1/reviews?pending_for_me=true", approver).await;
-        match list.as_array().and_then(|a| a.first()) {
-            Some(r) => {
-                *found.lock().unwrap() = r.clone();
-                true
-            }
-            None => false,
-        }
-    })
-    .await;
-    found.into_inner().unwrap()
-}
-
 /// A stack with `policy`, the agent's token (with a readwrite grant) and a DBA's.
 async fn setup(policy: &str) -> (Stack, String, String) {
     let s = Stack::start().await;
@@ -86,7 +69,7 @@ async fn a_held_statement_runs_once_when_approved_and_not_at_all_when_denied() {
     allow_create(&s).await;
 
     let waiting = psql(&s, &agent, "CREATE TABLE notes (id int, body text)");
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     assert_eq!(review["kind"], "command");
     assert_eq!(review["rule"], "ddl-needs-dba");
     assert_eq!(review["requester"], "agent-7");
@@ -111,7 +94,7 @@ async fn a_held_statement_runs_once_when_approved_and_not_at_all_when_denied() {
 
     // The same kind of statement again is a new review: an approval covers one statement.
     let waiting = psql(&s, &agent, "CREATE TABLE notes2 (id int)");
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     assert_ne!(review["id"], id.as_str());
     let id = review["id"].as_str().unwrap().to_owned();
     let (status, _) = decide(&s, &alice, &id, json!({"approve": false, "comment": "not in prod"})).await;
@@ -130,7 +113,7 @@ async fn an_approval_for_the_grant_lets_identical_statements_through() {
 
     let sql = "CREATE TABLE IF NOT EXISTS scratch (id int)";
     let first = psql(&s, &agent, sql);
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     let id = review["id"].as_str().unwrap();
     let (status, body) = decide(&s, &alice, id, json!({"approve": true, "scope": "grant"})).await;
     assert_eq!(status, 200, "{body}");
@@ -146,7 +129,7 @@ async fn an_approval_for_the_grant_lets_identical_statements_through() {
         let client = s.connect("pg.readwrite", &agent).await.unwrap();
         async move { client.batch_execute("CREATE TABLE IF NOT EXISTS other (id int)").await }
     });
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     assert_eq!(review["statement"], "CREATE TABLE IF NOT EXISTS other (id int)");
     let id = review["id"].as_str().unwrap();
     decide(&s, &alice, id, json!({"approve": false})).await;
@@ -252,7 +235,7 @@ async fn a_prepared_statement_is_held_at_each_execution_with_its_parameters() {
         tokio::spawn(async move { client.execute(&statement, &[]).await })
     };
     let first = run(client.clone(), statement.clone());
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     assert_eq!(review["statement"], "CREATE TABLE IF NOT EXISTS prepared_t (id int)");
     let id = review["id"].as_str().unwrap().to_owned();
     decide(&s, &alice, &id, json!({"approve": true})).await;
@@ -261,7 +244,7 @@ async fn a_prepared_statement_is_held_at_each_execution_with_its_parameters() {
 
     // The approval covered that execution only: running it again is a new review.
     let second = run(client.clone(), statement);
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     assert_ne!(review["id"], id.as_str());
     let id = review["id"].as_str().unwrap();
     decide(&s, &alice, id, json!({"approve": false})).await;
@@ -284,7 +267,7 @@ commands:
         let client = client.clone();
         async move { client.query(&update, &[&"Zed", &2i32]).await }
     });
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     assert_eq!(
         review["statement"],
         "UPDATE people SET name = $1 WHERE id = $2 RETURNING id\n-- parameters: $1 = 'Zed', $2 = <4 bytes>"
@@ -341,7 +324,7 @@ async fn a_cancel_ends_the_wait_for_review_and_the_statement_never_runs() {
         let client = client.clone();
         async move { client.batch_execute("CREATE TABLE cancelled_t (id int)").await }
     });
-    let review = pending_review(&s, &alice).await;
+    let review = s.pending_review(&alice).await;
     let id = review["id"].as_str().unwrap().to_owned();
     client.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
     let e = held.await.unwrap().unwrap_err();

@@ -154,6 +154,23 @@ impl Stack {
         (tenant, opened.into_inner().unwrap())
     }
 
+    /// The first review pending for `approver`, once there is one.
+    pub async fn pending_review(&self, approver: &str) -> Value {
+        let found = std::sync::Mutex::new(Value::Null);
+        airlock_testkit::eventually(Duration::from_secs(10), "a review pending for the approver", || async {
+            let list = self.get_as("/v1/reviews?pending_for_me=true", approver).await;
+            match list.as_array().and_then(|a| a.first()) {
+                Some(r) => {
+                    *found.lock().unwrap() = r.clone();
+                    true
+                }
+                None => false,
+            }
+        })
+        .await;
+        found.into_inner().unwrap()
+    }
+
     pub async fn start() -> Stack {
         Self::start_with(None, Recording::Recorder).await
     }
