@@ -413,6 +413,15 @@ async fn people(s: &Stack) -> i64 {
     admin.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0)
 }
 
+/// Binds and runs `statement` in a batch of its own, and checks that the
+/// gateway refused it (`why`) and `people` kept its two rows.
+async fn assert_run_refused(s: &Stack, stream: &mut tokio::net::TcpStream, statement: &str, why: &str) {
+    send(stream, &[bind("", statement, &[]), execute("", 0), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(stream).await;
+    assert_eq!(seen, ["E:42501"], "{why}");
+    assert_eq!(people(s).await, 2);
+}
+
 #[tokio::test]
 async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     let s = Stack::start().await;
@@ -1004,10 +1013,7 @@ async fn a_parse_skipped_after_an_error_already_relayed_leaves_no_text_behind() 
     send(&mut stream, &[parse("w", "DELETE FROM people WHERE id = 1"), message(b'S', &[])]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1"]);
-    send(&mut stream, &[bind("", "w", &[]), execute("", 0), message(b'S', &[])]).await;
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["E:42501"], "the bound write is held, and refused when nobody approves it");
-    assert_eq!(people(&s).await, 2);
+    assert_run_refused(&s, &mut stream, "w", "the bound write is held, and refused when nobody approves it").await;
 }
 
 /// A statement refused between the start of a COPY and its data, sent
@@ -1214,10 +1220,13 @@ async fn an_executed_deallocate_leaves_no_text_behind() {
     free_a_name_by_executing_a_prepared_deallocate(&mut stream).await;
     send(&mut stream, &[parse("s", "DELETE FROM people"), message(b'S', &[])]).await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
-    send(&mut stream, &[bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["E:42501"], "held as the write the name now holds, and refused when nobody approved it");
-    assert_eq!(people(&s).await, 2);
+    assert_run_refused(
+        &s,
+        &mut stream,
+        "s",
+        "held as the write the name now holds, and refused when nobody approved it",
+    )
+    .await;
 }
 
 /// The same in a session no rule looked at when the statement was executed:
@@ -1230,10 +1239,7 @@ async fn a_deallocate_executed_before_rules_arrive_leaves_no_text_behind() {
     send(&mut stream, &[parse("s", "DELETE FROM people"), message(b'S', &[])]).await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
     s.apply_policy(PEOPLE_WRITES_DENIED).await;
-    send(&mut stream, &[bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["E:42501"], "refused: not run as SELECT 1");
-    assert_eq!(people(&s).await, 2);
+    assert_run_refused(&s, &mut stream, "s", "refused: not run as SELECT 1").await;
 }
 
 /// Prepares `SELECT 1` as `s` and `DEALLOCATE s` as `d` (whose Parse frees
@@ -1266,4 +1272,101 @@ async fn a_deallocating_portal_executed_later_leaves_no_text_behind() {
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["C:DEALLOCATE", "1", "E:42501"], "the write the name now holds was held, and refused");
     assert_eq!(people(&s).await, 2);
+}
+
+/// A name the session prepared by SQL before any rule looked at it is taken
+/// on the server: a Parse of it fails there, and a Bind sent after the
+/// Parse's batch, before its answer, runs the statement the server holds.
+/// The gateway cannot know that one, so it refuses the Bind.
+#[tokio::test]
+async fn a_name_prepared_by_sql_before_rules_arrive_is_not_taken_for_a_later_parse() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, None).await;
+    send(&mut stream, &[query("PREPARE s AS DELETE FROM people")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:PREPARE"]);
+    s.apply_policy(PEOPLE_WRITES_NEED_REVIEW).await;
+    parse_taken_name_and_bind_it_before_the_answer(&mut stream, "SELECT 1").await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "refused: not run as SELECT 1");
+    assert_eq!(people(&s).await, 2);
+}
+
+/// Prepares `sql` as `s`, a name the server holds already (it fails the
+/// Parse), and binds `s` in the next batch, sent before the Parse's answer.
+async fn parse_taken_name_and_bind_it_before_the_answer(stream: &mut tokio::net::TcpStream, sql: &str) {
+    send(stream, &[parse("s", sql), message(b'S', &[]), bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(stream).await.0, ["E:42P05"]);
+}
+
+/// A Close skipped after an error leaves the statement on the server: a Parse
+/// of its name then fails there, and the name still holds the old statement.
+#[tokio::test]
+async fn a_close_skipped_after_an_error_leaves_the_statement_known() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[parse("s", "DELETE FROM people"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    let close_s = message(b'C', b"Ss\0");
+    send(&mut stream, &[parse("a", "SELECT * FROM no_such_table"), close_s, message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:42P01"], "the Close is skipped");
+    parse_taken_name_and_bind_it_before_the_answer(&mut stream, "SELECT 1").await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "refused until the answer says which statement the name holds");
+    assert_eq!(people(&s).await, 2);
+    // Answered, the name is known to hold the write still.
+    assert_run_refused(&s, &mut stream, "s", "held as the write it is, and refused when nobody approved it").await;
+}
+
+/// A function may deallocate a statement by dynamic SQL, which no scan of the
+/// session's text can see. A Parse of the freed name then succeeds, and a
+/// Bind later in its batch runs the new text: it is decided on that text.
+#[tokio::test]
+async fn a_name_freed_where_the_gateway_cannot_see_is_decided_on_its_new_text() {
+    let s = Stack::start().await;
+    let admin = admin_client(s.db.url()).await;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION free_statement(n text) RETURNS void LANGUAGE plpgsql AS \
+             $$ BEGIN EXECUTE 'DEALL' || 'OCATE ' || quote_ident(n); END $$",
+        )
+        .await
+        .unwrap();
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[parse("s", "SELECT 1"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    send(&mut stream, &[query("SELECT free_statement('s')")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["T", "D:", "C:SELECT 1"]);
+    send(&mut stream, &[run_named("s", "DELETE FROM people")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "E:42501"], "held as the write it is, and refused when nobody approved it");
+    assert_eq!(people(&s).await, 2);
+}
+
+/// Where masking rules apply, a statement the gateway cannot know is not run:
+/// here the name holds a value computed from a masked column (which no row
+/// description tells), prepared by SQL, and the harmless text of a Parse the
+/// server refused must not be what its rows are masked as.
+#[tokio::test]
+async fn a_name_the_gateway_cannot_know_is_not_masked_as_another_text() {
+    let s = Stack::start().await;
+    let mut stream = raw_masked(&s).await;
+    send(&mut stream, &[query("PREPARE s AS SELECT upper(name) FROM people WHERE id = 1")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:PREPARE"]);
+    send(
+        &mut stream,
+        &[
+            parse("s", "SELECT 'x'::text AS name"),
+            message(b'S', &[]),
+            bind("", "s", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:42P05"]);
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["E:42501"], "refused, and no name read unmasked");
+    // Once the answer is in, the name is as unknown as one never prepared.
+    send(&mut stream, &[bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:42501"]);
 }

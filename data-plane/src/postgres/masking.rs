@@ -53,8 +53,6 @@ pub enum Expect {
 #[derive(Debug, Default)]
 pub struct Responses {
     pub queue: VecDeque<Expect>,
-    /// The mask of each prepared statement, by name, as the server holds them.
-    statements: HashMap<Bytes, Arc<ResultMask>>,
     /// The mask of each portal, by name.
     portals: HashMap<Bytes, Arc<ResultMask>>,
     /// The columns of the result being relayed.
@@ -66,41 +64,26 @@ pub struct Responses {
     pub copy_binary: bool,
 }
 
-/// Prepared statements and portals remembered per session.
+/// Portals remembered per session.
 const MAX_NAMED: usize = 10_000;
 
 impl Responses {
-    /// A Parse, as the session keeps statement text: the unnamed statement is
-    /// replaced, a taken name keeps its mask (the server refuses the Parse),
-    /// and a name with an earlier Parse, Bind or Close still unanswered
-    /// (`ambiguous`) is forgotten. An error later forgets every name not yet
-    /// confirmed (`forget`).
-    pub fn parsed(&mut self, name: &Bytes, mask: Arc<ResultMask>, ambiguous: bool) {
-        if ambiguous {
-            self.statements.remove(name);
-        } else if name.is_empty() || (!self.statements.contains_key(name) && self.statements.len() < MAX_NAMED) {
-            self.statements.insert(Bytes::copy_from_slice(name), mask);
-        }
+    /// A Parse: its mask is kept with the statement (`statements`).
+    pub fn parsed(&mut self) {
         self.queue.push_back(Expect::Parse);
     }
 
-    /// A statement or portal whose Parse, Bind or Close may have failed: its
-    /// rows are masked as those of a statement the gateway cannot read.
-    pub fn forget(&mut self, name: &Bytes) {
-        self.statements.remove(name);
-        self.portals.remove(name);
+    /// A portal whose Bind may have failed: its rows are masked as those of a
+    /// statement the gateway cannot read.
+    pub fn forget(&mut self, portal: &Bytes) {
+        self.portals.remove(portal);
     }
 
-    /// A Bind: the portal takes its statement's mask, or `unknown` when the
-    /// gateway did not see the statement prepared.
-    pub fn bound(
-        &mut self,
-        portal: &Bytes,
-        statement: &Bytes,
-        unknown: impl FnOnce() -> Arc<ResultMask>,
-        ambiguous: bool,
-    ) {
-        let mask = self.statements.get(statement).cloned().unwrap_or_else(unknown);
+    /// A Bind: the portal takes the mask of the statement it binds (that of
+    /// one the gateway cannot read, when it does not know the statement).
+    /// A portal whose earlier Bind or Close is unanswered (`ambiguous`) is
+    /// not known.
+    pub fn bound(&mut self, portal: &Bytes, mask: Arc<ResultMask>, ambiguous: bool) {
         if !ambiguous && (self.portals.contains_key(portal) || self.portals.len() < MAX_NAMED) {
             self.portals.insert(Bytes::copy_from_slice(portal), mask);
         } else {
@@ -115,25 +98,16 @@ impl Responses {
     }
 
     pub fn closed(&mut self, statement: bool, name: &Bytes) {
-        if statement {
-            self.statements.remove(name);
-        } else {
+        if !statement {
             self.portals.remove(name);
         }
         self.queue.push_back(Expect::Close);
     }
 
-    /// A simple query replaces the unnamed statement and portal.
+    /// A simple query replaces the unnamed portal.
     pub fn query(&mut self, mask: Arc<ResultMask>) {
-        self.statements.remove(b"".as_slice());
         self.portals.remove(b"".as_slice());
         self.queue.push_back(Expect::Query(mask));
-    }
-
-    /// `DEALLOCATE` or `DISCARD` by SQL: which statements are gone is not
-    /// known, so none keeps its mask (a Bind of one is then masked as unknown).
-    pub fn forget_statements(&mut self) {
-        self.statements.clear();
     }
 }
 

@@ -13,6 +13,7 @@ pub mod policy_hook;
 pub mod protocol;
 pub mod roles;
 mod session;
+mod statements;
 pub mod tls;
 pub mod upstream;
 mod wake_gate;

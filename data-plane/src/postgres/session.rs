@@ -42,7 +42,7 @@ use tracing::Instrument;
 use super::copy_watch::{self, CopyEnd, CopyWatch, Probe, ProbeStep};
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
-use super::in_flight::InFlight;
+use super::in_flight::{InFlight, Settled};
 use super::masking::{self, Expect, Responses};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{
@@ -54,6 +54,7 @@ use super::protocol::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
 };
 use super::roles::SessionRoleSpec;
+use super::statements::{MAX_PREPARED, Prepared, Statements};
 use super::upstream::{self, Upstream, UpstreamOptions};
 use super::wake_gate::WakeGate;
 use crate::recording::{self, SessionTap};
@@ -661,8 +662,7 @@ async fn relay_session(
         inject: Vec::new(),
         held: None,
         decided: None,
-        prepared: std::collections::HashMap::new(),
-        texts_known: false,
+        statements: Statements::default(),
         deallocating_portals: std::collections::HashSet::new(),
         every_portal_deallocates: false,
         lexing_safe,
@@ -752,11 +752,8 @@ struct Relay<'a> {
     held: Option<Held>,
     /// A held statement whose review ended, waiting for a probe to be answered.
     decided: Option<(Held, Result<(), Report>)>,
-    /// The text of each statement the client prepared, by name ("" unnamed),
-    /// as the server holds them; `None` where the gateway lost track.
-    prepared: std::collections::HashMap<bytes::Bytes, Option<bytes::Bytes>>,
-    /// Some text in `prepared` may be `Some` (false: every one is `None`).
-    texts_known: bool,
+    /// What the server holds under each prepared statement's name.
+    statements: Statements,
     /// Portals bound to a statement that may deallocate prepared statements
     /// (its text says so, or is not known): executing one forgets the texts
     /// again, those learned since its Bind included.
@@ -817,10 +814,6 @@ struct Refusal {
 /// Parse, Bind and Close messages a session may have forwarded and not yet
 /// had answered. Drivers read answers as they pipeline, and stay far below.
 const MAX_IN_FLIGHT: usize = 16_384;
-
-/// Named prepared statements remembered per session; a Bind of one past this
-/// has no text to check, which fails closed where command rules apply.
-const MAX_PREPARED: usize = 10_000;
 
 /// Client encodings in which a multibyte character can end in a byte that is
 /// an ASCII quote or backslash: the server and the gateway would split the
@@ -1392,16 +1385,17 @@ impl Relay<'_> {
         Ok(if tag == b'X' { Uninspected::Terminated } else { Uninspected::Relayed })
     }
 
-    /// Keeps `prepared` a mirror of what the server holds, from the messages
-    /// forwarded to it (never from refused or discarded ones). Where the
-    /// gateway cannot know what the server did, it forgets the text, and a
-    /// Bind of that statement is refused where rules apply.
+    /// Follows what the server holds under each statement's name (see
+    /// `statements`), from the messages forwarded to it (never from refused
+    /// or discarded ones). Where the gateway cannot know what the server
+    /// holds, a Bind of that statement is refused where rules apply.
     fn track_prepared(&mut self, message: &FrontendMessage) {
         match message {
             FrontendMessage::Parse { name, sql, .. } => self.track_parse(name, sql),
             FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
-                self.prepared.remove(name);
-                self.owe(b'3', bytes::Bytes::copy_from_slice(name));
+                let (key, batch) = (bytes::Bytes::copy_from_slice(name), self.ready_owed + 1);
+                let change = self.statements.close(&key, batch);
+                self.in_flight.push(b'3', key, batch, Some(change));
             }
             // Its CloseComplete must not be taken for a statement's.
             FrontendMessage::Close { kind: ObjectKind::Portal, .. } => {
@@ -1414,30 +1408,22 @@ impl Relay<'_> {
         }
     }
 
-    /// A Parse forwarded: the server replaces the unnamed statement (or, if the
-    /// Parse fails, has none and skips the rest of the batch). A named one it
-    /// refuses when the name is taken, and keeps the old one: so a taken name
-    /// keeps its old text here too. Where the server's answer to an earlier
-    /// Parse or Close of the name is still owed, the gateway cannot know which
-    /// text the name will hold, and forgets it. A Parse the server refuses or
-    /// skips is followed by an ErrorResponse, and then every name not yet
-    /// confirmed is forgotten (`server_error`).
+    /// A Parse forwarded: what the name holds is known again once the
+    /// server answers it, and meanwhile for the rest of its batch.
     fn track_parse(&mut self, name: &[u8], sql: &[u8]) {
         self.forget_if_deallocating(sql);
-        let ambiguous = self.in_flight.awaits_name(name);
         // Copied: a slice would keep the whole buffer it came from alive, and
         // every later read would then need a new one.
-        let key = bytes::Bytes::copy_from_slice(name);
-        if ambiguous {
-            self.prepared.insert(key.clone(), None);
-        } else if name.is_empty()
-            || (self.prepared.get(name).is_some_and(Option::is_none))
-            || (!self.prepared.contains_key(name) && self.prepared.len() < MAX_PREPARED)
-        {
-            self.prepared.insert(key.clone(), Some(bytes::Bytes::copy_from_slice(sql)));
-            self.texts_known = true;
-        }
-        self.owe(b'1', key);
+        let (key, text) = (bytes::Bytes::copy_from_slice(name), bytes::Bytes::copy_from_slice(sql));
+        let mask = self.masking.as_ref().map(|_| {
+            self.gw
+                .hook
+                .result_mask(self.context, Some(&text))
+                .unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
+        });
+        let batch = self.ready_owed + 1;
+        let change = self.statements.parse(&key, Prepared { text, mask }, batch);
+        self.in_flight.push(b'1', key, batch, Some(change));
     }
 
     /// A server message that bears on a COPY FROM STDIN: a CopyInResponse,
@@ -1484,6 +1470,7 @@ impl Relay<'_> {
             self.batch_open = true;
         }
         self.in_flight.renumber(|batch| copy_watch::renumber(batch, from, ignored));
+        self.statements.batches_renumbered();
         for (ordinal, _) in &mut self.inject {
             *ordinal = copy_watch::renumber(*ordinal, from, ignored);
         }
@@ -1548,22 +1535,7 @@ impl Relay<'_> {
     /// The text a Bind of statement `name` sent now would run; none when the
     /// gateway does not know it.
     fn statement_text(&self, name: &[u8]) -> Option<&bytes::Bytes> {
-        if name.is_empty() && self.unnamed_uncertain() {
-            return None;
-        }
-        self.prepared.get(name).and_then(Option::as_ref)
-    }
-
-    /// Whether the server may hold another unnamed statement than the text of
-    /// the last Parse of one: that Parse is not answered yet, and a Sync (or a
-    /// Query) went after it. Had the Parse failed, or been skipped after an
-    /// error earlier in its batch, the server would have gone on at the Sync
-    /// with the unnamed statement it had before (a failure in reading the
-    /// message, such as text invalid in the client encoding, keeps it too).
-    /// Within the Parse's own batch there is no such doubt: after a failure
-    /// the server skips the rest of the batch.
-    fn unnamed_uncertain(&self) -> bool {
-        self.in_flight.last_unnamed_parse().is_some_and(|batch| batch <= self.ready_owed)
+        self.statements.get(name, self.ready_owed + 1).map(|p| &p.text)
     }
 
     /// Ends a session whose client keeps sending Parse, Bind or Close
@@ -1580,56 +1552,57 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// Notes a message just forwarded whose answer is owed.
-    fn owe(&mut self, confirmation: u8, name: bytes::Bytes) {
-        self.in_flight.push(confirmation, name, self.ready_owed + 1);
-    }
-
     /// An ErrorResponse: the server skips the rest of the batch it is in, so
     /// a Parse, Bind or Close of that batch not yet confirmed was refused or
-    /// skipped, and what the gateway recorded for its name may not be what
-    /// the server holds: it is forgotten. A Bind of such a statement is then
-    /// refused where rules apply, and its rows masked as those of a statement
-    /// the gateway cannot read. Those of later batches are still owed an
-    /// answer, in order. The batch is told by the count of ReadyForQuery,
-    /// which is exact: nothing the server would skip without one is relayed
-    /// (`mid_batch`), and the Syncs a COPY ignores are taken back
-    /// (`copy_watch`).
+    /// skipped, and changed nothing on the server. Those of later batches are
+    /// still owed an answer, in order. The batch is told by the count of
+    /// ReadyForQuery, which is exact: nothing the server would skip without
+    /// one is relayed (`mid_batch`), and the Syncs a COPY ignores are taken
+    /// back (`copy_watch`).
     fn server_error(&mut self) {
         self.settle_batches(self.ready_seen + 1);
     }
 
     /// The batches up to `last` are over: their messages still in flight
-    /// got no answer, and what they name is forgotten.
+    /// got no answer. A portal whose Bind got none is masked as one the
+    /// gateway cannot read.
     fn settle_batches(&mut self, last: u64) {
-        let (prepared, masking) = (&mut self.prepared, &mut self.masking);
-        self.in_flight.settle(last, |name| {
-            if let Some(text) = prepared.get_mut(name) {
-                *text = None;
-            }
-            if let Some(r) = masking.as_mut() {
-                r.forget(name);
+        let (statements, masking) = (&mut self.statements, &mut self.masking);
+        self.in_flight.settle(last, |settled| match settled.change {
+            Some(_) => statements.unanswered(&settled.name),
+            None => {
+                if let Some(r) = masking.as_mut() {
+                    r.forget(&settled.name);
+                }
             }
         });
     }
 
-    /// A simple query destroys the unnamed statement; one that may deallocate
-    /// or discard prepared statements (by SQL) leaves their state unknown.
+    /// A message the server answered: what it did to a statement stands.
+    fn confirmed(&mut self, tag: u8) {
+        if let Some(Settled { name, change: Some(change) }) = self.in_flight.confirm(tag) {
+            self.statements.confirmed(&name, change);
+        }
+    }
+
+    /// A simple query destroys the unnamed statement; one that may deallocate,
+    /// discard or prepare statements (by SQL) leaves their state unknown.
     fn track_simple_query(&mut self, sql: &[u8]) {
-        if self.prepared.is_empty() {
+        if self.statements.is_empty() {
             // Most sessions prepare nothing: no hashing on every query.
             return;
         }
-        self.prepared.remove(b"".as_slice());
+        self.statements.query();
         self.forget_if_deallocating(sql);
     }
 
     /// `DEALLOCATE` and `DISCARD` may remove prepared statements, or fail and
-    /// keep them: the gateway cannot tell, so it forgets every statement's text.
+    /// keep them, and `PREPARE` may take a name a Parse left free: the gateway
+    /// cannot tell, so it forgets every statement.
     fn forget_if_deallocating(&mut self, sql: &[u8]) {
         // Most sessions prepare nothing: then there is nothing to forget, and no
         // statement pays for the scan.
-        if self.prepared.is_empty() {
+        if self.statements.is_empty() {
             return;
         }
         if mentions_deallocation(sql) {
@@ -1662,19 +1635,9 @@ impl Relay<'_> {
         }
     }
 
-    /// Forgets every prepared statement's text (and mask).
+    /// Forgets every prepared statement (text and mask).
     fn forget_statements(&mut self) {
-        // Once forgotten, not looked through again until a text is learned: a
-        // client binding statements the gateway does not know, one after the
-        // other, would otherwise cost a pass over every name each time.
-        if std::mem::take(&mut self.texts_known) {
-            for text in self.prepared.values_mut() {
-                *text = None;
-            }
-        }
-        if let Some(r) = &mut self.masking {
-            r.forget_statements();
-        }
+        self.statements.forget_all();
     }
 
     /// Notes the responses a message about to be forwarded owes, with the
@@ -1685,27 +1648,29 @@ impl Relay<'_> {
         if self.masking.is_none() {
             return;
         }
-        let unnamed_uncertain = matches!(message, FrontendMessage::Bind { statement, .. } if statement.is_empty())
-            && self.unnamed_uncertain();
+        let batch = self.ready_owed + 1;
+        let statement_mask = match message {
+            FrontendMessage::Bind { statement, .. } => {
+                self.statements.get(statement, batch).and_then(|p| p.mask.clone())
+            }
+            _ => None,
+        };
         let Some(r) = self.masking.as_mut() else { return };
         let (hook, context) = (&self.gw.hook, self.context);
         let in_flight = &self.in_flight;
         let ambiguous = |name: &bytes::Bytes| in_flight.awaits_name(name);
-        let batch = self.ready_owed + 1;
         let mask_of = |sql: Option<&bytes::Bytes>| {
             hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
         };
         match message {
             FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
-            FrontendMessage::Parse { name, sql, .. } => r.parsed(name, mask_of(Some(sql)), ambiguous(name)),
-            FrontendMessage::Bind { portal, statement, .. } => {
-                if unnamed_uncertain {
-                    // Read as a statement the gateway does not know.
-                    r.forget(statement);
-                }
-                r.bound(portal, statement, || mask_of(None), ambiguous(portal));
+            // Its mask is made with the rest of what the relay keeps of it (`track_parse`).
+            FrontendMessage::Parse { .. } => r.parsed(),
+            FrontendMessage::Bind { portal, .. } => {
+                // A statement the gateway does not know is read as unreadable.
+                r.bound(portal, statement_mask.unwrap_or_else(|| mask_of(None)), ambiguous(portal));
                 let name = bytes::Bytes::copy_from_slice(portal);
-                self.in_flight.push(b'2', name, batch);
+                self.in_flight.push(b'2', name, batch, None);
             }
             FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {
                 r.queue.push_back(Expect::DescribeStatement);
@@ -2011,7 +1976,7 @@ impl Relay<'_> {
             }
             match tag {
                 b'E' => self.server_error(),
-                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.in_flight.confirm(tag),
+                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
                 _ => {}
             }
             if matches!(tag, b'G' | b'C' | b'E' | b'I' | b's') {
@@ -2146,7 +2111,7 @@ impl Relay<'_> {
             }
             match tag {
                 b'E' => self.server_error(),
-                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.in_flight.confirm(tag),
+                b'1' | b'2' | b'3' if !self.in_flight.is_empty() => self.confirmed(tag),
                 _ => {}
             }
             if tag == b'Z' {
@@ -2513,15 +2478,22 @@ fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((body.get(..portal_len)?, rest.get(..memchr::memchr(0, rest)?)?))
 }
 
-/// Whether `sql` has the word DEALLOCATE or DISCARD in it, in any case: a
-/// scan of every Parse and Query of a session that prepares statements, so it
-/// jumps from one `d` to the next.
+/// Whether `sql` has the word DEALLOCATE, DISCARD or PREPARE in it, in any
+/// case: a scan of every Parse and Query of a session that prepares
+/// statements, so it jumps from one `d` or `p` to the next. A word inside a
+/// longer name (`prepared_at`, `pg_prepared_statements`) is not one the
+/// server reads as a keyword; one after a digit is counted (older servers
+/// read `1prepare` as two tokens).
 fn mentions_deallocation(sql: &[u8]) -> bool {
-    memchr::memchr2_iter(b'd', b'D', sql).any(|at| {
-        let rest = sql.get(at..).unwrap_or_default();
-        let starts = |word: &[u8]| rest.get(..word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
-        starts(b"deallocate") || starts(b"discard")
-    })
+    let continues_name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || b >= 0x80;
+    let word_at = |at: usize, word: &[u8]| {
+        let whole = sql.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+        let before = at.checked_sub(1).and_then(|i| sql.get(i)).copied();
+        let after = sql.get(at + word.len()).copied();
+        whole && !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit()) && !after.is_some_and(continues_name)
+    };
+    memchr::memchr2_iter(b'd', b'D', sql).any(|at| word_at(at, b"deallocate") || word_at(at, b"discard"))
+        || memchr::memchr2_iter(b'p', b'P', sql).any(|at| word_at(at, b"prepare"))
 }
 
 /// Why a session can no longer be recorded; pending forever without recording.
@@ -2681,8 +2653,15 @@ mod tests {
         assert!(super::mentions_deallocation(b"DEALLOCATE s1"));
         assert!(super::mentions_deallocation(b"select 1; discard all"));
         assert!(super::mentions_deallocation(b"/* d */ DeAlLoCaTe ALL"));
+        assert!(super::mentions_deallocation(b"prepare s as delete from t"));
+        assert!(super::mentions_deallocation(b"select 1;PREPARE\ts AS SELECT 2"));
+        assert!(super::mentions_deallocation(b"select 1prepare"), "two tokens to an older server");
+        assert!(super::mentions_deallocation(b"select f('x');deallocate"));
         assert!(!super::mentions_deallocation(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
         assert!(!super::mentions_deallocation(b"select 'discar'"));
+        assert!(!super::mentions_deallocation(b"UPDATE orders SET prepared_at = now()"));
+        assert!(!super::mentions_deallocation(b"SELECT name FROM pg_prepared_statements"));
+        assert!(!super::mentions_deallocation(b"SELECT discarded FROM t"));
         assert!(!super::mentions_deallocation(b""));
     }
 

@@ -1,0 +1,270 @@
+//! What a session's server holds under each prepared statement's name, as far
+//! as the gateway can tell: the text a Bind of a name runs, which the hook
+//! judges and masking reads the rows of.
+//!
+//! The server takes a Parse or a Close only if nothing before it in its batch
+//! failed, and answers each in order. So the relay learns a name's statement
+//! from the answers, applied in the order they come: a ParseComplete means the
+//! server now holds that Parse's text (a Parse of a taken name fails); a
+//! CloseComplete that it holds nothing; an unanswered message changed nothing.
+//! Until an answer comes, the name is unknown, with one exception: within the
+//! batch the client has open, a Bind runs only if every message before it
+//! succeeded, so it runs what the batch's last Parse of the name prepared,
+//! whatever the server held before.
+//!
+//! What the relay cannot follow (a statement that may run `DEALLOCATE`,
+//! `DISCARD` or `PREPARE`) forgets every name, and no answer to a message
+//! sent before it teaches anything.
+//!
+//! A name the gateway never saw prepared, or prepared past [`MAX_PREPARED`],
+//! is as unknown as a forgotten one: the server may hold anything under it
+//! (a statement prepared by SQL, or before the session's rules arrived).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airlock_core::policy::ResultMask;
+use bytes::Bytes;
+
+/// Named prepared statements remembered per session; a Bind of one past this
+/// has no text to check, which fails closed where command rules apply.
+pub(crate) const MAX_PREPARED: usize = 10_000;
+
+/// A statement the client prepared, as the gateway read it.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    pub(crate) text: Bytes,
+    /// How its rows are masked, in a session whose results are masked.
+    pub(crate) mask: Option<Arc<ResultMask>>,
+}
+
+/// What a Parse or a statement's Close forwarded does to its name, carried
+/// with it until the server answers.
+#[derive(Debug)]
+pub(crate) enum Change {
+    Parsed { prepared: Prepared, epoch: u64 },
+    Closed,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Statements {
+    /// By name, the statement the server holds (or, after a `DEALLOCATE` the
+    /// relay could not see, none), as the answers read so far tell.
+    settled: HashMap<Bytes, Prepared>,
+    /// The Parses and Closes of the batch the client has open, by name, in
+    /// effect for a Bind later in the batch: the statement, or none (closed).
+    open: HashMap<Bytes, Option<Prepared>>,
+    /// The batch `open` belongs to.
+    open_batch: u64,
+    /// Names with a Parse or Close forwarded and not answered, and how many.
+    pending: HashMap<Bytes, usize>,
+    /// Counts calls to `forget_all`: an answer to a Parse forwarded before the
+    /// last one teaches nothing.
+    epoch: u64,
+}
+
+impl Statements {
+    /// Nothing known and nothing awaited: a statement that may deallocate has
+    /// nothing to forget.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.settled.is_empty() && self.pending.is_empty()
+    }
+
+    /// A Parse forwarded in `batch`; the change goes with it until answered.
+    pub(crate) fn parse(&mut self, name: &Bytes, prepared: Prepared, batch: u64) -> Change {
+        self.note(name, Some(prepared.clone()), batch);
+        Change::Parsed { prepared, epoch: self.epoch }
+    }
+
+    /// A statement's Close forwarded in `batch`.
+    pub(crate) fn close(&mut self, name: &Bytes, batch: u64) -> Change {
+        self.note(name, None, batch);
+        Change::Closed
+    }
+
+    fn note(&mut self, name: &Bytes, held: Option<Prepared>, batch: u64) {
+        if self.open_batch != batch {
+            self.clear_open();
+            self.open_batch = batch;
+        }
+        self.open.insert(name.clone(), held);
+        *self.pending.entry(name.clone()).or_default() += 1;
+    }
+
+    /// The statement a Bind of `name` forwarded in `batch` runs, if it runs;
+    /// `None` where the gateway cannot know it.
+    pub(crate) fn get(&self, name: &[u8], batch: u64) -> Option<&Prepared> {
+        if self.open_batch == batch
+            && !self.open.is_empty()
+            && let Some(held) = self.open.get(name)
+        {
+            return held.as_ref();
+        }
+        if self.pending.contains_key(name) {
+            // A Parse or Close of an earlier batch, not answered yet: it may
+            // have failed or been skipped, or not.
+            return None;
+        }
+        self.settled.get(name)
+    }
+
+    /// The server answered the message that carried `change`.
+    pub(crate) fn confirmed(&mut self, name: &Bytes, change: Change) {
+        self.answered(name);
+        match change {
+            Change::Parsed { prepared, epoch } if epoch == self.epoch => {
+                if name.is_empty() || self.settled.contains_key(name) || self.settled.len() < MAX_PREPARED {
+                    self.settled.insert(name.clone(), prepared);
+                }
+            }
+            // Forgotten since it went: what the name holds is not known.
+            Change::Parsed { .. } => {}
+            Change::Closed => {
+                self.settled.remove(name);
+            }
+        }
+    }
+
+    /// The message that carried a change got no answer: the server skipped it
+    /// after an error, or it failed, and the name holds what it held.
+    pub(crate) fn unanswered(&mut self, name: &Bytes) {
+        self.answered(name);
+    }
+
+    fn answered(&mut self, name: &Bytes) {
+        if let Some(count) = self.pending.get_mut(name) {
+            *count -= 1;
+            if *count == 0 {
+                self.pending.remove(name);
+            }
+        }
+    }
+
+    /// A simple query forwarded: it destroys the unnamed statement.
+    pub(crate) fn query(&mut self) {
+        self.settled.remove(b"".as_slice());
+    }
+
+    /// Something forwarded may have deallocated or prepared statements by
+    /// SQL: no name is known any more, until a Parse sent after it is answered.
+    pub(crate) fn forget_all(&mut self) {
+        self.settled.clear();
+        self.clear_open();
+        self.epoch += 1;
+    }
+
+    /// Syncs turned out to be ignored (during a COPY): batches were not what
+    /// they seemed, and what the open one prepared no longer counts.
+    pub(crate) fn batches_renumbered(&mut self) {
+        self.clear_open();
+    }
+
+    fn clear_open(&mut self) {
+        // A map once grown for a long pipeline would cost its whole size to
+        // clear on every batch after.
+        if self.open.capacity() > 64 {
+            self.open = HashMap::new();
+        } else {
+            self.open.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::{Change, Prepared, Statements};
+
+    fn name(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn prepared(sql: &str) -> Prepared {
+        Prepared { text: name(sql), mask: None }
+    }
+
+    fn text(s: &Statements, n: &str, batch: u64) -> Option<String> {
+        s.get(n.as_bytes(), batch).map(|p| String::from_utf8_lossy(&p.text).into_owned())
+    }
+
+    #[test]
+    fn a_parse_counts_in_its_own_batch_and_once_answered() {
+        let mut s = Statements::default();
+        let change = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        assert_eq!(text(&s, "s", 1).as_deref(), Some("SELECT 1"), "a Bind later in the batch runs it");
+        assert_eq!(text(&s, "s", 2), None, "the Parse may have failed: the name may hold anything");
+        s.confirmed(&name("s"), change);
+        assert_eq!(text(&s, "s", 2).as_deref(), Some("SELECT 1"));
+        assert_eq!(text(&s, "t", 2), None, "never prepared");
+    }
+
+    #[test]
+    fn a_parse_that_got_no_answer_leaves_what_the_name_held() {
+        let mut s = Statements::default();
+        let first = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        s.confirmed(&name("s"), first);
+        // The name is taken: the server refuses this Parse.
+        let _second = s.parse(&name("s"), prepared("DELETE FROM t"), 2);
+        assert_eq!(text(&s, "s", 2).as_deref(), Some("DELETE FROM t"), "runs only if it succeeded");
+        assert_eq!(text(&s, "s", 3), None, "not known until answered");
+        s.unanswered(&name("s"));
+        assert_eq!(text(&s, "s", 3).as_deref(), Some("SELECT 1"));
+    }
+
+    #[test]
+    fn a_close_empties_the_name_once_answered() {
+        let mut s = Statements::default();
+        let parsed = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        s.confirmed(&name("s"), parsed);
+        let closed = s.close(&name("s"), 2);
+        assert_eq!(text(&s, "s", 2), None, "closed earlier in the batch");
+        assert_eq!(text(&s, "s", 3), None, "the Close may have been skipped, or not");
+        s.unanswered(&name("s"));
+        assert_eq!(text(&s, "s", 3).as_deref(), Some("SELECT 1"), "skipped: the server still holds it");
+        let closed_again = s.close(&name("s"), 3);
+        drop(closed);
+        s.confirmed(&name("s"), closed_again);
+        assert_eq!(text(&s, "s", 4), None);
+    }
+
+    #[test]
+    fn forgetting_outlasts_answers_to_what_went_before() {
+        let mut s = Statements::default();
+        let before = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        assert!(!s.is_empty(), "a Parse awaited is something to forget");
+        s.forget_all();
+        s.confirmed(&name("s"), before);
+        assert_eq!(text(&s, "s", 3), None, "a DEALLOCATE and PREPARE after it may have replaced it");
+        let after = s.parse(&name("s"), prepared("SELECT 2"), 3);
+        s.confirmed(&name("s"), after);
+        assert_eq!(text(&s, "s", 4).as_deref(), Some("SELECT 2"));
+    }
+
+    #[test]
+    fn forgetting_mid_batch_undoes_the_batch_so_far() {
+        let mut s = Statements::default();
+        let _parsed = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        s.forget_all();
+        assert_eq!(text(&s, "s", 1), None);
+    }
+
+    #[test]
+    fn the_open_batch_is_dropped_when_batches_move() {
+        let mut s = Statements::default();
+        let _parsed = s.parse(&name(""), prepared("SELECT 1"), 5);
+        s.batches_renumbered();
+        assert_eq!(text(&s, "", 5), None);
+        assert!(matches!(s.close(&name(""), 5), Change::Closed));
+    }
+
+    #[test]
+    fn a_query_destroys_the_unnamed_statement() {
+        let mut s = Statements::default();
+        let parsed = s.parse(&name(""), prepared("SELECT 1"), 1);
+        s.confirmed(&name(""), parsed);
+        s.query();
+        assert_eq!(text(&s, "", 3), None);
+        assert!(s.is_empty());
+    }
+}
