@@ -503,41 +503,49 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
     assert_eq!(people(&s).await, 2);
 }
 
-/// A session no rule looks at still follows what it prepares: when command
-/// rules arrive mid-session, a Bind of a statement prepared before them is
-/// decided on its text (a statement whose text the gateway did not keep could
-/// only be refused).
+/// A session no rule looks at could run any SQL, some of which (a DO block's
+/// dynamic SQL) may replace prepared statements where the gateway cannot see.
+/// When command rules arrive mid-session, a Bind of a statement prepared
+/// before them is refused, saying why, and the statement prepared again is
+/// decided on its text.
 #[tokio::test]
-async fn statements_prepared_before_rules_arrive_are_decided_on_their_text() {
+async fn statements_prepared_before_rules_arrive_are_prepared_again_under_them() {
     let s = Stack::start().await;
     let mut stream = raw_readwrite(&s, None).await;
     send(
         &mut stream,
+        &[parse("r", "SELECT name FROM people WHERE id = $1"), parse("w", "SELECT 1"), message(b'S', &[])],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "1"]);
+    // Replaced unseen: the words are built at run time.
+    send(
+        &mut stream,
+        &[query("DO $$ BEGIN EXECUTE 'DEALL' || 'OCATE w'; EXECUTE 'PREP' || 'ARE w AS DELETE FROM people'; END $$")],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:DO"]);
+
+    s.apply_policy(PEOPLE_WRITES_DENIED).await;
+    send(&mut stream, &[bind("", "w", &[]), execute("", 0), message(b'S', &[])]).await;
+    let (error, _) = read_error(&mut stream).await;
+    assert!(error.contains("cannot tell which statement this Bind runs"), "{error}");
+    assert_eq!(read_until_ready(&mut stream).await.0, Vec::<String>::new());
+    assert_eq!(people(&s).await, 2, "not run as SELECT 1");
+
+    let close_r = message(b'C', b"Sr\0");
+    send(
+        &mut stream,
         &[
+            close_r,
             parse("r", "SELECT name FROM people WHERE id = $1"),
-            parse("", "SELECT name FROM people WHERE id = 2"),
-            parse("w", "DELETE FROM people"),
+            bind("", "r", &["1"]),
+            execute("", 0),
             message(b'S', &[]),
         ],
     )
     .await;
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["1", "1", "1"]);
-
-    s.apply_policy("version: 1\ncommands:\n  - name: no-unbounded-writes\n    match: { unbounded_write: true }\n    action: deny\n")
-        .await;
-    let run =
-        |statement: &str, params: &[&str]| [bind("", statement, params), execute("", 0), message(b'S', &[])].concat();
-    stream.write_all(&run("r", &["1"])).await.unwrap();
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["2", "D:café", "C:SELECT 1"]);
-    stream.write_all(&run("", &[])).await.unwrap();
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["2", "D:Zoë", "C:SELECT 1"]);
-    stream.write_all(&run("w", &[])).await.unwrap();
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["E:42501"]);
-    assert_eq!(people(&s).await, 2);
+    assert_eq!(read_until_ready(&mut stream).await.0, ["3", "1", "2", "D:café", "C:SELECT 1"]);
 }
 
 /// A Parse of the unnamed statement that the server skips (an earlier
@@ -829,6 +837,22 @@ async fn syncs_after_the_copy_done_are_answered() {
     let (seen, _) = read_until_ready(&mut stream).await;
     assert!(seen.is_empty(), "{seen:?}");
     assert_unnamed_write_still_held(&s, &mut stream).await;
+}
+
+/// Reads backend messages up to an ErrorResponse: its message and SQLSTATE.
+async fn read_error(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    loop {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
+        if tag == b'E' {
+            let field = |name: u8| {
+                body.split(|b| *b == 0)
+                    .find_map(|f| f.strip_prefix(&[name]))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            return (field(b'M'), field(b'C'));
+        }
+    }
 }
 
 /// Reads backend messages up to an ErrorResponse of severity FATAL, and
@@ -1369,4 +1393,32 @@ async fn a_name_the_gateway_cannot_know_is_not_masked_as_another_text() {
     // Once the answer is in, the name is as unknown as one never prepared.
     send(&mut stream, &[bind("", "s", &[]), execute("", 0), message(b'S', &[])]).await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["E:42501"]);
+}
+
+/// Postgres finds a statement by the first 63 bytes of its name: two longer
+/// names that share them are one statement there. A Bind of such a name is
+/// of a statement the gateway cannot know.
+#[tokio::test]
+async fn statement_names_the_server_cuts_short_are_not_taken_at_their_word() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    let (a, b) = (format!("{}a", "x".repeat(63)), format!("{}b", "x".repeat(63)));
+    let mut close_a = vec![b'S'];
+    close_a.extend_from_slice(a.as_bytes());
+    close_a.push(0);
+    send(
+        &mut stream,
+        &[
+            parse(&b, "SELECT 1"),
+            message(b'C', &close_a),
+            parse(&a, "DELETE FROM people"),
+            bind("", &b, &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "3", "1", "E:42501"], "refused: the server would run the DELETE");
+    assert_eq!(people(&s).await, 2);
 }

@@ -47,8 +47,9 @@ pub(crate) struct Settled {
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     owed: VecDeque<Owed>,
-    /// How many of them carry each non-empty name (statements and portals alike).
-    named: HashMap<Bytes, usize>,
+    /// How many of them carry each non-empty name (statements and portals
+    /// alike), and the batch of the last one.
+    named: HashMap<Bytes, (usize, u64)>,
     /// How many await a ParseComplete, a BindComplete and a CloseComplete.
     kinds: [usize; 3],
 }
@@ -77,7 +78,9 @@ impl InFlight {
     /// later one.
     pub(crate) fn push(&mut self, confirmation: u8, name: Bytes, batch: u64, change: Option<Change>) {
         if !name.is_empty() {
-            *self.named.entry(name.clone()).or_default() += 1;
+            let (count, last) = self.named.entry(name.clone()).or_default();
+            *count += 1;
+            *last = batch;
         }
         self.push_owed(Owed { confirmation, name, batch, named: true, change });
     }
@@ -100,6 +103,12 @@ impl InFlight {
     /// awaits its answer.
     pub(crate) fn awaits_name(&self, name: &[u8]) -> bool {
         !name.is_empty() && self.named.contains_key(name)
+    }
+
+    /// Whether a message naming `name` that went before `batch` may still
+    /// await its answer (a named one of `batch` too, if there are several).
+    pub(crate) fn awaits_name_before(&self, name: &[u8], batch: u64) -> bool {
+        !name.is_empty() && self.named.get(name).is_some_and(|(count, last)| *last < batch || *count > 1)
     }
 
     /// A ParseComplete, BindComplete or CloseComplete (`tag`) answers the
@@ -147,7 +156,7 @@ impl InFlight {
         }
         if o.named
             && !o.name.is_empty()
-            && let Some(count) = self.named.get_mut(&o.name)
+            && let Some((count, _)) = self.named.get_mut(&o.name)
         {
             *count -= 1;
             if *count == 0 {
@@ -266,6 +275,19 @@ mod tests {
         assert!(f.confirm(BIND_COMPLETE).is_none());
         assert_eq!(f.len(), 1);
         assert!(f.awaits_name(b"s"));
+    }
+
+    #[test]
+    fn a_name_is_awaited_from_an_earlier_batch_until_answered() {
+        let mut f = InFlight::default();
+        f.push(BIND_COMPLETE, name("p"), 1, None);
+        assert!(!f.awaits_name_before(b"p", 1), "its own batch");
+        assert!(f.awaits_name_before(b"p", 2));
+        f.push(BIND_COMPLETE, name("p"), 2, None);
+        assert!(f.awaits_name_before(b"p", 2), "the first is still unanswered");
+        f.confirm(BIND_COMPLETE);
+        assert!(!f.awaits_name_before(b"p", 2));
+        assert!(f.awaits_name_before(b"p", 3));
     }
 
     #[test]

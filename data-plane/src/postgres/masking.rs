@@ -81,10 +81,11 @@ impl Responses {
 
     /// A Bind: the portal takes the mask of the statement it binds (that of
     /// one the gateway cannot read, when it does not know the statement).
-    /// A portal whose earlier Bind or Close is unanswered (`ambiguous`) is
-    /// not known.
+    /// A portal whose earlier Bind or Close is unanswered (`ambiguous`), or
+    /// whose name the server may take for another's, is not known.
     pub fn bound(&mut self, portal: &Bytes, mask: Arc<ResultMask>, ambiguous: bool) {
-        if !ambiguous && (self.portals.contains_key(portal) || self.portals.len() < MAX_NAMED) {
+        let known = !ambiguous && crate::postgres::statements::followed(portal);
+        if known && (self.portals.contains_key(portal) || self.portals.len() < MAX_NAMED) {
             self.portals.insert(Bytes::copy_from_slice(portal), mask);
         } else {
             self.portals.remove(portal);
@@ -92,8 +93,12 @@ impl Responses {
         self.queue.push_back(Expect::Bind);
     }
 
-    /// The mask of a portal, or `unknown` when it is not known.
-    pub fn portal(&self, portal: &Bytes, unknown: impl FnOnce() -> Arc<ResultMask>) -> Arc<ResultMask> {
+    /// The mask of a portal, or `unknown` when it is not known or `stale`
+    /// (its Bind may not be what the server holds under the name).
+    pub fn portal(&self, portal: &Bytes, unknown: impl FnOnce() -> Arc<ResultMask>, stale: bool) -> Arc<ResultMask> {
+        if stale {
+            return unknown();
+        }
         self.portals.get(portal).cloned().unwrap_or_else(unknown)
     }
 

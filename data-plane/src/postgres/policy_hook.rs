@@ -174,6 +174,7 @@ impl PolicyHook {
 
 impl StatementHook for PolicyHook {
     fn check(&self, session: &SessionContext, statement: Statement<'_>) -> Verdict {
+        let is_bind = matches!(statement, Statement::Bind { .. });
         let (sql, params, is_parse) = match statement {
             Statement::Query { sql } => (Some(sql), None, false),
             Statement::Parse { sql, .. } => (Some(sql), None, true),
@@ -185,17 +186,25 @@ impl StatementHook for PolicyHook {
         let decided = self.with_policy(session, |state, policy, version, connection| {
             let Some(sql) = sql else {
                 // A fast-path call names a function by number, and a Bind of a
-                // statement this gateway did not see parsed has no text: with
-                // command or masking rules to apply, neither can be checked.
+                // statement the gateway cannot know has no text: with command
+                // or masking rules to apply, neither can be checked.
                 let applies = policy.command_rules_for(connection).next().is_some()
                     || policy.masking_rules_for(connection).next().is_some();
-                return if applies {
+                return if !applies {
+                    Verdict::Allow
+                } else if is_bind {
+                    deny(
+                        "builtin:unknown-statement",
+                        "the gateway cannot tell which statement this Bind runs (its name was prepared by SQL, \
+                         before this session's rules applied, or after a statement that may deallocate, or its \
+                         Parse is not answered yet); close it and prepare it again"
+                            .to_owned(),
+                    )
+                } else {
                     deny(
                         "builtin:unreadable-call",
                         "this call carries no statement the gateway can check; use SQL".to_owned(),
                     )
-                } else {
-                    Verdict::Allow
                 };
             };
             match self.decide(session, policy, version, connection, sql).verdict {

@@ -54,7 +54,7 @@ use super::protocol::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
 };
 use super::roles::SessionRoleSpec;
-use super::statements::{MAX_PREPARED, Prepared, Statements};
+use super::statements::{MAX_PREPARED, Prepared, Statements, followed};
 use super::upstream::{self, Upstream, UpstreamOptions};
 use super::wake_gate::WakeGate;
 use crate::recording::{self, SessionTap};
@@ -975,7 +975,13 @@ impl Relay<'_> {
                                     "masking rules now cover this connection; reconnect to continue under them",
                                 ));
                             }
+                            let was_inspecting = self.inspecting;
                             self.inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
+                            if self.inspecting && !was_inspecting {
+                                // Until now the session could run any SQL unchecked, some of which
+                                // (a DO block's dynamic SQL) may have replaced statements unseen.
+                                self.forget_statements();
+                            }
                             // Watch for the next change.
                             break;
                         }
@@ -1395,7 +1401,7 @@ impl Relay<'_> {
             FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
                 let (key, batch) = (bytes::Bytes::copy_from_slice(name), self.ready_owed + 1);
                 let change = self.statements.close(&key, batch);
-                self.in_flight.push(b'3', key, batch, Some(change));
+                self.in_flight.push(b'3', key, batch, change);
             }
             // Its CloseComplete must not be taken for a statement's.
             FrontendMessage::Close { kind: ObjectKind::Portal, .. } => {
@@ -1423,7 +1429,7 @@ impl Relay<'_> {
         });
         let batch = self.ready_owed + 1;
         let change = self.statements.parse(&key, Prepared { text, mask }, batch);
-        self.in_flight.push(b'1', key, batch, Some(change));
+        self.in_flight.push(b'1', key, batch, change);
     }
 
     /// A server message that bears on a COPY FROM STDIN: a CopyInResponse,
@@ -1628,9 +1634,10 @@ impl Relay<'_> {
         }
     }
 
-    /// An Execute of a portal bound to a statement that may deallocate.
+    /// An Execute of a portal bound to a statement that may deallocate, or of
+    /// one whose name the server may take for another's.
     fn track_execute(&mut self, portal: &[u8]) {
-        if self.every_portal_deallocates || self.deallocating_portals.contains(portal) {
+        if self.every_portal_deallocates || self.deallocating_portals.contains(portal) || !followed(portal) {
             self.forget_statements();
         }
     }
@@ -1659,6 +1666,9 @@ impl Relay<'_> {
         let (hook, context) = (&self.gw.hook, self.context);
         let in_flight = &self.in_flight;
         let ambiguous = |name: &bytes::Bytes| in_flight.awaits_name(name);
+        // A Bind of the portal sent in an earlier batch may have failed, and
+        // the server may hold another portal of that name (a cursor).
+        let stale = |name: &bytes::Bytes| in_flight.awaits_name_before(name, batch);
         let mask_of = |sql: Option<&bytes::Bytes>| {
             hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
         };
@@ -1676,11 +1686,11 @@ impl Relay<'_> {
                 r.queue.push_back(Expect::DescribeStatement);
             }
             FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
-                let mask = r.portal(name, || mask_of(None));
+                let mask = r.portal(name, || mask_of(None), stale(name));
                 r.queue.push_back(Expect::DescribePortal { hidden: false, mask });
             }
             FrontendMessage::Execute { portal, .. } => {
-                let mask = r.portal(portal, || mask_of(None));
+                let mask = r.portal(portal, || mask_of(None), stale(portal));
                 encode::describe_portal(to_server, portal);
                 r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone() });
                 r.queue.push_back(Expect::Execute(mask));
@@ -2478,22 +2488,27 @@ fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((body.get(..portal_len)?, rest.get(..memchr::memchr(0, rest)?)?))
 }
 
-/// Whether `sql` has the word DEALLOCATE, DISCARD or PREPARE in it, in any
-/// case: a scan of every Parse and Query of a session that prepares
-/// statements, so it jumps from one `d` or `p` to the next. A word inside a
-/// longer name (`prepared_at`, `pg_prepared_statements`) is not one the
-/// server reads as a keyword; one after a digit is counted (older servers
-/// read `1prepare` as two tokens).
+/// Whether `sql` has the word DEALLOCATE, DISCARD, PREPARE or EXECUTE (which
+/// runs a prepared statement, maybe one of those) in it, in any case: a scan
+/// of every Parse and Query of a session that prepares statements, so it
+/// jumps from one `d`, `p` or `e` to the next. A word inside a longer name
+/// (`prepared_at`, `pg_prepared_statements`) is not one the server reads as a
+/// keyword; one after a digit is counted (older servers read `1prepare` as two
+/// tokens), and so is one after a `$` (`$$DEALLOCATE s$$`, a string that may
+/// be run).
 fn mentions_deallocation(sql: &[u8]) -> bool {
     let continues_name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || b >= 0x80;
     let word_at = |at: usize, word: &[u8]| {
         let whole = sql.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
         let before = at.checked_sub(1).and_then(|i| sql.get(i)).copied();
         let after = sql.get(at + word.len()).copied();
-        whole && !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit()) && !after.is_some_and(continues_name)
+        whole
+            && !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit() && b != b'$')
+            && !after.is_some_and(continues_name)
     };
     memchr::memchr2_iter(b'd', b'D', sql).any(|at| word_at(at, b"deallocate") || word_at(at, b"discard"))
         || memchr::memchr2_iter(b'p', b'P', sql).any(|at| word_at(at, b"prepare"))
+        || memchr::memchr2_iter(b'e', b'E', sql).any(|at| word_at(at, b"execute"))
 }
 
 /// Why a session can no longer be recorded; pending forever without recording.
@@ -2657,11 +2672,15 @@ mod tests {
         assert!(super::mentions_deallocation(b"select 1;PREPARE\ts AS SELECT 2"));
         assert!(super::mentions_deallocation(b"select 1prepare"), "two tokens to an older server");
         assert!(super::mentions_deallocation(b"select f('x');deallocate"));
+        assert!(super::mentions_deallocation(b"EXECUTE d"), "d may be a prepared DEALLOCATE");
+        assert!(super::mentions_deallocation(b"DO $$BEGIN EXECUTE 'x'; END$$"));
+        assert!(super::mentions_deallocation(b"DO $q$DEALLOCATE s$q$"));
         assert!(!super::mentions_deallocation(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
         assert!(!super::mentions_deallocation(b"select 'discar'"));
         assert!(!super::mentions_deallocation(b"UPDATE orders SET prepared_at = now()"));
         assert!(!super::mentions_deallocation(b"SELECT name FROM pg_prepared_statements"));
         assert!(!super::mentions_deallocation(b"SELECT discarded FROM t"));
+        assert!(!super::mentions_deallocation(b"SELECT executed_by FROM jobs"));
         assert!(!super::mentions_deallocation(b""));
     }
 

@@ -30,6 +30,19 @@ use bytes::Bytes;
 /// has no text to check, which fails closed where command rules apply.
 pub(crate) const MAX_PREPARED: usize = 10_000;
 
+/// Postgres finds a statement or portal by the first 63 bytes of its name
+/// (`NAMEDATALEN` - 1, in the server's encoding, into which it converts the
+/// client's): names longer than that, or that conversion may change, could
+/// stand for one another on the server. Only names shorter and in ASCII are
+/// followed; a Bind or Execute of any other is of a statement or portal the
+/// gateway does not know.
+const FOLLOWED_NAME_LEN: usize = 63;
+
+/// Whether the relay follows what a statement or portal of this name holds.
+pub(crate) fn followed(name: &[u8]) -> bool {
+    name.len() < FOLLOWED_NAME_LEN && name.is_ascii()
+}
+
 /// A statement the client prepared, as the gateway read it.
 #[derive(Clone, Debug)]
 pub(crate) struct Prepared {
@@ -70,16 +83,23 @@ impl Statements {
         self.settled.is_empty() && self.pending.is_empty()
     }
 
-    /// A Parse forwarded in `batch`; the change goes with it until answered.
-    pub(crate) fn parse(&mut self, name: &Bytes, prepared: Prepared, batch: u64) -> Change {
+    /// A Parse forwarded in `batch`; the change goes with it until answered
+    /// (none for a name not followed).
+    pub(crate) fn parse(&mut self, name: &Bytes, prepared: Prepared, batch: u64) -> Option<Change> {
+        if !followed(name) {
+            return None;
+        }
         self.note(name, Some(prepared.clone()), batch);
-        Change::Parsed { prepared, epoch: self.epoch }
+        Some(Change::Parsed { prepared, epoch: self.epoch })
     }
 
     /// A statement's Close forwarded in `batch`.
-    pub(crate) fn close(&mut self, name: &Bytes, batch: u64) -> Change {
+    pub(crate) fn close(&mut self, name: &Bytes, batch: u64) -> Option<Change> {
+        if !followed(name) {
+            return None;
+        }
         self.note(name, None, batch);
-        Change::Closed
+        Some(Change::Closed)
     }
 
     fn note(&mut self, name: &Bytes, held: Option<Prepared>, batch: u64) {
@@ -94,6 +114,9 @@ impl Statements {
     /// The statement a Bind of `name` forwarded in `batch` runs, if it runs;
     /// `None` where the gateway cannot know it.
     pub(crate) fn get(&self, name: &[u8], batch: u64) -> Option<&Prepared> {
+        if !followed(name) {
+            return None;
+        }
         if self.open_batch == batch
             && !self.open.is_empty()
             && let Some(held) = self.open.get(name)
@@ -194,7 +217,7 @@ mod tests {
         let change = s.parse(&name("s"), prepared("SELECT 1"), 1);
         assert_eq!(text(&s, "s", 1).as_deref(), Some("SELECT 1"), "a Bind later in the batch runs it");
         assert_eq!(text(&s, "s", 2), None, "the Parse may have failed: the name may hold anything");
-        s.confirmed(&name("s"), change);
+        s.confirmed(&name("s"), change.unwrap());
         assert_eq!(text(&s, "s", 2).as_deref(), Some("SELECT 1"));
         assert_eq!(text(&s, "t", 2), None, "never prepared");
     }
@@ -203,7 +226,7 @@ mod tests {
     fn a_parse_that_got_no_answer_leaves_what_the_name_held() {
         let mut s = Statements::default();
         let first = s.parse(&name("s"), prepared("SELECT 1"), 1);
-        s.confirmed(&name("s"), first);
+        s.confirmed(&name("s"), first.unwrap());
         // The name is taken: the server refuses this Parse.
         let _second = s.parse(&name("s"), prepared("DELETE FROM t"), 2);
         assert_eq!(text(&s, "s", 2).as_deref(), Some("DELETE FROM t"), "runs only if it succeeded");
@@ -216,7 +239,7 @@ mod tests {
     fn a_close_empties_the_name_once_answered() {
         let mut s = Statements::default();
         let parsed = s.parse(&name("s"), prepared("SELECT 1"), 1);
-        s.confirmed(&name("s"), parsed);
+        s.confirmed(&name("s"), parsed.unwrap());
         let closed = s.close(&name("s"), 2);
         assert_eq!(text(&s, "s", 2), None, "closed earlier in the batch");
         assert_eq!(text(&s, "s", 3), None, "the Close may have been skipped, or not");
@@ -224,7 +247,7 @@ mod tests {
         assert_eq!(text(&s, "s", 3).as_deref(), Some("SELECT 1"), "skipped: the server still holds it");
         let closed_again = s.close(&name("s"), 3);
         drop(closed);
-        s.confirmed(&name("s"), closed_again);
+        s.confirmed(&name("s"), closed_again.unwrap());
         assert_eq!(text(&s, "s", 4), None);
     }
 
@@ -234,10 +257,10 @@ mod tests {
         let before = s.parse(&name("s"), prepared("SELECT 1"), 1);
         assert!(!s.is_empty(), "a Parse awaited is something to forget");
         s.forget_all();
-        s.confirmed(&name("s"), before);
+        s.confirmed(&name("s"), before.unwrap());
         assert_eq!(text(&s, "s", 3), None, "a DEALLOCATE and PREPARE after it may have replaced it");
         let after = s.parse(&name("s"), prepared("SELECT 2"), 3);
-        s.confirmed(&name("s"), after);
+        s.confirmed(&name("s"), after.unwrap());
         assert_eq!(text(&s, "s", 4).as_deref(), Some("SELECT 2"));
     }
 
@@ -255,14 +278,27 @@ mod tests {
         let _parsed = s.parse(&name(""), prepared("SELECT 1"), 5);
         s.batches_renumbered();
         assert_eq!(text(&s, "", 5), None);
-        assert!(matches!(s.close(&name(""), 5), Change::Closed));
+        assert!(matches!(s.close(&name(""), 5), Some(Change::Closed)));
+    }
+
+    #[test]
+    fn names_the_server_may_cut_or_convert_are_not_followed() {
+        let mut s = Statements::default();
+        let long = "x".repeat(63);
+        for n in [long.as_str(), "caf\u{e9}"] {
+            assert!(s.parse(&name(n), prepared("SELECT 1"), 1).is_none());
+            assert_eq!(text(&s, n, 1), None, "{n}");
+        }
+        let change = s.parse(&name(&long[..62]), prepared("SELECT 1"), 1);
+        s.confirmed(&name(&long[..62]), change.unwrap());
+        assert_eq!(text(&s, &long[..62], 2).as_deref(), Some("SELECT 1"));
     }
 
     #[test]
     fn a_query_destroys_the_unnamed_statement() {
         let mut s = Statements::default();
         let parsed = s.parse(&name(""), prepared("SELECT 1"), 1);
-        s.confirmed(&name(""), parsed);
+        s.confirmed(&name(""), parsed.unwrap());
         s.query();
         assert_eq!(text(&s, "", 3), None);
         assert!(s.is_empty());
