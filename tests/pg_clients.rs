@@ -505,19 +505,14 @@ async fn a_statement_name_cannot_be_made_to_stand_for_other_text() {
 
 /// A session no rule looks at could run any SQL, some of which (a DO block's
 /// dynamic SQL) may replace prepared statements where the gateway cannot see.
-/// When command rules arrive mid-session, a Bind of a statement prepared
-/// before them is refused, saying why, and the statement prepared again is
-/// decided on its text.
+/// When command rules come to apply to it, the session ends, saying why; the
+/// next one is held to them from its start.
 #[tokio::test]
-async fn statements_prepared_before_rules_arrive_are_prepared_again_under_them() {
+async fn a_session_that_ran_unchecked_ends_when_command_rules_arrive() {
     let s = Stack::start().await;
     let mut stream = raw_readwrite(&s, None).await;
-    send(
-        &mut stream,
-        &[parse("r", "SELECT name FROM people WHERE id = $1"), parse("w", "SELECT 1"), message(b'S', &[])],
-    )
-    .await;
-    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "1"]);
+    send(&mut stream, &[parse("w", "SELECT 1"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
     // Replaced unseen: the words are built at run time.
     send(
         &mut stream,
@@ -527,25 +522,17 @@ async fn statements_prepared_before_rules_arrive_are_prepared_again_under_them()
     assert_eq!(read_until_ready(&mut stream).await.0, ["C:DO"]);
 
     s.apply_policy(PEOPLE_WRITES_DENIED).await;
-    send(&mut stream, &[bind("", "w", &[]), execute("", 0), message(b'S', &[])]).await;
-    let (error, _) = read_error(&mut stream).await;
-    assert!(error.contains("cannot tell which statement this Bind runs"), "{error}");
-    assert_eq!(read_until_ready(&mut stream).await.0, Vec::<String>::new());
-    assert_eq!(people(&s).await, 2, "not run as SELECT 1");
+    let (code, message_text) = read_fatal(&mut stream).await;
+    assert_eq!(code, "42501");
+    assert_eq!(message_text, "command rules now cover this connection; reconnect to continue under them");
+    assert_eq!(people(&s).await, 2);
 
-    let close_r = message(b'C', b"Sr\0");
-    send(
-        &mut stream,
-        &[
-            close_r,
-            parse("r", "SELECT name FROM people WHERE id = $1"),
-            bind("", "r", &["1"]),
-            execute("", 0),
-            message(b'S', &[]),
-        ],
-    )
-    .await;
-    assert_eq!(read_until_ready(&mut stream).await.0, ["3", "1", "2", "D:café", "C:SELECT 1"]);
+    let mut stream = raw_login(&s, "pg.readwrite", &s.token("raw").await).await;
+    send(&mut stream, &[run_named("w", "DELETE FROM people")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:42501"], "the write is refused at its Parse");
+    send(&mut stream, &[run_named("r", "SELECT name FROM people WHERE id = 1")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "D:café", "C:SELECT 1"]);
+    assert_eq!(people(&s).await, 2);
 }
 
 /// A Parse of the unnamed statement that the server skips (an earlier
@@ -837,22 +824,6 @@ async fn syncs_after_the_copy_done_are_answered() {
     let (seen, _) = read_until_ready(&mut stream).await;
     assert!(seen.is_empty(), "{seen:?}");
     assert_unnamed_write_still_held(&s, &mut stream).await;
-}
-
-/// Reads backend messages up to an ErrorResponse: its message and SQLSTATE.
-async fn read_error(stream: &mut tokio::net::TcpStream) -> (String, String) {
-    loop {
-        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
-        if tag == b'E' {
-            let field = |name: u8| {
-                body.split(|b| *b == 0)
-                    .find_map(|f| f.strip_prefix(&[name]))
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
-            return (field(b'M'), field(b'C'));
-        }
-    }
 }
 
 /// Reads backend messages up to an ErrorResponse of severity FATAL, and
@@ -1253,19 +1224,6 @@ async fn an_executed_deallocate_leaves_no_text_behind() {
     .await;
 }
 
-/// The same in a session no rule looked at when the statement was executed:
-/// rules that arrive later decide on what the server holds.
-#[tokio::test]
-async fn a_deallocate_executed_before_rules_arrive_leaves_no_text_behind() {
-    let s = Stack::start().await;
-    let mut stream = raw_readwrite(&s, None).await;
-    free_a_name_by_executing_a_prepared_deallocate(&mut stream).await;
-    send(&mut stream, &[parse("s", "DELETE FROM people"), message(b'S', &[])]).await;
-    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
-    s.apply_policy(PEOPLE_WRITES_DENIED).await;
-    assert_run_refused(&s, &mut stream, "s", "refused: not run as SELECT 1").await;
-}
-
 /// Prepares `SELECT 1` as `s` and `DEALLOCATE s` as `d` (whose Parse frees
 /// nothing: `s` is not prepared yet), then executes `d`.
 async fn free_a_name_by_executing_a_prepared_deallocate(stream: &mut tokio::net::TcpStream) {
@@ -1295,23 +1253,6 @@ async fn a_deallocating_portal_executed_later_leaves_no_text_behind() {
     .await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["C:DEALLOCATE", "1", "E:42501"], "the write the name now holds was held, and refused");
-    assert_eq!(people(&s).await, 2);
-}
-
-/// A name the session prepared by SQL before any rule looked at it is taken
-/// on the server: a Parse of it fails there, and a Bind sent after the
-/// Parse's batch, before its answer, runs the statement the server holds.
-/// The gateway cannot know that one, so it refuses the Bind.
-#[tokio::test]
-async fn a_name_prepared_by_sql_before_rules_arrive_is_not_taken_for_a_later_parse() {
-    let s = Stack::start().await;
-    let mut stream = raw_readwrite(&s, None).await;
-    send(&mut stream, &[query("PREPARE s AS DELETE FROM people")]).await;
-    assert_eq!(read_until_ready(&mut stream).await.0, ["C:PREPARE"]);
-    s.apply_policy(PEOPLE_WRITES_NEED_REVIEW).await;
-    parse_taken_name_and_bind_it_before_the_answer(&mut stream, "SELECT 1").await;
-    let (seen, _) = read_until_ready(&mut stream).await;
-    assert_eq!(seen, ["E:42501"], "refused: not run as SELECT 1");
     assert_eq!(people(&s).await, 2);
 }
 

@@ -143,6 +143,9 @@ impl InFlight {
         for o in &mut self.owed {
             o.batch = renumber(o.batch);
         }
+        for (_, last) in self.named.values_mut() {
+            *last = renumber(*last);
+        }
         debug_assert!(
             self.owed.iter().zip(self.owed.iter().skip(1)).all(|(a, b)| a.batch <= b.batch),
             "still in order"
@@ -240,6 +243,7 @@ mod tests {
         f.push(PARSE_COMPLETE, name("s"), 6, None);
         // Two Syncs turned out ignored: batches past them move down by two.
         f.renumber(|b| b.saturating_sub(2));
+        assert!(f.awaits_name_before(b"s", 5), "sent in what is now the batch before");
         let mut unanswered = Vec::new();
         f.settle(3, |s| unanswered.push(s));
         assert_eq!(names(&unanswered), vec![name("")]);

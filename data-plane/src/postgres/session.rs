@@ -975,13 +975,17 @@ impl Relay<'_> {
                                     "masking rules now cover this connection; reconnect to continue under them",
                                 ));
                             }
-                            let was_inspecting = self.inspecting;
-                            self.inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
-                            if self.inspecting && !was_inspecting {
-                                // Until now the session could run any SQL unchecked, some of which
-                                // (a DO block's dynamic SQL) may have replaced statements unseen.
-                                self.forget_statements();
+                            let inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
+                            if inspecting && !self.inspecting {
+                                // Until now the session could run any SQL unchecked: what it
+                                // prepared, bound or declared (a DO block's dynamic SQL may have
+                                // replaced statements unseen) cannot be judged by its text.
+                                return Err(Ended::fatal(
+                                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    "command rules now cover this connection; reconnect to continue under them",
+                                ));
                             }
+                            self.inspecting = inspecting;
                             // Watch for the next change.
                             break;
                         }
@@ -1318,10 +1322,10 @@ impl Relay<'_> {
 
     /// Relays the client's next message as it came when the hook would not look
     /// at it: its bytes go from the read buffer to `to_server`, with no frame
-    /// made of them and nothing decoded but what the relay itself follows (of
-    /// a Parse, its name and text: prepared statements are remembered even
-    /// now, in case command rules arrive mid-session). [`Uninspected::Decode`]
-    /// for the messages that need the full path anyway: a Close, and anything
+    /// made of them and nothing decoded but the layout of a Parse. Nothing is
+    /// remembered of what it prepares or binds: should command rules come to
+    /// apply, the session ends (see `run`). [`Uninspected::Decode`] for the
+    /// messages that need the full path anyway: a Close, and anything
     /// malformed or unexpected, which the decoder refuses with the right error.
     fn relay_uninspected(&mut self, to_server: &mut BytesMut) -> Result<Uninspected, Ended> {
         let Some(&tag) = self.client.buf.first() else { return Ok(Uninspected::Incomplete) };
@@ -1333,16 +1337,11 @@ impl Relay<'_> {
             Ok(None) => return Ok(Uninspected::Incomplete),
             Err(e) => return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
         };
-        // Of a Parse, the lengths of its name and text; one laid out other than
-        // Postgres reads it takes the full path, which refuses it.
-        let parse = if tag == b'P' {
-            let Some(lengths) = parse_layout(self.client.buf.get(HEADER_LEN..len).unwrap_or_default()) else {
-                return Ok(Uninspected::Decode);
-            };
-            Some(lengths)
-        } else {
-            None
-        };
+        // A Parse laid out other than Postgres reads it takes the full path,
+        // which refuses it.
+        if tag == b'P' && parse_layout(self.client.buf.get(HEADER_LEN..len).unwrap_or_default()).is_none() {
+            return Ok(Uninspected::Decode);
+        }
         // After an error in a batch the server skips to its Sync, and so does
         // the relay; copy messages still go, for a copy the server may be
         // reading (it ignores them otherwise).
@@ -1356,7 +1355,6 @@ impl Relay<'_> {
         if forwarded && matches!(tag, b'P' | b'B' | b'E' | b'D' | b'H') {
             self.batch_open = true;
         }
-        let start = to_server.len();
         if forwarded {
             to_server.extend_from_slice(self.client.buf.get(..len).unwrap_or_default());
         }
@@ -1368,24 +1366,6 @@ impl Relay<'_> {
             self.copy.forwarded(tag, self.ready_owed + 1);
             if matches!(tag, b'Q' | b'F') {
                 self.ready_owed += 1;
-            }
-            let body = to_server.get(start + HEADER_LEN..).unwrap_or_default();
-            if tag == b'Q' {
-                self.track_simple_query(body);
-            }
-            if tag == b'B' {
-                // Unreadable: the server refuses it; meanwhile what it runs is unknown.
-                let (portal, statement) = bind_names(body).unwrap_or((&b""[..], &b"\0"[..]));
-                self.track_bind(portal, statement);
-            }
-            if tag == b'E' {
-                self.track_execute(body.get(..memchr::memchr(0, body).unwrap_or(0)).unwrap_or_default());
-            }
-            if let Some((name_len, sql_len)) = parse {
-                let name = body.get(..name_len).unwrap_or_default();
-                let sql = body.get(name_len + 1..name_len + 1 + sql_len).unwrap_or_default();
-                self.track_parse(name, sql);
-                self.bounded_in_flight()?;
             }
         }
         Ok(if tag == b'X' { Uninspected::Terminated } else { Uninspected::Relayed })
@@ -2481,34 +2461,120 @@ fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
     (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
 }
 
-/// Of a Bind's body, the names of the portal and of the statement it binds.
-fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let portal_len = memchr::memchr(0, body)?;
-    let rest = body.get(portal_len + 1..)?;
-    Some((body.get(..portal_len)?, rest.get(..memchr::memchr(0, rest)?)?))
+/// Whether `sql` may deallocate, discard or prepare statements: it has the
+/// word DEALLOCATE, DISCARD, PREPARE or EXECUTE (which runs a prepared
+/// statement, maybe one of those) as the server would read a keyword, in any
+/// case. Words inside string literals, quoted names and comments do not
+/// count (`WHERE state = 'prepare'`), nor inside a longer name
+/// (`prepared_at`); words inside a dollar-quoted string do, wherever they
+/// are, since such a string is the body a DO block or a function runs. A
+/// word after a digit counts (older servers read `1prepare` as two tokens).
+/// The session's strings are read with `standard_conforming_strings` on
+/// (see `lexing_safe`).
+fn mentions_deallocation(sql: &[u8]) -> bool {
+    let at = |i: usize| sql.get(i).copied();
+    let mut i = 0;
+    while let Some(c) = at(i) {
+        match c {
+            b'\'' => {
+                // An E'...' string reads backslash escapes.
+                let escapes = matches!(at(i.wrapping_sub(1)), Some(b'e' | b'E'))
+                    && !i.checked_sub(2).and_then(at).is_some_and(continues_name);
+                i += 1;
+                while let Some(c) = at(i) {
+                    i += 1;
+                    match c {
+                        b'\\' if escapes => i += 1,
+                        b'\'' if at(i) == Some(b'\'') => i += 1,
+                        b'\'' => break,
+                        _ => {}
+                    }
+                }
+            }
+            b'"' => {
+                i += 1;
+                while let Some(c) = at(i) {
+                    i += 1;
+                    if c == b'"' {
+                        if at(i) != Some(b'"') {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            b'-' if at(i + 1) == Some(b'-') => {
+                while at(i).is_some_and(|c| c != b'\n' && c != b'\r') {
+                    i += 1;
+                }
+            }
+            b'/' if at(i + 1) == Some(b'*') => {
+                let mut depth = 0usize;
+                while let Some(c) = at(i) {
+                    if c == b'/' && at(i + 1) == Some(b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if c == b'*' && at(i + 1) == Some(b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'$' if !i.checked_sub(1).and_then(at).is_some_and(continues_name) => {
+                let Some(tag_len) = dollar_tag(sql.get(i..).unwrap_or_default()) else {
+                    i += 1;
+                    continue;
+                };
+                let tag = sql.get(i..i + tag_len).unwrap_or_default();
+                let body_start = i + tag_len;
+                let body = sql.get(body_start..).unwrap_or_default();
+                let body_len = memchr::memmem::find(body, tag).unwrap_or(body.len());
+                if words_anywhere(body.get(..body_len).unwrap_or_default()) {
+                    return true;
+                }
+                i = body_start + body_len + tag_len;
+            }
+            b'd' | b'D' | b'p' | b'P' | b'e' | b'E' if keyword_at(sql, i) => return true,
+            _ => i += 1,
+        }
+    }
+    false
 }
 
-/// Whether `sql` has the word DEALLOCATE, DISCARD, PREPARE or EXECUTE (which
-/// runs a prepared statement, maybe one of those) in it, in any case: a scan
-/// of every Parse and Query of a session that prepares statements, so it
-/// jumps from one `d`, `p` or `e` to the next. A word inside a longer name
-/// (`prepared_at`, `pg_prepared_statements`) is not one the server reads as a
-/// keyword; one after a digit is counted (older servers read `1prepare` as two
-/// tokens), and so is one after a `$` (`$$DEALLOCATE s$$`, a string that may
-/// be run).
-fn mentions_deallocation(sql: &[u8]) -> bool {
-    let continues_name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || b >= 0x80;
-    let word_at = |at: usize, word: &[u8]| {
-        let whole = sql.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
-        let before = at.checked_sub(1).and_then(|i| sql.get(i)).copied();
-        let after = sql.get(at + word.len()).copied();
-        whole
-            && !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit() && b != b'$')
-            && !after.is_some_and(continues_name)
-    };
-    memchr::memchr2_iter(b'd', b'D', sql).any(|at| word_at(at, b"deallocate") || word_at(at, b"discard"))
-        || memchr::memchr2_iter(b'p', b'P', sql).any(|at| word_at(at, b"prepare"))
-        || memchr::memchr2_iter(b'e', b'E', sql).any(|at| word_at(at, b"execute"))
+/// A byte that goes on a name: after it, a word is part of the name.
+fn continues_name(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || b >= 0x80
+}
+
+/// Whether one of the words starts at `i` as a token: after no part of a name
+/// (but a digit), and followed by none.
+fn keyword_at(sql: &[u8], i: usize) -> bool {
+    let before = i.checked_sub(1).and_then(|b| sql.get(b)).copied();
+    if before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit()) {
+        return false;
+    }
+    [&b"deallocate"[..], b"discard", b"prepare", b"execute"].iter().any(|word| {
+        sql.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && !sql.get(i + word.len()).copied().is_some_and(continues_name)
+    })
+}
+
+/// Whether one of the words is anywhere in `text` as a token, quotes or not.
+fn words_anywhere(text: &[u8]) -> bool {
+    (0..text.len()).any(|i| matches!(text.get(i), Some(b'd' | b'D' | b'p' | b'P' | b'e' | b'E')) && keyword_at(text, i))
+}
+
+/// The length of the dollar-quote tag (`$$`, `$body$`) `text` starts with.
+fn dollar_tag(text: &[u8]) -> Option<usize> {
+    let rest = text.get(1..)?;
+    let end = rest.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))?;
+    let first_ok = rest.first().is_some_and(|b| !b.is_ascii_digit());
+    (rest.get(end) == Some(&b'$') && (end == 0 || first_ok)).then_some(end + 2)
 }
 
 /// Why a session can no longer be recorded; pending forever without recording.
@@ -2656,32 +2722,47 @@ mod tests {
     }
 
     #[test]
-    fn a_binds_statement_is_the_name_after_its_portals() {
-        assert_eq!(super::bind_names(b"p\0s1\0\0\0\0\0\0\0"), Some((&b"p"[..], &b"s1"[..])));
-        assert_eq!(super::bind_names(b"\0\0\0\0"), Some((&b""[..], &b""[..])));
-        assert_eq!(super::bind_names(b"p\0s1"), None, "no end to the name");
-        assert_eq!(super::bind_names(b"p"), None);
-    }
-
-    #[test]
-    fn deallocation_is_found_in_any_case_anywhere() {
-        assert!(super::mentions_deallocation(b"DEALLOCATE s1"));
-        assert!(super::mentions_deallocation(b"select 1; discard all"));
-        assert!(super::mentions_deallocation(b"/* d */ DeAlLoCaTe ALL"));
-        assert!(super::mentions_deallocation(b"prepare s as delete from t"));
-        assert!(super::mentions_deallocation(b"select 1;PREPARE\ts AS SELECT 2"));
-        assert!(super::mentions_deallocation(b"select 1prepare"), "two tokens to an older server");
-        assert!(super::mentions_deallocation(b"select f('x');deallocate"));
-        assert!(super::mentions_deallocation(b"EXECUTE d"), "d may be a prepared DEALLOCATE");
-        assert!(super::mentions_deallocation(b"DO $$BEGIN EXECUTE 'x'; END$$"));
-        assert!(super::mentions_deallocation(b"DO $q$DEALLOCATE s$q$"));
-        assert!(!super::mentions_deallocation(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
-        assert!(!super::mentions_deallocation(b"select 'discar'"));
-        assert!(!super::mentions_deallocation(b"UPDATE orders SET prepared_at = now()"));
-        assert!(!super::mentions_deallocation(b"SELECT name FROM pg_prepared_statements"));
-        assert!(!super::mentions_deallocation(b"SELECT discarded FROM t"));
-        assert!(!super::mentions_deallocation(b"SELECT executed_by FROM jobs"));
-        assert!(!super::mentions_deallocation(b""));
+    fn deallocation_is_found_where_the_server_reads_it() {
+        let found = |sql: &str| super::mentions_deallocation(sql.as_bytes());
+        for sql in [
+            "DEALLOCATE s1",
+            "select 1; discard all",
+            "/* d */ DeAlLoCaTe ALL",
+            "prepare s as delete from t",
+            "select 1;PREPARE\ts AS SELECT 2",
+            "select 1prepare",
+            "select f('x');deallocate",
+            "EXECUTE d",
+            "EXPLAIN ANALYZE EXECUTE d",
+            "DO $$BEGIN EXECUTE 'x'; END$$",
+            "DO $q$ BEGIN PERFORM 'DEALLOCATE s'; END $q$",
+            "DO $$$$; DEALLOCATE s",
+            "select 'it''s' ; discard all",
+            r"select E'\\' ; deallocate s",
+            "select \"a\"\"b\" ; deallocate s",
+            "select 1 /* a /* nested */ still */ ; deallocate s",
+            "select 1 -- note\n deallocate s",
+            "select $1; deallocate s",
+        ] {
+            assert!(found(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "select 'discar'",
+            "UPDATE orders SET prepared_at = now()",
+            "SELECT name FROM pg_prepared_statements",
+            "SELECT discarded FROM t",
+            "SELECT executed_by FROM jobs",
+            "SELECT * FROM jobs WHERE state IN ('prepare', 'execute')",
+            "SELECT E'it\\'s prepare'",
+            "SELECT \"execute\" FROM t",
+            "SELECT 1 -- then deallocate",
+            "SELECT 1 /* discard /* all */ prepare */",
+            "SELECT a$prepare FROM t",
+            "",
+        ] {
+            assert!(!found(sql), "{sql}");
+        }
     }
 
     #[test]
