@@ -1363,3 +1363,48 @@ async fn statement_names_the_server_cuts_short_are_not_taken_at_their_word() {
     assert_eq!(seen, ["1", "3", "1", "E:42501"], "refused: the server would run the DELETE");
     assert_eq!(people(&s).await, 2);
 }
+
+/// A Bind the server skips leaves the portal it would have replaced: here the
+/// unnamed portal, bound to a read of a masked column before a savepoint, is
+/// run after the rollback to it, and its rows are masked as that read's, not
+/// as those of the harmless statement the skipped Bind named.
+#[tokio::test]
+async fn a_skipped_bind_leaves_its_portal_masked_as_before() {
+    let s = Stack::start().await;
+    let mut stream = raw_masked(&s).await;
+    send(
+        &mut stream,
+        &[
+            parse("sy", "SELECT upper(name) FROM people WHERE id = 1"),
+            parse("sx", "SELECT 'a'::text"),
+            parse("sdiv", "SELECT 1 / floor(random())::int"),
+            parse("sp", "SAVEPOINT a"),
+            parse("rb", "ROLLBACK TO SAVEPOINT a"),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "1", "1", "1", "1"]);
+    send(&mut stream, &[query("BEGIN"), bind("", "sy", &[]), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:BEGIN"]);
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2"]);
+    send(&mut stream, &[bind("spp", "sp", &[]), execute("spp", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "C:SAVEPOINT"]);
+    // Sent at once: the gateway forwards the last Execute before the error comes back.
+    send(
+        &mut stream,
+        &[
+            bind("e", "sdiv", &[]),
+            execute("e", 0),
+            bind("", "sx", &[]),
+            message(b'S', &[]),
+            bind("r", "rb", &[]),
+            execute("r", 0),
+            execute("", 0),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "E:22012"], "the unnamed portal's Bind is skipped");
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "C:ROLLBACK", "D:[redacted]", "C:SELECT 1"]);
+}

@@ -17,7 +17,7 @@
 //! record, a type the gateway does not know) refuses the whole result.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use airlock_core::mask;
@@ -26,6 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::protocol::frame::HEADER_LEN;
 use super::protocol::{FieldDescription, ProtocolError};
+use super::statements::{Portals, Tracked};
 
 /// The response a forwarded client message owes, in the order owed.
 #[derive(Debug)]
@@ -53,8 +54,8 @@ pub enum Expect {
 #[derive(Debug, Default)]
 pub struct Responses {
     pub queue: VecDeque<Expect>,
-    /// The mask of each portal, by name.
-    portals: HashMap<Bytes, Arc<ResultMask>>,
+    /// The mask of each portal the server holds, by name.
+    pub(crate) portals: Portals,
     /// The columns of the result being relayed.
     pub current: Option<Arc<Shape>>,
     /// After a result is refused: server messages are dropped up to the next
@@ -64,54 +65,34 @@ pub struct Responses {
     pub copy_binary: bool,
 }
 
-/// Portals remembered per session.
-const MAX_NAMED: usize = 10_000;
-
 impl Responses {
     /// A Parse: its mask is kept with the statement (`statements`).
     pub fn parsed(&mut self) {
         self.queue.push_back(Expect::Parse);
     }
 
-    /// A portal whose Bind may have failed: its rows are masked as those of a
-    /// statement the gateway cannot read.
-    pub fn forget(&mut self, portal: &Bytes) {
-        self.portals.remove(portal);
-    }
-
-    /// A Bind: the portal takes the mask of the statement it binds (that of
-    /// one the gateway cannot read, when it does not know the statement).
-    /// A portal whose earlier Bind or Close is unanswered (`ambiguous`), or
-    /// whose name the server may take for another's, is not known.
-    pub fn bound(&mut self, portal: &Bytes, mask: Arc<ResultMask>, ambiguous: bool) {
-        let known = !ambiguous && crate::postgres::statements::followed(portal);
-        if known && (self.portals.contains_key(portal) || self.portals.len() < MAX_NAMED) {
-            self.portals.insert(Bytes::copy_from_slice(portal), mask);
-        } else {
-            self.portals.remove(portal);
-        }
+    /// A Bind forwarded in `batch`: the portal takes the mask of the
+    /// statement it binds (that of one the gateway cannot read, when it does
+    /// not know the statement) once the server confirms it.
+    pub(crate) fn bound(&mut self, portal: &Bytes, mask: Arc<ResultMask>, batch: u64) -> Option<Tracked> {
         self.queue.push_back(Expect::Bind);
+        self.portals.hold(portal, mask, batch).map(Tracked::Portal)
     }
 
-    /// The mask of a portal, or `unknown` when it is not known or `stale`
-    /// (its Bind may not be what the server holds under the name).
-    pub fn portal(&self, portal: &Bytes, unknown: impl FnOnce() -> Arc<ResultMask>, stale: bool) -> Arc<ResultMask> {
-        if stale {
-            return unknown();
-        }
-        self.portals.get(portal).cloned().unwrap_or_else(unknown)
+    /// The mask an Execute or Describe of `portal` forwarded in `batch` reads
+    /// rows with, or `unknown` when the gateway cannot know the portal.
+    pub fn portal(&self, portal: &Bytes, batch: u64, unknown: impl FnOnce() -> Arc<ResultMask>) -> Arc<ResultMask> {
+        self.portals.get(portal, batch).cloned().unwrap_or_else(unknown)
     }
 
-    pub fn closed(&mut self, statement: bool, name: &Bytes) {
-        if !statement {
-            self.portals.remove(name);
-        }
+    /// A Close (what it does to a portal's name goes with it, see `Relay::track_prepared`).
+    pub fn closed(&mut self) {
         self.queue.push_back(Expect::Close);
     }
 
     /// A simple query replaces the unnamed portal.
     pub fn query(&mut self, mask: Arc<ResultMask>) {
-        self.portals.remove(b"".as_slice());
+        self.portals.query();
         self.queue.push_back(Expect::Query(mask));
     }
 }

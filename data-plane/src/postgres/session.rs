@@ -42,7 +42,7 @@ use tracing::Instrument;
 use super::copy_watch::{self, CopyEnd, CopyWatch, Probe, ProbeStep};
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
-use super::in_flight::{InFlight, Settled};
+use super::in_flight::InFlight;
 use super::masking::{self, Expect, Responses};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{
@@ -54,7 +54,7 @@ use super::protocol::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
 };
 use super::roles::SessionRoleSpec;
-use super::statements::{MAX_PREPARED, Prepared, Statements, followed};
+use super::statements::{MAX_PREPARED, Prepared, Statements, Tracked, followed};
 use super::upstream::{self, Upstream, UpstreamOptions};
 use super::wake_gate::WakeGate;
 use crate::recording::{self, SessionTap};
@@ -1381,11 +1381,14 @@ impl Relay<'_> {
             FrontendMessage::Close { kind: ObjectKind::Statement, name } => {
                 let (key, batch) = (bytes::Bytes::copy_from_slice(name), self.ready_owed + 1);
                 let change = self.statements.close(&key, batch);
-                self.in_flight.push(b'3', key, batch, change);
+                self.in_flight.push(b'3', key, batch, change.map(Tracked::Statement));
             }
-            // Its CloseComplete must not be taken for a statement's.
-            FrontendMessage::Close { kind: ObjectKind::Portal, .. } => {
-                self.in_flight.hold_place(b'3', self.ready_owed + 1);
+            // Held for its place too, so that its CloseComplete is not taken for
+            // a statement's.
+            FrontendMessage::Close { kind: ObjectKind::Portal, name } => {
+                let (key, batch) = (bytes::Bytes::copy_from_slice(name), self.ready_owed + 1);
+                let change = self.masking.as_mut().and_then(|r| r.portals.close(&key, batch));
+                self.in_flight.push(b'3', key, batch, change.map(Tracked::Portal));
             }
             FrontendMessage::Query { sql } => self.track_simple_query(sql),
             FrontendMessage::Bind { portal, statement, .. } => self.track_bind(portal, statement),
@@ -1408,8 +1411,8 @@ impl Relay<'_> {
                 .unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
         });
         let batch = self.ready_owed + 1;
-        let change = self.statements.parse(&key, Prepared { text, mask }, batch);
-        self.in_flight.push(b'1', key, batch, change);
+        let change = self.statements.hold(&key, Prepared { text, mask }, batch);
+        self.in_flight.push(b'1', key, batch, change.map(Tracked::Statement));
     }
 
     /// A server message that bears on a COPY FROM STDIN: a CopyInResponse,
@@ -1457,6 +1460,9 @@ impl Relay<'_> {
         }
         self.in_flight.renumber(|batch| copy_watch::renumber(batch, from, ignored));
         self.statements.batches_renumbered();
+        if let Some(r) = &mut self.masking {
+            r.portals.batches_renumbered();
+        }
         for (ordinal, _) in &mut self.inject {
             *ordinal = copy_watch::renumber(*ordinal, from, ignored);
         }
@@ -1550,24 +1556,29 @@ impl Relay<'_> {
     }
 
     /// The batches up to `last` are over: their messages still in flight
-    /// got no answer. A portal whose Bind got none is masked as one the
-    /// gateway cannot read.
+    /// got no answer, and changed nothing.
     fn settle_batches(&mut self, last: u64) {
         let (statements, masking) = (&mut self.statements, &mut self.masking);
-        self.in_flight.settle(last, |settled| match settled.change {
-            Some(_) => statements.unanswered(&settled.name),
-            None => {
+        self.in_flight.settle(last, |name, change| match change {
+            Tracked::Statement(_) => statements.unanswered(&name),
+            Tracked::Portal(_) => {
                 if let Some(r) = masking.as_mut() {
-                    r.forget(&settled.name);
+                    r.portals.unanswered(&name);
                 }
             }
         });
     }
 
-    /// A message the server answered: what it did to a statement stands.
+    /// A message the server answered: what it did to a statement or portal stands.
     fn confirmed(&mut self, tag: u8) {
-        if let Some(Settled { name, change: Some(change) }) = self.in_flight.confirm(tag) {
-            self.statements.confirmed(&name, change);
+        match self.in_flight.confirm(tag) {
+            Some((name, Tracked::Statement(change))) => self.statements.confirmed(&name, change),
+            Some((name, Tracked::Portal(change))) => {
+                if let Some(r) = &mut self.masking {
+                    r.portals.confirmed(&name, change);
+                }
+            }
+            None => {}
         }
     }
 
@@ -1600,7 +1611,9 @@ impl Relay<'_> {
     /// text may deallocate or discard prepared statements leaves their state
     /// unknown (`forget_if_deallocating`); so does one whose text the gateway
     /// does not know, which may be anything.
-    /// The same goes for executing its portal, which may come later.
+    /// The same goes for executing its portal, which may come later; a Bind
+    /// of the name again does not take that away (it may fail, and the
+    /// portal stay), only the end of the transaction does.
     fn track_bind(&mut self, portal: &[u8], statement: &[u8]) {
         if self.statement_text(statement).is_none_or(|sql| mentions_deallocation(sql)) {
             self.forget_statements();
@@ -1609,8 +1622,6 @@ impl Relay<'_> {
             } else {
                 self.every_portal_deallocates = true;
             }
-        } else if !self.deallocating_portals.is_empty() {
-            self.deallocating_portals.remove(portal);
         }
     }
 
@@ -1644,11 +1655,6 @@ impl Relay<'_> {
         };
         let Some(r) = self.masking.as_mut() else { return };
         let (hook, context) = (&self.gw.hook, self.context);
-        let in_flight = &self.in_flight;
-        let ambiguous = |name: &bytes::Bytes| in_flight.awaits_name(name);
-        // A Bind of the portal sent in an earlier batch may have failed, and
-        // the server may hold another portal of that name (a cursor).
-        let stale = |name: &bytes::Bytes| in_flight.awaits_name_before(name, batch);
         let mask_of = |sql: Option<&bytes::Bytes>| {
             hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
         };
@@ -1658,24 +1664,23 @@ impl Relay<'_> {
             FrontendMessage::Parse { .. } => r.parsed(),
             FrontendMessage::Bind { portal, .. } => {
                 // A statement the gateway does not know is read as unreadable.
-                r.bound(portal, statement_mask.unwrap_or_else(|| mask_of(None)), ambiguous(portal));
-                let name = bytes::Bytes::copy_from_slice(portal);
-                self.in_flight.push(b'2', name, batch, None);
+                let change = r.bound(portal, statement_mask.unwrap_or_else(|| mask_of(None)), batch);
+                self.in_flight.push(b'2', bytes::Bytes::copy_from_slice(portal), batch, change);
             }
             FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {
                 r.queue.push_back(Expect::DescribeStatement);
             }
             FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
-                let mask = r.portal(name, || mask_of(None), stale(name));
+                let mask = r.portal(name, batch, || mask_of(None));
                 r.queue.push_back(Expect::DescribePortal { hidden: false, mask });
             }
             FrontendMessage::Execute { portal, .. } => {
-                let mask = r.portal(portal, || mask_of(None), stale(portal));
+                let mask = r.portal(portal, batch, || mask_of(None));
                 encode::describe_portal(to_server, portal);
                 r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone() });
                 r.queue.push_back(Expect::Execute(mask));
             }
-            FrontendMessage::Close { kind, name } => r.closed(*kind == ObjectKind::Statement, name),
+            FrontendMessage::Close { .. } => r.closed(),
             FrontendMessage::FunctionCall { .. } => r.queue.push_back(Expect::FunctionCall),
             _ => {}
         }
@@ -2042,6 +2047,15 @@ impl Relay<'_> {
         // server did not take what it names.
         let seen = self.ready_seen;
         self.settle_batches(seen);
+        if self.status == b'I'
+            && seen == self.ready_owed
+            && (self.every_portal_deallocates || !self.deallocating_portals.is_empty())
+        {
+            // Out of any transaction, with nothing more sent: the server holds
+            // no portal a Bind made (none outlives its transaction).
+            self.deallocating_portals.clear();
+            self.every_portal_deallocates = false;
+        }
         if !self.inject.iter().any(|(n, _)| *n == seen) {
             return Vec::new();
         }

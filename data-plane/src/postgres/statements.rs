@@ -1,6 +1,9 @@
 //! What a session's server holds under each prepared statement's name, as far
 //! as the gateway can tell: the text a Bind of a name runs, which the hook
-//! judges and masking reads the rows of.
+//! judges and masking reads the rows of. The same, in a masked session, for
+//! portals: the mask of the statement a portal was bound to, which its rows
+//! are read with (a Bind and its BindComplete, a portal's Close, as a Parse
+//! and a statement's Close below).
 //!
 //! The server takes a Parse or a Close only if nothing before it in its batch
 //! failed, and answers each in order. So the relay learns a name's statement
@@ -51,50 +54,70 @@ pub(crate) struct Prepared {
     pub(crate) mask: Option<Arc<ResultMask>>,
 }
 
-/// What a Parse or a statement's Close forwarded does to its name, carried
-/// with it until the server answers.
+/// What a message forwarded does to a name, carried with it until the
+/// server answers: it holds a value from now on (`Held`), or nothing.
 #[derive(Debug)]
-pub(crate) enum Change {
-    Parsed { prepared: Prepared, epoch: u64 },
+pub(crate) enum Change<T> {
+    Held { value: T, epoch: u64 },
     Closed,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Statements {
-    /// By name, the statement the server holds (or, after a `DEALLOCATE` the
-    /// relay could not see, none), as the answers read so far tell.
-    settled: HashMap<Bytes, Prepared>,
-    /// The Parses and Closes of the batch the client has open, by name, in
-    /// effect for a Bind later in the batch: the statement, or none (closed).
-    open: HashMap<Bytes, Option<Prepared>>,
+/// A change to a statement's name or to a portal's, as in-flight messages
+/// carry them.
+#[derive(Debug)]
+pub(crate) enum Tracked {
+    Statement(Change<Prepared>),
+    Portal(Change<Arc<ResultMask>>),
+}
+
+/// The statements a session's server holds, by name.
+pub(crate) type Statements = Names<Prepared>;
+
+/// In a masked session, the mask of each portal the server holds, by name.
+pub(crate) type Portals = Names<Arc<ResultMask>>;
+
+#[derive(Debug)]
+pub(crate) struct Names<T> {
+    /// By name, what the server holds (or, after a `DEALLOCATE` the relay
+    /// could not see, none), as the answers read so far tell.
+    settled: HashMap<Bytes, T>,
+    /// The changes made by the batch the client has open, by name, in effect
+    /// for a message later in the batch: a value, or none (closed).
+    open: HashMap<Bytes, Option<T>>,
     /// The batch `open` belongs to.
     open_batch: u64,
-    /// Names with a Parse or Close forwarded and not answered, and how many.
+    /// Names with a change forwarded and not answered, and how many.
     pending: HashMap<Bytes, usize>,
-    /// Counts calls to `forget_all`: an answer to a Parse forwarded before the
-    /// last one teaches nothing.
+    /// Counts calls to `forget_all`: an answer to a message forwarded before
+    /// the last one teaches nothing.
     epoch: u64,
 }
 
-impl Statements {
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Self { settled: HashMap::new(), open: HashMap::new(), open_batch: 0, pending: HashMap::new(), epoch: 0 }
+    }
+}
+
+impl<T: Clone> Names<T> {
     /// Nothing known and nothing awaited: a statement that may deallocate has
     /// nothing to forget.
     pub(crate) fn is_empty(&self) -> bool {
         self.settled.is_empty() && self.pending.is_empty()
     }
 
-    /// A Parse forwarded in `batch`; the change goes with it until answered
-    /// (none for a name not followed).
-    pub(crate) fn parse(&mut self, name: &Bytes, prepared: Prepared, batch: u64) -> Option<Change> {
+    /// A Parse (a Bind) forwarded in `batch`; the change goes with it until
+    /// answered (none for a name not followed).
+    pub(crate) fn hold(&mut self, name: &Bytes, value: T, batch: u64) -> Option<Change<T>> {
         if !followed(name) {
             return None;
         }
-        self.note(name, Some(prepared.clone()), batch);
-        Some(Change::Parsed { prepared, epoch: self.epoch })
+        self.note(name, Some(value.clone()), batch);
+        Some(Change::Held { value, epoch: self.epoch })
     }
 
-    /// A statement's Close forwarded in `batch`.
-    pub(crate) fn close(&mut self, name: &Bytes, batch: u64) -> Option<Change> {
+    /// A Close forwarded in `batch`.
+    pub(crate) fn close(&mut self, name: &Bytes, batch: u64) -> Option<Change<T>> {
         if !followed(name) {
             return None;
         }
@@ -102,7 +125,7 @@ impl Statements {
         Some(Change::Closed)
     }
 
-    fn note(&mut self, name: &Bytes, held: Option<Prepared>, batch: u64) {
+    fn note(&mut self, name: &Bytes, held: Option<T>, batch: u64) {
         if self.open_batch != batch {
             self.clear_open();
             self.open_batch = batch;
@@ -111,9 +134,10 @@ impl Statements {
         *self.pending.entry(name.clone()).or_default() += 1;
     }
 
-    /// The statement a Bind of `name` forwarded in `batch` runs, if it runs;
-    /// `None` where the gateway cannot know it.
-    pub(crate) fn get(&self, name: &[u8], batch: u64) -> Option<&Prepared> {
+    /// What a message naming `name` forwarded in `batch` uses, if it runs (the
+    /// statement a Bind runs, the portal an Execute runs); `None` where the
+    /// gateway cannot know it.
+    pub(crate) fn get(&self, name: &[u8], batch: u64) -> Option<&T> {
         if !followed(name) {
             return None;
         }
@@ -124,24 +148,24 @@ impl Statements {
             return held.as_ref();
         }
         if self.pending.contains_key(name) {
-            // A Parse or Close of an earlier batch, not answered yet: it may
-            // have failed or been skipped, or not.
+            // A change of an earlier batch, not answered yet: it may have
+            // failed or been skipped, or not.
             return None;
         }
         self.settled.get(name)
     }
 
     /// The server answered the message that carried `change`.
-    pub(crate) fn confirmed(&mut self, name: &Bytes, change: Change) {
+    pub(crate) fn confirmed(&mut self, name: &Bytes, change: Change<T>) {
         self.answered(name);
         match change {
-            Change::Parsed { prepared, epoch } if epoch == self.epoch => {
+            Change::Held { value, epoch } if epoch == self.epoch => {
                 if name.is_empty() || self.settled.contains_key(name) || self.settled.len() < MAX_PREPARED {
-                    self.settled.insert(name.clone(), prepared);
+                    self.settled.insert(name.clone(), value);
                 }
             }
             // Forgotten since it went: what the name holds is not known.
-            Change::Parsed { .. } => {}
+            Change::Held { .. } => {}
             Change::Closed => {
                 self.settled.remove(name);
             }
@@ -163,7 +187,7 @@ impl Statements {
         }
     }
 
-    /// A simple query forwarded: it destroys the unnamed statement.
+    /// A simple query forwarded: it destroys the unnamed statement (portal).
     pub(crate) fn query(&mut self) {
         self.settled.remove(b"".as_slice());
     }
@@ -214,7 +238,7 @@ mod tests {
     #[test]
     fn a_parse_counts_in_its_own_batch_and_once_answered() {
         let mut s = Statements::default();
-        let change = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        let change = s.hold(&name("s"), prepared("SELECT 1"), 1);
         assert_eq!(text(&s, "s", 1).as_deref(), Some("SELECT 1"), "a Bind later in the batch runs it");
         assert_eq!(text(&s, "s", 2), None, "the Parse may have failed: the name may hold anything");
         s.confirmed(&name("s"), change.unwrap());
@@ -225,10 +249,10 @@ mod tests {
     #[test]
     fn a_parse_that_got_no_answer_leaves_what_the_name_held() {
         let mut s = Statements::default();
-        let first = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        let first = s.hold(&name("s"), prepared("SELECT 1"), 1);
         s.confirmed(&name("s"), first.unwrap());
         // The name is taken: the server refuses this Parse.
-        let _second = s.parse(&name("s"), prepared("DELETE FROM t"), 2);
+        let _second = s.hold(&name("s"), prepared("DELETE FROM t"), 2);
         assert_eq!(text(&s, "s", 2).as_deref(), Some("DELETE FROM t"), "runs only if it succeeded");
         assert_eq!(text(&s, "s", 3), None, "not known until answered");
         s.unanswered(&name("s"));
@@ -238,7 +262,7 @@ mod tests {
     #[test]
     fn a_close_empties_the_name_once_answered() {
         let mut s = Statements::default();
-        let parsed = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        let parsed = s.hold(&name("s"), prepared("SELECT 1"), 1);
         s.confirmed(&name("s"), parsed.unwrap());
         let closed = s.close(&name("s"), 2);
         assert_eq!(text(&s, "s", 2), None, "closed earlier in the batch");
@@ -254,12 +278,12 @@ mod tests {
     #[test]
     fn forgetting_outlasts_answers_to_what_went_before() {
         let mut s = Statements::default();
-        let before = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        let before = s.hold(&name("s"), prepared("SELECT 1"), 1);
         assert!(!s.is_empty(), "a Parse awaited is something to forget");
         s.forget_all();
         s.confirmed(&name("s"), before.unwrap());
         assert_eq!(text(&s, "s", 3), None, "a DEALLOCATE and PREPARE after it may have replaced it");
-        let after = s.parse(&name("s"), prepared("SELECT 2"), 3);
+        let after = s.hold(&name("s"), prepared("SELECT 2"), 3);
         s.confirmed(&name("s"), after.unwrap());
         assert_eq!(text(&s, "s", 4).as_deref(), Some("SELECT 2"));
     }
@@ -267,7 +291,7 @@ mod tests {
     #[test]
     fn forgetting_mid_batch_undoes_the_batch_so_far() {
         let mut s = Statements::default();
-        let _parsed = s.parse(&name("s"), prepared("SELECT 1"), 1);
+        let _parsed = s.hold(&name("s"), prepared("SELECT 1"), 1);
         s.forget_all();
         assert_eq!(text(&s, "s", 1), None);
     }
@@ -275,7 +299,7 @@ mod tests {
     #[test]
     fn the_open_batch_is_dropped_when_batches_move() {
         let mut s = Statements::default();
-        let _parsed = s.parse(&name(""), prepared("SELECT 1"), 5);
+        let _parsed = s.hold(&name(""), prepared("SELECT 1"), 5);
         s.batches_renumbered();
         assert_eq!(text(&s, "", 5), None);
         assert!(matches!(s.close(&name(""), 5), Some(Change::Closed)));
@@ -286,10 +310,10 @@ mod tests {
         let mut s = Statements::default();
         let long = "x".repeat(63);
         for n in [long.as_str(), "caf\u{e9}"] {
-            assert!(s.parse(&name(n), prepared("SELECT 1"), 1).is_none());
+            assert!(s.hold(&name(n), prepared("SELECT 1"), 1).is_none());
             assert_eq!(text(&s, n, 1), None, "{n}");
         }
-        let change = s.parse(&name(&long[..62]), prepared("SELECT 1"), 1);
+        let change = s.hold(&name(&long[..62]), prepared("SELECT 1"), 1);
         s.confirmed(&name(&long[..62]), change.unwrap());
         assert_eq!(text(&s, &long[..62], 2).as_deref(), Some("SELECT 1"));
     }
@@ -297,7 +321,7 @@ mod tests {
     #[test]
     fn a_query_destroys_the_unnamed_statement() {
         let mut s = Statements::default();
-        let parsed = s.parse(&name(""), prepared("SELECT 1"), 1);
+        let parsed = s.hold(&name(""), prepared("SELECT 1"), 1);
         s.confirmed(&name(""), parsed.unwrap());
         s.query();
         assert_eq!(text(&s, "", 3), None);
