@@ -1408,3 +1408,40 @@ async fn a_skipped_bind_leaves_its_portal_masked_as_before() {
     assert_eq!(read_until_ready(&mut stream).await.0, ["2", "E:22012"], "the unnamed portal's Bind is skipped");
     assert_eq!(read_until_ready(&mut stream).await.0, ["2", "C:ROLLBACK", "D:[redacted]", "C:SELECT 1"]);
 }
+
+/// A portal bound to a statement that deallocates keeps that mark until its
+/// transaction ends, even across a ReadyForQuery that answers an earlier
+/// batch: executed later, it may free a name a Parse sent before it took, and
+/// another portal may prepare the name anew, which a Bind then runs.
+#[tokio::test]
+async fn a_deallocating_portal_bound_after_a_sync_keeps_its_mark() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(WRITES_AND_UTILITIES_NEED_APPROVAL)).await;
+    let alice = s.token_in("alice", &["dba"]).await;
+    send(&mut stream, &[parse("pp", "PREPARE s2 AS DELETE FROM people"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    // Both Binds are approved and forwarded while the query before them still
+    // runs: its ReadyForQuery comes back with their portals alive. (Binding a
+    // statement that deallocates forgets every other: `d` is prepared after.)
+    send(
+        &mut stream,
+        &[
+            query("SELECT pg_sleep(3)"),
+            bind("p", "pp", &[]),
+            parse("d", "DEALLOCATE s2"),
+            bind("q", "d", &[]),
+            message(b'H', &[]),
+        ],
+    )
+    .await;
+    decide_pending(&s, &alice, true).await;
+    decide_pending(&s, &alice, true).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["T", "D:", "C:SELECT 1"]);
+    for answer in [b'2', b'1', b'2'] {
+        assert_eq!(read_message(&mut stream).await.0, answer);
+    }
+    send(&mut stream, &[parse("s2", "SELECT 1"), execute("q", 0), execute("p", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "C:DEALLOCATE", "C:PREPARE"]);
+    assert_run_refused(&s, &mut stream, "s2", "the name holds what the portals left, which the gateway cannot know")
+        .await;
+}

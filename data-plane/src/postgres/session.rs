@@ -1399,8 +1399,9 @@ impl Relay<'_> {
 
     /// A Parse forwarded: what the name holds is known again once the
     /// server answers it, and meanwhile for the rest of its batch.
+    /// Preparing runs nothing: a text that deallocates does so when bound
+    /// and executed (`track_bind`).
     fn track_parse(&mut self, name: &[u8], sql: &[u8]) {
-        self.forget_if_deallocating(sql);
         // Copied: a slice would keep the whole buffer it came from alive, and
         // every later read would then need a new one.
         let (key, text) = (bytes::Bytes::copy_from_slice(name), bytes::Bytes::copy_from_slice(sql));
@@ -2049,10 +2050,12 @@ impl Relay<'_> {
         self.settle_batches(seen);
         if self.status == b'I'
             && seen == self.ready_owed
+            && !self.batch_open
             && (self.every_portal_deallocates || !self.deallocating_portals.is_empty())
         {
-            // Out of any transaction, with nothing more sent: the server holds
-            // no portal a Bind made (none outlives its transaction).
+            // Out of any transaction, with nothing more sent (no batch begun
+            // after this one either): the server holds no portal a Bind made
+            // (none outlives its transaction).
             self.deallocating_portals.clear();
             self.every_portal_deallocates = false;
         }
