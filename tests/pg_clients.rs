@@ -1445,3 +1445,20 @@ async fn a_deallocating_portal_bound_after_a_sync_keeps_its_mark() {
     assert_run_refused(&s, &mut stream, "s2", "the name holds what the portals left, which the gateway cannot know")
         .await;
 }
+
+/// Statements prepared while no masking rule covered a masked session carry
+/// no mask: when rules cover it again, the session ends rather than read
+/// their rows unmasked.
+#[tokio::test]
+async fn masking_rules_that_come_back_end_the_session() {
+    let s = Stack::start().await;
+    let mut stream = raw_masked(&s).await;
+    s.apply_policy("version: 1\n").await;
+    send(&mut stream, &[parse("s", "SELECT upper(name) FROM people WHERE id = 1"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    s.apply_policy("version: 1\nmasking:\n  - name: names\n    columns: [public.people.name]\n    strategy: redact\n")
+        .await;
+    let (code, text) = read_fatal(&mut stream).await;
+    assert_eq!(code, "42501");
+    assert!(text.starts_with("masking rules cover this connection again"), "{text}");
+}

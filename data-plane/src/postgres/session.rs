@@ -673,6 +673,7 @@ async fn relay_session(
         probe: None,
         resumed: false,
         masking: masks.then(Responses::default),
+        masking_lapsed: false,
         salt: admitted.context.tenant.to_string().into_bytes(),
         connection: &admitted.connection,
         // The bytes sent along with the password were recorded when the tap
@@ -782,6 +783,8 @@ struct Relay<'a> {
     /// The responses owed and how their rows are masked, when masking rules
     /// cover this session's connection (decided when it starts).
     masking: Option<Responses>,
+    /// Masking rules stopped covering this masked session for a while.
+    masking_lapsed: bool,
     /// Keys the hash strategy: the tenant.
     salt: Vec<u8>,
     connection: &'a ConnectionSpec,
@@ -969,7 +972,19 @@ impl Relay<'_> {
                                     format!("access ended: {why}"),
                                 ));
                             }
-                            if self.masking.is_none() && self.gw.hook.masks(self.context) {
+                            let masks = self.gw.hook.masks(self.context);
+                            if self.masking.is_some() && !masks {
+                                // Statements prepared now get masks with no rule in them.
+                                self.masking_lapsed = true;
+                            }
+                            if self.masking_lapsed && masks {
+                                return Err(Ended::fatal(
+                                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    "masking rules cover this connection again after a time without them; \
+                                     reconnect to continue under them",
+                                ));
+                            }
+                            if self.masking.is_none() && masks {
                                 return Err(Ended::fatal(
                                     sqlstate::INSUFFICIENT_PRIVILEGE,
                                     "masking rules now cover this connection; reconnect to continue under them",
@@ -2490,22 +2505,19 @@ fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
 /// (see `lexing_safe`).
 fn mentions_deallocation(sql: &[u8]) -> bool {
     let at = |i: usize| sql.get(i).copied();
+    // Where the identifier the scan is in began (none between tokens, and in
+    // a number or parameter, which a `$` or a word ends).
+    let mut name_from: Option<usize> = None;
     let mut i = 0;
     while let Some(c) = at(i) {
         match c {
             b'\'' => {
-                // An E'...' string reads backslash escapes.
-                let escapes = matches!(at(i.wrapping_sub(1)), Some(b'e' | b'E'))
-                    && !i.checked_sub(2).and_then(at).is_some_and(continues_name);
-                i += 1;
-                while let Some(c) = at(i) {
-                    i += 1;
-                    match c {
-                        b'\\' if escapes => i += 1,
-                        b'\'' if at(i) == Some(b'\'') => i += 1,
-                        b'\'' => break,
-                        _ => {}
-                    }
+                // An E'...' string reads backslash escapes, and so do the parts
+                // that continue it after a newline.
+                let escapes = name_from == i.checked_sub(1) && matches!(at(i.wrapping_sub(1)), Some(b'e' | b'E'));
+                i = string_end(sql, i + 1, escapes);
+                while let Some(next) = continued_string(sql, i) {
+                    i = string_end(sql, next + 1, escapes);
                 }
             }
             b'"' => {
@@ -2542,8 +2554,9 @@ fn mentions_deallocation(sql: &[u8]) -> bool {
                     }
                 }
             }
-            b'$' if !i.checked_sub(1).and_then(at).is_some_and(continues_name) => {
+            b'$' if name_from.is_none() => {
                 let Some(tag_len) = dollar_tag(sql.get(i..).unwrap_or_default()) else {
+                    // A parameter (`$1`), which a `$` after it ends.
                     i += 1;
                     continue;
                 };
@@ -2556,11 +2569,55 @@ fn mentions_deallocation(sql: &[u8]) -> bool {
                 }
                 i = body_start + body_len + tag_len;
             }
-            b'd' | b'D' | b'p' | b'P' | b'e' | b'E' if keyword_at(sql, i) => return true,
-            _ => i += 1,
+            b'd' | b'D' | b'p' | b'P' | b'e' | b'E' if name_from.is_none() && word_at(sql, i) => return true,
+            _ => {
+                if !continues_name(c) {
+                    name_from = None;
+                } else if name_from.is_none() && !c.is_ascii_digit() && c != b'$' {
+                    name_from = Some(i);
+                }
+                i += 1;
+                continue;
+            }
         }
+        name_from = None;
     }
     false
+}
+
+/// Past the end of a quoted string whose text starts at `i`.
+fn string_end(sql: &[u8], mut i: usize, escapes: bool) -> usize {
+    while let Some(c) = sql.get(i).copied() {
+        i += 1;
+        match c {
+            b'\\' if escapes => i += 1,
+            b'\'' if sql.get(i) == Some(&b'\'') => i += 1,
+            b'\'' => break,
+            _ => {}
+        }
+    }
+    i
+}
+
+/// Where a string ended at `i` goes on: after white space with a newline in
+/// it (comments too), a quote continues it.
+fn continued_string(sql: &[u8], mut i: usize) -> Option<usize> {
+    let mut newline = false;
+    loop {
+        match sql.get(i).copied()? {
+            b'\n' | b'\r' => newline = true,
+            b' ' | b'\t' | 0x0b | 0x0c => {}
+            b'-' if sql.get(i + 1) == Some(&b'-') => {
+                while sql.get(i).is_some_and(|&c| c != b'\n' && c != b'\r') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' if newline => return Some(i),
+            _ => return None,
+        }
+        i += 1;
+    }
 }
 
 /// A byte that goes on a name: after it, a word is part of the name.
@@ -2568,22 +2625,28 @@ fn continues_name(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || b >= 0x80
 }
 
-/// Whether one of the words starts at `i` as a token: after no part of a name
-/// (but a digit), and followed by none.
-fn keyword_at(sql: &[u8], i: usize) -> bool {
-    let before = i.checked_sub(1).and_then(|b| sql.get(b)).copied();
-    if before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit()) {
-        return false;
+/// Whether one of the words starts at `i` and no part of a name follows it.
+/// `EXECUTE` before `FUNCTION`, `PROCEDURE` or `ON` (a trigger's action, a
+/// privilege) runs no prepared statement.
+fn word_at(sql: &[u8], i: usize) -> bool {
+    let is = |at: usize, word: &[u8]| {
+        sql.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && !sql.get(at + word.len()).copied().is_some_and(continues_name)
+    };
+    if is(i, b"execute") {
+        let next = (i + 7..).find(|&n| !sql.get(n).is_some_and(u8::is_ascii_whitespace)).unwrap_or(sql.len());
+        return ![&b"function"[..], b"procedure", b"on"].iter().any(|w| is(next, w));
     }
-    [&b"deallocate"[..], b"discard", b"prepare", b"execute"].iter().any(|word| {
-        sql.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
-            && !sql.get(i + word.len()).copied().is_some_and(continues_name)
-    })
+    is(i, b"deallocate") || is(i, b"discard") || is(i, b"prepare")
 }
 
-/// Whether one of the words is anywhere in `text` as a token, quotes or not.
+/// Whether one of the words is anywhere in `text` as a token, quotes or not:
+/// after no part of a name but a digit or a `$` (which may end a quote).
 fn words_anywhere(text: &[u8]) -> bool {
-    (0..text.len()).any(|i| matches!(text.get(i), Some(b'd' | b'D' | b'p' | b'P' | b'e' | b'E')) && keyword_at(text, i))
+    (0..text.len()).any(|i| {
+        let before = i.checked_sub(1).and_then(|b| text.get(b)).copied();
+        !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit() && b != b'$') && word_at(text, i)
+    })
 }
 
 /// The length of the dollar-quote tag (`$$`, `$body$`) `text` starts with.
@@ -2751,6 +2814,8 @@ mod tests {
             "select f('x');deallocate",
             "EXECUTE d",
             "EXPLAIN ANALYZE EXECUTE d",
+            "EXECUTE ondemand",
+            "CREATE TABLE t AS EXECUTE d (1)",
             "DO $$BEGIN EXECUTE 'x'; END$$",
             "DO $q$ BEGIN PERFORM 'DEALLOCATE s'; END $q$",
             "DO $$$$; DEALLOCATE s",
@@ -2760,6 +2825,12 @@ mod tests {
             "select 1 /* a /* nested */ still */ ; deallocate s",
             "select 1 -- note\n deallocate s",
             "select $1; deallocate s",
+            "select E'a'\n'\\' ' ; DEALLOCATE s ; SELECT '1'",
+            "select 1$$ x $$; deallocate s",
+            "select $1$$ deallocate $$",
+            r"select $t$ x $t$e'\' ' ; deallocate s ; select '1'",
+            "select $t$ x $t$prepare",
+            "DO $$ BEGIN EXECUTE $q$DEALLOCATE s$q$; END $$",
         ] {
             assert!(found(sql), "{sql}");
         }
@@ -2776,6 +2847,12 @@ mod tests {
             "SELECT 1 -- then deallocate",
             "SELECT 1 /* discard /* all */ prepare */",
             "SELECT a$prepare FROM t",
+            "SELECT a$$ FROM t WHERE b = 'discard'",
+            "SELECT 'a'\n'x'' ; prepare' FROM t",
+            "GRANT SELECT, EXECUTE ON FUNCTION f() TO app",
+            "CREATE TRIGGER t AFTER INSERT ON x FOR EACH ROW EXECUTE   FUNCTION f()",
+            "CREATE TRIGGER t AFTER INSERT ON x EXECUTE\nPROCEDURE f()",
+            "SELECT E'a'\n'\\' ; prepare' FROM t",
             "",
         ] {
             assert!(!found(sql), "{sql}");
