@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use airlock_data_plane::postgres::keywords::mentions_deallocation;
 use airlock_data_plane::postgres::protocol::backend::{Authentication, BackendMessage, decode_backend};
 use airlock_data_plane::postgres::protocol::encode::{self, Report, Severity};
 use airlock_data_plane::postgres::protocol::frame::{
@@ -695,7 +696,11 @@ fn fuzz_corpora_replay_without_panic() {
             if target == "pg_frontend" {
                 let _ = parse_startup(&mut buf);
                 while let Ok(Some(frame)) = frontend_frame(&mut buf) {
-                    let _ = decode_frontend(&frame);
+                    if let Ok(FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. }) =
+                        decode_frontend(&frame)
+                    {
+                        let _ = mentions_deallocation(&sql);
+                    }
                 }
             } else {
                 while let Ok(Some(frame)) = backend_frame(&mut buf) {

@@ -1,10 +1,12 @@
 //! Client bytes reach the Postgres gateway before anyone is authenticated: the
 //! startup parser, the framer and the frontend decoder must refuse garbage,
 //! never panic, never read past a declared length, and forward a frame's raw
-//! bytes exactly as they arrived.
+//! bytes exactly as they arrived; the scan of statement text for what may
+//! deallocate must never panic either.
 
 #![no_main]
 
+use airlock_data_plane::postgres::keywords::mentions_deallocation;
 use airlock_data_plane::postgres::protocol::FrontendMessage;
 use airlock_data_plane::postgres::protocol::frame::parse_frontend_frame;
 use airlock_data_plane::postgres::protocol::frontend::{
@@ -33,9 +35,16 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some(frame)) => {
                 assert_eq!(frame.raw().as_ref(), &data[consumed..consumed + frame.len()], "frame is not the input");
                 consumed += frame.len();
-                if let Ok(FrontendMessage::Password(body)) = decode_frontend(&frame) {
-                    let _ = decode_password(&body);
-                    let _ = decode_sasl_initial_response(&body);
+                match decode_frontend(&frame) {
+                    Ok(FrontendMessage::Password(body)) => {
+                        let _ = decode_password(&body);
+                        let _ = decode_sasl_initial_response(&body);
+                    }
+                    // The relay scans statement text for what may deallocate.
+                    Ok(FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. }) => {
+                        let _ = mentions_deallocation(&sql);
+                    }
+                    _ => {}
                 }
             }
             Ok(None) => {

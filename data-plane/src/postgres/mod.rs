@@ -8,6 +8,7 @@ mod copy_watch;
 pub mod gateway;
 pub mod hook;
 mod in_flight;
+pub mod keywords;
 pub mod masking;
 pub mod policy_hook;
 pub mod protocol;

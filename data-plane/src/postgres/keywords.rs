@@ -1,0 +1,231 @@
+//! Whether a statement's text may deallocate, discard or prepare statements
+//! by SQL, read as the server reads keywords. The relay forgets what it knows
+//! of the session's prepared statements when a Query or a Bind runs such a
+//! text (see `statements`). It reads client bytes: linear in them, and never
+//! panics.
+
+/// Whether `sql` may deallocate, discard or prepare statements: it has the
+/// word DEALLOCATE, DISCARD, PREPARE or EXECUTE (which runs a prepared
+/// statement, maybe one of those) as the server would read a keyword, in any
+/// case. Words inside string literals, quoted names and comments do not
+/// count (`WHERE state = 'prepare'`), nor inside a longer name
+/// (`prepared_at`); words inside a dollar-quoted string do, wherever they
+/// are, since such a string is the body a DO block or a function runs. A
+/// word after a digit counts (older servers read `1prepare` as two tokens).
+/// The session's strings are read with `standard_conforming_strings` on
+/// (a session that reads them otherwise is refused every statement where
+/// rules apply: `lexing_safe` in `session`).
+pub fn mentions_deallocation(sql: &[u8]) -> bool {
+    let at = |i: usize| sql.get(i).copied();
+    // Where the identifier the scan is in began (none between tokens, and in
+    // a number or parameter, which a `$` or a word ends).
+    let mut name_from: Option<usize> = None;
+    let mut i = 0;
+    while let Some(c) = at(i) {
+        match c {
+            b'\'' => {
+                // An E'...' string reads backslash escapes, and so do the parts
+                // that continue it after a newline.
+                let escapes = name_from == i.checked_sub(1) && matches!(at(i.wrapping_sub(1)), Some(b'e' | b'E'));
+                i = string_end(sql, i + 1, escapes);
+                while let Some(next) = continued_string(sql, i) {
+                    i = string_end(sql, next + 1, escapes);
+                }
+            }
+            b'"' => {
+                i += 1;
+                while let Some(c) = at(i) {
+                    i += 1;
+                    if c == b'"' {
+                        if at(i) != Some(b'"') {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            b'-' if at(i + 1) == Some(b'-') => {
+                while at(i).is_some_and(|c| c != b'\n' && c != b'\r') {
+                    i += 1;
+                }
+            }
+            b'/' if at(i + 1) == Some(b'*') => {
+                let mut depth = 0usize;
+                while let Some(c) = at(i) {
+                    if c == b'/' && at(i + 1) == Some(b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if c == b'*' && at(i + 1) == Some(b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'$' if name_from.is_none() => {
+                let Some(tag_len) = dollar_tag(sql.get(i..).unwrap_or_default()) else {
+                    // A parameter (`$1`), which a `$` after it ends.
+                    i += 1;
+                    continue;
+                };
+                let tag = sql.get(i..i + tag_len).unwrap_or_default();
+                let body_start = i + tag_len;
+                let body = sql.get(body_start..).unwrap_or_default();
+                let body_len = memchr::memmem::find(body, tag).unwrap_or(body.len());
+                if words_anywhere(body.get(..body_len).unwrap_or_default()) {
+                    return true;
+                }
+                i = body_start + body_len + tag_len;
+            }
+            b'd' | b'D' | b'p' | b'P' | b'e' | b'E' if name_from.is_none() && word_at(sql, i) => return true,
+            _ => {
+                if !continues_name(c) {
+                    name_from = None;
+                } else if name_from.is_none() && !c.is_ascii_digit() && c != b'$' {
+                    name_from = Some(i);
+                }
+                i += 1;
+                continue;
+            }
+        }
+        name_from = None;
+    }
+    false
+}
+
+/// Past the end of a quoted string whose text starts at `i`.
+fn string_end(sql: &[u8], mut i: usize, escapes: bool) -> usize {
+    while let Some(c) = sql.get(i).copied() {
+        i += 1;
+        match c {
+            b'\\' if escapes => i += 1,
+            b'\'' if sql.get(i) == Some(&b'\'') => i += 1,
+            b'\'' => break,
+            _ => {}
+        }
+    }
+    i
+}
+
+/// Where a string ended at `i` goes on: after white space with a newline in
+/// it (comments too), a quote continues it.
+fn continued_string(sql: &[u8], mut i: usize) -> Option<usize> {
+    let mut newline = false;
+    loop {
+        match sql.get(i).copied()? {
+            b'\n' | b'\r' => newline = true,
+            b' ' | b'\t' | 0x0b | 0x0c => {}
+            b'-' if sql.get(i + 1) == Some(&b'-') => {
+                while sql.get(i).is_some_and(|&c| c != b'\n' && c != b'\r') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' if newline => return Some(i),
+            _ => return None,
+        }
+        i += 1;
+    }
+}
+
+/// A byte that goes on a name: after it, a word is part of the name.
+fn continues_name(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || b >= 0x80
+}
+
+/// Whether one of the words starts at `i` and no part of a name follows it.
+/// `EXECUTE` before `FUNCTION`, `PROCEDURE` or `ON` (a trigger's action, a
+/// privilege) runs no prepared statement.
+fn word_at(sql: &[u8], i: usize) -> bool {
+    let is = |at: usize, word: &[u8]| {
+        sql.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && !sql.get(at + word.len()).copied().is_some_and(continues_name)
+    };
+    if is(i, b"execute") {
+        let next = (i + 7..).find(|&n| !sql.get(n).is_some_and(u8::is_ascii_whitespace)).unwrap_or(sql.len());
+        return ![&b"function"[..], b"procedure", b"on"].iter().any(|w| is(next, w));
+    }
+    is(i, b"deallocate") || is(i, b"discard") || is(i, b"prepare")
+}
+
+/// Whether one of the words is anywhere in `text` as a token, quotes or not:
+/// after no part of a name but a digit or a `$` (which may end a quote).
+fn words_anywhere(text: &[u8]) -> bool {
+    (0..text.len()).any(|i| {
+        let before = i.checked_sub(1).and_then(|b| text.get(b)).copied();
+        !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit() && b != b'$') && word_at(text, i)
+    })
+}
+
+/// The length of the dollar-quote tag (`$$`, `$body$`) `text` starts with.
+fn dollar_tag(text: &[u8]) -> Option<usize> {
+    let rest = text.get(1..)?;
+    let end = rest.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))?;
+    let first_ok = rest.first().is_some_and(|b| !b.is_ascii_digit());
+    (rest.get(end) == Some(&b'$') && (end == 0 || first_ok)).then_some(end + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deallocation_is_found_where_the_server_reads_it() {
+        let found = |sql: &str| super::mentions_deallocation(sql.as_bytes());
+        for sql in [
+            "DEALLOCATE s1",
+            "select 1; discard all",
+            "/* d */ DeAlLoCaTe ALL",
+            "prepare s as delete from t",
+            "select 1;PREPARE\ts AS SELECT 2",
+            "select 1prepare",
+            "select f('x');deallocate",
+            "EXECUTE d",
+            "EXPLAIN ANALYZE EXECUTE d",
+            "EXECUTE ondemand",
+            "CREATE TABLE t AS EXECUTE d (1)",
+            "DO $$BEGIN EXECUTE 'x'; END$$",
+            "DO $q$ BEGIN PERFORM 'DEALLOCATE s'; END $q$",
+            "DO $$$$; DEALLOCATE s",
+            "select 'it''s' ; discard all",
+            r"select E'\\' ; deallocate s",
+            "select \"a\"\"b\" ; deallocate s",
+            "select 1 /* a /* nested */ still */ ; deallocate s",
+            "select 1 -- note\n deallocate s",
+            "select $1; deallocate s",
+            "select E'a'\n'\\' ' ; DEALLOCATE s ; SELECT '1'",
+            "select 1$$ x $$; deallocate s",
+            "select $1$$ deallocate $$",
+            r"select $t$ x $t$e'\' ' ; deallocate s ; select '1'",
+            "select $t$ x $t$prepare",
+            "DO $$ BEGIN EXECUTE $q$DEALLOCATE s$q$; END $$",
+        ] {
+            assert!(found(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "select 'discar'",
+            "UPDATE orders SET prepared_at = now()",
+            "SELECT name FROM pg_prepared_statements",
+            "SELECT discarded FROM t",
+            "SELECT executed_by FROM jobs",
+            "SELECT * FROM jobs WHERE state IN ('prepare', 'execute')",
+            "SELECT E'it\\'s prepare'",
+            "SELECT \"execute\" FROM t",
+            "SELECT 1 -- then deallocate",
+            "SELECT 1 /* discard /* all */ prepare */",
+            "SELECT a$prepare FROM t",
+            "SELECT a$$ FROM t WHERE b = 'discard'",
+            "SELECT 'a'\n'x'' ; prepare' FROM t",
+            "GRANT SELECT, EXECUTE ON FUNCTION f() TO app",
+            "CREATE TRIGGER t AFTER INSERT ON x FOR EACH ROW EXECUTE   FUNCTION f()",
+            "CREATE TRIGGER t AFTER INSERT ON x EXECUTE\nPROCEDURE f()",
+            "SELECT E'a'\n'\\' ; prepare' FROM t",
+            "",
+        ] {
+            assert!(!found(sql), "{sql}");
+        }
+    }
+}
