@@ -16,12 +16,12 @@
 //! whatever the server held before.
 //!
 //! What the relay cannot follow (a statement that may run `DEALLOCATE`,
-//! `DISCARD` or `PREPARE`) forgets every name, and no answer to a message
-//! sent before it teaches anything.
+//! `DISCARD`, `PREPARE` or `EXECUTE`, see `keywords`) forgets every name, and
+//! no answer to a message sent before it teaches anything.
 //!
 //! A name the gateway never saw prepared, or prepared past [`MAX_PREPARED`],
 //! is as unknown as a forgotten one: the server may hold anything under it
-//! (a statement prepared by SQL, or before the session's rules arrived).
+//! (a statement prepared by SQL).
 
 use std::collections::HashMap;
 use std::sync::Arc;
