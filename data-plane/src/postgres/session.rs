@@ -1421,12 +1421,7 @@ impl Relay<'_> {
         // Copied: a slice would keep the whole buffer it came from alive, and
         // every later read would then need a new one.
         let (key, text) = (bytes::Bytes::copy_from_slice(name), bytes::Bytes::copy_from_slice(sql));
-        let mask = self.masking.as_ref().map(|_| {
-            self.gw
-                .hook
-                .result_mask(self.context, Some(&text))
-                .unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
-        });
+        let mask = self.masking.as_ref().map(|_| mask_for(self.gw, self.context, Some(&text)));
         let batch = self.ready_owed + 1;
         let change = self.statements.hold(&key, Prepared { text, mask }, batch);
         self.in_flight.push(b'1', key, batch, change.map(Tracked::Statement));
@@ -1599,41 +1594,32 @@ impl Relay<'_> {
         }
     }
 
-    /// A simple query destroys the unnamed statement; one that may deallocate,
-    /// discard or prepare statements (by SQL) leaves their state unknown.
+    /// A simple query destroys the unnamed statement. `DEALLOCATE` and
+    /// `DISCARD` may remove prepared statements, or fail and keep them, and
+    /// `PREPARE` may take a name a Parse left free: the gateway cannot tell,
+    /// so a query that may run one forgets every statement.
     fn track_simple_query(&mut self, sql: &[u8]) {
         if self.statements.is_empty() {
-            // Most sessions prepare nothing: no hashing on every query.
+            // Most sessions prepare nothing: then there is nothing to forget,
+            // and no query pays for the scan.
             return;
         }
         self.statements.query();
-        self.forget_if_deallocating(sql);
-    }
-
-    /// `DEALLOCATE` and `DISCARD` may remove prepared statements, or fail and
-    /// keep them, and `PREPARE` may take a name a Parse left free: the gateway
-    /// cannot tell, so it forgets every statement.
-    fn forget_if_deallocating(&mut self, sql: &[u8]) {
-        // Most sessions prepare nothing: then there is nothing to forget, and no
-        // statement pays for the scan.
-        if self.statements.is_empty() {
-            return;
-        }
         if keywords::mentions_deallocation(sql) {
-            self.forget_statements();
+            self.statements.forget_all();
         }
     }
 
     /// A Bind: executed, its statement runs as a query would, and one whose
     /// text may deallocate or discard prepared statements leaves their state
-    /// unknown (`forget_if_deallocating`); so does one whose text the gateway
+    /// unknown (`track_simple_query`); so does one whose text the gateway
     /// does not know, which may be anything.
     /// The same goes for executing its portal, which may come later; a Bind
     /// of the name again does not take that away (it may fail, and the
     /// portal stay), only the end of the transaction does.
     fn track_bind(&mut self, portal: &[u8], statement: &[u8]) {
         if self.statement_text(statement).is_none_or(|sql| keywords::mentions_deallocation(sql)) {
-            self.forget_statements();
+            self.statements.forget_all();
             if self.deallocating_portals.len() < MAX_PREPARED {
                 self.deallocating_portals.insert(bytes::Bytes::copy_from_slice(portal));
             } else {
@@ -1646,13 +1632,8 @@ impl Relay<'_> {
     /// one whose name the server may take for another's.
     fn track_execute(&mut self, portal: &[u8]) {
         if self.every_portal_deallocates || self.deallocating_portals.contains(portal) || !followed(portal) {
-            self.forget_statements();
+            self.statements.forget_all();
         }
-    }
-
-    /// Forgets every prepared statement (text and mask).
-    fn forget_statements(&mut self) {
-        self.statements.forget_all();
     }
 
     /// Notes the responses a message about to be forwarded owes, with the
@@ -1671,10 +1652,8 @@ impl Relay<'_> {
             _ => None,
         };
         let Some(r) = self.masking.as_mut() else { return };
-        let (hook, context) = (&self.gw.hook, self.context);
-        let mask_of = |sql: Option<&bytes::Bytes>| {
-            hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
-        };
+        let (gw, context) = (self.gw, self.context);
+        let mask_of = |sql: Option<&bytes::Bytes>| mask_for(gw, context, sql);
         match message {
             FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
             // Its mask is made with the rest of what the relay keeps of it (`track_parse`).
@@ -2492,6 +2471,11 @@ fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
     let types = rest.get(sql_len + 1..)?;
     let count = usize::from(u16::from_be_bytes([*types.first()?, *types.get(1)?]));
     (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
+}
+
+/// The mask of a statement's rows (`None`: of one the gateway cannot read).
+fn mask_for(gw: &Gateway, context: &SessionContext, sql: Option<&bytes::Bytes>) -> Arc<ResultMask> {
+    gw.hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
 }
 
 /// Why a session can no longer be recorded; pending forever without recording.
