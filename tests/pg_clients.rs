@@ -1224,6 +1224,108 @@ async fn an_executed_deallocate_leaves_no_text_behind() {
     .await;
 }
 
+/// A client that pipelines a Bind past the Sync of its statement's Parse
+/// (psycopg's and libpq's pipeline mode can) gets it run, decided on the text
+/// the server's answer to the Parse says the name holds: the gateway waits
+/// for that answer before it decides.
+#[tokio::test]
+async fn a_bind_pipelined_past_its_parse_is_decided_once_the_parse_is_answered() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(
+        &mut stream,
+        &[parse("s", "SELECT 7"), message(b'S', &[]), bind("", "s", &[]), execute("", 0), message(b'S', &[])],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "D:7", "C:SELECT 1"], "run, not refused");
+
+    // The same with a write: held for review as the write it is, and refused.
+    send(
+        &mut stream,
+        &[parse("w", "DELETE FROM people"), message(b'S', &[]), bind("", "w", &[]), execute("", 0), message(b'S', &[])],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:42501"]);
+    assert_eq!(people(&s).await, 2);
+
+    // A Parse the server refuses (the name is taken) leaves the write there,
+    // and that is what the Bind after it is decided on.
+    send(
+        &mut stream,
+        &[parse("w", "SELECT 1"), message(b'S', &[]), bind("", "w", &[]), execute("", 0), message(b'S', &[])],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:42P05"]);
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:42501"]);
+    assert_eq!(people(&s).await, 2);
+}
+
+/// The same where masking rules apply: the rows come masked as the text the
+/// server's answer says the name holds (a statement the gateway does not
+/// know is refused).
+#[tokio::test]
+async fn a_bind_pipelined_past_its_parse_is_masked_as_its_text() {
+    let s = Stack::start().await;
+    let mut stream = raw_masked(&s).await;
+    send(
+        &mut stream,
+        &[
+            parse("m", "SELECT name, id FROM people WHERE id = 1"),
+            message(b'S', &[]),
+            bind("", "m", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "D:[redacted]", "C:SELECT 1"]);
+}
+
+/// Drivers evict one statement from their cache with `DEALLOCATE name` (Rails,
+/// psycopg on a libpq before 17): the other statements they prepared stay in
+/// use, and must stay known to the gateway. The evicted name holds nothing
+/// once the server says so, and a failed `DEALLOCATE` changes nothing.
+#[tokio::test]
+async fn deallocating_one_statement_by_name_leaves_the_others_known() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(
+        &mut stream,
+        &[parse("s1", "SELECT 1"), parse("s2", "SELECT 2"), parse("Up", "DELETE FROM people"), message(b'S', &[])],
+    )
+    .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "1", "1"]);
+
+    send(&mut stream, &[query("DEALLOCATE S1;")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:DEALLOCATE"]);
+    send(&mut stream, &[bind("", "s2", &[]), execute("", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "D:2", "C:SELECT 1"], "s2 is still known");
+
+    // A DEALLOCATE that fails (in an aborted transaction) leaves the name as it was.
+    send(&mut stream, &[query("BEGIN")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:BEGIN"]);
+    send(&mut stream, &[query("SELECT 1/0")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:22012"]);
+    send(&mut stream, &[query("deallocate prepare \"Up\"")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["E:25P02"]);
+    send(&mut stream, &[query("ROLLBACK")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:ROLLBACK"]);
+    assert_run_refused(&s, &mut stream, "Up", "still the write it was, held and refused when nobody approved it").await;
+
+    // Deallocated for good, the name is free; what a Parse puts there next is decided on its own text.
+    send(&mut stream, &[query("DEALLOCATE \"Up\"")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:DEALLOCATE"]);
+    send(&mut stream, &[parse("Up", "SELECT 3"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    send(&mut stream, &[bind("", "Up", &[]), execute("", 0), bind("", "s2", &[]), execute("", 0), message(b'S', &[])])
+        .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "D:3", "C:SELECT 1", "2", "D:2", "C:SELECT 1"]);
+    assert_eq!(people(&s).await, 2);
+}
+
 /// Prepares `SELECT 1` as `s` and `DEALLOCATE s` as `d` (whose Parse frees
 /// nothing: `s` is not prepared yet), then executes `d`.
 async fn free_a_name_by_executing_a_prepared_deallocate(stream: &mut tokio::net::TcpStream) {

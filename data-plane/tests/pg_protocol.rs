@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use airlock_data_plane::postgres::keywords::mentions_deallocation;
+use airlock_data_plane::postgres::keywords::{deallocated_name, mentions_deallocation};
 use airlock_data_plane::postgres::protocol::backend::{Authentication, BackendMessage, decode_backend};
 use airlock_data_plane::postgres::protocol::encode::{self, Report, Severity};
 use airlock_data_plane::postgres::protocol::frame::{
@@ -691,7 +691,8 @@ fn fuzz_corpora_replay_without_panic() {
     for target in ["pg_frontend", "pg_backend"] {
         let Ok(dir) = std::fs::read_dir(root.join(target)) else { continue };
         for entry in dir {
-            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
             let mut buf = BytesMut::from(&data[..]);
             if target == "pg_frontend" {
                 let _ = parse_startup(&mut buf);
@@ -699,7 +700,8 @@ fn fuzz_corpora_replay_without_panic() {
                     if let Ok(FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. }) =
                         decode_frontend(&frame)
                     {
-                        let _ = mentions_deallocation(&sql);
+                        let mentioned = mentions_deallocation(&sql);
+                        assert!(deallocated_name(&sql).is_none() || mentioned, "{}", path.display());
                     }
                 }
             } else {

@@ -2,11 +2,12 @@
 //! startup parser, the framer and the frontend decoder must refuse garbage,
 //! never panic, never read past a declared length, and forward a frame's raw
 //! bytes exactly as they arrived; the scan of statement text for what may
-//! deallocate must never panic either.
+//! deallocate, and the reading of a lone `DEALLOCATE name`, must never
+//! panic either.
 
 #![no_main]
 
-use airlock_data_plane::postgres::keywords::mentions_deallocation;
+use airlock_data_plane::postgres::keywords::{deallocated_name, mentions_deallocation};
 use airlock_data_plane::postgres::protocol::FrontendMessage;
 use airlock_data_plane::postgres::protocol::frame::parse_frontend_frame;
 use airlock_data_plane::postgres::protocol::frontend::{
@@ -42,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                     // The relay scans statement text for what may deallocate.
                     Ok(FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. }) => {
-                        let _ = mentions_deallocation(&sql);
+                        let mentioned = mentions_deallocation(&sql);
+                        // The relay reads a lone DEALLOCATE only in a text the scan flagged.
+                        assert!(deallocated_name(&sql).is_none() || mentioned, "a DEALLOCATE the scan missed");
                     }
                     _ => {}
                 }

@@ -6,7 +6,9 @@
 //! ParseComplete, BindComplete or CloseComplete is in the list (Binds only in
 //! a masked session, see `Relay::expect_responses`; an answer of a kind the
 //! list does not hold is not looked for). A batch's end drops its messages
-//! left unanswered from the front: batches only grow along the list. What a
+//! left unanswered from the front: batches only grow along the list. A
+//! simple query that changes a name (`DEALLOCATE name`) is its own batch, and
+//! took effect when that batch ends without an error ([`QUERY_DONE`]). What a
 //! message does to a statement's or a portal's name goes with it (see
 //! `statements`), to be applied when it is answered. A client may pipeline
 //! thousands before reading an answer, and a session thread serves many
@@ -18,10 +20,16 @@ use bytes::Bytes;
 
 use super::statements::Tracked;
 
-/// A Parse, Bind or Close forwarded and not yet answered.
+/// What a simple query that changes a name is owed: the ReadyForQuery that
+/// ends its batch, with no error before it.
+pub(crate) const QUERY_DONE: u8 = b'Z';
+
+/// A Parse, Bind or Close forwarded and not yet answered, or a simple query
+/// that changes a name.
 #[derive(Debug)]
 struct Owed {
-    /// The tag of the answer owed: ParseComplete, BindComplete or CloseComplete.
+    /// The tag of the answer owed: ParseComplete, BindComplete, CloseComplete
+    /// or [`QUERY_DONE`].
     confirmation: u8,
     /// The statement or portal's name.
     name: Bytes,
@@ -82,15 +90,17 @@ impl InFlight {
         Some((o.name, o.change?))
     }
 
-    /// The batches up to `last` are over: the messages of theirs still here
-    /// got no answer. They are dropped, and each that changes a name is
-    /// passed to `unanswered`.
-    pub(crate) fn settle(&mut self, last: u64, mut unanswered: impl FnMut(Bytes, Tracked)) {
+    /// The batches up to `last` are over, by their ReadyForQuery (`ready`) or
+    /// by an error: the messages of theirs still here are dropped, and each
+    /// that changes a name is passed to `settled` with whether it took effect.
+    /// Only a query's does, and only at a ReadyForQuery: the other messages
+    /// left got no answer.
+    pub(crate) fn settle(&mut self, last: u64, ready: bool, mut settled: impl FnMut(Bytes, Tracked, bool)) {
         while self.owed.front().is_some_and(|o| o.batch <= last) {
             let Some(o) = self.owed.pop_front() else { break };
             self.left(&o);
             if let Some(change) = o.change {
-                unanswered(o.name, change);
+                settled(o.name, change, ready && o.confirmation == QUERY_DONE);
             }
         }
     }
@@ -118,7 +128,7 @@ impl InFlight {
 mod tests {
     use bytes::Bytes;
 
-    use super::InFlight;
+    use super::{InFlight, QUERY_DONE};
     use crate::postgres::statements::{Change, Tracked};
 
     const PARSE_COMPLETE: u8 = b'1';
@@ -158,7 +168,7 @@ mod tests {
         assert_eq!(f.confirm(CLOSE_COMPLETE).map(|(n, _)| n), Some(name("s")));
         f.push(CLOSE_COMPLETE, name("q"), 2, None);
         let mut unanswered = Vec::new();
-        f.settle(2, |n, _| unanswered.push(n));
+        f.settle(2, true, |n, _, _| unanswered.push(n));
         assert_eq!(unanswered, vec![name("")], "the unnamed Parse's, and only it");
         assert!(f.is_empty());
     }
@@ -170,7 +180,7 @@ mod tests {
         f.push(BIND_COMPLETE, name("a"), 2, closed());
         f.push(CLOSE_COMPLETE, name("b"), 4, closed());
         let mut unanswered = Vec::new();
-        f.settle(3, |n, _| unanswered.push(n));
+        f.settle(3, true, |n, _, _| unanswered.push(n));
         assert_eq!(unanswered, vec![name("a"), name("a")]);
         assert_eq!(f.len(), 1);
     }
@@ -183,9 +193,23 @@ mod tests {
         // Two Syncs turned out ignored: batches past them move down by two.
         f.renumber(|b| b.saturating_sub(2));
         let mut unanswered = Vec::new();
-        f.settle(3, |n, _| unanswered.push(n));
+        f.settle(3, true, |n, _, _| unanswered.push(n));
         assert_eq!(unanswered, vec![name("")]);
-        f.settle(4, |_, _| {});
+        f.settle(4, true, |_, _, _| {});
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_query_takes_effect_when_its_batch_ends_without_an_error() {
+        let mut f = InFlight::default();
+        f.push(QUERY_DONE, name("s"), 1, closed());
+        f.push(QUERY_DONE, name("t"), 2, closed());
+        assert!(f.confirm(QUERY_DONE).is_none(), "no message answers a query's change");
+        let mut settled = Vec::new();
+        f.settle(1, true, |n, _, took| settled.push((n, took)));
+        // The second query failed: its error ends its batch.
+        f.settle(2, false, |n, _, took| settled.push((n, took)));
+        assert_eq!(settled, vec![(name("s"), true), (name("t"), false)]);
         assert!(f.is_empty());
     }
 

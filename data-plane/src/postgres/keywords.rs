@@ -97,6 +97,82 @@ pub fn mentions_deallocation(sql: &[u8]) -> bool {
     false
 }
 
+/// The name of the one prepared statement `sql` deallocates, when `sql` is
+/// exactly `DEALLOCATE [PREPARE] name`, with white space and a final
+/// semicolon allowed and nothing else: no comment, no second statement, no
+/// character outside ASCII. An unquoted name is folded to lower case as the
+/// server folds it; a quoted one is taken as written. `None` for anything
+/// else (`DEALLOCATE ALL` among it), which `mentions_deallocation` then reads.
+/// Linear in `sql`, and never panics.
+pub fn deallocated_name(sql: &[u8]) -> Option<Vec<u8>> {
+    if !sql.is_ascii() {
+        return None;
+    }
+    let mut rest = skip_space(sql);
+    rest = keyword(rest, b"deallocate")?;
+    let mut name = identifier(rest)?;
+    if let Some(after) = keyword(rest, b"prepare")
+        && let Some(named) = identifier(after)
+    {
+        // `DEALLOCATE PREPARE name`.
+        name = named;
+    }
+    let (folded, quoted, after) = name;
+    if !quoted && matches!(folded.as_slice(), b"all" | b"prepare") {
+        return None;
+    }
+    let after = skip_space(after);
+    let after = after.strip_prefix(b";").map_or(after, skip_space);
+    after.is_empty().then_some(folded)
+}
+
+/// `text` past the white space it starts with (of the kinds the server skips).
+fn skip_space(text: &[u8]) -> &[u8] {
+    let n = text.iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)).count();
+    text.get(n..).unwrap_or_default()
+}
+
+/// `text` past `word` (lower case) and the white space after it, when it
+/// starts with the word, in any case, and no part of a name follows.
+fn keyword<'a>(text: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+    let head = text.get(..word.len())?;
+    let after = text.get(word.len()..)?;
+    (head.eq_ignore_ascii_case(word) && !after.first().copied().is_some_and(continues_name)).then(|| skip_space(after))
+}
+
+/// The identifier `text` starts with, as the server names it; whether it was
+/// quoted; and the text after it. Unquoted: a letter or `_`, then letters,
+/// digits, `_` and `$`. Quoted: anything between double quotes, a doubled
+/// quote standing for one; never empty.
+fn identifier(text: &[u8]) -> Option<(Vec<u8>, bool, &[u8])> {
+    if let Some(quoted) = text.strip_prefix(b"\"") {
+        let mut name = Vec::new();
+        let mut i = 0;
+        loop {
+            match quoted.get(i).copied()? {
+                b'"' if quoted.get(i + 1) == Some(&b'"') => {
+                    name.push(b'"');
+                    i += 2;
+                }
+                b'"' => break,
+                c => {
+                    name.push(c);
+                    i += 1;
+                }
+            }
+        }
+        let after = quoted.get(i + 1..)?;
+        return (!name.is_empty()).then_some((name, true, after));
+    }
+    let first = *text.first()?;
+    if !(first.is_ascii_alphabetic() || first == b'_') {
+        return None;
+    }
+    let len = text.iter().take_while(|&&b| continues_name(b)).count();
+    let name = text.get(..len)?.to_ascii_lowercase();
+    Some((name, false, text.get(len..)?))
+}
+
 /// Past the end of a quoted string whose text starts at `i`.
 fn string_end(sql: &[u8], mut i: usize, escapes: bool) -> usize {
     while let Some(c) = sql.get(i).copied() {
@@ -226,6 +302,45 @@ mod tests {
             "",
         ] {
             assert!(!found(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn one_statement_deallocated_by_name_is_read_exactly() {
+        let name = |sql: &str| super::deallocated_name(sql.as_bytes()).map(|n| String::from_utf8(n).unwrap());
+        for (sql, expected) in [
+            ("DEALLOCATE s1", "s1"),
+            ("deallocate _pg3_12;", "_pg3_12"),
+            ("  DeAllocate\tPREPARE  A1 ;  \n", "a1"),
+            ("DEALLOCATE \"S1\"", "S1"),
+            ("DEALLOCATE \"a\"\"b\";", "a\"b"),
+            ("DEALLOCATE PREPARE \"all\"", "all"),
+            ("DEALLOCATE \"all\"", "all"),
+            ("DEALLOCATE x$1", "x$1"),
+        ] {
+            assert_eq!(name(sql).as_deref(), Some(expected), "{sql}");
+        }
+        for sql in [
+            "DEALLOCATE ALL",
+            "DEALLOCATE PREPARE ALL",
+            "DEALLOCATE prepare",
+            "DEALLOCATE",
+            "DEALLOCATE \"\"",
+            "DEALLOCATE \"s1",
+            "DEALLOCATE s1; DEALLOCATE s2",
+            "DEALLOCATE s1; SELECT 1",
+            "DEALLOCATE s1 -- note",
+            "/* c */ DEALLOCATE s1",
+            "DEALLOCATEs1",
+            "DEALLOCATE 1s",
+            "DEALLOCATE s1 s2",
+            "DEALLOCATE caf\u{e9}",
+            "DEALLOCATE U&\"s1\"",
+            "DISCARD ALL",
+            "SELECT 1",
+            "",
+        ] {
+            assert_eq!(name(sql), None, "{sql}");
         }
     }
 }

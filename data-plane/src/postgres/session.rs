@@ -42,7 +42,7 @@ use tracing::Instrument;
 use super::copy_watch::{self, CopyEnd, CopyWatch, Probe, ProbeStep};
 use super::gateway::{CancelTarget, Gateway};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
-use super::in_flight::InFlight;
+use super::in_flight::{InFlight, QUERY_DONE};
 use super::keywords;
 use super::masking::{self, Expect, Responses};
 use super::protocol::encode::{self, Report};
@@ -673,6 +673,7 @@ async fn relay_session(
         copy: CopyWatch::default(),
         probe: None,
         resumed: false,
+        awaiting_answers: false,
         masking: masks.then(Responses::default),
         masking_lapsed: false,
         salt: admitted.context.tenant.to_string().into_bytes(),
@@ -777,8 +778,13 @@ struct Relay<'a> {
     /// The question put to the server after a COPY failed with Syncs in
     /// flight; the client's messages wait until it is answered.
     probe: Option<Probe>,
-    /// A probe was answered: the client's messages read meanwhile wait.
+    /// A probe was answered, or the answers a Bind awaited came: the
+    /// client's messages read meanwhile wait to be handled.
     resumed: bool,
+    /// The client's next message is a Bind of a statement whose name an
+    /// earlier batch changed, and it waits until the server has answered
+    /// every batch before it (see `bind_awaits_answers`).
+    awaiting_answers: bool,
     /// The Parses, Binds and Closes forwarded and not yet answered, in order.
     in_flight: InFlight,
     /// The responses owed and how their rows are masked, when masking rules
@@ -870,6 +876,9 @@ enum Progress {
     Terminated,
     /// Stopped at a statement held for review (in `Relay::held`).
     Hold,
+    /// Stopped at a Bind that waits for the server's answers to the batches
+    /// before it (`Relay::bind_awaits_answers`).
+    AwaitAnswers,
 }
 
 /// What a relay's wait ended with.
@@ -1067,7 +1076,7 @@ impl Relay<'_> {
     /// wait, but reading goes on up to a bound, so that a client that went
     /// away ends the session then and not when the probe is answered.
     fn client_readable(&self) -> bool {
-        self.probe.is_none() || self.client.buf.len() < HELD_BUFFER_LIMIT
+        (self.probe.is_none() && !self.awaiting_answers) || self.client.buf.len() < HELD_BUFFER_LIMIT
     }
 
     fn grant_end(&self) -> i64 {
@@ -1099,8 +1108,12 @@ impl Relay<'_> {
         to_client: &mut BytesMut,
     ) -> Result<bool, Ended> {
         loop {
-            if self.probe.is_some() {
-                // Handled once the probe is answered (`resumed`).
+            if self.awaiting_answers && self.ready_seen >= self.ready_owed {
+                // Answered while a probe was out (see `ready_for_query`).
+                self.awaiting_answers = false;
+            }
+            if self.probe.is_some() || self.awaiting_answers {
+                // Handled once the probe or the Bind's batches are answered (`resumed`).
                 return Ok(false);
             }
             if let Some((held, outcome)) = self.decided.take() {
@@ -1111,6 +1124,10 @@ impl Relay<'_> {
             match progress {
                 Progress::Done => return Ok(false),
                 Progress::Terminated => return Ok(true),
+                Progress::AwaitAnswers => {
+                    self.awaiting_answers = true;
+                    return Ok(false);
+                }
                 Progress::Hold => {
                     let Some(held) = self.held.take() else { return Ok(false) };
                     self.review_note = None;
@@ -1180,6 +1197,29 @@ impl Relay<'_> {
         Ok(())
     }
 
+    /// Whether the client's next message is a Bind that should wait for the
+    /// answers to the batches forwarded before it: its statement's name was
+    /// changed by a Parse or Close of an earlier batch (pipelined past that
+    /// batch's Sync) that the server has not answered, so the text it would
+    /// run is not known yet. Once those batches are answered it is (see
+    /// `statements`). Not while a COPY may be reading the client's messages:
+    /// the copy data the server waits for would be behind the Bind, and the
+    /// Bind is refused as out of place there anyway.
+    fn bind_awaits_answers(&self) -> bool {
+        let buf = &self.client.buf;
+        if buf.first() != Some(&b'B') || self.discarding || !self.copy.admits(b'B') {
+            return false;
+        }
+        let Ok(Some((_, len))) = peek_frame(buf, frontend_max_len(b'B', self.gw.options.max_message_len)) else {
+            return false;
+        };
+        let body = buf.get(HEADER_LEN..len).unwrap_or_default();
+        let Some(portal_end) = memchr::memchr(0, body) else { return false };
+        let rest = body.get(portal_end + 1..).unwrap_or_default();
+        let Some(statement) = memchr::memchr(0, rest).and_then(|end| rest.get(..end)) else { return false };
+        self.statements.awaits_answer(statement, self.ready_owed + 1)
+    }
+
     /// Handles every complete client message in the buffer, up to a held one.
     fn client_frames(&mut self, to_server: &mut BytesMut) -> Result<Progress, Ended> {
         loop {
@@ -1190,6 +1230,9 @@ impl Relay<'_> {
                     Uninspected::Incomplete => return Ok(Progress::Done),
                     Uninspected::Decode => {}
                 }
+            }
+            if self.inspecting && self.ready_seen < self.ready_owed && self.bind_awaits_answers() {
+                return Ok(Progress::AwaitAnswers);
             }
             let frame = match parse_frontend_frame(&mut self.client.buf, self.gw.options.max_message_len) {
                 Ok(Some(f)) => f,
@@ -1435,6 +1478,11 @@ impl Relay<'_> {
                 self.copy
                     .began(self.ready_seen + 1)
                     .map_err(|why| Ended::fatal(sqlstate::FEATURE_NOT_SUPPORTED, why))?;
+                if std::mem::take(&mut self.awaiting_answers) {
+                    // The copy reads the client's messages: a Bind waiting among
+                    // them is out of place (`bind_awaits_answers`).
+                    self.resumed = true;
+                }
                 None
             }
             b'C' => {
@@ -1564,18 +1612,24 @@ impl Relay<'_> {
     /// one is relayed (`mid_batch`), and the Syncs a COPY ignores are taken
     /// back (`copy_watch`).
     fn server_error(&mut self) {
-        self.settle_batches(self.ready_seen + 1);
+        self.settle_batches(self.ready_seen + 1, false);
     }
 
-    /// The batches up to `last` are over: their messages still in flight
-    /// got no answer, and changed nothing.
-    fn settle_batches(&mut self, last: u64) {
+    /// The batches up to `last` are over, by their ReadyForQuery (`ready`)
+    /// or an error: their messages still in flight got no answer, and changed
+    /// nothing; a query among them that changes a name did, if `ready`.
+    fn settle_batches(&mut self, last: u64, ready: bool) {
         let (statements, masking) = (&mut self.statements, &mut self.masking);
-        self.in_flight.settle(last, |name, change| match change {
+        self.in_flight.settle(last, ready, |name, change, took_effect| match change {
+            Tracked::Statement(change) if took_effect => statements.confirmed(&name, change),
             Tracked::Statement(_) => statements.unanswered(&name),
-            Tracked::Portal(_) => {
+            Tracked::Portal(change) => {
                 if let Some(r) = masking.as_mut() {
-                    r.portals.unanswered(&name);
+                    if took_effect {
+                        r.portals.confirmed(&name, change);
+                    } else {
+                        r.portals.unanswered(&name);
+                    }
                 }
             }
         });
@@ -1597,7 +1651,10 @@ impl Relay<'_> {
     /// A simple query destroys the unnamed statement. `DEALLOCATE` and
     /// `DISCARD` may remove prepared statements, or fail and keep them, and
     /// `PREPARE` may take a name a Parse left free: the gateway cannot tell,
-    /// so a query that may run one forgets every statement.
+    /// so a query that may run one forgets every statement. Except a query
+    /// that is only `DEALLOCATE name`, as drivers evict a statement from
+    /// their cache with: it closes that name, if it succeeds, as a Close
+    /// would, and leaves the other names known.
     fn track_simple_query(&mut self, sql: &[u8]) {
         if self.statements.is_empty() {
             // Most sessions prepare nothing: then there is nothing to forget,
@@ -1605,8 +1662,18 @@ impl Relay<'_> {
             return;
         }
         self.statements.query();
-        if keywords::mentions_deallocation(sql) {
-            self.statements.forget_all();
+        if !keywords::mentions_deallocation(sql) {
+            return;
+        }
+        let batch = self.ready_owed + 1;
+        let closing = keywords::deallocated_name(sql).and_then(|name| {
+            let key = bytes::Bytes::from(name);
+            let change = self.statements.close(&key, batch)?;
+            Some((key, change))
+        });
+        match closing {
+            Some((key, change)) => self.in_flight.push(QUERY_DONE, key, batch, Some(Tracked::Statement(change))),
+            None => self.statements.forget_all(),
         }
     }
 
@@ -2042,7 +2109,13 @@ impl Relay<'_> {
         // the batch, one the gateway relayed before forwarding it, and the
         // server did not take what it names.
         let seen = self.ready_seen;
-        self.settle_batches(seen);
+        self.settle_batches(seen, true);
+        if self.awaiting_answers && seen >= self.ready_owed {
+            // The batches before the waiting Bind are answered: what its
+            // statement's name holds is known.
+            self.awaiting_answers = false;
+            self.resumed = true;
+        }
         if self.status == b'I'
             && seen == self.ready_owed
             && !self.batch_open

@@ -155,6 +155,13 @@ impl<T: Clone> Names<T> {
         self.settled.get(name)
     }
 
+    /// Whether what a message naming `name` forwarded in `batch` uses is not
+    /// known only because a change of an earlier batch awaits its answer:
+    /// once every earlier batch is answered, `get` knows.
+    pub(crate) fn awaits_answer(&self, name: &[u8], batch: u64) -> bool {
+        followed(name) && !(self.open_batch == batch && self.open.contains_key(name)) && self.pending.contains_key(name)
+    }
+
     /// The server answered the message that carried `change`.
     pub(crate) fn confirmed(&mut self, name: &Bytes, change: Change<T>) {
         self.answered(name);
@@ -257,6 +264,19 @@ mod tests {
         assert_eq!(text(&s, "s", 3), None, "not known until answered");
         s.unanswered(&name("s"));
         assert_eq!(text(&s, "s", 3).as_deref(), Some("SELECT 1"));
+    }
+
+    #[test]
+    fn only_a_change_of_an_earlier_batch_is_awaited() {
+        let mut s = Statements::default();
+        let change = s.hold(&name("s"), prepared("SELECT 1"), 1);
+        assert!(!s.awaits_answer(b"s", 1), "known within its own batch");
+        assert!(s.awaits_answer(b"s", 2), "the next batch waits for the answer");
+        assert!(!s.awaits_answer(b"t", 2), "nothing to wait for: never prepared");
+        s.confirmed(&name("s"), change.unwrap());
+        assert!(!s.awaits_answer(b"s", 2));
+        let _long = s.hold(&name(&"x".repeat(63)), prepared("SELECT 1"), 2);
+        assert!(!s.awaits_answer("x".repeat(63).as_bytes(), 3), "not followed: no answer would tell");
     }
 
     #[test]
