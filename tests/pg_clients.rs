@@ -1224,6 +1224,47 @@ async fn an_executed_deallocate_leaves_no_text_behind() {
     .await;
 }
 
+/// In pipeline mode psycopg evicts a statement with `DEALLOCATE name` sent by
+/// the extended protocol: the unnamed statement and portal. Executing it
+/// closes that name alone, and the portal, bound again to another statement,
+/// closes nothing more.
+#[tokio::test]
+async fn a_deallocate_executed_by_the_extended_protocol_closes_its_name_alone() {
+    let s = Stack::start().await;
+    let mut stream = raw_readwrite(&s, Some(PEOPLE_WRITES_NEED_REVIEW)).await;
+    send(&mut stream, &[parse("s1", "SELECT 1"), parse("s2", "SELECT 2"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "1"]);
+    send(&mut stream, &[query("BEGIN")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:BEGIN"]);
+    send(
+        &mut stream,
+        &[
+            parse("", "DEALLOCATE s1"),
+            bind("", "", &[]),
+            execute("", 0),
+            parse("s1", "SELECT 5"),
+            bind("", "s2", &[]),
+            execute("", 0),
+            bind("", "s1", &[]),
+            execute("", 0),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        read_until_ready(&mut stream).await.0,
+        ["1", "2", "C:DEALLOCATE", "1", "2", "D:2", "C:SELECT 1", "2", "D:5", "C:SELECT 1"]
+    );
+    send(&mut stream, &[query("COMMIT")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["C:COMMIT"]);
+    // The name freed and taken again holds what the server says.
+    send(&mut stream, &[parse("", "DEALLOCATE s1"), bind("", "", &[]), execute("", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "C:DEALLOCATE"]);
+    send(&mut stream, &[parse("s1", "DELETE FROM people"), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1"]);
+    assert_run_refused(&s, &mut stream, "s1", "held as the write it now is, and refused when nobody approved it").await;
+}
+
 /// A client that pipelines a Bind past the Sync of its statement's Parse
 /// (psycopg's and libpq's pipeline mode can) gets it run, decided on the text
 /// the server's answer to the Parse says the name holds: the gateway waits

@@ -666,6 +666,7 @@ async fn relay_session(
         statements: Statements::default(),
         deallocating_portals: std::collections::HashSet::new(),
         every_portal_deallocates: false,
+        closing_portals: std::collections::HashMap::new(),
         lexing_safe,
         inspecting: gw.hook.inspects(&admitted.context),
         cancel_held,
@@ -763,6 +764,10 @@ struct Relay<'a> {
     deallocating_portals: std::collections::HashSet<bytes::Bytes>,
     /// More than `MAX_PREPARED` such portals were bound: every Execute forgets.
     every_portal_deallocates: bool,
+    /// Portals bound to a statement that is exactly `DEALLOCATE name`, as a
+    /// driver in pipeline mode evicts a statement: executing one closes that
+    /// name, and no other.
+    closing_portals: std::collections::HashMap<bytes::Bytes, bytes::Bytes>,
     /// The server reads statement text as the gateway does: a client encoding
     /// whose characters cannot hide a quote or backslash, and standard-conforming
     /// strings. Tracked from the server's ParameterStatus messages.
@@ -1653,8 +1658,8 @@ impl Relay<'_> {
     /// `PREPARE` may take a name a Parse left free: the gateway cannot tell,
     /// so a query that may run one forgets every statement. Except a query
     /// that is only `DEALLOCATE name`, as drivers evict a statement from
-    /// their cache with: it closes that name, if it succeeds, as a Close
-    /// would, and leaves the other names known.
+    /// their cache with: it closes that name (`close_by_sql`), and leaves the
+    /// other names known.
     fn track_simple_query(&mut self, sql: &[u8]) {
         if self.statements.is_empty() {
             // Most sessions prepare nothing: then there is nothing to forget,
@@ -1665,14 +1670,22 @@ impl Relay<'_> {
         if !keywords::mentions_deallocation(sql) {
             return;
         }
+        match keywords::deallocated_name(sql) {
+            Some(name) => self.close_by_sql(bytes::Bytes::from(name)),
+            None => self.statements.forget_all(),
+        }
+    }
+
+    /// A `DEALLOCATE name` forwarded (a query, or the Execute of a portal
+    /// bound to one): the name holds nothing once its batch ends without an
+    /// error. An error anywhere in the batch counts as its failing, which
+    /// it may not have: then the relay takes the name to hold its old text
+    /// while the server holds nothing, and the server refuses a Bind of it.
+    fn close_by_sql(&mut self, name: bytes::Bytes) {
         let batch = self.ready_owed + 1;
-        let closing = keywords::deallocated_name(sql).and_then(|name| {
-            let key = bytes::Bytes::from(name);
-            let change = self.statements.close(&key, batch)?;
-            Some((key, change))
-        });
-        match closing {
-            Some((key, change)) => self.in_flight.push(QUERY_DONE, key, batch, Some(Tracked::Statement(change))),
+        match self.statements.close(&name, batch) {
+            Some(change) => self.in_flight.push(QUERY_DONE, name, batch, Some(Tracked::Statement(change))),
+            // A name the server may cut short or convert: not followed.
             None => self.statements.forget_all(),
         }
     }
@@ -1683,8 +1696,22 @@ impl Relay<'_> {
     /// does not know, which may be anything.
     /// The same goes for executing its portal, which may come later; a Bind
     /// of the name again does not take that away (it may fail, and the
-    /// portal stay), only the end of the transaction does.
+    /// portal stay), only the end of the transaction does. A statement that
+    /// is exactly `DEALLOCATE name` only closes that name, each time its
+    /// portal is executed; a Bind of the portal again ends that (should the
+    /// Bind fail and the portal stay, the relay takes the name to hold its
+    /// text while the server holds nothing, and the server refuses a Bind).
     fn track_bind(&mut self, portal: &[u8], statement: &[u8]) {
+        if !self.closing_portals.is_empty() {
+            self.closing_portals.remove(portal);
+        }
+        let closes = self.statement_text(statement).and_then(|sql| keywords::deallocated_name(sql));
+        if let Some(name) = closes
+            && self.closing_portals.len() < MAX_PREPARED
+        {
+            self.closing_portals.insert(bytes::Bytes::copy_from_slice(portal), bytes::Bytes::from(name));
+            return;
+        }
         if self.statement_text(statement).is_none_or(|sql| keywords::mentions_deallocation(sql)) {
             self.statements.forget_all();
             if self.deallocating_portals.len() < MAX_PREPARED {
@@ -1700,6 +1727,8 @@ impl Relay<'_> {
     fn track_execute(&mut self, portal: &[u8]) {
         if self.every_portal_deallocates || self.deallocating_portals.contains(portal) || !followed(portal) {
             self.statements.forget_all();
+        } else if let Some(name) = self.closing_portals.get(portal) {
+            self.close_by_sql(name.clone());
         }
     }
 
@@ -2119,13 +2148,16 @@ impl Relay<'_> {
         if self.status == b'I'
             && seen == self.ready_owed
             && !self.batch_open
-            && (self.every_portal_deallocates || !self.deallocating_portals.is_empty())
+            && (self.every_portal_deallocates
+                || !self.deallocating_portals.is_empty()
+                || !self.closing_portals.is_empty())
         {
             // Out of any transaction, with nothing more sent (no batch begun
             // after this one either): the server holds no portal a Bind made
             // (none outlives its transaction).
             self.deallocating_portals.clear();
             self.every_portal_deallocates = false;
+            self.closing_portals.clear();
         }
         if !self.inject.iter().any(|(n, _)| *n == seen) {
             return Vec::new();
