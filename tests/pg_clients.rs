@@ -187,6 +187,26 @@ async fn psycopg3_parameters_prepared_statements_a_large_result_and_errors() {
     no_session_roles_left(&s).await;
 }
 
+/// psycopg evicting statements from its cache with `DEALLOCATE name`, by the
+/// simple query and in pipeline mode by the extended protocol, where command
+/// rules apply: the statements it keeps run by name, and are not refused as
+/// unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_evicting_cached_statements_keeps_the_rest_usable_under_rules() {
+    let s = Stack::start().await;
+    s.apply_policy(PEOPLE_WRITES_DENIED).await;
+    let token = s.token("py").await;
+    s.grant_role("py", "readwrite", 900).await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(clients_dir().join("psycopg_evict.py")).arg(s.url("pg.readwrite", &token));
+    let out = run(cmd).await;
+    let v = script_json(&out, "psycopg (python3)");
+    let expected = serde_json::json!([100, 101, 102, 103, 201, 202, 203]);
+    assert_eq!(v["plain"], expected, "{v}");
+    assert_eq!(v["pipeline"], expected, "{v}");
+    no_session_roles_left(&s).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres_parameters_named_statements_a_large_result_and_errors() {
     let s = Stack::start().await;

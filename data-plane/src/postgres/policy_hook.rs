@@ -196,8 +196,8 @@ impl StatementHook for PolicyHook {
                     deny(
                         "builtin:unknown-statement",
                         "the gateway cannot tell which statement this Bind runs (its name was prepared by SQL, \
-                         before this session's rules applied, or after a statement that may deallocate, or its \
-                         Parse is not answered yet); close it and prepare it again"
+                         or before a statement that may deallocate or prepare statements, or is 63 bytes or \
+                         longer or not ASCII); close it and prepare it again"
                             .to_owned(),
                     )
                 } else {
