@@ -1277,6 +1277,9 @@ async fn a_deallocate_executed_by_the_extended_protocol_closes_its_name_alone() 
     );
     send(&mut stream, &[query("COMMIT")]).await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["C:COMMIT"]);
+    // What the batch prepared after the DEALLOCATE stands once it is over.
+    send(&mut stream, &[bind("", "s1", &[]), execute("", 0), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["2", "D:5", "C:SELECT 1"]);
     // The name freed and taken again holds what the server says.
     send(&mut stream, &[parse("", "DEALLOCATE s1"), bind("", "", &[]), execute("", 0), message(b'S', &[])]).await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "C:DEALLOCATE"]);

@@ -7,8 +7,9 @@
 //! a masked session, see `Relay::expect_responses`; an answer of a kind the
 //! list does not hold is not looked for). A batch's end drops its messages
 //! left unanswered from the front: batches only grow along the list. A
-//! simple query that changes a name (`DEALLOCATE name`) is its own batch, and
-//! took effect when that batch ends without an error ([`QUERY_DONE`]). What a
+//! statement that changes a name (`DEALLOCATE name`, a query or an Execute)
+//! took effect when its batch ends without an error ([`QUERY_DONE`]): those
+//! wait in a list of their own, which answers never look through. What a
 //! message does to a statement's or a portal's name goes with it (see
 //! `statements`), to be applied when it is answered. A client may pipeline
 //! thousands before reading an answer, and a session thread serves many
@@ -43,6 +44,8 @@ struct Owed {
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     owed: VecDeque<Owed>,
+    /// The [`QUERY_DONE`] changes, in order.
+    done: VecDeque<Owed>,
     /// How many await a ParseComplete, a BindComplete and a CloseComplete.
     kinds: [usize; 3],
 }
@@ -59,22 +62,23 @@ fn kind(tag: u8) -> Option<usize> {
 
 impl InFlight {
     pub(crate) fn len(&self) -> usize {
-        self.owed.len()
+        self.owed.len() + self.done.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.owed.is_empty()
+        self.owed.is_empty() && self.done.is_empty()
     }
 
     /// Notes a message just forwarded. Batches never decrease along the
     /// list: a message goes in the batch the next ReadyForQuery ends or a
     /// later one.
     pub(crate) fn push(&mut self, confirmation: u8, name: Bytes, batch: u64, change: Option<Tracked>) {
-        debug_assert!(self.owed.back().is_none_or(|last| last.batch <= batch), "batches go in order");
+        let list = if confirmation == QUERY_DONE { &mut self.done } else { &mut self.owed };
+        debug_assert!(list.back().is_none_or(|last| last.batch <= batch), "batches go in order");
+        list.push_back(Owed { confirmation, name, batch, change });
         if let Some(count) = kind(confirmation).and_then(|k| self.kinds.get_mut(k)) {
             *count += 1;
         }
-        self.owed.push_back(Owed { confirmation, name, batch, change });
     }
 
     /// A ParseComplete, BindComplete or CloseComplete (`tag`) answers the
@@ -100,7 +104,13 @@ impl InFlight {
             let Some(o) = self.owed.pop_front() else { break };
             self.left(&o);
             if let Some(change) = o.change {
-                settled(o.name, change, ready && o.confirmation == QUERY_DONE);
+                settled(o.name, change, false);
+            }
+        }
+        while self.done.front().is_some_and(|o| o.batch <= last) {
+            let Some(o) = self.done.pop_front() else { break };
+            if let Some(change) = o.change {
+                settled(o.name, change, ready);
             }
         }
     }
@@ -108,7 +118,7 @@ impl InFlight {
     /// Gives every message the batch `renumber` says instead of its own
     /// (which must keep them in order).
     pub(crate) fn renumber(&mut self, renumber: impl Fn(u64) -> u64) {
-        for o in &mut self.owed {
+        for o in self.owed.iter_mut().chain(self.done.iter_mut()) {
             o.batch = renumber(o.batch);
         }
         debug_assert!(
@@ -140,7 +150,7 @@ mod tests {
     }
 
     fn closed() -> Option<Tracked> {
-        Some(Tracked::Statement(Change::Closed))
+        Some(Tracked::Statement(Change::Closed { seq: 0 }))
     }
 
     #[test]

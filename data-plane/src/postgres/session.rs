@@ -1450,6 +1450,10 @@ impl Relay<'_> {
             // Held for its place too, so that its CloseComplete is not taken for
             // a statement's.
             FrontendMessage::Close { kind: ObjectKind::Portal, name } => {
+                if !self.closing_portals.is_empty() {
+                    // A portal of the name made later (a cursor) runs something else.
+                    self.closing_portals.remove(name);
+                }
                 let (key, batch) = (bytes::Bytes::copy_from_slice(name), self.ready_owed + 1);
                 let change = self.masking.as_mut().and_then(|r| r.portals.close(&key, batch));
                 self.in_flight.push(b'3', key, batch, change.map(Tracked::Portal));
@@ -1706,7 +1710,9 @@ impl Relay<'_> {
             self.closing_portals.remove(portal);
         }
         let closes = self.statement_text(statement).and_then(|sql| keywords::deallocated_name(sql));
+        // (An Execute of a portal not followed forgets every name anyway.)
         if let Some(name) = closes
+            && followed(portal)
             && self.closing_portals.len() < MAX_PREPARED
         {
             self.closing_portals.insert(bytes::Bytes::copy_from_slice(portal), bytes::Bytes::from(name));

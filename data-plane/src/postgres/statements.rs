@@ -55,11 +55,14 @@ pub(crate) struct Prepared {
 }
 
 /// What a message forwarded does to a name, carried with it until the
-/// server answers: it holds a value from now on (`Held`), or nothing.
+/// server answers: it holds a value from now on (`Held`), or nothing. `seq`
+/// numbers the changes in the order they were forwarded: a change learned
+/// late (a `DEALLOCATE`, learned at the end of its batch) does not undo one
+/// forwarded after it and already answered.
 #[derive(Debug)]
 pub(crate) enum Change<T> {
-    Held { value: T, epoch: u64 },
-    Closed,
+    Held { value: T, epoch: u64, seq: u64 },
+    Closed { seq: u64 },
 }
 
 /// A change to a statement's name or to a portal's, as in-flight messages
@@ -79,8 +82,9 @@ pub(crate) type Portals = Names<Arc<ResultMask>>;
 #[derive(Debug)]
 pub(crate) struct Names<T> {
     /// By name, what the server holds (or, after a `DEALLOCATE` the relay
-    /// could not see, none), as the answers read so far tell.
-    settled: HashMap<Bytes, T>,
+    /// could not see, none), as the answers read so far tell, and the `seq`
+    /// of the change that put it there.
+    settled: HashMap<Bytes, (T, u64)>,
     /// The changes made by the batch the client has open, by name, in effect
     /// for a message later in the batch: a value, or none (closed).
     open: HashMap<Bytes, Option<T>>,
@@ -91,11 +95,13 @@ pub(crate) struct Names<T> {
     /// Counts calls to `forget_all`: an answer to a message forwarded before
     /// the last one teaches nothing.
     epoch: u64,
+    /// The `seq` of the last change forwarded.
+    seq: u64,
 }
 
 impl<T> Default for Names<T> {
     fn default() -> Self {
-        Self { settled: HashMap::new(), open: HashMap::new(), open_batch: 0, pending: HashMap::new(), epoch: 0 }
+        Self { settled: HashMap::new(), open: HashMap::new(), open_batch: 0, pending: HashMap::new(), epoch: 0, seq: 0 }
     }
 }
 
@@ -112,8 +118,8 @@ impl<T: Clone> Names<T> {
         if !followed(name) {
             return None;
         }
-        self.note(name, Some(value.clone()), batch);
-        Some(Change::Held { value, epoch: self.epoch })
+        let seq = self.note(name, Some(value.clone()), batch);
+        Some(Change::Held { value, epoch: self.epoch, seq })
     }
 
     /// A Close forwarded in `batch`.
@@ -121,17 +127,19 @@ impl<T: Clone> Names<T> {
         if !followed(name) {
             return None;
         }
-        self.note(name, None, batch);
-        Some(Change::Closed)
+        let seq = self.note(name, None, batch);
+        Some(Change::Closed { seq })
     }
 
-    fn note(&mut self, name: &Bytes, held: Option<T>, batch: u64) {
+    fn note(&mut self, name: &Bytes, held: Option<T>, batch: u64) -> u64 {
         if self.open_batch != batch {
             self.clear_open();
             self.open_batch = batch;
         }
         self.open.insert(name.clone(), held);
         *self.pending.entry(name.clone()).or_default() += 1;
+        self.seq += 1;
+        self.seq
     }
 
     /// What a message naming `name` forwarded in `batch` uses, if it runs (the
@@ -152,7 +160,7 @@ impl<T: Clone> Names<T> {
             // failed or been skipped, or not.
             return None;
         }
-        self.settled.get(name)
+        self.settled.get(name).map(|(value, _)| value)
     }
 
     /// Whether what a message naming `name` forwarded in `batch` uses is not
@@ -166,14 +174,16 @@ impl<T: Clone> Names<T> {
     pub(crate) fn confirmed(&mut self, name: &Bytes, change: Change<T>) {
         self.answered(name);
         match change {
-            Change::Held { value, epoch } if epoch == self.epoch => {
+            Change::Held { value, epoch, seq } if epoch == self.epoch => {
                 if name.is_empty() || self.settled.contains_key(name) || self.settled.len() < MAX_PREPARED {
-                    self.settled.insert(name.clone(), value);
+                    self.settled.insert(name.clone(), (value, seq));
                 }
             }
             // Forgotten since it went: what the name holds is not known.
             Change::Held { .. } => {}
-            Change::Closed => {
+            // A Parse sent after it took the name again, and stands.
+            Change::Closed { seq } if self.settled.get(name).is_some_and(|(_, since)| *since > seq) => {}
+            Change::Closed { .. } => {
                 self.settled.remove(name);
             }
         }
@@ -280,6 +290,20 @@ mod tests {
     }
 
     #[test]
+    fn a_close_learned_late_does_not_undo_a_parse_sent_after_it() {
+        let mut s = Statements::default();
+        let first = s.hold(&name("s"), prepared("SELECT 1"), 1);
+        s.confirmed(&name("s"), first.unwrap());
+        // `DEALLOCATE s` executed, then `s` prepared again, in one batch; the
+        // DEALLOCATE is known to have run only at the batch's end.
+        let closed = s.close(&name("s"), 2);
+        let parsed = s.hold(&name("s"), prepared("SELECT 5"), 2);
+        s.confirmed(&name("s"), parsed.unwrap());
+        s.confirmed(&name("s"), closed.unwrap());
+        assert_eq!(text(&s, "s", 3).as_deref(), Some("SELECT 5"));
+    }
+
+    #[test]
     fn a_close_empties_the_name_once_answered() {
         let mut s = Statements::default();
         let parsed = s.hold(&name("s"), prepared("SELECT 1"), 1);
@@ -322,7 +346,7 @@ mod tests {
         let _parsed = s.hold(&name(""), prepared("SELECT 1"), 5);
         s.batches_renumbered();
         assert_eq!(text(&s, "", 5), None);
-        assert!(matches!(s.close(&name(""), 5), Some(Change::Closed)));
+        assert!(matches!(s.close(&name(""), 5), Some(Change::Closed { .. })));
     }
 
     #[test]
