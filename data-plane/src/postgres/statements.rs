@@ -10,14 +10,18 @@
 //! from the answers, applied in the order they come: a ParseComplete means the
 //! server now holds that Parse's text (a Parse of a taken name fails); a
 //! CloseComplete that it holds nothing; an unanswered message changed nothing.
-//! Until an answer comes, the name is unknown, with one exception: within the
-//! batch the client has open, a Bind runs only if every message before it
-//! succeeded, so it runs what the batch's last Parse of the name prepared,
-//! whatever the server held before.
+//! Until an answer comes, the name is unknown (a Bind of it in a later batch
+//! waits for the answer, see `Relay::bind_awaits_answers`), with one
+//! exception: within the batch the client has open, a Bind runs only if
+//! every message before it succeeded, so it runs what the batch's last Parse
+//! of the name prepared, whatever the server held before.
 //!
-//! What the relay cannot follow (a statement that may run `DEALLOCATE`,
-//! `DISCARD`, `PREPARE` or `EXECUTE`, see `keywords`) forgets every name, and
-//! no answer to a message sent before it teaches anything.
+//! A lone `DEALLOCATE name` closes the name, learned when its batch ends
+//! without an error; it does not undo a change forwarded after it and
+//! answered before that (`seq`). What else the relay cannot follow (a
+//! statement that may run `DEALLOCATE`, `DISCARD`, `PREPARE` or `EXECUTE`,
+//! see `keywords`) forgets every name, and no answer to a message sent
+//! before it teaches anything.
 //!
 //! A name the gateway never saw prepared, or prepared past [`MAX_PREPARED`],
 //! is as unknown as a forgotten one: the server may hold anything under it
