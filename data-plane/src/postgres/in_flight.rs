@@ -21,12 +21,13 @@ use bytes::Bytes;
 
 use super::statements::Tracked;
 
-/// What a simple query that changes a name is owed: the ReadyForQuery that
-/// ends its batch, with no error before it.
+/// What a statement that changes a name (a query, or the Execute of a
+/// portal) is owed: the ReadyForQuery that ends its batch, with no error in
+/// the batch before it.
 pub(crate) const QUERY_DONE: u8 = b'Z';
 
-/// A Parse, Bind or Close forwarded and not yet answered, or a simple query
-/// that changes a name.
+/// A Parse, Bind or Close forwarded and not yet answered, or a statement
+/// that changes a name ([`QUERY_DONE`]).
 #[derive(Debug)]
 struct Owed {
     /// The tag of the answer owed: ParseComplete, BindComplete, CloseComplete
@@ -97,8 +98,8 @@ impl InFlight {
     /// The batches up to `last` are over, by their ReadyForQuery (`ready`) or
     /// by an error: the messages of theirs still here are dropped, and each
     /// that changes a name is passed to `settled` with whether it took effect.
-    /// Only a query's does, and only at a ReadyForQuery: the other messages
-    /// left got no answer.
+    /// Only a [`QUERY_DONE`] change does, and only at a ReadyForQuery: the
+    /// other messages left got no answer.
     pub(crate) fn settle(&mut self, last: u64, ready: bool, mut settled: impl FnMut(Bytes, Tracked, bool)) {
         while self.owed.front().is_some_and(|o| o.batch <= last) {
             let Some(o) = self.owed.pop_front() else { break };
