@@ -1626,19 +1626,17 @@ impl Relay<'_> {
 
     /// The batches up to `last` are over, by their ReadyForQuery (`ready`)
     /// or an error: their messages still in flight got no answer, and changed
-    /// nothing; a query among them that changes a name did, if `ready`.
+    /// nothing; a `DEALLOCATE name` among them closed its name, if `ready`.
     fn settle_batches(&mut self, last: u64, ready: bool) {
         let (statements, masking) = (&mut self.statements, &mut self.masking);
         self.in_flight.settle(last, ready, |name, change, took_effect| match change {
             Tracked::Statement(change) if took_effect => statements.confirmed(&name, change),
             Tracked::Statement(_) => statements.unanswered(&name),
-            Tracked::Portal(change) => {
+            // No statement changes a portal at its batch's end: only its
+            // messages do, and unanswered they changed nothing.
+            Tracked::Portal(_) => {
                 if let Some(r) = masking.as_mut() {
-                    if took_effect {
-                        r.portals.confirmed(&name, change);
-                    } else {
-                        r.portals.unanswered(&name);
-                    }
+                    r.portals.unanswered(&name);
                 }
             }
         });
@@ -1709,7 +1707,13 @@ impl Relay<'_> {
         if !self.closing_portals.is_empty() {
             self.closing_portals.remove(portal);
         }
-        let closes = self.statement_text(statement).and_then(|sql| keywords::deallocated_name(sql));
+        // One scan of the text, as for a query (`track_simple_query`); the
+        // exact reading only of a text that mentions deallocation.
+        let (closes, may_deallocate) = match self.statement_text(statement) {
+            None => (None, true),
+            Some(sql) if !keywords::mentions_deallocation(sql) => (None, false),
+            Some(sql) => (keywords::deallocated_name(sql), true),
+        };
         // (An Execute of a portal not followed forgets every name anyway.)
         if let Some(name) = closes
             && followed(portal)
@@ -1718,7 +1722,7 @@ impl Relay<'_> {
             self.closing_portals.insert(bytes::Bytes::copy_from_slice(portal), bytes::Bytes::from(name));
             return;
         }
-        if self.statement_text(statement).is_none_or(|sql| keywords::mentions_deallocation(sql)) {
+        if may_deallocate {
             self.statements.forget_all();
             if self.deallocating_portals.len() < MAX_PREPARED {
                 self.deallocating_portals.insert(bytes::Bytes::copy_from_slice(portal));
