@@ -17,6 +17,7 @@ use airlock_data_plane::postgres::protocol::frontend::{
 };
 use airlock_data_plane::postgres::protocol::startup::{Startup, encode_startup, parse_startup};
 use airlock_data_plane::postgres::protocol::{ProtocolError, sqlstate};
+use airlock_data_plane::postgres::scram;
 use bytes::{BufMut, Bytes, BytesMut};
 
 fn testdata(name: &str) -> Vec<u8> {
@@ -711,6 +712,17 @@ fn fuzz_corpora_replay_without_panic() {
             }
             seen += 1;
         }
+    }
+    for entry in std::fs::read_dir(root.join("scram_login")).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let (rest, last) = data.split_at(data.iter().position(|b| *b == b'\n').unwrap_or(data.len()));
+        let mut login = scram::Login::new(b"password", None);
+        let first = [&login.first()[b"n,,n=,r=".len()..], rest].concat();
+        if login.respond(&[b"r=", &first[..]].concat()).is_ok() {
+            assert!(login.verify(last.get(1..).unwrap_or_default()).is_err());
+        }
+        let _ = scram::Login::new(b"password", None).respond(&data);
+        seen += 1;
     }
     assert!(seen > 0, "no seeds found under {}", root.display());
 }

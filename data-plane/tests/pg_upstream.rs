@@ -19,6 +19,7 @@ use airlock_data_plane::postgres::protocol::frontend::{
 };
 use airlock_data_plane::postgres::protocol::sqlstate;
 use airlock_data_plane::postgres::protocol::startup::{Startup, parse_startup};
+use airlock_data_plane::postgres::scram;
 use airlock_data_plane::postgres::upstream::{self, Upstream, UpstreamError, UpstreamOptions};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -448,6 +449,46 @@ async fn scram_sha_256_against_a_postgres_verifier() {
         scripted(&role.name, "correct horse", move |p| scram_server(p, verifier, ScramServer::SkipsFinal)).await;
     let err = upstream::connect(&o).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Unexpected { .. }), "{err}");
+    server.abort();
+}
+
+/// A session role's login: the gateway made its verifier and kept the salted
+/// password, which the login uses instead of hashing the password again.
+#[tokio::test]
+async fn scram_with_the_salted_password_of_a_verifier_the_gateway_made() {
+    let (verifier, salted) = scram::verifier(b"correct horse");
+    let login = |password: &'static str, behaviour, salted: Option<scram::SaltedPassword>| {
+        let verifier = verifier.clone();
+        async move {
+            let (mut o, server) = scripted("airlock_x", password, move |p| scram_server(p, verifier, behaviour)).await;
+            o.salted = salted;
+            (upstream::connect(&o).await, server)
+        }
+    };
+
+    let (up, server) = login("correct horse", ScramServer::Honest, Some(salted.clone())).await;
+    assert_eq!(&up.unwrap().leftover[..], b"Zleftover");
+    server.await.unwrap();
+
+    // The salted form alone logs in: the password was not hashed again.
+    let (up, server) = login("a password never hashed", ScramServer::Honest, Some(salted.clone())).await;
+    up.expect("the login used the verifier's salted password");
+    server.await.unwrap();
+
+    // A salted form for another salt is not used: the password is hashed.
+    let (_, other) = scram::verifier(b"correct horse");
+    let (up, server) = login("correct horse", ScramServer::Honest, Some(other.clone())).await;
+    up.expect("hashed with the server's salt");
+    server.await.unwrap();
+    let (up, server) = login("wrong horse", ScramServer::Honest, Some(other)).await;
+    let err = up.unwrap_err();
+    assert!(matches!(&err, UpstreamError::Refused { sqlstate, .. } if sqlstate == "28P01"), "{err}");
+    server.await.unwrap();
+
+    // A server that does not hold the verifier is found out as before.
+    let (up, server) = login("correct horse", ScramServer::Impostor, Some(salted)).await;
+    let err = up.unwrap_err();
+    assert!(matches!(err, UpstreamError::Scram(_)), "{err}");
     server.abort();
 }
 

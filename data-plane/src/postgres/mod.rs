@@ -13,6 +13,7 @@ pub mod masking;
 pub mod policy_hook;
 pub mod protocol;
 pub mod roles;
+pub mod scram;
 mod session;
 mod statements;
 pub mod tls;

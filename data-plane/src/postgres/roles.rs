@@ -38,6 +38,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket};
 
+use super::scram::{self, SaltedPassword};
+
 /// Every role this module creates is named `airlock_` + 32 lowercase hex chars.
 pub const ROLE_PREFIX: &str = "airlock_";
 
@@ -96,6 +98,9 @@ pub enum RoleError {
     SweepIncomplete { dropped: Vec<String>, failed: Vec<(String, String)> },
     #[error("target error while {context}: {message}")]
     Database { context: &'static str, message: String },
+    /// The password's hashing did not finish (the runtime is stopping).
+    #[error("hashing the session role's password failed: {0}")]
+    Hashing(String),
 }
 
 /// How the admin connection reaches the target. The caller's
@@ -139,6 +144,9 @@ pub struct SessionRoleSpec {
 pub struct SessionRole {
     pub name: String,
     pub password: String,
+    /// The password as its verifier salted it: a login reuses it instead of
+    /// hashing the password again (see `scram`).
+    pub salted: SaltedPassword,
 }
 
 impl fmt::Debug for SessionRole {
@@ -215,7 +223,11 @@ impl RoleManager {
         }
         let name = session_role_name(spec.session_id);
         let password = random_password();
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        // About a millisecond of hashing: not on the thread relaying sessions.
+        let hashed = password.clone();
+        let (verifier, salted) = tokio::task::spawn_blocking(move || scram::verifier(hashed.as_bytes()))
+            .await
+            .map_err(|e| RoleError::Hashing(e.to_string()))?;
 
         let create = format!(
             "CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS NOREPLICATION \
@@ -243,7 +255,7 @@ impl RoleManager {
         tx.batch_execute(&comment).await.map_err(|e| db_error("commenting the session role", &e))?;
         tx.commit().await.map_err(|e| db_error("committing the session role", &e))?;
         tracing::info!(role = %name, template = %spec.template_role, valid_until = %until, "created session role");
-        Ok(SessionRole { name, password })
+        Ok(SessionRole { name, password, salted })
     }
 
     /// Drops a session role: no more logins, its backends terminated (waiting
@@ -805,7 +817,8 @@ mod tests {
         let (a, b) = (random_password(), random_password());
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        let role = SessionRole { name: "airlock_x".into(), password: a.clone() };
+        let (_, salted) = scram::verifier(a.as_bytes());
+        let role = SessionRole { name: "airlock_x".into(), password: a.clone(), salted };
         assert!(!format!("{role:?}").contains(&a));
     }
 }

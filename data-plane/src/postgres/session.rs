@@ -55,6 +55,7 @@ use super::protocol::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
 };
 use super::roles::SessionRoleSpec;
+use super::scram::SaltedPassword;
 use super::statements::{MAX_PREPARED, Prepared, Statements, Tracked, followed};
 use super::upstream::{self, Upstream, UpstreamOptions};
 use super::wake_gate::WakeGate;
@@ -227,7 +228,7 @@ async fn admitted_session(
                     tracing::error!("failed to read the credential of connection {}: {e:#}", admitted.connection.name);
                     Ended::fatal(sqlstate::CONNECTION_FAILURE, "the gateway cannot read the connection's credential")
                 })?;
-                (credential.user, credential.password)
+                (credential.user, credential.password, None)
             }
             CredentialMode::SessionRole => {
                 let template = admitted.connection.roles.get(&admitted.context.role).cloned().ok_or_else(|| {
@@ -256,7 +257,7 @@ async fn admitted_session(
                         format!("the gateway could not create a session role on {}: {e}", admitted.connection.name),
                     )
                 })?;
-                let login = (role.name.clone(), role.password.clone());
+                let login = (role.name.clone(), role.password.clone(), Some(role.salted.clone()));
                 session_role = Some((manager, role.name));
                 login
             }
@@ -265,10 +266,10 @@ async fn admitted_session(
     }
     .instrument(span.clone())
     .await?;
-    let ((user, password), session_role) = credentials;
+    let (login, session_role) = credentials;
 
     let mut tap = tap;
-    let result = relay_session(gw, client, admitted, tap.as_deref_mut(), user, password, shutdown, span).await;
+    let result = relay_session(gw, client, admitted, tap.as_deref_mut(), login, shutdown, span).await;
     // The client hears why its session ended before the cleanup: dropping the
     // role takes a few round trips to the target (its connection there is closed already).
     let result = tell_client(client, tap, result).await;
@@ -558,13 +559,13 @@ async fn relay_session(
     client: &mut Client,
     admitted: &Admitted,
     mut tap: Option<&mut SessionTap>,
-    user: String,
-    password: String,
+    (user, password, salted): (String, String, Option<SaltedPassword>),
     shutdown: &CancellationToken,
     span: &tracing::Span,
 ) -> Result<(), Ended> {
     let mut options =
         UpstreamOptions::new(admitted.connection.address.clone(), user, password, admitted.database.clone());
+    options.salted = salted;
     options.tls = admitted.connection.tls;
     options.params = admitted.params.clone();
     options.connect_timeout = gw.options.connect_timeout;

@@ -39,6 +39,7 @@ use super::protocol::backend::{Authentication, BackendMessage, ErrorFields, deco
 use super::protocol::frame::{Frame, parse_frame};
 use super::protocol::startup::{PROTOCOL_3_0, encode_cancel_request, encode_ssl_request, encode_startup};
 use super::protocol::{ProtocolError, Tag, encode};
+use super::scram::{self, SaltedPassword};
 
 /// The longest message accepted from the server before ReadyForQuery. The
 /// handshake's messages are small; this stops a hostile target from making
@@ -63,6 +64,10 @@ pub struct UpstreamOptions {
     pub user: String,
     /// Never logged: `Debug` prints it redacted.
     pub password: String,
+    /// The password salted as the role's SCRAM verifier has it, when the
+    /// gateway made that verifier: a SCRAM login then skips hashing the
+    /// password (see `scram`). `None` for a stored credential.
+    pub salted: Option<SaltedPassword>,
     pub database: String,
     /// Further startup parameters to send, in order (e.g. the client's
     /// `application_name`, `client_encoding`, `DateStyle`, `options`): the
@@ -86,6 +91,7 @@ impl UpstreamOptions {
             server_name: None,
             user: user.into(),
             password: password.into(),
+            salted: None,
             database: database.into(),
             params: Vec::new(),
             connect_timeout: Duration::from_secs(10),
@@ -102,6 +108,7 @@ impl fmt::Debug for UpstreamOptions {
             .field("server_name", &self.server_name)
             .field("user", &self.user)
             .field("password", &"<redacted>")
+            .field("salted", &self.salted.is_some())
             .field("database", &self.database)
             .field("params", &self.params.iter().map(|(n, _)| String::from_utf8_lossy(n)).collect::<Vec<_>>())
             .field("connect_timeout", &self.connect_timeout)
@@ -351,12 +358,26 @@ async fn authenticate(
 
 /// SCRAM-SHA-256 (RFC 5802, 7677) without channel binding (`n,,`): the
 /// server's final message is checked, so a target that does not know the
-/// password cannot pass for one that does.
+/// password cannot pass for one that does. A password the gateway made (with
+/// its salted form) logs in with `scram::Login`, which skips hashing it again;
+/// a stored one with postgres-protocol's client, which normalizes it first.
 async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamOptions) -> Result<(), UpstreamError> {
     const PHASE: &str = "SCRAM authentication";
-    let mut scram = ScramSha256::new(opts.password.as_bytes(), ChannelBinding::unsupported());
+    enum Client {
+        Made(Box<scram::Login>),
+        Stored(ScramSha256),
+    }
+    let failed = |e: &dyn std::fmt::Display| UpstreamError::Scram(e.to_string());
+    let mut client = match &opts.salted {
+        Some(salted) => Client::Made(Box::new(scram::Login::new(opts.password.as_bytes(), Some(salted.clone())))),
+        None => Client::Stored(ScramSha256::new(opts.password.as_bytes(), ChannelBinding::unsupported())),
+    };
+    let first = match &client {
+        Client::Made(login) => login.first(),
+        Client::Stored(scram) => scram.message().to_vec(),
+    };
     let mut out = BytesMut::new();
-    encode::sasl_initial_response(&mut out, SCRAM_SHA_256.as_bytes(), scram.message())?;
+    encode::sasl_initial_response(&mut out, SCRAM_SHA_256.as_bytes(), &first)?;
     stream.write_all(&out).await?;
     stream.flush().await?;
 
@@ -365,9 +386,15 @@ async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamO
         _ => None,
     })
     .await?;
-    scram.update(&data).map_err(|e| UpstreamError::Scram(e.to_string()))?;
+    let last = match &mut client {
+        Client::Made(login) => login.respond(&data).map_err(|e| failed(&e))?,
+        Client::Stored(scram) => {
+            scram.update(&data).map_err(|e| failed(&e))?;
+            scram.message().to_vec()
+        }
+    };
     out.clear();
-    encode::sasl_response(&mut out, scram.message())?;
+    encode::sasl_response(&mut out, &last)?;
     stream.write_all(&out).await?;
     stream.flush().await?;
 
@@ -376,7 +403,10 @@ async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamO
         _ => None,
     })
     .await?;
-    scram.finish(&data).map_err(|e| UpstreamError::Scram(e.to_string()))
+    match &mut client {
+        Client::Made(login) => login.verify(&data).map_err(|e| failed(&e)),
+        Client::Stored(scram) => scram.finish(&data).map_err(|e| failed(&e)),
+    }
 }
 
 async fn sasl_step(
