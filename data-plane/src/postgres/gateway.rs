@@ -236,8 +236,10 @@ impl Gateway {
             let gateway = self.clone();
             let cancel = cancel.clone();
             let spawned = std::thread::Builder::new().name(format!("airlock-pg-{i}")).spawn(move || {
-                // Sockets and timers only: the signal and process drivers would
-                // otherwise take a turn on every park, once per relayed message.
+                // Sockets and timers, what sessions use. (tokio's signal and
+                // process drivers come with its I/O driver all the same, since the
+                // binary is built with those features, and take a turn on every
+                // park: about 0.2 % of a relay's samples, `docs/benchmarks.md`.)
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
                     Ok(r) => r,
                     Err(e) => {
