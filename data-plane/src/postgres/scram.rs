@@ -5,9 +5,10 @@
 //! gateway, to log in as that role. Both the role's verifier and the login
 //! need the salted password: PBKDF2-HMAC-SHA-256 over 4096 iterations, about
 //! a millisecond of CPU. The verifier is computed once ([`verifier`]), and the
-//! login ([`Login`]) reuses its salted password when the server names the
-//! salt and iteration count the verifier carries, which it does unless the
-//! role's password was changed meanwhile (then it is computed again).
+//! login ([`Login`]) reuses its salted password. A server that names another
+//! salt or iteration count does not hold that verifier (or the role was
+//! changed behind the gateway's back): the login is refused, without hashing
+//! anything on the session's thread.
 //!
 //! Only for passwords the gateway makes (printable ASCII, which SASLprep
 //! leaves as they are). A stored credential logs in with postgres-protocol's
@@ -115,6 +116,8 @@ pub enum ScramError {
     Signature,
     #[error("SCRAM messages arrived out of order")]
     OutOfOrder,
+    #[error("the server's SCRAM salt or iteration count is not the verifier's the gateway made for this role")]
+    NotOurVerifier,
 }
 
 /// The client's side of one SCRAM-SHA-256 login, without channel binding:
@@ -137,8 +140,8 @@ impl fmt::Debug for Login {
 }
 
 impl Login {
-    /// A login with `password`, reusing `salted` when the server's salt and
-    /// iteration count are its own.
+    /// A login with `password`, or with `salted` alone when it is given: then
+    /// a server naming another salt or iteration count is refused.
     pub fn new(password: &[u8], salted: Option<SaltedPassword>) -> Self {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -183,7 +186,8 @@ impl Login {
         }
         let salted = match self.salted.take() {
             Some(s) if s.salt == salt && s.iterations == iterations => s,
-            _ => SaltedPassword::compute(&self.password, &salt, iterations),
+            Some(_) => return Err(ScramError::NotOurVerifier),
+            None => SaltedPassword::compute(&self.password, &salt, iterations),
         };
         // `biws` is base64 of the header `n,,`: no channel binding.
         let without_proof = format!("c=biws,r={nonce}");
@@ -257,16 +261,16 @@ mod tests {
         let mut login = rfc_login(Some(other));
         assert_ne!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
 
-        // Another salt or count: computed afresh, and the exchange is the RFC's.
+        // Another salt or count: that server does not hold the verifier.
         for (salt, iterations) in [(vec![1; 16], 4096), (salt, 4095)] {
             let mut login = rfc_login(Some(SaltedPassword { salt, iterations, key: [7; 32] }));
-            assert_eq!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
-            login.verify(SERVER_FINAL.as_bytes()).unwrap();
+            let refused = login.respond(SERVER_FIRST.as_bytes()).unwrap_err();
+            assert!(matches!(refused, ScramError::NotOurVerifier), "{refused:?}");
         }
     }
 
     #[test]
-    fn a_verifier_logs_in_with_its_own_salted_password_and_a_fresh_one() {
+    fn a_verifier_logs_in_with_its_own_salted_password_and_with_its_password() {
         let (text, salted) = verifier(b"s3cret");
         let parts: Vec<&str> = text.split(['$', ':']).collect();
         assert_eq!(parts.len(), 5, "{text}");

@@ -368,7 +368,7 @@ async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamO
         Stored(ScramSha256),
     }
     let failed = |e: &dyn std::fmt::Display| UpstreamError::Scram(e.to_string());
-    let mut client = match &opts.salted {
+    let client = match &opts.salted {
         Some(salted) => Client::Made(Box::new(scram::Login::new(opts.password.as_bytes(), Some(salted.clone())))),
         None => Client::Stored(ScramSha256::new(opts.password.as_bytes(), ChannelBinding::unsupported())),
     };
@@ -386,11 +386,23 @@ async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamO
         _ => None,
     })
     .await?;
-    let last = match &mut client {
-        Client::Made(login) => login.respond(&data).map_err(|e| failed(&e))?,
-        Client::Stored(scram) => {
-            scram.update(&data).map_err(|e| failed(&e))?;
-            scram.message().to_vec()
+    let (mut client, last) = match client {
+        Client::Made(mut login) => {
+            let last = login.respond(&data).map_err(|e| failed(&e))?;
+            (Client::Made(login), last)
+        }
+        Client::Stored(mut scram) => {
+            // Hashes the password as the server's salt and count ask: about a
+            // millisecond and more, not on the thread relaying other sessions.
+            let (scram, updated) = tokio::task::spawn_blocking(move || {
+                let updated = scram.update(&data);
+                (scram, updated)
+            })
+            .await
+            .map_err(|e| failed(&e))?;
+            updated.map_err(|e| failed(&e))?;
+            let last = scram.message().to_vec();
+            (Client::Stored(scram), last)
         }
     };
     out.clear();
