@@ -550,6 +550,30 @@ async fn cleartext_password() {
     server.await.unwrap();
 }
 
+/// A role the gateway made holds a SCRAM verifier: a target asking for its
+/// password as MD5, or in cleartext without TLS, is not the server that holds
+/// it, and never sees the password.
+#[tokio::test]
+async fn a_session_roles_password_is_not_sent_as_md5_or_in_cleartext_without_tls() {
+    let (_, salted) = scram::verifier(b"one-time");
+    for (code, data, named) in [(3, &b""[..], "cleartext"), (5, &b"salt"[..], "MD5")] {
+        let (mut o, server) = scripted("airlock_x", "one-time", move |mut peer| async move {
+            peer.startup().await;
+            peer.auth(code, data).await;
+            // The gateway hangs up instead of answering.
+            let mut rest = Vec::new();
+            let _ = peer.stream.read_to_end(&mut rest).await;
+            assert!(!rest.windows(8).any(|w| w == b"one-time"), "the password was sent");
+            assert!(rest.is_empty() || rest.first() == Some(&b'X'), "the gateway answered: {rest:?}");
+        })
+        .await;
+        o.salted = Some(salted.clone());
+        let err = upstream::connect(&o).await.unwrap_err();
+        assert!(matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains(named)), "{err}");
+        server.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn unsupported_authentication_is_named() {
     let (o, server) = scripted("u", "p", |mut peer| async move {

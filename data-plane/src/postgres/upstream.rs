@@ -322,6 +322,24 @@ async fn authenticate(
         };
         match request {
             Authentication::Ok => return Ok(()),
+            // A role the gateway made holds a SCRAM verifier: a Postgres that
+            // has it asks for SCRAM, or for the password itself under the
+            // `password` method of pg_hba. Anything else asking is not that
+            // server, and is not given the role's password in a form it can use.
+            Authentication::CleartextPassword
+                if opts.salted.is_some() && matches!(stream, UpstreamStream::Plain(_)) =>
+            {
+                return Err(UpstreamError::UnsupportedAuth(
+                    "a session role's password in cleartext over a connection without TLS \
+                     (use scram-sha-256 in the target's pg_hba.conf, or TLS to the target)"
+                        .into(),
+                ));
+            }
+            Authentication::Md5Password { .. } if opts.salted.is_some() => {
+                return Err(UpstreamError::UnsupportedAuth(
+                    "MD5 for a session role, whose password the target stores as a SCRAM verifier".into(),
+                ));
+            }
             Authentication::CleartextPassword => {
                 encode::password_message(&mut out, opts.password.as_bytes())?;
             }
