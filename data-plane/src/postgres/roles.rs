@@ -223,7 +223,7 @@ impl RoleManager {
         }
         let name = session_role_name(spec.session_id);
         let password = random_password();
-        // About a millisecond of hashing: not on the thread relaying sessions.
+        // About 0.6 ms of hashing: not on the thread relaying sessions.
         let hashed = password.clone();
         let (verifier, salted) = tokio::task::spawn_blocking(move || scram::verifier(hashed.as_bytes()))
             .await

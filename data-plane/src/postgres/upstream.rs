@@ -410,8 +410,8 @@ async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamO
             (Client::Made(login), last)
         }
         Client::Stored(mut scram) => {
-            // Hashes the password as the server's salt and count ask: about a
-            // millisecond and more, not on the thread relaying other sessions.
+            // Hashes the password as the server's salt and count ask (about
+            // 0.6 ms at 4096 iterations): not on the thread relaying sessions.
             let (scram, updated) = tokio::task::spawn_blocking(move || {
                 let updated = scram.update(&data);
                 (scram, updated)
