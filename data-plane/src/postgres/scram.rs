@@ -125,7 +125,6 @@ pub enum ScramError {
 /// first message, then [`verify`](Login::verify) its last, which proves the
 /// server holds this password's verifier.
 pub struct Login {
-    password: Vec<u8>,
     salted: Option<SaltedPassword>,
     nonce: String,
     first_bare: String,
@@ -140,23 +139,17 @@ impl fmt::Debug for Login {
 }
 
 impl Login {
-    /// A login with `password`, or with `salted` alone when it is given: then
-    /// a server naming another salt or iteration count is refused.
-    pub fn new(password: &[u8], salted: Option<SaltedPassword>) -> Self {
+    /// A login with the password as `salted` holds it: a server naming
+    /// another salt or iteration count is refused.
+    pub fn new(salted: SaltedPassword) -> Self {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        Self::with_nonce(password, salted, &STANDARD.encode(nonce))
+        Self::with_nonce(salted, &STANDARD.encode(nonce))
     }
 
-    fn with_nonce(password: &[u8], salted: Option<SaltedPassword>, nonce: &str) -> Self {
+    fn with_nonce(salted: SaltedPassword, nonce: &str) -> Self {
         // Postgres takes the user from the startup message and ignores this one.
-        Login {
-            password: password.to_vec(),
-            salted,
-            nonce: nonce.to_owned(),
-            first_bare: format!("n=,r={nonce}"),
-            expected: None,
-        }
+        Login { salted: Some(salted), nonce: nonce.to_owned(), first_bare: format!("n=,r={nonce}"), expected: None }
     }
 
     /// The client-first message: no channel binding, then the bare part.
@@ -186,8 +179,7 @@ impl Login {
         }
         let salted = match self.salted.take() {
             Some(s) if s.salt == salt && s.iterations == iterations => s,
-            Some(_) => return Err(ScramError::NotOurVerifier),
-            None => SaltedPassword::compute(&self.password, &salt, iterations),
+            _ => return Err(ScramError::NotOurVerifier),
         };
         // `biws` is base64 of the header `n,,`: no channel binding.
         let without_proof = format!("c=biws,r={nonce}");
@@ -239,8 +231,12 @@ mod tests {
         "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
     const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
 
-    fn rfc_login(salted: Option<SaltedPassword>) -> Login {
-        let mut login = Login::with_nonce(b"pencil", salted, CLIENT_NONCE);
+    fn pencil() -> SaltedPassword {
+        SaltedPassword::compute(b"pencil", &STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap(), 4096)
+    }
+
+    fn rfc_login(salted: SaltedPassword) -> Login {
+        let mut login = Login::with_nonce(salted, CLIENT_NONCE);
         // The RFC's client names its user; Postgres's send an empty name.
         login.first_bare = format!("n=user,r={CLIENT_NONCE}");
         login
@@ -248,7 +244,7 @@ mod tests {
 
     #[test]
     fn the_rfc_7677_exchange_is_reproduced() {
-        let mut login = rfc_login(None);
+        let mut login = rfc_login(pencil());
         assert_eq!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
         login.verify(SERVER_FINAL.as_bytes()).unwrap();
     }
@@ -258,19 +254,19 @@ mod tests {
         // A key that is not pencil's: the proof shows which one was used.
         let salt = STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
         let other = SaltedPassword { salt: salt.clone(), iterations: 4096, key: [7; 32] };
-        let mut login = rfc_login(Some(other));
+        let mut login = rfc_login(other);
         assert_ne!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
 
         // Another salt or count: that server does not hold the verifier.
         for (salt, iterations) in [(vec![1; 16], 4096), (salt, 4095)] {
-            let mut login = rfc_login(Some(SaltedPassword { salt, iterations, key: [7; 32] }));
+            let mut login = rfc_login(SaltedPassword { salt, iterations, key: [7; 32] });
             let refused = login.respond(SERVER_FIRST.as_bytes()).unwrap_err();
             assert!(matches!(refused, ScramError::NotOurVerifier), "{refused:?}");
         }
     }
 
     #[test]
-    fn a_verifier_logs_in_with_its_own_salted_password_and_with_its_password() {
+    fn a_verifier_logs_in_with_its_own_salted_password_and_with_its_password_hashed_again() {
         let (text, salted) = verifier(b"s3cret");
         let parts: Vec<&str> = text.split(['$', ':']).collect();
         assert_eq!(parts.len(), 5, "{text}");
@@ -283,8 +279,9 @@ mod tests {
             let nonce = bare.strip_prefix("n=,r=").unwrap().to_owned();
             (bare, format!("r={nonce}srv,s={salt},i=4096"))
         };
-        for reused in [Some(salted.clone()), None] {
-            let mut login = Login::new(b"s3cret", reused);
+        let again = SaltedPassword::compute(b"s3cret", &STANDARD.decode(salt).unwrap(), 4096);
+        for reused in [salted, again] {
+            let mut login = Login::new(reused);
             let (bare, first) = server_first(&login.first());
             let last = String::from_utf8(login.respond(first.as_bytes()).unwrap()).unwrap();
             let (without_proof, proof) = last.rsplit_once(",p=").unwrap();
@@ -301,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_server_that_does_not_know_the_password_is_refused() {
-        let mut login = rfc_login(None);
+        let mut login = rfc_login(pencil());
         login.respond(SERVER_FIRST.as_bytes()).unwrap();
         let wrong = format!("v={}", STANDARD.encode([0u8; 32]));
         assert!(matches!(login.verify(wrong.as_bytes()), Err(ScramError::Signature)));
@@ -324,12 +321,12 @@ mod tests {
             ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100001", |e| matches!(e, ScramError::Iterations(100_001))),
         ];
         for (message, expected) in cases {
-            let got = rfc_login(None).respond(message.as_bytes()).unwrap_err();
+            let got = rfc_login(pencil()).respond(message.as_bytes()).unwrap_err();
             assert!(expected(&got), "{message:?}: {got:?}");
         }
-        assert!(matches!(rfc_login(None).respond(&[0xff, b'r']), Err(ScramError::Malformed(_))));
+        assert!(matches!(rfc_login(pencil()).respond(&[0xff, b'r']), Err(ScramError::Malformed(_))));
 
-        let mut login = rfc_login(None);
+        let mut login = rfc_login(pencil());
         assert!(matches!(login.verify(SERVER_FINAL.as_bytes()), Err(ScramError::OutOfOrder)));
         login.respond(SERVER_FIRST.as_bytes()).unwrap();
         assert!(matches!(login.respond(SERVER_FIRST.as_bytes()), Err(ScramError::OutOfOrder)));

@@ -387,7 +387,7 @@ async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamO
     }
     let failed = |e: &dyn std::fmt::Display| UpstreamError::Scram(e.to_string());
     let client = match &opts.salted {
-        Some(salted) => Client::Made(Box::new(scram::Login::new(opts.password.as_bytes(), Some(salted.clone())))),
+        Some(salted) => Client::Made(Box::new(scram::Login::new(salted.clone()))),
         None => Client::Stored(ScramSha256::new(opts.password.as_bytes(), ChannelBinding::unsupported())),
     };
     let first = match &client {
