@@ -58,6 +58,12 @@ impl TargetTls {
         }
     }
 
+    /// Whether the target must prove itself with a certificate that chains
+    /// to the connection's roots (`verify-ca`, `verify-full`).
+    pub fn checks_certificate(&self) -> bool {
+        matches!(self, TargetTls::VerifyCa | TargetTls::VerifyFull)
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "disable" => TargetTls::Disable,

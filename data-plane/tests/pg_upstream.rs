@@ -29,7 +29,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const PG: &str = "127.0.0.1:5432";
 
@@ -240,8 +240,11 @@ async fn connect_failures() {
 
 // --- scripted servers for the password methods ---
 
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for T {}
+
 struct Peer {
-    stream: TcpStream,
+    stream: Box<dyn PeerIo>,
     buf: BytesMut,
 }
 
@@ -315,7 +318,37 @@ where
     o.connect_timeout = Duration::from_secs(5);
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        script(Peer { stream, buf: BytesMut::new() }).await;
+        script(Peer { stream: Box::new(stream), buf: BytesMut::new() }).await;
+    });
+    (o, task)
+}
+
+/// `scripted`, behind TLS: the server answers the SSLRequest and runs
+/// `script` over TLS with `acceptor`'s certificate.
+async fn scripted_tls<F, Fut>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    user: &str,
+    password: &str,
+    script: F,
+) -> (UpstreamOptions, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(Peer) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut o = UpstreamOptions::new(listener.local_addr().unwrap().to_string(), user, password, "app");
+    o.connect_timeout = Duration::from_secs(5);
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        while buf.len() < 8 {
+            assert_ne!(stream.read_buf(&mut buf).await.unwrap(), 0);
+        }
+        assert_eq!(parse_startup(&mut buf).unwrap(), Some(Startup::SslRequest));
+        assert!(buf.is_empty(), "bytes before the TLS handshake");
+        stream.write_all(b"S").await.unwrap();
+        let tls = acceptor.accept(stream).await.unwrap();
+        script(Peer { stream: Box::new(tls), buf }).await;
     });
     (o, task)
 }
@@ -570,6 +603,68 @@ async fn a_session_roles_password_is_not_sent_as_md5_or_in_cleartext_without_tls
         o.salted = Some(salted.clone());
         let err = upstream::connect(&o).await.unwrap_err();
         assert!(matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains(named)), "{err}");
+        server.await.unwrap();
+    }
+}
+
+/// The same password asked for in cleartext over TLS goes only to a target
+/// whose certificate was checked: under `prefer` or `require` whoever answers
+/// could be anyone, and could log in as the role with it.
+#[tokio::test]
+async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificate() {
+    let (_, salted) = scram::verifier(b"one-time");
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(pair.cert.der().clone()).unwrap();
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pair.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(pair.signing_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+
+    for (mode, sent) in [
+        (TargetTls::Prefer, false),
+        (TargetTls::Require, false),
+        (TargetTls::VerifyCa, true),
+        (TargetTls::VerifyFull, true),
+    ] {
+        let acceptor = acceptor.clone();
+        let (mut o, server) = scripted_tls(acceptor, "airlock_x", "one-time", move |mut peer| async move {
+            peer.startup().await;
+            peer.auth(3, b"").await;
+            if sent {
+                assert_eq!(decode_password(&peer.password_body().await).unwrap(), &b"one-time"[..]);
+                peer.welcome(b"").await;
+            }
+            // Until the gateway hangs up, which it may do without TLS's close_notify.
+            let mut rest = Vec::new();
+            let _ = peer.stream.read_to_end(&mut rest).await;
+            assert!(!rest.windows(8).any(|w| w == b"one-time"), "{mode:?}: the password was sent");
+        })
+        .await;
+        o.tls = mode;
+        o.root_certs = Some(roots.clone());
+        o.server_name = Some("localhost".into());
+        o.salted = Some(salted.clone());
+        let result = upstream::connect(&o).await;
+        if sent {
+            let up = result.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            assert!(up.stream.is_tls());
+            drop(up);
+        } else {
+            let err = result.err().unwrap_or_else(|| panic!("{mode:?}: connected"));
+            assert!(
+                matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains("certificate is not checked")),
+                "{mode:?}: {err}"
+            );
+        }
         server.await.unwrap();
     }
 }

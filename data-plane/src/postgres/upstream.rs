@@ -326,12 +326,13 @@ async fn authenticate(
             // has it asks for SCRAM, or for the password itself under the
             // `password` method of pg_hba. Anything else asking is not that
             // server, and is not given the role's password in a form it can use.
-            Authentication::CleartextPassword
-                if opts.salted.is_some() && matches!(stream, UpstreamStream::Plain(_)) =>
-            {
+            // The password itself goes only to a target whose certificate was
+            // checked: over plain TCP, or under TLS that takes any certificate
+            // (`prefer`, `require`), whoever answers could log in as the role.
+            Authentication::CleartextPassword if opts.salted.is_some() && !opts.tls.checks_certificate() => {
                 return Err(UpstreamError::UnsupportedAuth(
-                    "a session role's password in cleartext over a connection without TLS \
-                     (use scram-sha-256 in the target's pg_hba.conf, or TLS to the target)"
+                    "a session role's password in cleartext to a target whose certificate is not checked \
+                     (use scram-sha-256 in the target's pg_hba.conf, or sslmode verify-ca or verify-full)"
                         .into(),
                 ));
             }
