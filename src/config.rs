@@ -126,6 +126,13 @@ pub struct Api {
     pub addr: SocketAddr,
     /// gRPC API.
     pub grpc_addr: SocketAddr,
+    /// The gRPC API's certificate chain and key (PEM). Unset: cleartext, which
+    /// only a loopback `grpc_addr` allows unless `grpc_cleartext_off_loopback`.
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    pub grpc_tls_key_file: Option<PathBuf>,
+    /// Serve gRPC in cleartext on a non-loopback address: only where the network
+    /// encrypts on its own (a service mesh).
+    pub grpc_cleartext_off_loopback: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,8 +150,15 @@ pub struct Worker {
     /// The shared secret workers present to the control plane. Default in `airlock up`: generated.
     pub token: String,
     pub token_file: Option<PathBuf>,
-    /// The control plane's gRPC URL.
+    /// The control plane's gRPC URL. `https://` for TLS; `http://` only to this
+    /// machine unless `grpc_cleartext_off_loopback`.
     pub control_plane_url: String,
+    /// CA certificates (PEM) the control plane's and the recorder's gRPC
+    /// certificates must chain to. Unset: the system's roots.
+    pub grpc_ca_file: Option<PathBuf>,
+    /// `http://` URLs for the control plane and the recorder on other hosts:
+    /// only where the network encrypts on its own (a service mesh).
+    pub grpc_cleartext_off_loopback: bool,
     /// Health, readiness and metrics of the worker.
     pub admin_addr: SocketAddr,
     /// The Postgres gateway.
@@ -245,7 +259,13 @@ impl Default for Config {
 
 impl Default for Api {
     fn default() -> Self {
-        Self { addr: addr("127.0.0.1:8080"), grpc_addr: addr("127.0.0.1:8081") }
+        Self {
+            addr: addr("127.0.0.1:8080"),
+            grpc_addr: addr("127.0.0.1:8081"),
+            grpc_tls_cert_file: None,
+            grpc_tls_key_file: None,
+            grpc_cleartext_off_loopback: false,
+        }
     }
 }
 
@@ -261,6 +281,8 @@ impl Default for Worker {
             token: String::new(),
             token_file: None,
             control_plane_url: "http://127.0.0.1:8081".into(),
+            grpc_ca_file: None,
+            grpc_cleartext_off_loopback: false,
             admin_addr: addr("127.0.0.1:9090"),
             pg_addr: addr("127.0.0.1:15432"),
             id: String::new(),

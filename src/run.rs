@@ -48,17 +48,19 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     }
     let cp = airlock_control_plane::server::start(options, bus.clone(), cancel.clone(), &tracker).await?;
     let mut worker = worker_options(&config)?;
-    worker.control_plane_url = format!("http://{}", cp.grpc_addr);
+    let cp_grpc = local_url(cp.grpc_addr, config.api.grpc_tls_cert_file.is_some());
+    worker.control_plane_url = cp_grpc.clone();
+    let rec_url = local_url(rec.addr, config.recorder.tls_cert_file.is_some());
     if let Some(recording) = worker.postgres.as_mut().and_then(|pg| pg.recording.as_mut()) {
-        recording.recorder_url = format!("http://{}", rec.addr);
+        recording.recorder_url = rec_url.clone();
     }
     let w = airlock_data_plane::start(worker, bus, stop.clone(), &worker_tracker).await?;
 
     println!("Airlock is up.");
     println!("  REST API and web UI  http://{}", cp.api_addr);
-    println!("  gRPC API             http://{}", cp.grpc_addr);
+    println!("  gRPC API             {cp_grpc}");
     println!("  worker health        http://{}/healthz", w.admin_addr);
-    println!("  session recorder     http://{} (key {})", rec.addr, rec.key_id);
+    println!("  session recorder     {rec_url} (key {})", rec.key_id);
     if let Some(pg) = w.pg_addr {
         println!("  Postgres gateway     postgres://<connection>.<role>@{pg}/<database> (password: an access token)");
     }
@@ -76,6 +78,19 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     cancel.cancel();
     wait(cancel, tracker).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How `airlock up`'s own worker reaches a server of the same process
+/// listening on `addr`: over loopback, and with TLS by the name `localhost`,
+/// which the server's certificate must then carry.
+fn local_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let port = addr.port();
+    match (tls, addr.ip()) {
+        (true, _) => format!("https://localhost:{port}"),
+        (false, ip) if ip.is_unspecified() && ip.is_ipv6() => format!("http://[::1]:{port}"),
+        (false, ip) if ip.is_unspecified() => format!("http://127.0.0.1:{port}"),
+        (false, _) => format!("http://{addr}"),
+    }
 }
 
 /// How long `airlock up` waits for its worker to stop before it stops the
@@ -122,6 +137,12 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
         public_url: config.public_url(),
         api_addr: config.api.addr,
         grpc_addr: config.api.grpc_addr,
+        grpc_tls: airlock_proto::transport::ServerTls::from_files(
+            "api.grpc_tls_cert_file and api.grpc_tls_key_file",
+            config.api.grpc_tls_cert_file.as_deref(),
+            config.api.grpc_tls_key_file.as_deref(),
+        )?,
+        grpc_cleartext_off_loopback: config.api.grpc_cleartext_off_loopback,
         worker_token: worker_token(config)?,
         identity,
         admin_token_file: Some(config.data_dir.join("admin.token")),
@@ -179,6 +200,10 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     };
     Ok(airlock_data_plane::Options {
         control_plane_url: config.worker.control_plane_url.clone(),
+        grpc_tls: airlock_proto::transport::ClientTls {
+            ca_file: config.worker.grpc_ca_file.clone(),
+            cleartext_off_loopback: config.worker.grpc_cleartext_off_loopback,
+        },
         worker_token: worker_token(config)?,
         admin_addr: config.worker.admin_addr,
         reconcile_every: config.worker.reconcile_every,
@@ -333,4 +358,18 @@ async fn wait(cancel: CancellationToken, tracker: TaskTracker) {
     cancel.cancelled().await;
     tracker.close();
     tracker.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_url;
+
+    #[test]
+    fn up_reaches_its_own_servers_over_loopback() {
+        assert_eq!(local_url("127.0.0.1:8081".parse().unwrap(), false), "http://127.0.0.1:8081");
+        assert_eq!(local_url("0.0.0.0:8081".parse().unwrap(), false), "http://127.0.0.1:8081");
+        assert_eq!(local_url("[::]:8081".parse().unwrap(), false), "http://[::1]:8081");
+        // With TLS, by a name a certificate can carry.
+        assert_eq!(local_url("0.0.0.0:8082".parse().unwrap(), true), "https://localhost:8082");
+    }
 }

@@ -359,30 +359,7 @@ async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back(
 
     let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
     let http = reqwest::Client::new();
-    let post = |path: &str, body: Value| {
-        let request = http.post(format!("{url}{path}")).bearer_auth(&admin_token).json(&body);
-        async move {
-            let r = request.send().await.unwrap();
-            assert_eq!(r.status().as_u16(), 201);
-            r.json::<Value>().await.unwrap()
-        }
-    };
-    post(
-        "/v1/connections",
-        serde_json::json!({
-            "name": "pg", "kind": "postgres", "address": "127.0.0.1:5432", "database": target.name(),
-            "tls": "disable", "admin_credential": {"user": "postgres", "password": ""},
-            "roles": {"readonly": template},
-        }),
-    )
-    .await;
-    let token =
-        post("/v1/tokens", serde_json::json!({"subject": "steady"})).await["token"].as_str().unwrap().to_owned();
-    post(
-        "/v1/grants",
-        serde_json::json!({"subject": "steady", "connection": "pg", "role": "readonly", "ttl_seconds": 900}),
-    )
-    .await;
+    let token = grant_on_target(&url, &admin_token, target.name(), &template, "steady").await;
     let connect = || async {
         let url = format!(
             "host=127.0.0.1 port={} user=pg.readonly password={token} dbname={} sslmode=disable",
@@ -443,6 +420,166 @@ async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back(
     let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "session_opened").count(), 2, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "session_closed").count(), 2, "{kinds:?}");
+}
+
+/// The control plane's gRPC and the recorder's, between processes, over TLS:
+/// the worker token, the target's admin credential and the session's bytes
+/// never cross in the clear. Cleartext off loopback is refused on both sides.
+#[tokio::test]
+async fn internal_grpc_runs_over_tls_between_processes() {
+    let dir = TempDir::new();
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.0.join("grpc.crt"), dir.0.join("grpc.key"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let target = airlock_testkit::pg::TestDb::create().await.unwrap();
+    let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
+    let worker_id = format!("tls-{}", uuid::Uuid::new_v4().simple());
+    let _roles = DropRoles(target.url().to_owned(), worker_id.clone(), template.clone());
+    support::admin_client(target.url()).await.batch_execute(&format!("CREATE ROLE {template} NOLOGIN")).await.unwrap();
+    let prefix = airlock_testkit::nats::unique_prefix();
+    let _stream = airlock_testkit::nats::StreamCleanup(format!("{}_EVENTS", prefix.to_uppercase()));
+    let api = free_addr();
+    let common = vec![
+        ("AIRLOCK_BUS__NATS_URL", airlock_testkit::nats::nats_url()),
+        ("AIRLOCK_BUS__PREFIX", prefix.clone()),
+        ("AIRLOCK_WORKER__TOKEN", "cluster-secret".to_owned()),
+        ("AIRLOCK_PUBLIC_URL", format!("http://{api}")),
+    ];
+
+    // On every interface: without a certificate the control plane does not start.
+    let grpc = std::net::SocketAddr::from(([0, 0, 0, 0], free_addr().port()));
+    let mut cp_env = common.clone();
+    cp_env.push(("AIRLOCK_DATABASE__URL", format!("sqlite://{}", dir.0.join("airlock.db").display())));
+    cp_env.push(("AIRLOCK_SECRETS__MASTER_KEY", base64::engine::general_purpose::STANDARD.encode([6u8; 32])));
+    cp_env.push(("AIRLOCK_DATA_DIR", dir.0.join("cp").display().to_string()));
+    let cp_args = ["control-plane", "--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string()];
+    let refused = Command::new(BIN).args(cp_args).envs(cp_env.iter().map(|(k, v)| (k, v))).output().unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&format!("would listen on {grpc} without TLS")), "{stderr}");
+    cp_env.push(("AIRLOCK_API__GRPC_TLS_CERT_FILE", cert.display().to_string()));
+    cp_env.push(("AIRLOCK_API__GRPC_TLS_KEY_FILE", key.display().to_string()));
+    let _cp = Proc::spawn("control-plane", &dir.0, &cp_args, &cp_env);
+    let url = format!("http://{api}");
+    wait_ready(&format!("{url}/readyz")).await;
+
+    let recorder = free_addr();
+    let mut rec_env = common.clone();
+    rec_env.push(("AIRLOCK_DATA_DIR", dir.0.join("rec").display().to_string()));
+    rec_env.push(("AIRLOCK_RECORDER__ADDR", recorder.to_string()));
+    rec_env.push(("AIRLOCK_RECORDER__TLS_CERT_FILE", cert.display().to_string()));
+    rec_env.push(("AIRLOCK_RECORDER__TLS_KEY_FILE", key.display().to_string()));
+    let _rec = Proc::spawn("recorder", &dir.0, &["recorder"], &rec_env);
+
+    let (health, pg) = (free_addr(), free_addr());
+    let mut gw_env = common.clone();
+    gw_env.push(("AIRLOCK_DATA_DIR", dir.0.join("gateway").display().to_string()));
+    gw_env.push(("AIRLOCK_WORKER__ID", worker_id.clone()));
+    gw_env.push(("AIRLOCK_WORKER__RECORDING__RECORDER_URL", format!("https://localhost:{}", recorder.port())));
+    let gw_args = |control_plane: String| {
+        [
+            "gateway",
+            "--control-plane-url",
+            &control_plane,
+            "--admin-addr",
+            &health.to_string(),
+            "--pg-addr",
+            &pg.to_string(),
+        ]
+        .map(str::to_owned)
+    };
+    // A control plane on another host over cleartext: the gateway does not start.
+    let refused = Command::new(BIN)
+        .args(gw_args("http://airlock-control-plane.invalid:8081".to_owned()))
+        .envs(gw_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("cleartext gRPC to another machine"), "{stderr}");
+    // One that trusts another CA does not take the control plane's certificate.
+    let stranger = dir.0.join("stranger.crt");
+    std::fs::write(&stranger, rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap().cert.pem())
+        .unwrap();
+    let mut wary_env = gw_env.clone();
+    wary_env.push(("AIRLOCK_WORKER__GRPC_CA_FILE", stranger.display().to_string()));
+    let wary = Proc::spawn("wary-gateway", &dir.0, &gw_args(format!("https://localhost:{}", grpc.port())), &wary_env);
+    eventually(Duration::from_secs(20), "the gateway to refuse the certificate", || async {
+        std::fs::read_to_string(&wary.log).is_ok_and(|l| l.contains("invalid peer certificate"))
+    })
+    .await;
+    let ready = reqwest::get(format!("http://{health}/readyz")).await.map(|r| r.status().as_u16());
+    assert_ne!(ready.ok(), Some(200), "ready without the control plane's snapshot");
+    drop(wary);
+    gw_env.push(("AIRLOCK_WORKER__GRPC_CA_FILE", cert.display().to_string()));
+    let _gateway = Proc::spawn("gateway", &dir.0, &gw_args(format!("https://localhost:{}", grpc.port())), &gw_env);
+    wait_ready(&format!("http://{health}/readyz")).await;
+
+    // A session through the gateway: its role was made with the admin
+    // credential the gateway fetched over TLS, and its bytes reach the
+    // recorder over TLS.
+    let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
+    let token = grant_on_target(&url, &admin_token, target.name(), &template, "tls").await;
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=pg.readonly password={token} dbname={} sslmode=disable",
+        pg.port(),
+        target.name()
+    );
+    let client = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(20), "the gateway to admit the grant", || async {
+        let Ok((c, conn)) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await else { return false };
+        tokio::spawn(conn);
+        *client.lock().unwrap() = Some(c);
+        true
+    })
+    .await;
+    let client = client.into_inner().unwrap().unwrap();
+    let marker: String = client.query_one("SELECT 'over-tls-marker'::text", &[]).await.unwrap().get(0);
+    assert_eq!(marker, "over-tls-marker");
+    drop(client);
+    let recordings = dir.0.join("rec/recorder/recordings");
+    eventually(Duration::from_secs(30), "the recorder to store the session", || async {
+        walk(&recordings).iter().any(|f| f.to_string_lossy().contains("manifest"))
+    })
+    .await;
+}
+
+/// Registers `database` on the machine's Postgres as connection `pg`, whose
+/// readonly sessions are members of `template`, and grants it to `subject` for
+/// 15 minutes; returns a token of `subject`'s.
+async fn grant_on_target(url: &str, admin_token: &str, database: &str, template: &str, subject: &str) -> String {
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let request = http.post(format!("{url}{path}")).bearer_auth(admin_token).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    post(
+        "/v1/connections",
+        serde_json::json!({
+            "name": "pg", "kind": "postgres", "address": "127.0.0.1:5432", "database": database,
+            "tls": "disable", "admin_credential": {"user": "postgres", "password": ""},
+            "roles": {"readonly": template},
+        }),
+    )
+    .await;
+    let token = post("/v1/tokens", serde_json::json!({"subject": subject})).await["token"].as_str().unwrap().to_owned();
+    post(
+        "/v1/grants",
+        serde_json::json!({"subject": subject, "connection": "pg", "role": "readonly", "ttl_seconds": 900}),
+    )
+    .await;
+    token
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
 
 /// Drops the template role and any session role of the worker a failed run left.

@@ -71,6 +71,8 @@ async fn cluster(bus: Arc<dyn Bus>) -> Cluster {
         public_url: "http://127.0.0.1".into(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_tls: None,
+        grpc_cleartext_off_loopback: false,
         worker_token: "w".into(),
         identity: Default::default(),
         admin_token_file: Some(dir.join("admin.token")),
@@ -96,6 +98,7 @@ impl Cluster {
     async fn worker(&self, reconcile_every: Duration) -> airlock_data_plane::RunningWorker {
         let options = airlock_data_plane::Options {
             control_plane_url: self.grpc.clone(),
+            grpc_tls: Default::default(),
             worker_token: "w".into(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             reconcile_every,

@@ -26,6 +26,12 @@ pub struct Options {
     pub public_url: String,
     pub api_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// The gRPC API's certificate and key. Without them it listens only on
+    /// loopback, unless `grpc_cleartext_off_loopback`.
+    pub grpc_tls: Option<airlock_proto::transport::ServerTls>,
+    /// Cleartext gRPC on a non-loopback address: for a network that encrypts
+    /// on its own (a service mesh).
+    pub grpc_cleartext_off_loopback: bool,
     pub worker_token: String,
     pub identity: VerifierOptions,
     /// Where to write a platform admin token when one is issued on first start.
@@ -83,6 +89,18 @@ pub async fn start_on(
     tracker: &TaskTracker,
 ) -> anyhow::Result<Running> {
     options.console.validate().map_err(anyhow::Error::msg)?;
+    // Before anything else, so that a server that may not listen as
+    // configured starts nothing.
+    let grpc_tls = airlock_proto::transport::server_tls(
+        "the gRPC API (api.grpc_addr)",
+        options.grpc_addr,
+        options.grpc_tls.as_ref(),
+        options.grpc_cleartext_off_loopback,
+    )?;
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls {
+        grpc_server = grpc_server.tls_config(tls).context("the gRPC API's TLS certificate and key")?;
+    }
     let store = Store::open(&options.database_url, options.master_key)
         .await
         .with_context(|| format!("opening the event log at {}", redact_url(&options.database_url)))?;
@@ -143,7 +161,7 @@ pub async fn start_on(
     let routes = crate::grpc::routes(cp.clone());
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = grpc_server
             .layer(tower_http::trace::TraceLayer::new_for_grpc())
             .add_routes(routes)
             .serve_with_incoming_shutdown(

@@ -17,6 +17,9 @@ use crate::sync::{GrpcSource, Synchronizer};
 pub struct Options {
     /// The control plane's gRPC URL, e.g. `http://127.0.0.1:8081`.
     pub control_plane_url: String,
+    /// TLS toward the control plane and the recorder (`https://` URLs), and
+    /// whether `http://` may leave this machine.
+    pub grpc_tls: airlock_proto::transport::ClientTls,
     pub worker_token: String,
     /// Health, readiness and metrics.
     pub admin_addr: SocketAddr,
@@ -77,7 +80,7 @@ pub async fn start(
     tracker: &TaskTracker,
 ) -> anyhow::Result<RunningWorker> {
     let projection = Arc::new(Projection::new());
-    let source = Arc::new(GrpcSource::new(&options.control_plane_url, &options.worker_token)?);
+    let source = Arc::new(GrpcSource::new(&options.control_plane_url, &options.grpc_tls, &options.worker_token)?);
     let pg_addr = match &options.postgres {
         Some(pg) => Some(start_postgres(pg, &options, &projection, &source, &cancel, tracker).await?),
         None => None,
@@ -121,6 +124,7 @@ async fn start_postgres(
         Some(recording) => {
             let mut recording = recording.clone();
             recording.worker_token = options.worker_token.clone();
+            recording.grpc_tls = options.grpc_tls.clone();
             recording.worker_id = pg.gateway.worker_id.clone();
             let spool = recording.spool_dir.clone();
             let recorder = crate::recording::Recorder::start(recording, cancel.clone(), tracker)

@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod convert;
+pub mod transport;
 
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 pub mod v1 {

@@ -15,6 +15,13 @@ use crate::chunk::MAX_CHUNK_TARGET_BYTES;
 pub struct Config {
     /// gRPC (`airlock.v1.RecorderService`) and `/healthz`, on one port.
     pub addr: SocketAddr,
+    /// The certificate chain and key (PEM) the recorder serves TLS with.
+    /// Without them it listens only on loopback, unless `cleartext_off_loopback`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Cleartext on a non-loopback address: for a network that encrypts on
+    /// its own (a service mesh).
+    pub cleartext_off_loopback: bool,
     /// Where the recorder keeps its signing key and, with the local backend, the
     /// recordings. Default: `recorder/` in Airlock's data directory.
     pub data_dir: Option<PathBuf>,
@@ -77,6 +84,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            tls_cert_file: None,
+            tls_key_file: None,
+            cleartext_off_loopback: false,
             data_dir: None,
             signing_key_file: None,
             backend: Backend::Local,

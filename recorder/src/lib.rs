@@ -71,6 +71,21 @@ pub async fn start(
     tracker: &TaskTracker,
 ) -> anyhow::Result<Started> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let tls = airlock_proto::transport::ServerTls::from_files(
+        "recorder.tls_cert_file and recorder.tls_key_file",
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+    )?;
+    let tls = airlock_proto::transport::server_tls(
+        "the recorder (recorder.addr)",
+        config.addr,
+        tls.as_ref(),
+        config.cleartext_off_loopback,
+    )?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).context("the recorder's TLS certificate and key")?;
+    }
     let data_dir = config.data_dir();
     create_private_dir(&data_dir)?;
     let signer = Arc::new(match &config.signing_key_file {
@@ -98,7 +113,7 @@ pub async fn start(
         .with_context(|| format!("binding the recorder to {}", config.addr))?;
     let addr = listener.local_addr()?;
     tracker.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = server
             .accept_http1(true)
             .add_routes(routes)
             .serve_with_incoming_shutdown(

@@ -278,6 +278,8 @@ impl Stack {
                 public_url: public_url.clone(),
                 api_addr,
                 grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                grpc_tls: None,
+                grpc_cleartext_off_loopback: false,
                 worker_token: "w".into(),
                 identity: identity.clone(),
                 admin_token_file: Some(dir.join("admin.token")),
@@ -298,6 +300,7 @@ impl Stack {
         let worker = airlock_data_plane::start(
             airlock_data_plane::Options {
                 control_plane_url: format!("http://{}", cp.grpc_addr),
+                grpc_tls: Default::default(),
                 worker_token: "w".into(),
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
                 reconcile_every: Duration::from_secs(60),

@@ -90,6 +90,8 @@ impl Harness {
             public_url: public_url.clone(),
             api_addr,
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            grpc_tls: None,
+            grpc_cleartext_off_loopback: false,
             worker_token: "worker-secret".into(),
             identity: airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() },
             admin_token_file: Some(dir.join("admin.token")),

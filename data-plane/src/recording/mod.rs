@@ -82,6 +82,9 @@ pub struct Options {
     /// the worker's token, never from this section.
     #[serde(skip)]
     pub worker_token: String,
+    /// TLS toward the recorder: the worker's, never from this section.
+    #[serde(skip)]
+    pub grpc_tls: airlock_proto::transport::ClientTls,
     /// Named in every session's metadata.
     #[serde(skip)]
     pub worker_id: String,
@@ -98,6 +101,7 @@ impl Default for Options {
             strict_timeout_ms: 5_000,
             reconnect_max_ms: 10_000,
             worker_token: String::new(),
+            grpc_tls: airlock_proto::transport::ClientTls::default(),
             worker_id: String::new(),
         }
     }
@@ -133,9 +137,10 @@ impl Options {
         if self.reconnect_max_ms == 0 {
             return Err("recording.reconnect_max_ms must be greater than zero".into());
         }
-        // The gRPC client is built without TLS, like the recorder's server.
-        if !self.recorder_url.starts_with("http://") {
-            return Err("recording.recorder_url must be an http:// URL".into());
+        // Whether http:// may leave this machine is the worker's `grpc_tls`
+        // to decide, when the uploader is built.
+        if !self.recorder_url.starts_with("http://") && !self.recorder_url.starts_with("https://") {
+            return Err("recording.recorder_url must be an http:// or https:// URL".into());
         }
         Ok(())
     }

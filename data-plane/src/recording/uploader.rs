@@ -25,14 +25,13 @@ use std::time::Duration;
 use airlock_core::SessionId;
 use airlock_proto::v1::recorder_service_client::RecorderServiceClient;
 use airlock_proto::v1::{self, frame::Body};
-use anyhow::Context;
 use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::spool::{self, FAILED_EXT, Next, SpoolError};
@@ -223,12 +222,15 @@ impl Uploader {
         options: &Options,
         wake: mpsc::UnboundedReceiver<Arc<Session>>,
     ) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(options.recorder_url.clone())
-            .context("recording.recorder_url is not a URL")?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+        let endpoint = airlock_proto::transport::endpoint(
+            "worker.recording.recorder_url",
+            &options.recorder_url,
+            &options.grpc_tls,
+        )?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
         let authorization = if options.worker_token.is_empty() {
             None
         } else {

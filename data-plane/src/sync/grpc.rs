@@ -20,8 +20,12 @@ pub struct GrpcSource {
 
 impl GrpcSource {
     /// Connects lazily: the first call dials, and a lost connection is redialed.
-    pub fn new(control_plane_url: &str, worker_token: &str) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(control_plane_url.to_owned())?
+    pub fn new(
+        control_plane_url: &str,
+        tls: &airlock_proto::transport::ClientTls,
+        worker_token: &str,
+    ) -> anyhow::Result<Self> {
+        let channel = airlock_proto::transport::endpoint("worker.control_plane_url", control_plane_url, tls)?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect_lazy();
         let authorization = format!("Bearer {worker_token}")

@@ -381,6 +381,8 @@ impl Deployment {
             public_url: public_url.clone(),
             api_addr,
             grpc_addr: "127.0.0.1:0".parse()?,
+            grpc_tls: None,
+            grpc_cleartext_off_loopback: false,
             worker_token: WORKER_TOKEN.into(),
             identity: identity.clone(),
             admin_token_file: Some(token_file.clone()),
@@ -419,6 +421,7 @@ impl Deployment {
             };
             let options = worker::Options {
                 control_plane_url: format!("http://{}", running.grpc_addr),
+                grpc_tls: Default::default(),
                 worker_token: WORKER_TOKEN.into(),
                 admin_addr: "127.0.0.1:0".parse()?,
                 reconcile_every: Duration::from_secs(args.reconcile_every_s.max(1)),

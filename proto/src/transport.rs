@@ -1,0 +1,164 @@
+//! TLS for Airlock's own gRPC. The control plane's worker API carries the
+//! worker token and the targets' admin credentials; the recorder's carries
+//! every recorded session's bytes. Neither goes across a network in the clear
+//! unless an operator says the network itself encrypts.
+//!
+//! A server serves TLS when it has a certificate and key. Without them it
+//! refuses to listen anywhere but on loopback. A client speaks TLS to an
+//! `https://` URL, checking the server's certificate against the configured
+//! CA certificates or else the system's roots, and refuses an `http://` URL
+//! that leaves the machine. `cleartext_off_loopback` lifts both refusals, for
+//! a network that encrypts on its own (a service mesh).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// A gRPC server's certificate chain and private key, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ServerTls {
+    /// Both files or neither: `what` names the settings in errors.
+    pub fn from_files(what: &str, cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(Self { cert_file: cert.to_owned(), key_file: key.to_owned() })),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("{what}: set both the TLS certificate file and the key file, or neither"),
+        }
+    }
+
+    fn config(&self) -> anyhow::Result<ServerTlsConfig> {
+        let cert = std::fs::read(&self.cert_file).with_context(|| format!("reading {}", self.cert_file.display()))?;
+        let key = std::fs::read(&self.key_file).with_context(|| format!("reading {}", self.key_file.display()))?;
+        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+    }
+}
+
+/// The TLS a gRPC server listening on `addr` serves, or `None` for cleartext,
+/// which is allowed only on loopback or with `cleartext_off_loopback`.
+/// `what` names the server and its settings in errors.
+pub fn server_tls(
+    what: &str,
+    addr: SocketAddr,
+    tls: Option<&ServerTls>,
+    cleartext_off_loopback: bool,
+) -> anyhow::Result<Option<ServerTlsConfig>> {
+    match tls {
+        Some(tls) => tls.config().map(Some).with_context(|| format!("{what}: loading its TLS certificate")),
+        None if addr.ip().is_loopback() || cleartext_off_loopback => Ok(None),
+        None => anyhow::bail!(
+            "{what} would listen on {addr} without TLS, and what it carries (the worker token, target \
+             credentials, session bytes) would cross the network readable; give it a certificate and key, \
+             or allow cleartext off loopback where the network encrypts on its own"
+        ),
+    }
+}
+
+/// How a worker reaches Airlock's gRPC services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA certificates (PEM) that `https://` servers' certificates must chain
+    /// to. `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Allows `http://` to a host other than this machine.
+    pub cleartext_off_loopback: bool,
+}
+
+/// An endpoint for `url`: TLS for `https://`, cleartext for `http://` only to
+/// this machine unless allowed. `what` names the setting in errors.
+pub fn endpoint(what: &str, url: &str, tls: &ClientTls) -> anyhow::Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("{what} is not a URL: {url}"))?;
+    let uri = endpoint.uri();
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") => {
+            let config = match &tls.ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                    anyhow::ensure!(
+                        String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"),
+                        "{} holds no PEM certificate",
+                        path.display()
+                    );
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            // The name checked against the certificate is the URL's host.
+            let config = config.domain_name(host.trim_start_matches('[').trim_end_matches(']'));
+            endpoint.tls_config(config).with_context(|| format!("{what}: TLS settings for {url}"))
+        }
+        Some("http") if is_loopback_host(host) || tls.cleartext_off_loopback => Ok(endpoint),
+        Some("http") => anyhow::bail!(
+            "{what} is {url}: cleartext gRPC to another machine would carry the worker token, target \
+             credentials and session bytes readable; use https://, or allow cleartext off loopback where \
+             the network encrypts on its own"
+        ),
+        _ => anyhow::bail!("{what} must be an http:// or https:// URL: {url}"),
+    }
+}
+
+/// `localhost` or a loopback address (`[::1]` as a URL writes it).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleartext_stays_on_this_machine_unless_allowed() {
+        let strict = ClientTls::default();
+        for url in ["http://127.0.0.1:8081", "http://localhost:8081", "http://[::1]:8081", "http://127.9.9.9:1"] {
+            endpoint("worker.control_plane_url", url, &strict).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+        }
+        for url in ["http://10.0.0.5:8081", "http://airlock-control-plane:8081", "http://0.0.0.0:8081"] {
+            let err = endpoint("worker.control_plane_url", url, &strict).unwrap_err().to_string();
+            assert!(err.contains("worker.control_plane_url is") && err.contains("https://"), "{url}: {err}");
+        }
+        let mesh = ClientTls { cleartext_off_loopback: true, ..ClientTls::default() };
+        endpoint("worker.control_plane_url", "http://airlock-control-plane:8081", &mesh).unwrap();
+        let err = endpoint("x", "ftp://h:1", &strict).unwrap_err().to_string();
+        assert!(err.contains("http:// or https://"), "{err}");
+    }
+
+    #[test]
+    fn servers_listen_in_cleartext_only_on_loopback_unless_allowed() {
+        let loopback: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let everywhere: SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        assert!(server_tls("the gRPC API", loopback, None, false).unwrap().is_none());
+        let err = server_tls("the gRPC API", everywhere, None, false).unwrap_err().to_string();
+        assert!(err.contains("would listen on 0.0.0.0:8081 without TLS"), "{err}");
+        assert!(server_tls("the gRPC API", everywhere, None, true).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_missing_or_empty_certificate_is_named_at_start() {
+        let dir = std::env::temp_dir().join(format!("airlock-transport-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let tls = ClientTls { ca_file: Some(empty.clone()), ..ClientTls::default() };
+        let err = endpoint("x", "https://cp:8081", &tls).unwrap_err().to_string();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        let tls = ClientTls { ca_file: Some(dir.join("missing.pem")), ..ClientTls::default() };
+        let err = format!("{:#}", endpoint("x", "https://cp:8081", &tls).unwrap_err());
+        assert!(err.contains("missing.pem"), "{err}");
+        let server = ServerTls { cert_file: dir.join("missing.crt"), key_file: empty };
+        let err = format!(
+            "{:#}",
+            server_tls("the recorder", "0.0.0.0:1".parse().unwrap(), Some(&server), false).unwrap_err()
+        );
+        assert!(err.contains("the recorder: loading its TLS certificate") && err.contains("missing.crt"), "{err}");
+        assert!(ServerTls::from_files("api", Some(Path::new("c")), None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
