@@ -172,6 +172,9 @@ pub struct Worker {
     pub tls_key_file: Option<PathBuf>,
     /// Accept tokens over unencrypted connections from other hosts (never do this in production).
     pub allow_cleartext_off_loopback: bool,
+    /// CA certificates (PEM) that targets' certificates must chain to under
+    /// `verify-ca` and `verify-full`. Unset: the system's roots.
+    pub target_ca_file: Option<PathBuf>,
     /// Threads that relay Postgres sessions, each a single-threaded runtime
     /// (default: half the cores, at least 1; 0: sessions share the main runtime).
     pub session_threads: Option<usize>,
@@ -289,6 +292,7 @@ impl Default for Worker {
             tls_cert_file: None,
             tls_key_file: None,
             allow_cleartext_off_loopback: false,
+            target_ca_file: None,
             session_threads: None,
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),
@@ -424,6 +428,10 @@ mod tests {
         assert!(!recording.strict);
         assert!(recording.enabled);
         recording.validate().unwrap();
+        // Off by default, every one of them.
+        assert!(!config.api.grpc_cleartext_off_loopback && config.api.grpc_tls_cert_file.is_none());
+        assert!(!config.recorder.cleartext_off_loopback && config.recorder.tls_cert_file.is_none());
+        assert!(!config.worker.grpc_cleartext_off_loopback && config.worker.grpc_ca_file.is_none());
     }
 
     #[test]
@@ -436,6 +444,11 @@ mod tests {
             jail.set_env("AIRLOCK_WORKER__RECORDING__STRICT", "true");
             jail.set_env("AIRLOCK_WORKER__RECORDING__ENABLED", "false");
             jail.set_env("AIRLOCK_RECORDINGS__PUBLIC_KEY_FILE", "/etc/airlock/recorder.pub");
+            jail.set_env("AIRLOCK_API__GRPC_CLEARTEXT_OFF_LOOPBACK", "true");
+            jail.set_env("AIRLOCK_RECORDER__CLEARTEXT_OFF_LOOPBACK", "true");
+            jail.set_env("AIRLOCK_WORKER__GRPC_CLEARTEXT_OFF_LOOPBACK", "true");
+            jail.set_env("AIRLOCK_WORKER__GRPC_CA_FILE", "/etc/airlock/grpc-ca.crt");
+            jail.set_env("AIRLOCK_WORKER__TARGET_CA_FILE", "/etc/airlock/target-ca.crt");
             // The client verbs' variables are not settings.
             jail.set_env("AIRLOCK_URL", "http://elsewhere");
             jail.set_env("AIRLOCK_TOKEN", "t");
@@ -447,6 +460,11 @@ mod tests {
             assert!(!config.worker.recording.enabled);
             assert_eq!(config.recording().spool_dir, PathBuf::from("/var/lib/airlock/spool"));
             assert_eq!(config.recordings.public_key_file, Some(PathBuf::from("/etc/airlock/recorder.pub")));
+            assert!(config.api.grpc_cleartext_off_loopback);
+            assert!(config.recorder.cleartext_off_loopback);
+            assert!(config.worker.grpc_cleartext_off_loopback);
+            assert_eq!(config.worker.grpc_ca_file, Some(PathBuf::from("/etc/airlock/grpc-ca.crt")));
+            assert_eq!(config.worker.target_ca_file, Some(PathBuf::from("/etc/airlock/target-ca.crt")));
             // The control plane reads recordings where the recorder writes them.
             assert_eq!(config.recordings_store().local_dir(), PathBuf::from("/var/lib/airlock/recorder/recordings"));
             Ok(())

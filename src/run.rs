@@ -50,6 +50,10 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     let mut worker = worker_options(&config)?;
     let cp_grpc = local_url(cp.grpc_addr, config.api.grpc_tls_cert_file.is_some());
     worker.control_plane_url = cp_grpc.clone();
+    // Both are servers of this process, at an address of this machine
+    // whichever it is; with TLS their certificates must name `localhost`.
+    worker.grpc_tls.cleartext_off_loopback = true;
+    worker.grpc_tls.server_name = Some("localhost".into());
     let rec_url = local_url(rec.addr, config.recorder.tls_cert_file.is_some());
     if let Some(recording) = worker.postgres.as_mut().and_then(|pg| pg.recording.as_mut()) {
         recording.recorder_url = rec_url.clone();
@@ -81,16 +85,17 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// How `airlock up`'s own worker reaches a server of the same process
-/// listening on `addr`: over loopback, and with TLS by the name `localhost`,
-/// which the server's certificate must then carry.
+/// listening on `addr`: at that address, or over loopback when it listens on
+/// every interface.
 fn local_url(addr: std::net::SocketAddr, tls: bool) -> String {
-    let port = addr.port();
-    match (tls, addr.ip()) {
-        (true, _) => format!("https://localhost:{port}"),
-        (false, ip) if ip.is_unspecified() && ip.is_ipv6() => format!("http://[::1]:{port}"),
-        (false, ip) if ip.is_unspecified() => format!("http://127.0.0.1:{port}"),
-        (false, _) => format!("http://{addr}"),
-    }
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
 /// How long `airlock up` waits for its worker to stop before it stops the
@@ -190,6 +195,10 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
         worker_id: config.worker_id(),
         allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
+        target_roots: Some(
+            airlock_data_plane::postgres::upstream::target_roots(config.worker.target_ca_file.as_deref())
+                .context("worker.target_ca_file")?,
+        ),
         // Half the cores by default: the kernel's TCP work for each relayed message
         // needs cores too, and more session threads than that cost more CPU per
         // message than they add in throughput.
@@ -202,6 +211,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         control_plane_url: config.worker.control_plane_url.clone(),
         grpc_tls: airlock_proto::transport::ClientTls {
             ca_file: config.worker.grpc_ca_file.clone(),
+            server_name: None,
             cleartext_off_loopback: config.worker.grpc_cleartext_off_loopback,
         },
         worker_token: worker_token(config)?,
@@ -369,7 +379,7 @@ mod tests {
         assert_eq!(local_url("127.0.0.1:8081".parse().unwrap(), false), "http://127.0.0.1:8081");
         assert_eq!(local_url("0.0.0.0:8081".parse().unwrap(), false), "http://127.0.0.1:8081");
         assert_eq!(local_url("[::]:8081".parse().unwrap(), false), "http://[::1]:8081");
-        // With TLS, by a name a certificate can carry.
-        assert_eq!(local_url("0.0.0.0:8082".parse().unwrap(), true), "https://localhost:8082");
+        assert_eq!(local_url("10.1.2.3:8081".parse().unwrap(), false), "http://10.1.2.3:8081");
+        assert_eq!(local_url("0.0.0.0:8082".parse().unwrap(), true), "https://127.0.0.1:8082");
     }
 }

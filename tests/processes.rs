@@ -359,7 +359,8 @@ async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back(
 
     let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
     let http = reqwest::Client::new();
-    let token = grant_on_target(&url, &admin_token, target.name(), &template, "steady").await;
+    let target_at = ("127.0.0.1:5432", "disable");
+    let token = grant_on_target(&url, &admin_token, target_at, target.name(), &template, "steady").await;
     let connect = || async {
         let url = format!(
             "host=127.0.0.1 port={} user=pg.readonly password={token} dbname={} sslmode=disable",
@@ -457,7 +458,7 @@ async fn internal_grpc_runs_over_tls_between_processes() {
     let refused = Command::new(BIN).args(cp_args).envs(cp_env.iter().map(|(k, v)| (k, v))).output().unwrap();
     assert!(!refused.status.success(), "{refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains(&format!("would listen on {grpc} without TLS")), "{stderr}");
+    assert!(stderr.contains(&format!("would listen on {grpc} (api.grpc_addr) without TLS")), "{stderr}");
     cp_env.push(("AIRLOCK_API__GRPC_TLS_CERT_FILE", cert.display().to_string()));
     cp_env.push(("AIRLOCK_API__GRPC_TLS_KEY_FILE", key.display().to_string()));
     let _cp = Proc::spawn("control-plane", &dir.0, &cp_args, &cp_env);
@@ -467,6 +468,17 @@ async fn internal_grpc_runs_over_tls_between_processes() {
     let recorder = free_addr();
     let mut rec_env = common.clone();
     rec_env.push(("AIRLOCK_DATA_DIR", dir.0.join("rec").display().to_string()));
+    // The recorder likewise, off loopback.
+    let everywhere = std::net::SocketAddr::from(([0, 0, 0, 0], recorder.port())).to_string();
+    let refused = Command::new(BIN)
+        .arg("recorder")
+        .envs(rec_env.iter().map(|(k, v)| (k, v)))
+        .env("AIRLOCK_RECORDER__ADDR", &everywhere)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("set recorder.tls_cert_file and recorder.tls_key_file"), "{stderr}");
     rec_env.push(("AIRLOCK_RECORDER__ADDR", recorder.to_string()));
     rec_env.push(("AIRLOCK_RECORDER__TLS_CERT_FILE", cert.display().to_string()));
     rec_env.push(("AIRLOCK_RECORDER__TLS_KEY_FILE", key.display().to_string()));
@@ -477,6 +489,7 @@ async fn internal_grpc_runs_over_tls_between_processes() {
     gw_env.push(("AIRLOCK_DATA_DIR", dir.0.join("gateway").display().to_string()));
     gw_env.push(("AIRLOCK_WORKER__ID", worker_id.clone()));
     gw_env.push(("AIRLOCK_WORKER__RECORDING__RECORDER_URL", format!("https://localhost:{}", recorder.port())));
+    gw_env.push(("AIRLOCK_WORKER__TARGET_CA_FILE", "/etc/ssl/certs/ssl-cert-snakeoil.pem".to_owned()));
     let gw_args = |control_plane: String| {
         [
             "gateway",
@@ -520,7 +533,10 @@ async fn internal_grpc_runs_over_tls_between_processes() {
     // credential the gateway fetched over TLS, and its bytes reach the
     // recorder over TLS.
     let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
-    let token = grant_on_target(&url, &admin_token, target.name(), &template, "tls").await;
+    // The target too, checked for its name: this machine's Postgres serves a
+    // certificate for localhost, which the gateway is given as its CA.
+    let target_at = ("localhost:5432", "verify-full");
+    let token = grant_on_target(&url, &admin_token, target_at, target.name(), &template, "tls").await;
     let dsn = format!(
         "host=127.0.0.1 port={} user=pg.readonly password={token} dbname={} sslmode=disable",
         pg.port(),
@@ -535,8 +551,11 @@ async fn internal_grpc_runs_over_tls_between_processes() {
     })
     .await;
     let client = client.into_inner().unwrap().unwrap();
-    let marker: String = client.query_one("SELECT 'over-tls-marker'::text", &[]).await.unwrap().get(0);
-    assert_eq!(marker, "over-tls-marker");
+    let row = client
+        .query_one("SELECT 'over-tls-marker'::text, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("over-tls-marker".to_owned(), true));
     drop(client);
     let recordings = dir.0.join("rec/recorder/recordings");
     eventually(Duration::from_secs(30), "the recorder to store the session", || async {
@@ -545,10 +564,18 @@ async fn internal_grpc_runs_over_tls_between_processes() {
     .await;
 }
 
-/// Registers `database` on the machine's Postgres as connection `pg`, whose
-/// readonly sessions are members of `template`, and grants it to `subject` for
-/// 15 minutes; returns a token of `subject`'s.
-async fn grant_on_target(url: &str, admin_token: &str, database: &str, template: &str, subject: &str) -> String {
+/// Registers `database` on the machine's Postgres, reached at `(address,
+/// tls)`, as connection `pg`, whose readonly sessions are members of
+/// `template`, and grants it to `subject` for 15 minutes; returns a token of
+/// `subject`'s.
+async fn grant_on_target(
+    url: &str,
+    admin_token: &str,
+    (address, tls): (&str, &str),
+    database: &str,
+    template: &str,
+    subject: &str,
+) -> String {
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {
         let request = http.post(format!("{url}{path}")).bearer_auth(admin_token).json(&body);
@@ -561,8 +588,8 @@ async fn grant_on_target(url: &str, admin_token: &str, database: &str, template:
     post(
         "/v1/connections",
         serde_json::json!({
-            "name": "pg", "kind": "postgres", "address": "127.0.0.1:5432", "database": database,
-            "tls": "disable", "admin_credential": {"user": "postgres", "password": ""},
+            "name": "pg", "kind": "postgres", "address": address, "database": database,
+            "tls": tls, "admin_credential": {"user": "postgres", "password": ""},
             "roles": {"readonly": template},
         }),
     )

@@ -89,10 +89,11 @@ pub async fn start_on(
     tracker: &TaskTracker,
 ) -> anyhow::Result<Running> {
     options.console.validate().map_err(anyhow::Error::msg)?;
-    // Before anything else, so that a server that may not listen as
-    // configured starts nothing.
+    // Before the event log is opened: a server that may not listen as
+    // configured stops early.
     let grpc_tls = airlock_proto::transport::server_tls(
-        "the gRPC API (api.grpc_addr)",
+        "the gRPC API",
+        "api.grpc_",
         options.grpc_addr,
         options.grpc_tls.as_ref(),
         options.grpc_cleartext_off_loopback,

@@ -58,10 +58,10 @@ impl TargetTls {
         }
     }
 
-    /// Whether the target must prove itself with a certificate that chains
-    /// to the connection's roots (`verify-ca`, `verify-full`).
-    pub fn checks_certificate(&self) -> bool {
-        matches!(self, TargetTls::VerifyCa | TargetTls::VerifyFull)
+    /// Whether the target must prove its name with a certificate that chains
+    /// to the gateway's roots (`verify-full`).
+    pub fn verifies_name(&self) -> bool {
+        matches!(self, TargetTls::VerifyFull)
     }
 
     pub fn parse(s: &str) -> Option<Self> {

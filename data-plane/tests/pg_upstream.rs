@@ -25,8 +25,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{BufMut, Bytes, BytesMut};
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -132,12 +130,29 @@ async fn prefer_and_require_negotiate_tls() {
     }
 }
 
+/// The server's ssl_cert_file: Debian's self-signed snakeoil, CN=localhost, DNS:localhost.
+const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
 fn server_cert_roots() -> Arc<RootCertStore> {
-    // The server's ssl_cert_file: Debian's self-signed snakeoil, CN=localhost, DNS:localhost.
-    let cert = CertificateDer::from_pem_file("/etc/ssl/certs/ssl-cert-snakeoil.pem").unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(cert).unwrap();
-    Arc::new(roots)
+    // As the gateway loads `worker.target_ca_file`.
+    upstream::target_roots(Some(std::path::Path::new(SERVER_CERT))).unwrap()
+}
+
+#[test]
+fn a_target_ca_file_must_hold_readable_certificates() {
+    let dir = std::env::temp_dir().join(format!("airlock-target-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let err = format!("{:#}", upstream::target_roots(Some(&empty)).unwrap_err());
+    assert!(err.contains("holds no PEM certificate"), "{err}");
+    let damaged = dir.join("damaged.pem");
+    std::fs::write(&damaged, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let err = format!("{:#}", upstream::target_roots(Some(&damaged)).unwrap_err());
+    assert!(err.contains("1 of its certificates cannot be read"), "{err}");
+    let err = format!("{:#}", upstream::target_roots(Some(&dir.join("missing.pem"))).unwrap_err());
+    assert!(err.contains("missing.pem"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn unrelated_roots() -> Arc<RootCertStore> {
@@ -608,8 +623,9 @@ async fn a_session_roles_password_is_not_sent_as_md5_or_in_cleartext_without_tls
 }
 
 /// The same password asked for in cleartext over TLS goes only to a target
-/// whose certificate was checked: under `prefer` or `require` whoever answers
-/// could be anyone, and could log in as the role with it.
+/// whose certificate was checked for its name: under `prefer` or `require`
+/// whoever answers could be anyone, under `verify-ca` any server the CA
+/// vouches for, and could log in as the role with it.
 #[tokio::test]
 async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificate() {
     let (_, salted) = scram::verifier(b"one-time");
@@ -632,7 +648,7 @@ async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificat
     for (mode, sent) in [
         (TargetTls::Prefer, false),
         (TargetTls::Require, false),
-        (TargetTls::VerifyCa, true),
+        (TargetTls::VerifyCa, false),
         (TargetTls::VerifyFull, true),
     ] {
         let acceptor = acceptor.clone();
@@ -661,7 +677,7 @@ async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificat
         } else {
             let err = result.err().unwrap_or_else(|| panic!("{mode:?}: connected"));
             assert!(
-                matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains("certificate is not checked")),
+                matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains("not checked for its name")),
                 "{mode:?}: {err}"
             );
         }

@@ -12,9 +12,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, TrustAnchor};
+use tonic::transport::{ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// How long a client may take over its TLS handshake before the server drops it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gRPC server's certificate chain and private key, as PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,15 +42,17 @@ impl ServerTls {
     fn config(&self) -> anyhow::Result<ServerTlsConfig> {
         let cert = std::fs::read(&self.cert_file).with_context(|| format!("reading {}", self.cert_file.display()))?;
         let key = std::fs::read(&self.key_file).with_context(|| format!("reading {}", self.key_file.display()))?;
-        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(HANDSHAKE_TIMEOUT))
     }
 }
 
 /// The TLS a gRPC server listening on `addr` serves, or `None` for cleartext,
-/// which is allowed only on loopback or with `cleartext_off_loopback`.
-/// `what` names the server and its settings in errors.
+/// which is allowed only on loopback or with cleartext off loopback allowed.
+/// `what` names the server; `settings` is the prefix of its settings
+/// (`api.grpc_`, `recorder.`), for errors that say what to set.
 pub fn server_tls(
     what: &str,
+    settings: &str,
     addr: SocketAddr,
     tls: Option<&ServerTls>,
     cleartext_off_loopback: bool,
@@ -53,9 +61,10 @@ pub fn server_tls(
         Some(tls) => tls.config().map(Some).with_context(|| format!("{what}: loading its TLS certificate")),
         None if addr.ip().is_loopback() || cleartext_off_loopback => Ok(None),
         None => anyhow::bail!(
-            "{what} would listen on {addr} without TLS, and what it carries (the worker token, target \
-             credentials, session bytes) would cross the network readable; give it a certificate and key, \
-             or allow cleartext off loopback where the network encrypts on its own"
+            "{what} would listen on {addr} ({settings}addr) without TLS, and what it carries (the worker \
+             token, target credentials, session bytes) would cross the network readable; set \
+             {settings}tls_cert_file and {settings}tls_key_file, or {settings}cleartext_off_loopback = true \
+             where the network encrypts on its own"
         ),
     }
 }
@@ -66,6 +75,8 @@ pub struct ClientTls {
     /// CA certificates (PEM) that `https://` servers' certificates must chain
     /// to. `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when not the URL's host.
+    pub server_name: Option<String>,
     /// Allows `http://` to a host other than this machine.
     pub cleartext_off_loopback: bool,
 }
@@ -74,40 +85,47 @@ pub struct ClientTls {
 /// this machine unless allowed. `what` names the setting in errors.
 pub fn endpoint(what: &str, url: &str, tls: &ClientTls) -> anyhow::Result<Endpoint> {
     let endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("{what} is not a URL: {url}"))?;
-    let uri = endpoint.uri();
-    let host = uri.host().unwrap_or_default();
-    match uri.scheme_str() {
+    let host = endpoint.uri().host().unwrap_or_default().to_owned();
+    let scheme = endpoint.uri().scheme_str().map(str::to_owned);
+    match scheme.as_deref() {
         Some("https") => {
             let config = match &tls.ca_file {
-                Some(path) => {
-                    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                    anyhow::ensure!(
-                        String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"),
-                        "{} holds no PEM certificate",
-                        path.display()
-                    );
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
+                Some(path) => ClientTlsConfig::new().trust_anchors(ca_certificates(path)?),
                 None => ClientTlsConfig::new().with_native_roots(),
             };
-            // The name checked against the certificate is the URL's host.
-            let config = config.domain_name(host.trim_start_matches('[').trim_end_matches(']'));
-            endpoint.tls_config(config).with_context(|| format!("{what}: TLS settings for {url}"))
+            let name = tls.server_name.as_deref().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']'));
+            endpoint.tls_config(config.domain_name(name)).with_context(|| format!("{what}: TLS settings for {url}"))
         }
-        Some("http") if is_loopback_host(host) || tls.cleartext_off_loopback => Ok(endpoint),
+        Some("http") if is_loopback_ip(&host) || tls.cleartext_off_loopback => Ok(endpoint),
         Some("http") => anyhow::bail!(
             "{what} is {url}: cleartext gRPC to another machine would carry the worker token, target \
-             credentials and session bytes readable; use https://, or allow cleartext off loopback where \
-             the network encrypts on its own"
+             credentials and session bytes readable; use https://, or set \
+             worker.grpc_cleartext_off_loopback = true where the network encrypts on its own (only a \
+             loopback address, such as 127.0.0.1, counts as this machine)"
         ),
         _ => anyhow::bail!("{what} must be an http:// or https:// URL: {url}"),
     }
 }
 
-/// `localhost` or a loopback address (`[::1]` as a URL writes it).
-fn is_loopback_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// The trust anchors of a PEM file, each certificate checked to parse: a file
+/// that holds none, or a damaged one, is an error at start rather than a
+/// trust store that refuses every server later.
+fn ca_certificates(path: &Path) -> anyhow::Result<Vec<TrustAnchor<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(!ders.is_empty(), "{} holds no PEM certificate", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, unusable) = roots.add_parsable_certificates(ders);
+    anyhow::ensure!(unusable == 0, "{}: {unusable} of its certificates cannot be read", path.display());
+    Ok(roots.roots)
+}
+
+/// A literal loopback address (`[::1]` as a URL writes it). Not the name
+/// `localhost`, which resolves as the resolver says.
+fn is_loopback_ip(host: &str) -> bool {
+    host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -117,10 +135,17 @@ mod tests {
     #[test]
     fn cleartext_stays_on_this_machine_unless_allowed() {
         let strict = ClientTls::default();
-        for url in ["http://127.0.0.1:8081", "http://localhost:8081", "http://[::1]:8081", "http://127.9.9.9:1"] {
+        for url in ["http://127.0.0.1:8081", "http://[::1]:8081", "http://127.9.9.9:1"] {
             endpoint("worker.control_plane_url", url, &strict).unwrap_or_else(|e| panic!("{url}: {e:#}"));
         }
-        for url in ["http://10.0.0.5:8081", "http://airlock-control-plane:8081", "http://0.0.0.0:8081"] {
+        // A name is not an address: `localhost` resolves as the resolver says.
+        for url in [
+            "http://10.0.0.5:8081",
+            "http://airlock-control-plane:8081",
+            "http://0.0.0.0:8081",
+            "http://localhost:8081",
+            "http://[::ffff:127.0.0.1]:8081",
+        ] {
             let err = endpoint("worker.control_plane_url", url, &strict).unwrap_err().to_string();
             assert!(err.contains("worker.control_plane_url is") && err.contains("https://"), "{url}: {err}");
         }
@@ -134,10 +159,11 @@ mod tests {
     fn servers_listen_in_cleartext_only_on_loopback_unless_allowed() {
         let loopback: SocketAddr = "127.0.0.1:8081".parse().unwrap();
         let everywhere: SocketAddr = "0.0.0.0:8081".parse().unwrap();
-        assert!(server_tls("the gRPC API", loopback, None, false).unwrap().is_none());
-        let err = server_tls("the gRPC API", everywhere, None, false).unwrap_err().to_string();
-        assert!(err.contains("would listen on 0.0.0.0:8081 without TLS"), "{err}");
-        assert!(server_tls("the gRPC API", everywhere, None, true).unwrap().is_none());
+        assert!(server_tls("the gRPC API", "api.grpc_", loopback, None, false).unwrap().is_none());
+        let err = server_tls("the gRPC API", "api.grpc_", everywhere, None, false).unwrap_err().to_string();
+        assert!(err.contains("would listen on 0.0.0.0:8081 (api.grpc_addr) without TLS"), "{err}");
+        assert!(err.contains("set api.grpc_tls_cert_file and api.grpc_tls_key_file"), "{err}");
+        assert!(server_tls("the gRPC API", "api.grpc_", everywhere, None, true).unwrap().is_none());
     }
 
     #[test]
@@ -149,13 +175,18 @@ mod tests {
         let tls = ClientTls { ca_file: Some(empty.clone()), ..ClientTls::default() };
         let err = endpoint("x", "https://cp:8081", &tls).unwrap_err().to_string();
         assert!(err.contains("holds no PEM certificate"), "{err}");
+        let damaged = dir.join("damaged.pem");
+        std::fs::write(&damaged, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let tls = ClientTls { ca_file: Some(damaged), ..ClientTls::default() };
+        let err = endpoint("x", "https://cp:8081", &tls).unwrap_err().to_string();
+        assert!(err.contains("1 of its certificates cannot be read"), "{err}");
         let tls = ClientTls { ca_file: Some(dir.join("missing.pem")), ..ClientTls::default() };
         let err = format!("{:#}", endpoint("x", "https://cp:8081", &tls).unwrap_err());
         assert!(err.contains("missing.pem"), "{err}");
         let server = ServerTls { cert_file: dir.join("missing.crt"), key_file: empty };
         let err = format!(
             "{:#}",
-            server_tls("the recorder", "0.0.0.0:1".parse().unwrap(), Some(&server), false).unwrap_err()
+            server_tls("the recorder", "recorder.", "0.0.0.0:1".parse().unwrap(), Some(&server), false).unwrap_err()
         );
         assert!(err.contains("the recorder: loading its TLS certificate") && err.contains("missing.crt"), "{err}");
         assert!(ServerTls::from_files("api", Some(Path::new("c")), None).is_err());

@@ -77,7 +77,8 @@ pub async fn start(
         config.tls_key_file.as_deref(),
     )?;
     let tls = airlock_proto::transport::server_tls(
-        "the recorder (recorder.addr)",
+        "the recorder",
+        "recorder.",
         config.addr,
         tls.as_ref(),
         config.cleartext_off_loopback,

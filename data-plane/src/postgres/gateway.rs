@@ -37,6 +37,9 @@ pub struct GatewayOptions {
     pub max_message_len: usize,
     /// Connecting and logging in to the target.
     pub connect_timeout: Duration,
+    /// What targets' certificates must chain to under `verify-ca` and
+    /// `verify-full` (`upstream::target_roots`). `None`: those modes fail.
+    pub target_roots: Option<Arc<rustls::RootCertStore>>,
     /// Session threads. Each runs a single-threaded runtime, and a session lives
     /// on one of them from accept to close, client and target sockets alike: no
     /// cross-thread wake-up on the relay path. 0: the caller's runtime serves
@@ -51,6 +54,7 @@ impl Default for GatewayOptions {
             allow_cleartext_off_loopback: false,
             max_message_len: super::protocol::DEFAULT_MAX_FRONTEND_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
+            target_roots: None,
             session_threads: 0,
         }
     }
@@ -338,7 +342,7 @@ impl Gateway {
             .dbname(&spec.database)
             .application_name("airlock")
             .connect_timeout(self.options.connect_timeout);
-        let tls = admin_tls(spec, &mut config)?;
+        let tls = admin_tls(spec, self.options.target_roots.clone(), &mut config)?;
         let manager = Arc::new(RoleManager::connect(config, tls).await?);
         admins.insert((tenant, spec.id), (credential.version, manager.clone()));
         Ok(manager)
@@ -375,13 +379,17 @@ impl Gateway {
 }
 
 /// TLS for the admin connection, following the connection's `tls` setting.
-fn admin_tls(spec: &ConnectionSpec, config: &mut tokio_postgres::Config) -> anyhow::Result<TlsChoice> {
+fn admin_tls(
+    spec: &ConnectionSpec,
+    roots: Option<Arc<rustls::RootCertStore>>,
+    config: &mut tokio_postgres::Config,
+) -> anyhow::Result<TlsChoice> {
     use airlock_core::connection::TargetTls;
     use tokio_postgres::config::SslMode;
     let (mode, choice) = match spec.tls {
         TargetTls::Disable => (SslMode::Disable, TlsChoice::Disable),
-        TargetTls::Prefer => (SslMode::Prefer, TlsChoice::Rustls(super::upstream::client_config(spec.tls, None)?)),
-        other => (SslMode::Require, TlsChoice::Rustls(super::upstream::client_config(other, None)?)),
+        TargetTls::Prefer => (SslMode::Prefer, TlsChoice::Rustls(super::upstream::client_config(spec.tls, roots)?)),
+        other => (SslMode::Require, TlsChoice::Rustls(super::upstream::client_config(other, roots)?)),
     };
     config.ssl_mode(mode);
     Ok(choice)

@@ -326,13 +326,17 @@ async fn authenticate(
             // has it asks for SCRAM, or for the password itself under the
             // `password` method of pg_hba. Anything else asking is not that
             // server, and is not given the role's password in a form it can use.
-            // The password itself goes only to a target whose certificate was
-            // checked: over plain TCP, or under TLS that takes any certificate
-            // (`prefer`, `require`), whoever answers could log in as the role.
-            Authentication::CleartextPassword if opts.salted.is_some() && !opts.tls.checks_certificate() => {
+            // The password itself goes only to a target that proved its name
+            // with a certificate (`verify-full`): over plain TCP, under TLS
+            // that takes any certificate (`prefer`, `require`) or any the CA
+            // signed (`verify-ca`: another target, say), whoever answers could
+            // log in as the role with it.
+            Authentication::CleartextPassword
+                if opts.salted.is_some() && !(opts.tls.verifies_name() && stream.is_tls()) =>
+            {
                 return Err(UpstreamError::UnsupportedAuth(
-                    "a session role's password in cleartext to a target whose certificate is not checked \
-                     (use scram-sha-256 in the target's pg_hba.conf, or sslmode verify-ca or verify-full)"
+                    "a session role's password in cleartext to a target whose certificate was not checked for \
+                     its name (use scram-sha-256 in the target's pg_hba.conf, or sslmode verify-full)"
                         .into(),
                 ));
             }
@@ -517,6 +521,35 @@ async fn open(opts: &UpstreamOptions) -> Result<UpstreamStream, UpstreamError> {
         // An ErrorResponse here means a server too old for SSLRequest.
         [other] => Err(UpstreamError::Unexpected { tag: Tag(other), phase: "TLS negotiation" }),
     }
+}
+
+/// What targets' certificates must chain to under `verify-ca` and
+/// `verify-full`: the certificates of a PEM file, or the system's roots.
+/// Every certificate of the file must parse, and it must hold one.
+pub fn target_roots(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<RootCertStore>> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    let (ders, source) = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let ders = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing {}", path.display()))?;
+            (ders, path.display().to_string())
+        }
+        None => (rustls_native_certs::load_native_certs().certs, "the system's trusted roots".to_owned()),
+    };
+    let mut roots = RootCertStore::empty();
+    let (_, unusable) = roots.add_parsable_certificates(ders);
+    if ca_file.is_some() {
+        anyhow::ensure!(unusable == 0, "{source}: {unusable} of its certificates cannot be read");
+        anyhow::ensure!(!roots.is_empty(), "{source} holds no PEM certificate");
+    }
+    if roots.is_empty() {
+        // Only verify-ca and verify-full targets need them: say so, and go on.
+        tracing::warn!("no CA certificates in {source}: targets under verify-ca or verify-full cannot be reached");
+    }
+    Ok(Arc::new(roots))
 }
 
 /// The rustls client configuration for a TLS mode: libpq's meanings (`require`

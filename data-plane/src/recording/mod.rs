@@ -126,21 +126,21 @@ impl Options {
     /// Refuses settings the worker cannot record with, naming the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.spool_dir.as_os_str().is_empty() {
-            return Err("recording.spool_dir must be set".into());
+            return Err("worker.recording.spool_dir must be set".into());
         }
         if self.spool_max_bytes == 0 {
-            return Err("recording.spool_max_bytes must be greater than zero".into());
+            return Err("worker.recording.spool_max_bytes must be greater than zero".into());
         }
         if self.strict && self.strict_timeout_ms == 0 {
-            return Err("recording.strict_timeout_ms must be greater than zero".into());
+            return Err("worker.recording.strict_timeout_ms must be greater than zero".into());
         }
         if self.reconnect_max_ms == 0 {
-            return Err("recording.reconnect_max_ms must be greater than zero".into());
+            return Err("worker.recording.reconnect_max_ms must be greater than zero".into());
         }
         // Whether http:// may leave this machine is the worker's `grpc_tls`
         // to decide, when the uploader is built.
         if !self.recorder_url.starts_with("http://") && !self.recorder_url.starts_with("https://") {
-            return Err("recording.recorder_url must be an http:// or https:// URL".into());
+            return Err("worker.recording.recorder_url must be an http:// or https:// URL".into());
         }
         Ok(())
     }
