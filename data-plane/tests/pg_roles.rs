@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_data_plane::postgres::roles::{
-    RoleError, RoleManager, SessionRole, SessionRoleSpec, TlsChoice, is_session_role_name, session_role_name,
+    ADMIN_CONNECTIONS, RoleError, RoleManager, SessionRole, SessionRoleSpec, TlsChoice, is_session_role_name,
+    session_role_name,
 };
 use airlock_testkit::pg::TestDb;
 use base64::Engine as _;
@@ -545,6 +546,38 @@ async fn admin_connection_reconnects_after_it_is_terminated() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     roles.drop_session_role(&role.name).await.unwrap();
     assert!(!role_exists(&admin, &role.name).await);
+}
+
+/// Sessions arriving together get their roles made side by side, on up to
+/// `ADMIN_CONNECTIONS` admin connections, not queued on one; and dropped so.
+#[tokio::test]
+async fn roles_for_sessions_arriving_together_are_made_side_by_side() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    // Names the manager's connections in pg_stat_activity.
+    let application = unique("admins");
+    let mut cfg = config(&db);
+    cfg.application_name(&application);
+    let roles = RoleManager::connect(cfg, TlsChoice::Disable).await.unwrap();
+    let worker = cleanup.worker();
+    let specs: Vec<SessionRoleSpec> = (0..12).map(|_| spec(&worker, &template)).collect();
+    let made = futures::future::try_join_all(specs.iter().map(|s| roles.create_session_role(s))).await.unwrap();
+    let open: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&application])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(open > 1, "the roles were made over {open} admin connection");
+    assert!(open <= ADMIN_CONNECTIONS as i64, "{open} admin connections");
+    for role in &made {
+        assert!(role_exists(&admin, &role.name).await, "{}", role.name);
+    }
+    futures::future::try_join_all(made.iter().map(|r| roles.drop_session_role(&r.name))).await.unwrap();
+    for role in &made {
+        assert!(!role_exists(&admin, &role.name).await, "{}", role.name);
+    }
 }
 
 /// TLS on the admin connection with rustls, verifying the server's certificate

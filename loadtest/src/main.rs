@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::scenarios::{
-    event_append, faults, idle_sessions, pg_connect, pg_policy, pg_throughput, propagation, recorder_ingest,
+    admin_roles, event_append, faults, idle_sessions, pg_connect, pg_policy, pg_throughput, propagation,
+    recorder_ingest,
 };
 
 #[derive(Debug, Parser)]
@@ -52,6 +53,9 @@ enum Scenario {
     /// the gateway's memory per session, threads and open files (needs pgbouncer and `cargo build --release`).
     /// Not part of `all`.
     IdleSessions(idle_sessions::Args),
+    /// Session roles made and dropped per second through one gateway's role manager, over one admin connection
+    /// and over several side by side (the machine's Postgres). Not part of `all`.
+    AdminRoles(admin_roles::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
 }
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Faults(args) => faults::run(&args, &out).await,
         Scenario::PgConnect(args) => pg_connect::run(&args, &out).await,
         Scenario::IdleSessions(args) => idle_sessions::run(&args, &out).await,
+        Scenario::AdminRoles(args) => admin_roles::run(&args, &out).await,
         Scenario::All(args) => {
             event_append::run(&args.event_append, &out).await?;
             println!();

@@ -33,7 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Mutex;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket};
@@ -98,6 +98,9 @@ pub enum RoleError {
     SweepIncomplete { dropped: Vec<String>, failed: Vec<(String, String)> },
     #[error("target error while {context}: {message}")]
     Database { context: &'static str, message: String },
+    /// No admin connection could be taken (the manager is closing).
+    #[error("no admin connection to the target is available")]
+    AdminUnavailable,
     /// The password's hashing did not finish (the runtime is stopping).
     #[error("hashing the session role's password failed: {0}")]
     Hashing(String),
@@ -168,13 +171,23 @@ pub fn is_session_role_name(name: &str) -> bool {
     }
 }
 
-/// Manages session roles over one admin connection to a target. Methods take
-/// `&self` and serialise on the connection; share it with an `Arc`. If the
-/// connection drops, the next call reconnects.
+/// The most admin connections a manager holds to one target. Making and
+/// dropping session roles takes a few round trips and a commit each; over one
+/// connection they queued behind each other and capped a gateway near 50 new
+/// sessions a second. Each counts against the target's `max_connections`.
+pub const ADMIN_CONNECTIONS: usize = 4;
+
+/// Manages session roles over up to [`ADMIN_CONNECTIONS`] admin connections
+/// to a target: the first opened by `connect`, the others when that many calls
+/// overlap. Methods take `&self`, each on a connection of its own while it
+/// runs; share the manager with an `Arc`. A connection that dropped is opened
+/// again by the next call that takes it.
 pub struct RoleManager {
     config: tokio_postgres::Config,
     tls: TlsChoice,
-    client: Mutex<Client>,
+    /// As many permits as slots: holding one means some slot is free.
+    free: Semaphore,
+    slots: Vec<Mutex<Option<Client>>>,
 }
 
 impl fmt::Debug for RoleManager {
@@ -194,17 +207,40 @@ impl RoleManager {
     /// connection's database, where session roles' objects live — and
     /// ssl_mode).
     pub async fn connect(config: tokio_postgres::Config, tls: TlsChoice) -> Result<RoleManager, RoleError> {
-        let client = open(&config, &tls).await?;
-        Ok(RoleManager { config, tls, client: Mutex::new(client) })
+        Self::with_connections(config, tls, ADMIN_CONNECTIONS).await
     }
 
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, RoleError> {
-        let mut guard = self.client.lock().await;
-        if guard.is_closed() {
-            tracing::info!("admin connection to the target was closed; reconnecting");
-            *guard = open(&self.config, &self.tls).await?;
+    /// `connect`, with at most `connections` admin connections (at least one).
+    pub async fn with_connections(
+        config: tokio_postgres::Config,
+        tls: TlsChoice,
+        connections: usize,
+    ) -> Result<RoleManager, RoleError> {
+        let connections = connections.max(1);
+        let client = open(&config, &tls).await?;
+        let slots = std::iter::once(Some(client)).chain((1..connections).map(|_| None)).map(Mutex::new).collect();
+        Ok(RoleManager { config, tls, free: Semaphore::new(connections), slots })
+    }
+
+    /// An admin connection for one call: an open one when one is free, else
+    /// a free slot opened now. Waits while all of them are in use.
+    async fn client(&self) -> Result<AdminClient<'_>, RoleError> {
+        let permit = self.free.acquire().await.map_err(|_| RoleError::AdminUnavailable)?;
+        let mut unopened = None;
+        for slot in &self.slots {
+            let Ok(guard) = slot.try_lock() else { continue };
+            if guard.as_ref().is_some_and(|c| !c.is_closed()) {
+                return AdminClient::new(permit, guard);
+            }
+            unopened.get_or_insert(guard);
         }
-        Ok(guard)
+        // The permit leaves a slot free: this one, found closed or not yet opened.
+        let mut guard = unopened.ok_or(RoleError::AdminUnavailable)?;
+        if guard.is_some() {
+            tracing::info!("admin connection to the target was closed; reconnecting");
+        }
+        *guard = Some(open(&self.config, &self.tls).await?);
+        AdminClient::new(permit, guard)
     }
 
     /// Creates the session role for `spec` and returns its name and password.
@@ -395,6 +431,32 @@ impl RoleManager {
             }
         }
         drop_all(&mut client, expired, "swept expired session role").await
+    }
+}
+
+/// One admin connection, the manager's for as long as this is held.
+struct AdminClient<'a> {
+    client: MappedMutexGuard<'a, Client>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl<'a> AdminClient<'a> {
+    fn new(permit: tokio::sync::SemaphorePermit<'a>, guard: MutexGuard<'a, Option<Client>>) -> Result<Self, RoleError> {
+        let client = MutexGuard::try_map(guard, Option::as_mut).map_err(|_| RoleError::AdminUnavailable)?;
+        Ok(Self { client, _permit: permit })
+    }
+}
+
+impl std::ops::Deref for AdminClient<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for AdminClient<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 

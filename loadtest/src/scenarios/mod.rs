@@ -1,6 +1,7 @@
 //! One module per scenario. Each runs against real components started
 //! in-process, prints a table and writes `<scenario>.json`.
 
+pub mod admin_roles;
 pub mod event_append;
 pub mod faults;
 pub mod idle_sessions;
