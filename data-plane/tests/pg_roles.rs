@@ -580,6 +580,40 @@ async fn roles_for_sessions_arriving_together_are_made_side_by_side() {
     }
 }
 
+/// An admin role the target lets open only two connections: the calls
+/// beyond them wait for one of those instead of failing, on a runtime of
+/// several threads where calls look for a connection side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_role_with_a_connection_limit_is_kept_to_it() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    // Not a superuser, whom the limit would not bind.
+    let limited = unique("admin");
+    admin.batch_execute(&format!("CREATE ROLE {} LOGIN CREATEROLE CONNECTION LIMIT 2", quote(&limited))).await.unwrap();
+    cleanup.templates.push(limited.clone());
+    let application = unique("limited");
+    let mut cfg = config(&db);
+    cfg.user(&limited).application_name(&application);
+    let roles = Arc::new(RoleManager::connect(cfg, TlsChoice::Disable).await.unwrap());
+    let worker = cleanup.worker();
+    let calls = (0..12).map(|_| {
+        let (roles, spec) = (roles.clone(), spec(&worker, &template));
+        tokio::spawn(async move { roles.create_session_role(&spec).await })
+    });
+    for made in futures::future::join_all(calls).await {
+        let role = made.unwrap().unwrap_or_else(|e| panic!("a call failed instead of waiting: {e}"));
+        assert!(role_exists(&admin, &role.name).await);
+    }
+    let open: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&application])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 2);
+}
+
 /// TLS on the admin connection with rustls, verifying the server's certificate
 /// (this machine's Postgres serves Debian's snakeoil certificate for
 /// `localhost`). Skipped if that certificate is not there.

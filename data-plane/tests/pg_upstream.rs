@@ -135,11 +135,11 @@ const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
 fn server_cert_roots() -> Arc<RootCertStore> {
     // As the gateway loads `worker.target_ca_file`.
-    upstream::target_roots(Some(std::path::Path::new(SERVER_CERT))).unwrap()
+    upstream::target_roots(Some(std::path::Path::new(SERVER_CERT))).unwrap().for_mode(TargetTls::VerifyFull).unwrap()
 }
 
-#[test]
-fn a_target_ca_file_must_hold_readable_certificates() {
+#[tokio::test]
+async fn target_roots_come_from_a_readable_file_or_serve_verify_full_only() {
     let dir = std::env::temp_dir().join(format!("airlock-target-ca-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let empty = dir.join("empty.pem");
@@ -152,6 +152,21 @@ fn a_target_ca_file_must_hold_readable_certificates() {
     assert!(err.contains("1 of its certificates cannot be read"), "{err}");
     let err = format!("{:#}", upstream::target_roots(Some(&dir.join("missing.pem"))).unwrap_err());
     assert!(err.contains("missing.pem"), "{err}");
+    // A file's roots serve every mode that checks a chain, as libpq's root file does.
+    let file = upstream::target_roots(Some(std::path::Path::new(SERVER_CERT))).unwrap();
+    for mode in [TargetTls::Require, TargetTls::VerifyCa, TargetTls::VerifyFull] {
+        assert!(file.for_mode(mode).is_some(), "{mode:?}");
+    }
+    assert!(file.for_mode(TargetTls::Prefer).is_none());
+    // The system's serve verify-full only: under verify-ca any certificate of
+    // any public CA would pass, whatever name it carries.
+    let system = upstream::target_roots(None).unwrap();
+    assert!(system.for_mode(TargetTls::VerifyCa).is_none());
+    assert!(system.for_mode(TargetTls::Require).is_none());
+    let mut o = opts(TargetTls::VerifyCa);
+    o.root_certs = system.for_mode(TargetTls::VerifyCa);
+    let err = upstream::connect(&o).await.unwrap_err().to_string();
+    assert!(err.contains("set worker.target_ca_file (the system's roots serve verify-full only)"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -37,9 +37,9 @@ pub struct GatewayOptions {
     pub max_message_len: usize,
     /// Connecting and logging in to the target.
     pub connect_timeout: Duration,
-    /// What targets' certificates must chain to under `verify-ca` and
-    /// `verify-full` (`upstream::target_roots`). `None`: those modes fail.
-    pub target_roots: Option<Arc<rustls::RootCertStore>>,
+    /// What targets' certificates must chain to (`upstream::target_roots`).
+    /// `None`: `verify-ca` and `verify-full` fail.
+    pub target_roots: Option<super::upstream::TargetRoots>,
     /// Session threads. Each runs a single-threaded runtime, and a session lives
     /// on one of them from accept to close, client and target sockets alike: no
     /// cross-thread wake-up on the relay path. 0: the caller's runtime serves
@@ -84,8 +84,12 @@ pub struct Gateway {
     /// Gateway-issued (pid, key) → the upstream backend's. Entries live as long as their session.
     pub(crate) cancels: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
     credentials: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), Credential>>,
-    /// One admin connection per target, with the credential version it logged in with.
+    /// The admin connections of each target, with the credential version they log in with.
     admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
+    /// The runtime the gateway was made on, which opens and drives admin
+    /// connections: session threads' runtimes stop one by one at shutdown,
+    /// while other sessions still drop their roles.
+    runtime: tokio::runtime::Handle,
     /// What each target's catalog says of the relations results come from.
     catalogs: Mutex<HashMap<(TenantId, ConnectionId), Arc<Catalog>>>,
     /// Sessions' opening and closing, on their way to the control plane's log.
@@ -126,6 +130,7 @@ impl Gateway {
             cancels: Mutex::new(HashMap::new()),
             credentials: tokio::sync::Mutex::new(HashMap::new()),
             admins: tokio::sync::Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
             catalogs: Mutex::new(HashMap::new()),
             session_events,
             undropped: Mutex::new(Vec::new()),
@@ -319,7 +324,7 @@ impl Gateway {
         catalogs.entry((tenant, connection)).or_default().clone()
     }
 
-    /// The admin connection that makes session roles on this target.
+    /// The admin connections that make session roles on this target.
     pub(crate) async fn role_manager(
         &self,
         tenant: TenantId,
@@ -342,8 +347,10 @@ impl Gateway {
             .dbname(&spec.database)
             .application_name("airlock")
             .connect_timeout(self.options.connect_timeout);
-        let tls = admin_tls(spec, self.options.target_roots.clone(), &mut config)?;
-        let manager = Arc::new(RoleManager::connect(config, tls).await?);
+        let roots = self.options.target_roots.as_ref().and_then(|r| r.for_mode(spec.tls));
+        let tls = admin_tls(spec, roots, &mut config)?;
+        let manager = self.runtime.spawn(RoleManager::connect(config, tls)).await??;
+        let manager = Arc::new(manager);
         admins.insert((tenant, spec.id), (credential.version, manager.clone()));
         Ok(manager)
     }

@@ -27,13 +27,14 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket};
@@ -98,7 +99,7 @@ pub enum RoleError {
     SweepIncomplete { dropped: Vec<String>, failed: Vec<(String, String)> },
     #[error("target error while {context}: {message}")]
     Database { context: &'static str, message: String },
-    /// No admin connection could be taken (the manager is closing).
+    /// The runtime that drives admin connections is stopping.
     #[error("no admin connection to the target is available")]
     AdminUnavailable,
     /// The password's hashing did not finish (the runtime is stopping).
@@ -173,21 +174,33 @@ pub fn is_session_role_name(name: &str) -> bool {
 
 /// The most admin connections a manager holds to one target. Making and
 /// dropping session roles takes a few round trips and a commit each; over one
-/// connection they queued behind each other and capped a gateway near 50 new
-/// sessions a second. Each counts against the target's `max_connections`.
+/// connection they queued behind each other. Each counts against the target's
+/// `max_connections` and the admin role's connection limit, and stays open
+/// once opened; a target that refuses one more makes the manager keep to
+/// what it has.
 pub const ADMIN_CONNECTIONS: usize = 4;
 
 /// Manages session roles over up to [`ADMIN_CONNECTIONS`] admin connections
 /// to a target: the first opened by `connect`, the others when that many calls
 /// overlap. Methods take `&self`, each on a connection of its own while it
 /// runs; share the manager with an `Arc`. A connection that dropped is opened
-/// again by the next call that takes it.
+/// again by a later call. Connections are opened, and driven, on the runtime
+/// the manager was made on, whichever runtime calls it.
 pub struct RoleManager {
     config: tokio_postgres::Config,
     tls: TlsChoice,
-    /// As many permits as slots: holding one means some slot is free.
-    free: Semaphore,
-    slots: Vec<Mutex<Option<Client>>>,
+    runtime: tokio::runtime::Handle,
+    /// One permit per call under way: at most `ceiling` run at once.
+    permits: Semaphore,
+    /// Open connections no call holds.
+    idle: std::sync::Mutex<Vec<Client>>,
+    /// Connections open, idle or held.
+    live: AtomicUsize,
+    /// How many may be open: the pool's size, lowered to what was open when
+    /// the target refused another.
+    ceiling: AtomicUsize,
+    /// A connection came back, or one was lost.
+    returned: Notify,
 }
 
 impl fmt::Debug for RoleManager {
@@ -197,6 +210,7 @@ impl fmt::Debug for RoleManager {
             .field("user", &self.config.get_user())
             .field("dbname", &self.config.get_dbname())
             .field("tls", &self.tls)
+            .field("live", &self.live.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -218,29 +232,86 @@ impl RoleManager {
     ) -> Result<RoleManager, RoleError> {
         let connections = connections.max(1);
         let client = open(&config, &tls).await?;
-        let slots = std::iter::once(Some(client)).chain((1..connections).map(|_| None)).map(Mutex::new).collect();
-        Ok(RoleManager { config, tls, free: Semaphore::new(connections), slots })
+        Ok(RoleManager {
+            config,
+            tls,
+            runtime: tokio::runtime::Handle::current(),
+            permits: Semaphore::new(connections),
+            idle: std::sync::Mutex::new(vec![client]),
+            live: AtomicUsize::new(1),
+            ceiling: AtomicUsize::new(connections),
+            returned: Notify::new(),
+        })
     }
 
-    /// An admin connection for one call: an open one when one is free, else
-    /// a free slot opened now. Waits while all of them are in use.
+    /// An admin connection for one call: an idle one, else one opened now if
+    /// the ceiling allows, else the next one a call gives back.
     async fn client(&self) -> Result<AdminClient<'_>, RoleError> {
-        let permit = self.free.acquire().await.map_err(|_| RoleError::AdminUnavailable)?;
-        let mut unopened = None;
-        for slot in &self.slots {
-            let Ok(guard) = slot.try_lock() else { continue };
-            if guard.as_ref().is_some_and(|c| !c.is_closed()) {
-                return AdminClient::new(permit, guard);
+        let _permit = self.permits.acquire().await.map_err(|_| RoleError::AdminUnavailable)?;
+        loop {
+            // Registered before looking, so a connection given back in
+            // between wakes this call.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(client) = self.take_idle() {
+                return Ok(AdminClient { manager: self, client: Some(client), _permit });
             }
-            unopened.get_or_insert(guard);
+            // Counted before it is opened, so that calls side by side stay
+            // under the ceiling; `live` is how many there were.
+            let reserved = self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+                (live < self.ceiling.load(Ordering::Acquire)).then_some(live + 1)
+            });
+            if let Ok(live) = reserved {
+                match self.open_here().await {
+                    Ok(client) => return Ok(AdminClient { manager: self, client: Some(client), _permit }),
+                    Err(e) => {
+                        self.live.fetch_sub(1, Ordering::AcqRel);
+                        if live == 0 {
+                            return Err(e);
+                        }
+                        // The target's connection limit, or the admin role's:
+                        // keep to the connections there are.
+                        self.ceiling.fetch_min(live, Ordering::AcqRel);
+                        tracing::warn!(
+                            open = live,
+                            "the target refused another admin connection ({e}); using those open"
+                        );
+                        continue;
+                    }
+                }
+            }
+            returned.await;
         }
-        // The permit leaves a slot free: this one, found closed or not yet opened.
-        let mut guard = unopened.ok_or(RoleError::AdminUnavailable)?;
-        if guard.is_some() {
-            tracing::info!("admin connection to the target was closed; reconnecting");
+    }
+
+    /// An idle connection that is still open; closed ones are let go.
+    fn take_idle(&self) -> Option<Client> {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(client) = idle.pop() {
+            if !client.is_closed() {
+                return Some(client);
+            }
+            tracing::info!("admin connection to the target was closed; another will be opened");
+            self.live.fetch_sub(1, Ordering::AcqRel);
         }
-        *guard = Some(open(&self.config, &self.tls).await?);
-        AdminClient::new(permit, guard)
+        None
+    }
+
+    /// Opens a connection on the manager's runtime, which then drives it.
+    async fn open_here(&self) -> Result<Client, RoleError> {
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        self.runtime.spawn(async move { open(&config, &tls).await }).await.map_err(|_| RoleError::AdminUnavailable)?
+    }
+
+    /// Gives a connection back: idle if still open, else counted as lost.
+    fn give_back(&self, client: Client) {
+        if client.is_closed() {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(client);
+        }
+        self.returned.notify_one();
     }
 
     /// Creates the session role for `spec` and returns its name and password.
@@ -434,29 +505,33 @@ impl RoleManager {
     }
 }
 
-/// One admin connection, the manager's for as long as this is held.
+/// One admin connection, a call's until this is dropped.
 struct AdminClient<'a> {
-    client: MappedMutexGuard<'a, Client>,
+    manager: &'a RoleManager,
+    /// Always `Some` until dropped.
+    client: Option<Client>,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
-impl<'a> AdminClient<'a> {
-    fn new(permit: tokio::sync::SemaphorePermit<'a>, guard: MutexGuard<'a, Option<Client>>) -> Result<Self, RoleError> {
-        let client = MutexGuard::try_map(guard, Option::as_mut).map_err(|_| RoleError::AdminUnavailable)?;
-        Ok(Self { client, _permit: permit })
+impl Drop for AdminClient<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.manager.give_back(client);
+        }
     }
 }
 
 impl std::ops::Deref for AdminClient<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
-        &self.client
+        // Set from construction until drop.
+        self.client.as_ref().unwrap_or_else(|| unreachable!("an admin client is held until dropped"))
     }
 }
 
 impl std::ops::DerefMut for AdminClient<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        &mut self.client
+        self.client.as_mut().unwrap_or_else(|| unreachable!("an admin client is held until dropped"))
     }
 }
 

@@ -567,7 +567,7 @@ async fn relay_session(
         UpstreamOptions::new(admitted.connection.address.clone(), user, password, admitted.database.clone());
     options.salted = salted;
     options.tls = admitted.connection.tls;
-    options.root_certs = gw.options.target_roots.clone();
+    options.root_certs = gw.options.target_roots.as_ref().and_then(|r| r.for_mode(admitted.connection.tls));
     options.params = admitted.params.clone();
     options.connect_timeout = gw.options.connect_timeout;
     let upstream = upstream::connect(&options).instrument(span.clone()).await.map_err(|e| {

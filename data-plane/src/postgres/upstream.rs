@@ -523,33 +523,69 @@ async fn open(opts: &UpstreamOptions) -> Result<UpstreamStream, UpstreamError> {
     }
 }
 
-/// What targets' certificates must chain to under `verify-ca` and
-/// `verify-full`: the certificates of a PEM file, or the system's roots.
-/// Every certificate of the file must parse, and it must hold one.
-pub fn target_roots(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<RootCertStore>> {
+/// What targets' certificates must chain to (`worker.target_ca_file`, or
+/// the system's roots).
+#[derive(Clone)]
+pub struct TargetRoots {
+    roots: Arc<RootCertStore>,
+    from_file: bool,
+}
+
+impl std::fmt::Debug for TargetRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetRoots")
+            .field("certificates", &self.roots.len())
+            .field("from_file", &self.from_file)
+            .finish()
+    }
+}
+
+impl TargetRoots {
+    /// The roots a mode checks the target's certificate with, as libpq does
+    /// with a root file: `verify-full` and `verify-ca`, and `require`, which
+    /// then checks the chain too. The system's roots serve `verify-full`
+    /// only: under `verify-ca` any certificate of any public CA would pass,
+    /// whatever name it carries.
+    pub fn for_mode(&self, tls: TargetTls) -> Option<Arc<RootCertStore>> {
+        let usable = !self.roots.is_empty();
+        match tls {
+            TargetTls::VerifyFull if usable => Some(self.roots.clone()),
+            TargetTls::VerifyCa | TargetTls::Require if usable && self.from_file => Some(self.roots.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The certificates of `ca_file` (each must parse, and it must hold one), or
+/// the system's trusted roots.
+pub fn target_roots(ca_file: Option<&std::path::Path>) -> anyhow::Result<TargetRoots> {
     use anyhow::Context;
     use rustls::pki_types::pem::PemObject;
-    let (ders, source) = match ca_file {
+    let ders = match ca_file {
         Some(path) => {
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let ders = CertificateDer::pem_slice_iter(&pem)
+            CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("parsing {}", path.display()))?;
-            (ders, path.display().to_string())
+                .with_context(|| format!("parsing {}", path.display()))?
         }
-        None => (rustls_native_certs::load_native_certs().certs, "the system's trusted roots".to_owned()),
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("reading the system's trusted roots: {e}");
+            }
+            found.certs
+        }
     };
     let mut roots = RootCertStore::empty();
     let (_, unusable) = roots.add_parsable_certificates(ders);
-    if ca_file.is_some() {
-        anyhow::ensure!(unusable == 0, "{source}: {unusable} of its certificates cannot be read");
-        anyhow::ensure!(!roots.is_empty(), "{source} holds no PEM certificate");
+    if let Some(path) = ca_file {
+        anyhow::ensure!(unusable == 0, "{}: {unusable} of its certificates cannot be read", path.display());
+        anyhow::ensure!(!roots.is_empty(), "{} holds no PEM certificate", path.display());
+    } else if roots.is_empty() {
+        // Only verify-full targets need them: say so, and go on.
+        tracing::warn!("no trusted roots on this system: targets under verify-full need worker.target_ca_file");
     }
-    if roots.is_empty() {
-        // Only verify-ca and verify-full targets need them: say so, and go on.
-        tracing::warn!("no CA certificates in {source}: targets under verify-ca or verify-full cannot be reached");
-    }
-    Ok(Arc::new(roots))
+    Ok(TargetRoots { roots: Arc::new(roots), from_file: ca_file.is_some() })
 }
 
 /// The rustls client configuration for a TLS mode: libpq's meanings (`require`
@@ -565,9 +601,13 @@ pub fn client_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
     let roots = || {
-        root_certs
-            .clone()
-            .ok_or_else(|| UpstreamError::TlsConfig(format!("{} needs root certificates for the target", tls.as_str())))
+        root_certs.clone().ok_or_else(|| {
+            UpstreamError::TlsConfig(format!(
+                "{} needs root certificates for the target: set worker.target_ca_file{}",
+                tls.as_str(),
+                if tls == TargetTls::VerifyFull { "" } else { " (the system's roots serve verify-full only)" }
+            ))
+        })
     };
     let mut config = match tls {
         TargetTls::VerifyFull => builder.with_root_certificates(roots()?).with_no_client_auth(),
@@ -575,7 +615,12 @@ pub fn client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots: Some(roots()?), provider }))
             .with_no_client_auth(),
-        TargetTls::Disable | TargetTls::Prefer | TargetTls::Require => builder
+        // `require` with roots checks the chain, as libpq's does with a root file.
+        TargetTls::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots: root_certs, provider }))
+            .with_no_client_auth(),
+        TargetTls::Disable | TargetTls::Prefer => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(LibpqVerifier { roots: None, provider }))
             .with_no_client_auth(),
