@@ -263,10 +263,16 @@ impl RoleManager {
                 (live < self.ceiling.load(Ordering::Acquire)).then_some(live + 1)
             });
             if let Ok(live) = reserved {
+                // Given back if the open fails, or this call is dropped while
+                // it waits for it.
+                let reservation = Reservation { manager: self, kept: false };
                 match self.open_here().await {
-                    Ok(client) => return Ok(AdminClient { manager: self, client: Some(client), _permit }),
+                    Ok(client) => {
+                        reservation.keep();
+                        return Ok(AdminClient { manager: self, client: Some(client), _permit });
+                    }
                     Err(e) => {
-                        self.live.fetch_sub(1, Ordering::AcqRel);
+                        drop(reservation);
                         if live == 0 {
                             return Err(e);
                         }
@@ -502,6 +508,27 @@ impl RoleManager {
             }
         }
         drop_all(&mut client, expired, "swept expired session role").await
+    }
+}
+
+/// A connection counted in `live` before it is open.
+struct Reservation<'a> {
+    manager: &'a RoleManager,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.manager.live.fetch_sub(1, Ordering::AcqRel);
+            self.manager.returned.notify_one();
+        }
     }
 }
 
