@@ -120,6 +120,15 @@ impl Drop for Cleanup {
     }
 }
 
+/// The target's backends whose client names itself `application`.
+async fn connections_of(admin: &Client, application: &str) -> i64 {
+    admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&application])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn role_exists(admin: &Client, name: &str) -> bool {
     admin.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.unwrap().is_some()
 }
@@ -564,11 +573,7 @@ async fn roles_for_sessions_arriving_together_are_made_side_by_side() {
     let worker = cleanup.worker();
     let specs: Vec<SessionRoleSpec> = (0..12).map(|_| spec(&worker, &template)).collect();
     let made = futures::future::try_join_all(specs.iter().map(|s| roles.create_session_role(s))).await.unwrap();
-    let open: i64 = admin
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&application])
-        .await
-        .unwrap()
-        .get(0);
+    let open = connections_of(&admin, &application).await;
     assert!(open > 1, "the roles were made over {open} admin connection");
     assert!(open <= ADMIN_CONNECTIONS as i64, "{open} admin connections");
     for role in &made {
@@ -606,11 +611,7 @@ async fn an_admin_role_with_a_connection_limit_is_kept_to_it() {
         let role = made.unwrap().unwrap_or_else(|e| panic!("a call failed instead of waiting: {e}"));
         assert!(role_exists(&admin, &role.name).await);
     }
-    let open: i64 = admin
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&application])
-        .await
-        .unwrap()
-        .get(0);
+    let open = connections_of(&admin, &application).await;
     assert_eq!(open, 2);
 }
 

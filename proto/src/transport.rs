@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, TrustAnchor};
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// How long a client may take over its TLS handshake before the server drops it.
@@ -90,7 +90,7 @@ pub fn endpoint(what: &str, url: &str, tls: &ClientTls) -> anyhow::Result<Endpoi
     match scheme.as_deref() {
         Some("https") => {
             let config = match &tls.ca_file {
-                Some(path) => ClientTlsConfig::new().trust_anchors(ca_certificates(path)?),
+                Some(path) => ClientTlsConfig::new().trust_anchors(ca_file_roots(path)?.roots),
                 None => ClientTlsConfig::new().with_native_roots(),
             };
             let name = tls.server_name.as_deref().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']'));
@@ -107,10 +107,11 @@ pub fn endpoint(what: &str, url: &str, tls: &ClientTls) -> anyhow::Result<Endpoi
     }
 }
 
-/// The trust anchors of a PEM file, each certificate checked to parse: a file
-/// that holds none, or a damaged one, is an error at start rather than a
-/// trust store that refuses every server later.
-fn ca_certificates(path: &Path) -> anyhow::Result<Vec<TrustAnchor<'static>>> {
+/// The certificates of a PEM file as trust anchors, each checked to parse: a
+/// file that holds none, or a damaged one, is an error at start rather than
+/// a trust store that refuses every server later. For Airlock's gRPC and for
+/// targets' TLS alike.
+pub fn ca_file_roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let ders = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -119,7 +120,7 @@ fn ca_certificates(path: &Path) -> anyhow::Result<Vec<TrustAnchor<'static>>> {
     let mut roots = rustls::RootCertStore::empty();
     let (_, unusable) = roots.add_parsable_certificates(ders);
     anyhow::ensure!(unusable == 0, "{}: {unusable} of its certificates cannot be read", path.display());
-    Ok(roots.roots)
+    Ok(roots)
 }
 
 /// A literal loopback address (`[::1]` as a URL writes it). Not the name

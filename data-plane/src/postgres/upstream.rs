@@ -559,32 +559,22 @@ impl TargetRoots {
 /// The certificates of `ca_file` (each must parse, and it must hold one), or
 /// the system's trusted roots.
 pub fn target_roots(ca_file: Option<&std::path::Path>) -> anyhow::Result<TargetRoots> {
-    use anyhow::Context;
-    use rustls::pki_types::pem::PemObject;
-    let ders = match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("parsing {}", path.display()))?
-        }
+    let roots = match ca_file {
+        Some(path) => airlock_proto::transport::ca_file_roots(path)?,
         None => {
             let found = rustls_native_certs::load_native_certs();
             for e in &found.errors {
                 tracing::warn!("reading the system's trusted roots: {e}");
             }
-            found.certs
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                // Only verify-full targets need them: say so, and go on.
+                tracing::warn!("no trusted roots on this system: targets under verify-full need worker.target_ca_file");
+            }
+            roots
         }
     };
-    let mut roots = RootCertStore::empty();
-    let (_, unusable) = roots.add_parsable_certificates(ders);
-    if let Some(path) = ca_file {
-        anyhow::ensure!(unusable == 0, "{}: {unusable} of its certificates cannot be read", path.display());
-        anyhow::ensure!(!roots.is_empty(), "{} holds no PEM certificate", path.display());
-    } else if roots.is_empty() {
-        // Only verify-full targets need them: say so, and go on.
-        tracing::warn!("no trusted roots on this system: targets under verify-full need worker.target_ca_file");
-    }
     Ok(TargetRoots { roots: Arc::new(roots), from_file: ca_file.is_some() })
 }
 
