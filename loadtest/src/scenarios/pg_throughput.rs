@@ -173,9 +173,13 @@ struct Run {
     latency_avg_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// CPU (user + system) the middle process spent during the run, per
-    /// transaction; none for `direct`.
+    /// CPU (user + system) the middle process spent per transaction while
+    /// every client was connected and running; none for `direct`.
     cpu_us_per_tx: Option<f64>,
+    /// The same over the whole run, connecting included (it depends on the
+    /// run's length: the gateway's logins cost more than pgbouncer's, whose
+    /// server connections outlive the run).
+    run_cpu_us_per_tx: Option<f64>,
 }
 
 /// Medians over the repetitions of one (target, mode, clients).
@@ -197,6 +201,7 @@ struct Summary {
     added_p50_us: f64,
     added_p99_us: f64,
     cpu_us_per_tx: Option<f64>,
+    run_cpu_us_per_tx: Option<f64>,
     /// This target against pgbouncer's run in the same repetition; none when pgbouncer was not run.
     vs_pgbouncer: Option<VsPgbouncer>,
 }
@@ -342,6 +347,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         "+p50 us",
         "+p99 us",
         "CPU us/tx",
+        "with connect",
     ]);
     let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     for s in &summaries {
@@ -359,6 +365,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
             added(s.added_p50_us),
             added(s.added_p99_us),
             s.cpu_us_per_tx.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+            s.run_cpu_us_per_tx.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
         ]);
     }
     println!(
@@ -398,9 +405,15 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         "+p50/+p99: this target's percentile minus direct's in the same repetition (median over repetitions)."
             .to_owned(),
         format!(
-            "CPU us/tx: utime+stime of the middle process from /proc/<pid>/stat (CLK_TCK {clk_tck}) over the run, \
-             divided by the transactions; the gateway process is all of `airlock up` (the control plane idles \
-             during the runs; the recorder it runs records the gateway's sessions)."
+            "CPU us/tx: utime+stime of the middle process from /proc/<pid>/stat (CLK_TCK {clk_tck}), read every \
+             {} ms, between the first reading after every client's first transaction ended and the last before \
+             any client's last one, divided by the transactions that ended in between: the cost of relaying, \
+             with connecting left out as pgbench's tps leaves it out. 'with connect': over the whole run, \
+             divided by all its transactions (logins included: the gateway makes a role and logs in per \
+             session, pgbouncer keeps its server connections from run to run). The gateway process is all of \
+             `airlock up` (the control plane idles during the runs; the recorder it runs records the \
+             gateway's sessions).",
+            CPU_SAMPLE_EVERY.as_millis()
         ),
         "pgbouncer: pool_mode transaction for simple/extended; session for prepared (pgbouncer < 1.21 cannot \
          keep prepared statements in transaction mode)."
@@ -860,7 +873,7 @@ fn one_run(
         .args(["-n", "-M", &mode.to_string(), "-c", &clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &args.seconds.to_string(), "-l", "--log-prefix"])
         .arg(logs.join("tx"));
-    let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, .. } =
+    let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, steady_cpu_us_per_tx, .. } =
         run_pgbench(&mut command, pid, &logs, clk_tck)?;
     Ok(Run {
         rep,
@@ -873,7 +886,8 @@ fn one_run(
         latency_avg_ms,
         p50_ms: report::percentile(&latencies, 50.0),
         p99_ms: report::percentile(&latencies, 99.0),
-        cpu_us_per_tx,
+        cpu_us_per_tx: steady_cpu_us_per_tx,
+        run_cpu_us_per_tx: cpu_us_per_tx,
     })
 }
 
@@ -934,8 +948,13 @@ pub(crate) struct PgbenchRun {
     pub latency_avg_ms: f64,
     /// Every transaction's latency, sorted.
     pub latencies: Vec<f64>,
-    /// The CPU of process `pid` over the run, per transaction.
+    /// The CPU of process `pid` over the run, per transaction: connecting
+    /// included, so it depends on the run's length.
     pub cpu_us_per_tx: Option<f64>,
+    /// The CPU of process `pid` per transaction while every client was
+    /// connected and running (see `steady_cpu`): what relaying costs, the same
+    /// whatever the run's length.
+    pub steady_cpu_us_per_tx: Option<f64>,
     /// What pgbench printed.
     pub stdout: String,
     /// Its per-transaction log.
@@ -951,7 +970,10 @@ pub(crate) fn run_pgbench(
     clk_tck: u64,
 ) -> anyhow::Result<PgbenchRun> {
     let cpu_before = pid.map(cpu_ticks).transpose()?;
-    let out = command.output().context("running pgbench")?;
+    let sampler = pid.map(CpuSampler::start);
+    let out = command.output().context("running pgbench");
+    let samples = sampler.map(CpuSampler::stop).transpose()?;
+    let out = out?;
     let cpu_after = pid.map(cpu_ticks).transpose()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     anyhow::ensure!(
@@ -975,7 +997,75 @@ pub(crate) fn run_pgbench(
         }
         _ => None,
     };
-    Ok(PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, stdout, log })
+    let steady_cpu_us_per_tx = samples.and_then(|samples| steady_cpu(&samples, &log, clk_tck));
+    Ok(PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, steady_cpu_us_per_tx, stdout, log })
+}
+
+/// A process's CPU ticks read every `CPU_SAMPLE_EVERY` on a thread of its own
+/// while pgbench runs, each with the time it was read.
+struct CpuSampler {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<Vec<CpuSample>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuSample {
+    /// µs since the epoch, as pgbench's log gives transactions' ends.
+    at_us: u64,
+    ticks: u64,
+}
+
+const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+impl CpuSampler {
+    fn start(pid: u32) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            loop {
+                let at_us =
+                    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros())?;
+                samples.push(CpuSample { at_us, ticks: cpu_ticks(pid)? });
+                match stopped.recv_timeout(CPU_SAMPLE_EVERY) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return Ok(samples),
+                }
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> anyhow::Result<Vec<CpuSample>> {
+        let _ = self.stop.send(());
+        self.thread.join().map_err(|_| anyhow::anyhow!("the CPU sampler panicked"))?
+    }
+}
+
+/// CPU µs per transaction between two samples inside the time when every
+/// client was running: after the last client's first transaction ended (each
+/// has connected by then; pgbench's tps leaves connecting out too) and before
+/// the first client's last one ended. Transactions are counted by their end in
+/// the log. None when that window holds less than a second between samples.
+fn steady_cpu(samples: &[CpuSample], log: &[LogLine], clk_tck: u64) -> Option<f64> {
+    let mut span: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for l in log {
+        let e = span.entry(l.client).or_insert((l.end_us, l.end_us));
+        e.0 = e.0.min(l.end_us);
+        e.1 = e.1.max(l.end_us);
+    }
+    let all_running = span.values().map(|s| s.0).max()?;
+    let first_done = span.values().map(|s| s.1).min()?;
+    let from = samples.iter().find(|s| s.at_us >= all_running)?;
+    let to = samples.iter().rev().find(|s| s.at_us <= first_done)?;
+    if to.at_us < from.at_us.saturating_add(1_000_000) {
+        return None;
+    }
+    let transactions = log.iter().filter(|l| l.end_us > from.at_us && l.end_us <= to.at_us).count();
+    if transactions == 0 {
+        return None;
+    }
+    let ticks = to.ticks.saturating_sub(from.ticks);
+    Some(ticks as f64 * 1_000_000.0 / clk_tck as f64 / transactions as f64)
 }
 
 /// The number after `label` on the first line containing it.
@@ -1075,6 +1165,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                 })
             });
             let cpu: Vec<f64> = own.iter().filter_map(|r| r.cpu_us_per_tx).collect();
+            let run_cpu: Vec<f64> = own.iter().filter_map(|r| r.run_cpu_us_per_tx).collect();
             Summary {
                 workload,
                 target,
@@ -1090,6 +1181,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                 added_p50_us: paired(Target::Direct, &|r, o| (r.p50_ms - o.p50_ms) * 1000.0).unwrap_or(0.0),
                 added_p99_us: paired(Target::Direct, &|r, o| (r.p99_ms - o.p99_ms) * 1000.0).unwrap_or(0.0),
                 cpu_us_per_tx: if cpu.is_empty() { None } else { Some(median(cpu)) },
+                run_cpu_us_per_tx: if run_cpu.is_empty() { None } else { Some(median(run_cpu)) },
                 vs_pgbouncer: vs_pgbouncer.flatten(),
             }
         })
@@ -1297,6 +1389,7 @@ mod tests {
             p50_ms: 0.2,
             p99_ms: 0.5,
             cpu_us_per_tx: cpu,
+            run_cpu_us_per_tx: cpu,
         };
         let mut runs = Vec::new();
         // The third repetition ran slow for pgbouncer: medians of each would say the gateway's CPU
@@ -1337,6 +1430,32 @@ mod tests {
         let without_direct = super::verdicts(&summarize(&runs), &args);
         let p99 = without_direct.iter().find(|v| v.target.starts_with("gw-bare: added p99")).unwrap();
         assert!(!p99.detail.contains("direct"), "{}", p99.detail);
+    }
+
+    /// Connecting (the gateway makes a role per session) and the ends of the
+    /// run, when some clients are done, are left out of the steady figure.
+    #[test]
+    fn steady_cpu_counts_only_while_every_client_runs() {
+        let s = 1_000_000;
+        let line = |client, end_us| LogLine { client, transaction: 0, time_us: 100, end_us };
+        // Client 0 runs from 1 s to 9 s, client 1 (which connected late) from 2 s to 8.5 s, one
+        // transaction every 10 ms each.
+        let mut log: Vec<LogLine> = (0..=800).map(|i| line(0, s + i * 10_000)).collect();
+        log.extend((0..=650).map(|i| line(1, 2 * s + i * 10_000)));
+        // 100 ticks a second, but 500 ticks for the logins before 2 s.
+        let samples: Vec<CpuSample> = (0..=100)
+            .map(|i| {
+                let at_us = i * 100_000;
+                let ticks = if at_us < 2 * s { at_us / 2_000 } else { 1000 + (at_us - 2 * s) / 10_000 };
+                CpuSample { at_us, ticks }
+            })
+            .collect();
+        // From 2 s to 8.5 s: 650 ticks (6.5 s at CLK_TCK 100) over 2 x 650 transactions.
+        let cpu = steady_cpu(&samples, &log, 100).expect("a window of 6.5 s");
+        assert!((cpu - 5_000.0).abs() < 1e-6, "{cpu}");
+        // A window under a second is no measurement.
+        assert_eq!(steady_cpu(&samples[..25], &log, 100), None);
+        assert_eq!(steady_cpu(&samples, &[], 100), None);
     }
 
     #[test]
