@@ -22,8 +22,8 @@ use crate::eventlog::EventLog;
 
 /// How many outbox entries one pass reads.
 const BATCH: u32 = 256;
-/// How often the relay looks at the outbox without a signal, to pick up appends
-/// made by other control-plane instances on the same database.
+/// How often the relay looks at the outbox without a signal, by default (see
+/// `Store::outbox_poll`).
 const POLL: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -52,12 +52,20 @@ pub struct Relay {
     bus: Arc<dyn Bus>,
     notify: Arc<Notify>,
     metrics: RelayMetrics,
+    poll: Duration,
 }
 
 impl Relay {
     /// `notify` is the log's commit signal (`Store::notify`).
     pub fn new(log: Arc<dyn EventLog>, bus: Arc<dyn Bus>, notify: Arc<Notify>) -> Self {
-        Self { log, bus, notify, metrics: RelayMetrics::default() }
+        Self { log, bus, notify, metrics: RelayMetrics::default(), poll: POLL }
+    }
+
+    /// How often to look at the outbox without a signal: for records another
+    /// process appended and did not publish (it stopped between the two).
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     pub fn metrics(&self) -> RelayMetrics {
@@ -85,7 +93,7 @@ impl Relay {
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = self.notify.notified() => {}
-                        _ = tokio::time::sleep(POLL) => {}
+                        _ = tokio::time::sleep(self.poll) => {}
                     }
                 }
                 Ok(_) => backoff = BACKOFF_MIN,

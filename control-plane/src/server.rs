@@ -129,7 +129,7 @@ pub async fn start_on(
         tracing::info!(path = %path.display(), "wrote an admin token for the default tenant");
     }
 
-    let relay = Relay::new(store.event_log(), bus, store.notify());
+    let relay = Relay::new(store.event_log(), bus, store.notify()).with_poll(store.outbox_poll());
     tracker.spawn(relay.run(cancel.clone()));
 
     tracker.spawn(expire_by_the_clock(cp.clone(), cancel.clone()));

@@ -108,6 +108,20 @@ impl Store {
         self.notify.clone()
     }
 
+    /// How often the outbox relay looks for records no signal told it of:
+    /// those another process appended and did not publish, having stopped
+    /// between the two. A Postgres log is shared by every control-plane
+    /// instance, so another's leftovers go out within a quarter second. A
+    /// SQLite file normally has this process alone, which publishes what it
+    /// left on its next start; the poll is a backstop, slow enough that an
+    /// idle `airlock up` does not read its database four times a second.
+    pub fn outbox_poll(&self) -> Duration {
+        match &self.pools {
+            Pools::Postgres(_) => Duration::from_millis(250),
+            Pools::Sqlite { .. } => Duration::from_secs(5),
+        }
+    }
+
     /// Closes every connection (waits for queries in flight).
     pub async fn close(&self) {
         match &self.pools {
