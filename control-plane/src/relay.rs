@@ -24,7 +24,7 @@ use crate::eventlog::EventLog;
 const BATCH: u32 = 256;
 /// How often the relay looks at the outbox without a signal, by default (see
 /// `Store::outbox_poll`).
-const POLL: Duration = Duration::from_millis(250);
+pub const POLL: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 

@@ -117,7 +117,7 @@ impl Store {
     /// idle `airlock up` does not read its database four times a second.
     pub fn outbox_poll(&self) -> Duration {
         match &self.pools {
-            Pools::Postgres(_) => Duration::from_millis(250),
+            Pools::Postgres(_) => crate::relay::POLL,
             Pools::Sqlite { .. } => Duration::from_secs(5),
         }
     }

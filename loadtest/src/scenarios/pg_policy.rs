@@ -326,7 +326,8 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         ),
         format!(
             "CPU us/tx: utime+stime of `airlock up` (control plane included, idle during runs) from \
-             /proc/<pid>/stat (CLK_TCK {clk_tck}) over the run, divided by the transactions."
+             /proc/<pid>/stat (CLK_TCK {clk_tck}) while every client ran, divided by the transactions that \
+             ended meanwhile (as pg-throughput's CPU us/tx: connecting left out)."
         ),
         "pgbench, Postgres and the gateway share this host's cores, so every figure includes their scheduling \
          on each other."
@@ -690,7 +691,7 @@ impl Runner<'_> {
             Arm::GatewayOff => Some(self.off.pid),
             Arm::GatewayPolicy => Some(self.policy.pid),
         };
-        let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, .. } =
+        let PgbenchRun { transactions, tps, latency_avg_ms, latencies, steady_cpu_us_per_tx: cpu_us_per_tx, .. } =
             run_pgbench(&mut command, pid, &logs, self.clk_tck)?;
         Ok(Run {
             rep,

@@ -4,8 +4,8 @@
 //!
 //! Unlike the other scenarios the gateway does not run in-process: it is the
 //! real `airlock up` binary as a child process, so its CPU time (read from
-//! `/proc/<pid>/stat` before and after each run) is its own and not the load
-//! generator's. pgbouncer (Debian's package) runs as a child too, with a
+//! `/proc/<pid>/stat` before, during and after each run) is its own and not
+//! the load generator's. pgbouncer (Debian's package) runs as a child too, with a
 //! generated config; pgbench is the load generator. Every run of a repetition
 //! goes through the three targets in turn (the starting target rotates with the
 //! repetition), and the table reports medians over the repetitions.
@@ -953,7 +953,8 @@ pub(crate) struct PgbenchRun {
     pub cpu_us_per_tx: Option<f64>,
     /// The CPU of process `pid` per transaction while every client was
     /// connected and running (see `steady_cpu`): what relaying costs, the same
-    /// whatever the run's length.
+    /// whatever the run's length. Not that under `-C`, where clients connect
+    /// for every transaction.
     pub steady_cpu_us_per_tx: Option<f64>,
     /// What pgbench printed.
     pub stdout: String,
@@ -972,9 +973,8 @@ pub(crate) fn run_pgbench(
     let cpu_before = pid.map(cpu_ticks).transpose()?;
     let sampler = pid.map(CpuSampler::start);
     let out = command.output().context("running pgbench");
-    let samples = sampler.map(CpuSampler::stop).transpose()?;
+    let samples = sampler.map(CpuSampler::stop);
     let out = out?;
-    let cpu_after = pid.map(cpu_ticks).transpose()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     anyhow::ensure!(
         out.status.success(),
@@ -983,6 +983,8 @@ pub(crate) fn run_pgbench(
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
+    let samples = samples.transpose()?;
+    let cpu_after = pid.map(cpu_ticks).transpose()?;
     let transactions = parse_after(&stdout, "number of transactions actually processed:")
         .context("no transaction count in pgbench's output")? as u64;
     let tps = parse_after(&stdout, "tps =").context("no tps in pgbench's output")?;
@@ -1442,7 +1444,7 @@ mod tests {
         // transaction every 10 ms each.
         let mut log: Vec<LogLine> = (0..=800).map(|i| line(0, s + i * 10_000)).collect();
         log.extend((0..=650).map(|i| line(1, 2 * s + i * 10_000)));
-        // 100 ticks a second, but 500 ticks for the logins before 2 s.
+        // 500 ticks a second before 2 s (the logins), 100 a second after.
         let samples: Vec<CpuSample> = (0..=100)
             .map(|i| {
                 let at_us = i * 100_000;
