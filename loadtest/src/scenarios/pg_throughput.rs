@@ -953,8 +953,8 @@ pub(crate) struct PgbenchRun {
     pub cpu_us_per_tx: Option<f64>,
     /// The CPU of process `pid` per transaction while every client was
     /// connected and running (see `steady_cpu`): what relaying costs, the same
-    /// whatever the run's length. Not that under `-C`, where clients connect
-    /// for every transaction.
+    /// whatever the run's length. Meaningless under `-C`, where clients
+    /// connect for every transaction (`pg-connect` reads `cpu_us_per_tx`).
     pub steady_cpu_us_per_tx: Option<f64>,
     /// What pgbench printed.
     pub stdout: String,
