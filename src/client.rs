@@ -1,5 +1,8 @@
 //! The client verbs: talk to the REST API at `AIRLOCK_URL` with the bearer
 //! token in `AIRLOCK_TOKEN`, print what came back, and exit non-zero on errors.
+//! An `https://` server's certificate is checked against `AIRLOCK_CA_FILE`
+//! when it is set; the token goes over `http://` only to this machine, unless
+//! `AIRLOCK_CLEARTEXT_OFF_LOOPBACK=true`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -137,7 +140,7 @@ impl Client {
         let token = std::env::var("AIRLOCK_TOKEN").context(
             "set AIRLOCK_TOKEN to an access token (airlock up writes an admin token to DATA_DIR/admin.token)",
         )?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let http = http_client(&base)?;
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token: token.trim().to_owned() })
     }
 
@@ -171,6 +174,40 @@ impl Client {
     async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(format!("{}{path}", self.base))).await
     }
+}
+
+/// The HTTP client for the REST API at `base`: see the module's comment.
+fn http_client(base: &str) -> anyhow::Result<reqwest::Client> {
+    let url = reqwest::Url::parse(base).with_context(|| format!("AIRLOCK_URL is not a URL: {base}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let host = url.host_str().unwrap_or_default();
+            let allowed = std::env::var("AIRLOCK_CLEARTEXT_OFF_LOOPBACK").is_ok_and(|v| v == "true");
+            anyhow::ensure!(
+                airlock_proto::transport::is_loopback_ip(host) || allowed,
+                "AIRLOCK_URL is {base}: over http:// to another machine, AIRLOCK_TOKEN would cross the network \
+                 readable; use https://, or set AIRLOCK_CLEARTEXT_OFF_LOOPBACK=true where the network encrypts on \
+                 its own (only a loopback address, such as 127.0.0.1, counts as this machine)"
+            );
+        }
+        _ => anyhow::bail!("AIRLOCK_URL must be an http:// or https:// URL: {base}"),
+    }
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+    if let Some(path) = std::env::var_os("AIRLOCK_CA_FILE").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        // Checked first, for errors that name the file and what is wrong with it.
+        airlock_proto::transport::ca_file_roots(&path).context("AIRLOCK_CA_FILE")?;
+        let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("AIRLOCK_CA_FILE: parsing {}", path.display()))?;
+        // Only the given CA: a server of Airlock's is certified by the operator's CA.
+        builder = builder.tls_built_in_root_certs(false);
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().context("setting up the HTTP client")
 }
 
 fn read_input(file: &PathBuf) -> anyhow::Result<String> {

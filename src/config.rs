@@ -124,6 +124,14 @@ impl std::fmt::Debug for Secrets {
 pub struct Api {
     /// REST API and web UI.
     pub addr: SocketAddr,
+    /// The REST API's certificate chain and key (PEM). Unset: cleartext HTTP,
+    /// which only a loopback `addr` allows unless `cleartext_off_loopback`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve the REST API in cleartext on a non-loopback address: only where
+    /// the network encrypts on its own, or a proxy beside the control plane
+    /// terminates TLS.
+    pub cleartext_off_loopback: bool,
     /// gRPC API.
     pub grpc_addr: SocketAddr,
     /// The gRPC API's certificate chain and key (PEM). Unset: cleartext, which
@@ -264,6 +272,9 @@ impl Default for Api {
     fn default() -> Self {
         Self {
             addr: addr("127.0.0.1:8080"),
+            tls_cert_file: None,
+            tls_key_file: None,
+            cleartext_off_loopback: false,
             grpc_addr: addr("127.0.0.1:8081"),
             grpc_tls_cert_file: None,
             grpc_tls_key_file: None,
@@ -370,7 +381,8 @@ impl Config {
     /// The public URL, defaulting to the REST address.
     pub fn public_url(&self) -> String {
         if self.public_url.is_empty() {
-            format!("http://{}", self.api.addr)
+            let scheme = if self.api.tls_cert_file.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", self.api.addr)
         } else {
             self.public_url.trim_end_matches('/').to_owned()
         }
@@ -430,6 +442,7 @@ mod tests {
         recording.validate().unwrap();
         // Off by default, every one of them.
         assert!(!config.api.grpc_cleartext_off_loopback && config.api.grpc_tls_cert_file.is_none());
+        assert!(!config.api.cleartext_off_loopback && config.api.tls_cert_file.is_none());
         assert!(!config.recorder.cleartext_off_loopback && config.recorder.tls_cert_file.is_none());
         assert!(!config.worker.grpc_cleartext_off_loopback && config.worker.grpc_ca_file.is_none());
     }
@@ -445,6 +458,8 @@ mod tests {
             jail.set_env("AIRLOCK_WORKER__RECORDING__ENABLED", "false");
             jail.set_env("AIRLOCK_RECORDINGS__PUBLIC_KEY_FILE", "/etc/airlock/recorder.pub");
             jail.set_env("AIRLOCK_API__GRPC_CLEARTEXT_OFF_LOOPBACK", "true");
+            jail.set_env("AIRLOCK_API__CLEARTEXT_OFF_LOOPBACK", "true");
+            jail.set_env("AIRLOCK_API__TLS_CERT_FILE", "/etc/airlock/api.crt");
             jail.set_env("AIRLOCK_RECORDER__CLEARTEXT_OFF_LOOPBACK", "true");
             jail.set_env("AIRLOCK_WORKER__GRPC_CLEARTEXT_OFF_LOOPBACK", "true");
             jail.set_env("AIRLOCK_WORKER__GRPC_CA_FILE", "/etc/airlock/grpc-ca.crt");
@@ -461,6 +476,9 @@ mod tests {
             assert_eq!(config.recording().spool_dir, PathBuf::from("/var/lib/airlock/spool"));
             assert_eq!(config.recordings.public_key_file, Some(PathBuf::from("/etc/airlock/recorder.pub")));
             assert!(config.api.grpc_cleartext_off_loopback);
+            assert!(config.api.cleartext_off_loopback);
+            assert_eq!(config.api.tls_cert_file, Some(PathBuf::from("/etc/airlock/api.crt")));
+            assert!(config.public_url().starts_with("https://"), "{}", config.public_url());
             assert!(config.recorder.cleartext_off_loopback);
             assert!(config.worker.grpc_cleartext_off_loopback);
             assert_eq!(config.worker.grpc_ca_file, Some(PathBuf::from("/etc/airlock/grpc-ca.crt")));

@@ -60,8 +60,9 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     }
     let w = airlock_data_plane::start(worker, bus, stop.clone(), &worker_tracker).await?;
 
+    let api_url = local_url(cp.api_addr, cp.api_tls);
     println!("Airlock is up.");
-    println!("  REST API and web UI  http://{}", cp.api_addr);
+    println!("  REST API and web UI  {api_url}");
     println!("  gRPC API             {cp_grpc}");
     println!("  worker health        http://{}/healthz", w.admin_addr);
     println!("  session recorder     {rec_url} (key {})", rec.key_id);
@@ -69,11 +70,10 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
         println!("  Postgres gateway     postgres://<connection>.<role>@{pg}/<database> (password: an access token)");
     }
     println!("  admin token          {}", dir.join("admin.token").display());
-    println!(
-        "Try: export AIRLOCK_URL=http://{} AIRLOCK_TOKEN=$(cat {})",
-        cp.api_addr,
-        dir.join("admin.token").display()
-    );
+    println!("Try: export AIRLOCK_URL={api_url} AIRLOCK_TOKEN=$(cat {})", dir.join("admin.token").display());
+    if cp.api_tls {
+        println!("     (and AIRLOCK_CA_FILE=<the CA of api.tls_cert_file> unless the system trusts it)");
+    }
     stop.cancelled().await;
     worker_tracker.close();
     if tokio::time::timeout(WORKER_STOP, worker_tracker.wait()).await.is_err() {
@@ -141,6 +141,12 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
         master_key: master_key(config)?,
         public_url: config.public_url(),
         api_addr: config.api.addr,
+        api_tls: airlock_proto::transport::ServerTls::from_files(
+            "api.tls_cert_file and api.tls_key_file",
+            config.api.tls_cert_file.as_deref(),
+            config.api.tls_key_file.as_deref(),
+        )?,
+        api_cleartext_off_loopback: config.api.cleartext_off_loopback,
         grpc_addr: config.api.grpc_addr,
         grpc_tls: airlock_proto::transport::ServerTls::from_files(
             "api.grpc_tls_cert_file and api.grpc_tls_key_file",

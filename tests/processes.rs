@@ -24,6 +24,13 @@ fn cli(url: &str, token: &str, args: &[&str]) -> Output {
     Command::new(BIN).args(args).env("AIRLOCK_URL", url).env("AIRLOCK_TOKEN", token).output().unwrap()
 }
 
+/// `airlock up`'s arguments for its data directory and addresses.
+fn up_args(data: &std::path::Path, api: SocketAddr, grpc: SocketAddr, pg: SocketAddr) -> Vec<String> {
+    let data = data.to_str().unwrap().to_owned();
+    let [api, grpc, pg] = [api, grpc, pg].map(|a| a.to_string());
+    ["up", "--data-dir", &data, "--api-addr", &api, "--grpc-addr", &grpc, "--pg-addr", &pg].map(str::to_owned).to_vec()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -221,17 +228,7 @@ async fn access_is_requested_approved_and_denied_from_the_cli() {
     let dir = TempDir::new();
     let data = dir.0.join("data");
     let (api, grpc, worker, pg) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let args = [
-        "up",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--api-addr",
-        &api.to_string(),
-        "--grpc-addr",
-        &grpc.to_string(),
-        "--pg-addr",
-        &pg.to_string(),
-    ];
+    let args = up_args(&data, api, grpc, pg);
     let env = [("AIRLOCK_WORKER__ADMIN_ADDR", worker.to_string())];
     let _up = Proc::spawn("up", &dir.0, &args, &env);
     let url = format!("http://{api}");
@@ -421,6 +418,92 @@ async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back(
     let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "session_opened").count(), 2, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "session_closed").count(), 2, "{kinds:?}");
+}
+
+/// `airlock up` with its REST API on every interface: refused in cleartext,
+/// served over TLS with a certificate; the CLI checks that certificate
+/// against `AIRLOCK_CA_FILE` and keeps the token off cleartext to another
+/// machine.
+#[tokio::test]
+async fn the_rest_api_off_loopback_serves_tls_and_the_cli_checks_it() {
+    let dir = TempDir::new();
+    let data = dir.0.join("data");
+    let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.0.join("api.crt"), dir.0.join("api.key"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let (grpc, worker, pg) = (free_addr(), free_addr(), free_addr());
+    let api = SocketAddr::from(([0, 0, 0, 0], free_addr().port()));
+    let args = up_args(&data, api, grpc, pg);
+    let mut env = vec![("AIRLOCK_WORKER__ADMIN_ADDR", worker.to_string())];
+    let refused = Command::new(BIN)
+        .args(&args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("AIRLOCK_RECORDER__ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&format!("the REST API would listen on {api} (api.addr) without TLS")), "{stderr}");
+    assert!(stderr.contains("set api.tls_cert_file and api.tls_key_file"), "{stderr}");
+
+    env.push(("AIRLOCK_API__TLS_CERT_FILE", cert.display().to_string()));
+    env.push(("AIRLOCK_API__TLS_KEY_FILE", key.display().to_string()));
+    let up = Proc::spawn("up", &dir.0, &args, &env);
+    let url = format!("https://127.0.0.1:{}", api.port());
+    let https = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pair.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    eventually(Duration::from_secs(60), "the REST API to be ready over TLS", || async {
+        https.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    // It says where it is once all of it is up.
+    eventually(Duration::from_secs(30), "airlock up to print its addresses", || async {
+        // The last line: how to trust the certificate.
+        std::fs::read_to_string(&up.log).is_ok_and(|l| l.contains("and AIRLOCK_CA_FILE=<the CA of api.tls_cert_file>"))
+    })
+    .await;
+    let printed = std::fs::read_to_string(&up.log).unwrap();
+    assert!(printed.contains(&format!("REST API and web UI  {url}\n")), "{printed}");
+    assert!(printed.contains(&format!("export AIRLOCK_URL={url} ")), "{printed}");
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+
+    let cli_with = |url: &str, ca: Option<&std::path::Path>, args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args(args).env("AIRLOCK_URL", url).env("AIRLOCK_TOKEN", &token).env_remove("AIRLOCK_CA_FILE");
+        if let Some(ca) = ca {
+            command.env("AIRLOCK_CA_FILE", ca);
+        }
+        command.env_remove("AIRLOCK_CLEARTEXT_OFF_LOOPBACK").output().unwrap()
+    };
+    std::fs::write(dir.0.join("connection.json"), CONNECTION).unwrap();
+    let out = cli_with(&url, Some(&cert), &["connections", "add", dir.0.join("connection.json").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli_with(&url, Some(&cert), &["connections", "list"]);
+    assert!(stdout(&out).contains("pg-local  postgres  127.0.0.1:5432  app"), "{out:?}");
+
+    // Without the CA the certificate is not trusted, and says so.
+    let out = cli_with(&url, None, &["connections", "list"]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    // A CA file that holds no certificate is named.
+    let empty = dir.0.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let out = cli_with(&url, Some(&empty), &["connections", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("empty.pem holds no PEM certificate"), "{stderr}");
+    // Cleartext to the TLS port gets nothing.
+    let out = cli_with(&format!("http://127.0.0.1:{}", api.port()), None, &["connections", "list"]);
+    assert!(!out.status.success() && !stdout(&out).contains("pg-local"), "{out:?}");
+    // Cleartext to another machine is refused before anything is sent (a
+    // documentation address: nothing answers there).
+    let out = cli_with("http://192.0.2.1:8080", None, &["connections", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("AIRLOCK_TOKEN would cross the network readable"), "{stderr}");
 }
 
 /// The control plane's gRPC and the recorder's, between processes, over TLS:

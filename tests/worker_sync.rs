@@ -71,6 +71,8 @@ async fn cluster(bus: Arc<dyn Bus>) -> Cluster {
         public_url: "http://127.0.0.1".into(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        api_tls: None,
+        api_cleartext_off_loopback: false,
         grpc_tls: None,
         grpc_cleartext_off_loopback: false,
         worker_token: "w".into(),

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod eventlog;
 pub mod grpc;
+mod https;
 pub mod notify;
 pub mod relay;
 pub mod rest;

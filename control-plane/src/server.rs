@@ -25,6 +25,12 @@ pub struct Options {
     /// The URL Airlock is reached at (the `iss` of the tokens it mints).
     pub public_url: String,
     pub api_addr: SocketAddr,
+    /// The REST API's certificate and key. Without them it listens only on
+    /// loopback, unless `api_cleartext_off_loopback`.
+    pub api_tls: Option<airlock_proto::transport::ServerTls>,
+    /// Cleartext HTTP on a non-loopback address: for a network that encrypts
+    /// on its own, or a proxy beside the control plane that terminates TLS.
+    pub api_cleartext_off_loopback: bool,
     pub grpc_addr: SocketAddr,
     /// The gRPC API's certificate and key. Without them it listens only on
     /// loopback, unless `grpc_cleartext_off_loopback`.
@@ -62,6 +68,8 @@ impl std::fmt::Debug for Options {
 /// A running control plane.
 pub struct Running {
     pub api_addr: SocketAddr,
+    /// Whether the REST API serves TLS.
+    pub api_tls: bool,
     pub grpc_addr: SocketAddr,
     pub control_plane: Arc<ControlPlane>,
 }
@@ -91,6 +99,12 @@ pub async fn start_on(
     options.console.validate().map_err(anyhow::Error::msg)?;
     // Before the event log is opened: a server that may not listen as
     // configured stops early.
+    let api_addr = api_listener.local_addr()?;
+    let api_tls = airlock_proto::transport::rest_server_tls(
+        api_addr,
+        options.api_tls.as_ref(),
+        options.api_cleartext_off_loopback,
+    )?;
     let grpc_tls = airlock_proto::transport::server_tls(
         "the gRPC API",
         "api.grpc_",
@@ -145,15 +159,18 @@ pub async fn start_on(
             .with_handler(crate::notify::slack_review::SLACK_KIND, Arc::new(slack));
     tracker.spawn(notifier.run(cancel.clone()));
 
-    let api_addr = api_listener.local_addr()?;
     let app = crate::rest::router(cp.clone(), &options.console).map_err(anyhow::Error::msg)?;
-    let api_cancel = cancel.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(api_listener, app).with_graceful_shutdown(api_cancel.cancelled_owned()).await;
-        if let Err(e) = served {
-            tracing::error!("failed to serve the REST API: {e:#}");
+    let serves_tls = api_tls.is_some();
+    let shutdown = cancel.clone().cancelled_owned();
+    match api_tls {
+        Some(config) => {
+            let listener = crate::https::TlsListener::new(api_listener, config, cancel.clone(), tracker)?;
+            tracker
+                .spawn(async move { rest_stopped(axum::serve(listener, app).with_graceful_shutdown(shutdown).await) })
         }
-    });
+        None => tracker
+            .spawn(async move { rest_stopped(axum::serve(api_listener, app).with_graceful_shutdown(shutdown).await) }),
+    };
 
     let grpc_listener = tokio::net::TcpListener::bind(options.grpc_addr)
         .await
@@ -175,8 +192,14 @@ pub async fn start_on(
         }
     });
 
-    tracing::info!(%api_addr, %grpc_addr, "control plane serving");
-    Ok(Running { api_addr, grpc_addr, control_plane: cp })
+    tracing::info!(%api_addr, api_tls = serves_tls, %grpc_addr, "control plane serving");
+    Ok(Running { api_addr, api_tls: serves_tls, grpc_addr, control_plane: cp })
+}
+
+fn rest_stopped(served: std::io::Result<()>) {
+    if let Err(e) = served {
+        tracing::error!("failed to serve the REST API: {e:#}");
+    }
 }
 
 /// The longest the expirer sleeps: grants and reviews appended by another

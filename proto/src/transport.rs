@@ -1,6 +1,7 @@
-//! TLS for Airlock's own gRPC. The control plane's worker API carries the
+//! TLS for Airlock's own APIs. The control plane's worker API carries the
 //! worker token and the targets' admin credentials; the recorder's carries
-//! every recorded session's bytes. Neither goes across a network in the clear
+//! every recorded session's bytes; the REST API carries admin and access
+//! tokens and connection credentials. None goes across a network in the clear
 //! unless an operator says the network itself encrypts.
 //!
 //! A server serves TLS when it has a certificate and key. Without them it
@@ -8,15 +9,18 @@
 //! `https://` URL, checking the server's certificate against the configured
 //! CA certificates or else the system's roots, and refuses an `http://` URL
 //! that leaves the machine. `cleartext_off_loopback` lifts both refusals, for
-//! a network that encrypts on its own (a service mesh).
+//! a network that encrypts on its own (a service mesh, a proxy beside the
+//! server that terminates TLS).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use rustls::pki_types::CertificateDer;
+use std::sync::Arc;
+
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// How long a client may take over its TLS handshake before the server drops it.
@@ -44,6 +48,47 @@ impl ServerTls {
         let key = std::fs::read(&self.key_file).with_context(|| format!("reading {}", self.key_file.display()))?;
         Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(HANDSHAKE_TIMEOUT))
     }
+
+    /// A rustls server configuration of this certificate and key, offering
+    /// the ALPN protocols `alpn` (none: no protocol is negotiated).
+    pub fn rustls_config(&self, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_file)
+            .with_context(|| format!("reading {}", self.cert_file.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing {}", self.cert_file.display()))?;
+        anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", self.cert_file.display());
+        let key = PrivateKeyDer::from_pem_file(&self.key_file)
+            .with_context(|| format!("reading {}", self.key_file.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .with_context(|| {
+                format!("{} is not the key of the certificate in {}", self.key_file.display(), self.cert_file.display())
+            })?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Refuses a cleartext server anywhere but on loopback, unless allowed.
+/// `carries` says what would cross the network readable.
+fn cleartext_allowed(
+    what: &str,
+    settings: &str,
+    addr: SocketAddr,
+    cleartext_off_loopback: bool,
+    carries: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        addr.ip().is_loopback() || cleartext_off_loopback,
+        "{what} would listen on {addr} ({settings}addr) without TLS, and what it carries ({carries}) would \
+         cross the network readable; set {settings}tls_cert_file and {settings}tls_key_file, or \
+         {settings}cleartext_off_loopback = true where the network encrypts on its own"
+    );
+    Ok(())
 }
 
 /// The TLS a gRPC server listening on `addr` serves, or `None` for cleartext,
@@ -59,13 +104,29 @@ pub fn server_tls(
 ) -> anyhow::Result<Option<ServerTlsConfig>> {
     match tls {
         Some(tls) => tls.config().map(Some).with_context(|| format!("{what}: loading its TLS certificate")),
-        None if addr.ip().is_loopback() || cleartext_off_loopback => Ok(None),
-        None => anyhow::bail!(
-            "{what} would listen on {addr} ({settings}addr) without TLS, and what it carries (the worker \
-             token, target credentials, session bytes) would cross the network readable; set \
-             {settings}tls_cert_file and {settings}tls_key_file, or {settings}cleartext_off_loopback = true \
-             where the network encrypts on its own"
-        ),
+        None => {
+            let carries = "the worker token, target credentials, session bytes";
+            cleartext_allowed(what, settings, addr, cleartext_off_loopback, carries).map(|()| None)
+        }
+    }
+}
+
+/// The TLS the REST API (and the web console beside it) serves on `addr`, or
+/// `None` for cleartext, on the terms of [`server_tls`]. HTTP/2 and HTTP/1.1
+/// are offered.
+pub fn rest_server_tls(
+    addr: SocketAddr,
+    tls: Option<&ServerTls>,
+    cleartext_off_loopback: bool,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match tls {
+        Some(tls) => {
+            tls.rustls_config(&[b"h2", b"http/1.1"]).map(Some).context("the REST API: loading its TLS certificate")
+        }
+        None => {
+            let carries = "admin and access tokens, connection credentials";
+            cleartext_allowed("the REST API", "api.", addr, cleartext_off_loopback, carries).map(|()| None)
+        }
     }
 }
 
@@ -125,7 +186,7 @@ pub fn ca_file_roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
 
 /// A literal loopback address (`[::1]` as a URL writes it). Not the name
 /// `localhost`, which resolves as the resolver says.
-fn is_loopback_ip(host: &str) -> bool {
+pub fn is_loopback_ip(host: &str) -> bool {
     host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
@@ -165,6 +226,13 @@ mod tests {
         assert!(err.contains("would listen on 0.0.0.0:8081 (api.grpc_addr) without TLS"), "{err}");
         assert!(err.contains("set api.grpc_tls_cert_file and api.grpc_tls_key_file"), "{err}");
         assert!(server_tls("the gRPC API", "api.grpc_", everywhere, None, true).unwrap().is_none());
+        // The REST API likewise, under its own settings.
+        assert!(rest_server_tls(loopback, None, false).unwrap().is_none());
+        let err = rest_server_tls(everywhere, None, false).unwrap_err().to_string();
+        assert!(err.contains("the REST API would listen on 0.0.0.0:8081 (api.addr) without TLS"), "{err}");
+        assert!(err.contains("(admin and access tokens, connection credentials)"), "{err}");
+        assert!(err.contains("set api.tls_cert_file and api.tls_key_file, or api.cleartext_off_loopback"), "{err}");
+        assert!(rest_server_tls(everywhere, None, true).unwrap().is_none());
     }
 
     #[test]
@@ -190,6 +258,11 @@ mod tests {
             server_tls("the recorder", "recorder.", "0.0.0.0:1".parse().unwrap(), Some(&server), false).unwrap_err()
         );
         assert!(err.contains("the recorder: loading its TLS certificate") && err.contains("missing.crt"), "{err}");
+        let err = format!("{:#}", rest_server_tls("0.0.0.0:1".parse().unwrap(), Some(&server), false).unwrap_err());
+        assert!(err.contains("the REST API: loading its TLS certificate") && err.contains("missing.crt"), "{err}");
+        let no_certificate = ServerTls { cert_file: server.key_file.clone(), key_file: server.key_file.clone() };
+        let err = format!("{:#}", no_certificate.rustls_config(&[]).unwrap_err());
+        assert!(err.contains("empty.pem holds no PEM certificate"), "{err}");
         assert!(ServerTls::from_files("api", Some(Path::new("c")), None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -278,6 +278,8 @@ impl Stack {
                 public_url: public_url.clone(),
                 api_addr,
                 grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                api_tls: None,
+                api_cleartext_off_loopback: false,
                 grpc_tls: None,
                 grpc_cleartext_off_loopback: false,
                 worker_token: "w".into(),

@@ -25,6 +25,8 @@ pub struct Harness {
     pub dir: std::path::PathBuf,
     pub database_url: String,
     pub bus: Arc<dyn Bus>,
+    /// Trusts the REST API's certificate when it serves TLS.
+    pub client: reqwest::Client,
     cancel: CancellationToken,
     _db: Option<airlock_testkit::pg::TestDb>,
 }
@@ -70,6 +72,30 @@ impl Harness {
         clock: Arc<dyn airlock_core::clock::Clock>,
         console: airlock_control_plane::web::ConsoleOptions,
     ) -> Harness {
+        Self::start_options(backend, bus, clock, console, None).await
+    }
+
+    /// With the REST API serving TLS with a certificate for `127.0.0.1`
+    /// (`ca` is that certificate, PEM).
+    pub async fn start_tls(tls: airlock_proto::transport::ServerTls, ca: &str) -> Harness {
+        let tls = Some((tls, ca.to_owned()));
+        Self::start_options(
+            Backend::Sqlite,
+            Arc::new(MemoryBus::new()),
+            airlock_core::clock::system(),
+            Default::default(),
+            tls,
+        )
+        .await
+    }
+
+    async fn start_options(
+        backend: Backend,
+        bus: Arc<dyn Bus>,
+        clock: Arc<dyn airlock_core::clock::Clock>,
+        console: airlock_control_plane::web::ConsoleOptions,
+        tls: Option<(airlock_proto::transport::ServerTls, String)>,
+    ) -> Harness {
         let dir = std::env::temp_dir().join(format!("airlock-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let (database_url, db) = match backend {
@@ -83,13 +109,24 @@ impl Harness {
         let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let api_addr = api.local_addr().unwrap();
         drop(api);
-        let public_url = format!("http://{api_addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let public_url = format!("{scheme}://{api_addr}");
+        let client = match &tls {
+            Some((_, ca)) => reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+                .build()
+                .unwrap(),
+            None => reqwest::Client::new(),
+        };
         let options = Options {
             database_url: database_url.clone(),
             master_key: [7; 32],
             public_url: public_url.clone(),
             api_addr,
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            api_tls: tls.map(|(files, _)| files),
+            api_cleartext_off_loopback: false,
             grpc_tls: None,
             grpc_cleartext_off_loopback: false,
             worker_token: "worker-secret".into(),
@@ -110,11 +147,11 @@ impl Harness {
         let cancel = CancellationToken::new();
         let running = start(options, bus.clone(), cancel.clone(), &TaskTracker::new()).await.unwrap();
         let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Harness { base: public_url, running, admin_token, dir, database_url, bus, cancel, _db: db }
+        Harness { base: public_url, running, admin_token, dir, database_url, bus, client, cancel, _db: db }
     }
 
     pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.base));
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
         if !token.is_empty() {
             request = request.bearer_auth(token);
         }

@@ -3,11 +3,8 @@
 //! `sslrootcert`, which `sslmode=verify-full` needs).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// Where the gateway's certificate comes from.
@@ -24,19 +21,9 @@ pub fn acceptor(source: &TlsSource) -> anyhow::Result<TlsAcceptor> {
         TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
         TlsSource::SelfSigned { dir, names } => ensure_self_signed(dir, names)?,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&key).with_context(|| format!("reading {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the gateway's certificate and key do not match")?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let files = airlock_proto::transport::ServerTls { cert_file: cert, key_file: key };
+    let config = files.rustls_config(&[]).context("the Postgres gateway's TLS certificate")?;
+    Ok(TlsAcceptor::from(config))
 }
 
 /// Paths of the self-signed certificate and key in `dir`, made if missing.

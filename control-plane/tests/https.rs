@@ -1,0 +1,90 @@
+//! The REST API over TLS: served to clients that trust its certificate, over
+//! HTTP/2 and HTTP/1.1, with handshakes that cannot hold each other up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod harness;
+
+use std::time::Duration;
+
+use airlock_proto::transport::ServerTls;
+use harness::Harness;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A control plane whose REST API serves a self-signed certificate for
+/// `127.0.0.1` and `localhost`; the certificate's PEM is the CA to trust.
+async fn start() -> (Harness, String) {
+    let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("airlock-https-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = ServerTls { cert_file: dir.join("api.crt"), key_file: dir.join("api.key") };
+    std::fs::write(&files.cert_file, pair.cert.pem()).unwrap();
+    std::fs::write(&files.key_file, pair.signing_key.serialize_pem()).unwrap();
+    let h = Harness::start_tls(files, &pair.cert.pem()).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    (h, pair.cert.pem())
+}
+
+#[tokio::test]
+async fn the_rest_api_and_console_are_served_over_tls() {
+    let (h, ca) = start().await;
+    assert!(h.base.starts_with("https://127.0.0.1:"), "{}", h.base);
+    assert!(h.running.api_tls);
+
+    // The API, with the admin token, over HTTP/2 (what ALPN picks) and HTTP/1.1.
+    h.register_example_connection(&h.admin_token).await;
+    let response = h.client.get(format!("{}/v1/connections", h.base)).bearer_auth(&h.admin_token).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert!(response.text().await.unwrap().contains("pg-local"));
+    let http1 = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let response = http1.get(format!("{}/v1/connections", h.base)).bearer_auth(&h.admin_token).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert!(response.text().await.unwrap().contains("pg-local"));
+    // The web console beside it.
+    let page = h.client.get(format!("{}/", h.base)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("<title>Airlock</title>"), "{page}");
+
+    // A client that does not trust the certificate gets no answer.
+    let stranger = reqwest::Client::builder().tls_built_in_root_certs(false).build().unwrap();
+    let err = stranger.get(format!("{}/healthz", h.base)).send().await.unwrap_err();
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+
+    // Cleartext HTTP to the TLS port is not served: the connection ends
+    // without an HTTP answer, and the server goes on serving.
+    let addr = h.base.trim_start_matches("https://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /v1/connections HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut answer)).await.unwrap();
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"), "{answer:?}");
+    let (status, _) = h.get("/v1/connections", &h.admin_token).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Clients that connect and never finish a handshake do not hold up one
+/// that does: each handshake runs on its own.
+#[tokio::test]
+async fn a_stalled_handshake_holds_up_no_one() {
+    let (h, _) = start().await;
+    let addr = h.base.trim_start_matches("https://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Their handshakes take up to 10 s each before they are dropped: answered
+    // well before eight of them could have run one after another.
+    let request = h.client.get(format!("{}/healthz", h.base)).timeout(Duration::from_secs(8)).send();
+    let response = request.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // They are still connected: the answer did not wait for them to go.
+    for tcp in &stalled {
+        let mut byte = [0u8; 1];
+        assert!(tcp.try_read(&mut byte).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock));
+    }
+}
