@@ -193,7 +193,10 @@ fn http_client(base: &str) -> anyhow::Result<reqwest::Client> {
         }
         _ => anyhow::bail!("AIRLOCK_URL must be an http:// or https:// URL: {base}"),
     }
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+    // No redirects: one could take the token, or a connection's credentials,
+    // to where the checks above were not made.
+    let mut builder =
+        reqwest::Client::builder().timeout(Duration::from_secs(60)).redirect(reqwest::redirect::Policy::none());
     if let Some(path) = std::env::var_os("AIRLOCK_CA_FILE").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         // Checked first, for errors that name the file and what is wrong with it.

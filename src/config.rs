@@ -19,7 +19,8 @@ pub struct Config {
     /// Where `airlock up` keeps its database, keys and admin token.
     pub data_dir: PathBuf,
     /// The URL clients reach the REST API at; the `iss` of tokens Airlock mints.
-    /// Default: `http://{api.addr}`.
+    /// Default: `http://{api.addr}`, `https://` with `api.tls_cert_file` set. Set
+    /// it where the parts run apart: gateways need the control plane's value.
     pub public_url: String,
     /// `text` or `json`.
     pub log_format: String,

@@ -88,3 +88,32 @@ async fn a_stalled_handshake_holds_up_no_one() {
         assert!(tcp.try_read(&mut byte).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock));
     }
 }
+
+/// One address cannot take every handshake: beyond its share its
+/// connections are closed at once, while a client at another address is
+/// served.
+#[tokio::test]
+async fn one_address_cannot_take_every_handshake() {
+    let (h, ca) = start().await;
+    let addr = h.base.trim_start_matches("https://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..32 {
+        stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // The next one from 127.0.0.1 is closed without waiting for a handshake.
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut byte)).await.unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // From 127.0.0.2 (loopback too) the API answers meanwhile.
+    let elsewhere = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(8))
+        .build()
+        .unwrap();
+    let response = elsewhere.get(format!("{}/healthz", h.base)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(stalled);
+}
