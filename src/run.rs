@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use airlock_proto::bus::{Bus, MemoryBus, NatsBus, NatsOptions};
+use airlock_proto::bus::{Bus, MemoryBus, NatsBus, NatsOptions, RecordKey};
 use anyhow::Context;
 use base64::Engine;
 use tokio_util::sync::CancellationToken;
@@ -236,8 +236,8 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
 
 async fn nats(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
     anyhow::ensure!(!config.bus.nats_url.is_empty(), "set bus.nats_url (or AIRLOCK_BUS__NATS_URL, or --nats-url)");
-    let options =
-        NatsOptions { url: config.bus.nats_url.clone(), prefix: config.bus.prefix.clone(), ..Default::default() };
+    let key = RecordKey::from_worker_token(&worker_token(config)?);
+    let options = NatsOptions::new(config.bus.nats_url.clone(), config.bus.prefix.clone(), key);
     let bus = NatsBus::connect(&options).await.with_context(|| format!("connecting to NATS at {}", options.url))?;
     Ok(Arc::new(bus))
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_proto::bus::{Bus, NatsBus, NatsOptions};
+use airlock_proto::bus::{Bus, NatsBus, NatsOptions, RecordKey};
 use airlock_testkit::eventually;
 use airlock_testkit::pg::TestDb;
 use airlock_testkit::slack::{SlackStandIn, interaction_body, sign_interaction};
@@ -63,11 +63,11 @@ impl Deployment {
             .unwrap();
 
         let log = TestDb::create().await.unwrap();
-        let nats = NatsOptions {
-            url: airlock_testkit::nats::nats_url(),
-            prefix: airlock_testkit::nats::unique_prefix(),
-            ..NatsOptions::default()
-        };
+        let nats = NatsOptions::new(
+            airlock_testkit::nats::nats_url(),
+            airlock_testkit::nats::unique_prefix(),
+            RecordKey::from_worker_token("cluster-secret"),
+        );
         let bus = NatsBus::connect(&nats).await.unwrap();
         let stream = airlock_testkit::nats::StreamCleanup(bus.stream_name().to_owned());
         let dir = std::env::temp_dir().join(format!("airlock-e2e-{}", uuid::Uuid::new_v4().simple()));

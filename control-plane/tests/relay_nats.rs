@@ -18,7 +18,7 @@ use airlock_control_plane::relay::{Relay, RelayMetrics};
 use airlock_core::TenantState;
 use airlock_core::state::Applied;
 use airlock_proto::EventRecord;
-use airlock_proto::bus::{Bus, NatsBus, NatsOptions, RecordStream, StartAt};
+use airlock_proto::bus::{Bus, NatsBus, NatsOptions, RecordKey, RecordStream, StartAt};
 use airlock_proto::convert::decode_event;
 use airlock_testkit::eventually;
 use airlock_testkit::nats::{StreamCleanup, nats_url, unique_prefix};
@@ -39,7 +39,9 @@ struct Env {
 impl Env {
     async fn new() -> Self {
         let backend = Backend::postgres().await;
-        let options = NatsOptions { url: nats_url(), prefix: unique_prefix(), max_age: Duration::from_secs(3600) };
+        let key = RecordKey::from_worker_token("worker-secret");
+        let options =
+            NatsOptions { max_age: Duration::from_secs(3600), ..NatsOptions::new(nats_url(), unique_prefix(), key) };
         let bus = NatsBus::connect(&options).await.unwrap();
         let cleanup = StreamCleanup(bus.stream_name().to_owned());
         Self { backend, bus: Arc::new(bus), _cleanup: cleanup }
@@ -209,6 +211,9 @@ async fn duplicates_are_dropped_by_jetstream_and_absorbed_by_consumers() {
     let dup = &appended[3];
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "after-the-window");
+    // Tagged, as the relay tags what it publishes.
+    let tag = RecordKey::from_worker_token("worker-secret").tag(&dup.encode_to_vec());
+    headers.insert("Airlock-Record-Tag", tag.as_str());
     js.publish_with_headers(env.bus.subject(&dup.tenant_id), headers, dup.encode_to_vec().into())
         .await
         .unwrap()
@@ -363,4 +368,48 @@ async fn the_relay_retries_while_the_bus_fails_and_loses_nothing() {
 
     cancel.cancel();
     task.await.unwrap();
+}
+
+/// NATS is not trusted to say what the log holds: a message on the bus's
+/// subjects that a control plane with this worker token did not tag never
+/// reaches a subscriber, and the records after it still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_the_control_plane_did_not_tag_never_reach_subscribers() {
+    let env = Env::new().await;
+    let log = env.log();
+    let t = tenant();
+    let genuine = log.append(t, "s", ExpectedVersion::Any, "test", &events(1..=2)).await.unwrap();
+    let mut sub = env.bus.subscribe(StartAt::Beginning).await.unwrap();
+
+    // Someone who can publish on NATS: a record with no tag, one tagged under
+    // another worker token, and a genuine tag over bytes changed after.
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let subject = env.bus.subject(&genuine[0].tenant_id);
+    let forged = EventRecord { actor: "forger".into(), ..genuine[0].clone() }.encode_to_vec();
+    let other = RecordKey::from_worker_token("another-installation");
+    let ours = RecordKey::from_worker_token("worker-secret");
+    let tagged = |tag: String| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Airlock-Record-Tag", tag.as_str());
+        headers
+    };
+    let sends = [
+        (async_nats::HeaderMap::new(), forged.clone()),
+        (tagged(other.tag(&forged)), forged.clone()),
+        (tagged(ours.tag(&genuine[0].encode_to_vec())), forged.clone()),
+        (tagged("not hex".into()), forged.clone()),
+    ];
+    for (headers, payload) in sends {
+        js.publish_with_headers(subject.clone(), headers, payload.into()).await.unwrap().await.unwrap();
+    }
+    // Published as the relay publishes them.
+    for record in &genuine {
+        env.bus.publish(record).await.unwrap();
+    }
+    // What the forger sent comes first on the stream and is dropped.
+    assert_eq!(take(&mut sub, 2).await, genuine);
+    assert_eq!(env.stored_messages().await, 6);
+    // The tag is what the control plane's key makes, and nothing else's.
+    assert!(ours.verify(&forged, &ours.tag(&forged)));
+    assert!(!other.verify(&forged, &ours.tag(&forged)));
 }

@@ -5,13 +5,21 @@
 //! an in-process broadcast channel in `airlock up`. Neither is the source of truth:
 //! delivery is at least once and may skip (a lagging subscriber, a bus outage), so
 //! consumers apply idempotently by `seq` and backfill any gap from the control plane.
+//!
+//! Nor is NATS trusted to say what the log holds: whoever may publish on its
+//! subjects could otherwise hand every worker a grant that was never made. The
+//! control plane tags each record it publishes with an HMAC under a key derived
+//! from the worker token ([`RecordKey`]), and subscribers drop every message
+//! without a valid tag; the gap it leaves is backfilled from the control plane.
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, stream};
 use futures::{Stream, StreamExt};
+use hmac::{Hmac, Mac};
 use prost::Message;
+use sha2::Sha256;
 use tokio::sync::broadcast;
 
 use crate::v1::EventRecord;
@@ -86,6 +94,46 @@ impl Bus for MemoryBus {
     }
 }
 
+/// The NATS header that carries a record's tag.
+const TAG_HEADER: &str = "Airlock-Record-Tag";
+
+/// Tags and checks bus records: HMAC-SHA256 over a message's payload (the
+/// encoded [`EventRecord`], tenant and `seq` included), under a key derived
+/// from the worker token. The control plane and every worker hold that token,
+/// and it already admits a worker to everything the control plane serves it.
+#[derive(Clone)]
+pub struct RecordKey(Hmac<Sha256>);
+
+impl RecordKey {
+    pub fn from_worker_token(token: &str) -> Self {
+        // Derived, so that the token itself never keys anything but its own check.
+        let derived = Self::keyed(token.as_bytes()).chain_update(b"airlock bus record tag v1").finalize().into_bytes();
+        Self(Self::keyed(&derived))
+    }
+
+    fn keyed(key: &[u8]) -> Hmac<Sha256> {
+        // HMAC takes a key of any length.
+        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+    }
+
+    /// The tag of a message's payload, in hex.
+    pub fn tag(&self, payload: &[u8]) -> String {
+        hex::encode(self.0.clone().chain_update(payload).finalize().into_bytes())
+    }
+
+    /// Whether `tag` (hex) is the payload's, compared in constant time.
+    pub fn verify(&self, payload: &[u8], tag: &str) -> bool {
+        let Ok(tag) = hex::decode(tag) else { return false };
+        self.0.clone().chain_update(payload).verify_slice(&tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordKey(<redacted>)")
+    }
+}
+
 /// Settings of the NATS bus.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
@@ -95,11 +143,14 @@ pub struct NatsOptions {
     pub prefix: String,
     /// How long JetStream keeps records. Older ones are backfilled from the log.
     pub max_age: Duration,
+    /// Tags what this side publishes and checks what it receives.
+    pub record_key: RecordKey,
 }
 
-impl Default for NatsOptions {
-    fn default() -> Self {
-        Self { url: "nats://127.0.0.1:4222".into(), prefix: "airlock".into(), max_age: Duration::from_secs(24 * 3600) }
+impl NatsOptions {
+    /// The bus at `url` under `prefix`, records kept a day.
+    pub fn new(url: impl Into<String>, prefix: impl Into<String>, record_key: RecordKey) -> Self {
+        Self { url: url.into(), prefix: prefix.into(), max_age: Duration::from_secs(24 * 3600), record_key }
     }
 }
 
@@ -109,6 +160,7 @@ pub struct NatsBus {
     js: jetstream::Context,
     stream_name: String,
     prefix: String,
+    record_key: RecordKey,
 }
 
 impl NatsBus {
@@ -144,7 +196,7 @@ impl NatsBus {
         })
         .await
         .map_err(|e| anyhow::anyhow!("creating JetStream stream {stream_name}: {e}"))?;
-        Ok(Self { js, stream_name, prefix: options.prefix.clone() })
+        Ok(Self { js, stream_name, prefix: options.prefix.clone(), record_key: options.record_key.clone() })
     }
 
     pub fn subject(&self, tenant_id: &str) -> String {
@@ -154,16 +206,25 @@ impl NatsBus {
     pub fn stream_name(&self) -> &str {
         &self.stream_name
     }
+
+    /// A record as published: its encoding, and headers with JetStream's
+    /// deduplication id and the record's tag.
+    fn message(&self, record: &EventRecord) -> (async_nats::HeaderMap, bytes::Bytes) {
+        let payload = record.encode_to_vec();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{}:{}", record.tenant_id, record.seq).as_str());
+        headers.insert(TAG_HEADER, self.record_key.tag(&payload).as_str());
+        (headers, payload.into())
+    }
 }
 
 #[async_trait::async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, record: &EventRecord) -> anyhow::Result<()> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{}:{}", record.tenant_id, record.seq).as_str());
+        let (headers, payload) = self.message(record);
         let ack = self
             .js
-            .publish_with_headers(self.subject(&record.tenant_id), headers, record.encode_to_vec().into())
+            .publish_with_headers(self.subject(&record.tenant_id), headers, payload)
             .await
             .map_err(|e| anyhow::anyhow!("publishing to NATS: {e}"))?;
         ack.await.map_err(|e| anyhow::anyhow!("NATS did not acknowledge: {e}"))?;
@@ -175,13 +236,8 @@ impl Bus for NatsBus {
     async fn publish_batch(&self, records: &[EventRecord]) -> (usize, Option<anyhow::Error>) {
         let mut acks = Vec::with_capacity(records.len());
         for record in records {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("{}:{}", record.tenant_id, record.seq).as_str());
-            match self
-                .js
-                .publish_with_headers(self.subject(&record.tenant_id), headers, record.encode_to_vec().into())
-                .await
-            {
+            let (headers, payload) = self.message(record);
+            match self.js.publish_with_headers(self.subject(&record.tenant_id), headers, payload).await {
                 Ok(ack) => acks.push(ack),
                 Err(e) => {
                     // What was sent before still counts once acknowledged.
@@ -211,21 +267,69 @@ impl Bus for NatsBus {
             .await
             .map_err(|e| anyhow::anyhow!("creating NATS consumer: {e}"))?;
         let messages = consumer.messages().await.map_err(|e| anyhow::anyhow!("reading NATS consumer: {e}"))?;
-        let records = messages.filter_map(|m| async move {
-            match m {
-                Ok(m) => match EventRecord::decode(m.payload.as_ref()) {
+        let key = self.record_key.clone();
+        let records = messages.filter_map(move |m| {
+            let key = key.clone();
+            async move { Self::received(&key, m) }
+        });
+        Ok(Box::pin(records))
+    }
+}
+
+impl NatsBus {
+    /// A consumed message's record, when it is one the control plane published.
+    fn received(
+        key: &RecordKey,
+        message: Result<jetstream::Message, jetstream::consumer::pull::OrderedError>,
+    ) -> Option<EventRecord> {
+        match message {
+            Ok(m) => {
+                let tag = m.headers.as_ref().and_then(|h| h.get(TAG_HEADER)).map(|v| v.as_str());
+                if !tag.is_some_and(|tag| key.verify(&m.payload, tag)) {
+                    // Not from a control plane of this installation: forged, or
+                    // published under another worker token. The gap it leaves is
+                    // backfilled from the control plane.
+                    tracing::error!(
+                        subject = %m.subject,
+                        "dropping a bus message without a valid record tag: something other than the control \
+                         plane published it, or the control plane's worker token differs from this one's"
+                    );
+                    return None;
+                }
+                match EventRecord::decode(m.payload.as_ref()) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::warn!("skipping an undecodable bus message: {e}");
                         None
                     }
-                },
-                Err(e) => {
-                    tracing::warn!("NATS consumer error: {e}");
-                    None
                 }
             }
-        });
-        Ok(Box::pin(records))
+            Err(e) => {
+                tracing::warn!("NATS consumer error: {e}");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_tag_holds_only_for_its_bytes_and_its_key() {
+        let key = RecordKey::from_worker_token("worker-token");
+        let tag = key.tag(b"record");
+        assert_eq!(tag.len(), 64);
+        assert!(key.verify(b"record", &tag));
+        assert!(!key.verify(b"recorD", &tag));
+        assert!(!RecordKey::from_worker_token("worker-tokeN").verify(b"record", &tag));
+        assert!(!key.verify(b"record", &tag[..62]));
+        assert!(!key.verify(b"record", "zz"));
+        assert!(!key.verify(b"record", ""));
+        // The token does not key the tag directly.
+        let direct = hex::encode(RecordKey::keyed(b"worker-token").chain_update(b"record").finalize().into_bytes());
+        assert_ne!(tag, direct);
+        assert_eq!(format!("{key:?}"), "RecordKey(<redacted>)");
     }
 }

@@ -30,7 +30,7 @@ use airlock_control_plane::server;
 use airlock_core::TenantId;
 use airlock_data_plane::projection::Projection;
 use airlock_data_plane::worker;
-use airlock_proto::bus::{Bus, MemoryBus, NatsBus, NatsOptions};
+use airlock_proto::bus::{Bus, MemoryBus, NatsBus, NatsOptions, RecordKey};
 use anyhow::Context as _;
 use serde::Serialize;
 use sqlx::Connection as _;
@@ -354,11 +354,11 @@ impl Deployment {
         self.target = Some(target);
         self.template = Some(template);
 
-        let nats = NatsOptions {
-            url: airlock_testkit::nats::nats_url(),
-            prefix: airlock_testkit::nats::unique_prefix(),
-            ..NatsOptions::default()
-        };
+        let nats = NatsOptions::new(
+            airlock_testkit::nats::nats_url(),
+            airlock_testkit::nats::unique_prefix(),
+            RecordKey::from_worker_token(WORKER_TOKEN),
+        );
         let memory: Arc<dyn Bus> = Arc::new(MemoryBus::new());
         let control_plane_bus: Arc<dyn Bus> = match variant {
             Variant::Nats => {
