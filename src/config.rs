@@ -147,10 +147,17 @@ pub struct Api {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
-    /// NATS with JetStream. Empty: the in-process bus (only `airlock up`).
+    /// NATS with JetStream. Empty: the in-process bus (only `airlock up`). A
+    /// user and password, or a token, go in the URL (`nats://user:pass@host:4222`).
     pub nats_url: String,
     /// Subject prefix and stream name stem on NATS.
     pub prefix: String,
+    /// CA certificates (PEM) NATS's certificate must chain to, instead of the
+    /// system's roots. Set: the connection must be TLS (as a `tls://` URL says too).
+    pub nats_ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for a NATS server that verifies its clients.
+    pub nats_tls_cert_file: Option<PathBuf>,
+    pub nats_tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -286,7 +293,13 @@ impl Default for Api {
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { nats_url: String::new(), prefix: "airlock".into() }
+        Self {
+            nats_url: String::new(),
+            prefix: "airlock".into(),
+            nats_ca_file: None,
+            nats_tls_cert_file: None,
+            nats_tls_key_file: None,
+        }
     }
 }
 
@@ -464,6 +477,7 @@ mod tests {
             jail.set_env("AIRLOCK_RECORDER__CLEARTEXT_OFF_LOOPBACK", "true");
             jail.set_env("AIRLOCK_WORKER__GRPC_CLEARTEXT_OFF_LOOPBACK", "true");
             jail.set_env("AIRLOCK_WORKER__GRPC_CA_FILE", "/etc/airlock/grpc-ca.crt");
+            jail.set_env("AIRLOCK_BUS__NATS_CA_FILE", "/etc/airlock/nats-ca.crt");
             jail.set_env("AIRLOCK_WORKER__TARGET_CA_FILE", "/etc/airlock/target-ca.crt");
             // The client verbs' variables are not settings.
             jail.set_env("AIRLOCK_URL", "http://elsewhere");
@@ -483,6 +497,7 @@ mod tests {
             assert!(config.recorder.cleartext_off_loopback);
             assert!(config.worker.grpc_cleartext_off_loopback);
             assert_eq!(config.worker.grpc_ca_file, Some(PathBuf::from("/etc/airlock/grpc-ca.crt")));
+            assert_eq!(config.bus.nats_ca_file, Some(PathBuf::from("/etc/airlock/nats-ca.crt")));
             assert_eq!(config.worker.target_ca_file, Some(PathBuf::from("/etc/airlock/target-ca.crt")));
             // The control plane reads recordings where the recorder writes them.
             assert_eq!(config.recordings_store().local_dir(), PathBuf::from("/var/lib/airlock/recorder/recordings"));

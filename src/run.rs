@@ -237,8 +237,17 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
 async fn nats(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
     anyhow::ensure!(!config.bus.nats_url.is_empty(), "set bus.nats_url (or AIRLOCK_BUS__NATS_URL, or --nats-url)");
     let key = RecordKey::from_worker_token(&worker_token(config)?);
-    let options = NatsOptions::new(config.bus.nats_url.clone(), config.bus.prefix.clone(), key);
-    let bus = NatsBus::connect(&options).await.with_context(|| format!("connecting to NATS at {}", options.url))?;
+    let mut options = NatsOptions::new(config.bus.nats_url.clone(), config.bus.prefix.clone(), key);
+    options.ca_file = config.bus.nats_ca_file.clone();
+    options.client_cert = match (&config.bus.nats_tls_cert_file, &config.bus.nats_tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => anyhow::bail!("set both bus.nats_tls_cert_file and bus.nats_tls_key_file, or neither"),
+    };
+    let bus = NatsBus::connect(&options).await.with_context(|| {
+        // The URL may hold a password or a token.
+        format!("connecting to NATS at {}", airlock_control_plane::server::redact_url(&options.url))
+    })?;
     Ok(Arc::new(bus))
 }
 

@@ -12,8 +12,12 @@
 //! from the worker token ([`RecordKey`]), and subscribers drop every message
 //! without a valid tag; the gap it leaves is backfilled from the control plane.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::ConnectErrorKind;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, stream};
 use futures::{Stream, StreamExt};
@@ -145,12 +149,30 @@ pub struct NatsOptions {
     pub max_age: Duration,
     /// Tags what this side publishes and checks what it receives.
     pub record_key: RecordKey,
+    /// CA certificates (PEM) the server's certificate must chain to (instead
+    /// of the system's roots); set, the connection must be TLS.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for a server that verifies
+    /// its clients; set, the connection must be TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl NatsOptions {
     /// The bus at `url` under `prefix`, records kept a day.
     pub fn new(url: impl Into<String>, prefix: impl Into<String>, record_key: RecordKey) -> Self {
-        Self { url: url.into(), prefix: prefix.into(), max_age: Duration::from_secs(24 * 3600), record_key }
+        Self {
+            url: url.into(),
+            prefix: prefix.into(),
+            max_age: Duration::from_secs(24 * 3600),
+            record_key,
+            ca_file: None,
+            client_cert: None,
+        }
+    }
+
+    /// Whether the connection must be TLS (a `tls://` URL asks for it too).
+    fn requires_tls(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert.is_some() || self.url.starts_with("tls://")
     }
 }
 
@@ -177,9 +199,54 @@ impl NatsBus {
         (total, None)
     }
 
+    /// Connects to the server at `options.url`. A server that refuses this
+    /// side (its certificate not trusted, wrong credentials) is an error now;
+    /// one that cannot be reached yet is tried again in the background, so
+    /// that a worker starts while NATS is down.
     pub async fn connect(options: &NatsOptions) -> anyhow::Result<Self> {
-        let client =
-            async_nats::ConnectOptions::new().name("airlock").retry_on_initial_connect().connect(&options.url).await?;
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("airlock")
+            .require_tls(options.requires_tls())
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    other => tracing::warn!("NATS: {other}"),
+                }
+            });
+        if let Some(ca_file) = &options.ca_file {
+            // Checked here for an error that names what is wrong with the file.
+            crate::transport::ca_file_roots(ca_file).context("bus.nats_ca_file")?;
+            connect = connect.add_root_certificates(ca_file.clone());
+        }
+        if let Some((cert, key)) = &options.client_cert {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
+        // The client reads no credentials from the URL: they are taken out of it.
+        let (servers, credentials) = split_credentials(&options.url);
+        connect = match credentials {
+            Some(Credentials::Password { user, password }) => connect.user_and_password(user, password),
+            Some(Credentials::Token(token)) => connect.token(token),
+            None => connect,
+        };
+        let client = match connect.clone().connect(servers.as_str()).await {
+            Ok(client) => client,
+            Err(e)
+                if matches!(e.kind(), ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns)
+                    && !tls_refused(&e) =>
+            {
+                tracing::warn!("NATS cannot be reached yet ({e}); trying again in the background");
+                connect.retry_on_initial_connect().connect(servers.as_str()).await?
+            }
+            Err(e) if tls_refused(&e) => anyhow::bail!("the TLS handshake with NATS failed: {e}"),
+            Err(e) => anyhow::bail!("{e}"),
+        };
+        if !options.requires_tls() && !nats_host_is_loopback(&options.url) {
+            tracing::warn!(
+                "NATS is reached without TLS: whoever can read the network sees every tenant's events; set \
+                 bus.nats_ca_file (or use a tls:// URL)"
+            );
+        }
         Self::with_client(client, options).await
     }
 
@@ -312,6 +379,91 @@ impl NatsBus {
     }
 }
 
+/// Whether a failed connection ended in the TLS handshake (which the client
+/// reports as an I/O error): the server is there, and its certificate is
+/// not trusted, or it did not take ours.
+fn tls_refused(error: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let inner = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if cause.is::<rustls::Error>() || inner.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Credentials a NATS URL carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    Password { user: String, password: String },
+    Token(String),
+}
+
+/// A NATS URL (servers separated by commas) without credentials, and the
+/// credentials of the first server that carries any (`user:password@` or
+/// `token@`, percent-encoded as URLs are).
+fn split_credentials(url: &str) -> (String, Option<Credentials>) {
+    let mut credentials = None;
+    let servers: Vec<String> = url
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            let (scheme, rest) = match server.split_once("://") {
+                Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                None => (String::new(), server),
+            };
+            let Some((userinfo, host)) = rest.rsplit_once('@') else { return server.to_owned() };
+            if credentials.is_none() {
+                credentials = Some(match userinfo.split_once(':') {
+                    Some((user, password)) => {
+                        Credentials::Password { user: percent_decoded(user), password: percent_decoded(password) }
+                    }
+                    None => Credentials::Token(percent_decoded(userinfo)),
+                });
+            }
+            format!("{scheme}{host}")
+        })
+        .collect();
+    (servers.join(","), credentials)
+}
+
+/// `%XX` decoded; anything else kept as it is.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(decoded) if b == b'%' => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether every server in a NATS URL (a comma-separated list, each with an
+/// optional scheme and credentials) is a literal loopback address.
+fn nats_host_is_loopback(url: &str) -> bool {
+    url.split(',').all(|server| {
+        let rest = server.trim().split_once("://").map_or(server.trim(), |(_, rest)| rest);
+        let host_port = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let host = match host_port.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => host,
+            _ => host_port,
+        };
+        crate::transport::is_loopback_ip(host)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +483,34 @@ mod tests {
         let direct = hex::encode(RecordKey::keyed(b"worker-token").chain_update(b"record").finalize().into_bytes());
         assert_ne!(tag, direct);
         assert_eq!(format!("{key:?}"), "RecordKey(<redacted>)");
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_nats_urls() {
+        let password = |user: &str, password: &str| {
+            Some(Credentials::Password { user: user.to_owned(), password: password.to_owned() })
+        };
+        assert_eq!(split_credentials("nats://127.0.0.1:4222"), ("nats://127.0.0.1:4222".to_owned(), None));
+        assert_eq!(split_credentials("nats://u:p%40ss%3A@h:1"), ("nats://h:1".to_owned(), password("u", "p@ss:")));
+        assert_eq!(
+            split_credentials("tls://s3cr3t@a:1, b:2,nats://x:y@c:3"),
+            ("tls://a:1,b:2,nats://c:3".to_owned(), Some(Credentials::Token("s3cr3t".to_owned())))
+        );
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn loopback_nats_urls_are_told_apart() {
+        for url in
+            ["nats://127.0.0.1:4222", "127.0.0.1:4222", "nats://u:p@[::1]:4222", "nats://127.0.0.1:1,nats://[::1]:2"]
+        {
+            assert!(nats_host_is_loopback(url), "{url}");
+        }
+        for url in
+            ["nats://nats:4222", "nats://localhost:4222", "nats://10.0.0.1:4222", "nats://127.0.0.1:1,nats://nats:2"]
+        {
+            assert!(!nats_host_is_loopback(url), "{url}");
+        }
     }
 }
