@@ -144,7 +144,7 @@ pub struct Api {
     pub grpc_cleartext_off_loopback: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     /// NATS with JetStream. Empty: the in-process bus (only `airlock up`). A
@@ -288,6 +288,17 @@ impl Default for Api {
             grpc_tls_key_file: None,
             grpc_cleartext_off_loopback: false,
         }
+    }
+}
+
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password or a token.
+        f.debug_struct("BusConfig")
+            .field("nats_url", &airlock_core::redact::redact_url(&self.nats_url))
+            .field("prefix", &self.prefix)
+            .field("nats_ca_file", &self.nats_ca_file)
+            .finish_non_exhaustive()
     }
 }
 

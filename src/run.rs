@@ -246,7 +246,7 @@ async fn nats(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
     };
     let bus = NatsBus::connect(&options).await.with_context(|| {
         // The URL may hold a password or a token.
-        format!("connecting to NATS at {}", airlock_control_plane::server::redact_url(&options.url))
+        format!("connecting to NATS at {}", airlock_core::redact::redact_url(&options.url))
     })?;
     Ok(Arc::new(bus))
 }

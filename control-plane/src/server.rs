@@ -249,39 +249,4 @@ fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<
     file.write_all(b"\n")
 }
 
-/// A URL (or a comma-separated list of them, as NATS takes) without its
-/// passwords or tokens, for messages.
-pub fn redact_url(url: &str) -> String {
-    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
-}
-
-fn redact_one(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    match rest.rsplit_once('@') {
-        // A user and password: the user stays.
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}{user}:***@{host}")
-        }
-        // A token alone.
-        Some((_, host)) => format!("{scheme}***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(super::redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
-        assert_eq!(super::redact_url("sqlite://a.db"), "sqlite://a.db");
-        assert_eq!(super::redact_url("nats://s3cr3t@nats:4222"), "nats://***@nats:4222");
-        assert_eq!(
-            super::redact_url("nats://u:p1@a:4222,tls://u:p2@b:4222,c:4222"),
-            "nats://u:***@a:4222,tls://u:***@b:4222,c:4222"
-        );
-    }
-}
+pub use airlock_core::redact::redact_url;

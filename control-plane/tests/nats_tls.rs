@@ -168,3 +168,13 @@ async fn a_server_that_verifies_clients_takes_the_bus_with_its_certificate() {
     with_certificate.client_cert = Some(pki.issue("worker", &["airlock-worker"]));
     round_trip(&connect(&with_certificate).await.unwrap()).await;
 }
+
+/// Nothing listening: tried again while the stream opens, then an error that
+/// says what the last attempt met rather than only that the stream timed out.
+#[tokio::test]
+async fn an_unreachable_server_is_named_in_the_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = refusal(&options(format!("nats://airlock:secret-password@127.0.0.1:{port}"), None)).await;
+    assert!(err.contains("NATS was not reached (") && err.contains("creating JetStream stream"), "{err}");
+    assert!(!err.contains("secret-password"), "{err}");
+}

@@ -212,7 +212,7 @@ async fn duplicates_are_dropped_by_jetstream_and_absorbed_by_consumers() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "after-the-window");
     // Tagged, as the relay tags what it publishes.
-    let tag = RecordKey::from_worker_token("worker-secret").tag(&dup.encode_to_vec());
+    let tag = env.bus.record_key().tag(&dup.encode_to_vec());
     headers.insert("Airlock-Record-Tag", tag.as_str());
     js.publish_with_headers(env.bus.subject(&dup.tenant_id), headers, dup.encode_to_vec().into())
         .await
@@ -387,7 +387,9 @@ async fn messages_the_control_plane_did_not_tag_never_reach_subscribers() {
     let subject = env.bus.subject(&genuine[0].tenant_id);
     let forged = EventRecord { actor: "forger".into(), ..genuine[0].clone() }.encode_to_vec();
     let other = RecordKey::from_worker_token("another-installation");
-    let ours = RecordKey::from_worker_token("worker-secret");
+    let ours = env.bus.record_key().clone();
+    // Another installation on the same NATS with the same worker token.
+    let staging = RecordKey::from_worker_token("worker-secret").bound_to("staging");
     let tagged = |tag: String| {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Airlock-Record-Tag", tag.as_str());
@@ -396,6 +398,7 @@ async fn messages_the_control_plane_did_not_tag_never_reach_subscribers() {
     let sends = [
         (async_nats::HeaderMap::new(), forged.clone()),
         (tagged(other.tag(&forged)), forged.clone()),
+        (tagged(staging.tag(&genuine[0].encode_to_vec())), genuine[0].encode_to_vec()),
         (tagged(ours.tag(&genuine[0].encode_to_vec())), forged.clone()),
         (tagged("not hex".into()), forged.clone()),
     ];
@@ -408,7 +411,7 @@ async fn messages_the_control_plane_did_not_tag_never_reach_subscribers() {
     }
     // What the forger sent comes first on the stream and is dropped.
     assert_eq!(take(&mut sub, 2).await, genuine);
-    assert_eq!(env.stored_messages().await, 6);
+    assert_eq!(env.stored_messages().await, 7);
     // The tag is what the control plane's key makes, and nothing else's.
     assert!(ours.verify(&forged, &ours.tag(&forged)));
     assert!(!other.verify(&forged, &ours.tag(&forged)));

@@ -13,6 +13,7 @@ pub mod integration;
 pub mod mask;
 pub mod policy;
 pub mod principal;
+pub mod redact;
 pub mod review;
 pub mod session;
 pub mod snapshot;

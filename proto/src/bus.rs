@@ -14,6 +14,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -120,6 +121,14 @@ impl RecordKey {
         <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
     }
 
+    /// This key for the installation whose subjects start with `prefix`: a
+    /// record tagged under one prefix does not pass under another, though
+    /// both installations share a NATS server and a worker token.
+    pub fn bound_to(&self, prefix: &str) -> Self {
+        let derived = self.0.clone().chain_update(b"prefix\0").chain_update(prefix.as_bytes()).finalize().into_bytes();
+        Self(Self::keyed(&derived))
+    }
+
     /// The tag of a message's payload, in hex.
     pub fn tag(&self, payload: &[u8]) -> String {
         hex::encode(self.0.clone().chain_update(payload).finalize().into_bytes())
@@ -139,7 +148,7 @@ impl std::fmt::Debug for RecordKey {
 }
 
 /// Settings of the NATS bus.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsOptions {
     pub url: String,
     /// Subject prefix and stream name stem, so several installations (or tests) can
@@ -155,6 +164,17 @@ pub struct NatsOptions {
     /// A client certificate and its key (PEM), for a server that verifies
     /// its clients; set, the connection must be TLS.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password or a token.
+        f.debug_struct("NatsOptions")
+            .field("url", &airlock_core::redact::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsOptions {
@@ -199,19 +219,32 @@ impl NatsBus {
         (total, None)
     }
 
-    /// Connects to the server at `options.url`. A server that refuses this
-    /// side (its certificate not trusted, wrong credentials) is an error now;
-    /// one that cannot be reached yet is tried again in the background, so
-    /// that a worker starts while NATS is down.
+    /// Connects to the server at `options.url` and opens the stream. A server
+    /// that refuses this side (its certificate not trusted, wrong credentials)
+    /// is an error at once; one that cannot be reached is tried again until
+    /// opening the stream gives up (two JetStream requests, 5 s each), and then
+    /// the error says what the last attempt met.
     pub async fn connect(options: &NatsOptions) -> anyhow::Result<Self> {
+        let last_error = Arc::new(Mutex::new(None::<String>));
+        let seen = last_error.clone();
         let mut connect = async_nats::ConnectOptions::new()
             .name("airlock")
             .require_tls(options.requires_tls())
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                    other => tracing::warn!("NATS: {other}"),
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            *seen = None;
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                        other => {
+                            tracing::warn!("NATS: {other}");
+                            *seen = Some(other.to_string());
+                        }
+                    }
                 }
             });
         if let Some(ca_file) = &options.ca_file {
@@ -235,7 +268,7 @@ impl NatsBus {
                 if matches!(e.kind(), ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns)
                     && !tls_refused(&e) =>
             {
-                tracing::warn!("NATS cannot be reached yet ({e}); trying again in the background");
+                tracing::warn!("NATS cannot be reached yet ({e}); trying again");
                 connect.retry_on_initial_connect().connect(servers.as_str()).await?
             }
             Err(e) if tls_refused(&e) => anyhow::bail!("the TLS handshake with NATS failed: {e}"),
@@ -247,7 +280,12 @@ impl NatsBus {
                  bus.nats_ca_file (or use a tls:// URL)"
             );
         }
-        Self::with_client(client, options).await
+        Self::with_client(client, options).await.map_err(|e| {
+            match last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                Some(why) => e.context(format!("NATS was not reached ({why})")),
+                None => e,
+            }
+        })
     }
 
     pub async fn with_client(client: async_nats::Client, options: &NatsOptions) -> anyhow::Result<Self> {
@@ -263,7 +301,13 @@ impl NatsBus {
         })
         .await
         .map_err(|e| anyhow::anyhow!("creating JetStream stream {stream_name}: {e}"))?;
-        Ok(Self { js, stream_name, prefix: options.prefix.clone(), record_key: options.record_key.clone() })
+        let record_key = options.record_key.bound_to(&options.prefix);
+        Ok(Self { js, stream_name, prefix: options.prefix.clone(), record_key })
+    }
+
+    /// The key this bus tags and checks records with (bound to its prefix).
+    pub fn record_key(&self) -> &RecordKey {
+        &self.record_key
     }
 
     pub fn subject(&self, tenant_id: &str) -> String {
@@ -435,8 +479,8 @@ fn percent_decoded(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+        let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match hex.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok()) {
             Some(decoded) if b == b'%' => {
                 out.push(decoded);
                 i += 3;
@@ -479,6 +523,9 @@ mod tests {
         assert!(!key.verify(b"record", &tag[..62]));
         assert!(!key.verify(b"record", "zz"));
         assert!(!key.verify(b"record", ""));
+        // Another installation's prefix, the same token: another tag.
+        assert!(!key.bound_to("staging").verify(b"record", &key.bound_to("airlock").tag(b"record")));
+        assert!(key.bound_to("airlock").verify(b"record", &key.bound_to("airlock").tag(b"record")));
         // The token does not key the tag directly.
         let direct = hex::encode(RecordKey::keyed(b"worker-token").chain_update(b"record").finalize().into_bytes());
         assert_ne!(tag, direct);
@@ -498,6 +545,7 @@ mod tests {
         );
         assert_eq!(percent_decoded("100%"), "100%");
         assert_eq!(percent_decoded("%zz%4"), "%zz%4");
+        assert_eq!(percent_decoded("%+f"), "%+f");
     }
 
     #[test]
