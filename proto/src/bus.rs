@@ -9,8 +9,9 @@
 //! Nor is NATS trusted to say what the log holds: whoever may publish on its
 //! subjects could otherwise hand every worker a grant that was never made. The
 //! control plane tags each record it publishes with an HMAC under a key derived
-//! from the worker token ([`RecordKey`]), and subscribers drop every message
-//! without a valid tag; the gap it leaves is backfilled from the control plane.
+//! from the worker token and the bus's prefix ([`RecordKey`]), and subscribers
+//! drop every message without a valid tag; the gap it leaves is backfilled from
+//! the control plane.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -19,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::ConnectErrorKind;
-
 use async_nats::jetstream::{self, consumer::DeliverPolicy, stream};
 use futures::{Stream, StreamExt};
 use hmac::{Hmac, Mac};
@@ -104,7 +104,7 @@ const TAG_HEADER: &str = "Airlock-Record-Tag";
 
 /// Tags and checks bus records: HMAC-SHA256 over a message's payload (the
 /// encoded [`EventRecord`], tenant and `seq` included), under a key derived
-/// from the worker token. The control plane and every worker hold that token,
+/// from the worker token (and bound to the bus's prefix by [`NatsBus`]). The control plane and every worker hold that token,
 /// and it already admits a worker to everything the control plane serves it.
 #[derive(Clone)]
 pub struct RecordKey(Hmac<Sha256>);
