@@ -450,6 +450,41 @@ mod tests {
         assert!(e.contains("adress"), "{e}");
     }
 
+    /// The Kubernetes ConfigMap's `airlock.toml` is read without error, and
+    /// every server it puts on all interfaces serves TLS (or the part would
+    /// refuse to start), as every client it names speaks it.
+    #[test]
+    fn the_kubernetes_configuration_starts_every_part_with_tls() {
+        let manifest =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/02-configmap.yaml"))
+                .unwrap();
+        let toml: String = manifest
+            .lines()
+            .skip_while(|l| l.trim() != "airlock.toml: |")
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or_default()))
+            .collect();
+        assert!(toml.contains("[api]"), "{toml}");
+        let dir = std::env::temp_dir().join(format!("airlock-k8s-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("airlock.toml");
+        std::fs::write(&file, &toml).unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert!(!config.api.addr.ip().is_loopback() && config.api.tls_cert_file.is_some());
+        assert!(!config.api.cleartext_off_loopback);
+        assert!(!config.api.grpc_addr.ip().is_loopback() && config.api.grpc_tls_cert_file.is_some());
+        assert!(!config.api.grpc_cleartext_off_loopback);
+        assert!(!config.recorder.addr.ip().is_loopback() && config.recorder.tls_cert_file.is_some());
+        assert!(!config.recorder.cleartext_off_loopback);
+        assert!(config.worker.control_plane_url.starts_with("https://") && config.worker.grpc_ca_file.is_some());
+        assert!(config.recording().recorder_url.starts_with("https://"));
+        assert!(!config.worker.grpc_cleartext_off_loopback && !config.worker.allow_cleartext_off_loopback);
+        assert!(config.public_url().starts_with("https://"));
+    }
+
     #[test]
     fn the_example_file_is_read_as_written() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/airlock.example.toml");
