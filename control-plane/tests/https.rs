@@ -26,6 +26,16 @@ async fn start() -> (Harness, String) {
     (h, pair.cert.pem())
 }
 
+/// `n` connections to the REST API that never begin a handshake.
+async fn stall(h: &Harness, n: usize) -> Vec<tokio::net::TcpStream> {
+    let addr = h.base.trim_start_matches("https://");
+    let mut stalled = Vec::with_capacity(n);
+    for _ in 0..n {
+        stalled.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    stalled
+}
+
 #[tokio::test]
 async fn the_rest_api_and_console_are_served_over_tls() {
     let (h, ca) = start().await;
@@ -37,12 +47,7 @@ async fn the_rest_api_and_console_are_served_over_tls() {
     let response = h.client.get(format!("{}/v1/connections", h.base)).bearer_auth(&h.admin_token).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert!(response.text().await.unwrap().contains("pg-local"));
-    let http1 = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let http1 = harness::trusting(&ca).http1_only().build().unwrap();
     let response = http1.get(format!("{}/v1/connections", h.base)).bearer_auth(&h.admin_token).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
     assert!(response.text().await.unwrap().contains("pg-local"));
@@ -72,11 +77,7 @@ async fn the_rest_api_and_console_are_served_over_tls() {
 #[tokio::test]
 async fn a_stalled_handshake_holds_up_no_one() {
     let (h, _) = start().await;
-    let addr = h.base.trim_start_matches("https://").to_owned();
-    let mut stalled = Vec::new();
-    for _ in 0..8 {
-        stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    }
+    let stalled = stall(&h, 8).await;
     // Their handshakes take up to 10 s each before they are dropped: answered
     // well before eight of them could have run one after another.
     let request = h.client.get(format!("{}/healthz", h.base)).timeout(Duration::from_secs(8)).send();
@@ -96,19 +97,14 @@ async fn a_stalled_handshake_holds_up_no_one() {
 async fn one_address_cannot_take_every_handshake() {
     let (h, ca) = start().await;
     let addr = h.base.trim_start_matches("https://").to_owned();
-    let mut stalled = Vec::new();
-    for _ in 0..32 {
-        stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    }
+    let stalled = stall(&h, 32).await;
     // The next one from 127.0.0.1 is closed without waiting for a handshake.
     let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut byte)).await.unwrap();
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     // From 127.0.0.2 (loopback too) the API answers meanwhile.
-    let elsewhere = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+    let elsewhere = harness::trusting(&ca)
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .timeout(Duration::from_secs(8))
         .build()

@@ -264,14 +264,11 @@ impl NatsBus {
         };
         let client = match connect.clone().connect(servers.as_str()).await {
             Ok(client) => client,
-            Err(e)
-                if matches!(e.kind(), ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns)
-                    && !tls_refused(&e) =>
-            {
+            Err(e) if tls_refused(&e) => anyhow::bail!("the TLS handshake with NATS failed: {e}"),
+            Err(e) if matches!(e.kind(), ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns) => {
                 tracing::warn!("NATS cannot be reached yet ({e}); trying again");
                 connect.retry_on_initial_connect().connect(servers.as_str()).await?
             }
-            Err(e) if tls_refused(&e) => anyhow::bail!("the TLS handshake with NATS failed: {e}"),
             Err(e) => anyhow::bail!("{e}"),
         };
         if !options.requires_tls() && !nats_host_is_loopback(&options.url) {

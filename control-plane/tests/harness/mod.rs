@@ -18,6 +18,13 @@ pub const EXAMPLE_CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres",
 
 pub const EXAMPLE_POLICY: &str = include_str!("../../../core/testdata/example-policy.yaml");
 
+/// An HTTP client builder that trusts `ca` (PEM) and nothing else.
+pub fn trusting(ca: &str) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+}
+
 pub struct Harness {
     pub running: Running,
     pub base: String,
@@ -112,11 +119,7 @@ impl Harness {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = format!("{scheme}://{api_addr}");
         let client = match &tls {
-            Some((_, ca)) => reqwest::Client::builder()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-                .build()
-                .unwrap(),
+            Some((_, ca)) => trusting(ca).build().unwrap(),
             None => reqwest::Client::new(),
         };
         let options = Options {
