@@ -10,7 +10,7 @@
 //! is already there is never replaced, so two writers of one session, or a write
 //! that succeeded although its answer was lost, are noticed rather than merged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_core::{SessionId, TenantId};
@@ -75,6 +75,16 @@ pub struct Listed {
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
     redact: Arc<Redactor>,
+    /// For a local directory: what is stored is synced to disk before a put
+    /// returns (`object_store` writes a file and links it into place, without
+    /// syncing).
+    local: Option<Arc<LocalDir>>,
+}
+
+struct LocalDir {
+    fs: Arc<LocalFileSystem>,
+    /// The directory, canonical, as `fs` names its files.
+    root: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -95,8 +105,11 @@ impl Store {
     /// Recordings in a directory on this machine (made when missing).
     pub fn local(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let fs = LocalFileSystem::new_with_prefix(dir).with_context(|| format!("opening {}", dir.display()))?;
-        Ok(Self::from_object_store(Arc::new(fs)))
+        let root = std::fs::canonicalize(dir).with_context(|| format!("opening {}", dir.display()))?;
+        let fs =
+            Arc::new(LocalFileSystem::new_with_prefix(&root).with_context(|| format!("opening {}", dir.display()))?);
+        let local = Some(Arc::new(LocalDir { fs: fs.clone(), root }));
+        Ok(Self { objects: fs, redact: Arc::new(Redactor::default()), local })
     }
 
     /// Recordings in an S3 bucket. Settings left empty come from the `AWS_*`
@@ -137,12 +150,12 @@ impl Store {
         } else {
             Arc::new(PrefixStore::new(bucket, s3.prefix.as_str()))
         };
-        Ok(Self { objects, redact: Arc::new(redact) })
+        Ok(Self { objects, redact: Arc::new(redact), local: None })
     }
 
     /// Any object store (tests use an in-memory one).
     pub fn from_object_store(objects: Arc<dyn ObjectStore>) -> Self {
-        Self { objects, redact: Arc::new(Redactor::default()) }
+        Self { objects, redact: Arc::new(Redactor::default()), local: None }
     }
 
     /// One listing, to find a store that cannot be reached or read at start rather than at the first session.
@@ -221,11 +234,39 @@ impl Store {
 
     async fn put_new(&self, key: String, bytes: Bytes) -> Result<(), Error> {
         let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match self.objects.put_opts(&Key::from(key.as_str()), PutPayload::from_bytes(bytes), options).await {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Exists { key }),
-            Err(e) => Err(self.storage(&e)),
+        let location = Key::from(key.as_str());
+        match self.objects.put_opts(&location, PutPayload::from_bytes(bytes), options).await {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => return Err(Error::Exists { key }),
+            Err(e) => return Err(self.storage(&e)),
         }
+        // A chunk is acknowledged as durable once this returns: it must outlive
+        // a power loss, not only the process.
+        let synced = self.make_durable(&key).await;
+        if synced.is_err()
+            && let Some(local) = &self.local
+            && let Ok(file) = local.fs.path_to_filesystem(&location)
+        {
+            // Syncing again after a failed sync may claim success for data the
+            // kernel already dropped: the object goes, and is written anew
+            // from the worker's spool.
+            let _ = std::fs::remove_file(file);
+        }
+        synced
+    }
+
+    /// Syncs a stored object, and the directories above it, to disk (in a
+    /// local directory; an object store's put is durable when it returns).
+    /// For an object found stored, which a process that stopped between
+    /// storing and syncing it left behind, before acknowledging it.
+    pub async fn make_durable(&self, key: &str) -> Result<(), Error> {
+        let Some(local) = self.local.clone() else { return Ok(()) };
+        let file = local.fs.path_to_filesystem(&Key::from(key)).map_err(|e| self.storage(&e))?;
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || sync_to_root(&local.root, &file))
+            .await
+            .map_err(|e| Error::Storage(format!("syncing {key}: {e}")))?
+            .map_err(|e| Error::Storage(format!("syncing {key} to disk: {e}")))
     }
 
     /// An object, unread when it is larger than `limit`.
@@ -245,6 +286,24 @@ impl Store {
         }
         Ok(Fetched::Found(bytes))
     }
+}
+
+/// Syncs a file just written, then each directory from its own up to `root`:
+/// a session's first chunk also made the directories that name it.
+fn sync_to_root(root: &Path, file: &Path) -> std::io::Result<()> {
+    if !file.starts_with(root) {
+        return Err(std::io::Error::other(format!("{} is not under {}", file.display(), root.display())));
+    }
+    std::fs::File::open(file)?.sync_all()?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if !d.starts_with(root) {
+            break;
+        }
+        std::fs::File::open(d)?.sync_all()?;
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 enum Fetched {

@@ -111,6 +111,8 @@ impl Writer {
         if let Some(bytes) = w.store.get_manifest(&s).await? {
             let signed =
                 SignedManifest::parse(&bytes).map_err(|reason| Error::Manifest { key: s.manifest_key(), reason })?;
+            // Found stored, perhaps by a process that stopped before syncing it.
+            w.store.make_durable(&s.manifest_key()).await?;
             w.closed = true;
             w.durable_seq = signed.manifest.last_seq;
             w.last_seq = signed.manifest.last_seq;
@@ -119,6 +121,9 @@ impl Writer {
         }
         let listed = w.store.list_chunks(&s).await?;
         let Some(last) = listed.last() else { return Ok(w) };
+        // Chunks are stored and synced one after another: only the last can
+        // be unsynced, and it counts as durable from here on.
+        w.store.make_durable(&last.key).await?;
         let bytes = w.store.get_chunk(&s, last.index).await?;
         let bad = |reason: String| Error::Chunk { index: last.index, key: last.key.clone(), reason };
         let stored = chunk::decode(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -272,6 +277,7 @@ impl Writer {
                 if !same {
                     return Err(Error::Manifest { key, reason: "a different manifest is already stored".into() });
                 }
+                self.store.make_durable(&key).await?;
             }
             Err(e) => return Err(e),
         }
