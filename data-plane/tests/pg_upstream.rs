@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -342,7 +343,21 @@ where
     F: FnOnce(Peer) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    scripted_on(Ipv4Addr::LOCALHOST.into(), user, password, script).await
+}
+
+/// `scripted`, listening on `ip`.
+async fn scripted_on<F, Fut>(
+    ip: IpAddr,
+    user: &str,
+    password: &str,
+    script: F,
+) -> (UpstreamOptions, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(Peer) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let mut o = UpstreamOptions::new(listener.local_addr().unwrap().to_string(), user, password, "app");
     o.tls = TargetTls::Disable;
     o.connect_timeout = Duration::from_secs(5);
@@ -353,9 +368,10 @@ where
     (o, task)
 }
 
-/// `scripted`, behind TLS: the server answers the SSLRequest and runs
+/// `scripted_on`, behind TLS: the server answers the SSLRequest and runs
 /// `script` over TLS with `acceptor`'s certificate.
-async fn scripted_tls<F, Fut>(
+async fn scripted_tls_on<F, Fut>(
+    ip: IpAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     user: &str,
     password: &str,
@@ -365,7 +381,7 @@ where
     F: FnOnce(Peer) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let mut o = UpstreamOptions::new(listener.local_addr().unwrap().to_string(), user, password, "app");
     o.connect_timeout = Duration::from_secs(5);
     let task = tokio::spawn(async move {
@@ -644,6 +660,48 @@ async fn a_session_roles_password_is_not_sent_as_md5_or_in_cleartext_without_tls
 #[tokio::test]
 async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificate() {
     let (_, salted) = scram::verifier(b"one-time");
+    cleartext_over_tls(Ipv4Addr::LOCALHOST.into(), "one-time", Some(salted), "not checked for its name").await;
+}
+
+/// A stored password (the static credential) asked for in cleartext goes to
+/// a target on this machine (`cleartext_password` above), or to one that
+/// proved its name. To a target elsewhere over plain TCP, or over TLS that
+/// takes any certificate, it is never sent: whoever is on the path could read
+/// it, or answer in the target's place and keep it.
+#[tokio::test]
+async fn a_stored_password_goes_in_cleartext_off_this_machine_only_to_a_checked_certificate() {
+    let ip = off_loopback_ip();
+    let (o, server) = scripted_on(ip, "app_user", "stored-secret", |mut peer| async move {
+        peer.startup().await;
+        peer.auth(3, b"").await;
+        let mut rest = Vec::new();
+        let _ = peer.stream.read_to_end(&mut rest).await;
+        assert!(!rest.windows(13).any(|w| w == b"stored-secret"), "the password was sent");
+    })
+    .await;
+    let err = upstream::connect(&o).await.unwrap_err();
+    assert!(matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains("off this machine")), "{err}");
+    assert!(!err.to_string().contains("stored-secret"), "{err}");
+    server.await.unwrap();
+
+    cleartext_over_tls(ip, "stored-secret", None, "off this machine").await;
+}
+
+/// This machine's address on its route out (not loopback): a target there
+/// is, to the gateway, a target elsewhere.
+fn off_loopback_ip() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // Connecting a UDP socket sends nothing: it only picks the route.
+    probe.connect("203.0.113.1:9").expect("this test needs an address other than loopback (a default route)");
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// A target on `ip`, with a certificate for `localhost`, asks for the
+/// password in cleartext under each TLS mode: only `verify-full` sends it,
+/// every other mode is refused with an error containing `refusal`.
+async fn cleartext_over_tls(ip: IpAddr, password: &'static str, salted: Option<scram::SaltedPassword>, refusal: &str) {
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(pair.cert.der().clone()).unwrap();
@@ -667,23 +725,24 @@ async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificat
         (TargetTls::VerifyFull, true),
     ] {
         let acceptor = acceptor.clone();
-        let (mut o, server) = scripted_tls(acceptor, "airlock_x", "one-time", move |mut peer| async move {
+        let (mut o, server) = scripted_tls_on(ip, acceptor, "app_user", password, move |mut peer| async move {
             peer.startup().await;
             peer.auth(3, b"").await;
             if sent {
-                assert_eq!(decode_password(&peer.password_body().await).unwrap(), &b"one-time"[..]);
+                assert_eq!(decode_password(&peer.password_body().await).unwrap(), password.as_bytes());
                 peer.welcome(b"").await;
             }
             // Until the gateway hangs up, which it may do without TLS's close_notify.
             let mut rest = Vec::new();
             let _ = peer.stream.read_to_end(&mut rest).await;
-            assert!(!rest.windows(8).any(|w| w == b"one-time"), "{mode:?}: the password was sent");
+            let leaked = rest.windows(password.len()).any(|w| w == password.as_bytes());
+            assert!(!leaked, "{mode:?}: the password was sent");
         })
         .await;
         o.tls = mode;
         o.root_certs = Some(roots.clone());
         o.server_name = Some("localhost".into());
-        o.salted = Some(salted.clone());
+        o.salted = salted.clone();
         let result = upstream::connect(&o).await;
         if sent {
             let up = result.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
@@ -691,10 +750,7 @@ async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificat
             drop(up);
         } else {
             let err = result.err().unwrap_or_else(|| panic!("{mode:?}: connected"));
-            assert!(
-                matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains("not checked for its name")),
-                "{mode:?}: {err}"
-            );
+            assert!(matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains(refusal)), "{mode:?}: {err}");
         }
         server.await.unwrap();
     }

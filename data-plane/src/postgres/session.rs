@@ -541,6 +541,10 @@ fn upstream_failed(target: &str, e: upstream::UpstreamError) -> Ended {
                 format!("the gateway has no file descriptors left to connect to {target}; try again later"),
             )
         }
+        // How the target is set up, not where it is: say so (no secret is in it).
+        e @ upstream::UpstreamError::UnsupportedAuth(_) => {
+            Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("the gateway cannot log in to {target}: {e}"))
+        }
         _ => Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{target} is unreachable")),
     }
 }

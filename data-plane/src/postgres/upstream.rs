@@ -156,6 +156,20 @@ impl UpstreamStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, UpstreamStream::Tls(_))
     }
+
+    /// Whether the target answers on this machine (its address is loopback).
+    fn peer_is_loopback(&self) -> bool {
+        let tcp = match self {
+            UpstreamStream::Plain(tcp) => tcp,
+            UpstreamStream::Tls(tls) => tls.get_ref().0,
+        };
+        tcp.peer_addr().is_ok_and(|a| on_this_machine(a.ip()))
+    }
+}
+
+/// A loopback address, IPv4 written as IPv6 (`::ffff:127.0.0.1`) among them.
+fn on_this_machine(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 impl AsyncRead for UpstreamStream {
@@ -343,6 +357,19 @@ async fn authenticate(
             Authentication::Md5Password { .. } if opts.salted.is_some() => {
                 return Err(UpstreamError::UnsupportedAuth(
                     "MD5 for a session role, whose password the target stores as a SCRAM verifier".into(),
+                ));
+            }
+            // A stored password (the static credential) goes in cleartext to a
+            // target that proved its name, or that answers on this machine.
+            // Elsewhere anyone on the path could read it (plain TCP), or answer
+            // in the target's place and keep it (TLS without the name checked).
+            Authentication::CleartextPassword
+                if !(stream.peer_is_loopback() || (opts.tls.verifies_name() && stream.is_tls())) =>
+            {
+                return Err(UpstreamError::UnsupportedAuth(
+                    "the password in cleartext to a target off this machine whose certificate was not checked for \
+                     its name (use scram-sha-256 in the target's pg_hba.conf, or sslmode verify-full)"
+                        .into(),
                 ));
             }
             Authentication::CleartextPassword => {
@@ -705,6 +732,23 @@ impl ServerCertVerifier for LibpqVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where a stored password may go in cleartext without a checked certificate.
+    #[test]
+    fn only_loopback_addresses_are_on_this_machine() {
+        for (ip, local) in [
+            ("127.0.0.1", true),
+            ("127.8.9.10", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("10.0.0.1", false),
+            ("::ffff:10.0.0.1", false),
+            ("::127.0.0.1", false),
+            ("0.0.0.0", false),
+        ] {
+            assert_eq!(on_this_machine(ip.parse().unwrap()), local, "{ip}");
+        }
+    }
 
     #[test]
     fn host_of_addresses() {
