@@ -259,7 +259,7 @@ impl Store {
     /// local directory; an object store's put is durable when it returns).
     /// For an object found stored, which a process that stopped between
     /// storing and syncing it left behind, before acknowledging it.
-    pub async fn make_durable(&self, key: &str) -> Result<(), Error> {
+    pub(crate) async fn make_durable(&self, key: &str) -> Result<(), Error> {
         let Some(local) = self.local.clone() else { return Ok(()) };
         let file = local.fs.path_to_filesystem(&Key::from(key)).map_err(|e| self.storage(&e))?;
         let key = key.to_owned();
