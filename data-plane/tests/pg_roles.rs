@@ -650,11 +650,16 @@ async fn admin_connection_over_verified_tls() {
             .ssl_mode(tokio_postgres::config::SslMode::Require);
         cfg
     };
-    let roles = RoleManager::connect(cfg("localhost"), TlsChoice::Rustls(tls.clone())).await.unwrap();
+    let roles = RoleManager::connect(cfg("localhost"), TlsChoice::Rustls { config: tls.clone(), names_checked: true })
+        .await
+        .unwrap();
     assert!(roles.connection_uses_tls().await.unwrap());
 
     // A name the certificate does not cover is refused.
-    let err = RoleManager::connect(cfg("not-localhost.invalid"), TlsChoice::Rustls(tls)).await.unwrap_err();
+    let err =
+        RoleManager::connect(cfg("not-localhost.invalid"), TlsChoice::Rustls { config: tls, names_checked: true })
+            .await
+            .unwrap_err();
     assert!(matches!(err, RoleError::Connect(ref m) if m.contains("certificate")), "{err}");
 
     // TLS required without a TLS implementation is refused, not downgraded.

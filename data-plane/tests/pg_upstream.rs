@@ -20,6 +20,7 @@ use airlock_data_plane::postgres::protocol::frontend::{
 };
 use airlock_data_plane::postgres::protocol::sqlstate;
 use airlock_data_plane::postgres::protocol::startup::{Startup, parse_startup};
+use airlock_data_plane::postgres::roles::{RoleError, RoleManager, TlsChoice};
 use airlock_data_plane::postgres::scram;
 use airlock_data_plane::postgres::upstream::{self, Upstream, UpstreamError, UpstreamOptions};
 use base64::Engine;
@@ -660,7 +661,14 @@ async fn a_session_roles_password_is_not_sent_as_md5_or_in_cleartext_without_tls
 #[tokio::test]
 async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificate() {
     let (_, salted) = scram::verifier(b"one-time");
-    cleartext_over_tls(Ipv4Addr::LOCALHOST.into(), "one-time", Some(salted), "not checked for its name").await;
+    cleartext_over_tls(
+        Ipv4Addr::LOCALHOST.into(),
+        "one-time",
+        Some(salted),
+        Login::Session,
+        "not checked for its name",
+    )
+    .await;
 }
 
 /// A stored password (the static credential) asked for in cleartext goes to
@@ -671,20 +679,101 @@ async fn a_session_roles_password_goes_in_cleartext_only_to_a_checked_certificat
 #[tokio::test]
 async fn a_stored_password_goes_in_cleartext_off_this_machine_only_to_a_checked_certificate() {
     let ip = off_loopback_ip();
-    let (o, server) = scripted_on(ip, "app_user", "stored-secret", |mut peer| async move {
+    refused_in_cleartext_off_this_machine(ip, Login::Session, "stored-secret").await;
+    cleartext_over_tls(ip, "stored-secret", None, Login::Session, "off this machine").await;
+}
+
+/// The admin credential, which makes the session roles, keeps to the same
+/// rule on its own connections: its password in cleartext goes to a target
+/// on this machine, or to one that proved its name, and never anywhere else.
+#[tokio::test]
+async fn the_admin_password_goes_in_cleartext_off_this_machine_only_to_a_checked_certificate() {
+    let (o, server) = scripted("admin", "admin-secret", |mut peer| async move {
+        peer.startup().await;
+        peer.auth(3, b"").await;
+        assert_eq!(decode_password(&peer.password_body().await).unwrap(), &b"admin-secret"[..]);
+        peer.welcome(b"").await;
+        let _ = peer.stream.read_to_end(&mut Vec::new()).await;
+    })
+    .await;
+    log_in(Login::Admin, &o).await.expect("on this machine the password is sent");
+    server.await.unwrap();
+
+    let ip = off_loopback_ip();
+    refused_in_cleartext_off_this_machine(ip, Login::Admin, "admin-secret").await;
+    cleartext_over_tls(ip, "admin-secret", None, Login::Admin, "off this machine").await;
+}
+
+/// A target on `ip` (not loopback) asks over plain TCP for `password` in
+/// cleartext: the login is refused, saying why, and the password never sent.
+async fn refused_in_cleartext_off_this_machine(ip: IpAddr, login: Login, password: &'static str) {
+    let (o, server) = scripted_on(ip, "app_user", password, move |mut peer| async move {
         peer.startup().await;
         peer.auth(3, b"").await;
         let mut rest = Vec::new();
         let _ = peer.stream.read_to_end(&mut rest).await;
-        assert!(!rest.windows(13).any(|w| w == b"stored-secret"), "the password was sent");
+        assert!(!rest.windows(password.len()).any(|w| w == password.as_bytes()), "the password was sent");
     })
     .await;
-    let err = upstream::connect(&o).await.unwrap_err();
-    assert!(matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains("off this machine")), "{err}");
-    assert!(!err.to_string().contains("stored-secret"), "{err}");
+    let err = log_in(login, &o).await.unwrap_err();
+    assert!(err.contains("off this machine"), "{err}");
+    assert!(!err.contains(password), "{err}");
     server.await.unwrap();
+}
 
-    cleartext_over_tls(ip, "stored-secret", None, "off this machine").await;
+/// Who logs in to a scripted target: a session (`upstream::connect`), or the
+/// admin connection that makes session roles (`RoleManager`).
+#[derive(Debug, Clone, Copy)]
+enum Login {
+    Session,
+    Admin,
+}
+
+/// Logs in as `login` with what `o` says; the error is why it refused to
+/// authenticate (any other failure fails the test).
+async fn log_in(login: Login, o: &UpstreamOptions) -> Result<(), String> {
+    match login {
+        Login::Session => match upstream::connect(o).await {
+            Ok(up) => {
+                assert_eq!(up.stream.is_tls(), o.tls != TargetTls::Disable);
+                Ok(())
+            }
+            Err(UpstreamError::UnsupportedAuth(why)) => Err(why),
+            Err(other) => panic!("{other}"),
+        },
+        Login::Admin => {
+            let address: std::net::SocketAddr = o.address.parse().unwrap();
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host(o.server_name.as_deref().unwrap_or("localhost"))
+                .hostaddr(address.ip())
+                .port(address.port())
+                .user(&o.user)
+                .password(&o.password)
+                .dbname(&o.database)
+                .connect_timeout(o.connect_timeout);
+            let tls = match o.tls {
+                TargetTls::Disable => {
+                    config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                    TlsChoice::Disable
+                }
+                mode => {
+                    config.ssl_mode(if mode == TargetTls::Prefer {
+                        tokio_postgres::config::SslMode::Prefer
+                    } else {
+                        tokio_postgres::config::SslMode::Require
+                    });
+                    let config = upstream::client_config(mode, o.root_certs.clone()).unwrap();
+                    TlsChoice::Rustls { config, names_checked: mode.verifies_name() }
+                }
+            };
+            match RoleManager::connect(config, tls).await {
+                Ok(_) => Ok(()),
+                Err(RoleError::Connect(why)) => Err(why),
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
 }
 
 /// This machine's address on its route out (not loopback): a target there
@@ -701,7 +790,13 @@ fn off_loopback_ip() -> IpAddr {
 /// A target on `ip`, with a certificate for `localhost`, asks for the
 /// password in cleartext under each TLS mode: only `verify-full` sends it,
 /// every other mode is refused with an error containing `refusal`.
-async fn cleartext_over_tls(ip: IpAddr, password: &'static str, salted: Option<scram::SaltedPassword>, refusal: &str) {
+async fn cleartext_over_tls(
+    ip: IpAddr,
+    password: &'static str,
+    salted: Option<scram::SaltedPassword>,
+    login: Login,
+    refusal: &str,
+) {
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(pair.cert.der().clone()).unwrap();
@@ -743,14 +838,12 @@ async fn cleartext_over_tls(ip: IpAddr, password: &'static str, salted: Option<s
         o.root_certs = Some(roots.clone());
         o.server_name = Some("localhost".into());
         o.salted = salted.clone();
-        let result = upstream::connect(&o).await;
+        let result = log_in(login, &o).await;
         if sent {
-            let up = result.unwrap_or_else(|e| panic!("{mode:?}: {e}"));
-            assert!(up.stream.is_tls());
-            drop(up);
+            result.unwrap_or_else(|e| panic!("{login:?} {mode:?}: {e}"));
         } else {
-            let err = result.err().unwrap_or_else(|| panic!("{mode:?}: connected"));
-            assert!(matches!(&err, UpstreamError::UnsupportedAuth(m) if m.contains(refusal)), "{mode:?}: {err}");
+            let err = result.err().unwrap_or_else(|| panic!("{login:?} {mode:?}: connected"));
+            assert!(err.contains(refusal), "{login:?} {mode:?}: {err}");
         }
         server.await.unwrap();
     }

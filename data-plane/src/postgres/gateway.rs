@@ -395,8 +395,11 @@ fn admin_tls(
     use tokio_postgres::config::SslMode;
     let (mode, choice) = match spec.tls {
         TargetTls::Disable => (SslMode::Disable, TlsChoice::Disable),
-        TargetTls::Prefer => (SslMode::Prefer, TlsChoice::Rustls(super::upstream::client_config(spec.tls, roots)?)),
-        other => (SslMode::Require, TlsChoice::Rustls(super::upstream::client_config(other, roots)?)),
+        mode => {
+            let config = super::upstream::client_config(mode, roots)?;
+            let ssl_mode = if mode == TargetTls::Prefer { SslMode::Prefer } else { SslMode::Require };
+            (ssl_mode, TlsChoice::Rustls { config, names_checked: mode.verifies_name() })
+        }
     };
     config.ssl_mode(mode);
     Ok(choice)

@@ -20,10 +20,12 @@
 //! TLS to the admin connection is the caller's choice ([`TlsChoice`]): the
 //! caller builds the `tokio_postgres::Config` (including its `ssl_mode`) and
 //! either refuses TLS or supplies a rustls `ClientConfig` (whose verifier
-//! decides what "verified" means).
+//! decides what "verified" means). The gateway opens the socket and negotiates
+//! TLS itself, as for sessions (`upstream`), and holds the admin password back
+//! from a target that asks for it in cleartext unless that target is on this
+//! machine or its certificate was checked to name it ([`LoginGuard`]).
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,11 +37,12 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, Semaphore};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres::{Client, NoTls};
 
 use super::scram::{self, SaltedPassword};
+use super::upstream;
 
 /// Every role this module creates is named `airlock_` + 32 lowercase hex chars.
 pub const ROLE_PREFIX: &str = "airlock_";
@@ -117,15 +120,18 @@ pub enum TlsChoice {
     /// without TLS. With `ssl_mode = require` connecting fails.
     Disable,
     /// TLS with rustls. The `ClientConfig`'s certificate verifier decides what
-    /// is trusted; the server name checked is the host in the Config.
-    Rustls(Arc<rustls::ClientConfig>),
+    /// is trusted; the server name presented is the host in the Config.
+    /// `names_checked` says the verifier checks that the certificate names
+    /// that host (`verify-full`): only then does the admin password go in
+    /// cleartext to a target off this machine that asks for it so.
+    Rustls { config: Arc<rustls::ClientConfig>, names_checked: bool },
 }
 
 impl fmt::Debug for TlsChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TlsChoice::Disable => f.write_str("Disable"),
-            TlsChoice::Rustls(_) => f.write_str("Rustls(..)"),
+            TlsChoice::Rustls { names_checked, .. } => write!(f, "Rustls {{ names_checked: {names_checked} }}"),
         }
     }
 }
@@ -563,19 +569,67 @@ impl std::ops::DerefMut for AdminClient<'_> {
 }
 
 async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client, RoleError> {
-    match tls {
-        TlsChoice::Disable => {
-            let (client, connection) = config.connect(NoTls).await.map_err(|e| connect_error(&e))?;
-            spawn_connection(connection);
-            Ok(client)
+    let opening = async {
+        let (address, name) = admin_address(config)?;
+        let prefer = match config.get_ssl_mode() {
+            SslMode::Disable => None,
+            SslMode::Prefer => Some(true),
+            _ => Some(false),
+        };
+        let (connector, names_checked) = match (tls, prefer) {
+            (_, None) => (None, false),
+            (TlsChoice::Disable, Some(true)) => (None, false),
+            (TlsChoice::Disable, Some(false)) => {
+                return Err(RoleError::Connect("TLS is required but no TLS configuration was given".into()));
+            }
+            (TlsChoice::Rustls { config, names_checked }, Some(prefer)) => {
+                let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
+                    .map_err(|e| RoleError::Connect(format!("invalid server name {name:?}: {e}")))?;
+                (Some((tokio_rustls::TlsConnector::from(config.clone()), server_name, prefer)), *names_checked)
+            }
+        };
+        let stream = match connector {
+            Some((connector, server_name, prefer)) => {
+                upstream::open_stream(&address, Some((connector, server_name)), prefer).await
+            }
+            None => upstream::open_stream(&address, None, false).await,
         }
-        TlsChoice::Rustls(tls_config) => {
-            let (client, connection) =
-                config.connect(RustlsConnector::new(tls_config.clone())).await.map_err(|e| connect_error(&e))?;
-            spawn_connection(connection);
-            Ok(client)
-        }
+        .map_err(|e| RoleError::Connect(e.to_string()))?;
+        let cleartext_ok = stream.peer_is_loopback() || (stream.is_tls() && names_checked);
+        // TLS is settled: tokio_postgres only logs in.
+        let mut login = config.clone();
+        login.ssl_mode(SslMode::Disable);
+        let (client, connection) =
+            login.connect_raw(LoginGuard::new(stream, cleartext_ok), NoTls).await.map_err(|e| connect_error(&e))?;
+        spawn_connection(connection);
+        Ok(client)
+    };
+    match config.get_connect_timeout() {
+        Some(limit) => tokio::time::timeout(*limit, opening)
+            .await
+            .map_err(|_| RoleError::Connect(format!("no answer from the target within {limit:?}")))?,
+        None => opening.await,
     }
+}
+
+/// Where the admin connection goes (`hostaddr` when given, else `host`) and
+/// the name its certificate is checked against (`host`).
+fn admin_address(config: &tokio_postgres::Config) -> Result<(String, &str), RoleError> {
+    let name = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.as_str(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(_)) => {
+            return Err(RoleError::Connect("an admin connection over a Unix socket is not supported".into()));
+        }
+        None => "localhost",
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let address = match config.get_hostaddrs().first() {
+        Some(ip) => std::net::SocketAddr::new(*ip, port).to_string(),
+        None if name.contains(':') => format!("[{name}]:{port}"),
+        None => format!("{name}:{port}"),
+    };
+    Ok((address, name))
 }
 
 fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
@@ -833,81 +887,97 @@ fn connect_error(e: &tokio_postgres::Error) -> RoleError {
     RoleError::Connect(safe_message(e))
 }
 
-// ---- rustls for tokio_postgres (the admin connection's TLS) ----
+// ---- what the admin connection's login may answer ----
 
-/// A `MakeTlsConnect` for tokio_postgres over rustls.
-#[derive(Clone)]
-pub struct RustlsConnector {
-    config: Arc<rustls::ClientConfig>,
+/// The admin connection's stream. Until the target has accepted the login it
+/// reads the target's messages as they pass: a request for the password in
+/// cleartext (`password`, `ldap` or `pam` in pg_hba.conf) fails the connection
+/// before tokio_postgres can answer it, unless the target is on this machine
+/// or its certificate was checked to name it. Anyone who could answer at the
+/// target's address could otherwise ask for the admin password and be given
+/// it. After the login, bytes pass untouched.
+pub(crate) struct LoginGuard<S> {
+    inner: S,
+    cleartext_ok: bool,
+    /// The target's messages so far, until AuthenticationOk or an error;
+    /// `None` after.
+    seen: Option<Vec<u8>>,
 }
 
-impl RustlsConnector {
-    pub fn new(config: Arc<rustls::ClientConfig>) -> RustlsConnector {
-        RustlsConnector { config }
+/// More than the messages before a login ever take (SASL's are the largest,
+/// well under a kilobyte).
+const LOGIN_MESSAGES_LIMIT: usize = 64 * 1024;
+
+impl<S> LoginGuard<S> {
+    pub(crate) fn new(inner: S, cleartext_ok: bool) -> LoginGuard<S> {
+        LoginGuard { inner, cleartext_ok, seen: Some(Vec::new()) }
+    }
+
+    /// Looks at bytes just read: an error stops them reaching tokio_postgres.
+    fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
+        let Some(seen) = self.seen.as_mut() else { return Ok(()) };
+        seen.extend_from_slice(read);
+        let mut at = 0;
+        loop {
+            let rest = seen.get(at..).unwrap_or_default();
+            let (tag, len) = match super::protocol::frame::peek_frame(rest, LOGIN_MESSAGES_LIMIT) {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            };
+            if tag == b'E' {
+                // The login failed: tokio_postgres reports the target's error.
+                self.seen = None;
+                return Ok(());
+            }
+            if tag == b'R' {
+                let code = rest.get(5..9).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_be_bytes);
+                match code {
+                    Some(0) => {
+                        self.seen = None;
+                        return Ok(());
+                    }
+                    Some(3) if !self.cleartext_ok => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            "the target asks for the admin password in cleartext and is off this machine without \
+                             a certificate checked to name it; the password was not sent (use scram-sha-256 in \
+                             the target's pg_hba.conf, or sslmode verify-full)",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            at += len;
+        }
+        seen.drain(..at);
+        if seen.len() > LOGIN_MESSAGES_LIMIT {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the target's login messages are too long"));
+        }
+        Ok(())
     }
 }
 
-impl MakeTlsConnect<Socket> for RustlsConnector {
-    type Stream = RustlsStream<Socket>;
-    type TlsConnect = RustlsConnect;
-    type Error = rustls::pki_types::InvalidDnsNameError;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, Self::Error> {
-        let server_name = rustls::pki_types::ServerName::try_from(domain.to_owned())?;
-        Ok(RustlsConnect { config: self.config.clone(), server_name })
-    }
-}
-
-/// One TLS handshake to the server named at `make_tls_connect`.
-pub struct RustlsConnect {
-    config: Arc<rustls::ClientConfig>,
-    server_name: rustls::pki_types::ServerName<'static>,
-}
-
-impl<S> TlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let connector = tokio_rustls::TlsConnector::from(self.config);
-            let tls = connector.connect(self.server_name, stream).await?;
-            Ok(RustlsStream(tls))
-        })
-    }
-}
-
-/// The TLS stream tokio_postgres reads and writes. No channel binding is
-/// offered (tokio_postgres then does not require it).
-pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for LoginGuard<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let read = buf.filled().get(before..).unwrap_or_default();
+        Poll::Ready(self.inspect(read))
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for LoginGuard<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -984,5 +1054,41 @@ mod tests {
         let (_, salted) = scram::verifier(a.as_bytes());
         let role = SessionRole { name: "airlock_x".into(), password: a.clone(), salted };
         assert!(!format!("{role:?}").contains(&a));
+    }
+
+    /// The guard reads messages however the reads split them, and stands
+    /// aside once the login is accepted.
+    #[test]
+    fn the_login_guard_finds_a_cleartext_request_across_reads() {
+        fn auth(code: i32) -> Vec<u8> {
+            let mut m = vec![b'R'];
+            m.extend_from_slice(&8i32.to_be_bytes());
+            m.extend_from_slice(&code.to_be_bytes());
+            m
+        }
+        // NegotiateProtocolVersion, then a cleartext request, a byte at a time.
+        let mut stream = vec![b'v'];
+        stream.extend_from_slice(&8i32.to_be_bytes());
+        stream.extend_from_slice(&[0, 0, 0, 0]);
+        stream.extend(auth(3));
+        let mut refused = LoginGuard::new((), false);
+        let failed = stream.iter().position(|b| refused.inspect(std::slice::from_ref(b)).is_err());
+        assert_eq!(failed, Some(stream.len() - 1), "refused once the request is whole");
+
+        let mut allowed = LoginGuard::new((), true);
+        assert!(allowed.inspect(&stream).is_ok());
+        assert!(allowed.seen.is_some(), "still watching before the login is accepted");
+        let mut ok = auth(0);
+        ok.extend(auth(3)); // after the login: not a request, and not looked at
+        assert!(allowed.inspect(&ok).is_ok());
+        assert!(allowed.seen.is_none());
+
+        // A declared length past the bound, or a negative one, ends it too.
+        let mut huge = vec![b'R'];
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert!(LoginGuard::new((), true).inspect(&huge).is_err());
+        let mut negative = vec![b'R'];
+        negative.extend_from_slice(&(-1i32).to_be_bytes());
+        assert!(LoginGuard::new((), true).inspect(&negative).is_err());
     }
 }

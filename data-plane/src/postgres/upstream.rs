@@ -158,7 +158,7 @@ impl UpstreamStream {
     }
 
     /// Whether the target answers on this machine (its address is loopback).
-    fn peer_is_loopback(&self) -> bool {
+    pub(crate) fn peer_is_loopback(&self) -> bool {
         let tcp = match self {
             UpstreamStream::Plain(tcp) => tcp,
             UpstreamStream::Tls(tls) => tls.get_ref().0,
@@ -522,9 +522,20 @@ async fn open(opts: &UpstreamOptions) -> Result<UpstreamStream, UpstreamError> {
         TargetTls::Disable => None,
         _ => Some(tls_connector(opts)?),
     };
-    let mut tcp = TcpStream::connect(&opts.address)
+    open_stream(&opts.address, tls, opts.tls == TargetTls::Prefer).await
+}
+
+/// TCP to `address` and, given a connector, TLS through SSLRequest: with
+/// `prefer`, plaintext when the server refuses TLS, otherwise that refusal
+/// is an error. What a login then runs over; the admin connection's too.
+pub(crate) async fn open_stream(
+    address: &str,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    prefer: bool,
+) -> Result<UpstreamStream, UpstreamError> {
+    let mut tcp = TcpStream::connect(address)
         .await
-        .map_err(|source| UpstreamError::Connect { address: opts.address.clone(), source })?;
+        .map_err(|source| UpstreamError::Connect { address: address.to_owned(), source })?;
     tcp.set_nodelay(true)?;
     let Some((connector, server_name)) = tls else { return Ok(UpstreamStream::Plain(tcp)) };
 
@@ -543,7 +554,7 @@ async fn open(opts: &UpstreamOptions) -> Result<UpstreamStream, UpstreamError> {
             let tls = connector.connect(server_name, tcp).await.map_err(UpstreamError::Tls)?;
             Ok(UpstreamStream::Tls(Box::new(tls)))
         }
-        [encode::SSL_REFUSED] if opts.tls == TargetTls::Prefer => Ok(UpstreamStream::Plain(tcp)),
+        [encode::SSL_REFUSED] if prefer => Ok(UpstreamStream::Plain(tcp)),
         [encode::SSL_REFUSED] => Err(UpstreamError::TlsUnavailable),
         // An ErrorResponse here means a server too old for SSLRequest.
         [other] => Err(UpstreamError::Unexpected { tag: Tag(other), phase: "TLS negotiation" }),
