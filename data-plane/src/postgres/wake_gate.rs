@@ -7,21 +7,31 @@
 //! poll those futures, and polling a pending `Notified` (behind the
 //! projection's watch and the shutdown token) takes a lock shared with every
 //! other session. Behind a [`WakeGate`] they cost two atomic operations per
-//! wake-up until one of them is actually woken.
+//! wake-up until one of them is actually woken: the task's waker is
+//! registered again only after a wake-up used it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::task::{Context, Poll, RawWakerVTable, Waker};
 
 use futures::task::{ArcWake, AtomicWaker, WakerRef, waker_ref};
 
 pub(crate) struct WakeGate {
     flag: Arc<Flag>,
+    /// The waker last registered (its data and vtable, what `Waker::will_wake`
+    /// compares): a task polls with the same one every time, so registering
+    /// it again is skipped until a wake-up has used it (`Flag::taken`, or a
+    /// poll that found the gate woken). Only the polling task touches these;
+    /// they are atomics so that the gate can be shared.
+    data: AtomicPtr<()>,
+    vtable: AtomicPtr<RawWakerVTable>,
 }
 
 struct Flag {
     /// Set when a gated future's waker fired since the group was last polled.
     woken: AtomicBool,
+    /// Set when a wake-up took the registered waker out of `task`.
+    taken: AtomicBool,
     /// The task that polls the group.
     task: AtomicWaker,
 }
@@ -29,7 +39,11 @@ struct Flag {
 impl ArcWake for Flag {
     fn wake_by_ref(arc_self: &Arc<Self>) {
         arc_self.woken.store(true, Ordering::Release);
-        arc_self.task.wake();
+        if let Some(task) = arc_self.task.take() {
+            // Before waking, so that the poll this wake-up causes registers again.
+            arc_self.taken.store(true, Ordering::Release);
+            task.wake();
+        }
     }
 }
 
@@ -37,7 +51,15 @@ impl WakeGate {
     /// A gate that lets the first poll through, so every gated future gets to
     /// register its waker.
     pub(crate) fn new() -> Self {
-        Self { flag: Arc::new(Flag { woken: AtomicBool::new(true), task: AtomicWaker::new() }) }
+        Self {
+            flag: Arc::new(Flag {
+                woken: AtomicBool::new(true),
+                taken: AtomicBool::new(false),
+                task: AtomicWaker::new(),
+            }),
+            data: AtomicPtr::new(std::ptr::null_mut()),
+            vtable: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     /// Registers the polling task. `Pending` while none of the gated futures
@@ -46,8 +68,26 @@ impl WakeGate {
     pub(crate) fn poll_woken(&self, cx: &Context<'_>) -> Poll<WakerRef<'_>> {
         // Register before reading the flag: a wake-up in between then either
         // is seen here or wakes the task again.
-        self.flag.task.register(cx.waker());
-        if self.flag.woken.swap(false, Ordering::AcqRel) { Poll::Ready(waker_ref(&self.flag)) } else { Poll::Pending }
+        let waker = cx.waker();
+        if self.flag.taken.swap(false, Ordering::AcqRel) || !self.registered(waker) {
+            self.flag.task.register(waker);
+            self.data.store(waker.data().cast_mut(), Ordering::Relaxed);
+            self.vtable.store(std::ptr::from_ref(waker.vtable()).cast_mut(), Ordering::Relaxed);
+        }
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        // A wake-up may have used the registration in a way `taken` misses (one
+        // racing the `register` above wakes the task from there instead):
+        // register afresh next time.
+        self.data.store(std::ptr::null_mut(), Ordering::Relaxed);
+        Poll::Ready(waker_ref(&self.flag))
+    }
+
+    /// Whether `waker` is the one registered last (and not yet taken).
+    fn registered(&self, waker: &Waker) -> bool {
+        std::ptr::eq(self.data.load(Ordering::Relaxed), waker.data())
+            && std::ptr::eq(self.vtable.load(Ordering::Relaxed), waker.vtable())
     }
 
     /// Lets the next poll through: for after one gated future completed
@@ -63,7 +103,10 @@ mod tests {
     use std::pin::pin;
     use std::task::{Context, Poll};
 
-    use futures::task::noop_waker_ref;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::task::{ArcWake, noop_waker_ref, waker_ref};
 
     use super::WakeGate;
 
@@ -97,6 +140,31 @@ mod tests {
         assert!(gate.poll_woken(&cx).is_pending());
         gate.reopen();
         assert!(gate.poll_woken(&cx).is_ready());
+    }
+
+    /// The task's waker is registered once, but every wake-up still reaches
+    /// the task: after one used the registration, the next poll makes another.
+    #[test]
+    fn every_wake_up_reaches_the_task_though_its_waker_is_registered_once() {
+        struct Count(AtomicUsize);
+        impl ArcWake for Count {
+            fn wake_by_ref(arc_self: &Arc<Self>) {
+                arc_self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let task = futures::task::waker(count.clone());
+        let cx = Context::from_waker(&task);
+        let gate = WakeGate::new();
+        assert!(gate.poll_woken(&cx).is_ready());
+        for round in 1..=3 {
+            assert!(gate.poll_woken(&cx).is_pending());
+            assert!(gate.poll_woken(&cx).is_pending(), "polled again without a wake-up");
+            // A gated future is woken: through the gate, the task is.
+            waker_ref(&gate.flag).wake_by_ref();
+            assert_eq!(count.0.load(Ordering::SeqCst), round);
+            assert!(gate.poll_woken(&cx).is_ready());
+        }
     }
 
     #[tokio::test]
