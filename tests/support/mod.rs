@@ -315,6 +315,8 @@ impl Stack {
                     }),
                     gateway: airlock_data_plane::postgres::gateway::GatewayOptions {
                         worker_id: worker_id.clone(),
+                        // Sessions on a session thread of their own, as `airlock up` runs them.
+                        session_threads: 1,
                         ..Default::default()
                     },
                     hook,
