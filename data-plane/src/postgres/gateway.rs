@@ -87,9 +87,10 @@ pub struct Gateway {
     /// The admin connections of each target, with the credential version they log in with.
     admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
     /// The runtime the gateway was made on, which opens and drives admin
-    /// connections: session threads' runtimes stop one by one at shutdown,
-    /// while other sessions still drop their roles.
-    runtime: tokio::runtime::Handle,
+    /// connections (session threads' runtimes stop one by one at shutdown,
+    /// while other sessions still drop their roles) and runs session threads'
+    /// timers (`timers`).
+    pub(crate) runtime: tokio::runtime::Handle,
     /// What each target's catalog says of the relations results come from.
     catalogs: Mutex<HashMap<(TenantId, ConnectionId), Arc<Catalog>>>,
     /// Sessions' opening and closing, on their way to the control plane's log.
@@ -244,12 +245,14 @@ impl Gateway {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let gateway = self.clone();
             let cancel = cancel.clone();
+            let timers = self.runtime.clone();
             let spawned = std::thread::Builder::new().name(format!("airlock-pg-{i}")).spawn(move || {
-                // Sockets and timers, what sessions use. (tokio's signal and
-                // process drivers come with its I/O driver all the same, since the
-                // binary is built with those features, and take a turn on every
-                // park: about 0.2 % of a relay's samples, `docs/benchmarks.md`.)
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                // Sockets only: sessions' timers run on the main runtime (see
+                // `timers`). (tokio's signal driver comes with its I/O driver all
+                // the same, since the binary handles signals, and looks for one
+                // on every park: one atomic load.)
+                super::timers::run_on(timers);
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!("failed to start a session thread: {e}");
@@ -303,7 +306,7 @@ impl Gateway {
         if head <= before {
             return false;
         }
-        let waited = tokio::time::timeout(Duration::from_secs(2), self.projection.wait_for(&tenant, head)).await;
+        let waited = super::timers::timeout(Duration::from_secs(2), self.projection.wait_for(&tenant, head)).await;
         waited.is_ok()
     }
 

@@ -16,6 +16,7 @@ pub mod roles;
 pub mod scram;
 mod session;
 mod statements;
+mod timers;
 pub mod tls;
 pub mod upstream;
 mod wake_gate;

@@ -605,7 +605,7 @@ async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client
         Ok(client)
     };
     match config.get_connect_timeout() {
-        Some(limit) => tokio::time::timeout(*limit, opening)
+        Some(limit) => super::timers::timeout(*limit, opening)
             .await
             .map_err(|_| RoleError::Connect(format!("no answer from the target within {limit:?}")))?,
         None => opening.await,

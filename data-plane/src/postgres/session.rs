@@ -57,6 +57,7 @@ use super::protocol::{
 use super::roles::SessionRoleSpec;
 use super::scram::SaltedPassword;
 use super::statements::{MAX_PREPARED, Prepared, Statements, Tracked, followed};
+use super::timers;
 use super::upstream::{self, Upstream, UpstreamOptions};
 use super::wake_gate::WakeGate;
 use crate::recording::{self, SessionTap};
@@ -304,7 +305,7 @@ async fn tell_client(
         let _ = client.io.write_all(&out).await;
         let _ = client.io.shutdown().await;
     };
-    let _ = tokio::time::timeout(FATAL_WRITE_TIMEOUT, told).await;
+    let _ = timers::timeout(FATAL_WRITE_TIMEOUT, told).await;
     Err(ended)
 }
 
@@ -919,7 +920,7 @@ impl Relay<'_> {
     async fn run(&mut self, connection: &ConnectionSpec, shutdown: &CancellationToken) -> Result<(), Ended> {
         let mut changes = self.gw.projection.changes();
         let expires_in = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0);
-        let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
+        let expiry = timers::sleep(Duration::from_secs(expires_in));
         tokio::pin!(expiry);
         let mut server_buf = std::mem::take(&mut self.upstream.leftover);
         let mut to_server = BytesMut::with_capacity(8192);
@@ -1872,7 +1873,7 @@ impl Relay<'_> {
             held.shown.clone(),
             held.rule.clone(),
         );
-        let review = match tokio::time::timeout(OPEN_REVIEW_TIMEOUT, opening).await {
+        let review = match timers::timeout(OPEN_REVIEW_TIMEOUT, opening).await {
             Ok(Ok(review)) => review,
             Ok(Err(e)) => {
                 tracing::warn!(parent: self.span, rule = %held.rule, "failed to open a review: {e:#}");
@@ -1910,9 +1911,8 @@ impl Relay<'_> {
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
         // The grant may end while the statement waits; it must not run after that.
-        let grant_ends = tokio::time::sleep(Duration::from_secs(
-            u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0),
-        ));
+        let grant_ends =
+            timers::sleep(Duration::from_secs(u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0)));
         tokio::pin!(grant_ends);
         let recording_stopped = recording_stopped(self.tap.as_deref().map(SessionTap::stop_signal));
         tokio::pin!(recording_stopped);
@@ -1971,7 +1971,7 @@ impl Relay<'_> {
                         to_client.clear();
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = timers::sleep_until(deadline) => {
                     return Ok(Err(refused(format!(
                         "permission denied: review {id} was not decided in time; the statement did not run"
                     ))));
@@ -1989,7 +1989,8 @@ impl Relay<'_> {
     fn withdraw(&self, review: airlock_core::ReviewId) {
         let gw = self.gw.clone();
         let (tenant, session) = (self.context.tenant, self.context.session);
-        tokio::spawn(async move {
+        // On the main runtime: not a session thread's work.
+        self.gw.runtime.spawn(async move {
             if let Err(e) = gw.control_plane.withdraw_review(tenant, review, session).await {
                 tracing::warn!(%review, "failed to withdraw a review: {e:#}");
             }
@@ -2563,7 +2564,7 @@ impl Relay<'_> {
         if self.client_seq <= self.durable_seq {
             return Ok(());
         }
-        match tokio::time::timeout(wait, tap.durable(self.client_seq)).await {
+        match timers::timeout(wait, tap.durable(self.client_seq)).await {
             Ok(Ok(())) => {
                 self.durable_seq = self.client_seq;
                 Ok(())

@@ -256,7 +256,7 @@ pub enum UpstreamError {
 
 /// Connects and logs in; see the module documentation for the TLS modes.
 pub async fn connect(opts: &UpstreamOptions) -> Result<Upstream, UpstreamError> {
-    tokio::time::timeout(opts.connect_timeout, connect_inner(opts))
+    super::timers::timeout(opts.connect_timeout, connect_inner(opts))
         .await
         .map_err(|_| UpstreamError::Timeout(opts.connect_timeout))?
 }
@@ -277,7 +277,9 @@ pub async fn cancel(opts: &UpstreamOptions, key: &BackendKey) -> Result<(), Upst
         while stream.read(&mut sink).await? != 0 {}
         Ok(())
     };
-    tokio::time::timeout(opts.connect_timeout, work).await.map_err(|_| UpstreamError::Timeout(opts.connect_timeout))?
+    super::timers::timeout(opts.connect_timeout, work)
+        .await
+        .map_err(|_| UpstreamError::Timeout(opts.connect_timeout))?
 }
 
 async fn connect_inner(opts: &UpstreamOptions) -> Result<Upstream, UpstreamError> {
