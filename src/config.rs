@@ -194,6 +194,10 @@ pub struct Worker {
     /// Threads that relay Postgres sessions, each a single-threaded runtime
     /// (default: half the cores, at least 1; 0: sessions share the main runtime).
     pub session_threads: Option<usize>,
+    /// Admin connections the gateway may hold to each target, to create and
+    /// drop session roles (default 4, at least 1): each counts in the target's
+    /// `max_connections` and the admin role's connection limit.
+    pub admin_connections: usize,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -330,6 +334,7 @@ impl Default for Worker {
             allow_cleartext_off_loopback: false,
             target_ca_file: None,
             session_threads: None,
+            admin_connections: airlock_data_plane::postgres::roles::ADMIN_CONNECTIONS,
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),
         }

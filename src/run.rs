@@ -198,6 +198,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         },
         _ => anyhow::bail!("set both worker.tls_cert_file and worker.tls_key_file, or neither"),
     };
+    anyhow::ensure!(config.worker.admin_connections >= 1, "worker.admin_connections must be at least 1");
     let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
         worker_id: config.worker_id(),
         allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
@@ -211,6 +212,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         session_threads: config.worker.session_threads.unwrap_or_else(|| {
             (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1)
         }),
+        admin_connections: config.worker.admin_connections,
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
@@ -387,7 +389,20 @@ async fn wait(cancel: CancellationToken, tracker: TaskTracker) {
 
 #[cfg(test)]
 mod tests {
-    use super::local_url;
+    use super::{local_url, worker_options};
+
+    /// `worker.admin_connections` reaches the gateway; none at all is refused.
+    #[test]
+    fn admin_connections_come_from_the_configuration() {
+        let mut config = crate::config::Config::default();
+        config.worker.token = "w".into();
+        config.worker.admin_connections = 2;
+        let options = worker_options(&config).unwrap();
+        assert_eq!(options.postgres.map(|p| p.gateway.admin_connections), Some(2));
+        config.worker.admin_connections = 0;
+        let e = worker_options(&config).unwrap_err();
+        assert_eq!(e.to_string(), "worker.admin_connections must be at least 1");
+    }
 
     #[test]
     fn up_reaches_its_own_servers_over_loopback() {

@@ -43,8 +43,10 @@ pub struct GatewayOptions {
     /// Session threads. Each runs a single-threaded runtime, and a session lives
     /// on one of them from accept to close, client and target sockets alike: no
     /// cross-thread wake-up on the relay path. 0: the caller's runtime serves
-    /// sessions (what in-process tests use).
+    /// sessions.
     pub session_threads: usize,
+    /// The most admin connections held to each target (at least one is used).
+    pub admin_connections: usize,
 }
 
 impl Default for GatewayOptions {
@@ -56,6 +58,7 @@ impl Default for GatewayOptions {
             connect_timeout: Duration::from_secs(10),
             target_roots: None,
             session_threads: 0,
+            admin_connections: super::roles::ADMIN_CONNECTIONS,
         }
     }
 }
@@ -352,7 +355,8 @@ impl Gateway {
             .connect_timeout(self.options.connect_timeout);
         let roots = self.options.target_roots.as_ref().and_then(|r| r.for_mode(spec.tls));
         let tls = admin_tls(spec, roots, &mut config)?;
-        let manager = self.runtime.spawn(RoleManager::connect(config, tls)).await??;
+        let manager =
+            self.runtime.spawn(RoleManager::with_connections(config, tls, self.options.admin_connections)).await??;
         let manager = Arc::new(manager);
         admins.insert((tenant, spec.id), (credential.version, manager.clone()));
         Ok(manager)
