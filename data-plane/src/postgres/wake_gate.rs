@@ -8,21 +8,20 @@
 //! projection's watch and the shutdown token) takes a lock shared with every
 //! other session. Behind a [`WakeGate`] they cost two atomic operations per
 //! wake-up until one of them is actually woken: the task's waker is
-//! registered again only after a wake-up used it.
+//! registered again only after a wake-up took it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, RawWakerVTable, Waker};
 
-use futures::task::{ArcWake, AtomicWaker, WakerRef, waker_ref};
+use futures::task::{ArcWake, WakerRef, waker_ref};
 
 pub(crate) struct WakeGate {
     flag: Arc<Flag>,
     /// The waker last registered (its data and vtable, what `Waker::will_wake`
-    /// compares): a task polls with the same one every time, so registering
-    /// it again is skipped until a wake-up has used it (`Flag::taken`, or a
-    /// poll that found the gate woken). Only the polling task touches these;
-    /// they are atomics so that the gate can be shared.
+    /// compares): a task polls with the same one every time, so while it is
+    /// still registered it is not registered again. Only the polling task
+    /// touches these; they are atomics so that the gate can be shared.
     data: AtomicPtr<()>,
     vtable: AtomicPtr<RawWakerVTable>,
 }
@@ -30,18 +29,24 @@ pub(crate) struct WakeGate {
 struct Flag {
     /// Set when a gated future's waker fired since the group was last polled.
     woken: AtomicBool,
-    /// Set when a wake-up took the registered waker out of `task`.
-    taken: AtomicBool,
-    /// The task that polls the group.
-    task: AtomicWaker,
+    /// The task that polls the group, until a wake-up takes it.
+    task: Mutex<Option<Waker>>,
+    /// Whether `task` holds the task's waker: set and cleared only with
+    /// `task` locked, so it is true exactly while a wake-up would find it.
+    registered: AtomicBool,
 }
 
 impl ArcWake for Flag {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.woken.store(true, Ordering::Release);
-        if let Some(task) = arc_self.task.take() {
-            // Before waking, so that the poll this wake-up causes registers again.
-            arc_self.taken.store(true, Ordering::Release);
+        let task = {
+            let mut task = arc_self.task.lock().unwrap_or_else(PoisonError::into_inner);
+            // Both before the waker is taken, `registered` first: a poll that
+            // reads the flag set also reads the waker gone (see `poll_woken`).
+            arc_self.registered.store(false, Ordering::Release);
+            arc_self.woken.store(true, Ordering::Release);
+            task.take()
+        };
+        if let Some(task) = task {
             task.wake();
         }
     }
@@ -54,8 +59,8 @@ impl WakeGate {
         Self {
             flag: Arc::new(Flag {
                 woken: AtomicBool::new(true),
-                taken: AtomicBool::new(false),
-                task: AtomicWaker::new(),
+                task: Mutex::new(None),
+                registered: AtomicBool::new(false),
             }),
             data: AtomicPtr::new(std::ptr::null_mut()),
             vtable: AtomicPtr::new(std::ptr::null_mut()),
@@ -65,27 +70,32 @@ impl WakeGate {
     /// Registers the polling task. `Pending` while none of the gated futures
     /// was woken since the last call; otherwise the waker to poll all of
     /// them with (their wake-ups then come back through the gate).
+    ///
+    /// No wake-up is lost by skipping the registration: one that took the
+    /// waker cleared `registered` and set `woken` first, in the same critical
+    /// section, and wakes the task, whose next poll (ordered after the
+    /// wake-up by the scheduler) reads both. One that found no waker came
+    /// after another that took it and before the task registered again under
+    /// the lock, which then reads its `woken` set.
     pub(crate) fn poll_woken(&self, cx: &Context<'_>) -> Poll<WakerRef<'_>> {
         // Register before reading the flag: a wake-up in between then either
         // is seen here or wakes the task again.
         let waker = cx.waker();
-        if self.flag.taken.swap(false, Ordering::AcqRel) || !self.registered(waker) {
-            self.flag.task.register(waker);
+        if !(self.flag.registered.load(Ordering::Acquire) && self.last_registered(waker)) {
+            let mut task = self.flag.task.lock().unwrap_or_else(PoisonError::into_inner);
+            match task.as_ref() {
+                Some(registered) if registered.will_wake(waker) => {}
+                _ => *task = Some(waker.clone()),
+            }
+            self.flag.registered.store(true, Ordering::Release);
             self.data.store(waker.data().cast_mut(), Ordering::Relaxed);
             self.vtable.store(std::ptr::from_ref(waker.vtable()).cast_mut(), Ordering::Relaxed);
         }
-        if !self.flag.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        // A wake-up may have used the registration in a way `taken` misses (one
-        // racing the `register` above wakes the task from there instead):
-        // register afresh next time.
-        self.data.store(std::ptr::null_mut(), Ordering::Relaxed);
-        Poll::Ready(waker_ref(&self.flag))
+        if self.flag.woken.swap(false, Ordering::AcqRel) { Poll::Ready(waker_ref(&self.flag)) } else { Poll::Pending }
     }
 
-    /// Whether `waker` is the one registered last (and not yet taken).
-    fn registered(&self, waker: &Waker) -> bool {
+    /// Whether `waker` is the one registered last.
+    fn last_registered(&self, waker: &Waker) -> bool {
         std::ptr::eq(self.data.load(Ordering::Relaxed), waker.data())
             && std::ptr::eq(self.vtable.load(Ordering::Relaxed), waker.vtable())
     }
@@ -165,6 +175,45 @@ mod tests {
             assert_eq!(count.0.load(Ordering::SeqCst), round);
             assert!(gate.poll_woken(&cx).is_ready());
         }
+    }
+
+    /// Gated futures fire from another thread while the task polls, on its
+    /// own and when woken: every firing reaches it promptly, however it
+    /// falls against the task registering.
+    #[test]
+    fn no_wake_up_is_lost_to_a_race_with_registering() {
+        struct Unpark(std::thread::Thread);
+        impl ArcWake for Unpark {
+            fn wake_by_ref(arc_self: &Arc<Self>) {
+                arc_self.0.unpark();
+            }
+        }
+        let gate = Arc::new(WakeGate::new());
+        let task = futures::task::waker(Arc::new(Unpark(std::thread::current())));
+        let cx = Context::from_waker(&task);
+        let (fire, fires) = std::sync::mpsc::channel::<()>();
+        let firing = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                while fires.recv().is_ok() {
+                    waker_ref(&gate.flag).wake_by_ref();
+                }
+            })
+        };
+        for round in 0..5_000 {
+            while gate.poll_woken(&cx).is_ready() {}
+            fire.send(()).unwrap();
+            // Polls as a socket's wake-ups would, racing the firing.
+            let seen = (0..round % 3).any(|_| gate.poll_woken(&cx).is_ready());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !seen && gate.poll_woken(&cx).is_pending() {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                assert!(!left.is_zero(), "round {round}: a wake-up was lost");
+                std::thread::park_timeout(left);
+            }
+        }
+        drop(fire);
+        firing.join().unwrap();
     }
 
     #[tokio::test]
