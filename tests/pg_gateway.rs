@@ -45,6 +45,34 @@ async fn a_granted_agent_reads_through_a_role_made_for_its_session() {
     .await;
 }
 
+/// A CI job logs in with its provider's OIDC token: the gateway fetches the
+/// issuer's keys on first use and admits the job under its grant.
+#[tokio::test]
+async fn an_oidc_token_from_a_trusted_issuer_is_a_password() {
+    use airlock_testkit::oidc::{AUDIENCE, OidcIssuer};
+
+    let idp = OidcIssuer::start().await.unwrap();
+    let s = Stack::start().await;
+    let (status, body) =
+        s.post("/v1/issuers", json!({"name": "ci", "issuer_url": idp.url(), "audience": AUDIENCE})).await;
+    assert_eq!(status, 201, "{body}");
+    s.grant("repo:acme/app:ref:refs/heads/main", 900).await;
+    s.settle().await;
+    let token = idp.token(&idp.claims("repo:acme/app:ref:refs/heads/main"));
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    let user: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    assert!(user.starts_with("airlock_"), "{user}");
+    assert_eq!(idp.jwks_fetches(), 1);
+    drop(client);
+
+    // Signed by a key the issuer does not publish: refused, and said why.
+    let stranger = OidcIssuer::start().await.unwrap();
+    let mut claims = stranger.claims("repo:acme/app:ref:refs/heads/main");
+    claims["iss"] = json!(idp.url());
+    let e = s.connect("pg.readonly", &stranger.token(&claims)).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+}
+
 #[tokio::test]
 async fn bad_tokens_and_missing_grants_are_refused_with_the_right_sqlstate() {
     let s = Stack::start().await;

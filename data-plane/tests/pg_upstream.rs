@@ -97,6 +97,8 @@ async fn plaintext_login_runs_a_query() {
     ];
     let mut up = upstream::connect(&o).await.unwrap();
     assert!(!up.stream.is_tls());
+    let upstream::UpstreamStream::Plain(tcp) = &up.stream else { panic!("not plain TCP") };
+    assert!(socket2::SockRef::from(tcp).keepalive().unwrap(), "a vanished target is found out");
     assert_eq!(up.ready_status, b'I');
     assert!(up.parameter(b"server_version").unwrap().starts_with(b"15"));
     assert_eq!(up.parameter(b"application_name"), Some(&b"airlock-upstream-test"[..]));

@@ -414,9 +414,16 @@ async fn authenticate(
     }
     let token =
         decode_password(&frame.body()).map_err(|e| Ended::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
-    let token = std::str::from_utf8(&token).map_err(|_| invalid_token("not a token"))?;
-    let principal =
-        gw.verifier.verify(token.trim(), gw.projection.directory()).await.map_err(|e| invalid_token(&e.0))?;
+    let token = std::str::from_utf8(&token).map_err(|_| invalid_token("not a token"))?.trim().to_owned();
+    // On the main runtime: checking an OIDC token may fetch its issuer's keys
+    // over HTTP, whose client makes timers and spawns connections, neither of
+    // which belongs on a session thread (see `timers`).
+    let (verifier, projection) = (gw.verifier.clone(), gw.projection.clone());
+    let verified = gw.runtime.spawn(async move { verifier.verify(&token, projection.directory()).await });
+    let principal = match verified.await {
+        Ok(verified) => verified.map_err(|e| invalid_token(&e.0))?,
+        Err(_) => return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down")),
+    };
 
     let tenant = principal.tenant_id;
     let decided = match decide(gw, &principal, &connection_name, role.as_deref()) {

@@ -539,6 +539,11 @@ pub(crate) async fn open_stream(
         .await
         .map_err(|source| UpstreamError::Connect { address: address.to_owned(), source })?;
     tcp.set_nodelay(true)?;
+    // As libpq and tokio-postgres do: a target that vanished without a word
+    // (its host lost, a partition) is found out by the kernel's keepalive,
+    // after its idle time (two hours unless the host says otherwise), and not
+    // never, which would hold an idle session, or an admin connection, forever.
+    socket2::SockRef::from(&tcp).set_keepalive(true)?;
     let Some((connector, server_name)) = tls else { return Ok(UpstreamStream::Plain(tcp)) };
 
     let mut request = BytesMut::new();
