@@ -65,12 +65,15 @@ async fn an_oidc_token_from_a_trusted_issuer_is_a_password() {
     assert_eq!(idp.jwks_fetches(), 1);
     drop(client);
 
-    // Signed by a key the issuer does not publish: refused, and said why.
-    let stranger = OidcIssuer::start().await.unwrap();
-    let mut claims = stranger.claims("repo:acme/app:ref:refs/heads/main");
-    claims["iss"] = json!(idp.url());
-    let e = s.connect("pg.readonly", &stranger.token(&claims)).await.unwrap_err();
+    // Its signature altered: refused, and said why.
+    let token = idp.token(&idp.claims("repo:acme/app:ref:refs/heads/main"));
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+    let e = s.connect("pg.readonly", &forged).await.unwrap_err();
     assert_eq!(sqlstate(&e), "28000", "{e}");
+    let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("invalid token signature"), "{message}");
 }
 
 #[tokio::test]

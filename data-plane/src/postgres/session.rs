@@ -419,9 +419,15 @@ async fn authenticate(
     // over HTTP, whose client makes timers and spawns connections, neither of
     // which belongs on a session thread (see `timers`).
     let (verifier, projection) = (gw.verifier.clone(), gw.projection.clone());
-    let verified = gw.runtime.spawn(async move { verifier.verify(&token, projection.directory()).await });
+    let verified = gw.runtime.spawn(
+        async move { verifier.verify(&token, projection.directory()).await }.instrument(tracing::Span::current()),
+    );
     let principal = match verified.await {
         Ok(verified) => verified.map_err(|e| invalid_token(&e.0))?,
+        Err(e) if e.is_panic() => {
+            tracing::error!("checking a token failed: the check panicked");
+            return Err(Ended::fatal(sqlstate::INTERNAL_ERROR, "the gateway failed to check the token"));
+        }
         Err(_) => return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down")),
     };
 

@@ -90,4 +90,5 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const INTERNAL_ERROR: &str = "XX000";
 }
