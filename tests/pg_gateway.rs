@@ -76,6 +76,39 @@ async fn an_oidc_token_from_a_trusted_issuer_is_a_password() {
     assert!(message.contains("invalid token signature"), "{message}");
 }
 
+/// The gateway's side of a client's connection has TCP keepalive on: a client
+/// host that vanishes is found out, and its session ended, long before its
+/// grant would end it. (The kernel arms the keepalive timer on an idle
+/// socket that has it: `/proc/net/tcp` shows that timer, hours long.)
+#[tokio::test]
+async fn a_clients_connection_has_tcp_keepalive_on_the_gateways_side() {
+    let s = Stack::start().await;
+    let token = s.token("ka-job").await;
+    s.grant("ka-job", 900).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    let port = format!(":{:04X} ", s.pg.port());
+    let armed = |table: &str| {
+        std::fs::read_to_string(table).unwrap_or_default().lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, state ESTABLISHED, timer kind 2 ("another timer") for longer than a minute.
+            let (Some(local), Some(state), Some(timer)) = (fields.get(1), fields.get(3), fields.get(5)) else {
+                return false;
+            };
+            let (kind, ticks) = timer.split_once(':').unwrap_or_default();
+            format!("{local} ").ends_with(&port)
+                && *state == "01"
+                && kind == "02"
+                && u64::from_str_radix(ticks, 16).is_ok_and(|t| t > 60 * 100)
+        })
+    };
+    eventually(Duration::from_secs(10), "the gateway's socket to show a keepalive timer", || async {
+        armed("/proc/net/tcp") || armed("/proc/net/tcp6")
+    })
+    .await;
+    drop(client);
+}
+
 #[tokio::test]
 async fn bad_tokens_and_missing_grants_are_refused_with_the_right_sqlstate() {
     let s = Stack::start().await;

@@ -210,6 +210,10 @@ impl Gateway {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    // A client host that vanished (an agent's VM gone, a
+                    // partition) is found out after the host's keepalive time,
+                    // instead of holding its session and role until the grant ends.
+                    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
                     if lanes.is_empty() {
                         tracker.spawn(super::session::run(self.clone(), stream, peer, cancel.clone()));
                         continue;
