@@ -360,15 +360,21 @@ where
     F: FnOnce(Peer) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let listener = TcpListener::bind((ip, 0)).await.unwrap();
-    let mut o = UpstreamOptions::new(listener.local_addr().unwrap().to_string(), user, password, "app");
+    let (listener, mut o) = listening(ip, user, password).await;
     o.tls = TargetTls::Disable;
-    o.connect_timeout = Duration::from_secs(5);
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         script(Peer { stream: Box::new(stream), buf: BytesMut::new() }).await;
     });
     (o, task)
+}
+
+/// A listener on `ip`, and options to log in there as `user`.
+async fn listening(ip: IpAddr, user: &str, password: &str) -> (TcpListener, UpstreamOptions) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let mut o = UpstreamOptions::new(listener.local_addr().unwrap().to_string(), user, password, "app");
+    o.connect_timeout = Duration::from_secs(5);
+    (listener, o)
 }
 
 /// `scripted_on`, behind TLS: the server answers the SSLRequest and runs
@@ -384,9 +390,7 @@ where
     F: FnOnce(Peer) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let listener = TcpListener::bind((ip, 0)).await.unwrap();
-    let mut o = UpstreamOptions::new(listener.local_addr().unwrap().to_string(), user, password, "app");
-    o.connect_timeout = Duration::from_secs(5);
+    let (listener, o) = listening(ip, user, password).await;
     let task = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut buf = BytesMut::new();

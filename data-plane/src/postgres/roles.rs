@@ -571,31 +571,22 @@ impl std::ops::DerefMut for AdminClient<'_> {
 async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client, RoleError> {
     let opening = async {
         let (address, name) = admin_address(config)?;
-        let prefer = match config.get_ssl_mode() {
-            SslMode::Disable => None,
-            SslMode::Prefer => Some(true),
-            _ => Some(false),
-        };
-        let (connector, names_checked) = match (tls, prefer) {
-            (_, None) => (None, false),
-            (TlsChoice::Disable, Some(true)) => (None, false),
-            (TlsChoice::Disable, Some(false)) => {
+        let mode = config.get_ssl_mode();
+        let (connector, names_checked) = match (tls, mode) {
+            (_, SslMode::Disable) | (TlsChoice::Disable, SslMode::Prefer) => (None, false),
+            (TlsChoice::Disable, _) => {
                 return Err(RoleError::Connect("TLS is required but no TLS configuration was given".into()));
             }
-            (TlsChoice::Rustls { config, names_checked }, Some(prefer)) => {
+            (TlsChoice::Rustls { config, names_checked }, _) => {
                 let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
                     .map_err(|e| RoleError::Connect(format!("invalid server name {name:?}: {e}")))?;
-                (Some((tokio_rustls::TlsConnector::from(config.clone()), server_name, prefer)), *names_checked)
+                (Some((tokio_rustls::TlsConnector::from(config.clone()), server_name)), *names_checked)
             }
         };
-        let stream = match connector {
-            Some((connector, server_name, prefer)) => {
-                upstream::open_stream(&address, Some((connector, server_name)), prefer).await
-            }
-            None => upstream::open_stream(&address, None, false).await,
-        }
-        .map_err(|e| RoleError::Connect(e.to_string()))?;
-        let cleartext_ok = stream.peer_is_loopback() || (stream.is_tls() && names_checked);
+        let stream = upstream::open_stream(&address, connector, mode == SslMode::Prefer)
+            .await
+            .map_err(|e| RoleError::Connect(e.to_string()))?;
+        let cleartext_ok = stream.may_carry_cleartext(names_checked);
         // TLS is settled: tokio_postgres only logs in.
         let mut login = config.clone();
         login.ssl_mode(SslMode::Disable);

@@ -157,8 +157,17 @@ impl UpstreamStream {
         matches!(self, UpstreamStream::Tls(_))
     }
 
+    /// Whether a stored password (the static credential's, the admin
+    /// credential's) may go over this stream in cleartext: to a target on this
+    /// machine, or over TLS that checked the certificate for the target's name.
+    /// Elsewhere anyone on the path could read it (plain TCP), or answer in the
+    /// target's place and keep it (TLS without the name checked).
+    pub(crate) fn may_carry_cleartext(&self, name_checked: bool) -> bool {
+        self.peer_is_loopback() || (name_checked && self.is_tls())
+    }
+
     /// Whether the target answers on this machine (its address is loopback).
-    pub(crate) fn peer_is_loopback(&self) -> bool {
+    fn peer_is_loopback(&self) -> bool {
         let tcp = match self {
             UpstreamStream::Plain(tcp) => tcp,
             UpstreamStream::Tls(tls) => tls.get_ref().0,
@@ -361,13 +370,7 @@ async fn authenticate(
                     "MD5 for a session role, whose password the target stores as a SCRAM verifier".into(),
                 ));
             }
-            // A stored password (the static credential) goes in cleartext to a
-            // target that proved its name, or that answers on this machine.
-            // Elsewhere anyone on the path could read it (plain TCP), or answer
-            // in the target's place and keep it (TLS without the name checked).
-            Authentication::CleartextPassword
-                if !(stream.peer_is_loopback() || (opts.tls.verifies_name() && stream.is_tls())) =>
-            {
+            Authentication::CleartextPassword if !stream.may_carry_cleartext(opts.tls.verifies_name()) => {
                 return Err(UpstreamError::UnsupportedAuth(
                     "the password in cleartext to a target off this machine whose certificate was not checked for \
                      its name (use scram-sha-256 in the target's pg_hba.conf, or sslmode verify-full)"
