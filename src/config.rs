@@ -198,6 +198,10 @@ pub struct Worker {
     /// drop session roles (default 4, at least 1): each counts in the target's
     /// `max_connections` and the admin role's connection limit.
     pub admin_connections: usize,
+    /// How long a client may take from connecting until its token is checked
+    /// (its startup message, TLS handshake and password) before it is closed.
+    #[serde(with = "duration_text")]
+    pub login_timeout: Duration,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -335,6 +339,7 @@ impl Default for Worker {
             target_ca_file: None,
             session_threads: None,
             admin_connections: airlock_data_plane::postgres::roles::ADMIN_CONNECTIONS,
+            login_timeout: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_TIMEOUT,
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),
         }

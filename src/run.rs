@@ -213,6 +213,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
             (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1)
         }),
         admin_connections: config.worker.admin_connections,
+        login_timeout: config.worker.login_timeout,
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
@@ -402,6 +403,27 @@ mod tests {
         config.worker.admin_connections = 0;
         let e = worker_options(&config).unwrap_err();
         assert_eq!(e.to_string(), "worker.admin_connections must be at least 1");
+    }
+
+    /// `worker.login_timeout`, as written in a file, reaches the gateway; a
+    /// deadline no client could meet is refused when the file is read.
+    #[test]
+    fn the_login_timeout_comes_from_the_configuration() {
+        let options = |config: &crate::config::Config| worker_options(config).unwrap().postgres.unwrap().gateway;
+        let mut config = crate::config::Config::default();
+        config.worker.token = "w".into();
+        assert_eq!(options(&config).login_timeout, std::time::Duration::from_secs(60));
+
+        let dir = std::env::temp_dir().join(format!("airlock-login-timeout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("airlock.toml");
+        std::fs::write(&file, "[worker]\ntoken = \"w\"\nlogin_timeout = \"5s\"\n").unwrap();
+        let config = crate::config::Config::load(Some(&file)).unwrap();
+        assert_eq!(options(&config).login_timeout, std::time::Duration::from_secs(5));
+        std::fs::write(&file, "[worker]\nlogin_timeout = \"0s\"\n").unwrap();
+        let e = format!("{:#}", crate::config::Config::load(Some(&file)).unwrap_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("duration must be greater than zero"), "{e}");
     }
 
     #[test]

@@ -109,6 +109,74 @@ async fn a_clients_connection_has_tcp_keepalive_on_the_gateways_side() {
     drop(client);
 }
 
+/// A client that connects and stalls (before its startup message, in its TLS
+/// handshake, or at the password prompt) is told why and closed once the
+/// login deadline passes; one that logged in may idle past it.
+#[tokio::test]
+async fn a_login_that_stalls_is_closed_at_its_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Stack::start_with_gateway(|g| g.login_timeout = Duration::from_secs(1)).await;
+    let token = s.token("slow-job").await;
+    s.grant("slow-job", 900).await;
+    let logged_in = s.connect("pg.readonly", &token).await.unwrap();
+
+    /// Everything the gateway sends until it closes, waiting far longer than the deadline.
+    async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut all))
+            .await
+            .expect("the gateway kept a stalled login open")
+            .unwrap();
+        all
+    }
+    /// The one FATAL a stalled login gets: its code and message.
+    fn fatal(bytes: &[u8]) -> (String, String) {
+        assert_eq!(bytes.first(), Some(&b'E'), "{bytes:?}");
+        let len = i32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        assert_eq!(bytes.len(), 1 + len, "more than one message: {bytes:?}");
+        let field = |tag: u8| {
+            bytes[5..]
+                .split(|b| *b == 0)
+                .find_map(|f| f.strip_prefix(&[tag]))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(field(b'S').as_deref(), Some("FATAL"));
+        (field(b'C').unwrap(), field(b'M').unwrap())
+    }
+
+    // Silent from the start.
+    let mut silent = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    let (code, message) = fatal(&until_closed(&mut silent).await);
+    assert_eq!(code, "57014");
+    assert_eq!(message, "canceling authentication due to timeout: the login did not finish within 1 s");
+
+    // At the password prompt.
+    let mut prompted = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    let mut startup = 196_608_i32.to_be_bytes().to_vec();
+    for field in ["user", "pg.readonly", "database", s.db.name(), ""] {
+        startup.extend_from_slice(field.as_bytes());
+        startup.push(0);
+    }
+    let mut first = i32::try_from(startup.len() + 4).unwrap().to_be_bytes().to_vec();
+    first.extend_from_slice(&startup);
+    prompted.write_all(&first).await.unwrap();
+    let all = until_closed(&mut prompted).await;
+    // AuthenticationCleartextPassword, then the FATAL.
+    assert_eq!(all.get(..9), Some(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3][..]), "{all:?}");
+    let (code, message) = fatal(&all[9..]);
+    assert_eq!(code, "57014");
+    assert!(message.starts_with("canceling authentication due to timeout"), "{message}");
+
+    // In the TLS handshake: closed (nothing can be said in the clear then).
+    let mut handshaking = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    handshaking.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    assert_eq!(until_closed(&mut handshaking).await, b"S");
+
+    // The session that logged in before all of that, seconds ago, is still served.
+    assert!(!logged_in.is_closed());
+    logged_in.simple_query("SELECT 1").await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_tokens_and_missing_grants_are_refused_with_the_right_sqlstate() {
     let s = Stack::start().await;

@@ -184,18 +184,26 @@ impl Stack {
         hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>,
         recording: Recording,
     ) -> Stack {
-        Self::start_full(hook, recording, Default::default()).await
+        Self::start_full(hook, recording, Default::default(), |_| {}).await
     }
 
     /// With the web console's settings (its OIDC sign-in).
     pub async fn start_with_console(console: airlock_control_plane::web::ConsoleOptions) -> Stack {
-        Self::start_full(None, Recording::Recorder, console).await
+        Self::start_full(None, Recording::Recorder, console, |_| {}).await
+    }
+
+    /// With the gateway's options changed by `gateway` (after the harness sets its own).
+    pub async fn start_with_gateway(
+        gateway: impl FnOnce(&mut airlock_data_plane::postgres::gateway::GatewayOptions),
+    ) -> Stack {
+        Self::start_full(None, Recording::Recorder, Default::default(), gateway).await
     }
 
     pub async fn start_full(
         hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>,
         recording: Recording,
         console: airlock_control_plane::web::ConsoleOptions,
+        gateway: impl FnOnce(&mut airlock_data_plane::postgres::gateway::GatewayOptions),
     ) -> Stack {
         let db = TestDb::create().await.unwrap();
         let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
@@ -313,11 +321,15 @@ impl Stack {
                         dir: dir.clone(),
                         names: vec!["localhost".into(), "127.0.0.1".into()],
                     }),
-                    gateway: airlock_data_plane::postgres::gateway::GatewayOptions {
-                        worker_id: worker_id.clone(),
-                        // Sessions on a session thread of their own, as `airlock up` runs them.
-                        session_threads: 1,
-                        ..Default::default()
+                    gateway: {
+                        let mut options = airlock_data_plane::postgres::gateway::GatewayOptions {
+                            worker_id: worker_id.clone(),
+                            // Sessions on a session thread of their own, as `airlock up` runs them.
+                            session_threads: 1,
+                            ..Default::default()
+                        };
+                        gateway(&mut options);
+                        options
                     },
                     hook,
                     recording: Some(recording),

@@ -37,6 +37,9 @@ pub struct GatewayOptions {
     pub max_message_len: usize,
     /// Connecting and logging in to the target.
     pub connect_timeout: Duration,
+    /// From accept until the client's token is checked: its startup, TLS
+    /// handshake and password. A client that takes longer is told so and closed.
+    pub login_timeout: Duration,
     /// What targets' certificates must chain to (`upstream::target_roots`).
     /// `None`: `verify-ca` and `verify-full` fail.
     pub target_roots: Option<super::upstream::TargetRoots>,
@@ -56,12 +59,16 @@ impl Default for GatewayOptions {
             allow_cleartext_off_loopback: false,
             max_message_len: super::protocol::DEFAULT_MAX_FRONTEND_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
             target_roots: None,
             session_threads: 0,
             admin_connections: super::roles::ADMIN_CONNECTIONS,
         }
     }
 }
+
+/// Postgres's own `authentication_timeout`.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 type AdminConnection = (u64, Arc<RoleManager>);
 

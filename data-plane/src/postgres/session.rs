@@ -130,9 +130,26 @@ async fn session_main(
     shutdown: &CancellationToken,
     span: &tracing::Span,
 ) -> Result<(), Ended> {
-    let params = startup(gw, client).instrument(span.clone()).await?;
-    let Some(params) = params else { return Ok(()) };
-    let admitted = authenticate(gw, client, session, params).instrument(span.clone()).await?;
+    // Until its token is checked a client holds a task and a socket without
+    // having shown who it is: a deadline bounds how long, as Postgres's
+    // `authentication_timeout` does.
+    let login = async {
+        let Some(params) = startup(gw, client).await? else { return Ok(None) };
+        authenticate(gw, client, session, params).await.map(Some)
+    };
+    let admitted = match timers::timeout(gw.options.login_timeout, login.instrument(span.clone())).await {
+        Ok(admitted) => admitted?,
+        Err(_) => {
+            return Err(Ended::fatal(
+                sqlstate::QUERY_CANCELED,
+                format!(
+                    "canceling authentication due to timeout: the login did not finish within {} s",
+                    gw.options.login_timeout.as_secs_f64()
+                ),
+            ));
+        }
+    };
+    let Some(admitted) = admitted else { return Ok(()) };
     span.record("tenant", tracing::field::display(&admitted.context.tenant));
     span.record("principal", admitted.context.principal.subject.as_str());
     span.record("connection", admitted.connection.name.as_str());
