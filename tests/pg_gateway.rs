@@ -109,6 +109,40 @@ async fn a_clients_connection_has_tcp_keepalive_on_the_gateways_side() {
     drop(client);
 }
 
+/// A session role logs in to the target with the password the gateway made
+/// for it (SCRAM), not under the trust that the test Postgres extends to its
+/// admin: without that password the target refuses the role.
+#[tokio::test]
+async fn a_session_role_logs_in_with_its_own_scram_password() {
+    let s = Stack::start().await;
+    let token = s.token("scram-job").await;
+    s.grant("scram-job", 900).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    let role: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert!(role.starts_with("airlock_"), "{role}");
+    let verifier: String = admin_client(s.db.url())
+        .await
+        .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "not a SCRAM verifier");
+
+    let (database, admin_url) = s.target();
+    let mut direct: tokio_postgres::Config = admin_url.parse().unwrap();
+    direct.user(&role).password("not-its-password").dbname(&database);
+    let e = direct.connect(tokio_postgres::NoTls).await.err().unwrap_or_else(|| {
+        panic!(
+            "the test Postgres let {role} in without its password: run scripts/test, which asks members of \
+             {} for SCRAM in pg_hba.conf",
+            support::SCRAM_LOGINS
+        )
+    });
+    assert_eq!(sqlstate(&e), "28P01", "{e}");
+    // The session goes on meanwhile.
+    client.simple_query("SELECT 1").await.unwrap();
+}
+
 /// A client that connects and stalls (before its startup message, in its TLS
 /// handshake, or at the password prompt) is told why and closed once the
 /// login deadline passes; one that logged in may idle past it.

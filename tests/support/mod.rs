@@ -107,6 +107,12 @@ pub fn drop_roles(url: &str, worker: &str, templates: &[String]) {
     }
 }
 
+/// The role group whose members the test Postgres asks for a password from
+/// 127.0.0.1, where it trusts everyone else (`scripts/test` writes the rule):
+/// the harness's role templates are in it, so every session role logs in
+/// with the SCRAM password the gateway made for it, as on a real target.
+pub const SCRAM_LOGINS: &str = "scram_logins_test";
+
 pub async fn admin_client(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -210,7 +216,9 @@ impl Stack {
         let admin = admin_client(db.url()).await;
         admin
             .batch_execute(&format!(
-                "CREATE ROLE {template} NOLOGIN;
+                "DO $$ BEGIN CREATE ROLE {SCRAM_LOGINS} NOLOGIN;
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+                 CREATE ROLE {template} NOLOGIN IN ROLE {SCRAM_LOGINS};
                  CREATE ROLE {template}_rw NOLOGIN;
                  CREATE TABLE people (id int PRIMARY KEY, name text);
                  INSERT INTO people VALUES (1, 'café'), (2, 'Zoë');
