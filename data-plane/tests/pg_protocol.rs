@@ -734,5 +734,19 @@ fn fuzz_corpora_replay_without_panic() {
         let _ = scram::Login::new(salted.clone()).respond(&data);
         seen += 1;
     }
+    // As `fuzz/fuzz_targets/tls_end_point.rs` does; the seeds are certificates
+    // signed with SHA-256 and SHA-384, each bound by its own hash.
+    for entry in std::fs::read_dir(root.join("tls_end_point")).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let hash = scram::tls_server_end_point(&data);
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.ends_with("sha256") {
+            assert_eq!(hash, Some(<sha2::Sha256 as sha2::Digest>::digest(&data).to_vec()), "{name}");
+        } else if name.ends_with("sha384") {
+            assert_eq!(hash, Some(<sha2::Sha384 as sha2::Digest>::digest(&data).to_vec()), "{name}");
+        }
+        seen += 1;
+    }
     assert!(seen > 0, "no seeds found under {}", root.display());
 }

@@ -1,9 +1,10 @@
 //! The gateway's upstream handshake against the Postgres on this machine
 //! (127.0.0.1:5432), and against scripted servers for the password methods:
-//! this machine's pg_hba trusts every 127.0.0.1 connection, so the real server
-//! never asks for a password. The scripted servers check proofs against the
-//! verifiers the real server stored for real roles (pg_authid), so the SCRAM
-//! and MD5 arithmetic is Postgres's, not ours.
+//! the test Postgres trusts 127.0.0.1 connections but for members of
+//! `scram_logins_test` (`scripts/test`), so most roles are never asked for a
+//! password. The scripted servers check proofs against the verifiers the real
+//! server stored for real roles (pg_authid), so the SCRAM and MD5 arithmetic
+//! is Postgres's, not ours.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
@@ -793,20 +794,12 @@ fn off_loopback_ip() -> IpAddr {
     ip
 }
 
-/// A target on `ip`, with a certificate for `localhost`, asks for the
-/// password in cleartext under each TLS mode: only `verify-full` sends it,
-/// every other mode is refused with an error containing `refusal`.
-async fn cleartext_over_tls(
-    ip: IpAddr,
-    password: &'static str,
-    salted: Option<scram::SaltedPassword>,
-    login: Login,
-    refusal: &str,
-) {
+/// A TLS acceptor with a new self-signed certificate for `localhost`, and
+/// roots that trust it.
+fn localhost_acceptor() -> (tokio_rustls::TlsAcceptor, Arc<RootCertStore>) {
     let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(pair.cert.der().clone()).unwrap();
-    let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -817,8 +810,121 @@ async fn cleartext_over_tls(
             rustls::pki_types::PrivateKeyDer::try_from(pair.signing_key.serialize_der()).unwrap(),
         )
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    (tokio_rustls::TlsAcceptor::from(Arc::new(server_config)), Arc::new(roots))
+}
 
+/// Over TLS the admin login is bound to the certificate the gateway saw
+/// (SCRAM-SHA-256-PLUS): the real target takes it directly, and refuses it
+/// when an impostor in the middle, showing its own certificate, relays it.
+/// The same relay passes a session's login, which is not bound yet: the
+/// refusal is the binding's doing.
+#[tokio::test]
+async fn the_admin_login_is_bound_to_the_targets_certificate() {
+    let name = format!("airlock_test_admin_{}", rand::random::<u32>());
+    let db = admin().await;
+    db.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE scram_logins_test NOLOGIN;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         SET password_encryption = 'scram-sha-256';
+         CREATE ROLE {name} LOGIN CREATEROLE PASSWORD 'admin-secret' IN ROLE scram_logins_test"
+    ))
+    .await
+    .unwrap();
+    let _role = Role { name: name.clone(), verifier: String::new() };
+    let at = |address: String| {
+        let mut o = UpstreamOptions::new(address, &name, "admin-secret", "postgres");
+        o.tls = TargetTls::Require;
+        o.server_name = Some("localhost".into());
+        o.connect_timeout = Duration::from_secs(10);
+        o
+    };
+
+    log_in(Login::Admin, &at(PG.to_owned())).await.expect("the target takes the bound login");
+
+    let (relay, relaying) = impostor_in_the_middle().await;
+    let err = log_in(Login::Admin, &at(relay.to_string())).await.expect_err(
+        "the relayed admin login was let in (does the test Postgres ask members of scram_logins_test for SCRAM? \
+         scripts/test sets that up)",
+    );
+    assert!(err.contains("channel binding"), "{err}");
+    let session = upstream::connect(&at(relay.to_string())).await.expect("the relay passes an unbound login");
+    assert!(session.stream.is_tls());
+    relaying.abort();
+}
+
+/// An impostor in the middle: it takes TLS with a certificate of its own and
+/// relays what it reads, over TLS of its own, to the real target.
+async fn impostor_in_the_middle() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let (acceptor, _) = localhost_acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await.unwrap();
+                client.write_all(b"S").await.unwrap();
+                let mut client = acceptor.accept(client).await.unwrap();
+                let mut server = tokio::net::TcpStream::connect(PG).await.unwrap();
+                server.write_all(&request).await.unwrap();
+                let mut answer = [0u8; 1];
+                server.read_exact(&mut answer).await.unwrap();
+                assert_eq!(&answer, b"S", "the test Postgres must serve TLS");
+                let connector =
+                    tokio_rustls::TlsConnector::from(upstream::client_config(TargetTls::Require, None).unwrap());
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut server = connector.connect(name, server).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (address, task)
+}
+
+/// To a target elsewhere whose certificate was not checked for its name, the
+/// admin password goes only into a login bound to that certificate: a target
+/// that asks for MD5, or offers SCRAM without SCRAM-SHA-256-PLUS (as one
+/// relaying the login to the real target would), is refused, and nothing sent.
+#[tokio::test]
+async fn the_admin_login_to_an_unchecked_target_elsewhere_must_be_bound() {
+    let ip = off_loopback_ip();
+    let (acceptor, roots) = localhost_acceptor();
+    let asks: [(i32, &'static [u8], &str); 2] =
+        [(5, &[1, 2, 3, 4], "as MD5"), (10, b"SCRAM-SHA-256\0\0", "does not offer SCRAM-SHA-256-PLUS")];
+    for (code, body, refusal) in asks {
+        for mode in [TargetTls::Prefer, TargetTls::Require, TargetTls::VerifyCa] {
+            let (mut o, server) =
+                scripted_tls_on(ip, acceptor.clone(), "admin", "admin-secret", move |mut peer| async move {
+                    peer.startup().await;
+                    peer.auth(code, body).await;
+                    let mut rest = Vec::new();
+                    let _ = peer.stream.read_to_end(&mut rest).await;
+                    assert!(rest.is_empty(), "{mode:?}: the gateway answered {rest:?}");
+                })
+                .await;
+            o.tls = mode;
+            o.root_certs = Some(roots.clone());
+            o.server_name = Some("localhost".into());
+            let err = log_in(Login::Admin, &o).await.expect_err("logged in");
+            assert!(err.contains(refusal), "{mode:?}: {err}");
+            server.await.unwrap();
+        }
+    }
+}
+
+/// A target on `ip`, with a certificate for `localhost`, asks for the
+/// password in cleartext under each TLS mode: only `verify-full` sends it,
+/// every other mode is refused with an error containing `refusal`.
+async fn cleartext_over_tls(
+    ip: IpAddr,
+    password: &'static str,
+    salted: Option<scram::SaltedPassword>,
+    login: Login,
+    refusal: &str,
+) {
+    let (acceptor, roots) = localhost_acceptor();
     for (mode, sent) in [
         (TargetTls::Prefer, false),
         (TargetTls::Require, false),

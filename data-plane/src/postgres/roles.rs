@@ -21,9 +21,14 @@
 //! caller builds the `tokio_postgres::Config` (including its `ssl_mode`) and
 //! either refuses TLS or supplies a rustls `ClientConfig` (whose verifier
 //! decides what "verified" means). The gateway opens the socket and negotiates
-//! TLS itself, as for sessions (`upstream`), and holds the admin password back
-//! from a target that asks for it in cleartext unless that target is on this
-//! machine or its certificate was checked to name it ([`LoginGuard`]).
+//! TLS itself, as for sessions (`upstream`). Over TLS the login is bound to
+//! the target's certificate (SCRAM-SHA-256-PLUS, `tls-server-end-point`), so
+//! that a target that sees another certificate than the gateway saw (an
+//! impostor in the middle relaying the login) refuses it. Unless the target is
+//! on this machine or its certificate was checked to name it, the admin
+//! password goes only into such a bound login: the gateway refuses a target
+//! that asks for it in cleartext, as MD5, or by SCRAM without binding
+//! ([`LoginGuard`]).
 
 use std::fmt;
 use std::io;
@@ -37,7 +42,7 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, Semaphore};
-use tokio_postgres::config::SslMode;
+use tokio_postgres::config::{SslMode, SslNegotiation};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
@@ -586,13 +591,28 @@ async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client
         let stream = upstream::open_stream(&address, connector, mode == SslMode::Prefer)
             .await
             .map_err(|e| RoleError::Connect(e.to_string()))?;
-        let cleartext_ok = stream.may_carry_cleartext(names_checked);
-        // TLS is settled: tokio_postgres only logs in.
+        let trusted = stream.may_carry_cleartext(names_checked);
+        let binding = stream.tls_server_end_point();
+        let mut guard = LoginGuard::new(stream, LoginRule { trusted, bound: binding.is_some() });
+        guard.binding = binding;
+        // TLS is settled: tokio_postgres only logs in, told the stream is TLS
+        // (with nothing to negotiate) when it is, so that it binds its login.
         let mut login = config.clone();
-        login.ssl_mode(SslMode::Disable);
-        let (client, connection) =
-            login.connect_raw(LoginGuard::new(stream, cleartext_ok), NoTls).await.map_err(|e| connect_error(&e))?;
-        spawn_connection(connection);
+        if !trusted {
+            // The guard lets SCRAM through only when it can be bound: so it is.
+            login.channel_binding(tokio_postgres::config::ChannelBinding::Prefer);
+        }
+        let client = if guard.inner.is_tls() {
+            login.ssl_mode(SslMode::Require).ssl_negotiation(SslNegotiation::Direct);
+            let (client, connection) = login.connect_raw(guard, SettledTls).await.map_err(|e| connect_error(&e))?;
+            spawn_connection(connection);
+            client
+        } else {
+            login.ssl_mode(SslMode::Disable);
+            let (client, connection) = login.connect_raw(guard, NoTls).await.map_err(|e| connect_error(&e))?;
+            spawn_connection(connection);
+            client
+        };
         Ok(client)
     };
     match config.get_connect_timeout() {
@@ -881,15 +901,20 @@ fn connect_error(e: &tokio_postgres::Error) -> RoleError {
 // ---- what the admin connection's login may answer ----
 
 /// The admin connection's stream. Until the target has accepted the login it
-/// reads the target's messages as they pass: a request for the password in
-/// cleartext (`password`, `ldap` or `pam` in pg_hba.conf) fails the connection
-/// before tokio_postgres can answer it, unless the target is on this machine
-/// or its certificate was checked to name it. Anyone who could answer at the
-/// target's address could otherwise ask for the admin password and be given
-/// it. After the login, bytes pass untouched.
+/// reads the target's messages as they pass, and fails the connection before
+/// tokio_postgres answers a request that would hand the admin password, or a
+/// login made with it, to whoever answers at the target's address: unless the
+/// target is on this machine or its certificate was checked to name it, a
+/// request for the password in cleartext (`password`, `ldap` or `pam` in
+/// pg_hba.conf, which an impostor would simply keep), as MD5, or by SCRAM
+/// without channel binding (both of which an impostor in the middle could
+/// relay to the real target, and then use the admin's session). After the
+/// login, bytes pass untouched.
 pub(crate) struct LoginGuard<S> {
     inner: S,
-    cleartext_ok: bool,
+    rule: LoginRule,
+    /// The `tls-server-end-point` data of the target's certificate, over TLS.
+    binding: Option<Vec<u8>>,
     /// The target's messages so far, until AuthenticationOk or an error;
     /// `None` after.
     seen: Option<Vec<u8>>,
@@ -899,13 +924,62 @@ pub(crate) struct LoginGuard<S> {
 /// well under a kilobyte).
 const LOGIN_MESSAGES_LIMIT: usize = 64 * 1024;
 
+/// What an admin connection's login may answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoginRule {
+    /// The target is on this machine, or its certificate was checked to name
+    /// it: any method it asks for.
+    pub trusted: bool,
+    /// The login can be bound to the target's certificate (TLS, with a
+    /// certificate whose signature names its hash).
+    pub bound: bool,
+}
+
+impl LoginRule {
+    /// Why the request for authentication `code` (with `body`, after the
+    /// code) is not answered, if it is not.
+    fn refusal(self, code: i32, body: &[u8]) -> Option<String> {
+        if self.trusted {
+            return None;
+        }
+        const ELSEWHERE: &str = "the target is off this machine without a certificate checked to name it";
+        const FIX: &str = "use scram-sha-256 in the target's pg_hba.conf over TLS, or sslmode verify-full";
+        match code {
+            3 => Some(format!(
+                "the target asks for the admin password in cleartext and {ELSEWHERE}; the password was not sent \
+                 ({FIX})"
+            )),
+            5 => Some(format!(
+                "the target asks for the admin password as MD5, which an impostor in the middle could relay, and \
+                 {ELSEWHERE}; nothing was sent ({FIX})"
+            )),
+            10 => {
+                let plus = body.split(|b| *b == 0).any(|m| m == b"SCRAM-SHA-256-PLUS");
+                (!(plus && self.bound)).then(|| {
+                    let why = if plus {
+                        "the target's certificate names no hash to bind the login to"
+                    } else {
+                        "the target does not offer SCRAM-SHA-256-PLUS"
+                    };
+                    format!(
+                        "the admin login cannot be bound to the target's certificate ({why}), so an impostor in \
+                         the middle could relay it, and {ELSEWHERE}; nothing was sent ({FIX})"
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 impl<S> LoginGuard<S> {
-    pub(crate) fn new(inner: S, cleartext_ok: bool) -> LoginGuard<S> {
-        LoginGuard { inner, cleartext_ok, seen: Some(Vec::new()) }
+    pub(crate) fn new(inner: S, rule: LoginRule) -> LoginGuard<S> {
+        LoginGuard { inner, rule, binding: None, seen: Some(Vec::new()) }
     }
 
     /// Looks at bytes just read: an error stops them reaching tokio_postgres.
     fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
+        let rule = self.rule;
         let Some(seen) = self.seen.as_mut() else { return Ok(()) };
         seen.extend_from_slice(read);
         let mut at = 0;
@@ -922,21 +996,20 @@ impl<S> LoginGuard<S> {
                 return Ok(());
             }
             if tag == b'R' {
-                let code = rest.get(5..9).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_be_bytes);
-                match code {
-                    Some(0) => {
-                        self.seen = None;
-                        return Ok(());
-                    }
-                    Some(3) if !self.cleartext_ok => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::PermissionDenied,
-                            "the target asks for the admin password in cleartext and is off this machine without \
-                             a certificate checked to name it; the password was not sent (use scram-sha-256 in \
-                             the target's pg_hba.conf, or sslmode verify-full)",
-                        ));
-                    }
-                    _ => {}
+                // Every authentication message carries its code.
+                let code = rest.get(5..9).filter(|_| len >= 9);
+                let Some(code) = code.and_then(|b| <[u8; 4]>::try_from(b).ok()).map(i32::from_be_bytes) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "an authentication request without its code",
+                    ));
+                };
+                if code == 0 {
+                    self.seen = None;
+                    return Ok(());
+                }
+                if let Some(why) = rule.refusal(code, rest.get(9..len).unwrap_or_default()) {
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
                 }
             }
             at += len;
@@ -969,6 +1042,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LoginGuard<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Hands tokio_postgres an admin connection's stream whose TLS is already
+/// settled (by `upstream::open_stream`, with direct negotiation, so nothing
+/// more is said) as it is: as a TLS stream, it reports the channel binding
+/// data of the target's certificate.
+struct SettledTls;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsConnect<LoginGuard<S>> for SettledTls {
+    type Stream = LoginGuard<S>;
+    type Error = io::Error;
+    type Future = std::future::Ready<io::Result<LoginGuard<S>>>;
+
+    fn connect(self, stream: LoginGuard<S>) -> Self::Future {
+        std::future::ready(Ok(stream))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for LoginGuard<S> {
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        match &self.binding {
+            Some(hash) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(hash.clone()),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
     }
 }
 
@@ -1062,11 +1160,13 @@ mod tests {
         stream.extend_from_slice(&8i32.to_be_bytes());
         stream.extend_from_slice(&[0, 0, 0, 0]);
         stream.extend(auth(3));
-        let mut refused = LoginGuard::new((), false);
+        const ELSEWHERE: LoginRule = LoginRule { trusted: false, bound: true };
+        const TRUSTED: LoginRule = LoginRule { trusted: true, bound: false };
+        let mut refused = LoginGuard::new((), ELSEWHERE);
         let failed = stream.iter().position(|b| refused.inspect(std::slice::from_ref(b)).is_err());
         assert_eq!(failed, Some(stream.len() - 1), "refused once the request is whole");
 
-        let mut allowed = LoginGuard::new((), true);
+        let mut allowed = LoginGuard::new((), TRUSTED);
         assert!(allowed.inspect(&stream).is_ok());
         assert!(allowed.seen.is_some(), "still watching before the login is accepted");
         let mut ok = auth(0);
@@ -1077,9 +1177,51 @@ mod tests {
         // A declared length past the bound, or a negative one, ends it too.
         let mut huge = vec![b'R'];
         huge.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert!(LoginGuard::new((), true).inspect(&huge).is_err());
+        assert!(LoginGuard::new((), TRUSTED).inspect(&huge).is_err());
         let mut negative = vec![b'R'];
         negative.extend_from_slice(&(-1i32).to_be_bytes());
-        assert!(LoginGuard::new((), true).inspect(&negative).is_err());
+        assert!(LoginGuard::new((), TRUSTED).inspect(&negative).is_err());
+        // A request too short for its code is not read into the next message.
+        let mut short = vec![b'R', 0, 0, 0, 4];
+        short.extend(auth(0));
+        assert!(LoginGuard::new((), ELSEWHERE).inspect(&short).is_err());
+    }
+
+    /// Off this machine without a checked name, the admin login goes only
+    /// into a login bound to the target's certificate: MD5, and SCRAM that
+    /// cannot be bound, are refused; a target that asks nothing is not.
+    #[test]
+    fn the_login_guard_lets_only_a_bound_login_through_to_a_target_elsewhere() {
+        fn request(code: i32, body: &[u8]) -> Vec<u8> {
+            let mut m = vec![b'R'];
+            m.extend_from_slice(&i32::try_from(8 + body.len()).unwrap().to_be_bytes());
+            m.extend_from_slice(&code.to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        }
+        let md5 = request(5, &[1, 2, 3, 4]);
+        let scram_only = request(10, b"SCRAM-SHA-256\0\0");
+        let plus = request(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let accepted = request(0, b"");
+        let answered = |rule: LoginRule, m: &[u8]| LoginGuard::new((), rule).inspect(m).map_err(|e| e.to_string());
+
+        let elsewhere_bound = LoginRule { trusted: false, bound: true };
+        let e = answered(elsewhere_bound, &md5).unwrap_err();
+        assert!(e.contains("as MD5") && e.contains("verify-full"), "{e}");
+        let e = answered(elsewhere_bound, &scram_only).unwrap_err();
+        assert!(e.contains("does not offer SCRAM-SHA-256-PLUS"), "{e}");
+        answered(elsewhere_bound, &plus).unwrap();
+        answered(elsewhere_bound, &accepted).unwrap();
+
+        let elsewhere_unbound = LoginRule { trusted: false, bound: false };
+        let e = answered(elsewhere_unbound, &plus).unwrap_err();
+        assert!(e.contains("names no hash"), "{e}");
+
+        // On this machine, or with the name checked, every method.
+        for trusted in [LoginRule { trusted: true, bound: false }, LoginRule { trusted: true, bound: true }] {
+            for m in [&md5, &scram_only, &plus, &accepted] {
+                answered(trusted, m).unwrap();
+            }
+        }
     }
 }

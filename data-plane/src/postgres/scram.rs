@@ -210,6 +210,78 @@ impl Login {
     }
 }
 
+/// The `tls-server-end-point` channel binding data (RFC 5929, section 4.1)
+/// of a TLS server's certificate (DER): its hash by the hash function of the
+/// certificate's signature, SHA-256 where that is MD5 or SHA-1. `None` for a
+/// signature that names no hash of its own (Ed25519, RSASSA-PSS, whose hash is
+/// in its parameters) or an algorithm not listed here, and for bytes that are
+/// not a certificate: such a certificate cannot bind a login.
+///
+/// The certificate is the target's, and under `require` nothing else has
+/// read it: only its outer structure is walked, never past a length.
+pub fn tls_server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    // 1.2.840.113549.1.1 (PKCS #1) and 1.2.840.10045.4 (ECDSA signatures).
+    const PKCS1: [u8; 8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: [u8; 6] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    enum Hash {
+        Sha256,
+        Sha384,
+        Sha512,
+    }
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    let (SEQUENCE, certificate, after) = der_element(der)? else { return None };
+    // What is hashed: the certificate's encoding, whole.
+    let whole = der.get(..der.len() - after.len())?;
+    let (SEQUENCE, _, rest) = der_element(certificate)? else { return None };
+    let (SEQUENCE, algorithm, _) = der_element(rest)? else { return None };
+    let (OID, oid, _) = der_element(algorithm)? else { return None };
+    let hash = if let Some(last) = oid.strip_prefix(&PKCS1[..]) {
+        match last {
+            // md5WithRSAEncryption, sha1WithRSAEncryption, sha256WithRSAEncryption
+            [0x04 | 0x05 | 0x0b] => Hash::Sha256,
+            [0x0c] => Hash::Sha384,
+            [0x0d] => Hash::Sha512,
+            _ => return None,
+        }
+    } else if let Some(last) = oid.strip_prefix(&ECDSA[..]) {
+        match last {
+            // ecdsa-with-SHA1, ecdsa-with-SHA256
+            [0x01] | [0x03, 0x02] => Hash::Sha256,
+            [0x03, 0x03] => Hash::Sha384,
+            [0x03, 0x04] => Hash::Sha512,
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(match hash {
+        Hash::Sha256 => Sha256::digest(whole).to_vec(),
+        Hash::Sha384 => sha2::Sha384::digest(whole).to_vec(),
+        Hash::Sha512 => sha2::Sha512::digest(whole).to_vec(),
+    })
+}
+
+/// One DER element of `der`: its tag, its contents, and the bytes after it.
+/// `None` when a length is indefinite, longer than four bytes or past the end.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(count)?;
+        (bytes.iter().fold(0usize, |len, b| (len << 8) | usize::from(*b)), rest)
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
+
 /// The value of `name=value`.
 fn attribute(part: Option<&str>, name: char) -> Result<&str, ScramError> {
     let part = part.ok_or(ScramError::Malformed("an attribute is missing"))?;
@@ -240,6 +312,63 @@ mod tests {
         // The RFC's client names its user; Postgres's send an empty name.
         login.first_bare = format!("n=user,r={CLIENT_NONCE}");
         login
+    }
+
+    fn certificate(algorithm: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_binds_by_its_signatures_hash() {
+        let p256 = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(tls_server_end_point(&p256), Some(Sha256::digest(&p256).to_vec()));
+        let p384 = certificate(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(tls_server_end_point(&p384), Some(sha2::Sha384::digest(&p384).to_vec()));
+        // Ed25519 names no hash: nothing to bind with.
+        assert_eq!(tls_server_end_point(&certificate(&rcgen::PKCS_ED25519)), None);
+        // Cut anywhere, or not a certificate at all: no binding, and no panic.
+        for end in 0..p256.len() {
+            assert_eq!(tls_server_end_point(&p256[..end]), None, "cut at {end}");
+        }
+        assert_eq!(tls_server_end_point(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(tls_server_end_point(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+        assert_eq!(tls_server_end_point(b"not a certificate"), None);
+    }
+
+    /// Each signature algorithm's hash, on the smallest DER that has one:
+    /// an empty tbsCertificate, then the algorithm.
+    #[test]
+    fn each_signature_algorithm_binds_with_its_hash() {
+        let pkcs1 = |last: u8| vec![0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, last];
+        let ecdsa = |tail: &[u8]| [&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04][..], tail].concat();
+        let der = |oid: &[u8]| {
+            let algorithm = [&[0x06, u8::try_from(oid.len()).unwrap()][..], oid].concat();
+            let contents = [&[0x30, 0x00, 0x30, u8::try_from(algorithm.len()).unwrap()][..], &algorithm].concat();
+            [&[0x30, u8::try_from(contents.len()).unwrap()][..], &contents].concat()
+        };
+        let sha256 = |d: &[u8]| Some(Sha256::digest(d).to_vec());
+        let sha384 = |d: &[u8]| Some(sha2::Sha384::digest(d).to_vec());
+        let sha512 = |d: &[u8]| Some(sha2::Sha512::digest(d).to_vec());
+        let none = |_: &[u8]| None;
+        type Hashing = fn(&[u8]) -> Option<Vec<u8>>;
+        let cases: [(Vec<u8>, Hashing); 11] = [
+            (pkcs1(0x04), sha256), // md5WithRSAEncryption: SHA-256, as RFC 5929 says
+            (pkcs1(0x05), sha256), // sha1WithRSAEncryption: likewise
+            (pkcs1(0x0b), sha256),
+            (pkcs1(0x0c), sha384),
+            (pkcs1(0x0d), sha512),
+            (pkcs1(0x0a), none), // RSASSA-PSS: its hash is in its parameters
+            (ecdsa(&[0x01]), sha256),
+            (ecdsa(&[0x03, 0x02]), sha256),
+            (ecdsa(&[0x03, 0x03]), sha384),
+            (ecdsa(&[0x03, 0x04]), sha512),
+            (ecdsa(&[0x03, 0x01]), none), // ecdsa-with-SHA224
+        ];
+        for (oid, expected) in cases {
+            let certificate = der(&oid);
+            assert_eq!(tls_server_end_point(&certificate), expected(&certificate), "{oid:02x?}");
+        }
     }
 
     #[test]

@@ -166,6 +166,13 @@ impl UpstreamStream {
         self.peer_is_loopback() || (name_checked && self.is_tls())
     }
 
+    /// The channel binding data of the certificate the target showed
+    /// (`scram::tls_server_end_point`); `None` over plain TCP.
+    pub(crate) fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        let UpstreamStream::Tls(tls) = self else { return None };
+        super::scram::tls_server_end_point(tls.get_ref().1.peer_certificates()?.first()?)
+    }
+
     /// Whether the target answers on this machine (its address is loopback).
     fn peer_is_loopback(&self) -> bool {
         let tcp = match self {
