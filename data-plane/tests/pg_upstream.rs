@@ -816,8 +816,8 @@ fn localhost_acceptor() -> (tokio_rustls::TlsAcceptor, Arc<RootCertStore>) {
 /// Over TLS the admin login is bound to the certificate the gateway saw
 /// (SCRAM-SHA-256-PLUS): the real target takes it directly, and refuses it
 /// when an impostor in the middle, showing its own certificate, relays it.
-/// The same relay passes a session's login, which is not bound yet: the
-/// refusal is the binding's doing.
+/// The same relay passes a login that needs no proof: the refusal is the
+/// binding's doing.
 #[tokio::test]
 async fn the_admin_login_is_bound_to_the_targets_certificate() {
     let name = format!("airlock_test_admin_{}", rand::random::<u32>());
@@ -847,8 +847,52 @@ async fn the_admin_login_is_bound_to_the_targets_certificate() {
          scripts/test sets that up)",
     );
     assert!(err.contains("channel binding"), "{err}");
-    let session = upstream::connect(&at(relay.to_string())).await.expect("the relay passes an unbound login");
+    let mut trusted = opts(TargetTls::Require);
+    trusted.address = relay.to_string();
+    let session = upstream::connect(&trusted).await.expect("the relay passes a login without a proof");
     assert!(session.stream.is_tls());
+    relaying.abort();
+}
+
+/// Sessions' logins over TLS are bound too: a stored password's and a
+/// session role's (with the salted password of the verifier the gateway
+/// made), which the real target takes directly and refuses through an
+/// impostor in the middle.
+#[tokio::test]
+async fn a_sessions_login_is_bound_to_the_targets_certificate() {
+    let (verifier, salted) = scram::verifier(b"made-by-the-gateway");
+    let suffix = rand::random::<u32>();
+    let (made, stored) = (format!("airlock_test_made_{suffix}"), format!("airlock_test_stored_{suffix}"));
+    admin()
+        .await
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE scram_logins_test NOLOGIN;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             SET password_encryption = 'scram-sha-256';
+             CREATE ROLE {made} LOGIN PASSWORD '{verifier}' IN ROLE scram_logins_test;
+             CREATE ROLE {stored} LOGIN PASSWORD 'stored-secret' IN ROLE scram_logins_test"
+        ))
+        .await
+        .unwrap();
+    let _roles = [made.clone(), stored.clone()].map(|name| Role { name, verifier: String::new() });
+    let (relay, relaying) = impostor_in_the_middle().await;
+    let logins = [(made, "made-by-the-gateway", Some(salted)), (stored, "stored-secret", None)];
+    for (user, password, salted) in logins {
+        for (address, through_impostor) in [(PG.to_owned(), false), (relay.to_string(), true)] {
+            let mut o = UpstreamOptions::new(address, &user, password, "postgres");
+            o.tls = TargetTls::Require;
+            o.salted = salted.clone();
+            o.connect_timeout = Duration::from_secs(10);
+            match upstream::connect(&o).await {
+                Ok(up) if !through_impostor => assert!(up.stream.is_tls()),
+                Err(UpstreamError::Refused { message, .. }) if through_impostor => {
+                    assert!(message.contains("channel binding"), "{user}: {message}");
+                }
+                Ok(_) => panic!("{user}: the relayed login was let in"),
+                Err(e) => panic!("{user} (through the impostor: {through_impostor}): {e}"),
+            }
+        }
+    }
     relaying.abort();
 }
 
@@ -883,18 +927,22 @@ async fn impostor_in_the_middle() -> (std::net::SocketAddr, tokio::task::JoinHan
     (address, task)
 }
 
-/// To a target elsewhere whose certificate was not checked for its name, the
-/// admin password goes only into a login bound to that certificate: a target
-/// that asks for MD5, or offers SCRAM without SCRAM-SHA-256-PLUS (as one
-/// relaying the login to the real target would), is refused, and nothing sent.
+/// To a target elsewhere whose certificate was not checked for its name, a
+/// password (the admin's, a stored one) goes only into a login bound to that
+/// certificate: a target that asks for MD5, or offers SCRAM without
+/// SCRAM-SHA-256-PLUS (as one relaying the login to the real target would),
+/// is refused, and nothing sent.
 #[tokio::test]
-async fn the_admin_login_to_an_unchecked_target_elsewhere_must_be_bound() {
+async fn a_login_to_an_unchecked_target_elsewhere_must_be_bound() {
     let ip = off_loopback_ip();
     let (acceptor, roots) = localhost_acceptor();
     let asks: [(i32, &'static [u8], &str); 2] =
-        [(5, &[1, 2, 3, 4], "as MD5"), (10, b"SCRAM-SHA-256\0\0", "does not offer SCRAM-SHA-256-PLUS")];
+        [(5, &[1, 2, 3, 4], "MD5"), (10, b"SCRAM-SHA-256\0\0", "does not offer SCRAM-SHA-256-PLUS")];
     for (code, body, refusal) in asks {
-        for mode in [TargetTls::Prefer, TargetTls::Require, TargetTls::VerifyCa] {
+        for (login, mode) in [Login::Admin, Login::Session]
+            .into_iter()
+            .flat_map(|l| [TargetTls::Prefer, TargetTls::Require, TargetTls::VerifyCa].map(|m| (l, m)))
+        {
             let (mut o, server) =
                 scripted_tls_on(ip, acceptor.clone(), "admin", "admin-secret", move |mut peer| async move {
                     peer.startup().await;
@@ -907,8 +955,8 @@ async fn the_admin_login_to_an_unchecked_target_elsewhere_must_be_bound() {
             o.tls = mode;
             o.root_certs = Some(roots.clone());
             o.server_name = Some("localhost".into());
-            let err = log_in(Login::Admin, &o).await.expect_err("logged in");
-            assert!(err.contains(refusal), "{mode:?}: {err}");
+            let err = log_in(login, &o).await.expect_err("logged in");
+            assert!(err.contains(refusal), "{login:?} {mode:?}: {err}");
             server.await.unwrap();
         }
     }
@@ -981,8 +1029,34 @@ async fn unsupported_authentication_is_named() {
     })
     .await;
     let err = upstream::connect(&o).await.unwrap_err();
-    assert!(err.to_string().contains("SASL SCRAM-SHA-256-PLUS, OAUTHBEARER"), "{err}");
+    assert!(err.to_string().contains("SCRAM-SHA-256-PLUS only, and this login cannot be bound (plain TCP"), "{err}");
     server.await.unwrap();
+}
+
+/// Under `prefer`, whoever answers at a target's address elsewhere may refuse
+/// TLS in its place: a stored password then goes neither as MD5 nor by SCRAM,
+/// which over plain TCP cannot be bound, and nothing is sent.
+#[tokio::test]
+async fn under_prefer_a_target_elsewhere_that_refuses_tls_gets_no_relayable_login() {
+    let ip = off_loopback_ip();
+    let asks: [(i32, &'static [u8], &str); 2] =
+        [(5, &[1, 2, 3, 4], "MD5"), (10, b"SCRAM-SHA-256\0\0", "the target refused TLS")];
+    for (code, body, refusal) in asks {
+        let (mut o, server) = scripted_on(ip, "app_user", "stored-secret", move |mut peer| async move {
+            assert_eq!(peer.startup().await, Startup::SslRequest);
+            peer.send(b"N").await;
+            assert!(matches!(peer.startup().await, Startup::Startup { .. }));
+            peer.auth(code, body).await;
+            let mut rest = Vec::new();
+            let _ = peer.stream.read_to_end(&mut rest).await;
+            assert!(rest.is_empty(), "the gateway answered {rest:?}");
+        })
+        .await;
+        o.tls = TargetTls::Prefer;
+        let err = log_in(Login::Session, &o).await.expect_err("logged in");
+        assert!(err.contains(refusal), "{err}");
+        server.await.unwrap();
+    }
 }
 
 #[tokio::test]

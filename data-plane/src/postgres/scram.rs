@@ -120,7 +120,8 @@ pub enum ScramError {
     NotOurVerifier,
 }
 
-/// The client's side of one SCRAM-SHA-256 login, without channel binding:
+/// The client's side of one SCRAM-SHA-256 login, bound to the server's TLS
+/// certificate ([`Login::bound`], SCRAM-SHA-256-PLUS) or not:
 /// [`first`](Login::first), then [`respond`](Login::respond) to the server's
 /// first message, then [`verify`](Login::verify) its last, which proves the
 /// server holds this password's verifier.
@@ -128,6 +129,11 @@ pub struct Login {
     salted: Option<SaltedPassword>,
     nonce: String,
     first_bare: String,
+    /// `p=tls-server-end-point,,` bound; `y,,` unbound by a client that could
+    /// have bound it; `n,,` unbound.
+    gs2_header: &'static str,
+    /// The channel binding data (empty unbound).
+    binding: Vec<u8>,
     /// What the server's final message must sign, once the proof is sent.
     expected: Option<HmacSha256>,
 }
@@ -147,14 +153,40 @@ impl Login {
         Self::with_nonce(salted, &STANDARD.encode(nonce))
     }
 
-    fn with_nonce(salted: SaltedPassword, nonce: &str) -> Self {
-        // Postgres takes the user from the startup message and ignores this one.
-        Login { salted: Some(salted), nonce: nonce.to_owned(), first_bare: format!("n=,r={nonce}"), expected: None }
+    /// A login bound to the server's certificate by its
+    /// [`tls_server_end_point`] data (SCRAM-SHA-256-PLUS): a server that saw
+    /// another certificate refuses it.
+    pub fn bound(salted: SaltedPassword, end_point: Vec<u8>) -> Self {
+        let mut login = Self::new(salted);
+        login.gs2_header = "p=tls-server-end-point,,";
+        login.binding = end_point;
+        login
     }
 
-    /// The client-first message: no channel binding, then the bare part.
+    /// An unbound login from a client that could have bound it (`y,,`): the
+    /// server offered no SCRAM-SHA-256-PLUS. A server that did offer it (the
+    /// offer was struck out on the way) refuses the login.
+    pub fn unbound_though_able(salted: SaltedPassword) -> Self {
+        let mut login = Self::new(salted);
+        login.gs2_header = "y,,";
+        login
+    }
+
+    fn with_nonce(salted: SaltedPassword, nonce: &str) -> Self {
+        Login {
+            salted: Some(salted),
+            nonce: nonce.to_owned(),
+            // Postgres takes the user from the startup message and ignores this one.
+            first_bare: format!("n=,r={nonce}"),
+            gs2_header: "n,,",
+            binding: Vec::new(),
+            expected: None,
+        }
+    }
+
+    /// The client-first message: the channel binding header, then the bare part.
     pub fn first(&self) -> Vec<u8> {
-        format!("n,,{}", self.first_bare).into_bytes()
+        format!("{}{}", self.gs2_header, self.first_bare).into_bytes()
     }
 
     /// The client-final message (with the proof), from the server-first message.
@@ -181,8 +213,9 @@ impl Login {
             Some(s) if s.salt == salt && s.iterations == iterations => s,
             _ => return Err(ScramError::NotOurVerifier),
         };
-        // `biws` is base64 of the header `n,,`: no channel binding.
-        let without_proof = format!("c=biws,r={nonce}");
+        // The header again, with the binding data: `biws` (`n,,`) unbound.
+        let binding = STANDARD.encode([self.gs2_header.as_bytes(), &self.binding].concat());
+        let without_proof = format!("c={binding},r={nonce}");
         let auth_message = format!("{},{text},{without_proof}", self.first_bare);
         let client_key = salted.client_key();
         let signature = hmac(&Sha256::digest(client_key), auth_message.as_bytes());
@@ -376,6 +409,26 @@ mod tests {
         let mut login = rfc_login(pencil());
         assert_eq!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
         login.verify(SERVER_FINAL.as_bytes()).unwrap();
+    }
+
+    /// A bound login names the binding in its first message and proves the
+    /// binding data in its last; one that could have bound says so (`y`).
+    #[test]
+    fn a_bound_login_carries_the_binding_data() {
+        let server_first = |login: &Login| {
+            let nonce = String::from_utf8(login.first()).unwrap().rsplit_once("r=").unwrap().1.to_owned();
+            format!("r={nonce}server,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+        };
+        let mut bound = Login::bound(pencil(), vec![1, 2, 3]);
+        assert!(bound.first().starts_with(b"p=tls-server-end-point,,n=,r="));
+        let last = String::from_utf8(bound.respond(server_first(&bound).as_bytes()).unwrap()).unwrap();
+        let expected = STANDARD.encode([&b"p=tls-server-end-point,,"[..], &[1, 2, 3]].concat());
+        assert!(last.starts_with(&format!("c={expected},r=")), "{last}");
+
+        let mut able = Login::unbound_though_able(pencil());
+        assert!(able.first().starts_with(b"y,,n=,r="));
+        let last = String::from_utf8(able.respond(server_first(&able).as_bytes()).unwrap()).unwrap();
+        assert!(last.starts_with("c=eSws,r="), "{last}");
     }
 
     #[test]

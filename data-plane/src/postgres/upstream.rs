@@ -1,6 +1,7 @@
 //! The gateway's own client connection to a target Postgres: TCP, optional TLS
 //! through SSLRequest, StartupMessage, authentication (cleartext, MD5,
-//! SCRAM-SHA-256), then the session parameters and cancel key up to the first
+//! SCRAM-SHA-256, and SCRAM-SHA-256-PLUS bound to the target's certificate
+//! over TLS), then the session parameters and cancel key up to the first
 //! ReadyForQuery. What comes after is the relay's business: [`Upstream`] hands
 //! back the stream and any bytes already read past ReadyForQuery.
 //!
@@ -24,7 +25,7 @@ use std::time::Duration;
 use airlock_core::connection::TargetTls;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -342,6 +343,13 @@ async fn authenticate(
     opts: &UpstreamOptions,
 ) -> Result<(), UpstreamError> {
     const PHASE: &str = "authentication";
+    // TLS that does not prove the target's name, to a target elsewhere: an
+    // impostor in the middle could relay a login to the real target and keep
+    // the session, unless the login is bound to the certificate it showed.
+    // Under `prefer` that impostor may also have refused TLS in the target's
+    // place: plain TCP is held to the same rule then (only `disable` is not).
+    let unchecked_elsewhere =
+        (stream.is_tls() || opts.tls == TargetTls::Prefer) && !stream.may_carry_cleartext(opts.tls.verifies_name());
     let mut out = BytesMut::new();
     loop {
         let frame = read_frame(stream, buf, PHASE).await?;
@@ -377,6 +385,14 @@ async fn authenticate(
                     "MD5 for a session role, whose password the target stores as a SCRAM verifier".into(),
                 ));
             }
+            Authentication::Md5Password { .. } if unchecked_elsewhere => {
+                return Err(UpstreamError::UnsupportedAuth(
+                    "MD5, which an impostor in the middle could relay, to a target off this machine whose \
+                     certificate was not checked for its name (use scram-sha-256 in the target's pg_hba.conf, or \
+                     sslmode verify-full)"
+                        .into(),
+                ));
+            }
             Authentication::CleartextPassword if !stream.may_carry_cleartext(opts.tls.verifies_name()) => {
                 return Err(UpstreamError::UnsupportedAuth(
                     "the password in cleartext to a target off this machine whose certificate was not checked for \
@@ -392,11 +408,40 @@ async fn authenticate(
                 encode::password_message(&mut out, hash.as_bytes())?;
             }
             Authentication::Sasl { mechanisms } => {
-                if !mechanisms.iter().any(|m| m.as_ref() == SCRAM_SHA_256.as_bytes()) {
+                let offers = |name: &str| mechanisms.iter().any(|m| m.as_ref() == name.as_bytes());
+                // Bound to the certificate the gateway saw whenever the target offers it.
+                let end_point = stream.tls_server_end_point();
+                let binding = match end_point {
+                    Some(data) if offers(SCRAM_SHA_256_PLUS) => Binding::Bound(data),
+                    Some(_) => Binding::NotOffered,
+                    None => Binding::Unable,
+                };
+                if unchecked_elsewhere && !matches!(binding, Binding::Bound(_)) {
+                    let why = if !stream.is_tls() {
+                        "the target refused TLS"
+                    } else if offers(SCRAM_SHA_256_PLUS) {
+                        "the target's certificate names no hash to bind the login to"
+                    } else {
+                        "the target does not offer SCRAM-SHA-256-PLUS"
+                    };
+                    return Err(UpstreamError::UnsupportedAuth(format!(
+                        "a login that cannot be bound to the target's certificate ({why}), which an impostor in the \
+                         middle could relay, to a target off this machine whose certificate was not checked for its \
+                         name (use sslmode verify-full)"
+                    )));
+                }
+                if !matches!(binding, Binding::Bound(_)) && !offers(SCRAM_SHA_256) {
+                    if offers(SCRAM_SHA_256_PLUS) {
+                        return Err(UpstreamError::UnsupportedAuth(
+                            "SCRAM-SHA-256-PLUS only, and this login cannot be bound (plain TCP, or a certificate \
+                             whose signature names no hash)"
+                                .into(),
+                        ));
+                    }
                     let offered: Vec<_> = mechanisms.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
                     return Err(UpstreamError::UnsupportedAuth(format!("SASL {}", offered.join(", "))));
                 }
-                scram(stream, buf, opts).await?;
+                scram(stream, buf, opts, binding).await?;
                 // After SASLFinal the server must say AuthenticationOk.
                 let frame = read_frame(stream, buf, PHASE).await?;
                 return match decode_backend(&frame)? {
@@ -418,28 +463,57 @@ async fn authenticate(
     }
 }
 
-/// SCRAM-SHA-256 (RFC 5802, 7677) without channel binding (`n,,`): the
-/// server's final message is checked, so a target that does not know the
-/// password cannot pass for one that does. A password the gateway made (with
-/// its salted form) logs in with `scram::Login`, which skips hashing it again;
-/// a stored one with postgres-protocol's client, which normalizes it first.
-async fn scram(stream: &mut UpstreamStream, buf: &mut BytesMut, opts: &UpstreamOptions) -> Result<(), UpstreamError> {
+/// How a SCRAM login relates to the TLS certificate the target showed.
+enum Binding {
+    /// Bound by its `tls-server-end-point` data (SCRAM-SHA-256-PLUS).
+    Bound(Vec<u8>),
+    /// Could be, but the target offered no SCRAM-SHA-256-PLUS (`y,,`).
+    NotOffered,
+    /// Plain TCP, or a certificate that names no hash (`n,,`).
+    Unable,
+}
+
+/// SCRAM-SHA-256 (RFC 5802, 7677), bound to the target's certificate when
+/// `binding` says so: the server's final message is checked, so a target
+/// that does not know the password cannot pass for one that does, and a
+/// target that saw another certificate than the gateway did refuses a bound
+/// login. A password the gateway made (with its salted form) logs in with
+/// `scram::Login`, which skips hashing it again; a stored one with
+/// postgres-protocol's client, which normalizes it first.
+async fn scram(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    opts: &UpstreamOptions,
+    binding: Binding,
+) -> Result<(), UpstreamError> {
     const PHASE: &str = "SCRAM authentication";
     enum Client {
         Made(Box<scram::Login>),
         Stored(ScramSha256),
     }
     let failed = |e: &dyn std::fmt::Display| UpstreamError::Scram(e.to_string());
-    let client = match &opts.salted {
-        Some(salted) => Client::Made(Box::new(scram::Login::new(salted.clone()))),
-        None => Client::Stored(ScramSha256::new(opts.password.as_bytes(), ChannelBinding::unsupported())),
+    let mechanism = if matches!(binding, Binding::Bound(_)) { SCRAM_SHA_256_PLUS } else { SCRAM_SHA_256 };
+    let client = match (&opts.salted, binding) {
+        (Some(salted), Binding::Bound(data)) => Client::Made(Box::new(scram::Login::bound(salted.clone(), data))),
+        (Some(salted), Binding::NotOffered) => {
+            Client::Made(Box::new(scram::Login::unbound_though_able(salted.clone())))
+        }
+        (Some(salted), Binding::Unable) => Client::Made(Box::new(scram::Login::new(salted.clone()))),
+        (None, binding) => {
+            let binding = match binding {
+                Binding::Bound(data) => ChannelBinding::tls_server_end_point(data),
+                Binding::NotOffered => ChannelBinding::unrequested(),
+                Binding::Unable => ChannelBinding::unsupported(),
+            };
+            Client::Stored(ScramSha256::new(opts.password.as_bytes(), binding))
+        }
     };
     let first = match &client {
         Client::Made(login) => login.first(),
         Client::Stored(scram) => scram.message().to_vec(),
     };
     let mut out = BytesMut::new();
-    encode::sasl_initial_response(&mut out, SCRAM_SHA_256.as_bytes(), &first)?;
+    encode::sasl_initial_response(&mut out, mechanism.as_bytes(), &first)?;
     stream.write_all(&out).await?;
     stream.flush().await?;
 
