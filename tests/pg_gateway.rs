@@ -149,7 +149,7 @@ async fn a_session_role_logs_in_with_its_own_scram_password() {
 #[tokio::test]
 async fn a_login_that_stalls_is_closed_at_its_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = Stack::start_with_gateway(|g| g.login_timeout = Duration::from_secs(1)).await;
+    let s = Stack::start_with_gateway(|g| g.login_timeout = Duration::from_secs(2)).await;
     let token = s.token("slow-job").await;
     s.grant("slow-job", 900).await;
     let logged_in = s.connect("pg.readonly", &token).await.unwrap();
@@ -178,13 +178,9 @@ async fn a_login_that_stalls_is_closed_at_its_deadline() {
         (field(b'C').unwrap(), field(b'M').unwrap())
     }
 
-    // Silent from the start.
+    // Three clients stall at once: silent from the start, at the password
+    // prompt, and in the TLS handshake.
     let mut silent = tokio::net::TcpStream::connect(s.pg).await.unwrap();
-    let (code, message) = fatal(&until_closed(&mut silent).await);
-    assert_eq!(code, "57014");
-    assert_eq!(message, "canceling authentication due to timeout: the login did not finish within 1 s");
-
-    // At the password prompt.
     let mut prompted = tokio::net::TcpStream::connect(s.pg).await.unwrap();
     let mut startup = 196_608_i32.to_be_bytes().to_vec();
     for field in ["user", "pg.readonly", "database", s.db.name(), ""] {
@@ -194,19 +190,23 @@ async fn a_login_that_stalls_is_closed_at_its_deadline() {
     let mut first = i32::try_from(startup.len() + 4).unwrap().to_be_bytes().to_vec();
     first.extend_from_slice(&startup);
     prompted.write_all(&first).await.unwrap();
-    let all = until_closed(&mut prompted).await;
-    // AuthenticationCleartextPassword, then the FATAL.
-    assert_eq!(all.get(..9), Some(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3][..]), "{all:?}");
-    let (code, message) = fatal(&all[9..]);
-    assert_eq!(code, "57014");
-    assert!(message.starts_with("canceling authentication due to timeout"), "{message}");
-
-    // In the TLS handshake: closed (nothing can be said in the clear then).
     let mut handshaking = tokio::net::TcpStream::connect(s.pg).await.unwrap();
     handshaking.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
-    assert_eq!(until_closed(&mut handshaking).await, b"S");
+    let (silent, prompted, handshaking) =
+        tokio::join!(until_closed(&mut silent), until_closed(&mut prompted), until_closed(&mut handshaking));
 
-    // The session that logged in before all of that, seconds ago, is still served.
+    let (code, message) = fatal(&silent);
+    assert_eq!(code, "57014");
+    assert_eq!(message, "canceling authentication due to timeout: the login did not finish within 2 s");
+    // AuthenticationCleartextPassword, then the FATAL.
+    assert_eq!(prompted.get(..9), Some(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3][..]), "{prompted:?}");
+    let (code, message) = fatal(&prompted[9..]);
+    assert_eq!(code, "57014");
+    assert!(message.starts_with("canceling authentication due to timeout"), "{message}");
+    // Closed, with nothing said after the SSLRequest's answer: not in the clear.
+    assert_eq!(handshaking, b"S");
+
+    // The session that logged in before all of that, over two seconds ago, is still served.
     assert!(!logged_in.is_closed());
     logged_in.simple_query("SELECT 1").await.unwrap();
 }
