@@ -436,6 +436,25 @@ async fn make_role(method: &str, password: &str) -> Role {
     Role { name, verifier }
 }
 
+/// A role whose logins the test Postgres checks by SCRAM (a member of
+/// `scram_logins_test`, which `scripts/test` keeps out of its trust rule),
+/// with `password` (a verifier is stored as it is) and `attributes`.
+async fn make_scram_role(kind: &str, password: &str, attributes: &str) -> Role {
+    let name = format!("airlock_test_{kind}_{}", rand::random::<u32>());
+    let db = admin().await;
+    db.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE scram_logins_test NOLOGIN;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         SET password_encryption = 'scram-sha-256';
+         CREATE ROLE {name} LOGIN {attributes} PASSWORD '{password}' IN ROLE scram_logins_test"
+    ))
+    .await
+    .unwrap();
+    let verifier: String =
+        db.query_one("select rolpassword from pg_authid where rolname = $1", &[&name]).await.unwrap().get(0);
+    Role { name, verifier }
+}
+
 impl Drop for Role {
     fn drop(&mut self) {
         let name = self.name.clone();
@@ -820,19 +839,9 @@ fn localhost_acceptor() -> (tokio_rustls::TlsAcceptor, Arc<RootCertStore>) {
 /// binding's doing.
 #[tokio::test]
 async fn the_admin_login_is_bound_to_the_targets_certificate() {
-    let name = format!("airlock_test_admin_{}", rand::random::<u32>());
-    let db = admin().await;
-    db.batch_execute(&format!(
-        "DO $$ BEGIN CREATE ROLE scram_logins_test NOLOGIN;
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-         SET password_encryption = 'scram-sha-256';
-         CREATE ROLE {name} LOGIN CREATEROLE PASSWORD 'admin-secret' IN ROLE scram_logins_test"
-    ))
-    .await
-    .unwrap();
-    let _role = Role { name: name.clone(), verifier: String::new() };
+    let role = make_scram_role("admin", "admin-secret", "CREATEROLE").await;
     let at = |address: String| {
-        let mut o = UpstreamOptions::new(address, &name, "admin-secret", "postgres");
+        let mut o = UpstreamOptions::new(address, &role.name, "admin-secret", "postgres");
         o.tls = TargetTls::Require;
         o.server_name = Some("localhost".into());
         o.connect_timeout = Duration::from_secs(10);
@@ -861,25 +870,13 @@ async fn the_admin_login_is_bound_to_the_targets_certificate() {
 #[tokio::test]
 async fn a_sessions_login_is_bound_to_the_targets_certificate() {
     let (verifier, salted) = scram::verifier(b"made-by-the-gateway");
-    let suffix = rand::random::<u32>();
-    let (made, stored) = (format!("airlock_test_made_{suffix}"), format!("airlock_test_stored_{suffix}"));
-    admin()
-        .await
-        .batch_execute(&format!(
-            "DO $$ BEGIN CREATE ROLE scram_logins_test NOLOGIN;
-                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-             SET password_encryption = 'scram-sha-256';
-             CREATE ROLE {made} LOGIN PASSWORD '{verifier}' IN ROLE scram_logins_test;
-             CREATE ROLE {stored} LOGIN PASSWORD 'stored-secret' IN ROLE scram_logins_test"
-        ))
-        .await
-        .unwrap();
-    let _roles = [made.clone(), stored.clone()].map(|name| Role { name, verifier: String::new() });
+    let made = make_scram_role("made", &verifier, "").await;
+    let stored = make_scram_role("stored", "stored-secret", "").await;
     let (relay, relaying) = impostor_in_the_middle().await;
-    let logins = [(made, "made-by-the-gateway", Some(salted)), (stored, "stored-secret", None)];
+    let logins = [(&made.name, "made-by-the-gateway", Some(salted)), (&stored.name, "stored-secret", None)];
     for (user, password, salted) in logins {
         for (address, through_impostor) in [(PG.to_owned(), false), (relay.to_string(), true)] {
-            let mut o = UpstreamOptions::new(address, &user, password, "postgres");
+            let mut o = UpstreamOptions::new(address, user, password, "postgres");
             o.tls = TargetTls::Require;
             o.salted = salted.clone();
             o.connect_timeout = Duration::from_secs(10);

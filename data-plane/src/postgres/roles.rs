@@ -593,8 +593,7 @@ async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client
             .map_err(|e| RoleError::Connect(e.to_string()))?;
         let trusted = stream.may_carry_cleartext(names_checked);
         let binding = stream.tls_server_end_point();
-        let mut guard = LoginGuard::new(stream, LoginRule { trusted, bound: binding.is_some() });
-        guard.binding = binding;
+        let guard = LoginGuard::new(stream, trusted, binding);
         // TLS is settled: tokio_postgres only logs in, told the stream is TLS
         // (with nothing to negotiate) when it is, so that it binds its login.
         let mut login = config.clone();
@@ -912,7 +911,8 @@ fn connect_error(e: &tokio_postgres::Error) -> RoleError {
 /// login, bytes pass untouched.
 pub(crate) struct LoginGuard<S> {
     inner: S,
-    rule: LoginRule,
+    /// The target is on this machine, or its certificate was checked to name it.
+    trusted: bool,
     /// The `tls-server-end-point` data of the target's certificate, over TLS.
     binding: Option<Vec<u8>>,
     /// The target's messages so far, until AuthenticationOk or an error;
@@ -926,7 +926,7 @@ const LOGIN_MESSAGES_LIMIT: usize = 64 * 1024;
 
 /// What an admin connection's login may answer.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LoginRule {
+struct LoginRule {
     /// The target is on this machine, or its certificate was checked to name
     /// it: any method it asks for.
     pub trusted: bool,
@@ -973,13 +973,15 @@ impl LoginRule {
 }
 
 impl<S> LoginGuard<S> {
-    pub(crate) fn new(inner: S, rule: LoginRule) -> LoginGuard<S> {
-        LoginGuard { inner, rule, binding: None, seen: Some(Vec::new()) }
+    /// `binding`: the channel binding data of the target's certificate, when
+    /// the stream is TLS and the certificate names a hash.
+    pub(crate) fn new(inner: S, trusted: bool, binding: Option<Vec<u8>>) -> LoginGuard<S> {
+        LoginGuard { inner, trusted, binding, seen: Some(Vec::new()) }
     }
 
     /// Looks at bytes just read: an error stops them reaching tokio_postgres.
     fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
-        let rule = self.rule;
+        let rule = LoginRule { trusted: self.trusted, bound: self.binding.is_some() };
         let Some(seen) = self.seen.as_mut() else { return Ok(()) };
         seen.extend_from_slice(read);
         let mut at = 0;
@@ -1160,13 +1162,11 @@ mod tests {
         stream.extend_from_slice(&8i32.to_be_bytes());
         stream.extend_from_slice(&[0, 0, 0, 0]);
         stream.extend(auth(3));
-        const ELSEWHERE: LoginRule = LoginRule { trusted: false, bound: true };
-        const TRUSTED: LoginRule = LoginRule { trusted: true, bound: false };
-        let mut refused = LoginGuard::new((), ELSEWHERE);
+        let mut refused = LoginGuard::new((), false, Some(vec![0; 32]));
         let failed = stream.iter().position(|b| refused.inspect(std::slice::from_ref(b)).is_err());
         assert_eq!(failed, Some(stream.len() - 1), "refused once the request is whole");
 
-        let mut allowed = LoginGuard::new((), TRUSTED);
+        let mut allowed = LoginGuard::new((), true, None);
         assert!(allowed.inspect(&stream).is_ok());
         assert!(allowed.seen.is_some(), "still watching before the login is accepted");
         let mut ok = auth(0);
@@ -1177,14 +1177,14 @@ mod tests {
         // A declared length past the bound, or a negative one, ends it too.
         let mut huge = vec![b'R'];
         huge.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert!(LoginGuard::new((), TRUSTED).inspect(&huge).is_err());
+        assert!(LoginGuard::new((), true, None).inspect(&huge).is_err());
         let mut negative = vec![b'R'];
         negative.extend_from_slice(&(-1i32).to_be_bytes());
-        assert!(LoginGuard::new((), TRUSTED).inspect(&negative).is_err());
+        assert!(LoginGuard::new((), true, None).inspect(&negative).is_err());
         // A request too short for its code is not read into the next message.
         let mut short = vec![b'R', 0, 0, 0, 4];
         short.extend(auth(0));
-        assert!(LoginGuard::new((), ELSEWHERE).inspect(&short).is_err());
+        assert!(LoginGuard::new((), false, Some(vec![0; 32])).inspect(&short).is_err());
     }
 
     /// Off this machine without a checked name, the admin login goes only
@@ -1203,24 +1203,26 @@ mod tests {
         let scram_only = request(10, b"SCRAM-SHA-256\0\0");
         let plus = request(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
         let accepted = request(0, b"");
-        let answered = |rule: LoginRule, m: &[u8]| LoginGuard::new((), rule).inspect(m).map_err(|e| e.to_string());
+        let answered = |(trusted, binding): (bool, Option<Vec<u8>>), m: &[u8]| {
+            LoginGuard::new((), trusted, binding).inspect(m).map_err(|e| e.to_string())
+        };
 
-        let elsewhere_bound = LoginRule { trusted: false, bound: true };
-        let e = answered(elsewhere_bound, &md5).unwrap_err();
+        let elsewhere_bound = || (false, Some(vec![0; 32]));
+        let e = answered(elsewhere_bound(), &md5).unwrap_err();
         assert!(e.contains("as MD5") && e.contains("verify-full"), "{e}");
-        let e = answered(elsewhere_bound, &scram_only).unwrap_err();
+        let e = answered(elsewhere_bound(), &scram_only).unwrap_err();
         assert!(e.contains("does not offer SCRAM-SHA-256-PLUS"), "{e}");
-        answered(elsewhere_bound, &plus).unwrap();
-        answered(elsewhere_bound, &accepted).unwrap();
+        answered(elsewhere_bound(), &plus).unwrap();
+        answered(elsewhere_bound(), &accepted).unwrap();
 
-        let elsewhere_unbound = LoginRule { trusted: false, bound: false };
+        let elsewhere_unbound = (false, None);
         let e = answered(elsewhere_unbound, &plus).unwrap_err();
         assert!(e.contains("names no hash"), "{e}");
 
         // On this machine, or with the name checked, every method.
-        for trusted in [LoginRule { trusted: true, bound: false }, LoginRule { trusted: true, bound: true }] {
+        for binding in [None, Some(vec![0; 32])] {
             for m in [&md5, &scram_only, &plus, &accepted] {
-                answered(trusted, m).unwrap();
+                answered((true, binding.clone()), m).unwrap();
             }
         }
     }
