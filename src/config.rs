@@ -202,6 +202,9 @@ pub struct Worker {
     /// (its startup message, TLS handshake and password) before it is closed.
     #[serde(with = "duration_text")]
     pub login_timeout: Duration,
+    /// Logins in progress at once from one client address (an IPv6 /64): more
+    /// are told 53300 and closed (default 128, at least 1).
+    pub max_logins_per_address: usize,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -340,6 +343,7 @@ impl Default for Worker {
             session_threads: None,
             admin_connections: airlock_data_plane::postgres::roles::ADMIN_CONNECTIONS,
             login_timeout: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_TIMEOUT,
+            max_logins_per_address: airlock_data_plane::postgres::gateway::DEFAULT_MAX_LOGINS_PER_ADDRESS,
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),
         }

@@ -199,6 +199,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         _ => anyhow::bail!("set both worker.tls_cert_file and worker.tls_key_file, or neither"),
     };
     anyhow::ensure!(config.worker.admin_connections >= 1, "worker.admin_connections must be at least 1");
+    anyhow::ensure!(config.worker.max_logins_per_address >= 1, "worker.max_logins_per_address must be at least 1");
     let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
         worker_id: config.worker_id(),
         allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
@@ -214,6 +215,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         }),
         admin_connections: config.worker.admin_connections,
         login_timeout: config.worker.login_timeout,
+        max_logins_per_address: config.worker.max_logins_per_address,
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
@@ -403,6 +405,22 @@ mod tests {
         config.worker.admin_connections = 0;
         let e = worker_options(&config).unwrap_err();
         assert_eq!(e.to_string(), "worker.admin_connections must be at least 1");
+    }
+
+    /// `worker.max_logins_per_address` reaches the gateway; a cap no login
+    /// could pass is refused.
+    #[test]
+    fn the_login_cap_comes_from_the_configuration() {
+        let mut config = crate::config::Config::default();
+        config.worker.token = "w".into();
+        let cap = |config: &crate::config::Config| {
+            worker_options(config).map(|o| o.postgres.map(|p| p.gateway.max_logins_per_address))
+        };
+        assert_eq!(cap(&config).unwrap(), Some(128));
+        config.worker.max_logins_per_address = 3;
+        assert_eq!(cap(&config).unwrap(), Some(3));
+        config.worker.max_logins_per_address = 0;
+        assert_eq!(cap(&config).unwrap_err().to_string(), "worker.max_logins_per_address must be at least 1");
     }
 
     /// `worker.login_timeout`, as written in a file, reaches the gateway; a

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use airlock_testkit::eventually;
 use serde_json::{Value, json};
+use support::wire::{
+    bind, cstr, execute, message, parse, query, raw_login, read_fatal, read_message, read_until_ready, run_named, send,
+};
 use support::{Stack, admin_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -278,121 +281,6 @@ async fn tokio_postgres_pipelines_twenty_queries_on_one_client() {
     assert_eq!(a.unwrap().get::<_, i32>(0), 1);
     assert_eq!(support::sqlstate(&b.unwrap_err()), "42P01");
     assert_eq!(c.unwrap().get::<_, String>(0), "Zoë");
-}
-
-// --- raw frames ------------------------------------------------------------------
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, name);
-    cstr(&mut b, sql);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    message(b'P', &b)
-}
-
-/// Bind with text parameters and text results.
-fn bind(portal: &str, statement: &str, params: &[&str]) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal);
-    cstr(&mut b, statement);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        b.extend_from_slice(p.as_bytes());
-    }
-    b.extend_from_slice(&0i16.to_be_bytes());
-    message(b'B', &b)
-}
-
-/// A simple query.
-fn query(sql: &str) -> Vec<u8> {
-    let mut q = Vec::new();
-    cstr(&mut q, sql);
-    message(b'Q', &q)
-}
-
-/// Parse, Bind and Execute of one statement, then Sync.
-/// Writes `messages` in one write, as a pipelining client does.
-async fn send(stream: &mut tokio::net::TcpStream, messages: &[Vec<u8>]) {
-    stream.write_all(&messages.concat()).await.unwrap();
-}
-
-fn run_named(name: &str, sql: &str) -> Vec<u8> {
-    [parse(name, sql), bind("", name, &[]), execute("", 0), message(b'S', &[])].concat()
-}
-
-fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal);
-    b.extend_from_slice(&max_rows.to_be_bytes());
-    message(b'E', &b)
-}
-
-/// Reads one backend message: its tag and body.
-async fn read_message(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
-    let tag = stream.read_u8().await.unwrap();
-    let len = stream.read_i32().await.unwrap();
-    let mut body = vec![0; len as usize - 4];
-    stream.read_exact(&mut body).await.unwrap();
-    (tag, body)
-}
-
-/// Reads backend messages up to ReadyForQuery, as `tag:first column` strings.
-async fn read_until_ready(stream: &mut tokio::net::TcpStream) -> (Vec<String>, u8) {
-    let mut seen = Vec::new();
-    loop {
-        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
-        match tag {
-            b'Z' => return (seen, body[0]),
-            b'D' => {
-                let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
-                seen.push(format!("D:{}", String::from_utf8_lossy(&body[6..6 + len])));
-            }
-            b'E' => {
-                let code = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"C")).unwrap();
-                seen.push(format!("E:{}", String::from_utf8_lossy(code)));
-            }
-            b'C' => seen.push(format!("C:{}", String::from_utf8_lossy(&body[..body.len() - 1]))),
-            b'N' | b'S' => {}
-            other => seen.push((other as char).to_string()),
-        }
-    }
-}
-
-/// A raw session as `user`, logged in and ready for query.
-async fn raw_login(s: &Stack, user: &str, token: &str) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(s.pg).await.unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", s.db.name())] {
-        cstr(&mut startup, k);
-        cstr(&mut startup, v);
-    }
-    startup.push(0);
-    let mut first = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    first.extend_from_slice(&startup);
-    stream.write_all(&first).await.unwrap();
-    let (tag, _) = read_message(&mut stream).await;
-    assert_eq!(tag, b'R');
-    let mut password = Vec::new();
-    cstr(&mut password, token);
-    stream.write_all(&message(b'p', &password)).await.unwrap();
-    let (_, status) = read_until_ready(&mut stream).await;
-    assert_eq!(status, b'I');
-    stream
 }
 
 /// Writes held for a review nobody gives: refused after a second.
@@ -661,24 +549,7 @@ async fn several_parse_bind_execute_before_one_sync_are_answered_in_order() {
     let s = Stack::start().await;
     let token = s.token("raw").await;
     s.grant("raw", 900).await;
-    let mut stream = tokio::net::TcpStream::connect(s.pg).await.unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", "pg.readonly"), ("database", s.db.name())] {
-        cstr(&mut startup, k);
-        cstr(&mut startup, v);
-    }
-    startup.push(0);
-    let mut first = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    first.extend_from_slice(&startup);
-    stream.write_all(&first).await.unwrap();
-    let (tag, body) = read_message(&mut stream).await;
-    assert_eq!((tag, &body[..]), (b'R', &3i32.to_be_bytes()[..]), "expected a cleartext password request");
-    let mut password = Vec::new();
-    cstr(&mut password, &token);
-    stream.write_all(&message(b'p', &password)).await.unwrap();
-    let (_, status) = read_until_ready(&mut stream).await;
-    assert_eq!(status, b'I');
+    let mut stream = raw_login(&s, "pg.readonly", &token).await;
 
     // One write: a named statement bound twice into two portals, unnamed ones,
     // a portal executed in two steps, an error, then what follows the error is
@@ -844,27 +715,6 @@ async fn syncs_after_the_copy_done_are_answered() {
     let (seen, _) = read_until_ready(&mut stream).await;
     assert!(seen.is_empty(), "{seen:?}");
     assert_unnamed_write_still_held(&s, &mut stream).await;
-}
-
-/// Reads backend messages up to an ErrorResponse of severity FATAL, and
-/// returns its SQLSTATE and message, once the gateway has closed the
-/// connection.
-async fn read_fatal(stream: &mut tokio::net::TcpStream) -> (String, String) {
-    loop {
-        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
-        let field = |name: u8| {
-            body.split(|b| *b == 0)
-                .find_map(|f| f.strip_prefix(&[name]))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        if tag == b'E' && field(b'V') == "FATAL" {
-            let mut after = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut after)).await.unwrap().unwrap();
-            assert!(after.is_empty());
-            return (field(b'C'), field(b'M'));
-        }
-    }
 }
 
 fn copy_data(text: &str) -> Vec<u8> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use airlock_testkit::eventually;
 use serde_json::json;
-use support::{Stack, admin_client, sqlstate};
+use support::{Stack, admin_client, sqlstate, wire};
 
 #[tokio::test]
 async fn a_granted_agent_reads_through_a_role_made_for_its_session() {
@@ -182,14 +182,7 @@ async fn a_login_that_stalls_is_closed_at_its_deadline() {
     // prompt, and in the TLS handshake.
     let mut silent = tokio::net::TcpStream::connect(s.pg).await.unwrap();
     let mut prompted = tokio::net::TcpStream::connect(s.pg).await.unwrap();
-    let mut startup = 196_608_i32.to_be_bytes().to_vec();
-    for field in ["user", "pg.readonly", "database", s.db.name(), ""] {
-        startup.extend_from_slice(field.as_bytes());
-        startup.push(0);
-    }
-    let mut first = i32::try_from(startup.len() + 4).unwrap().to_be_bytes().to_vec();
-    first.extend_from_slice(&startup);
-    prompted.write_all(&first).await.unwrap();
+    prompted.write_all(&wire::startup_message("pg.readonly", s.db.name())).await.unwrap();
     let mut handshaking = tokio::net::TcpStream::connect(s.pg).await.unwrap();
     handshaking.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
     let (silent, prompted, handshaking) =
@@ -209,6 +202,45 @@ async fn a_login_that_stalls_is_closed_at_its_deadline() {
     // The session that logged in before all of that, over two seconds ago, is still served.
     assert!(!logged_in.is_closed());
     logged_in.simple_query("SELECT 1").await.unwrap();
+}
+
+/// One address holds at most `max_logins_per_address` logins in progress:
+/// the next client is told so at once, and a slot frees when a login ends,
+/// refused or admitted. Sessions already logged in do not count.
+#[tokio::test]
+async fn one_address_holds_a_bounded_number_of_logins_in_progress() {
+    use tokio::io::AsyncWriteExt;
+    let s = Stack::start_with_gateway(|g| g.max_logins_per_address = 2).await;
+    let token = s.token("busy-job").await;
+    s.grant("busy-job", 900).await;
+    let logged_in = s.connect("pg.readonly", &token).await.unwrap();
+
+    // Two logins wait at the password prompt: both counted by then.
+    let mut first = wire::prompted_login(&s, "pg.readonly").await;
+    let mut second = wire::prompted_login(&s, "pg.readonly").await;
+    let e = s.connect("pg.readonly", &token).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    let message = e.as_db_error().unwrap().message().to_owned();
+    assert_eq!(message, "too many logins in progress from 127.0.0.1 (at most 2 at once); try again shortly");
+
+    // A refused login frees its slot by the time its client reads the refusal...
+    first.write_all(&wire::password("not-a-token")).await.unwrap();
+    let (code, _) = wire::read_fatal(&mut first).await;
+    assert_eq!(code, "28000");
+    let mut third = wire::prompted_login(&s, "pg.readonly").await;
+    let e = s.connect("pg.readonly", &token).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300", "{e}");
+    // ...and an admitted one by the time its client is ready for queries.
+    for stream in [&mut second, &mut third] {
+        stream.write_all(&wire::password(&token)).await.unwrap();
+        let (_, status) = wire::read_until_ready(stream).await;
+        assert_eq!(status, b'I');
+    }
+    let fourth = s.connect("pg.readonly", &token).await.unwrap();
+
+    for client in [&logged_in, &fourth] {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
 }
 
 #[tokio::test]

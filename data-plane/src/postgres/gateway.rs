@@ -5,7 +5,8 @@
 //! upstream backend.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::hash_map::Entry;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,12 @@ pub struct GatewayOptions {
     /// From accept until the client's token is checked: its startup, TLS
     /// handshake and password. A client that takes longer is told so and closed.
     pub login_timeout: Duration,
+    /// Logins in progress at once from one client address (an IPv6 address
+    /// by its /64, which one host may hold whole): past it a client is told
+    /// 53300 and closed before anything of it is read, so that no one
+    /// source can hold every socket the gateway may open with logins that
+    /// stall until `login_timeout`. At least 1.
+    pub max_logins_per_address: usize,
     /// What targets' certificates must chain to (`upstream::target_roots`).
     /// `None`: `verify-ca` and `verify-full` fail.
     pub target_roots: Option<super::upstream::TargetRoots>,
@@ -60,6 +67,7 @@ impl Default for GatewayOptions {
             max_message_len: super::protocol::DEFAULT_MAX_FRONTEND_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            max_logins_per_address: DEFAULT_MAX_LOGINS_PER_ADDRESS,
             target_roots: None,
             session_threads: 0,
             admin_connections: super::roles::ADMIN_CONNECTIONS,
@@ -69,6 +77,10 @@ impl Default for GatewayOptions {
 
 /// Postgres's own `authentication_timeout`.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A login takes milliseconds: many clients of one address (a NAT's, a CI
+/// runner's) starting together stay far below this.
+pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 128;
 
 type AdminConnection = (u64, Arc<RoleManager>);
 
@@ -108,6 +120,55 @@ pub struct Gateway {
     /// Session roles whose drop failed (the target away), with the target's
     /// tenant and connection as they were: retried by `retry_drops`.
     undropped: Mutex<Vec<(TenantId, ConnectionSpec, String)>>,
+    /// Logins in progress, by where they come from (`LoginSource`).
+    logins: Mutex<HashMap<LoginSource, usize>>,
+}
+
+/// Where logins come from, as `max_logins_per_address` counts them: an IPv4
+/// address (also when mapped into IPv6), or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum LoginSource {
+    V4(std::net::Ipv4Addr),
+    V6Prefix(Ipv6Addr),
+}
+
+impl LoginSource {
+    pub(crate) fn of(peer: IpAddr) -> Self {
+        match peer {
+            IpAddr::V4(v4) => LoginSource::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => LoginSource::V4(v4),
+                None => LoginSource::V6Prefix(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for LoginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginSource::V4(v4) => write!(f, "{v4}"),
+            LoginSource::V6Prefix(prefix) => write!(f, "{prefix}/64"),
+        }
+    }
+}
+
+/// A login in progress, counted against its source until dropped.
+pub(crate) struct LoginSlot<'a> {
+    gateway: &'a Gateway,
+    source: LoginSource,
+}
+
+impl Drop for LoginSlot<'_> {
+    fn drop(&mut self) {
+        let mut logins = self.gateway.logins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Entry::Occupied(mut count) = logins.entry(self.source) {
+            *count.get_mut() = count.get().saturating_sub(1);
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
 }
 
 /// The most session roles waiting for another try at their drop; past it,
@@ -145,7 +206,21 @@ impl Gateway {
             catalogs: Mutex::new(HashMap::new()),
             session_events,
             undropped: Mutex::new(Vec::new()),
+            logins: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Counts a login from `peer` until the slot is dropped; `Err` with its
+    /// source when that source has `max_logins_per_address` in progress.
+    pub(crate) fn start_login(&self, peer: IpAddr) -> Result<LoginSlot<'_>, LoginSource> {
+        let source = LoginSource::of(peer);
+        let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
+        let count = logins.entry(source).or_insert(0);
+        if *count >= self.options.max_logins_per_address {
+            return Err(source);
+        }
+        *count += 1;
+        Ok(LoginSlot { gateway: self, source })
     }
 
     /// Keeps a session role whose drop failed for another try.
@@ -432,4 +507,25 @@ pub(crate) fn split_address(address: &str) -> anyhow::Result<(&str, u16)> {
 /// A bound listener's address, for logs.
 pub fn describe(addr: SocketAddr) -> String {
     format!("postgres://<connection>.<role>@{addr}/<database>")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::LoginSource;
+
+    /// IPv4 clients count by address, also when they reach an IPv6 socket;
+    /// IPv6 clients by their /64, any of whose addresses one host may use.
+    #[test]
+    fn logins_count_by_address_and_ipv6_by_its_64() {
+        let of = |ip: &str| LoginSource::of(ip.parse().unwrap());
+        assert_eq!(of("10.0.0.7").to_string(), "10.0.0.7");
+        assert_eq!(of("::ffff:10.0.0.7"), of("10.0.0.7"));
+        assert_ne!(of("10.0.0.7"), of("10.0.0.8"));
+        assert_eq!(of("2001:db8:1:2:aaaa::1"), of("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_eq!(of("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
+        assert_ne!(of("2001:db8:1:2::1"), of("2001:db8:1:3::1"));
+        assert_eq!(of("::1").to_string(), "::/64");
+    }
 }

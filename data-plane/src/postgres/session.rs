@@ -132,7 +132,16 @@ async fn session_main(
 ) -> Result<(), Ended> {
     // Until its token is checked a client holds a task and a socket without
     // having shown who it is: a deadline bounds how long, as Postgres's
-    // `authentication_timeout` does.
+    // `authentication_timeout` does, and a count how many one source holds.
+    let slot = gw.start_login(client.peer.ip()).map_err(|source| {
+        Ended::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "too many logins in progress from {source} (at most {} at once); try again shortly",
+                gw.options.max_logins_per_address
+            ),
+        )
+    })?;
     let login = async {
         let Some(params) = startup(gw, client).await? else { return Ok(None) };
         authenticate(gw, client, session, params).await.map(Some)
@@ -149,6 +158,7 @@ async fn session_main(
             ));
         }
     };
+    drop(slot);
     let Some(admitted) = admitted else { return Ok(()) };
     span.record("tenant", tracing::field::display(&admitted.context.tenant));
     span.record("principal", admitted.context.principal.subject.as_str());
