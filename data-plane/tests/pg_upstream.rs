@@ -1037,7 +1037,7 @@ async fn unsupported_authentication_is_named() {
 async fn under_prefer_a_target_elsewhere_that_refuses_tls_gets_no_relayable_login() {
     let ip = off_loopback_ip();
     let asks: [(i32, &'static [u8], &str); 2] =
-        [(5, &[1, 2, 3, 4], "MD5"), (10, b"SCRAM-SHA-256\0\0", "the target refused TLS")];
+        [(5, &[1, 2, 3, 4], "MD5"), (10, b"SCRAM-SHA-256\0\0", "the connection to the target is not TLS")];
     for (code, body, refusal) in asks {
         let (mut o, server) = scripted_on(ip, "app_user", "stored-secret", move |mut peer| async move {
             assert_eq!(peer.startup().await, Startup::SslRequest);

@@ -593,7 +593,8 @@ async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client
             .map_err(|e| RoleError::Connect(e.to_string()))?;
         let trusted = stream.may_carry_cleartext(names_checked);
         let binding = stream.tls_server_end_point();
-        let guard = LoginGuard::new(stream, trusted, binding);
+        let tls = stream.is_tls();
+        let guard = LoginGuard::new(stream, trusted, tls, binding);
         // TLS is settled: tokio_postgres only logs in, told the stream is TLS
         // (with nothing to negotiate) when it is, so that it binds its login.
         let mut login = config.clone();
@@ -913,6 +914,8 @@ pub(crate) struct LoginGuard<S> {
     inner: S,
     /// The target is on this machine, or its certificate was checked to name it.
     trusted: bool,
+    /// The stream is TLS.
+    tls: bool,
     /// The `tls-server-end-point` data of the target's certificate, over TLS.
     binding: Option<Vec<u8>>,
     /// The target's messages so far, until AuthenticationOk or an error;
@@ -933,6 +936,8 @@ struct LoginRule {
     /// The login can be bound to the target's certificate (TLS, with a
     /// certificate whose signature names its hash).
     pub bound: bool,
+    /// The stream is TLS (for why it cannot be bound, when it cannot).
+    pub tls: bool,
 }
 
 impl LoginRule {
@@ -956,11 +961,7 @@ impl LoginRule {
             10 => {
                 let plus = body.split(|b| *b == 0).any(|m| m == b"SCRAM-SHA-256-PLUS");
                 (!(plus && self.bound)).then(|| {
-                    let why = if plus {
-                        "the target's certificate names no hash to bind the login to"
-                    } else {
-                        "the target does not offer SCRAM-SHA-256-PLUS"
-                    };
+                    let why = super::upstream::why_unbound(self.tls, plus);
                     format!(
                         "the admin login cannot be bound to the target's certificate ({why}), so an impostor in \
                          the middle could relay it, and {ELSEWHERE}; nothing was sent ({FIX})"
@@ -975,13 +976,13 @@ impl LoginRule {
 impl<S> LoginGuard<S> {
     /// `binding`: the channel binding data of the target's certificate, when
     /// the stream is TLS and the certificate names a hash.
-    pub(crate) fn new(inner: S, trusted: bool, binding: Option<Vec<u8>>) -> LoginGuard<S> {
-        LoginGuard { inner, trusted, binding, seen: Some(Vec::new()) }
+    pub(crate) fn new(inner: S, trusted: bool, tls: bool, binding: Option<Vec<u8>>) -> LoginGuard<S> {
+        LoginGuard { inner, trusted, tls, binding, seen: Some(Vec::new()) }
     }
 
     /// Looks at bytes just read: an error stops them reaching tokio_postgres.
     fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
-        let rule = LoginRule { trusted: self.trusted, bound: self.binding.is_some() };
+        let rule = LoginRule { trusted: self.trusted, bound: self.binding.is_some(), tls: self.tls };
         let Some(seen) = self.seen.as_mut() else { return Ok(()) };
         seen.extend_from_slice(read);
         let mut at = 0;
@@ -1162,11 +1163,11 @@ mod tests {
         stream.extend_from_slice(&8i32.to_be_bytes());
         stream.extend_from_slice(&[0, 0, 0, 0]);
         stream.extend(auth(3));
-        let mut refused = LoginGuard::new((), false, Some(vec![0; 32]));
+        let mut refused = LoginGuard::new((), false, true, Some(vec![0; 32]));
         let failed = stream.iter().position(|b| refused.inspect(std::slice::from_ref(b)).is_err());
         assert_eq!(failed, Some(stream.len() - 1), "refused once the request is whole");
 
-        let mut allowed = LoginGuard::new((), true, None);
+        let mut allowed = LoginGuard::new((), true, false, None);
         assert!(allowed.inspect(&stream).is_ok());
         assert!(allowed.seen.is_some(), "still watching before the login is accepted");
         let mut ok = auth(0);
@@ -1177,14 +1178,14 @@ mod tests {
         // A declared length past the bound, or a negative one, ends it too.
         let mut huge = vec![b'R'];
         huge.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert!(LoginGuard::new((), true, None).inspect(&huge).is_err());
+        assert!(LoginGuard::new((), true, false, None).inspect(&huge).is_err());
         let mut negative = vec![b'R'];
         negative.extend_from_slice(&(-1i32).to_be_bytes());
-        assert!(LoginGuard::new((), true, None).inspect(&negative).is_err());
+        assert!(LoginGuard::new((), true, false, None).inspect(&negative).is_err());
         // A request too short for its code is not read into the next message.
         let mut short = vec![b'R', 0, 0, 0, 4];
         short.extend(auth(0));
-        assert!(LoginGuard::new((), false, Some(vec![0; 32])).inspect(&short).is_err());
+        assert!(LoginGuard::new((), false, true, Some(vec![0; 32])).inspect(&short).is_err());
     }
 
     /// Off this machine without a checked name, the admin login goes only
@@ -1203,11 +1204,11 @@ mod tests {
         let scram_only = request(10, b"SCRAM-SHA-256\0\0");
         let plus = request(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
         let accepted = request(0, b"");
-        let answered = |(trusted, binding): (bool, Option<Vec<u8>>), m: &[u8]| {
-            LoginGuard::new((), trusted, binding).inspect(m).map_err(|e| e.to_string())
+        let answered = |(trusted, tls, binding): (bool, bool, Option<Vec<u8>>), m: &[u8]| {
+            LoginGuard::new((), trusted, tls, binding).inspect(m).map_err(|e| e.to_string())
         };
 
-        let elsewhere_bound = || (false, Some(vec![0; 32]));
+        let elsewhere_bound = || (false, true, Some(vec![0; 32]));
         let e = answered(elsewhere_bound(), &md5).unwrap_err();
         assert!(e.contains("as MD5") && e.contains("verify-full"), "{e}");
         let e = answered(elsewhere_bound(), &scram_only).unwrap_err();
@@ -1215,14 +1216,16 @@ mod tests {
         answered(elsewhere_bound(), &plus).unwrap();
         answered(elsewhere_bound(), &accepted).unwrap();
 
-        let elsewhere_unbound = (false, None);
-        let e = answered(elsewhere_unbound, &plus).unwrap_err();
+        let e = answered((false, true, None), &plus).unwrap_err();
         assert!(e.contains("names no hash"), "{e}");
+        // Plain TCP (`disable`) has nothing to bind to, and says so.
+        let e = answered((false, false, None), &plus).unwrap_err();
+        assert!(e.contains("not TLS"), "{e}");
 
         // On this machine, or with the name checked, every method.
         for binding in [None, Some(vec![0; 32])] {
             for m in [&md5, &scram_only, &plus, &accepted] {
-                answered((true, binding.clone()), m).unwrap();
+                answered((true, binding.is_some(), binding.clone()), m).unwrap();
             }
         }
     }

@@ -417,13 +417,7 @@ async fn authenticate(
                     None => Binding::Unable,
                 };
                 if unchecked_elsewhere && !matches!(binding, Binding::Bound(_)) {
-                    let why = if !stream.is_tls() {
-                        "the target refused TLS"
-                    } else if offers(SCRAM_SHA_256_PLUS) {
-                        "the target's certificate names no hash to bind the login to"
-                    } else {
-                        "the target does not offer SCRAM-SHA-256-PLUS"
-                    };
+                    let why = why_unbound(stream.is_tls(), offers(SCRAM_SHA_256_PLUS));
                     return Err(UpstreamError::UnsupportedAuth(format!(
                         "a login that cannot be bound to the target's certificate ({why}), which an impostor in the \
                          middle could relay, to a target off this machine whose certificate was not checked for its \
@@ -460,6 +454,19 @@ async fn authenticate(
         stream.write_all(&out).await?;
         stream.flush().await?;
         out.clear();
+    }
+}
+
+/// Why a SCRAM login to a target cannot be bound to its certificate, for
+/// the error that refuses it: over `tls`, with SCRAM-SHA-256-PLUS offered or
+/// not (`plus_offered`).
+pub(crate) fn why_unbound(tls: bool, plus_offered: bool) -> &'static str {
+    if !tls {
+        "the connection to the target is not TLS"
+    } else if plus_offered {
+        "the target's certificate names no hash to bind the login to"
+    } else {
+        "the target does not offer SCRAM-SHA-256-PLUS"
     }
 }
 
