@@ -2,6 +2,7 @@
 //! components started in-process, prints a table and writes
 //! `loadtest/results/<scenario>.json`. Figures are measured, never asserted.
 
+mod forward;
 mod report;
 mod scenarios;
 
@@ -58,6 +59,9 @@ enum Scenario {
     AdminRoles(admin_roles::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
+    /// A byte-for-byte TCP forwarder, which `pg-throughput` runs as a child process (`fwd-tokio`, `fwd-mio`).
+    #[command(hide = true)]
+    Forward(forward::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,8 +72,16 @@ struct AllArgs {
     propagation: propagation::Args,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Scenario::Forward(args) = &cli.scenario {
+        // No runtime of ours around it: each engine runs its own loop.
+        return forward::run(args);
+    }
+    tokio::runtime::Runtime::new()?.block_on(scenario(cli))
+}
+
+async fn scenario(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -77,7 +89,6 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; measure with `cargo run -p airlock-loadtest --release -- ...`");
     }
@@ -97,5 +108,7 @@ async fn main() -> anyhow::Result<()> {
             println!();
             propagation::run(&args.propagation, &out).await
         }
+        // Run by `main`, before any runtime starts.
+        Scenario::Forward(_) => anyhow::bail!("forward runs on its own, not as a scenario"),
     }
 }

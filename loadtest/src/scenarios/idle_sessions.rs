@@ -154,7 +154,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("airlock-idle-sessions-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut bench = Bench { dir, db: None, template: None, pgbouncer: None, gateway: None };
+    let mut bench = Bench { dir, db: None, template: None, pgbouncer: None, gateway: None, forwarders: Vec::new() };
     let max_client_conn = args.sessions + 200;
     let pool_size = 10;
     let result =

@@ -61,6 +61,9 @@ fn label(target: Target) -> &'static str {
         Target::Direct => "direct",
         Target::Pgbouncer => "pgbouncer",
         Target::Gateway | Target::GatewayBare => "gateway",
+        // Not among this scenario's targets.
+        Target::ForwarderTokio => "fwd-tokio",
+        Target::ForwarderMio => "fwd-mio",
     }
 }
 
@@ -148,7 +151,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("airlock-pg-connect-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut bench = Bench { dir, db: None, template: None, pgbouncer: None, gateway: None };
+    let mut bench = Bench { dir, db: None, template: None, pgbouncer: None, gateway: None, forwarders: Vec::new() };
     let result = measure(&mut bench, args, &pgbench, &pgbouncer_bin, &airlock_bin, clk_tck).await;
     let roles_left_after_stop = session_roles::stop_gateway_and_drop_leftovers(&mut bench).await;
     bench.stop().await;
@@ -295,7 +298,7 @@ async fn measure(
     let token = register(&api, &bench.dir.join("airlock-data"), &pg_host, pg_port, &database, &template)
         .await
         .context("registering the connection, grant and token")?;
-    let endpoints = Endpoints { pg_host, pg_port, pg_user, database, pgbouncer_port, gateway, token, bare: None };
+    let endpoints = Endpoints::new(pg_host, pg_port, pg_user, database, pgbouncer_port, gateway, token);
     let mut watcher = session_roles::Watcher::connect(&template).await?;
     let drain_bound = Duration::from_secs(args.drain_timeout_s);
 

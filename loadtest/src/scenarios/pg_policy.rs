@@ -247,8 +247,15 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("airlock-pg-policy-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(dir.join("off")).with_context(|| format!("creating {}", dir.display()))?;
-    let mut bench_off = Bench { dir: dir.join("off"), db: None, template: None, pgbouncer: None, gateway: None };
-    let mut bench = Bench { dir, db: None, template: None, pgbouncer: None, gateway: None };
+    let mut bench_off = Bench {
+        dir: dir.join("off"),
+        db: None,
+        template: None,
+        pgbouncer: None,
+        gateway: None,
+        forwarders: Vec::new(),
+    };
+    let mut bench = Bench { dir, db: None, template: None, pgbouncer: None, gateway: None, forwarders: Vec::new() };
     let result = measure(&mut bench, &mut bench_off, b, &workloads, &pgbench, &airlock_bin, clk_tck).await;
     if result.is_err() {
         // The temp dirs go with the benches: keep the gateways' logs for whoever reads the error.
@@ -559,16 +566,15 @@ impl Gateway {
             .context("registering the connection, grant and token")?;
         let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
         let pid = bench.gateway.as_ref().map(|g| g.pid).context("the gateway is not running")?;
-        let endpoints = Endpoints {
-            pg_host: target.host.clone(),
-            pg_port: target.port,
-            pg_user: target.user.clone(),
-            database: target.name.clone(),
-            pgbouncer_port: 0,
+        let endpoints = Endpoints::new(
+            target.host.clone(),
+            target.port,
+            target.user.clone(),
+            target.name.clone(),
+            0,
             gateway,
             token,
-            bare: None,
-        };
+        );
         Ok(Gateway { endpoints, pid, api, admin_token })
     }
 }

@@ -89,7 +89,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = vec![Workload::Select, Workload::Masked])]
     pub workloads: Vec<Workload>,
     /// Targets: direct, pgbouncer, gateway (command rules, masking and recording on), gw-bare (no policy,
-    /// no recording).
+    /// no recording), fwd-tokio and fwd-mio (byte-for-byte forwarders, with no login or policy: what any
+    /// relay costs on tokio and on a bare epoll loop).
     #[arg(long, value_delimiter = ',', default_values_t = vec![Target::Direct, Target::Pgbouncer, Target::Gateway])]
     pub targets: Vec<Target>,
 }
@@ -141,6 +142,15 @@ pub enum Target {
     #[value(name = "gw-bare")]
     #[serde(rename = "gw-bare")]
     GatewayBare,
+    /// A byte-for-byte forwarder on a current-thread tokio runtime (`forward.rs`): what any relay on the
+    /// gateway's runtime spends, with nothing of the gateway in it.
+    #[value(name = "fwd-tokio")]
+    #[serde(rename = "fwd-tokio")]
+    ForwarderTokio,
+    /// The same forwarder on a bare epoll loop (mio), with no async runtime: as pgbouncer's loop works.
+    #[value(name = "fwd-mio")]
+    #[serde(rename = "fwd-mio")]
+    ForwarderMio,
 }
 
 impl Target {
@@ -150,6 +160,17 @@ impl Target {
             Target::Pgbouncer => "pgbouncer",
             Target::Gateway => "gateway",
             Target::GatewayBare => "gw-bare",
+            Target::ForwarderTokio => "fwd-tokio",
+            Target::ForwarderMio => "fwd-mio",
+        }
+    }
+
+    /// The engine of a forwarder target.
+    fn forwarder(self) -> Option<crate::forward::Engine> {
+        match self {
+            Target::ForwarderTokio => Some(crate::forward::Engine::Tokio),
+            Target::ForwarderMio => Some(crate::forward::Engine::Mio),
+            _ => None,
         }
     }
 }
@@ -313,8 +334,16 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("airlock-pg-throughput-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut bare = Bench { dir: dir.join("bare"), db: None, template: None, pgbouncer: None, gateway: None };
-    let mut bench = Bench { dir: dir.clone(), db: None, template: None, pgbouncer: None, gateway: None };
+    let mut bare = Bench {
+        dir: dir.join("bare"),
+        db: None,
+        template: None,
+        pgbouncer: None,
+        gateway: None,
+        forwarders: Vec::new(),
+    };
+    let mut bench =
+        Bench { dir: dir.clone(), db: None, template: None, pgbouncer: None, gateway: None, forwarders: Vec::new() };
     let plan = Plan { args: b, workloads: &workloads, targets: &targets, clk_tck };
     let result = bench.measure(&plan, &pgbench, pgbouncer_bin.as_deref(), &airlock_bin, &mut bare).await;
     bare.stop().await;
@@ -488,6 +517,8 @@ pub(crate) struct Bench {
     pub(crate) template: Option<String>,
     pub(crate) pgbouncer: Option<Proc>,
     pub(crate) gateway: Option<Proc>,
+    /// The byte forwarders (`fwd-tokio`, `fwd-mio`) and where they listen.
+    pub(crate) forwarders: Vec<(Target, Proc, SocketAddr)>,
 }
 
 /// The database the pgbench scenarios measure, and how to log in to it directly.
@@ -513,6 +544,33 @@ pub(crate) struct Endpoints {
     pub(crate) token: String,
     /// The gateway with no policy and no recording, and its token.
     pub(crate) bare: Option<(SocketAddr, String)>,
+    /// Where each byte forwarder listens.
+    pub(crate) forwarders: Vec<(Target, SocketAddr)>,
+}
+
+impl Endpoints {
+    /// Postgres itself, pgbouncer and one gateway; no bare gateway or forwarders.
+    pub(crate) fn new(
+        pg_host: String,
+        pg_port: u16,
+        pg_user: String,
+        database: String,
+        pgbouncer_port: u16,
+        gateway: SocketAddr,
+        token: String,
+    ) -> Self {
+        Endpoints {
+            pg_host,
+            pg_port,
+            pg_user,
+            database,
+            pgbouncer_port,
+            gateway,
+            token,
+            bare: None,
+            forwarders: Vec::new(),
+        }
+    }
 }
 
 impl Bench {
@@ -583,8 +641,16 @@ impl Bench {
         } else {
             None
         };
-        let endpoints =
-            Endpoints { pg_host, pg_port, pg_user, database, pgbouncer_port, gateway, token, bare: bare_endpoint };
+        // And the forwarders asked for, each to the target directly.
+        for &target in plan.targets {
+            if let Some(engine) = target.forwarder() {
+                self.start_forwarder(target, engine, &pg_host, pg_port)
+                    .with_context(|| format!("starting {target}"))?;
+            }
+        }
+        let mut endpoints = Endpoints::new(pg_host, pg_port, pg_user, database, pgbouncer_port, gateway, token);
+        endpoints.bare = bare_endpoint;
+        endpoints.forwarders = self.forwarders.iter().map(|(t, _, addr)| (*t, *addr)).collect();
         // The gateway masks as soon as a new session shows it (so every run's sessions are under the policy).
         wait_until_masked(&endpoints).await.context("waiting for the gateway's policy to be in force")?;
 
@@ -623,6 +689,9 @@ impl Bench {
                                 Target::Pgbouncer => self.pgbouncer.as_ref().map(|p| p.pid),
                                 Target::Gateway => self.gateway.as_ref().map(|p| p.pid),
                                 Target::GatewayBare => bare.gateway.as_ref().map(|p| p.pid),
+                                Target::ForwarderTokio | Target::ForwarderMio => {
+                                    self.forwarders.iter().find(|(t, _, _)| *t == target).map(|(_, p, _)| p.pid)
+                                }
                             };
                             let what = Combination { rep, workload, target, mode, clients };
                             let run = one_run(pgbench, &endpoints, &self.dir, &script, args, what, pid, plan.clk_tck)
@@ -685,6 +754,45 @@ impl Bench {
         Ok(BenchDb { host, port, user, name, template, server_version: format!("PostgreSQL {}", version.0) })
     }
 
+    /// This binary's byte forwarder (`forward.rs`) in its own process, from a free port to the target.
+    fn start_forwarder(
+        &mut self,
+        target: Target,
+        engine: crate::forward::Engine,
+        pg_host: &str,
+        pg_port: u16,
+    ) -> anyhow::Result<()> {
+        use std::net::ToSocketAddrs;
+        let upstream = (pg_host, pg_port).to_socket_addrs()?.next().context("resolving the target's address")?;
+        let listen = free_addr()?;
+        std::fs::create_dir_all(&self.dir)?;
+        let log = self.dir.join(format!("{target}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let engine = match engine {
+            crate::forward::Engine::Tokio => "tokio",
+            crate::forward::Engine::Mio => "mio",
+        };
+        let child = Command::new(std::env::current_exe()?)
+            .args(["forward", "--engine", engine, "--listen", &listen.to_string(), "--upstream", &upstream.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("spawning the forwarder")?;
+        let pid = child.id();
+        self.forwarders.push((target, Proc { child, pid, log: log.clone() }, listen));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while std::net::TcpStream::connect(listen).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{target} was not listening after {READY_TIMEOUT:?}: {}",
+                tail(&log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// `airlock up` in its own process, recording its sessions when `recording`.
     pub(crate) fn start_gateway(
         &mut self,
@@ -732,6 +840,9 @@ impl Bench {
     pub(crate) async fn stop(self) {
         // The gateway first: a graceful stop ends its sessions and drops their roles.
         for p in [self.gateway, self.pgbouncer].into_iter().flatten() {
+            stop_child(p);
+        }
+        for (_, p, _) in self.forwarders {
             stop_child(p);
         }
         if let Some(db) = self.db
@@ -825,6 +936,10 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
         Target::Pgbouncer => {
             let db = if mode == Mode::Prepared { "bench_session" } else { "bench" };
             c.args(["-h", "127.0.0.1", "-p", &e.pgbouncer_port.to_string(), "-U", &e.pg_user, db]);
+        }
+        Target::ForwarderTokio | Target::ForwarderMio => {
+            let port = e.forwarders.iter().find(|(t, _)| *t == target).map_or(0, |(_, addr)| addr.port());
+            c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", &e.pg_user, &e.database]);
         }
         Target::Gateway | Target::GatewayBare => {
             let (addr, token) = match (target, &e.bare) {

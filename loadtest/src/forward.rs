@@ -1,0 +1,210 @@
+//! Byte-for-byte TCP forwarders: what `pg-throughput` measures the gateway's
+//! relay against when it asks how much of its CPU per transaction any relay
+//! would spend (`fwd-tokio`, `fwd-mio`). Each reads what one side sends and
+//! writes it to the other, with no framing, policy or bookkeeping:
+//!
+//! - `tokio`: one current-thread runtime with its I/O driver, as a session
+//!   thread of the gateway runs, and one task per connection relaying both
+//!   ways (`copy_bidirectional`);
+//! - `mio`: one thread's own epoll loop, edge-triggered, calling the relay
+//!   directly on each readiness event: no tasks, wakers or run queue, as
+//!   pgbouncer's libevent loop works.
+//!
+//! Run as `airlock-loadtest forward --engine <tokio|mio> --listen A --upstream B`
+//! (a child process of the scenario; stops on SIGTERM's default action).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+
+use anyhow::Context;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub engine: Engine,
+    /// Where clients connect.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Where each client's bytes go.
+    #[arg(long)]
+    pub upstream: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Tokio,
+    Mio,
+}
+
+/// Relays until the process is killed.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    match args.engine {
+        Engine::Tokio => on_tokio(args.listen, args.upstream),
+        Engine::Mio => on_mio(args.listen, args.upstream),
+    }
+}
+
+/// How much one read may bring in, as the gateway's relay reads.
+const CHUNK: usize = 64 * 1024;
+
+fn on_tokio(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        loop {
+            let (mut client, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, CHUNK, CHUNK).await;
+            });
+        }
+    })
+}
+
+const LISTENER: mio::Token = mio::Token(usize::MAX);
+
+/// A client and its upstream connection: sides 0 and 1, tokens `2 * index + side`.
+struct Pair {
+    sides: [mio::net::TcpStream; 2],
+    /// Bytes read from side `i` that side `1 - i` has not taken yet.
+    unsent: [Vec<u8>; 2],
+}
+
+fn on_mio(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
+    let mut poll = mio::Poll::new()?;
+    let mut events = mio::Events::with_capacity(1024);
+    let mut listener = mio::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    poll.registry().register(&mut listener, LISTENER, mio::Interest::READABLE)?;
+    let mut pairs: Vec<Option<Pair>> = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        for event in &events {
+            if event.token() == LISTENER {
+                accept_all(&listener, upstream, &poll, &mut pairs)?;
+                continue;
+            }
+            let (index, side) = (event.token().0 / 2, event.token().0 % 2);
+            let Some(slot) = pairs.get_mut(index) else { continue };
+            let Some(pair) = slot.as_mut() else { continue };
+            // A side readable: what it sent goes to the other. A side writable
+            // again: what it could not take before goes now. Nothing else is
+            // tried, so no read or write ends in EAGAIN but the one that drains.
+            let mut open = true;
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                open = relay(pair, side, &mut buf);
+            }
+            if open && event.is_writable() && pair.unsent.get(1 - side).is_some_and(|u| !u.is_empty()) {
+                open = relay(pair, 1 - side, &mut buf);
+            }
+            if !open && let Some(mut pair) = slot.take() {
+                for side in &mut pair.sides {
+                    let _ = poll.registry().deregister(side);
+                }
+            }
+        }
+    }
+}
+
+fn accept_all(
+    listener: &mio::net::TcpListener,
+    upstream: SocketAddr,
+    poll: &mio::Poll,
+    pairs: &mut Vec<Option<Pair>>,
+) -> anyhow::Result<()> {
+    loop {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        // Connecting blocks this loop briefly: fine for a benchmark whose
+        // clients connect before they are measured.
+        let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+        server.set_nonblocking(true)?;
+        let server = mio::net::TcpStream::from_std(server);
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let index = match pairs.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                pairs.push(None);
+                pairs.len() - 1
+            }
+        };
+        let mut pair = Pair { sides: [client, server], unsent: [Vec::new(), Vec::new()] };
+        for (side, stream) in pair.sides.iter_mut().enumerate() {
+            let token = mio::Token(index * 2 + side);
+            poll.registry().register(stream, token, mio::Interest::READABLE | mio::Interest::WRITABLE)?;
+        }
+        if let Some(slot) = pairs.get_mut(index) {
+            *slot = Some(pair);
+        }
+    }
+}
+
+/// Moves what side `from` sent to the other side, until `from` has nothing
+/// more or the other side takes no more. `false`: the pair is done.
+fn relay(pair: &mut Pair, from: usize, buf: &mut [u8]) -> bool {
+    let Pair { sides, unsent } = pair;
+    let [a, b] = sides;
+    let (reader, writer) = if from == 0 { (a, b) } else { (b, a) };
+    let Some(unsent) = unsent.get_mut(from) else { return false };
+    // What the other side could not take before goes first.
+    if !unsent.is_empty() {
+        match write_some(writer, unsent) {
+            Ok(n) => {
+                unsent.drain(..n);
+            }
+            Err(_) => return false,
+        }
+        if !unsent.is_empty() {
+            return true;
+        }
+    }
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        };
+        let read = buf.get(..n).unwrap_or_default();
+        match write_some(writer, read) {
+            Ok(written) if written == n => {}
+            Ok(written) => {
+                unsent.extend_from_slice(read.get(written..).unwrap_or_default());
+                return true;
+            }
+            Err(_) => return false,
+        }
+        // A read that did not fill the buffer took everything there was: with
+        // edge-triggered readiness, more arriving later is another event.
+        if n < buf.len() {
+            return true;
+        }
+    }
+}
+
+/// Writes as much of `bytes` as the socket takes now.
+fn write_some(writer: &mut mio::net::TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
+    let mut written = 0;
+    while let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) {
+        match writer.write(rest) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
