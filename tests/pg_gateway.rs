@@ -545,6 +545,45 @@ async fn psql_verifies_the_gateways_certificate_with_verify_full() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("certificate verify failed"), "{out:?}");
 }
 
+/// A renewed certificate written over the gateway's files is served from the
+/// next handshake on, without a restart: psql verifies it against the new
+/// root, and no longer against the old one.
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let s = Stack::start_with_gateway(|g| g.tls_reload_every = Duration::from_millis(100)).await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let psql = |root: std::path::PathBuf| {
+        let conninfo = format!(
+            "host=localhost port={} user=pg.readonly dbname={} sslmode=verify-full sslrootcert={}",
+            s.pg.port(),
+            s.db.name(),
+            root.display()
+        );
+        let mut cmd = Command::new("psql");
+        cmd.arg(conninfo).args(["-X", "-At", "-c", "SELECT 1"]).env("PGPASSWORD", &token);
+        async move { tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap() }
+    };
+    let before = s.dir.join("before.crt");
+    std::fs::copy(s.dir.join("gateway.crt"), &before).unwrap();
+    let out = psql(before.clone()).await;
+    assert!(out.status.success(), "{out:?}");
+
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let after = s.dir.join("after.crt");
+    std::fs::write(&after, renewed.cert.pem()).unwrap();
+    std::fs::write(s.dir.join("gateway.crt"), renewed.cert.pem()).unwrap();
+    std::fs::write(s.dir.join("gateway.key"), renewed.signing_key.serialize_pem()).unwrap();
+    eventually(Duration::from_secs(10), "psql to verify the renewed certificate", || {
+        let login = psql(after.clone());
+        async move { login.await.status.success() }
+    })
+    .await;
+    let out = psql(before).await;
+    assert!(!out.status.success(), "the old certificate is still served: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate verify failed"), "{out:?}");
+}
+
 #[tokio::test]
 async fn a_moved_clock_expires_the_grant_and_ends_the_session() {
     let s = Stack::start().await;

@@ -117,7 +117,13 @@ async fn start_postgres(
         .await
         .with_context(|| format!("binding the Postgres gateway to {}", pg.listen))?;
     let addr = listener.local_addr()?;
-    let tls = pg.tls.as_ref().map(crate::postgres::tls::acceptor).transpose()?;
+    let tls = match pg.tls.as_ref().map(crate::postgres::tls::acceptor).transpose()? {
+        Some((acceptor, reloader)) => {
+            tracker.spawn(reloader.run(pg.gateway.tls_reload_every, cancel.clone()));
+            Some(acceptor)
+        }
+        None => None,
+    };
     let verifier = airlock_identity::Verifier::new(options.identity.clone())?;
     let session_events = SessionEvents::start(source.as_ref().clone(), cancel.clone(), tracker);
     let recorder = match &pg.recording {

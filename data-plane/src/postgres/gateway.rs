@@ -47,6 +47,9 @@ pub struct GatewayOptions {
     /// source can hold every socket the gateway may open with logins that
     /// stall until `login_timeout`. At least 1.
     pub max_logins_per_address: usize,
+    /// How often the TLS certificate and key files are read again, so that a
+    /// renewed certificate is served without a restart.
+    pub tls_reload_every: Duration,
     /// What targets' certificates must chain to (`upstream::target_roots`).
     /// `None`: `verify-ca` and `verify-full` fail.
     pub target_roots: Option<super::upstream::TargetRoots>,
@@ -68,6 +71,7 @@ impl Default for GatewayOptions {
             connect_timeout: Duration::from_secs(10),
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             max_logins_per_address: DEFAULT_MAX_LOGINS_PER_ADDRESS,
+            tls_reload_every: Duration::from_secs(10),
             target_roots: None,
             session_threads: 0,
             admin_connections: super::roles::ADMIN_CONNECTIONS,
