@@ -36,7 +36,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rand::RngCore as _;
@@ -190,6 +190,10 @@ pub fn is_session_role_name(name: &str) -> bool {
 /// once opened; a target that refuses one more makes the manager keep to
 /// what it has.
 pub const ADMIN_CONNECTIONS: usize = 4;
+
+/// What the addresses of a target share for an admin connection's TCP
+/// connect when its configuration sets no connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Manages session roles over up to [`ADMIN_CONNECTIONS`] admin connections
 /// to a target: the first opened by `connect`, the others when that many calls
@@ -588,7 +592,8 @@ async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client
                 (Some((tokio_rustls::TlsConnector::from(config.clone()), server_name)), *names_checked)
             }
         };
-        let stream = upstream::open_stream(&address, connector, mode == SslMode::Prefer)
+        let within = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+        let stream = upstream::open_stream(&address, within, connector, mode == SslMode::Prefer)
             .await
             .map_err(|e| RoleError::Connect(e.to_string()))?;
         let trusted = stream.may_carry_cleartext(names_checked);

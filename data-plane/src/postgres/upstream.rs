@@ -615,20 +615,20 @@ async fn open(opts: &UpstreamOptions) -> Result<UpstreamStream, UpstreamError> {
         TargetTls::Disable => None,
         _ => Some(tls_connector(opts)?),
     };
-    open_stream(&opts.address, tls, opts.tls == TargetTls::Prefer).await
+    open_stream(&opts.address, opts.connect_timeout, tls, opts.tls == TargetTls::Prefer).await
 }
 
-/// TCP to `address` and, given a connector, TLS through SSLRequest: with
-/// `prefer`, plaintext when the server refuses TLS, otherwise that refusal
-/// is an error. What a login then runs over; the admin connection's too.
+/// TCP to `address` (see `connect_tcp` for `within`) and, given a
+/// connector, TLS through SSLRequest: with `prefer`, plaintext when the
+/// server refuses TLS, otherwise that refusal is an error. What a login then
+/// runs over; the admin connection's too.
 pub(crate) async fn open_stream(
     address: &str,
+    within: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     prefer: bool,
 ) -> Result<UpstreamStream, UpstreamError> {
-    let mut tcp = TcpStream::connect(address)
-        .await
-        .map_err(|source| UpstreamError::Connect { address: address.to_owned(), source })?;
+    let mut tcp = connect_tcp(address, within).await?;
     tcp.set_nodelay(true)?;
     // As libpq and tokio-postgres do: a target that vanished without a word
     // (its host lost, a partition) is found out by the kernel's keepalive,
@@ -656,6 +656,49 @@ pub(crate) async fn open_stream(
         [encode::SSL_REFUSED] => Err(UpstreamError::TlsUnavailable),
         // An ErrorResponse here means a server too old for SSLRequest.
         [other] => Err(UpstreamError::Unexpected { tag: Tag(other), phase: "TLS negotiation" }),
+    }
+}
+
+/// The shortest try an address of a target gets, however many it has.
+const MIN_CONNECT_TRY: Duration = Duration::from_secs(1);
+
+/// TCP to the first address of `address` (a name may have several: a
+/// cluster's endpoints, IPv6 and IPv4) that answers. Each gets an equal share
+/// of `within`, at least `MIN_CONNECT_TRY`, so that one that drops packets
+/// does not use up the time the next would need, as libpq gives each address
+/// its own `connect_timeout`.
+async fn connect_tcp(address: &str, within: Duration) -> Result<TcpStream, UpstreamError> {
+    let failed = |source| UpstreamError::Connect { address: address.to_owned(), source };
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(address).await.map_err(failed)?.collect();
+    connect_any(&addrs, within).await.map_err(failed)
+}
+
+/// `connect_tcp` once the name is resolved.
+async fn connect_any(addrs: &[std::net::SocketAddr], within: Duration) -> io::Result<TcpStream> {
+    let share = (within / u32::try_from(addrs.len()).unwrap_or(u32::MAX).max(1)).max(MIN_CONNECT_TRY);
+    let mut failures: Vec<(std::net::SocketAddr, io::Error)> = Vec::new();
+    for addr in addrs {
+        let error = match super::timers::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => e,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {share:?}")),
+        };
+        // The gateway's own shortage, not the address's: the others would fail alike.
+        if matches!(rustix::io::Errno::from_io_error(&error), Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE))
+        {
+            return Err(error);
+        }
+        failures.push((*addr, error));
+    }
+    match failures.len() {
+        0 => Err(io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address")),
+        // One address: its own error, as the system gave it.
+        1 => Err(failures.pop().map_or_else(|| io::ErrorKind::Other.into(), |(_, e)| e)),
+        _ => {
+            let kind = failures.last().map_or(io::ErrorKind::Other, |(_, e)| e.kind());
+            let each: Vec<String> = failures.iter().map(|(addr, e)| format!("{addr}: {e}")).collect();
+            Err(io::Error::new(kind, each.join("; ")))
+        }
     }
 }
 
@@ -840,7 +883,48 @@ impl ServerCertVerifier for LibpqVerifier {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
+
+    /// A listener that answers no new connection: its accept queue (of one)
+    /// is full and never drained, so the kernel drops further SYNs and a
+    /// connect waits, as it does for an address whose packets are dropped.
+    fn black_hole() -> (socket2::Socket, std::net::TcpStream, std::net::SocketAddr) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let queued = std::net::TcpStream::connect(addr).unwrap();
+        (socket, queued, addr)
+    }
+
+    /// An address that drops packets gets its share of the time and no more:
+    /// the next address is tried within the same connect timeout.
+    #[tokio::test]
+    async fn an_address_that_does_not_answer_leaves_time_for_the_next() {
+        let (_hole, _queued, silent) = black_hole();
+        // The accept queue is full once a second connect does not complete at once.
+        let probe = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent)).await;
+        assert!(probe.is_err(), "the black hole answered: {probe:?}");
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+
+        let tcp = connect_any(&[silent, good_addr], Duration::from_secs(2)).await.unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), good_addr);
+
+        // Every address silent: each is named with why.
+        let (_other_hole, _other_queued, also_silent) = black_hole();
+        let e = connect_any(&[silent, also_silent], Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let text = e.to_string();
+        assert!(text.contains(&format!("{silent}: no answer within 1s")), "{text}");
+        assert!(text.contains(&format!("{also_silent}: no answer within 1s")), "{text}");
+        // One address: the system's own error.
+        drop(good);
+        let e = connect_any(&[good_addr], Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
 
     /// Where a stored password may go in cleartext without a checked certificate.
     #[test]
