@@ -205,8 +205,8 @@ async fn a_login_that_stalls_is_closed_at_its_deadline() {
 }
 
 /// One address holds at most `max_logins_per_address` logins in progress:
-/// the next client is told so at once, and a slot frees when a login ends,
-/// refused or admitted. Sessions already logged in do not count.
+/// the next client is told so (over TLS too), and a slot frees when a login
+/// ends, refused or admitted. Sessions already logged in do not count.
 #[tokio::test]
 async fn one_address_holds_a_bounded_number_of_logins_in_progress() {
     use tokio::io::AsyncWriteExt;
@@ -222,6 +222,16 @@ async fn one_address_holds_a_bounded_number_of_logins_in_progress() {
     assert_eq!(sqlstate(&e), "53300", "{e}");
     let message = e.as_db_error().unwrap().message().to_owned();
     assert_eq!(message, "too many logins in progress from 127.0.0.1 (at most 2 at once); try again shortly");
+    // A client over TLS is told inside TLS, where it reads the refusal (an
+    // error in place of the answer to its SSLRequest it would not show).
+    let conninfo =
+        format!("host=127.0.0.1 port={} user=pg.readonly dbname={} sslmode=require", s.pg.port(), s.db.name());
+    let mut psql = Command::new("psql");
+    psql.arg(conninfo).args(["-X", "-At", "-c", "SELECT 1"]).env("PGPASSWORD", &token);
+    let out = tokio::task::spawn_blocking(move || psql.output().unwrap()).await.unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("FATAL:  too many logins in progress from 127.0.0.1 (at most 2 at once)"), "{said}");
 
     // A refused login frees its slot by the time its client reads the refusal...
     first.write_all(&wire::password("not-a-token")).await.unwrap();

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ pub struct GatewayOptions {
     pub login_timeout: Duration,
     /// Logins in progress at once from one client address (an IPv6 address
     /// by its /64, which one host may hold whole): past it a client is told
-    /// 53300 and closed before anything of it is read, so that no one
+    /// 53300 and closed once its startup message is read, so that no one
     /// source can hold every socket the gateway may open with logins that
     /// stall until `login_timeout`. At least 1.
     pub max_logins_per_address: usize,
@@ -126,6 +127,26 @@ pub struct Gateway {
     undropped: Mutex<Vec<(TenantId, ConnectionSpec, String)>>,
     /// Logins in progress, by where they come from (`LoginSource`).
     logins: Mutex<HashMap<LoginSource, usize>>,
+    /// Refusals past `max_logins_per_address` taken as far as the startup message (`start_refusal`).
+    refusals: AtomicUsize,
+    /// Logins refused past the cap since the last warning of them, and when that was.
+    refused: Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+/// Refusals past the login cap that go through TLS and the startup message
+/// at once, so that the client can read why; past these the refusal is sent
+/// at once (which a TLS client cannot read, but which holds nothing).
+const REFUSALS_AT_ONCE: usize = 64;
+/// How often logins refused past the cap are warned of.
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// A refusal in progress (`Gateway::start_refusal`), counted until dropped.
+pub(crate) struct RefusalSlot<'a>(&'a AtomicUsize);
+
+impl Drop for RefusalSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Where logins come from, as `max_logins_per_address` counts them: an IPv4
@@ -211,7 +232,35 @@ impl Gateway {
             session_events,
             undropped: Mutex::new(Vec::new()),
             logins: Mutex::new(HashMap::new()),
+            refusals: AtomicUsize::new(0),
+            refused: Mutex::new((0, None)),
         })
+    }
+
+    /// A refusal past the login cap that may take the client through TLS
+    /// and its startup message, unless `REFUSALS_AT_ONCE` already do.
+    pub(crate) fn start_refusal(&self) -> Option<RefusalSlot<'_>> {
+        self.refusals
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < REFUSALS_AT_ONCE).then_some(n + 1))
+            .ok()
+            .map(|_| RefusalSlot(&self.refusals))
+    }
+
+    /// Counts a login refused past the cap; warns at most every
+    /// `REFUSAL_WARNING_EVERY`, with how many there were.
+    fn refused_past_the_cap(&self, source: LoginSource) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.0 += 1;
+        let now = std::time::Instant::now();
+        if refused.1.is_none_or(|at| now.duration_since(at) >= REFUSAL_WARNING_EVERY) {
+            tracing::warn!(
+                latest = %source,
+                refused = refused.0,
+                "refused logins past worker.max_logins_per_address ({}): too many in progress from one address",
+                self.options.max_logins_per_address
+            );
+            *refused = (0, Some(now));
+        }
     }
 
     /// Counts a login from `peer` until the slot is dropped; `Err` with its
@@ -221,6 +270,8 @@ impl Gateway {
         let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
         let count = logins.entry(source).or_insert(0);
         if *count >= self.options.max_logins_per_address {
+            drop(logins);
+            self.refused_past_the_cap(source);
             return Err(source);
         }
         *count += 1;

@@ -133,15 +133,10 @@ async fn session_main(
     // Until its token is checked a client holds a task and a socket without
     // having shown who it is: a deadline bounds how long, as Postgres's
     // `authentication_timeout` does, and a count how many one source holds.
-    let slot = gw.start_login(client.peer.ip()).map_err(|source| {
-        Ended::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "too many logins in progress from {source} (at most {} at once); try again shortly",
-                gw.options.max_logins_per_address
-            ),
-        )
-    })?;
+    let slot = match gw.start_login(client.peer.ip()) {
+        Ok(slot) => slot,
+        Err(source) => return Err(past_the_cap(gw, client, source).await),
+    };
     let login = async {
         let Some(params) = startup(gw, client).await? else { return Ok(None) };
         authenticate(gw, client, session, params).await.map(Some)
@@ -170,6 +165,32 @@ async fn session_main(
         end_recording(tap, &result, span);
     }
     result
+}
+
+/// How long a client refused past the login cap has to reach its startup message.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Refuses a login past `max_logins_per_address` as Postgres refuses one
+/// past `max_connections`: after TLS and the startup message, so that a TLS
+/// client reads why (clients drop an error sent in place of the answer to
+/// their SSLRequest, which nothing authenticates). At most a few such
+/// refusals run at once (`Gateway::start_refusal`), each within
+/// `REFUSAL_DEADLINE`; past that the error goes at once. A cancel request
+/// is still forwarded: it is how a client stops a statement it started.
+async fn past_the_cap(gw: &Gateway, client: &mut Client, source: super::gateway::LoginSource) -> Ended {
+    let refusal = Ended::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        format!(
+            "too many logins in progress from {source} (at most {} at once); try again shortly",
+            gw.options.max_logins_per_address
+        ),
+    );
+    let Some(_refusing) = gw.start_refusal() else { return refusal };
+    match timers::timeout(REFUSAL_DEADLINE, startup(gw, client)).await {
+        Ok(Ok(None)) => Ended::quietly("a cancel request past the login cap"),
+        Ok(Err(e)) => e,
+        Ok(Ok(Some(_))) | Err(_) => refusal,
+    }
 }
 
 /// Starts recording an authenticated session: refused (and so the session)
