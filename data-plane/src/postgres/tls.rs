@@ -62,8 +62,9 @@ impl ResolvesServerCert for CurrentCert {
 pub struct CertReloader {
     cert: PathBuf,
     key: PathBuf,
-    /// The files' contents as last loaded.
-    read: Pems,
+    /// A digest of the files' contents as last loaded (not the key itself,
+    /// which need not stay in memory beyond the signing key rustls holds).
+    read: [u8; 32],
     current: Arc<CurrentCert>,
 }
 
@@ -71,6 +72,7 @@ impl CertReloader {
     /// Checks the files every `every` until `cancel`. A failure is logged
     /// when it starts or changes, not on every check while it lasts.
     pub async fn run(mut self, every: Duration, cancel: CancellationToken) {
+        let every = every.max(Duration::from_millis(50));
         let mut failing: Option<String> = None;
         loop {
             tokio::select! {
@@ -99,25 +101,33 @@ impl CertReloader {
     pub fn check(&mut self) -> anyhow::Result<bool> {
         let cert = std::fs::read(&self.cert).with_context(|| format!("reading {}", self.cert.display()))?;
         let key = std::fs::read(&self.key).with_context(|| format!("reading {}", self.key.display()))?;
-        if (cert.as_slice(), key.as_slice()) == (self.read.0.as_slice(), self.read.1.as_slice()) {
+        let read = digest(&cert, &key);
+        if read == self.read {
             return Ok(false);
         }
         let certified = certified_key(&self.cert, &cert, &self.key, &key)?;
         self.current.0.store(Arc::new(certified));
-        self.read = (cert, key);
+        self.read = read;
         Ok(true)
     }
 }
 
-/// The certificate file's contents and the key file's.
-type Pems = (Vec<u8>, Vec<u8>);
-
-/// The files' contents and the certificate they hold with its key.
-fn load(cert: &Path, key: &Path) -> anyhow::Result<(Pems, CertifiedKey)> {
+/// The digest of the files' contents and the certificate they hold with its key.
+fn load(cert: &Path, key: &Path) -> anyhow::Result<([u8; 32], CertifiedKey)> {
     let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
     let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
     let certified = certified_key(cert, &cert_pem, key, &key_pem)?;
-    Ok(((cert_pem, key_pem), certified))
+    Ok((digest(&cert_pem, &key_pem), certified))
+}
+
+/// SHA-256 of both files' contents, the first's length first.
+fn digest(cert_pem: &[u8], key_pem: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update((cert_pem.len() as u64).to_be_bytes());
+    hash.update(cert_pem);
+    hash.update(key_pem);
+    hash.finalize().into()
 }
 
 fn certified_key(cert: &Path, cert_pem: &[u8], key: &Path, key_pem: &[u8]) -> anyhow::Result<CertifiedKey> {
