@@ -459,10 +459,14 @@ impl Stack {
         self.grant_role(subject, "readonly", ttl).await
     }
 
+    /// Grants `subject` `role` on `pg` and waits until the worker has the
+    /// grant: a login right after it is then decided on it, however busy the
+    /// machine (the gateway itself waits only briefly for a lagging worker).
     pub async fn grant_role(&self, subject: &str, role: &str, ttl: u64) -> String {
         let body = json!({"subject": subject, "connection": "pg", "role": role, "ttl_seconds": ttl, "reason": "test"});
         let (status, body) = self.post("/v1/grants", body).await;
         assert_eq!(status, 201, "{body}");
+        self.settle().await;
         body["id"].as_str().unwrap().to_owned()
     }
 

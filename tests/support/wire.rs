@@ -92,18 +92,32 @@ pub async fn send(stream: &mut TcpStream, messages: &[Vec<u8>]) {
 
 /// Reads one backend message: its tag and body.
 pub async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let tag = stream.read_u8().await.unwrap();
-    let len = stream.read_i32().await.unwrap();
+    try_read_message(stream).await.expect("the gateway closed the connection")
+}
+
+/// `read_message`, or `None` when the connection is closed before a whole message.
+async fn try_read_message(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let tag = stream.read_u8().await.ok()?;
+    let len = stream.read_i32().await.ok()?;
     let mut body = vec![0; usize::try_from(len - 4).unwrap()];
-    stream.read_exact(&mut body).await.unwrap();
-    (tag, body)
+    stream.read_exact(&mut body).await.ok()?;
+    Some((tag, body))
 }
 
 /// Reads backend messages up to ReadyForQuery, as `tag:first column` strings.
 pub async fn read_until_ready(stream: &mut TcpStream) -> (Vec<String>, u8) {
     let mut seen = Vec::new();
+    // The last error's message, for a connection closed before ReadyForQuery.
+    let mut said = String::new();
     loop {
-        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(10), try_read_message(stream)).await.unwrap();
+        let Some((tag, body)) = read else {
+            panic!("the gateway closed the connection after {seen:?} (last error: {said:?})");
+        };
+        if tag == b'E' {
+            let message = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"M")).unwrap_or_default();
+            said = String::from_utf8_lossy(message).into_owned();
+        }
         match tag {
             b'Z' => return (seen, body[0]),
             b'D' => {
