@@ -7,8 +7,8 @@
 //!   thread of the gateway runs, and one task per connection relaying both
 //!   ways (`copy_bidirectional`);
 //! - `mio`: one thread's own epoll loop, edge-triggered, calling the relay
-//!   directly on each readiness event: no tasks, wakers or run queue, as
-//!   pgbouncer's libevent loop works.
+//!   directly on each readiness event: no tasks, wakers or run queue, which
+//!   pgbouncer's libevent loop has none of either.
 //!
 //! Run as `airlock-loadtest forward --engine <tokio|mio> --listen A --upstream B`
 //! (a child process of the scenario; stops on SIGTERM's default action).
@@ -52,7 +52,14 @@ fn on_tokio(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         loop {
-            let (mut client, _) = listener.accept().await?;
+            let mut client = match listener.accept().await {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
             tokio::spawn(async move {
                 let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
                 let _ = client.set_nodelay(true);
@@ -98,11 +105,14 @@ fn on_mio(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
             // again: what it could not take before goes now. Nothing else is
             // tried, so no read or write ends in EAGAIN but the one that drains.
             let mut open = true;
-            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                open = relay(pair, side, &mut buf);
+            // A side that closed (or failed) is read to its end: its last
+            // bytes and the close may come in one event, never to be told again.
+            let ending = event.is_read_closed() || event.is_error();
+            if event.is_readable() || ending {
+                open = relay(pair, side, &mut buf, ending);
             }
             if open && event.is_writable() && pair.unsent.get(1 - side).is_some_and(|u| !u.is_empty()) {
-                open = relay(pair, 1 - side, &mut buf);
+                open = relay(pair, 1 - side, &mut buf, false);
             }
             if !open && let Some(mut pair) = slot.take() {
                 for side in &mut pair.sides {
@@ -123,7 +133,11 @@ fn accept_all(
         let client = match listener.accept() {
             Ok((client, _)) => client,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // Out of descriptors, a client gone before its accept: the next readiness tries again.
+                eprintln!("accept failed: {e}");
+                return Ok(());
+            }
         };
         // Connecting blocks this loop briefly: fine for a benchmark whose
         // clients connect before they are measured.
@@ -151,8 +165,10 @@ fn accept_all(
 }
 
 /// Moves what side `from` sent to the other side, until `from` has nothing
-/// more or the other side takes no more. `false`: the pair is done.
-fn relay(pair: &mut Pair, from: usize, buf: &mut [u8]) -> bool {
+/// more or the other side takes no more; with `to_the_end`, until `from`'s
+/// read says so (end of stream or would block), even after a short read.
+/// `false`: the pair is done.
+fn relay(pair: &mut Pair, from: usize, buf: &mut [u8], to_the_end: bool) -> bool {
     let Pair { sides, unsent } = pair;
     let [a, b] = sides;
     let (reader, writer) = if from == 0 { (a, b) } else { (b, a) };
@@ -188,7 +204,7 @@ fn relay(pair: &mut Pair, from: usize, buf: &mut [u8]) -> bool {
         }
         // A read that did not fill the buffer took everything there was: with
         // edge-triggered readiness, more arriving later is another event.
-        if n < buf.len() {
+        if n < buf.len() && !to_the_end {
             return true;
         }
     }

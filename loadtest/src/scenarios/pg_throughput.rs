@@ -147,7 +147,7 @@ pub enum Target {
     #[value(name = "fwd-tokio")]
     #[serde(rename = "fwd-tokio")]
     ForwarderTokio,
-    /// The same forwarder on a bare epoll loop (mio), with no async runtime: as pgbouncer's loop works.
+    /// The same forwarder on a bare epoll loop (mio), with no async runtime, tasks or wakers.
     #[value(name = "fwd-mio")]
     #[serde(rename = "fwd-mio")]
     ForwarderMio,
@@ -940,6 +940,8 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
         Target::ForwarderTokio | Target::ForwarderMio => {
             let port = e.forwarders.iter().find(|(t, _)| *t == target).map_or(0, |(_, addr)| addr.port());
             c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", &e.pg_user, &e.database]);
+            // As through the gateways: TLS would be the target's, carried end to end.
+            c.env("PGSSLMODE", "disable");
         }
         Target::Gateway | Target::GatewayBare => {
             let (addr, token) = match (target, &e.bare) {
