@@ -932,6 +932,9 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
     match target {
         Target::Direct => {
             c.args(["-h", &e.pg_host, "-p", &e.pg_port.to_string(), "-U", &e.pg_user, &e.database]);
+            // Like every other target: without it, a Postgres with ssl = on (Debian's default) is
+            // reached over TLS, and the baseline pays for the encryption the others do not.
+            c.env("PGSSLMODE", "disable");
         }
         Target::Pgbouncer => {
             let db = if mode == Mode::Prepared { "bench_session" } else { "bench" };
@@ -940,7 +943,7 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
         Target::ForwarderTokio | Target::ForwarderMio => {
             let port = e.forwarders.iter().find(|(t, _)| *t == target).map_or(0, |(_, addr)| addr.port());
             c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", &e.pg_user, &e.database]);
-            // As through the gateways: TLS would be the target's, carried end to end.
+            // As through the gateways: otherwise TLS to the target, carried end to end.
             c.env("PGSSLMODE", "disable");
         }
         Target::Gateway | Target::GatewayBare => {
