@@ -659,29 +659,31 @@ pub(crate) async fn open_stream(
     }
 }
 
-/// The shortest try an address of a target gets, however many it has.
-const MIN_CONNECT_TRY: Duration = Duration::from_secs(1);
-
 /// TCP to the first address of `address` (a name may have several: a
-/// cluster's endpoints, IPv6 and IPv4) that answers. Each gets an equal share
-/// of `within`, at least `MIN_CONNECT_TRY`, so that one that drops packets
-/// does not use up the time the next would need, as libpq gives each address
-/// its own `connect_timeout`.
+/// cluster's endpoints, IPv6 and IPv4) that answers, within three quarters
+/// of `within`, the connect timeout, which also covers TLS and the login
+/// that follow: so when no address answers, this says which were tried and
+/// why before the whole connect times out. Each address gets an equal share
+/// of the time left when its turn comes (one that fails at once leaves its
+/// share to the next), so that one that drops packets does not use up the
+/// time the others would need, as libpq tries each address in turn.
 async fn connect_tcp(address: &str, within: Duration) -> Result<TcpStream, UpstreamError> {
     let failed = |source| UpstreamError::Connect { address: address.to_owned(), source };
     let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(address).await.map_err(failed)?.collect();
-    connect_any(&addrs, within).await.map_err(failed)
+    connect_any(&addrs, within.mul_f64(0.75)).await.map_err(failed)
 }
 
-/// `connect_tcp` once the name is resolved.
+/// `connect_tcp` once the name is resolved, within `within`.
 async fn connect_any(addrs: &[std::net::SocketAddr], within: Duration) -> io::Result<TcpStream> {
-    let share = (within / u32::try_from(addrs.len()).unwrap_or(u32::MAX).max(1)).max(MIN_CONNECT_TRY);
+    let deadline = tokio::time::Instant::now() + within;
     let mut failures: Vec<(std::net::SocketAddr, io::Error)> = Vec::new();
-    for addr in addrs {
+    for (tried, addr) in addrs.iter().enumerate() {
+        let left = u32::try_from(addrs.len() - tried).unwrap_or(u32::MAX).max(1);
+        let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / left;
         let error = match super::timers::timeout(share, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(e)) => e,
-            Err(_) => io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {share:?}")),
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:.1} s", share.as_secs_f64())),
         };
         // The gateway's own shortage, not the address's: the others would fail alike.
         if matches!(rustix::io::Errno::from_io_error(&error), Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE))
@@ -910,16 +912,23 @@ mod tests {
         let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let good_addr = good.local_addr().unwrap();
 
+        let started = std::time::Instant::now();
         let tcp = connect_any(&[silent, good_addr], Duration::from_secs(2)).await.unwrap();
         assert_eq!(tcp.peer_addr().unwrap(), good_addr);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(2), "{took:?}");
+        // An address that fails at once leaves its share to the next.
+        let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let e = connect_any(&[refused, silent], Duration::from_secs(2)).await.unwrap_err();
+        assert!(e.to_string().contains(&format!("{silent}: no answer within 2.0 s")), "{e}");
 
         // Every address silent: each is named with why.
         let (_other_hole, _other_queued, also_silent) = black_hole();
         let e = connect_any(&[silent, also_silent], Duration::from_secs(2)).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         let text = e.to_string();
-        assert!(text.contains(&format!("{silent}: no answer within 1s")), "{text}");
-        assert!(text.contains(&format!("{also_silent}: no answer within 1s")), "{text}");
+        assert!(text.contains(&format!("{silent}: no answer within 1.0 s")), "{text}");
+        assert!(text.contains(&format!("{also_silent}: no answer within 1.0 s")), "{text}");
         // One address: the system's own error.
         drop(good);
         let e = connect_any(&[good_addr], Duration::from_secs(2)).await.unwrap_err();
