@@ -520,6 +520,7 @@ async fn a_static_credential_connection_logs_in_as_its_one_user() {
     let grant = json!({"subject": "ci-job-42", "connection": "pg-static", "role": "shared", "ttl_seconds": 900});
     let (status, body) = s.post("/v1/grants", grant).await;
     assert_eq!(status, 201, "{body}");
+    s.settle().await;
     let client = s.connect("pg-static.shared", &token).await.unwrap();
     let user: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
     assert_eq!(user, "postgres");

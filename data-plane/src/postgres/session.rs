@@ -135,7 +135,7 @@ async fn session_main(
     // `authentication_timeout` does, and a count how many one source holds.
     let slot = match gw.start_login(client.peer.ip()) {
         Ok(slot) => slot,
-        Err(source) => return Err(past_the_cap(gw, client, source).await),
+        Err(source) => return Err(past_the_cap(gw, client, source).instrument(span.clone()).await),
     };
     let login = async {
         let Some(params) = startup(gw, client).await? else { return Ok(None) };
@@ -167,7 +167,8 @@ async fn session_main(
     result
 }
 
-/// How long a client refused past the login cap has to reach its startup message.
+/// How long a client refused past the login cap has to reach its startup
+/// message (or `login_timeout`, when shorter).
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Refuses a login past `max_logins_per_address` as Postgres refuses one
@@ -186,7 +187,7 @@ async fn past_the_cap(gw: &Gateway, client: &mut Client, source: super::gateway:
         ),
     );
     let Some(_refusing) = gw.start_refusal() else { return refusal };
-    match timers::timeout(REFUSAL_DEADLINE, startup(gw, client)).await {
+    match timers::timeout(REFUSAL_DEADLINE.min(gw.options.login_timeout), startup(gw, client)).await {
         Ok(Ok(None)) => Ended::quietly("a cancel request past the login cap"),
         Ok(Err(e)) => e,
         Ok(Ok(Some(_))) | Err(_) => refusal,
