@@ -64,6 +64,7 @@ pub(crate) fn start(bin: &Path, dir: &Path, config: &Config) -> anyhow::Result<P
          unix_socket_dir =\n\
          auth_type = any\n\
          pool_mode = transaction\n\
+         server_tls_sslmode = disable\n\
          max_client_conn = {max_client_conn}\n\
          default_pool_size = {pool}\n\
          ignore_startup_parameters = {ignore}\n\
