@@ -15,6 +15,8 @@ pub struct Projection {
     pub(crate) counters: Counters,
     /// Bumped whenever the state changes, so callers can await a change.
     changed: watch::Sender<u64>,
+    /// Asks the synchronizer to compare with the log's heads now (`want_reconcile`).
+    reconcile: tokio::sync::Notify,
 }
 
 impl Default for Projection {
@@ -24,6 +26,7 @@ impl Default for Projection {
             ready: AtomicBool::default(),
             counters: Counters::default(),
             changed: watch::channel(0).0,
+            reconcile: tokio::sync::Notify::new(),
         }
     }
 }
@@ -73,6 +76,19 @@ impl Projection {
     /// A receiver that changes whenever the projection does.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Asks the synchronizer to compare with the log's heads now rather than
+    /// at its next interval: someone found the log ahead of this worker (a
+    /// login refused on a grant the bus may have lost). Asks made while one
+    /// is pending count once.
+    pub fn want_reconcile(&self) {
+        self.reconcile.notify_one();
+    }
+
+    /// Until someone calls `want_reconcile`.
+    pub(crate) async fn reconcile_wanted(&self) {
+        self.reconcile.notified().await;
     }
 
     /// Waits until `tenant` has applied at least `seq`.

@@ -450,6 +450,9 @@ impl Gateway {
         if head <= before {
             return false;
         }
+        // Behind the log: fetch what is missing now, in case the bus lost it,
+        // instead of waiting for the next comparison of heads.
+        self.projection.want_reconcile();
         let waited = super::timers::timeout(Duration::from_secs(2), self.projection.wait_for(&tenant, head)).await;
         waited.is_ok()
     }

@@ -82,6 +82,11 @@ impl Synchronizer {
                         tracing::warn!("failed to compare with the log's heads: {e:#}");
                     }
                 }
+                () = self.projection.reconcile_wanted() => {
+                    if let Err(e) = self.reconcile().await {
+                        tracing::warn!("failed to compare with the log's heads: {e:#}");
+                    }
+                }
             }
         }
     }
