@@ -235,3 +235,55 @@ fn write_some(writer: &mut mio::net::TcpStream, bytes: &[u8]) -> std::io::Result
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Each engine relays both ways, a result larger than a socket's buffer
+    /// included, and closes the client once it closes its side.
+    #[test]
+    fn each_engine_relays_both_ways_and_closes() {
+        for engine in [Engine::Tokio, Engine::Mio] {
+            // Upstream: echoes what it reads until the end.
+            let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let upstream_addr = upstream.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let (mut conn, _) = upstream.accept().unwrap();
+                let mut buf = [0u8; 8192];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => conn.write_all(&buf[..n]).unwrap(),
+                    }
+                }
+            });
+            let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let args = Args { engine, listen, upstream: upstream_addr };
+            std::thread::spawn(move || run(&args));
+            let mut client = loop {
+                match std::net::TcpStream::connect(listen) {
+                    Ok(c) => break c,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            };
+            client.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+            let mut writer = client.try_clone().unwrap();
+            let expected = sent.clone();
+            let writing = std::thread::spawn(move || writer.write_all(&expected).unwrap());
+            let mut echoed = vec![0u8; sent.len()];
+            client.read_exact(&mut echoed).unwrap();
+            writing.join().unwrap();
+            assert!(echoed == sent, "{engine:?} changed the bytes");
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "{engine:?} sent more than it was given");
+        }
+    }
+}

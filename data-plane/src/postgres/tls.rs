@@ -99,8 +99,7 @@ impl CertReloader {
 
     /// Loads the files when their contents changed; whether a new certificate is served.
     pub fn check(&mut self) -> anyhow::Result<bool> {
-        let cert = std::fs::read(&self.cert).with_context(|| format!("reading {}", self.cert.display()))?;
-        let key = std::fs::read(&self.key).with_context(|| format!("reading {}", self.key.display()))?;
+        let (cert, key) = read_pair(&self.cert, &self.key)?;
         let read = digest(&cert, &key);
         if read == self.read {
             return Ok(false);
@@ -114,10 +113,16 @@ impl CertReloader {
 
 /// The digest of the files' contents and the certificate they hold with its key.
 fn load(cert: &Path, key: &Path) -> anyhow::Result<([u8; 32], CertifiedKey)> {
-    let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    let (cert_pem, key_pem) = read_pair(cert, key)?;
     let certified = certified_key(cert, &cert_pem, key, &key_pem)?;
     Ok((digest(&cert_pem, &key_pem), certified))
+}
+
+/// The certificate file's contents and the key file's.
+fn read_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    Ok((cert_pem, key_pem))
 }
 
 /// SHA-256 of both files' contents, the first's length first.

@@ -768,10 +768,9 @@ impl Bench {
         std::fs::create_dir_all(&self.dir)?;
         let log = self.dir.join(format!("{target}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let engine = match engine {
-            crate::forward::Engine::Tokio => "tokio",
-            crate::forward::Engine::Mio => "mio",
-        };
+        // The name the forwarder's --engine takes.
+        let engine = clap::ValueEnum::to_possible_value(&engine).context("an engine without a name")?;
+        let engine = engine.get_name();
         let child = Command::new(std::env::current_exe()?)
             .args(["forward", "--engine", engine, "--listen", &listen.to_string(), "--upstream", &upstream.to_string()])
             .stdin(Stdio::null())
