@@ -284,6 +284,25 @@ async fn bad_tokens_and_missing_grants_are_refused_with_the_right_sqlstate() {
     .await;
 }
 
+/// A login right after a grant whose event the bus lost, with nothing after
+/// it: the gateway finds its worker behind the log and has it fetch what it
+/// lacks, instead of refusing logins until the worker next compares heads
+/// (once a minute here).
+#[tokio::test]
+async fn a_login_right_after_a_grant_the_bus_lost_is_admitted() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    s.settle().await;
+    s.bus.lose(true);
+    let body =
+        json!({"subject": "ci-job-42", "connection": "pg", "role": "readonly", "ttl_seconds": 900, "reason": "test"});
+    let (status, body) = s.post("/v1/grants", body).await;
+    assert_eq!(status, 201, "{body}");
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    let user: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    assert!(user.starts_with("airlock_"), "{user}");
+}
+
 #[tokio::test]
 async fn revocation_ends_a_live_session_within_a_second() {
     let s = Stack::start().await;

@@ -8,9 +8,11 @@ pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use airlock_proto::bus::MemoryBus;
+use airlock_proto::EventRecord;
+use airlock_proto::bus::{Bus, MemoryBus, RecordStream, StartAt};
 use airlock_testkit::pg::TestDb;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,38 @@ pub struct Stack {
     pub recorder: Option<airlock_recorder::Started>,
     /// The recorder's store, read back.
     pub recordings: airlock_recorder::Recordings,
+    /// The bus between the control plane and the worker.
+    pub bus: Arc<LossyBus>,
+}
+
+/// An in-process bus that a test can make lose what the control plane
+/// publishes, as a NATS outage would: the worker then learns of the log's
+/// changes only by asking the control plane.
+#[derive(Default)]
+pub struct LossyBus {
+    inner: MemoryBus,
+    losing: AtomicBool,
+}
+
+impl LossyBus {
+    /// From now on, drops (`true`) or delivers (`false`) every published record.
+    pub fn lose(&self, losing: bool) {
+        self.losing.store(losing, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for LossyBus {
+    async fn publish(&self, record: &EventRecord) -> anyhow::Result<()> {
+        if self.losing.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.publish(record).await
+    }
+
+    async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream> {
+        self.inner.subscribe(start).await
+    }
 }
 
 /// How the stack's worker records sessions.
@@ -235,7 +269,7 @@ impl Stack {
         std::fs::create_dir_all(&dir).unwrap();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let bus = Arc::new(MemoryBus::new());
+        let bus = Arc::new(LossyBus::default());
         // Bound here and handed over: the tokens' issuer names its address.
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_addr = api_listener.local_addr().unwrap();
@@ -344,7 +378,7 @@ impl Stack {
                     recording: Some(recording),
                 }),
             },
-            bus,
+            bus.clone(),
             cancel.clone(),
             &tracker,
         )
@@ -366,6 +400,7 @@ impl Stack {
             clock,
             recorder,
             recordings,
+            bus,
         };
         let (host_db, _) = stack.target();
         let connection = json!({
