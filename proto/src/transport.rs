@@ -59,18 +59,24 @@ impl ServerTls {
         anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", self.cert_file.display());
         let key = PrivateKeyDer::from_pem_file(&self.key_file)
             .with_context(|| format!("reading {}", self.key_file.display()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .with_context(|| {
-                format!("{} is not the key of the certificate in {}", self.key_file.display(), self.cert_file.display())
-            })?;
+        let mut config = server_config_builder()?.with_single_cert(chain, key).with_context(|| {
+            format!("{} is not the key of the certificate in {}", self.key_file.display(), self.cert_file.display())
+        })?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
+}
+
+/// What every TLS server of Airlock's is built from, whatever its
+/// certificate: rustls's ring provider, TLS 1.2 and 1.3, no client
+/// certificates.
+pub fn server_config_builder()
+-> anyhow::Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth())
 }
 
 /// Refuses a cleartext server anywhere but on loopback, unless allowed.

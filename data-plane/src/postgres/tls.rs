@@ -35,12 +35,7 @@ pub fn acceptor(source: &TlsSource) -> anyhow::Result<(TlsAcceptor, CertReloader
     };
     let (read, certified) = load(&cert, &key).context("the Postgres gateway's TLS certificate")?;
     let current = Arc::new(CurrentCert(ArcSwap::from_pointee(certified)));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(current.clone());
+    let config = airlock_proto::transport::server_config_builder()?.with_cert_resolver(current.clone());
     let reloader = CertReloader { cert, key, read, current };
     Ok((TlsAcceptor::from(Arc::new(config)), reloader))
 }
