@@ -416,6 +416,12 @@ impl Stack {
     /// Waits until the worker has applied everything the log holds (a change
     /// reaches workers in milliseconds, not instantly).
     pub async fn settle(&self) {
+        let (tenant, head) = self.log_head().await;
+        tokio::time::timeout(Duration::from_secs(10), self.projection.wait_for(&tenant, head)).await.unwrap();
+    }
+
+    /// The tenant and the `seq` of the last event its log holds.
+    pub async fn log_head(&self) -> (airlock_core::TenantId, u64) {
         let r =
             reqwest::Client::new().get(format!("{}/v1/events?from_seq=1&limit=1", self.api)).bearer_auth(&self.admin);
         let page: Value = r.send().await.unwrap().json().await.unwrap();
@@ -429,8 +435,7 @@ impl Stack {
             .json()
             .await
             .unwrap();
-        let tenant = tenants[0]["id"].as_str().unwrap().parse().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.projection.wait_for(&tenant, head)).await.unwrap();
+        (tenants[0]["id"].as_str().unwrap().parse().unwrap(), head)
     }
 
     /// The target database's name, and the admin URL.
