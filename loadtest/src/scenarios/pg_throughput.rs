@@ -201,6 +201,11 @@ struct Run {
     /// run's length: the gateway's logins cost more than pgbouncer's, whose
     /// server connections outlive the run).
     run_cpu_us_per_tx: Option<f64>,
+    /// The middle process's context switches per transaction, over the same
+    /// window as `cpu_us_per_tx`: the times its threads slept (voluntary) and
+    /// were preempted (involuntary).
+    voluntary_switches_per_tx: Option<f64>,
+    involuntary_switches_per_tx: Option<f64>,
 }
 
 /// Medians over the repetitions of one (target, mode, clients).
@@ -223,6 +228,8 @@ struct Summary {
     added_p99_us: f64,
     cpu_us_per_tx: Option<f64>,
     run_cpu_us_per_tx: Option<f64>,
+    voluntary_switches_per_tx: Option<f64>,
+    involuntary_switches_per_tx: Option<f64>,
     /// This target against pgbouncer's run in the same repetition; none when pgbouncer was not run.
     vs_pgbouncer: Option<VsPgbouncer>,
 }
@@ -377,6 +384,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         "+p99 us",
         "CPU us/tx",
         "with connect",
+        "switches/tx",
     ]);
     let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     for s in &summaries {
@@ -395,6 +403,10 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
             added(s.added_p99_us),
             s.cpu_us_per_tx.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
             s.run_cpu_us_per_tx.map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+            match (s.voluntary_switches_per_tx, s.involuntary_switches_per_tx) {
+                (Some(v), Some(i)) => format!("{v:.2}+{i:.2}"),
+                _ => "-".into(),
+            },
         ]);
     }
     println!(
@@ -444,6 +456,11 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
              gateway's sessions).",
             CPU_SAMPLE_EVERY.as_millis()
         ),
+        "switches/tx: the middle process's voluntary + involuntary context switches per transaction (each of \
+         its threads' voluntary_ctxt_switches and nonvoluntary_ctxt_switches from /proc/<pid>/task/*/status, \
+         summed), over the same window as CPU us/tx: how often it slept waiting for the sockets, and how often \
+         another process took its core."
+            .to_owned(),
         "pgbouncer: pool_mode transaction for simple/extended; session for prepared (pgbouncer < 1.21 cannot \
          keep prepared statements in transaction mode)."
             .to_owned(),
@@ -992,8 +1009,16 @@ fn one_run(
         .args(["-n", "-M", &mode.to_string(), "-c", &clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &args.seconds.to_string(), "-l", "--log-prefix"])
         .arg(logs.join("tx"));
-    let PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, steady_cpu_us_per_tx, .. } =
-        run_pgbench(&mut command, pid, &logs, clk_tck)?;
+    let PgbenchRun {
+        transactions,
+        tps,
+        latency_avg_ms,
+        latencies,
+        cpu_us_per_tx,
+        steady_cpu_us_per_tx,
+        steady_switches,
+        ..
+    } = run_pgbench(&mut command, pid, &logs, clk_tck)?;
     Ok(Run {
         rep,
         workload,
@@ -1007,6 +1032,8 @@ fn one_run(
         p99_ms: report::percentile(&latencies, 99.0),
         cpu_us_per_tx: steady_cpu_us_per_tx,
         run_cpu_us_per_tx: cpu_us_per_tx,
+        voluntary_switches_per_tx: steady_switches.map(|s| s.0),
+        involuntary_switches_per_tx: steady_switches.map(|s| s.1),
     })
 }
 
@@ -1075,6 +1102,9 @@ pub(crate) struct PgbenchRun {
     /// whatever the run's length. Meaningless under `-C`, where clients
     /// connect for every transaction (`pg-connect` reads `cpu_us_per_tx`).
     pub steady_cpu_us_per_tx: Option<f64>,
+    /// Voluntary and involuntary context switches of process `pid` per
+    /// transaction, over the window of `steady_cpu_us_per_tx`.
+    pub steady_switches: Option<(f64, f64)>,
     /// What pgbench printed.
     pub stdout: String,
     /// Its per-transaction log.
@@ -1118,8 +1148,19 @@ pub(crate) fn run_pgbench(
         }
         _ => None,
     };
-    let steady_cpu_us_per_tx = samples.and_then(|samples| steady_cpu(&samples, &log, clk_tck));
-    Ok(PgbenchRun { transactions, tps, latency_avg_ms, latencies, cpu_us_per_tx, steady_cpu_us_per_tx, stdout, log })
+    let steady_cpu_us_per_tx = samples.as_deref().and_then(|samples| steady_cpu(samples, &log, clk_tck));
+    let steady_switches = samples.as_deref().and_then(|samples| steady_switches(samples, &log));
+    Ok(PgbenchRun {
+        transactions,
+        tps,
+        latency_avg_ms,
+        latencies,
+        cpu_us_per_tx,
+        steady_cpu_us_per_tx,
+        steady_switches,
+        stdout,
+        log,
+    })
 }
 
 /// A process's CPU ticks read every `CPU_SAMPLE_EVERY` on a thread of its own
@@ -1134,6 +1175,8 @@ struct CpuSample {
     /// µs since the epoch, as pgbench's log gives transactions' ends.
     at_us: u64,
     ticks: u64,
+    /// None when the process's threads could not be read.
+    switches: Option<Switches>,
 }
 
 const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -1146,7 +1189,7 @@ impl CpuSampler {
             loop {
                 let at_us =
                     u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros())?;
-                samples.push(CpuSample { at_us, ticks: cpu_ticks(pid)? });
+                samples.push(CpuSample { at_us, ticks: cpu_ticks(pid)?, switches: context_switches(pid).ok() });
                 match stopped.recv_timeout(CPU_SAMPLE_EVERY) {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     _ => return Ok(samples),
@@ -1162,12 +1205,13 @@ impl CpuSampler {
     }
 }
 
-/// CPU µs per transaction between two samples inside the time when every
-/// client was running: after the last client's first transaction ended (each
-/// has connected by then; pgbench's tps leaves connecting out too) and before
-/// the first client's last one ended. Transactions are counted by their end in
-/// the log. None when that window holds less than a second between samples.
-fn steady_cpu(samples: &[CpuSample], log: &[LogLine], clk_tck: u64) -> Option<f64> {
+/// The samples that bound the time when every client was running: the first
+/// after the last client's first transaction ended (each has connected by
+/// then; pgbench's tps leaves connecting out too) and the last before the
+/// first client's last one ended; and the transactions that ended between
+/// them, by their end in the log. None when that window holds less than a
+/// second between samples, or no transaction.
+fn steady_window<'a>(samples: &'a [CpuSample], log: &[LogLine]) -> Option<(&'a CpuSample, &'a CpuSample, usize)> {
     let mut span: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for l in log {
         let e = span.entry(l.client).or_insert((l.end_us, l.end_us));
@@ -1182,11 +1226,23 @@ fn steady_cpu(samples: &[CpuSample], log: &[LogLine], clk_tck: u64) -> Option<f6
         return None;
     }
     let transactions = log.iter().filter(|l| l.end_us > from.at_us && l.end_us <= to.at_us).count();
-    if transactions == 0 {
-        return None;
-    }
+    (transactions > 0).then_some((from, to, transactions))
+}
+
+/// CPU µs per transaction over the steady window (`steady_window`).
+fn steady_cpu(samples: &[CpuSample], log: &[LogLine], clk_tck: u64) -> Option<f64> {
+    let (from, to, transactions) = steady_window(samples, log)?;
     let ticks = to.ticks.saturating_sub(from.ticks);
     Some(ticks as f64 * 1_000_000.0 / clk_tck as f64 / transactions as f64)
+}
+
+/// Voluntary and involuntary context switches per transaction over the
+/// steady window.
+fn steady_switches(samples: &[CpuSample], log: &[LogLine]) -> Option<(f64, f64)> {
+    let (from, to, transactions) = steady_window(samples, log)?;
+    let (a, b) = (from.switches?, to.switches?);
+    let per_tx = |before: u64, after: u64| after.saturating_sub(before) as f64 / transactions as f64;
+    Some((per_tx(a.voluntary, b.voluntary), per_tx(a.involuntary, b.involuntary)))
 }
 
 /// The number after `label` on the first line containing it.
@@ -1240,6 +1296,33 @@ pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
+/// Context switches of a process, summed over its threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Switches {
+    voluntary: u64,
+    involuntary: u64,
+}
+
+/// The context switches of every thread of `pid` (`/proc/<pid>/task/*/status`).
+/// A thread that ends takes its counts with it; the window's difference is
+/// then short by them (the relays' threads live as long as the run).
+fn context_switches(pid: u32) -> anyhow::Result<Switches> {
+    let mut sum = Switches::default();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("reading /proc/{pid}/task"))?;
+    for task in tasks {
+        // One that ended since the directory was read is skipped.
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else { continue };
+        for line in status.lines() {
+            if let Some(n) = line.strip_prefix("voluntary_ctxt_switches:") {
+                sum.voluntary += n.trim().parse::<u64>()?;
+            } else if let Some(n) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                sum.involuntary += n.trim().parse::<u64>()?;
+            }
+        }
+    }
+    Ok(sum)
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -1287,6 +1370,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
             });
             let cpu: Vec<f64> = own.iter().filter_map(|r| r.cpu_us_per_tx).collect();
             let run_cpu: Vec<f64> = own.iter().filter_map(|r| r.run_cpu_us_per_tx).collect();
+            let of = |v: Vec<f64>| if v.is_empty() { None } else { Some(median(v)) };
             Summary {
                 workload,
                 target,
@@ -1303,6 +1387,8 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
                 added_p99_us: paired(Target::Direct, &|r, o| (r.p99_ms - o.p99_ms) * 1000.0).unwrap_or(0.0),
                 cpu_us_per_tx: if cpu.is_empty() { None } else { Some(median(cpu)) },
                 run_cpu_us_per_tx: if run_cpu.is_empty() { None } else { Some(median(run_cpu)) },
+                voluntary_switches_per_tx: of(own.iter().filter_map(|r| r.voluntary_switches_per_tx).collect()),
+                involuntary_switches_per_tx: of(own.iter().filter_map(|r| r.involuntary_switches_per_tx).collect()),
                 vs_pgbouncer: vs_pgbouncer.flatten(),
             }
         })
@@ -1511,6 +1597,8 @@ mod tests {
             p99_ms: 0.5,
             cpu_us_per_tx: cpu,
             run_cpu_us_per_tx: cpu,
+            voluntary_switches_per_tx: None,
+            involuntary_switches_per_tx: None,
         };
         let mut runs = Vec::new();
         // The third repetition ran slow for pgbouncer: medians of each would say the gateway's CPU
@@ -1568,15 +1656,20 @@ mod tests {
             .map(|i| {
                 let at_us = i * 100_000;
                 let ticks = if at_us < 2 * s { at_us / 2_000 } else { 1000 + (at_us - 2 * s) / 10_000 };
-                CpuSample { at_us, ticks }
+                // One voluntary switch every 10 ms and one preemption every 20 ms throughout.
+                let switches = Some(Switches { voluntary: at_us / 10_000, involuntary: at_us / 20_000 });
+                CpuSample { at_us, ticks, switches }
             })
             .collect();
         // From 2 s to 8.5 s: 650 ticks (6.5 s at CLK_TCK 100) over 2 x 650 transactions.
         let cpu = steady_cpu(&samples, &log, 100).expect("a window of 6.5 s");
         assert!((cpu - 5_000.0).abs() < 1e-6, "{cpu}");
+        // 650 and 325 switches over 1300 transactions.
+        assert_eq!(steady_switches(&samples, &log), Some((0.5, 0.25)));
         // A window under a second is no measurement.
         assert_eq!(steady_cpu(&samples[..25], &log, 100), None);
         assert_eq!(steady_cpu(&samples, &[], 100), None);
+        assert_eq!(steady_switches(&samples[..25], &log), None);
     }
 
     #[test]
