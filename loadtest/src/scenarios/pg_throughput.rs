@@ -1170,13 +1170,14 @@ struct CpuSampler {
     thread: std::thread::JoinHandle<anyhow::Result<Vec<CpuSample>>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct CpuSample {
     /// µs since the epoch, as pgbench's log gives transactions' ends.
     at_us: u64,
     ticks: u64,
-    /// None when the process's threads could not be read.
-    switches: Option<Switches>,
+    /// Each thread's context switches, by thread id; None when the
+    /// process's threads could not be read.
+    switches: Option<BTreeMap<u32, Switches>>,
 }
 
 const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -1237,12 +1238,23 @@ fn steady_cpu(samples: &[CpuSample], log: &[LogLine], clk_tck: u64) -> Option<f6
 }
 
 /// Voluntary and involuntary context switches per transaction over the
-/// steady window.
+/// steady window. Each thread counts from its first reading in the window
+/// (or from zero, one started in it) to its last: one that ended in the
+/// window keeps what it did until its last reading.
 fn steady_switches(samples: &[CpuSample], log: &[LogLine]) -> Option<(f64, f64)> {
     let (from, to, transactions) = steady_window(samples, log)?;
-    let (a, b) = (from.switches?, to.switches?);
-    let per_tx = |before: u64, after: u64| after.saturating_sub(before) as f64 / transactions as f64;
-    Some((per_tx(a.voluntary, b.voluntary), per_tx(a.involuntary, b.involuntary)))
+    let start = from.switches.as_ref()?;
+    let mut last: BTreeMap<u32, Switches> = BTreeMap::new();
+    for sample in samples.iter().filter(|s| s.at_us >= from.at_us && s.at_us <= to.at_us) {
+        last.extend(sample.switches.as_ref()?.iter().map(|(tid, counts)| (*tid, *counts)));
+    }
+    let (mut voluntary, mut involuntary) = (0, 0);
+    for (tid, end) in &last {
+        let begin = start.get(tid).copied().unwrap_or_default();
+        voluntary += end.voluntary.saturating_sub(begin.voluntary);
+        involuntary += end.involuntary.saturating_sub(begin.involuntary);
+    }
+    Some((voluntary as f64 / transactions as f64, involuntary as f64 / transactions as f64))
 }
 
 /// The number after `label` on the first line containing it.
@@ -1296,31 +1308,34 @@ pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
-/// Context switches of a process, summed over its threads.
+/// A thread's context switches.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Switches {
     voluntary: u64,
     involuntary: u64,
 }
 
-/// The context switches of every thread of `pid` (`/proc/<pid>/task/*/status`).
-/// A thread that ends takes its counts with it; the window's difference is
-/// then short by them (the relays' threads live as long as the run).
-fn context_switches(pid: u32) -> anyhow::Result<Switches> {
-    let mut sum = Switches::default();
+/// The context switches of every thread of `pid`, by thread id
+/// (`/proc/<pid>/task/*/status`).
+fn context_switches(pid: u32) -> anyhow::Result<BTreeMap<u32, Switches>> {
+    let mut threads = BTreeMap::new();
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("reading /proc/{pid}/task"))?;
     for task in tasks {
+        let task = task?;
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
         // One that ended since the directory was read is skipped.
-        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else { continue };
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let mut counts = Switches::default();
         for line in status.lines() {
             if let Some(n) = line.strip_prefix("voluntary_ctxt_switches:") {
-                sum.voluntary += n.trim().parse::<u64>()?;
+                counts.voluntary = n.trim().parse()?;
             } else if let Some(n) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
-                sum.involuntary += n.trim().parse::<u64>()?;
+                counts.involuntary = n.trim().parse()?;
             }
         }
+        threads.insert(tid, counts);
     }
-    Ok(sum)
+    Ok(threads)
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -1656,16 +1671,22 @@ mod tests {
             .map(|i| {
                 let at_us = i * 100_000;
                 let ticks = if at_us < 2 * s { at_us / 2_000 } else { 1000 + (at_us - 2 * s) / 10_000 };
-                // One voluntary switch every 10 ms and one preemption every 20 ms throughout.
-                let switches = Some(Switches { voluntary: at_us / 10_000, involuntary: at_us / 20_000 });
-                CpuSample { at_us, ticks, switches }
+                // Thread 1: one voluntary switch every 10 ms and one preemption every 20 ms
+                // throughout. Thread 2: a voluntary switch every 100 ms until it ends at 5 s.
+                let mut threads =
+                    BTreeMap::from([(1, Switches { voluntary: at_us / 10_000, involuntary: at_us / 20_000 })]);
+                if at_us <= 5 * s {
+                    threads.insert(2, Switches { voluntary: at_us / 100_000, involuntary: 0 });
+                }
+                CpuSample { at_us, ticks, switches: Some(threads) }
             })
             .collect();
         // From 2 s to 8.5 s: 650 ticks (6.5 s at CLK_TCK 100) over 2 x 650 transactions.
         let cpu = steady_cpu(&samples, &log, 100).expect("a window of 6.5 s");
         assert!((cpu - 5_000.0).abs() < 1e-6, "{cpu}");
-        // 650 and 325 switches over 1300 transactions.
-        assert_eq!(steady_switches(&samples, &log), Some((0.5, 0.25)));
+        // Thread 1: 650 and 325 switches, thread 2 (from 2 s to its end at 5 s) 30 voluntary ones,
+        // over 1300 transactions.
+        assert_eq!(steady_switches(&samples, &log), Some((680.0 / 1300.0, 0.25)));
         // A window under a second is no measurement.
         assert_eq!(steady_cpu(&samples[..25], &log, 100), None);
         assert_eq!(steady_cpu(&samples, &[], 100), None);
