@@ -458,8 +458,9 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
         ),
         "switches/tx: the middle process's voluntary + involuntary context switches per transaction (each of \
          its threads' voluntary_ctxt_switches and nonvoluntary_ctxt_switches from /proc/<pid>/task/*/status, \
-         summed), over the same window as CPU us/tx: how often it slept waiting for the sockets, and how often \
-         another process took its core."
+         summed; a thread that ends in the window counts until its last reading), over the same window as CPU \
+         us/tx: how often it slept (waiting for its sockets or its other threads), and how often another \
+         process took its core."
             .to_owned(),
         "pgbouncer: pool_mode transaction for simple/extended; session for prepared (pgbouncer < 1.21 cannot \
          keep prepared statements in transaction mode)."
