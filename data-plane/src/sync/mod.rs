@@ -77,17 +77,16 @@ impl Synchronizer {
                     Some(record) => self.apply(record).await,
                     None => anyhow::bail!("the bus subscription ended"),
                 },
-                _ = reconcile.tick() => {
-                    if let Err(e) = self.reconcile().await {
-                        tracing::warn!("failed to compare with the log's heads: {e:#}");
-                    }
-                }
-                () = self.projection.reconcile_wanted() => {
-                    if let Err(e) = self.reconcile().await {
-                        tracing::warn!("failed to compare with the log's heads: {e:#}");
-                    }
-                }
+                _ = reconcile.tick() => self.compare_heads().await,
+                () = self.projection.reconcile_wanted() => self.compare_heads().await,
             }
+        }
+    }
+
+    /// `reconcile` on its interval or when asked, where a failure waits for the next time.
+    async fn compare_heads(&self) {
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!("failed to compare with the log's heads: {e:#}");
         }
     }
 
