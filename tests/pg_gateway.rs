@@ -143,6 +143,34 @@ async fn a_session_role_logs_in_with_its_own_scram_password() {
     client.simple_query("SELECT 1").await.unwrap();
 }
 
+/// A session outlives the runtime the gateway was started on (as when `airlock
+/// up` stops and gives up waiting for its sessions): its timers go on working,
+/// so a login stalled at the password prompt is still told that its deadline
+/// passed, instead of the session thread panicking on a timer whose driver
+/// is gone.
+#[test]
+fn a_stalled_login_is_timed_out_after_the_main_runtime_is_gone() {
+    use std::io::{Read, Write};
+    let main = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let s = main.block_on(Stack::start_with_gateway(|g| g.login_timeout = Duration::from_secs(2)));
+    let mut client = std::net::TcpStream::connect(s.pg).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    client.write_all(&wire::startup_message("pg.readonly", s.db.name())).unwrap();
+    // The prompt comes from the session thread: the session is there now.
+    let mut prompt = [0u8; 9];
+    client.read_exact(&mut prompt).unwrap();
+    assert_eq!(prompt, [b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+    main.shutdown_background();
+
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).expect("the gateway closed the stalled login");
+    assert_eq!(rest.first(), Some(&b'E'), "no error before the close: {rest:?}");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("C57014\0"), "{text}");
+    assert!(text.contains("canceling authentication due to timeout"), "{text}");
+    drop(s);
+}
+
 /// A client that connects and stalls (before its startup message, in its TLS
 /// handshake, or at the password prompt) is told why and closed once the
 /// login deadline passes; one that logged in may idle past it.

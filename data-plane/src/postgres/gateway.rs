@@ -115,8 +115,7 @@ pub struct Gateway {
     admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
     /// The runtime the gateway was made on, which opens and drives admin
     /// connections (session threads' runtimes stop one by one at shutdown,
-    /// while other sessions still drop their roles) and runs session threads'
-    /// timers (`timers`).
+    /// while other sessions still drop their roles).
     pub(crate) runtime: tokio::runtime::Handle,
     /// What each target's catalog says of the relations results come from.
     catalogs: Mutex<HashMap<(TenantId, ConnectionId), Arc<Catalog>>>,
@@ -383,17 +382,29 @@ impl Gateway {
         tracker: &TaskTracker,
     ) -> Vec<tokio::sync::mpsc::Sender<(std::net::TcpStream, SocketAddr)>> {
         let mut lanes = Vec::new();
+        if self.options.session_threads == 0 {
+            return lanes;
+        }
+        // Sessions' timers run on a runtime of their own (see `timers`).
+        // Without it, sessions run on the caller's runtime, as with no session threads.
+        let timers = match super::timers::shared_driver() {
+            Ok(driver) => driver,
+            Err(e) => {
+                tracing::error!("failed to start the session threads' timers, serving sessions without them: {e}");
+                return lanes;
+            }
+        };
         for i in 0..self.options.session_threads {
             // Bound: 1024 accepted clients waiting for their thread; accept waits beyond it.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<(std::net::TcpStream, SocketAddr)>(1024);
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let gateway = self.clone();
             let cancel = cancel.clone();
-            let timers = self.runtime.clone();
+            let timers = timers.clone();
             let spawned = std::thread::Builder::new().name(format!("airlock-pg-{i}")).spawn(move || {
-                // Sockets only: sessions' timers run on the main runtime (see
-                // `timers`). (tokio's signal driver comes with its I/O driver all
-                // the same, since the binary handles signals, and looks for one
+                // Sockets only: sessions' timers run on the timers' runtime.
+                // (tokio's signal driver comes with its I/O driver all the
+                // same, since the binary handles signals, and looks for one
                 // on every park: one atomic load.)
                 super::timers::run_on(timers);
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {

@@ -25,6 +25,10 @@ impl GrpcSource {
         tls: &airlock_proto::transport::ClientTls,
         worker_token: &str,
     ) -> anyhow::Result<Self> {
+        // No request timeout (`Endpoint::timeout`): session threads call this
+        // client, and tonic would make that timer on the calling thread, which
+        // has no timer driver (`postgres/timers.rs`); callers there bound
+        // their calls with `timers::timeout`.
         let channel = airlock_proto::transport::endpoint("worker.control_plane_url", control_plane_url, tls)?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect_lazy();
