@@ -586,30 +586,34 @@ fn token_may_travel(tls: bool, peer: std::net::IpAddr, allow_cleartext_off_loopb
 }
 
 /// What the client is told when the session's connection to the target
-/// failed: refused by the target, out of file descriptors here (which is no
-/// fault of the target's, and passes), or unreachable.
+/// failed: refused by the target, out of file descriptors or socket memory
+/// here (which is no fault of the target's, and passes), or unreachable.
 fn upstream_failed(target: &str, e: upstream::UpstreamError) -> Ended {
     match e {
         upstream::UpstreamError::Refused { message, .. } => {
             Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{target} refused the session: {message}"))
         }
-        upstream::UpstreamError::Connect { source, .. }
-            if matches!(
-                rustix::io::Errno::from_io_error(&source),
-                Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
-            ) =>
-        {
-            Ended::fatal(
+        upstream::UpstreamError::Connect { source, .. } => match upstream::local_shortage(&source) {
+            Some(upstream::Shortage::FileDescriptors) => Ended::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 format!("the gateway has no file descriptors left to connect to {target}; try again later"),
-            )
-        }
+            ),
+            Some(upstream::Shortage::SocketMemory) => Ended::fatal(
+                sqlstate::OUT_OF_MEMORY,
+                format!("the gateway is out of memory for sockets to connect to {target}; try again later"),
+            ),
+            None => unreachable_target(target),
+        },
         // How the target is set up, not where it is: say so (no secret is in it).
         e @ upstream::UpstreamError::UnsupportedAuth(_) => {
             Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("the gateway cannot log in to {target}: {e}"))
         }
-        _ => Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{target} is unreachable")),
+        _ => unreachable_target(target),
     }
+}
+
+fn unreachable_target(target: &str) -> Ended {
+    Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("{target} is unreachable"))
 }
 
 fn invalid_token(why: &str) -> Ended {
@@ -2812,6 +2816,11 @@ mod tests {
         let out = upstream_failed("pg-prod", connect(std::io::Error::from_raw_os_error(24)));
         assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::TOO_MANY_CONNECTIONS));
         assert!(out.reason.contains("no file descriptors left to connect to pg-prod"), "{}", out.reason);
+        for errno in [rustix::io::Errno::NOBUFS, rustix::io::Errno::NOMEM] {
+            let out = upstream_failed("pg-prod", connect(std::io::Error::from_raw_os_error(errno.raw_os_error())));
+            assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::OUT_OF_MEMORY));
+            assert!(out.reason.contains("out of memory for sockets to connect to pg-prod"), "{}", out.reason);
+        }
         let out = upstream_failed("pg-prod", connect(std::io::ErrorKind::ConnectionRefused.into()));
         assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::CONNECTION_FAILURE));
         assert_eq!(out.reason, "pg-prod is unreachable");

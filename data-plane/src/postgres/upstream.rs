@@ -673,6 +673,28 @@ async fn connect_tcp(address: &str, within: Duration) -> Result<TcpStream, Upstr
     connect_any(&addrs, within.mul_f64(0.75)).await.map_err(failed)
 }
 
+/// What the gateway itself ran out of, when `error` says so: a connection
+/// that fails this way would fail to any address, and is no fault of the
+/// target's. (EADDRNOTAVAIL, out of local ports, is left out: it also means an
+/// address this host cannot reach from any of its own, which another
+/// address of the target may not be.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shortage {
+    /// EMFILE, ENFILE.
+    FileDescriptors,
+    /// ENOBUFS, ENOMEM.
+    SocketMemory,
+}
+
+pub(crate) fn local_shortage(error: &io::Error) -> Option<Shortage> {
+    use rustix::io::Errno;
+    match Errno::from_io_error(error)? {
+        Errno::MFILE | Errno::NFILE => Some(Shortage::FileDescriptors),
+        Errno::NOBUFS | Errno::NOMEM => Some(Shortage::SocketMemory),
+        _ => None,
+    }
+}
+
 /// `connect_tcp` once the name is resolved, within `within`.
 async fn connect_any(addrs: &[std::net::SocketAddr], within: Duration) -> io::Result<TcpStream> {
     let deadline = tokio::time::Instant::now() + within;
@@ -686,8 +708,7 @@ async fn connect_any(addrs: &[std::net::SocketAddr], within: Duration) -> io::Re
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:.1} s", share.as_secs_f64())),
         };
         // The gateway's own shortage, not the address's: the others would fail alike.
-        if matches!(rustix::io::Errno::from_io_error(&error), Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE))
-        {
+        if local_shortage(&error).is_some() {
             return Err(error);
         }
         failures.push((*addr, error));
