@@ -28,6 +28,9 @@ pub struct Options {
     /// The REST API's certificate and key. Without them it listens only on
     /// loopback, unless `api_cleartext_off_loopback`.
     pub api_tls: Option<airlock_proto::transport::ServerTls>,
+    /// How often the REST API's certificate and key files are read again, so
+    /// that a renewed pair is served without a restart.
+    pub api_tls_reload_every: std::time::Duration,
     /// Cleartext HTTP on a non-loopback address: for a network that encrypts
     /// on its own, or a proxy beside the control plane that terminates TLS.
     pub api_cleartext_off_loopback: bool,
@@ -163,7 +166,8 @@ pub async fn start_on(
     let serves_tls = api_tls.is_some();
     let shutdown = cancel.clone().cancelled_owned();
     match api_tls {
-        Some(config) => {
+        Some((config, reloader)) => {
+            tracker.spawn(reloader.run(options.api_tls_reload_every, cancel.clone()));
             let listener = crate::https::TlsListener::new(api_listener, config, cancel.clone(), tracker)?;
             tracker
                 .spawn(async move { rest_stopped(axum::serve(listener, app).with_graceful_shutdown(shutdown).await) })

@@ -3,6 +3,7 @@
 //! carries committed events from the control plane to the workers.
 
 pub mod bus;
+pub mod certs;
 pub mod convert;
 pub mod transport;
 

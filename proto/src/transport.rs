@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::Context;
 use std::sync::Arc;
 
+use crate::certs::CertReloader;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// How long a client may take over its TLS handshake before the server drops it.
@@ -49,21 +50,15 @@ impl ServerTls {
         Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(HANDSHAKE_TIMEOUT))
     }
 
-    /// A rustls server configuration of this certificate and key, offering
-    /// the ALPN protocols `alpn` (none: no protocol is negotiated).
-    pub fn rustls_config(&self, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_file)
-            .with_context(|| format!("reading {}", self.cert_file.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("parsing {}", self.cert_file.display()))?;
-        anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", self.cert_file.display());
-        let key = PrivateKeyDer::from_pem_file(&self.key_file)
-            .with_context(|| format!("reading {}", self.key_file.display()))?;
-        let mut config = server_config_builder()?.with_single_cert(chain, key).with_context(|| {
-            format!("{} is not the key of the certificate in {}", self.key_file.display(), self.cert_file.display())
-        })?;
+    /// A rustls server configuration serving this certificate and key,
+    /// offering the ALPN protocols `alpn` (none: no protocol is negotiated),
+    /// and what serves a renewal of the files from the next handshake on
+    /// (see [`certs`](crate::certs)), once run.
+    pub fn rustls_config(&self, alpn: &[&[u8]]) -> anyhow::Result<(Arc<rustls::ServerConfig>, CertReloader)> {
+        let (resolver, reloader) = crate::certs::from_files(&self.cert_file, &self.key_file)?;
+        let mut config = server_config_builder()?.with_cert_resolver(resolver);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), reloader))
     }
 }
 
@@ -118,14 +113,14 @@ pub fn server_tls(
     }
 }
 
-/// The TLS the REST API (and the web console beside it) serves on `addr`, or
-/// `None` for cleartext, on the terms of [`server_tls`]. HTTP/2 and HTTP/1.1
-/// are offered.
+/// The TLS the REST API (and the web console beside it) serves on `addr`,
+/// with what serves its renewed certificate, or `None` for cleartext, on the
+/// terms of [`server_tls`]. HTTP/2 and HTTP/1.1 are offered.
 pub fn rest_server_tls(
     addr: SocketAddr,
     tls: Option<&ServerTls>,
     cleartext_off_loopback: bool,
-) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, CertReloader)>> {
     match tls {
         Some(tls) => {
             tls.rustls_config(&[b"h2", b"http/1.1"]).map(Some).context("the REST API: loading its TLS certificate")

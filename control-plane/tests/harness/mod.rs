@@ -129,6 +129,7 @@ impl Harness {
             api_addr,
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             api_tls: tls.map(|(files, _)| files),
+            api_tls_reload_every: std::time::Duration::from_millis(100),
             api_cleartext_off_loopback: false,
             grpc_tls: None,
             grpc_cleartext_off_loopback: false,

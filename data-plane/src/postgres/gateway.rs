@@ -72,7 +72,7 @@ impl Default for GatewayOptions {
             connect_timeout: Duration::from_secs(10),
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             max_logins_per_address: DEFAULT_MAX_LOGINS_PER_ADDRESS,
-            tls_reload_every: Duration::from_secs(10),
+            tls_reload_every: airlock_proto::certs::RELOAD_EVERY,
             target_roots: None,
             session_threads: 0,
             admin_connections: super::roles::ADMIN_CONNECTIONS,
