@@ -146,7 +146,7 @@ fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plan
             config.api.tls_cert_file.as_deref(),
             config.api.tls_key_file.as_deref(),
         )?,
-        api_tls_reload_every: airlock_proto::certs::RELOAD_EVERY,
+        tls_reload_every: airlock_proto::certs::RELOAD_EVERY,
         api_cleartext_off_loopback: config.api.cleartext_off_loopback,
         grpc_addr: config.api.grpc_addr,
         grpc_tls: airlock_proto::transport::ServerTls::from_files(

@@ -566,6 +566,22 @@ async fn internal_grpc_runs_over_tls_between_processes() {
     rec_env.push(("AIRLOCK_RECORDER__TLS_CERT_FILE", cert.display().to_string()));
     rec_env.push(("AIRLOCK_RECORDER__TLS_KEY_FILE", key.display().to_string()));
     let _rec = Proc::spawn("recorder", &dir.0, &["recorder"], &rec_env);
+    // Its health check over TLS, on HTTP/1.1 (which it offers beside gRPC's HTTP/2).
+    let http1 = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pair.cert.pem().as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let healthz = format!("https://localhost:{}/healthz", recorder.port());
+    eventually(Duration::from_secs(60), "the recorder's health check over TLS", || async {
+        http1
+            .get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success() && r.version() == reqwest::Version::HTTP_11)
+    })
+    .await;
 
     let (health, pg) = (free_addr(), free_addr());
     let mut gw_env = common.clone();

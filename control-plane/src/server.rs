@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use airlock_identity::{Verifier, VerifierOptions};
 use airlock_proto::bus::Bus;
+use airlock_proto::tls_listener::TlsIncoming;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,9 +29,9 @@ pub struct Options {
     /// The REST API's certificate and key. Without them it listens only on
     /// loopback, unless `api_cleartext_off_loopback`.
     pub api_tls: Option<airlock_proto::transport::ServerTls>,
-    /// How often the REST API's certificate and key files are read again, so
-    /// that a renewed pair is served without a restart.
-    pub api_tls_reload_every: std::time::Duration,
+    /// How often the REST and gRPC APIs' certificate and key files are read
+    /// again, so that a renewed pair is served without a restart.
+    pub tls_reload_every: std::time::Duration,
     /// Cleartext HTTP on a non-loopback address: for a network that encrypts
     /// on its own, or a proxy beside the control plane that terminates TLS.
     pub api_cleartext_off_loopback: bool,
@@ -114,11 +115,8 @@ pub async fn start_on(
         options.grpc_addr,
         options.grpc_tls.as_ref(),
         options.grpc_cleartext_off_loopback,
+        &[b"h2"],
     )?;
-    let mut grpc_server = tonic::transport::Server::builder();
-    if let Some(tls) = grpc_tls {
-        grpc_server = grpc_server.tls_config(tls).context("the gRPC API's TLS certificate and key")?;
-    }
     let store = Store::open(&options.database_url, options.master_key)
         .await
         .with_context(|| format!("opening the event log at {}", redact_url(&options.database_url)))?;
@@ -167,8 +165,9 @@ pub async fn start_on(
     let shutdown = cancel.clone().cancelled_owned();
     match api_tls {
         Some((config, reloader)) => {
-            tracker.spawn(reloader.run(options.api_tls_reload_every, cancel.clone()));
-            let listener = crate::https::TlsListener::new(api_listener, config, cancel.clone(), tracker)?;
+            tracker.spawn(reloader.run(options.tls_reload_every, cancel.clone()));
+            let incoming = TlsIncoming::new("the REST API", api_listener, config, cancel.clone(), tracker)?;
+            let listener = crate::https::TlsListener(incoming);
             tracker
                 .spawn(async move { rest_stopped(axum::serve(listener, app).with_graceful_shutdown(shutdown).await) })
         }
@@ -180,24 +179,32 @@ pub async fn start_on(
         .await
         .with_context(|| format!("binding the gRPC API to {}", options.grpc_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let routes = crate::grpc::routes(cp.clone());
-    let grpc_cancel = cancel.clone();
-    tracker.spawn(async move {
-        let served = grpc_server
-            .layer(tower_http::trace::TraceLayer::new_for_grpc())
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                grpc_cancel.cancelled_owned(),
-            )
-            .await;
-        if let Err(e) = served {
-            tracing::error!("failed to serve the gRPC API: {e:#}");
+    let grpc = tonic::transport::Server::builder()
+        .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        .add_routes(crate::grpc::routes(cp.clone()));
+    let stopped = cancel.clone().cancelled_owned();
+    match grpc_tls {
+        Some((config, reloader)) => {
+            tracker.spawn(reloader.run(options.tls_reload_every, cancel.clone()));
+            let incoming = TlsIncoming::new("the gRPC API", grpc_listener, config, cancel.clone(), tracker)?;
+            tracker.spawn(async move {
+                grpc_stopped(grpc.serve_with_incoming_shutdown(incoming.into_stream(), stopped).await)
+            })
         }
-    });
+        None => tracker.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            grpc_stopped(grpc.serve_with_incoming_shutdown(incoming, stopped).await)
+        }),
+    };
 
     tracing::info!(%api_addr, api_tls = serves_tls, %grpc_addr, "control plane serving");
     Ok(Running { api_addr, api_tls: serves_tls, grpc_addr, control_plane: cp })
+}
+
+fn grpc_stopped(served: Result<(), tonic::transport::Error>) {
+    if let Err(e) = served {
+        tracing::error!("failed to serve the gRPC API: {e:#}");
+    }
 }
 
 fn rest_stopped(served: std::io::Result<()>) {

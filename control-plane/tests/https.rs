@@ -113,10 +113,10 @@ async fn one_address_cannot_take_every_handshake() {
     drop(stalled);
 }
 
-/// A renewed certificate written over the API's files is served from the next
-/// handshake on, without a restart: a new client verifies it against the new
-/// root and no longer against the old one, while a connection made before
-/// the renewal goes on being served.
+/// A renewed certificate written over the APIs' files is served from the next
+/// handshake on, without a restart, by the REST API and the gRPC API alike: a
+/// new client verifies it against the new root and no longer against the old
+/// one, while a connection made before the renewal goes on being served.
 #[tokio::test]
 async fn a_renewed_certificate_is_served_without_a_restart() {
     let names = || vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
@@ -133,8 +133,25 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         async move { harness::trusting(&ca).pool_max_idle_per_host(0).build().unwrap().get(healthz).send().await }
     };
     assert_eq!(fresh(first.cert.pem()).await.unwrap().status(), StatusCode::OK);
-    // A connection opened before the renewal, kept by the harness's client.
+    // A connection opened before the renewal, kept by the harness's client
+    // (were it closed, a new one would fail to verify the renewed certificate).
     assert_eq!(h.client.get(&healthz).send().await.unwrap().status(), StatusCode::OK);
+    // The gRPC API, as a worker calls it, trusting a CA file.
+    let grpc_trusting = |pem: String, name: &str| {
+        let ca = dir.join(name);
+        std::fs::write(&ca, pem).unwrap();
+        let url = format!("https://{}", h.running.grpc_addr);
+        let tls = airlock_proto::transport::ClientTls { ca_file: Some(ca), ..Default::default() };
+        let endpoint = airlock_proto::transport::endpoint("the gRPC API", &url, &tls).unwrap();
+        async move {
+            let channel = endpoint.connect().await?;
+            let mut worker = airlock_proto::v1::worker_service_client::WorkerServiceClient::new(channel);
+            let mut request = tonic::Request::new(airlock_proto::v1::SnapshotRequest {});
+            request.metadata_mut().insert("authorization", "Bearer worker-secret".parse().unwrap());
+            Ok::<_, Box<dyn std::error::Error>>(worker.snapshot(request).await?.into_inner().tenants.len())
+        }
+    };
+    assert_eq!(grpc_trusting(first.cert.pem(), "first.pem").await.unwrap(), 1);
 
     let renewed = rcgen::generate_simple_self_signed(names()).unwrap();
     std::fs::write(&files.cert_file, renewed.cert.pem()).unwrap();
@@ -152,6 +169,12 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         "the old certificate is still served: {err}"
     );
     assert_eq!(h.client.get(&healthz).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(grpc_trusting(renewed.cert.pem(), "renewed.pem").await.unwrap(), 1);
+    let err = format!("{:?}", grpc_trusting(first.cert.pem(), "first.pem").await.unwrap_err());
+    assert!(
+        err.contains("BadSignature") || err.contains("UnknownIssuer"),
+        "the gRPC API still serves the old certificate: {err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

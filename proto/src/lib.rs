@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod certs;
 pub mod convert;
+pub mod tls_listener;
 pub mod transport;
 
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]

@@ -14,7 +14,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use std::sync::Arc;
@@ -22,12 +21,9 @@ use std::sync::Arc;
 use crate::certs::CertReloader;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tonic::transport::{ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
-/// How long a client may take over its TLS handshake before the server drops it.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A gRPC server's certificate chain and private key, as PEM files.
+/// A server's certificate chain and private key, as PEM files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerTls {
     pub cert_file: PathBuf,
@@ -42,12 +38,6 @@ impl ServerTls {
             (None, None) => Ok(None),
             _ => anyhow::bail!("{what}: set both the TLS certificate file and the key file, or neither"),
         }
-    }
-
-    fn config(&self) -> anyhow::Result<ServerTlsConfig> {
-        let cert = std::fs::read(&self.cert_file).with_context(|| format!("reading {}", self.cert_file.display()))?;
-        let key = std::fs::read(&self.key_file).with_context(|| format!("reading {}", self.key_file.display()))?;
-        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(HANDSHAKE_TIMEOUT))
     }
 
     /// A rustls server configuration serving this certificate and key,
@@ -93,19 +83,22 @@ fn cleartext_allowed(
     Ok(())
 }
 
-/// The TLS a gRPC server listening on `addr` serves, or `None` for cleartext,
-/// which is allowed only on loopback or with cleartext off loopback allowed.
-/// `what` names the server; `settings` is the prefix of its settings
-/// (`api.grpc_`, `recorder.`), for errors that say what to set.
+/// The TLS a gRPC server listening on `addr` serves, offering the ALPN
+/// protocols `alpn` (`h2`, and `http/1.1` for a server that answers health
+/// checks over it), with what serves its renewed certificate; or `None` for
+/// cleartext, which is allowed only on loopback or with cleartext off
+/// loopback allowed. `what` names the server; `settings` is the prefix of its
+/// settings (`api.grpc_`, `recorder.`), for errors that say what to set.
 pub fn server_tls(
     what: &str,
     settings: &str,
     addr: SocketAddr,
     tls: Option<&ServerTls>,
     cleartext_off_loopback: bool,
-) -> anyhow::Result<Option<ServerTlsConfig>> {
+    alpn: &[&[u8]],
+) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, CertReloader)>> {
     match tls {
-        Some(tls) => tls.config().map(Some).with_context(|| format!("{what}: loading its TLS certificate")),
+        Some(tls) => tls.rustls_config(alpn).map(Some).with_context(|| format!("{what}: loading its TLS certificate")),
         None => {
             let carries = "the worker token, target credentials, session bytes";
             cleartext_allowed(what, settings, addr, cleartext_off_loopback, carries).map(|()| None)
@@ -223,11 +216,11 @@ mod tests {
     fn servers_listen_in_cleartext_only_on_loopback_unless_allowed() {
         let loopback: SocketAddr = "127.0.0.1:8081".parse().unwrap();
         let everywhere: SocketAddr = "0.0.0.0:8081".parse().unwrap();
-        assert!(server_tls("the gRPC API", "api.grpc_", loopback, None, false).unwrap().is_none());
-        let err = server_tls("the gRPC API", "api.grpc_", everywhere, None, false).unwrap_err().to_string();
+        assert!(server_tls("the gRPC API", "api.grpc_", loopback, None, false, &[]).unwrap().is_none());
+        let err = server_tls("the gRPC API", "api.grpc_", everywhere, None, false, &[]).unwrap_err().to_string();
         assert!(err.contains("would listen on 0.0.0.0:8081 (api.grpc_addr) without TLS"), "{err}");
         assert!(err.contains("set api.grpc_tls_cert_file and api.grpc_tls_key_file"), "{err}");
-        assert!(server_tls("the gRPC API", "api.grpc_", everywhere, None, true).unwrap().is_none());
+        assert!(server_tls("the gRPC API", "api.grpc_", everywhere, None, true, &[]).unwrap().is_none());
         // The REST API likewise, under its own settings.
         assert!(rest_server_tls(loopback, None, false).unwrap().is_none());
         let err = rest_server_tls(everywhere, None, false).unwrap_err().to_string();
@@ -257,7 +250,8 @@ mod tests {
         let server = ServerTls { cert_file: dir.join("missing.crt"), key_file: empty };
         let err = format!(
             "{:#}",
-            server_tls("the recorder", "recorder.", "0.0.0.0:1".parse().unwrap(), Some(&server), false).unwrap_err()
+            server_tls("the recorder", "recorder.", "0.0.0.0:1".parse().unwrap(), Some(&server), false, &[])
+                .unwrap_err()
         );
         assert!(err.contains("the recorder: loading its TLS certificate") && err.contains("missing.crt"), "{err}");
         let err = format!("{:#}", rest_server_tls("0.0.0.0:1".parse().unwrap(), Some(&server), false).unwrap_err());

@@ -30,6 +30,7 @@ mod writer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use airlock_proto::tls_listener::TlsIncoming;
 use airlock_proto::v1::recorder_service_server::RecorderServiceServer;
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
@@ -82,11 +83,9 @@ pub async fn start(
         config.addr,
         tls.as_ref(),
         config.cleartext_off_loopback,
+        // HTTP/1.1 too, for health checks.
+        &[b"h2", b"http/1.1"],
     )?;
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls).context("the recorder's TLS certificate and key")?;
-    }
     let data_dir = config.data_dir();
     create_private_dir(&data_dir)?;
     let signer = Arc::new(match &config.signing_key_file {
@@ -113,21 +112,29 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the recorder to {}", config.addr))?;
     let addr = listener.local_addr()?;
-    tracker.spawn(async move {
-        let served = server
-            .accept_http1(true)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                cancel.cancelled_owned(),
-            )
-            .await;
-        if let Err(e) = served {
-            tracing::error!("failed to serve the recorder: {e:#}");
+    let server = tonic::transport::Server::builder().accept_http1(true).add_routes(routes);
+    let stopped = cancel.clone().cancelled_owned();
+    match tls {
+        Some((config, reloader)) => {
+            tracker.spawn(reloader.run(airlock_proto::certs::RELOAD_EVERY, cancel.clone()));
+            let incoming = TlsIncoming::new("the recorder", listener, config, cancel, tracker)?;
+            tracker.spawn(async move {
+                stopped_serving(server.serve_with_incoming_shutdown(incoming.into_stream(), stopped).await)
+            })
         }
-    });
+        None => tracker.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            stopped_serving(server.serve_with_incoming_shutdown(incoming, stopped).await)
+        }),
+    };
     tracing::info!(%addr, store = ?store, key_id = signer.key_id(), "recorder serving");
     Ok(Started { addr, public_key: signer.verifying_key(), key_id: signer.key_id().to_owned() })
+}
+
+fn stopped_serving(served: Result<(), tonic::transport::Error>) {
+    if let Err(e) = served {
+        tracing::error!("failed to serve the recorder: {e:#}");
+    }
 }
 
 /// Creates the data directory readable by its owner only.

@@ -330,7 +330,7 @@ impl Stack {
                 api_addr,
                 grpc_addr: "127.0.0.1:0".parse().unwrap(),
                 api_tls: None,
-                api_tls_reload_every: airlock_proto::certs::RELOAD_EVERY,
+                tls_reload_every: airlock_proto::certs::RELOAD_EVERY,
                 api_cleartext_off_loopback: false,
                 grpc_tls: None,
                 grpc_cleartext_off_loopback: false,

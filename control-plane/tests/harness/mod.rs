@@ -82,8 +82,8 @@ impl Harness {
         Self::start_options(backend, bus, clock, console, None).await
     }
 
-    /// With the REST API serving TLS with a certificate for `127.0.0.1`
-    /// (`ca` is that certificate, PEM).
+    /// With the REST and gRPC APIs serving TLS with a certificate for
+    /// `127.0.0.1` (`ca` is that certificate, PEM).
     pub async fn start_tls(tls: airlock_proto::transport::ServerTls, ca: &str) -> Harness {
         let tls = Some((tls, ca.to_owned()));
         Self::start_options(
@@ -128,10 +128,10 @@ impl Harness {
             public_url: public_url.clone(),
             api_addr,
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            api_tls: tls.map(|(files, _)| files),
-            api_tls_reload_every: std::time::Duration::from_millis(100),
+            api_tls: tls.as_ref().map(|(files, _)| files.clone()),
+            tls_reload_every: std::time::Duration::from_millis(100),
             api_cleartext_off_loopback: false,
-            grpc_tls: None,
+            grpc_tls: tls.as_ref().map(|(files, _)| files.clone()),
             grpc_cleartext_off_loopback: false,
             worker_token: "worker-secret".into(),
             identity: airlock_identity::VerifierOptions { own_issuer: public_url.clone(), ..Default::default() },
