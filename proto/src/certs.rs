@@ -2,7 +2,7 @@
 //! read again while the server runs: a renewed certificate (one that
 //! cert-manager or an ACME client writes in place) is served from the next
 //! handshake on, without a restart and without touching connections under
-//! way. The Postgres gateway and the REST API serve theirs this way.
+//! way. Every server of Airlock's serves its certificate this way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -143,6 +143,10 @@ async fn accept(
                 Ok(Ok(tls)) => {
                     let _ = established.send((tls, peer)).await;
                 }
+                // Closed before a ClientHello: a TCP health check or a port scan.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%peer, "a client of {what} closed before its TLS handshake: {e}");
+                }
                 Ok(Err(e)) => tracing::info!(%peer, "a TLS handshake with {what} failed: {e}"),
                 Err(_) => tracing::info!(%peer, "a client of {what} did not finish its TLS handshake in time"),
             }

@@ -52,10 +52,10 @@ impl ServerTls {
     }
 }
 
-/// What every rustls server configuration Airlock builds itself (the REST
-/// API's, the Postgres gateway's) starts from, whatever its certificate:
-/// rustls's ring provider, TLS 1.2 and 1.3, no client certificates. (The
-/// gRPC servers' TLS is tonic's, from the same files.)
+/// What every rustls server configuration Airlock builds (the REST and gRPC
+/// APIs', the recorder's, the Postgres gateway's) starts from, whatever its
+/// certificate: rustls's ring provider, TLS 1.2 and 1.3, no client
+/// certificates.
 pub fn server_config_builder()
 -> anyhow::Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

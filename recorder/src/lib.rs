@@ -115,9 +115,9 @@ pub async fn start(
     let server = tonic::transport::Server::builder().accept_http1(true).add_routes(routes);
     let stopped = cancel.clone().cancelled_owned();
     match tls {
-        Some((config, reloader)) => {
+        Some((rustls, reloader)) => {
             tracker.spawn(reloader.run(airlock_proto::certs::RELOAD_EVERY, cancel.clone()));
-            let incoming = TlsIncoming::new("the recorder", listener, config, cancel, tracker)?;
+            let incoming = TlsIncoming::new("the recorder", listener, rustls, cancel, tracker)?;
             tracker.spawn(async move {
                 stopped_serving(server.serve_with_incoming_shutdown(incoming.into_stream(), stopped).await)
             })
