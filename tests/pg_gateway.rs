@@ -568,12 +568,40 @@ async fn sessions_are_recorded_with_who_where_how_long_and_how_much() {
     assert!(closed["data"]["duration_ms"].as_u64().is_some());
 }
 
+/// Every session of a static-credential connection logs in as its one user,
+/// by SCRAM with its stored password (the user is one the test Postgres
+/// checks by SCRAM, as a member of `scram_logins_test`).
 #[tokio::test]
 async fn a_static_credential_connection_logs_in_as_its_one_user() {
     let s = Stack::start().await;
+    let user = format!("airlock_test_static_{}", uuid::Uuid::new_v4().simple());
+    let admin = admin_client(s.db.url()).await;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE scram_logins_test NOLOGIN;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             SET password_encryption = 'scram-sha-256';
+             CREATE ROLE {user} LOGIN PASSWORD 'static-secret' IN ROLE scram_logins_test"
+        ))
+        .await
+        .unwrap();
+    struct DropUser(String, String);
+    impl Drop for DropUser {
+        fn drop(&mut self) {
+            let (url, user) = (self.0.clone(), self.1.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async { admin_client(&url).await.batch_execute(&format!("DROP ROLE {user}")).await })
+            })
+            .join()
+            .unwrap()
+            .unwrap();
+        }
+    }
+    let _user = DropUser(s.db.url().to_owned(), user.clone());
     let connection = json!({
         "name": "pg-static", "kind": "postgres", "address": "127.0.0.1:5432", "database": s.db.name(), "tls": "disable",
-        "static_credential": {"user": "postgres", "password": ""},
+        "static_credential": {"user": user, "password": "static-secret"},
     });
     let (status, body) = s.post("/v1/connections", connection).await;
     assert_eq!(status, 201, "{body}");
@@ -582,9 +610,12 @@ async fn a_static_credential_connection_logs_in_as_its_one_user() {
     let (status, body) = s.post("/v1/grants", grant).await;
     assert_eq!(status, 201, "{body}");
     s.settle().await;
-    let client = s.connect("pg-static.shared", &token).await.unwrap();
-    let user: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
-    assert_eq!(user, "postgres");
+    // Two sessions: the second logs in with the password as the first hashed it.
+    for _ in 0..2 {
+        let client = s.connect("pg-static.shared", &token).await.unwrap();
+        let current: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+        assert_eq!(current, user);
+    }
     assert!(s.session_roles().await.is_empty(), "no session role is made for a static credential");
 }
 

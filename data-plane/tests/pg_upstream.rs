@@ -893,6 +893,43 @@ async fn a_sessions_login_is_bound_to_the_targets_certificate() {
     relaying.abort();
 }
 
+/// A stored password (a static credential's) is hashed at its first SCRAM
+/// login through its salt cache and not at the next, bound or not, against
+/// the real target; a wrong one is refused all the same, and one SASLprep
+/// might change still logs in, hashed by postgres-protocol's client.
+#[tokio::test]
+async fn a_stored_password_is_hashed_at_its_first_login_only() {
+    let stored = make_scram_role("cached", "stored-secret", "").await;
+    let cache = Arc::new(scram::SaltCache::default());
+    let login = |password: &str, tls: TargetTls, cache: Arc<scram::SaltCache>| {
+        let mut o = UpstreamOptions::new(PG, stored.name.clone(), password, "postgres");
+        o.tls = tls;
+        o.salt_cache = Some(cache);
+        o.connect_timeout = Duration::from_secs(10);
+        async move { upstream::connect(&o).await }
+    };
+    for tls in [TargetTls::Disable, TargetTls::Require, TargetTls::Disable] {
+        let mut up = login("stored-secret", tls, cache.clone()).await.unwrap();
+        assert_eq!(up.stream.is_tls(), tls == TargetTls::Require);
+        assert_eq!(scalar(&mut up, "SELECT current_user").await, stored.name.as_bytes());
+    }
+    assert_eq!(cache.hashed(), 1, "logins after the first hashed the password again");
+
+    let wrong = login("stored-secreT", TargetTls::Disable, cache.clone()).await.err().unwrap();
+    assert!(matches!(wrong, UpstreamError::Refused { ref sqlstate, .. } if sqlstate == "28P01"), "{wrong}");
+    let mut up = login("stored-secret", TargetTls::Disable, cache.clone()).await.unwrap();
+    assert_eq!(scalar(&mut up, "SELECT 1").await, &b"1"[..]);
+    assert_eq!(cache.hashed(), 3, "the wrong password was hashed, then the right one again");
+
+    let unicode = make_scram_role("unicode", "p\u{e4}ssw\u{f6}rd", "").await;
+    let fresh = Arc::new(scram::SaltCache::default());
+    let mut o = UpstreamOptions::new(PG, unicode.name.clone(), "p\u{e4}ssw\u{f6}rd", "postgres");
+    o.tls = TargetTls::Disable;
+    o.salt_cache = Some(fresh.clone());
+    upstream::connect(&o).await.unwrap();
+    assert_eq!(fresh.hashed(), 0, "left to a client that normalizes it");
+}
+
 /// An impostor in the middle: it takes TLS with a certificate of its own and
 /// relays what it reads, over TLS of its own, to the real target.
 async fn impostor_in_the_middle() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::catalog::Catalog;
 use super::hook::StatementHook;
 use super::roles::{RoleManager, TlsChoice};
+use super::scram::SaltCache;
 use super::upstream::{BackendKey, UpstreamOptions};
 use crate::projection::Projection;
 use crate::recording::Recorder;
@@ -99,6 +100,9 @@ pub(crate) struct CancelTarget {
     pub held: Arc<tokio::sync::Notify>,
 }
 
+/// A static credential's salt cache, with the credential's version.
+type VersionedSaltCache = (u64, Arc<SaltCache>);
+
 pub struct Gateway {
     pub(crate) projection: Arc<Projection>,
     pub(crate) verifier: Verifier,
@@ -111,6 +115,8 @@ pub struct Gateway {
     /// Gateway-issued (pid, key) → the upstream backend's. Entries live as long as their session.
     pub(crate) cancels: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
     credentials: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), Credential>>,
+    /// Static credentials' salted passwords, by the credential's version.
+    salt_caches: Mutex<HashMap<(TenantId, ConnectionId), VersionedSaltCache>>,
     /// The admin connections of each target, with the credential version they log in with.
     admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
     /// The runtime the gateway was made on, which opens and drives admin
@@ -225,6 +231,7 @@ impl Gateway {
             recorder,
             cancels: Mutex::new(HashMap::new()),
             credentials: tokio::sync::Mutex::new(HashMap::new()),
+            salt_caches: Mutex::default(),
             admins: tokio::sync::Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             catalogs: Mutex::new(HashMap::new()),
@@ -477,6 +484,17 @@ impl Gateway {
         let fresh = self.control_plane.connection_credential(tenant, spec.id).await?;
         cache.insert((tenant, spec.id), fresh.clone());
         Ok(fresh)
+    }
+
+    /// Where the static credential of version `version` keeps its salted
+    /// password between logins (a new cache for a new version).
+    pub(crate) fn salt_cache(&self, tenant: TenantId, connection: ConnectionId, version: u64) -> Arc<SaltCache> {
+        let mut caches = self.salt_caches.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = caches.entry((tenant, connection)).or_insert_with(|| (version, Arc::default()));
+        if entry.0 != version {
+            *entry = (version, Arc::default());
+        }
+        entry.1.clone()
     }
 
     /// The catalog of a target, as masking reads it.

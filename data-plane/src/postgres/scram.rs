@@ -10,17 +10,25 @@
 //! changed behind the gateway's back): the login is refused, without hashing
 //! anything on the session's thread.
 //!
-//! Only for passwords the gateway makes (printable ASCII, which SASLprep
-//! leaves as they are). A stored credential logs in with postgres-protocol's
-//! client, which normalizes it.
+//! A stored credential's password (a static credential's) is hashed at its
+//! first login and kept with the credential ([`SaltCache`]): a target names
+//! its verifier's salt and iteration count at every login, so the logins
+//! after the first hash nothing either.
+//!
+//! Only for printable ASCII passwords, which SASLprep leaves as they are (every
+//! password the gateway makes). Any other stored one logs in with
+//! postgres-protocol's client, which normalizes it, and is hashed every time.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -101,6 +109,58 @@ pub fn verifier(password: &[u8]) -> (String, SaltedPassword) {
     (text, salted)
 }
 
+/// A stored password's salted form from its last login, kept with the
+/// credential (one cache per credential and version): reused while the target
+/// names the same salt and iteration count; another salt or count (the
+/// password set again on the target, or another server answering) is hashed
+/// and kept in its place.
+#[derive(Default)]
+pub struct SaltCache {
+    /// The salted password, with a digest of the password it was made from,
+    /// so that a cache given another password hashes that one.
+    last: Mutex<Option<([u8; 32], SaltedPassword)>>,
+    hashed: AtomicU64,
+}
+
+impl fmt::Debug for SaltCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaltCache").field("hashed", &self.hashed()).finish_non_exhaustive()
+    }
+}
+
+impl SaltCache {
+    /// How many times a password was hashed for a login through this cache.
+    pub fn hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// `password` salted for `salt` and `iterations`: the one kept, or hashed
+    /// now (outside the lock: two logins at once may both hash).
+    fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> SaltedPassword {
+        let digest: [u8; 32] = Sha256::digest(password).into();
+        let kept =
+            self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().and_then(|(made_from, s)| {
+                (*made_from == digest && s.salt == salt && s.iterations == iterations).then(|| s.clone())
+            });
+        if let Some(kept) = kept {
+            return kept;
+        }
+        let fresh = SaltedPassword::compute(password, salt, iterations);
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((digest, fresh.clone()));
+        fresh
+    }
+}
+
+/// What a login proves it knows the password with.
+enum Key {
+    /// The password salted as the verifier has it: another salt or count is
+    /// another verifier's.
+    Salted(SaltedPassword),
+    /// A stored password, salted as the server says through its cache.
+    Stored { password: Zeroizing<Vec<u8>>, cache: Arc<SaltCache> },
+}
+
 /// Why a login failed on the client's side of the exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum ScramError {
@@ -126,7 +186,7 @@ pub enum ScramError {
 /// first message, then [`verify`](Login::verify) its last, which proves the
 /// server holds this password's verifier.
 pub struct Login {
-    salted: Option<SaltedPassword>,
+    key: Option<Key>,
     nonce: String,
     first_bare: String,
     /// `p=tls-server-end-point,,` bound; `y,,` unbound by a client that could
@@ -140,7 +200,12 @@ pub struct Login {
 
 impl fmt::Debug for Login {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Login").field("salted", &self.salted).finish_non_exhaustive()
+        let key = match &self.key {
+            Some(Key::Salted(salted)) => format!("{salted:?}"),
+            Some(Key::Stored { cache, .. }) => format!("stored password, {cache:?}"),
+            None => "used".to_owned(),
+        };
+        f.debug_struct("Login").field("key", &key).finish_non_exhaustive()
     }
 }
 
@@ -148,33 +213,53 @@ impl Login {
     /// A login with the password as `salted` holds it: a server naming
     /// another salt or iteration count is refused.
     pub fn new(salted: SaltedPassword) -> Self {
+        Self::with_key(Key::Salted(salted))
+    }
+
+    /// A login with a stored password, salted through `cache`; `None` for a
+    /// password SASLprep might change (anything but printable ASCII), which
+    /// this client does not normalize.
+    pub fn stored(password: &str, cache: Arc<SaltCache>) -> Option<Self> {
+        let printable = password.bytes().all(|b| (0x20..0x7f).contains(&b));
+        printable.then(|| Self::with_key(Key::Stored { password: Zeroizing::new(password.as_bytes().to_vec()), cache }))
+    }
+
+    fn with_key(key: Key) -> Self {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        Self::with_nonce(salted, &STANDARD.encode(nonce))
+        Self::with_nonce(key, &STANDARD.encode(nonce))
     }
 
     /// A login bound to the server's certificate by its
     /// [`tls_server_end_point`] data (SCRAM-SHA-256-PLUS): a server that saw
     /// another certificate refuses it.
     pub fn bound(salted: SaltedPassword, end_point: Vec<u8>) -> Self {
-        let mut login = Self::new(salted);
-        login.gs2_header = "p=tls-server-end-point,,";
-        login.binding = end_point;
-        login
+        Self::new(salted).bind(end_point)
     }
 
     /// An unbound login from a client that could have bound it (`y,,`): the
     /// server offered no SCRAM-SHA-256-PLUS. A server that did offer it (the
     /// offer was struck out on the way) refuses the login.
     pub fn unbound_though_able(salted: SaltedPassword) -> Self {
-        let mut login = Self::new(salted);
-        login.gs2_header = "y,,";
-        login
+        Self::new(salted).able_to_bind()
     }
 
-    fn with_nonce(salted: SaltedPassword, nonce: &str) -> Self {
+    /// This login, bound by `end_point` (see [`Login::bound`]).
+    pub fn bind(mut self, end_point: Vec<u8>) -> Self {
+        self.gs2_header = "p=tls-server-end-point,,";
+        self.binding = end_point;
+        self
+    }
+
+    /// This login, unbound though able (see [`Login::unbound_though_able`]).
+    pub fn able_to_bind(mut self) -> Self {
+        self.gs2_header = "y,,";
+        self
+    }
+
+    fn with_nonce(key: Key, nonce: &str) -> Self {
         Login {
-            salted: Some(salted),
+            key: Some(key),
             nonce: nonce.to_owned(),
             // Postgres takes the user from the startup message and ignores this one.
             first_bare: format!("n=,r={nonce}"),
@@ -209,8 +294,9 @@ impl Login {
         if iterations == 0 || iterations > MAX_ITERATIONS {
             return Err(ScramError::Iterations(iterations));
         }
-        let salted = match self.salted.take() {
-            Some(s) if s.salt == salt && s.iterations == iterations => s,
+        let salted = match self.key.take() {
+            Some(Key::Salted(s)) if s.salt == salt && s.iterations == iterations => s,
+            Some(Key::Stored { password, cache }) => cache.salted(&password, &salt, iterations),
             _ => return Err(ScramError::NotOurVerifier),
         };
         // The header again, with the binding data: `biws` (`n,,`) unbound.
@@ -341,7 +427,7 @@ mod tests {
     }
 
     fn rfc_login(salted: SaltedPassword) -> Login {
-        let mut login = Login::with_nonce(salted, CLIENT_NONCE);
+        let mut login = Login::with_nonce(Key::Salted(salted), CLIENT_NONCE);
         // The RFC's client names its user; Postgres's send an empty name.
         login.first_bare = format!("n=user,r={CLIENT_NONCE}");
         login
@@ -476,6 +562,37 @@ mod tests {
             let server_signature = hmac(&STANDARD.decode(server_key).unwrap(), auth.as_bytes());
             login.verify(format!("v={}", STANDARD.encode(server_signature)).as_bytes()).unwrap();
         }
+    }
+
+    /// A stored password is hashed at its first login through a cache, and
+    /// reused at the next while the server names the same salt and count.
+    #[test]
+    fn a_stored_password_is_hashed_once_per_salt() {
+        let cache = Arc::new(SaltCache::default());
+        let stored = |password: &str| {
+            let key = Key::Stored { password: Zeroizing::new(password.as_bytes().to_vec()), cache: cache.clone() };
+            let mut login = Login::with_nonce(key, CLIENT_NONCE);
+            login.first_bare = format!("n=user,r={CLIENT_NONCE}");
+            login
+        };
+        for _ in 0..2 {
+            let mut login = stored("pencil");
+            assert_eq!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
+            login.verify(SERVER_FINAL.as_bytes()).unwrap();
+        }
+        assert_eq!(cache.hashed(), 1, "the second login hashed the password again");
+        // The server names another salt: hashed for it, and kept instead.
+        let resalted = SERVER_FIRST.replace("W22ZaJ0SNY7soEsUEjb6gQ==", "AAAAAAAAAAAAAAAAAAAAAA==");
+        assert_ne!(stored("pencil").respond(resalted.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
+        assert_eq!(cache.hashed(), 2);
+        // Another password through the same cache is its own.
+        let mut other = stored("pen");
+        assert_ne!(other.respond(resalted.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
+        assert_eq!(cache.hashed(), 3);
+        // What SASLprep could change is left to a client that normalizes it.
+        assert!(Login::stored("correct horse", cache.clone()).is_some());
+        assert!(Login::stored("p\u{e4}ssword", cache.clone()).is_none());
+        assert!(Login::stored("tab\tpassword", cache).is_none());
     }
 
     #[test]

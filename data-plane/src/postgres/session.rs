@@ -278,7 +278,13 @@ async fn admitted_session(
                     tracing::error!("failed to read the credential of connection {}: {e:#}", admitted.connection.name);
                     Ended::fatal(sqlstate::CONNECTION_FAILURE, "the gateway cannot read the connection's credential")
                 })?;
-                (credential.user, credential.password, None)
+                let salt_cache = gw.salt_cache(admitted.context.tenant, admitted.connection.id, credential.version);
+                TargetLogin {
+                    user: credential.user,
+                    password: credential.password,
+                    salted: None,
+                    salt_cache: Some(salt_cache),
+                }
             }
             CredentialMode::SessionRole => {
                 let template = admitted.connection.roles.get(&admitted.context.role).cloned().ok_or_else(|| {
@@ -307,7 +313,12 @@ async fn admitted_session(
                         format!("the gateway could not create a session role on {}: {e}", admitted.connection.name),
                     )
                 })?;
-                let login = (role.name.clone(), role.password.clone(), Some(role.salted.clone()));
+                let login = TargetLogin {
+                    user: role.name.clone(),
+                    password: role.password.clone(),
+                    salted: Some(role.salted.clone()),
+                    salt_cache: None,
+                };
                 session_role = Some((manager, role.name));
                 login
             }
@@ -624,19 +635,34 @@ fn no_access(why: String) -> Ended {
     Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access denied: {why}"))
 }
 
+/// Who a session logs in to its target as: its session role, with the
+/// salted form of the password the gateway made, or the connection's static
+/// credential, with where its salted form is kept between logins.
+struct TargetLogin {
+    user: String,
+    password: String,
+    salted: Option<SaltedPassword>,
+    salt_cache: Option<Arc<super::scram::SaltCache>>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn relay_session(
     gw: &Arc<Gateway>,
     client: &mut Client,
     admitted: &Admitted,
     mut tap: Option<&mut SessionTap>,
-    (user, password, salted): (String, String, Option<SaltedPassword>),
+    login: TargetLogin,
     shutdown: &CancellationToken,
     span: &tracing::Span,
 ) -> Result<(), Ended> {
-    let mut options =
-        UpstreamOptions::new(admitted.connection.address.clone(), user, password, admitted.database.clone());
-    options.salted = salted;
+    let mut options = UpstreamOptions::new(
+        admitted.connection.address.clone(),
+        login.user,
+        login.password,
+        admitted.database.clone(),
+    );
+    options.salted = login.salted;
+    options.salt_cache = login.salt_cache;
     options.tls = admitted.connection.tls;
     options.root_certs = gw.options.target_roots.as_ref().and_then(|r| r.for_mode(admitted.connection.tls));
     options.params = admitted.params.clone();

@@ -69,6 +69,11 @@ pub struct UpstreamOptions {
     /// gateway made that verifier: a SCRAM login then skips hashing the
     /// password (see `scram`). `None` for a stored credential.
     pub salted: Option<SaltedPassword>,
+    /// Where a stored password's salted form is kept from one login to the
+    /// next (one per credential): a SCRAM login then hashes it only when the
+    /// target names a salt or count it was not hashed for. `None`: hashed at
+    /// every login.
+    pub salt_cache: Option<Arc<scram::SaltCache>>,
     pub database: String,
     /// Further startup parameters to send, in order (e.g. the client's
     /// `application_name`, `client_encoding`, `DateStyle`, `options`): the
@@ -93,6 +98,7 @@ impl UpstreamOptions {
             user: user.into(),
             password: password.into(),
             salted: None,
+            salt_cache: None,
             database: database.into(),
             params: Vec::new(),
             connect_timeout: Duration::from_secs(10),
@@ -110,6 +116,7 @@ impl fmt::Debug for UpstreamOptions {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("salted", &self.salted.is_some())
+            .field("salt_cache", &self.salt_cache)
             .field("database", &self.database)
             .field("params", &self.params.iter().map(|(n, _)| String::from_utf8_lossy(n)).collect::<Vec<_>>())
             .field("connect_timeout", &self.connect_timeout)
@@ -485,8 +492,10 @@ enum Binding {
 /// that does not know the password cannot pass for one that does, and a
 /// target that saw another certificate than the gateway did refuses a bound
 /// login. A password the gateway made (with its salted form) logs in with
-/// `scram::Login`, which skips hashing it again; a stored one with
-/// postgres-protocol's client, which normalizes it first.
+/// `scram::Login`, which skips hashing it again; a stored one with a salt
+/// cache too (`scram::SaltCache`: hashed at the first login only), unless
+/// SASLprep might change it; then with postgres-protocol's client, which
+/// normalizes it first.
 async fn scram(
     stream: &mut UpstreamStream,
     buf: &mut BytesMut,
@@ -495,7 +504,11 @@ async fn scram(
 ) -> Result<(), UpstreamError> {
     const PHASE: &str = "SCRAM authentication";
     enum Client {
+        /// The gateway's client, which hashes nothing.
         Made(Box<scram::Login>),
+        /// The gateway's client, which may hash the password (its cache missed).
+        Cached(Box<scram::Login>),
+        /// postgres-protocol's, which hashes the password.
         Stored(ScramSha256),
     }
     let failed = |e: &dyn std::fmt::Display| UpstreamError::Scram(e.to_string());
@@ -507,16 +520,25 @@ async fn scram(
         }
         (Some(salted), Binding::Unable) => Client::Made(Box::new(scram::Login::new(salted.clone()))),
         (None, binding) => {
-            let binding = match binding {
-                Binding::Bound(data) => ChannelBinding::tls_server_end_point(data),
-                Binding::NotOffered => ChannelBinding::unrequested(),
-                Binding::Unable => ChannelBinding::unsupported(),
-            };
-            Client::Stored(ScramSha256::new(opts.password.as_bytes(), binding))
+            match opts.salt_cache.as_ref().and_then(|cache| scram::Login::stored(&opts.password, cache.clone())) {
+                Some(login) => Client::Cached(Box::new(match binding {
+                    Binding::Bound(data) => login.bind(data),
+                    Binding::NotOffered => login.able_to_bind(),
+                    Binding::Unable => login,
+                })),
+                None => {
+                    let binding = match binding {
+                        Binding::Bound(data) => ChannelBinding::tls_server_end_point(data),
+                        Binding::NotOffered => ChannelBinding::unrequested(),
+                        Binding::Unable => ChannelBinding::unsupported(),
+                    };
+                    Client::Stored(ScramSha256::new(opts.password.as_bytes(), binding))
+                }
+            }
         }
     };
     let first = match &client {
-        Client::Made(login) => login.first(),
+        Client::Made(login) | Client::Cached(login) => login.first(),
         Client::Stored(scram) => scram.message().to_vec(),
     };
     let mut out = BytesMut::new();
@@ -534,15 +556,17 @@ async fn scram(
             let last = login.respond(&data).map_err(|e| failed(&e))?;
             (Client::Made(login), last)
         }
-        Client::Stored(mut scram) => {
-            // Hashes the password as the server's salt and count ask (about
-            // 0.6 ms at 4096 iterations): not on the thread relaying sessions.
-            let (scram, updated) = tokio::task::spawn_blocking(move || {
-                let updated = scram.update(&data);
-                (scram, updated)
-            })
-            .await
-            .map_err(|e| failed(&e))?;
+        // These hash the password as the server's salt and count ask (about
+        // 0.6 ms at 4096 iterations; a cache that has it does not): not on
+        // the thread relaying sessions.
+        Client::Cached(login) => {
+            let (login, last) =
+                off_the_session_thread(login, move |l| l.respond(&data)).await.map_err(|e| failed(&e))?;
+            (Client::Cached(login), last.map_err(|e| failed(&e))?)
+        }
+        Client::Stored(scram) => {
+            let (scram, updated) =
+                off_the_session_thread(scram, move |s| s.update(&data)).await.map_err(|e| failed(&e))?;
             updated.map_err(|e| failed(&e))?;
             let last = scram.message().to_vec();
             (Client::Stored(scram), last)
@@ -559,9 +583,21 @@ async fn scram(
     })
     .await?;
     match &mut client {
-        Client::Made(login) => login.verify(&data).map_err(|e| failed(&e)),
+        Client::Made(login) | Client::Cached(login) => login.verify(&data).map_err(|e| failed(&e)),
         Client::Stored(scram) => scram.finish(&data).map_err(|e| failed(&e)),
     }
+}
+
+/// `work` done with `value` on the blocking pool, and `value` back.
+async fn off_the_session_thread<T: Send + 'static, R: Send + 'static>(
+    mut value: T,
+    work: impl FnOnce(&mut T) -> R + Send + 'static,
+) -> Result<(T, R), tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let done = work(&mut value);
+        (value, done)
+    })
+    .await
 }
 
 async fn sasl_step(
