@@ -873,12 +873,19 @@ async fn a_sessions_login_is_bound_to_the_targets_certificate() {
     let made = make_scram_role("made", &verifier, "").await;
     let stored = make_scram_role("stored", "stored-secret", "").await;
     let (relay, relaying) = impostor_in_the_middle().await;
-    let logins = [(&made.name, "made-by-the-gateway", Some(salted)), (&stored.name, "stored-secret", None)];
-    for (user, password, salted) in logins {
+    // The stored password with a salt cache too, as a static credential logs in.
+    let cache = Some(Arc::new(scram::SaltCache::default()));
+    let logins = [
+        (&made.name, "made-by-the-gateway", Some(salted), None),
+        (&stored.name, "stored-secret", None, None),
+        (&stored.name, "stored-secret", None, cache),
+    ];
+    for (user, password, salted, salt_cache) in logins {
         for (address, through_impostor) in [(PG.to_owned(), false), (relay.to_string(), true)] {
             let mut o = UpstreamOptions::new(address, user, password, "postgres");
             o.tls = TargetTls::Require;
             o.salted = salted.clone();
+            o.salt_cache = salt_cache.clone();
             o.connect_timeout = Duration::from_secs(10);
             match upstream::connect(&o).await {
                 Ok(up) if !through_impostor => assert!(up.stream.is_tls()),
@@ -920,6 +927,15 @@ async fn a_stored_password_is_hashed_at_its_first_login_only() {
     let mut up = login("stored-secret", TargetTls::Disable, cache.clone()).await.unwrap();
     assert_eq!(scalar(&mut up, "SELECT 1").await, &b"1"[..]);
     assert_eq!(cache.hashed(), 3, "the wrong password was hashed, then the right one again");
+
+    // A target whose verifier takes more iterations than a session role's
+    // login would do (Postgres 16's `scram_iterations`), hashed all the same.
+    let (verifier, _) = scram::verifier_with(b"many-rounds", 200_000);
+    let slow = make_scram_role("slow", &verifier, "").await;
+    let mut o = UpstreamOptions::new(PG, slow.name.clone(), "many-rounds", "postgres");
+    o.tls = TargetTls::Disable;
+    o.salt_cache = Some(Arc::new(scram::SaltCache::default()));
+    upstream::connect(&o).await.unwrap();
 
     let unicode = make_scram_role("unicode", "p\u{e4}ssw\u{f6}rd", "").await;
     let fresh = Arc::new(scram::SaltCache::default());

@@ -1,5 +1,5 @@
 //! SCRAM-SHA-256 (RFC 5802 with SHA-256, RFC 7677) for the session roles the
-//! gateway makes.
+//! gateway makes and for static credentials.
 //!
 //! A session role's password is made by the gateway and used once, by the
 //! gateway, to log in as that role. Both the role's verifier and the login
@@ -56,6 +56,12 @@ impl fmt::Debug for SaltedPassword {
     }
 }
 
+impl Drop for SaltedPassword {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl SaltedPassword {
     /// Hi(password, salt, iterations) of RFC 5802: PBKDF2 with HMAC-SHA-256
     /// and one block of output.
@@ -95,9 +101,14 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 /// the form `CREATE ROLE ... PASSWORD` stores as it is), with a random salt,
 /// and the salted password a login can reuse.
 pub fn verifier(password: &[u8]) -> (String, SaltedPassword) {
+    verifier_with(password, ITERATIONS)
+}
+
+/// [`verifier`] with `iterations` instead of Postgres's default.
+pub fn verifier_with(password: &[u8], iterations: u32) -> (String, SaltedPassword) {
     let mut salt = [0u8; SALT_LEN];
     rand::rngs::OsRng.fill_bytes(&mut salt);
-    let salted = SaltedPassword::compute(password, &salt, ITERATIONS);
+    let salted = SaltedPassword::compute(password, &salt, iterations);
     let stored_key = Sha256::digest(salted.client_key());
     let text = format!(
         "SCRAM-SHA-256${}:{}${}:{}",
@@ -118,7 +129,7 @@ pub fn verifier(password: &[u8]) -> (String, SaltedPassword) {
 pub struct SaltCache {
     /// The salted password, with a digest of the password it was made from,
     /// so that a cache given another password hashes that one.
-    last: Mutex<Option<([u8; 32], SaltedPassword)>>,
+    last: Mutex<Option<(Zeroizing<[u8; 32]>, SaltedPassword)>>,
     hashed: AtomicU64,
 }
 
@@ -137,7 +148,7 @@ impl SaltCache {
     /// `password` salted for `salt` and `iterations`: the one kept, or hashed
     /// now (outside the lock: two logins at once may both hash).
     fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> SaltedPassword {
-        let digest: [u8; 32] = Sha256::digest(password).into();
+        let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(password)));
         let kept =
             self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().and_then(|(made_from, s)| {
                 (*made_from == digest && s.salt == salt && s.iterations == iterations).then(|| s.clone())
@@ -291,7 +302,12 @@ impl Login {
         }
         let salt = STANDARD.decode(salt).map_err(|_| ScramError::Malformed("the salt is not base64"))?;
         let iterations: u32 = iterations.parse().map_err(|_| ScramError::Malformed("the iteration count"))?;
-        if iterations == 0 || iterations > MAX_ITERATIONS {
+        // The cap keeps a server from making a session role's login hash at
+        // length; a stored password is hashed off the session thread, once per
+        // salt and count, as many times as its target's verifier says (Postgres
+        // 16's `scram_iterations` may be far above the default).
+        let capped = !matches!(self.key, Some(Key::Stored { .. }));
+        if iterations == 0 || (capped && iterations > MAX_ITERATIONS) {
             return Err(ScramError::Iterations(iterations));
         }
         let salted = match self.key.take() {
