@@ -149,17 +149,20 @@ impl SaltCache {
     /// now (outside the lock: two logins at once may both hash).
     fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> SaltedPassword {
         let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(password)));
-        let kept =
-            self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().and_then(|(made_from, s)| {
-                (*made_from == digest && s.salt == salt && s.iterations == iterations).then(|| s.clone())
-            });
-        if let Some(kept) = kept {
+        if let Some(kept) = self.kept(&digest, salt, iterations) {
             return kept;
         }
         let fresh = SaltedPassword::compute(password, salt, iterations);
         self.hashed.fetch_add(1, Ordering::Relaxed);
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((digest, fresh.clone()));
         fresh
+    }
+
+    /// The salted password kept for the password of this digest, salt and count.
+    fn kept(&self, digest: &[u8; 32], salt: &[u8], iterations: u32) -> Option<SaltedPassword> {
+        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (made_from, salted) = last.as_ref()?;
+        (**made_from == *digest && salted.salt == salt && salted.iterations == iterations).then(|| salted.clone())
     }
 }
 
@@ -285,23 +288,25 @@ impl Login {
         format!("{}{}", self.gs2_header, self.first_bare).into_bytes()
     }
 
+    /// Whether [`respond`](Login::respond)ing to `server_first` hashes the
+    /// password: a stored one whose cache does not hold it salted as that
+    /// message asks. (A message `respond` refuses hashes nothing.)
+    pub fn will_hash(&self, server_first: &[u8]) -> bool {
+        let Some(Key::Stored { password, cache }) = &self.key else { return false };
+        let Ok((_, _, salt, iterations)) = server_first_parts(server_first) else { return false };
+        let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(password.as_slice())));
+        cache.kept(&digest, &salt, iterations).is_none()
+    }
+
     /// The client-final message (with the proof), from the server-first message.
     pub fn respond(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
         if self.expected.is_some() {
             return Err(ScramError::OutOfOrder);
         }
-        let text = std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let mut attributes = text.split(',');
-        let nonce = attribute(attributes.next(), 'r')?;
-        let salt = attribute(attributes.next(), 's')?;
-        let iterations = attribute(attributes.next(), 'i')?;
-        // Further attributes are extensions, which a client may ignore; a
-        // mandatory one (`m=`) would come first, and is refused above.
+        let (text, nonce, salt, iterations) = server_first_parts(server_first)?;
         if nonce.len() <= self.nonce.len() || !nonce.starts_with(&self.nonce) {
             return Err(ScramError::Nonce);
         }
-        let salt = STANDARD.decode(salt).map_err(|_| ScramError::Malformed("the salt is not base64"))?;
-        let iterations: u32 = iterations.parse().map_err(|_| ScramError::Malformed("the iteration count"))?;
         // The cap keeps a server from making a session role's login hash at
         // length; a stored password is hashed off the session thread, once per
         // salt and count, as many times as its target's verifier says (Postgres
@@ -343,6 +348,20 @@ impl Login {
         // Compared in constant time.
         server.verify_slice(&signature).map_err(|_| ScramError::Signature)
     }
+}
+
+/// The server-first message's text, nonce, salt and iteration count.
+/// Further attributes are extensions, which a client may ignore; a mandatory
+/// one (`m=`) would come first, and is refused.
+fn server_first_parts(server_first: &[u8]) -> Result<(&str, &str, Vec<u8>, u32), ScramError> {
+    let text = std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+    let mut attributes = text.split(',');
+    let nonce = attribute(attributes.next(), 'r')?;
+    let salt = attribute(attributes.next(), 's')?;
+    let iterations = attribute(attributes.next(), 'i')?;
+    let salt = STANDARD.decode(salt).map_err(|_| ScramError::Malformed("the salt is not base64"))?;
+    let iterations: u32 = iterations.parse().map_err(|_| ScramError::Malformed("the iteration count"))?;
+    Ok((text, nonce, salt, iterations))
 }
 
 /// The `tls-server-end-point` channel binding data (RFC 5929, section 4.1)
@@ -591,14 +610,17 @@ mod tests {
             login.first_bare = format!("n=user,r={CLIENT_NONCE}");
             login
         };
-        for _ in 0..2 {
+        for first in [true, false] {
             let mut login = stored("pencil");
+            assert_eq!(login.will_hash(SERVER_FIRST.as_bytes()), first);
             assert_eq!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
             login.verify(SERVER_FINAL.as_bytes()).unwrap();
         }
         assert_eq!(cache.hashed(), 1, "the second login hashed the password again");
+        assert!(!rfc_login(pencil()).will_hash(SERVER_FIRST.as_bytes()), "a session role's login hashes nothing");
         // The server names another salt: hashed for it, and kept instead.
         let resalted = SERVER_FIRST.replace("W22ZaJ0SNY7soEsUEjb6gQ==", "AAAAAAAAAAAAAAAAAAAAAA==");
+        assert!(stored("pencil").will_hash(resalted.as_bytes()));
         assert_ne!(stored("pencil").respond(resalted.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
         assert_eq!(cache.hashed(), 2);
         // Another password through the same cache is its own.
