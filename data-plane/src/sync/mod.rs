@@ -68,7 +68,10 @@ impl Synchronizer {
         self.reconcile().await?;
         self.projection.set_ready();
         tracing::info!(tenants = self.projection.applied().len(), "projection loaded");
-        let mut reconcile = tokio::time::interval(self.reconcile_every);
+        // The heads were just compared: the next comparison is an interval away
+        // (an interval's first tick would come at once).
+        let first = tokio::time::Instant::now() + self.reconcile_every;
+        let mut reconcile = tokio::time::interval_at(first, self.reconcile_every);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
