@@ -1012,6 +1012,63 @@ async fn a_login_to_an_unchecked_target_elsewhere_must_be_bound() {
     }
 }
 
+/// To a target elsewhere whose certificate was not checked for its name, a
+/// session's SCRAM login (a stored password's, with or without its salt cache,
+/// or a session role's) sends no proof for fewer iterations than Postgres's
+/// default: whoever answered could guess the password from it cheaply. At the
+/// default count the proof goes.
+#[tokio::test]
+async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere() {
+    let ip = off_loopback_ip();
+    let (acceptor, roots) = localhost_acceptor();
+    let (_, salted) = scram::verifier(b"stored-secret");
+    let keys = [(None, None), (None, Some(Arc::new(scram::SaltCache::default()))), (Some(salted), None)];
+    for (salted, salt_cache) in keys {
+        for iterations in [1u32, 4095, 4096] {
+            let allowed = iterations >= scram::ITERATIONS;
+            // A session role's login stops there all the same: a random salt
+            // is not its verifier's.
+            let proof_sent = allowed && salted.is_none();
+            let (mut o, server) =
+                scripted_tls_on(ip, acceptor.clone(), "app_user", "stored-secret", move |mut peer| async move {
+                    peer.startup().await;
+                    peer.auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0").await;
+                    let (mechanism, first) = decode_sasl_initial_response(&peer.password_body().await).unwrap();
+                    assert_eq!(&mechanism[..], b"SCRAM-SHA-256-PLUS");
+                    let first = String::from_utf8(first.unwrap().to_vec()).unwrap();
+                    let nonce = first.split_once(",r=").unwrap().1.to_owned();
+                    let salt = B64.encode(rand::random::<[u8; 16]>());
+                    peer.auth(11, format!("r={nonce}srv,s={salt},i={iterations}").as_bytes()).await;
+                    if proof_sent {
+                        let last = String::from_utf8(peer.password_body().await.to_vec()).unwrap();
+                        assert!(last.contains(",p="), "{last}");
+                        peer.refuse("app_user").await;
+                    }
+                    let mut rest = Vec::new();
+                    let _ = peer.stream.read_to_end(&mut rest).await;
+                    assert!(rest.is_empty(), "i={iterations}: the gateway answered {rest:?}");
+                })
+                .await;
+            o.tls = TargetTls::Require;
+            o.root_certs = Some(roots.clone());
+            o.server_name = Some("localhost".into());
+            o.salted = salted.clone();
+            o.salt_cache = salt_cache.clone();
+            match upstream::connect(&o).await {
+                Err(UpstreamError::UnsupportedAuth(why)) if !allowed => {
+                    assert!(why.contains(&format!("SCRAM with {iterations} iterations")), "{why}");
+                }
+                Err(UpstreamError::Refused { .. }) if proof_sent => {}
+                Err(UpstreamError::Scram(why)) if allowed && !proof_sent => {
+                    assert!(why.contains("not the verifier"), "{why}");
+                }
+                other => panic!("i={iterations}, salted {}: {:?}", salted.is_some(), other.err()),
+            }
+            server.await.unwrap();
+        }
+    }
+}
+
 /// A target on `ip`, with a certificate for `localhost`, asks for the
 /// password in cleartext under each TLS mode: only `verify-full` sends it,
 /// every other mode is refused with an error containing `refusal`.

@@ -350,6 +350,12 @@ impl Login {
     }
 }
 
+/// The iteration count a server-first message asks for; `None` for a message
+/// that does not parse (which a login then refuses).
+pub fn iterations_asked(server_first: &[u8]) -> Option<u32> {
+    server_first_parts(server_first).ok().map(|(_, _, _, iterations)| iterations)
+}
+
 /// The server-first message's text, nonce, salt and iteration count.
 /// Further attributes are extensions, which a client may ignore; a mandatory
 /// one (`m=`) would come first, and is refused.

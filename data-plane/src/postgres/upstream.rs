@@ -442,7 +442,7 @@ async fn authenticate(
                     let offered: Vec<_> = mechanisms.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
                     return Err(UpstreamError::UnsupportedAuth(format!("SASL {}", offered.join(", "))));
                 }
-                scram(stream, buf, opts, binding).await?;
+                scram(stream, buf, opts, binding, unchecked_elsewhere).await?;
                 // After SASLFinal the server must say AuthenticationOk.
                 let frame = read_frame(stream, buf, PHASE).await?;
                 return match decode_backend(&frame)? {
@@ -501,6 +501,7 @@ async fn scram(
     buf: &mut BytesMut,
     opts: &UpstreamOptions,
     binding: Binding,
+    unchecked_elsewhere: bool,
 ) -> Result<(), UpstreamError> {
     const PHASE: &str = "SCRAM authentication";
     enum Client {
@@ -551,6 +552,22 @@ async fn scram(
         _ => None,
     })
     .await?;
+    // The proof answers the salt and count the server names: one that took
+    // TLS in the target's place could try passwords against it offline, each
+    // guess costing as many iterations as it asked for. Where the certificate
+    // does not prove the target's name, it gets a proof only for at least
+    // Postgres's default count.
+    if unchecked_elsewhere
+        && let Some(asked) = scram::iterations_asked(&data)
+        && asked < scram::ITERATIONS
+    {
+        return Err(UpstreamError::UnsupportedAuth(format!(
+            "SCRAM with {asked} iterations (fewer than {}) from a target off this machine whose certificate was \
+             not checked for its name: whoever answered could guess the password from the proof cheaply (use \
+             sslmode verify-full)",
+            scram::ITERATIONS
+        )));
+    }
     let (mut client, last) = match client {
         Client::Made(mut login) => {
             let last = login.respond(&data).map_err(|e| failed(&e))?;
