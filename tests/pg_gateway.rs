@@ -321,6 +321,9 @@ async fn a_login_right_after_a_grant_the_bus_lost_is_admitted() {
     let s = Stack::start().await;
     let token = s.token("ci-job-42").await;
     s.settle().await;
+    // Loaded, with its first comparison of heads behind it: the next one is
+    // a minute away, so nothing but the login's request fetches the grant.
+    eventually(Duration::from_secs(10), "the worker to load", || async { s.projection.is_ready() }).await;
     s.bus.lose(true);
     let body =
         json!({"subject": "ci-job-42", "connection": "pg", "role": "readonly", "ttl_seconds": 900, "reason": "test"});

@@ -1012,20 +1012,22 @@ async fn a_login_to_an_unchecked_target_elsewhere_must_be_bound() {
     }
 }
 
-/// To a target elsewhere whose certificate was not checked for its name, a
-/// session's SCRAM login (a stored password's, with or without its salt cache,
-/// or a session role's) sends no proof for fewer iterations than Postgres's
-/// default: whoever answered could guess the password from it cheaply. At the
-/// default count the proof goes.
+/// To a target elsewhere whose certificate was not checked for its name
+/// (`prefer`, `require`, `verify-ca`), a session's SCRAM login (a stored
+/// password's, with or without its salt cache, or a session role's) sends no
+/// proof for fewer iterations than Postgres's default: whoever answered could
+/// guess the password from it cheaply. At the default count, or to a target
+/// that proved its name (`verify-full`), the proof goes.
 #[tokio::test]
 async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere() {
     let ip = off_loopback_ip();
     let (acceptor, roots) = localhost_acceptor();
     let (_, salted) = scram::verifier(b"stored-secret");
     let keys = [(None, None), (None, Some(Arc::new(scram::SaltCache::default()))), (Some(salted), None)];
-    for (salted, salt_cache) in keys {
+    let modes = [TargetTls::Prefer, TargetTls::Require, TargetTls::VerifyCa, TargetTls::VerifyFull];
+    for ((salted, salt_cache), mode) in keys.iter().flat_map(|k| modes.map(|m| (k.clone(), m))) {
         for iterations in [1u32, 4095, 4096] {
-            let allowed = iterations >= scram::ITERATIONS;
+            let allowed = iterations >= scram::ITERATIONS || mode == TargetTls::VerifyFull;
             // A session role's login stops there all the same: a random salt
             // is not its verifier's.
             let proof_sent = allowed && salted.is_none();
@@ -1049,7 +1051,7 @@ async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere(
                     assert!(rest.is_empty(), "i={iterations}: the gateway answered {rest:?}");
                 })
                 .await;
-            o.tls = TargetTls::Require;
+            o.tls = mode;
             o.root_certs = Some(roots.clone());
             o.server_name = Some("localhost".into());
             o.salted = salted.clone();
@@ -1062,7 +1064,7 @@ async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere(
                 Err(UpstreamError::Scram(why)) if allowed && !proof_sent => {
                     assert!(why.contains("not the verifier"), "{why}");
                 }
-                other => panic!("i={iterations}, salted {}: {:?}", salted.is_some(), other.err()),
+                other => panic!("{mode:?} i={iterations}, salted {}: {:?}", salted.is_some(), other.err()),
             }
             server.await.unwrap();
         }

@@ -145,13 +145,10 @@ impl SaltCache {
         self.hashed.load(Ordering::Relaxed)
     }
 
-    /// `password` salted for `salt` and `iterations`: the one kept, or hashed
-    /// now (outside the lock: two logins at once may both hash).
-    fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> SaltedPassword {
-        let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(password)));
-        if let Some(kept) = self.kept(&digest, salt, iterations) {
-            return kept;
-        }
+    /// `password` (of `digest`) salted for `salt` and `iterations` now, and
+    /// kept in place of what was (outside the lock: two logins at once may
+    /// both hash).
+    fn hash(&self, password: &[u8], digest: Zeroizing<[u8; 32]>, salt: &[u8], iterations: u32) -> SaltedPassword {
         let fresh = SaltedPassword::compute(password, salt, iterations);
         self.hashed.fetch_add(1, Ordering::Relaxed);
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((digest, fresh.clone()));
@@ -288,24 +285,45 @@ impl Login {
         format!("{}{}", self.gs2_header, self.first_bare).into_bytes()
     }
 
-    /// Whether [`respond`](Login::respond)ing to `server_first` hashes the
-    /// password: a stored one whose cache does not hold it salted as that
-    /// message asks. (A message `respond` refuses hashes nothing.)
-    pub fn will_hash(&self, server_first: &[u8]) -> bool {
-        let Some(Key::Stored { password, cache }) = &self.key else { return false };
-        let Ok((_, _, salt, iterations)) = server_first_parts(server_first) else { return false };
-        let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(password.as_slice())));
-        cache.kept(&digest, &salt, iterations).is_none()
+    /// The client-final message (with the proof), from the server-first
+    /// message. A stored password may be hashed here: see
+    /// [`respond_if_kept`](Login::respond_if_kept).
+    pub fn respond(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
+        self.respond_hashing(server_first, true).unwrap_or(Err(ScramError::OutOfOrder))
     }
 
-    /// The client-final message (with the proof), from the server-first message.
-    pub fn respond(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
+    /// [`respond`](Login::respond), unless that would hash the password (a
+    /// stored one whose cache does not hold it salted as `server_first` asks):
+    /// then `None`, and the login is as it was, for `respond` elsewhere.
+    pub fn respond_if_kept(&mut self, server_first: &[u8]) -> Option<Result<Vec<u8>, ScramError>> {
+        self.respond_hashing(server_first, false)
+    }
+
+    /// `None` only when it would hash and `may_hash` is false.
+    fn respond_hashing(&mut self, server_first: &[u8], may_hash: bool) -> Option<Result<Vec<u8>, ScramError>> {
+        Some(match self.salted_for(server_first, may_hash)? {
+            Ok((salted, text, nonce)) => Ok(self.proof(&salted, &text, &nonce)),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// The password salted as `server_first` asks, with that message's text
+    /// and nonce: `None` when it would have to be hashed and `may_hash` is false.
+    #[allow(clippy::type_complexity)]
+    fn salted_for(
+        &mut self,
+        server_first: &[u8],
+        may_hash: bool,
+    ) -> Option<Result<(SaltedPassword, String, String), ScramError>> {
         if self.expected.is_some() {
-            return Err(ScramError::OutOfOrder);
+            return Some(Err(ScramError::OutOfOrder));
         }
-        let (text, nonce, salt, iterations) = server_first_parts(server_first)?;
+        let (text, nonce, salt, iterations) = match server_first_parts(server_first) {
+            Ok(parts) => parts,
+            Err(e) => return Some(Err(e)),
+        };
         if nonce.len() <= self.nonce.len() || !nonce.starts_with(&self.nonce) {
-            return Err(ScramError::Nonce);
+            return Some(Err(ScramError::Nonce));
         }
         // The cap keeps a server from making a session role's login hash at
         // length; a stored password is hashed off the session thread, once per
@@ -313,13 +331,31 @@ impl Login {
         // 16's `scram_iterations` may be far above the default).
         let capped = !matches!(self.key, Some(Key::Stored { .. }));
         if iterations == 0 || (capped && iterations > MAX_ITERATIONS) {
-            return Err(ScramError::Iterations(iterations));
+            return Some(Err(ScramError::Iterations(iterations)));
         }
         let salted = match self.key.take() {
             Some(Key::Salted(s)) if s.salt == salt && s.iterations == iterations => s,
-            Some(Key::Stored { password, cache }) => cache.salted(&password, &salt, iterations),
-            _ => return Err(ScramError::NotOurVerifier),
+            Some(Key::Stored { password, cache }) => {
+                // Looked up once: what is found is what is used.
+                let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(password.as_slice())));
+                match cache.kept(&digest, &salt, iterations) {
+                    Some(kept) => kept,
+                    None if may_hash => cache.hash(&password, digest, &salt, iterations),
+                    None => {
+                        self.key = Some(Key::Stored { password, cache });
+                        return None;
+                    }
+                }
+            }
+            _ => return Some(Err(ScramError::NotOurVerifier)),
         };
+        Some(Ok((salted, text.to_owned(), nonce.to_owned())))
+    }
+
+    /// The client-final message proving `salted`, for the server-first `text`
+    /// and the combined `nonce`; what the server's final message must sign
+    /// is kept for [`verify`](Login::verify).
+    fn proof(&mut self, salted: &SaltedPassword, text: &str, nonce: &str) -> Vec<u8> {
         // The header again, with the binding data: `biws` (`n,,`) unbound.
         let binding = STANDARD.encode([self.gs2_header.as_bytes(), &self.binding].concat());
         let without_proof = format!("c={binding},r={nonce}");
@@ -331,7 +367,7 @@ impl Login {
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         server.update(auth_message.as_bytes());
         self.expected = Some(server);
-        Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
+        format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes()
     }
 
     /// Checks the server-final message: the server's signature of the
@@ -616,17 +652,23 @@ mod tests {
             login.first_bare = format!("n=user,r={CLIENT_NONCE}");
             login
         };
-        for first in [true, false] {
-            let mut login = stored("pencil");
-            assert_eq!(login.will_hash(SERVER_FIRST.as_bytes()), first);
-            assert_eq!(login.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
-            login.verify(SERVER_FINAL.as_bytes()).unwrap();
-        }
+        // The first login would hash: not without leave, and then as asked.
+        let mut first = stored("pencil");
+        assert!(first.respond_if_kept(SERVER_FIRST.as_bytes()).is_none());
+        assert_eq!(cache.hashed(), 0);
+        assert_eq!(first.respond(SERVER_FIRST.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
+        first.verify(SERVER_FINAL.as_bytes()).unwrap();
+        // The next finds it kept.
+        let mut second = stored("pencil");
+        let last = second.respond_if_kept(SERVER_FIRST.as_bytes()).expect("kept").unwrap();
+        assert_eq!(last, CLIENT_FINAL.as_bytes());
+        second.verify(SERVER_FINAL.as_bytes()).unwrap();
         assert_eq!(cache.hashed(), 1, "the second login hashed the password again");
-        assert!(!rfc_login(pencil()).will_hash(SERVER_FIRST.as_bytes()), "a session role's login hashes nothing");
+        let session_role = rfc_login(pencil()).respond_if_kept(SERVER_FIRST.as_bytes());
+        assert_eq!(session_role.expect("a session role's login hashes nothing").unwrap(), CLIENT_FINAL.as_bytes());
         // The server names another salt: hashed for it, and kept instead.
         let resalted = SERVER_FIRST.replace("W22ZaJ0SNY7soEsUEjb6gQ==", "AAAAAAAAAAAAAAAAAAAAAA==");
-        assert!(stored("pencil").will_hash(resalted.as_bytes()));
+        assert!(stored("pencil").respond_if_kept(resalted.as_bytes()).is_none());
         assert_ne!(stored("pencil").respond(resalted.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
         assert_eq!(cache.hashed(), 2);
         // Another password through the same cache is its own.
