@@ -1013,10 +1013,11 @@ async fn a_login_to_an_unchecked_target_elsewhere_must_be_bound() {
 }
 
 /// To a target elsewhere whose certificate was not checked for its name
-/// (`prefer`, `require`, `verify-ca`), a session's SCRAM login (a stored
-/// password's, with or without its salt cache, or a session role's) sends no
-/// proof for fewer iterations than Postgres's default: whoever answered could
-/// guess the password from it cheaply. At the default count, or to a target
+/// (`prefer`, `require`, `verify-ca`), a SCRAM login (a session's with a
+/// stored password, with or without its salt cache, or a session role's, and
+/// the admin connection's) sends no proof for fewer iterations than
+/// Postgres's default: whoever answered could guess the password from it
+/// cheaply. At the default count, or to a target
 /// that proved its name (`verify-full`), the proof goes.
 #[tokio::test]
 async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere() {
@@ -1031,26 +1032,10 @@ async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere(
             // A session role's login stops there all the same: a random salt
             // is not its verifier's.
             let proof_sent = allowed && salted.is_none();
-            let (mut o, server) =
-                scripted_tls_on(ip, acceptor.clone(), "app_user", "stored-secret", move |mut peer| async move {
-                    peer.startup().await;
-                    peer.auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0").await;
-                    let (mechanism, first) = decode_sasl_initial_response(&peer.password_body().await).unwrap();
-                    assert_eq!(&mechanism[..], b"SCRAM-SHA-256-PLUS");
-                    let first = String::from_utf8(first.unwrap().to_vec()).unwrap();
-                    let nonce = first.split_once(",r=").unwrap().1.to_owned();
-                    let salt = B64.encode(rand::random::<[u8; 16]>());
-                    peer.auth(11, format!("r={nonce}srv,s={salt},i={iterations}").as_bytes()).await;
-                    if proof_sent {
-                        let last = String::from_utf8(peer.password_body().await.to_vec()).unwrap();
-                        assert!(last.contains(",p="), "{last}");
-                        peer.refuse("app_user").await;
-                    }
-                    let mut rest = Vec::new();
-                    let _ = peer.stream.read_to_end(&mut rest).await;
-                    assert!(rest.is_empty(), "i={iterations}: the gateway answered {rest:?}");
-                })
-                .await;
+            let (mut o, server) = scripted_tls_on(ip, acceptor.clone(), "app_user", "stored-secret", move |peer| {
+                challenge_with(peer, iterations, proof_sent, "app_user")
+            })
+            .await;
             o.tls = mode;
             o.root_certs = Some(roots.clone());
             o.server_name = Some("localhost".into());
@@ -1069,6 +1054,46 @@ async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere(
             server.await.unwrap();
         }
     }
+    // The admin connection's login (tokio-postgres behind the gateway's
+    // guard) alike.
+    for mode in modes {
+        for iterations in [1u32, 4095, 4096] {
+            let allowed = iterations >= scram::ITERATIONS || mode == TargetTls::VerifyFull;
+            let (mut o, server) = scripted_tls_on(ip, acceptor.clone(), "admin", "admin-secret", move |peer| {
+                challenge_with(peer, iterations, allowed, "admin")
+            })
+            .await;
+            o.tls = mode;
+            o.root_certs = Some(roots.clone());
+            o.server_name = Some("localhost".into());
+            let err = log_in(Login::Admin, &o).await.expect_err("the script lets no one in");
+            let refused_here = err.contains(&format!("SCRAM with {iterations} iterations"));
+            assert_eq!(refused_here, !allowed, "admin, {mode:?} i={iterations}: {err}");
+            server.await.unwrap();
+        }
+    }
+}
+
+/// A target's side of a SCRAM-SHA-256-PLUS login that names `iterations`:
+/// the client's proof is read and the login refused when `proof_sent`,
+/// and nothing more may come from the client.
+async fn challenge_with(mut peer: Peer, iterations: u32, proof_sent: bool, user: &'static str) {
+    peer.startup().await;
+    peer.auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0").await;
+    let (mechanism, first) = decode_sasl_initial_response(&peer.password_body().await).unwrap();
+    assert_eq!(&mechanism[..], b"SCRAM-SHA-256-PLUS");
+    let first = String::from_utf8(first.unwrap().to_vec()).unwrap();
+    let nonce = first.split_once(",r=").unwrap().1.to_owned();
+    let salt = B64.encode(rand::random::<[u8; 16]>());
+    peer.auth(11, format!("r={nonce}srv,s={salt},i={iterations}").as_bytes()).await;
+    if proof_sent {
+        let last = String::from_utf8(peer.password_body().await.to_vec()).unwrap();
+        assert!(last.contains(",p="), "{last}");
+        peer.refuse(user).await;
+    }
+    let mut rest = Vec::new();
+    let _ = peer.stream.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "i={iterations}: the client answered {rest:?}");
 }
 
 /// A target on `ip`, with a certificate for `localhost`, asks for the

@@ -913,7 +913,9 @@ fn connect_error(e: &tokio_postgres::Error) -> RoleError {
 /// request for the password in cleartext (`password`, `ldap` or `pam` in
 /// pg_hba.conf, which an impostor would simply keep), as MD5, or by SCRAM
 /// without channel binding (both of which an impostor in the middle could
-/// relay to the real target, and then use the admin's session). After the
+/// relay to the real target, and then use the admin's session), or a SCRAM
+/// challenge of fewer than 4096 iterations (whose proof an impostor could
+/// test password guesses against cheaply). After the
 /// login, bytes pass untouched.
 pub(crate) struct LoginGuard<S> {
     inner: S,
@@ -973,6 +975,16 @@ impl LoginRule {
                     )
                 })
             }
+            // SASLContinue: a proof for few iterations lets whoever answered
+            // try passwords against it offline, cheaply.
+            11 => super::scram::iterations_asked(body).filter(|asked| *asked < super::scram::ITERATIONS).map(|asked| {
+                format!(
+                    "the target asks for SCRAM with {asked} iterations (fewer than {}) and {ELSEWHERE}: whoever \
+                     answered could guess the admin password from the proof cheaply; no proof was sent (use sslmode \
+                     verify-full)",
+                    super::scram::ITERATIONS
+                )
+            }),
             _ => None,
         }
     }
