@@ -301,20 +301,6 @@ impl Login {
 
     /// `None` only when it would hash and `may_hash` is false.
     fn respond_hashing(&mut self, server_first: &[u8], may_hash: bool) -> Option<Result<Vec<u8>, ScramError>> {
-        Some(match self.salted_for(server_first, may_hash)? {
-            Ok((salted, text, nonce)) => Ok(self.proof(&salted, &text, &nonce)),
-            Err(e) => Err(e),
-        })
-    }
-
-    /// The password salted as `server_first` asks, with that message's text
-    /// and nonce: `None` when it would have to be hashed and `may_hash` is false.
-    #[allow(clippy::type_complexity)]
-    fn salted_for(
-        &mut self,
-        server_first: &[u8],
-        may_hash: bool,
-    ) -> Option<Result<(SaltedPassword, String, String), ScramError>> {
         if self.expected.is_some() {
             return Some(Err(ScramError::OutOfOrder));
         }
@@ -333,14 +319,29 @@ impl Login {
         if iterations == 0 || (capped && iterations > MAX_ITERATIONS) {
             return Some(Err(ScramError::Iterations(iterations)));
         }
+        let salted = match self.salted_for(&salt, iterations, may_hash)? {
+            Ok(salted) => salted,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(self.proof(&salted, text, nonce)))
+    }
+
+    /// The password salted for `salt` and `iterations`: `None` when it would
+    /// have to be hashed and `may_hash` is false (the key is kept then).
+    fn salted_for(
+        &mut self,
+        salt: &[u8],
+        iterations: u32,
+        may_hash: bool,
+    ) -> Option<Result<SaltedPassword, ScramError>> {
         let salted = match self.key.take() {
             Some(Key::Salted(s)) if s.salt == salt && s.iterations == iterations => s,
             Some(Key::Stored { password, cache }) => {
                 // Looked up once: what is found is what is used.
                 let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(password.as_slice())));
-                match cache.kept(&digest, &salt, iterations) {
+                match cache.kept(&digest, salt, iterations) {
                     Some(kept) => kept,
-                    None if may_hash => cache.hash(&password, digest, &salt, iterations),
+                    None if may_hash => cache.hash(&password, digest, salt, iterations),
                     None => {
                         self.key = Some(Key::Stored { password, cache });
                         return None;
@@ -349,7 +350,7 @@ impl Login {
             }
             _ => return Some(Err(ScramError::NotOurVerifier)),
         };
-        Some(Ok((salted, text.to_owned(), nonce.to_owned())))
+        Some(Ok(salted))
     }
 
     /// The client-final message proving `salted`, for the server-first `text`
