@@ -748,3 +748,64 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
     })
     .await;
 }
+
+/// An operator points a connection at another address (the old one gone):
+/// sessions go on, because the gateway's admin connections follow it. Once
+/// the connection is removed they close, so that the target can drop the
+/// admin's role or the database.
+#[tokio::test]
+async fn admin_connections_follow_a_moved_connection_and_close_once_it_is_removed() {
+    let s = Stack::start().await;
+    let postgres = "127.0.0.1:5432".parse().unwrap();
+    let old = airlock_testkit::proxy::TcpProxy::start(postgres).await.unwrap();
+    let new = airlock_testkit::proxy::TcpProxy::start(postgres).await.unwrap();
+    let (database, _) = s.target();
+    let spec = |address: std::net::SocketAddr| {
+        json!({
+            "name": "moving", "kind": "postgres", "address": address.to_string(), "database": database,
+            "tls": "disable", "roles": {"readonly": s.template},
+        })
+    };
+    let mut first = spec(old.addr());
+    first["admin_credential"] = json!({"user": "postgres", "password": ""});
+    let (status, body) = s.post("/v1/connections", first).await;
+    assert_eq!(status, 201, "{body}");
+    let token = s.token("ci-job-12").await;
+    let grant = json!({"subject": "ci-job-12", "connection": "moving", "role": "readonly", "ttl_seconds": 900});
+    let (status, body) = s.post("/v1/grants", grant).await;
+    assert_eq!(status, 201, "{body}");
+    s.settle().await;
+    let session = |what: &'static str| {
+        let (s, token) = (&s, &token);
+        async move {
+            let client = s.connect("moving.readonly", token).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let n: i64 = client.query_one("SELECT count(*) FROM people", &[]).await.unwrap().get(0);
+            assert_eq!(n, 2, "{what}");
+            drop(client);
+            eventually(Duration::from_secs(10), "the session role to be dropped", || async {
+                s.session_roles().await.is_empty()
+            })
+            .await;
+        }
+    };
+    session("a session at the first address").await;
+    assert!(old.relaying() > 0, "the admin connections go through the first address");
+
+    // Moved, with the same credential; the old address then stops answering.
+    let (status, body) = s.send(reqwest::Method::PUT, "/v1/connections/moving", Some(spec(new.addr()))).await;
+    assert_eq!(status, 200, "{body}");
+    s.settle().await;
+    old.cut();
+    session("a session after the move").await;
+    assert_eq!(old.relaying(), 0);
+    assert!(new.relaying() > 0, "the admin connections go through the new address");
+
+    // Removed: nothing of it stays open.
+    let (status, body) = s.send(reqwest::Method::DELETE, "/v1/connections/moving", None).await;
+    assert_eq!(status, 204, "{body}");
+    s.settle().await;
+    eventually(Duration::from_secs(10), "the removed connection's admin connections to close", || async {
+        new.relaying() == 0
+    })
+    .await;
+}

@@ -47,6 +47,12 @@ impl TcpProxy {
         self.addr
     }
 
+    /// How many connections it relays now.
+    pub fn relaying(&self) -> usize {
+        // Each relay watches for cuts until it ends.
+        self.cuts.receiver_count()
+    }
+
     /// Closes every relayed connection and refuses new ones.
     pub fn cut(&self) {
         self.open.store(false, Ordering::Release);

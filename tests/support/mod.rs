@@ -477,6 +477,18 @@ impl Stack {
         r.json().await.unwrap()
     }
 
+    /// A request as the tenant's admin, with a JSON body or none.
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request =
+            reqwest::Client::new().request(method, format!("{}{path}", self.api)).bearer_auth(&self.admin);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let r = request.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// A POST with `token`.
     pub async fn post_as(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         let r = reqwest::Client::new()

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_core::connection::{ConnectionSpec, CredentialMode};
+use airlock_core::connection::{ConnectionSpec, CredentialMode, TargetTls};
 use airlock_core::{ConnectionId, TenantId};
 use airlock_identity::Verifier;
 use tokio::net::TcpListener;
@@ -88,7 +88,26 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// runner's) starting together stay far below this.
 pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 128;
 
-type AdminConnection = (u64, Arc<RoleManager>);
+/// A target's admin connections: the credential version they log in with,
+/// and where they go.
+type AdminConnection = (u64, Target, Arc<RoleManager>);
+
+/// Where a connection points. Admin connections and catalogs are kept for one
+/// target: an update that points the connection elsewhere (another address,
+/// database or TLS setting, with the same credential) gets new ones, rather
+/// than session roles made on the old target and relations read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    address: String,
+    database: String,
+    tls: TargetTls,
+}
+
+impl Target {
+    fn of(spec: &ConnectionSpec) -> Self {
+        Target { address: spec.address.clone(), database: spec.database.clone(), tls: spec.tls }
+    }
+}
 
 /// Where a cancel request for a gateway-issued key goes.
 #[derive(Debug, Clone)]
@@ -99,6 +118,9 @@ pub(crate) struct CancelTarget {
     /// ends the wait, as it would end a running statement.
     pub held: Arc<tokio::sync::Notify>,
 }
+
+/// What the gateway keeps per connection of a tenant.
+type ByConnection<T> = HashMap<(TenantId, ConnectionId), T>;
 
 /// A static credential's salt cache, with the credential's version.
 type VersionedSaltCache = (u64, Arc<SaltCache>);
@@ -114,17 +136,17 @@ pub struct Gateway {
     pub(crate) recorder: Option<Recorder>,
     /// Gateway-issued (pid, key) → the upstream backend's. Entries live as long as their session.
     pub(crate) cancels: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
-    credentials: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), Credential>>,
+    credentials: tokio::sync::Mutex<ByConnection<Credential>>,
     /// Static credentials' salted passwords, by the credential's version.
-    salt_caches: Mutex<HashMap<(TenantId, ConnectionId), VersionedSaltCache>>,
+    salt_caches: Mutex<ByConnection<VersionedSaltCache>>,
     /// The admin connections of each target, with the credential version they log in with.
-    admins: tokio::sync::Mutex<HashMap<(TenantId, ConnectionId), AdminConnection>>,
+    admins: tokio::sync::Mutex<ByConnection<AdminConnection>>,
     /// The runtime the gateway was made on, which opens and drives admin
     /// connections (session threads' runtimes stop one by one at shutdown,
     /// while other sessions still drop their roles).
     pub(crate) runtime: tokio::runtime::Handle,
     /// What each target's catalog says of the relations results come from.
-    catalogs: Mutex<HashMap<(TenantId, ConnectionId), Arc<Catalog>>>,
+    catalogs: Mutex<ByConnection<(Target, Arc<Catalog>)>>,
     /// Sessions' opening and closing, on their way to the control plane's log.
     pub(crate) session_events: SessionEvents,
     /// Session roles whose drop failed (the target away), with the target's
@@ -299,10 +321,24 @@ impl Gateway {
     /// (restarting, unreachable) gets its session roles dropped once it is
     /// back. Each try reaches the target as its connection now says (an
     /// address or credential changed meanwhile is followed).
+    ///
+    /// Between tries it forgets what it kept for connections that were
+    /// removed (`forget_removed`), as soon as the projection changes.
     pub async fn retry_drops(self: Arc<Self>, cancel: CancellationToken) {
+        let mut changes = self.projection.changes();
+        let mut retries = tokio::time::interval_at(tokio::time::Instant::now() + RETRY_DROPS_EVERY, RETRY_DROPS_EVERY);
+        retries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watching = true;
         loop {
             let stopping = tokio::select! {
-                () = tokio::time::sleep(RETRY_DROPS_EVERY) => false,
+                _ = retries.tick() => false,
+                changed = changes.changed(), if watching => {
+                    match changed {
+                        Ok(()) => self.forget_removed().await,
+                        Err(_) => watching = false,
+                    }
+                    continue;
+                }
                 () = cancel.cancelled() => true,
             };
             let pending = std::mem::take(&mut *self.undropped.lock().unwrap_or_else(|e| e.into_inner()));
@@ -337,6 +373,38 @@ impl Gateway {
                 return;
             }
         }
+    }
+
+    /// Forgets the stored credentials, admin connections, salt caches and
+    /// catalogs of connections the projection no longer has: a removed
+    /// connection's admin credential stays in memory no longer, and its
+    /// admin connections close once no session holds them (the target can
+    /// then drop the admin role or the database). A connection with a
+    /// session role still waiting for its drop keeps them until then.
+    async fn forget_removed(&self) {
+        if !self.projection.is_ready() {
+            return;
+        }
+        let waiting: std::collections::HashSet<(TenantId, ConnectionId)> = {
+            let undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
+            undropped.iter().map(|(tenant, spec, _)| (*tenant, spec.id)).collect()
+        };
+        let exists = |key: &(TenantId, ConnectionId)| {
+            waiting.contains(key)
+                || self.projection.read(|t| t.get(&key.0).is_some_and(|s| s.connections.contains_key(&key.1)))
+        };
+        let closed = {
+            let mut admins = self.admins.lock().await;
+            let before = admins.len();
+            admins.retain(|key, _| exists(key));
+            before - admins.len()
+        };
+        if closed > 0 {
+            tracing::info!(connections = closed, "closing the admin connections of removed connections");
+        }
+        self.credentials.lock().await.retain(|key, _| exists(key));
+        self.salt_caches.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| exists(key));
+        self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| exists(key));
     }
 
     /// Accepts clients until cancelled. Sessions run on the session threads
@@ -498,9 +566,15 @@ impl Gateway {
     }
 
     /// The catalog of a target, as masking reads it.
-    pub(crate) fn catalog(&self, tenant: TenantId, connection: ConnectionId) -> Arc<Catalog> {
+    pub(crate) fn catalog(&self, tenant: TenantId, spec: &ConnectionSpec) -> Arc<Catalog> {
+        let target = Target::of(spec);
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
-        catalogs.entry((tenant, connection)).or_default().clone()
+        let entry = catalogs.entry((tenant, spec.id)).or_insert_with(|| (target.clone(), Arc::default()));
+        if entry.0 != target {
+            // Another server's OIDs name other relations.
+            *entry = (target, Arc::default());
+        }
+        entry.1.clone()
     }
 
     /// The admin connections that make session roles on this target.
@@ -510,9 +584,11 @@ impl Gateway {
         spec: &ConnectionSpec,
     ) -> anyhow::Result<Arc<RoleManager>> {
         let credential = self.credential(tenant, spec).await?;
+        let target = Target::of(spec);
         let mut admins = self.admins.lock().await;
-        if let Some((version, manager)) = admins.get(&(tenant, spec.id))
+        if let Some((version, kept_for, manager)) = admins.get(&(tenant, spec.id))
             && *version == credential.version
+            && *kept_for == target
         {
             return Ok(manager.clone());
         }
@@ -531,7 +607,8 @@ impl Gateway {
         let manager =
             self.runtime.spawn(RoleManager::with_connections(config, tls, self.options.admin_connections)).await??;
         let manager = Arc::new(manager);
-        admins.insert((tenant, spec.id), (credential.version, manager.clone()));
+        // The ones replaced close once no session holds them.
+        admins.insert((tenant, spec.id), (credential.version, target, manager.clone()));
         Ok(manager)
     }
 
@@ -571,7 +648,6 @@ fn admin_tls(
     roots: Option<Arc<rustls::RootCertStore>>,
     config: &mut tokio_postgres::Config,
 ) -> anyhow::Result<TlsChoice> {
-    use airlock_core::connection::TargetTls;
     use tokio_postgres::config::SslMode;
     let (mode, choice) = match spec.tls {
         TargetTls::Disable => (SslMode::Disable, TlsChoice::Disable),

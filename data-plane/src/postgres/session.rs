@@ -2534,8 +2534,7 @@ impl Relay<'_> {
             fields.iter().filter(|f| f.table_oid != 0 && f.column_attr > 0).map(|f| f.table_oid).collect();
         oids.sort_unstable();
         oids.dedup();
-        let catalog =
-            (column_rules && !oids.is_empty()).then(|| self.gw.catalog(self.context.tenant, self.connection.id));
+        let catalog = (column_rules && !oids.is_empty()).then(|| self.gw.catalog(self.context.tenant, self.connection));
         let relations = if let Some(known) = catalog.as_ref().and_then(|c| c.cached(&oids)) {
             // What a session reads again and again: no admin connection needed.
             known
