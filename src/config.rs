@@ -155,7 +155,9 @@ pub struct BusConfig {
     /// CA certificates (PEM) NATS's certificate must chain to, instead of the
     /// system's roots. Set: the connection must be TLS (as a `tls://` URL says too).
     pub nats_ca_file: Option<PathBuf>,
-    /// A client certificate and key (PEM) for a NATS server that verifies its clients.
+    /// A client certificate and key (PEM) for a NATS server that verifies its
+    /// clients, read at each connection: a renewed pair is presented from the
+    /// next reconnect on.
     pub nats_tls_cert_file: Option<PathBuf>,
     pub nats_tls_key_file: Option<PathBuf>,
 }

@@ -61,8 +61,13 @@ struct Server {
 
 impl Server {
     async fn start(pki: &Pki, extra: &[&str]) -> Self {
-        let (cert, key) = pki.issue("server", &["127.0.0.1", "localhost"]);
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port, pki, extra).await
+    }
+
+    /// On `port`, keeping its streams where a server on that port before it did.
+    async fn start_on(port: u16, pki: &Pki, extra: &[&str]) -> Self {
+        let (cert, key) = pki.issue("server", &["127.0.0.1", "localhost"]);
         let store = pki.path(&format!("js-{port}"));
         let child = Command::new(nats_server())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", store.to_str().unwrap()])
@@ -167,6 +172,43 @@ async fn a_server_that_verifies_clients_takes_the_bus_with_its_certificate() {
     let mut with_certificate = options(server.url("bus-password"), Some(&ca));
     with_certificate.client_cert = Some(pki.issue("worker", &["airlock-worker"]));
     round_trip(&connect(&with_certificate).await.unwrap()).await;
+}
+
+/// The worker's certificate is renewed by a new CA, and the server restarts
+/// trusting only that CA: the bus, reconnecting, presents the renewed
+/// certificate from the same files, with no restart of its own.
+#[tokio::test]
+async fn a_renewed_client_certificate_is_presented_when_the_bus_reconnects() {
+    let pki = Pki::new();
+    let ca = pki.path("ca.crt");
+    let server = Server::start(&pki, &["--tlsverify", "--tlscacert", ca.to_str().unwrap()]).await;
+    let mut options = options(server.url("bus-password"), Some(&ca));
+    let (cert, key) = pki.issue("worker", &["airlock-worker"]);
+    options.client_cert = Some((cert.clone(), key.clone()));
+    let bus = connect(&options).await.unwrap();
+    round_trip(&bus).await;
+
+    let port = server.port;
+    drop(server);
+    let renewing = Pki::new();
+    let (new_cert, new_key) = renewing.issue("worker", &["airlock-worker"]);
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    let client_ca = renewing.path("ca.crt");
+    let _server = Server::start_on(port, &pki, &["--tlsverify", "--tlscacert", client_ca.to_str().unwrap()]).await;
+
+    let record = EventRecord { tenant_id: "t1".into(), seq: 2, actor: "renewed".into(), ..Default::default() };
+    eventually(Duration::from_secs(60), "the bus to publish through the restarted server", || async {
+        bus.publish(&record).await.is_ok()
+    })
+    .await;
+    let mut records = bus.subscribe(StartAt::Beginning).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let got = tokio::time::timeout(Duration::from_secs(20), records.next()).await.unwrap().unwrap();
+        seen.push(got.actor);
+    }
+    assert_eq!(seen, ["over-tls", "renewed"]);
 }
 
 /// Nothing listening: tried again while the stream opens, then an error that
