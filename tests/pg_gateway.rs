@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use airlock_testkit::eventually;
+use airlock_testkit::proxy::TcpProxy;
 use serde_json::json;
 use support::{Stack, admin_client, sqlstate, wire};
 
@@ -717,20 +718,8 @@ async fn a_moved_clock_expires_the_grant_and_ends_the_session() {
 #[tokio::test]
 async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_back() {
     let s = Stack::start().await;
-    let proxy = airlock_testkit::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await.unwrap();
-    let (database, _) = s.target();
-    let connection = json!({
-        "name": "flaky", "kind": "postgres", "address": proxy.addr().to_string(), "database": database,
-        "tls": "disable", "admin_credential": {"user": "postgres", "password": ""},
-        "roles": {"readonly": s.template},
-    });
-    let (status, body) = s.post("/v1/connections", connection).await;
-    assert_eq!(status, 201, "{body}");
-    let token = s.token("ci-job-9").await;
-    let grant = json!({"subject": "ci-job-9", "connection": "flaky", "role": "readonly", "ttl_seconds": 900});
-    let (status, body) = s.post("/v1/grants", grant).await;
-    assert_eq!(status, 201, "{body}");
-    s.settle().await;
+    let proxy = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
+    let token = granted_at(&s, "flaky", proxy.addr(), "ci-job-9").await;
     let client = s.connect("flaky.readonly", &token).await.unwrap();
     let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
     assert_eq!(s.session_roles().await, vec![role.clone()]);
@@ -756,25 +745,9 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
 #[tokio::test]
 async fn admin_connections_follow_a_moved_connection_and_close_once_it_is_removed() {
     let s = Stack::start().await;
-    let postgres = "127.0.0.1:5432".parse().unwrap();
-    let old = airlock_testkit::proxy::TcpProxy::start(postgres).await.unwrap();
-    let new = airlock_testkit::proxy::TcpProxy::start(postgres).await.unwrap();
-    let (database, _) = s.target();
-    let spec = |address: std::net::SocketAddr| {
-        json!({
-            "name": "moving", "kind": "postgres", "address": address.to_string(), "database": database,
-            "tls": "disable", "roles": {"readonly": s.template},
-        })
-    };
-    let mut first = spec(old.addr());
-    first["admin_credential"] = json!({"user": "postgres", "password": ""});
-    let (status, body) = s.post("/v1/connections", first).await;
-    assert_eq!(status, 201, "{body}");
-    let token = s.token("ci-job-12").await;
-    let grant = json!({"subject": "ci-job-12", "connection": "moving", "role": "readonly", "ttl_seconds": 900});
-    let (status, body) = s.post("/v1/grants", grant).await;
-    assert_eq!(status, 201, "{body}");
-    s.settle().await;
+    let old = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
+    let new = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
+    let token = granted_at(&s, "moving", old.addr(), "ci-job-12").await;
     let session = |what: &'static str| {
         let (s, token) = (&s, &token);
         async move {
@@ -792,9 +765,7 @@ async fn admin_connections_follow_a_moved_connection_and_close_once_it_is_remove
     assert!(old.relaying() > 0, "the admin connections go through the first address");
 
     // Moved, with the same credential; the old address then stops answering.
-    let (status, body) = s.send(reqwest::Method::PUT, "/v1/connections/moving", Some(spec(new.addr()))).await;
-    assert_eq!(status, 200, "{body}");
-    s.settle().await;
+    move_connection(&s, "moving", new.addr()).await;
     old.cut();
     session("a session after the move").await;
     assert_eq!(old.relaying(), 0);
@@ -808,4 +779,61 @@ async fn admin_connections_follow_a_moved_connection_and_close_once_it_is_remove
         new.relaying() == 0
     })
     .await;
+}
+
+/// A session role whose drop failed is dropped on the target it was made on,
+/// also when its connection was pointed elsewhere meanwhile (here at an
+/// address that does not answer).
+#[tokio::test]
+async fn a_session_role_left_behind_is_dropped_where_it_was_made_after_a_move() {
+    let s = Stack::start().await;
+    let old = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
+    let new = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
+    let token = granted_at(&s, "moving", old.addr(), "ci-job-13").await;
+    let client = s.connect("moving.readonly", &token).await.unwrap();
+    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    old.cut();
+    eventually(Duration::from_secs(10), "the client to see its session end", || async { client.is_closed() }).await;
+    assert_eq!(s.session_roles().await, vec![role.clone()], "the role went while its target was away");
+
+    move_connection(&s, "moving", new.addr()).await;
+    new.cut();
+    old.restore();
+    eventually(Duration::from_secs(20), "the session role to be dropped where it was made", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
+}
+
+const POSTGRES: &str = "127.0.0.1:5432";
+
+/// The body of a connection `name` to the stack's database at `address`.
+fn connection_at(s: &Stack, name: &str, address: std::net::SocketAddr) -> serde_json::Value {
+    json!({
+        "name": name, "kind": "postgres", "address": address.to_string(), "database": s.db.name(),
+        "tls": "disable", "roles": {"readonly": s.template},
+    })
+}
+
+/// Registers `name` at `address` (the admin logging in as postgres) and
+/// grants `subject` its readonly role: `subject`'s token.
+async fn granted_at(s: &Stack, name: &str, address: std::net::SocketAddr, subject: &str) -> String {
+    let mut connection = connection_at(s, name, address);
+    connection["admin_credential"] = json!({"user": "postgres", "password": ""});
+    let (status, body) = s.post("/v1/connections", connection).await;
+    assert_eq!(status, 201, "{body}");
+    let token = s.token(subject).await;
+    let grant = json!({"subject": subject, "connection": name, "role": "readonly", "ttl_seconds": 900});
+    let (status, body) = s.post("/v1/grants", grant).await;
+    assert_eq!(status, 201, "{body}");
+    s.settle().await;
+    token
+}
+
+/// Points `name` at `address`, keeping its credential.
+async fn move_connection(s: &Stack, name: &str, address: std::net::SocketAddr) {
+    let path = format!("/v1/connections/{name}");
+    let (status, body) = s.send(reqwest::Method::PUT, &path, Some(connection_at(s, name, address))).await;
+    assert_eq!(status, 200, "{body}");
+    s.settle().await;
 }

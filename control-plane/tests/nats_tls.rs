@@ -85,6 +85,14 @@ impl Server {
         Self { child, port }
     }
 
+    /// Stops it as an operator would (SIGTERM), so that it writes what its
+    /// streams hold before it exits.
+    fn stop(mut self) {
+        let stopped = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(stopped.success());
+        self.child.wait().unwrap();
+    }
+
     fn url(&self, password: &str) -> String {
         format!("nats://airlock:{password}@127.0.0.1:{}", self.port)
     }
@@ -189,7 +197,7 @@ async fn a_renewed_client_certificate_is_presented_when_the_bus_reconnects() {
     round_trip(&bus).await;
 
     let port = server.port;
-    drop(server);
+    server.stop();
     let renewing = Pki::new();
     let (new_cert, new_key) = renewing.issue("worker", &["airlock-worker"]);
     std::fs::copy(&new_cert, &cert).unwrap();

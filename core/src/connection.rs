@@ -37,7 +37,7 @@ impl ConnectionKind {
 }
 
 /// How the gateway talks TLS to the target (libpq's `sslmode` names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetTls {
     Disable,

@@ -88,15 +88,14 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// runner's) starting together stay far below this.
 pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 128;
 
-/// A target's admin connections: the credential version they log in with,
-/// and where they go.
-type AdminConnection = (u64, Target, Arc<RoleManager>);
+/// A target's admin connections, with the credential version they log in with.
+type AdminConnection = (u64, Arc<RoleManager>);
 
-/// Where a connection points. Admin connections and catalogs are kept for one
+/// Where a connection points. Admin connections and catalogs are kept per
 /// target: an update that points the connection elsewhere (another address,
 /// database or TLS setting, with the same credential) gets new ones, rather
 /// than session roles made on the old target and relations read from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Target {
     address: String,
     database: String,
@@ -107,7 +106,14 @@ impl Target {
     fn of(spec: &ConnectionSpec) -> Self {
         Target { address: spec.address.clone(), database: spec.database.clone(), tls: spec.tls }
     }
+
+    fn is_where(&self, spec: &ConnectionSpec) -> bool {
+        self.address == spec.address && self.database == spec.database && self.tls == spec.tls
+    }
 }
+
+/// A connection of a tenant, at one target.
+type AtTarget = (TenantId, ConnectionId, Target);
 
 /// Where a cancel request for a gateway-issued key goes.
 #[derive(Debug, Clone)]
@@ -140,13 +146,13 @@ pub struct Gateway {
     /// Static credentials' salted passwords, by the credential's version.
     salt_caches: Mutex<ByConnection<VersionedSaltCache>>,
     /// The admin connections of each target, with the credential version they log in with.
-    admins: tokio::sync::Mutex<ByConnection<AdminConnection>>,
+    admins: tokio::sync::Mutex<HashMap<AtTarget, AdminConnection>>,
     /// The runtime the gateway was made on, which opens and drives admin
     /// connections (session threads' runtimes stop one by one at shutdown,
     /// while other sessions still drop their roles).
     pub(crate) runtime: tokio::runtime::Handle,
     /// What each target's catalog says of the relations results come from.
-    catalogs: Mutex<ByConnection<(Target, Arc<Catalog>)>>,
+    catalogs: Mutex<HashMap<AtTarget, Arc<Catalog>>>,
     /// Sessions' opening and closing, on their way to the control plane's log.
     pub(crate) session_events: SessionEvents,
     /// Session roles whose drop failed (the target away), with the target's
@@ -319,11 +325,12 @@ impl Gateway {
     /// Tries the failed drops again every few seconds until `cancel`, and
     /// once more then (for at most a few seconds): a target that was away
     /// (restarting, unreachable) gets its session roles dropped once it is
-    /// back. Each try reaches the target as its connection now says (an
-    /// address or credential changed meanwhile is followed).
+    /// back. Each try goes where the role was made, with the connection's
+    /// credential as it is now (a changed one is followed).
     ///
-    /// Between tries it forgets what it kept for connections that were
-    /// removed (`forget_removed`), as soon as the projection changes.
+    /// It also forgets what the gateway kept for targets no connection points
+    /// at any more (`forget_removed`): when the projection changes, and after
+    /// each round of tries.
     pub async fn retry_drops(self: Arc<Self>, cancel: CancellationToken) {
         let mut changes = self.projection.changes();
         let mut retries = tokio::time::interval_at(tokio::time::Instant::now() + RETRY_DROPS_EVERY, RETRY_DROPS_EVERY);
@@ -334,7 +341,7 @@ impl Gateway {
                 _ = retries.tick() => false,
                 changed = changes.changed(), if watching => {
                     match changed {
-                        Ok(()) => self.forget_removed().await,
+                        Ok(()) => self.forget_removed(),
                         Err(_) => watching = false,
                     }
                     continue;
@@ -343,10 +350,7 @@ impl Gateway {
             };
             let pending = std::mem::take(&mut *self.undropped.lock().unwrap_or_else(|e| e.into_inner()));
             let retried = async {
-                for (tenant, was, name) in pending {
-                    let now =
-                        self.projection.read(|t| t.get(&tenant).and_then(|s| s.connections.get(&was.id).cloned()));
-                    let spec = now.unwrap_or(was);
+                for (tenant, spec, name) in pending {
                     let dropped = match self.role_manager(tenant, &spec).await {
                         Ok(manager) => manager.drop_session_role(&name).await.map_err(|e| e.to_string()),
                         Err(e) => Err(format!("{e:#}")),
@@ -364,6 +368,8 @@ impl Gateway {
                 let _ = tokio::time::timeout(FINAL_DROPS_WITHIN, retried).await;
             } else {
                 retried.await;
+                // A try re-opens the admin connections of a removed connection.
+                self.forget_removed();
             }
             if stopping {
                 let left = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len();
@@ -375,36 +381,51 @@ impl Gateway {
         }
     }
 
-    /// Forgets the stored credentials, admin connections, salt caches and
-    /// catalogs of connections the projection no longer has: a removed
-    /// connection's admin credential stays in memory no longer, and its
-    /// admin connections close once no session holds them (the target can
-    /// then drop the admin role or the database). A connection with a
-    /// session role still waiting for its drop keeps them until then.
-    async fn forget_removed(&self) {
+    /// Forgets what the gateway keeps for targets no connection points at any
+    /// more (removed, or updated to point elsewhere): their admin connections,
+    /// which close once no session holds them (so that the target can drop
+    /// the admin role or the database), and catalogs; and a removed
+    /// connection's credential (which stays in memory no longer) and salt
+    /// cache. Admin connections a session still holds stay, and so do those
+    /// of a session role waiting for its drop, with their credential.
+    ///
+    /// A pass is skipped while a login holds the admin connections or the
+    /// credentials (it may be connecting): the next change or round of tries
+    /// comes back to it.
+    fn forget_removed(&self) {
         if !self.projection.is_ready() {
             return;
         }
-        let waiting: std::collections::HashSet<(TenantId, ConnectionId)> = {
+        let (Ok(mut admins), Ok(mut credentials)) = (self.admins.try_lock(), self.credentials.try_lock()) else {
+            return;
+        };
+        // A session holds its admin connections until its role is dropped,
+        // or kept in `undropped` when that failed: read in that order, a
+        // session between the two is seen in one or the other.
+        let held: Vec<AtTarget> =
+            admins.iter().filter(|(_, (_, manager))| Arc::strong_count(manager) > 1).map(|(k, _)| k.clone()).collect();
+        let waiting: Vec<AtTarget> = {
             let undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
-            undropped.iter().map(|(tenant, spec, _)| (*tenant, spec.id)).collect()
+            undropped.iter().map(|(tenant, spec, _)| (*tenant, spec.id, Target::of(spec))).collect()
         };
-        let exists = |key: &(TenantId, ConnectionId)| {
-            waiting.contains(key)
-                || self.projection.read(|t| t.get(&key.0).is_some_and(|s| s.connections.contains_key(&key.1)))
-        };
-        let closed = {
-            let mut admins = self.admins.lock().await;
+        let mut salt_caches = self.salt_caches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        let closed = self.projection.read(|t| {
+            let spec = |tenant: &TenantId, id: &ConnectionId| t.get(tenant).and_then(|s| s.connections.get(id));
+            let current = |(tenant, id, target): &AtTarget| spec(tenant, id).is_some_and(|c| target.is_where(c));
             let before = admins.len();
-            admins.retain(|key, _| exists(key));
+            admins.retain(|key, _| current(key) || held.contains(key) || waiting.contains(key));
+            catalogs.retain(|key, catalog| current(key) || Arc::strong_count(catalog) > 1);
+            let in_use = |(tenant, id): &(TenantId, ConnectionId)| {
+                spec(tenant, id).is_some() || admins.keys().any(|(t, c, _)| t == tenant && c == id)
+            };
+            credentials.retain(|key, _| in_use(key));
+            salt_caches.retain(|key, _| in_use(key));
             before - admins.len()
-        };
+        });
         if closed > 0 {
-            tracing::info!(connections = closed, "closing the admin connections of removed connections");
+            tracing::info!(targets = closed, "closing the admin connections of targets no connection points at");
         }
-        self.credentials.lock().await.retain(|key, _| exists(key));
-        self.salt_caches.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| exists(key));
-        self.catalogs.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| exists(key));
     }
 
     /// Accepts clients until cancelled. Sessions run on the session threads
@@ -566,15 +587,10 @@ impl Gateway {
     }
 
     /// The catalog of a target, as masking reads it.
+    /// (Another server's OIDs name other relations: a catalog per target.)
     pub(crate) fn catalog(&self, tenant: TenantId, spec: &ConnectionSpec) -> Arc<Catalog> {
-        let target = Target::of(spec);
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = catalogs.entry((tenant, spec.id)).or_insert_with(|| (target.clone(), Arc::default()));
-        if entry.0 != target {
-            // Another server's OIDs name other relations.
-            *entry = (target, Arc::default());
-        }
-        entry.1.clone()
+        catalogs.entry((tenant, spec.id, Target::of(spec))).or_default().clone()
     }
 
     /// The admin connections that make session roles on this target.
@@ -584,11 +600,10 @@ impl Gateway {
         spec: &ConnectionSpec,
     ) -> anyhow::Result<Arc<RoleManager>> {
         let credential = self.credential(tenant, spec).await?;
-        let target = Target::of(spec);
+        let key = (tenant, spec.id, Target::of(spec));
         let mut admins = self.admins.lock().await;
-        if let Some((version, kept_for, manager)) = admins.get(&(tenant, spec.id))
+        if let Some((version, manager)) = admins.get(&key)
             && *version == credential.version
-            && *kept_for == target
         {
             return Ok(manager.clone());
         }
@@ -607,8 +622,8 @@ impl Gateway {
         let manager =
             self.runtime.spawn(RoleManager::with_connections(config, tls, self.options.admin_connections)).await??;
         let manager = Arc::new(manager);
-        // The ones replaced close once no session holds them.
-        admins.insert((tenant, spec.id), (credential.version, target, manager.clone()));
+        // One of an older credential closes once no session holds it.
+        admins.insert(key, (credential.version, manager.clone()));
         Ok(manager)
     }
 
