@@ -87,10 +87,14 @@ impl Server {
 
     /// Stops it as an operator would (SIGTERM), so that it writes what its
     /// streams hold before it exits.
-    fn stop(mut self) {
+    async fn stop(mut self) {
         let stopped = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(stopped.success());
-        self.child.wait().unwrap();
+        eventually(Duration::from_secs(20), "nats-server to exit", || {
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            async move { exited }
+        })
+        .await;
     }
 
     fn url(&self, password: &str) -> String {
@@ -197,7 +201,7 @@ async fn a_renewed_client_certificate_is_presented_when_the_bus_reconnects() {
     round_trip(&bus).await;
 
     let port = server.port;
-    server.stop();
+    server.stop().await;
     let renewing = Pki::new();
     let (new_cert, new_key) = renewing.issue("worker", &["airlock-worker"]);
     std::fs::copy(&new_cert, &cert).unwrap();

@@ -128,6 +128,18 @@ pub(crate) struct CancelTarget {
 /// What the gateway keeps per connection of a tenant.
 type ByConnection<T> = HashMap<(TenantId, ConnectionId), T>;
 
+/// A session role whose drop failed, kept for another try (`retry_drops`).
+pub(crate) struct Undropped {
+    pub tenant: TenantId,
+    /// The connection as it was when the role was made: the role lives on its target.
+    pub connection: ConnectionSpec,
+    pub name: String,
+    /// The admin connections it was made with, which hold the credential of
+    /// that time: a removed connection's is not handed out again, and one
+    /// moved since may need another credential at its new target.
+    pub manager: Arc<RoleManager>,
+}
+
 /// A static credential's salt cache, with the credential's version.
 type VersionedSaltCache = (u64, Arc<SaltCache>);
 
@@ -157,7 +169,7 @@ pub struct Gateway {
     pub(crate) session_events: SessionEvents,
     /// Session roles whose drop failed (the target away), with the target's
     /// tenant and connection as they were: retried by `retry_drops`.
-    undropped: Mutex<Vec<(TenantId, ConnectionSpec, String)>>,
+    undropped: Mutex<Vec<Undropped>>,
     /// Logins in progress, by where they come from (`LoginSource`).
     logins: Mutex<HashMap<LoginSource, usize>>,
     /// Refusals past `max_logins_per_address` taken as far as the startup message (`start_refusal`).
@@ -313,20 +325,21 @@ impl Gateway {
     }
 
     /// Keeps a session role whose drop failed for another try.
-    pub(crate) fn drop_later(&self, tenant: TenantId, connection: ConnectionSpec, name: String) {
+    pub(crate) fn drop_later(&self, waiting: Undropped) {
         let mut undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
         if undropped.len() >= MAX_UNDROPPED {
-            tracing::error!(role = %name, "{MAX_UNDROPPED} session roles wait for their drop already; the next start drops this one");
+            tracing::error!(role = %waiting.name, "{MAX_UNDROPPED} session roles wait for their drop already; the next start drops this one");
             return;
         }
-        undropped.push((tenant, connection, name));
+        undropped.push(waiting);
     }
 
     /// Tries the failed drops again every few seconds until `cancel`, and
     /// once more then (for at most a few seconds): a target that was away
     /// (restarting, unreachable) gets its session roles dropped once it is
-    /// back. Each try goes where the role was made, with the connection's
-    /// credential as it is now (a changed one is followed).
+    /// back. Each try goes where the role was made, through the admin
+    /// connections that made it, or new ones when the connection's
+    /// credential changed since (the target's admin password may have).
     ///
     /// It also forgets what the gateway kept for targets no connection points
     /// at any more (`forget_removed`): when the projection changes, and after
@@ -350,16 +363,27 @@ impl Gateway {
             };
             let pending = std::mem::take(&mut *self.undropped.lock().unwrap_or_else(|e| e.into_inner()));
             let retried = async {
-                for (tenant, spec, name) in pending {
-                    let dropped = match self.role_manager(tenant, &spec).await {
-                        Ok(manager) => manager.drop_session_role(&name).await.map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("{e:#}")),
-                    };
-                    match dropped {
-                        Ok(()) => tracing::info!(role = %name, "dropped a session role on a later try"),
+                for mut waiting in pending {
+                    let (tenant, id) = (waiting.tenant, waiting.connection.id);
+                    let changed = self
+                        .projection
+                        .read(|t| t.get(&tenant).and_then(|s| s.connections.get(&id)).map(|c| c.secret_version))
+                        .filter(|version| *version > waiting.connection.secret_version);
+                    if let Some(version) = changed {
+                        let mut connection = waiting.connection.clone();
+                        connection.secret_version = version;
+                        match self.role_manager(tenant, &connection).await {
+                            Ok(manager) => (waiting.connection, waiting.manager) = (connection, manager),
+                            Err(e) => {
+                                tracing::debug!(role = %waiting.name, "no admin connection with the new credential: {e:#}")
+                            }
+                        }
+                    }
+                    match waiting.manager.drop_session_role(&waiting.name).await {
+                        Ok(()) => tracing::info!(role = %waiting.name, "dropped a session role on a later try"),
                         Err(e) => {
-                            tracing::debug!(role = %name, "a session role still cannot be dropped: {e}");
-                            self.drop_later(tenant, spec, name);
+                            tracing::debug!(role = %waiting.name, "a session role still cannot be dropped: {e}");
+                            self.drop_later(waiting);
                         }
                     }
                 }
@@ -386,8 +410,8 @@ impl Gateway {
     /// which close once no session holds them (so that the target can drop
     /// the admin role or the database), and catalogs; and a removed
     /// connection's credential (which stays in memory no longer) and salt
-    /// cache. Admin connections a session still holds stay, and so do those
-    /// of a session role waiting for its drop, with their credential.
+    /// cache. Admin connections stay while a session, or a session role
+    /// waiting for its drop (`Undropped`), holds them.
     ///
     /// A pass is skipped while a login holds the admin connections or the
     /// credentials (it may be connecting): the next change or round of tries
@@ -399,22 +423,13 @@ impl Gateway {
         let (Ok(mut admins), Ok(mut credentials)) = (self.admins.try_lock(), self.credentials.try_lock()) else {
             return;
         };
-        // A session holds its admin connections until its role is dropped,
-        // or kept in `undropped` when that failed: read in that order, a
-        // session between the two is seen in one or the other.
-        let held: Vec<AtTarget> =
-            admins.iter().filter(|(_, (_, manager))| Arc::strong_count(manager) > 1).map(|(k, _)| k.clone()).collect();
-        let waiting: Vec<AtTarget> = {
-            let undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
-            undropped.iter().map(|(tenant, spec, _)| (*tenant, spec.id, Target::of(spec))).collect()
-        };
         let mut salt_caches = self.salt_caches.lock().unwrap_or_else(|e| e.into_inner());
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         let closed = self.projection.read(|t| {
             let spec = |tenant: &TenantId, id: &ConnectionId| t.get(tenant).and_then(|s| s.connections.get(id));
             let current = |(tenant, id, target): &AtTarget| spec(tenant, id).is_some_and(|c| target.is_where(c));
             let before = admins.len();
-            admins.retain(|key, _| current(key) || held.contains(key) || waiting.contains(key));
+            admins.retain(|key, (_, manager)| current(key) || Arc::strong_count(manager) > 1);
             catalogs.retain(|key, catalog| current(key) || Arc::strong_count(catalog) > 1);
             let in_use = |(tenant, id): &(TenantId, ConnectionId)| {
                 spec(tenant, id).is_some() || admins.keys().any(|(t, c, _)| t == tenant && c == id)

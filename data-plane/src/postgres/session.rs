@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::copy_watch::{self, CopyEnd, CopyWatch, Probe, ProbeStep};
-use super::gateway::{CancelTarget, Gateway};
+use super::gateway::{CancelTarget, Gateway, Undropped};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::in_flight::{InFlight, QUERY_DONE};
 use super::keywords;
@@ -340,7 +340,12 @@ async fn admitted_session(
         && let Err(e) = manager.drop_session_role(&name).instrument(span.clone()).await
     {
         tracing::error!(parent: span, role = %name, "failed to drop a session role, trying again later: {e}");
-        gw.drop_later(admitted.context.tenant, admitted.connection.clone(), name);
+        gw.drop_later(Undropped {
+            tenant: admitted.context.tenant,
+            connection: admitted.connection.clone(),
+            name,
+            manager,
+        });
     }
     result
 }
@@ -784,6 +789,7 @@ async fn relay_session(
         tap,
         durable_seq: 0,
         review_note: None,
+        catalog: std::sync::OnceLock::new(),
     };
     relay.inspecting |= relay.masking.is_some();
     let ended = relay.run(&admitted.connection, shutdown).await;
@@ -907,6 +913,10 @@ struct Relay<'a> {
     durable_seq: u64,
     /// The review of the last held statement and who approved it, once decided.
     review_note: Option<(String, String)>,
+    /// The target's catalog, once masking needed it: held for the session,
+    /// so that the gateway keeps it while the session runs, also after its
+    /// connection was pointed elsewhere (`Gateway::forget_removed`).
+    catalog: std::sync::OnceLock<Arc<super::catalog::Catalog>>,
 }
 
 /// How much a client may send while one of its statements is held; past it,
@@ -2534,7 +2544,8 @@ impl Relay<'_> {
             fields.iter().filter(|f| f.table_oid != 0 && f.column_attr > 0).map(|f| f.table_oid).collect();
         oids.sort_unstable();
         oids.dedup();
-        let catalog = (column_rules && !oids.is_empty()).then(|| self.gw.catalog(self.context.tenant, self.connection));
+        let catalog = (column_rules && !oids.is_empty())
+            .then(|| self.catalog.get_or_init(|| self.gw.catalog(self.context.tenant, self.connection)).clone());
         let relations = if let Some(known) = catalog.as_ref().and_then(|c| c.cached(&oids)) {
             // What a session reads again and again: no admin connection needed.
             known
