@@ -392,7 +392,8 @@ impl Gateway {
                 let _ = tokio::time::timeout(FINAL_DROPS_WITHIN, retried).await;
             } else {
                 retried.await;
-                // A try re-opens the admin connections of a removed connection.
+                // What the round let go of (a role dropped at last, through the
+                // admin connections of a target no connection points at) goes now.
                 self.forget_removed();
             }
             if stopping {
