@@ -280,6 +280,10 @@ async fn one_address_holds_a_bounded_number_of_logins_in_progress() {
     for client in [&logged_in, &fourth] {
         client.simple_query("SELECT 1").await.unwrap();
     }
+    // The worker's metrics count the refusals and the sessions.
+    assert_eq!(s.metric("airlock_gateway_logins_refused_past_the_cap_total").await, 3);
+    assert_eq!(s.metric("airlock_gateway_sessions").await, 4);
+    assert_eq!(s.metric("airlock_gateway_sessions_started_total").await, 4);
 }
 
 #[tokio::test]
@@ -721,6 +725,7 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
     let proxy = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
     let token = granted_at(&s, "flaky", proxy.addr(), "ci-job-9").await;
     let client = s.connect("flaky.readonly", &token).await.unwrap();
+    assert_eq!(s.metric("airlock_gateway_session_roles_awaiting_drop").await, 0);
     let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
     assert_eq!(s.session_roles().await, vec![role.clone()]);
 
@@ -729,6 +734,12 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
     assert!(client.simple_query("SELECT 1").await.is_err());
     eventually(Duration::from_secs(10), "the client to see its session end", || async { client.is_closed() }).await;
     assert_eq!(s.session_roles().await, vec![role.clone()], "the role went while the target was away");
+    // The worker's metrics show it waiting.
+    eventually(Duration::from_secs(10), "the metrics to show a role awaiting its drop", || async {
+        s.metric("airlock_gateway_session_roles_awaiting_drop").await == 1
+    })
+    .await;
+    assert_eq!(s.metric("airlock_gateway_sessions").await, 0);
 
     // Back: the gateway tries again and the role goes.
     proxy.restore();
@@ -736,6 +747,7 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
         s.session_roles().await.is_empty()
     })
     .await;
+    assert_eq!(s.metric("airlock_gateway_session_roles_awaiting_drop").await, 0);
 }
 
 /// An operator points a connection at another address (the old one gone):

@@ -10,28 +10,36 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::postgres::gateway::Gateway;
 use crate::projection::Projection;
 
-pub fn router(projection: Arc<Projection>) -> Router {
+/// What the endpoints report on: the projection, and the Postgres gateway when it runs.
+#[derive(Clone)]
+struct Worker {
+    projection: Arc<Projection>,
+    gateway: Option<Arc<Gateway>>,
+}
+
+pub fn router(projection: Arc<Projection>, gateway: Option<Arc<Gateway>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(projection)
+        .with_state(Worker { projection, gateway })
 }
 
 /// `{"status": "ok", "ready": true, "applied": {"<tenant>": seq}}`
-async fn healthz(State(p): State<Arc<Projection>>) -> impl IntoResponse {
+async fn healthz(State(Worker { projection: p, .. }): State<Worker>) -> impl IntoResponse {
     let applied: serde_json::Map<String, serde_json::Value> =
         p.applied().into_iter().map(|(t, seq)| (t.to_string(), seq.into())).collect();
     axum::Json(serde_json::json!({"status": "ok", "ready": p.is_ready(), "applied": applied}))
 }
 
-async fn readyz(State(p): State<Arc<Projection>>) -> impl IntoResponse {
+async fn readyz(State(Worker { projection: p, .. }): State<Worker>) -> impl IntoResponse {
     if p.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "loading the projection") }
 }
 
-async fn metrics(State(p): State<Arc<Projection>>) -> impl IntoResponse {
+async fn metrics(State(Worker { projection: p, gateway }): State<Worker>) -> impl IntoResponse {
     let mut out = String::new();
     let _ = writeln!(out, "# HELP airlock_worker_applied_seq The last event seq this worker applied, per tenant.");
     let _ = writeln!(out, "# TYPE airlock_worker_applied_seq gauge");
@@ -49,5 +57,8 @@ async fn metrics(State(p): State<Arc<Projection>>) -> impl IntoResponse {
     }
     let _ = writeln!(out, "# HELP airlock_worker_ready 1 once the projection is loaded.");
     let _ = writeln!(out, "# TYPE airlock_worker_ready gauge\nairlock_worker_ready {}", u8::from(p.is_ready()));
+    if let Some(gateway) = gateway {
+        gateway.metrics(&mut out);
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -81,9 +81,12 @@ pub async fn start(
 ) -> anyhow::Result<RunningWorker> {
     let projection = Arc::new(Projection::new());
     let source = Arc::new(GrpcSource::new(&options.control_plane_url, &options.grpc_tls, &options.worker_token)?);
-    let pg_addr = match &options.postgres {
-        Some(pg) => Some(start_postgres(pg, &options, &projection, &source, &cancel, tracker).await?),
-        None => None,
+    let (pg_addr, gateway) = match &options.postgres {
+        Some(pg) => {
+            let (addr, gateway) = start_postgres(pg, &options, &projection, &source, &cancel, tracker).await?;
+            (Some(addr), Some(gateway))
+        }
+        None => (None, None),
     };
     let sync = Synchronizer { projection: projection.clone(), source, bus, reconcile_every: options.reconcile_every };
     tracker.spawn(sync.run(cancel.clone()));
@@ -92,7 +95,7 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the worker's health endpoint to {}", options.admin_addr))?;
     let admin_addr = listener.local_addr()?;
-    let app = crate::health::router(projection.clone());
+    let app = crate::health::router(projection.clone(), gateway);
     tracker.spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await {
             tracing::error!("failed to serve the worker's health endpoint: {e:#}");
@@ -112,7 +115,7 @@ async fn start_postgres(
     source: &Arc<GrpcSource>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<(SocketAddr, Arc<crate::postgres::gateway::Gateway>)> {
     let listener = tokio::net::TcpListener::bind(pg.listen)
         .await
         .with_context(|| format!("binding the Postgres gateway to {}", pg.listen))?;
@@ -160,7 +163,9 @@ async fn start_postgres(
     let projection = projection.clone();
     let cancel = cancel.clone();
     let sessions = tracker.clone();
+    let serving = gateway.clone();
     tracker.spawn(async move {
+        let gateway = serving;
         let mut changes = projection.changes();
         while !projection.is_ready() {
             tokio::select! {
@@ -172,5 +177,5 @@ async fn start_postgres(
         gateway.serve(listener, cancel, sessions).await;
     });
     tracing::info!(%addr, "Postgres gateway listening");
-    Ok(addr)
+    Ok((addr, gateway))
 }

@@ -24,6 +24,8 @@ pub struct Stack {
     pub api: String,
     pub admin: String,
     pub pg: SocketAddr,
+    /// The worker's health and metrics endpoint.
+    pub health: SocketAddr,
     pub db: TestDb,
     pub template: String,
     pub worker_id: String,
@@ -391,6 +393,7 @@ impl Stack {
             api: public_url,
             admin,
             pg: worker.pg_addr.unwrap(),
+            health: worker.admin_addr,
             db,
             template,
             worker_id,
@@ -537,6 +540,13 @@ impl Stack {
             let _ = conn.await;
         });
         Ok(client)
+    }
+
+    /// The value of `name` in the worker's `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.health)).await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.split_once(' ').is_some_and(|(n, _)| n == name));
+        line.and_then(|l| l.split_once(' ')?.1.parse().ok()).unwrap_or_else(|| panic!("no {name} in {text}"))
     }
 
     /// Session roles this stack's worker has on the server.

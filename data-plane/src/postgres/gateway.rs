@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -176,6 +176,26 @@ pub struct Gateway {
     refusals: AtomicUsize,
     /// Logins refused past the cap since the last warning of them, and when that was.
     refused: Mutex<(u64, Option<std::time::Instant>)>,
+    /// What `metrics` reports besides what it reads from the maps above.
+    counts: Counts,
+}
+
+/// The gateway's counters, for the worker's `/metrics`.
+#[derive(Default)]
+struct Counts {
+    /// Sessions relaying now (admitted, their target logged in to).
+    sessions_live: AtomicUsize,
+    sessions_started: AtomicU64,
+    logins_refused_past_the_cap: AtomicU64,
+}
+
+/// A session counted live until dropped (`Gateway::session_started`).
+pub(crate) struct LiveSession<'a>(&'a AtomicUsize);
+
+impl Drop for LiveSession<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Refusals past the login cap that go through TLS and the startup message
@@ -280,7 +300,51 @@ impl Gateway {
             logins: Mutex::new(HashMap::new()),
             refusals: AtomicUsize::new(0),
             refused: Mutex::new((0, None)),
+            counts: Counts::default(),
         })
+    }
+
+    /// Counts a session as relaying until the guard is dropped.
+    pub(crate) fn session_started(&self) -> LiveSession<'_> {
+        self.counts.sessions_started.fetch_add(1, Ordering::Relaxed);
+        self.counts.sessions_live.fetch_add(1, Ordering::AcqRel);
+        LiveSession(&self.counts.sessions_live)
+    }
+
+    /// The gateway's figures in Prometheus's text format, for the worker's
+    /// `/metrics`.
+    pub fn metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let waiting = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let figures: [(&str, &str, &str, u64); 4] = [
+            (
+                "airlock_gateway_sessions",
+                "gauge",
+                "Postgres sessions relaying now.",
+                self.counts.sessions_live.load(Ordering::Acquire) as u64,
+            ),
+            (
+                "airlock_gateway_sessions_started_total",
+                "counter",
+                "Postgres sessions admitted and logged in to their target.",
+                self.counts.sessions_started.load(Ordering::Relaxed),
+            ),
+            (
+                "airlock_gateway_logins_refused_past_the_cap_total",
+                "counter",
+                "Logins refused because their address had worker.max_logins_per_address in progress.",
+                self.counts.logins_refused_past_the_cap.load(Ordering::Relaxed),
+            ),
+            (
+                "airlock_gateway_session_roles_awaiting_drop",
+                "gauge",
+                "Session roles whose drop failed, tried again every 5 s (their target away).",
+                waiting as u64,
+            ),
+        ];
+        for (name, kind, help, value) in figures {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
     }
 
     /// A refusal past the login cap that may take the client through TLS
@@ -295,6 +359,7 @@ impl Gateway {
     /// Counts a login refused past the cap; warns at most every
     /// `REFUSAL_WARNING_EVERY`, with how many there were.
     fn refused_past_the_cap(&self, source: LoginSource) {
+        self.counts.logins_refused_past_the_cap.fetch_add(1, Ordering::Relaxed);
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         refused.0 += 1;
         let now = std::time::Instant::now();

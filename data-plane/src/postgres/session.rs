@@ -693,6 +693,8 @@ async fn relay_session(
         }
     };
     let _unregister = Unregister { gateway: gw.clone(), key: (pid, key) };
+    // Counted before the client hears it is in.
+    let _live = gw.session_started();
 
     let mut out = BytesMut::new();
     encode::authentication_ok(&mut out);
