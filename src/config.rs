@@ -204,9 +204,14 @@ pub struct Worker {
     /// (its startup message, TLS handshake and password) before it is closed.
     #[serde(with = "duration_text")]
     pub login_timeout: Duration,
-    /// Logins in progress at once from one client address (an IPv6 /64): more
-    /// are told 53300 and closed (default 128, at least 1).
+    /// Logins in progress at once from one client address (an IPv6 address
+    /// by its `login_ipv6_prefix`): more are told 53300 and closed (default
+    /// 128, at least 1).
     pub max_logins_per_address: usize,
+    /// How many leading bits of an IPv6 client's address count as one
+    /// address for `max_logins_per_address`: 64 by default (one host may hold
+    /// a /64 whole), 128 where many hosts share a /64. 1 to 128.
+    pub login_ipv6_prefix: u8,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -346,6 +351,7 @@ impl Default for Worker {
             admin_connections: airlock_data_plane::postgres::roles::ADMIN_CONNECTIONS,
             login_timeout: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_TIMEOUT,
             max_logins_per_address: airlock_data_plane::postgres::gateway::DEFAULT_MAX_LOGINS_PER_ADDRESS,
+            login_ipv6_prefix: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_IPV6_PREFIX,
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),
         }
@@ -521,6 +527,7 @@ mod tests {
         assert!(!config.api.cleartext_off_loopback && config.api.tls_cert_file.is_none());
         assert!(!config.recorder.cleartext_off_loopback && config.recorder.tls_cert_file.is_none());
         assert!(!config.worker.grpc_cleartext_off_loopback && config.worker.grpc_ca_file.is_none());
+        assert_eq!((config.worker.max_logins_per_address, config.worker.login_ipv6_prefix), (128, 64));
     }
 
     #[test]

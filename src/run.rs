@@ -201,6 +201,11 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     };
     anyhow::ensure!(config.worker.admin_connections >= 1, "worker.admin_connections must be at least 1");
     anyhow::ensure!(config.worker.max_logins_per_address >= 1, "worker.max_logins_per_address must be at least 1");
+    anyhow::ensure!(
+        (1..=128).contains(&config.worker.login_ipv6_prefix),
+        "worker.login_ipv6_prefix must be from 1 to 128 (bits of an IPv6 address), not {}",
+        config.worker.login_ipv6_prefix
+    );
     let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
         worker_id: config.worker_id(),
         allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
@@ -217,6 +222,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         admin_connections: config.worker.admin_connections,
         login_timeout: config.worker.login_timeout,
         max_logins_per_address: config.worker.max_logins_per_address,
+        login_ipv6_prefix: config.worker.login_ipv6_prefix,
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
@@ -422,6 +428,27 @@ mod tests {
         assert_eq!(cap(&config).unwrap(), Some(3));
         config.worker.max_logins_per_address = 0;
         assert_eq!(cap(&config).unwrap_err().to_string(), "worker.max_logins_per_address must be at least 1");
+    }
+
+    /// `worker.login_ipv6_prefix` reaches the gateway; a length no IPv6
+    /// address has is refused.
+    #[test]
+    fn the_ipv6_prefix_logins_count_by_comes_from_the_configuration() {
+        let mut config = crate::config::Config::default();
+        config.worker.token = "w".into();
+        let prefix = |config: &crate::config::Config| {
+            worker_options(config).map(|o| o.postgres.map(|p| p.gateway.login_ipv6_prefix))
+        };
+        assert_eq!(prefix(&config).unwrap(), Some(64));
+        config.worker.login_ipv6_prefix = 128;
+        assert_eq!(prefix(&config).unwrap(), Some(128));
+        for wrong in [0, 129] {
+            config.worker.login_ipv6_prefix = wrong;
+            assert_eq!(
+                prefix(&config).unwrap_err().to_string(),
+                format!("worker.login_ipv6_prefix must be from 1 to 128 (bits of an IPv6 address), not {wrong}")
+            );
+        }
     }
 
     /// `worker.login_timeout`, as written in a file, reaches the gateway; a

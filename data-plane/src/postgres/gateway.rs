@@ -44,11 +44,16 @@ pub struct GatewayOptions {
     /// handshake and password. A client that takes longer is told so and closed.
     pub login_timeout: Duration,
     /// Logins in progress at once from one client address (an IPv6 address
-    /// by its /64, which one host may hold whole): past it a client is told
-    /// 53300 and closed once its startup message is read, so that no one
-    /// source can hold every socket the gateway may open with logins that
-    /// stall until `login_timeout`. At least 1.
+    /// by its `login_ipv6_prefix`): past it a client is told 53300 and
+    /// closed once its startup message is read, so that no one source can
+    /// hold every socket the gateway may open with logins that stall until
+    /// `login_timeout`. At least 1.
     pub max_logins_per_address: usize,
+    /// How many leading bits of an IPv6 client's address name its source for
+    /// `max_logins_per_address`: 64 (the default) counts a /64, which one
+    /// host may hold whole; 128 counts each address, for networks where many
+    /// hosts share a /64 (a cloud subnet). 1 to 128.
+    pub login_ipv6_prefix: u8,
     /// How often the TLS certificate and key files are read again, so that a
     /// renewed certificate is served without a restart.
     pub tls_reload_every: Duration,
@@ -73,6 +78,7 @@ impl Default for GatewayOptions {
             connect_timeout: Duration::from_secs(10),
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             max_logins_per_address: DEFAULT_MAX_LOGINS_PER_ADDRESS,
+            login_ipv6_prefix: DEFAULT_LOGIN_IPV6_PREFIX,
             tls_reload_every: airlock_proto::certs::RELOAD_EVERY,
             target_roots: None,
             session_threads: 0,
@@ -87,6 +93,9 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// A login takes milliseconds: many clients of one address (a NAT's, a CI
 /// runner's) starting together stay far below this.
 pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 128;
+
+/// IPv6 clients count by their /64 (`GatewayOptions::login_ipv6_prefix`).
+pub const DEFAULT_LOGIN_IPV6_PREFIX: u8 = 64;
 
 /// A target's admin connections, with the credential version they log in with.
 type AdminConnection = (u64, Arc<RoleManager>);
@@ -215,20 +224,25 @@ impl Drop for RefusalSlot<'_> {
 }
 
 /// Where logins come from, as `max_logins_per_address` counts them: an IPv4
-/// address (also when mapped into IPv6), or an IPv6 /64.
+/// address (also when mapped into IPv6), or an IPv6 prefix of
+/// `login_ipv6_prefix` bits (its length kept with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum LoginSource {
     V4(std::net::Ipv4Addr),
-    V6Prefix(Ipv6Addr),
+    V6Prefix(Ipv6Addr, u8),
 }
 
 impl LoginSource {
-    pub(crate) fn of(peer: IpAddr) -> Self {
+    pub(crate) fn of(peer: IpAddr, v6_prefix: u8) -> Self {
         match peer {
             IpAddr::V4(v4) => LoginSource::V4(v4),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => LoginSource::V4(v4),
-                None => LoginSource::V6Prefix(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+                None => {
+                    let bits = v6_prefix.min(128);
+                    let mask = u128::MAX.checked_shl(u32::from(128 - bits)).unwrap_or(0);
+                    LoginSource::V6Prefix(Ipv6Addr::from(u128::from(v6) & mask), bits)
+                }
             },
         }
     }
@@ -238,7 +252,8 @@ impl std::fmt::Display for LoginSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LoginSource::V4(v4) => write!(f, "{v4}"),
-            LoginSource::V6Prefix(prefix) => write!(f, "{prefix}/64"),
+            LoginSource::V6Prefix(address, 128) => write!(f, "{address}"),
+            LoginSource::V6Prefix(prefix, bits) => write!(f, "{prefix}/{bits}"),
         }
     }
 }
@@ -377,7 +392,7 @@ impl Gateway {
     /// Counts a login from `peer` until the slot is dropped; `Err` with its
     /// source when that source has `max_logins_per_address` in progress.
     pub(crate) fn start_login(&self, peer: IpAddr) -> Result<LoginSlot<'_>, LoginSource> {
-        let source = LoginSource::of(peer);
+        let source = LoginSource::of(peer, self.options.login_ipv6_prefix);
         let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
         let count = logins.entry(source).or_insert(0);
         if *count >= self.options.max_logins_per_address {
@@ -775,10 +790,11 @@ mod tests {
     use super::LoginSource;
 
     /// IPv4 clients count by address, also when they reach an IPv6 socket;
-    /// IPv6 clients by their /64, any of whose addresses one host may use.
+    /// IPv6 clients by their /64, any of whose addresses one host may use,
+    /// or by the prefix configured.
     #[test]
-    fn logins_count_by_address_and_ipv6_by_its_64() {
-        let of = |ip: &str| LoginSource::of(ip.parse().unwrap());
+    fn logins_count_by_address_and_ipv6_by_its_prefix() {
+        let of = |ip: &str| LoginSource::of(ip.parse().unwrap(), 64);
         assert_eq!(of("10.0.0.7").to_string(), "10.0.0.7");
         assert_eq!(of("::ffff:10.0.0.7"), of("10.0.0.7"));
         assert_ne!(of("10.0.0.7"), of("10.0.0.8"));
@@ -786,5 +802,17 @@ mod tests {
         assert_eq!(of("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
         assert_ne!(of("2001:db8:1:2::1"), of("2001:db8:1:3::1"));
         assert_eq!(of("::1").to_string(), "::/64");
+
+        // A cloud subnet's hosts share a /64: each address counts alone.
+        let alone = |ip: &str| LoginSource::of(ip.parse().unwrap(), 128);
+        assert_ne!(alone("2001:db8:1:2::1"), alone("2001:db8:1:2::2"));
+        assert_eq!(alone("2001:db8:1:2::1").to_string(), "2001:db8:1:2::1");
+        assert_eq!(alone("::ffff:10.0.0.7"), of("10.0.0.7"));
+        // A site's /56, and the widest prefix there is.
+        let site = |ip: &str| LoginSource::of(ip.parse().unwrap(), 56);
+        assert_eq!(site("2001:db8:1:2ff::1"), site("2001:db8:1:200::9"));
+        assert_ne!(site("2001:db8:1:2ff::1"), site("2001:db8:1:300::1"));
+        assert_eq!(site("2001:db8:1:2ff::1").to_string(), "2001:db8:1:200::/56");
+        assert_eq!(LoginSource::of("ffff::1".parse().unwrap(), 1).to_string(), "8000::/1");
     }
 }
