@@ -196,6 +196,9 @@ struct Counts {
     sessions_live: AtomicUsize,
     sessions_started: AtomicU64,
     logins_refused_past_the_cap: AtomicU64,
+    /// Session roles a round of `retry_drops` took out of `undropped` and
+    /// has not tried yet: still awaiting their drop.
+    drops_in_round: AtomicUsize,
 }
 
 /// A session counted live until dropped (`Gateway::session_started`).
@@ -330,7 +333,8 @@ impl Gateway {
     /// `/metrics`.
     pub fn metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let waiting = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let waiting = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + self.counts.drops_in_round.load(Ordering::Acquire);
         let figures: [(&str, &str, &str, u64); 4] = [
             (
                 "airlock_gateway_sessions",
@@ -441,7 +445,11 @@ impl Gateway {
                 }
                 () = cancel.cancelled() => true,
             };
-            let pending = std::mem::take(&mut *self.undropped.lock().unwrap_or_else(|e| e.into_inner()));
+            let pending = {
+                let mut undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
+                self.counts.drops_in_round.store(undropped.len(), Ordering::Release);
+                std::mem::take(&mut *undropped)
+            };
             let retried = async {
                 for mut waiting in pending {
                     let (tenant, id) = (waiting.tenant, waiting.connection.id);
@@ -466,6 +474,8 @@ impl Gateway {
                             self.drop_later(waiting);
                         }
                     }
+                    // Back in `undropped` first, if it failed: the count never dips.
+                    self.counts.drops_in_round.fetch_sub(1, Ordering::AcqRel);
                 }
             };
             if stopping {
