@@ -946,6 +946,39 @@ async fn a_stored_password_is_hashed_at_its_first_login_only() {
     assert_eq!(fresh.hashed(), 0, "left to a client that normalizes it");
 }
 
+/// To a target elsewhere without `verify-full` only a login bound to the
+/// target's certificate goes, and here the real Postgres checks its proof:
+/// reached at an address other than loopback through a plain TCP relay (TLS
+/// runs end to end), the admin, a session role (with the salted password of
+/// its verifier) and a stored password (hashed per login, and through a salt
+/// cache) all log in under `prefer` and `require`.
+#[tokio::test]
+async fn a_bound_login_to_a_real_target_elsewhere_is_taken() {
+    let admin = make_scram_role("admin", "admin-secret", "CREATEROLE").await;
+    let (verifier, salted) = scram::verifier(b"made-by-the-gateway");
+    let made = make_scram_role("made", &verifier, "").await;
+    let stored = make_scram_role("stored", "stored-secret", "").await;
+    let relay = airlock_testkit::proxy::TcpProxy::start_on(off_loopback_ip(), PG.parse().unwrap()).await.unwrap();
+    for mode in [TargetTls::Prefer, TargetTls::Require] {
+        let at = |user: &str, password: &str| {
+            let mut o = UpstreamOptions::new(relay.addr().to_string(), user, password, "postgres");
+            o.tls = mode;
+            o.connect_timeout = Duration::from_secs(10);
+            o
+        };
+        log_in(Login::Admin, &at(&admin.name, "admin-secret"))
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: the admin login was refused: {e}"));
+        let mut session_role = at(&made.name, "made-by-the-gateway");
+        session_role.salted = Some(salted.clone());
+        let mut cached = at(&stored.name, "stored-secret");
+        cached.salt_cache = Some(Arc::new(scram::SaltCache::default()));
+        for o in [session_role, at(&stored.name, "stored-secret"), cached] {
+            log_in(Login::Session, &o).await.unwrap_or_else(|e| panic!("{mode:?} {}: refused: {e}", o.user));
+        }
+    }
+}
+
 /// An impostor in the middle: it takes TLS with a certificate of its own and
 /// relays what it reads, over TLS of its own, to the real target.
 async fn impostor_in_the_middle() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {

@@ -20,7 +20,13 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Listens on a free loopback port and relays each connection to `target`.
     pub async fn start(target: SocketAddr) -> std::io::Result<TcpProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), target).await
+    }
+
+    /// Listens on a free port of `ip` (an address other than loopback makes
+    /// `target` look elsewhere to whoever connects) and relays to `target`.
+    pub async fn start_on(ip: std::net::IpAddr, target: SocketAddr) -> std::io::Result<TcpProxy> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let open = Arc::new(AtomicBool::new(true));
         let cuts = watch::channel(0u64).0;
