@@ -249,26 +249,85 @@ struct VsPgbouncer {
     p99_us: Paired,
 }
 
-/// One figure per repetition: their median and range.
+/// One figure per repetition: their median, their range, and an interval
+/// that holds the median of the figures' distribution with `coverage`
+/// confidence (`median_interval`): how far another run's median could be.
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Paired {
     median: f64,
     min: f64,
     max: f64,
+    low: f64,
+    high: f64,
+    coverage: f64,
+    repetitions: usize,
 }
 
 impl Paired {
     fn of(values: Vec<f64>) -> Option<Paired> {
-        let min = values.iter().copied().reduce(f64::min)?;
-        let max = values.iter().copied().reduce(f64::max)?;
-        Some(Paired { median: median(values), min, max })
+        let mut sorted = values;
+        sorted.sort_by(f64::total_cmp);
+        let (min, max) = (*sorted.first()?, *sorted.last()?);
+        let (k, coverage) = median_interval(sorted.len());
+        let low = sorted.get(k.saturating_sub(1)).copied().unwrap_or(min);
+        let high = sorted.get(sorted.len() - k.max(1)).copied().unwrap_or(max);
+        let repetitions = sorted.len();
+        Some(Paired { median: median(sorted), min, max, low, high, coverage, repetitions })
     }
 
-    /// `1.050 (repetitions 0.970 to 1.120)`, with `digits` decimals and a sign when `signed`.
+    /// `1.050 (repetitions 0.970 to 1.120; 97.9 % interval of the median 0.980 to 1.100)`, with
+    /// `digits` decimals and a sign when `signed`; the interval from two repetitions on.
     fn show(&self, digits: usize, signed: bool) -> String {
         let f = |v: f64| if signed { format!("{v:+.digits$}") } else { format!("{v:.digits$}") };
-        format!("{} (repetitions {} to {})", f(self.median), f(self.min), f(self.max))
+        let mut shown = format!("{} (repetitions {} to {}", f(self.median), f(self.min), f(self.max));
+        if self.repetitions >= 2 {
+            shown.push_str(&format!(
+                "; {:.1} % interval of the median {} to {}",
+                self.coverage * 100.0,
+                f(self.low),
+                f(self.high)
+            ));
+        }
+        shown.push(')');
+        shown
     }
+
+    /// Says so when the interval holds `bound`: the median's side of it is
+    /// then within what one run to the next may move.
+    fn unsettled(&self, bound: f64) -> &'static str {
+        if self.repetitions >= 2 && self.low <= bound && bound <= self.high {
+            "; not settled: the interval holds the bound"
+        } else {
+            ""
+        }
+    }
+}
+
+/// For `n` figures sorted, the `k` (counted from each end, from 1) whose
+/// pair of figures holds their distribution's median with the most
+/// confidence no less than 95 %, and that confidence: the chance that fewer
+/// than `k` of `n` fair coin flips come up heads, taken off both ends
+/// (distribution-free). Under 6 figures no pair reaches 95 %: the widest
+/// (`k` = 1, the range) with what it reaches.
+fn median_interval(n: usize) -> (usize, f64) {
+    if n == 0 {
+        return (0, 0.0);
+    }
+    let exponent = i32::try_from(n).unwrap_or(i32::MAX);
+    // P(exactly i heads), for i = 0, 1, ...; and P(fewer than k heads).
+    let mut heads = 0.5_f64.powi(exponent);
+    let mut fewer = 0.0;
+    let mut best = (1, 1.0 - 2.0 * heads);
+    for k in 1..=n / 2 {
+        fewer += heads;
+        let coverage = 1.0 - 2.0 * fewer;
+        if coverage < 0.95 {
+            break;
+        }
+        best = (k, coverage);
+        heads *= (n - (k - 1)) as f64 / k as f64;
+    }
+    best
 }
 
 #[derive(Debug, Serialize)]
@@ -1419,7 +1478,8 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
 ///
 /// Each comparison with pgbouncer is made within a repetition and judged on its median over the
 /// repetitions (the table's "vs pgbouncer" column is the same figure for TPS); the detail gives the
-/// range, so a verdict decided by less than the spread shows as such.
+/// range and an interval of the median (`median_interval`), and says "not settled" when that
+/// interval holds the bound: a verdict decided by less than the spread shows as such.
 fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
     let get = |target: Target, mode: Mode, clients: u32| {
         summaries
@@ -1438,7 +1498,13 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
     if let Some((g, vs, b)) = against(Target::Gateway, Mode::Simple, eight) {
         out.push(Verdict {
             target: format!("everything on: TPS >= 1.0x pgbouncer (select, simple, {eight} clients)"),
-            detail: format!("ratio {}; gateway {:.0} tps, pgbouncer {:.0} tps", vs.tps.show(3, false), g.tps, b.tps),
+            detail: format!(
+                "ratio {}; gateway {:.0} tps, pgbouncer {:.0} tps{}",
+                vs.tps.show(3, false),
+                g.tps,
+                b.tps,
+                vs.tps.unsettled(1.0)
+            ),
             pass: vs.tps.median >= 1.0,
         });
     }
@@ -1458,10 +1524,11 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                 out.push(Verdict {
                     target: format!("{name}: TPS >= 0.9x pgbouncer (select, {mode}, {most} clients)"),
                     detail: format!(
-                        "ratio {}; {name} {:.0} tps, pgbouncer {:.0} tps",
+                        "ratio {}; {name} {:.0} tps, pgbouncer {:.0} tps{}",
                         vs.tps.show(3, false),
                         g.tps,
-                        b.tps
+                        b.tps,
+                        vs.tps.unsettled(0.9)
                     ),
                     pass: vs.tps.median >= 0.9,
                 });
@@ -1479,6 +1546,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                             "; added over direct: {name} {added:+.0} us, pgbouncer {theirs:+.0} us"
                         ));
                     }
+                    detail.push_str(diff.unsettled(0.0));
                     out.push(Verdict {
                         target: format!("{name}: added {what} <= pgbouncer's (select, {mode}, {least} client)"),
                         detail,
@@ -1492,7 +1560,11 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                 {
                     out.push(Verdict {
                         target: format!("{name}: CPU/tx <= pgbouncer's (select, {mode}, {clients} clients)"),
-                        detail: format!("ratio {}; {name} {gc:.1} us/tx, pgbouncer {bc:.1} us/tx", cpu.show(3, false)),
+                        detail: format!(
+                            "ratio {}; {name} {gc:.1} us/tx, pgbouncer {bc:.1} us/tx{}",
+                            cpu.show(3, false),
+                            cpu.unsettled(1.0)
+                        ),
                         pass: cpu.median <= 1.0,
                     });
                 }
@@ -1641,13 +1713,30 @@ mod tests {
         };
         let cpu = find("gw-bare: CPU/tx");
         assert!(!cpu.pass, "{cpu:?}");
-        assert!(cpu.detail.starts_with("ratio 1.100 (repetitions 0.633 to 1.100)"), "{}", cpu.detail);
+        let interval = "75.0 % interval of the median";
+        assert!(
+            cpu.detail.starts_with(&format!("ratio 1.100 (repetitions 0.633 to 1.100; {interval} 0.633 to 1.100)")),
+            "{}",
+            cpu.detail
+        );
+        // Three repetitions cannot place the median on one side of 1.0.
+        assert!(cpu.detail.ends_with("; not settled: the interval holds the bound"), "{}", cpu.detail);
         let tps = find("gw-bare: TPS");
         assert!(tps.pass, "{tps:?}");
-        assert!(tps.detail.starts_with("ratio 0.950 (repetitions 0.500 to 0.950)"), "{}", tps.detail);
+        assert!(
+            tps.detail.starts_with(&format!("ratio 0.950 (repetitions 0.500 to 0.950; {interval} 0.500 to 0.950)")),
+            "{}",
+            tps.detail
+        );
         let p99 = find("gw-bare: added p99");
         assert!(p99.pass, "{p99:?}");
-        assert!(p99.detail.starts_with("p99 minus pgbouncer's +0.0 (repetitions +0.0 to +0.0) us"), "{}", p99.detail);
+        assert!(
+            p99.detail.starts_with(&format!(
+                "p99 minus pgbouncer's +0.0 (repetitions +0.0 to +0.0; {interval} +0.0 to +0.0) us"
+            )),
+            "{}",
+            p99.detail
+        );
         assert!(p99.detail.contains("added over direct"), "{}", p99.detail);
 
         // Without direct runs there is nothing added over direct to show.
@@ -1655,6 +1744,33 @@ mod tests {
         let without_direct = super::verdicts(&summarize(&runs), &args);
         let p99 = without_direct.iter().find(|v| v.target.starts_with("gw-bare: added p99")).unwrap();
         assert!(!p99.detail.contains("direct"), "{}", p99.detail);
+    }
+
+    /// The interval of a median is read off the sorted figures, as wide as
+    /// 95 % confidence needs, and no narrower than the figures allow.
+    #[test]
+    fn the_interval_of_a_median_has_the_confidence_it_claims() {
+        for (n, k, coverage) in [(1, 1, 0.0), (3, 1, 0.75), (5, 1, 0.9375), (6, 1, 0.96875), (10, 2, 0.978515625)] {
+            let (got_k, got) = super::median_interval(n);
+            assert_eq!(got_k, k, "{n} figures");
+            assert!((got - coverage).abs() < 1e-9, "{n} figures: {got}");
+        }
+        assert_eq!(super::median_interval(20).0, 6);
+        assert_eq!(super::median_interval(30).0, 10);
+        // Ten CPU ratios of a day: the 2nd smallest to the 2nd largest.
+        let ratios = vec![1.09, 0.94, 0.97, 0.99, 1.0, 0.98, 1.02, 0.99, 1.01, 0.96];
+        let paired = super::Paired::of(ratios).unwrap();
+        assert_eq!((paired.low, paired.high), (0.96, 1.02));
+        assert_eq!(
+            paired.show(3, false),
+            "0.990 (repetitions 0.940 to 1.090; 97.9 % interval of the median 0.960 to 1.020)"
+        );
+        assert!(!paired.unsettled(1.0).is_empty());
+        assert!(paired.unsettled(0.9).is_empty());
+        // One repetition has no interval to show.
+        let one = super::Paired::of(vec![1.2]).unwrap();
+        assert_eq!(one.show(1, false), "1.2 (repetitions 1.2 to 1.2)");
+        assert!(one.unsettled(1.2).is_empty());
     }
 
     /// Connecting (the gateway makes a role per session) and the ends of the
