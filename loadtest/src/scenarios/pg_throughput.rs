@@ -1495,18 +1495,21 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
     let most = args.clients.iter().copied().max().unwrap_or(8);
     let least = args.clients.iter().copied().min().unwrap_or(1);
     let eight = if args.clients.contains(&8) { 8 } else { most };
+    // TPS at least `bound` times pgbouncer's.
+    let tps = |target: String, name: &str, g: &Summary, vs: &VsPgbouncer, b: &Summary, bound: f64| Verdict {
+        target,
+        detail: format!(
+            "ratio {}; {name} {:.0} tps, pgbouncer {:.0} tps{}",
+            vs.tps.show(3, false),
+            g.tps,
+            b.tps,
+            vs.tps.unsettled(bound)
+        ),
+        pass: vs.tps.median >= bound,
+    };
     if let Some((g, vs, b)) = against(Target::Gateway, Mode::Simple, eight) {
-        out.push(Verdict {
-            target: format!("everything on: TPS >= 1.0x pgbouncer (select, simple, {eight} clients)"),
-            detail: format!(
-                "ratio {}; gateway {:.0} tps, pgbouncer {:.0} tps{}",
-                vs.tps.show(3, false),
-                g.tps,
-                b.tps,
-                vs.tps.unsettled(1.0)
-            ),
-            pass: vs.tps.median >= 1.0,
-        });
+        let target = format!("everything on: TPS >= 1.0x pgbouncer (select, simple, {eight} clients)");
+        out.push(tps(target, "gateway", g, &vs, b, 1.0));
     }
     for &mode in &args.modes {
         if let Some(g) = get(Target::Gateway, mode, least) {
@@ -1521,17 +1524,8 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
         let name = gateway.label();
         for &mode in &args.modes {
             if let Some((g, vs, b)) = against(gateway, mode, most) {
-                out.push(Verdict {
-                    target: format!("{name}: TPS >= 0.9x pgbouncer (select, {mode}, {most} clients)"),
-                    detail: format!(
-                        "ratio {}; {name} {:.0} tps, pgbouncer {:.0} tps{}",
-                        vs.tps.show(3, false),
-                        g.tps,
-                        b.tps,
-                        vs.tps.unsettled(0.9)
-                    ),
-                    pass: vs.tps.median >= 0.9,
-                });
+                let target = format!("{name}: TPS >= 0.9x pgbouncer (select, {mode}, {most} clients)");
+                out.push(tps(target, name, g, &vs, b, 0.9));
             }
             if let Some((g, vs, b)) = against(gateway, mode, least) {
                 // What each adds over direct, when direct was run alongside.
