@@ -959,6 +959,8 @@ async fn a_bound_login_to_a_real_target_elsewhere_is_taken() {
     let made = make_scram_role("made", &verifier, "").await;
     let stored = make_scram_role("stored", "stored-secret", "").await;
     let relay = airlock_testkit::proxy::TcpProxy::start_on(off_loopback_ip(), PG.parse().unwrap()).await.unwrap();
+    // Hashed at the first login through it, reused bound at the next.
+    let cache = Arc::new(scram::SaltCache::default());
     for mode in [TargetTls::Prefer, TargetTls::Require] {
         let at = |user: &str, password: &str| {
             let mut o = UpstreamOptions::new(relay.addr().to_string(), user, password, "postgres");
@@ -972,11 +974,12 @@ async fn a_bound_login_to_a_real_target_elsewhere_is_taken() {
         let mut session_role = at(&made.name, "made-by-the-gateway");
         session_role.salted = Some(salted.clone());
         let mut cached = at(&stored.name, "stored-secret");
-        cached.salt_cache = Some(Arc::new(scram::SaltCache::default()));
+        cached.salt_cache = Some(cache.clone());
         for o in [session_role, at(&stored.name, "stored-secret"), cached] {
             log_in(Login::Session, &o).await.unwrap_or_else(|e| panic!("{mode:?} {}: refused: {e}", o.user));
         }
     }
+    assert_eq!(cache.hashed(), 1, "the second login through the cache hashed the password again");
 }
 
 /// An impostor in the middle: it takes TLS with a certificate of its own and

@@ -249,9 +249,9 @@ struct VsPgbouncer {
     p99_us: Paired,
 }
 
-/// One figure per repetition: their median, their range, and an interval
-/// that holds the median of the figures' distribution with `coverage`
-/// confidence (`median_interval`): how far another run's median could be.
+/// One figure per repetition: their median, their range, and a confidence
+/// interval, at `coverage`, for the median of the distribution the figures
+/// are drawn from (`median_interval`).
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Paired {
     median: f64,
@@ -292,10 +292,16 @@ impl Paired {
         shown
     }
 
-    /// Says so when the interval holds `bound`: the median's side of it is
-    /// then within what one run to the next may move.
-    fn unsettled(&self, bound: f64) -> &'static str {
-        if self.repetitions >= 2 && self.low <= bound && bound <= self.high {
+    /// Says so when the figures cannot place the median on one side of
+    /// `bound`: too few repetitions for a 95 % interval, or an interval that
+    /// straddles it. `at_most`: the verdict asks for the median ≤ `bound`
+    /// (else ≥), so an interval that only ends on it still settles it.
+    fn unsettled(&self, bound: f64, at_most: bool) -> &'static str {
+        let straddles =
+            if at_most { self.low <= bound && bound < self.high } else { self.low < bound && bound <= self.high };
+        if self.coverage < 0.95 {
+            "; not settled: fewer than 6 repetitions give no 95 % interval"
+        } else if straddles {
             "; not settled: the interval holds the bound"
         } else {
             ""
@@ -307,8 +313,9 @@ impl Paired {
 /// pair of figures holds their distribution's median with the most
 /// confidence no less than 95 %, and that confidence: the chance that fewer
 /// than `k` of `n` fair coin flips come up heads, taken off both ends
-/// (distribution-free). Under 6 figures no pair reaches 95 %: the widest
-/// (`k` = 1, the range) with what it reaches.
+/// (distribution-free, for independent figures). Under 6 figures no pair
+/// reaches 95 %: the widest (`k` = 1, the range) with what it reaches. Exact
+/// up to 1,074 figures, where 0.5^n still is a float.
 fn median_interval(n: usize) -> (usize, f64) {
     if n == 0 {
         return (0, 0.0);
@@ -1479,7 +1486,8 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
 /// Each comparison with pgbouncer is made within a repetition and judged on its median over the
 /// repetitions (the table's "vs pgbouncer" column is the same figure for TPS); the detail gives the
 /// range and an interval of the median (`median_interval`), and says "not settled" when that
-/// interval holds the bound: a verdict decided by less than the spread shows as such.
+/// interval holds the bound or too few repetitions give one at 95 %: a verdict decided by less
+/// than the spread shows as such.
 fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
     let get = |target: Target, mode: Mode, clients: u32| {
         summaries
@@ -1503,7 +1511,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
             vs.tps.show(3, false),
             g.tps,
             b.tps,
-            vs.tps.unsettled(bound)
+            vs.tps.unsettled(bound, false)
         ),
         pass: vs.tps.median >= bound,
     };
@@ -1540,7 +1548,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                             "; added over direct: {name} {added:+.0} us, pgbouncer {theirs:+.0} us"
                         ));
                     }
-                    detail.push_str(diff.unsettled(0.0));
+                    detail.push_str(diff.unsettled(0.0, true));
                     out.push(Verdict {
                         target: format!("{name}: added {what} <= pgbouncer's (select, {mode}, {least} client)"),
                         detail,
@@ -1557,7 +1565,7 @@ fn verdicts(summaries: &[Summary], args: &BenchArgs) -> Vec<Verdict> {
                         detail: format!(
                             "ratio {}; {name} {gc:.1} us/tx, pgbouncer {bc:.1} us/tx{}",
                             cpu.show(3, false),
-                            cpu.unsettled(1.0)
+                            cpu.unsettled(1.0, true)
                         ),
                         pass: cpu.median <= 1.0,
                     });
@@ -1713,8 +1721,12 @@ mod tests {
             "{}",
             cpu.detail
         );
-        // Three repetitions cannot place the median on one side of 1.0.
-        assert!(cpu.detail.ends_with("; not settled: the interval holds the bound"), "{}", cpu.detail);
+        // Three repetitions cannot place the median on either side of anything.
+        assert!(
+            cpu.detail.ends_with("; not settled: fewer than 6 repetitions give no 95 % interval"),
+            "{}",
+            cpu.detail
+        );
         let tps = find("gw-bare: TPS");
         assert!(tps.pass, "{tps:?}");
         assert!(
@@ -1759,12 +1771,16 @@ mod tests {
             paired.show(3, false),
             "0.990 (repetitions 0.940 to 1.090; 97.9 % interval of the median 0.960 to 1.020)"
         );
-        assert!(!paired.unsettled(1.0).is_empty());
-        assert!(paired.unsettled(0.9).is_empty());
+        assert_eq!(paired.unsettled(1.0, true), "; not settled: the interval holds the bound");
+        assert_eq!(paired.unsettled(0.9, false), "");
+        // An interval that ends on the bound settles a verdict on that side of it.
+        assert_eq!(paired.unsettled(1.02, true), "");
+        assert_eq!(paired.unsettled(0.96, false), "");
+        assert!(!paired.unsettled(0.96, true).is_empty());
         // One repetition has no interval to show.
         let one = super::Paired::of(vec![1.2]).unwrap();
         assert_eq!(one.show(1, false), "1.2 (repetitions 1.2 to 1.2)");
-        assert!(one.unsettled(1.2).is_empty());
+        assert_eq!(one.unsettled(0.5, true), "; not settled: fewer than 6 repetitions give no 95 % interval");
     }
 
     /// Connecting (the gateway makes a role per session) and the ends of the
