@@ -211,7 +211,8 @@ pub struct Worker {
     /// How many leading bits of an IPv6 client's address count as one
     /// address for `max_logins_per_address`: 64 by default (one host may hold
     /// a /64 whole), 128 where many hosts share a /64. 1 to 128.
-    pub login_ipv6_prefix: u8,
+    /// (Wider than a prefix needs, so that 300 is told the range, not a type.)
+    pub login_ipv6_prefix: u32,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -351,7 +352,7 @@ impl Default for Worker {
             admin_connections: airlock_data_plane::postgres::roles::ADMIN_CONNECTIONS,
             login_timeout: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_TIMEOUT,
             max_logins_per_address: airlock_data_plane::postgres::gateway::DEFAULT_MAX_LOGINS_PER_ADDRESS,
-            login_ipv6_prefix: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_IPV6_PREFIX,
+            login_ipv6_prefix: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_IPV6_PREFIX.into(),
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),
         }

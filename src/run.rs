@@ -201,11 +201,15 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     };
     anyhow::ensure!(config.worker.admin_connections >= 1, "worker.admin_connections must be at least 1");
     anyhow::ensure!(config.worker.max_logins_per_address >= 1, "worker.max_logins_per_address must be at least 1");
-    anyhow::ensure!(
-        (1..=128).contains(&config.worker.login_ipv6_prefix),
-        "worker.login_ipv6_prefix must be from 1 to 128 (bits of an IPv6 address), not {}",
-        config.worker.login_ipv6_prefix
-    );
+    let login_ipv6_prefix = u8::try_from(config.worker.login_ipv6_prefix)
+        .ok()
+        .filter(|bits| (1..=128).contains(bits))
+        .with_context(|| {
+            format!(
+                "worker.login_ipv6_prefix must be from 1 to 128 (bits of an IPv6 address), not {}",
+                config.worker.login_ipv6_prefix
+            )
+        })?;
     let gateway = airlock_data_plane::postgres::gateway::GatewayOptions {
         worker_id: config.worker_id(),
         allow_cleartext_off_loopback: config.worker.allow_cleartext_off_loopback,
@@ -222,7 +226,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         admin_connections: config.worker.admin_connections,
         login_timeout: config.worker.login_timeout,
         max_logins_per_address: config.worker.max_logins_per_address,
-        login_ipv6_prefix: config.worker.login_ipv6_prefix,
+        login_ipv6_prefix,
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
@@ -442,7 +446,7 @@ mod tests {
         assert_eq!(prefix(&config).unwrap(), Some(64));
         config.worker.login_ipv6_prefix = 128;
         assert_eq!(prefix(&config).unwrap(), Some(128));
-        for wrong in [0, 129] {
+        for wrong in [0, 129, 300] {
             config.worker.login_ipv6_prefix = wrong;
             assert_eq!(
                 prefix(&config).unwrap_err().to_string(),
