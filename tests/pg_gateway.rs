@@ -754,6 +754,45 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
     .await;
 }
 
+/// Clients reach workers through a load balancer, so a cancel request may
+/// land on a worker other than the one holding the session: passed on over
+/// the bus, it still cancels the statement.
+#[tokio::test]
+async fn a_cancel_sent_to_another_worker_reaches_the_session() {
+    let s = Stack::start().await;
+    let other = s.second_worker().await;
+    let token = s.token("ci-job-15").await;
+    s.grant("ci-job-15", 900).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    let cancel = client.cancel_token();
+    let started = Instant::now();
+    let sleeping = tokio::spawn(async move {
+        let e = client.query("SELECT pg_sleep(30)", &[]).await.unwrap_err();
+        (sqlstate(&e), client)
+    });
+    let admin = admin_client(s.db.url()).await;
+    eventually(Duration::from_secs(10), "the statement to run", || async {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state = 'active' AND query = 'SELECT pg_sleep(30)'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        running == 1
+    })
+    .await;
+    let to_the_other = tokio::net::TcpStream::connect(other).await.unwrap();
+    cancel.cancel_query_raw(to_the_other, tokio_postgres::NoTls).await.unwrap();
+    let (code, client) = tokio::time::timeout(Duration::from_secs(20), sleeping).await.unwrap().unwrap();
+    assert_eq!(code, "57014");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
 /// An operator points a connection at another address (the old one gone):
 /// sessions go on, because the gateway's admin connections follow it. Once
 /// the connection is removed they close, so that the target can drop the

@@ -416,3 +416,31 @@ async fn messages_the_control_plane_did_not_tag_never_reach_subscribers() {
     assert!(ours.verify(&forged, &ours.tag(&forged)));
     assert!(!other.verify(&forged, &ours.tag(&forged)));
 }
+
+/// Cancel requests pass between workers over core NATS, tagged with a key of
+/// their own: one worker's reaches another's subscription, while one with no
+/// tag, or tagged as a record would be, is dropped.
+#[tokio::test]
+async fn cancel_requests_pass_between_workers_and_forged_ones_do_not() {
+    use airlock_proto::bus::CancelRequest;
+    let options = NatsOptions::new(nats_url(), unique_prefix(), RecordKey::from_worker_token("worker-secret"));
+    let sender = NatsBus::connect(&options).await.unwrap();
+    let _cleanup = StreamCleanup(sender.stream_name().to_owned());
+    let receiver = NatsBus::connect(&options).await.unwrap();
+    let mut requests = receiver.subscribe_cancels().await.unwrap();
+
+    // Someone who can publish on NATS, before the genuine request.
+    let raw = async_nats::connect(nats_url()).await.unwrap();
+    let subject = format!("{}.cancels", options.prefix);
+    let payload = bytes::Bytes::from_static(&[0, 0, 0, 7, 1, 2, 3, 4]);
+    let mut as_a_record = async_nats::HeaderMap::new();
+    as_a_record.insert("Airlock-Record-Tag", receiver.record_key().tag(&payload).as_str());
+    raw.publish(subject.clone(), payload.clone()).await.unwrap();
+    raw.publish_with_headers(subject, as_a_record, payload).await.unwrap();
+    raw.flush().await.unwrap();
+
+    let genuine = CancelRequest { pid: 42, key: [9, 8, 7, 6] };
+    sender.publish_cancel(genuine).await.unwrap();
+    let got = tokio::time::timeout(WAIT, requests.next()).await.unwrap().unwrap();
+    assert_eq!(got, genuine);
+}

@@ -83,7 +83,7 @@ pub async fn start(
     let source = Arc::new(GrpcSource::new(&options.control_plane_url, &options.grpc_tls, &options.worker_token)?);
     let (pg_addr, gateway) = match &options.postgres {
         Some(pg) => {
-            let (addr, gateway) = start_postgres(pg, &options, &projection, &source, &cancel, tracker).await?;
+            let (addr, gateway) = start_postgres(pg, &options, &projection, &source, &bus, &cancel, tracker).await?;
             (Some(addr), Some(gateway))
         }
         None => (None, None),
@@ -113,6 +113,7 @@ async fn start_postgres(
     options: &Options,
     projection: &Arc<Projection>,
     source: &Arc<GrpcSource>,
+    bus: &Arc<dyn Bus>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<(SocketAddr, Arc<crate::postgres::gateway::Gateway>)> {
@@ -158,8 +159,10 @@ async fn start_postgres(
         pg.hook.clone().unwrap_or_else(|| Arc::new(crate::postgres::policy_hook::PolicyHook::new(projection.clone()))),
         recorder,
         session_events,
+        bus.clone(),
     );
     tracker.spawn(gateway.clone().retry_drops(cancel.clone()));
+    tracker.spawn(gateway.clone().pass_cancels(cancel.clone()));
     let projection = projection.clone();
     let cancel = cancel.clone();
     let sessions = tracker.clone();

@@ -31,6 +31,33 @@ use crate::v1::EventRecord;
 
 pub type RecordStream = Pin<Box<dyn Stream<Item = EventRecord> + Send>>;
 
+/// A Postgres cancel request a gateway worker got for a session it does not
+/// hold: the backend key it names, passed on to every worker so that the one
+/// holding the session forwards it (clients reach workers through a load
+/// balancer, which sends the request to any of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub pid: i32,
+    pub key: [u8; 4],
+}
+
+impl CancelRequest {
+    fn encode(self) -> [u8; 8] {
+        let mut out = [0; 8];
+        out[..4].copy_from_slice(&self.pid.to_be_bytes());
+        out[4..].copy_from_slice(&self.key);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let pid = i32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
+        let key = bytes.get(4..)?.try_into().ok()?;
+        Some(Self { pid, key })
+    }
+}
+
+pub type CancelStream = Pin<Box<dyn Stream<Item = CancelRequest> + Send>>;
+
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
@@ -61,6 +88,18 @@ pub trait Bus: Send + Sync + 'static {
     /// Records of every tenant. The stream ends when the bus is gone; it may skip
     /// records, which consumers notice as a gap in `seq`.
     async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream>;
+
+    /// Passes a cancel request on to every worker, the sender included, once
+    /// and not kept: a worker away misses it, as a client's request to a
+    /// worker that is away is lost. By default nowhere (a bus of one worker).
+    async fn publish_cancel(&self, _cancel: CancelRequest) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The cancel requests workers pass on from now. By default none.
+    async fn subscribe_cancels(&self) -> anyhow::Result<CancelStream> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
 }
 
 /// The in-process bus of the embedded mode.
@@ -69,12 +108,14 @@ pub struct MemoryBus {
     // Bound: 4096 records. A subscriber that falls further behind skips ahead and
     // backfills the gap from the log; the publisher never waits.
     tx: broadcast::Sender<EventRecord>,
+    cancels: broadcast::Sender<CancelRequest>,
 }
 
 impl MemoryBus {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(4096);
-        Self { tx }
+        let (cancels, _) = broadcast::channel(256);
+        Self { tx, cancels }
     }
 }
 
@@ -96,6 +137,16 @@ impl Bus for MemoryBus {
         let rx = self.tx.subscribe();
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| async move { r.ok() });
         Ok(Box::pin(stream))
+    }
+
+    async fn publish_cancel(&self, cancel: CancelRequest) -> anyhow::Result<()> {
+        let _ = self.cancels.send(cancel);
+        Ok(())
+    }
+
+    async fn subscribe_cancels(&self) -> anyhow::Result<CancelStream> {
+        let rx = self.cancels.subscribe();
+        Ok(Box::pin(tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| async move { r.ok() })))
     }
 }
 
@@ -127,6 +178,12 @@ impl RecordKey {
     pub fn bound_to(&self, prefix: &str) -> Self {
         let derived = self.0.clone().chain_update(b"prefix\0").chain_update(prefix.as_bytes()).finalize().into_bytes();
         Self(Self::keyed(&derived))
+    }
+
+    /// The key cancel requests passed between workers are tagged with: not
+    /// records', so that neither passes for the other.
+    pub fn for_cancels(&self) -> Self {
+        Self(Self::keyed(&self.0.clone().chain_update(b"cancel requests\0").finalize().into_bytes()))
     }
 
     /// The tag of a message's payload, in hex.
@@ -200,6 +257,8 @@ impl NatsOptions {
 #[derive(Clone)]
 pub struct NatsBus {
     js: jetstream::Context,
+    /// Core NATS, for what is passed on and not kept (cancel requests).
+    client: async_nats::Client,
     stream_name: String,
     prefix: String,
     record_key: RecordKey,
@@ -286,7 +345,7 @@ impl NatsBus {
     }
 
     pub async fn with_client(client: async_nats::Client, options: &NatsOptions) -> anyhow::Result<Self> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream_name = format!("{}_EVENTS", options.prefix.to_uppercase().replace(['.', '-', '*', '>'], "_"));
         js.get_or_create_stream(stream::Config {
             name: stream_name.clone(),
@@ -299,7 +358,7 @@ impl NatsBus {
         .await
         .map_err(|e| anyhow::anyhow!("creating JetStream stream {stream_name}: {e}"))?;
         let record_key = options.record_key.bound_to(&options.prefix);
-        Ok(Self { js, stream_name, prefix: options.prefix.clone(), record_key })
+        Ok(Self { js, client, stream_name, prefix: options.prefix.clone(), record_key })
     }
 
     /// The key this bus tags and checks records with (bound to its prefix).
@@ -309,6 +368,10 @@ impl NatsBus {
 
     pub fn subject(&self, tenant_id: &str) -> String {
         format!("{}.events.{tenant_id}", self.prefix)
+    }
+
+    fn cancel_subject(&self) -> String {
+        format!("{}.cancels", self.prefix)
     }
 
     pub fn stream_name(&self) -> &str {
@@ -355,6 +418,34 @@ impl Bus for NatsBus {
             }
         }
         Self::acknowledged(acks).await
+    }
+
+    async fn publish_cancel(&self, cancel: CancelRequest) -> anyhow::Result<()> {
+        let payload = cancel.encode();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TAG_HEADER, self.record_key.for_cancels().tag(&payload).as_str());
+        self.client
+            .publish_with_headers(self.cancel_subject(), headers, bytes::Bytes::copy_from_slice(&payload))
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing a cancel request to NATS: {e}"))
+    }
+
+    async fn subscribe_cancels(&self) -> anyhow::Result<CancelStream> {
+        let messages = self
+            .client
+            .subscribe(self.cancel_subject())
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to cancel requests on NATS: {e}"))?;
+        let key = self.record_key.for_cancels();
+        Ok(Box::pin(messages.filter_map(move |m| {
+            let tag = m.headers.as_ref().and_then(|h| h.get(TAG_HEADER)).map(|v| v.as_str().to_owned());
+            let valid = tag.is_some_and(|tag| key.verify(&m.payload, &tag));
+            if !valid {
+                tracing::error!("dropping a cancel request on the bus without a valid tag");
+            }
+            let cancel = valid.then(|| CancelRequest::decode(&m.payload)).flatten();
+            async move { cancel }
+        })))
     }
 
     async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream> {

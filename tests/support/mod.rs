@@ -26,6 +26,8 @@ pub struct Stack {
     pub pg: SocketAddr,
     /// The worker's health and metrics endpoint.
     pub health: SocketAddr,
+    /// How the stack's worker was started (`second_worker` starts another alike).
+    pub worker_options: airlock_data_plane::Options,
     pub db: TestDb,
     pub template: String,
     pub worker_id: String,
@@ -70,6 +72,14 @@ impl Bus for LossyBus {
 
     async fn subscribe(&self, start: StartAt) -> anyhow::Result<RecordStream> {
         self.inner.subscribe(start).await
+    }
+
+    async fn publish_cancel(&self, cancel: airlock_proto::bus::CancelRequest) -> anyhow::Result<()> {
+        self.inner.publish_cancel(cancel).await
+    }
+
+    async fn subscribe_cancels(&self) -> anyhow::Result<airlock_proto::bus::CancelStream> {
+        self.inner.subscribe_cancels().await
     }
 }
 
@@ -353,40 +363,35 @@ impl Stack {
         )
         .await
         .unwrap();
-        let worker = airlock_data_plane::start(
-            airlock_data_plane::Options {
-                control_plane_url: format!("http://{}", cp.grpc_addr),
-                grpc_tls: Default::default(),
-                worker_token: "w".into(),
-                admin_addr: "127.0.0.1:0".parse().unwrap(),
-                reconcile_every: Duration::from_secs(60),
-                identity,
-                postgres: Some(airlock_data_plane::PostgresOptions {
-                    listen: "127.0.0.1:0".parse().unwrap(),
-                    tls: Some(airlock_data_plane::postgres::tls::TlsSource::SelfSigned {
-                        dir: dir.clone(),
-                        names: vec!["localhost".into(), "127.0.0.1".into()],
-                    }),
-                    gateway: {
-                        let mut options = airlock_data_plane::postgres::gateway::GatewayOptions {
-                            worker_id: worker_id.clone(),
-                            // Sessions on a session thread of their own, as `airlock up` runs them.
-                            session_threads: 1,
-                            ..Default::default()
-                        };
-                        gateway(&mut options);
-                        options
-                    },
-                    hook,
-                    recording: Some(recording),
+        let worker_options = airlock_data_plane::Options {
+            control_plane_url: format!("http://{}", cp.grpc_addr),
+            grpc_tls: Default::default(),
+            worker_token: "w".into(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            reconcile_every: Duration::from_secs(60),
+            identity,
+            postgres: Some(airlock_data_plane::PostgresOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls: Some(airlock_data_plane::postgres::tls::TlsSource::SelfSigned {
+                    dir: dir.clone(),
+                    names: vec!["localhost".into(), "127.0.0.1".into()],
                 }),
-            },
-            bus.clone(),
-            cancel.clone(),
-            &tracker,
-        )
-        .await
-        .unwrap();
+                gateway: {
+                    let mut options = airlock_data_plane::postgres::gateway::GatewayOptions {
+                        worker_id: worker_id.clone(),
+                        // Sessions on a session thread of their own, as `airlock up` runs them.
+                        session_threads: 1,
+                        ..Default::default()
+                    };
+                    gateway(&mut options);
+                    options
+                },
+                hook,
+                recording: Some(recording),
+            }),
+        };
+        let worker =
+            airlock_data_plane::start(worker_options.clone(), bus.clone(), cancel.clone(), &tracker).await.unwrap();
         let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
         let projection = worker.projection.clone();
         let stack = Stack {
@@ -394,6 +399,7 @@ impl Stack {
             admin,
             pg: worker.pg_addr.unwrap(),
             health: worker.admin_addr,
+            worker_options,
             db,
             template,
             worker_id,
@@ -540,6 +546,23 @@ impl Stack {
             let _ = conn.await;
         });
         Ok(client)
+    }
+
+    /// Another worker beside the stack's, on the same control plane and bus,
+    /// with a Postgres gateway of its own (no session role of the stack's
+    /// worker is its): that gateway's address.
+    pub async fn second_worker(&self) -> SocketAddr {
+        let mut options = self.worker_options.clone();
+        options.admin_addr = "127.0.0.1:0".parse().unwrap();
+        let pg = options.postgres.as_mut().unwrap();
+        pg.listen = "127.0.0.1:0".parse().unwrap();
+        pg.gateway.worker_id = format!("{}-second", self.worker_id);
+        if let Some(recording) = pg.recording.as_mut() {
+            recording.spool_dir = self.dir.join("spool-second");
+        }
+        let bus: Arc<dyn airlock_proto::bus::Bus> = self.bus.clone();
+        let worker = airlock_data_plane::start(options, bus, self.cancel.clone(), &TaskTracker::new()).await.unwrap();
+        worker.pg_addr.unwrap()
     }
 
     /// The value of `name` in the worker's `/metrics`.

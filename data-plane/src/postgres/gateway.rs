@@ -176,6 +176,9 @@ pub struct Gateway {
     catalogs: Mutex<HashMap<AtTarget, Arc<Catalog>>>,
     /// Sessions' opening and closing, on their way to the control plane's log.
     pub(crate) session_events: SessionEvents,
+    /// Where cancel requests for sessions other workers hold are passed on
+    /// (`pass_cancels`).
+    bus: Arc<dyn airlock_proto::bus::Bus>,
     /// Session roles whose drop failed (the target away), with the target's
     /// tenant and connection as they were: retried by `retry_drops`.
     undropped: Mutex<Vec<Undropped>>,
@@ -298,6 +301,7 @@ impl Gateway {
         hook: Arc<dyn StatementHook>,
         recorder: Option<Recorder>,
         session_events: SessionEvents,
+        bus: Arc<dyn airlock_proto::bus::Bus>,
     ) -> Arc<Self> {
         Arc::new(Self {
             projection,
@@ -314,12 +318,65 @@ impl Gateway {
             runtime: tokio::runtime::Handle::current(),
             catalogs: Mutex::new(HashMap::new()),
             session_events,
+            bus,
             undropped: Mutex::new(Vec::new()),
             logins: Mutex::new(HashMap::new()),
             refusals: AtomicUsize::new(0),
             refused: Mutex::new((0, None)),
             counts: Counts::default(),
         })
+    }
+
+    /// Forwards a client's cancel request to the target of the session it
+    /// names, when this worker holds it; otherwise passes it on to the
+    /// other workers (`pass_cancels`). An unknown key gets no answer either
+    /// way, as from Postgres itself.
+    pub(crate) async fn cancel(&self, pid: i32, key: [u8; 4]) {
+        if self.cancel_here(pid, key).await {
+            return;
+        }
+        if let Err(e) = self.bus.publish_cancel(airlock_proto::bus::CancelRequest { pid, key }).await {
+            tracing::warn!("failed to pass a cancel request on to the other workers: {e:#}");
+        }
+    }
+
+    /// Forwards a cancel request for a session this worker holds; false when
+    /// it holds none with that key.
+    async fn cancel_here(&self, pid: i32, key: [u8; 4]) -> bool {
+        let target = self.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, key)).cloned();
+        let Some(target) = target else { return false };
+        // Only a session waiting right now is woken: a cancel with nothing running
+        // must not cancel the next statement.
+        target.held.notify_waiters();
+        if let Err(e) = super::upstream::cancel(&target.upstream, &target.key).await {
+            tracing::warn!("failed to forward a cancel request: {e}");
+        }
+        true
+    }
+
+    /// Takes the cancel requests other workers pass on, until `cancel`, and
+    /// forwards those for sessions this worker holds.
+    pub async fn pass_cancels(self: Arc<Self>, cancel: CancellationToken) {
+        let mut requests = match self.bus.subscribe_cancels().await {
+            Ok(requests) => requests,
+            Err(e) => {
+                tracing::error!("cancel requests other workers take cannot reach this one: {e:#}");
+                return;
+            }
+        };
+        loop {
+            let request = tokio::select! {
+                request = futures::StreamExt::next(&mut requests) => request,
+                () = cancel.cancelled() => return,
+            };
+            let Some(request) = request else {
+                tracing::warn!("the bus stopped passing cancel requests on");
+                return;
+            };
+            let gateway = self.clone();
+            // Each on its own: one target slow to take a cancel holds up no other.
+            tokio::spawn(async move { gateway.cancel_here(request.pid, request.key).await });
+        }
     }
 
     /// Counts a session as relaying until the guard is dropped.

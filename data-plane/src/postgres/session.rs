@@ -2719,15 +2719,7 @@ fn decision_text(sql: &[u8]) -> String {
 
 async fn forward_cancel(gw: &Gateway, pid: i32, secret_key: &[u8]) {
     let Ok(key) = <[u8; 4]>::try_from(secret_key) else { return };
-    let target = gw.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, key)).cloned();
-    // An unknown key gets no answer, as from Postgres itself.
-    let Some(target) = target else { return };
-    // Only a session waiting right now is woken: a cancel with nothing running
-    // must not cancel the next statement.
-    target.held.notify_waiters();
-    if let Err(e) = upstream::cancel(&target.upstream, &target.key).await {
-        tracing::warn!("failed to forward a cancel request: {e}");
-    }
+    gw.cancel(pid, key).await;
 }
 
 async fn read_more(client: &mut Client) -> Result<(), Ended> {
