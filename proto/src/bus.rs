@@ -35,25 +35,47 @@ pub type RecordStream = Pin<Box<dyn Stream<Item = EventRecord> + Send>>;
 /// hold: the backend key it names, passed on to every worker so that the one
 /// holding the session forwards it (clients reach workers through a load
 /// balancer, which sends the request to any of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CancelRequest {
     pub pid: i32,
     pub key: [u8; 4],
 }
 
+impl std::fmt::Debug for CancelRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is what cancels the session's statements.
+        f.debug_struct("CancelRequest").field("pid", &self.pid).finish_non_exhaustive()
+    }
+}
+
+/// How old a cancel request passed on NATS may be when it arrives: one held
+/// back (a publisher reconnecting, a replay) would cancel whatever the session
+/// runs by then.
+const CANCEL_FRESH_FOR_MS: i64 = 5_000;
+
 impl CancelRequest {
-    fn encode(self) -> [u8; 8] {
-        let mut out = [0; 8];
+    /// pid, key, and when it was sent (ms since the epoch), big-endian.
+    fn encode(self, sent_at_ms: i64) -> [u8; 16] {
+        let mut out = [0; 16];
         out[..4].copy_from_slice(&self.pid.to_be_bytes());
-        out[4..].copy_from_slice(&self.key);
+        out[4..8].copy_from_slice(&self.key);
+        out[8..].copy_from_slice(&sent_at_ms.to_be_bytes());
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    /// The request, when `bytes` hold one sent within `CANCEL_FRESH_FOR_MS` of `now_ms`.
+    fn decode_fresh(bytes: &[u8], now_ms: i64) -> Option<Self> {
         let pid = i32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
-        let key = bytes.get(4..)?.try_into().ok()?;
-        Some(Self { pid, key })
+        let key = bytes.get(4..8)?.try_into().ok()?;
+        let sent_at_ms = i64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+        (bytes.len() == 16 && now_ms.abs_diff(sent_at_ms) <= CANCEL_FRESH_FOR_MS.unsigned_abs())
+            .then_some(Self { pid, key })
     }
+}
+
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub type CancelStream = Pin<Box<dyn Stream<Item = CancelRequest> + Send>>;
@@ -158,13 +180,20 @@ const TAG_HEADER: &str = "Airlock-Record-Tag";
 /// from the worker token (and bound to the bus's prefix by [`NatsBus`]). The control plane and every worker hold that token,
 /// and it already admits a worker to everything the control plane serves it.
 #[derive(Clone)]
-pub struct RecordKey(Hmac<Sha256>);
+pub struct RecordKey {
+    records: Hmac<Sha256>,
+    /// What cancel requests passed between workers are tagged with
+    /// (`for_cancels`): derived from the token apart from the records' key,
+    /// so that no tag of one is a tag of the other.
+    cancels: Hmac<Sha256>,
+}
 
 impl RecordKey {
     pub fn from_worker_token(token: &str) -> Self {
         // Derived, so that the token itself never keys anything but its own check.
-        let derived = Self::keyed(token.as_bytes()).chain_update(b"airlock bus record tag v1").finalize().into_bytes();
-        Self(Self::keyed(&derived))
+        let derive =
+            |label: &[u8]| Self::keyed(&Self::keyed(token.as_bytes()).chain_update(label).finalize().into_bytes());
+        Self { records: derive(b"airlock bus record tag v1"), cancels: derive(b"airlock bus cancel request tag v1") }
     }
 
     fn keyed(key: &[u8]) -> Hmac<Sha256> {
@@ -176,25 +205,27 @@ impl RecordKey {
     /// record tagged under one prefix does not pass under another, though
     /// both installations share a NATS server and a worker token.
     pub fn bound_to(&self, prefix: &str) -> Self {
-        let derived = self.0.clone().chain_update(b"prefix\0").chain_update(prefix.as_bytes()).finalize().into_bytes();
-        Self(Self::keyed(&derived))
+        let bind = |key: &Hmac<Sha256>| {
+            Self::keyed(&key.clone().chain_update(b"prefix\0").chain_update(prefix.as_bytes()).finalize().into_bytes())
+        };
+        Self { records: bind(&self.records), cancels: bind(&self.cancels) }
     }
 
-    /// The key cancel requests passed between workers are tagged with: not
-    /// records', so that neither passes for the other.
+    /// The key cancel requests passed between workers are tagged and checked
+    /// with (its `tag` and `verify` use the cancel key).
     pub fn for_cancels(&self) -> Self {
-        Self(Self::keyed(&self.0.clone().chain_update(b"cancel requests\0").finalize().into_bytes()))
+        Self { records: self.cancels.clone(), cancels: self.cancels.clone() }
     }
 
     /// The tag of a message's payload, in hex.
     pub fn tag(&self, payload: &[u8]) -> String {
-        hex::encode(self.0.clone().chain_update(payload).finalize().into_bytes())
+        hex::encode(self.records.clone().chain_update(payload).finalize().into_bytes())
     }
 
     /// Whether `tag` (hex) is the payload's, compared in constant time.
     pub fn verify(&self, payload: &[u8], tag: &str) -> bool {
         let Ok(tag) = hex::decode(tag) else { return false };
-        self.0.clone().chain_update(payload).verify_slice(&tag).is_ok()
+        self.records.clone().chain_update(payload).verify_slice(&tag).is_ok()
     }
 }
 
@@ -421,7 +452,12 @@ impl Bus for NatsBus {
     }
 
     async fn publish_cancel(&self, cancel: CancelRequest) -> anyhow::Result<()> {
-        let payload = cancel.encode();
+        // A request held back until NATS is back would come too late to mean
+        // anything, and is dropped by its age anyway.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            anyhow::bail!("NATS is not connected");
+        }
+        let payload = cancel.encode(unix_ms());
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(TAG_HEADER, self.record_key.for_cancels().tag(&payload).as_str());
         self.client
@@ -436,14 +472,22 @@ impl Bus for NatsBus {
             .subscribe(self.cancel_subject())
             .await
             .map_err(|e| anyhow::anyhow!("subscribing to cancel requests on NATS: {e}"))?;
+        // Subscribed once the server has it: requests from now on arrive.
+        self.client.flush().await.map_err(|e| anyhow::anyhow!("subscribing to cancel requests on NATS: {e}"))?;
         let key = self.record_key.for_cancels();
+        let warned = std::sync::Mutex::new(None::<std::time::Instant>);
         Ok(Box::pin(messages.filter_map(move |m| {
             let tag = m.headers.as_ref().and_then(|h| h.get(TAG_HEADER)).map(|v| v.as_str().to_owned());
-            let valid = tag.is_some_and(|tag| key.verify(&m.payload, &tag));
-            if !valid {
-                tracing::error!("dropping a cancel request on the bus without a valid tag");
-            }
-            let cancel = valid.then(|| CancelRequest::decode(&m.payload)).flatten();
+            let cancel = if tag.is_some_and(|tag| key.verify(&m.payload, &tag)) {
+                CancelRequest::decode_fresh(&m.payload, unix_ms())
+            } else {
+                let mut warned = warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    *warned = Some(std::time::Instant::now());
+                    tracing::error!("dropping cancel requests on the bus without a valid tag (said once a minute)");
+                }
+                None
+            };
             async move { cancel }
         })))
     }
@@ -599,6 +643,29 @@ fn nats_host_is_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cancel request passed on is read back only while fresh, and its
+    /// tag is neither a record's nor under another token.
+    #[test]
+    fn a_cancel_request_is_read_back_fresh_and_tagged_apart_from_records() {
+        let request = CancelRequest { pid: 4242, key: [1, 2, 3, 4] };
+        let bytes = request.encode(1_000_000);
+        assert_eq!(CancelRequest::decode_fresh(&bytes, 1_000_000), Some(request));
+        assert_eq!(CancelRequest::decode_fresh(&bytes, 1_005_000), Some(request));
+        assert_eq!(CancelRequest::decode_fresh(&bytes, 1_005_001), None, "held back");
+        assert_eq!(CancelRequest::decode_fresh(&bytes, 994_999), None, "from the future");
+        assert_eq!(CancelRequest::decode_fresh(&bytes[..15], 1_000_000), None);
+        assert_eq!(CancelRequest::decode_fresh(&[bytes.as_slice(), &[0]].concat(), 1_000_000), None);
+
+        let key = RecordKey::from_worker_token("worker-token").bound_to("airlock");
+        let cancels = key.for_cancels();
+        assert!(cancels.verify(&bytes, &cancels.tag(&bytes)));
+        assert!(!key.verify(&bytes, &cancels.tag(&bytes)), "a cancel's tag passed as a record's");
+        assert!(!cancels.verify(&bytes, &key.tag(&bytes)), "a record's tag passed as a cancel's");
+        let elsewhere = RecordKey::from_worker_token("worker-token").bound_to("staging").for_cancels();
+        assert!(!elsewhere.verify(&bytes, &cancels.tag(&bytes)));
+        assert!(!format!("{request:?}").contains("[1, 2, 3, 4]"), "the key is in {request:?}");
+    }
 
     #[test]
     fn a_record_tag_holds_only_for_its_bytes_and_its_key() {

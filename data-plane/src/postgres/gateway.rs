@@ -343,39 +343,54 @@ impl Gateway {
     /// Forwards a cancel request for a session this worker holds; false when
     /// it holds none with that key.
     async fn cancel_here(&self, pid: i32, key: [u8; 4]) -> bool {
-        let target = self.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, key)).cloned();
-        let Some(target) = target else { return false };
+        let Some(target) = self.held_session(pid, key) else { return false };
+        Self::forward_cancel(target).await;
+        true
+    }
+
+    fn held_session(&self, pid: i32, key: [u8; 4]) -> Option<CancelTarget> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, key)).cloned()
+    }
+
+    async fn forward_cancel(target: CancelTarget) {
         // Only a session waiting right now is woken: a cancel with nothing running
         // must not cancel the next statement.
         target.held.notify_waiters();
         if let Err(e) = super::upstream::cancel(&target.upstream, &target.key).await {
             tracing::warn!("failed to forward a cancel request: {e}");
         }
-        true
     }
 
     /// Takes the cancel requests other workers pass on, until `cancel`, and
-    /// forwards those for sessions this worker holds.
+    /// forwards those for sessions this worker holds. A subscription that
+    /// fails or ends is made again, after a pause that grows to 30 s.
     pub async fn pass_cancels(self: Arc<Self>, cancel: CancellationToken) {
-        let mut requests = match self.bus.subscribe_cancels().await {
-            Ok(requests) => requests,
-            Err(e) => {
-                tracing::error!("cancel requests other workers take cannot reach this one: {e:#}");
-                return;
-            }
-        };
+        let mut pause = Duration::from_millis(500);
         loop {
-            let request = tokio::select! {
-                request = futures::StreamExt::next(&mut requests) => request,
+            match self.bus.subscribe_cancels().await {
+                Ok(mut requests) => loop {
+                    let request = tokio::select! {
+                        request = futures::StreamExt::next(&mut requests) => request,
+                        () = cancel.cancelled() => return,
+                    };
+                    let Some(request) = request else {
+                        tracing::warn!("the bus stopped passing cancel requests on; subscribing again");
+                        break;
+                    };
+                    pause = Duration::from_millis(500);
+                    // Looked up here; forwarded on a task of its own, so that one
+                    // target slow to take a cancel holds up no other.
+                    if let Some(target) = self.held_session(request.pid, request.key) {
+                        tokio::spawn(Self::forward_cancel(target));
+                    }
+                },
+                Err(e) => tracing::error!("cancel requests other workers take cannot reach this one: {e:#}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
                 () = cancel.cancelled() => return,
-            };
-            let Some(request) = request else {
-                tracing::warn!("the bus stopped passing cancel requests on");
-                return;
-            };
-            let gateway = self.clone();
-            // Each on its own: one target slow to take a cancel holds up no other.
-            tokio::spawn(async move { gateway.cancel_here(request.pid, request.key).await });
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
         }
     }
 
