@@ -843,12 +843,7 @@ async fn a_session_role_left_behind_is_dropped_where_it_was_made_after_a_move() 
     let s = Stack::start().await;
     let old = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
     let new = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
-    let token = granted_at(&s, "moving", old.addr(), "ci-job-13").await;
-    let client = s.connect("moving.readonly", &token).await.unwrap();
-    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
-    old.cut();
-    eventually(Duration::from_secs(10), "the client to see its session end", || async { client.is_closed() }).await;
-    assert_eq!(s.session_roles().await, vec![role.clone()], "the role went while its target was away");
+    left_behind(&s, "moving", &old, "ci-job-13").await;
 
     move_connection(&s, "moving", new.addr()).await;
     new.cut();
@@ -866,12 +861,7 @@ async fn a_session_role_left_behind_is_dropped_where_it_was_made_after_a_move() 
 async fn a_session_role_left_behind_is_dropped_after_its_connection_is_removed() {
     let s = Stack::start().await;
     let proxy = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
-    let token = granted_at(&s, "leaving", proxy.addr(), "ci-job-14").await;
-    let client = s.connect("leaving.readonly", &token).await.unwrap();
-    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
-    proxy.cut();
-    eventually(Duration::from_secs(10), "the client to see its session end", || async { client.is_closed() }).await;
-    assert_eq!(s.session_roles().await, vec![role.clone()], "the role went while its target was away");
+    left_behind(&s, "leaving", &proxy, "ci-job-14").await;
 
     let (status, body) = s.send(reqwest::Method::DELETE, "/v1/connections/leaving", None).await;
     assert_eq!(status, 204, "{body}");
@@ -906,6 +896,17 @@ async fn granted_at(s: &Stack, name: &str, address: std::net::SocketAddr, subjec
     assert_eq!(status, 201, "{body}");
     s.settle().await;
     token
+}
+
+/// A session on `name` at `proxy` (registered and granted to `subject`)
+/// whose target goes away under it: the session ends, its role stays.
+async fn left_behind(s: &Stack, name: &str, proxy: &TcpProxy, subject: &str) {
+    let token = granted_at(s, name, proxy.addr(), subject).await;
+    let client = s.connect(&format!("{name}.readonly"), &token).await.unwrap();
+    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    proxy.cut();
+    eventually(Duration::from_secs(10), "the client to see its session end", || async { client.is_closed() }).await;
+    assert_eq!(s.session_roles().await, vec![role], "the role went while its target was away");
 }
 
 /// Points `name` at `address`, keeping its credential.

@@ -168,7 +168,6 @@ async fn start_postgres(
     let sessions = tracker.clone();
     let serving = gateway.clone();
     tracker.spawn(async move {
-        let gateway = serving;
         let mut changes = projection.changes();
         while !projection.is_ready() {
             tokio::select! {
@@ -176,8 +175,8 @@ async fn start_postgres(
                 changed = changes.changed() => if changed.is_err() { return },
             }
         }
-        gateway.sweep().await;
-        gateway.serve(listener, cancel, sessions).await;
+        serving.sweep().await;
+        serving.serve(listener, cancel, sessions).await;
     });
     tracing::info!(%addr, "Postgres gateway listening");
     Ok((addr, gateway))

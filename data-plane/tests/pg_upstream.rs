@@ -813,6 +813,14 @@ fn off_loopback_ip() -> IpAddr {
     ip
 }
 
+/// `o` toward a scripted target under `mode`, its certificate (made by
+/// `localhost_acceptor`) chaining to `roots` and named `localhost`.
+fn toward_localhost(o: &mut UpstreamOptions, mode: TargetTls, roots: &Arc<RootCertStore>) {
+    o.tls = mode;
+    o.root_certs = Some(roots.clone());
+    o.server_name = Some("localhost".into());
+}
+
 /// A TLS acceptor with a new self-signed certificate for `localhost`, and
 /// roots that trust it.
 fn localhost_acceptor() -> (tokio_rustls::TlsAcceptor, Arc<RootCertStore>) {
@@ -1038,9 +1046,7 @@ async fn a_login_to_an_unchecked_target_elsewhere_must_be_bound() {
                     assert!(rest.is_empty(), "{mode:?}: the gateway answered {rest:?}");
                 })
                 .await;
-            o.tls = mode;
-            o.root_certs = Some(roots.clone());
-            o.server_name = Some("localhost".into());
+            toward_localhost(&mut o, mode, &roots);
             let err = log_in(login, &o).await.expect_err("logged in");
             assert!(err.contains(refusal), "{login:?} {mode:?}: {err}");
             server.await.unwrap();
@@ -1072,9 +1078,7 @@ async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere(
                 challenge_with(peer, iterations, proof_sent, "app_user")
             })
             .await;
-            o.tls = mode;
-            o.root_certs = Some(roots.clone());
-            o.server_name = Some("localhost".into());
+            toward_localhost(&mut o, mode, &roots);
             o.salted = salted.clone();
             o.salt_cache = salt_cache.clone();
             match upstream::connect(&o).await {
@@ -1099,9 +1103,7 @@ async fn a_low_iteration_count_gets_no_proof_from_an_unchecked_target_elsewhere(
                 challenge_with(peer, iterations, allowed, "admin")
             })
             .await;
-            o.tls = mode;
-            o.root_certs = Some(roots.clone());
-            o.server_name = Some("localhost".into());
+            toward_localhost(&mut o, mode, &roots);
             let err = log_in(Login::Admin, &o).await.expect_err("the script lets no one in");
             let refused_here = err.contains(&format!("SCRAM with {iterations} iterations"));
             assert_eq!(refused_here, !allowed, "admin, {mode:?} i={iterations}: {err}");
@@ -1164,9 +1166,7 @@ async fn cleartext_over_tls(
             assert!(!leaked, "{mode:?}: the password was sent");
         })
         .await;
-        o.tls = mode;
-        o.root_certs = Some(roots.clone());
-        o.server_name = Some("localhost".into());
+        toward_localhost(&mut o, mode, &roots);
         o.salted = salted.clone();
         let result = log_in(login, &o).await;
         if sent {
