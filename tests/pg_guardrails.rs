@@ -65,6 +65,8 @@ const CASES: &[(&str, Expect)] = &[
     ("GRANT SELECT ON people TO PUBLIC", Refused("no-schema-or-privilege-changes")),
     ("SET ROLE postgres", Refused("no-schema-or-privilege-changes")),
     ("SET SESSION AUTHORIZATION postgres", Refused("no-schema-or-privilege-changes")),
+    ("SET role = 'postgres'", Refused("no-schema-or-privilege-changes")),
+    ("SET session_authorization TO 'postgres'", Refused("no-schema-or-privilege-changes")),
     ("VACUUM people", Refused("no-schema-or-privilege-changes")),
     ("ANALYZE people", Refused("no-schema-or-privilege-changes")),
     ("ALTER SYSTEM SET work_mem = '1MB'", Refused("no-schema-or-privilege-changes")),
@@ -174,4 +176,45 @@ async fn the_extended_protocol_is_held_to_the_same_rules() {
     assert_eq!(snapshot(&s).await, before);
     let n = client.execute("UPDATE people SET name = $1 WHERE id = $2", &[&"Zoë", &2i32]).await.unwrap();
     assert_eq!(n, 1);
+}
+
+/// A setting made in the startup message (here libpq's `options`, as
+/// `PGOPTIONS` sends it) is held to the rules a `SET` would be: `role` is a
+/// change of who the session is, refused before the session starts.
+#[tokio::test]
+async fn settings_in_the_startup_message_are_held_to_the_same_rules() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let connect = |options: &'static str| {
+        let url = format!("{} options='{options}'", s.url("pg.readwrite", &token));
+        async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        }
+    };
+
+    for (options, rule) in [
+        ("-c role=postgres", "no-schema-or-privilege-changes"),
+        ("--role=postgres", "no-schema-or-privilege-changes"),
+        ("-c statement_timeout=5s -csession_authorization=postgres", "no-schema-or-privilege-changes"),
+        ("-c standard_conforming_strings=off", "builtin:session-lexing"),
+    ] {
+        let e = connect(options).await.err().unwrap_or_else(|| panic!("{options:?} was let in"));
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{options:?}: {e}"));
+        assert_eq!((db.code().code(), db.detail()), ("42501", Some(format!("rule: {rule}").as_str())), "{options:?}");
+        assert!(db.message().starts_with("startup setting "), "{options:?}: {}", db.message());
+    }
+    let e = connect("-d 5").await.expect_err("a switch that is not a setting was let in");
+    assert!(e.as_db_error().unwrap().message().contains("not a setting"), "{e}");
+
+    // Settings the rules allow are made, presentation ones without asking.
+    let client = connect(r"-c statement_timeout=5s -c search_path=public -c DateStyle=German").await.unwrap();
+    let row = client.query_one("SELECT current_setting('statement_timeout'), current_setting('DateStyle')", &[]).await;
+    let row = row.unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("5s".to_owned(), "German, DMY".to_owned()));
 }

@@ -398,7 +398,8 @@ async fn drop_reassigns_owned_objects_and_ends_live_connections() {
         .get(0);
     assert_eq!(still_there, 0);
 
-    // The table it made survives, owned by the admin user; the open transaction was rolled back.
+    // The table it made survives, owned by the template (never the admin, a
+    // superuser here); the open transaction was rolled back.
     let row = admin
         .query_one(
             "SELECT tableowner::text, (SELECT array_agg(x ORDER BY x) FROM made_in_session) FROM pg_tables \
@@ -407,12 +408,93 @@ async fn drop_reassigns_owned_objects_and_ends_live_connections() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "postgres");
+    assert_eq!(row.get::<_, String>(0), template);
     assert_eq!(row.get::<_, Vec<i32>>(1), vec![42]);
 
     // Idempotent.
     roles.drop_session_role(&role.name).await.unwrap();
     roles.drop_session_role(&session_role_name(uuid::Uuid::new_v4())).await.unwrap();
+}
+
+/// An admin with CREATEROLE and no more: it makes, ends and clears session
+/// roles. What a session left behind, a SECURITY DEFINER function among it,
+/// runs with the template's power afterwards, not the admin's.
+#[tokio::test]
+async fn an_admin_without_superuser_drops_a_live_role_and_hands_its_objects_to_the_template() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    admin.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}", quote(&template))).await.unwrap();
+    let creator = unique("admin");
+    admin.batch_execute(&format!("CREATE ROLE {} LOGIN CREATEROLE", quote(&creator))).await.unwrap();
+    cleanup.templates.push(creator.clone());
+    let mut cfg = config(&db);
+    cfg.user(&creator);
+    let roles = RoleManager::connect(cfg, TlsChoice::Disable).await.unwrap();
+    let role = roles.create_session_role(&spec(&cleanup.worker(), &template)).await.unwrap();
+
+    let session = login(&db, &role).await.unwrap();
+    session
+        .batch_execute(
+            "CREATE TABLE left_behind (x int); INSERT INTO left_behind VALUES (7); \
+             CREATE FUNCTION whose_power() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user::text'",
+        )
+        .await
+        .unwrap();
+    session.batch_execute("BEGIN; INSERT INTO left_behind VALUES (8)").await.unwrap();
+
+    tokio::time::timeout(Duration::from_secs(20), roles.drop_session_role(&role.name))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("an admin with CREATEROLE could not drop the role: {e}"));
+    assert!(!role_exists(&admin, &role.name).await);
+    assert!(session.simple_query("SELECT 1").await.is_err(), "the live connection was terminated");
+    let row = admin
+        .query_one(
+            "SELECT tableowner::text, (SELECT array_agg(x) FROM left_behind), whose_power() FROM pg_tables \
+             WHERE tablename = 'left_behind'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), template, "the table went to the template");
+    assert_eq!(row.get::<_, Vec<i32>>(1), vec![7]);
+    assert_eq!(row.get::<_, String>(2), template, "the function runs as the template, not the admin");
+    let admin_is_member: bool = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
+             WHERE r.rolname = $1)",
+            &[&creator],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!admin_is_member, "the admin's membership went with the role");
+}
+
+/// A session role someone made a member of a second role by hand has no one
+/// template to hand its objects to: it is left NOLOGIN, and the error says why.
+#[tokio::test]
+async fn a_role_with_two_memberships_is_left_nologin() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    let other = cleanup.template(&admin, "").await;
+    let roles = manager(&db).await;
+    let role = roles.create_session_role(&spec(&cleanup.worker(), &template)).await.unwrap();
+    admin.batch_execute(&format!("GRANT {} TO {}", quote(&other), quote(&role.name))).await.unwrap();
+
+    let err = roles.drop_session_role(&role.name).await.unwrap_err();
+    assert!(matches!(err, RoleError::NoSingleTemplate { found: 2, .. }), "{err}");
+    assert!(err.to_string().contains("member of 2 roles"), "{err}");
+    let can_login: bool =
+        admin.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&role.name]).await.unwrap().get(0);
+    assert!(!can_login, "left NOLOGIN");
+    admin.batch_execute(&format!("REVOKE {} FROM {}", quote(&other), quote(&role.name))).await.unwrap();
+    roles.drop_session_role(&role.name).await.unwrap();
+    assert!(!role_exists(&admin, &role.name).await);
 }
 
 #[tokio::test]
@@ -478,18 +560,35 @@ async fn sweep_expired_drops_roles_whose_grant_has_ended() {
     let roles = manager(&db).await;
     let ended = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
     let current = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
-    // Let one grant's end pass (VALID UNTIL in the past is refused at creation).
-    admin
-        .batch_execute(&format!("ALTER ROLE {} VALID UNTIL '2000-01-01T00:00:00Z'", quote(&ended.name)))
-        .await
-        .unwrap();
+    // Past its first grant's end, a session going on under a later grant.
+    let relayed = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    let live = login(&db, &relayed).await.unwrap();
+    // Let the grants' end pass (VALID UNTIL in the past is refused at creation).
+    for role in [&ended, &relayed] {
+        admin
+            .batch_execute(&format!("ALTER ROLE {} VALID UNTIL '2000-01-01T00:00:00Z'", quote(&role.name)))
+            .await
+            .unwrap();
+    }
 
     let swept = roles.sweep_expired().await.unwrap();
     // Another starting worker (tests run in parallel) may have swept it first:
     // what matters is that it is gone and the current one is not.
     assert!(!swept.contains(&current.name), "{swept:?}");
+    assert!(!swept.contains(&relayed.name), "a role with a live backend is its worker's: {swept:?}");
     assert!(!role_exists(&admin, &ended.name).await);
     assert!(role_exists(&admin, &current.name).await);
+    assert!(role_exists(&admin, &relayed.name).await);
+    live.simple_query("SELECT 1").await.expect("the live session goes on");
+
+    // Once its connection is gone (its worker with it), the role is swept.
+    drop(live);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while role_exists(&admin, &relayed.name).await {
+        assert!(std::time::Instant::now() < deadline, "the expired role was never swept");
+        let _ = roles.sweep_expired().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut past = spec(&worker, &template);
     past.valid_until = SystemTime::now() - Duration::from_secs(1);
@@ -695,6 +794,15 @@ async fn objects_in_another_database_are_reported_and_do_not_block_the_sweep() {
     let can_login: bool =
         admin.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&stray.name]).await.unwrap().get(0);
     assert!(!can_login, "left NOLOGIN");
+    let members: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE r.rolname = $1",
+            &[&stray.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(members, 0, "a failed drop leaves no one a member of the role (the admin took it only to drop it)");
 
     match roles.sweep(&worker).await.unwrap_err() {
         RoleError::SweepIncomplete { dropped, failed } => {

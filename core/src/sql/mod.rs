@@ -521,6 +521,16 @@ fn kind_of(statement: &Ast) -> StatementKind {
             // Changing who the session is, is about privileges.
             sqlparser::ast::Set::SetRole { .. } | sqlparser::ast::Set::SetSessionAuthorization(_) => Dcl,
             sqlparser::ast::Set::SetTransaction { .. } => Transaction,
+            // The same change spelled as any setting (`SET role = 'x'`,
+            // `SET session_authorization TO 'x'`, in any case, quoted or not,
+            // since Postgres reads setting names so), or a setting this
+            // parser cannot name.
+            _ if set_names(set)
+                .iter()
+                .any(|n| matches!(n.to_ascii_lowercase().as_str(), "role" | "session_authorization" | "*")) =>
+            {
+                Dcl
+            }
             _ => Utility,
         },
         Ast::ShowVariable { .. }
@@ -663,6 +673,12 @@ mod tests {
             ("GRANT SELECT ON t TO bob", Dcl),
             ("SET ROLE postgres", Dcl),
             ("SET SESSION AUTHORIZATION postgres", Dcl),
+            ("SET role = 'postgres'", Dcl),
+            ("SET LOCAL role TO postgres", Dcl),
+            ("SET \"ROLE\" = postgres", Dcl),
+            ("SET session_authorization TO 'postgres'", Dcl),
+            ("SET Session_Authorization = postgres", Dcl),
+            ("SET search_path = public", Utility),
             ("BEGIN", Transaction),
             ("COMMIT", Transaction),
             ("SET statement_timeout = 5", Utility),

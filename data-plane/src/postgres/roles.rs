@@ -7,8 +7,10 @@
 //! SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION — neither as its
 //! own attributes nor through the template. The gateway then connects upstream
 //! as that role. At session end or grant end the role is dropped: logins are
-//! switched off, its backends terminated, what it owns reassigned to the admin
-//! user, and the role removed. On start a worker sweeps the roles it left
+//! switched off, its backends terminated, what it owns reassigned to its
+//! template (never to the admin user, whose power it would lend), and the role
+//! removed. The admin user needs no more than CREATEROLE: it takes the role
+//! into its own memberships to end and clear it. On start a worker sweeps the roles it left
 //! behind (they carry `worker=<id>` in their comment), e.g. after `kill -9`.
 //!
 //! Secrets: the password is generated here, handed to the caller in
@@ -61,6 +63,9 @@ pub const SESSION_CONNECTION_LIMIT: u32 = 1;
 /// How long `drop_session_role` waits for each terminated backend to exit, so
 /// that its locks and temporary objects are gone before the role is dropped.
 const TERMINATE_WAIT_MS: i64 = 5_000;
+/// Ends a role's backends (`$1`), waiting up to `$2` ms for each to exit.
+const TERMINATE: &str =
+    "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()";
 
 /// Bound on how long the drop transaction waits for a lock (an object the role
 /// owns being in use by someone else), so a drop reports an error instead of
@@ -99,10 +104,18 @@ pub enum RoleError {
     InvalidValidUntil(&'static str),
     #[error("session role {0:?} already exists")]
     AlreadyExists(String),
+    /// The connection failed while committing the role's creation, which the
+    /// target may have carried out: the caller drops the role to be sure.
+    #[error("the target did not confirm the creation of session role {role:?}: {message}")]
+    Unconfirmed { role: String, message: String },
     #[error("refusing to manage role {0:?}: not an airlock session role")]
     NotASessionRole(String),
     #[error("cannot drop session role {role:?}: it still owns objects or holds privileges elsewhere ({detail})")]
     StillReferenced { role: String, detail: String },
+    #[error(
+        "cannot drop session role {role:?}: it is a member of {found} roles, not of one template to hand what it owns to"
+    )]
+    NoSingleTemplate { role: String, found: usize },
     #[error("{}", sweep_message(dropped, failed))]
     SweepIncomplete { dropped: Vec<String>, failed: Vec<(String, String)> },
     #[error("target error while {context}: {message}")]
@@ -381,16 +394,21 @@ impl RoleManager {
             _ => db_error("creating the session role", &e),
         })?;
         tx.batch_execute(&comment).await.map_err(|e| db_error("commenting the session role", &e))?;
-        tx.commit().await.map_err(|e| db_error("committing the session role", &e))?;
+        tx.commit().await.map_err(|e| match e.as_db_error() {
+            Some(_) => db_error("committing the session role", &e),
+            // The COMMIT may have reached the target: the role may exist.
+            None => RoleError::Unconfirmed { role: name.clone(), message: safe_message(&e) },
+        })?;
         tracing::info!(role = %name, template = %spec.template_role, valid_until = %until, "created session role");
         Ok(SessionRole { name, password, salted })
     }
 
     /// Drops a session role: no more logins, its backends terminated (waiting
-    /// for them to exit), what it owns in this database reassigned to the admin
-    /// user, its remaining privileges here dropped, then the role. Dropping a
-    /// role that does not exist is Ok. Only names shaped like session roles are
-    /// accepted.
+    /// for them to exit), what it owns in this database reassigned to its
+    /// template, its remaining privileges here dropped, then the role. Dropping
+    /// a role that does not exist is Ok. Only names shaped like session roles
+    /// are accepted. A role that is not a member of exactly one role (changed
+    /// by hand) is left NOLOGIN ([`RoleError::NoSingleTemplate`]).
     ///
     /// `REASSIGN OWNED` and `DROP OWNED` act on the current database only (the
     /// connection's database); if the role owns objects or holds privileges in
@@ -502,15 +520,21 @@ impl RoleManager {
         drop_all(&mut client, mine, "swept leftover session role").await
     }
 
-    /// Drops session roles of any worker whose `VALID UNTIL` has passed: their
-    /// grant has ended, so no session may still use them. Safe for any worker
-    /// to run (e.g. periodically), covering a worker that never comes back.
+    /// Drops session roles of any worker whose `VALID UNTIL` has passed and
+    /// that no backend is logged in as: their grant has ended, and their
+    /// worker is gone (its sessions' connections went with it). Safe for any
+    /// worker to run (e.g. periodically), covering a worker that never comes
+    /// back. A role with a backend is left to the worker relaying it: its
+    /// session may go on under a later grant of the same principal, or the
+    /// target's clock may run ahead of the worker's.
     pub async fn sweep_expired(&self) -> Result<Vec<String>, RoleError> {
         let mut client = self.client().await?;
         let rows = client
             .query(
-                "SELECT rolname::text FROM pg_roles \
-                 WHERE rolname ~ '^airlock_[0-9a-f]{32}$' AND rolvaliduntil < now() ORDER BY rolname",
+                "SELECT r.rolname::text FROM pg_roles r \
+                 WHERE r.rolname ~ '^airlock_[0-9a-f]{32}$' AND r.rolvaliduntil < now() \
+                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname) \
+                 ORDER BY r.rolname",
                 &[],
             )
             .await
@@ -739,36 +763,59 @@ fn sweep_message(dropped: &[String], failed: &[(String, String)]) -> String {
 }
 
 async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+    // The role and the roles it is a member of: its template, unless someone
+    // changed it by hand.
+    let row = client
+        .query_opt(
+            "SELECT coalesce(array_agg(DISTINCT t.rolname::text) FILTER (WHERE t.rolname IS NOT NULL), '{}') \
+             FROM pg_roles r LEFT JOIN pg_auth_members m ON m.member = r.oid LEFT JOIN pg_roles t ON t.oid = m.roleid \
+             WHERE r.rolname = $1 GROUP BY r.oid",
+            &[&name],
+        )
         .await
         .map_err(|e| db_error("looking up the session role", &e))?;
-    if exists.is_none() {
-        return Ok(());
-    }
+    let Some(row) = row else { return Ok(()) };
+    let templates: Vec<String> = row.try_get(0).map_err(|e| db_error("looking up the session role", &e))?;
     let role = quote_ident(name);
-    // 1. No new logins (also stops a client that has the password reconnecting).
+    // 1. No new logins (also stops a client that has the password
+    //    reconnecting), committed before anything else.
     match client.batch_execute(&format!("ALTER ROLE {role} NOLOGIN")).await {
         Ok(()) => {}
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
         Err(e) => return Err(db_error("disabling the session role's login", &e)),
     }
-    // 2. End its sessions in every database, waiting for each backend to exit
-    //    so its locks and temporary objects are released.
-    client
-        .query(
-            "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
-            &[&name, &TERMINATE_WAIT_MS],
-        )
-        .await
-        .map_err(|e| db_error("terminating the session role's backends", &e))?;
-    // 3. Owned objects and privileges (this database), then the role, in one
-    //    transaction: all or nothing. One simple query is one implicit
-    //    transaction, which the server commits without waiting for us: a
-    //    worker that stalls (or dies) here leaves no role rows locked.
+    let [template] = templates.as_slice() else {
+        // Left NOLOGIN; its backends are ended where the admin may end them
+        // without taking its privileges (a superuser).
+        let _ = client.query(TERMINATE, &[&name, &TERMINATE_WAIT_MS]).await;
+        return Err(RoleError::NoSingleTemplate { role: name.to_owned(), found: templates.len() });
+    };
+    // 2. In one transaction, all or nothing:
+    //    - the admin user takes the role's privileges: a superuser has them,
+    //      but an admin with CREATEROLE may end the role's backends and take
+    //      or drop what it owns only as a member of it. Never committed on
+    //      its own: no one else ever sees the admin as a member of the role
+    //      or, through it, of its template (which `+group` lines of the
+    //      target's pg_hba.conf would match);
+    //    - its sessions end, in every database, waiting for each backend to
+    //      exit so its locks and temporary objects are released;
+    //    - what it owns in this database goes to its template, whose power
+    //      any session of it has anyway; never to the admin user, whose power
+    //      a function or view the session left behind (SECURITY DEFINER, or
+    //      readable by others) would lend to whoever uses it;
+    //    - its remaining privileges here, then the role, go.
+    //    One simple query is one implicit transaction, which the server
+    //    commits without waiting for us: a worker that stalls (or dies) here
+    //    leaves nothing half done and no role rows locked.
     let statements = format!(
-        "SET LOCAL lock_timeout = {timeout}; REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+        "SET LOCAL lock_timeout = {timeout}; GRANT {role} TO CURRENT_USER; \
+         SELECT pg_terminate_backend(pid, {wait}) FROM pg_stat_activity \
+         WHERE usename = {literal} AND pid <> pg_backend_pid(); \
+         REASSIGN OWNED BY {role} TO {template}; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
         timeout = quote_literal(DROP_LOCK_TIMEOUT),
+        wait = TERMINATE_WAIT_MS,
+        literal = quote_literal(name),
+        template = quote_ident(template),
     );
     match client.batch_execute(&statements).await {
         Ok(()) => {}
@@ -780,7 +827,7 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         }
         Err(e) => return Err(db_error("dropping the session role", &e)),
     }
-    tracing::info!(role = %name, "dropped session role");
+    tracing::info!(role = %name, template = %template, "dropped session role");
     Ok(())
 }
 

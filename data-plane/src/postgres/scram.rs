@@ -38,6 +38,11 @@ const SALT_LEN: usize = 16;
 /// The most iterations a server may ask of a login: past it the login is
 /// refused rather than spending the session thread's time on it.
 const MAX_ITERATIONS: u32 = 100_000;
+/// The same for a stored password (a static credential's), which may meet a
+/// target whose `scram_iterations` is far above the default. Each new salt and
+/// count is hashed once, off the session thread; past this a server (or an
+/// impostor) could hold a core for minutes with every login.
+const MAX_STORED_ITERATIONS: u32 = 1_000_000;
 /// Random bytes in the client's nonce (base64: no commas).
 const NONCE_LEN: usize = 18;
 
@@ -179,8 +184,8 @@ pub enum ScramError {
     Malformed(&'static str),
     #[error("the server's SCRAM nonce does not extend the client's")]
     Nonce,
-    #[error("the server asks for {0} SCRAM iterations (at most {MAX_ITERATIONS} are done)")]
-    Iterations(u32),
+    #[error("the server asks for {0} SCRAM iterations (at most {1} are done)")]
+    Iterations(u32, u32),
     #[error("the server reported a SCRAM error: {0}")]
     Server(String),
     #[error("the server's SCRAM signature is wrong: it does not know this password")]
@@ -311,13 +316,13 @@ impl Login {
         if nonce.len() <= self.nonce.len() || !nonce.starts_with(&self.nonce) {
             return Some(Err(ScramError::Nonce));
         }
-        // The cap keeps a server from making a session role's login hash at
-        // length; a stored password is hashed off the session thread, once per
-        // salt and count, as many times as its target's verifier says (Postgres
-        // 16's `scram_iterations` may be far above the default).
-        let capped = !matches!(self.key, Some(Key::Stored { .. }));
-        if iterations == 0 || (capped && iterations > MAX_ITERATIONS) {
-            return Some(Err(ScramError::Iterations(iterations)));
+        // The cap keeps a server from making a login hash at length; a stored
+        // password is hashed off the session thread, once per salt and count,
+        // and may meet a target above the default (Postgres 16's
+        // `scram_iterations`): its cap is higher.
+        let cap = if matches!(self.key, Some(Key::Stored { .. })) { MAX_STORED_ITERATIONS } else { MAX_ITERATIONS };
+        if iterations == 0 || iterations > cap {
+            return Some(Err(ScramError::Iterations(iterations, cap)));
         }
         let salted = match self.salted_for(&salt, iterations, may_hash)? {
             Ok(salted) => salted,
@@ -676,6 +681,14 @@ mod tests {
         let mut other = stored("pen");
         assert_ne!(other.respond(resalted.as_bytes()).unwrap(), CLIENT_FINAL.as_bytes());
         assert_eq!(cache.hashed(), 3);
+        // Far above the default is hashed; past a million rounds is refused
+        // before any hashing.
+        let count = |n: u32| SERVER_FIRST.replace("i=4096", &format!("i={n}"));
+        assert!(stored("pencil").respond(count(200_000).as_bytes()).is_ok());
+        assert_eq!(cache.hashed(), 4);
+        let refused = stored("pencil").respond(count(4_294_967_295).as_bytes()).unwrap_err();
+        assert!(matches!(refused, ScramError::Iterations(4_294_967_295, 1_000_000)), "{refused}");
+        assert_eq!(cache.hashed(), 4);
         // What SASLprep could change is left to a client that normalizes it.
         assert!(Login::stored("correct horse", cache.clone()).is_some());
         assert!(Login::stored("p\u{e4}ssword", cache.clone()).is_none());
@@ -703,8 +716,8 @@ mod tests {
             ("r=rOprNGfwEbeRWgbNEkqO,s=AAAA,i=4096", |e| matches!(e, ScramError::Nonce)),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=not base64!,i=4096", |e| matches!(e, ScramError::Malformed(_))),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=-1", |e| matches!(e, ScramError::Malformed(_))),
-            ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=0", |e| matches!(e, ScramError::Iterations(0))),
-            ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100001", |e| matches!(e, ScramError::Iterations(100_001))),
+            ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=0", |e| matches!(e, ScramError::Iterations(0, _))),
+            ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100001", |e| matches!(e, ScramError::Iterations(100_001, 100_000))),
         ];
         for (message, expected) in cases {
             let got = rfc_login(pencil()).respond(message.as_bytes()).unwrap_err();

@@ -54,8 +54,9 @@ use super::protocol::frontend::decode_password;
 use super::protocol::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
 };
-use super::roles::SessionRoleSpec;
+use super::roles::{RoleError, SessionRoleSpec};
 use super::scram::SaltedPassword;
+use super::startup_settings;
 use super::statements::{MAX_PREPARED, Prepared, Statements, Tracked, followed};
 use super::timers;
 use super::upstream::{self, Upstream, UpstreamOptions};
@@ -158,6 +159,7 @@ async fn session_main(
     span.record("tenant", tracing::field::display(&admitted.context.tenant));
     span.record("principal", admitted.context.principal.subject.as_str());
     span.record("connection", admitted.connection.name.as_str());
+    check_startup_settings(gw, &admitted)?;
 
     let mut tap = open_recording(gw, client, &admitted, span)?;
     let result = admitted_session(gw, client, &admitted, tap.as_mut(), shutdown, span).await;
@@ -165,6 +167,45 @@ async fn session_main(
         end_recording(tap, &result, span);
     }
     result
+}
+
+/// Refuses a login that makes a setting in its startup message (a parameter,
+/// or `-c` in `options`) the hook would not allow as a `SET` statement: where
+/// the hook looks at this session's statements, a setting must not get past
+/// it by coming before the first (`startup_settings`).
+fn check_startup_settings(gw: &Gateway, admitted: &Admitted) -> Result<(), Ended> {
+    if !gw.hook.inspects(&admitted.context) {
+        return Ok(());
+    }
+    let refused = |message: String, rule: Option<&str>| {
+        tracing::info!(reason = %message, "login refused for a startup setting");
+        let mut report = Report::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, message.clone());
+        if let Some(rule) = rule {
+            report = report.with_detail(format!("rule: {rule}"));
+        }
+        Ended { reason: message, fatal: Some(report) }
+    };
+    let settings = startup_settings::settings(&admitted.params)
+        .map_err(|why| refused(format!("permission denied: {why}"), None))?;
+    for setting in settings {
+        match gw.hook.check(&admitted.context, Statement::Query { sql: &setting.statement }) {
+            Verdict::Allow => {}
+            Verdict::Deny { rule, message } => {
+                return Err(refused(format!("startup setting {}: {message}", setting.name), Some(&rule)));
+            }
+            Verdict::Review { rule } => {
+                return Err(refused(
+                    format!(
+                        "permission denied: startup setting {name} needs a review (rule {rule}), which a login \
+                         cannot wait for; connect without it and run SET {name} in the session",
+                        name = setting.name
+                    ),
+                    Some(&rule),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How long a client refused past the login cap has to reach its startup
@@ -308,6 +349,14 @@ async fn admitted_session(
                 };
                 let role = manager.create_session_role(&spec).await.map_err(|e| {
                     tracing::error!("failed to create a session role on {}: {e}", admitted.connection.name);
+                    if let RoleError::Unconfirmed { role, .. } = &e {
+                        gw.drop_later(Undropped {
+                            tenant: admitted.context.tenant,
+                            connection: admitted.connection.clone(),
+                            name: role.clone(),
+                            manager: manager.clone(),
+                        });
+                    }
                     Ended::fatal(
                         sqlstate::INSUFFICIENT_PRIVILEGE,
                         format!("the gateway could not create a session role on {}: {e}", admitted.connection.name),
@@ -598,7 +647,8 @@ fn decide(
 /// The password is a token: it may cross the network only inside TLS, unless it
 /// never leaves the host or the operator said otherwise.
 fn token_may_travel(tls: bool, peer: std::net::IpAddr, allow_cleartext_off_loopback: bool) -> bool {
-    tls || peer.is_loopback() || allow_cleartext_off_loopback
+    // A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`.
+    tls || peer.to_canonical().is_loopback() || allow_cleartext_off_loopback
 }
 
 /// What the client is told when the session's connection to the target
@@ -2865,6 +2915,8 @@ mod tests {
         assert!(token_may_travel(true, remote, false));
         assert!(token_may_travel(false, local, false));
         assert!(token_may_travel(false, local6, false));
+        assert!(token_may_travel(false, "::ffff:127.0.0.1".parse().unwrap(), false));
+        assert!(!token_may_travel(false, "::ffff:10.1.2.3".parse().unwrap(), false));
         assert!(token_may_travel(false, remote, true));
     }
 }
