@@ -380,6 +380,58 @@ async fn revocation_ends_a_live_session_within_a_second() {
     assert!(left.is_empty());
 }
 
+/// A client that stops reading a long result holds the gateway's write to it
+/// (TCP keepalive does not end that: the client's kernel still answers). Its
+/// grant still ends it: revoked, the session ends and its role is dropped.
+#[tokio::test]
+async fn revocation_ends_a_session_whose_client_stopped_reading() {
+    use tokio::io::AsyncWriteExt;
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    let grant = s.grant("ci-job-42", 900).await;
+    let mut stream = wire::raw_login(&s, "pg.readonly", &token).await;
+    // About 100 MB of rows, never read.
+    stream.write_all(&wire::query("SELECT repeat('x', 1000) FROM generate_series(1, 100000)")).await.unwrap();
+    let admin = admin_client(s.db.url()).await;
+    // The target's backend waits to write: every buffer between it and the client is full.
+    eventually(Duration::from_secs(20), "the session's backend to wait on its client", || async {
+        let waiting = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND usename LIKE 'airlock\\_%' AND wait_event = 'ClientWrite'";
+        admin.query(waiting, &[]).await.unwrap().len() == 1
+    })
+    .await;
+
+    let (status, _) = s.post(&format!("/v1/grants/{grant}/revoke"), json!({"reason": "incident"})).await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(10), "the session role to be dropped", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
+    let backends = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND usename LIKE 'airlock\\_%'";
+    assert!(admin.query(backends, &[]).await.unwrap().is_empty(), "the session's backend is gone");
+    drop(stream);
+}
+
+/// A Flush opens no batch: a simple query after a lone one runs, as it does
+/// on Postgres, whether the gateway inspects the session's statements or not.
+#[tokio::test]
+async fn a_simple_query_after_a_lone_flush_runs() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let flush_then_query = [wire::message(b'H', &[]), wire::query("SELECT 7")];
+    let mut unchecked = wire::raw_login(&s, "pg.readonly", &token).await;
+    wire::send(&mut unchecked, &flush_then_query).await;
+    assert_eq!(
+        wire::read_until_ready(&mut unchecked).await,
+        (vec!["T".into(), "D:7".into(), "C:SELECT 1".into()], b'I')
+    );
+
+    s.apply_policy("version: 1\ncommands:\n  - name: no-ddl\n    match: { kinds: [ddl] }\n    action: deny\n").await;
+    let mut checked = wire::raw_login(&s, "pg.readonly", &token).await;
+    wire::send(&mut checked, &flush_then_query).await;
+    assert_eq!(wire::read_until_ready(&mut checked).await, (vec!["T".into(), "D:7".into(), "C:SELECT 1".into()], b'I'));
+}
+
 #[tokio::test]
 async fn a_session_ends_when_its_grant_expires() {
     let s = Stack::start().await;

@@ -842,6 +842,7 @@ async fn relay_session(
         durable_seq: 0,
         review_note: None,
         catalog: std::sync::OnceLock::new(),
+        shutdown: shutdown.clone(),
     };
     relay.inspecting |= relay.masking.is_some();
     let ended = relay.run(&admitted.connection, shutdown).await;
@@ -969,6 +970,8 @@ struct Relay<'a> {
     /// so that the gateway keeps it while the session runs, also after its
     /// connection was pointed elsewhere (`Gateway::forget_removed`).
     catalog: std::sync::OnceLock<Arc<super::catalog::Catalog>>,
+    /// The gateway's shutdown, which a write that waits watches.
+    shutdown: CancellationToken,
 }
 
 /// How much a client may send while one of its statements is held; past it,
@@ -1253,14 +1256,19 @@ impl Relay<'_> {
 
     /// `None` while the projection still admits this session; otherwise why not.
     fn still_admitted(&self, connection: &ConnectionSpec) -> Option<String> {
-        let now = unix_now();
-        self.gw.projection.read(|t| {
-            let Some(state) = t.get(&self.context.tenant) else { return Some("the tenant is gone".to_owned()) };
-            let Some(current) = state.connections.get(&connection.id) else {
-                return Some(format!("connection {} was removed", connection.name));
-            };
-            state.denial(&self.context.principal, current, &self.context.role, now)
-        })
+        denial(self.gw, self.context, connection)
+    }
+
+    /// Writes `bytes` to the client (see [`write_watched`]).
+    async fn write_client(&mut self, bytes: &[u8]) -> Result<(), Ended> {
+        let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
+        write_watched(&mut self.client.io, bytes, watch).await?.map_err(io_ended)
+    }
+
+    /// Writes `bytes` to the target (see [`write_watched`]).
+    async fn write_server(&mut self, bytes: &[u8]) -> Result<(), Ended> {
+        let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
+        write_watched(&mut self.upstream.stream, bytes, watch).await?.map_err(target_lost)
     }
 
     /// Handles the client's complete messages, holding statements for review
@@ -1352,7 +1360,8 @@ impl Relay<'_> {
         self.copy.forwarded(tag, self.ready_owed + 1);
         self.expect_responses(message, to_server);
         to_server.extend_from_slice(raw);
-        if matches!(tag, b'P' | b'B' | b'E' | b'D' | b'C' | b'H') {
+        // (A Flush opens nothing: a simple query may follow a lone one.)
+        if matches!(tag, b'P' | b'B' | b'E' | b'D' | b'C') {
             self.batch_open = true;
         }
         self.track_prepared(message);
@@ -1577,7 +1586,7 @@ impl Relay<'_> {
         if forwarded && !self.copy.admits(tag) {
             return Err(not_copy_data());
         }
-        if forwarded && matches!(tag, b'P' | b'B' | b'E' | b'D' | b'H') {
+        if forwarded && matches!(tag, b'P' | b'B' | b'E' | b'D') {
             self.batch_open = true;
         }
         if forwarded {
@@ -1715,7 +1724,7 @@ impl Relay<'_> {
         probe.sent = true;
         let messages = probe.messages();
         self.batch_open = false;
-        self.upstream.stream.write_all(&messages).await.map_err(target_lost)
+        self.write_server(&messages).await
     }
 
     /// The probe was answered: the count is known again. The messages held
@@ -2057,7 +2066,7 @@ impl Relay<'_> {
         encode::notice_response(to_client, &notice);
         self.record_server(to_client)?;
         self.bytes_out += to_client.len() as u64;
-        self.client.io.write_all(to_client).await.map_err(io_ended)?;
+        self.write_client(to_client).await?;
         to_client.clear();
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait) + REVIEW_GRACE;
@@ -2121,7 +2130,7 @@ impl Relay<'_> {
                     if !to_client.is_empty() {
                         self.record_server(to_client)?;
                         self.bytes_out += to_client.len() as u64;
-                        self.client.io.write_all(to_client).await.map_err(io_ended)?;
+                        self.write_client(to_client).await?;
                         to_client.clear();
                     }
                 }
@@ -2270,7 +2279,7 @@ impl Relay<'_> {
             // The common case: nothing of ours to add, so no copy.
             self.record_server(run)?;
             self.bytes_out += run.len() as u64;
-            self.client.io.write_all(run).await.map_err(io_ended)?;
+            self.write_client(run).await?;
         } else {
             to_client.extend_from_slice(run);
         }
@@ -2665,13 +2674,13 @@ impl Relay<'_> {
         self.commit_recording()?;
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
-            self.upstream.stream.write_all(to_server).await.map_err(target_lost)?;
+            self.write_server(to_server).await?;
             to_server.clear();
         }
         if !to_client.is_empty() {
             self.record_server(to_client)?;
             self.bytes_out += to_client.len() as u64;
-            self.client.io.write_all(to_client).await.map_err(io_ended)?;
+            self.write_client(to_client).await?;
             to_client.clear();
         }
         Ok(())
@@ -2740,6 +2749,63 @@ impl Relay<'_> {
 /// and that many types, and nothing after them. A Parse the server would
 /// refuse before reading it as a statement (and so keep the unnamed statement
 /// it had) is not one the relay may take as the statement's new text.
+/// `None` while the projection still admits the session; otherwise why not.
+fn denial(gw: &Gateway, context: &SessionContext, connection: &ConnectionSpec) -> Option<String> {
+    let now = unix_now();
+    gw.projection.read(|t| {
+        let Some(state) = t.get(&context.tenant) else { return Some("the tenant is gone".to_owned()) };
+        let Some(current) = state.connections.get(&connection.id) else {
+            return Some(format!("connection {} was removed", connection.name));
+        };
+        state.denial(&context.principal, current, &context.role, now)
+    })
+}
+
+/// What a write that waits keeps an eye on.
+struct Watch<'a> {
+    gw: &'a Gateway,
+    context: &'a SessionContext,
+    connection: &'a ConnectionSpec,
+    shutdown: &'a CancellationToken,
+}
+
+/// How often a write that waits looks at the session's grant.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Writes all of `bytes` to `io`. A peer that stops reading (a client that
+/// stopped reading a long result, on purpose or not) holds the write, and
+/// with it the session's loop, which watches the grant between writes: while
+/// the write waits, the grant is looked at every `WATCH_EVERY` and the
+/// gateway's shutdown watched, and the session ends when either says so,
+/// whatever was left unwritten. A write that goes at once, as nearly all do,
+/// makes no timer.
+async fn write_watched<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    bytes: &[u8],
+    watch: Watch<'_>,
+) -> Result<std::io::Result<()>, Ended> {
+    let write = io.write_all(bytes);
+    tokio::pin!(write);
+    if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return Ok(written);
+    }
+    let shutting_down = watch.shutdown.cancelled();
+    tokio::pin!(shutting_down);
+    loop {
+        tokio::select! {
+            written = &mut write => return Ok(written),
+            () = &mut shutting_down => {
+                return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+            }
+            () = timers::sleep(WATCH_EVERY) => {
+                if let Some(why) = denial(watch.gw, watch.context, watch.connection) {
+                    return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                }
+            }
+        }
+    }
+}
+
 fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
     let name_len = memchr::memchr(0, body)?;
     let rest = body.get(name_len + 1..)?;
