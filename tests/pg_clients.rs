@@ -622,6 +622,38 @@ async fn a_failed_parse_leaves_no_mask_behind() {
     assert_eq!(seen, ["1", "2", "D:[redacted]", "C:SELECT 1"]);
 }
 
+/// A batch sent in pieces, as a driver's pipeline sends it: the server's error
+/// on the first piece arrives before the rest is sent. The server skips the
+/// rest up to the Sync; the masked session goes on, its later results masked.
+#[tokio::test]
+async fn a_masked_batch_sent_after_its_error_came_back_goes_on() {
+    let s = Stack::start().await;
+    let mut stream = raw_masked(&s).await;
+    stream
+        .write_all(&[parse("", "SELECT 1/0"), bind("", "", &[]), execute("", 0), message(b'H', &[])].concat())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|tag| *tag != b'E') {
+        seen.push(tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream)).await.unwrap().0);
+    }
+    assert_eq!(seen, b"1E", "ParseComplete, then the error (planning the Bind divides by zero)");
+    // The rest of the batch, which the server skips, then its Sync.
+    stream
+        .write_all(
+            &[parse("", "SELECT name FROM people WHERE id = 1"), bind("", "", &[]), execute("", 0), message(b'S', &[])]
+                .concat(),
+        )
+        .await
+        .unwrap();
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!((seen, status), (Vec::<String>::new(), b'I'));
+    // The next batch's rows are masked.
+    stream.write_all(&run_named("again", "SELECT name FROM people WHERE id = 1")).await.unwrap();
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "D:[redacted]", "C:SELECT 1"]);
+}
+
 #[tokio::test]
 async fn a_sync_sent_during_a_copy_does_not_shift_later_results() {
     let s = Stack::start().await;

@@ -63,6 +63,9 @@ pub struct Responses {
     pub dropping: bool,
     /// The result being relayed is a COPY in binary (its rows cannot be read).
     pub copy_binary: bool,
+    /// The server failed a batch whose Sync has not been forwarded yet: it
+    /// answers nothing the client sends until that Sync.
+    pub skipping: bool,
 }
 
 impl Responses {

@@ -1930,6 +1930,7 @@ impl Relay<'_> {
         let Some(r) = self.masking.as_mut() else { return };
         let (gw, context) = (self.gw, self.context);
         let mask_of = |sql: Option<&bytes::Bytes>| mask_for(gw, context, sql);
+        let owed_before = r.queue.len();
         match message {
             FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
             // Its mask is made with the rest of what the relay keeps of it (`track_parse`).
@@ -1956,6 +1957,11 @@ impl Relay<'_> {
             FrontendMessage::FunctionCall { .. } => r.queue.push_back(Expect::FunctionCall),
             _ => {}
         }
+        if r.skipping {
+            // The server failed this batch and skips to its Sync: nothing it
+            // answers. (A portal it bound, `in_flight` settles by batch.)
+            r.queue.truncate(owed_before);
+        }
     }
 
     /// Follows a Sync just forwarded: it owes a ReadyForQuery, before which
@@ -1965,6 +1971,7 @@ impl Relay<'_> {
         self.copy.forwarded(b'S', self.ready_owed + 1);
         if let Some(r) = &mut self.masking {
             r.queue.push_back(Expect::Sync);
+            r.skipping = false;
         }
         self.ready_owed += 1;
         if let Some(refusal) = self.refusal.take() {
@@ -2028,6 +2035,12 @@ impl Relay<'_> {
         let refused = |text: String| {
             Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, text).with_detail(format!("rule: {}", held.rule))
         };
+        // Listening for the client's cancel from now on: one sent while the
+        // review opens, or while the notice is written, is not missed.
+        let cancel_held = self.cancel_held.clone();
+        let cancelled = cancel_held.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
         let ctx = self.context;
         let opening = self.gw.control_plane.hold_command(
             ctx.tenant,
@@ -2090,10 +2103,9 @@ impl Relay<'_> {
                 tracing::info!(parent: self.span, review = %id, approved = outcome.is_ok(), "review decided");
                 return Ok(outcome);
             }
-            let cancelled = self.cancel_held.notified();
             let room = self.client.buf.len() < HELD_BUFFER_LIMIT;
             tokio::select! {
-                () = cancelled => {
+                () = &mut cancelled => {
                     tracing::info!(parent: self.span, review = %id, "a held statement was cancelled by the client");
                     self.withdraw(id);
                     let report = Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
@@ -2521,11 +2533,13 @@ impl Relay<'_> {
                 if tag == b'E' {
                     r.current = None;
                     r.copy_binary = false;
-                    // Outside a simple query, the server skips to the next Sync.
+                    // Outside a simple query, the server skips to the next Sync,
+                    // and so what the client sends until that Sync.
                     if !matches!(r.queue.front(), Some(Expect::Query(_) | Expect::FunctionCall)) {
                         while r.queue.front().is_some_and(|e| !matches!(e, Expect::Sync)) {
                             r.queue.pop_front();
                         }
+                        r.skipping = r.queue.is_empty();
                     }
                 }
                 // Outside any statement's result (a notice between statements): the
