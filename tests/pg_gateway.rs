@@ -411,6 +411,34 @@ async fn revocation_ends_a_session_whose_client_stopped_reading() {
     drop(stream);
 }
 
+/// A target that does not answer holds up the logins to it alone: while the
+/// gateway waits for its admin connection, a login to another target goes
+/// through.
+#[tokio::test]
+async fn a_target_that_does_not_answer_holds_up_no_other_targets_logins() {
+    let s = Stack::start().await;
+    // Takes the connection and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token = granted_at(&s, "silent", silent.local_addr().unwrap(), "agent-9").await;
+    let stuck = tokio::spawn({
+        let url = s.url("silent.readonly", &token);
+        async move { tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map(|_| ()) }
+    });
+    // The gateway is opening the silent target's admin connection.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept()).await.unwrap().unwrap();
+
+    let other = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    // Well inside the 10 s the silent target's login may take.
+    let client = tokio::time::timeout(Duration::from_secs(6), s.connect("pg.readonly", &other))
+        .await
+        .expect("a login waited for another target's admin connection")
+        .unwrap();
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    assert!(!stuck.is_finished(), "the silent target's login is still waiting");
+    stuck.abort();
+}
+
 /// A Flush opens no batch: a simple query after a lone one runs, as it does
 /// on Postgres, whether the gateway inspects the session's statements or not.
 #[tokio::test]

@@ -175,7 +175,9 @@ async fn start_postgres(
                 changed = changes.changed() => if changed.is_err() { return },
             }
         }
-        serving.sweep().await;
+        // Each target is swept before this run's first session role there.
+        let sweeping = serving.clone();
+        sessions.spawn(async move { sweeping.sweep().await });
         serving.serve(listener, cancel, sessions).await;
     });
     tracing::info!(%addr, "Postgres gateway listening");

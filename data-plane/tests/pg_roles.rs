@@ -57,6 +57,7 @@ fn spec(worker: &str, template: &str) -> SessionRoleSpec {
         worker_id: worker.to_owned(),
         template_role: template.to_owned(),
         valid_until: SystemTime::now() + Duration::from_millis(3_600_789),
+        run: String::new(),
     }
 }
 
@@ -104,7 +105,7 @@ impl Drop for Cleanup {
                 cfg.connect_timeout(Duration::from_secs(5));
                 if let Ok(m) = RoleManager::connect(cfg, TlsChoice::Disable).await {
                     for w in &workers {
-                        let _ = m.sweep(w).await;
+                        let _ = m.sweep(w, "").await;
                     }
                 }
                 if let Ok((client, conn)) = tokio_postgres::connect(&url, NoTls).await {
@@ -537,7 +538,7 @@ async fn sweep_after_a_crash_drops_this_workers_roles_and_leaves_another_workers
     let restarted = manager(&db).await;
     let mut expected = vec![mine_a.name.clone(), mine_b.name.clone()];
     expected.sort();
-    assert_eq!(restarted.sweep(&me).await.unwrap(), expected);
+    assert_eq!(restarted.sweep(&me, "").await.unwrap(), expected);
     assert!(!role_exists(&admin, &mine_a.name).await);
     assert!(!role_exists(&admin, &mine_b.name).await);
     assert!(live.simple_query("SELECT 1").await.is_err(), "the leftover session was ended");
@@ -545,9 +546,36 @@ async fn sweep_after_a_crash_drops_this_workers_roles_and_leaves_another_workers
     assert!(login(&db, &theirs).await.is_ok(), "and still usable");
 
     // Sweeping again finds nothing; the other worker's own sweep finds its role.
-    assert!(restarted.sweep(&me).await.unwrap().is_empty());
-    assert_eq!(restarted.sweep(&other).await.unwrap(), vec![theirs.name.clone()]);
+    assert!(restarted.sweep(&me, "").await.unwrap().is_empty());
+    assert_eq!(restarted.sweep(&other, "").await.unwrap(), vec![theirs.name.clone()]);
     assert!(!airlock_roles(&admin).await.iter().any(|r| [&mine_a.name, &mine_b.name, &theirs.name].contains(&r)));
+}
+
+/// A worker sweeps a target when it first needs it, while it serves: the
+/// roles of its own run (live sessions) are left, an earlier run's go.
+#[tokio::test]
+async fn a_sweep_leaves_the_roles_of_its_own_run() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    let me = cleanup.worker();
+    let roles = manager(&db).await;
+    let in_run = |run: &str| {
+        let mut spec = spec(&me, &template);
+        run.clone_into(&mut spec.run);
+        spec
+    };
+    let earlier = roles.create_session_role(&in_run("0a")).await.unwrap();
+    let unmarked = roles.create_session_role(&in_run("")).await.unwrap();
+    let now = roles.create_session_role(&in_run("0b")).await.unwrap();
+
+    let mut expected = vec![earlier.name.clone(), unmarked.name.clone()];
+    expected.sort();
+    assert_eq!(roles.sweep(&me, "0b").await.unwrap(), expected);
+    assert!(role_exists(&admin, &now.name).await, "this run's role is left");
+    assert_eq!(roles.sweep(&me, "0c").await.unwrap(), vec![now.name.clone()], "a later run sweeps it");
+    assert!(matches!(roles.create_session_role(&in_run("NOT-HEX")).await, Err(RoleError::InvalidWorkerId(_))));
 }
 
 #[tokio::test]
@@ -629,7 +657,7 @@ async fn hostile_template_names_are_quoted_never_executed() {
     assert!(matches!(roles.create_session_role(&s).await, Err(RoleError::InvalidWorkerId(_))));
     s.worker_id = "w'1".into();
     assert!(matches!(roles.create_session_role(&s).await, Err(RoleError::InvalidWorkerId(_))));
-    assert!(matches!(roles.sweep("").await, Err(RoleError::InvalidWorkerId(_))));
+    assert!(matches!(roles.sweep("", "").await, Err(RoleError::InvalidWorkerId(_))));
 }
 
 #[tokio::test]
@@ -804,7 +832,7 @@ async fn objects_in_another_database_are_reported_and_do_not_block_the_sweep() {
         .get(0);
     assert_eq!(members, 0, "a failed drop leaves no one a member of the role (the admin took it only to drop it)");
 
-    match roles.sweep(&worker).await.unwrap_err() {
+    match roles.sweep(&worker, "").await.unwrap_err() {
         RoleError::SweepIncomplete { dropped, failed } => {
             assert_eq!(dropped, vec![plain.name.clone()]);
             assert_eq!(failed.len(), 1);

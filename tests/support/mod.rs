@@ -132,7 +132,7 @@ pub fn drop_roles(url: &str, worker: &str, templates: &[String]) {
             if let Ok(config) = url.parse::<tokio_postgres::Config>() {
                 use airlock_data_plane::postgres::roles::{RoleManager, TlsChoice};
                 if let Ok(manager) = RoleManager::connect(config, TlsChoice::Disable).await {
-                    let _ = manager.sweep(&worker).await;
+                    let _ = manager.sweep(&worker, "").await;
                 }
             }
             let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else { return };

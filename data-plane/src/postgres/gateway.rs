@@ -97,8 +97,10 @@ pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 128;
 /// IPv6 clients count by their /64 (`GatewayOptions::login_ipv6_prefix`).
 pub const DEFAULT_LOGIN_IPV6_PREFIX: u8 = 64;
 
-/// A target's admin connections, with the credential version they log in with.
-type AdminConnection = (u64, Arc<RoleManager>);
+/// A target's admin connections, with the credential version they log in
+/// with: opened by the first login that needs them, while the others wait for
+/// that target alone.
+type AdminConnection = (u64, Arc<tokio::sync::OnceCell<Arc<RoleManager>>>);
 
 /// Where a connection points. Admin connections and catalogs are kept per
 /// target: an update that points the connection elsewhere (another address,
@@ -153,6 +155,9 @@ pub(crate) struct Undropped {
 type VersionedSaltCache = (u64, Arc<SaltCache>);
 
 pub struct Gateway {
+    /// This run of the worker: random at each start, written in the comment of
+    /// each session role made, so that a sweep (`open_admin`) leaves them.
+    pub(crate) run: String,
     pub(crate) projection: Arc<Projection>,
     pub(crate) verifier: Verifier,
     pub(crate) control_plane: GrpcSource,
@@ -304,6 +309,7 @@ impl Gateway {
         bus: Arc<dyn airlock_proto::bus::Bus>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            run: format!("{:032x}", rand::random::<u128>()),
             projection,
             verifier,
             control_plane,
@@ -592,7 +598,10 @@ impl Gateway {
             let spec = |tenant: &TenantId, id: &ConnectionId| t.get(tenant).and_then(|s| s.connections.get(id));
             let current = |(tenant, id, target): &AtTarget| spec(tenant, id).is_some_and(|c| target.is_where(c));
             let before = admins.len();
-            admins.retain(|key, (_, manager)| current(key) || Arc::strong_count(manager) > 1);
+            // Kept while a login opens it (holding the cell) or a session holds it.
+            admins.retain(|key, (_, cell)| {
+                current(key) || Arc::strong_count(cell) > 1 || cell.get().is_some_and(|m| Arc::strong_count(m) > 1)
+            });
             catalogs.retain(|key, catalog| current(key) || Arc::strong_count(catalog) > 1);
             let in_use = |(tenant, id): &(TenantId, ConnectionId)| {
                 spec(tenant, id).is_some() || admins.keys().any(|(t, c, _)| t == tenant && c == id)
@@ -779,12 +788,49 @@ impl Gateway {
     ) -> anyhow::Result<Arc<RoleManager>> {
         let credential = self.credential(tenant, spec).await?;
         let key = (tenant, spec.id, Target::of(spec));
-        let mut admins = self.admins.lock().await;
-        if let Some((version, manager)) = admins.get(&key)
-            && *version == credential.version
-        {
-            return Ok(manager.clone());
+        // Held only to find the target's cell: opening its connections (up to
+        // `connect_timeout` for a target that does not answer) holds up logins
+        // to that target, not every tenant's.
+        let cell = {
+            let mut admins = self.admins.lock().await;
+            match admins.get(&key) {
+                Some((version, cell)) if *version == credential.version => cell.clone(),
+                // One of an older credential closes once no session holds it.
+                _ => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    admins.insert(key, (credential.version, cell.clone()));
+                    cell
+                }
+            }
+        };
+        let manager = cell.get_or_try_init(|| self.open_admin(spec, &credential)).await?;
+        Ok(manager.clone())
+    }
+
+    /// Opens the admin connections of `spec`'s target with `credential`, and
+    /// sweeps the target before any session of this run makes a role there:
+    /// the session roles of this worker's earlier runs (a crash, a kill -9),
+    /// and any worker's whose grant has ended (a worker that never came back
+    /// under the same id). A sweep that fails is logged; sessions go on.
+    async fn open_admin(&self, spec: &ConnectionSpec, credential: &Credential) -> anyhow::Result<Arc<RoleManager>> {
+        let manager = self.connect_admin(spec, credential).await?;
+        let swept = async {
+            let mut dropped = manager.sweep(&self.options.worker_id, &self.run).await?;
+            dropped.extend(manager.sweep_expired().await?);
+            anyhow::Ok(dropped)
         }
+        .await;
+        match swept {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(connection = %spec.name, dropped = dropped.len(), "removed session roles left by an earlier run");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(connection = %spec.name, "failed to sweep leftover session roles: {e:#}"),
+        }
+        Ok(manager)
+    }
+
+    async fn connect_admin(&self, spec: &ConnectionSpec, credential: &Credential) -> anyhow::Result<Arc<RoleManager>> {
         let (host, port) = split_address(&spec.address)?;
         let mut config = tokio_postgres::Config::new();
         config
@@ -799,14 +845,12 @@ impl Gateway {
         let tls = admin_tls(spec, roots, &mut config)?;
         let manager =
             self.runtime.spawn(RoleManager::with_connections(config, tls, self.options.admin_connections)).await??;
-        let manager = Arc::new(manager);
-        // One of an older credential closes once no session holds it.
-        admins.insert(key, (credential.version, manager.clone()));
-        Ok(manager)
+        Ok(Arc::new(manager))
     }
 
-    /// Drops the session roles this worker left behind (a crash, a kill -9)
-    /// and any whose grant has ended: run once the projection is loaded.
+    /// Sweeps every target a connection makes session roles on, all at once
+    /// (see `open_admin`): started with the gateway, which serves meanwhile; a
+    /// session waits only for the sweep of its own target.
     pub async fn sweep(&self) {
         let targets: Vec<(TenantId, ConnectionSpec)> = self.projection.read(|t| {
             t.created()
@@ -814,24 +858,12 @@ impl Gateway {
                 .filter(|(_, c)| c.credential_mode == CredentialMode::SessionRole)
                 .collect()
         });
-        for (tenant, spec) in targets {
-            // This worker's leftovers, and any worker's whose grant has ended (a
-            // worker that never came back under the same id).
-            let swept = async {
-                let manager = self.role_manager(tenant, &spec).await?;
-                let mut dropped = manager.sweep(&self.options.worker_id).await?;
-                dropped.extend(manager.sweep_expired().await?);
-                anyhow::Ok(dropped)
+        let sweeps = targets.iter().map(|(tenant, spec)| async move {
+            if let Err(e) = self.role_manager(*tenant, spec).await {
+                tracing::warn!(connection = %spec.name, "failed to reach the target to sweep its session roles: {e:#}");
             }
-            .await;
-            match swept {
-                Ok(dropped) if !dropped.is_empty() => {
-                    tracing::info!(connection = %spec.name, dropped = dropped.len(), "removed session roles left by an earlier run");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(connection = %spec.name, "failed to sweep leftover session roles: {e:#}"),
-            }
-        }
+        });
+        futures::future::join_all(sweeps).await;
     }
 }
 

@@ -60,6 +60,13 @@ pub const ROLE_PREFIX: &str = "airlock_";
 /// credential — is refused by the server while the session is live.
 pub const SESSION_CONNECTION_LIMIT: u32 = 1;
 
+/// How long what the gateway sends on an admin connection may go unacknowledged
+/// by the target before the connection fails (`TCP_USER_TIMEOUT`). Admin calls
+/// send a statement and read its answer; the target's kernel acknowledges
+/// within a round trip even while the statement runs.
+#[cfg(target_os = "linux")]
+const ADMIN_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long `drop_session_role` waits for each terminated backend to exit, so
 /// that its locks and temporary objects are gone before the role is dropped.
 const TERMINATE_WAIT_MS: i64 = 5_000;
@@ -165,6 +172,10 @@ pub struct SessionRoleSpec {
     pub template_role: String,
     /// The grant's end; the role's `VALID UNTIL` (truncated to the second).
     pub valid_until: SystemTime,
+    /// This run of the worker (random at each start, `[0-9a-f]`, at most 32
+    /// chars; empty for none): a sweep of the same run leaves the role
+    /// (`sweep`).
+    pub run: String,
 }
 
 /// A created session role and the password to log in as it.
@@ -357,6 +368,7 @@ impl RoleManager {
     /// files or programs.
     pub async fn create_session_role(&self, spec: &SessionRoleSpec) -> Result<SessionRole, RoleError> {
         validate_worker_id(&spec.worker_id)?;
+        validate_run(&spec.run)?;
         validate_template_name(&spec.template_role)?;
         let until = rfc3339_utc(spec.valid_until)?;
         if spec.valid_until <= SystemTime::now() {
@@ -382,7 +394,7 @@ impl RoleManager {
         let comment = format!(
             "COMMENT ON ROLE {role} IS {text}",
             role = quote_ident(&name),
-            text = quote_literal(&role_comment(&spec.worker_id, spec.session_id, &until)),
+            text = quote_literal(&role_comment(&spec.worker_id, &spec.run, spec.session_id, &until)),
         );
 
         let mut client = self.client().await?;
@@ -494,12 +506,14 @@ impl RoleManager {
     }
 
     /// Drops every session role whose comment says it was made by `worker_id`
-    /// (run on a worker's start, for the roles a crash left behind). Roles of
-    /// other workers are left alone. Returns the names dropped; if some could
-    /// not be dropped, the others still are and the error
+    /// in another run than `run` (for the roles a crash or a kill -9 left
+    /// behind; the roles of `run`, this one, belong to live sessions). Roles
+    /// of other workers are left alone. Returns the names dropped; if some
+    /// could not be dropped, the others still are and the error
     /// ([`RoleError::SweepIncomplete`]) lists both.
-    pub async fn sweep(&self, worker_id: &str) -> Result<Vec<String>, RoleError> {
+    pub async fn sweep(&self, worker_id: &str, run: &str) -> Result<Vec<String>, RoleError> {
         validate_worker_id(worker_id)?;
+        validate_run(run)?;
         let mut client = self.client().await?;
         let rows = client
             .query(
@@ -513,7 +527,9 @@ impl RoleManager {
         for row in rows {
             let name: String = row.try_get(0).map_err(|e| db_error("listing session roles", &e))?;
             let comment: Option<String> = row.try_get(1).map_err(|e| db_error("listing session roles", &e))?;
-            if comment.as_deref().and_then(comment_worker) == Some(worker_id) && is_session_role_name(&name) {
+            let Some(comment) = comment else { continue };
+            let this_run = !run.is_empty() && comment_word(&comment, "run=") == Some(run);
+            if comment_word(&comment, "worker=") == Some(worker_id) && !this_run && is_session_role_name(&name) {
                 mine.push(name);
             }
         }
@@ -620,6 +636,14 @@ async fn open(config: &tokio_postgres::Config, tls: &TlsChoice) -> Result<Client
         let stream = upstream::open_stream(&address, within, connector, mode == SslMode::Prefer)
             .await
             .map_err(|e| RoleError::Connect(e.to_string()))?;
+        // A target that vanished (its address black-holed after a failover)
+        // fails the call within this, instead of the 15 minutes or so of TCP's
+        // retransmissions: a session's role is made or its drop queued, and
+        // the admin connection is replaced.
+        #[cfg(target_os = "linux")]
+        socket2::SockRef::from(stream.tcp())
+            .set_tcp_user_timeout(Some(ADMIN_USER_TIMEOUT))
+            .map_err(|e| RoleError::Connect(format!("setting the admin socket's user timeout: {e}")))?;
         let trusted = stream.may_carry_cleartext(names_checked);
         let binding = stream.tls_server_end_point();
         let tls = stream.is_tls();
@@ -839,18 +863,28 @@ fn random_password() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// `airlock worker=<id> session=<uuid> until=<rfc3339>`.
-fn role_comment(worker_id: &str, session_id: uuid::Uuid, until: &str) -> String {
-    format!("airlock worker={worker_id} session={} until={until}", session_id.hyphenated())
+/// `airlock worker=<id> [run=<run>] session=<uuid> until=<rfc3339>`.
+fn role_comment(worker_id: &str, run: &str, session_id: uuid::Uuid, until: &str) -> String {
+    let run = if run.is_empty() { String::new() } else { format!(" run={run}") };
+    format!("airlock worker={worker_id}{run} session={} until={until}", session_id.hyphenated())
 }
 
-/// The worker id in a role comment written by [`role_comment`], if any.
-fn comment_worker(comment: &str) -> Option<&str> {
+/// The value of `key` (`worker=`, `run=`) in a role comment written by
+/// [`role_comment`], if any.
+fn comment_word<'a>(comment: &'a str, key: &str) -> Option<&'a str> {
     let mut words = comment.split_ascii_whitespace();
     if words.next() != Some("airlock") {
         return None;
     }
-    words.find_map(|w| w.strip_prefix("worker="))
+    words.find_map(|w| w.strip_prefix(key))
+}
+
+/// A run's id: lowercase hex, at most 32 chars (a role's comment carries it).
+fn validate_run(run: &str) -> Result<(), RoleError> {
+    if run.len() > 32 || !run.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(RoleError::InvalidWorkerId("a run id is up to 32 lowercase hex digits"));
+    }
+    Ok(())
 }
 
 fn validate_worker_id(worker_id: &str) -> Result<(), RoleError> {
@@ -1193,9 +1227,15 @@ mod tests {
     #[test]
     fn comments_and_ids() {
         let id = uuid::Uuid::new_v4();
-        let c = role_comment("worker-1", id, "2030-01-01T00:00:00Z");
-        assert_eq!(comment_worker(&c), Some("worker-1"));
-        assert_eq!(comment_worker("worker=worker-1"), None);
+        let c = role_comment("worker-1", "", id, "2030-01-01T00:00:00Z");
+        assert_eq!(comment_word(&c, "worker="), Some("worker-1"));
+        assert_eq!(comment_word(&c, "run="), None);
+        assert_eq!(comment_word("worker=worker-1", "worker="), None);
+        let c = role_comment("worker-1", "0a1b", id, "2030-01-01T00:00:00Z");
+        assert_eq!((comment_word(&c, "worker="), comment_word(&c, "run=")), (Some("worker-1"), Some("0a1b")));
+        assert!(validate_run("").is_ok() && validate_run("0123456789abcdef0123456789abcdef").is_ok());
+        assert!(validate_run("0123456789abcdef0123456789abcdef0").is_err());
+        assert!(validate_run("ABC").is_err() && validate_run("a b").is_err() && validate_run("x'").is_err());
         assert!(validate_worker_id("w-1.a:b_c").is_ok());
         assert!(validate_worker_id("w 1").is_err());
         assert!(validate_worker_id("").is_err());

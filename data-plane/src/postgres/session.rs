@@ -346,6 +346,7 @@ async fn admitted_session(
                     worker_id: gw.options.worker_id.clone(),
                     template_role: template,
                     valid_until: unix_to_system(admitted.grant.expires_at_unix),
+                    run: gw.run.clone(),
                 };
                 let role = manager.create_session_role(&spec).await.map_err(|e| {
                     tracing::error!("failed to create a session role on {}: {e}", admitted.connection.name);

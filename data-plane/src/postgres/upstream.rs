@@ -165,6 +165,14 @@ impl UpstreamStream {
         matches!(self, UpstreamStream::Tls(_))
     }
 
+    /// The TCP socket under it.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(tcp) => tcp,
+            UpstreamStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
     /// Whether a stored password (the static credential's, the admin
     /// credential's) may go over this stream in cleartext: to a target on this
     /// machine, or over TLS that checked the certificate for the target's name.

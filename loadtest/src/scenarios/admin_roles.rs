@@ -132,6 +132,7 @@ async fn churn(
                     worker_id: worker.clone(),
                     template_role: template.clone(),
                     valid_until: SystemTime::now() + Duration::from_secs(600),
+                    run: String::new(),
                 };
                 let role = roles.create_session_role(&spec).await?;
                 roles.drop_session_role(&role.name).await?;
