@@ -748,5 +748,31 @@ fn fuzz_corpora_replay_without_panic() {
         }
         seen += 1;
     }
+    // As `fuzz/fuzz_targets/pg_startup_settings.rs` does.
+    for entry in std::fs::read_dir(root.join("pg_startup_settings")).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let mut parts = data.split(|b| *b == 0);
+        let mut params = Vec::new();
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            params.push((name.to_vec(), value.to_vec()));
+        }
+        let made = airlock_data_plane::postgres::startup_settings::settings(&params);
+        if path.ends_with("libpq_options") {
+            let statements: Vec<_> = made.unwrap().into_iter().map(|s| s.statement).collect();
+            assert_eq!(
+                statements,
+                [
+                    "SET role TO 'admin'",
+                    "SET search_path TO 'a b'",
+                    "SET statement_timeout TO '5s'",
+                    "SET search_path TO 'it''s, public'"
+                ]
+            );
+        } else {
+            assert!(made.is_err(), "{}", path.display());
+        }
+        seen += 1;
+    }
     assert!(seen > 0, "no seeds found under {}", root.display());
 }

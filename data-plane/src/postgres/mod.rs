@@ -15,7 +15,7 @@ pub mod protocol;
 pub mod roles;
 pub mod scram;
 mod session;
-mod startup_settings;
+pub mod startup_settings;
 mod statements;
 mod timers;
 pub mod tls;

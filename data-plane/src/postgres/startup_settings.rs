@@ -19,20 +19,20 @@ const PRESENTATION: &[&str] =
     &["application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits", "intervalstyle"];
 
 /// A startup parameter or setting: its name and value, as bytes.
-type Param = (Vec<u8>, Vec<u8>);
+pub type Param = (Vec<u8>, Vec<u8>);
 
 /// A setting the hook is asked about: the name as the client gave it and the
 /// statement it amounts to.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Setting {
-    pub(crate) name: String,
-    pub(crate) statement: Bytes,
+pub struct Setting {
+    pub name: String,
+    pub statement: Bytes,
 }
 
 /// The settings of forwarded startup parameters (`user`, `database` and
 /// `replication` already taken out) that the hook is asked about, or why the
 /// login cannot go on.
-pub(crate) fn settings(params: &[Param]) -> Result<Vec<Setting>, String> {
+pub fn settings(params: &[Param]) -> Result<Vec<Setting>, String> {
     let mut out = Vec::new();
     for (name, value) in params {
         if name == b"options" {
