@@ -439,6 +439,24 @@ async fn a_target_that_does_not_answer_holds_up_no_other_targets_logins() {
     stuck.abort();
 }
 
+/// A second connection to the same target is swept when the gateway first
+/// opens its admin connections, while a session through the first one runs:
+/// that session's role is this run's, and is left.
+#[tokio::test]
+async fn a_sweep_while_serving_leaves_the_live_sessions_roles() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+
+    let other = granted_at(&s, "pg-again", POSTGRES.parse().unwrap(), "agent-9").await;
+    let second = s.connect("pg-again.readonly", &other).await.unwrap();
+    second.query_one("SELECT 1", &[]).await.unwrap();
+    client.query_one("SELECT 1", &[]).await.expect("the first session goes on");
+    assert!(s.session_roles().await.contains(&role), "the live session's role was swept");
+}
+
 /// A Flush opens no batch: a simple query after a lone one runs, as it does
 /// on Postgres, whether the gateway inspects the session's statements or not.
 #[tokio::test]

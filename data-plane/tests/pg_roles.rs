@@ -474,28 +474,40 @@ async fn an_admin_without_superuser_drops_a_live_role_and_hands_its_objects_to_t
     assert!(!admin_is_member, "the admin's membership went with the role");
 }
 
-/// A session role someone made a member of a second role by hand has no one
-/// template to hand its objects to: it is left NOLOGIN, and the error says why.
+/// A session role that joined a second role (its template may grant one)
+/// still hands what it owns to the template its comment names, and goes. One
+/// whose comment names none (made before comments did) and that has two
+/// memberships has no one template: it is left NOLOGIN, and the error says why.
 #[tokio::test]
-async fn a_role_with_two_memberships_is_left_nologin() {
+async fn a_role_with_two_memberships_goes_to_the_template_it_was_made_for() {
     let db = TestDb::create().await.unwrap();
     let mut cleanup = Cleanup::new(&db);
     let admin = admin(&db).await;
     let template = cleanup.template(&admin, "").await;
     let other = cleanup.template(&admin, "").await;
+    admin.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}", quote(&other))).await.unwrap();
     let roles = manager(&db).await;
     let role = roles.create_session_role(&spec(&cleanup.worker(), &template)).await.unwrap();
     admin.batch_execute(&format!("GRANT {} TO {}", quote(&other), quote(&role.name))).await.unwrap();
+    login(&db, &role).await.unwrap().batch_execute("CREATE TABLE joined (x int)").await.unwrap();
+    roles.drop_session_role(&role.name).await.unwrap();
+    assert!(!role_exists(&admin, &role.name).await);
+    let owner: String =
+        admin.query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'joined'", &[]).await.unwrap().get(0);
+    assert_eq!(owner, template);
 
-    let err = roles.drop_session_role(&role.name).await.unwrap_err();
+    let unnamed = roles.create_session_role(&spec(&cleanup.worker(), &template)).await.unwrap();
+    admin.batch_execute(&format!("GRANT {} TO {}", quote(&other), quote(&unnamed.name))).await.unwrap();
+    admin.batch_execute(&format!("COMMENT ON ROLE {} IS NULL", quote(&unnamed.name))).await.unwrap();
+    let err = roles.drop_session_role(&unnamed.name).await.unwrap_err();
     assert!(matches!(err, RoleError::NoSingleTemplate { found: 2, .. }), "{err}");
     assert!(err.to_string().contains("member of 2 roles"), "{err}");
     let can_login: bool =
-        admin.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&role.name]).await.unwrap().get(0);
+        admin.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&unnamed.name]).await.unwrap().get(0);
     assert!(!can_login, "left NOLOGIN");
-    admin.batch_execute(&format!("REVOKE {} FROM {}", quote(&other), quote(&role.name))).await.unwrap();
-    roles.drop_session_role(&role.name).await.unwrap();
-    assert!(!role_exists(&admin, &role.name).await);
+    admin.batch_execute(&format!("REVOKE {} FROM {}", quote(&other), quote(&unnamed.name))).await.unwrap();
+    roles.drop_session_role(&unnamed.name).await.unwrap();
+    assert!(!role_exists(&admin, &unnamed.name).await);
 }
 
 #[tokio::test]

@@ -794,7 +794,8 @@ impl Gateway {
         let cell = {
             let mut admins = self.admins.lock().await;
             match admins.get(&key) {
-                Some((version, cell)) if *version == credential.version => cell.clone(),
+                // (One of a newer credential than a login read serves it too.)
+                Some((version, cell)) if *version >= credential.version => cell.clone(),
                 // One of an older credential closes once no session holds it.
                 _ => {
                     let cell = Arc::new(tokio::sync::OnceCell::new());

@@ -394,7 +394,8 @@ impl RoleManager {
         let comment = format!(
             "COMMENT ON ROLE {role} IS {text}",
             role = quote_ident(&name),
-            text = quote_literal(&role_comment(&spec.worker_id, &spec.run, spec.session_id, &until)),
+            text =
+                quote_literal(&role_comment(&spec.worker_id, &spec.run, spec.session_id, &until, &spec.template_role)),
         );
 
         let mut client = self.client().await?;
@@ -419,8 +420,9 @@ impl RoleManager {
     /// for them to exit), what it owns in this database reassigned to its
     /// template, its remaining privileges here dropped, then the role. Dropping
     /// a role that does not exist is Ok. Only names shaped like session roles
-    /// are accepted. A role that is not a member of exactly one role (changed
-    /// by hand) is left NOLOGIN ([`RoleError::NoSingleTemplate`]).
+    /// are accepted. The template is the one its comment names; a role whose
+    /// comment names none (made before comments did) and that is a member of
+    /// several roles is left NOLOGIN ([`RoleError::NoSingleTemplate`]).
     ///
     /// `REASSIGN OWNED` and `DROP OWNED` act on the current database only (the
     /// connection's database); if the role owns objects or holds privileges in
@@ -791,7 +793,8 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
     // changed it by hand.
     let row = client
         .query_opt(
-            "SELECT coalesce(array_agg(DISTINCT t.rolname::text) FILTER (WHERE t.rolname IS NOT NULL), '{}') \
+            "SELECT coalesce(array_agg(DISTINCT t.rolname::text) FILTER (WHERE t.rolname IS NOT NULL), '{}'), \
+                    shobj_description(r.oid, 'pg_authid') \
              FROM pg_roles r LEFT JOIN pg_auth_members m ON m.member = r.oid LEFT JOIN pg_roles t ON t.oid = m.roleid \
              WHERE r.rolname = $1 GROUP BY r.oid",
             &[&name],
@@ -800,6 +803,15 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         .map_err(|e| db_error("looking up the session role", &e))?;
     let Some(row) = row else { return Ok(()) };
     let templates: Vec<String> = row.try_get(0).map_err(|e| db_error("looking up the session role", &e))?;
+    let comment: Option<String> = row.try_get(1).map_err(|e| db_error("looking up the session role", &e))?;
+    // The template it was made a member of, as its comment names it: a session
+    // whose template may grant other roles may have joined them too. (Roles
+    // made before comments named it: their one membership.)
+    let named = comment.as_deref().and_then(comment_template).filter(|t| templates.contains(t));
+    let template = named.or_else(|| match templates.as_slice() {
+        [only] => Some(only.clone()),
+        _ => None,
+    });
     let role = quote_ident(name);
     // 1. No new logins (also stops a client that has the password
     //    reconnecting), committed before anything else.
@@ -808,7 +820,7 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
         Err(e) => return Err(db_error("disabling the session role's login", &e)),
     }
-    let [template] = templates.as_slice() else {
+    let Some(template) = template else {
         // Left NOLOGIN; its backends are ended where the admin may end them
         // without taking its privileges (a superuser).
         let _ = client.query(TERMINATE, &[&name, &TERMINATE_WAIT_MS]).await;
@@ -839,7 +851,7 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         timeout = quote_literal(DROP_LOCK_TIMEOUT),
         wait = TERMINATE_WAIT_MS,
         literal = quote_literal(name),
-        template = quote_ident(template),
+        template = quote_ident(&template),
     );
     match client.batch_execute(&statements).await {
         Ok(()) => {}
@@ -863,10 +875,21 @@ fn random_password() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// `airlock worker=<id> [run=<run>] session=<uuid> until=<rfc3339>`.
-fn role_comment(worker_id: &str, run: &str, session_id: uuid::Uuid, until: &str) -> String {
+/// `airlock worker=<id> [run=<run>] session=<uuid> until=<rfc3339>
+/// template=<the template's name in hex>`.
+fn role_comment(worker_id: &str, run: &str, session_id: uuid::Uuid, until: &str, template: &str) -> String {
     let run = if run.is_empty() { String::new() } else { format!(" run={run}") };
-    format!("airlock worker={worker_id}{run} session={} until={until}", session_id.hyphenated())
+    format!(
+        "airlock worker={worker_id}{run} session={} until={until} template={}",
+        session_id.hyphenated(),
+        hex::encode(template)
+    )
+}
+
+/// The template a role comment names, if any.
+fn comment_template(comment: &str) -> Option<String> {
+    let bytes = hex::decode(comment_word(comment, "template=")?).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The value of `key` (`worker=`, `run=`) in a role comment written by
@@ -1227,11 +1250,13 @@ mod tests {
     #[test]
     fn comments_and_ids() {
         let id = uuid::Uuid::new_v4();
-        let c = role_comment("worker-1", "", id, "2030-01-01T00:00:00Z");
+        let c = role_comment("worker-1", "", id, "2030-01-01T00:00:00Z", "app readonly \"x\"");
         assert_eq!(comment_word(&c, "worker="), Some("worker-1"));
         assert_eq!(comment_word(&c, "run="), None);
+        assert_eq!(comment_template(&c).as_deref(), Some("app readonly \"x\""));
+        assert_eq!(comment_template("airlock worker=w template=zz"), None);
         assert_eq!(comment_word("worker=worker-1", "worker="), None);
-        let c = role_comment("worker-1", "0a1b", id, "2030-01-01T00:00:00Z");
+        let c = role_comment("worker-1", "0a1b", id, "2030-01-01T00:00:00Z", "t");
         assert_eq!((comment_word(&c, "worker="), comment_word(&c, "run=")), (Some("worker-1"), Some("0a1b")));
         assert!(validate_run("").is_ok() && validate_run("0123456789abcdef0123456789abcdef").is_ok());
         assert!(validate_run("0123456789abcdef0123456789abcdef0").is_err());

@@ -2759,11 +2759,6 @@ impl Relay<'_> {
     }
 }
 
-/// The lengths of a Parse body's statement name and text, when the body is
-/// laid out as Postgres reads it: the two strings, a count of parameter types
-/// and that many types, and nothing after them. A Parse the server would
-/// refuse before reading it as a statement (and so keep the unnamed statement
-/// it had) is not one the relay may take as the statement's new text.
 /// `None` while the projection still admits the session; otherwise why not.
 fn denial(gw: &Gateway, context: &SessionContext, connection: &ConnectionSpec) -> Option<String> {
     let now = unix_now();
@@ -2790,10 +2785,10 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Writes all of `bytes` to `io`. A peer that stops reading (a client that
 /// stopped reading a long result, on purpose or not) holds the write, and
 /// with it the session's loop, which watches the grant between writes: while
-/// the write waits, the grant is looked at every `WATCH_EVERY` and the
-/// gateway's shutdown watched, and the session ends when either says so,
-/// whatever was left unwritten. A write that goes at once, as nearly all do,
-/// makes no timer.
+/// the write waits, the grant and the gateway's shutdown are looked at every
+/// `WATCH_EVERY`, and the session ends when either says so, whatever was left
+/// unwritten. A write that goes at once, as nearly all do, makes no timer; one
+/// that waits registers with nothing shared but the timer.
 async fn write_watched<W: AsyncWrite + Unpin>(
     io: &mut W,
     bytes: &[u8],
@@ -2804,15 +2799,13 @@ async fn write_watched<W: AsyncWrite + Unpin>(
     if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         return Ok(written);
     }
-    let shutting_down = watch.shutdown.cancelled();
-    tokio::pin!(shutting_down);
     loop {
         tokio::select! {
             written = &mut write => return Ok(written),
-            () = &mut shutting_down => {
-                return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
-            }
             () = timers::sleep(WATCH_EVERY) => {
+                if watch.shutdown.is_cancelled() {
+                    return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                }
                 if let Some(why) = denial(watch.gw, watch.context, watch.connection) {
                     return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
                 }
@@ -2821,6 +2814,11 @@ async fn write_watched<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The lengths of a Parse body's statement name and text, when the body is
+/// laid out as Postgres reads it: the two strings, a count of parameter types
+/// and that many types, and nothing after them. A Parse the server would
+/// refuse before reading it as a statement (and so keep the unnamed statement
+/// it had) is not one the relay may take as the statement's new text.
 fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
     let name_len = memchr::memchr(0, body)?;
     let rest = body.get(name_len + 1..)?;

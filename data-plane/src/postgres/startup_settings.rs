@@ -73,15 +73,26 @@ fn push(out: &mut Vec<Setting>, name: &[u8], value: &[u8]) -> Result<(), String>
 /// `--name=value`, a `-` in the name read as `_`. Any other switch is refused:
 /// the gateway would not know what it sets.
 fn options(value: &[u8]) -> Result<Vec<Param>, String> {
+    // Postgres splits with C's isspace, which counts \v and \f (Rust's
+    // `is_ascii_whitespace` does not: a vertical tab would hide a second
+    // setting inside the first), and in some locales bytes above ASCII: those,
+    // and other control bytes, are refused rather than guessed at.
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    if let Some(b) = value.iter().find(|b| !space(b) && (b.is_ascii_control() || !b.is_ascii())) {
+        return Err(format!(
+            "the startup parameter options holds the byte 0x{b:02x}, which the gateway cannot split as the \
+             server would"
+        ));
+    }
     let mut words: Vec<Vec<u8>> = Vec::new();
     let mut rest = value.iter().copied().peekable();
     loop {
-        while rest.next_if(u8::is_ascii_whitespace).is_some() {}
+        while rest.next_if(space).is_some() {}
         if rest.peek().is_none() {
             break;
         }
         let mut word = Vec::new();
-        while let Some(b) = rest.next_if(|b| !b.is_ascii_whitespace()) {
+        while let Some(b) = rest.next_if(|b| !space(b)) {
             if b == b'\\' {
                 match rest.next() {
                     Some(escaped) => word.push(escaped),
@@ -187,5 +198,22 @@ mod tests {
         }
         let err = settings(&[(b"role".to_vec(), vec![0xff])]).unwrap_err();
         assert!(err.contains("not UTF-8"), "{err}");
+        for hidden in [&b"\x01"[..], b"\xa0", b"\x7f"] {
+            let value = [&b"-capplication_name=x"[..], hidden, b"-crole=admin"].concat();
+            let err = settings(&[(b"options".to_vec(), value)]).unwrap_err();
+            assert!(err.contains("cannot split"), "{err}");
+        }
+    }
+
+    /// Every byte C's isspace takes as a space splits, as the server splits:
+    /// a vertical tab or form feed hides no setting.
+    #[test]
+    fn options_split_where_the_server_splits() {
+        for space in [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r'] {
+            let value = [&b"-capplication_name=x"[..], &[space], b"-crole=admin"].concat();
+            let made = settings(&[(b"options".to_vec(), value)]).unwrap();
+            assert_eq!(made.len(), 1, "split at 0x{space:02x}");
+            assert_eq!(made[0].statement, "SET role TO 'admin'");
+        }
     }
 }
