@@ -543,7 +543,7 @@ async fn authenticate(
             tracing::error!("checking a token failed: the check panicked");
             return Err(Ended::fatal(sqlstate::INTERNAL_ERROR, "the gateway failed to check the token"));
         }
-        Err(_) => return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down")),
+        Err(_) => return Err(gateway_stopping()),
     };
 
     let tenant = principal.tenant_id;
@@ -1144,13 +1144,10 @@ impl Relay<'_> {
                     Woke::Control(event) => match event {
                         Control::Changed(alive) => {
                             if !alive {
-                                return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                                return Err(gateway_stopping());
                             }
                             if let Some(why) = self.still_admitted(connection) {
-                                return Err(Ended::fatal(
-                                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                                    format!("access ended: {why}"),
-                                ));
+                                return Err(access_ended(&why));
                             }
                             let masks = self.gw.hook.masks(self.context);
                             if self.masking.is_some() && !masks {
@@ -1186,16 +1183,13 @@ impl Relay<'_> {
                         }
                         Control::Expired => {
                             if let Some(why) = self.still_admitted(connection) {
-                                return Err(Ended::fatal(
-                                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                                    format!("access ended: {why}"),
-                                ));
+                                return Err(access_ended(&why));
                             }
                             let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
                             expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
                         }
                         Control::ShuttingDown => {
-                            return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                            return Err(gateway_stopping());
                         }
                         Control::RecordingStopped(e) => return Err(recording_lost(self.span, &e)),
                     },
@@ -2097,7 +2091,7 @@ impl Relay<'_> {
             changes.mark_unchanged();
             // Access first: an approval that arrives with the revocation runs nothing.
             if let Some(why) = self.still_admitted(connection) {
-                return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                return Err(access_ended(&why));
             }
             if let Some((outcome, approver)) = self.review_outcome(id, review.seq) {
                 self.review_note = Some((id.to_string(), approver));
@@ -2132,7 +2126,7 @@ impl Relay<'_> {
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
-                        return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                        return Err(gateway_stopping());
                     }
                 }
                 read = self.upstream.stream.read_buf(server_buf) => {
@@ -2153,7 +2147,7 @@ impl Relay<'_> {
                     ))));
                 }
                 () = &mut shutting_down => {
-                    return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                    return Err(gateway_stopping());
                 }
                 e = &mut recording_stopped => return Err(recording_lost(self.span, &e)),
             }
@@ -2804,10 +2798,10 @@ async fn write_watched<W: AsyncWrite + Unpin>(
             written = &mut write => return Ok(written),
             () = timers::sleep(WATCH_EVERY) => {
                 if watch.shutdown.is_cancelled() {
-                    return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"));
+                    return Err(gateway_stopping());
                 }
                 if let Some(why) = denial(watch.gw, watch.context, watch.connection) {
-                    return Err(Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}")));
+                    return Err(access_ended(&why));
                 }
             }
         }
@@ -2867,6 +2861,15 @@ async fn read_more(client: &mut Client) -> Result<(), Ended> {
 /// and send no ReadyForQuery for it; the relay, which counts the
 /// ReadyForQuery messages owed to place its refusals and to know which
 /// statement an answer belongs to, could no longer tell. No driver sends one.
+/// The session's grant (or connection, or tenant) no longer admits it: `why`.
+fn access_ended(why: &str) -> Ended {
+    Ended::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("access ended: {why}"))
+}
+
+fn gateway_stopping() -> Ended {
+    Ended::fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down")
+}
+
 fn mid_batch() -> Ended {
     Ended::fatal(
         sqlstate::PROTOCOL_VIOLATION,
