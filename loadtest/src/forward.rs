@@ -1,16 +1,21 @@
 //! Byte-for-byte TCP forwarders: what `pg-throughput` measures the gateway's
 //! relay against when it asks how much of its CPU per transaction any relay
-//! would spend (`fwd-tokio`, `fwd-mio`). Each reads what one side sends and
-//! writes it to the other, with no framing, policy or bookkeeping:
+//! would spend (`fwd-tokio`, `fwd-mio`, `fwd-uring`). Each reads what one side sends
+//! and writes it to the other, with no framing, policy or bookkeeping:
 //!
 //! - `tokio`: one current-thread runtime with its I/O driver, as a session
 //!   thread of the gateway runs, and one task per connection relaying both
 //!   ways (`copy_bidirectional`);
 //! - `mio`: one thread's own epoll loop, edge-triggered, calling the relay
 //!   directly on each readiness event: no tasks, wakers or run queue, which
-//!   pgbouncer's libevent loop has none of either.
+//!   pgbouncer's libevent loop has none of either;
+//! - `uring`: one thread's io_uring (`uring.rs`): a receive on each socket
+//!   always outstanding, and what it brings sent on with the next receive
+//!   linked behind the send, so that one `io_uring_enter` submits and reaps
+//!   the work of every connection that moved since the last: fewer system
+//!   calls than any readiness loop makes.
 //!
-//! Run as `airlock-loadtest forward --engine <tokio|mio> --listen A --upstream B`
+//! Run as `airlock-loadtest forward --engine <tokio|mio|uring> --listen A --upstream B`
 //! (a child process of the scenario; stops on SIGTERM's default action).
 
 use std::io::{ErrorKind, Read, Write};
@@ -34,6 +39,7 @@ pub struct Args {
 pub enum Engine {
     Tokio,
     Mio,
+    Uring,
 }
 
 /// Relays until the process is killed.
@@ -41,6 +47,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     match args.engine {
         Engine::Tokio => on_tokio(args.listen, args.upstream),
         Engine::Mio => on_mio(args.listen, args.upstream),
+        Engine::Uring => crate::uring::run(args.listen, args.upstream, CHUNK),
     }
 }
 
@@ -248,7 +255,7 @@ mod tests {
     /// included, and closes the client once it closes its side.
     #[test]
     fn each_engine_relays_both_ways_and_closes() {
-        for engine in [Engine::Tokio, Engine::Mio] {
+        for engine in [Engine::Tokio, Engine::Mio, Engine::Uring] {
             // Upstream: echoes what it reads until the end.
             let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let upstream_addr = upstream.local_addr().unwrap();

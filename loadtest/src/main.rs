@@ -5,6 +5,7 @@
 mod forward;
 mod report;
 mod scenarios;
+mod uring;
 
 use std::path::PathBuf;
 
@@ -59,7 +60,7 @@ enum Scenario {
     AdminRoles(admin_roles::Args),
     /// Every scenario, one after the other.
     All(AllArgs),
-    /// A byte-for-byte TCP forwarder, which `pg-throughput` runs as a child process (`fwd-tokio`, `fwd-mio`).
+    /// A byte-for-byte TCP forwarder, which `pg-throughput` runs as a child process (`fwd-tokio`, `fwd-mio`, `fwd-uring`).
     #[command(hide = true)]
     Forward(forward::Args),
 }

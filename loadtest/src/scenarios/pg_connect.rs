@@ -64,6 +64,7 @@ fn label(target: Target) -> &'static str {
         // Not among this scenario's targets.
         Target::ForwarderTokio => "fwd-tokio",
         Target::ForwarderMio => "fwd-mio",
+        Target::ForwarderUring => "fwd-uring",
     }
 }
 

@@ -151,6 +151,11 @@ pub enum Target {
     #[value(name = "fwd-mio")]
     #[serde(rename = "fwd-mio")]
     ForwarderMio,
+    /// The same forwarder on one io_uring, a receive always out on each socket and sends linked to
+    /// them: fewer system calls per transaction than a readiness loop makes.
+    #[value(name = "fwd-uring")]
+    #[serde(rename = "fwd-uring")]
+    ForwarderUring,
 }
 
 impl Target {
@@ -162,6 +167,7 @@ impl Target {
             Target::GatewayBare => "gw-bare",
             Target::ForwarderTokio => "fwd-tokio",
             Target::ForwarderMio => "fwd-mio",
+            Target::ForwarderUring => "fwd-uring",
         }
     }
 
@@ -170,6 +176,7 @@ impl Target {
         match self {
             Target::ForwarderTokio => Some(crate::forward::Engine::Tokio),
             Target::ForwarderMio => Some(crate::forward::Engine::Mio),
+            Target::ForwarderUring => Some(crate::forward::Engine::Uring),
             _ => None,
         }
     }
@@ -773,7 +780,7 @@ impl Bench {
                                 Target::Pgbouncer => self.pgbouncer.as_ref().map(|p| p.pid),
                                 Target::Gateway => self.gateway.as_ref().map(|p| p.pid),
                                 Target::GatewayBare => bare.gateway.as_ref().map(|p| p.pid),
-                                Target::ForwarderTokio | Target::ForwarderMio => {
+                                Target::ForwarderTokio | Target::ForwarderMio | Target::ForwarderUring => {
                                     self.forwarders.iter().find(|(t, _, _)| *t == target).map(|(_, p, _)| p.pid)
                                 }
                             };
@@ -1023,7 +1030,7 @@ pub(crate) fn pgbench_command(pgbench: &Path, e: &Endpoints, target: Target, mod
             let db = if mode == Mode::Prepared { "bench_session" } else { "bench" };
             c.args(["-h", "127.0.0.1", "-p", &e.pgbouncer_port.to_string(), "-U", &e.pg_user, db]);
         }
-        Target::ForwarderTokio | Target::ForwarderMio => {
+        Target::ForwarderTokio | Target::ForwarderMio | Target::ForwarderUring => {
             let port = e.forwarders.iter().find(|(t, _)| *t == target).map_or(0, |(_, addr)| addr.port());
             c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", &e.pg_user, &e.database]);
             // As through the gateways: otherwise TLS to the target, carried end to end.
