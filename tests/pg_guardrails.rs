@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{Stack, admin_client, sqlstate};
+use support::{Stack, admin_client, sqlstate, wire};
 
 const POLICY: &str = r#"
 version: 1
@@ -217,4 +217,88 @@ async fn settings_in_the_startup_message_are_held_to_the_same_rules() {
     let row = client.query_one("SELECT current_setting('statement_timeout'), current_setting('DateStyle')", &[]).await;
     let row = row.unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("5s".to_owned(), "German, DMY".to_owned()));
+}
+
+/// Reads backend messages up to ReadyForQuery: each error as its SQLSTATE
+/// and detail, each row's first column.
+async fn answers(stream: &mut tokio::net::TcpStream) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let (tag, body) =
+            tokio::time::timeout(std::time::Duration::from_secs(30), wire::read_message(stream)).await.unwrap();
+        let field = |name: u8| {
+            body.split(|b| *b == 0)
+                .find_map(|f| f.strip_prefix(&[name]))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        match tag {
+            b'Z' => return seen,
+            b'E' => seen.push(format!("E:{} {}", field(b'C'), field(b'D'))),
+            b'D' => seen.push(format!("D:{}", String::from_utf8_lossy(&body[6..]))),
+            b'1' | b'2' | b'3' | b'C' => {}
+            other => seen.push((other as char).to_string()),
+        }
+    }
+}
+
+/// What a session prepares is remembered up to a budget of text (16 MiB of
+/// named statements): one prepared past it has no text the gateway could
+/// check, so where rules apply its Bind is refused, while those before it
+/// run. Room made by closing one is used again.
+#[tokio::test]
+async fn a_statement_prepared_past_the_text_budget_is_refused_where_rules_apply() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let mut stream = wire::raw_login(&s, "pg.readwrite", &token).await;
+    let sync = wire::message(b'S', &[]);
+    // Statements of just under 1 MiB each (the most command rules read): the
+    // seventeenth passes 16 MiB.
+    let padding = "x".repeat((1 << 20) - 100);
+    for i in 0..17 {
+        let sql = format!("SELECT {i} /* {padding} */");
+        wire::send(&mut stream, &[wire::parse(&format!("s{i}"), &sql), sync.clone()]).await;
+        assert_eq!(answers(&mut stream).await, Vec::<String>::new(), "s{i} is prepared");
+    }
+    let run = |name: &str| [wire::bind("", name, &[]), wire::execute("", 0), sync.clone()];
+    wire::send(&mut stream, &run("s15")).await;
+    assert_eq!(answers(&mut stream).await, ["D:15"]);
+    wire::send(&mut stream, &run("s16")).await;
+    assert_eq!(answers(&mut stream).await, ["E:42501 rule: builtin:unknown-statement"]);
+
+    // Closed and prepared again once another is closed, it runs.
+    let close = |name: &str| {
+        let mut body = vec![b'S'];
+        wire::cstr(&mut body, name);
+        wire::message(b'C', &body)
+    };
+    wire::send(&mut stream, &[close("s0"), close("s16"), sync.clone()]).await;
+    assert_eq!(answers(&mut stream).await, Vec::<String>::new());
+    let sql = format!("SELECT 16 /* {padding} */");
+    wire::send(&mut stream, &[wire::parse("s16", &sql), sync.clone()]).await;
+    assert_eq!(answers(&mut stream).await, Vec::<String>::new());
+    wire::send(&mut stream, &run("s16")).await;
+    assert_eq!(answers(&mut stream).await, ["D:16"]);
+}
+
+/// Statement text awaiting the server's answer is bounded too: a batch
+/// whose Parses hold more than 64 MiB before its Sync ends the session with
+/// an error that says what to do.
+#[tokio::test]
+async fn a_batch_holding_more_statement_text_than_the_budget_ends_the_session() {
+    let s = Stack::start().await;
+    s.apply_policy(POLICY).await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let mut stream = wire::raw_login(&s, "pg.readwrite", &token).await;
+    // Each just under the 1 MiB command rules read: the 65th passes 64 MiB.
+    let padding = "x".repeat((1 << 20) - 100);
+    let parses: Vec<_> = (0..65).map(|i| wire::parse("", &format!("SELECT {i} /* {padding} */"))).collect();
+    // Nothing after the last Parse: the gateway has read everything when it ends the session.
+    wire::send(&mut stream, &parses).await;
+    let (code, message) = wire::read_fatal(&mut stream).await;
+    assert_eq!(code, "54000", "program_limit_exceeded");
+    assert!(message.contains("more than 64 MiB") && message.contains("send a Sync"), "{message}");
 }

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::statements::Tracked;
+use super::statements::{Change, Tracked};
 
 /// What a statement that changes a name (a query, or the Execute of a
 /// portal) is owed: the ReadyForQuery that ends its batch, with no error in
@@ -49,6 +49,17 @@ pub(crate) struct InFlight {
     done: VecDeque<Owed>,
     /// How many await a ParseComplete, a BindComplete and a CloseComplete.
     kinds: [usize; 3],
+    /// The bytes of names and statement text the list holds.
+    bytes: usize,
+}
+
+/// The bytes a message in the list holds: its name, and a Parse's text.
+fn bytes_of(name: &[u8], change: Option<&Tracked>) -> usize {
+    let text = match change {
+        Some(Tracked::Statement(Change::Held { value, .. })) => value.text.len(),
+        _ => 0,
+    };
+    name.len().saturating_add(text)
 }
 
 /// Where `kinds` counts the messages an answer `tag` confirms.
@@ -70,12 +81,18 @@ impl InFlight {
         self.owed.is_empty() && self.done.is_empty()
     }
 
+    /// The bytes of names and statement text held until answered.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Notes a message just forwarded. Batches never decrease along the
     /// list: a message goes in the batch the next ReadyForQuery ends or a
     /// later one.
     pub(crate) fn push(&mut self, confirmation: u8, name: Bytes, batch: u64, change: Option<Tracked>) {
         let list = if confirmation == QUERY_DONE { &mut self.done } else { &mut self.owed };
         debug_assert!(list.back().is_none_or(|last| last.batch <= batch), "batches go in order");
+        self.bytes = self.bytes.saturating_add(bytes_of(&name, change.as_ref()));
         list.push_back(Owed { confirmation, name, batch, change });
         if let Some(count) = kind(confirmation).and_then(|k| self.kinds.get_mut(k)) {
             *count += 1;
@@ -110,6 +127,7 @@ impl InFlight {
         }
         while self.done.front().is_some_and(|o| o.batch <= last) {
             let Some(o) = self.done.pop_front() else { break };
+            self.left(&o);
             if let Some(change) = o.change {
                 settled(o.name, change, ready);
             }
@@ -132,6 +150,7 @@ impl InFlight {
         if let Some(count) = kind(o.confirmation).and_then(|k| self.kinds.get_mut(k)) {
             *count -= 1;
         }
+        self.bytes = self.bytes.saturating_sub(bytes_of(&o.name, o.change.as_ref()));
     }
 }
 
@@ -140,7 +159,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::{InFlight, QUERY_DONE};
-    use crate::postgres::statements::{Change, Tracked};
+    use crate::postgres::statements::{Change, Prepared, Tracked};
 
     const PARSE_COMPLETE: u8 = b'1';
     const BIND_COMPLETE: u8 = b'2';
@@ -231,5 +250,24 @@ mod tests {
         // Binds are not followed here: a BindComplete takes nothing away.
         assert!(f.confirm(BIND_COMPLETE).is_none());
         assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn names_and_texts_count_until_answered_or_settled() {
+        let mut f = InFlight::default();
+        let parse = |sql: &str| {
+            Some(Tracked::Statement(Change::Held { value: Prepared { text: name(sql), mask: None }, epoch: 0, seq: 1 }))
+        };
+        f.push(PARSE_COMPLETE, name("s1"), 1, parse("SELECT 1"));
+        f.push(PARSE_COMPLETE, name("s2"), 1, parse("SELECT 22"));
+        f.push(CLOSE_COMPLETE, name("portal"), 1, None);
+        f.push(QUERY_DONE, name("q"), 2, closed());
+        assert_eq!(f.bytes(), 2 + 8 + 2 + 9 + 6 + 1);
+        f.confirm(PARSE_COMPLETE);
+        assert_eq!(f.bytes(), 2 + 9 + 6 + 1);
+        f.settle(1, false, |_, _, _| {});
+        assert_eq!(f.bytes(), 1, "the second Parse and the Close went unanswered");
+        f.settle(2, true, |_, _, _| {});
+        assert_eq!(f.bytes(), 0);
     }
 }

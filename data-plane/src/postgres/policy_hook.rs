@@ -13,6 +13,7 @@ use airlock_core::{ConnectionId, TenantId};
 use bytes::Bytes;
 
 use super::hook::{SessionContext, Statement, StatementHook, Verdict, shown_statement};
+use super::statements::{MAX_PREPARED, MAX_PREPARED_TEXT};
 use crate::projection::Projection;
 
 /// Decisions remembered per worker; past this many the cache starts over.
@@ -195,10 +196,13 @@ impl StatementHook for PolicyHook {
                 } else if is_bind {
                     deny(
                         "builtin:unknown-statement",
-                        "the gateway cannot tell which statement this Bind runs (its name was prepared by SQL, \
-                         or before a statement that may deallocate or prepare statements, or is 63 bytes or \
-                         longer or not ASCII); close it and prepare it again"
-                            .to_owned(),
+                        format!(
+                            "the gateway cannot tell which statement this Bind runs (its name was prepared by \
+                             SQL, or before a statement that may deallocate or prepare statements, or past the \
+                             {MAX_PREPARED} statements or {} MiB of their text the gateway remembers per session, \
+                             or is 63 bytes or longer or not ASCII); close it and prepare it again",
+                            MAX_PREPARED_TEXT >> 20
+                        ),
                     )
                 } else {
                     deny(

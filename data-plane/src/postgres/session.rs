@@ -995,6 +995,11 @@ struct Refusal {
 /// had answered. Drivers read answers as they pipeline, and stay far below.
 const MAX_IN_FLIGHT: usize = 16_384;
 
+/// Bytes of statement text and names those messages may hold until answered
+/// (at least one message of the largest size the gateway takes): the server
+/// answers a batch at its Sync, so this bounds one batch's Parses.
+const MAX_IN_FLIGHT_TEXT: usize = 64 << 20;
+
 /// Client encodings in which a multibyte character can end in a byte that is
 /// an ASCII quote or backslash: the server and the gateway would split the
 /// same text into different tokens.
@@ -1773,6 +1778,17 @@ impl Relay<'_> {
             return Err(Ended::fatal(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 format!("more than {MAX_IN_FLIGHT} Parse, Bind and Close messages await an answer; send a Sync"),
+            ));
+        }
+        let cap = MAX_IN_FLIGHT_TEXT.max(self.gw.options.max_message_len);
+        if self.in_flight.bytes() > cap {
+            return Err(Ended::fatal(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "the statements and names awaiting an answer hold more than {} MiB; send a Sync and read \
+                     the answers before sending more",
+                    cap >> 20
+                ),
             ));
         }
         Ok(())

@@ -23,9 +23,9 @@
 //! see `keywords`) forgets every name, and no answer to a message sent
 //! before it teaches anything.
 //!
-//! A name the gateway never saw prepared, or prepared past [`MAX_PREPARED`],
-//! is as unknown as a forgotten one: the server may hold anything under it
-//! (a statement prepared by SQL).
+//! A name the gateway never saw prepared, or prepared past [`MAX_PREPARED`]
+//! names or [`MAX_PREPARED_TEXT`] bytes of text, is as unknown as a forgotten
+//! one: the server may hold anything under it (a statement prepared by SQL).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +36,32 @@ use bytes::Bytes;
 /// Named prepared statements remembered per session; a Bind of one past this
 /// has no text to check, which fails closed where command rules apply.
 pub(crate) const MAX_PREPARED: usize = 10_000;
+
+/// Bytes of named statements' text remembered per session (the unnamed
+/// statement, one at a time and within the message cap, is not counted): a
+/// statement prepared past this is not remembered, like one past
+/// [`MAX_PREPARED`], so that a session cannot make the worker hold more of
+/// its text than this.
+pub(crate) const MAX_PREPARED_TEXT: usize = 16 << 20;
+
+/// How much of the session's memory a remembered value holds, as far as the
+/// budget above counts it.
+pub(crate) trait Weighed {
+    fn weight(&self) -> usize;
+}
+
+impl Weighed for Prepared {
+    fn weight(&self) -> usize {
+        self.text.len()
+    }
+}
+
+impl Weighed for Arc<ResultMask> {
+    /// Masks are shared with the policy and bounded by the count of names.
+    fn weight(&self) -> usize {
+        0
+    }
+}
 
 /// Postgres finds a statement or portal by the first 63 bytes of its name
 /// (`NAMEDATALEN` - 1, in the server's encoding, into which it converts the
@@ -101,15 +127,31 @@ pub(crate) struct Names<T> {
     epoch: u64,
     /// The `seq` of the last change forwarded.
     seq: u64,
+    /// The weight of the named values in `settled`.
+    settled_weight: usize,
 }
 
 impl<T> Default for Names<T> {
     fn default() -> Self {
-        Self { settled: HashMap::new(), open: HashMap::new(), open_batch: 0, pending: HashMap::new(), epoch: 0, seq: 0 }
+        Self {
+            settled: HashMap::new(),
+            open: HashMap::new(),
+            open_batch: 0,
+            pending: HashMap::new(),
+            epoch: 0,
+            seq: 0,
+            settled_weight: 0,
+        }
     }
 }
 
-impl<T: Clone> Names<T> {
+/// What a value held under `name` counts against the budget: nothing for
+/// the unnamed statement or portal.
+fn weight_of<T: Weighed>(name: &[u8], value: &T) -> usize {
+    if name.is_empty() { 0 } else { value.weight() }
+}
+
+impl<T: Clone + Weighed> Names<T> {
     /// Nothing known and nothing awaited: a statement that may deallocate has
     /// nothing to forget.
     pub(crate) fn is_empty(&self) -> bool {
@@ -179,7 +221,13 @@ impl<T: Clone> Names<T> {
         self.answered(name);
         match change {
             Change::Held { value, epoch, seq } if epoch == self.epoch => {
-                if name.is_empty() || self.settled.contains_key(name) || self.settled.len() < MAX_PREPARED {
+                let replaced = self.remove(name);
+                let room = name.is_empty() || replaced || self.settled.len() < MAX_PREPARED;
+                let weight = weight_of(name, &value);
+                // Past either budget the server holds a text the relay does
+                // not keep: the name is unknown (the old value went above).
+                if room && self.settled_weight.saturating_add(weight) <= MAX_PREPARED_TEXT {
+                    self.settled_weight += weight;
                     self.settled.insert(name.clone(), (value, seq));
                 }
             }
@@ -188,9 +236,26 @@ impl<T: Clone> Names<T> {
             // A Parse sent after it took the name again, and stands.
             Change::Closed { seq } if self.settled.get(name).is_some_and(|(_, since)| *since > seq) => {}
             Change::Closed { .. } => {
-                self.settled.remove(name);
+                self.remove(name);
             }
         }
+    }
+
+    /// Takes what `name` holds out of `settled`; whether it held anything.
+    fn remove(&mut self, name: &[u8]) -> bool {
+        match self.settled.remove(name) {
+            Some((old, _)) => {
+                self.settled_weight = self.settled_weight.saturating_sub(weight_of(name, &old));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The weight of what `settled` holds (see [`MAX_PREPARED_TEXT`]).
+    #[cfg(test)]
+    pub(crate) fn settled_weight(&self) -> usize {
+        self.settled_weight
     }
 
     /// The message that carried a change got no answer: the server skipped it
@@ -210,13 +275,14 @@ impl<T: Clone> Names<T> {
 
     /// A simple query forwarded: it destroys the unnamed statement (portal).
     pub(crate) fn query(&mut self) {
-        self.settled.remove(b"".as_slice());
+        self.remove(b"");
     }
 
     /// Something forwarded may have deallocated or prepared statements by
     /// SQL: no name is known any more, until a Parse sent after it is answered.
     pub(crate) fn forget_all(&mut self) {
         self.settled.clear();
+        self.settled_weight = 0;
         self.clear_open();
         self.epoch += 1;
     }
@@ -242,7 +308,7 @@ impl<T: Clone> Names<T> {
 mod tests {
     use bytes::Bytes;
 
-    use super::{Change, Prepared, Statements};
+    use super::{Change, MAX_PREPARED_TEXT, Prepared, Statements};
 
     fn name(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -374,5 +440,46 @@ mod tests {
         s.query();
         assert_eq!(text(&s, "", 3), None);
         assert!(s.is_empty());
+    }
+
+    /// Prepares `n` with `sql` in `batch`, answered.
+    fn prepare(s: &mut Statements, n: &str, sql: &str, batch: u64) {
+        let change = s.hold(&name(n), prepared(sql), batch).unwrap();
+        s.confirmed(&name(n), change);
+    }
+
+    #[test]
+    fn named_text_past_the_budget_is_not_remembered_and_leaves_its_name_unknown() {
+        let mut s = Statements::default();
+        let big = format!("SELECT '{}'", "x".repeat(MAX_PREPARED_TEXT - 20));
+        prepare(&mut s, "big", &big, 1);
+        assert_eq!(text(&s, "big", 2).as_deref(), Some(big.as_str()));
+        let small = "SELECT 'a short statement'";
+        prepare(&mut s, "small", small, 2);
+        assert_eq!(text(&s, "small", 3), None, "past the budget: the server holds it, the relay does not");
+        assert_eq!(s.settled_weight(), big.len());
+
+        // Room made by a shorter text under the same name, or by a Close.
+        prepare(&mut s, "big", "SELECT 1", 3);
+        prepare(&mut s, "small", small, 4);
+        assert_eq!(text(&s, "small", 5).as_deref(), Some(small));
+        assert_eq!(s.settled_weight(), "SELECT 1".len() + small.len());
+        let close = s.close(&name("small"), 5).unwrap();
+        s.confirmed(&name("small"), close);
+        assert_eq!(s.settled_weight(), "SELECT 1".len());
+
+        // A name prepared again past the budget holds neither text: not the
+        // old one, which the server no longer runs under it.
+        prepare(&mut s, "other", &big, 6);
+        prepare(&mut s, "big", &big, 7);
+        assert_eq!(text(&s, "big", 8), None);
+        assert_eq!(s.settled_weight(), big.len());
+
+        // The unnamed statement is not counted, and always known.
+        prepare(&mut s, "", &big, 8);
+        assert_eq!(text(&s, "", 9).as_deref(), Some(big.as_str()));
+        assert_eq!(s.settled_weight(), big.len());
+        s.forget_all();
+        assert_eq!(s.settled_weight(), 0);
     }
 }
