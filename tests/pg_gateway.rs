@@ -286,6 +286,33 @@ async fn one_address_holds_a_bounded_number_of_logins_in_progress() {
     assert_eq!(s.metric("airlock_gateway_sessions_started_total").await, 4);
 }
 
+/// A request for encryption is answered once, as Postgres answers it: a
+/// client may ask for GSSAPI encryption, then TLS, but one asking again is
+/// refused with a protocol error rather than answered in a loop.
+#[tokio::test]
+async fn each_request_for_encryption_is_answered_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Stack::start().await;
+    let gssenc = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+    let mut twice = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    twice.write_all(&gssenc).await.unwrap();
+    assert_eq!(twice.read_u8().await.unwrap(), b'N');
+    twice.write_all(&gssenc).await.unwrap();
+    let (code, message) = wire::read_fatal(&mut twice).await;
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("08P01", "GSSENCRequest sent again, or inside TLS, after encryption was negotiated")
+    );
+
+    // libpq's order when it has Kerberos credentials: GSSAPI encryption
+    // refused, then TLS, accepted.
+    let mut in_turn = tokio::net::TcpStream::connect(s.pg).await.unwrap();
+    in_turn.write_all(&gssenc).await.unwrap();
+    assert_eq!(in_turn.read_u8().await.unwrap(), b'N');
+    in_turn.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    assert_eq!(in_turn.read_u8().await.unwrap(), b'S');
+}
+
 #[tokio::test]
 async fn bad_tokens_and_missing_grants_are_refused_with_the_right_sqlstate() {
     let s = Stack::start().await;

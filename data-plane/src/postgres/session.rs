@@ -429,6 +429,9 @@ const FATAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads the startup phase. `Ok(None)`: the connection was a cancel request, done.
 async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, Ended> {
+    // Each request for encryption is answered once, as Postgres answers
+    // them: a client asking again is not negotiating but looping.
+    let (mut ssl_answered, mut gss_answered) = (false, false);
     loop {
         let message = loop {
             match parse_startup(&mut client.buf) {
@@ -441,6 +444,9 @@ async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8
             Startup::SslRequest => {
                 if client.tls {
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "SSLRequest after TLS was established"));
+                }
+                if std::mem::replace(&mut ssl_answered, true) {
+                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "SSLRequest sent again after its answer"));
                 }
                 let Some(acceptor) = gw.tls.clone() else {
                     client.io.write_all(&[encode::SSL_REFUSED]).await.map_err(io_ended)?;
@@ -460,7 +466,15 @@ async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8
                 client.io = ClientIo::Tls(Box::new(tls));
                 client.tls = true;
             }
-            Startup::GssEncRequest => client.io.write_all(&[encode::SSL_REFUSED]).await.map_err(io_ended)?,
+            Startup::GssEncRequest => {
+                if client.tls || std::mem::replace(&mut gss_answered, true) {
+                    return Err(Ended::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "GSSENCRequest sent again, or inside TLS, after encryption was negotiated",
+                    ));
+                }
+                client.io.write_all(&[encode::SSL_REFUSED]).await.map_err(io_ended)?;
+            }
             Startup::CancelRequest { pid, secret_key } => {
                 forward_cancel(gw, pid, &secret_key).await;
                 return Ok(None);
