@@ -398,14 +398,7 @@ pub async fn run(args: &Args, out: &Path) -> anyhow::Result<()> {
     workloads.dedup();
     let b = &bench_args;
     let pgbench = find_pgbench(b.pgbench.as_deref())?;
-    let pgbouncer_bin =
-        if targets.contains(&Target::Pgbouncer) {
-            Some(find_on_path("pgbouncer").context(
-                "pgbouncer is not installed: run `apt-get install pgbouncer` (Debian's package) and try again",
-            )?)
-        } else {
-            None
-        };
+    let pgbouncer_bin = if targets.contains(&Target::Pgbouncer) { Some(super::pgbouncer::find()?) } else { None };
     let airlock_bin = find_airlock(b.airlock_bin.as_deref())?;
     let started_at = report::unix_ms_now();
     let started = Instant::now();
