@@ -1510,3 +1510,43 @@ async fn masking_rules_that_come_back_end_the_session() {
     assert_eq!(code, "42501");
     assert!(text.starts_with("masking rules cover this connection again"), "{text}");
 }
+
+/// A client that pipelines queries faster than the target runs them, reading
+/// the results as they come (as libpq's pipeline mode and psycopg's pipeline
+/// do), gets every result, however far they outgrow the sockets' buffers. The
+/// target stops reading queries while its results wait to be read, so the
+/// gateway must go on reading it while its own write of queries waits.
+#[tokio::test]
+async fn a_pipeline_whose_results_outgrow_the_socket_buffers_gets_every_result() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let (reader, mut writer) = raw_login(&s, "pg.readonly", &token).await.into_split();
+    const QUERIES: usize = 20_000;
+    // About 1 KiB of query and 4 KiB of result each: 20 MiB out, 80 MiB back.
+    let one = query(&format!("SELECT repeat('x', 4000) /* {} */", "p".repeat(1000)));
+    let pipeline = one.repeat(QUERIES);
+    let writing = tokio::spawn(async move { writer.write_all(&pipeline).await.map(|()| writer) });
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+    let reading = async {
+        let (mut ready, mut rows) = (0, 0);
+        while ready < QUERIES {
+            let tag = reader.read_u8().await.unwrap();
+            let len = reader.read_i32().await.unwrap();
+            let mut body = vec![0; usize::try_from(len - 4).unwrap()];
+            reader.read_exact(&mut body).await.unwrap();
+            match tag {
+                b'Z' => ready += 1,
+                b'D' => rows += 1,
+                b'E' => panic!("an error after {ready} queries: {}", String::from_utf8_lossy(&body)),
+                _ => {}
+            }
+        }
+        rows
+    };
+    let rows = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the pipeline stalled: the gateway stopped reading the target while writing to it");
+    assert_eq!(rows, QUERIES);
+    writing.await.unwrap().unwrap();
+}

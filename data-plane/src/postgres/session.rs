@@ -845,6 +845,7 @@ async fn relay_session(
         copy: CopyWatch::default(),
         probe: None,
         resumed: false,
+        read_ahead: false,
         awaiting_answers: false,
         masking: masks.then(Responses::default),
         masking_lapsed: false,
@@ -959,6 +960,10 @@ struct Relay<'a> {
     /// A probe was answered, or the answers a Bind awaited came: the
     /// client's messages read meanwhile wait to be handled.
     resumed: bool,
+    /// The target's bytes were read into the server buffer while a write to
+    /// it waited (`write_server`): they wait to be handled, with no read of
+    /// the socket to wake the loop for them.
+    read_ahead: bool,
     /// The client's next message is a Bind of a statement whose name an
     /// earlier batch changed, and it waits until the server has answered
     /// every batch before it (see `bind_awaits_answers`).
@@ -1075,6 +1080,8 @@ enum Woke {
     Control(Control),
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
+    /// The target's bytes read while a write to it waited.
+    ReadAhead,
 }
 
 /// What woke a relay besides its sockets.
@@ -1143,7 +1150,9 @@ impl Relay<'_> {
                 // at, and so nothing starves them. The sockets take turns being
                 // looked at first, so that one kept readable (a large COPY, a
                 // long result) cannot starve the other.
-                let woke = if server_first {
+                let woke = if std::mem::take(&mut self.read_ahead) {
+                    Woke::ReadAhead
+                } else if server_first {
                     tokio::select! {
                         biased;
                         event = control => Woke::Control(event),
@@ -1234,12 +1243,17 @@ impl Relay<'_> {
                                 format!("{} closed the connection", connection.name),
                             ));
                         }
-                        self.forward_server(&mut server_buf, &mut to_client).await?;
-                        self.flush(&mut to_server, &mut to_client).await?;
-                        if std::mem::take(&mut self.resumed)
-                            && self
-                                .process_client(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client)
-                                .await?
+                        if self
+                            .server_bytes(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client)
+                            .await?
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Woke::ReadAhead => {
+                        if self
+                            .server_bytes(connection, shutdown, &mut server_buf, &mut to_server, &mut to_client)
+                            .await?
                         {
                             return Ok(());
                         }
@@ -1253,6 +1267,24 @@ impl Relay<'_> {
                 }
             }
         }
+    }
+
+    /// Handles what the target sent, then the client's messages that waited
+    /// for it (`resumed`). Returns true when the client terminated.
+    async fn server_bytes(
+        &mut self,
+        connection: &ConnectionSpec,
+        shutdown: &CancellationToken,
+        server_buf: &mut BytesMut,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<bool, Ended> {
+        self.forward_server(server_buf, to_client).await?;
+        self.flush(server_buf, to_server, to_client).await?;
+        if std::mem::take(&mut self.resumed) {
+            return self.process_client(connection, shutdown, server_buf, to_server, to_client).await;
+        }
+        Ok(false)
     }
 
     /// Whether to read the client now. While a probe is out its messages
@@ -1276,13 +1308,13 @@ impl Relay<'_> {
     /// Writes `bytes` to the client (see [`write_watched`]).
     async fn write_client(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-        write_watched(&mut self.client.io, bytes, watch).await?.map_err(io_ended)
+        write_watched(&mut self.client.io, bytes, None, watch).await?.map_err(io_ended)
     }
 
     /// Writes `bytes` to the target (see [`write_watched`]).
     async fn write_server(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-        write_watched(&mut self.upstream.stream, bytes, watch).await?.map_err(target_lost)
+        write_watched(&mut self.upstream.stream, bytes, None, watch).await?.map_err(target_lost)
     }
 
     /// Handles the client's complete messages, holding statements for review
@@ -1308,7 +1340,7 @@ impl Relay<'_> {
                 self.release(held, outcome, to_server)?;
             }
             let progress = self.client_frames(to_server)?;
-            self.flush(to_server, to_client).await?;
+            self.flush(server_buf, to_server, to_client).await?;
             match progress {
                 Progress::Done => return Ok(false),
                 Progress::Terminated => return Ok(true),
@@ -2102,10 +2134,7 @@ impl Relay<'_> {
         ))
         .with_hint(format!("an approver runs `airlock approve {id}`, or decides it in the web inbox or in Slack"));
         encode::notice_response(to_client, &notice);
-        self.record_server(to_client)?;
-        self.bytes_out += to_client.len() as u64;
-        self.write_client(to_client).await?;
-        to_client.clear();
+        self.send_client(to_client).await?;
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait) + REVIEW_GRACE;
         let mut changes = self.gw.projection.changes();
@@ -2122,6 +2151,12 @@ impl Relay<'_> {
             // Access first: an approval that arrives with the revocation runs nothing.
             if let Some(why) = self.still_admitted(connection) {
                 return Err(access_ended(&why));
+            }
+            // The target's answers read before the hold, while the batch
+            // before it was written, go on to the client meanwhile.
+            if std::mem::take(&mut self.read_ahead) {
+                self.forward_server(server_buf, to_client).await?;
+                self.send_client(to_client).await?;
             }
             if let Some((outcome, approver)) = self.review_outcome(id, review.seq) {
                 self.review_note = Some((id.to_string(), approver));
@@ -2164,12 +2199,7 @@ impl Relay<'_> {
                         return Err(Ended::fatal(sqlstate::ADMIN_SHUTDOWN, format!("{} closed the connection", connection.name)));
                     }
                     self.forward_server(server_buf, to_client).await?;
-                    if !to_client.is_empty() {
-                        self.record_server(to_client)?;
-                        self.bytes_out += to_client.len() as u64;
-                        self.write_client(to_client).await?;
-                        to_client.clear();
-                    }
+                    self.send_client(to_client).await?;
                 }
                 () = timers::sleep_until(deadline) => {
                     return Ok(Err(refused(format!(
@@ -2707,15 +2737,30 @@ impl Relay<'_> {
         Ok(masking::shape(columns, mask))
     }
 
-    async fn flush(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+    async fn flush(
+        &mut self,
+        server_buf: &mut BytesMut,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), Ended> {
         // What the client sent and what was decided of it, in one write, before
         // anything goes on (and before a held statement waits for its review).
         self.commit_recording()?;
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
-            self.write_server(to_server).await?;
+            let before = server_buf.len();
+            let watch =
+                Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
+            let written = write_watched(&mut self.upstream.stream, to_server, Some(server_buf), watch).await?;
+            self.read_ahead |= server_buf.len() > before;
+            written.map_err(target_lost)?;
             to_server.clear();
         }
+        self.send_client(to_client).await
+    }
+
+    /// Records and writes what goes to the client, if anything does.
+    async fn send_client(&mut self, to_client: &mut BytesMut) -> Result<(), Ended> {
         if !to_client.is_empty() {
             self.record_server(to_client)?;
             self.bytes_out += to_client.len() as u64;
@@ -2813,12 +2858,20 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// `WATCH_EVERY`, and the session ends when either says so, whatever was left
 /// unwritten. A write that goes at once, as nearly all do, makes no timer; one
 /// that waits registers with nothing shared but the timer.
-async fn write_watched<W: AsyncWrite + Unpin>(
+///
+/// With `ahead` (the target's side), what `io` sends while the write waits is
+/// read into it, up to [`READ_AHEAD_LIMIT`]: a target whose input is full is
+/// busy writing results, and reads no more queries until someone reads them,
+/// so a client pipelining more than the sockets hold (reading its results
+/// all the while) would otherwise wait on the gateway forever.
+async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
     io: &mut W,
     bytes: &[u8],
+    mut ahead: Option<&mut BytesMut>,
     watch: Watch<'_>,
 ) -> Result<std::io::Result<()>, Ended> {
-    let write = io.write_all(bytes);
+    let (mut written, mut ended) = (0, false);
+    let write = std::future::poll_fn(|cx| write_reading(io, cx, bytes, &mut written, ahead.as_deref_mut(), &mut ended));
     tokio::pin!(write);
     if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         return Ok(written);
@@ -2836,6 +2889,50 @@ async fn write_watched<W: AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// How much of the target's bytes a write to it that waits reads ahead: past
+/// this, a client that reads nothing holds the target up, as it would
+/// connected directly.
+const READ_AHEAD_LIMIT: usize = 8 << 20;
+
+/// One poll of `write_watched`'s write: the rest of `bytes` after `written`,
+/// and while that waits, reads into `ahead` until `io` has nothing more, has
+/// ended (`ended`: the loop reads the end next) or the limit is reached.
+fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    written: &mut usize,
+    ahead: Option<&mut BytesMut>,
+    ended: &mut bool,
+) -> Poll<std::io::Result<()>> {
+    loop {
+        let Some(rest) = bytes.get(*written..).filter(|rest| !rest.is_empty()) else {
+            return Poll::Ready(Ok(()));
+        };
+        match Pin::new(&mut *io).poll_write(cx, rest) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => break,
+        }
+    }
+    // The write waits (its waker registered): the socket's readable side gets
+    // a waker of its own.
+    let Some(buf) = ahead else { return Poll::Pending };
+    while !*ended && buf.len() < READ_AHEAD_LIMIT {
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            Poll::Ready(Ok(0)) => *ended = true,
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => break,
+        }
+    }
+    Poll::Pending
 }
 
 /// The lengths of a Parse body's statement name and text, when the body is
