@@ -272,12 +272,14 @@ mod tests {
             let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
             let args = Args { engine, listen, upstream: upstream_addr };
             std::thread::spawn(move || run(&args));
-            let mut client = loop {
-                match std::net::TcpStream::connect(listen) {
-                    Ok(c) => break c,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-                }
-            };
+            // A forwarder that failed to start (io_uring disabled, say) never listens.
+            let mut client = (0..500)
+                .find_map(|_| {
+                    std::net::TcpStream::connect(listen)
+                        .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(10)))
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("the {engine:?} forwarder did not start listening"));
             client.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
             let sent: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
             let mut writer = client.try_clone().unwrap();

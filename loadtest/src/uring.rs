@@ -62,8 +62,24 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr, chunk: usize) -> anyhow::Re
         .setup_defer_taskrun()
         .build(256)
         .context("setting up an io_uring (a kernel of 6.1 or later, with io_uring enabled)")?;
-    let (submitter, mut sq, mut cq) = ring.split();
     let mut pairs: Vec<Option<Pair>> = Vec::new();
+    let outcome = serve(&listener, &mut ring, upstream, chunk, &mut pairs);
+    // Only a failure gets here. Entries may still be out naming the pairs'
+    // buffers and sockets and the listener, and dropping the ring does not
+    // wait for them: they are left to the process's end, which follows.
+    std::mem::forget(pairs);
+    std::mem::forget(listener);
+    outcome
+}
+
+fn serve(
+    listener: &TcpListener,
+    ring: &mut IoUring,
+    upstream: SocketAddr,
+    chunk: usize,
+    pairs: &mut Vec<Option<Pair>>,
+) -> anyhow::Result<()> {
+    let (submitter, mut sq, mut cq) = ring.split();
     let mut completions: Vec<(u64, i32)> = Vec::with_capacity(64);
     let accept = opcode::Accept::new(types::Fd(listener.as_raw_fd()), std::ptr::null_mut(), std::ptr::null_mut())
         .build()
@@ -113,7 +129,7 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr, chunk: usize) -> anyhow::Re
                     // SAFETY: a successful accept's result is a new descriptor
                     // that nothing else owns.
                     let client = unsafe { TcpStream::from_raw_fd(result) };
-                    open_pair(client, upstream, chunk, &mut pairs, &mut queue);
+                    open_pair(client, upstream, chunk, pairs, &mut queue);
                 } else {
                     eprintln!("accept failed: {}", io::Error::from_raw_os_error(-result));
                 }
