@@ -1518,12 +1518,25 @@ async fn masking_rules_that_come_back_end_the_session() {
 /// gateway must go on reading it while its own write of queries waits.
 #[tokio::test]
 async fn a_pipeline_whose_results_outgrow_the_socket_buffers_gets_every_result() {
-    let s = Stack::start().await;
+    pipeline_outgrowing_the_buffers(&Stack::start().await).await;
+}
+
+/// The same when what the gateway reads ahead fills up long before the write
+/// it waits on is done (here 64 KiB; by default 8 MiB, which one client read
+/// of short queries with long results also outgrows): the results read go
+/// on to the client, and the write goes on after them.
+#[tokio::test]
+async fn a_pipeline_gets_every_result_when_the_read_ahead_fills() {
+    let s = Stack::start_with_gateway(|g| g.read_ahead_limit = 64 * 1024).await;
+    pipeline_outgrowing_the_buffers(&s).await;
+}
+
+/// 20,000 pipelined queries of about 1 KiB, with 4 KiB of result each.
+async fn pipeline_outgrowing_the_buffers(s: &Stack) {
     let token = s.token("ci-job-42").await;
     s.grant("ci-job-42", 900).await;
-    let (reader, mut writer) = raw_login(&s, "pg.readonly", &token).await.into_split();
+    let (reader, mut writer) = raw_login(s, "pg.readonly", &token).await.into_split();
     const QUERIES: usize = 20_000;
-    // About 1 KiB of query and 4 KiB of result each: 20 MiB out, 80 MiB back.
     let one = query(&format!("SELECT repeat('x', 4000) /* {} */", "p".repeat(1000)));
     let pipeline = one.repeat(QUERIES);
     let writing = tokio::spawn(async move { writer.write_all(&pipeline).await.map(|()| writer) });
@@ -1537,7 +1550,10 @@ async fn a_pipeline_whose_results_outgrow_the_socket_buffers_gets_every_result()
             reader.read_exact(&mut body).await.unwrap();
             match tag {
                 b'Z' => ready += 1,
-                b'D' => rows += 1,
+                b'D' => {
+                    assert_eq!(body.len(), 2 + 4 + 4000, "a row whole and in place");
+                    rows += 1;
+                }
                 b'E' => panic!("an error after {ready} queries: {}", String::from_utf8_lossy(&body)),
                 _ => {}
             }

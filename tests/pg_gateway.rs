@@ -288,7 +288,7 @@ async fn one_address_holds_a_bounded_number_of_logins_in_progress() {
 
 /// A request for encryption is answered once, as Postgres answers it: a
 /// client may ask for GSSAPI encryption, then TLS, but one asking again is
-/// refused with a protocol error rather than answered in a loop.
+/// refused (0A000, as Postgres refuses it) rather than answered in a loop.
 #[tokio::test]
 async fn each_request_for_encryption_is_answered_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -301,7 +301,7 @@ async fn each_request_for_encryption_is_answered_once() {
     let (code, message) = wire::read_fatal(&mut twice).await;
     assert_eq!(
         (code.as_str(), message.as_str()),
-        ("08P01", "GSSENCRequest sent again, or inside TLS, after encryption was negotiated")
+        ("0A000", "GSSENCRequest sent again, or inside TLS, after encryption was negotiated")
     );
 
     // libpq's order when it has Kerberos credentials: GSSAPI encryption

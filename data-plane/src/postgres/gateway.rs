@@ -67,6 +67,10 @@ pub struct GatewayOptions {
     pub session_threads: usize,
     /// The most admin connections held to each target (at least one is used).
     pub admin_connections: usize,
+    /// How much of the target's answers a session reads while its write to
+    /// the target waits, before it forwards them and writes the rest later
+    /// (see `session::write_watched`).
+    pub read_ahead_limit: usize,
 }
 
 impl Default for GatewayOptions {
@@ -83,9 +87,14 @@ impl Default for GatewayOptions {
             target_roots: None,
             session_threads: 0,
             admin_connections: super::roles::ADMIN_CONNECTIONS,
+            read_ahead_limit: DEFAULT_READ_AHEAD_LIMIT,
         }
     }
 }
+
+/// What a session reads of the target's answers while a write to the target
+/// waits, at most, before it passes them on.
+pub const DEFAULT_READ_AHEAD_LIMIT: usize = 8 << 20;
 
 /// Postgres's own `authentication_timeout`.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -66,6 +66,9 @@ use crate::recording::{self, SessionTap};
 /// How much a read may bring in at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A read buffer emptied with more capacity than this is given back.
+const KEPT_BUFFER: usize = 1024 * 1024;
+
 /// SQLSTATE insufficient_resources: the session cannot be recorded.
 const RECORDING_UNAVAILABLE: &str = "53000";
 
@@ -446,7 +449,11 @@ async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "SSLRequest after TLS was established"));
                 }
                 if std::mem::replace(&mut ssl_answered, true) {
-                    return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "SSLRequest sent again after its answer"));
+                    // Postgres's code for a request it does not take at this point.
+                    return Err(Ended::fatal(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "SSLRequest sent again after its answer",
+                    ));
                 }
                 let Some(acceptor) = gw.tls.clone() else {
                     client.io.write_all(&[encode::SSL_REFUSED]).await.map_err(io_ended)?;
@@ -469,7 +476,7 @@ async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8
             Startup::GssEncRequest => {
                 if client.tls || std::mem::replace(&mut gss_answered, true) {
                     return Err(Ended::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
+                        sqlstate::FEATURE_NOT_SUPPORTED,
                         "GSSENCRequest sent again, or inside TLS, after encryption was negotiated",
                     ));
                 }
@@ -1264,6 +1271,10 @@ impl Relay<'_> {
                 }
                 if server_buf.capacity() < READ_CHUNK {
                     server_buf.reserve(READ_CHUNK);
+                } else if server_buf.is_empty() && server_buf.capacity() > KEPT_BUFFER {
+                    // Grown for a large message or by reading ahead: not kept
+                    // for the rest of the session.
+                    server_buf = BytesMut::with_capacity(READ_CHUNK);
                 }
             }
         }
@@ -1308,13 +1319,13 @@ impl Relay<'_> {
     /// Writes `bytes` to the client (see [`write_watched`]).
     async fn write_client(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-        write_watched(&mut self.client.io, bytes, None, watch).await?.map_err(io_ended)
+        write_watched(&mut self.client.io, bytes, None, watch).await?.map(drop).map_err(io_ended)
     }
 
     /// Writes `bytes` to the target (see [`write_watched`]).
     async fn write_server(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-        write_watched(&mut self.upstream.stream, bytes, None, watch).await?.map_err(target_lost)
+        write_watched(&mut self.upstream.stream, bytes, None, watch).await?.map(drop).map_err(target_lost)
     }
 
     /// Handles the client's complete messages, holding statements for review
@@ -1941,9 +1952,12 @@ impl Relay<'_> {
             Some(sql) if !keywords::mentions_deallocation(sql) => (None, false),
             Some(sql) => (keywords::deallocated_name(sql), true),
         };
-        // (An Execute of a portal not followed forgets every name anyway.)
+        // (An Execute of a portal not followed forgets every name anyway. Only
+        // followed names are kept, each under 63 bytes: a session cannot make
+        // these maps hold more than their count of short names.)
         if let Some(name) = closes
             && followed(portal)
+            && followed(name.as_ref())
             && self.closing_portals.len() < MAX_PREPARED
         {
             self.closing_portals.insert(bytes::Bytes::copy_from_slice(portal), bytes::Bytes::from(name));
@@ -1951,7 +1965,9 @@ impl Relay<'_> {
         }
         if may_deallocate {
             self.statements.forget_all();
-            if self.deallocating_portals.len() < MAX_PREPARED {
+            if !followed(portal) {
+                // Its Execute forgets every name, as any such portal's does.
+            } else if self.deallocating_portals.len() < MAX_PREPARED {
                 self.deallocating_portals.insert(bytes::Bytes::copy_from_slice(portal));
             } else {
                 self.every_portal_deallocates = true;
@@ -2026,9 +2042,11 @@ impl Relay<'_> {
     fn sync_forwarded(&mut self) {
         self.batch_open = false;
         self.copy.forwarded(b'S', self.ready_owed + 1);
+        self.statements.batch_closed();
         if let Some(r) = &mut self.masking {
             r.queue.push_back(Expect::Sync);
             r.skipping = false;
+            r.portals.batch_closed();
         }
         self.ready_owed += 1;
         if let Some(refusal) = self.refusal.take() {
@@ -2748,13 +2766,23 @@ impl Relay<'_> {
         self.commit_recording()?;
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
+        }
+        while !to_server.is_empty() {
             let before = server_buf.len();
+            let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit);
             let watch =
                 Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-            let written = write_watched(&mut self.upstream.stream, to_server, Some(server_buf), watch).await?;
+            let written = write_watched(&mut self.upstream.stream, to_server, Some(ahead), watch).await?;
             self.read_ahead |= server_buf.len() > before;
-            written.map_err(target_lost)?;
-            to_server.clear();
+            to_server.advance(written.map_err(target_lost)?);
+            if !to_server.is_empty() {
+                // The write stopped at the read-ahead limit: the answers read
+                // go on to the client (which is reading them, or the target
+                // would not be waiting), and the write goes on after them.
+                self.read_ahead = false;
+                self.forward_server(server_buf, to_client).await?;
+                self.send_client(to_client).await?;
+            }
         }
         self.send_client(to_client).await
     }
@@ -2859,19 +2887,25 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// unwritten. A write that goes at once, as nearly all do, makes no timer; one
 /// that waits registers with nothing shared but the timer.
 ///
-/// With `ahead` (the target's side), what `io` sends while the write waits is
-/// read into it, up to [`READ_AHEAD_LIMIT`]: a target whose input is full is
-/// busy writing results, and reads no more queries until someone reads them,
-/// so a client pipelining more than the sockets hold (reading its results
-/// all the while) would otherwise wait on the gateway forever.
+/// With `ahead` (the target's side: its buffer and a limit), what `io` sends
+/// while the write waits is read into the buffer: a target whose input is
+/// full is busy writing answers, and reads nothing more until someone reads
+/// them, so a client pipelining more than the sockets hold (reading its
+/// answers all the while) would otherwise wait on the gateway forever. Once
+/// the buffer holds the limit, the write stops where it is, so that the
+/// caller passes the answers on and writes the rest after them. Returns how
+/// much was written: all of `bytes` but in that case.
 async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
     io: &mut W,
     bytes: &[u8],
-    mut ahead: Option<&mut BytesMut>,
+    mut ahead: Option<(&mut BytesMut, usize)>,
     watch: Watch<'_>,
-) -> Result<std::io::Result<()>, Ended> {
-    let (mut written, mut ended) = (0, false);
-    let write = std::future::poll_fn(|cx| write_reading(io, cx, bytes, &mut written, ahead.as_deref_mut(), &mut ended));
+) -> Result<std::io::Result<usize>, Ended> {
+    let mut state = WriteState::default();
+    let write = std::future::poll_fn(|cx| {
+        let ahead = ahead.as_mut().map(|(buf, limit)| (&mut **buf, *limit));
+        write_reading(io, cx, bytes, ahead, &mut state)
+    });
     tokio::pin!(write);
     if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         return Ok(written);
@@ -2891,48 +2925,55 @@ async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// How much of the target's bytes a write to it that waits reads ahead: past
-/// this, a client that reads nothing holds the target up, as it would
-/// connected directly.
-const READ_AHEAD_LIMIT: usize = 8 << 20;
+/// Where a `write_watched` write stands between polls.
+#[derive(Default)]
+struct WriteState {
+    written: usize,
+    /// Bytes were read ahead during this write.
+    read: bool,
+    /// The peer ended its side: the loop reads the end next.
+    ended: bool,
+}
 
-/// One poll of `write_watched`'s write: the rest of `bytes` after `written`,
-/// and while that waits, reads into `ahead` until `io` has nothing more, has
-/// ended (`ended`: the loop reads the end next) or the limit is reached.
+/// One poll of `write_watched`'s write: the rest of `bytes`, and while that
+/// waits, reads into `ahead` until `io` has nothing more or has ended. Ready
+/// with what was written once it is all, or once this write read the buffer
+/// up to its limit.
 fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     cx: &mut Context<'_>,
     bytes: &[u8],
-    written: &mut usize,
-    ahead: Option<&mut BytesMut>,
-    ended: &mut bool,
-) -> Poll<std::io::Result<()>> {
+    ahead: Option<(&mut BytesMut, usize)>,
+    state: &mut WriteState,
+) -> Poll<std::io::Result<usize>> {
     loop {
-        let Some(rest) = bytes.get(*written..).filter(|rest| !rest.is_empty()) else {
-            return Poll::Ready(Ok(()));
+        let Some(rest) = bytes.get(state.written..).filter(|rest| !rest.is_empty()) else {
+            return Poll::Ready(Ok(state.written));
         };
         match Pin::new(&mut *io).poll_write(cx, rest) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Ready(Ok(n)) => state.written += n,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => break,
         }
     }
     // The write waits (its waker registered): the socket's readable side gets
     // a waker of its own.
-    let Some(buf) = ahead else { return Poll::Pending };
-    while !*ended && buf.len() < READ_AHEAD_LIMIT {
+    let Some((buf, limit)) = ahead else { return Poll::Pending };
+    while !state.ended && buf.len() < limit {
         if buf.capacity() - buf.len() < READ_CHUNK {
             buf.reserve(READ_CHUNK);
         }
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
-            Poll::Ready(Ok(0)) => *ended = true,
-            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Ok(0)) => state.ended = true,
+            Poll::Ready(Ok(_)) => state.read = true,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => break,
+            Poll::Pending => return Poll::Pending,
         }
     }
-    Poll::Pending
+    // At the limit with answers of this write's to pass on; otherwise (a
+    // buffer that held the limit before, a peer that ended) the write waits on.
+    if state.read && !state.ended { Poll::Ready(Ok(state.written)) } else { Poll::Pending }
 }
 
 /// The lengths of a Parse body's statement name and text, when the body is

@@ -287,6 +287,15 @@ impl<T: Clone + Weighed> Names<T> {
         self.epoch += 1;
     }
 
+    /// The client's open batch ended (its Sync went): what it changed counts
+    /// for no later message, and is let go of now rather than at the next
+    /// batch's first change.
+    pub(crate) fn batch_closed(&mut self) {
+        if !self.open.is_empty() {
+            self.clear_open();
+        }
+    }
+
     /// Syncs turned out to be ignored (during a COPY): batches were not what
     /// they seemed, and what the open one prepared no longer counts.
     pub(crate) fn batches_renumbered(&mut self) {
