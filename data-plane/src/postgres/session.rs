@@ -1356,8 +1356,13 @@ impl Relay<'_> {
                 Progress::Done => return Ok(false),
                 Progress::Terminated => return Ok(true),
                 Progress::AwaitAnswers => {
-                    self.awaiting_answers = true;
-                    return Ok(false);
+                    // The answers may have come while the flush wrote (it
+                    // passes on what it reads meanwhile): then nothing would
+                    // wake the Bind, and it goes now.
+                    if self.ready_seen < self.ready_owed && self.bind_awaits_answers() {
+                        self.awaiting_answers = true;
+                        return Ok(false);
+                    }
                 }
                 Progress::Hold => {
                     let Some(held) = self.held.take() else { return Ok(false) };
@@ -2289,12 +2294,18 @@ impl Relay<'_> {
     /// whole run of complete ones goes to the client in one write, unless an
     /// error must be slipped in before a ReadyForQuery.
     async fn forward_server(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
-        if self.masking.is_some() {
-            self.forward_masked(server_buf, to_client).await?;
-        } else {
-            self.forward_plain(server_buf, to_client).await?;
-        }
+        self.forward_answers(server_buf, to_client).await?;
         self.send_probe().await
+    }
+
+    /// `forward_server` without sending the probe the answers may call for:
+    /// for `flush`, which sends it once what it is writing has gone first.
+    async fn forward_answers(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        if self.masking.is_some() {
+            self.forward_masked(server_buf, to_client).await
+        } else {
+            self.forward_plain(server_buf, to_client).await
+        }
     }
 
     /// `forward_server` where nothing is masked.
@@ -2767,23 +2778,35 @@ impl Relay<'_> {
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
         }
-        while !to_server.is_empty() {
+        let mut done = to_server.is_empty();
+        while !done {
             let before = server_buf.len();
-            let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit);
+            // At least the message the buffer holds the start of, whole: the
+            // target may be waiting to write the rest of it.
+            let started = server_buf
+                .get(1..HEADER_LEN)
+                .and_then(|len| <[u8; 4]>::try_from(len).ok())
+                .map_or(0, |len| usize::try_from(i32::from_be_bytes(len)).unwrap_or(0))
+                .min(super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN);
+            let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit.max(started + 2));
             let watch =
                 Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-            let written = write_watched(&mut self.upstream.stream, to_server, Some(ahead), watch).await?;
+            let wrote = write_watched(&mut self.upstream.stream, to_server, Some(ahead), watch).await?;
             self.read_ahead |= server_buf.len() > before;
-            to_server.advance(written.map_err(target_lost)?);
-            if !to_server.is_empty() {
+            let wrote = wrote.map_err(target_lost)?;
+            to_server.advance(wrote.written);
+            done = wrote.done;
+            if !done {
                 // The write stopped at the read-ahead limit: the answers read
                 // go on to the client (which is reading them, or the target
                 // would not be waiting), and the write goes on after them.
                 self.read_ahead = false;
-                self.forward_server(server_buf, to_client).await?;
+                self.forward_answers(server_buf, to_client).await?;
                 self.send_client(to_client).await?;
             }
         }
+        // A probe the answers above called for goes after everything before it.
+        self.send_probe().await?;
         self.send_client(to_client).await
     }
 
@@ -2893,14 +2916,15 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// them, so a client pipelining more than the sockets hold (reading its
 /// answers all the while) would otherwise wait on the gateway forever. Once
 /// the buffer holds the limit, the write stops where it is, so that the
-/// caller passes the answers on and writes the rest after them. Returns how
-/// much was written: all of `bytes` but in that case.
+/// caller passes the answers on and writes the rest after them (`Wrote`).
+/// The write is done once `io` has flushed it too: a TLS stream may hold the
+/// end of it until then.
 async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
     io: &mut W,
     bytes: &[u8],
     mut ahead: Option<(&mut BytesMut, usize)>,
     watch: Watch<'_>,
-) -> Result<std::io::Result<usize>, Ended> {
+) -> Result<std::io::Result<Wrote>, Ended> {
     let mut state = WriteState::default();
     let write = std::future::poll_fn(|cx| {
         let ahead = ahead.as_mut().map(|(buf, limit)| (&mut **buf, *limit));
@@ -2925,6 +2949,14 @@ async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// How far a `write_watched` write went.
+struct Wrote {
+    /// Bytes taken.
+    written: usize,
+    /// All of them, flushed; otherwise stopped at the read-ahead limit.
+    done: bool,
+}
+
 /// Where a `write_watched` write stands between polls.
 #[derive(Default)]
 struct WriteState {
@@ -2935,20 +2967,24 @@ struct WriteState {
     ended: bool,
 }
 
-/// One poll of `write_watched`'s write: the rest of `bytes`, and while that
-/// waits, reads into `ahead` until `io` has nothing more or has ended. Ready
-/// with what was written once it is all, or once this write read the buffer
-/// up to its limit.
+/// One poll of `write_watched`'s write: the rest of `bytes` and a flush, and
+/// while those wait, reads into `ahead` until `io` has nothing more or has
+/// ended. Ready once all is written and flushed, or once this write read the
+/// buffer up to its limit.
 fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     cx: &mut Context<'_>,
     bytes: &[u8],
     ahead: Option<(&mut BytesMut, usize)>,
     state: &mut WriteState,
-) -> Poll<std::io::Result<usize>> {
+) -> Poll<std::io::Result<Wrote>> {
     loop {
         let Some(rest) = bytes.get(state.written..).filter(|rest| !rest.is_empty()) else {
-            return Poll::Ready(Ok(state.written));
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(Wrote { written: state.written, done: true })),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
         };
         match Pin::new(&mut *io).poll_write(cx, rest) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
@@ -2973,7 +3009,11 @@ fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // At the limit with answers of this write's to pass on; otherwise (a
     // buffer that held the limit before, a peer that ended) the write waits on.
-    if state.read && !state.ended { Poll::Ready(Ok(state.written)) } else { Poll::Pending }
+    if state.read && !state.ended {
+        Poll::Ready(Ok(Wrote { written: state.written, done: false }))
+    } else {
+        Poll::Pending
+    }
 }
 
 /// The lengths of a Parse body's statement name and text, when the body is
