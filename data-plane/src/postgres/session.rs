@@ -2783,11 +2783,11 @@ impl Relay<'_> {
             let before = server_buf.len();
             // At least the message the buffer holds the start of, whole: the
             // target may be waiting to write the rest of it.
-            let started = server_buf
-                .get(1..HEADER_LEN)
-                .and_then(|len| <[u8; 4]>::try_from(len).ok())
-                .map_or(0, |len| usize::try_from(i32::from_be_bytes(len)).unwrap_or(0))
-                .min(super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN);
+            let started = match server_buf.get(..HEADER_LEN) {
+                Some(&[_, a, b, c, d]) => usize::try_from(i32::from_be_bytes([a, b, c, d])).unwrap_or(0),
+                _ => 0,
+            }
+            .min(super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN);
             let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit.max(started + 2));
             let watch =
                 Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
