@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use airlock_data_plane::postgres::copy_watch::{Probe, ProbeStep};
 use airlock_data_plane::postgres::keywords::{deallocated_name, mentions_deallocation};
 use airlock_data_plane::postgres::protocol::backend::{Authentication, BackendMessage, decode_backend};
 use airlock_data_plane::postgres::protocol::encode::{self, Report, Severity};
@@ -13,10 +14,12 @@ use airlock_data_plane::postgres::protocol::frame::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, DEFAULT_MAX_FRONTEND_MESSAGE_LEN, Frame, parse_frame, parse_frontend_frame,
 };
 use airlock_data_plane::postgres::protocol::frontend::{
-    FrontendMessage, ObjectKind, decode_frontend, decode_password, decode_sasl_initial_response, param_format,
+    FrontendMessage, ObjectKind, bind_names, decode_frontend, decode_password, decode_sasl_initial_response,
+    param_format, parse_layout,
 };
 use airlock_data_plane::postgres::protocol::startup::{Startup, encode_startup, parse_startup};
 use airlock_data_plane::postgres::protocol::{ProtocolError, sqlstate};
+use airlock_data_plane::postgres::roles::LoginGuard;
 use airlock_data_plane::postgres::scram;
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -698,9 +701,17 @@ fn fuzz_corpora_replay_without_panic() {
             if target == "pg_frontend" {
                 let _ = parse_startup(&mut buf);
                 while let Ok(Some(frame)) = frontend_frame(&mut buf) {
-                    if let Ok(FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. }) =
-                        decode_frontend(&frame)
-                    {
+                    let decoded = decode_frontend(&frame);
+                    let body = frame.body();
+                    if let Ok(FrontendMessage::Parse { name, sql, .. }) = &decoded {
+                        assert_eq!(parse_layout(&body), Some((name.len(), sql.len())), "{}", path.display());
+                    } else if frame.tag() == b'P' {
+                        assert_eq!(parse_layout(&body), None, "{}", path.display());
+                    }
+                    if let Ok(FrontendMessage::Bind { portal, statement, .. }) = &decoded {
+                        assert_eq!(bind_names(&body), Some((&portal[..], &statement[..])), "{}", path.display());
+                    }
+                    if let Ok(FrontendMessage::Query { sql } | FrontendMessage::Parse { sql, .. }) = decoded {
                         let mentioned = mentions_deallocation(&sql);
                         assert!(deallocated_name(&sql).is_none() || mentioned, "{}", path.display());
                     }
@@ -717,6 +728,12 @@ fn fuzz_corpora_replay_without_panic() {
     use base64::Engine as _;
     let salt = base64::engine::general_purpose::STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
     let salted = scram::SaltedPassword::compute(b"pencil", &salt, 4096);
+    let cache = std::sync::Arc::new(scram::SaltCache::default());
+    let stored = || scram::Login::stored("pencil", cache.clone()).unwrap();
+    let mut first_login = stored();
+    let client_first = first_login.first();
+    let nonce = std::str::from_utf8(&client_first[b"n,,n=,r=".len()..]).unwrap();
+    first_login.respond(format!("r={nonce}x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096").as_bytes()).unwrap();
     for entry in std::fs::read_dir(root.join("scram_login")).unwrap() {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
@@ -732,6 +749,48 @@ fn fuzz_corpora_replay_without_panic() {
             assert!(login.verify(last.get(1..).unwrap_or_default()).is_err(), "{}", path.display());
         }
         let _ = scram::Login::new(salted.clone()).respond(&data);
+        // A stored password whose cache holds it salted as the RFC says.
+        for mut login in [stored(), stored().able_to_bind(), stored().bind(vec![0xab; 32])] {
+            let client_first = login.first();
+            let at = client_first.windows(3).position(|w| w == b",r=").unwrap();
+            let responded = login.respond_if_kept(&[b"r=", &client_first[at + 3..], rest].concat());
+            if path.ends_with("rfc7677") {
+                responded.as_ref().expect("kept").as_ref().expect("the RFC's server-first message is answered");
+            }
+            if let Some(Ok(_)) = responded {
+                assert!(login.verify(last.get(1..).unwrap_or_default()).is_err(), "{}", path.display());
+            }
+        }
+        assert_eq!(cache.hashed(), 1, "a stored login hashed where it must not");
+        seen += 1;
+    }
+    // As `fuzz/fuzz_targets/pg_admin_login.rs` does: the seeds named for a
+    // request the guard must refuse are refused, the others pass.
+    for entry in std::fs::read_dir(root.join("pg_admin_login")).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let (&flags, sent) = data.split_first().unwrap();
+        let binding = (flags & 4 != 0).then(|| vec![0xab; 32]);
+        let mut guard = LoginGuard::new((), flags & 1 != 0, flags & 2 != 0, binding);
+        let refused = sent.chunks(usize::from(flags >> 3) + 1).any(|read| guard.inspect(read).is_err());
+        let name = path.file_name().unwrap().to_string_lossy();
+        let should = ["cleartext_untrusted", "md5_untrusted", "few_iterations"].contains(&&*name);
+        assert_eq!(refused, should, "{name}");
+        seen += 1;
+    }
+    // As `fuzz/fuzz_targets/pg_copy_probe.rs` does.
+    for entry in std::fs::read_dir(root.join("pg_copy_probe")).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy();
+        let outcome = probe_outcome(&data);
+        if name == "answered" {
+            let (held, ignored) = outcome.expect("the probe's answer is read");
+            assert_eq!(ignored, 2, "{name}");
+            assert_eq!(held, [&b"Z\0\0\0\x05I"[..], b"N\0\0\0\x0dSNOTICE\0\0"].concat(), "{name}");
+        } else {
+            assert_eq!(outcome, None, "{name}");
+        }
         seen += 1;
     }
     // As `fuzz/fuzz_targets/tls_end_point.rs` does; the seeds are certificates
@@ -775,4 +834,33 @@ fn fuzz_corpora_replay_without_panic() {
         seen += 1;
     }
     assert!(seen > 0, "no seeds found under {}", root.display());
+}
+
+/// A probe stepped through a `pg_copy_probe` input, as the fuzz target does:
+/// what it hands back once its answer came.
+fn probe_outcome(data: &[u8]) -> Option<(Vec<u8>, u64)> {
+    let (head, mut rest) = data.split_first_chunk::<5>()?;
+    let [from, window, flags, owed, seen] = head.map(u64::from);
+    let mut probe = Probe::new(from, window, flags & 1 != 0, flags & 2 != 0, owed);
+    let name = probe.name().as_bytes().to_vec();
+    while let [tag, len, tail @ ..] = rest {
+        let count = usize::from(len & 0x3f);
+        let body = if len & 0x40 != 0 {
+            rest = tail;
+            vec![0; count * 16 * 1024]
+        } else {
+            let (body, after) = tail.split_at(count.min(tail.len()));
+            rest = after;
+            body.to_vec()
+        };
+        let named = if len & 0x80 != 0 { &name[..] } else { &[][..] };
+        let declared = u32::try_from(4 + body.len() + named.len()).unwrap();
+        let raw = [&[*tag][..], &declared.to_be_bytes(), &body, named].concat();
+        match probe.step(*tag, &raw) {
+            ProbeStep::Held => {}
+            ProbeStep::Lost => return None,
+            ProbeStep::Finished => break,
+        }
+    }
+    probe.outcome(seen)
 }

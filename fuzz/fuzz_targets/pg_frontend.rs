@@ -3,7 +3,8 @@
 //! never panic, never read past a declared length, and forward a frame's raw
 //! bytes exactly as they arrived; the scan of statement text for what may
 //! deallocate, and the reading of a lone `DEALLOCATE name`, must never
-//! panic either.
+//! panic either. The relay's quick reads of a Parse's layout and of a Bind's
+//! names, which spare it decoding, must agree with the decoder.
 
 #![no_main]
 
@@ -11,7 +12,7 @@ use airlock_data_plane::postgres::keywords::{deallocated_name, mentions_dealloca
 use airlock_data_plane::postgres::protocol::FrontendMessage;
 use airlock_data_plane::postgres::protocol::frame::parse_frontend_frame;
 use airlock_data_plane::postgres::protocol::frontend::{
-    decode_frontend, decode_password, decode_sasl_initial_response,
+    bind_names, decode_frontend, decode_password, decode_sasl_initial_response, parse_layout,
 };
 use airlock_data_plane::postgres::protocol::startup::parse_startup;
 use bytes::BytesMut;
@@ -36,7 +37,17 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some(frame)) => {
                 assert_eq!(frame.raw().as_ref(), &data[consumed..consumed + frame.len()], "frame is not the input");
                 consumed += frame.len();
-                match decode_frontend(&frame) {
+                let decoded = decode_frontend(&frame);
+                let body = frame.body();
+                if let Ok(FrontendMessage::Parse { name, sql, .. }) = &decoded {
+                    assert_eq!(parse_layout(&body), Some((name.len(), sql.len())), "the layout read disagrees");
+                } else if frame.tag() == b'P' {
+                    assert_eq!(parse_layout(&body), None, "a layout read where the decoder refuses");
+                }
+                if let Ok(FrontendMessage::Bind { portal, statement, .. }) = &decoded {
+                    assert_eq!(bind_names(&body), Some((&portal[..], &statement[..])), "the names read disagree");
+                }
+                match decoded {
                     Ok(FrontendMessage::Password(body)) => {
                         let _ = decode_password(&body);
                         let _ = decode_sasl_initial_response(&body);

@@ -21,7 +21,11 @@ fuzz_target!(|data: &[u8]| {
         let sql = std::str::from_utf8(&setting.statement).expect("a statement is UTF-8");
         let rest = sql.strip_prefix("SET ").expect("a SET");
         let (name, literal) = rest.split_once(" TO '").expect("SET name TO '...'");
-        assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'), "{sql}");
+        assert!(
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'),
+            "{sql}"
+        );
         let value = literal.strip_suffix('\'').expect("a closed literal");
         assert!(!value.replace("''", "").contains('\''), "a quote left undoubled: {sql}");
     }

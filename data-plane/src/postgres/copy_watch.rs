@@ -216,7 +216,7 @@ pub(crate) fn renumber(batch: u64, from: u64, ignored: u64) -> u64 {
 /// them: the relay holds those back, counts the ReadyForQuery among them, and
 /// then handles them as if they had just come, with the count put right.
 #[derive(Debug)]
-pub(crate) struct Probe {
+pub struct Probe {
     /// The copy, as in [`CopyEnd::Unsure`].
     pub(crate) from: u64,
     pub(crate) window: u64,
@@ -239,7 +239,7 @@ pub(crate) struct Probe {
 
 /// What a server message is during a probe.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ProbeStep {
+pub enum ProbeStep {
     /// Held back, or dropped (the probe's error).
     Held,
     /// The probe's last ReadyForQuery: the count is known.
@@ -251,10 +251,10 @@ pub(crate) enum ProbeStep {
 
 /// How much of the server's answers a probe holds back: those to what the
 /// client pipelined after the failed copy, before the probe.
-pub(crate) const PROBE_HOLD_LIMIT: usize = 4 * 1024 * 1024;
+pub const PROBE_HOLD_LIMIT: usize = 4 * 1024 * 1024;
 
 impl Probe {
-    pub(crate) fn new(from: u64, window: u64, extended: bool, synced_after: bool, owed: u64) -> Self {
+    pub fn new(from: u64, window: u64, extended: bool, synced_after: bool, owed: u64) -> Self {
         let name = format!("airlock_probe_{:032x}", rand::random::<u128>());
         Probe {
             from,
@@ -271,8 +271,13 @@ impl Probe {
         }
     }
 
+    /// The name of the portal the probe describes, which its error carries.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The messages to send.
-    pub(crate) fn messages(&self) -> Vec<u8> {
+    pub fn messages(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + self.name.len());
         out.extend_from_slice(b"S\0\0\0\x04");
         let len = i32::try_from(4 + 1 + self.name.len() + 1).unwrap_or(i32::MAX);
@@ -288,7 +293,7 @@ impl Probe {
     }
 
     /// Places one server message (`raw`: tag, length and body).
-    pub(crate) fn step(&mut self, tag: u8, raw: &[u8]) -> ProbeStep {
+    pub fn step(&mut self, tag: u8, raw: &[u8]) -> ProbeStep {
         // A COPY the client pipelined would read the probe's Describe as copy
         // data, and no answer to the probe would come.
         if tag == b'G' {
@@ -327,7 +332,7 @@ impl Probe {
     /// Once finished, with `seen` ReadyForQuery counted before the probe
     /// began: the messages held back, and how many of the Syncs in the window
     /// the server ignored. `None` when the answers do not fit what was sent.
-    pub(crate) fn outcome(self, seen: u64) -> Option<(Vec<u8>, u64)> {
+    pub fn outcome(self, seen: u64) -> Option<(Vec<u8>, u64)> {
         let ignored = self.owed.checked_sub(seen)?.checked_sub(self.readies)?;
         (self.answered && ignored <= self.window).then_some((self.held, ignored))
     }

@@ -4,7 +4,7 @@
 //! statement hook.
 
 pub mod catalog;
-mod copy_watch;
+pub mod copy_watch;
 pub mod gateway;
 pub mod hook;
 mod in_flight;

@@ -1021,7 +1021,7 @@ fn connect_error(e: &tokio_postgres::Error) -> RoleError {
 /// challenge of fewer than 4096 iterations (whose proof an impostor could
 /// test password guesses against cheaply). After the
 /// login, bytes pass untouched.
-pub(crate) struct LoginGuard<S> {
+pub struct LoginGuard<S> {
     inner: S,
     /// The target is on this machine, or its certificate was checked to name it.
     trusted: bool,
@@ -1097,12 +1097,12 @@ impl LoginRule {
 impl<S> LoginGuard<S> {
     /// `binding`: the channel binding data of the target's certificate, when
     /// the stream is TLS and the certificate names a hash.
-    pub(crate) fn new(inner: S, trusted: bool, tls: bool, binding: Option<Vec<u8>>) -> LoginGuard<S> {
+    pub fn new(inner: S, trusted: bool, tls: bool, binding: Option<Vec<u8>>) -> LoginGuard<S> {
         LoginGuard { inner, trusted, tls, binding, seen: Some(Vec::new()) }
     }
 
     /// Looks at bytes just read: an error stops them reaching tokio_postgres.
-    fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
+    pub fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
         let rule = LoginRule { trusted: self.trusted, bound: self.binding.is_some(), tls: self.tls };
         let Some(seen) = self.seen.as_mut() else { return Ok(()) };
         seen.extend_from_slice(read);

@@ -49,8 +49,7 @@ use super::protocol::encode::{self, Report};
 use super::protocol::frame::{
     Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, frontend_max_len, parse_frontend_frame, peek_frame,
 };
-use super::protocol::frontend::ObjectKind;
-use super::protocol::frontend::decode_password;
+use super::protocol::frontend::{self, ObjectKind, decode_password};
 use super::protocol::{
     DEFAULT_MAX_BACKEND_MESSAGE_LEN, FrontendMessage, Startup, decode_frontend, parse_frame, parse_startup, sqlstate,
 };
@@ -1450,10 +1449,9 @@ impl Relay<'_> {
         let Ok(Some((_, len))) = peek_frame(buf, frontend_max_len(b'B', self.gw.options.max_message_len)) else {
             return false;
         };
-        let body = buf.get(HEADER_LEN..len).unwrap_or_default();
-        let Some(portal_end) = memchr::memchr(0, body) else { return false };
-        let rest = body.get(portal_end + 1..).unwrap_or_default();
-        let Some(statement) = memchr::memchr(0, rest).and_then(|end| rest.get(..end)) else { return false };
+        let Some((_, statement)) = frontend::bind_names(buf.get(HEADER_LEN..len).unwrap_or_default()) else {
+            return false;
+        };
         self.statements.awaits_answer(statement, self.ready_owed + 1)
     }
 
@@ -1635,7 +1633,7 @@ impl Relay<'_> {
         };
         // A Parse laid out other than Postgres reads it takes the full path,
         // which refuses it.
-        if tag == b'P' && parse_layout(self.client.buf.get(HEADER_LEN..len).unwrap_or_default()).is_none() {
+        if tag == b'P' && frontend::parse_layout(self.client.buf.get(HEADER_LEN..len).unwrap_or_default()).is_none() {
             return Ok(Uninspected::Decode);
         }
         // After an error in a batch the server skips to its Sync, and so does
@@ -3016,20 +3014,6 @@ fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The lengths of a Parse body's statement name and text, when the body is
-/// laid out as Postgres reads it: the two strings, a count of parameter types
-/// and that many types, and nothing after them. A Parse the server would
-/// refuse before reading it as a statement (and so keep the unnamed statement
-/// it had) is not one the relay may take as the statement's new text.
-fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
-    let name_len = memchr::memchr(0, body)?;
-    let rest = body.get(name_len + 1..)?;
-    let sql_len = memchr::memchr(0, rest)?;
-    let types = rest.get(sql_len + 1..)?;
-    let count = usize::from(u16::from_be_bytes([*types.first()?, *types.get(1)?]));
-    (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
-}
-
 /// The mask of a statement's rows (`None`: of one the gateway cannot read).
 fn mask_for(gw: &Gateway, context: &SessionContext, sql: Option<&bytes::Bytes>) -> Arc<ResultMask> {
     gw.hook.result_mask(context, sql).unwrap_or_else(|| Arc::new(ResultMask::unread(Vec::new())))
@@ -3165,20 +3149,7 @@ impl AsyncWrite for ClientIo {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_layout, sqlstate, token_may_travel, upstream, upstream_failed};
-
-    #[test]
-    fn a_parse_is_read_only_when_laid_out_as_postgres_reads_it() {
-        let body = |tail: &[u8]| [b"s\0SELECT $1\0".as_slice(), tail].concat();
-        assert_eq!(parse_layout(&body(&[0, 0])), Some((1, 9)));
-        assert_eq!(parse_layout(&body(&[0, 1, 0, 0, 0, 23])), Some((1, 9)));
-        assert_eq!(parse_layout(&[0, 0, 0, 0]), Some((0, 0)));
-        for tail in [&[][..], &[0], &[0, 1], &[0, 1, 0, 0, 0], &[0, 0, 9], &[0xff, 0xff], &[0, 1, 0, 0, 0, 23, 0]] {
-            assert_eq!(parse_layout(&body(tail)), None, "{tail:?}");
-        }
-        assert_eq!(parse_layout(b"s\0SELECT 1"), None, "no end to the text");
-        assert_eq!(parse_layout(b"s"), None, "no end to the name");
-    }
+    use super::{sqlstate, token_may_travel, upstream, upstream_failed};
 
     #[test]
     fn a_gateway_out_of_descriptors_says_so_and_not_that_the_target_is_down() {

@@ -158,6 +158,30 @@ pub fn param_format(param_formats: &[i16], index: usize) -> i16 {
     }
 }
 
+/// The lengths of a Parse body's statement name and text, when the body is
+/// laid out as Postgres reads it: the two strings, a count of parameter types
+/// and that many types, and nothing after them. A Parse the server would
+/// refuse before reading it as a statement (and so keep the unnamed statement
+/// it had) is not one the relay may take as the statement's new text.
+pub fn parse_layout(body: &[u8]) -> Option<(usize, usize)> {
+    let name_len = memchr::memchr(0, body)?;
+    let rest = body.get(name_len + 1..)?;
+    let sql_len = memchr::memchr(0, rest)?;
+    let types = rest.get(sql_len + 1..)?;
+    let count = usize::from(u16::from_be_bytes([*types.first()?, *types.get(1)?]));
+    (types.len() == 2 + 4 * count).then_some((name_len, sql_len))
+}
+
+/// The portal and statement names at the start of a Bind body, read without
+/// decoding the rest (the relay looks up the statement before deciding to
+/// decode). Whatever a Bind that decodes names, this reads the same.
+pub fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let portal_end = memchr::memchr(0, body)?;
+    let rest = body.get(portal_end + 1..)?;
+    let statement_end = memchr::memchr(0, rest)?;
+    Some((body.get(..portal_end)?, rest.get(..statement_end)?))
+}
+
 /// A PasswordMessage body: the password (or `md5…` hash), NUL-terminated.
 pub fn decode_password(body: &Bytes) -> Result<Bytes, ProtocolError> {
     let mut r = Reader::new(b'p', body.clone());
@@ -180,4 +204,30 @@ pub fn decode_sasl_initial_response(body: &Bytes) -> Result<(Bytes, Option<Bytes
     };
     r.finish()?;
     Ok((mechanism, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bind_names, parse_layout};
+
+    #[test]
+    fn a_parse_is_read_only_when_laid_out_as_postgres_reads_it() {
+        let body = |tail: &[u8]| [b"s\0SELECT $1\0".as_slice(), tail].concat();
+        assert_eq!(parse_layout(&body(&[0, 0])), Some((1, 9)));
+        assert_eq!(parse_layout(&body(&[0, 1, 0, 0, 0, 23])), Some((1, 9)));
+        assert_eq!(parse_layout(&[0, 0, 0, 0]), Some((0, 0)));
+        for tail in [&[][..], &[0], &[0, 1], &[0, 1, 0, 0, 0], &[0, 0, 9], &[0xff, 0xff], &[0, 1, 0, 0, 0, 23, 0]] {
+            assert_eq!(parse_layout(&body(tail)), None, "{tail:?}");
+        }
+        assert_eq!(parse_layout(b"s\0SELECT 1"), None, "no end to the text");
+        assert_eq!(parse_layout(b"s"), None, "no end to the name");
+    }
+
+    #[test]
+    fn a_binds_names_are_read_up_to_their_terminators() {
+        assert_eq!(bind_names(b"p\0s\0\0\0"), Some((&b"p"[..], &b"s"[..])));
+        assert_eq!(bind_names(b"\0\0"), Some((&b""[..], &b""[..])));
+        assert_eq!(bind_names(b"p\0s"), None, "no end to the statement's name");
+        assert_eq!(bind_names(b"p"), None, "no end to the portal's name");
+    }
 }
