@@ -1531,6 +1531,31 @@ async fn a_pipeline_gets_every_result_when_the_read_ahead_fills() {
     pipeline_outgrowing_the_buffers(&s).await;
 }
 
+/// The same over TLS, from libpq (pgbench's pipeline mode): 5,000 queries
+/// of about 1 KiB sent before their Sync, with 4 KiB of result each. Every
+/// write to a TLS client is flushed through its stream, which a full socket
+/// must not stall.
+#[tokio::test]
+async fn a_pipeline_over_tls_whose_results_outgrow_the_socket_buffers_completes() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let script = std::env::temp_dir().join(format!("airlock-pipeline-{}.sql", std::process::id()));
+    let one = format!("SELECT repeat('x', 4000) /* {} */;\n", "p".repeat(1000));
+    std::fs::write(&script, format!("\\startpipeline\n{}\\endpipeline\n", one.repeat(5_000))).unwrap();
+    let mut cmd = Command::new(pgbench());
+    cmd.args(["-n", "-c", "1", "-t", "1", "-M", "extended", "-f"])
+        .arg(&script)
+        .arg(format!("host=127.0.0.1 port={} user=pg.readonly dbname={} sslmode=require", s.pg.port(), s.db.name()))
+        .env("PGPASSWORD", &token);
+    let out = tokio::time::timeout(Duration::from_secs(120), run(cmd)).await;
+    let _ = std::fs::remove_file(&script);
+    let out = out.expect("the pipeline stalled: the gateway stopped reading while it wrote");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pgbench failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("number of transactions actually processed: 1/1"), "{stdout}\n{stderr}");
+}
+
 /// 20,000 pipelined queries of about 1 KiB, with 4 KiB of result each.
 async fn pipeline_outgrowing_the_buffers(s: &Stack) {
     let token = s.token("ci-job-42").await;

@@ -967,7 +967,7 @@ struct Relay<'a> {
     /// client's messages read meanwhile wait to be handled.
     resumed: bool,
     /// The target's bytes were read into the server buffer while a write to
-    /// it waited (`write_server`): they wait to be handled, with no read of
+    /// it waited (`write_target`): they wait to be handled, with no read of
     /// the socket to wake the loop for them.
     read_ahead: bool,
     /// The client's next message is a Bind of a statement whose name an
@@ -1319,12 +1319,6 @@ impl Relay<'_> {
     async fn write_client(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
         write_watched(&mut self.client.io, bytes, None, watch).await?.map(drop).map_err(io_ended)
-    }
-
-    /// Writes `bytes` to the target (see [`write_watched`]).
-    async fn write_server(&mut self, bytes: &[u8]) -> Result<(), Ended> {
-        let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-        write_watched(&mut self.upstream.stream, bytes, None, watch).await?.map(drop).map_err(target_lost)
     }
 
     /// Handles the client's complete messages, holding statements for review
@@ -1779,12 +1773,12 @@ impl Relay<'_> {
 
     /// Sends the probe just set up, once: after it the server is not
     /// discarding, whatever batch was open before.
-    async fn send_probe(&mut self) -> Result<(), Ended> {
+    async fn send_probe(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
         let Some(probe) = self.probe.as_mut().filter(|p| !p.sent) else { return Ok(()) };
         probe.sent = true;
-        let messages = probe.messages();
+        let mut messages = BytesMut::from(&probe.messages()[..]);
         self.batch_open = false;
-        self.write_server(&messages).await
+        self.write_target(&mut messages, server_buf, to_client).await
     }
 
     /// The probe was answered: the count is known again. The messages held
@@ -2293,7 +2287,7 @@ impl Relay<'_> {
     /// error must be slipped in before a ReadyForQuery.
     async fn forward_server(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
         self.forward_answers(server_buf, to_client).await?;
-        self.send_probe().await
+        self.send_probe(server_buf, to_client).await
     }
 
     /// `forward_server` without sending the probe the answers may call for:
@@ -2764,6 +2758,9 @@ impl Relay<'_> {
         Ok(masking::shape(columns, mask))
     }
 
+    /// Sends the target what the client's messages made of it, then the
+    /// probe the answers read meanwhile may call for, then what goes to the
+    /// client.
     async fn flush(
         &mut self,
         server_buf: &mut BytesMut,
@@ -2775,8 +2772,26 @@ impl Relay<'_> {
         self.commit_recording()?;
         if !to_server.is_empty() {
             self.client_bytes_stored().await?;
+            self.write_target(to_server, server_buf, to_client).await?;
         }
-        let mut done = to_server.is_empty();
+        // A probe the answers above called for goes after everything before it.
+        self.send_probe(server_buf, to_client).await?;
+        self.send_client(to_client).await
+    }
+
+    /// Writes `bytes` to the target, reading its answers meanwhile: a target
+    /// that is itself blocked writing (a client pipelining past the sockets'
+    /// buffers) would otherwise never read what is written. Past the
+    /// read-ahead limit, the answers read are handled (passed on to the
+    /// client, which is reading them or the target would not be waiting, or
+    /// held back by a probe that is out) before the write goes on.
+    async fn write_target(
+        &mut self,
+        bytes: &mut BytesMut,
+        server_buf: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), Ended> {
+        let mut done = bytes.is_empty();
         while !done {
             let before = server_buf.len();
             // At least the message the buffer holds the start of, whole: the
@@ -2789,23 +2804,18 @@ impl Relay<'_> {
             let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit.max(started + 2));
             let watch =
                 Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-            let wrote = write_watched(&mut self.upstream.stream, to_server, Some(ahead), watch).await?;
+            let wrote = write_watched(&mut self.upstream.stream, bytes, Some(ahead), watch).await?;
             self.read_ahead |= server_buf.len() > before;
             let wrote = wrote.map_err(target_lost)?;
-            to_server.advance(wrote.written);
+            bytes.advance(wrote.written);
             done = wrote.done;
             if !done {
-                // The write stopped at the read-ahead limit: the answers read
-                // go on to the client (which is reading them, or the target
-                // would not be waiting), and the write goes on after them.
                 self.read_ahead = false;
                 self.forward_answers(server_buf, to_client).await?;
                 self.send_client(to_client).await?;
             }
         }
-        // A probe the answers above called for goes after everything before it.
-        self.send_probe().await?;
-        self.send_client(to_client).await
+        Ok(())
     }
 
     /// Records and writes what goes to the client, if anything does.
