@@ -11,6 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use support::wire::{bind, execute, message, parse, read_until_ready, send};
 use support::{Stack, admin_client, sqlstate};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -281,6 +282,26 @@ async fn binary_results_are_masked_or_refused() {
     let e = client.query("SELECT array_agg(notes) FROM customers", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:masked-binary"));
+    // Refused before it runs: a write whose result would be refused commits
+    // nothing, and its transaction fails on the server as the client is told.
+    client.batch_execute("CREATE TEMP TABLE jotted (notes text[])").await.unwrap();
+    let write = "INSERT INTO jotted VALUES (ARRAY['call ana@example.com']) RETURNING notes";
+    let e = client.query(write, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:masked-binary"));
+    assert_eq!(rows(&client, "SELECT count(*) FROM jotted").await.unwrap(), vec![row(&[Some("0")])]);
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(sqlstate(&client.query(write, &[]).await.unwrap_err()), "42501");
+    let aborted = client.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&aborted), "25P02", "the server failed the transaction too: {aborted:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // The same write in text format is masked, not refused, and commits.
+    assert_eq!(
+        rows(&client, write).await.unwrap(),
+        vec![row(&[Some("{\"call ***@******e.com\"}")])],
+        "the array read by the detectors in text"
+    );
+    assert_eq!(rows(&client, "SELECT count(*) FROM jotted").await.unwrap(), vec![row(&[Some("1")])]);
     // The session goes on, and a prepared statement run many times stays masked.
     let statement = client.prepare("SELECT email FROM customers WHERE id = $1").await.unwrap();
     for id in [1i32, 2, 1] {
@@ -288,6 +309,56 @@ async fn binary_results_are_masked_or_refused() {
     }
     let e = client.query("SELECT id FROM customers WHERE email = $1", &[&"ana@example.com"]).await.unwrap_err();
     assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: pii"));
+}
+
+/// A Bind of the unnamed statement into the unnamed portal, every result
+/// column in binary format.
+fn bind_binary() -> Vec<u8> {
+    message(b'B', &[0, 0, 0, 0, 0, 0, 0, 1, 0, 1])
+}
+
+/// What libpq sends for a binary result (psycopg's binary cursors): the
+/// client describes the portal itself. It is told of the refusal once, and
+/// the write does not run; nor does a write after an error in its batch.
+#[tokio::test]
+async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing() {
+    let (s, _client, token) = masked_stack().await;
+    let admin = admin_client(s.db.url()).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE jotted_raw (notes text[]); GRANT INSERT, SELECT ON jotted_raw TO {}",
+            s.template
+        ))
+        .await
+        .unwrap();
+    let mut stream = support::wire::raw_login(&s, "pg", &token).await;
+    let write = "INSERT INTO jotted_raw VALUES (ARRAY['call ana@example.com']) RETURNING notes";
+    let describe_portal = message(b'D', b"P\0");
+    send(&mut stream, &[parse("", write), bind_binary(), describe_portal, execute("", 0), message(b'S', &[])]).await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!((seen, status), (vec!["1".to_owned(), "2".to_owned(), "E:42501".to_owned()], b'I'), "one error");
+    // An error before it in the batch: the server skips it, and so the Describe
+    // the gateway holds it behind.
+    let failing = [parse("", "SELECT 1/0"), bind("", "", &[]), execute("", 0)];
+    let held = [parse("w", write), bind_binary_of("w"), execute("", 0), message(b'S', &[])];
+    send(&mut stream, &[failing.concat(), held.concat()]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "E:22012"], "the division fails as it is planned, at its Bind");
+    // The session goes on.
+    send(&mut stream, &[parse("", "SELECT 1"), bind_binary(), execute("", 0), message(b'S', &[])]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let count = admin.query_one("SELECT count(*) FROM jotted_raw", &[]).await.unwrap().get::<_, i64>(0);
+    assert_eq!(count, 0, "a refused or skipped write ran");
+}
+
+/// A Bind of statement `statement` into the unnamed portal, every result
+/// column in binary format.
+fn bind_binary_of(statement: &str) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(statement.as_bytes());
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 0, 1]);
+    message(b'B', &body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,7 +256,11 @@ mod tests {
     fn names_and_texts_count_until_answered_or_settled() {
         let mut f = InFlight::default();
         let parse = |sql: &str| {
-            Some(Tracked::Statement(Change::Held { value: Prepared { text: name(sql), mask: None }, epoch: 0, seq: 1 }))
+            Some(Tracked::Statement(Change::Held {
+                value: Prepared { text: name(sql), mask: None, unreadable: std::sync::Arc::default() },
+                epoch: 0,
+                seq: 1,
+            }))
         };
         f.push(PARSE_COMPLETE, name("s1"), 1, parse("SELECT 1"));
         f.push(PARSE_COMPLETE, name("s2"), 1, parse("SELECT 22"));

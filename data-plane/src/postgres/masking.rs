@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use airlock_core::mask;
 use airlock_core::policy::{MaskStrategy, ResultMask, WholeMask};
@@ -38,8 +38,12 @@ pub enum Expect {
     Parse,
     Bind,
     Close,
-    /// ParameterDescription, then RowDescription or NoData.
-    DescribeStatement,
+    /// ParameterDescription, then RowDescription or NoData; `described`
+    /// takes what the answer says of the statement the gateway knows under
+    /// that name, if it knows one (`Prepared::unreadable`).
+    DescribeStatement {
+        described: Option<Arc<OnceLock<bool>>>,
+    },
     /// RowDescription or NoData; `hidden` when the gateway asked, not the client.
     DescribePortal {
         hidden: bool,
@@ -66,6 +70,17 @@ pub struct Responses {
     /// The server failed a batch whose Sync has not been forwarded yet: it
     /// answers nothing the client sends until that Sync.
     pub skipping: bool,
+    /// The portal of the last Bind forwarded, and whether its result may
+    /// hold a column the detectors cannot read: it asked for a result column
+    /// in binary format, and the statement it bound was not described as
+    /// having no column of such a kind.
+    pub last_bind: Option<(Bytes, bool)>,
+    /// The answer to the Describe an Execute is held behind (see
+    /// [`Responses::must_describe_first`]): `Err` says why its result cannot
+    /// be masked. `Ok` too when the server skipped the Describe.
+    pub described: Option<Result<(), String>>,
+    /// The Execute about to be forwarded had its portal described already.
+    pub pre_described: bool,
 }
 
 impl Responses {
@@ -82,10 +97,35 @@ impl Responses {
         self.portals.hold(portal, mask, batch).map(Tracked::Portal)
     }
 
+    /// What the last Bind, of `portal`, asked of its result's formats
+    /// (`binary`: a column in binary format), and what the server said of
+    /// its statement's columns, if it described the statement the gateway
+    /// knows under that name (`Some(true)`: one the detectors cannot read).
+    pub fn bound_formats(&mut self, portal: &Bytes, binary: bool, described: Option<bool>) {
+        self.last_bind = Some((portal.clone(), binary && described != Some(false)));
+    }
+
     /// The mask an Execute or Describe of `portal` forwarded in `batch` reads
     /// rows with, or `unknown` when the gateway cannot know the portal.
     pub fn portal(&self, portal: &Bytes, batch: u64, unknown: impl FnOnce() -> Arc<ResultMask>) -> Arc<ResultMask> {
         self.portals.get(portal, batch).cloned().unwrap_or_else(unknown)
+    }
+
+    /// Whether an Execute of `portal` with `mask` must wait for the server
+    /// to describe the portal before it is forwarded: when its result may
+    /// hold a binary column the detectors cannot read, which refuses the
+    /// result, and which must be refused before the statement runs (an
+    /// `UPDATE … RETURNING` would commit otherwise, and so would whatever
+    /// followed it in the batch). Of a portal other than the last Bind's,
+    /// nothing is known.
+    pub fn must_describe_first(&self, portal: &[u8], mask: &ResultMask) -> bool {
+        if !mask.has_detectors() {
+            return false;
+        }
+        match &self.last_bind {
+            Some((name, may)) if name == portal => *may,
+            _ => true,
+        }
     }
 
     /// A Close (what it does to a portal's name goes with it, see `Relay::track_prepared`).
@@ -397,6 +437,26 @@ mod tests {
         )
         .unwrap();
         Arc::new(ResultMask::unread(policy.masking))
+    }
+
+    #[test]
+    fn an_execute_waits_for_a_description_unless_its_result_is_known_readable() {
+        let mask = result_mask();
+        let no_detectors = ResultMask::unread(Vec::new());
+        let mut r = Responses::default();
+        let unnamed = Bytes::new();
+        // Nothing known of the portal: it may be binary.
+        assert!(r.must_describe_first(b"", &mask));
+        assert!(!r.must_describe_first(b"", &no_detectors), "nothing to read with");
+        r.bound_formats(&unnamed, false, None);
+        assert!(!r.must_describe_first(b"", &mask), "text results are always readable");
+        assert!(r.must_describe_first(b"other", &mask), "a portal bound earlier may be binary");
+        r.bound_formats(&unnamed, true, None);
+        assert!(r.must_describe_first(b"", &mask), "a statement never described");
+        r.bound_formats(&unnamed, true, Some(true));
+        assert!(r.must_describe_first(b"", &mask), "described with a column the detectors cannot read");
+        r.bound_formats(&unnamed, true, Some(false));
+        assert!(!r.must_describe_first(b"", &mask), "described with none");
     }
 
     fn row(values: &[Option<&[u8]>]) -> Vec<u8> {

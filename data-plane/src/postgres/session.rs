@@ -44,7 +44,7 @@ use super::gateway::{CancelTarget, Gateway, Undropped};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::in_flight::{InFlight, QUERY_DONE};
 use super::keywords;
-use super::masking::{self, Expect, Responses};
+use super::masking::{self, Expect, Responses, ValueKind};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{
     Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, frontend_max_len, parse_frontend_frame, peek_frame,
@@ -853,6 +853,7 @@ async fn relay_session(
         resumed: false,
         read_ahead: false,
         awaiting_answers: false,
+        describing: None,
         masking: masks.then(Responses::default),
         masking_lapsed: false,
         salt: admitted.context.tenant.to_string().into_bytes(),
@@ -974,6 +975,11 @@ struct Relay<'a> {
     /// earlier batch changed, and it waits until the server has answered
     /// every batch before it (see `bind_awaits_answers`).
     awaiting_answers: bool,
+    /// An Execute held, with the client's messages after it, until the
+    /// server has described its portal: in a masked session, a result the
+    /// detectors cannot read is refused before the statement runs (see
+    /// `Responses::must_describe_first`). Its bytes and message.
+    describing: Option<(bytes::Bytes, FrontendMessage)>,
     /// The Parses, Binds and Closes forwarded and not yet answered, in order.
     in_flight: InFlight,
     /// The responses owed and how their rows are masked, when masking rules
@@ -1079,6 +1085,9 @@ enum Progress {
     /// Stopped at a Bind that waits for the server's answers to the batches
     /// before it (`Relay::bind_awaits_answers`).
     AwaitAnswers,
+    /// Stopped at an Execute that waits for the server to describe its
+    /// portal (`Relay::describing`).
+    Describe,
 }
 
 /// What a relay's wait ended with.
@@ -1301,7 +1310,8 @@ impl Relay<'_> {
     /// wait, but reading goes on up to a bound, so that a client that went
     /// away ends the session then and not when the probe is answered.
     fn client_readable(&self) -> bool {
-        (self.probe.is_none() && !self.awaiting_answers) || self.client.buf.len() < HELD_BUFFER_LIMIT
+        (self.probe.is_none() && !self.awaiting_answers && self.describing.is_none())
+            || self.client.buf.len() < HELD_BUFFER_LIMIT
     }
 
     fn grant_end(&self) -> i64 {
@@ -1340,6 +1350,15 @@ impl Relay<'_> {
                 // Handled once the probe or the Bind's batches are answered (`resumed`).
                 return Ok(false);
             }
+            if self.describing.is_some() {
+                let Some(described) = self.masking.as_mut().and_then(|r| r.described.take()) else {
+                    // Handled once the portal is described (`resumed`).
+                    return Ok(false);
+                };
+                if let Some((raw, message)) = self.describing.take() {
+                    self.release_described(&raw, &message, described, to_server)?;
+                }
+            }
             if let Some((held, outcome)) = self.decided.take() {
                 self.release(held, outcome, to_server)?;
             }
@@ -1354,6 +1373,12 @@ impl Relay<'_> {
                     // wake the Bind, and it goes now.
                     if self.ready_seen < self.ready_owed && self.bind_awaits_answers() {
                         self.awaiting_answers = true;
+                        return Ok(false);
+                    }
+                }
+                Progress::Describe => {
+                    // Likewise, the description may have come while the flush wrote.
+                    if self.masking.as_ref().is_none_or(|r| r.described.is_none()) {
                         return Ok(false);
                     }
                 }
@@ -1425,6 +1450,68 @@ impl Relay<'_> {
             self.ready_owed += 1;
         }
         Ok(())
+    }
+
+    /// In a masked session, sends the Describe an Execute of `portal` must
+    /// wait for (see `Responses::must_describe_first`), with a Flush so that
+    /// the server answers it at once; false when the Execute may go now (also
+    /// when the server is skipping to the next Sync, and will skip it).
+    fn describe_first(&mut self, portal: &bytes::Bytes, to_server: &mut BytesMut) -> bool {
+        let batch = self.ready_owed + 1;
+        let (gw, context) = (self.gw, self.context);
+        let Some(r) = self.masking.as_mut() else { return false };
+        let mask = r.portal(portal, batch, || mask_for(gw, context, None));
+        if r.skipping || !r.must_describe_first(portal, &mask) {
+            return false;
+        }
+        encode::describe_portal(to_server, portal);
+        encode::flush(to_server);
+        r.queue.push_back(Expect::DescribePortal { hidden: true, mask });
+        // A message the server would not read as copy data, as the client's own Describe.
+        self.copy.forwarded(b'D', batch);
+        self.batch_open = true;
+        true
+    }
+
+    /// The Execute held for its portal's description goes on, or is refused
+    /// in its place as a denied statement is (its batch fails on the server).
+    /// Not when the relay skips to the next Sync meanwhile (a probe found the
+    /// server skipping), nor into a copy the server began reading meanwhile.
+    fn release_described(
+        &mut self,
+        raw: &[u8],
+        message: &FrontendMessage,
+        described: Result<(), String>,
+        to_server: &mut BytesMut,
+    ) -> Result<(), Ended> {
+        if self.discarding {
+            return Ok(());
+        }
+        if !self.copy.admits(b'E') {
+            return Err(not_copy_data());
+        }
+        match described {
+            Ok(()) => {
+                if let Some(r) = &mut self.masking {
+                    r.pre_described = true;
+                }
+                self.forward_allowed(message, raw, false, to_server)
+            }
+            Err(why) => {
+                let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
+                    .with_detail("rule: builtin:masked-binary");
+                if self.tap.is_some() {
+                    self.record_decision(recording::Decision {
+                        verdict: recording::Verdict::Deny as i32,
+                        reason: report.message.clone(),
+                        rule: "builtin:masked-binary".into(),
+                        ..Default::default()
+                    })?;
+                }
+                self.refuse(false, report, to_server);
+                Ok(())
+            }
+        }
     }
 
     /// Whether the client's next message is a Bind that should wait for the
@@ -1535,6 +1622,12 @@ impl Relay<'_> {
                         to_server.extend_from_slice(frame.raw());
                         self.sync_forwarded();
                         continue;
+                    }
+                    if let FrontendMessage::Execute { portal, .. } = &message
+                        && self.describe_first(portal, to_server)
+                    {
+                        self.describing = Some((bytes::Bytes::copy_from_slice(frame.raw()), message));
+                        return Ok(Progress::Describe);
                     }
                     self.forward_allowed(&message, frame.raw(), owes_ready, to_server)?;
                     if matches!(message, FrontendMessage::Terminate) {
@@ -1699,7 +1792,7 @@ impl Relay<'_> {
         let (key, text) = (bytes::Bytes::copy_from_slice(name), bytes::Bytes::copy_from_slice(sql));
         let mask = self.masking.as_ref().map(|_| mask_for(self.gw, self.context, Some(&text)));
         let batch = self.ready_owed + 1;
-        let change = self.statements.hold(&key, Prepared { text, mask }, batch);
+        let change = self.statements.hold(&key, Prepared { text, mask, unreadable: Arc::default() }, batch);
         self.in_flight.push(b'1', key, batch, change.map(Tracked::Statement));
     }
 
@@ -1799,6 +1892,10 @@ impl Relay<'_> {
             if let Some(r) = &mut self.masking {
                 while r.queue.front().is_some_and(|e| !matches!(e, Expect::Sync)) {
                     r.queue.pop_front();
+                }
+                if self.describing.is_some() && r.queue.is_empty() {
+                    // The held Execute's Describe was skipped too, and so is the Execute.
+                    r.described = Some(Ok(()));
                 }
             }
             // The probe's first Sync ended it early: up to the client's next
@@ -1991,12 +2088,14 @@ impl Relay<'_> {
             return;
         }
         let batch = self.ready_owed + 1;
-        let statement_mask = match message {
-            FrontendMessage::Bind { statement, .. } => {
-                self.statements.get(statement, batch).and_then(|p| p.mask.clone())
-            }
+        // What the gateway knows of the statement a Bind or Describe names.
+        let known = match message {
+            FrontendMessage::Bind { statement: name, .. }
+            | FrontendMessage::Describe { kind: ObjectKind::Statement, name } => self.statements.get(name, batch),
             _ => None,
         };
+        let statement_mask = known.and_then(|p| p.mask.clone());
+        let unreadable = known.map(|p| p.unreadable.clone());
         let Some(r) = self.masking.as_mut() else { return };
         let (gw, context) = (self.gw, self.context);
         let mask_of = |sql: Option<&bytes::Bytes>| mask_for(gw, context, sql);
@@ -2005,13 +2104,15 @@ impl Relay<'_> {
             FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
             // Its mask is made with the rest of what the relay keeps of it (`track_parse`).
             FrontendMessage::Parse { .. } => r.parsed(),
-            FrontendMessage::Bind { portal, .. } => {
+            FrontendMessage::Bind { portal, result_formats, .. } => {
+                let binary = result_formats.iter().any(|f| *f != 0);
+                r.bound_formats(portal, binary, unreadable.and_then(|u| u.get().copied()));
                 // A statement the gateway does not know is read as unreadable.
                 let change = r.bound(portal, statement_mask.unwrap_or_else(|| mask_of(None)), batch);
                 self.in_flight.push(b'2', bytes::Bytes::copy_from_slice(portal), batch, change);
             }
             FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {
-                r.queue.push_back(Expect::DescribeStatement);
+                r.queue.push_back(Expect::DescribeStatement { described: unreadable });
             }
             FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
                 let mask = r.portal(name, batch, || mask_of(None));
@@ -2019,8 +2120,11 @@ impl Relay<'_> {
             }
             FrontendMessage::Execute { portal, .. } => {
                 let mask = r.portal(portal, batch, || mask_of(None));
-                encode::describe_portal(to_server, portal);
-                r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone() });
+                // Described already when it waited for that (`describe_first`).
+                if !std::mem::take(&mut r.pre_described) {
+                    encode::describe_portal(to_server, portal);
+                    r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone() });
+                }
                 r.queue.push_back(Expect::Execute(mask));
             }
             FrontendMessage::Close { .. } => r.closed(),
@@ -2497,8 +2601,12 @@ impl Relay<'_> {
             if tag == b'E'
                 && let Some(report) = self.refusal_answered(&raw)
             {
-                // In the server's error's place.
-                encode::error_response(to_client, &report);
+                // In the server's error's place; unless the client was told of
+                // an error in this batch already (a result refused), as the
+                // server reports one error a batch.
+                if !matches!(out, Relayed::Dropped) {
+                    encode::error_response(to_client, &report);
+                }
                 continue;
             }
             match out {
@@ -2512,6 +2620,18 @@ impl Relay<'_> {
     /// Places one server message among the responses owed and masks what it
     /// carries.
     async fn masked_message(&mut self, tag: u8, raw: &[u8]) -> Result<Relayed, Ended> {
+        let relayed = self.masked_response(tag, raw).await;
+        if self.masking.as_ref().is_some_and(|r| r.described.is_some()) {
+            // The Execute held for this description, and what followed it, go on.
+            self.resumed = true;
+        }
+        relayed
+    }
+
+    async fn masked_response(&mut self, tag: u8, raw: &[u8]) -> Result<Relayed, Ended> {
+        // The answer that ends the wait of an Execute held for its portal's
+        // description is the last one owed: nothing was forwarded after it.
+        let held = self.describing.is_some();
         let lost = |what: &str| {
             tracing::error!("masking lost track of the target's responses: {what}");
             lost_track()
@@ -2531,23 +2651,36 @@ impl Relay<'_> {
                 Relayed::AsIs
             }
             b't' => {
-                if !matches!(r.queue.front(), Some(Expect::DescribeStatement)) {
+                if !matches!(r.queue.front(), Some(Expect::DescribeStatement { .. })) {
                     return Err(lost("a parameter description nobody asked for"));
                 }
                 Relayed::AsIs
             }
             b'n' => match r.queue.pop_front() {
-                Some(Expect::DescribeStatement | Expect::DescribePortal { hidden: false, .. }) => Relayed::AsIs,
+                Some(Expect::DescribeStatement { described }) => {
+                    if let Some(described) = described {
+                        let _ = described.set(false);
+                    }
+                    Relayed::AsIs
+                }
+                Some(Expect::DescribePortal { hidden: false, .. }) => Relayed::AsIs,
                 Some(Expect::DescribePortal { hidden: true, .. }) => {
                     r.current = None;
+                    if held && r.queue.is_empty() {
+                        r.described = Some(Ok(()));
+                    }
                     Relayed::Dropped
                 }
                 _ => return Err(lost("NoData that answers no Describe")),
             },
             b'T' => {
                 let (hidden, mask) = match r.queue.front() {
-                    Some(Expect::DescribeStatement) => {
-                        r.queue.pop_front();
+                    Some(Expect::DescribeStatement { .. }) => {
+                        if let Some(Expect::DescribeStatement { described: Some(described) }) = r.queue.pop_front() {
+                            let fields = row_description(raw).ok_or_else(|| lost("an unreadable row description"))?;
+                            let other = fields.iter().any(|f| masking::value_kind(f.type_oid) == ValueKind::Other);
+                            let _ = described.set(other);
+                        }
                         return Ok(if dropping { Relayed::Dropped } else { Relayed::AsIs });
                     }
                     Some(Expect::DescribePortal { hidden, mask }) => (*hidden, mask.clone()),
@@ -2557,16 +2690,17 @@ impl Relay<'_> {
                 if !matches!(r.queue.front(), Some(Expect::Query(_))) {
                     r.queue.pop_front();
                 }
-                let fields = match super::protocol::decode_backend(
-                    &Frame::new(b'T', raw.get(HEADER_LEN..).unwrap_or_default())
-                        .map_err(|_| lost("an unreadable row description"))?,
-                ) {
-                    Ok(super::protocol::BackendMessage::RowDescription(fields)) => fields,
-                    _ => return Err(lost("an unreadable row description")),
-                };
+                let fields = row_description(raw).ok_or_else(|| lost("an unreadable row description"))?;
                 let shape = self.shape(&fields, mask).await?;
                 let Some(r) = self.masking.as_mut() else { return Ok(Relayed::AsIs) };
-                if let Some(why) = masking::unreadable(&fields, &shape.columns) {
+                let unreadable = masking::unreadable(&fields, &shape.columns);
+                if hidden && held && r.queue.is_empty() {
+                    // Nothing ran yet: the held Execute is refused instead (`release_described`).
+                    r.current = unreadable.is_none().then(|| Arc::new(shape));
+                    r.described = Some(unreadable.map_or(Ok(()), Err));
+                    return Ok(Relayed::Dropped);
+                }
+                if let Some(why) = unreadable {
                     r.current = None;
                     r.dropping = true;
                     let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
@@ -2616,6 +2750,11 @@ impl Relay<'_> {
                             r.queue.pop_front();
                         }
                         r.skipping = r.queue.is_empty();
+                        if held && r.skipping {
+                            // The server skips the held Execute's Describe, and will skip the
+                            // Execute: it goes on, and is answered by nothing.
+                            r.described = Some(Ok(()));
+                        }
                     }
                 }
                 // Outside any statement's result (a notice between statements): the
@@ -3021,6 +3160,15 @@ fn write_reading<S: AsyncRead + AsyncWrite + Unpin>(
         Poll::Ready(Ok(Wrote { written: state.written, done: false }))
     } else {
         Poll::Pending
+    }
+}
+
+/// The columns a RowDescription (`raw`: tag, length and body) describes.
+fn row_description(raw: &[u8]) -> Option<Vec<super::protocol::FieldDescription>> {
+    let frame = Frame::new(b'T', raw.get(HEADER_LEN..).unwrap_or_default()).ok()?;
+    match super::protocol::decode_backend(&frame) {
+        Ok(super::protocol::BackendMessage::RowDescription(fields)) => Some(fields),
+        _ => None,
     }
 }
 

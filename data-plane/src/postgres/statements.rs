@@ -82,6 +82,11 @@ pub(crate) struct Prepared {
     pub(crate) text: Bytes,
     /// How its rows are masked, in a session whose results are masked.
     pub(crate) mask: Option<Arc<ResultMask>>,
+    /// Once the server described it: whether a result column is of a kind
+    /// the masking detectors cannot read in binary format (`masking`). Shared
+    /// with the Describe awaiting its answer; a statement parsed again under
+    /// the name is another, described anew.
+    pub(crate) unreadable: Arc<std::sync::OnceLock<bool>>,
 }
 
 /// What a message forwarded does to a name, carried with it until the
@@ -324,7 +329,7 @@ mod tests {
     }
 
     fn prepared(sql: &str) -> Prepared {
-        Prepared { text: name(sql), mask: None }
+        Prepared { text: name(sql), mask: None, unreadable: std::sync::Arc::default() }
     }
 
     fn text(s: &Statements, n: &str, batch: u64) -> Option<String> {

@@ -239,6 +239,12 @@ pub fn sync(buf: &mut BytesMut) {
     buf.put_i32(4);
 }
 
+/// Appends a Flush: the server sends what it has answered so far.
+pub fn flush(buf: &mut BytesMut) {
+    buf.put_u8(b'H');
+    buf.put_i32(4);
+}
+
 /// Appends a Terminate.
 pub fn terminate(buf: &mut BytesMut) {
     buf.put_u8(b'X');
