@@ -964,8 +964,9 @@ struct Relay<'a> {
     /// The question put to the server after a COPY failed with Syncs in
     /// flight; the client's messages wait until it is answered.
     probe: Option<Probe>,
-    /// A probe was answered, or the answers a Bind awaited came: the
-    /// client's messages read meanwhile wait to be handled.
+    /// A probe was answered, the answers a Bind awaited came, or the
+    /// description a held Execute awaited: the client's messages read
+    /// meanwhile wait to be handled.
     resumed: bool,
     /// The target's bytes were read into the server buffer while a write to
     /// it waited (`write_target`): they wait to be handled, with no read of
@@ -1306,9 +1307,10 @@ impl Relay<'_> {
         Ok(false)
     }
 
-    /// Whether to read the client now. While a probe is out its messages
-    /// wait, but reading goes on up to a bound, so that a client that went
-    /// away ends the session then and not when the probe is answered.
+    /// Whether to read the client now. While a probe is out (or a Bind or
+    /// an Execute waits for answers) its messages wait, but reading goes on
+    /// up to a bound, so that a client that went away ends the session then
+    /// and not when the wait ends.
     fn client_readable(&self) -> bool {
         (self.probe.is_none() && !self.awaiting_answers && self.describing.is_none())
             || self.client.buf.len() < HELD_BUFFER_LIMIT
