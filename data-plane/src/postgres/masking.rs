@@ -14,7 +14,9 @@
 //! text value is replaced per the rule's strategy; a masked value of any other
 //! type becomes NULL, which every client can read whatever the format. A
 //! binary-format column whose values the detectors cannot read (an array, a
-//! record, a type the gateway does not know) refuses the whole result.
+//! record, a type the gateway does not know) refuses the whole result: for an
+//! Execute, before it runs, by holding it until that Describe is answered
+//! where its result may hold such a column ([`Responses::must_describe_first`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
