@@ -66,6 +66,40 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A binary result the detectors cannot read is refused before its
+/// statement runs, and the refusal is recorded as a deny that names the
+/// statement and the rule.
+#[tokio::test]
+async fn a_binary_result_refused_before_it_runs_is_recorded_with_its_statement() {
+    let s = Stack::start().await;
+    s.apply_policy(
+        "version: 1\nmasking:\n  - name: mail\n    columns: [\"public.contacts.email\"]\n    detectors: [email]\n    \
+         strategy: redact\n",
+    )
+    .await;
+    let token = s.token("agent-8").await;
+    s.grant_role("agent-8", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &token).await.unwrap();
+    // tokio-postgres asks for every result in binary format.
+    let sql = "SELECT ARRAY['write to ana@example.com']";
+    let e = client.query(sql, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    drop(client);
+
+    let (tenant, opened) = s.opened_sessions(1).await;
+    let frames = frames(&s.recordings, tenant, opened[0]).await;
+    let denied = frames
+        .iter()
+        .find_map(|f| match &f.body {
+            Some(Body::Decision(d)) if d.verdict == v1::Verdict::Deny as i32 => Some(d),
+            _ => None,
+        })
+        .expect("the refusal is recorded");
+    assert_eq!(denied.rule, "builtin:masked-binary");
+    assert_eq!(denied.statement, sql);
+    assert!(denied.reason.contains("binary format"), "{}", denied.reason);
+}
+
 #[tokio::test]
 async fn a_psql_session_is_recorded_with_its_statements_masked_rows_and_decisions_and_never_the_token() {
     let s = Stack::start().await;

@@ -72,11 +72,11 @@ pub struct Responses {
     /// The server failed a batch whose Sync has not been forwarded yet: it
     /// answers nothing the client sends until that Sync.
     pub skipping: bool,
-    /// The portal of the last Bind forwarded, and whether its result may
-    /// hold a column the detectors cannot read: it asked for a result column
-    /// in binary format, and the statement it bound was not described as
-    /// having no column of such a kind.
-    pub last_bind: Option<(Bytes, bool)>,
+    /// The portal of the last Bind forwarded, whether its result may hold a
+    /// column the detectors cannot read (it asked for a result column in
+    /// binary format, and the statement it bound was not described as having
+    /// no column of such a kind), and the text of that statement, if known.
+    pub last_bind: Option<(Bytes, bool, Option<Bytes>)>,
     /// The answer to the Describe an Execute is held behind (see
     /// [`Responses::must_describe_first`]): `Err` says why its result cannot
     /// be masked. `Ok` too when the server skipped the Describe.
@@ -102,9 +102,15 @@ impl Responses {
     /// What the last Bind, of `portal`, asked of its result's formats
     /// (`binary`: a column in binary format), and what the server said of
     /// its statement's columns, if it described the statement the gateway
-    /// knows under that name (`Some(true)`: one the detectors cannot read).
-    pub fn bound_formats(&mut self, portal: &Bytes, binary: bool, described: Option<bool>) {
-        self.last_bind = Some((portal.clone(), binary && described != Some(false)));
+    /// knows under that name (`Some(true)`: one the detectors cannot read);
+    /// `text`: that statement's, if the gateway knows it.
+    pub fn bound_formats(&mut self, portal: &Bytes, binary: bool, described: Option<bool>, text: Option<Bytes>) {
+        self.last_bind = Some((portal.clone(), binary && described != Some(false), text));
+    }
+
+    /// The text of the statement the last Bind bound, if it bound `portal`.
+    pub fn bound_text(&self, portal: &[u8]) -> Option<&Bytes> {
+        self.last_bind.as_ref().filter(|(name, _, _)| name == portal).and_then(|(_, _, text)| text.as_ref())
     }
 
     /// The mask an Execute or Describe of `portal` forwarded in `batch` reads
@@ -125,7 +131,7 @@ impl Responses {
             return false;
         }
         match &self.last_bind {
-            Some((name, may)) if name == portal => *may,
+            Some((name, may, _)) if name == portal => *may,
             _ => true,
         }
     }
@@ -450,14 +456,16 @@ mod tests {
         // Nothing known of the portal: it may be binary.
         assert!(r.must_describe_first(b"", &mask));
         assert!(!r.must_describe_first(b"", &no_detectors), "nothing to read with");
-        r.bound_formats(&unnamed, false, None);
+        r.bound_formats(&unnamed, false, None, None);
         assert!(!r.must_describe_first(b"", &mask), "text results are always readable");
         assert!(r.must_describe_first(b"other", &mask), "a portal bound earlier may be binary");
-        r.bound_formats(&unnamed, true, None);
+        r.bound_formats(&unnamed, true, None, None);
         assert!(r.must_describe_first(b"", &mask), "a statement never described");
-        r.bound_formats(&unnamed, true, Some(true));
+        r.bound_formats(&unnamed, true, Some(true), None);
         assert!(r.must_describe_first(b"", &mask), "described with a column the detectors cannot read");
-        r.bound_formats(&unnamed, true, Some(false));
+        r.bound_formats(&unnamed, true, Some(false), Some(Bytes::from_static(b"SELECT 1")));
+        assert_eq!(r.bound_text(b"").map(|t| &t[..]), Some(&b"SELECT 1"[..]));
+        assert_eq!(r.bound_text(b"other"), None);
         assert!(!r.must_describe_first(b"", &mask), "described with none");
     }
 

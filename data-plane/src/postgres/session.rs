@@ -1503,7 +1503,16 @@ impl Relay<'_> {
                 let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                     .with_detail("rule: builtin:masked-binary");
                 if self.tap.is_some() {
+                    let portal = match message {
+                        FrontendMessage::Execute { portal, .. } => Some(portal),
+                        _ => None,
+                    };
+                    let statement = portal
+                        .and_then(|p| self.masking.as_ref()?.bound_text(p))
+                        .map(|sql| decision_text(sql))
+                        .unwrap_or_default();
                     self.record_decision(recording::Decision {
+                        statement,
                         verdict: recording::Verdict::Deny as i32,
                         reason: report.message.clone(),
                         rule: "builtin:masked-binary".into(),
@@ -2098,6 +2107,7 @@ impl Relay<'_> {
         };
         let statement_mask = known.and_then(|p| p.mask.clone());
         let unreadable = known.map(|p| p.unreadable.clone());
+        let text = known.map(|p| p.text.clone());
         let Some(r) = self.masking.as_mut() else { return };
         let (gw, context) = (self.gw, self.context);
         let mask_of = |sql: Option<&bytes::Bytes>| mask_for(gw, context, sql);
@@ -2108,7 +2118,7 @@ impl Relay<'_> {
             FrontendMessage::Parse { .. } => r.parsed(),
             FrontendMessage::Bind { portal, result_formats, .. } => {
                 let binary = result_formats.iter().any(|f| *f != 0);
-                r.bound_formats(portal, binary, unreadable.and_then(|u| u.get().copied()));
+                r.bound_formats(portal, binary, unreadable.and_then(|u| u.get().copied()), text);
                 // A statement the gateway does not know is read as unreadable.
                 let change = r.bound(portal, statement_mask.unwrap_or_else(|| mask_of(None)), batch);
                 self.in_flight.push(b'2', bytes::Bytes::copy_from_slice(portal), batch, change);
