@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::wire::{bind, execute, message, parse, read_until_ready, send};
+use support::wire::{bind, execute, message, parse, raw_login, read_until_ready, send};
 use support::{Stack, admin_client, sqlstate};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -311,12 +311,6 @@ async fn binary_results_are_masked_or_refused() {
     assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: pii"));
 }
 
-/// A Bind of the unnamed statement into the unnamed portal, every result
-/// column in binary format.
-fn bind_binary() -> Vec<u8> {
-    message(b'B', &[0, 0, 0, 0, 0, 0, 0, 1, 0, 1])
-}
-
 /// What libpq sends for a binary result (psycopg's binary cursors): the
 /// client describes the portal itself. It is told of the refusal once, and
 /// the write does not run; nor does a write after an error in its batch.
@@ -331,10 +325,11 @@ async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing(
         ))
         .await
         .unwrap();
-    let mut stream = support::wire::raw_login(&s, "pg", &token).await;
+    let mut stream = raw_login(&s, "pg", &token).await;
     let write = "INSERT INTO jotted_raw VALUES (ARRAY['call ana@example.com']) RETURNING notes";
     let describe_portal = message(b'D', b"P\0");
-    send(&mut stream, &[parse("", write), bind_binary(), describe_portal, execute("", 0), message(b'S', &[])]).await;
+    send(&mut stream, &[parse("", write), bind_binary_of(""), describe_portal, execute("", 0), message(b'S', &[])])
+        .await;
     let (seen, status) = read_until_ready(&mut stream).await;
     assert_eq!((seen, status), (vec!["1".to_owned(), "2".to_owned(), "E:42501".to_owned()], b'I'), "one error");
     // An error before it in the batch: the server skips it, and so the Describe
@@ -345,7 +340,7 @@ async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing(
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "E:22012"], "the division fails as it is planned, at its Bind");
     // The session goes on.
-    send(&mut stream, &[parse("", "SELECT 1"), bind_binary(), execute("", 0), message(b'S', &[])]).await;
+    send(&mut stream, &[parse("", "SELECT 1"), bind_binary_of(""), execute("", 0), message(b'S', &[])]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen.len(), 4, "{seen:?}");
     let count = admin.query_one("SELECT count(*) FROM jotted_raw", &[]).await.unwrap().get::<_, i64>(0);
