@@ -119,21 +119,27 @@ impl Responses {
         self.portals.get(portal, batch).cloned().unwrap_or_else(unknown)
     }
 
-    /// Whether an Execute of `portal` with `mask` must wait for the server
-    /// to describe the portal before it is forwarded: when its result may
-    /// hold a binary column the detectors cannot read, which refuses the
+    /// Whether an Execute of `portal` forwarded in `batch` must wait for the
+    /// server to describe the portal before it is forwarded: when its result
+    /// may hold a binary column the detectors cannot read, which refuses the
     /// result, and which must be refused before the statement runs (an
     /// `UPDATE … RETURNING` would commit otherwise, and so would whatever
     /// followed it in the batch). Of a portal other than the last Bind's,
-    /// nothing is known.
-    pub fn must_describe_first(&self, portal: &[u8], mask: &ResultMask) -> bool {
-        if !mask.has_detectors() {
-            return false;
-        }
-        match &self.last_bind {
+    /// nothing is known. The portal's mask (`unknown`: see
+    /// [`Responses::portal`]) is looked up only when the formats leave it to
+    /// decide: `Some` when the Execute waits, to read the rows with.
+    pub fn must_describe_first(
+        &self,
+        portal: &Bytes,
+        batch: u64,
+        unknown: impl FnOnce() -> Arc<ResultMask>,
+    ) -> Option<Arc<ResultMask>> {
+        let may = match &self.last_bind {
             Some((name, may, _)) if name == portal => *may,
             _ => true,
-        }
+        };
+        let mask = may.then(|| self.portal(portal, batch, unknown))?;
+        mask.has_detectors().then_some(mask)
     }
 
     /// A Close (what it does to a portal's name goes with it, see `Relay::track_prepared`).
@@ -450,23 +456,24 @@ mod tests {
     #[test]
     fn an_execute_waits_for_a_description_unless_its_result_is_known_readable() {
         let mask = result_mask();
-        let no_detectors = ResultMask::unread(Vec::new());
+        let no_detectors = Arc::new(ResultMask::unread(Vec::new()));
         let mut r = Responses::default();
-        let unnamed = Bytes::new();
+        let (unnamed, other) = (Bytes::new(), Bytes::from_static(b"other"));
+        let waits = |r: &Responses, portal: &Bytes| r.must_describe_first(portal, 1, || mask.clone()).is_some();
         // Nothing known of the portal: it may be binary.
-        assert!(r.must_describe_first(b"", &mask));
-        assert!(!r.must_describe_first(b"", &no_detectors), "nothing to read with");
+        assert!(waits(&r, &unnamed));
+        assert!(r.must_describe_first(&unnamed, 1, || no_detectors.clone()).is_none(), "nothing to read with");
         r.bound_formats(&unnamed, false, None, None);
-        assert!(!r.must_describe_first(b"", &mask), "text results are always readable");
-        assert!(r.must_describe_first(b"other", &mask), "a portal bound earlier may be binary");
+        assert!(!waits(&r, &unnamed), "text results are always readable");
+        assert!(waits(&r, &other), "a portal bound earlier may be binary");
         r.bound_formats(&unnamed, true, None, None);
-        assert!(r.must_describe_first(b"", &mask), "a statement never described");
+        assert!(waits(&r, &unnamed), "a statement never described");
         r.bound_formats(&unnamed, true, Some(true), None);
-        assert!(r.must_describe_first(b"", &mask), "described with a column the detectors cannot read");
+        assert!(waits(&r, &unnamed), "described with a column the detectors cannot read");
         r.bound_formats(&unnamed, true, Some(false), Some(Bytes::from_static(b"SELECT 1")));
         assert_eq!(r.bound_text(b"").map(|t| &t[..]), Some(&b"SELECT 1"[..]));
         assert_eq!(r.bound_text(b"other"), None);
-        assert!(!r.must_describe_first(b"", &mask), "described with none");
+        assert!(!waits(&r, &unnamed), "described with none");
     }
 
     fn row(values: &[Option<&[u8]>]) -> Vec<u8> {

@@ -1462,10 +1462,10 @@ impl Relay<'_> {
         let batch = self.ready_owed + 1;
         let (gw, context) = (self.gw, self.context);
         let Some(r) = self.masking.as_mut() else { return false };
-        let mask = r.portal(portal, batch, || mask_for(gw, context, None));
-        if r.skipping || !r.must_describe_first(portal, &mask) {
+        if r.skipping {
             return false;
         }
+        let Some(mask) = r.must_describe_first(portal, batch, || mask_for(gw, context, None)) else { return false };
         encode::describe_portal(to_server, portal);
         encode::flush(to_server);
         r.queue.push_back(Expect::DescribePortal { hidden: true, mask });
