@@ -879,6 +879,69 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
     .await;
 }
 
+/// A target that does not answer holds up neither another target's drops
+/// nor more than one of its own tries at a time: with three session roles
+/// waiting on a stalled target (each try there waits out the admin
+/// connection's 10 s connect timeout), a role on another target goes at the
+/// next round once that target is back; the stalled one's go once it answers.
+#[tokio::test]
+async fn a_stalled_target_does_not_hold_up_another_targets_drops() {
+    let s = Stack::start().await;
+    let stalled = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
+    let token = granted_at(&s, "stalled", stalled.addr(), "ci-job-31").await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(s.connect("stalled.readonly", &token).await.unwrap());
+    }
+    let mut waiting = Vec::new();
+    for client in &clients {
+        waiting.push(client.query_one("SELECT current_user", &[]).await.unwrap().get::<_, String>(0));
+    }
+    stalled.stall();
+    // Told at once that the target is lost, not after its role's drop has waited out the timeout.
+    for client in &clients {
+        eventually(Duration::from_secs(5), "the client to see its session end", || async { client.is_closed() }).await;
+    }
+    // Each session's own drop waits out the connect timeout, side by side
+    // (not one after the other), then leaves its role for later.
+    eventually(Duration::from_secs(20), "three roles awaiting their drop", || async {
+        s.metric("airlock_gateway_session_roles_awaiting_drop").await == 3
+    })
+    .await;
+
+    // A role on another target, queued behind them; that target comes back at once.
+    let back = TcpProxy::start(POSTGRES.parse().unwrap()).await.unwrap();
+    let token = granted_at(&s, "back", back.addr(), "ci-job-32").await;
+    let client = s.connect("back.readonly", &token).await.unwrap();
+    let role: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    back.cut();
+    eventually(Duration::from_secs(10), "the client to see its session end", || async { client.is_closed() }).await;
+    eventually(Duration::from_secs(10), "four roles awaiting their drop", || async {
+        s.metric("airlock_gateway_session_roles_awaiting_drop").await == 4
+    })
+    .await;
+    back.restore();
+    // Tried one after the other, the stalled target's three tries (30 s) come first.
+    eventually(Duration::from_secs(12), "the role on the target that is back to be dropped", || async {
+        !s.session_roles().await.contains(&role)
+    })
+    .await;
+    let mut left = s.session_roles().await;
+    left.sort();
+    waiting.sort();
+    assert_eq!(left, waiting, "a role on the stalled target went while it did not answer");
+
+    stalled.restore();
+    eventually(Duration::from_secs(40), "the stalled target's roles to be dropped once it answers", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the metrics to show no role awaiting its drop", || async {
+        s.metric("airlock_gateway_session_roles_awaiting_drop").await == 0
+    })
+    .await;
+}
+
 /// Clients reach workers through a load balancer, so a cancel request may
 /// land on a worker other than the one holding the session: passed on over
 /// the bus, it still cancels the statement.

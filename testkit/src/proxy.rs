@@ -1,21 +1,28 @@
 //! A TCP proxy in front of a server that a test can cut and restore, to play
 //! a target that goes away: cutting closes every connection it relays and
-//! refuses new ones until it is restored.
+//! refuses new ones until it is restored. Stalling resets them instead, and
+//! holds new ones open without an answer, as a target behind a dead network
+//! path does: whoever connects waits for its own timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub struct TcpProxy {
     addr: SocketAddr,
-    open: Arc<AtomicBool>,
+    /// `OPEN`, `CUT` or `STALLED`.
+    mode: Arc<AtomicU8>,
     /// Bumped by each cut; a relay ends when it changes.
     cuts: watch::Sender<u64>,
     accept: tokio::task::JoinHandle<()>,
 }
+
+const OPEN: u8 = 0;
+const CUT: u8 = 1;
+const STALLED: u8 = 2;
 
 impl TcpProxy {
     /// Listens on a free loopback port and relays each connection to `target`.
@@ -28,25 +35,39 @@ impl TcpProxy {
     pub async fn start_on(ip: std::net::IpAddr, target: SocketAddr) -> std::io::Result<TcpProxy> {
         let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
-        let open = Arc::new(AtomicBool::new(true));
+        let mode = Arc::new(AtomicU8::new(OPEN));
         let cuts = watch::channel(0u64).0;
-        let (accepting, relays) = (open.clone(), cuts.clone());
+        let (accepting, relays) = (mode.clone(), cuts.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                if !accepting.load(Ordering::Acquire) {
-                    continue; // dropped: the client sees its connection closed
+                match accepting.load(Ordering::Acquire) {
+                    OPEN => {}
+                    STALLED => {
+                        // Read and never answered, until the client gives up.
+                        tokio::spawn(async move {
+                            let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
+                        });
+                        continue;
+                    }
+                    _ => continue, // dropped: the client sees its connection closed
                 }
                 let mut cut = relays.subscribe();
+                let mode = accepting.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else { return };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
+                        _ = cut.changed() => {
+                            if mode.load(Ordering::Acquire) == STALLED {
+                                let _ = client.set_zero_linger();
+                                let _ = server.set_zero_linger();
+                            }
+                        }
                     }
                 });
             }
         });
-        Ok(TcpProxy { addr, open, cuts, accept })
+        Ok(TcpProxy { addr, mode, cuts, accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -61,13 +82,19 @@ impl TcpProxy {
 
     /// Closes every relayed connection and refuses new ones.
     pub fn cut(&self) {
-        self.open.store(false, Ordering::Release);
+        self.mode.store(CUT, Ordering::Release);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Resets every relayed connection and holds new ones open unanswered.
+    pub fn stall(&self) {
+        self.mode.store(STALLED, Ordering::Release);
         self.cuts.send_modify(|n| *n += 1);
     }
 
     /// Relays new connections again.
     pub fn restore(&self) {
-        self.open.store(true, Ordering::Release);
+        self.mode.store(OPEN, Ordering::Release);
     }
 }
 

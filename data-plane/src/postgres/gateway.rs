@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_core::connection::{ConnectionSpec, CredentialMode, TargetTls};
 use airlock_core::{ConnectionId, TenantId};
 use airlock_identity::Verifier;
+use futures::StreamExt as _;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -194,8 +195,12 @@ pub struct Gateway {
     /// (`pass_cancels`).
     bus: Arc<dyn airlock_proto::bus::Bus>,
     /// Session roles whose drop failed (the target away), with the target's
-    /// tenant and connection as they were: retried by `retry_drops`.
-    undropped: Mutex<Vec<Undropped>>,
+    /// tenant and connection as they were, and when each is tried next:
+    /// retried by `retry_drops`.
+    undropped: Mutex<Vec<(Undropped, NextTry)>>,
+    /// `retry_drops` has made its last round: a drop that fails now is left
+    /// to the next start's sweep.
+    drops_stopped: AtomicBool,
     /// Logins in progress, by where they come from (`LoginSource`).
     logins: Mutex<HashMap<LoginSource, usize>>,
     /// Refusals past `max_logins_per_address` taken as far as the startup message (`start_refusal`).
@@ -299,8 +304,65 @@ impl Drop for LoginSlot<'_> {
 /// The most session roles waiting for another try at their drop; past it,
 /// the next start's sweep drops them (or their `VALID UNTIL` ends them).
 const MAX_UNDROPPED: usize = 10_000;
-/// How often failed drops are tried again.
+/// How often failed drops are tried again while their target is away.
 const RETRY_DROPS_EVERY: Duration = Duration::from_secs(5);
+/// The longest wait before trying again a drop that the target refused.
+const MAX_DROP_BACKOFF: Duration = Duration::from_secs(600);
+
+/// When a session role waiting for its drop is tried next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NextTry {
+    /// Tries in a row that reached the target and failed there.
+    refusals: u32,
+    at: tokio::time::Instant,
+}
+
+impl NextTry {
+    /// At the next round.
+    fn now() -> Self {
+        NextTry { refusals: 0, at: tokio::time::Instant::now() }
+    }
+
+    /// After the target refused the drop once more: `RETRY_DROPS_EVERY`,
+    /// doubled with each refusal in a row, up to `MAX_DROP_BACKOFF`. A drop
+    /// that cannot succeed (the role owns objects in another database) is
+    /// not tried every few seconds for ever; a target that is only away is
+    /// (`retry_target`), so its roles go soon after it is back.
+    fn refused(self) -> Self {
+        let refusals = self.refusals.saturating_add(1);
+        let wait = RETRY_DROPS_EVERY.saturating_mul(1u32.checked_shl(refusals).unwrap_or(u32::MAX));
+        NextTry { refusals, at: tokio::time::Instant::now() + wait.min(MAX_DROP_BACKOFF) }
+    }
+}
+
+/// Whether a failed drop reached the target: the target refused it (the role
+/// still owns objects elsewhere, a lock it waited for), rather than being
+/// away or out of connections for now.
+fn target_refused(e: &super::roles::RoleError) -> bool {
+    use super::roles::RoleError;
+    !matches!(e, RoleError::Connect(_) | RoleError::ConnectionLimit(_) | RoleError::AdminUnavailable)
+}
+
+/// Session roles grouped by the target they were made on (the admin
+/// connections that made them, by address: see `target_of`), each group in
+/// the order the roles came.
+fn by_target(roles: Vec<(Undropped, NextTry)>) -> Vec<(usize, Vec<(Undropped, NextTry)>)> {
+    let mut groups: Vec<(usize, Vec<(Undropped, NextTry)>)> = Vec::new();
+    for role in roles {
+        let target = target_of(&role.0);
+        match groups.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, group)) => group.push(role),
+            None => groups.push((target, vec![role])),
+        }
+    }
+    groups
+}
+
+/// The address of the admin connections a role waiting for its drop holds:
+/// it names them as long as the role holds them.
+fn target_of(role: &Undropped) -> usize {
+    Arc::as_ptr(&role.manager).addr()
+}
 /// How long a stopping gateway tries them a last time.
 const FINAL_DROPS_WITHIN: Duration = Duration::from_secs(5);
 
@@ -335,6 +397,7 @@ impl Gateway {
             session_events,
             bus,
             undropped: Mutex::new(Vec::new()),
+            drops_stopped: AtomicBool::new(false),
             logins: Mutex::new(HashMap::new()),
             refusals: AtomicUsize::new(0),
             refused: Mutex::new((0, None)),
@@ -385,7 +448,7 @@ impl Gateway {
             match self.bus.subscribe_cancels().await {
                 Ok(mut requests) => loop {
                     let request = tokio::select! {
-                        request = futures::StreamExt::next(&mut requests) => request,
+                        request = requests.next() => request,
                         () = cancel.cancelled() => return,
                     };
                     let Some(request) = request else {
@@ -444,7 +507,7 @@ impl Gateway {
             (
                 "airlock_gateway_session_roles_awaiting_drop",
                 "gauge",
-                "Session roles whose drop failed, tried again every 5 s (their target away).",
+                "Session roles whose drop failed (their target away or refusing it), waiting for another try.",
                 waiting as u64,
             ),
         ];
@@ -495,34 +558,58 @@ impl Gateway {
         Ok(LoginSlot { gateway: self, source })
     }
 
-    /// Keeps a session role whose drop failed for another try.
+    /// Keeps a session role whose drop failed for another try at the next
+    /// round of `retry_drops`.
     pub(crate) fn drop_later(&self, waiting: Undropped) {
+        self.retry_at(waiting, NextTry::now());
+    }
+
+    fn retry_at(&self, waiting: Undropped, next: NextTry) {
+        if self.drops_stopped.load(Ordering::Acquire) {
+            tracing::warn!(role = %waiting.name, "stopping: a session role is left for the next start's sweep");
+            return;
+        }
         let mut undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
         if undropped.len() >= MAX_UNDROPPED {
             tracing::error!(role = %waiting.name, "{MAX_UNDROPPED} session roles wait for their drop already; the next start drops this one");
             return;
         }
-        undropped.push(waiting);
+        undropped.push((waiting, next));
     }
 
-    /// Tries the failed drops again every few seconds until `cancel`, and
-    /// once more then (for at most a few seconds): a target that was away
-    /// (restarting, unreachable) gets its session roles dropped once it is
-    /// back. Each try goes where the role was made, through the admin
-    /// connections that made it, or new ones when the connection's
-    /// credential changed since (the target's admin password may have).
+    /// Tries the failed drops again until `cancel`, and once more then (for at
+    /// most a few seconds): a target that was away (restarting, unreachable)
+    /// gets its session roles dropped once it is back. Every few seconds the
+    /// roles that are due (`NextTry`) are tried, each target's in turn
+    /// (`retry_target`) and the targets side by side: a target that does not
+    /// answer holds up neither the other targets' drops nor, while it keeps
+    /// one try waiting, another try of its own. Each try goes where the role
+    /// was made, through the admin connections that made it, or new ones when
+    /// the connection's credential changed since (the target's admin password
+    /// may have).
     ///
     /// It also forgets what the gateway kept for targets no connection points
     /// at any more (`forget_removed`): when the projection changes, and after
-    /// each round of tries.
+    /// each target's tries.
     pub async fn retry_drops(self: Arc<Self>, cancel: CancellationToken) {
         let mut changes = self.projection.changes();
         let mut retries = tokio::time::interval_at(tokio::time::Instant::now() + RETRY_DROPS_EVERY, RETRY_DROPS_EVERY);
         retries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watching = true;
+        // Targets being tried, by the address of their admin connections
+        // (which the tries hold, so it names no other meanwhile).
+        let mut trying = futures::stream::FuturesUnordered::new();
+        let mut busy = std::collections::HashSet::new();
         loop {
             let stopping = tokio::select! {
                 _ = retries.tick() => false,
+                Some(target) = trying.next(), if !trying.is_empty() => {
+                    busy.remove(&target);
+                    // What the tries let go of (a role dropped at last, through the
+                    // admin connections of a target no connection points at) goes now.
+                    self.forget_removed();
+                    continue;
+                }
                 changed = changes.changed(), if watching => {
                     match changed {
                         Ok(()) => self.forget_removed(),
@@ -532,54 +619,83 @@ impl Gateway {
                 }
                 () = cancel.cancelled() => true,
             };
-            let pending = {
+            let targets = {
                 let mut undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
-                self.counts.drops_in_round.store(undropped.len(), Ordering::Release);
-                std::mem::take(&mut *undropped)
+                let now = tokio::time::Instant::now();
+                // The last round tries every role, due or not.
+                let (due, later) =
+                    std::mem::take(&mut *undropped).into_iter().partition::<Vec<_>, _>(|(role, next)| {
+                        (stopping || next.at <= now) && !busy.contains(&target_of(role))
+                    });
+                *undropped = later;
+                self.counts.drops_in_round.fetch_add(due.len(), Ordering::AcqRel);
+                by_target(due)
             };
-            let retried = async {
-                for mut waiting in pending {
-                    let (tenant, id) = (waiting.tenant, waiting.connection.id);
-                    let changed = self
-                        .projection
-                        .read(|t| t.get(&tenant).and_then(|s| s.connections.get(&id)).map(|c| c.secret_version))
-                        .filter(|version| *version > waiting.connection.secret_version);
-                    if let Some(version) = changed {
-                        let mut connection = waiting.connection.clone();
-                        connection.secret_version = version;
-                        match self.role_manager(tenant, &connection).await {
-                            Ok(manager) => (waiting.connection, waiting.manager) = (connection, manager),
-                            Err(e) => {
-                                tracing::debug!(role = %waiting.name, "no admin connection with the new credential: {e:#}")
-                            }
-                        }
-                    }
-                    match waiting.manager.drop_session_role(&waiting.name).await {
-                        Ok(()) => tracing::info!(role = %waiting.name, "dropped a session role on a later try"),
-                        Err(e) => {
-                            tracing::debug!(role = %waiting.name, "a session role still cannot be dropped: {e}");
-                            self.drop_later(waiting);
-                        }
-                    }
-                    // Back in `undropped` first, if it failed: the count never dips.
-                    self.counts.drops_in_round.fetch_sub(1, Ordering::AcqRel);
-                }
-            };
-            if stopping {
-                let _ = tokio::time::timeout(FINAL_DROPS_WITHIN, retried).await;
-            } else {
-                retried.await;
-                // What the round let go of (a role dropped at last, through the
-                // admin connections of a target no connection points at) goes now.
-                self.forget_removed();
+            for (target, roles) in targets {
+                busy.insert(target);
+                let gateway = &*self;
+                trying.push(async move {
+                    gateway.retry_target(roles).await;
+                    target
+                });
             }
             if stopping {
-                let left = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len();
+                let finishing = async { while trying.next().await.is_some() {} };
+                let _ = tokio::time::timeout(FINAL_DROPS_WITHIN, finishing).await;
+                self.drops_stopped.store(true, Ordering::Release);
+                let left = self.undropped.lock().unwrap_or_else(|e| e.into_inner()).len()
+                    + self.counts.drops_in_round.load(Ordering::Acquire);
                 if left > 0 {
                     tracing::warn!("stopping with {left} session roles not dropped; the next start drops them");
                 }
                 return;
             }
+        }
+    }
+
+    /// Tries to drop one target's session roles, one after the other. When
+    /// the target cannot be reached, the roles not tried yet wait for the next
+    /// round: one try a round tells whether it is back.
+    async fn retry_target(&self, roles: Vec<(Undropped, NextTry)>) {
+        let mut roles = roles.into_iter();
+        while let Some((mut waiting, next)) = roles.next() {
+            let (tenant, id) = (waiting.tenant, waiting.connection.id);
+            let changed = self
+                .projection
+                .read(|t| t.get(&tenant).and_then(|s| s.connections.get(&id)).map(|c| c.secret_version))
+                .filter(|version| *version > waiting.connection.secret_version);
+            if let Some(version) = changed {
+                let mut connection = waiting.connection.clone();
+                connection.secret_version = version;
+                match self.role_manager(tenant, &connection).await {
+                    Ok(manager) => (waiting.connection, waiting.manager) = (connection, manager),
+                    Err(e) => {
+                        tracing::debug!(role = %waiting.name, "no admin connection with the new credential: {e:#}")
+                    }
+                }
+            }
+            match waiting.manager.drop_session_role(&waiting.name).await {
+                Ok(()) => tracing::info!(role = %waiting.name, "dropped a session role on a later try"),
+                Err(e) if target_refused(&e) => {
+                    let next = next.refused();
+                    let wait = next.at.saturating_duration_since(tokio::time::Instant::now());
+                    tracing::warn!(role = %waiting.name, retry_in_s = wait.as_secs(), "the target refused a session role's drop: {e}");
+                    self.retry_at(waiting, next);
+                }
+                Err(e) => {
+                    tracing::debug!(role = %waiting.name, "a session role still cannot be dropped: {e}");
+                    self.retry_at(waiting, next);
+                    // Back in `undropped` first: the count never dips.
+                    let untried: Vec<_> = roles.by_ref().collect();
+                    let count = untried.len();
+                    for (waiting, next) in untried {
+                        self.retry_at(waiting, next);
+                    }
+                    self.counts.drops_in_round.fetch_sub(count, Ordering::AcqRel);
+                }
+            }
+            // Back in `undropped` first, if it failed: the count never dips.
+            self.counts.drops_in_round.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -911,7 +1027,7 @@ pub fn describe(addr: SocketAddr) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::LoginSource;
+    use super::{LoginSource, NextTry};
 
     /// IPv4 clients count by address, also when they reach an IPv6 socket;
     /// IPv6 clients by their /64, any of whose addresses one host may use,
@@ -938,5 +1054,21 @@ mod tests {
         assert_ne!(site("2001:db8:1:2ff::1"), site("2001:db8:1:300::1"));
         assert_eq!(site("2001:db8:1:2ff::1").to_string(), "2001:db8:1:200::/56");
         assert_eq!(LoginSource::of("ffff::1".parse().unwrap(), 1).to_string(), "8000::/1");
+    }
+
+    /// A drop the target refuses is tried again after 10 s, then twice as
+    /// long each time, never more than 10 minutes apart.
+    #[test]
+    fn a_refused_drop_waits_twice_as_long_each_time_up_to_ten_minutes() {
+        let before = tokio::time::Instant::now();
+        let mut next = NextTry::now();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            next = next.refused();
+            waits.push((next.at - before).as_secs());
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600, 600]);
+        let long = NextTry { refusals: u32::MAX, at: before }.refused();
+        assert_eq!((long.at - before).as_secs(), 600);
     }
 }

@@ -99,6 +99,10 @@ const FORBIDDEN_PREDEFINED_ROLES: [&str; 3] =
 pub enum RoleError {
     #[error("cannot connect to the target as the admin user: {0}")]
     Connect(String),
+    /// The target is there, but refused another connection: its own limit,
+    /// or the admin role's.
+    #[error("the target refused another admin connection: {0}")]
+    ConnectionLimit(String),
     #[error("invalid role template name: {0}")]
     InvalidTemplateName(&'static str),
     #[error("role template {0:?} does not exist on the target")]
@@ -312,11 +316,12 @@ impl RoleManager {
                     }
                     Err(e) => {
                         drop(reservation);
-                        if live == 0 {
+                        // A target that does not answer fails each call on its
+                        // own, side by side; one whose limit (or the admin
+                        // role's) was reached is kept to the connections there are.
+                        if live == 0 || !matches!(e, RoleError::ConnectionLimit(_)) {
                             return Err(e);
                         }
-                        // The target's connection limit, or the admin role's:
-                        // keep to the connections there are.
                         self.ceiling.fetch_min(live, Ordering::AcqRel);
                         tracing::warn!(
                             open = live,
@@ -1004,7 +1009,10 @@ fn db_error(context: &'static str, e: &tokio_postgres::Error) -> RoleError {
 }
 
 fn connect_error(e: &tokio_postgres::Error) -> RoleError {
-    RoleError::Connect(safe_message(e))
+    match e.code() {
+        Some(code) if *code == SqlState::TOO_MANY_CONNECTIONS => RoleError::ConnectionLimit(safe_message(e)),
+        _ => RoleError::Connect(safe_message(e)),
+    }
 }
 
 // ---- what the admin connection's login may answer ----

@@ -3253,9 +3253,11 @@ fn io_ended(e: std::io::Error) -> Ended {
     Ended::quietly(format!("connection lost: {e}"))
 }
 
-/// The target's connection failed: the session ended on Airlock's side.
+/// The target's connection failed: the session ended on Airlock's side. The
+/// client is told at once, before the session role's drop (which may wait
+/// for a target that does not answer).
 fn target_lost(e: std::io::Error) -> Ended {
-    Ended::quietly(format!("connection to the target lost: {e}"))
+    Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("connection to the target lost: {e}"))
 }
 
 fn unix_now() -> i64 {
