@@ -56,11 +56,35 @@ pub enum Expect {
     Sync,
 }
 
+/// What a masked session keeps of a portal the server holds, from its Bind.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundPortal {
+    /// The mask its rows are read with: its statement's (that of one the
+    /// gateway cannot read, when it does not know the statement).
+    pub mask: Arc<ResultMask>,
+    /// Its Bind asked for a result column in binary format.
+    pub binary: bool,
+    /// What the server said of its statement's columns, once it described
+    /// them (`Prepared::unreadable`); `None` when the statement is unknown.
+    pub described: Option<Arc<OnceLock<bool>>>,
+    /// Its statement's text, if the gateway knows it.
+    pub text: Option<Bytes>,
+}
+
+impl BoundPortal {
+    /// Its result may hold a column the detectors cannot read: it asked for
+    /// binary results, and its statement was not described as having no
+    /// column of such a kind.
+    fn may_be_unreadable(&self) -> bool {
+        self.binary && self.described.as_ref().and_then(|d| d.get().copied()) != Some(false)
+    }
+}
+
 /// The responses a session's server owes, and the masks they are read with.
 #[derive(Debug, Default)]
 pub struct Responses {
     pub queue: VecDeque<Expect>,
-    /// The mask of each portal the server holds, by name.
+    /// What is kept of each portal the server holds, by name.
     pub(crate) portals: Portals,
     /// The columns of the result being relayed.
     pub current: Option<Arc<Shape>>,
@@ -72,11 +96,6 @@ pub struct Responses {
     /// The server failed a batch whose Sync has not been forwarded yet: it
     /// answers nothing the client sends until that Sync.
     pub skipping: bool,
-    /// The portal of the last Bind forwarded, whether its result may hold a
-    /// column the detectors cannot read (it asked for a result column in
-    /// binary format, and the statement it bound was not described as having
-    /// no column of such a kind), and the text of that statement, if known.
-    pub last_bind: Option<(Bytes, bool, Option<Bytes>)>,
     /// The answer to the Describe an Execute is held behind (see
     /// [`Responses::must_describe_first`]): `Err` says why its result cannot
     /// be masked. `Ok` too when the server skipped the Describe.
@@ -91,32 +110,23 @@ impl Responses {
         self.queue.push_back(Expect::Parse);
     }
 
-    /// A Bind forwarded in `batch`: the portal takes the mask of the
-    /// statement it binds (that of one the gateway cannot read, when it does
-    /// not know the statement) once the server confirms it.
-    pub(crate) fn bound(&mut self, portal: &Bytes, mask: Arc<ResultMask>, batch: u64) -> Option<Tracked> {
+    /// A Bind forwarded in `batch`: the portal is kept (see [`BoundPortal`])
+    /// once the server confirms it.
+    pub(crate) fn bound(&mut self, portal: &Bytes, bound: BoundPortal, batch: u64) -> Option<Tracked> {
         self.queue.push_back(Expect::Bind);
-        self.portals.hold(portal, mask, batch).map(Tracked::Portal)
+        self.portals.hold(portal, bound, batch).map(Tracked::Portal)
     }
 
-    /// What the last Bind, of `portal`, asked of its result's formats
-    /// (`binary`: a column in binary format), and what the server said of
-    /// its statement's columns, if it described the statement the gateway
-    /// knows under that name (`Some(true)`: one the detectors cannot read);
-    /// `text`: that statement's, if the gateway knows it.
-    pub fn bound_formats(&mut self, portal: &Bytes, binary: bool, described: Option<bool>, text: Option<Bytes>) {
-        self.last_bind = Some((portal.clone(), binary && described != Some(false), text));
-    }
-
-    /// The text of the statement the last Bind bound, if it bound `portal`.
-    pub fn bound_text(&self, portal: &[u8]) -> Option<&Bytes> {
-        self.last_bind.as_ref().filter(|(name, _, _)| name == portal).and_then(|(_, _, text)| text.as_ref())
+    /// The text of the statement `portal` was bound to, as a message
+    /// forwarded in `batch` finds it, if the gateway knows it.
+    pub fn bound_text(&self, portal: &[u8], batch: u64) -> Option<&Bytes> {
+        self.portals.get(portal, batch)?.text.as_ref()
     }
 
     /// The mask an Execute or Describe of `portal` forwarded in `batch` reads
     /// rows with, or `unknown` when the gateway cannot know the portal.
     pub fn portal(&self, portal: &Bytes, batch: u64, unknown: impl FnOnce() -> Arc<ResultMask>) -> Arc<ResultMask> {
-        self.portals.get(portal, batch).cloned().unwrap_or_else(unknown)
+        self.portals.get(portal, batch).map(|p| p.mask.clone()).unwrap_or_else(unknown)
     }
 
     /// Whether an Execute of `portal` forwarded in `batch` must wait for the
@@ -124,21 +134,20 @@ impl Responses {
     /// may hold a binary column the detectors cannot read, which refuses the
     /// result, and which must be refused before the statement runs (an
     /// `UPDATE … RETURNING` would commit otherwise, and so would whatever
-    /// followed it in the batch). Of a portal other than the last Bind's,
-    /// nothing is known. The portal's mask (`unknown`: see
-    /// [`Responses::portal`]) is looked up only when the formats leave it to
-    /// decide: `Some` when the Execute waits, to read the rows with.
+    /// followed it in the batch). Of a portal the gateway does not know,
+    /// nothing is known: its mask is `unknown`'s (see [`Responses::portal`]).
+    /// `Some` when the Execute waits: the mask to read the rows with.
     pub fn must_describe_first(
         &self,
         portal: &Bytes,
         batch: u64,
         unknown: impl FnOnce() -> Arc<ResultMask>,
     ) -> Option<Arc<ResultMask>> {
-        let may = match &self.last_bind {
-            Some((name, may, _)) if name == portal => *may,
-            _ => true,
+        let mask = match self.portals.get(portal, batch) {
+            Some(bound) if !bound.may_be_unreadable() => return None,
+            Some(bound) => bound.mask.clone(),
+            None => unknown(),
         };
-        let mask = may.then(|| self.portal(portal, batch, unknown))?;
         mask.has_detectors().then_some(mask)
     }
 
@@ -453,27 +462,55 @@ mod tests {
         Arc::new(ResultMask::unread(policy.masking))
     }
 
+    /// The server's description of a statement: `None` not given yet.
+    fn described(columns_unreadable: Option<bool>) -> Arc<OnceLock<bool>> {
+        let cell = OnceLock::new();
+        if let Some(unreadable) = columns_unreadable {
+            cell.set(unreadable).unwrap();
+        }
+        Arc::new(cell)
+    }
+
     #[test]
     fn an_execute_waits_for_a_description_unless_its_result_is_known_readable() {
         let mask = result_mask();
         let no_detectors = Arc::new(ResultMask::unread(Vec::new()));
         let mut r = Responses::default();
-        let (unnamed, other) = (Bytes::new(), Bytes::from_static(b"other"));
-        let waits = |r: &Responses, portal: &Bytes| r.must_describe_first(portal, 1, || mask.clone()).is_some();
+        let (unnamed, cursor) = (Bytes::new(), Bytes::from_static(b"cursor"));
+        let waits =
+            |r: &Responses, portal: &Bytes, batch| r.must_describe_first(portal, batch, || mask.clone()).is_some();
+        let bound = |binary, described, text: Option<&'static [u8]>| BoundPortal {
+            mask: mask.clone(),
+            binary,
+            described,
+            text: text.map(Bytes::from_static),
+        };
         // Nothing known of the portal: it may be binary.
-        assert!(waits(&r, &unnamed));
+        assert!(waits(&r, &unnamed, 1));
         assert!(r.must_describe_first(&unnamed, 1, || no_detectors.clone()).is_none(), "nothing to read with");
-        r.bound_formats(&unnamed, false, None, None);
-        assert!(!waits(&r, &unnamed), "text results are always readable");
-        assert!(waits(&r, &other), "a portal bound earlier may be binary");
-        r.bound_formats(&unnamed, true, None, None);
-        assert!(waits(&r, &unnamed), "a statement never described");
-        r.bound_formats(&unnamed, true, Some(true), None);
-        assert!(waits(&r, &unnamed), "described with a column the detectors cannot read");
-        r.bound_formats(&unnamed, true, Some(false), Some(Bytes::from_static(b"SELECT 1")));
-        assert_eq!(r.bound_text(b"").map(|t| &t[..]), Some(&b"SELECT 1"[..]));
-        assert_eq!(r.bound_text(b"other"), None);
-        assert!(!waits(&r, &unnamed), "described with none");
+        r.bound(&unnamed, bound(false, None, None), 1);
+        assert!(!waits(&r, &unnamed, 1), "text results are always readable");
+        assert!(waits(&r, &cursor, 1), "a portal never bound may be binary");
+        let change = r.bound(&cursor, bound(true, Some(described(Some(false))), Some(b"SELECT 1")), 1);
+        assert!(!waits(&r, &cursor, 1), "binary, of a statement described with no unreadable column");
+        assert!(!waits(&r, &unnamed, 1), "each portal keeps its own formats");
+        assert_eq!(r.bound_text(b"cursor", 1).map(|t| &t[..]), Some(&b"SELECT 1"[..]));
+        assert_eq!(r.bound_text(b"", 1), None);
+        // In the next batch, the portal is known once the server confirmed its Bind.
+        assert!(waits(&r, &cursor, 2), "its Bind not answered yet");
+        let Some(Tracked::Portal(change)) = change else { panic!("the portal is followed") };
+        r.portals.confirmed(&cursor, change);
+        assert!(!waits(&r, &cursor, 2), "a cursor fetched batch after batch");
+
+        let pending = described(None);
+        r.bound(&unnamed, bound(true, Some(pending.clone()), None), 3);
+        assert!(waits(&r, &unnamed, 3), "a statement not described yet");
+        pending.set(false).unwrap();
+        assert!(!waits(&r, &unnamed, 3), "described before the Execute");
+        r.bound(&unnamed, bound(true, Some(described(Some(true))), None), 3);
+        assert!(waits(&r, &unnamed, 3), "described with a column the detectors cannot read");
+        r.bound(&unnamed, bound(true, None, None), 3);
+        assert!(waits(&r, &unnamed, 3), "a statement the gateway does not know");
     }
 
     fn row(values: &[Option<&[u8]>]) -> Vec<u8> {

@@ -44,7 +44,7 @@ use super::gateway::{CancelTarget, Gateway, Undropped};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::in_flight::{InFlight, QUERY_DONE};
 use super::keywords;
-use super::masking::{self, Expect, Responses, ValueKind};
+use super::masking::{self, BoundPortal, Expect, Responses, ValueKind};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{
     Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, frontend_max_len, parse_frontend_frame, peek_frame,
@@ -1507,8 +1507,9 @@ impl Relay<'_> {
                         FrontendMessage::Execute { portal, .. } => Some(portal),
                         _ => None,
                     };
+                    let batch = self.ready_owed + 1;
                     let statement = portal
-                        .and_then(|p| self.masking.as_ref()?.bound_text(p))
+                        .and_then(|p| self.masking.as_ref()?.bound_text(p, batch))
                         .map(|sql| decision_text(sql))
                         .unwrap_or_default();
                     self.record_decision(recording::Decision {
@@ -2117,10 +2118,14 @@ impl Relay<'_> {
             // Its mask is made with the rest of what the relay keeps of it (`track_parse`).
             FrontendMessage::Parse { .. } => r.parsed(),
             FrontendMessage::Bind { portal, result_formats, .. } => {
-                let binary = result_formats.iter().any(|f| *f != 0);
-                r.bound_formats(portal, binary, unreadable.and_then(|u| u.get().copied()), text);
-                // A statement the gateway does not know is read as unreadable.
-                let change = r.bound(portal, statement_mask.unwrap_or_else(|| mask_of(None)), batch);
+                let bound = BoundPortal {
+                    // A statement the gateway does not know is read as unreadable.
+                    mask: statement_mask.unwrap_or_else(|| mask_of(None)),
+                    binary: result_formats.iter().any(|f| *f != 0),
+                    described: unreadable,
+                    text,
+                };
+                let change = r.bound(portal, bound, batch);
                 self.in_flight.push(b'2', bytes::Bytes::copy_from_slice(portal), batch, change);
             }
             FrontendMessage::Describe { kind: ObjectKind::Statement, .. } => {

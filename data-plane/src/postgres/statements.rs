@@ -33,6 +33,8 @@ use std::sync::Arc;
 use airlock_core::policy::ResultMask;
 use bytes::Bytes;
 
+use super::masking::BoundPortal;
+
 /// Named prepared statements remembered per session; a Bind of one past this
 /// has no text to check, which fails closed where command rules apply.
 pub(crate) const MAX_PREPARED: usize = 10_000;
@@ -56,10 +58,11 @@ impl Weighed for Prepared {
     }
 }
 
-impl Weighed for Arc<ResultMask> {
-    /// Masks are shared with the policy and bounded by the count of names.
+impl Weighed for BoundPortal {
+    /// Its text, which it may hold alone once its statement is closed; masks
+    /// are shared with the policy and bounded by the count of names.
     fn weight(&self) -> usize {
-        0
+        self.text.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -105,14 +108,14 @@ pub(crate) enum Change<T> {
 #[derive(Debug)]
 pub(crate) enum Tracked {
     Statement(Change<Prepared>),
-    Portal(Change<Arc<ResultMask>>),
+    Portal(Change<BoundPortal>),
 }
 
 /// The statements a session's server holds, by name.
 pub(crate) type Statements = Names<Prepared>;
 
-/// In a masked session, the mask of each portal the server holds, by name.
-pub(crate) type Portals = Names<Arc<ResultMask>>;
+/// In a masked session, what is kept of each portal the server holds, by name.
+pub(crate) type Portals = Names<BoundPortal>;
 
 #[derive(Debug)]
 pub(crate) struct Names<T> {
