@@ -312,7 +312,7 @@ const MAX_DROP_BACKOFF: Duration = Duration::from_secs(600);
 /// When a session role waiting for its drop is tried next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NextTry {
-    /// Tries in a row that reached the target and failed there.
+    /// How many times the target refused the drop.
     refusals: u32,
     at: tokio::time::Instant,
 }
@@ -337,10 +337,13 @@ impl NextTry {
 
 /// Whether a failed drop reached the target: the target refused it (the role
 /// still owns objects elsewhere, a lock it waited for), rather than being
-/// away or out of connections for now.
+/// away (or its admin connection lost) or out of connections for now.
 fn target_refused(e: &super::roles::RoleError) -> bool {
     use super::roles::RoleError;
-    !matches!(e, RoleError::Connect(_) | RoleError::ConnectionLimit(_) | RoleError::AdminUnavailable)
+    !matches!(
+        e,
+        RoleError::Connect(_) | RoleError::ConnectionLimit(_) | RoleError::Lost { .. } | RoleError::AdminUnavailable
+    )
 }
 
 /// Session roles grouped by the target they were made on (the admin
@@ -596,10 +599,10 @@ impl Gateway {
         let mut retries = tokio::time::interval_at(tokio::time::Instant::now() + RETRY_DROPS_EVERY, RETRY_DROPS_EVERY);
         retries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watching = true;
-        // Targets being tried, by the address of their admin connections
-        // (which the tries hold, so it names no other meanwhile).
+        // Targets being tried, by the address of their admin connections,
+        // which `busy` holds so that it names no other meanwhile.
         let mut trying = futures::stream::FuturesUnordered::new();
-        let mut busy = std::collections::HashSet::new();
+        let mut busy: HashMap<usize, Arc<RoleManager>> = HashMap::new();
         loop {
             let stopping = tokio::select! {
                 _ = retries.tick() => false,
@@ -622,17 +625,20 @@ impl Gateway {
             let targets = {
                 let mut undropped = self.undropped.lock().unwrap_or_else(|e| e.into_inner());
                 let now = tokio::time::Instant::now();
-                // The last round tries every role, due or not.
+                // The last round tries every role, due or not, also beside a
+                // try of its target under way.
                 let (due, later) =
                     std::mem::take(&mut *undropped).into_iter().partition::<Vec<_>, _>(|(role, next)| {
-                        (stopping || next.at <= now) && !busy.contains(&target_of(role))
+                        stopping || (next.at <= now && !busy.contains_key(&target_of(role)))
                     });
                 *undropped = later;
                 self.counts.drops_in_round.fetch_add(due.len(), Ordering::AcqRel);
                 by_target(due)
             };
             for (target, roles) in targets {
-                busy.insert(target);
+                if let Some((role, _)) = roles.first() {
+                    busy.insert(target, role.manager.clone());
+                }
                 let gateway = &*self;
                 trying.push(async move {
                     gateway.retry_target(roles).await;

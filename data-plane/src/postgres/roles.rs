@@ -131,6 +131,9 @@ pub enum RoleError {
     SweepIncomplete { dropped: Vec<String>, failed: Vec<(String, String)> },
     #[error("target error while {context}: {message}")]
     Database { context: &'static str, message: String },
+    /// The admin connection failed (closed, reset, timed out) while `context`.
+    #[error("the admin connection was lost while {context}: {message}")]
+    Lost { context: &'static str, message: String },
     /// The runtime that drives admin connections is stopping.
     #[error("no admin connection to the target is available")]
     AdminUnavailable,
@@ -1005,7 +1008,10 @@ fn safe_message(e: &tokio_postgres::Error) -> String {
 }
 
 fn db_error(context: &'static str, e: &tokio_postgres::Error) -> RoleError {
-    RoleError::Database { context, message: safe_message(e) }
+    match e.as_db_error() {
+        Some(_) => RoleError::Database { context, message: safe_message(e) },
+        None => RoleError::Lost { context, message: safe_message(e) },
+    }
 }
 
 fn connect_error(e: &tokio_postgres::Error) -> RoleError {
