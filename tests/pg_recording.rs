@@ -66,38 +66,77 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A binary result the detectors cannot read is refused before its
-/// statement runs, and the refusal is recorded as a deny that names the
-/// statement and the rule.
-#[tokio::test]
-async fn a_binary_result_refused_before_it_runs_is_recorded_with_its_statement() {
+/// A session of `subject`'s under a masking rule with a detector.
+async fn masked_session(subject: &str) -> (Stack, tokio_postgres::Client) {
     let s = Stack::start().await;
     s.apply_policy(
         "version: 1\nmasking:\n  - name: mail\n    columns: [\"public.contacts.email\"]\n    detectors: [email]\n    \
          strategy: redact\n",
     )
     .await;
-    let token = s.token("agent-8").await;
-    s.grant_role("agent-8", "readwrite", 900).await;
+    let token = s.token(subject).await;
+    s.grant_role(subject, "readwrite", 900).await;
     let client = s.connect("pg.readwrite", &token).await.unwrap();
+    (s, client)
+}
+
+/// The denies recorded in the stack's one session, in order.
+async fn recorded_denies(s: &Stack) -> Vec<v1::Decision> {
+    let (tenant, opened) = s.opened_sessions(1).await;
+    let frames = frames(&s.recordings, tenant, opened[0]).await;
+    frames
+        .into_iter()
+        .filter_map(|f| match f.body {
+            Some(Body::Decision(d)) if d.verdict == v1::Verdict::Deny as i32 => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A binary result the detectors cannot read is refused before its
+/// statement runs, and the refusal is recorded as a deny that names the
+/// statement and the rule.
+#[tokio::test]
+async fn a_binary_result_refused_before_it_runs_is_recorded_with_its_statement() {
+    let (s, client) = masked_session("agent-8").await;
     // tokio-postgres asks for every result in binary format.
     let sql = "SELECT ARRAY['write to ana@example.com']";
     let e = client.query(sql, &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{e:?}");
     drop(client);
 
-    let (tenant, opened) = s.opened_sessions(1).await;
-    let frames = frames(&s.recordings, tenant, opened[0]).await;
-    let denied = frames
-        .iter()
-        .find_map(|f| match &f.body {
-            Some(Body::Decision(d)) if d.verdict == v1::Verdict::Deny as i32 => Some(d),
-            _ => None,
-        })
-        .expect("the refusal is recorded");
+    let denied = recorded_denies(&s).await;
+    let denied = denied.first().expect("the refusal is recorded");
     assert_eq!(denied.rule, "builtin:masked-binary");
     assert_eq!(denied.statement, sql);
     assert!(denied.reason.contains("binary format"), "{}", denied.reason);
+}
+
+/// Results refused only once their statement ran (a `FETCH` from a `BINARY`
+/// cursor in a simple query, a `COPY` in binary format) are recorded as
+/// denies with their statement, as those refused before they run are.
+#[tokio::test]
+async fn a_binary_result_refused_after_it_ran_is_recorded_with_its_statement() {
+    let (s, client) = masked_session("agent-9").await;
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("DECLARE c BINARY CURSOR FOR SELECT ARRAY['write to ana@example.com']").await.unwrap();
+    let fetch = "FETCH ALL FROM c";
+    let e = client.simple_query(fetch).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // Over the extended protocol, from a statement described as returning nothing.
+    let copy = "COPY (SELECT 'ana@example.com') TO STDOUT (FORMAT binary)";
+    let e = client.copy_out(copy).await.err().expect("a binary COPY is refused");
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    drop(client);
+
+    let denied = recorded_denies(&s).await;
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(denied.iter().all(|d| d.rule == "builtin:masked-binary"), "{denied:?}");
+    assert_eq!(denied[0].statement, fetch);
+    assert!(denied[0].reason.contains("binary format"), "{}", denied[0].reason);
+    assert_eq!(denied[1].statement, copy);
+    assert!(denied[1].reason.contains("COPY in binary format"), "{}", denied[1].reason);
 }
 
 #[tokio::test]

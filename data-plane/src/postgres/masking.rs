@@ -33,8 +33,8 @@ use super::statements::{Portals, Tracked};
 /// The response a forwarded client message owes, in the order owed.
 #[derive(Debug)]
 pub enum Expect {
-    /// A simple query: its results, up to its ReadyForQuery.
-    Query(Arc<ResultMask>),
+    /// A simple query (its text): its results, up to its ReadyForQuery.
+    Query(Arc<ResultMask>, Bytes),
     /// A fast-path call: its result, up to its ReadyForQuery.
     FunctionCall,
     Parse,
@@ -51,8 +51,9 @@ pub enum Expect {
         hidden: bool,
         mask: Arc<ResultMask>,
     },
-    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
-    Execute(Arc<ResultMask>),
+    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended;
+    /// the text of the statement its portal runs, if the gateway knows it.
+    Execute(Arc<ResultMask>, Option<Bytes>),
     Sync,
 }
 
@@ -157,9 +158,9 @@ impl Responses {
     }
 
     /// A simple query replaces the unnamed portal.
-    pub fn query(&mut self, mask: Arc<ResultMask>) {
+    pub fn query(&mut self, mask: Arc<ResultMask>, sql: Bytes) {
         self.portals.query();
-        self.queue.push_back(Expect::Query(mask));
+        self.queue.push_back(Expect::Query(mask, sql));
     }
 }
 

@@ -1502,24 +1502,13 @@ impl Relay<'_> {
             Err(why) => {
                 let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                     .with_detail("rule: builtin:masked-binary");
-                if self.tap.is_some() {
-                    let portal = match message {
-                        FrontendMessage::Execute { portal, .. } => Some(portal),
-                        _ => None,
-                    };
-                    let batch = self.ready_owed + 1;
-                    let statement = portal
-                        .and_then(|p| self.masking.as_ref()?.bound_text(p, batch))
-                        .map(|sql| decision_text(sql))
-                        .unwrap_or_default();
-                    self.record_decision(recording::Decision {
-                        statement,
-                        verdict: recording::Verdict::Deny as i32,
-                        reason: report.message.clone(),
-                        rule: "builtin:masked-binary".into(),
-                        ..Default::default()
-                    })?;
-                }
+                let portal = match message {
+                    FrontendMessage::Execute { portal, .. } => Some(portal),
+                    _ => None,
+                };
+                let batch = self.ready_owed + 1;
+                let statement = portal.and_then(|p| self.masking.as_ref()?.bound_text(p, batch)).cloned();
+                self.record_masked_binary(statement, &report)?;
                 self.refuse(false, report, to_server);
                 Ok(())
             }
@@ -2114,7 +2103,7 @@ impl Relay<'_> {
         let mask_of = |sql: Option<&bytes::Bytes>| mask_for(gw, context, sql);
         let owed_before = r.queue.len();
         match message {
-            FrontendMessage::Query { sql } => r.query(mask_of(Some(sql))),
+            FrontendMessage::Query { sql } => r.query(mask_of(Some(sql)), sql.clone()),
             // Its mask is made with the rest of what the relay keeps of it (`track_parse`).
             FrontendMessage::Parse { .. } => r.parsed(),
             FrontendMessage::Bind { portal, result_formats, .. } => {
@@ -2137,12 +2126,13 @@ impl Relay<'_> {
             }
             FrontendMessage::Execute { portal, .. } => {
                 let mask = r.portal(portal, batch, || mask_of(None));
+                let text = r.bound_text(portal, batch).cloned();
                 // Described already when it waited for that (`describe_first`).
                 if !std::mem::take(&mut r.pre_described) {
                     encode::describe_portal(to_server, portal);
                     r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone() });
                 }
-                r.queue.push_back(Expect::Execute(mask));
+                r.queue.push_back(Expect::Execute(mask, text));
             }
             FrontendMessage::Close { .. } => r.closed(),
             FrontendMessage::FunctionCall { .. } => r.queue.push_back(Expect::FunctionCall),
@@ -2184,7 +2174,7 @@ impl Relay<'_> {
     fn refuse(&mut self, is_query: bool, report: Report, to_server: &mut BytesMut) {
         if is_query {
             if let Some(r) = &mut self.masking {
-                r.queue.push_back(Expect::Query(Arc::new(ResultMask::unread(Vec::new()))));
+                r.queue.push_back(Expect::Query(Arc::new(ResultMask::unread(Vec::new())), bytes::Bytes::new()));
             }
             encode::refusal_query(to_server, &report);
             self.copy.forwarded(b'Q', self.ready_owed + 1);
@@ -2585,7 +2575,7 @@ impl Relay<'_> {
                 && let Some(r) = self.masking.as_ref()
                 && let Some(shape) = r.current.as_ref()
                 && !r.dropping
-                && matches!(r.queue.front(), Some(Expect::Query(_) | Expect::Execute(_)))
+                && matches!(r.queue.front(), Some(Expect::Query(..) | Expect::Execute(..)))
             {
                 let raw = server_buf.get(..len).unwrap_or_default();
                 if let Err(e) = masking::mask_row_into(raw, shape, &self.salt, to_client) {
@@ -2701,10 +2691,10 @@ impl Relay<'_> {
                         return Ok(if dropping { Relayed::Dropped } else { Relayed::AsIs });
                     }
                     Some(Expect::DescribePortal { hidden, mask }) => (*hidden, mask.clone()),
-                    Some(Expect::Query(mask)) => (false, mask.clone()),
+                    Some(Expect::Query(mask, _)) => (false, mask.clone()),
                     _ => return Err(lost("a row description that answers nothing sent")),
                 };
-                if !matches!(r.queue.front(), Some(Expect::Query(_))) {
+                if !matches!(r.queue.front(), Some(Expect::Query(..))) {
                     r.queue.pop_front();
                 }
                 let fields = row_description(raw).ok_or_else(|| lost("an unreadable row description"))?;
@@ -2720,11 +2710,18 @@ impl Relay<'_> {
                 if let Some(why) = unreadable {
                     r.current = None;
                     r.dropping = true;
+                    if dropping {
+                        return Ok(Relayed::Dropped);
+                    }
+                    // Refused once it ran: a FETCH from a BINARY cursor in a simple query,
+                    // or a statement described as readable before it changed.
+                    let statement = owed_statement(&r.queue);
                     let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                         .with_detail("rule: builtin:masked-binary");
+                    self.record_masked_binary(statement, &report)?;
                     let mut out = BytesMut::new();
                     encode::error_response(&mut out, &report);
-                    return Ok(if dropping { Relayed::Dropped } else { Relayed::Changed(out) });
+                    return Ok(Relayed::Changed(out));
                 }
                 r.current = Some(Arc::new(shape));
                 if hidden { Relayed::Dropped } else { Relayed::AsIs }
@@ -2733,7 +2730,7 @@ impl Relay<'_> {
             b'D' | b'd' if dropping => Relayed::Dropped,
             // A row in its place went by in `forward_masked`; one here is out of place.
             b'D' => {
-                if !matches!(r.queue.front(), Some(Expect::Query(_) | Expect::Execute(_))) {
+                if !matches!(r.queue.front(), Some(Expect::Query(..) | Expect::Execute(..))) {
                     return Err(lost("a row outside any result"));
                 }
                 return Err(lost("a row before its description"));
@@ -2742,17 +2739,17 @@ impl Relay<'_> {
                 r.current = None;
                 r.copy_binary = false;
                 match r.queue.front() {
-                    Some(Expect::Execute(_)) => {
+                    Some(Expect::Execute(..)) => {
                         r.queue.pop_front();
                     }
-                    Some(Expect::Query(_)) => {}
+                    Some(Expect::Query(..)) => {}
                     _ => return Err(lost("a completion outside any statement")),
                 }
                 Relayed::AsIs
             }
             b'E' | b'N' => {
                 let mask = match r.queue.front() {
-                    Some(Expect::Query(m) | Expect::Execute(m) | Expect::DescribePortal { mask: m, .. }) => {
+                    Some(Expect::Query(m, _) | Expect::Execute(m, _) | Expect::DescribePortal { mask: m, .. }) => {
                         Some(m.clone())
                     }
                     _ => None,
@@ -2762,7 +2759,7 @@ impl Relay<'_> {
                     r.copy_binary = false;
                     // Outside a simple query, the server skips to the next Sync,
                     // and so what the client sends until that Sync.
-                    if !matches!(r.queue.front(), Some(Expect::Query(_) | Expect::FunctionCall)) {
+                    if !matches!(r.queue.front(), Some(Expect::Query(..) | Expect::FunctionCall)) {
                         while r.queue.front().is_some_and(|e| !matches!(e, Expect::Sync)) {
                             r.queue.pop_front();
                         }
@@ -2787,26 +2784,31 @@ impl Relay<'_> {
             b'H' => {
                 let binary = raw.get(HEADER_LEN) == Some(&1);
                 let detects = match r.queue.front() {
-                    Some(Expect::Query(m) | Expect::Execute(m)) => m.has_detectors(),
+                    Some(Expect::Query(m, _) | Expect::Execute(m, _)) => m.has_detectors(),
                     _ => return Err(lost("COPY outside any statement")),
                 };
                 if binary && detects {
                     r.dropping = true;
+                    if dropping {
+                        return Ok(Relayed::Dropped);
+                    }
+                    let statement = owed_statement(&r.queue);
                     let report = Report::error(
                         sqlstate::INSUFFICIENT_PRIVILEGE,
                         "permission denied: COPY in binary format cannot be masked; use text or CSV",
                     )
                     .with_detail("rule: builtin:masked-binary");
+                    self.record_masked_binary(statement, &report)?;
                     let mut out = BytesMut::new();
                     encode::error_response(&mut out, &report);
-                    return Ok(if dropping { Relayed::Dropped } else { Relayed::Changed(out) });
+                    return Ok(Relayed::Changed(out));
                 }
                 r.copy_binary = binary;
                 Relayed::AsIs
             }
             b'd' => {
                 let mask = match r.queue.front() {
-                    Some(Expect::Query(m) | Expect::Execute(m)) => m.clone(),
+                    Some(Expect::Query(m, _) | Expect::Execute(m, _)) => m.clone(),
                     _ => return Err(lost("COPY data outside any statement")),
                 };
                 if r.copy_binary || !mask.has_detectors() {
@@ -2817,7 +2819,7 @@ impl Relay<'_> {
             }
             b'Z' => {
                 match r.queue.pop_front() {
-                    Some(Expect::Query(_) | Expect::Sync | Expect::FunctionCall) => {}
+                    Some(Expect::Query(..) | Expect::Sync | Expect::FunctionCall) => {}
                     _ => return Err(lost("ReadyForQuery that answers nothing sent")),
                 }
                 r.current = None;
@@ -3011,6 +3013,21 @@ impl Relay<'_> {
     }
 
     /// Records what policy decided of a statement.
+    /// Records a result refused because masking cannot read it
+    /// (`builtin:masked-binary`) as a deny of `statement` (its text, if known).
+    fn record_masked_binary(&mut self, statement: Option<bytes::Bytes>, report: &Report) -> Result<(), Ended> {
+        if self.tap.is_none() {
+            return Ok(());
+        }
+        self.record_decision(recording::Decision {
+            statement: statement.map(|sql| decision_text(&sql)).unwrap_or_default(),
+            verdict: recording::Verdict::Deny as i32,
+            reason: report.message.clone(),
+            rule: "builtin:masked-binary".into(),
+            ..Default::default()
+        })
+    }
+
     fn record_decision(&mut self, decision: recording::Decision) -> Result<(), Ended> {
         let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
         tap.decision_later(decision).map_err(|e| recording_lost(self.span, &e))?;
@@ -3203,6 +3220,20 @@ async fn recording_stopped(stop: Option<recording::StopSignal>) -> recording::Er
 }
 
 /// A statement's text as a decision records it.
+/// The text of the statement whose result is owed first (a Describe of a
+/// portal answers for the Execute behind it), if the gateway knows it.
+fn owed_statement(queue: &std::collections::VecDeque<Expect>) -> Option<bytes::Bytes> {
+    let mut owed = queue.iter();
+    loop {
+        match owed.next()? {
+            Expect::Query(_, sql) => return Some(sql.clone()),
+            Expect::Execute(_, sql) => return sql.clone(),
+            Expect::DescribePortal { .. } => {}
+            _ => return None,
+        }
+    }
+}
+
 fn decision_text(sql: &[u8]) -> String {
     String::from_utf8_lossy(sql).into_owned()
 }
