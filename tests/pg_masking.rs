@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::wire::{bind, execute, message, parse, raw_login, read_until_ready, send};
+use support::wire::{bind, bind_binary_of, execute, message, parse, query, raw_login, read_until_ready, send};
 use support::{Stack, admin_client, sqlstate};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -347,13 +347,27 @@ async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing(
     assert_eq!(count, 0, "a refused or skipped write ran");
 }
 
-/// A Bind of statement `statement` into the unnamed portal, every result
-/// column in binary format.
-fn bind_binary_of(statement: &str) -> Vec<u8> {
-    let mut body = vec![0];
-    body.extend_from_slice(statement.as_bytes());
-    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 0, 1]);
-    message(b'B', &body)
+/// A cursor is a portal too: one declared by SQL under the name of a portal
+/// the gateway saw bound (closed by SQL first) is what an Execute of that
+/// name runs. Fetched so, even a `BINARY` cursor's rows come as text, and the
+/// detectors read them: the gateway's knowledge of the portal bound before
+/// gives nothing away.
+#[tokio::test]
+async fn a_cursor_declared_under_a_bound_portals_name_is_still_masked() {
+    let (s, _client, token) = masked_stack().await;
+    let mut stream = raw_login(&s, "pg", &token).await;
+    send(&mut stream, &[query("BEGIN")]).await;
+    assert_eq!(read_until_ready(&mut stream).await, (vec!["C:BEGIN".to_owned()], b'T'));
+    send(&mut stream, &[parse("", "SELECT 'nothing to mask'::text"), bind("p", "", &[]), message(b'S', &[])]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2"]);
+    for sql in ["CLOSE p", "DECLARE p BINARY CURSOR FOR SELECT ARRAY['call ana@example.com']"] {
+        send(&mut stream, &[parse("", sql), bind("", "", &[]), execute("", 0), message(b'S', &[])]).await;
+        let (seen, _) = read_until_ready(&mut stream).await;
+        assert_eq!(seen.len(), 3, "{sql}: {seen:?}");
+    }
+    send(&mut stream, &[execute("p", 0), message(b'S', &[])]).await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!((seen, status), (vec![r#"D:{"call ***@******e.com"}"#.to_owned(), "C:SELECT 1".to_owned()], b'T'));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

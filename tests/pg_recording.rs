@@ -12,6 +12,7 @@ use airlock_core::{SessionId, TenantId};
 use airlock_proto::v1::{self, frame::Body};
 use airlock_testkit::eventually;
 use support::process::{Proc, TempDir, free_addr, wait_ready};
+use support::wire::{bind_binary_of, execute, message, parse, raw_login, read_until_ready, send};
 use support::{Recording, Stack, admin_client, sqlstate};
 
 const POLICY: &str = r#"
@@ -66,8 +67,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A session of `subject`'s under a masking rule with a detector.
-async fn masked_session(subject: &str) -> (Stack, tokio_postgres::Client) {
+/// A stack with a masking rule with a detector, and the token of `subject`,
+/// granted `pg.readwrite`.
+async fn masked_stack(subject: &str) -> (Stack, String) {
     let s = Stack::start().await;
     s.apply_policy(
         "version: 1\nmasking:\n  - name: mail\n    columns: [\"public.contacts.email\"]\n    detectors: [email]\n    \
@@ -76,6 +78,12 @@ async fn masked_session(subject: &str) -> (Stack, tokio_postgres::Client) {
     .await;
     let token = s.token(subject).await;
     s.grant_role(subject, "readwrite", 900).await;
+    (s, token)
+}
+
+/// A session of `subject`'s under a masking rule with a detector.
+async fn masked_session(subject: &str) -> (Stack, tokio_postgres::Client) {
+    let (s, token) = masked_stack(subject).await;
     let client = s.connect("pg.readwrite", &token).await.unwrap();
     (s, client)
 }
@@ -110,6 +118,24 @@ async fn a_binary_result_refused_before_it_runs_is_recorded_with_its_statement()
     assert_eq!(denied.rule, "builtin:masked-binary");
     assert_eq!(denied.statement, sql);
     assert!(denied.reason.contains("binary format"), "{}", denied.reason);
+}
+
+/// A client that describes the portal itself before its held Execute hears
+/// of the refusal once, at its Describe; it is recorded once, with the
+/// statement.
+#[tokio::test]
+async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
+    let (s, token) = masked_stack("agent-10").await;
+    let mut stream = raw_login(&s, "pg.readwrite", &token).await;
+    let sql = "SELECT ARRAY['write to ana@example.com']";
+    send(&mut stream, &[parse("", sql), bind_binary_of(""), message(b'D', b"P\0"), execute("", 0), message(b'S', &[])])
+        .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "E:42501"]);
+    drop(stream);
+
+    let denied = recorded_denies(&s).await;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!((denied[0].rule.as_str(), denied[0].statement.as_str()), ("builtin:masked-binary", sql));
 }
 
 /// Results refused only once their statement ran (a `FETCH` from a `BINARY`

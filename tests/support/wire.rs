@@ -73,6 +73,15 @@ pub fn query(sql: &str) -> Vec<u8> {
     message(b'Q', &q)
 }
 
+/// A Bind of statement `statement` into the unnamed portal, every result
+/// column in binary format.
+pub fn bind_binary_of(statement: &str) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(statement.as_bytes());
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 0, 1]);
+    message(b'B', &body)
+}
+
 pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, portal);
@@ -104,7 +113,8 @@ async fn try_read_message(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     Some((tag, body))
 }
 
-/// Reads backend messages up to ReadyForQuery, as `tag:first column` strings.
+/// Reads backend messages up to ReadyForQuery, as `tag:first column` strings
+/// (`D:NULL` for a row whose first column is NULL).
 pub async fn read_until_ready(stream: &mut TcpStream) -> (Vec<String>, u8) {
     let mut seen = Vec::new();
     // The last error's message, for a connection closed before ReadyForQuery.
@@ -120,10 +130,10 @@ pub async fn read_until_ready(stream: &mut TcpStream) -> (Vec<String>, u8) {
         }
         match tag {
             b'Z' => return (seen, body[0]),
-            b'D' => {
-                let len = usize::try_from(i32::from_be_bytes(body[2..6].try_into().unwrap())).unwrap();
-                seen.push(format!("D:{}", String::from_utf8_lossy(&body[6..6 + len])));
-            }
+            b'D' => match usize::try_from(i32::from_be_bytes(body[2..6].try_into().unwrap())) {
+                Ok(len) => seen.push(format!("D:{}", String::from_utf8_lossy(&body[6..6 + len]))),
+                Err(_) => seen.push("D:NULL".to_owned()),
+            },
             b'E' => {
                 let code = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"C")).unwrap();
                 seen.push(format!("E:{}", String::from_utf8_lossy(code)));

@@ -46,10 +46,12 @@ pub enum Expect {
     DescribeStatement {
         described: Option<Arc<OnceLock<bool>>>,
     },
-    /// RowDescription or NoData; `hidden` when the gateway asked, not the client.
+    /// RowDescription or NoData; `hidden` when the gateway asked, not the
+    /// client; the text of the statement the portal runs, if known.
     DescribePortal {
         hidden: bool,
         mask: Arc<ResultMask>,
+        text: Option<Bytes>,
     },
     /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended;
     /// the text of the statement its portal runs, if the gateway knows it.
@@ -512,6 +514,11 @@ mod tests {
         assert!(waits(&r, &unnamed, 3), "described with a column the detectors cannot read");
         r.bound(&unnamed, bound(true, None, None), 3);
         assert!(waits(&r, &unnamed, 3), "a statement the gateway does not know");
+
+        // Portals end with their transaction.
+        assert!(!waits(&r, &cursor, 4));
+        r.portals.transaction_ended();
+        assert!(waits(&r, &cursor, 4), "a portal of a transaction that ended");
     }
 
     fn row(values: &[Option<&[u8]>]) -> Vec<u8> {

@@ -1468,7 +1468,8 @@ impl Relay<'_> {
         let Some(mask) = r.must_describe_first(portal, batch, || mask_for(gw, context, None)) else { return false };
         encode::describe_portal(to_server, portal);
         encode::flush(to_server);
-        r.queue.push_back(Expect::DescribePortal { hidden: true, mask });
+        let text = r.bound_text(portal, batch).cloned();
+        r.queue.push_back(Expect::DescribePortal { hidden: true, mask, text });
         // A message the server would not read as copy data, as the client's own Describe.
         self.copy.forwarded(b'D', batch);
         self.batch_open = true;
@@ -2098,12 +2099,16 @@ impl Relay<'_> {
         let statement_mask = known.and_then(|p| p.mask.clone());
         let unreadable = known.map(|p| p.unreadable.clone());
         let text = known.map(|p| p.text.clone());
+        // A query's text is kept only to record a refusal of its result.
+        let recorded = self.tap.is_some();
         let Some(r) = self.masking.as_mut() else { return };
         let (gw, context) = (self.gw, self.context);
         let mask_of = |sql: Option<&bytes::Bytes>| mask_for(gw, context, sql);
         let owed_before = r.queue.len();
         match message {
-            FrontendMessage::Query { sql } => r.query(mask_of(Some(sql)), sql.clone()),
+            FrontendMessage::Query { sql } => {
+                r.query(mask_of(Some(sql)), if recorded { sql.clone() } else { bytes::Bytes::new() });
+            }
             // Its mask is made with the rest of what the relay keeps of it (`track_parse`).
             FrontendMessage::Parse { .. } => r.parsed(),
             FrontendMessage::Bind { portal, result_formats, .. } => {
@@ -2122,7 +2127,8 @@ impl Relay<'_> {
             }
             FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
                 let mask = r.portal(name, batch, || mask_of(None));
-                r.queue.push_back(Expect::DescribePortal { hidden: false, mask });
+                let text = r.bound_text(name, batch).cloned();
+                r.queue.push_back(Expect::DescribePortal { hidden: false, mask, text });
             }
             FrontendMessage::Execute { portal, .. } => {
                 let mask = r.portal(portal, batch, || mask_of(None));
@@ -2130,7 +2136,7 @@ impl Relay<'_> {
                 // Described already when it waited for that (`describe_first`).
                 if !std::mem::take(&mut r.pre_described) {
                     encode::describe_portal(to_server, portal);
-                    r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone() });
+                    r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone(), text: text.clone() });
                 }
                 r.queue.push_back(Expect::Execute(mask, text));
             }
@@ -2681,7 +2687,7 @@ impl Relay<'_> {
                 _ => return Err(lost("NoData that answers no Describe")),
             },
             b'T' => {
-                let (hidden, mask) = match r.queue.front() {
+                let (hidden, mask, text) = match r.queue.front() {
                     Some(Expect::DescribeStatement { .. }) => {
                         if let Some(Expect::DescribeStatement { described: Some(described) }) = r.queue.pop_front() {
                             let fields = row_description(raw).ok_or_else(|| lost("an unreadable row description"))?;
@@ -2690,8 +2696,8 @@ impl Relay<'_> {
                         }
                         return Ok(if dropping { Relayed::Dropped } else { Relayed::AsIs });
                     }
-                    Some(Expect::DescribePortal { hidden, mask }) => (*hidden, mask.clone()),
-                    Some(Expect::Query(mask, _)) => (false, mask.clone()),
+                    Some(Expect::DescribePortal { hidden, mask, text }) => (*hidden, mask.clone(), text.clone()),
+                    Some(Expect::Query(mask, sql)) => (false, mask.clone(), Some(sql.clone())),
                     _ => return Err(lost("a row description that answers nothing sent")),
                 };
                 if !matches!(r.queue.front(), Some(Expect::Query(..))) {
@@ -2713,12 +2719,16 @@ impl Relay<'_> {
                     if dropping {
                         return Ok(Relayed::Dropped);
                     }
-                    // Refused once it ran: a FETCH from a BINARY cursor in a simple query,
-                    // or a statement described as readable before it changed.
-                    let statement = owed_statement(&r.queue);
+                    // The client's own Describe of a portal whose Execute is held: the
+                    // refusal in the Execute's place records it (`release_described`).
+                    let held_behind = held
+                        && r.queue.len() == 1
+                        && matches!(r.queue.front(), Some(Expect::DescribePortal { hidden: true, .. }));
                     let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                         .with_detail("rule: builtin:masked-binary");
-                    self.record_masked_binary(statement, &report)?;
+                    if !held_behind {
+                        self.record_masked_binary(text, &report)?;
+                    }
                     let mut out = BytesMut::new();
                     encode::error_response(&mut out, &report);
                     return Ok(Relayed::Changed(out));
@@ -2783,8 +2793,9 @@ impl Relay<'_> {
             }
             b'H' => {
                 let binary = raw.get(HEADER_LEN) == Some(&1);
-                let detects = match r.queue.front() {
-                    Some(Expect::Query(m, _) | Expect::Execute(m, _)) => m.has_detectors(),
+                let (detects, statement) = match r.queue.front() {
+                    Some(Expect::Query(m, sql)) => (m.has_detectors(), Some(sql)),
+                    Some(Expect::Execute(m, text)) => (m.has_detectors(), text.as_ref()),
                     _ => return Err(lost("COPY outside any statement")),
                 };
                 if binary && detects {
@@ -2792,7 +2803,7 @@ impl Relay<'_> {
                     if dropping {
                         return Ok(Relayed::Dropped);
                     }
-                    let statement = owed_statement(&r.queue);
+                    let statement = statement.cloned();
                     let report = Report::error(
                         sqlstate::INSUFFICIENT_PRIVILEGE,
                         "permission denied: COPY in binary format cannot be masked; use text or CSV",
@@ -2821,6 +2832,10 @@ impl Relay<'_> {
                 match r.queue.pop_front() {
                     Some(Expect::Query(..) | Expect::Sync | Expect::FunctionCall) => {}
                     _ => return Err(lost("ReadyForQuery that answers nothing sent")),
+                }
+                if raw.get(HEADER_LEN) == Some(&b'I') {
+                    // Out of any transaction: the server destroyed its portals.
+                    r.portals.transaction_ended();
                 }
                 r.current = None;
                 r.dropping = false;
@@ -3012,7 +3027,6 @@ impl Relay<'_> {
         tap.commit().map_err(|e| recording_lost(self.span, &e))
     }
 
-    /// Records what policy decided of a statement.
     /// Records a result refused because masking cannot read it
     /// (`builtin:masked-binary`) as a deny of `statement` (its text, if known).
     fn record_masked_binary(&mut self, statement: Option<bytes::Bytes>, report: &Report) -> Result<(), Ended> {
@@ -3028,6 +3042,7 @@ impl Relay<'_> {
         })
     }
 
+    /// Records what policy decided of a statement.
     fn record_decision(&mut self, decision: recording::Decision) -> Result<(), Ended> {
         let Some(tap) = self.tap.as_deref_mut() else { return Ok(()) };
         tap.decision_later(decision).map_err(|e| recording_lost(self.span, &e))?;
@@ -3220,20 +3235,6 @@ async fn recording_stopped(stop: Option<recording::StopSignal>) -> recording::Er
 }
 
 /// A statement's text as a decision records it.
-/// The text of the statement whose result is owed first (a Describe of a
-/// portal answers for the Execute behind it), if the gateway knows it.
-fn owed_statement(queue: &std::collections::VecDeque<Expect>) -> Option<bytes::Bytes> {
-    let mut owed = queue.iter();
-    loop {
-        match owed.next()? {
-            Expect::Query(_, sql) => return Some(sql.clone()),
-            Expect::Execute(_, sql) => return sql.clone(),
-            Expect::DescribePortal { .. } => {}
-            _ => return None,
-        }
-    }
-}
-
 fn decision_text(sql: &[u8]) -> String {
     String::from_utf8_lossy(sql).into_owned()
 }

@@ -286,6 +286,14 @@ impl<T: Clone + Weighed> Names<T> {
         self.remove(b"");
     }
 
+    /// The server's transaction ended (a ReadyForQuery says it is idle): it
+    /// destroyed every portal then. What batches forwarded since bind is
+    /// answered later, and stands.
+    pub(crate) fn transaction_ended(&mut self) {
+        self.settled.clear();
+        self.settled_weight = 0;
+    }
+
     /// Something forwarded may have deallocated or prepared statements by
     /// SQL: no name is known any more, until a Parse sent after it is answered.
     pub(crate) fn forget_all(&mut self) {
