@@ -1280,3 +1280,110 @@ async fn malformed_server_messages_are_errors() {
     assert_eq!(err.to_string(), "the target sent an invalid message: invalid message length -16 for message 'R'");
     server.await.unwrap();
 }
+
+/// Debian's pgbouncer (1.18; `scripts/test` installs it) in front of the
+/// Postgres on this machine: TLS with a self-signed certificate, SCRAM-SHA-256
+/// only (it offers no SCRAM-SHA-256-PLUS before 1.21), for `users`, each with
+/// the secret pgbouncer keeps for it (a password, or a SCRAM verifier, with
+/// which it logs in to Postgres in the client's stead).
+struct Bouncer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Bouncer {
+    fn start(users: &[(&str, &str)]) -> Bouncer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(path("cert.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(path("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        let userlist: String = users.iter().map(|(user, secret)| format!("\"{user}\" \"{secret}\"\n")).collect();
+        std::fs::write(path("userlist.txt"), userlist).unwrap();
+        let addr = airlock_testkit::free_addr();
+        let ini = format!(
+            "[databases]\npostgres = host=127.0.0.1 port=5432 dbname=postgres\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\n\
+             client_tls_sslmode = require\nclient_tls_cert_file = {dir}/cert.pem\nclient_tls_key_file = {dir}/key.pem\n\
+             server_tls_sslmode = disable\nlogfile = {dir}/pgbouncer.log\n",
+            port = addr.port(),
+            dir = dir.path().display(),
+        );
+        std::fs::write(path("pgbouncer.ini"), ini).unwrap();
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("pgbouncer is installed: run scripts/test, which installs it");
+        let mut command = std::process::Command::new(bin);
+        // pgbouncer refuses to run as root: then as postgres, which must read the directory.
+        if std::process::Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0\n") {
+            let chown = std::process::Command::new("chown").arg("-R").arg("postgres:").arg(dir.path()).status();
+            assert!(chown.unwrap().success());
+            command.args(["-u", "postgres"]);
+        }
+        let child = command
+            .arg(path("pgbouncer.ini"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut bouncer = Bouncer { child, addr, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = bouncer.child.try_wait() {
+                let log = std::fs::read_to_string(bouncer._dir.path().join("pgbouncer.log")).unwrap_or_default();
+                panic!("pgbouncer exited with {status}: {log}");
+            }
+            assert!(Instant::now() < deadline, "pgbouncer did not listen within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bouncer
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A target that takes TLS but offers only SCRAM-SHA-256 (pgbouncer before
+/// 1.21) gets a login that is not bound to its certificate and says the
+/// gateway could have bound it (`y,,`), from each of the gateway's SCRAM
+/// clients: a session role's (with the salted password the gateway made),
+/// a stored password's through a salt cache, and one without. A real server
+/// takes them all.
+#[tokio::test]
+async fn scram_over_tls_to_a_target_that_offers_no_binding_logs_in_unbound() {
+    let stored = make_scram_role("bouncer", "stored horse", "").await;
+    let (verifier, salted) = scram::verifier(b"made horse");
+    let made = make_scram_role("bouncer", &verifier, "").await;
+    let bouncer = Bouncer::start(&[(&stored.name, "stored horse"), (&made.name, &verifier)]);
+    let options = |user: &str, password: &str| {
+        let mut o = UpstreamOptions::new(bouncer.addr.to_string(), user, password, "postgres");
+        o.tls = TargetTls::Require;
+        o.connect_timeout = Duration::from_secs(10);
+        o
+    };
+    let mut logins = Vec::new();
+    let mut session_role = options(&made.name, "made horse");
+    session_role.salted = Some(salted);
+    logins.push(("a session role's", session_role));
+    let mut cached = options(&stored.name, "stored horse");
+    cached.salt_cache = Some(Arc::new(scram::SaltCache::default()));
+    logins.push(("a stored password's, cached", cached.clone()));
+    logins.push(("a stored password's, cached, again", cached));
+    logins.push(("a stored password's", options(&stored.name, "stored horse")));
+    for (what, o) in logins {
+        let mut up = upstream::connect(&o).await.unwrap_or_else(|e| panic!("{what} login: {e}"));
+        assert_eq!(scalar(&mut up, "SELECT current_user").await, o.user.as_bytes(), "{what}");
+    }
+    // pgbouncer says 08P01 where Postgres says 28P01.
+    let wrong = options(&stored.name, "wrong horse");
+    let e = upstream::connect(&wrong).await.unwrap_err();
+    assert!(matches!(&e, UpstreamError::Refused { .. }) && !e.to_string().contains("wrong horse"), "{e}");
+}
