@@ -61,31 +61,61 @@ fn items<'a>(value: &'a Value, key: &str) -> &'a [Value] {
     value.get(key).and_then(Value::as_sequence).map_or(&[], Vec::as_slice)
 }
 
-/// The Secrets `deploy/README.md` has the operator create
-/// (`kubectl … create secret generic <name> --from-literal=<key>=… --from-file=<key>`),
-/// with their keys.
+/// The Secrets `deploy/README.md` has the operator create, with their keys:
+/// each `kubectl … create secret generic <name> --from-literal=<key>=…
+/// --from-file=[<key>=]<path>` command, its lines joined where they end in
+/// a backslash.
 fn secrets_the_readme_creates() -> BTreeMap<String, BTreeSet<String>> {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/README.md")).unwrap();
-    let words: Vec<&str> = readme.split_whitespace().collect();
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in readme.lines() {
+        match line.trim_end().strip_suffix('\\') {
+            Some(continued) => current.push_str(continued),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
     let mut secrets = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for (i, word) in words.iter().enumerate() {
-        if words.get(i.wrapping_sub(2)) == Some(&"secret") && words.get(i.wrapping_sub(1)) == Some(&"generic") {
-            current = Some((*word).to_owned());
-            secrets.entry((*word).to_owned()).or_insert_with(BTreeSet::new);
-        } else if word.starts_with("kubectl") {
-            current = None;
-        } else if let Some(name) = &current {
-            let key = word
-                .strip_prefix("--from-literal=")
-                .map(|rest| rest.split('=').next().unwrap_or_default())
-                .or_else(|| word.strip_prefix("--from-file="));
-            if let Some(key) = key {
-                secrets.get_mut(name).unwrap().insert(key.trim_end_matches('\\').to_owned());
+    for command in commands {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let Some(at) = words.windows(3).position(|w| w == ["create", "secret", "generic"]) else { continue };
+        let options = &words[at + 3..];
+        // The name: the first word that is not an option (`-n airlock` may come first).
+        let mut rest = options.iter();
+        let mut name = None;
+        while let Some(word) = rest.next() {
+            if *word == "-n" || *word == "--namespace" {
+                rest.next();
+            } else if !word.starts_with('-') {
+                name = Some((*word).to_owned());
+                break;
+            }
+        }
+        let name = name.unwrap_or_else(|| panic!("no name in {command:?}"));
+        let keys: &mut BTreeSet<String> = secrets.entry(name).or_default();
+        for word in options {
+            if let Some(literal) = word.strip_prefix("--from-literal=") {
+                keys.insert(literal.split('=').next().unwrap().trim_matches('\'').to_owned());
+            } else if let Some(file) = word.strip_prefix("--from-file=") {
+                let key = match file.split_once('=') {
+                    Some((key, _)) => key,
+                    None => file.rsplit('/').next().unwrap(),
+                };
+                keys.insert(key.to_owned());
             }
         }
     }
     secrets
+}
+
+/// Whether Secret `secret` has `key` as every way of making it does (the
+/// manifests' example and the README's command, where there is each).
+fn secret_has(secrets: &[&BTreeMap<String, BTreeSet<String>>], secret: &str, key: &str) -> bool {
+    let making: Vec<_> = secrets.iter().filter_map(|s| s.get(secret)).collect();
+    !making.is_empty() && making.iter().all(|keys| keys.contains(key))
 }
 
 #[test]
@@ -104,16 +134,31 @@ fn every_reference_between_the_kubernetes_manifests_resolves() {
     let of_kind = |kind: &str| -> Vec<&(String, Value)> {
         objects.iter().filter(|(_, o)| str_at(o, &["kind"]) == Some(kind)).collect()
     };
-    // The Secrets: the example's keys, and those the README creates.
-    let mut secrets = secrets_the_readme_creates();
+    // The Secrets: the examples' keys, and those the README's commands create.
+    let readme = secrets_the_readme_creates();
+    let mut examples: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (_, secret) in of_kind("Secret") {
         let name = str_at(secret, &["metadata", "name"]).unwrap().to_owned();
-        let keys = secrets.entry(name).or_default();
+        let keys = examples.entry(name).or_default();
         for field in ["stringData", "data"] {
             keys.extend(labels(secret.get(field)).into_keys());
         }
     }
-    assert!(secrets.get("airlock").is_some_and(|keys| keys.contains("worker-token")), "{secrets:?}");
+    assert!(readme.contains_key("airlock") && readme.contains_key("airlock-grpc-tls"), "{readme:?}");
+    assert!(examples.contains_key("airlock"), "{examples:?}");
+    let secrets = [&readme, &examples];
+    // The files the ConfigMap's configuration names (outside comments).
+    let config_toml: String = of_kind("ConfigMap")
+        .into_iter()
+        .filter_map(|(_, c)| c.get("data").and_then(|d| d.get("airlock.toml")).and_then(Value::as_str))
+        .collect();
+    assert!(config_toml.contains("[worker]"), "{config_toml}");
+    let named_files: Vec<&str> = config_toml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split('"').nth(1))
+        .filter(|v| v.starts_with('/'))
+        .collect();
     let config_maps: BTreeMap<String, BTreeSet<String>> = of_kind("ConfigMap")
         .into_iter()
         .map(|(_, c)| {
@@ -140,6 +185,7 @@ fn every_reference_between_the_kubernetes_manifests_resolves() {
         let volumes: BTreeMap<&str, &Value> =
             items(spec, "volumes").iter().map(|v| (str_at(v, &["name"]).unwrap(), v)).collect();
         let mut port_names = BTreeSet::new();
+        let mut mounted_at: Vec<(String, String)> = Vec::new();
         for container in items(spec, "containers") {
             let container_name = str_at(container, &["name"]).unwrap();
             let at = format!("{file}: {name}/{container_name}");
@@ -155,13 +201,15 @@ fn every_reference_between_the_kubernetes_manifests_resolves() {
                 let volume = str_at(mount, &["name"]).unwrap();
                 assert!(volumes.contains_key(volume), "{at} mounts volume {volume}, which the pod does not have");
                 mounts.insert(str_at(mount, &["mountPath"]).unwrap(), volume);
+                mounted_at.push((str_at(mount, &["mountPath"]).unwrap().to_owned(), volume.to_owned()));
             }
             for variable in items(container, "env") {
                 if let Some(reference) = variable.get("valueFrom").and_then(|v| v.get("secretKeyRef")) {
                     let (secret, key) = (str_at(reference, &["name"]).unwrap(), str_at(reference, &["key"]).unwrap());
                     assert!(
-                        secrets.get(secret).is_some_and(|keys| keys.contains(key)),
-                        "{at} reads key {key} of Secret {secret}, which neither the manifests nor the README make"
+                        secret_has(&secrets, secret, key),
+                        "{at} reads key {key} of Secret {secret}, which the manifests' example or the README's command \
+                         for it does not make"
                     );
                 }
             }
@@ -186,14 +234,23 @@ fn every_reference_between_the_kubernetes_manifests_resolves() {
                 );
             }
             if let Some(secret) = str_at(spec, &["secret", "secretName"]) {
-                let keys = secrets.get(secret).unwrap_or_else(|| {
-                    panic!(
-                        "{file}: volume {volume} uses Secret {secret}, which neither the manifests nor the README make"
-                    )
-                });
-                for item in items(spec.get("secret").unwrap(), "items") {
+                let listed = items(spec.get("secret").unwrap(), "items");
+                for item in listed {
                     let key = str_at(item, &["key"]).unwrap();
-                    assert!(keys.contains(key), "{file}: volume {volume} takes key {key}, which Secret {secret} lacks");
+                    let made = secret_has(&secrets, secret, key);
+                    assert!(made, "{file}: volume {volume} takes key {key} of Secret {secret}, which is not made");
+                }
+                // Mounted whole: every file the configuration names there is a key of it.
+                if listed.is_empty() {
+                    for (dir, _) in mounted_at.iter().filter(|(_, v)| v == volume) {
+                        for path in named_files.iter().filter(|p| p.starts_with(&format!("{dir}/"))) {
+                            let key = &path[dir.len() + 1..];
+                            assert!(
+                                secret_has(&secrets, secret, key),
+                                "{file}: the configuration reads {path}, but Secret {secret} mounted at {dir} has no {key}"
+                            );
+                        }
+                    }
                 }
             }
         }

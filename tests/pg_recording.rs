@@ -12,7 +12,7 @@ use airlock_core::{SessionId, TenantId};
 use airlock_proto::v1::{self, frame::Body};
 use airlock_testkit::eventually;
 use support::process::{Proc, TempDir, free_addr, wait_ready};
-use support::wire::{bind_binary_of, execute, message, parse, raw_login, read_until_ready, send};
+use support::wire::{bind_binary, bind_binary_of, execute, message, parse, raw_login, read_until_ready, send};
 use support::{Recording, Stack, admin_client, sqlstate};
 
 const POLICY: &str = r#"
@@ -122,7 +122,8 @@ async fn a_binary_result_refused_before_it_runs_is_recorded_with_its_statement()
 
 /// A client that describes the portal itself before its held Execute hears
 /// of the refusal once, at its Describe; it is recorded once, with the
-/// statement.
+/// statement. A Describe of another portal than the held Execute's is
+/// recorded with its own portal's statement.
 #[tokio::test]
 async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
     let (s, token) = masked_stack("agent-10").await;
@@ -131,11 +132,24 @@ async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
     send(&mut stream, &[parse("", sql), bind_binary_of(""), message(b'D', b"P\0"), execute("", 0), message(b'S', &[])])
         .await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "E:42501"]);
+    // Portal p1 cannot be masked; p2's statement was never described, so its Execute is held.
+    let other = "SELECT ARRAY['call bo@example.org']";
+    let batch = [
+        parse("", other),
+        bind_binary("p1", ""),
+        parse("s2", "SELECT 1"),
+        bind_binary("p2", "s2"),
+        message(b'D', b"Pp1\0"),
+        execute("p2", 0),
+        message(b'S', &[]),
+    ];
+    send(&mut stream, &batch).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "1", "2", "E:42501"]);
     drop(stream);
 
     let denied = recorded_denies(&s).await;
-    assert_eq!(denied.len(), 1, "{denied:?}");
-    assert_eq!((denied[0].rule.as_str(), denied[0].statement.as_str()), ("builtin:masked-binary", sql));
+    let denied: Vec<_> = denied.iter().map(|d| (d.rule.as_str(), d.statement.as_str())).collect();
+    assert_eq!(denied, [("builtin:masked-binary", sql), ("builtin:masked-binary", other)]);
 }
 
 /// Results refused only once their statement ran (a `FETCH` from a `BINARY`

@@ -1340,6 +1340,8 @@ impl Bouncer {
             assert!(Instant::now() < deadline, "pgbouncer did not listen within 10 s");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Listening, and not some other process on the port it was given.
+        assert!(matches!(bouncer.child.try_wait(), Ok(None)), "pgbouncer exited");
         bouncer
     }
 }
@@ -1352,17 +1354,32 @@ impl Drop for Bouncer {
 }
 
 /// A target that takes TLS but offers only SCRAM-SHA-256 (pgbouncer before
-/// 1.21) gets a login that is not bound to its certificate and says the
+/// 1.21; libpq's `channel_binding=require` is refused there, which checks
+/// that) gets a login that is not bound to its certificate and says the
 /// gateway could have bound it (`y,,`), from each of the gateway's SCRAM
 /// clients: a session role's (with the salted password the gateway made),
 /// a stored password's through a salt cache, and one without. A real server
-/// takes them all.
+/// takes them all. (It would take `n,,` as well: which header each client
+/// sends there is unit-tested.)
 #[tokio::test]
 async fn scram_over_tls_to_a_target_that_offers_no_binding_logs_in_unbound() {
     let stored = make_scram_role("bouncer", "stored horse", "").await;
     let (verifier, salted) = scram::verifier(b"made horse");
     let made = make_scram_role("bouncer", &verifier, "").await;
     let bouncer = Bouncer::start(&[(&stored.name, "stored horse"), (&made.name, &verifier)]);
+    let libpq = |binding: &str| {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={} dbname=postgres sslmode=require channel_binding={binding}",
+            bouncer.addr.port(),
+            stored.name
+        );
+        let mut psql = std::process::Command::new("psql");
+        psql.arg(conninfo).args(["-XAtc", "SELECT 1"]).env("PGPASSWORD", "stored horse");
+        psql.output().expect("psql runs")
+    };
+    let out = libpq("require");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not offer"), "pgbouncer offers -PLUS: {out:?}");
+    assert!(libpq("prefer").status.success());
     let options = |user: &str, password: &str| {
         let mut o = UpstreamOptions::new(bouncer.addr.to_string(), user, password, "postgres");
         o.tls = TargetTls::Require;

@@ -76,9 +76,16 @@ pub fn query(sql: &str) -> Vec<u8> {
 /// A Bind of statement `statement` into the unnamed portal, every result
 /// column in binary format.
 pub fn bind_binary_of(statement: &str) -> Vec<u8> {
-    let mut body = vec![0];
-    body.extend_from_slice(statement.as_bytes());
-    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 0, 1]);
+    bind_binary("", statement)
+}
+
+/// A Bind of statement `statement` into `portal`, every result column in
+/// binary format.
+pub fn bind_binary(portal: &str, statement: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, portal);
+    cstr(&mut body, statement);
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 1]);
     message(b'B', &body)
 }
 

@@ -46,9 +46,11 @@ pub enum Expect {
     DescribeStatement {
         described: Option<Arc<OnceLock<bool>>>,
     },
-    /// RowDescription or NoData; `hidden` when the gateway asked, not the
-    /// client; the text of the statement the portal runs, if known.
+    /// RowDescription or NoData for `portal`; `hidden` when the gateway
+    /// asked, not the client; the text of the statement the portal runs, if
+    /// known.
     DescribePortal {
+        portal: Bytes,
         hidden: bool,
         mask: Arc<ResultMask>,
         text: Option<Bytes>,

@@ -1008,9 +1008,13 @@ fn safe_message(e: &tokio_postgres::Error) -> String {
 }
 
 fn db_error(context: &'static str, e: &tokio_postgres::Error) -> RoleError {
-    match e.as_db_error() {
-        Some(_) => RoleError::Database { context, message: safe_message(e) },
-        None => RoleError::Lost { context, message: safe_message(e) },
+    // The connection closed, or its socket failed (reset, timed out): not
+    // the target's answer.
+    let lost = e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    if lost {
+        RoleError::Lost { context, message: safe_message(e) }
+    } else {
+        RoleError::Database { context, message: safe_message(e) }
     }
 }
 

@@ -1469,7 +1469,7 @@ impl Relay<'_> {
         encode::describe_portal(to_server, portal);
         encode::flush(to_server);
         let text = r.bound_text(portal, batch).cloned();
-        r.queue.push_back(Expect::DescribePortal { hidden: true, mask, text });
+        r.queue.push_back(Expect::DescribePortal { portal: portal.clone(), hidden: true, mask, text });
         // A message the server would not read as copy data, as the client's own Describe.
         self.copy.forwarded(b'D', batch);
         self.batch_open = true;
@@ -2128,7 +2128,7 @@ impl Relay<'_> {
             FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
                 let mask = r.portal(name, batch, || mask_of(None));
                 let text = r.bound_text(name, batch).cloned();
-                r.queue.push_back(Expect::DescribePortal { hidden: false, mask, text });
+                r.queue.push_back(Expect::DescribePortal { portal: name.clone(), hidden: false, mask, text });
             }
             FrontendMessage::Execute { portal, .. } => {
                 let mask = r.portal(portal, batch, || mask_of(None));
@@ -2136,7 +2136,12 @@ impl Relay<'_> {
                 // Described already when it waited for that (`describe_first`).
                 if !std::mem::take(&mut r.pre_described) {
                     encode::describe_portal(to_server, portal);
-                    r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone(), text: text.clone() });
+                    r.queue.push_back(Expect::DescribePortal {
+                        portal: portal.clone(),
+                        hidden: true,
+                        mask: mask.clone(),
+                        text: text.clone(),
+                    });
                 }
                 r.queue.push_back(Expect::Execute(mask, text));
             }
@@ -2645,6 +2650,10 @@ impl Relay<'_> {
         // The answer that ends the wait of an Execute held for its portal's
         // description is the last one owed: nothing was forwarded after it.
         let held = self.describing.is_some();
+        let held_portal = match &self.describing {
+            Some((_, FrontendMessage::Execute { portal, .. })) => Some(portal.clone()),
+            _ => None,
+        };
         let lost = |what: &str| {
             tracing::error!("masking lost track of the target's responses: {what}");
             lost_track()
@@ -2687,7 +2696,7 @@ impl Relay<'_> {
                 _ => return Err(lost("NoData that answers no Describe")),
             },
             b'T' => {
-                let (hidden, mask, text) = match r.queue.front() {
+                let (portal, hidden, mask, text) = match r.queue.front() {
                     Some(Expect::DescribeStatement { .. }) => {
                         if let Some(Expect::DescribeStatement { described: Some(described) }) = r.queue.pop_front() {
                             let fields = row_description(raw).ok_or_else(|| lost("an unreadable row description"))?;
@@ -2696,8 +2705,10 @@ impl Relay<'_> {
                         }
                         return Ok(if dropping { Relayed::Dropped } else { Relayed::AsIs });
                     }
-                    Some(Expect::DescribePortal { hidden, mask, text }) => (*hidden, mask.clone(), text.clone()),
-                    Some(Expect::Query(mask, sql)) => (false, mask.clone(), Some(sql.clone())),
+                    Some(Expect::DescribePortal { portal, hidden, mask, text }) => {
+                        (Some(portal.clone()), *hidden, mask.clone(), text.clone())
+                    }
+                    Some(Expect::Query(mask, sql)) => (None, false, mask.clone(), Some(sql.clone())),
                     _ => return Err(lost("a row description that answers nothing sent")),
                 };
                 if !matches!(r.queue.front(), Some(Expect::Query(..))) {
@@ -2719,11 +2730,10 @@ impl Relay<'_> {
                     if dropping {
                         return Ok(Relayed::Dropped);
                     }
-                    // The client's own Describe of a portal whose Execute is held: the
-                    // refusal in the Execute's place records it (`release_described`).
-                    let held_behind = held
-                        && r.queue.len() == 1
-                        && matches!(r.queue.front(), Some(Expect::DescribePortal { hidden: true, .. }));
+                    // The client's own Describe of the portal whose Execute is held (the
+                    // relay's Describe of it, behind, is all that is owed): the refusal in
+                    // the Execute's place records it (`release_described`).
+                    let held_behind = !hidden && portal.is_some() && portal == held_portal && r.queue.len() == 1;
                     let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                         .with_detail("rule: builtin:masked-binary");
                     if !held_behind {
