@@ -234,6 +234,10 @@ fn every_reference_between_the_kubernetes_manifests_resolves() {
                 );
             }
             if let Some(secret) = str_at(spec, &["secret", "secretName"]) {
+                assert!(
+                    secrets.iter().any(|made| made.contains_key(secret)),
+                    "{file}: volume {volume} uses Secret {secret}, which neither the manifests nor the README make"
+                );
                 let listed = items(spec.get("secret").unwrap(), "items");
                 for item in listed {
                     let key = str_at(item, &["key"]).unwrap();

@@ -1374,7 +1374,7 @@ async fn scram_over_tls_to_a_target_that_offers_no_binding_logs_in_unbound() {
             stored.name
         );
         let mut psql = std::process::Command::new("psql");
-        psql.arg(conninfo).args(["-XAtc", "SELECT 1"]).env("PGPASSWORD", "stored horse");
+        psql.arg(conninfo).args(["-XAtc", "SELECT 1"]).env("PGPASSWORD", "stored horse").env("LC_ALL", "C");
         psql.output().expect("psql runs")
     };
     let out = libpq("require");

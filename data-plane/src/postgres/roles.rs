@@ -1009,8 +1009,12 @@ fn safe_message(e: &tokio_postgres::Error) -> String {
 
 fn db_error(context: &'static str, e: &tokio_postgres::Error) -> RoleError {
     // The connection closed, or its socket failed (reset, timed out): not
-    // the target's answer.
-    let lost = e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    // the target's answer. (tokio_postgres reports a message it could not
+    // read as invalid data: that is the target's.)
+    let io_failed = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| !matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput));
+    let lost = e.is_closed() || io_failed;
     if lost {
         RoleError::Lost { context, message: safe_message(e) }
     } else {
