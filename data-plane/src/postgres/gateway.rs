@@ -324,7 +324,7 @@ impl NextTry {
     }
 
     /// After the target refused the drop once more: `RETRY_DROPS_EVERY`,
-    /// doubled with each refusal in a row, up to `MAX_DROP_BACKOFF`. A drop
+    /// doubled with each refusal so far, up to `MAX_DROP_BACKOFF`. A drop
     /// that cannot succeed (the role owns objects in another database) is
     /// not tried every few seconds for ever; a target that is only away is
     /// (`retry_target`), so its roles go soon after it is back.
