@@ -120,9 +120,9 @@ async fn a_binary_result_refused_before_it_runs_is_recorded_with_its_statement()
     assert!(denied.reason.contains("binary format"), "{}", denied.reason);
 }
 
-/// A client that describes the portal itself before its held Execute hears
-/// of the refusal once, at its Describe; it is recorded once, with the
-/// statement. A Describe of another portal than the held Execute's is
+/// A client that describes the portal itself (once or twice) before its held
+/// Execute hears of the refusal once, at its Describe; it is recorded once,
+/// with the statement. A Describe of another portal than the held Execute's is
 /// recorded with its own portal's statement.
 #[tokio::test]
 async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
@@ -131,6 +131,15 @@ async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
     let sql = "SELECT ARRAY['write to ana@example.com']";
     send(&mut stream, &[parse("", sql), bind_binary_of(""), message(b'D', b"P\0"), execute("", 0), message(b'S', &[])])
         .await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "E:42501"]);
+    // Described twice: still one refusal, recorded once.
+    let twice = "SELECT ARRAY['twice to ana@example.com']";
+    let describe = message(b'D', b"P\0");
+    send(
+        &mut stream,
+        &[parse("", twice), bind_binary_of(""), describe.clone(), describe, execute("", 0), message(b'S', &[])],
+    )
+    .await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "E:42501"]);
     // Portal p1 cannot be masked; p2's statement was never described, so its Execute is held.
     let other = "SELECT ARRAY['call bo@example.org']";
@@ -149,7 +158,10 @@ async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
 
     let denied = recorded_denies(&s).await;
     let denied: Vec<_> = denied.iter().map(|d| (d.rule.as_str(), d.statement.as_str())).collect();
-    assert_eq!(denied, [("builtin:masked-binary", sql), ("builtin:masked-binary", other)]);
+    assert_eq!(
+        denied,
+        [("builtin:masked-binary", sql), ("builtin:masked-binary", twice), ("builtin:masked-binary", other)]
+    );
 }
 
 /// Results refused only once their statement ran (a `FETCH` from a `BINARY`

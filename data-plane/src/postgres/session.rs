@@ -2730,10 +2730,15 @@ impl Relay<'_> {
                     if dropping {
                         return Ok(Relayed::Dropped);
                     }
-                    // The client's own Describe of the portal whose Execute is held (the
-                    // relay's Describe of it, behind, is all that is owed): the refusal in
-                    // the Execute's place records it (`release_described`).
-                    let held_behind = !hidden && portal.is_some() && portal == held_portal && r.queue.len() == 1;
+                    // The client's own Describe of the portal whose Execute is held (all
+                    // that is owed behind it are Describes of that portal, the relay's
+                    // last): the refusal in the Execute's place records it
+                    // (`release_described`).
+                    let held_behind = !hidden
+                        && portal.is_some()
+                        && portal == held_portal
+                        && matches!(r.queue.back(), Some(Expect::DescribePortal { hidden: true, .. }))
+                        && r.queue.iter().all(|e| matches!(e, Expect::DescribePortal { portal: p, .. } if Some(p) == held_portal.as_ref()));
                     let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                         .with_detail("rule: builtin:masked-binary");
                     if !held_behind {
