@@ -129,9 +129,18 @@ impl Responses {
     }
 
     /// The mask an Execute or Describe of `portal` forwarded in `batch` reads
-    /// rows with, or `unknown` when the gateway cannot know the portal.
-    pub fn portal(&self, portal: &Bytes, batch: u64, unknown: impl FnOnce() -> Arc<ResultMask>) -> Arc<ResultMask> {
-        self.portals.get(portal, batch).map(|p| p.mask.clone()).unwrap_or_else(unknown)
+    /// rows with, or `unknown` when the gateway cannot know the portal; and
+    /// the text of the statement it was bound to, if known. One lookup.
+    pub fn portal(
+        &self,
+        portal: &Bytes,
+        batch: u64,
+        unknown: impl FnOnce() -> Arc<ResultMask>,
+    ) -> (Arc<ResultMask>, Option<Bytes>) {
+        match self.portals.get(portal, batch) {
+            Some(bound) => (bound.mask.clone(), bound.text.clone()),
+            None => (unknown(), None),
+        }
     }
 
     /// Whether an Execute of `portal` forwarded in `batch` must wait for the

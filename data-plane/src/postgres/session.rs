@@ -2126,13 +2126,11 @@ impl Relay<'_> {
                 r.queue.push_back(Expect::DescribeStatement { described: unreadable });
             }
             FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
-                let mask = r.portal(name, batch, || mask_of(None));
-                let text = r.bound_text(name, batch).cloned();
+                let (mask, text) = r.portal(name, batch, || mask_of(None));
                 r.queue.push_back(Expect::DescribePortal { portal: name.clone(), hidden: false, mask, text });
             }
             FrontendMessage::Execute { portal, .. } => {
-                let mask = r.portal(portal, batch, || mask_of(None));
-                let text = r.bound_text(portal, batch).cloned();
+                let (mask, text) = r.portal(portal, batch, || mask_of(None));
                 // Described already when it waited for that (`describe_first`).
                 if !std::mem::take(&mut r.pre_described) {
                     encode::describe_portal(to_server, portal);
@@ -2650,10 +2648,6 @@ impl Relay<'_> {
         // The answer that ends the wait of an Execute held for its portal's
         // description is the last one owed: nothing was forwarded after it.
         let held = self.describing.is_some();
-        let held_portal = match &self.describing {
-            Some((_, FrontendMessage::Execute { portal, .. })) => Some(portal.clone()),
-            _ => None,
-        };
         let lost = |what: &str| {
             tracing::error!("masking lost track of the target's responses: {what}");
             lost_track()
@@ -2734,11 +2728,17 @@ impl Relay<'_> {
                     // that is owed behind it are Describes of that portal, the relay's
                     // last): the refusal in the Execute's place records it
                     // (`release_described`).
+                    let held_portal = match &self.describing {
+                        Some((_, FrontendMessage::Execute { portal, .. })) => Some(portal),
+                        _ => None,
+                    };
                     let held_behind = !hidden
-                        && portal.is_some()
-                        && portal == held_portal
+                        && held_portal.is_some()
+                        && portal.as_ref() == held_portal
                         && matches!(r.queue.back(), Some(Expect::DescribePortal { hidden: true, .. }))
-                        && r.queue.iter().all(|e| matches!(e, Expect::DescribePortal { portal: p, .. } if Some(p) == held_portal.as_ref()));
+                        && r.queue
+                            .iter()
+                            .all(|e| matches!(e, Expect::DescribePortal { portal: p, .. } if Some(p) == held_portal));
                     let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                         .with_detail("rule: builtin:masked-binary");
                     if !held_behind {
