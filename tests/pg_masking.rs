@@ -11,7 +11,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::wire::{bind, bind_binary_of, execute, message, parse, query, raw_login, read_until_ready, send};
+use support::wire::{
+    bind, bind_binary, bind_binary_of, execute, message, parse, query, raw_login, read_until_ready, send,
+};
 use support::{Stack, admin_client, sqlstate};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -345,6 +347,77 @@ async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing(
     assert_eq!(seen.len(), 4, "{seen:?}");
     let count = admin.query_one("SELECT count(*) FROM jotted_raw", &[]).await.unwrap().get::<_, i64>(0);
     assert_eq!(count, 0, "a refused or skipped write ran");
+}
+
+/// A Describe of a portal whose binary result cannot be masked fails its
+/// batch on the server as it does for the client: a write bound after it in
+/// the same batch (whose text results need no description) does not run, and
+/// the transaction is failed on both sides.
+#[tokio::test]
+async fn nothing_after_a_refused_describe_in_its_batch_runs() {
+    let (s, _client, token) = masked_stack().await;
+    let admin = admin_client(s.db.url()).await;
+    admin
+        .batch_execute(&format!("CREATE TABLE jotted_after (n int); GRANT INSERT ON jotted_after TO {}", s.template))
+        .await
+        .unwrap();
+    let mut stream = raw_login(&s, "pg", &token).await;
+    let batch = |n: &str| {
+        [
+            parse("", "SELECT ARRAY['call ana@example.com']"),
+            bind_binary("p1", ""),
+            parse(&format!("w{n}"), &format!("INSERT INTO jotted_after VALUES ({n})")),
+            bind("p2", &format!("w{n}"), &[]),
+            message(b'D', b"Pp1\0"),
+            execute("p2", 0),
+            message(b'S', &[]),
+        ]
+    };
+    send(&mut stream, &batch("1")).await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "1", "2", "E:42501"]);
+    assert_eq!(status, b'I');
+    // In a transaction: the client is told it failed, and so it has.
+    send(&mut stream, &[query("BEGIN")]).await;
+    assert_eq!(read_until_ready(&mut stream).await, (vec!["C:BEGIN".to_owned()], b'T'));
+    send(&mut stream, &batch("2")).await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!(seen.last().map(String::as_str), Some("E:42501"), "{seen:?}");
+    assert_eq!(status, b'E', "the transaction failed on the server as the client was told");
+    send(&mut stream, &[query("COMMIT")]).await;
+    assert_eq!(read_until_ready(&mut stream).await, (vec!["C:ROLLBACK".to_owned()], b'I'));
+    let count = admin.query_one("SELECT count(*) FROM jotted_after", &[]).await.unwrap().get::<_, i64>(0);
+    assert_eq!(count, 0, "a write after a refused Describe ran");
+    // The portal bound in a batch not answered yet when its Describe comes:
+    // described as a portal nothing is known of (every computed column
+    // redacted), so answered; its own Execute waits for a description by its
+    // statement, which refuses it before it runs.
+    send(&mut stream, &[query("BEGIN")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.1, b'T');
+    let [select, bind_p1, write, bind_p2, describe, execute_p2, sync] = batch("3");
+    send(&mut stream, &[select, bind_p1, sync.clone(), write, bind_p2, describe, execute_p2, sync.clone()]).await;
+    assert_eq!(read_until_ready(&mut stream).await, (vec!["1".to_owned(), "2".to_owned()], b'T'));
+    assert_eq!(read_until_ready(&mut stream).await, (["1", "2", "T", "C:INSERT 0 1"].map(String::from).to_vec(), b'T'));
+    send(&mut stream, &[execute("p1", 0), sync]).await;
+    assert_eq!(read_until_ready(&mut stream).await, (vec!["E:42501".to_owned()], b'E'));
+    send(&mut stream, &[query("ROLLBACK")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.1, b'I');
+    // A portal whose Describe was held and let through answers that Describe,
+    // its Execute and a second Describe as asked, its rows masked.
+    send(
+        &mut stream,
+        &[
+            parse("", "SELECT 'call ana@example.com'::text"),
+            bind_binary("p3", ""),
+            message(b'D', b"Pp3\0"),
+            execute("p3", 0),
+            message(b'D', b"Pp3\0"),
+            message(b'S', &[]),
+        ],
+    )
+    .await;
+    let (seen, status) = read_until_ready(&mut stream).await;
+    assert_eq!(seen, ["1", "2", "T", "D:call ***@******e.com", "C:SELECT 1", "T"], "{status}");
 }
 
 /// A cursor is a portal too: one declared by SQL under the name of a portal

@@ -120,10 +120,11 @@ async fn a_binary_result_refused_before_it_runs_is_recorded_with_its_statement()
     assert!(denied.reason.contains("binary format"), "{}", denied.reason);
 }
 
-/// A client that describes the portal itself (once or twice) before its held
-/// Execute hears of the refusal once, at its Describe; it is recorded once,
-/// with the statement. A Describe of another portal than the held Execute's is
-/// recorded with its own portal's statement.
+/// A client that describes the portal itself (once or twice) before its
+/// Execute hears of the refusal once, at its first Describe, and the rest of
+/// the batch is skipped; it is recorded once, with the statement. A Describe
+/// of another portal than the Execute's is recorded with its own portal's
+/// statement.
 #[tokio::test]
 async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
     let (s, token) = masked_stack("agent-10").await;
@@ -141,7 +142,7 @@ async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
     )
     .await;
     assert_eq!(read_until_ready(&mut stream).await.0, ["1", "2", "E:42501"]);
-    // Portal p1 cannot be masked; p2's statement was never described, so its Execute is held.
+    // Portal p1 cannot be masked: its Describe is refused, and p2's Execute skipped with the batch.
     let other = "SELECT ARRAY['call bo@example.org']";
     let batch = [
         parse("", other),

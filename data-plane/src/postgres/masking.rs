@@ -16,7 +16,9 @@
 //! binary-format column whose values the detectors cannot read (an array, a
 //! record, a type the gateway does not know) refuses the whole result: for an
 //! Execute, before it runs, by holding it until that Describe is answered
-//! where its result may hold such a column ([`Responses::must_describe_first`]).
+//! where its result may hold such a column ([`Responses::must_describe_first`]);
+//! the client's own Describe of such a portal is held the same way, so that
+//! nothing after it in its batch runs when it is refused.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -46,11 +48,10 @@ pub enum Expect {
     DescribeStatement {
         described: Option<Arc<OnceLock<bool>>>,
     },
-    /// RowDescription or NoData for `portal`; `hidden` when the gateway
+    /// RowDescription or NoData for a portal; `hidden` when the gateway
     /// asked, not the client; the text of the statement the portal runs, if
     /// known.
     DescribePortal {
-        portal: Bytes,
         hidden: bool,
         mask: Arc<ResultMask>,
         text: Option<Bytes>,
@@ -74,15 +75,49 @@ pub(crate) struct BoundPortal {
     pub described: Option<Arc<OnceLock<bool>>>,
     /// Its statement's text, if the gateway knows it.
     pub text: Option<Bytes>,
+    /// Set once the server described this portal (this Bind of it) with a
+    /// result the detectors can read, read with `mask`.
+    pub readable: ReadableFlag,
+}
+
+/// Whether a portal's binding was described as readable ([`BoundPortal::readable`]).
+pub(crate) type ReadableFlag = Arc<OnceLock<()>>;
+
+/// What a message must wait for its portal's description with (see
+/// [`Responses::must_describe_first`]).
+#[derive(Debug)]
+pub(crate) struct Undescribed {
+    /// The mask the description is read with.
+    pub mask: Arc<ResultMask>,
+    /// The text of the portal's statement, if the gateway knows it.
+    pub text: Option<Bytes>,
+    /// The flag to set when the description is readable: that of the
+    /// binding read with `mask`; none when the gateway does not know it.
+    pub readable: Option<ReadableFlag>,
 }
 
 impl BoundPortal {
     /// Its result may hold a column the detectors cannot read: it asked for
-    /// binary results, and its statement was not described as having no
-    /// column of such a kind.
+    /// binary results, and neither it nor its statement was described as
+    /// having no column of such a kind.
     fn may_be_unreadable(&self) -> bool {
-        self.binary && self.described.as_ref().and_then(|d| d.get().copied()) != Some(false)
+        self.binary
+            && self.readable.get().is_none()
+            && self.described.as_ref().and_then(|d| d.get().copied()) != Some(false)
     }
+}
+
+/// What the server said to the Describe a message waits for (see
+/// [`Responses::must_describe_first`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Described {
+    /// The portal's result can be masked, or it returns none.
+    Readable,
+    /// The server skipped the Describe (an error earlier in its batch): it
+    /// skips the message held behind it too.
+    Skipped,
+    /// Its result holds a column the detectors cannot read: why.
+    Unreadable(String),
 }
 
 /// The responses a session's server owes, and the masks they are read with.
@@ -101,10 +136,9 @@ pub struct Responses {
     /// The server failed a batch whose Sync has not been forwarded yet: it
     /// answers nothing the client sends until that Sync.
     pub skipping: bool,
-    /// The answer to the Describe an Execute is held behind (see
-    /// [`Responses::must_describe_first`]): `Err` says why its result cannot
-    /// be masked. `Ok` too when the server skipped the Describe.
-    pub described: Option<Result<(), String>>,
+    /// The answer to the Describe an Execute, or the client's Describe of a
+    /// portal, is held behind (see [`Responses::must_describe_first`]).
+    pub described: Option<Described>,
     /// The Execute about to be forwarded had its portal described already.
     pub pre_described: bool,
 }
@@ -143,26 +177,30 @@ impl Responses {
         }
     }
 
-    /// Whether an Execute of `portal` forwarded in `batch` must wait for the
-    /// server to describe the portal before it is forwarded: when its result
-    /// may hold a binary column the detectors cannot read, which refuses the
-    /// result, and which must be refused before the statement runs (an
-    /// `UPDATE … RETURNING` would commit otherwise, and so would whatever
-    /// followed it in the batch). Of a portal the gateway does not know,
-    /// nothing is known: its mask is `unknown`'s (see [`Responses::portal`]).
-    /// `Some` when the Execute waits: the mask to read the rows with.
-    pub fn must_describe_first(
+    /// Whether an Execute, or the client's Describe, of `portal` forwarded in
+    /// `batch` must wait for the server to describe the portal before it is
+    /// forwarded: when its result may hold a binary column the detectors
+    /// cannot read, which refuses the result, and which must be refused
+    /// before the statement runs (an `UPDATE … RETURNING` would commit
+    /// otherwise) and before anything after it in its batch does. Of a portal
+    /// the gateway does not know, nothing is known: its mask is `unknown`'s
+    /// (see [`Responses::portal`]). `Some` when the message waits.
+    pub(crate) fn must_describe_first(
         &self,
         portal: &Bytes,
         batch: u64,
         unknown: impl FnOnce() -> Arc<ResultMask>,
-    ) -> Option<Arc<ResultMask>> {
-        let mask = match self.portals.get(portal, batch) {
+    ) -> Option<Undescribed> {
+        let waits = match self.portals.get(portal, batch) {
             Some(bound) if !bound.may_be_unreadable() => return None,
-            Some(bound) => bound.mask.clone(),
-            None => unknown(),
+            Some(bound) => Undescribed {
+                mask: bound.mask.clone(),
+                text: bound.text.clone(),
+                readable: Some(bound.readable.clone()),
+            },
+            None => Undescribed { mask: unknown(), text: None, readable: None },
         };
-        mask.has_detectors().then_some(mask)
+        waits.mask.has_detectors().then_some(waits)
     }
 
     /// A Close (what it does to a portal's name goes with it, see `Relay::track_prepared`).
@@ -498,6 +536,7 @@ mod tests {
             binary,
             described,
             text: text.map(Bytes::from_static),
+            readable: Arc::default(),
         };
         // Nothing known of the portal: it may be binary.
         assert!(waits(&r, &unnamed, 1));
@@ -525,6 +564,11 @@ mod tests {
         assert!(waits(&r, &unnamed, 3), "described with a column the detectors cannot read");
         r.bound(&unnamed, bound(true, None, None), 3);
         assert!(waits(&r, &unnamed, 3), "a statement the gateway does not know");
+        let flag = r.must_describe_first(&unnamed, 3, || mask.clone()).and_then(|w| w.readable).unwrap();
+        flag.set(()).unwrap();
+        assert!(!waits(&r, &unnamed, 3), "the portal itself described as readable");
+        r.bound(&unnamed, bound(true, None, None), 3);
+        assert!(waits(&r, &unnamed, 3), "bound again: described anew");
 
         // Portals end with their transaction.
         assert!(!waits(&r, &cursor, 4));

@@ -44,7 +44,7 @@ use super::gateway::{CancelTarget, Gateway, Undropped};
 use super::hook::{SessionContext, Statement, Verdict, shown_statement};
 use super::in_flight::{InFlight, QUERY_DONE};
 use super::keywords;
-use super::masking::{self, BoundPortal, Expect, Responses, ValueKind};
+use super::masking::{self, BoundPortal, Described, Expect, Responses, ValueKind};
 use super::protocol::encode::{self, Report};
 use super::protocol::frame::{
     Frame, HEADER_LEN, MAX_AUTH_MESSAGE_LEN, frontend_max_len, parse_frontend_frame, peek_frame,
@@ -965,7 +965,7 @@ struct Relay<'a> {
     /// flight; the client's messages wait until it is answered.
     probe: Option<Probe>,
     /// A probe was answered, the answers a Bind awaited came, or the
-    /// description a held Execute awaited: the client's messages read
+    /// description a held Execute or Describe awaited: the client's messages read
     /// meanwhile wait to be handled.
     resumed: bool,
     /// The target's bytes were read into the server buffer while a write to
@@ -976,11 +976,12 @@ struct Relay<'a> {
     /// earlier batch changed, and it waits until the server has answered
     /// every batch before it (see `bind_awaits_answers`).
     awaiting_answers: bool,
-    /// An Execute held, with the client's messages after it, until the
-    /// server has described its portal: in a masked session, a result the
-    /// detectors cannot read is refused before the statement runs (see
-    /// `Responses::must_describe_first`). Its bytes and message.
-    describing: Option<(bytes::Bytes, FrontendMessage)>,
+    /// An Execute, or the client's Describe of a portal, held with the
+    /// client's messages after it until the server has described the portal:
+    /// in a masked session, a result the detectors cannot read is refused
+    /// before the statement runs, and before anything after it in its batch
+    /// does (see `Responses::must_describe_first`).
+    describing: Option<Undescribed>,
     /// The Parses, Binds and Closes forwarded and not yet answered, in order.
     in_flight: InFlight,
     /// The responses owed and how their rows are masked, when masking rules
@@ -1010,6 +1011,15 @@ struct Relay<'a> {
 /// How much a client may send while one of its statements is held; past it,
 /// the session stops reading until the review ends.
 const HELD_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// A message held until the server describes its portal (`Relay::describing`).
+struct Undescribed {
+    raw: bytes::Bytes,
+    message: FrontendMessage,
+    /// Set when the description is readable: the flag of the portal's binding
+    /// the description was read for (none when the gateway did not know it).
+    readable: Option<masking::ReadableFlag>,
+}
 
 /// The refusal of an extended-protocol message. In its place the server was
 /// sent a Describe of a portal named `name`, which no client can name, for
@@ -1086,8 +1096,8 @@ enum Progress {
     /// Stopped at a Bind that waits for the server's answers to the batches
     /// before it (`Relay::bind_awaits_answers`).
     AwaitAnswers,
-    /// Stopped at an Execute that waits for the server to describe its
-    /// portal (`Relay::describing`).
+    /// Stopped at an Execute or Describe that waits for the server to
+    /// describe its portal (`Relay::describing`).
     Describe,
 }
 
@@ -1357,8 +1367,8 @@ impl Relay<'_> {
                     // Handled once the portal is described (`resumed`).
                     return Ok(false);
                 };
-                if let Some((raw, message)) = self.describing.take() {
-                    self.release_described(&raw, &message, described, to_server)?;
+                if let Some(held) = self.describing.take() {
+                    self.release_described(held, described, to_server)?;
                 }
             }
             if let Some((held, outcome)) = self.decided.take() {
@@ -1454,61 +1464,83 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// In a masked session, sends the Describe an Execute of `portal` must
-    /// wait for (see `Responses::must_describe_first`), with a Flush so that
-    /// the server answers it at once; false when the Execute may go now (also
-    /// when the server is skipping to the next Sync, and will skip it).
-    fn describe_first(&mut self, portal: &bytes::Bytes, to_server: &mut BytesMut) -> bool {
+    /// In a masked session, sends the Describe an Execute or a Describe of
+    /// `portal` must wait for (see `Responses::must_describe_first`), with a
+    /// Flush so that the server answers it at once. `None` when the message
+    /// may go now (also when the server is skipping to the next Sync, and
+    /// will skip it); otherwise the flag to set if the portal is described
+    /// readable (see `Undescribed`).
+    fn describe_first(
+        &mut self,
+        portal: &bytes::Bytes,
+        to_server: &mut BytesMut,
+    ) -> Option<Option<masking::ReadableFlag>> {
         let batch = self.ready_owed + 1;
         let (gw, context) = (self.gw, self.context);
-        let Some(r) = self.masking.as_mut() else { return false };
+        let r = self.masking.as_mut()?;
         if r.skipping {
-            return false;
+            return None;
         }
-        let Some(mask) = r.must_describe_first(portal, batch, || mask_for(gw, context, None)) else { return false };
+        let waits = r.must_describe_first(portal, batch, || mask_for(gw, context, None))?;
         encode::describe_portal(to_server, portal);
         encode::flush(to_server);
-        let text = r.bound_text(portal, batch).cloned();
-        r.queue.push_back(Expect::DescribePortal { portal: portal.clone(), hidden: true, mask, text });
+        r.queue.push_back(Expect::DescribePortal { hidden: true, mask: waits.mask, text: waits.text });
         // A message the server would not read as copy data, as the client's own Describe.
         self.copy.forwarded(b'D', batch);
         self.batch_open = true;
-        true
+        Some(waits.readable)
     }
 
-    /// The Execute held for its portal's description goes on, or is refused
-    /// in its place as a denied statement is (its batch fails on the server).
-    /// Not when the relay skips to the next Sync meanwhile (a probe found the
-    /// server skipping), nor into a copy the server began reading meanwhile.
+    /// The Execute or Describe held for its portal's description goes on, or
+    /// is refused in its place as a denied statement is: its batch fails on
+    /// the server, and the client's messages up to its Sync are skipped. A
+    /// Describe described readable was answered already: the client read the
+    /// answer to the relay's own (see `masked_response`). Not when the relay
+    /// skips to the next Sync meanwhile (a probe found the server skipping),
+    /// nor into a copy the server began reading meanwhile.
     fn release_described(
         &mut self,
-        raw: &[u8],
-        message: &FrontendMessage,
-        described: Result<(), String>,
+        held: Undescribed,
+        described: Described,
         to_server: &mut BytesMut,
     ) -> Result<(), Ended> {
         if self.discarding {
             return Ok(());
         }
-        if !self.copy.admits(b'E') {
+        let Undescribed { raw, message, readable } = held;
+        let (portal, executes) = match &message {
+            FrontendMessage::Execute { portal, .. } => (portal, true),
+            FrontendMessage::Describe { name, .. } => (name, false),
+            _ => return Err(lost_track()),
+        };
+        if !self.copy.admits(if executes { b'E' } else { b'D' }) {
             return Err(not_copy_data());
         }
         match described {
-            Ok(()) => {
+            Described::Readable => {
+                if let Some(flag) = readable {
+                    // Its later Executes and Describes go at once.
+                    let _ = flag.set(());
+                }
+                if !executes {
+                    return Ok(());
+                }
                 if let Some(r) = &mut self.masking {
                     r.pre_described = true;
                 }
-                self.forward_allowed(message, raw, false, to_server)
+                self.forward_allowed(&message, &raw, false, to_server)
             }
-            Err(why) => {
+            Described::Skipped => {
+                if let Some(r) = &mut self.masking {
+                    r.pre_described = executes;
+                }
+                self.forward_allowed(&message, &raw, false, to_server)
+            }
+            Described::Unreadable(why) => {
                 let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                     .with_detail("rule: builtin:masked-binary");
-                let portal = match message {
-                    FrontendMessage::Execute { portal, .. } => Some(portal),
-                    _ => None,
-                };
                 let batch = self.ready_owed + 1;
-                let statement = portal.and_then(|p| self.masking.as_ref()?.bound_text(p, batch)).cloned();
+                let statement = self.masking.as_ref().and_then(|r| r.bound_text(portal, batch)).cloned();
                 self.record_masked_binary(statement, &report)?;
                 self.refuse(false, report, to_server);
                 Ok(())
@@ -1625,10 +1657,12 @@ impl Relay<'_> {
                         self.sync_forwarded();
                         continue;
                     }
-                    if let FrontendMessage::Execute { portal, .. } = &message
-                        && self.describe_first(portal, to_server)
+                    if let FrontendMessage::Execute { portal, .. }
+                    | FrontendMessage::Describe { kind: ObjectKind::Portal, name: portal } = &message
+                        && let Some(readable) = self.describe_first(portal, to_server)
                     {
-                        self.describing = Some((bytes::Bytes::copy_from_slice(frame.raw()), message));
+                        let raw = bytes::Bytes::copy_from_slice(frame.raw());
+                        self.describing = Some(Undescribed { raw, message, readable });
                         return Ok(Progress::Describe);
                     }
                     self.forward_allowed(&message, frame.raw(), owes_ready, to_server)?;
@@ -1896,8 +1930,8 @@ impl Relay<'_> {
                     r.queue.pop_front();
                 }
                 if self.describing.is_some() && r.queue.is_empty() {
-                    // The held Execute's Describe was skipped too, and so is the Execute.
-                    r.described = Some(Ok(()));
+                    // The held message's Describe was skipped too, and so is the message.
+                    r.described = Some(Described::Skipped);
                 }
             }
             // The probe's first Sync ended it early: up to the client's next
@@ -2118,6 +2152,7 @@ impl Relay<'_> {
                     binary: result_formats.iter().any(|f| *f != 0),
                     described: unreadable,
                     text,
+                    readable: Arc::default(),
                 };
                 let change = r.bound(portal, bound, batch);
                 self.in_flight.push(b'2', bytes::Bytes::copy_from_slice(portal), batch, change);
@@ -2127,19 +2162,14 @@ impl Relay<'_> {
             }
             FrontendMessage::Describe { kind: ObjectKind::Portal, name } => {
                 let (mask, text) = r.portal(name, batch, || mask_of(None));
-                r.queue.push_back(Expect::DescribePortal { portal: name.clone(), hidden: false, mask, text });
+                r.queue.push_back(Expect::DescribePortal { hidden: false, mask, text });
             }
             FrontendMessage::Execute { portal, .. } => {
                 let (mask, text) = r.portal(portal, batch, || mask_of(None));
                 // Described already when it waited for that (`describe_first`).
                 if !std::mem::take(&mut r.pre_described) {
                     encode::describe_portal(to_server, portal);
-                    r.queue.push_back(Expect::DescribePortal {
-                        portal: portal.clone(),
-                        hidden: true,
-                        mask: mask.clone(),
-                        text: text.clone(),
-                    });
+                    r.queue.push_back(Expect::DescribePortal { hidden: true, mask: mask.clone(), text: text.clone() });
                 }
                 r.queue.push_back(Expect::Execute(mask, text));
             }
@@ -2638,16 +2668,19 @@ impl Relay<'_> {
     async fn masked_message(&mut self, tag: u8, raw: &[u8]) -> Result<Relayed, Ended> {
         let relayed = self.masked_response(tag, raw).await;
         if self.masking.as_ref().is_some_and(|r| r.described.is_some()) {
-            // The Execute held for this description, and what followed it, go on.
+            // The message held for this description, and what followed it, go on.
             self.resumed = true;
         }
         relayed
     }
 
     async fn masked_response(&mut self, tag: u8, raw: &[u8]) -> Result<Relayed, Ended> {
-        // The answer that ends the wait of an Execute held for its portal's
+        // The answer that ends the wait of a message held for its portal's
         // description is the last one owed: nothing was forwarded after it.
         let held = self.describing.is_some();
+        // When the message is the client's Describe, that answer is its answer.
+        let answers_client =
+            matches!(&self.describing, Some(Undescribed { message: FrontendMessage::Describe { .. }, .. }));
         let lost = |what: &str| {
             tracing::error!("masking lost track of the target's responses: {what}");
             lost_track()
@@ -2683,14 +2716,14 @@ impl Relay<'_> {
                 Some(Expect::DescribePortal { hidden: true, .. }) => {
                     r.current = None;
                     if held && r.queue.is_empty() {
-                        r.described = Some(Ok(()));
+                        r.described = Some(Described::Readable);
                     }
-                    Relayed::Dropped
+                    if answers_client && r.queue.is_empty() { Relayed::AsIs } else { Relayed::Dropped }
                 }
                 _ => return Err(lost("NoData that answers no Describe")),
             },
             b'T' => {
-                let (portal, hidden, mask, text) = match r.queue.front() {
+                let (hidden, mask, text) = match r.queue.front() {
                     Some(Expect::DescribeStatement { .. }) => {
                         if let Some(Expect::DescribeStatement { described: Some(described) }) = r.queue.pop_front() {
                             let fields = row_description(raw).ok_or_else(|| lost("an unreadable row description"))?;
@@ -2699,10 +2732,8 @@ impl Relay<'_> {
                         }
                         return Ok(if dropping { Relayed::Dropped } else { Relayed::AsIs });
                     }
-                    Some(Expect::DescribePortal { portal, hidden, mask, text }) => {
-                        (Some(portal.clone()), *hidden, mask.clone(), text.clone())
-                    }
-                    Some(Expect::Query(mask, sql)) => (None, false, mask.clone(), Some(sql.clone())),
+                    Some(Expect::DescribePortal { hidden, mask, text }) => (*hidden, mask.clone(), text.clone()),
+                    Some(Expect::Query(mask, sql)) => (false, mask.clone(), Some(sql.clone())),
                     _ => return Err(lost("a row description that answers nothing sent")),
                 };
                 if !matches!(r.queue.front(), Some(Expect::Query(..))) {
@@ -2713,10 +2744,11 @@ impl Relay<'_> {
                 let Some(r) = self.masking.as_mut() else { return Ok(Relayed::AsIs) };
                 let unreadable = masking::unreadable(&fields, &shape.columns);
                 if hidden && held && r.queue.is_empty() {
-                    // Nothing ran yet: the held Execute is refused instead (`release_described`).
-                    r.current = unreadable.is_none().then(|| Arc::new(shape));
-                    r.described = Some(unreadable.map_or(Ok(()), Err));
-                    return Ok(Relayed::Dropped);
+                    // Nothing ran yet: the held message is refused instead (`release_described`).
+                    let readable = unreadable.is_none();
+                    r.current = readable.then(|| Arc::new(shape));
+                    r.described = Some(unreadable.map_or(Described::Readable, Described::Unreadable));
+                    return Ok(if readable && answers_client && !dropping { Relayed::AsIs } else { Relayed::Dropped });
                 }
                 if let Some(why) = unreadable {
                     r.current = None;
@@ -2724,26 +2756,11 @@ impl Relay<'_> {
                     if dropping {
                         return Ok(Relayed::Dropped);
                     }
-                    // The client's own Describe of the portal whose Execute is held (all
-                    // that is owed behind it are Describes of that portal, the relay's
-                    // last): the refusal in the Execute's place records it
-                    // (`release_described`).
-                    let held_portal = match &self.describing {
-                        Some((_, FrontendMessage::Execute { portal, .. })) => Some(portal),
-                        _ => None,
-                    };
-                    let held_behind = !hidden
-                        && held_portal.is_some()
-                        && portal.as_ref() == held_portal
-                        && matches!(r.queue.back(), Some(Expect::DescribePortal { hidden: true, .. }))
-                        && r.queue
-                            .iter()
-                            .all(|e| matches!(e, Expect::DescribePortal { portal: p, .. } if Some(p) == held_portal));
+                    // Only where the portal's description was not waited for: a
+                    // statement described anew, a result refused after it ran.
                     let report = Report::error(sqlstate::INSUFFICIENT_PRIVILEGE, format!("permission denied: {why}"))
                         .with_detail("rule: builtin:masked-binary");
-                    if !held_behind {
-                        self.record_masked_binary(text, &report)?;
-                    }
+                    self.record_masked_binary(text, &report)?;
                     let mut out = BytesMut::new();
                     encode::error_response(&mut out, &report);
                     return Ok(Relayed::Changed(out));
@@ -2790,9 +2807,9 @@ impl Relay<'_> {
                         }
                         r.skipping = r.queue.is_empty();
                         if held && r.skipping {
-                            // The server skips the held Execute's Describe, and will skip the
-                            // Execute: it goes on, and is answered by nothing.
-                            r.described = Some(Ok(()));
+                            // The server skips the held message's Describe, and will skip the
+                            // message: it goes on, and is answered by nothing.
+                            r.described = Some(Described::Skipped);
                         }
                     }
                 }
