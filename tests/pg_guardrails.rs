@@ -178,6 +178,45 @@ async fn the_extended_protocol_is_held_to_the_same_rules() {
     assert_eq!(n, 1);
 }
 
+/// A DO block, where a policy lets statements of unknown kind run, may
+/// replace a prepared statement by SQL, its body in dollar quotes or in
+/// single quotes: the gateway forgets what it knew of the session's
+/// statements, and a Bind of the replaced one is refused instead of running
+/// what the block prepared under the old name.
+#[tokio::test]
+async fn a_do_block_that_replaces_a_prepared_statement_leaves_it_unknown() {
+    let s = Stack::start().await;
+    s.apply_policy(&format!(
+        "{POLICY}  - name: blocks-allowed\n    match: {{ kinds: [unknown] }}\n    action: allow\n"
+    ))
+    .await;
+    let token = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let mut stream = wire::raw_login(&s, "pg.readwrite", &token).await;
+    let before = snapshot(&s).await;
+    let sync = wire::message(b'S', &[]);
+    for (n, block) in [
+        "DO $$BEGIN EXECUTE 'DEALLOCATE s1'; EXECUTE 'PREPARE s1 AS DELETE FROM people'; END$$",
+        "DO 'BEGIN EXECUTE ''DEALLOCATE s2''; EXECUTE ''PREPARE s2 AS DELETE FROM people''; END'",
+        "DO E'BEGIN EXECUTE \\'DEALLOCATE s3\\'; EXECUTE \\'PREPARE s3 AS DELETE FROM people\\'; END'",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("s{}", n + 1);
+        wire::send(&mut stream, &[wire::parse(&name, "SELECT 1"), sync.clone()]).await;
+        assert!(answers(&mut stream).await.is_empty(), "{name} prepared");
+        wire::send(&mut stream, &[wire::query(block)]).await;
+        assert!(answers(&mut stream).await.is_empty(), "the block runs: {block}");
+        let run = [wire::bind("", &name, &[]), wire::execute("", 0), sync.clone()];
+        wire::send(&mut stream, &run).await;
+        let seen = answers(&mut stream).await;
+        assert_eq!(seen.len(), 1, "{block}: {seen:?}");
+        assert!(seen[0].starts_with("E:42501 rule: builtin:unknown-statement"), "{block}: {seen:?}");
+        assert_eq!(snapshot(&s).await, before, "{block}");
+    }
+}
+
 /// A setting made in the startup message (here libpq's `options`, as
 /// `PGOPTIONS` sends it) is held to the rules a `SET` would be: `role` is a
 /// change of who the session is, refused before the session starts.

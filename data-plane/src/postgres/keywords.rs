@@ -10,8 +10,10 @@
 /// case. Words inside string literals, quoted names and comments do not
 /// count (`WHERE state = 'prepare'`), nor inside a longer name
 /// (`prepared_at`); words inside a dollar-quoted string do, wherever they
-/// are, since such a string is the body a DO block or a function runs. A
-/// word after a digit counts (older servers read `1prepare` as two tokens).
+/// are, since such a string may be code (there `EXECUTE` counts wherever it
+/// stands). A `DO` statement counts whatever it holds: its body, in any
+/// quotes and any language, may build the words out of parts. A word after
+/// a digit counts (older servers read `1prepare` as two tokens).
 /// The session's strings are read with `standard_conforming_strings` on
 /// (a session that reads them otherwise is refused every statement where
 /// rules apply: `lexing_safe` in `session`).
@@ -20,6 +22,8 @@ pub fn mentions_deallocation(sql: &[u8]) -> bool {
     // Where the identifier the scan is in began (none between tokens, and in
     // a number or parameter, which a `$` or a word ends).
     let mut name_from: Option<usize> = None;
+    // Nothing but white space and comments since the start or a `;`.
+    let mut statement_start = true;
     let mut i = 0;
     while let Some(c) = at(i) {
         match c {
@@ -31,8 +35,10 @@ pub fn mentions_deallocation(sql: &[u8]) -> bool {
                 while let Some(next) = continued_string(sql, i) {
                     i = string_end(sql, next + 1, escapes);
                 }
+                statement_start = false;
             }
             b'"' => {
+                statement_start = false;
                 i += 1;
                 while let Some(c) = at(i) {
                     i += 1;
@@ -76,6 +82,7 @@ pub fn mentions_deallocation(sql: &[u8]) -> bool {
                 let body_start = i + tag_len;
                 let body = sql.get(body_start..).unwrap_or_default();
                 let body_len = memchr::memmem::find(body, tag).unwrap_or(body.len());
+                statement_start = false;
                 if words_anywhere(body.get(..body_len).unwrap_or_default()) {
                     return true;
                 }
@@ -83,6 +90,14 @@ pub fn mentions_deallocation(sql: &[u8]) -> bool {
             }
             b'd' | b'D' | b'p' | b'P' | b'e' | b'E' if name_from.is_none() && word_at(sql, i) => return true,
             _ => {
+                if c == b';' {
+                    statement_start = true;
+                } else if statement_start && !is_space(c) {
+                    if is_word(sql, i, b"do") {
+                        return true;
+                    }
+                    statement_start = false;
+                }
                 if !continues_name(c) {
                     name_from = None;
                 } else if name_from.is_none() && !c.is_ascii_digit() && c != b'$' {
@@ -128,8 +143,13 @@ pub fn deallocated_name(sql: &[u8]) -> Option<Vec<u8>> {
 
 /// `text` past the white space it starts with (of the kinds the server skips).
 fn skip_space(text: &[u8]) -> &[u8] {
-    let n = text.iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)).count();
+    let n = text.iter().take_while(|&&b| is_space(b)).count();
     text.get(n..).unwrap_or_default()
+}
+
+/// White space as the server's lexer reads it.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
 /// `text` past `word` (lower case) and the white space after it, when it
@@ -213,14 +233,18 @@ fn continues_name(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || b >= 0x80
 }
 
+/// Whether `word` (lower case) starts at `i`, in any case, and no part of a
+/// name follows it.
+fn is_word(sql: &[u8], i: usize, word: &[u8]) -> bool {
+    sql.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
+        && !sql.get(i + word.len()).copied().is_some_and(continues_name)
+}
+
 /// Whether one of the words starts at `i` and no part of a name follows it.
 /// `EXECUTE` before `FUNCTION`, `PROCEDURE` or `ON` (a trigger's action, a
-/// privilege) runs no prepared statement.
+/// privilege) runs no prepared statement, outside code.
 fn word_at(sql: &[u8], i: usize) -> bool {
-    let is = |at: usize, word: &[u8]| {
-        sql.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
-            && !sql.get(at + word.len()).copied().is_some_and(continues_name)
-    };
+    let is = |at: usize, word: &[u8]| is_word(sql, at, word);
     if is(i, b"execute") {
         let next = (i + 7..).find(|&n| !sql.get(n).is_some_and(u8::is_ascii_whitespace)).unwrap_or(sql.len());
         return ![&b"function"[..], b"procedure", b"on"].iter().any(|w| is(next, w));
@@ -230,10 +254,12 @@ fn word_at(sql: &[u8], i: usize) -> bool {
 
 /// Whether one of the words is anywhere in `text` as a token, quotes or not:
 /// after no part of a name but a digit or a `$` (which may end a quote).
+/// Code may name a variable `function`: `EXECUTE` always counts here.
 fn words_anywhere(text: &[u8]) -> bool {
     (0..text.len()).any(|i| {
         let before = i.checked_sub(1).and_then(|b| text.get(b)).copied();
-        !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit() && b != b'$') && word_at(text, i)
+        !before.is_some_and(|b| continues_name(b) && !b.is_ascii_digit() && b != b'$')
+            && (word_at(text, i) || is_word(text, i, b"execute"))
     })
 }
 
@@ -277,6 +303,16 @@ mod tests {
             r"select $t$ x $t$e'\' ' ; deallocate s ; select '1'",
             "select $t$ x $t$prepare",
             "DO $$ BEGIN EXECUTE $q$DEALLOCATE s$q$; END $$",
+            // A DO block, its body in any quotes and any language.
+            "DO 'BEGIN EXECUTE ''DEALLOCATE s1''; END'",
+            "do language plpgsql 'begin perform 1; end'",
+            "/* a /* b */ */ DO\n'BEGIN PERFORM 1; END' LANGUAGE plpgsql",
+            "DO 'BEGIN EXEC'\n'UTE ''DEALL'\n'OCATE s1''; END'",
+            "DO U&'BEGIN !0045XECUTE ''!0044EALLOCATE s1''; END' UESCAPE '!'",
+            "\x0bDO 'BEGIN PERFORM 1; END'",
+            "select 1;DO LANGUAGE plperl $$spi_exec_query('DEALL'.'OCATE s1')$$",
+            "DO $$DECLARE function text := 'x'; BEGIN EXECUTE function; END$$",
+            "SELECT $$ EXECUTE ON $$",
         ] {
             assert!(found(sql), "{sql}");
         }
@@ -299,6 +335,13 @@ mod tests {
             "CREATE TRIGGER t AFTER INSERT ON x FOR EACH ROW EXECUTE   FUNCTION f()",
             "CREATE TRIGGER t AFTER INSERT ON x EXECUTE\nPROCEDURE f()",
             "SELECT E'a'\n'\\' ; prepare' FROM t",
+            // Strings of statements other than DO are not code.
+            "INSERT INTO t VALUES ('prepare') ON CONFLICT DO NOTHING",
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET state = 'discard'",
+            "SELECT 'do'; SELECT 'prepare'",
+            "SELECT 1 AS do, 'execute' FROM t",
+            "SELECT 1 /* ; DO */",
+            "SELECT 'a;' || 'DO'",
             "",
         ] {
             assert!(!found(sql), "{sql}");
