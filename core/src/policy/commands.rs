@@ -525,6 +525,13 @@ mod tests {
         // The detectors cannot read a binary copy of anything.
         assert_eq!(rule(&masked("COPY (SELECT 'x') TO STDOUT (FORMAT binary)").verdict), Some("builtin:masked-binary"));
         assert_eq!(masked("COPY (SELECT 'x') TO STDOUT (FORMAT csv)").verdict, CommandVerdict::Allow { rule: None });
+        let program = masked("COPY (SELECT 'x') TO PROGRAM 'gzip' (FORMAT binary)").verdict;
+        assert_eq!(rule(&program), Some("builtin:copy-program"));
+        let whole_columns_only =
+            "version: 1\nmasking:\n  - name: pii\n    columns: ['*.*.email']\n    strategy: redact\n";
+        let unread =
+            Policy::parse(whole_columns_only).unwrap().decide(&connection(), b"COPY (SELECT 'x') TO STDOUT BINARY");
+        assert_eq!(unread.verdict, CommandVerdict::Allow { rule: None }, "no detector would read it");
         // Side channels and definitions that name masked columns.
         assert_eq!(rule(&masked("SELECT set_config('app.x', email, false) FROM users").verdict), Some("pii"));
         let f = "CREATE FUNCTION f() RETURNS SETOF users LANGUAGE sql AS 'SELECT * FROM users'";

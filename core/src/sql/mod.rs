@@ -46,7 +46,8 @@ pub struct Classified {
     pub unbounded_write: bool,
     /// `COPY ... TO/FROM PROGRAM`: runs a shell command on the database server.
     pub copy_program: bool,
-    /// `COPY ... TO` in binary format: rows no content detector can read.
+    /// `COPY ... TO STDOUT` in binary format: rows for the client that no
+    /// content detector can read.
     pub copy_binary_out: bool,
     /// Session settings it changes, lowercased: `SET x`, `SET NAMES` (`client_encoding`),
     /// `SET ROLE` (`role`), `SET SESSION AUTHORIZATION` (`session_authorization`),
@@ -365,7 +366,7 @@ impl Visitor for Walk {
                 }
             }
             Ast::Copy { target: CopyTarget::Program { .. }, .. } => self.c.copy_program = true,
-            Ast::Copy { to: true, options, legacy_options, .. } => {
+            Ast::Copy { to: true, target: CopyTarget::Stdout, options, legacy_options, .. } => {
                 use sqlparser::ast::{CopyLegacyOption, CopyOption};
                 self.c.copy_binary_out |= options
                     .iter()
@@ -726,13 +727,23 @@ mod tests {
             "copy (SELECT 1) to stdout with (format BINARY, header false)",
             "COPY t TO STDOUT (FORMAT 'binary')",
             "COPY t TO STDOUT WITH BINARY",
+            "COPY t TO STDOUT BINARY",
+            "COPY t TO STDOUT (FORMAT \"binary\")",
             "COPY BINARY t TO STDOUT",
         ] {
             assert!(one(sql).copy_binary_out, "{sql}");
         }
-        for sql in ["COPY t TO STDOUT", "COPY t TO STDOUT (FORMAT csv)", "COPY t FROM STDIN (FORMAT binary)"] {
+        for sql in [
+            "COPY t TO STDOUT",
+            "COPY t TO STDOUT (FORMAT csv)",
+            "COPY t FROM STDIN (FORMAT binary)",
+            // Nothing for the client to read.
+            "COPY t TO '/tmp/t.bin' (FORMAT binary)",
+            "COPY t TO PROGRAM 'gzip' (FORMAT binary)",
+        ] {
             assert!(!one(sql).copy_binary_out, "{sql}");
         }
+        assert!(one("COPY t TO PROGRAM 'gzip' (FORMAT binary)").copy_program);
     }
 
     #[test]

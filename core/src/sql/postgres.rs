@@ -67,11 +67,13 @@ pub(super) fn cross_check(ours: &[Classified], theirs: &pg_query::ParseResult) -
     Ok(())
 }
 
-/// `COPY ... TO` in binary format (`FORMAT binary`, or the older `BINARY`,
-/// which Postgres's grammar turns into the same option).
+/// `COPY ... TO STDOUT` in binary format (`FORMAT binary`, or the older
+/// `BINARY`, which Postgres's grammar turns into the same option).
 fn copy_binary_out(node: &NodeEnum) -> bool {
     let NodeEnum::CopyStmt(copy) = node else { return false };
     !copy.is_from
+        && !copy.is_program
+        && copy.filename.is_empty()
         && copy.options.iter().filter_map(|o| o.node.as_ref()).any(|o| match o {
             NodeEnum::DefElem(d) if d.defname.eq_ignore_ascii_case("format") => {
                 d.arg.as_ref().and_then(|a| a.node.as_ref()).is_some_and(|a| match a {
