@@ -67,15 +67,20 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A masking rule with a detector.
+const MASKED: &str = "version: 1\nmasking:\n  - name: mail\n    columns: [\"public.contacts.email\"]\n    \
+                      detectors: [email]\n    strategy: redact\n";
+
 /// A stack with a masking rule with a detector, and the token of `subject`,
 /// granted `pg.readwrite`.
 async fn masked_stack(subject: &str) -> (Stack, String) {
+    masked_stack_under(subject, MASKED).await
+}
+
+/// `masked_stack`, under `policy`.
+async fn masked_stack_under(subject: &str, policy: &str) -> (Stack, String) {
     let s = Stack::start().await;
-    s.apply_policy(
-        "version: 1\nmasking:\n  - name: mail\n    columns: [\"public.contacts.email\"]\n    detectors: [email]\n    \
-         strategy: redact\n",
-    )
-    .await;
+    s.apply_policy(policy).await;
     let token = s.token(subject).await;
     s.grant_role(subject, "readwrite", 900).await;
     (s, token)
@@ -165,14 +170,25 @@ async fn a_refusal_told_at_the_clients_own_describe_is_recorded_once() {
     );
 }
 
-/// A result refused only once its statement ran (a `FETCH` from a `BINARY`
-/// cursor in a simple query) is recorded as a deny with its statement, as
-/// one refused before it runs is (a `COPY` in binary format, by its text).
+/// A result refused only once its statement ran (a `FETCH` in a simple query
+/// from a `BINARY` cursor the gateway did not see declared: a DO block's,
+/// where a rule lets blocks run) is recorded as a deny with its statement, as
+/// those refused before they run are (a `BINARY` cursor's declaration, a
+/// `COPY` in binary format, by their text).
 #[tokio::test]
 async fn a_binary_result_refused_after_it_ran_is_recorded_with_its_statement() {
-    let (s, client) = masked_session("agent-9").await;
+    let blocks_allowed =
+        format!("{MASKED}commands:\n  - name: blocks\n    match: {{ kinds: [unknown] }}\n    action: allow\n");
+    let (s, token) = masked_stack_under("agent-9", &blocks_allowed).await;
+    let client = s.connect("pg.readwrite", &token).await.unwrap();
     client.batch_execute("BEGIN").await.unwrap();
-    client.batch_execute("DECLARE c BINARY CURSOR FOR SELECT ARRAY['write to ana@example.com']").await.unwrap();
+    let declare = "DECLARE c BINARY CURSOR FOR SELECT ARRAY['write to ana@example.com']";
+    let e = client.batch_execute(declare).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    let block = "DO $$BEGIN EXECUTE 'DECLARE c BINARY CURSOR FOR SELECT ARRAY[''write to ana@example.com'']'; END$$";
+    client.batch_execute(block).await.unwrap();
     let fetch = "FETCH ALL FROM c";
     let e = client.simple_query(fetch).await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{e:?}");
@@ -184,12 +200,14 @@ async fn a_binary_result_refused_after_it_ran_is_recorded_with_its_statement() {
     drop(client);
 
     let denied = recorded_denies(&s).await;
-    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert_eq!(denied.len(), 3, "{denied:?}");
     assert!(denied.iter().all(|d| d.rule == "builtin:masked-binary"), "{denied:?}");
-    assert_eq!(denied[0].statement, fetch);
-    assert!(denied[0].reason.contains("binary format"), "{}", denied[0].reason);
-    assert_eq!(denied[1].statement, copy);
-    assert!(denied[1].reason.contains("COPY in binary format"), "{}", denied[1].reason);
+    assert_eq!(denied[0].statement, declare);
+    assert!(denied[0].reason.contains("BINARY cursor"), "{}", denied[0].reason);
+    assert_eq!(denied[1].statement, fetch);
+    assert!(denied[1].reason.contains("binary format"), "{}", denied[1].reason);
+    assert_eq!(denied[2].statement, copy);
+    assert!(denied[2].reason.contains("COPY in binary format"), "{}", denied[2].reason);
 }
 
 #[tokio::test]

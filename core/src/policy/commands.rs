@@ -138,11 +138,20 @@ impl Policy {
                 (ResultMask::unread(masking), uses)
             }
         };
-        // Its rows could be read only after it ran, and then refused (the
-        // relay's backstop), while the rest of its batch runs on.
-        if statement.copy_binary_out && mask.has_detectors() {
-            let verdict =
-                CommandVerdict::builtin("masked-binary", "COPY in binary format cannot be masked; use text or CSV");
+        // Rows in binary format could be read only once they came, and then
+        // refused (the relay's backstop) after the statement ran, while the
+        // rest of its batch ran on.
+        let binary = if statement.copy_binary_out {
+            Some("COPY in binary format cannot be masked; use text or CSV")
+        } else if statement.binary_cursor {
+            Some("a BINARY cursor's rows cannot be masked; declare it without BINARY")
+        } else {
+            None
+        };
+        if let Some(why) = binary
+            && mask.has_detectors()
+        {
+            let verdict = CommandVerdict::builtin("masked-binary", why);
             return Decision { verdict, mask: Some(mask), reusable: false };
         }
         // Code defined now runs later where masking cannot see what it reads
@@ -525,6 +534,8 @@ mod tests {
         // The detectors cannot read a binary copy of anything.
         assert_eq!(rule(&masked("COPY (SELECT 'x') TO STDOUT (FORMAT binary)").verdict), Some("builtin:masked-binary"));
         assert_eq!(masked("COPY (SELECT 'x') TO STDOUT (FORMAT csv)").verdict, CommandVerdict::Allow { rule: None });
+        assert_eq!(rule(&masked("DECLARE c BINARY CURSOR FOR SELECT 'x'").verdict), Some("builtin:masked-binary"));
+        assert_eq!(masked("DECLARE c CURSOR FOR SELECT 'x'").verdict, CommandVerdict::Allow { rule: None });
         let program = masked("COPY (SELECT 'x') TO PROGRAM 'gzip' (FORMAT binary)").verdict;
         assert_eq!(rule(&program), Some("builtin:copy-program"));
         let whole_columns_only =

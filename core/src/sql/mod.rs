@@ -49,6 +49,9 @@ pub struct Classified {
     /// `COPY ... TO STDOUT` in binary format: rows for the client that no
     /// content detector can read.
     pub copy_binary_out: bool,
+    /// `DECLARE ... BINARY CURSOR`: a `FETCH` from it in a simple query sends
+    /// the client rows in binary format, which no content detector can read.
+    pub binary_cursor: bool,
     /// Session settings it changes, lowercased: `SET x`, `SET NAMES` (`client_encoding`),
     /// `SET ROLE` (`role`), `SET SESSION AUTHORIZATION` (`session_authorization`),
     /// `set_config('x', ...)`; `*` when `set_config` names a setting that is not a literal.
@@ -366,6 +369,7 @@ impl Visitor for Walk {
                 }
             }
             Ast::Copy { target: CopyTarget::Program { .. }, .. } => self.c.copy_program = true,
+            Ast::Declare { stmts, .. } => self.c.binary_cursor |= stmts.iter().any(|d| d.binary == Some(true)),
             Ast::Copy { to: true, target: CopyTarget::Stdout, options, legacy_options, .. } => {
                 use sqlparser::ast::{CopyLegacyOption, CopyOption};
                 self.c.copy_binary_out |= options
@@ -744,6 +748,12 @@ mod tests {
             assert!(!one(sql).copy_binary_out, "{sql}");
         }
         assert!(one("COPY t TO PROGRAM 'gzip' (FORMAT binary)").copy_program);
+        for sql in ["DECLARE c BINARY CURSOR FOR SELECT 1", "declare c binary no scroll cursor with hold for table t"] {
+            assert!(one(sql).binary_cursor, "{sql}");
+        }
+        for sql in ["DECLARE c CURSOR FOR SELECT 1", "DECLARE c NO SCROLL CURSOR FOR SELECT 'binary'"] {
+            assert!(!one(sql).binary_cursor, "{sql}");
+        }
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub(super) fn cross_check(ours: &[Classified], theirs: &pg_query::ParseResult) -
                 i + 1
             )));
         }
+        if binary_cursor(node) && !c.binary_cursor {
+            return Err(ClassifyError::Disagreement(format!(
+                "statement {} declares a binary cursor to Postgres's parser and not to the gateway's",
+                i + 1
+            )));
+        }
         let writes = writes(node);
         let reads_only = matches!(c.kind(), StatementKind::Read | StatementKind::Utility | StatementKind::Transaction);
         if writes && reads_only {
@@ -83,6 +89,12 @@ fn copy_binary_out(node: &NodeEnum) -> bool {
             }
             _ => false,
         })
+}
+
+/// `DECLARE ... BINARY CURSOR` (Postgres's `CURSOR_OPT_BINARY`).
+fn binary_cursor(node: &NodeEnum) -> bool {
+    const CURSOR_OPT_BINARY: i32 = 0x0001;
+    matches!(node, NodeEnum::DeclareCursorStmt(d) if d.options & CURSOR_OPT_BINARY != 0)
 }
 
 /// `EXPLAIN ANALYZE`, `EXPLAIN (ANALYZE)`, `EXPLAIN (ANALYZE true)`: the statement runs.
@@ -164,6 +176,7 @@ fn classify_one(node: &NodeEnum) -> Classified {
     }
     c.functions = functions;
     c.copy_binary_out = copy_binary_out(node);
+    c.binary_cursor = binary_cursor(node);
     c.kind = Some(kind_of(node));
     c
 }
