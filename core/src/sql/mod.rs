@@ -748,7 +748,13 @@ mod tests {
             assert!(!one(sql).copy_binary_out, "{sql}");
         }
         assert!(one("COPY t TO PROGRAM 'gzip' (FORMAT binary)").copy_program);
-        for sql in ["DECLARE c BINARY CURSOR FOR SELECT 1", "declare c binary no scroll cursor with hold for table t"] {
+        for sql in [
+            "DECLARE c BINARY CURSOR FOR SELECT 1",
+            "declare c binary no scroll cursor with hold for table t",
+            // Options in an order only Postgres's grammar reads.
+            "DECLARE c INSENSITIVE BINARY CURSOR FOR SELECT 1",
+            "DECLARE c ASENSITIVE BINARY SCROLL CURSOR FOR SELECT 1",
+        ] {
             assert!(one(sql).binary_cursor, "{sql}");
         }
         for sql in ["DECLARE c CURSOR FOR SELECT 1", "DECLARE c NO SCROLL CURSOR FOR SELECT 'binary'"] {
