@@ -148,8 +148,10 @@ impl Policy {
         } else {
             None
         };
+        // A refusal decided already keeps its own rule.
         if let Some(why) = binary
             && mask.has_detectors()
+            && !matches!(verdict, CommandVerdict::Deny { .. })
         {
             let verdict = CommandVerdict::builtin("masked-binary", why);
             return Decision { verdict, mask: Some(mask), reusable: false };
@@ -536,6 +538,8 @@ mod tests {
         assert_eq!(masked("COPY (SELECT 'x') TO STDOUT (FORMAT csv)").verdict, CommandVerdict::Allow { rule: None });
         assert_eq!(rule(&masked("DECLARE c BINARY CURSOR FOR SELECT 'x'").verdict), Some("builtin:masked-binary"));
         assert_eq!(masked("DECLARE c CURSOR FOR SELECT 'x'").verdict, CommandVerdict::Allow { rule: None });
+        let lexing = masked("COPY (SELECT set_config('client_encoding', 'SJIS', false)) TO STDOUT BINARY").verdict;
+        assert_eq!(rule(&lexing), Some("builtin:session-lexing"), "the first refusal names its rule");
         let program = masked("COPY (SELECT 'x') TO PROGRAM 'gzip' (FORMAT binary)").verdict;
         assert_eq!(rule(&program), Some("builtin:copy-program"));
         let whole_columns_only =

@@ -49,8 +49,9 @@ pub enum Expect {
         described: Option<Arc<OnceLock<bool>>>,
     },
     /// RowDescription or NoData for a portal; `hidden` when the gateway
-    /// asked, not the client; the text of the statement the portal runs, if
-    /// known.
+    /// asked, not the client (its answer is passed on as the client's when
+    /// the client's own Describe waits for it); the text of the statement the
+    /// portal runs, if known.
     DescribePortal {
         hidden: bool,
         mask: Arc<ResultMask>,
