@@ -868,11 +868,17 @@ async fn a_session_role_the_target_could_not_drop_is_dropped_once_the_target_is_
 
     // Back: the gateway tries again and the role goes.
     proxy.restore();
-    eventually(Duration::from_secs(20), "the session role to be dropped once the target is back", || async {
+    every_role_dropped(&s, Duration::from_secs(20)).await;
+}
+
+/// Waits for every session role to be dropped, then for the metrics to count
+/// none awaiting its drop (counted until the retry that dropped it has
+/// finished with it, just after).
+async fn every_role_dropped(s: &Stack, within: Duration) {
+    eventually(within, "every session role to be dropped once its target answers", || async {
         s.session_roles().await.is_empty()
     })
     .await;
-    // Counted until the retry that dropped it has finished with it, just after.
     eventually(Duration::from_secs(10), "the metrics to show no role awaiting its drop", || async {
         s.metric("airlock_gateway_session_roles_awaiting_drop").await == 0
     })
@@ -932,14 +938,7 @@ async fn a_stalled_target_does_not_hold_up_another_targets_drops() {
     assert_eq!(left, waiting, "a role on the stalled target went while it did not answer");
 
     stalled.restore();
-    eventually(Duration::from_secs(40), "the stalled target's roles to be dropped once it answers", || async {
-        s.session_roles().await.is_empty()
-    })
-    .await;
-    eventually(Duration::from_secs(10), "the metrics to show no role awaiting its drop", || async {
-        s.metric("airlock_gateway_session_roles_awaiting_drop").await == 0
-    })
-    .await;
+    every_role_dropped(&s, Duration::from_secs(40)).await;
 }
 
 /// Clients reach workers through a load balancer, so a cancel request may

@@ -87,7 +87,7 @@ pub(crate) type ReadableFlag = Arc<OnceLock<()>>;
 /// What a message must wait for its portal's description with (see
 /// [`Responses::must_describe_first`]).
 #[derive(Debug)]
-pub(crate) struct Undescribed {
+pub(crate) struct DescribeFirst {
     /// The mask the description is read with.
     pub mask: Arc<ResultMask>,
     /// The text of the portal's statement, if the gateway knows it.
@@ -191,15 +191,15 @@ impl Responses {
         portal: &Bytes,
         batch: u64,
         unknown: impl FnOnce() -> Arc<ResultMask>,
-    ) -> Option<Undescribed> {
+    ) -> Option<DescribeFirst> {
         let waits = match self.portals.get(portal, batch) {
             Some(bound) if !bound.may_be_unreadable() => return None,
-            Some(bound) => Undescribed {
+            Some(bound) => DescribeFirst {
                 mask: bound.mask.clone(),
                 text: bound.text.clone(),
                 readable: Some(bound.readable.clone()),
             },
-            None => Undescribed { mask: unknown(), text: None, readable: None },
+            None => DescribeFirst { mask: unknown(), text: None, readable: None },
         };
         waits.mask.has_detectors().then_some(waits)
     }
