@@ -250,7 +250,12 @@ pub fn redact_secrets(sql: &str) -> String {
 }
 
 fn classify_one(statement: &Ast) -> Classified {
-    let mut walk = Walk { c: Classified::default(), writes: false, explain_only: is_plain_explain(statement) };
+    let mut walk = Walk {
+        c: Classified::default(),
+        writes: false,
+        explain_only: is_plain_explain(statement),
+        explained: matches!(statement, Ast::Explain { .. }),
+    };
     // `EXPLAIN (ANALYZE 0)` plans and `(ANALYZE 1)` runs. Whether COPY's
     // options, FETCH's count and DDL parse at all turns on their numbers and
     // strings (`DELIMITER 'ab'`, `varchar(0)`).
@@ -289,6 +294,9 @@ struct Walk {
     writes: bool,
     /// `EXPLAIN` without `ANALYZE`: what it names is planned, not run.
     explain_only: bool,
+    /// `EXPLAIN`, with or without `ANALYZE`: a `DECLARE` it names opens no
+    /// cursor (Postgres explains the cursor's query, and its answer is text).
+    explained: bool,
 }
 
 impl Visitor for Walk {
@@ -369,7 +377,9 @@ impl Visitor for Walk {
                 }
             }
             Ast::Copy { target: CopyTarget::Program { .. }, .. } => self.c.copy_program = true,
-            Ast::Declare { stmts, .. } => self.c.binary_cursor |= stmts.iter().any(|d| d.binary == Some(true)),
+            Ast::Declare { stmts, .. } if !self.explained => {
+                self.c.binary_cursor |= stmts.iter().any(|d| d.binary == Some(true));
+            }
             Ast::Copy { to: true, target: CopyTarget::Stdout, options, legacy_options, .. } => {
                 use sqlparser::ast::{CopyLegacyOption, CopyOption};
                 self.c.copy_binary_out |= options
@@ -757,7 +767,14 @@ mod tests {
         ] {
             assert!(one(sql).binary_cursor, "{sql}");
         }
-        for sql in ["DECLARE c CURSOR FOR SELECT 1", "DECLARE c NO SCROLL CURSOR FOR SELECT 'binary'"] {
+        for sql in [
+            "DECLARE c CURSOR FOR SELECT 1",
+            "DECLARE c NO SCROLL CURSOR FOR SELECT 'binary'",
+            // Explained: no cursor is opened, and the plan comes back as text.
+            "EXPLAIN DECLARE c BINARY CURSOR FOR SELECT 1",
+            "EXPLAIN ANALYZE DECLARE c BINARY CURSOR FOR SELECT 1",
+            "EXPLAIN (ANALYZE, FORMAT json) DECLARE c BINARY CURSOR FOR SELECT 1",
+        ] {
             assert!(!one(sql).binary_cursor, "{sql}");
         }
     }
