@@ -334,6 +334,12 @@ async fn templates_that_confer_power_are_refused() {
     let indirect = cleanup.template(&admin, &format!("IN ROLE {}", quote(&middle))).await;
     // Member of a predefined role that runs programs on the server.
     let programs = cleanup.template(&admin, "IN ROLE pg_execute_server_program").await;
+    // Able to grant a role to others (WITH ADMIN OPTION), itself or through a
+    // role it is a member of: such a grant would outlive the session.
+    let data = cleanup.template(&admin, "").await;
+    let delegating = cleanup.template(&admin, "").await;
+    admin.batch_execute(&format!("GRANT {} TO {} WITH ADMIN OPTION", quote(&data), quote(&delegating))).await.unwrap();
+    let through = cleanup.template(&admin, &format!("IN ROLE {}", quote(&delegating))).await;
 
     for (template, expect) in [
         (&superuser, "SUPERUSER"),
@@ -344,6 +350,8 @@ async fn templates_that_confer_power_are_refused() {
         (&middle, "SUPERUSER"),
         (&indirect, "SUPERUSER"),
         (&programs, "server's files or programs"),
+        (&delegating, "WITH ADMIN OPTION"),
+        (&through, "WITH ADMIN OPTION"),
     ] {
         let spec = spec(&worker, template);
         let err = roles.create_session_role(&spec).await.unwrap_err();
@@ -415,6 +423,67 @@ async fn drop_reassigns_owned_objects_and_ends_live_connections() {
     // Idempotent.
     roles.drop_session_role(&role.name).await.unwrap();
     roles.drop_session_role(&session_role_name(uuid::Uuid::new_v4())).await.unwrap();
+}
+
+/// A session that may create functions defines ones named like the built-ins
+/// the admin's catalog queries call, typed to match their arguments better
+/// (an aggregate over `text`, a `text` where the built-in takes `name`, an
+/// `int4` where it takes `int8`). The admin's connection searches only the
+/// system catalog: the drop and the sweep run none of them.
+#[tokio::test]
+async fn the_admin_runs_no_function_a_session_defined() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    let worker = cleanup.worker();
+    admin
+        .batch_execute(&format!(
+            "GRANT CREATE ON SCHEMA public TO {t}; CREATE TABLE ran_as (who text); \
+             GRANT INSERT ON ran_as TO PUBLIC",
+            t = quote(&template)
+        ))
+        .await
+        .unwrap();
+    let roles = manager(&db).await;
+    let role = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    let session = login(&db, &role).await.unwrap();
+    session
+        .batch_execute(
+            "CREATE FUNCTION public.shobj_description(oid, text) RETURNS text LANGUAGE plpgsql AS \
+               $$ BEGIN INSERT INTO public.ran_as VALUES (current_user); RETURN NULL; END $$; \
+             CREATE FUNCTION public.pg_terminate_backend(integer, integer) RETURNS boolean LANGUAGE plpgsql AS \
+               $$ BEGIN INSERT INTO public.ran_as VALUES (current_user); RETURN false; END $$; \
+             CREATE FUNCTION public.collect(text[], text) RETURNS text[] LANGUAGE plpgsql AS \
+               $$ BEGIN INSERT INTO public.ran_as VALUES (current_user); RETURN $1 || $2; END $$; \
+             CREATE AGGREGATE public.array_agg(text) (SFUNC = public.collect, STYPE = text[])",
+        )
+        .await
+        .unwrap();
+    // Defined where the admin's own default search path would find them.
+    let defined: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'public' AND p.proname IN ('shobj_description', 'pg_terminate_backend', 'array_agg')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(defined, 3);
+
+    let ran = async || -> Vec<String> {
+        admin.query("SELECT who FROM ran_as", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+    };
+    // A drop with the session live...
+    tokio::time::timeout(Duration::from_secs(20), roles.drop_session_role(&role.name)).await.unwrap().unwrap();
+    assert!(!role_exists(&admin, &role.name).await);
+    assert_eq!(ran().await, Vec::<String>::new(), "the drop ran the session's functions");
+    // ...and a sweep of a role left behind, which reads the roles' comments.
+    let left = manager(&db).await.create_session_role(&spec(&worker, &template)).await.unwrap();
+    assert_eq!(manager(&db).await.sweep(&worker, "").await.unwrap(), vec![left.name.clone()]);
+    assert_eq!(ran().await, Vec::<String>::new(), "the sweep ran the session's functions");
+    drop(session);
 }
 
 /// An admin with CREATEROLE and no more: it makes, ends and clears session

@@ -71,8 +71,24 @@ const ADMIN_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 /// that its locks and temporary objects are gone before the role is dropped.
 const TERMINATE_WAIT_MS: i64 = 5_000;
 /// Ends a role's backends (`$1`), waiting up to `$2` ms for each to exit.
-const TERMINATE: &str =
-    "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()";
+const TERMINATE: &str = "SELECT pg_catalog.pg_terminate_backend(pid, $2) FROM pg_catalog.pg_stat_activity \
+     WHERE usename = $1 AND pid <> pg_catalog.pg_backend_pid()";
+
+/// Begins every transaction of the admin's that reads or calls anything by
+/// name. A session whose template may create objects can define functions,
+/// aggregates and operators in a schema on the admin's default search path
+/// (`"$user", public`), named like the built-ins the admin's statements use
+/// and typed to match their arguments better (an `array_agg(text)`, a
+/// `shobj_description(oid, text)`); Postgres would pick those and run them
+/// with the admin's rights. Names here resolve in the system catalog only.
+/// Local to the transaction, so that it holds through a pooler that hands
+/// each transaction to another server connection, and leaks into no other.
+const CATALOG_ONLY: &str = "SET LOCAL search_path = pg_catalog, pg_temp";
+
+/// Bounds on the transaction that makes a session role: a lock on the role
+/// catalog held by someone else, or a target that stalls, fails the login
+/// instead of holding it and an admin connection indefinitely.
+const CREATE_TIMEOUTS: &str = "SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '30s'";
 
 /// Bound on how long the drop transaction waits for a lock (an object the role
 /// owns being in use by someone else), so a drop reports an error instead of
@@ -407,7 +423,8 @@ impl RoleManager {
         );
 
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| db_error("starting a transaction", &e))?;
+        let tx = catalog_transaction(&mut client, "starting a transaction").await?;
+        tx.batch_execute(CREATE_TIMEOUTS).await.map_err(|e| db_error("starting a transaction", &e))?;
         check_template(&tx, &spec.template_role).await?;
         // The statement carries only the SCRAM verifier; still, never log it.
         tx.batch_execute(&create).await.map_err(|e| match e.code() {
@@ -450,10 +467,11 @@ impl RoleManager {
     /// OIDs that name no relation are left out.
     pub async fn describe_relations(&self, oids: &[u32]) -> Result<Vec<super::catalog::Relation>, RoleError> {
         const CONTEXT: &str = "reading the catalog";
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "WITH RECURSIVE up(child, oid) AS ( \
+        let mut client = self.client().await?;
+        let rows = catalog_query(
+            &mut client,
+            CONTEXT,
+            "WITH RECURSIVE up(child, oid) AS ( \
                      SELECT inhrelid, inhparent FROM pg_inherits WHERE inhrelid = ANY($1) \
                      UNION SELECT up.child, i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid) \
                  SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
@@ -468,10 +486,9 @@ impl RoleManager {
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                  WHERE c.oid = ANY($1) GROUP BY c.oid, n.nspname, c.relname, c.relkind",
-                &[&oids],
-            )
-            .await
-            .map_err(|e| db_error(CONTEXT, &e))?;
+            &[&oids],
+        )
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let kind: String = row.try_get(3).map_err(|e| db_error(CONTEXT, &e))?;
@@ -497,16 +514,16 @@ impl RoleManager {
     /// columns through.
     pub async fn masking_relations(&self) -> Result<Vec<super::catalog::Relation>, RoleError> {
         let oids: Vec<u32> = {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            let mut client = self.client().await?;
+            let rows = catalog_query(
+                &mut client,
+                "listing views",
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE (c.relkind IN ('v', 'm') OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)) \
                        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
-                    &[],
-                )
-                .await
-                .map_err(|e| db_error("listing views", &e))?;
+                &[],
+            )
+            .await?;
             rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(|e| db_error("listing views", &e))?
         };
         if oids.is_empty() {
@@ -525,14 +542,14 @@ impl RoleManager {
         validate_worker_id(worker_id)?;
         validate_run(run)?;
         let mut client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
-                 WHERE rolname ~ '^airlock_[0-9a-f]{32}$' ORDER BY rolname",
-                &[],
-            )
-            .await
-            .map_err(|e| db_error("listing session roles", &e))?;
+        let rows = catalog_query(
+            &mut client,
+            "listing session roles",
+            "SELECT rolname::text, pg_catalog.shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles \
+             WHERE rolname ~ '^airlock_[0-9a-f]{32}$' ORDER BY rolname",
+            &[],
+        )
+        .await?;
         let mut mine = Vec::new();
         for row in rows {
             let name: String = row.try_get(0).map_err(|e| db_error("listing session roles", &e))?;
@@ -555,16 +572,16 @@ impl RoleManager {
     /// target's clock may run ahead of the worker's.
     pub async fn sweep_expired(&self) -> Result<Vec<String>, RoleError> {
         let mut client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT r.rolname::text FROM pg_roles r \
-                 WHERE r.rolname ~ '^airlock_[0-9a-f]{32}$' AND r.rolvaliduntil < now() \
-                   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname) \
-                 ORDER BY r.rolname",
-                &[],
-            )
-            .await
-            .map_err(|e| db_error("listing expired session roles", &e))?;
+        let rows = catalog_query(
+            &mut client,
+            "listing expired session roles",
+            "SELECT r.rolname::text FROM pg_catalog.pg_roles r \
+             WHERE r.rolname ~ '^airlock_[0-9a-f]{32}$' AND r.rolvaliduntil < pg_catalog.now() \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.usename = r.rolname) \
+             ORDER BY r.rolname",
+            &[],
+        )
+        .await?;
         let mut expired = Vec::with_capacity(rows.len());
         for row in rows {
             let name: String = row.try_get(0).map_err(|e| db_error("listing expired session roles", &e))?;
@@ -718,6 +735,30 @@ where
     });
 }
 
+/// A transaction on `client` whose statements resolve names in the system
+/// catalog only (see [`CATALOG_ONLY`]).
+async fn catalog_transaction<'a>(
+    client: &'a mut Client,
+    context: &'static str,
+) -> Result<tokio_postgres::Transaction<'a>, RoleError> {
+    let tx = client.transaction().await.map_err(|e| db_error(context, &e))?;
+    tx.batch_execute(CATALOG_ONLY).await.map_err(|e| db_error(context, &e))?;
+    Ok(tx)
+}
+
+/// One query in a [`catalog_transaction`], committed.
+async fn catalog_query(
+    client: &mut Client,
+    context: &'static str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, RoleError> {
+    let tx = catalog_transaction(client, context).await?;
+    let rows = tx.query(sql, params).await.map_err(|e| db_error(context, &e))?;
+    tx.commit().await.map_err(|e| db_error(context, &e))?;
+    Ok(rows)
+}
+
 /// Refuses a template that is missing or that would confer power the session
 /// must not have, directly or through (recursive) membership.
 async fn check_template(tx: &tokio_postgres::Transaction<'_>, template: &str) -> Result<(), RoleError> {
@@ -727,7 +768,9 @@ async fn check_template(tx: &tokio_postgres::Transaction<'_>, template: &str) ->
                  SELECT oid FROM pg_roles WHERE rolname = $1 \
                UNION \
                  SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.oid) \
-             SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplication \
+             SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplication, \
+                    (SELECT array_agg(g.rolname::text ORDER BY g.rolname) FROM pg_auth_members m \
+                     JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid AND m.admin_option) \
              FROM up JOIN pg_roles r ON r.oid = up.oid",
             &[&template],
         )
@@ -752,6 +795,19 @@ async fn check_template(tx: &tokio_postgres::Transaction<'_>, template: &str) ->
             return Err(RoleError::TemplateTooPowerful {
                 template: template.to_owned(),
                 reason: format!("{via} confers {}", found.join(", ")),
+            });
+        }
+        // Membership it may hand out: a session could grant that role to any
+        // other, and the grant would outlive the session and its role.
+        let delegates: Option<Vec<String>> = row.try_get(6).map_err(|e| db_error("checking the role template", &e))?;
+        if let Some(delegated) = delegates.as_deref().and_then(<[String]>::first) {
+            let holder = if name == template { String::from("it") } else { format!("its member {name:?}") };
+            return Err(RoleError::TemplateTooPowerful {
+                template: template.to_owned(),
+                reason: format!(
+                    "{holder} holds {delegated:?} WITH ADMIN OPTION: a session could grant it to other roles, \
+                     beyond the session's end"
+                ),
             });
         }
         if FORBIDDEN_PREDEFINED_ROLES.contains(&name.as_str()) {
@@ -799,17 +855,18 @@ fn sweep_message(dropped: &[String], failed: &[(String, String)]) -> String {
 async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
     // The role and the roles it is a member of: its template, unless someone
     // changed it by hand.
-    let row = client
-        .query_opt(
-            "SELECT coalesce(array_agg(DISTINCT t.rolname::text) FILTER (WHERE t.rolname IS NOT NULL), '{}'), \
-                    shobj_description(r.oid, 'pg_authid') \
-             FROM pg_roles r LEFT JOIN pg_auth_members m ON m.member = r.oid LEFT JOIN pg_roles t ON t.oid = m.roleid \
-             WHERE r.rolname = $1 GROUP BY r.oid",
-            &[&name],
-        )
-        .await
-        .map_err(|e| db_error("looking up the session role", &e))?;
-    let Some(row) = row else { return Ok(()) };
+    let rows = catalog_query(
+        client,
+        "looking up the session role",
+        "SELECT coalesce(pg_catalog.array_agg(DISTINCT t.rolname::text) FILTER (WHERE t.rolname IS NOT NULL), '{}'), \
+                pg_catalog.shobj_description(r.oid, 'pg_authid') \
+         FROM pg_catalog.pg_roles r LEFT JOIN pg_catalog.pg_auth_members m ON m.member = r.oid \
+         LEFT JOIN pg_catalog.pg_roles t ON t.oid = m.roleid \
+         WHERE r.rolname = $1 GROUP BY r.oid",
+        &[&name],
+    )
+    .await?;
+    let Some(row) = rows.first() else { return Ok(()) };
     let templates: Vec<String> = row.try_get(0).map_err(|e| db_error("looking up the session role", &e))?;
     let comment: Option<String> = row.try_get(1).map_err(|e| db_error("looking up the session role", &e))?;
     // The template it was made a member of, as its comment names it: a session
@@ -831,7 +888,8 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
     let Some(template) = template else {
         // Left NOLOGIN; its backends are ended where the admin may end them
         // without taking its privileges (a superuser).
-        let _ = client.query(TERMINATE, &[&name, &TERMINATE_WAIT_MS]).await;
+        let _ =
+            catalog_query(client, "ending the session role's backends", TERMINATE, &[&name, &TERMINATE_WAIT_MS]).await;
         return Err(RoleError::NoSingleTemplate { role: name.to_owned(), found: templates.len() });
     };
     // 2. In one transaction, all or nothing:
@@ -852,9 +910,9 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
     //    commits without waiting for us: a worker that stalls (or dies) here
     //    leaves nothing half done and no role rows locked.
     let statements = format!(
-        "SET LOCAL lock_timeout = {timeout}; GRANT {role} TO CURRENT_USER; \
-         SELECT pg_terminate_backend(pid, {wait}) FROM pg_stat_activity \
-         WHERE usename = {literal} AND pid <> pg_backend_pid(); \
+        "{CATALOG_ONLY}; SET LOCAL lock_timeout = {timeout}; GRANT {role} TO CURRENT_USER; \
+         SELECT pg_catalog.pg_terminate_backend(pid, {wait}) FROM pg_catalog.pg_stat_activity \
+         WHERE usename = {literal} AND pid <> pg_catalog.pg_backend_pid(); \
          REASSIGN OWNED BY {role} TO {template}; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
         timeout = quote_literal(DROP_LOCK_TIMEOUT),
         wait = TERMINATE_WAIT_MS,
