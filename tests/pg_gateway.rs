@@ -438,6 +438,77 @@ async fn revocation_ends_a_session_whose_client_stopped_reading() {
     drop(stream);
 }
 
+/// A session writing a long statement to a target busy streaming a result
+/// passes the result on as it goes (reading ahead while its write waits), in
+/// passes that each end sooner than its write looks at the grant. A client
+/// reading as fast as the target writes keeps those passes going for as long
+/// as the result lasts; its grant still ends the session: revoked, it ends
+/// with a FATAL that says so.
+#[tokio::test]
+async fn revocation_ends_a_session_whose_write_to_the_target_streams_a_result_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Passes of 64 KiB: many, each short, while the client keeps reading.
+    let s = Stack::start_with_gateway(|o| o.read_ahead_limit = 64 << 10).await;
+    let token = s.token("ci-job-42").await;
+    let grant = s.grant("ci-job-42", 900).await;
+    let (mut from_gateway, mut to_gateway) = wire::raw_login(&s, "pg.readonly", &token).await.into_split();
+    // A copy out that would run for hours, then a statement longer than the
+    // sockets between the gateway and the target hold: the target reads it
+    // only once the copy has ended.
+    // (In the select list, the series streams; in FROM it would be made whole first.)
+    let copy = wire::query("COPY (SELECT repeat('x', 4000) || generate_series(1, 1000000000)) TO STDOUT");
+    let long = wire::query(&format!("SELECT 1 -- {}", "x".repeat(24 << 20)));
+    let writer = tokio::spawn(async move {
+        to_gateway.write_all(&copy).await.unwrap();
+        to_gateway.write_all(&long).await.unwrap();
+        to_gateway
+    });
+
+    // Reads as fast as it can; returns the first FATAL's message, if any.
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut read_total = 0usize;
+    let mut revoked_at = None;
+    let fatal = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n = from_gateway.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return None;
+            }
+            read_total += n;
+            buf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            while let Some(header) = buf.get(at..at + 5) {
+                let len = usize::try_from(i32::from_be_bytes(header[1..5].try_into().unwrap())).unwrap();
+                let Some(body) = buf.get(at + 5..at + 1 + len) else { break };
+                if header[0] == b'E' {
+                    return Some(String::from_utf8_lossy(body).into_owned());
+                }
+                at += 1 + len;
+            }
+            buf.drain(..at);
+            // Once the gateway has taken the long statement and keeps passing
+            // the copy on while it writes it, the grant is revoked.
+            if revoked_at.is_none() && writer.is_finished() && read_total > 16 << 20 {
+                let (status, _) = s.post(&format!("/v1/grants/{grant}/revoke"), json!({"reason": "incident"})).await;
+                assert_eq!(status, 200);
+                revoked_at = Some(Instant::now());
+            }
+        }
+    })
+    .await
+    .expect("the session went on streaming 30 s after its grant was revoked");
+    let revoked_at = revoked_at.expect("the grant was revoked before the session ended");
+    let fatal = fatal.expect("a FATAL before the connection closed");
+    assert!(fatal.contains("FATAL") && fatal.contains("revoked"), "{fatal}");
+    let ended = revoked_at.elapsed();
+    assert!(ended < Duration::from_secs(5), "the session outlived its grant by {ended:?}");
+    eventually(Duration::from_secs(10), "the session role to be dropped", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
+}
+
 /// A target that does not answer holds up the logins to it alone: while the
 /// gateway waits for its admin connection, a login to another target goes
 /// through.
@@ -519,6 +590,30 @@ async fn a_session_ends_when_its_grant_expires() {
     .await;
     let e = s.connect("pg.readonly", &token).await.unwrap_err();
     assert!(e.as_db_error().unwrap().message().contains("has expired"), "{e}");
+}
+
+/// A session outlives the grant it began under when another grant admits it,
+/// and then ends when that one does, by the worker's own clock: the control
+/// plane's clock is set an hour back here, so no recorded expiry says so.
+#[tokio::test]
+async fn a_session_a_second_grant_keeps_ends_at_that_grants_end() {
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    let long = s.grant("ci-job-42", 900).await;
+    s.grant("ci-job-42", 4).await;
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    client.query_one("SELECT 1", &[]).await.unwrap();
+    s.clock.advance(-3600);
+    let (status, _) = s.post(&format!("/v1/grants/{long}/revoke"), json!({"reason": "rotated"})).await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(10), "the session to end at the second grant's end", || async {
+        client.is_closed()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the session role to be dropped", || async {
+        s.session_roles().await.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]

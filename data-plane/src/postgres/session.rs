@@ -1129,7 +1129,8 @@ const REVIEW_GRACE: Duration = Duration::from_secs(2);
 impl Relay<'_> {
     async fn run(&mut self, connection: &ConnectionSpec, shutdown: &CancellationToken) -> Result<(), Ended> {
         let mut changes = self.gw.projection.changes();
-        let expires_in = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0);
+        let mut armed_for = self.grant_end();
+        let expires_in = u64::try_from(armed_for.saturating_sub(unix_now())).unwrap_or(0);
         let expiry = timers::sleep(Duration::from_secs(expires_in));
         tokio::pin!(expiry);
         let mut server_buf = std::mem::take(&mut self.upstream.leftover);
@@ -1232,6 +1233,14 @@ impl Relay<'_> {
                                 ));
                             }
                             self.inspecting = inspecting;
+                            // Another grant may admit the session now (the one it
+                            // began under revoked): the clock follows that one's end.
+                            let end = self.grant_end();
+                            if end != armed_for {
+                                armed_for = end;
+                                let left = u64::try_from(end.saturating_sub(unix_now())).unwrap_or(0).max(1);
+                                expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                            }
                             // Watch for the next change.
                             break;
                         }
@@ -1239,7 +1248,8 @@ impl Relay<'_> {
                             if let Some(why) = self.still_admitted(connection) {
                                 return Err(access_ended(&why));
                             }
-                            let left = u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0).max(1);
+                            armed_for = self.grant_end();
+                            let left = u64::try_from(armed_for.saturating_sub(unix_now())).unwrap_or(0).max(1);
                             expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
                         }
                         Control::ShuttingDown => {
@@ -1326,9 +1336,15 @@ impl Relay<'_> {
             || self.client.buf.len() < HELD_BUFFER_LIMIT
     }
 
+    /// The end of the grant that admits the session now (of the one that
+    /// ends last, if several do; not necessarily the one it began under,
+    /// which may have been revoked since); 0 when none does.
     fn grant_end(&self) -> i64 {
+        let now = unix_now();
         self.gw.projection.read(|t| {
-            t.get(&self.context.tenant).and_then(|s| s.grants.get(&self.context.grant)).map_or(0, |g| g.expires_at_unix)
+            t.get(&self.context.tenant)
+                .and_then(|s| s.grant_for(&self.context.principal, &self.connection.id, &self.context.role, now))
+                .map_or(0, |g| g.expires_at_unix)
         })
     }
 
@@ -3015,6 +3031,11 @@ impl Relay<'_> {
             bytes.advance(wrote.written);
             done = wrote.done;
             if !done {
+                // Each pass ends at the read-ahead limit, sooner than the
+                // write's own watch looks: a client reading a long result as
+                // fast as the target writes it would keep this loop, and the
+                // session, going past its grant.
+                watch_now(self.gw, self.context, self.connection, &self.shutdown)?;
                 self.read_ahead = false;
                 self.forward_answers(server_buf, to_client).await?;
                 self.send_client(to_client).await?;
@@ -3119,6 +3140,22 @@ fn denial(gw: &Gateway, context: &SessionContext, connection: &ConnectionSpec) -
     })
 }
 
+/// Ends the session if the gateway is stopping or the grant no longer admits it.
+fn watch_now(
+    gw: &Gateway,
+    context: &SessionContext,
+    connection: &ConnectionSpec,
+    shutdown: &CancellationToken,
+) -> Result<(), Ended> {
+    if shutdown.is_cancelled() {
+        return Err(gateway_stopping());
+    }
+    match denial(gw, context, connection) {
+        Some(why) => Err(access_ended(&why)),
+        None => Ok(()),
+    }
+}
+
 /// What a write that waits keeps an eye on.
 struct Watch<'a> {
     gw: &'a Gateway,
@@ -3165,14 +3202,7 @@ async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
     loop {
         tokio::select! {
             written = &mut write => return Ok(written),
-            () = timers::sleep(WATCH_EVERY) => {
-                if watch.shutdown.is_cancelled() {
-                    return Err(gateway_stopping());
-                }
-                if let Some(why) = denial(watch.gw, watch.context, watch.connection) {
-                    return Err(access_ended(&why));
-                }
-            }
+            () = timers::sleep(WATCH_EVERY) => watch_now(watch.gw, watch.context, watch.connection, watch.shutdown)?,
         }
     }
 }
