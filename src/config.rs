@@ -208,6 +208,9 @@ pub struct Worker {
     /// by its `login_ipv6_prefix`): more are told 53300 and closed (default
     /// 128, at least 1).
     pub max_logins_per_address: usize,
+    /// Logins in progress at once from every address together: more are
+    /// told 53300 and closed (default 2048, at least 1).
+    pub max_logins: usize,
     /// How many leading bits of an IPv6 client's address count as one
     /// address for `max_logins_per_address`: 64 by default (one host may hold
     /// a /64 whole), 128 where many hosts share a /64. 1 to 128.
@@ -352,6 +355,7 @@ impl Default for Worker {
             admin_connections: airlock_data_plane::postgres::roles::ADMIN_CONNECTIONS,
             login_timeout: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_TIMEOUT,
             max_logins_per_address: airlock_data_plane::postgres::gateway::DEFAULT_MAX_LOGINS_PER_ADDRESS,
+            max_logins: airlock_data_plane::postgres::gateway::DEFAULT_MAX_LOGINS,
             login_ipv6_prefix: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_IPV6_PREFIX.into(),
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),

@@ -201,6 +201,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     };
     anyhow::ensure!(config.worker.admin_connections >= 1, "worker.admin_connections must be at least 1");
     anyhow::ensure!(config.worker.max_logins_per_address >= 1, "worker.max_logins_per_address must be at least 1");
+    anyhow::ensure!(config.worker.max_logins >= 1, "worker.max_logins must be at least 1");
     let login_ipv6_prefix = u8::try_from(config.worker.login_ipv6_prefix)
         .ok()
         .filter(|bits| (1..=128).contains(bits))
@@ -226,6 +227,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         admin_connections: config.worker.admin_connections,
         login_timeout: config.worker.login_timeout,
         max_logins_per_address: config.worker.max_logins_per_address,
+        max_logins: config.worker.max_logins,
         login_ipv6_prefix,
         ..Default::default()
     };
@@ -432,6 +434,14 @@ mod tests {
         assert_eq!(cap(&config).unwrap(), Some(3));
         config.worker.max_logins_per_address = 0;
         assert_eq!(cap(&config).unwrap_err().to_string(), "worker.max_logins_per_address must be at least 1");
+        config.worker.max_logins_per_address = 3;
+        let total =
+            |config: &crate::config::Config| worker_options(config).map(|o| o.postgres.map(|p| p.gateway.max_logins));
+        assert_eq!(total(&config).unwrap(), Some(2048));
+        config.worker.max_logins = 10;
+        assert_eq!(total(&config).unwrap(), Some(10));
+        config.worker.max_logins = 0;
+        assert_eq!(total(&config).unwrap_err().to_string(), "worker.max_logins must be at least 1");
     }
 
     /// `worker.login_ipv6_prefix` reaches the gateway; a length no IPv6

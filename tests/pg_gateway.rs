@@ -286,6 +286,48 @@ async fn one_address_holds_a_bounded_number_of_logins_in_progress() {
     assert_eq!(s.metric("airlock_gateway_sessions_started_total").await, 4);
 }
 
+/// Logins in progress from every address together are bounded too: many
+/// sources, each under its own cap, cannot hold every socket the gateway has.
+#[tokio::test]
+async fn logins_in_progress_are_bounded_across_addresses() {
+    use tokio::io::AsyncWriteExt;
+    let s = Stack::start_with_gateway(|g| g.max_logins = 2).await;
+    let token = s.token("busy-job").await;
+    s.grant("busy-job", 900).await;
+    // A client from another loopback address (each one of 127/8 is this machine).
+    let (pg, database) = (s.pg, s.db.name().to_owned());
+    let from = |address: &'static str| {
+        let database = database.clone();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{address}:0").parse().unwrap()).unwrap();
+            let mut stream = socket.connect(pg).await.unwrap();
+            stream.write_all(&wire::startup_message("pg.readonly", &database)).await.unwrap();
+            stream
+        }
+    };
+    let mut first = from("127.0.0.2").await;
+    let (tag, _) = wire::read_message(&mut first).await;
+    assert_eq!(tag, b'R', "a password request");
+    let mut second = from("127.0.0.3").await;
+    let (tag, _) = wire::read_message(&mut second).await;
+    assert_eq!(tag, b'R', "a password request");
+
+    let mut third = from("127.0.0.4").await;
+    let (code, message) = wire::read_fatal(&mut third).await;
+    assert_eq!(code, "53300");
+    assert_eq!(message, "too many logins in progress at this gateway (at most 2 at once); try again shortly");
+
+    // A login that ends frees its slot.
+    first.write_all(&wire::password(&token)).await.unwrap();
+    let (_, status) = wire::read_until_ready(&mut first).await;
+    assert_eq!(status, b'I');
+    let client = s.connect("pg.readonly", &token).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(s.metric("airlock_gateway_logins_refused_past_the_cap_total").await, 1);
+    drop(second);
+}
+
 /// A request for encryption is answered once, as Postgres answers it: a
 /// client may ask for GSSAPI encryption, then TLS, but one asking again is
 /// refused (0A000, as Postgres refuses it) rather than answered in a loop.

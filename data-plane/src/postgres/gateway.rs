@@ -72,6 +72,11 @@ pub struct GatewayOptions {
     /// the target waits, before it forwards them and writes the rest later
     /// (see `session::write_watched`).
     pub read_ahead_limit: usize,
+    /// Logins in progress at once from every address together: past it a
+    /// login is refused as past `max_logins_per_address`, so that many
+    /// sources (a botnet, the /64s of one IPv6 site) cannot hold the
+    /// gateway's sockets with logins that never finish.
+    pub max_logins: usize,
 }
 
 impl Default for GatewayOptions {
@@ -89,6 +94,7 @@ impl Default for GatewayOptions {
             session_threads: 0,
             admin_connections: super::roles::ADMIN_CONNECTIONS,
             read_ahead_limit: DEFAULT_READ_AHEAD_LIMIT,
+            max_logins: DEFAULT_MAX_LOGINS,
         }
     }
 }
@@ -103,6 +109,10 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// A login takes milliseconds: many clients of one address (a NAT's, a CI
 /// runner's) starting together stay far below this.
 pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 128;
+
+/// Logins in progress from everywhere together: sixteen addresses at their
+/// own cap; far more than logins that take milliseconds ever reach.
+pub const DEFAULT_MAX_LOGINS: usize = 2048;
 
 /// IPv6 clients count by their /64 (`GatewayOptions::login_ipv6_prefix`).
 pub const DEFAULT_LOGIN_IPV6_PREFIX: u8 = 64;
@@ -178,7 +188,10 @@ pub struct Gateway {
     pub(crate) recorder: Option<Recorder>,
     /// Gateway-issued (pid, key) → the upstream backend's. Entries live as long as their session.
     pub(crate) cancels: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
-    credentials: tokio::sync::Mutex<ByConnection<Credential>>,
+    /// Each connection's stored credential, fetched once per version. Each
+    /// has a lock of its own: a fetch that waits on the control plane holds
+    /// up the logins to that connection only.
+    credentials: Mutex<ByConnection<Arc<tokio::sync::Mutex<Option<Credential>>>>>,
     /// Static credentials' salted passwords, by the credential's version.
     salt_caches: Mutex<ByConnection<VersionedSaltCache>>,
     /// The admin connections of each target, with the credential version they log in with.
@@ -201,8 +214,8 @@ pub struct Gateway {
     /// `retry_drops` has made its last round: a drop that fails now is left
     /// to the next start's sweep.
     drops_stopped: AtomicBool,
-    /// Logins in progress, by where they come from (`LoginSource`).
-    logins: Mutex<HashMap<LoginSource, usize>>,
+    /// Logins in progress, by where they come from (`LoginSource`), and in all.
+    logins: Mutex<(HashMap<LoginSource, usize>, usize)>,
     /// Refusals past `max_logins_per_address` taken as far as the startup message (`start_refusal`).
     refusals: AtomicUsize,
     /// Logins refused past the cap since the last warning of them, and when that was.
@@ -236,6 +249,11 @@ impl Drop for LiveSession<'_> {
 /// at once, so that the client can read why; past these the refusal is sent
 /// at once (which a TLS client cannot read, but which holds nothing).
 const REFUSALS_AT_ONCE: usize = 64;
+
+/// How long a login waits for its connection's credential from the control
+/// plane (which answers in milliseconds when it is up).
+const CREDENTIAL_WAIT: Duration = Duration::from_secs(10);
+
 /// How often logins refused past the cap are warned of.
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
@@ -283,6 +301,15 @@ impl std::fmt::Display for LoginSource {
     }
 }
 
+/// Why a login was refused before it began: too many in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoginCap {
+    /// From its source (`max_logins_per_address`).
+    Source(LoginSource),
+    /// From everywhere (`max_logins`).
+    Everywhere,
+}
+
 /// A login in progress, counted against its source until dropped.
 pub(crate) struct LoginSlot<'a> {
     gateway: &'a Gateway,
@@ -291,7 +318,9 @@ pub(crate) struct LoginSlot<'a> {
 
 impl Drop for LoginSlot<'_> {
     fn drop(&mut self) {
-        let mut logins = self.gateway.logins.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.gateway.logins.lock().unwrap_or_else(|e| e.into_inner());
+        let (logins, total) = &mut *guard;
+        *total = total.saturating_sub(1);
         if let Entry::Occupied(mut count) = logins.entry(self.source) {
             *count.get_mut() = count.get().saturating_sub(1);
             if *count.get() == 0 {
@@ -392,7 +421,7 @@ impl Gateway {
             hook,
             recorder,
             cancels: Mutex::new(HashMap::new()),
-            credentials: tokio::sync::Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
             salt_caches: Mutex::default(),
             admins: tokio::sync::Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
@@ -401,7 +430,7 @@ impl Gateway {
             bus,
             undropped: Mutex::new(Vec::new()),
             drops_stopped: AtomicBool::new(false),
-            logins: Mutex::new(HashMap::new()),
+            logins: Mutex::new((HashMap::new(), 0)),
             refusals: AtomicUsize::new(0),
             refused: Mutex::new((0, None)),
             counts: Counts::default(),
@@ -504,7 +533,7 @@ impl Gateway {
             (
                 "airlock_gateway_logins_refused_past_the_cap_total",
                 "counter",
-                "Logins refused because their address had worker.max_logins_per_address in progress.",
+                "Logins refused because their address had worker.max_logins_per_address in progress, or the gateway worker.max_logins.",
                 self.counts.logins_refused_past_the_cap.load(Ordering::Relaxed),
             ),
             (
@@ -530,34 +559,51 @@ impl Gateway {
 
     /// Counts a login refused past the cap; warns at most every
     /// `REFUSAL_WARNING_EVERY`, with how many there were.
-    fn refused_past_the_cap(&self, source: LoginSource) {
+    fn refused_past_the_cap(&self, source: LoginSource, cap: LoginCap) {
         self.counts.logins_refused_past_the_cap.fetch_add(1, Ordering::Relaxed);
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         refused.0 += 1;
         let now = std::time::Instant::now();
         if refused.1.is_none_or(|at| now.duration_since(at) >= REFUSAL_WARNING_EVERY) {
-            tracing::warn!(
-                latest = %source,
-                refused = refused.0,
-                "refused logins past worker.max_logins_per_address ({}): too many in progress from one address",
-                self.options.max_logins_per_address
-            );
+            match cap {
+                LoginCap::Source(_) => tracing::warn!(
+                    latest = %source,
+                    refused = refused.0,
+                    "refused logins past worker.max_logins_per_address ({}): too many in progress from one address",
+                    self.options.max_logins_per_address
+                ),
+                LoginCap::Everywhere => tracing::warn!(
+                    latest = %source,
+                    refused = refused.0,
+                    "refused logins past worker.max_logins ({}): too many in progress from every address together",
+                    self.options.max_logins
+                ),
+            }
             *refused = (0, Some(now));
         }
     }
 
-    /// Counts a login from `peer` until the slot is dropped; `Err` with its
-    /// source when that source has `max_logins_per_address` in progress.
-    pub(crate) fn start_login(&self, peer: IpAddr) -> Result<LoginSlot<'_>, LoginSource> {
+    /// Counts a login from `peer` until the slot is dropped; `Err` when its
+    /// source has `max_logins_per_address` in progress, or every source
+    /// together `max_logins`.
+    pub(crate) fn start_login(&self, peer: IpAddr) -> Result<LoginSlot<'_>, LoginCap> {
         let source = LoginSource::of(peer, self.options.login_ipv6_prefix);
-        let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
-        let count = logins.entry(source).or_insert(0);
-        if *count >= self.options.max_logins_per_address {
-            drop(logins);
-            self.refused_past_the_cap(source);
-            return Err(source);
+        let mut guard = self.logins.lock().unwrap_or_else(|e| e.into_inner());
+        let (logins, total) = &mut *guard;
+        let cap = if *total >= self.options.max_logins {
+            Some(LoginCap::Everywhere)
+        } else if logins.get(&source).is_some_and(|n| *n >= self.options.max_logins_per_address) {
+            Some(LoginCap::Source(source))
+        } else {
+            None
+        };
+        if let Some(cap) = cap {
+            drop(guard);
+            self.refused_past_the_cap(source, cap);
+            return Err(cap);
         }
-        *count += 1;
+        *logins.entry(source).or_insert(0) += 1;
+        *total += 1;
         Ok(LoginSlot { gateway: self, source })
     }
 
@@ -720,9 +766,10 @@ impl Gateway {
         if !self.projection.is_ready() {
             return;
         }
-        let (Ok(mut admins), Ok(mut credentials)) = (self.admins.try_lock(), self.credentials.try_lock()) else {
+        let Ok(mut admins) = self.admins.try_lock() else {
             return;
         };
+        let mut credentials = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
         let mut salt_caches = self.salt_caches.lock().unwrap_or_else(|e| e.into_inner());
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         let closed = self.projection.read(|t| {
@@ -882,15 +929,27 @@ impl Gateway {
         waited.is_ok()
     }
 
-    /// The connection's stored credential, read from the control plane once per version.
+    /// The connection's stored credential, read from the control plane once
+    /// per version. Waits at most [`CREDENTIAL_WAIT`], its turn behind another
+    /// login's fetch included: a control plane that stops answering fails
+    /// the logins that need a credential it has not sent, and only those.
     pub(crate) async fn credential(&self, tenant: TenantId, spec: &ConnectionSpec) -> anyhow::Result<Credential> {
-        let mut cache = self.credentials.lock().await;
-        if let Some(c) = cache.get(&(tenant, spec.id)).filter(|c| c.version >= spec.secret_version) {
-            return Ok(c.clone());
-        }
-        let fresh = self.control_plane.connection_credential(tenant, spec.id).await?;
-        cache.insert((tenant, spec.id), fresh.clone());
-        Ok(fresh)
+        let slot = {
+            let mut slots = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry((tenant, spec.id)).or_default().clone()
+        };
+        let fetch = async {
+            let mut slot = slot.lock().await;
+            if let Some(c) = slot.as_ref().filter(|c| c.version >= spec.secret_version) {
+                return Ok(c.clone());
+            }
+            let fresh = self.control_plane.connection_credential(tenant, spec.id).await?;
+            *slot = Some(fresh.clone());
+            anyhow::Ok(fresh)
+        };
+        super::timers::timeout(CREDENTIAL_WAIT, fetch).await.map_err(|_| {
+            anyhow::anyhow!("the control plane did not send the credential of {} within {CREDENTIAL_WAIT:?}", spec.name)
+        })?
     }
 
     /// Where the static credential of version `version` keeps its salted

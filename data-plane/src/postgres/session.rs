@@ -121,6 +121,8 @@ struct Admitted {
     connection: ConnectionSpec,
     database: String,
     params: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The startup settings were checked against the hook (`check_startup_settings`).
+    settings_checked: bool,
 }
 
 /// The session's span is entered only around its setup, its teardown and its
@@ -138,13 +140,19 @@ async fn session_main(
     // `authentication_timeout` does, and a count how many one source holds.
     let slot = match gw.start_login(client.peer.ip()) {
         Ok(slot) => slot,
-        Err(source) => return Err(past_the_cap(gw, client, source).instrument(span.clone()).await),
+        Err(cap) => return Err(past_the_cap(gw, client, cap).instrument(span.clone()).await),
     };
     let login = async {
         let Some(params) = startup(gw, client).await? else { return Ok(None) };
         authenticate(gw, client, session, params).await.map(Some)
     };
-    let admitted = match timers::timeout(gw.options.login_timeout, login.instrument(span.clone())).await {
+    let timed = tokio::select! {
+        biased;
+        // A login still going when the gateway stops makes no role and runs nothing.
+        () = shutdown.cancelled() => return Err(gateway_stopping()),
+        timed = timers::timeout(gw.options.login_timeout, login.instrument(span.clone())) => timed,
+    };
+    let admitted = match timed {
         Ok(admitted) => admitted?,
         Err(_) => {
             return Err(Ended::fatal(
@@ -157,11 +165,14 @@ async fn session_main(
         }
     };
     drop(slot);
-    let Some(admitted) = admitted else { return Ok(()) };
+    let Some(mut admitted) = admitted else { return Ok(()) };
+    if shutdown.is_cancelled() {
+        return Err(gateway_stopping());
+    }
     span.record("tenant", tracing::field::display(&admitted.context.tenant));
     span.record("principal", admitted.context.principal.subject.as_str());
     span.record("connection", admitted.connection.name.as_str());
-    check_startup_settings(gw, &admitted)?;
+    admitted.settings_checked = check_startup_settings(gw, &admitted)?;
 
     let mut tap = open_recording(gw, client, &admitted, span)?;
     let result = admitted_session(gw, client, &admitted, tap.as_mut(), shutdown, span).await;
@@ -175,9 +186,10 @@ async fn session_main(
 /// or `-c` in `options`) the hook would not allow as a `SET` statement: where
 /// the hook looks at this session's statements, a setting must not get past
 /// it by coming before the first (`startup_settings`).
-fn check_startup_settings(gw: &Gateway, admitted: &Admitted) -> Result<(), Ended> {
+/// Returns whether it looked (the hook inspects this session's statements).
+fn check_startup_settings(gw: &Gateway, admitted: &Admitted) -> Result<bool, Ended> {
     if !gw.hook.inspects(&admitted.context) {
-        return Ok(());
+        return Ok(false);
     }
     let refused = |message: String, rule: Option<&str>| {
         tracing::info!(reason = %message, "login refused for a startup setting");
@@ -207,7 +219,7 @@ fn check_startup_settings(gw: &Gateway, admitted: &Admitted) -> Result<(), Ended
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// How long a client refused past the login cap has to reach its startup
@@ -221,14 +233,18 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 /// refusals run at once (`Gateway::start_refusal`), each within
 /// `REFUSAL_DEADLINE`; past that the error goes at once. A cancel request
 /// is still forwarded: it is how a client stops a statement it started.
-async fn past_the_cap(gw: &Gateway, client: &mut Client, source: super::gateway::LoginSource) -> Ended {
-    let refusal = Ended::fatal(
-        sqlstate::TOO_MANY_CONNECTIONS,
-        format!(
+async fn past_the_cap(gw: &Gateway, client: &mut Client, cap: super::gateway::LoginCap) -> Ended {
+    let message = match cap {
+        super::gateway::LoginCap::Source(source) => format!(
             "too many logins in progress from {source} (at most {} at once); try again shortly",
             gw.options.max_logins_per_address
         ),
-    );
+        super::gateway::LoginCap::Everywhere => format!(
+            "too many logins in progress at this gateway (at most {} at once); try again shortly",
+            gw.options.max_logins
+        ),
+    };
+    let refusal = Ended::fatal(sqlstate::TOO_MANY_CONNECTIONS, message);
     let Some(_refusing) = gw.start_refusal() else { return refusal };
     match timers::timeout(REFUSAL_DEADLINE.min(gw.options.login_timeout), startup(gw, client)).await {
         Ok(Ok(None)) => Ended::quietly("a cancel request past the login cap"),
@@ -360,10 +376,7 @@ async fn admitted_session(
                             manager: manager.clone(),
                         });
                     }
-                    Ended::fatal(
-                        sqlstate::INSUFFICIENT_PRIVILEGE,
-                        format!("the gateway could not create a session role on {}: {e}", admitted.connection.name),
-                    )
+                    role_not_made(&admitted.connection.name, &e)
                 })?;
                 let login = TargetLogin {
                     user: role.name.clone(),
@@ -612,6 +625,7 @@ async fn authenticate(
         connection,
         database,
         params: forwarded,
+        settings_checked: false,
     })
 }
 
@@ -667,6 +681,30 @@ fn decide(
 
 /// The password is a token: it may cross the network only inside TLS, unless it
 /// never leaves the host or the operator said otherwise.
+/// What a client hears when its session role could not be made. A template
+/// the target does not have or that confers too much is about its access
+/// (42501, said in full); anything else is the target's or the gateway's
+/// trouble, worth another try, and its details (the admin's view of the
+/// target) stay in the log.
+fn role_not_made(connection: &str, e: &RoleError) -> Ended {
+    match e {
+        RoleError::TemplateNotFound(_) | RoleError::TemplateTooPowerful { .. } | RoleError::InvalidTemplateName(_) => {
+            Ended::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("the gateway could not create a session role on {connection}: {e}"),
+            )
+        }
+        RoleError::ConnectionLimit(_) => Ended::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!("{connection} refused the gateway another connection to create a session role; try again later"),
+        ),
+        _ => Ended::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("the gateway could not create a session role on {connection} (its log says why); try again"),
+        ),
+    }
+}
+
 fn token_may_travel(tls: bool, peer: std::net::IpAddr, allow_cleartext_off_loopback: bool) -> bool {
     // A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`.
     tls || peer.to_canonical().is_loopback() || allow_cleartext_off_loopback
@@ -867,8 +905,17 @@ async fn relay_session(
         catalog: std::sync::OnceLock::new(),
         shutdown: shutdown.clone(),
     };
-    relay.inspecting |= relay.masking.is_some();
-    let ended = relay.run(&admitted.connection, shutdown).await;
+    let ended = if relay.inspecting && !admitted.settings_checked {
+        // Command rules came to cover the connection while it logged in:
+        // its startup settings reached the target unchecked.
+        Err(Ended::fatal(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "command rules now cover this connection; reconnect to continue under them",
+        ))
+    } else {
+        relay.inspecting |= relay.masking.is_some();
+        relay.run(&admitted.connection, shutdown).await
+    };
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
     let reason = match &ended {
         Ok(()) => airlock_core::session::CLIENT_CLOSED.to_owned(),
@@ -3420,7 +3467,25 @@ impl AsyncWrite for ClientIo {
 
 #[cfg(test)]
 mod tests {
-    use super::{sqlstate, token_may_travel, upstream, upstream_failed};
+    use super::{RoleError, role_not_made, sqlstate, token_may_travel, upstream, upstream_failed};
+
+    #[test]
+    fn a_role_that_could_not_be_made_is_the_grantees_fault_only_when_its_template_is() {
+        let too_much =
+            RoleError::TemplateTooPowerful { template: "app_rw".into(), reason: "it confers SUPERUSER".into() };
+        let out = role_not_made("pg-prod", &too_much);
+        assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::INSUFFICIENT_PRIVILEGE));
+        assert!(out.reason.contains("\"app_rw\" is refused: it confers SUPERUSER"), "{}", out.reason);
+        let full = RoleError::ConnectionLimit("too many connections for role \"airlock_admin\"".into());
+        let out = role_not_made("pg-prod", &full);
+        assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::TOO_MANY_CONNECTIONS));
+        assert!(!out.reason.contains("airlock_admin"), "{}", out.reason);
+        let failed =
+            RoleError::Database { context: "creating the session role", message: "lock timeout on pg_authid".into() };
+        let out = role_not_made("pg-prod", &failed);
+        assert_eq!(out.fatal.map(|r| r.code), Some(sqlstate::CONNECTION_FAILURE));
+        assert!(!out.reason.contains("pg_authid") && out.reason.contains("try again"), "{}", out.reason);
+    }
 
     #[test]
     fn a_gateway_out_of_descriptors_says_so_and_not_that_the_target_is_down() {
