@@ -551,6 +551,60 @@ async fn revocation_ends_a_session_whose_write_to_the_target_streams_a_result_ba
     .await;
 }
 
+/// A row far longer than the gateway keeps of one goes through as it
+/// arrives: the client reads it whole, and the gateway's memory grows by a
+/// small part of it, not by the row.
+#[tokio::test]
+async fn a_very_long_row_goes_through_without_being_held_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LONG: usize = 400_000_000;
+    let s = Stack::start_full(None, support::Recording::Off, Default::default(), |_| {}).await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let mut stream = wire::raw_login(&s, "pg.readonly", &token).await;
+    // The most this process (the gateway, and the test reading) has held.
+    let peak_kib = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let before = peak_kib();
+    stream.write_all(&wire::query(&format!("SELECT repeat('x', {LONG})"))).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let tag = stream.read_u8().await.unwrap();
+        let len = usize::try_from(stream.read_i32().await.unwrap()).unwrap() - 4;
+        if tag == b'D' {
+            // Read and counted, never kept.
+            let (mut left, mut xs) = (len, 0usize);
+            while left > 0 {
+                let n = stream.read(&mut chunk[..left.min(1 << 20)]).await.unwrap();
+                assert!(n > 0, "the row was cut short");
+                xs += chunk[..n].iter().filter(|b| **b == b'x').count();
+                left -= n;
+            }
+            seen.push(format!("D:{xs}"));
+            continue;
+        }
+        let mut body = vec![0; len];
+        stream.read_exact(&mut body).await.unwrap();
+        seen.push((tag as char).to_string());
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(seen, ["T".to_owned(), format!("D:{LONG}"), "C".to_owned(), "Z".to_owned()]);
+    let grew_mib = (peak_kib() - before) / 1024;
+    assert!(grew_mib < 100, "the gateway's process grew by {grew_mib} MiB to pass on a row of {} MiB", LONG >> 20);
+    // The session goes on as before.
+    let (rows, status) = {
+        stream.write_all(&wire::query("SELECT 1")).await.unwrap();
+        wire::read_until_ready(&mut stream).await
+    };
+    assert_eq!((rows, status), (vec!["T".to_owned(), "D:1".to_owned(), "C:SELECT 1".to_owned()], b'I'));
+}
+
 /// A target that does not answer holds up the logins to it alone: while the
 /// gateway waits for its admin connection, a login to another target goes
 /// through.

@@ -97,6 +97,8 @@ pub enum Recording {
     /// To a recorder someone else runs (`airlock recorder` as a child process),
     /// with the worker token `w`.
     External { url: String },
+    /// Not at all (`worker.recording` off): what a test measures is the relay alone.
+    Off,
 }
 
 impl Drop for Stack {
@@ -307,7 +309,7 @@ impl Stack {
                     reconnect_max_ms: 200,
                     ..Default::default()
                 };
-                (Some(started), options)
+                (Some(started), Some(options))
             }
             Recording::External { url } => {
                 let options = airlock_data_plane::recording::Options {
@@ -316,7 +318,7 @@ impl Stack {
                     reconnect_max_ms: 200,
                     ..Default::default()
                 };
-                (None, options)
+                (None, Some(options))
             }
             Recording::Unreachable { spool_max_bytes, strict } => {
                 let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -329,8 +331,9 @@ impl Stack {
                     reconnect_max_ms: 200,
                     ..Default::default()
                 };
-                (None, options)
+                (None, Some(options))
             }
+            Recording::Off => (None, None),
         };
         let recordings = airlock_recorder::Recordings::open(&recorder_config).unwrap();
         let cp = airlock_control_plane::server::start_on(
@@ -387,7 +390,7 @@ impl Stack {
                     options
                 },
                 hook,
-                recording: Some(recording),
+                recording,
             }),
         };
         let worker =

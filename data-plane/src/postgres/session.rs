@@ -67,6 +67,11 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// A read buffer emptied with more capacity than this is given back.
 const KEPT_BUFFER: usize = 1024 * 1024;
+/// A row or copy data from the target longer than this is passed on as it
+/// arrives, where nothing reads it (no masking, no probe out), instead of
+/// being held whole: a session holds at most about this much of one, not
+/// the 1 GiB a message may take.
+const PASS_ON_LONGER_THAN: usize = 1024 * 1024;
 
 /// SQLSTATE insufficient_resources: the session cannot be recorded.
 const RECORDING_UNAVAILABLE: &str = "53000";
@@ -890,6 +895,7 @@ async fn relay_session(
         probe: None,
         resumed: false,
         read_ahead: false,
+        passing: 0,
         awaiting_answers: false,
         describing: None,
         masking: masks.then(Responses::default),
@@ -915,6 +921,12 @@ async fn relay_session(
     } else {
         relay.inspecting |= relay.masking.is_some();
         relay.run(&admitted.connection, shutdown).await
+    };
+    let ended = match ended {
+        // Part of a long message went to the client: a FATAL now would be
+        // read as the rest of it. The connection just closes.
+        Err(e) if relay.passing > 0 => Err(Ended { fatal: None, ..e }),
+        other => other,
     };
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
     let reason = match &ended {
@@ -1019,6 +1031,9 @@ struct Relay<'a> {
     /// it waited (`write_target`): they wait to be handled, with no read of
     /// the socket to wake the loop for them.
     read_ahead: bool,
+    /// Bytes of a long message of the target's (a row, copy data) still to
+    /// pass on as they arrive: its start went already (`forward_plain`).
+    passing: usize,
     /// The client's next message is a Bind of a statement whose name an
     /// earlier batch changed, and it waits until the server has answered
     /// every batch before it (see `bind_awaits_answers`).
@@ -2515,12 +2530,29 @@ impl Relay<'_> {
 
     /// `forward_server` where nothing is masked.
     async fn forward_plain(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
-        let mut complete = 0;
-        loop {
+        // First the rest of a long message whose start went already.
+        let mut complete = self.passing.min(server_buf.len());
+        self.passing -= complete;
+        while self.passing == 0 {
             let rest = server_buf.get(complete..).unwrap_or_default();
             let (tag, len) = match peek_frame(rest, DEFAULT_MAX_BACKEND_MESSAGE_LEN) {
                 Ok(Some(next)) => next,
-                Ok(None) => break,
+                Ok(None) => {
+                    // A long row or copy data begun: what there is of it goes
+                    // now, the rest as it comes. Nothing here reads either.
+                    if let Some(&[tag, a, b, c, d]) = rest.get(..HEADER_LEN)
+                        && matches!(tag, b'D' | b'd')
+                        && self.probe.is_none()
+                    {
+                        // Not negative: peek_frame checked the length.
+                        let total = usize::try_from(i32::from_be_bytes([a, b, c, d])).unwrap_or(0) + 1;
+                        if total > PASS_ON_LONGER_THAN {
+                            self.passing = total - rest.len();
+                            complete += rest.len();
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(parent: self.span, "the target sent an invalid message: {e}");
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
@@ -3064,8 +3096,12 @@ impl Relay<'_> {
             let before = server_buf.len();
             // At least the message the buffer holds the start of, whole: the
             // target may be waiting to write the rest of it.
+            // (Not while a long message is passed on as it comes: the buffer
+            // starts inside it, and what arrives goes on.)
             let started = match server_buf.get(..HEADER_LEN) {
-                Some(&[_, a, b, c, d]) => usize::try_from(i32::from_be_bytes([a, b, c, d])).unwrap_or(0),
+                Some(&[_, a, b, c, d]) if self.passing == 0 => {
+                    usize::try_from(i32::from_be_bytes([a, b, c, d])).unwrap_or(0)
+                }
                 _ => 0,
             }
             .min(super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN);
