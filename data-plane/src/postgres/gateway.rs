@@ -759,9 +759,8 @@ impl Gateway {
     /// cache. Admin connections stay while a session, or a session role
     /// waiting for its drop (`Undropped`), holds them.
     ///
-    /// A pass is skipped while a login holds the admin connections or the
-    /// credentials (it may be connecting): the next change or round of tries
-    /// comes back to it.
+    /// A pass is skipped while a login holds the admin connections (it may be
+    /// connecting): the next change or round of tries comes back to it.
     fn forget_removed(&self) {
         if !self.projection.is_ready() {
             return;

@@ -801,7 +801,8 @@ async fn check_template(tx: &tokio_postgres::Transaction<'_>, template: &str) ->
         // other, and the grant would outlive the session and its role.
         let delegates: Option<Vec<String>> = row.try_get(6).map_err(|e| db_error("checking the role template", &e))?;
         if let Some(delegated) = delegates.as_deref().and_then(<[String]>::first) {
-            let holder = if name == template { String::from("it") } else { format!("its member {name:?}") };
+            let holder =
+                if name == template { String::from("it") } else { format!("{name:?}, which it is a member of,") };
             return Err(RoleError::TemplateTooPowerful {
                 template: template.to_owned(),
                 reason: format!(

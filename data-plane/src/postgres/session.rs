@@ -359,10 +359,14 @@ async fn admitted_session(
                 })?;
                 let manager = gw.role_manager(admitted.context.tenant, &admitted.connection).await.map_err(|e| {
                     tracing::error!("failed to reach {} as its admin: {e:#}", admitted.connection.name);
-                    Ended::fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        format!("the gateway cannot reach {}", admitted.connection.name),
-                    )
+                    match e.downcast_ref::<RoleError>() {
+                        // The target is there, and refused the admin another connection.
+                        Some(full @ RoleError::ConnectionLimit(_)) => role_not_made(&admitted.connection.name, full),
+                        _ => Ended::fatal(
+                            sqlstate::CONNECTION_FAILURE,
+                            format!("the gateway cannot reach {}", admitted.connection.name),
+                        ),
+                    }
                 })?;
                 let spec = SessionRoleSpec {
                     session_id: *session.as_uuid(),
@@ -684,8 +688,6 @@ fn decide(
     })
 }
 
-/// The password is a token: it may cross the network only inside TLS, unless it
-/// never leaves the host or the operator said otherwise.
 /// What a client hears when its session role could not be made. A template
 /// the target does not have or that confers too much is about its access
 /// (42501, said in full); anything else is the target's or the gateway's
@@ -710,6 +712,8 @@ fn role_not_made(connection: &str, e: &RoleError) -> Ended {
     }
 }
 
+/// The password is a token: it may cross the network only inside TLS, unless it
+/// never leaves the host or the operator said otherwise.
 fn token_may_travel(tls: bool, peer: std::net::IpAddr, allow_cleartext_off_loopback: bool) -> bool {
     // A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`.
     tls || peer.to_canonical().is_loopback() || allow_cleartext_off_loopback
@@ -912,11 +916,12 @@ async fn relay_session(
         shutdown: shutdown.clone(),
     };
     let ended = if relay.inspecting && !admitted.settings_checked {
-        // Command rules came to cover the connection while it logged in:
-        // its startup settings reached the target unchecked.
+        // Rules came to cover the connection while it logged in: its
+        // startup settings reached the target unchecked.
+        let rules = if relay.masking.is_some() { "masking rules" } else { "command rules" };
         Err(Ended::fatal(
             sqlstate::INSUFFICIENT_PRIVILEGE,
-            "command rules now cover this connection; reconnect to continue under them",
+            format!("{rules} now cover this connection; reconnect to continue under them"),
         ))
     } else {
         relay.inspecting |= relay.masking.is_some();
@@ -1190,6 +1195,10 @@ const REVIEW_GRACE: Duration = Duration::from_secs(2);
 
 impl Relay<'_> {
     async fn run(&mut self, connection: &ConnectionSpec, shutdown: &CancellationToken) -> Result<(), Ended> {
+        // Set up while the gateway began to stop: nothing is relayed.
+        if shutdown.is_cancelled() {
+            return Err(gateway_stopping());
+        }
         let mut changes = self.gw.projection.changes();
         let mut armed_for = self.grant_end();
         let expires_in = u64::try_from(armed_for.saturating_sub(unix_now())).unwrap_or(0);
