@@ -557,7 +557,7 @@ async fn revocation_ends_a_session_whose_write_to_the_target_streams_a_result_ba
 #[tokio::test]
 async fn a_very_long_row_goes_through_without_being_held_whole() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const LONG: usize = 400_000_000;
+    const LONG: usize = 64_000_000;
     let s = Stack::start_full(None, support::Recording::Off, Default::default(), |_| {}).await;
     let token = s.token("ci-job-42").await;
     s.grant("ci-job-42", 900).await;
@@ -596,7 +596,7 @@ async fn a_very_long_row_goes_through_without_being_held_whole() {
     }
     assert_eq!(seen, ["T".to_owned(), format!("D:{LONG}"), "C".to_owned(), "Z".to_owned()]);
     let grew_mib = (peak_kib() - before) / 1024;
-    assert!(grew_mib < 100, "the gateway's process grew by {grew_mib} MiB to pass on a row of {} MiB", LONG >> 20);
+    assert!(grew_mib < 24, "the gateway's process grew by {grew_mib} MiB to pass on a row of {} MiB", LONG >> 20);
     // The session goes on as before.
     let (rows, status) = {
         stream.write_all(&wire::query("SELECT 1")).await.unwrap();

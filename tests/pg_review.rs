@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use airlock_testkit::eventually;
 use serde_json::{Value, json};
-use support::{Stack, admin_client, sqlstate};
+use support::{Stack, admin_client, sqlstate, wire};
 
 const POLICY: &str = r#"
 version: 1
@@ -338,4 +338,45 @@ async fn a_cancel_ends_the_wait_for_review_and_the_statement_never_runs() {
     assert_eq!(status, 409);
     client.batch_execute("SELECT 1").await.unwrap();
     assert!(columns(&s, "cancelled_t").await.is_empty());
+}
+
+/// A statement held for review while a long row of an earlier statement is
+/// still on its way to the client (rows over 1 MiB go on as they arrive):
+/// the row reaches the client whole, and the notice that the statement is
+/// held comes after it, never inside it, where the client would read it as
+/// the row's data and the row's end as messages. Several rounds: which of
+/// the client's message and the rest of the row the gateway reads first
+/// varies from round to round.
+#[tokio::test]
+async fn the_notice_of_a_hold_never_lands_inside_a_long_row() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LONG: usize = 8_000_000;
+    let (s, agent, alice) = setup(POLICY).await;
+    let mut stream = wire::raw_login(&s, "pg.readwrite", &agent).await;
+    for round in 0..4 {
+        stream.write_all(&wire::query(&format!("SELECT repeat('x', {LONG})"))).await.unwrap();
+        assert_eq!(wire::read_message(&mut stream).await.0, b'T');
+        assert_eq!(stream.read_u8().await.unwrap(), b'D');
+        let len = usize::try_from(stream.read_i32().await.unwrap()).unwrap() - 4;
+        assert_eq!(len, 2 + 4 + LONG);
+        // The row's start has arrived: the gateway is passing it on.
+        let mut row = vec![0u8; len];
+        stream.read_exact(&mut row[..64 << 10]).await.unwrap();
+        stream.write_all(&wire::query(&format!("CREATE TABLE held_{round} (x int)"))).await.unwrap();
+        stream.read_exact(&mut row[64 << 10..]).await.unwrap();
+        assert_eq!(row[..6], [0, 1, 0x00, 0x7a, 0x12, 0x00], "one column of {LONG} bytes");
+        let stray = row[6..].iter().position(|b| *b != b'x');
+        assert_eq!(stray, None, "round {round}: the row's data was cut into");
+        let (seen, status) = wire::read_until_ready(&mut stream).await;
+        assert_eq!((seen, status), (vec!["C:SELECT 1".to_owned()], b'I'), "round {round}");
+        // Then the notice of the hold; the review is denied.
+        let (tag, body) = wire::read_message(&mut stream).await;
+        assert_eq!(tag, b'N', "round {round}");
+        assert!(String::from_utf8_lossy(&body).contains("held for review"), "round {round}");
+        let review = s.pending_review(&alice).await;
+        let (status, body) = decide(&s, &alice, review["id"].as_str().unwrap(), json!({"approve": false})).await;
+        assert_eq!(status, 200, "{body}");
+        let (seen, status) = wire::read_until_ready(&mut stream).await;
+        assert_eq!((seen, status), (vec!["E:42501".to_owned()], b'I'), "round {round}");
+    }
 }

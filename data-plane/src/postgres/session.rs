@@ -900,6 +900,7 @@ async fn relay_session(
         resumed: false,
         read_ahead: false,
         passing: 0,
+        mid_message: false,
         awaiting_answers: false,
         describing: None,
         masking: masks.then(Responses::default),
@@ -930,7 +931,7 @@ async fn relay_session(
     let ended = match ended {
         // Part of a long message went to the client: a FATAL now would be
         // read as the rest of it. The connection just closes.
-        Err(e) if relay.passing > 0 => Err(Ended { fatal: None, ..e }),
+        Err(e) if relay.mid_message => Err(Ended { fatal: None, ..e }),
         other => other,
     };
     let (bytes_in, bytes_out) = (relay.bytes_in, relay.bytes_out);
@@ -1039,6 +1040,11 @@ struct Relay<'a> {
     /// Bytes of a long message of the target's (a row, copy data) still to
     /// pass on as they arrive: its start went already (`forward_plain`).
     passing: usize,
+    /// The client has been sent part of a message and not its end: nothing
+    /// of the gateway's may be written to it (a FATAL would be read as the
+    /// rest of the message). Unlike `passing`, cleared only once the end
+    /// has been written.
+    mid_message: bool,
     /// The client's next message is a Bind of a statement whose name an
     /// earlier batch changed, and it waits until the server has answered
     /// every batch before it (see `bind_awaits_answers`).
@@ -2385,6 +2391,18 @@ impl Relay<'_> {
             airlock_core::duration::format(Duration::from_secs(wait))
         ))
         .with_hint(format!("an approver runs `airlock approve {id}`, or decides it in the web inbox or in Slack"));
+        // A long row on its way to the client goes whole first: the notice
+        // must not land inside it, where the client would read it as the
+        // row's data and the row's end as messages.
+        while self.passing > 0 {
+            if server_buf.capacity() - server_buf.len() < READ_CHUNK {
+                server_buf.reserve(READ_CHUNK);
+            }
+            if self.upstream.stream.read_buf(server_buf).await.map_err(target_lost)? == 0 {
+                return Err(Ended::quietly(format!("{} closed the connection", connection.name)));
+            }
+            self.forward_answers(server_buf, to_client).await?;
+        }
         encode::notice_response(to_client, &notice);
         self.send_client(to_client).await?;
 
@@ -2622,6 +2640,8 @@ impl Relay<'_> {
             self.record_server(run)?;
             self.bytes_out += run.len() as u64;
             self.write_client(run).await?;
+            // What the client has ends where the target's bytes were taken to.
+            self.mid_message = self.passing > 0;
         } else {
             to_client.extend_from_slice(run);
         }
@@ -3143,6 +3163,7 @@ impl Relay<'_> {
             self.bytes_out += to_client.len() as u64;
             self.write_client(to_client).await?;
             to_client.clear();
+            self.mid_message = self.passing > 0;
         }
         Ok(())
     }
