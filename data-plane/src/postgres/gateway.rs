@@ -188,6 +188,8 @@ pub struct Gateway {
     pub(crate) recorder: Option<Recorder>,
     /// Gateway-issued (pid, key) → the upstream backend's. Entries live as long as their session.
     pub(crate) cancels: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
+    /// Cancels passed on by other workers being forwarded now (`pass_cancels`).
+    forwarding: Arc<Forwarding>,
     /// Each connection's stored credential, fetched once per version. Each
     /// has a lock of its own: a fetch that waits on the control plane holds
     /// up the logins to that connection only.
@@ -310,6 +312,38 @@ pub(crate) enum LoginCap {
     Everywhere,
 }
 
+/// The most cancels passed on by other workers that are forwarded at once.
+const FORWARDS_AT_ONCE: usize = 64;
+
+/// Cancels passed on by other workers and being forwarded, by session key:
+/// a cancel for a session whose last one is still on its way, or past
+/// `FORWARDS_AT_ONCE`, is dropped (a client repeats a cancel that did not
+/// take; one that floods a worker with its key's cancels gets one at a time).
+#[derive(Default)]
+struct Forwarding(Mutex<std::collections::HashSet<(i32, [u8; 4])>>);
+
+/// A cancel being forwarded, until dropped.
+struct Forward {
+    all: Arc<Forwarding>,
+    key: (i32, [u8; 4]),
+}
+
+impl Forwarding {
+    fn begin(all: &Arc<Forwarding>, key: (i32, [u8; 4])) -> Option<Forward> {
+        let mut keys = all.0.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= FORWARDS_AT_ONCE || !keys.insert(key) {
+            return None;
+        }
+        Some(Forward { all: all.clone(), key })
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.all.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}
+
 /// A login in progress, counted against its source until dropped.
 pub(crate) struct LoginSlot<'a> {
     gateway: &'a Gateway,
@@ -421,6 +455,7 @@ impl Gateway {
             hook,
             recorder,
             cancels: Mutex::new(HashMap::new()),
+            forwarding: Arc::default(),
             credentials: Mutex::new(HashMap::new()),
             salt_caches: Mutex::default(),
             admins: tokio::sync::Mutex::new(HashMap::new()),
@@ -489,9 +524,19 @@ impl Gateway {
                     };
                     pause = Duration::from_millis(500);
                     // Looked up here; forwarded on a task of its own, so that one
-                    // target slow to take a cancel holds up no other.
+                    // target slow to take a cancel holds up no other. Each opens a
+                    // connection to the target: at most one per session at a
+                    // time, and a bounded number in all, however many come.
                     if let Some(target) = self.held_session(request.pid, request.key) {
-                        tokio::spawn(Self::forward_cancel(target));
+                        match Forwarding::begin(&self.forwarding, (request.pid, request.key)) {
+                            Some(forwarding) => {
+                                tokio::spawn(async move {
+                                    Self::forward_cancel(target).await;
+                                    drop(forwarding);
+                                });
+                            }
+                            None => tracing::debug!("a cancel passed on by another worker is already being forwarded"),
+                        }
                     }
                 },
                 Err(e) => tracing::error!("cancel requests other workers take cannot reach this one: {e:#}"),
@@ -1091,7 +1136,22 @@ pub fn describe(addr: SocketAddr) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{LoginSource, NextTry};
+    use super::{FORWARDS_AT_ONCE, Forwarding, LoginSource, NextTry};
+
+    #[test]
+    fn cancels_from_other_workers_go_one_per_session_and_a_bounded_number_in_all() {
+        let all = std::sync::Arc::new(Forwarding::default());
+        let first = Forwarding::begin(&all, (7, [1, 2, 3, 4])).unwrap();
+        assert!(Forwarding::begin(&all, (7, [1, 2, 3, 4])).is_none(), "one at a time per session");
+        let other = Forwarding::begin(&all, (8, [1, 2, 3, 4])).unwrap();
+        drop(first);
+        let again = Forwarding::begin(&all, (7, [1, 2, 3, 4])).expect("free once the first is done");
+        let more: Vec<_> =
+            (100..).take(FORWARDS_AT_ONCE - 2).map(|pid| Forwarding::begin(&all, (pid, [0; 4])).unwrap()).collect();
+        assert!(Forwarding::begin(&all, (9, [9; 4])).is_none(), "no more than {FORWARDS_AT_ONCE} at once");
+        drop((other, again, more));
+        assert!(Forwarding::begin(&all, (9, [9; 4])).is_some());
+    }
 
     /// IPv4 clients count by address, also when they reach an IPv6 socket;
     /// IPv6 clients by their /64, any of whose addresses one host may use,
