@@ -7,6 +7,7 @@
 mod support;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_testkit::eventually;
@@ -326,6 +327,69 @@ async fn logins_in_progress_are_bounded_across_addresses() {
     client.simple_query("SELECT 1").await.unwrap();
     assert_eq!(s.metric("airlock_gateway_logins_refused_past_the_cap_total").await, 1);
     drop(second);
+}
+
+/// A client may start TLS at once instead of with an SSLRequest (libpq 17's
+/// `sslnegotiation=direct`), naming the protocol by ALPN: it logs in and
+/// works inside TLS. One that names no protocol is refused inside TLS with
+/// 08P01, as Postgres refuses it.
+#[tokio::test]
+async fn a_client_may_start_tls_directly_naming_postgres_by_alpn() {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+    let s = Stack::start().await;
+    let token = s.token("ci-job-42").await;
+    s.grant("ci-job-42", 900).await;
+    let pem = std::fs::read(s.dir.join("gateway.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let connect = |alpn: Vec<Vec<u8>>| {
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        let (pg, database) = (s.pg, s.db.name().to_owned());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(pg).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+            tls.write_all(&wire::startup_message("pg.readonly", &database)).await.unwrap();
+            tls
+        }
+    };
+    async fn message(stream: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
+        let tag = stream.read_u8().await.unwrap();
+        let mut body = vec![0; usize::try_from(stream.read_i32().await.unwrap() - 4).unwrap()];
+        stream.read_exact(&mut body).await.unwrap();
+        (tag, body)
+    }
+
+    let mut tls = connect(vec![b"postgresql".to_vec()]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
+    assert_eq!(message(&mut tls).await, (b'R', 3i32.to_be_bytes().to_vec()), "a password request");
+    tls.write_all(&wire::password(&token)).await.unwrap();
+    while message(&mut tls).await.0 != b'Z' {}
+    tls.write_all(&wire::query("SELECT current_user LIKE 'airlock\\_%'")).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let (tag, body) = message(&mut tls).await;
+        match tag {
+            b'D' => seen.push(String::from_utf8_lossy(&body[6..]).into_owned()),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["t"], "a session under its own role, inside TLS");
+
+    let mut bare = connect(Vec::new()).await;
+    let (tag, body) = message(&mut bare).await;
+    assert_eq!(tag, b'E');
+    let said = String::from_utf8_lossy(&body);
+    assert!(said.contains("C08P01") && said.contains("ALPN"), "{said}");
 }
 
 /// A request for encryption is answered once, as Postgres answers it: a

@@ -456,6 +456,27 @@ async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8
     // Each request for encryption is answered once, as Postgres answers
     // them: a client asking again is not negotiating but looping.
     let (mut ssl_answered, mut gss_answered) = (false, false);
+    if direct_tls(client).await? {
+        let Some(acceptor) = gw.tls.clone() else {
+            return Err(Ended::quietly("the client started TLS directly, and the gateway has no TLS"));
+        };
+        let ClientIo::Plain(tcp) = std::mem::replace(&mut client.io, ClientIo::Closed) else {
+            return Err(Ended::quietly("TLS requested twice"));
+        };
+        let tls = acceptor.accept(tcp).await.map_err(|e| Ended::quietly(format!("TLS handshake failed: {e}")))?;
+        let alpn = tls.get_ref().1.alpn_protocol() == Some(super::tls::POSTGRES_ALPN);
+        client.io = ClientIo::Tls(Box::new(tls));
+        client.tls = true;
+        ssl_answered = true;
+        if !alpn {
+            // As Postgres refuses it: without the protocol's name, a TLS
+            // connection made directly may have been meant for another service.
+            return Err(Ended::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "TLS started without an SSLRequest must negotiate the ALPN protocol \"postgresql\"",
+            ));
+        }
+    }
     loop {
         let message = loop {
             match parse_startup(&mut client.buf) {
@@ -3417,6 +3438,21 @@ fn decision_text(sql: &[u8]) -> String {
 async fn forward_cancel(gw: &Gateway, pid: i32, secret_key: &[u8]) {
     let Ok(key) = <[u8; 4]>::try_from(secret_key) else { return };
     gw.cancel(pid, key).await;
+}
+
+/// Whether the client starts with a TLS handshake instead of a startup packet
+/// (`sslnegotiation=direct`). Looked at without reading, so that the
+/// handshake's bytes are the TLS acceptor's to read.
+async fn direct_tls(client: &Client) -> Result<bool, Ended> {
+    let ClientIo::Plain(tcp) = &client.io else { return Ok(false) };
+    if !client.buf.is_empty() {
+        return Ok(false);
+    }
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await.map_err(io_ended)? {
+        0 => Err(Ended::quietly("the client went away")),
+        _ => Ok(first[0] == super::tls::TLS_HANDSHAKE),
+    }
 }
 
 async fn read_more(client: &mut Client) -> Result<(), Ended> {

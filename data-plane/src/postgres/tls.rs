@@ -13,6 +13,14 @@ pub use airlock_proto::certs::CertReloader;
 use anyhow::Context;
 use tokio_rustls::TlsAcceptor;
 
+/// The ALPN protocol of the Postgres protocol over TLS.
+pub const POSTGRES_ALPN: &[u8] = b"postgresql";
+
+/// The first byte of a TLS handshake record: a client that starts TLS at once
+/// (`sslnegotiation=direct`) instead of with an SSLRequest. No startup packet
+/// begins with it, since its length would be over the cap.
+pub const TLS_HANDSHAKE: u8 = 0x16;
+
 /// Where the gateway's certificate comes from.
 #[derive(Debug, Clone)]
 pub enum TlsSource {
@@ -29,7 +37,10 @@ pub fn acceptor(source: &TlsSource) -> anyhow::Result<(TlsAcceptor, CertReloader
         TlsSource::SelfSigned { dir, names } => ensure_self_signed(dir, names)?,
     };
     let (resolver, reloader) = certs::from_files(&cert, &key).context("the Postgres gateway's TLS certificate")?;
-    let config = airlock_proto::transport::server_config_builder()?.with_cert_resolver(resolver);
+    let mut config = airlock_proto::transport::server_config_builder()?.with_cert_resolver(resolver);
+    // Postgres's protocol name: a client that offers ALPN offers this (libpq
+    // 17 does); one that starts TLS without an SSLRequest must.
+    config.alpn_protocols = vec![POSTGRES_ALPN.to_vec()];
     Ok((TlsAcceptor::from(Arc::new(config)), reloader))
 }
 
