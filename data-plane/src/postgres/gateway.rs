@@ -501,6 +501,10 @@ impl Gateway {
         // Only a session waiting right now is woken: a cancel with nothing running
         // must not cancel the next statement.
         target.held.notify_waiters();
+        Self::cancel_upstream(&target).await;
+    }
+
+    async fn cancel_upstream(target: &CancelTarget) {
         if let Err(e) = super::upstream::cancel(&target.upstream, &target.key).await {
             tracing::warn!("failed to forward a cancel request: {e}");
         }
@@ -528,10 +532,13 @@ impl Gateway {
                     // connection to the target: at most one per session at a
                     // time, and a bounded number in all, however many come.
                     if let Some(target) = self.held_session(request.pid, request.key) {
+                        // A statement held here for review is cancelled here,
+                        // whatever the bound: it costs no connection.
+                        target.held.notify_waiters();
                         match Forwarding::begin(&self.forwarding, (request.pid, request.key)) {
                             Some(forwarding) => {
                                 tokio::spawn(async move {
-                                    Self::forward_cancel(target).await;
+                                    Self::cancel_upstream(&target).await;
                                     drop(forwarding);
                                 });
                             }

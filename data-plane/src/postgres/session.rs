@@ -432,7 +432,12 @@ async fn tell_client(
     result: Result<(), Ended>,
 ) -> Result<(), Ended> {
     let Err(mut ended) = result else { return result };
-    let Some(report) = ended.fatal.take() else { return Err(ended) };
+    let Some(report) = ended.fatal.take() else {
+        // Nothing to say (or nothing that may be said: the client may hold
+        // part of a message), but the connection closes now all the same.
+        let _ = timers::timeout(FATAL_WRITE_TIMEOUT, client.io.shutdown()).await;
+        return Err(ended);
+    };
     let mut out = BytesMut::new();
     encode::error_response(&mut out, &report);
     if let Some(tap) = tap {
@@ -469,8 +474,9 @@ async fn startup(gw: &Gateway, client: &mut Client) -> Result<Option<Vec<(Vec<u8
         client.tls = true;
         ssl_answered = true;
         if !alpn {
-            // As Postgres refuses it: without the protocol's name, a TLS
-            // connection made directly may have been meant for another service.
+            // Postgres requires it too (and closes without a word): without
+            // the protocol's name, a TLS connection made directly may have
+            // been meant for another service.
             return Err(Ended::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 "TLS started without an SSLRequest must negotiate the ALPN protocol \"postgresql\"",
@@ -922,6 +928,7 @@ async fn relay_session(
         read_ahead: false,
         passing: 0,
         mid_message: false,
+        deferred: BytesMut::new(),
         awaiting_answers: false,
         describing: None,
         masking: masks.then(Responses::default),
@@ -1061,11 +1068,15 @@ struct Relay<'a> {
     /// Bytes of a long message of the target's (a row, copy data) still to
     /// pass on as they arrive: its start went already (`forward_plain`).
     passing: usize,
-    /// The client has been sent part of a message and not its end: nothing
-    /// of the gateway's may be written to it (a FATAL would be read as the
-    /// rest of the message). Unlike `passing`, cleared only once the end
-    /// has been written.
+    /// The client may have been sent part of a message and not its end: a
+    /// FATAL would be read as the rest of the message. Set after a write to
+    /// the client while `passing`, and when a write was cut short.
     mid_message: bool,
+    /// What the gateway says to the client (a review's notice) while a long
+    /// row is on its way: written once the row has gone whole, since inside
+    /// it the client would read it as the row's data and the row's end as
+    /// messages (`forward_plain`).
+    deferred: BytesMut,
     /// The client's next message is a Bind of a statement whose name an
     /// earlier batch changed, and it waits until the server has answered
     /// every batch before it (see `bind_awaits_answers`).
@@ -1451,10 +1462,23 @@ impl Relay<'_> {
         denial(self.gw, self.context, connection)
     }
 
-    /// Writes `bytes` to the client (see [`write_watched`]).
+    /// Writes `bytes` to the client (see [`write_watched`]). Once it is done,
+    /// what the client has ends where the target's bytes were taken to; a
+    /// write cut short (the grant ended, the gateway stopping) may have left
+    /// it part of a message (`mid_message`).
     async fn write_client(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-        write_watched(&mut self.client.io, bytes, None, watch).await?.map(drop).map_err(io_ended)
+        match write_watched(&mut self.client.io, bytes, None, watch).await {
+            Ok(written) => {
+                written.map_err(io_ended)?;
+                self.mid_message = self.passing > 0;
+                Ok(())
+            }
+            Err(ended) => {
+                self.mid_message = true;
+                Err(ended)
+            }
+        }
     }
 
     /// Handles the client's complete messages, holding statements for review
@@ -2412,19 +2436,11 @@ impl Relay<'_> {
             airlock_core::duration::format(Duration::from_secs(wait))
         ))
         .with_hint(format!("an approver runs `airlock approve {id}`, or decides it in the web inbox or in Slack"));
-        // A long row on its way to the client goes whole first: the notice
-        // must not land inside it, where the client would read it as the
-        // row's data and the row's end as messages.
-        while self.passing > 0 {
-            if server_buf.capacity() - server_buf.len() < READ_CHUNK {
-                server_buf.reserve(READ_CHUNK);
-            }
-            if self.upstream.stream.read_buf(server_buf).await.map_err(target_lost)? == 0 {
-                return Err(Ended::quietly(format!("{} closed the connection", connection.name)));
-            }
-            self.forward_answers(server_buf, to_client).await?;
+        if self.passing > 0 {
+            encode::notice_response(&mut self.deferred, &notice);
+        } else {
+            encode::notice_response(to_client, &notice);
         }
-        encode::notice_response(to_client, &notice);
         self.send_client(to_client).await?;
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait) + REVIEW_GRACE;
@@ -2581,6 +2597,13 @@ impl Relay<'_> {
         // First the rest of a long message whose start went already.
         let mut complete = self.passing.min(server_buf.len());
         self.passing -= complete;
+        if self.passing == 0 && !self.deferred.is_empty() {
+            // What the gateway had to say while a long row went: after it.
+            to_client.extend_from_slice(server_buf.get(..complete).unwrap_or_default());
+            server_buf.advance(complete);
+            complete = 0;
+            to_client.extend_from_slice(&std::mem::take(&mut self.deferred));
+        }
         while self.passing == 0 {
             let rest = server_buf.get(complete..).unwrap_or_default();
             let (tag, len) = match peek_frame(rest, DEFAULT_MAX_BACKEND_MESSAGE_LEN) {
@@ -2661,8 +2684,6 @@ impl Relay<'_> {
             self.record_server(run)?;
             self.bytes_out += run.len() as u64;
             self.write_client(run).await?;
-            // What the client has ends where the target's bytes were taken to.
-            self.mid_message = self.passing > 0;
         } else {
             to_client.extend_from_slice(run);
         }
@@ -3184,7 +3205,6 @@ impl Relay<'_> {
             self.bytes_out += to_client.len() as u64;
             self.write_client(to_client).await?;
             to_client.clear();
-            self.mid_message = self.passing > 0;
         }
         Ok(())
     }
