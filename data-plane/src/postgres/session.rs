@@ -1070,7 +1070,8 @@ struct Relay<'a> {
     passing: usize,
     /// The client may have been sent part of a message and not its end: a
     /// FATAL would be read as the rest of the message. Set after a write to
-    /// the client while `passing`, and when a write was cut short.
+    /// the client while `passing`, and when a write was cut short after
+    /// some of it went.
     mid_message: bool,
     /// What the gateway says to the client (a review's notice) while a long
     /// row is on its way: written once the row has gone whole, since inside
@@ -1474,8 +1475,9 @@ impl Relay<'_> {
                 self.mid_message = self.passing > 0;
                 Ok(())
             }
-            Err(ended) => {
-                self.mid_message = true;
+            Err(Cut { ended, written }) => {
+                // Part of what was written: the cut may fall inside a message.
+                self.mid_message |= written > 0;
                 Err(ended)
             }
         }
@@ -3179,7 +3181,8 @@ impl Relay<'_> {
             let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit.max(started + 2));
             let watch =
                 Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-            let wrote = write_watched(&mut self.upstream.stream, bytes, Some(ahead), watch).await?;
+            let wrote =
+                write_watched(&mut self.upstream.stream, bytes, Some(ahead), watch).await.map_err(|cut| cut.ended)?;
             self.read_ahead |= server_buf.len() > before;
             let wrote = wrote.map_err(target_lost)?;
             bytes.advance(wrote.written);
@@ -3343,22 +3346,36 @@ async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
     bytes: &[u8],
     mut ahead: Option<(&mut BytesMut, usize)>,
     watch: Watch<'_>,
-) -> Result<std::io::Result<Wrote>, Ended> {
+) -> Result<std::io::Result<Wrote>, Cut> {
     let mut state = WriteState::default();
-    let write = std::future::poll_fn(|cx| {
-        let ahead = ahead.as_mut().map(|(buf, limit)| (&mut **buf, *limit));
-        write_reading(io, cx, bytes, ahead, &mut state)
-    });
-    tokio::pin!(write);
-    if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-        return Ok(written);
-    }
-    loop {
-        tokio::select! {
-            written = &mut write => return Ok(written),
-            () = timers::sleep(WATCH_EVERY) => watch_now(watch.gw, watch.context, watch.connection, watch.shutdown)?,
+    let ended = {
+        let write = std::future::poll_fn(|cx| {
+            let ahead = ahead.as_mut().map(|(buf, limit)| (&mut **buf, *limit));
+            write_reading(io, cx, bytes, ahead, &mut state)
+        });
+        tokio::pin!(write);
+        if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            return Ok(written);
         }
-    }
+        loop {
+            tokio::select! {
+                written = &mut write => return Ok(written),
+                () = timers::sleep(WATCH_EVERY) => {
+                    if let Err(ended) = watch_now(watch.gw, watch.context, watch.connection, watch.shutdown) {
+                        break ended;
+                    }
+                }
+            }
+        }
+    };
+    Err(Cut { ended, written: state.written })
+}
+
+/// A `write_watched` write the session's end cut short, and how much of it
+/// had gone.
+struct Cut {
+    ended: Ended,
+    written: usize,
 }
 
 /// How far a `write_watched` write went.
