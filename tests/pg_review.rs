@@ -395,3 +395,52 @@ async fn the_notice_of_a_hold_never_lands_inside_a_long_row() {
         assert_eq!((seen, status), (vec!["E:42501".to_owned()], b'I'), "round {round}");
     }
 }
+
+/// The control plane stops answering while a statement's review opens: a
+/// revocation meanwhile (the bus still carries it) ends the session within
+/// a second, as it does while a review waits, and not once opening the
+/// review has timed out.
+#[tokio::test]
+async fn a_revocation_while_a_review_opens_ends_the_session_at_once() {
+    let s = Stack::start_with_control_plane_link().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    let grant = s.grant_role("agent-7", "readwrite", 900).await;
+    let client = s.connect("pg.readwrite", &agent).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    // The session's opening has reached the control plane; from here the
+    // worker's calls to it go unanswered.
+    s.opened_sessions(1).await;
+    let link = s.control_plane_link.as_ref().unwrap();
+    link.stall();
+    // The statement's review opens on a connection the control plane's side
+    // never answers. (The first call after the stall may instead fail at
+    // once on the connection the stall reset: the statement is refused, and
+    // sent again.)
+    let client = std::sync::Arc::new(client);
+    let mut held = None;
+    for _ in 0..3 {
+        let sending = client.clone();
+        let task = tokio::spawn(async move { sending.batch_execute("CREATE TABLE never_opened (x int)").await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while link.stalled() == 0 && !task.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the review's opening never reached the control plane");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if link.stalled() > 0 {
+            held = Some(task);
+            break;
+        }
+        let refused = task.await.unwrap().unwrap_err();
+        let said = refused.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(said.contains("could not be opened"), "{refused}: {said}");
+    }
+    let held = held.expect("a review's opening waiting on the control plane");
+    let revoked_at = std::time::Instant::now();
+    let (status, _) = s.post(&format!("/v1/grants/{grant}/revoke"), json!({"reason": "incident"})).await;
+    assert_eq!(status, 200);
+    let e = tokio::time::timeout(Duration::from_secs(20), held).await.unwrap().unwrap().unwrap_err();
+    assert!(e.as_db_error().is_some_and(|d| d.message().contains("revoked")) || client.is_closed(), "{e}");
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_secs(5), "the session outlived its grant by {took:?} while the review opened");
+}

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -17,6 +17,8 @@ pub struct TcpProxy {
     mode: Arc<AtomicU8>,
     /// Bumped by each cut; a relay ends when it changes.
     cuts: watch::Sender<u64>,
+    /// Connections taken while stalled.
+    stalled: Arc<AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -38,11 +40,14 @@ impl TcpProxy {
         let mode = Arc::new(AtomicU8::new(OPEN));
         let cuts = watch::channel(0u64).0;
         let (accepting, relays) = (mode.clone(), cuts.clone());
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let counted = stalled.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 match accepting.load(Ordering::Acquire) {
                     OPEN => {}
                     STALLED => {
+                        counted.fetch_add(1, Ordering::AcqRel);
                         // Read and never answered, until the client gives up.
                         tokio::spawn(async move {
                             let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
@@ -67,7 +72,7 @@ impl TcpProxy {
                 });
             }
         });
-        Ok(TcpProxy { addr, mode, cuts, accept })
+        Ok(TcpProxy { addr, mode, cuts, stalled, accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -78,6 +83,11 @@ impl TcpProxy {
     pub fn relaying(&self) -> usize {
         // Each relay watches for cuts until it ends.
         self.cuts.receiver_count()
+    }
+
+    /// How many connections it has taken and left unanswered while stalled.
+    pub fn stalled(&self) -> usize {
+        self.stalled.load(Ordering::Acquire)
     }
 
     /// Closes every relayed connection and refuses new ones.

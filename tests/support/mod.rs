@@ -43,6 +43,9 @@ pub struct Stack {
     pub recordings: airlock_recorder::Recordings,
     /// The bus between the control plane and the worker.
     pub bus: Arc<LossyBus>,
+    /// The worker's gRPC link to the control plane, where a test cuts or
+    /// stalls it (`start_with_control_plane_link`).
+    pub control_plane_link: Option<airlock_testkit::proxy::TcpProxy>,
 }
 
 /// An in-process bus that a test can make lose what the control plane
@@ -260,6 +263,23 @@ impl Stack {
         console: airlock_control_plane::web::ConsoleOptions,
         gateway: impl FnOnce(&mut airlock_data_plane::postgres::gateway::GatewayOptions),
     ) -> Stack {
+        Self::start_linked(hook, recording, console, gateway, false).await
+    }
+
+    /// With the worker's gRPC calls to the control plane (credentials,
+    /// reviews, session events) going through a proxy the test holds in
+    /// `control_plane_link`. The bus does not go through it.
+    pub async fn start_with_control_plane_link() -> Stack {
+        Self::start_linked(None, Recording::Recorder, Default::default(), |_| {}, true).await
+    }
+
+    async fn start_linked(
+        hook: Option<Arc<dyn airlock_data_plane::postgres::hook::StatementHook>>,
+        recording: Recording,
+        console: airlock_control_plane::web::ConsoleOptions,
+        gateway: impl FnOnce(&mut airlock_data_plane::postgres::gateway::GatewayOptions),
+        linked: bool,
+    ) -> Stack {
         let db = TestDb::create().await.unwrap();
         let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
         let admin = admin_client(db.url()).await;
@@ -366,8 +386,11 @@ impl Stack {
         )
         .await
         .unwrap();
+        let control_plane_link =
+            if linked { Some(airlock_testkit::proxy::TcpProxy::start(cp.grpc_addr).await.unwrap()) } else { None };
+        let grpc_addr = control_plane_link.as_ref().map_or(cp.grpc_addr, |link| link.addr());
         let worker_options = airlock_data_plane::Options {
-            control_plane_url: format!("http://{}", cp.grpc_addr),
+            control_plane_url: format!("http://{grpc_addr}"),
             grpc_tls: Default::default(),
             worker_token: "w".into(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
@@ -414,6 +437,7 @@ impl Stack {
             recorder,
             recordings,
             bus,
+            control_plane_link,
         };
         let (host_db, _) = stack.target();
         let connection = json!({

@@ -2411,7 +2411,44 @@ impl Relay<'_> {
             held.shown.clone(),
             held.rule.clone(),
         );
-        let review = match timers::timeout(OPEN_REVIEW_TIMEOUT, opening).await {
+        // The grant and the gateway's stop are watched while the review
+        // opens, as while it waits: a control plane slow to answer must not
+        // keep a revoked session going.
+        let (gw, context) = (self.gw, self.context);
+        let watched = async {
+            tokio::pin!(opening);
+            let mut changes = gw.projection.changes();
+            let shutting_down = shutdown.cancelled();
+            tokio::pin!(shutting_down);
+            let ends = timers::sleep(Duration::from_secs(
+                u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0),
+            ));
+            tokio::pin!(ends);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut shutting_down => return Err(gateway_stopping()),
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return Err(gateway_stopping());
+                        }
+                        watch_now(gw, context, connection, shutdown)?;
+                    }
+                    () = &mut ends => {
+                        watch_now(gw, context, connection, shutdown)?;
+                        ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                    opened = &mut opening => return Ok(opened),
+                }
+            }
+        };
+        let opened = match timers::timeout(OPEN_REVIEW_TIMEOUT, watched).await {
+            // The review stays open until it expires: its id never came.
+            Ok(Err(ended)) => return Err(ended),
+            Ok(Ok(opened)) => Ok(opened),
+            Err(elapsed) => Err(elapsed),
+        };
+        let review = match opened {
             Ok(Ok(review)) => review,
             Ok(Err(e)) => {
                 tracing::warn!(parent: self.span, rule = %held.rule, "failed to open a review: {e:#}");
