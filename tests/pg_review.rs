@@ -420,14 +420,14 @@ async fn a_revocation_while_a_review_opens_ends_the_session_at_once() {
     let client = std::sync::Arc::new(client);
     let mut held = None;
     for _ in 0..3 {
-        let sending = client.clone();
+        let (sending, before) = (client.clone(), link.stalled());
         let task = tokio::spawn(async move { sending.batch_execute("CREATE TABLE never_opened (x int)").await });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while link.stalled() == 0 && !task.is_finished() {
+        while link.stalled() == before && !task.is_finished() {
             assert!(std::time::Instant::now() < deadline, "the review's opening never reached the control plane");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if link.stalled() > 0 {
+        if link.stalled() > before && !task.is_finished() {
             held = Some(task);
             break;
         }

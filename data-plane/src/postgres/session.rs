@@ -1476,8 +1476,10 @@ impl Relay<'_> {
                 Ok(())
             }
             Err(Cut { ended, written }) => {
-                // Part of what was written: the cut may fall inside a message.
-                self.mid_message |= written > 0;
+                // Cut inside what was written, which may be inside a message;
+                // or all of it taken (a TLS stream's flush cut), which ends
+                // inside one only while a long row is on its way.
+                self.mid_message |= written > 0 && (written < bytes.len() || self.passing > 0);
                 Err(ended)
             }
         }
