@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Stack;
@@ -107,12 +107,12 @@ pub async fn send(stream: &mut TcpStream, messages: &[Vec<u8>]) {
 }
 
 /// Reads one backend message: its tag and body.
-pub async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+pub async fn read_message(stream: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
     try_read_message(stream).await.expect("the gateway closed the connection")
 }
 
 /// `read_message`, or `None` when the connection is closed before a whole message.
-async fn try_read_message(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+async fn try_read_message(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u8, Vec<u8>)> {
     let tag = stream.read_u8().await.ok()?;
     let len = stream.read_i32().await.ok()?;
     let mut body = vec![0; usize::try_from(len - 4).unwrap()];

@@ -423,8 +423,10 @@ impl RoleManager {
         );
 
         let mut client = self.client().await?;
-        let tx = catalog_transaction(&mut client, "starting a transaction").await?;
-        tx.batch_execute(CREATE_TIMEOUTS).await.map_err(|e| db_error("starting a transaction", &e))?;
+        let tx = client.transaction().await.map_err(|e| db_error("starting a transaction", &e))?;
+        // As a catalog transaction (`catalog_transaction`), bounded, in one round trip.
+        let settings = format!("{CATALOG_ONLY}; {CREATE_TIMEOUTS}");
+        tx.batch_execute(&settings).await.map_err(|e| db_error("starting a transaction", &e))?;
         check_template(&tx, &spec.template_role).await?;
         // The statement carries only the SCRAM verifier; still, never log it.
         tx.batch_execute(&create).await.map_err(|e| match e.code() {

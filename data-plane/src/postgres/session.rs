@@ -1240,8 +1240,7 @@ impl Relay<'_> {
         }
         let mut changes = self.gw.projection.changes();
         let mut armed_for = self.grant_end();
-        let expires_in = u64::try_from(armed_for.saturating_sub(unix_now())).unwrap_or(0);
-        let expiry = timers::sleep(Duration::from_secs(expires_in));
+        let expiry = timers::sleep(until(armed_for));
         tokio::pin!(expiry);
         let mut server_buf = std::mem::take(&mut self.upstream.leftover);
         let mut to_server = BytesMut::with_capacity(8192);
@@ -1348,8 +1347,8 @@ impl Relay<'_> {
                             let end = self.grant_end();
                             if end != armed_for {
                                 armed_for = end;
-                                let left = u64::try_from(end.saturating_sub(unix_now())).unwrap_or(0).max(1);
-                                expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                                let left = until(end).max(Duration::from_secs(1));
+                                expiry.as_mut().reset(tokio::time::Instant::now() + left);
                             }
                             // Watch for the next change.
                             break;
@@ -1359,8 +1358,8 @@ impl Relay<'_> {
                                 return Err(access_ended(&why));
                             }
                             armed_for = self.grant_end();
-                            let left = u64::try_from(armed_for.saturating_sub(unix_now())).unwrap_or(0).max(1);
-                            expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(left));
+                            let left = until(armed_for).max(Duration::from_secs(1));
+                            expiry.as_mut().reset(tokio::time::Instant::now() + left);
                         }
                         Control::ShuttingDown => {
                             return Err(gateway_stopping());
@@ -2416,15 +2415,13 @@ impl Relay<'_> {
         // The grant and the gateway's stop are watched while the review
         // opens, as while it waits: a control plane slow to answer must not
         // keep a revoked session going.
-        let (gw, context) = (self.gw, self.context);
+        let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
         let watched = async {
             tokio::pin!(opening);
-            let mut changes = gw.projection.changes();
+            let mut changes = watch.gw.projection.changes();
             let shutting_down = shutdown.cancelled();
             tokio::pin!(shutting_down);
-            let ends = timers::sleep(Duration::from_secs(
-                u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0),
-            ));
+            let ends = timers::sleep(until(self.grant_end()));
             tokio::pin!(ends);
             loop {
                 tokio::select! {
@@ -2434,10 +2431,10 @@ impl Relay<'_> {
                         if changed.is_err() {
                             return Err(gateway_stopping());
                         }
-                        watch_now(gw, context, connection, shutdown)?;
+                        watch.check()?;
                     }
                     () = &mut ends => {
-                        watch_now(gw, context, connection, shutdown)?;
+                        watch.check()?;
                         ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                     }
                     opened = &mut opening => return Ok(opened),
@@ -2469,12 +2466,12 @@ impl Relay<'_> {
         };
         let id = review.review_id;
         self.review_note = Some((id.to_string(), String::new()));
-        let wait = u64::try_from(review.expires_at_unix.saturating_sub(unix_now())).unwrap_or(0);
+        let wait = until(review.expires_at_unix);
         tracing::info!(parent: self.span, review = %id, rule = %held.rule, "statement held for review");
         let notice = Report::notice(format!(
             "statement held for review {id} by rule {}: waiting up to {} for approval",
             held.rule,
-            airlock_core::duration::format(Duration::from_secs(wait))
+            airlock_core::duration::format(wait)
         ))
         .with_hint(format!("an approver runs `airlock approve {id}`, or decides it in the web inbox or in Slack"));
         if self.passing > 0 {
@@ -2484,13 +2481,12 @@ impl Relay<'_> {
         }
         self.send_client(to_client).await?;
 
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait) + REVIEW_GRACE;
+        let deadline = tokio::time::Instant::now() + wait + REVIEW_GRACE;
         let mut changes = self.gw.projection.changes();
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
         // The grant may end while the statement waits; it must not run after that.
-        let grant_ends =
-            timers::sleep(Duration::from_secs(u64::try_from(self.grant_end().saturating_sub(unix_now())).unwrap_or(0)));
+        let grant_ends = timers::sleep(until(self.grant_end()));
         tokio::pin!(grant_ends);
         let recording_stopped = recording_stopped(self.tap.as_deref().map(SessionTap::stop_signal));
         tokio::pin!(recording_stopped);
@@ -3231,7 +3227,7 @@ impl Relay<'_> {
                 // write's own watch looks: a client reading a long result as
                 // fast as the target writes it would keep this loop, and the
                 // session, going past its grant.
-                watch_now(self.gw, self.context, self.connection, &self.shutdown)?;
+                watch.check()?;
                 self.read_ahead = false;
                 self.forward_answers(server_buf, to_client).await?;
                 self.send_client(to_client).await?;
@@ -3336,28 +3332,32 @@ fn denial(gw: &Gateway, context: &SessionContext, connection: &ConnectionSpec) -
     })
 }
 
-/// Ends the session if the gateway is stopping or the grant no longer admits it.
-fn watch_now(
-    gw: &Gateway,
-    context: &SessionContext,
-    connection: &ConnectionSpec,
-    shutdown: &CancellationToken,
-) -> Result<(), Ended> {
-    if shutdown.is_cancelled() {
-        return Err(gateway_stopping());
-    }
-    match denial(gw, context, connection) {
-        Some(why) => Err(access_ended(&why)),
-        None => Ok(()),
-    }
-}
-
-/// What a write that waits keeps an eye on.
+/// What ends a session that waits (on a write, on the control plane): the
+/// gateway's stop and the grant's end.
+#[derive(Clone, Copy)]
 struct Watch<'a> {
     gw: &'a Gateway,
     context: &'a SessionContext,
     connection: &'a ConnectionSpec,
     shutdown: &'a CancellationToken,
+}
+
+impl Watch<'_> {
+    /// Ends the session if the gateway is stopping or the grant no longer admits it.
+    fn check(self) -> Result<(), Ended> {
+        if self.shutdown.is_cancelled() {
+            return Err(gateway_stopping());
+        }
+        match denial(self.gw, self.context, self.connection) {
+            Some(why) => Err(access_ended(&why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The time from now to `end_unix`, none once it has passed.
+fn until(end_unix: i64) -> Duration {
+    Duration::from_secs(u64::try_from(end_unix.saturating_sub(unix_now())).unwrap_or(0))
 }
 
 /// How often a write that waits looks at the session's grant.
@@ -3400,7 +3400,7 @@ async fn write_watched<W: AsyncRead + AsyncWrite + Unpin>(
             tokio::select! {
                 written = &mut write => return Ok(written),
                 () = timers::sleep(WATCH_EVERY) => {
-                    if let Err(ended) = watch_now(watch.gw, watch.context, watch.connection, watch.shutdown) {
+                    if let Err(ended) = watch.check() {
                         break ended;
                     }
                 }
