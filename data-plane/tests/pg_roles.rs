@@ -579,6 +579,57 @@ async fn a_role_with_two_memberships_goes_to_the_template_it_was_made_for() {
     assert!(!role_exists(&admin, &unnamed.name).await);
 }
 
+/// A template dropped by hand leaves its session roles members of no role:
+/// one that owns nothing still goes (the sweep is not stuck on it forever),
+/// one that owns objects stays NOLOGIN with its objects, saying what to do.
+#[tokio::test]
+async fn a_role_whose_template_was_dropped_goes_unless_it_owns_objects() {
+    let db = TestDb::create().await.unwrap();
+    let mut cleanup = Cleanup::new(&db);
+    let admin = admin(&db).await;
+    let template = cleanup.template(&admin, "").await;
+    admin.batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {}", quote(&template))).await.unwrap();
+    let worker = cleanup.worker();
+    let roles = manager(&db).await;
+    let idle = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    let maker = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
+    let session = login(&db, &maker).await.unwrap();
+    session.batch_execute("CREATE TABLE left_behind (x int); INSERT INTO left_behind VALUES (7)").await.unwrap();
+    // The template goes, by hand: its privileges first, then the role (which
+    // takes its members' memberships with it).
+    admin
+        .batch_execute(&format!("REVOKE CREATE ON SCHEMA public FROM {0}; DROP ROLE {0}", quote(&template)))
+        .await
+        .unwrap();
+    assert!(memberships(&admin, &idle.name).await.is_empty());
+
+    let err = roles.sweep(&worker, "").await.unwrap_err();
+    let RoleError::SweepIncomplete { dropped, failed } = &err else { panic!("expected SweepIncomplete, got {err}") };
+    assert_eq!(dropped, &vec![idle.name.clone()], "the role that owns nothing goes: {err}");
+    assert_eq!(failed.len(), 1, "{err}");
+    assert_eq!(failed[0].0, maker.name);
+    assert!(failed[0].1.contains("member of no role") && failed[0].1.contains("REASSIGN OWNED BY"), "{err}");
+    assert!(!role_exists(&admin, &idle.name).await);
+    assert!(session.simple_query("SELECT 1").await.is_err(), "its session was ended all the same");
+    let can_login: bool =
+        admin.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&maker.name]).await.unwrap().get(0);
+    assert!(!can_login, "left NOLOGIN");
+    let kept: i32 = admin.query_one("SELECT x FROM left_behind", &[]).await.unwrap().get(0);
+    assert_eq!(kept, 7, "its objects are kept");
+
+    // Given an owner, as the error says, the role goes at the next try.
+    let heir = cleanup.template(&admin, "").await;
+    admin.batch_execute(&format!("REASSIGN OWNED BY {} TO {}", quote(&maker.name), quote(&heir))).await.unwrap();
+    roles.drop_session_role(&maker.name).await.unwrap();
+    assert!(!role_exists(&admin, &maker.name).await);
+    let owner: String = admin
+        .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'left_behind'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, heir);
+}
+
 #[tokio::test]
 async fn drop_refuses_names_that_are_not_session_roles() {
     let db = TestDb::create().await.unwrap();

@@ -95,6 +95,11 @@ const CREATE_TIMEOUTS: &str = "SET LOCAL lock_timeout = '10s'; SET LOCAL stateme
 /// hanging the caller.
 const DROP_LOCK_TIMEOUT: &str = "10s";
 
+/// The SQLSTATE the drop of a role that is a member of no role raises when
+/// the role owns objects (a code of its own, so that no other error of the
+/// drop's transaction is taken for it).
+const ORPHAN_OWNS: &str = "AL001";
+
 /// Longest worker id accepted (it goes into the role's comment).
 const MAX_WORKER_ID_LEN: usize = 128;
 
@@ -143,6 +148,15 @@ pub enum RoleError {
         "cannot drop session role {role:?}: it is a member of {found} roles, not of one template to hand what it owns to"
     )]
     NoSingleTemplate { role: String, found: usize },
+    /// A member of no role (its template was dropped, or its membership
+    /// revoked, by hand) that owns objects in this database: there is no one
+    /// to hand them to but the admin, whose power they would lend.
+    #[error(
+        "cannot drop session role {role:?}: it is a member of no role (its template was dropped or its membership \
+         revoked) and owns objects in this database, which need an owner; give them one \
+         (REASSIGN OWNED BY {role} TO <a role>) and it is dropped at the next try"
+    )]
+    Orphaned { role: String },
     #[error("{}", sweep_message(dropped, failed))]
     SweepIncomplete { dropped: Vec<String>, failed: Vec<(String, String)> },
     #[error("target error while {context}: {message}")]
@@ -449,7 +463,10 @@ impl RoleManager {
     /// a role that does not exist is Ok. Only names shaped like session roles
     /// are accepted. The template is the one its comment names; a role whose
     /// comment names none (made before comments did) and that is a member of
-    /// several roles is left NOLOGIN ([`RoleError::NoSingleTemplate`]).
+    /// several roles is left NOLOGIN ([`RoleError::NoSingleTemplate`]). A role
+    /// that is a member of no role (its template dropped by hand) is dropped
+    /// if it owns nothing in this database, and otherwise left NOLOGIN
+    /// ([`RoleError::Orphaned`]).
     ///
     /// `REASSIGN OWNED` and `DROP OWNED` act on the current database only (the
     /// connection's database); if the role owns objects or holds privileges in
@@ -880,6 +897,8 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         [only] => Some(only.clone()),
         _ => None,
     });
+    // A member of no role at all: dropped as long as it owns nothing here.
+    let orphan = templates.is_empty();
     let role = quote_ident(name);
     // 1. No new logins (also stops a client that has the password
     //    reconnecting), committed before anything else.
@@ -888,13 +907,13 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
         Err(e) => return Err(db_error("disabling the session role's login", &e)),
     }
-    let Some(template) = template else {
+    if template.is_none() && !orphan {
         // Left NOLOGIN; its backends are ended where the admin may end them
         // without taking its privileges (a superuser).
         let _ =
             catalog_query(client, "ending the session role's backends", TERMINATE, &[&name, &TERMINATE_WAIT_MS]).await;
         return Err(RoleError::NoSingleTemplate { role: name.to_owned(), found: templates.len() });
-    };
+    }
     // 2. In one transaction, all or nothing:
     //    - the admin user takes the role's privileges: a superuser has them,
     //      but an admin with CREATEROLE may end the role's backends and take
@@ -907,24 +926,42 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
     //    - what it owns in this database goes to its template, whose power
     //      any session of it has anyway; never to the admin user, whose power
     //      a function or view the session left behind (SECURITY DEFINER, or
-    //      readable by others) would lend to whoever uses it;
+    //      readable by others) would lend to whoever uses it. A role that is
+    //      a member of no role has no one to hand objects to: it goes only if
+    //      it owns none here (checked once its backends are gone, so that
+    //      none is made after the check), else the transaction fails with
+    //      `ORPHAN_OWNS`;
     //    - its remaining privileges here, then the role, go.
     //    One simple query is one implicit transaction, which the server
     //    commits without waiting for us: a worker that stalls (or dies) here
     //    leaves nothing half done and no role rows locked.
+    let literal = quote_literal(name);
+    let hand_over = match &template {
+        Some(template) => format!("REASSIGN OWNED BY {role} TO {}", quote_ident(template)),
+        None => format!(
+            "DO $orphan$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_shdepend d \
+                 WHERE d.deptype = 'o' AND d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                   AND d.refobjid = {literal}::pg_catalog.regrole \
+                   AND d.dbid = (SELECT oid FROM pg_catalog.pg_database \
+                                 WHERE datname = pg_catalog.current_database())) \
+             THEN RAISE EXCEPTION USING ERRCODE = '{ORPHAN_OWNS}', MESSAGE = 'the role owns objects'; \
+             END IF; END $orphan$"
+        ),
+    };
     let statements = format!(
         "{CATALOG_ONLY}; SET LOCAL lock_timeout = {timeout}; GRANT {role} TO CURRENT_USER; \
          SELECT pg_catalog.pg_terminate_backend(pid, {wait}) FROM pg_catalog.pg_stat_activity \
          WHERE usename = {literal} AND pid <> pg_catalog.pg_backend_pid(); \
-         REASSIGN OWNED BY {role} TO {template}; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+         {hand_over}; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
         timeout = quote_literal(DROP_LOCK_TIMEOUT),
         wait = TERMINATE_WAIT_MS,
-        literal = quote_literal(name),
-        template = quote_ident(&template),
     );
     match client.batch_execute(&statements).await {
         Ok(()) => {}
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+        Err(e) if template.is_none() && e.code().map(SqlState::code) == Some(ORPHAN_OWNS) => {
+            return Err(RoleError::Orphaned { role: name.to_owned() });
+        }
         Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
             let detail =
                 e.as_db_error().and_then(|d| d.detail().map(str::to_owned)).unwrap_or_else(|| safe_message(&e));
@@ -932,7 +969,7 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
         }
         Err(e) => return Err(db_error("dropping the session role", &e)),
     }
-    tracing::info!(role = %name, template = %template, "dropped session role");
+    tracing::info!(role = %name, template = template.as_deref().unwrap_or("(none)"), "dropped session role");
     Ok(())
 }
 
