@@ -1511,6 +1511,69 @@ async fn masking_rules_that_come_back_end_the_session() {
     assert!(text.starts_with("masking rules cover this connection again"), "{text}");
 }
 
+/// Masks (under no rule) while `masks` is set, and holds the start of the
+/// first session in its catalog question until released, as a slow read of
+/// the target's catalog would.
+struct SlowStart {
+    masks: std::sync::atomic::AtomicBool,
+    pause: std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl airlock_data_plane::postgres::hook::StatementHook for SlowStart {
+    fn check(
+        &self,
+        _session: &airlock_data_plane::postgres::hook::SessionContext,
+        _statement: airlock_data_plane::postgres::hook::Statement<'_>,
+    ) -> airlock_data_plane::postgres::hook::Verdict {
+        airlock_data_plane::postgres::hook::Verdict::Allow
+    }
+
+    fn masks(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
+        self.masks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn wants_catalog(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
+        let paused = self.pause.lock().unwrap().take();
+        if let Some((entered, release)) = paused {
+            let _ = entered.send(());
+            let _ = release.recv_timeout(Duration::from_secs(30));
+        }
+        false
+    }
+}
+
+/// The rules change while a session is being set up, after the gateway
+/// learnt whether they mask it: the change is not missed. Here masking
+/// lapses then, and when it comes back the session ends, as it does for a
+/// lapse later on.
+#[tokio::test]
+async fn a_change_of_rules_while_a_session_starts_is_not_missed() {
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (release, held) = std::sync::mpsc::channel();
+    let hook = std::sync::Arc::new(SlowStart {
+        masks: std::sync::atomic::AtomicBool::new(true),
+        pause: std::sync::Mutex::new(Some((entered_tx, held))),
+    });
+    let s = Stack::start_with_hook(hook.clone()).await;
+    let token = s.token("raw").await;
+    s.grant("raw", 900).await;
+    let mut stream = raw_login(&s, "pg", &token).await;
+    tokio::time::timeout(Duration::from_secs(10), entered).await.unwrap().unwrap();
+    // No rule masks it any more, and the projection says so before the relay starts.
+    hook.masks.store(false, std::sync::atomic::Ordering::SeqCst);
+    s.grant("someone-else", 900).await;
+    s.settle().await;
+    release.send(()).unwrap();
+    send(&mut stream, &[query("SELECT 1")]).await;
+    assert_eq!(read_until_ready(&mut stream).await.0, ["T", "D:1", "C:SELECT 1"]);
+    // Rules mask it again.
+    hook.masks.store(true, std::sync::atomic::Ordering::SeqCst);
+    s.grant("someone-else-again", 900).await;
+    let (code, text) = read_fatal(&mut stream).await;
+    assert_eq!(code, "42501");
+    assert!(text.starts_with("masking rules cover this connection again"), "{text}");
+}
+
 /// A client that pipelines queries faster than the target runs them, reading
 /// the results as they come (as libpq's pipeline mode and psycopg's pipeline
 /// do), gets every result, however far they outgrow the sockets' buffers. The

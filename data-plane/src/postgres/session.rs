@@ -805,6 +805,10 @@ async fn relay_session(
     shutdown: &CancellationToken,
     span: &tracing::Span,
 ) -> Result<(), Ended> {
+    // Watched from before what the relay takes from the projection (whether
+    // it masks, whether it inspects): a change from here on reaches the relay
+    // as a change, which it looks at again.
+    let changes = gw.projection.changes();
     let mut options = UpstreamOptions::new(
         admitted.connection.address.clone(),
         login.user,
@@ -954,7 +958,7 @@ async fn relay_session(
         ))
     } else {
         relay.inspecting |= relay.masking.is_some();
-        relay.run(&admitted.connection, shutdown).await
+        relay.run(&admitted.connection, shutdown, changes).await
     };
     let ended = match ended {
         // Part of a long message went to the client: a FATAL now would be
@@ -1233,12 +1237,22 @@ const OPEN_REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 const REVIEW_GRACE: Duration = Duration::from_secs(2);
 
 impl Relay<'_> {
-    async fn run(&mut self, connection: &ConnectionSpec, shutdown: &CancellationToken) -> Result<(), Ended> {
+    async fn run(
+        &mut self,
+        connection: &ConnectionSpec,
+        shutdown: &CancellationToken,
+        mut changes: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(), Ended> {
         // Set up while the gateway began to stop: nothing is relayed.
         if shutdown.is_cancelled() {
             return Err(gateway_stopping());
         }
-        let mut changes = self.gw.projection.changes();
+        // What changed while the session was set up is looked at before the
+        // first message the client sent along with its password.
+        if changes.has_changed().unwrap_or(false) {
+            changes.borrow_and_update();
+            self.look_again(connection)?;
+        }
         let mut armed_for = self.grant_end();
         let expiry = timers::sleep(until(armed_for));
         tokio::pin!(expiry);
@@ -1310,38 +1324,7 @@ impl Relay<'_> {
                             if !alive {
                                 return Err(gateway_stopping());
                             }
-                            if let Some(why) = self.still_admitted(connection) {
-                                return Err(access_ended(&why));
-                            }
-                            let masks = self.gw.hook.masks(self.context);
-                            if self.masking.is_some() && !masks {
-                                // Statements prepared now get masks with no rule in them.
-                                self.masking_lapsed = true;
-                            }
-                            if self.masking_lapsed && masks {
-                                return Err(Ended::fatal(
-                                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                                    "masking rules cover this connection again after a time without them; \
-                                     reconnect to continue under them",
-                                ));
-                            }
-                            if self.masking.is_none() && masks {
-                                return Err(Ended::fatal(
-                                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                                    "masking rules now cover this connection; reconnect to continue under them",
-                                ));
-                            }
-                            let inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
-                            if inspecting && !self.inspecting {
-                                // Until now the session could run any SQL unchecked: what it
-                                // prepared, bound or declared (a DO block's dynamic SQL may have
-                                // replaced statements unseen) cannot be judged by its text.
-                                return Err(Ended::fatal(
-                                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                                    "command rules now cover this connection; reconnect to continue under them",
-                                ));
-                            }
-                            self.inspecting = inspecting;
+                            self.look_again(connection)?;
                             // Another grant may admit the session now (the one it
                             // began under revoked): the clock follows that one's end.
                             let end = self.grant_end();
@@ -1455,6 +1438,46 @@ impl Relay<'_> {
                 .and_then(|s| s.grant_for(&self.context.principal, &self.connection.id, &self.context.role, now))
                 .map_or(0, |g| g.expires_at_unix)
         })
+    }
+
+    /// After a change of the projection: ends the session if no grant admits
+    /// it any more, or if rules came to cover it that it did not start under
+    /// (or came back after a time without them); otherwise follows what the
+    /// rules now say.
+    fn look_again(&mut self, connection: &ConnectionSpec) -> Result<(), Ended> {
+        if let Some(why) = self.still_admitted(connection) {
+            return Err(access_ended(&why));
+        }
+        let masks = self.gw.hook.masks(self.context);
+        if self.masking.is_some() && !masks {
+            // Statements prepared now get masks with no rule in them.
+            self.masking_lapsed = true;
+        }
+        if self.masking_lapsed && masks {
+            return Err(Ended::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "masking rules cover this connection again after a time without them; \
+                 reconnect to continue under them",
+            ));
+        }
+        if self.masking.is_none() && masks {
+            return Err(Ended::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "masking rules now cover this connection; reconnect to continue under them",
+            ));
+        }
+        let inspecting = self.gw.hook.inspects(self.context) || self.masking.is_some();
+        if inspecting && !self.inspecting {
+            // Until now the session could run any SQL unchecked: what it
+            // prepared, bound or declared (a DO block's dynamic SQL may have
+            // replaced statements unseen) cannot be judged by its text.
+            return Err(Ended::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "command rules now cover this connection; reconnect to continue under them",
+            ));
+        }
+        self.inspecting = inspecting;
+        Ok(())
     }
 
     /// `None` while the projection still admits this session; otherwise why not.
