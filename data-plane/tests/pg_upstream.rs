@@ -254,6 +254,41 @@ async fn cancel_reaches_the_running_query() {
     }
 }
 
+/// A cancel goes to the address the session reached, its certificate
+/// checked for the name the session was opened with, not for the address.
+#[tokio::test]
+async fn a_cancel_goes_to_the_address_reached_and_checks_the_name() {
+    let mut o = opts(TargetTls::VerifyFull);
+    o.address = o.address.replace("127.0.0.1", "localhost");
+    o.root_certs = Some(server_cert_roots());
+    let mut up = upstream::connect(&o).await.unwrap();
+    let key = up.backend_key.clone().unwrap();
+    let reached = up.stream.peer_addr().unwrap();
+    assert!(reached.ip().is_loopback());
+    let mut buf = BytesMut::new();
+    encode::query(&mut buf, b"select pg_sleep(30)").unwrap();
+    up.stream.write_all(&buf).await.unwrap();
+    let admin = admin().await;
+    airlock_testkit::eventually(Duration::from_secs(10), "the query to run", || async {
+        let running = "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active'";
+        admin.query_opt(running, &[&key.pid]).await.unwrap().is_some()
+    })
+    .await;
+    // Named otherwise, the certificate (for localhost) does not do.
+    let mut elsewhere = o.clone();
+    elsewhere.server_name = Some("db.example.com".into());
+    let err = upstream::cancel(&elsewhere.for_cancel(reached), &key).await.unwrap_err();
+    assert!(matches!(&err, UpstreamError::Tls(e) if e.to_string().contains("not valid for name")), "{err}");
+    let cancel = o.for_cancel(reached);
+    assert_eq!(cancel.address, reached.to_string());
+    upstream::cancel(&cancel, &key).await.unwrap();
+    let messages = read_until_ready(&mut up).await;
+    let cancelled = messages.iter().any(
+        |m| matches!(m, BackendMessage::ErrorResponse(e) if e.code().unwrap() == sqlstate::QUERY_CANCELED.as_bytes()),
+    );
+    assert!(cancelled, "{messages:?}");
+}
+
 #[tokio::test]
 async fn connect_failures() {
     // Nothing listens on port 1.

@@ -826,7 +826,12 @@ async fn relay_session(
         upstream_failed(&admitted.connection.name, e)
     })?;
 
-    // Our own cancel key, mapped to the backend's.
+    // Our own cancel key, mapped to the backend's, at the address this
+    // connection reached.
+    let cancel_to = upstream.stream.peer_addr().map(|reached| options.for_cancel(reached)).map_err(|e| {
+        tracing::warn!(parent: span, "the connection to {} has no peer address: {e}", admitted.connection.name);
+        Ended::fatal(sqlstate::CONNECTION_FAILURE, format!("the connection to {} failed", admitted.connection.name))
+    })?;
     let cancel_held = Arc::new(tokio::sync::Notify::new());
     let (pid, key) = loop {
         let pid = rand::random::<i32>() & i32::MAX;
@@ -835,7 +840,7 @@ async fn relay_session(
         if pid != 0 && !cancels.contains_key(&(pid, key)) {
             if let Some(backend) = &upstream.backend_key {
                 let target =
-                    CancelTarget { upstream: options.clone(), key: backend.clone(), held: cancel_held.clone() };
+                    CancelTarget { upstream: cancel_to.clone(), key: backend.clone(), held: cancel_held.clone() };
                 cancels.insert((pid, key), target);
             }
             break (pid, key);

@@ -104,6 +104,28 @@ impl UpstreamOptions {
             connect_timeout: Duration::from_secs(10),
         }
     }
+
+    /// Where a cancel for the session these options opened goes: to
+    /// `reached`, the address that session's connection reached, and not to
+    /// whichever address the name gives when the cancel comes (a name with
+    /// several, one that moved to another host since): a cancel anywhere else
+    /// would be lost. TLS is as before and checks the certificate for the
+    /// same name. A cancel logs in as no one: it carries no credential.
+    pub fn for_cancel(&self, reached: std::net::SocketAddr) -> UpstreamOptions {
+        UpstreamOptions {
+            address: reached.to_string(),
+            tls: self.tls,
+            root_certs: self.root_certs.clone(),
+            server_name: Some(self.server_name.clone().unwrap_or_else(|| host_of(&self.address).to_owned())),
+            user: String::new(),
+            password: String::new(),
+            salted: None,
+            salt_cache: None,
+            database: String::new(),
+            params: Vec::new(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 impl fmt::Debug for UpstreamOptions {
@@ -163,6 +185,11 @@ pub enum UpstreamStream {
 impl UpstreamStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, UpstreamStream::Tls(_))
+    }
+
+    /// The address the connection reached.
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.tcp().peer_addr()
     }
 
     /// The TCP socket under it.
@@ -1035,6 +1062,23 @@ mod tests {
         ] {
             assert_eq!(on_this_machine(ip.parse().unwrap()), local, "{ip}");
         }
+    }
+
+    #[test]
+    fn a_cancel_goes_where_the_session_went_under_the_same_name_with_no_credential() {
+        let mut opts = UpstreamOptions::new("db.internal:6432", "airlock_s1", "secret", "app");
+        opts.tls = TargetTls::VerifyFull;
+        opts.params = vec![(b"application_name".to_vec(), b"psql".to_vec())];
+        let reached: std::net::SocketAddr = "10.1.2.3:6432".parse().unwrap();
+        let cancel = opts.for_cancel(reached);
+        assert_eq!(cancel.address, "10.1.2.3:6432");
+        assert_eq!(cancel.server_name.as_deref(), Some("db.internal"), "the certificate is checked for the name");
+        assert_eq!(cancel.tls, TargetTls::VerifyFull);
+        assert_eq!(cancel.connect_timeout, opts.connect_timeout);
+        assert!(cancel.password.is_empty() && cancel.user.is_empty() && cancel.salted.is_none());
+        assert!(cancel.params.is_empty());
+        opts.server_name = Some("primary.db.internal".into());
+        assert_eq!(opts.for_cancel(reached).server_name.as_deref(), Some("primary.db.internal"));
     }
 
     #[test]
