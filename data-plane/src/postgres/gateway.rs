@@ -149,6 +149,8 @@ type AtTarget = (TenantId, ConnectionId, Target);
 /// Where a cancel request for a gateway-issued key goes.
 #[derive(Debug, Clone)]
 pub(crate) struct CancelTarget {
+    /// The session's tenant, whose share of the forwarding it takes.
+    pub tenant: TenantId,
     pub upstream: UpstreamOptions,
     pub key: BackendKey,
     /// Wakes the session when it is waiting on a held statement: a cancel then
@@ -312,35 +314,62 @@ pub(crate) enum LoginCap {
     Everywhere,
 }
 
-/// The most cancels passed on by other workers that are forwarded at once.
+/// The most cancels passed on by other workers that are forwarded at once
+/// for the sessions of one tenant: a tenant whose targets are slow to take
+/// them (each holds a connection up to the connect timeout) holds up its
+/// own, not another tenant's.
 const FORWARDS_AT_ONCE: usize = 64;
+
+/// The most forwarded at once for every tenant together.
+const FORWARDS_AT_ONCE_IN_ALL: usize = 1024;
 
 /// Cancels passed on by other workers and being forwarded, by session key:
 /// a cancel for a session whose last one is still on its way, or past
-/// `FORWARDS_AT_ONCE`, is dropped (a client repeats a cancel that did not
-/// take; one that floods a worker with its key's cancels gets one at a time).
+/// `FORWARDS_AT_ONCE` of its tenant or `FORWARDS_AT_ONCE_IN_ALL`, is dropped
+/// (a client repeats a cancel that did not take; one that floods a worker
+/// with its key's cancels gets one at a time).
 #[derive(Default)]
-struct Forwarding(Mutex<std::collections::HashSet<(i32, [u8; 4])>>);
+struct Forwarding(Mutex<InForwarding>);
+
+#[derive(Default)]
+struct InForwarding {
+    keys: std::collections::HashSet<(i32, [u8; 4])>,
+    by_tenant: HashMap<TenantId, usize>,
+}
 
 /// A cancel being forwarded, until dropped.
 struct Forward {
     all: Arc<Forwarding>,
+    tenant: TenantId,
     key: (i32, [u8; 4]),
 }
 
 impl Forwarding {
-    fn begin(all: &Arc<Forwarding>, key: (i32, [u8; 4])) -> Option<Forward> {
-        let mut keys = all.0.lock().unwrap_or_else(|e| e.into_inner());
-        if keys.len() >= FORWARDS_AT_ONCE || !keys.insert(key) {
+    fn begin(all: &Arc<Forwarding>, tenant: TenantId, key: (i32, [u8; 4])) -> Option<Forward> {
+        let mut now = all.0.lock().unwrap_or_else(|e| e.into_inner());
+        let InForwarding { keys, by_tenant } = &mut *now;
+        let of_tenant = by_tenant.entry(tenant).or_default();
+        if keys.len() >= FORWARDS_AT_ONCE_IN_ALL || *of_tenant >= FORWARDS_AT_ONCE || !keys.insert(key) {
+            if *of_tenant == 0 {
+                by_tenant.remove(&tenant);
+            }
             return None;
         }
-        Some(Forward { all: all.clone(), key })
+        *of_tenant += 1;
+        Some(Forward { all: all.clone(), tenant, key })
     }
 }
 
 impl Drop for Forward {
     fn drop(&mut self) {
-        self.all.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        let mut now = self.all.0.lock().unwrap_or_else(|e| e.into_inner());
+        now.keys.remove(&self.key);
+        if let Entry::Occupied(mut count) = now.by_tenant.entry(self.tenant) {
+            *count.get_mut() = count.get().saturating_sub(1);
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
     }
 }
 
@@ -535,7 +564,7 @@ impl Gateway {
                         // A statement held here for review is cancelled here,
                         // whatever the bound: it costs no connection.
                         target.held.notify_waiters();
-                        match Forwarding::begin(&self.forwarding, (request.pid, request.key)) {
+                        match Forwarding::begin(&self.forwarding, target.tenant, (request.pid, request.key)) {
                             Some(forwarding) => {
                                 tokio::spawn(async move {
                                     Self::cancel_upstream(&target).await;
@@ -1143,21 +1172,34 @@ pub fn describe(addr: SocketAddr) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{FORWARDS_AT_ONCE, Forwarding, LoginSource, NextTry};
+    use super::{FORWARDS_AT_ONCE, FORWARDS_AT_ONCE_IN_ALL, Forwarding, LoginSource, NextTry};
+    use airlock_core::TenantId;
 
     #[test]
-    fn cancels_from_other_workers_go_one_per_session_and_a_bounded_number_in_all() {
+    fn cancels_from_other_workers_go_one_per_session_and_a_bounded_number_per_tenant() {
         let all = std::sync::Arc::new(Forwarding::default());
-        let first = Forwarding::begin(&all, (7, [1, 2, 3, 4])).unwrap();
-        assert!(Forwarding::begin(&all, (7, [1, 2, 3, 4])).is_none(), "one at a time per session");
-        let other = Forwarding::begin(&all, (8, [1, 2, 3, 4])).unwrap();
+        let (tenant, neighbour) = (TenantId::new(), TenantId::new());
+        let first = Forwarding::begin(&all, tenant, (7, [1, 2, 3, 4])).unwrap();
+        assert!(Forwarding::begin(&all, tenant, (7, [1, 2, 3, 4])).is_none(), "one at a time per session");
+        let other = Forwarding::begin(&all, tenant, (8, [1, 2, 3, 4])).unwrap();
         drop(first);
-        let again = Forwarding::begin(&all, (7, [1, 2, 3, 4])).expect("free once the first is done");
-        let more: Vec<_> =
-            (100..).take(FORWARDS_AT_ONCE - 2).map(|pid| Forwarding::begin(&all, (pid, [0; 4])).unwrap()).collect();
-        assert!(Forwarding::begin(&all, (9, [9; 4])).is_none(), "no more than {FORWARDS_AT_ONCE} at once");
-        drop((other, again, more));
-        assert!(Forwarding::begin(&all, (9, [9; 4])).is_some());
+        let again = Forwarding::begin(&all, tenant, (7, [1, 2, 3, 4])).expect("free once the first is done");
+        let more: Vec<_> = (100..)
+            .take(FORWARDS_AT_ONCE - 2)
+            .map(|pid| Forwarding::begin(&all, tenant, (pid, [0; 4])).unwrap())
+            .collect();
+        assert!(Forwarding::begin(&all, tenant, (9, [9; 4])).is_none(), "no more than {FORWARDS_AT_ONCE} at once");
+        let beside = Forwarding::begin(&all, neighbour, (9, [9; 4])).expect("another tenant's are not held up");
+        drop((other, again, more, beside));
+        assert!(Forwarding::begin(&all, tenant, (9, [9; 4])).is_some());
+        assert!(all.0.lock().unwrap().by_tenant.is_empty(), "a tenant with none on its way is forgotten");
+
+        // Every tenant together is bounded too.
+        let many: Vec<_> = (0..)
+            .map_while(|pid| Forwarding::begin(&all, TenantId::new(), (pid + 1000, [1; 4])))
+            .take(FORWARDS_AT_ONCE_IN_ALL + 1)
+            .collect();
+        assert_eq!(many.len(), FORWARDS_AT_ONCE_IN_ALL);
     }
 
     /// IPv4 clients count by address, also when they reach an IPv6 socket;

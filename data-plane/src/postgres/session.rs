@@ -839,8 +839,12 @@ async fn relay_session(
         let mut cancels = gw.cancels.lock().unwrap_or_else(|e| e.into_inner());
         if pid != 0 && !cancels.contains_key(&(pid, key)) {
             if let Some(backend) = &upstream.backend_key {
-                let target =
-                    CancelTarget { upstream: cancel_to.clone(), key: backend.clone(), held: cancel_held.clone() };
+                let target = CancelTarget {
+                    tenant: admitted.context.tenant,
+                    upstream: cancel_to.clone(),
+                    key: backend.clone(),
+                    held: cancel_held.clone(),
+                };
                 cancels.insert((pid, key), target);
             }
             break (pid, key);
