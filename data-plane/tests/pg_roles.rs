@@ -595,6 +595,10 @@ async fn a_role_whose_template_was_dropped_goes_unless_it_owns_objects() {
     let maker = roles.create_session_role(&spec(&worker, &template)).await.unwrap();
     let session = login(&db, &maker).await.unwrap();
     session.batch_execute("CREATE TABLE left_behind (x int); INSERT INTO left_behind VALUES (7)").await.unwrap();
+    // Default privileges count as owned in the catalog, though only DROP
+    // OWNED clears them: no reason to keep a role.
+    let idle_session = login(&db, &idle).await.unwrap();
+    idle_session.batch_execute("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC").await.unwrap();
     // The template goes, by hand: its privileges first, then the role (which
     // takes its members' memberships with it).
     admin
@@ -610,6 +614,7 @@ async fn a_role_whose_template_was_dropped_goes_unless_it_owns_objects() {
     assert_eq!(failed[0].0, maker.name);
     assert!(failed[0].1.contains("member of no role") && failed[0].1.contains("REASSIGN OWNED BY"), "{err}");
     assert!(!role_exists(&admin, &idle.name).await);
+    assert!(idle_session.simple_query("SELECT 1").await.is_err(), "its session was ended before it went");
     assert!(session.simple_query("SELECT 1").await.is_err(), "its session was ended all the same");
     let can_login: bool =
         admin.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&maker.name]).await.unwrap().get(0);

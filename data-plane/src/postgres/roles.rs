@@ -100,6 +100,10 @@ const DROP_LOCK_TIMEOUT: &str = "10s";
 /// drop's transaction is taken for it).
 const ORPHAN_OWNS: &str = "AL001";
 
+/// The SQLSTATE that drop raises when a backend of the role outlived its
+/// termination.
+const BACKEND_STAYED: &str = "AL002";
+
 /// Longest worker id accepted (it goes into the role's comment).
 const MAX_WORKER_ID_LEN: usize = 128;
 
@@ -936,29 +940,57 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
     //    commits without waiting for us: a worker that stalls (or dies) here
     //    leaves nothing half done and no role rows locked.
     let literal = quote_literal(name);
-    let hand_over = match &template {
-        Some(template) => format!("REASSIGN OWNED BY {role} TO {}", quote_ident(template)),
+    let terminate = format!(
+        "SELECT pg_catalog.pg_terminate_backend(pid, {TERMINATE_WAIT_MS}) FROM pg_catalog.pg_stat_activity \
+         WHERE usename = {literal} AND pid <> pg_catalog.pg_backend_pid()"
+    );
+    let end_and_hand_over = match &template {
+        Some(template) => format!("{terminate}; REASSIGN OWNED BY {role} TO {}", quote_ident(template)),
+        // Every backend must be gone before the check (one still there
+        // could make an object after it, which DROP OWNED would destroy), so
+        // the ending is in the same block and its answers are looked at
+        // (the activity view is read once a transaction: not again after).
+        // Default privileges and user mappings count as owned, but DROP
+        // OWNED is what clears them, and they lend no one anything.
         None => format!(
-            "DO $orphan$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_shdepend d \
-                 WHERE d.deptype = 'o' AND d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
-                   AND d.refobjid = {literal}::pg_catalog.regrole \
-                   AND d.dbid = (SELECT oid FROM pg_catalog.pg_database \
-                                 WHERE datname = pg_catalog.current_database())) \
-             THEN RAISE EXCEPTION USING ERRCODE = '{ORPHAN_OWNS}', MESSAGE = 'the role owns objects'; \
-             END IF; END $orphan$"
+            "DO $orphan$ BEGIN \
+                 IF EXISTS (SELECT FROM ({terminate}) AS t(gone) WHERE NOT t.gone) THEN \
+                   RAISE EXCEPTION USING ERRCODE = '{BACKEND_STAYED}', \
+                     MESSAGE = 'a backend of the role did not exit within {TERMINATE_WAIT_MS} ms'; \
+                 END IF; \
+                 IF EXISTS (SELECT FROM pg_catalog.pg_shdepend d \
+                   WHERE d.deptype = 'o' AND d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                     AND d.refobjid = {literal}::pg_catalog.regrole \
+                     AND d.classid NOT IN ('pg_catalog.pg_default_acl'::pg_catalog.regclass, \
+                                           'pg_catalog.pg_user_mapping'::pg_catalog.regclass) \
+                     AND d.dbid = (SELECT oid FROM pg_catalog.pg_database \
+                                   WHERE datname = pg_catalog.current_database())) THEN \
+                   RAISE EXCEPTION USING ERRCODE = '{ORPHAN_OWNS}', MESSAGE = 'the role owns objects'; \
+                 END IF; END $orphan$"
         ),
     };
     let statements = format!(
         "{CATALOG_ONLY}; SET LOCAL lock_timeout = {timeout}; GRANT {role} TO CURRENT_USER; \
-         SELECT pg_catalog.pg_terminate_backend(pid, {wait}) FROM pg_catalog.pg_stat_activity \
-         WHERE usename = {literal} AND pid <> pg_catalog.pg_backend_pid(); \
-         {hand_over}; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
+         {end_and_hand_over}; DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}",
         timeout = quote_literal(DROP_LOCK_TIMEOUT),
-        wait = TERMINATE_WAIT_MS,
     );
     match client.batch_execute(&statements).await {
         Ok(()) => {}
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+        // The role is gone (dropped meanwhile), or the template is (dropped
+        // since it was looked up): a role still there is tried again.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+            let left = catalog_query(
+                client,
+                "looking up the session role",
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&name],
+            )
+            .await?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            return Err(db_error("dropping the session role", &e));
+        }
         Err(e) if template.is_none() && e.code().map(SqlState::code) == Some(ORPHAN_OWNS) => {
             return Err(RoleError::Orphaned { role: name.to_owned() });
         }
