@@ -1574,6 +1574,70 @@ async fn a_change_of_rules_while_a_session_starts_is_not_missed() {
     assert!(text.starts_with("masking rules cover this connection again"), "{text}");
 }
 
+/// Inspects nothing, and holds the first login it is asked about, once it
+/// is admitted, until released: as a slow target holds a login while the
+/// session's role is made.
+struct SlowLogin {
+    pause: std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl airlock_data_plane::postgres::hook::StatementHook for SlowLogin {
+    fn check(
+        &self,
+        _session: &airlock_data_plane::postgres::hook::SessionContext,
+        _statement: airlock_data_plane::postgres::hook::Statement<'_>,
+    ) -> airlock_data_plane::postgres::hook::Verdict {
+        airlock_data_plane::postgres::hook::Verdict::Allow
+    }
+
+    fn inspects(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
+        let paused = self.pause.lock().unwrap().take();
+        if let Some((entered, release)) = paused {
+            let _ = entered.send(());
+            let _ = release.recv_timeout(Duration::from_secs(30));
+        }
+        false
+    }
+}
+
+/// The grant is revoked after the login was admitted and before the relay
+/// starts: what the client sent along with its password does not run.
+#[tokio::test]
+async fn a_grant_revoked_while_a_session_is_set_up_runs_nothing_it_sent() {
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (release, held) = std::sync::mpsc::channel();
+    let s = Stack::start_with_hook(std::sync::Arc::new(SlowLogin {
+        pause: std::sync::Mutex::new(Some((entered_tx, held))),
+    }))
+    .await;
+    let token = s.token("raw").await;
+    let grant = s.grant("raw", 900).await;
+    let mut stream = support::wire::prompted_login(&s, "pg").await;
+    send(&mut stream, &[support::wire::password(&token), query("SELECT 'ran'")]).await;
+    tokio::time::timeout(Duration::from_secs(10), entered).await.unwrap().unwrap();
+    let (status, _) = s.post(&format!("/v1/grants/{grant}/revoke"), json!({"reason": "incident"})).await;
+    assert_eq!(status, 200);
+    s.settle().await;
+    release.send(()).unwrap();
+    let mut seen = Vec::new();
+    let (code, text) = loop {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream)).await.unwrap();
+        let field = |name: u8| {
+            body.split(|b| *b == 0)
+                .find_map(|f| f.strip_prefix(&[name]))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        if tag == b'E' {
+            break (field(b'C'), field(b'M'));
+        }
+        seen.push(tag as char);
+    };
+    assert!(!seen.contains(&'D'), "the query ran after the revocation: {seen:?}");
+    assert_eq!(code, "42501");
+    assert!(text.contains("revoked"), "{text}");
+}
+
 /// A client that pipelines queries faster than the target runs them, reading
 /// the results as they come (as libpq's pipeline mode and psycopg's pipeline
 /// do), gets every result, however far they outgrow the sockets' buffers. The

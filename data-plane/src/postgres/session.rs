@@ -1256,12 +1256,12 @@ impl Relay<'_> {
         if shutdown.is_cancelled() {
             return Err(gateway_stopping());
         }
-        // What changed while the session was set up is looked at before the
-        // first message the client sent along with its password.
-        if changes.has_changed().unwrap_or(false) {
-            changes.borrow_and_update();
-            self.look_again(connection)?;
-        }
+        // The projection as it is now is looked at before the first message
+        // the client sent along with its password: it may have changed while
+        // the session was set up, before the relay watched (a grant revoked
+        // while the session's role was made).
+        changes.borrow_and_update();
+        self.look_again(connection)?;
         let mut armed_for = self.grant_end();
         let expiry = timers::sleep(until(armed_for));
         tokio::pin!(expiry);

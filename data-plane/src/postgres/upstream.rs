@@ -109,8 +109,9 @@ impl UpstreamOptions {
     /// `reached`, the address that session's connection reached, and not to
     /// whichever address the name gives when the cancel comes (a name with
     /// several, one that moved to another host since): a cancel anywhere else
-    /// would be lost. TLS is as before and checks the certificate for the
-    /// same name. A cancel logs in as no one: it carries no credential.
+    /// would be lost. TLS is as the session's, with the same server name
+    /// (which `verify-full` checks the certificate for). A cancel logs in as
+    /// no one: it carries no credential.
     pub fn for_cancel(&self, reached: std::net::SocketAddr) -> UpstreamOptions {
         UpstreamOptions {
             address: reached.to_string(),
