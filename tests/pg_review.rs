@@ -396,6 +396,59 @@ async fn the_notice_of_a_hold_never_lands_inside_a_long_row() {
     }
 }
 
+/// The control plane is slow to open a statement's review (the link to it
+/// holds what the worker sends): the client's cancel meanwhile answers at
+/// once, the session goes on, and the review, once the control plane opens
+/// it, is withdrawn rather than left in approvers' inboxes.
+#[tokio::test]
+async fn a_cancel_while_a_review_opens_answers_at_once_and_the_review_is_withdrawn() {
+    let s = Stack::start_with_control_plane_link().await;
+    s.apply_policy(POLICY).await;
+    let agent = s.token("agent-7").await;
+    s.grant_role("agent-7", "readwrite", 900).await;
+    let alice = s.token_in("alice", &["dba"]).await;
+    allow_create(&s).await;
+    let client = std::sync::Arc::new(s.connect("pg.readwrite", &agent).await.unwrap());
+    client.simple_query("SELECT 1").await.unwrap();
+    s.opened_sessions(1).await;
+    let link = s.control_plane_link.as_ref().unwrap();
+    link.pause();
+    let paused_at = std::time::Instant::now();
+    let mut held = tokio::spawn({
+        let client = client.clone();
+        async move { client.batch_execute("CREATE TABLE cancelled_early (id int)").await }
+    });
+    // A cancel that comes before the statement is held finds nothing to
+    // cancel, as a cancel of a statement not yet running does: the client
+    // sends it again until the statement ends.
+    let cancelling = client.cancel_token();
+    let e = loop {
+        cancelling.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        tokio::select! {
+            ended = &mut held => break ended.unwrap().unwrap_err(),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        assert!(paused_at.elapsed() < Duration::from_secs(20), "the statement never ended");
+    };
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    let took = paused_at.elapsed();
+    assert!(took < Duration::from_secs(5), "the cancel took {took:?}: it waited for the review's opening");
+    client.batch_execute("SELECT 1").await.unwrap();
+    assert!(link.held() > 0, "the review's opening was held on its way to the control plane");
+
+    link.resume();
+    eventually(Duration::from_secs(20), "the late review to be withdrawn", || async {
+        let reviews = s.get_as("/v1/reviews", &alice).await;
+        reviews
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["statement"] == "CREATE TABLE cancelled_early (id int)" && r["state"] == "withdrawn")
+    })
+    .await;
+    assert!(columns(&s, "cancelled_early").await.is_empty());
+}
+
 /// The control plane stops answering while a statement's review opens: a
 /// revocation meanwhile (the bus still carries it) ends the session within
 /// a second, as it does while a review waits, and not once opening the

@@ -2,7 +2,9 @@
 //! a target that goes away: cutting closes every connection it relays and
 //! refuses new ones until it is restored. Stalling resets them instead, and
 //! holds new ones open without an answer, as a target behind a dead network
-//! path does: whoever connects waits for its own timeout.
+//! path does: whoever connects waits for its own timeout. Pausing holds what
+//! each side sends, on every connection, until it is resumed, as a slow
+//! network or a busy server does: nothing is lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,10 @@ pub struct TcpProxy {
     cuts: watch::Sender<u64>,
     /// Connections taken while stalled.
     stalled: Arc<AtomicUsize>,
+    /// Whether relayed bytes are held back.
+    paused: watch::Sender<bool>,
+    /// Reads whose bytes were held back by a pause.
+    held: Arc<AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -42,6 +48,9 @@ impl TcpProxy {
         let (accepting, relays) = (mode.clone(), cuts.clone());
         let stalled = Arc::new(AtomicUsize::new(0));
         let counted = stalled.clone();
+        let paused = watch::channel(false).0;
+        let (pauses, held) = (paused.clone(), Arc::new(AtomicUsize::new(0)));
+        let holding = held.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 match accepting.load(Ordering::Acquire) {
@@ -58,21 +67,33 @@ impl TcpProxy {
                 }
                 let mut cut = relays.subscribe();
                 let mode = accepting.clone();
+                let (paused, held) = (pauses.subscribe(), holding.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    // The same sockets, to reset them on a stall while the halves relay.
+                    let sockets =
+                        [socket2::SockRef::from(&client).try_clone(), socket2::SockRef::from(&server).try_clone()];
+                    let (from_client, to_client) = client.into_split();
+                    let (from_server, to_server) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = async {
+                            tokio::join!(
+                                pipe(from_client, to_server, paused.clone(), &held),
+                                pipe(from_server, to_client, paused, &held),
+                            )
+                        } => {}
                         _ = cut.changed() => {
                             if mode.load(Ordering::Acquire) == STALLED {
-                                let _ = client.set_zero_linger();
-                                let _ = server.set_zero_linger();
+                                for socket in sockets.iter().flatten() {
+                                    let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+                                }
                             }
                         }
                     }
                 });
             }
         });
-        Ok(TcpProxy { addr, mode, cuts, stalled, accept })
+        Ok(TcpProxy { addr, mode, cuts, stalled, paused, held, accept })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -106,11 +127,108 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.mode.store(OPEN, Ordering::Release);
     }
+
+    /// Holds back what either side of any connection sends from now on.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Passes on what was held back, and whatever comes after it.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// How many reads (of either side) a pause has held back so far.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// Copies `from` to `to` until `from` ends, then shuts `to` down for writing
+/// (as `copy_bidirectional` does); while paused, what was read waits.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: watch::Receiver<bool>,
+    held: &AtomicUsize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if *paused.borrow_and_update() {
+            held.fetch_add(1, Ordering::AcqRel);
+            if paused.wait_for(|p| !*p).await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.cut();
         self.accept.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::TcpProxy;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers each read with the bytes in upper case.
+    async fn shouter() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        buf[..n].make_ascii_uppercase();
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        at
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_what_is_sent_until_resumed() {
+        let proxy = TcpProxy::start(shouter().await).await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut got = [0u8; 4];
+        c.write_all(b"ping").await.unwrap();
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PING");
+
+        proxy.pause();
+        c.write_all(b"pong").await.unwrap();
+        airlock_wait(|| proxy.held() == 1).await;
+        let early = tokio::time::timeout(std::time::Duration::from_millis(200), c.read(&mut got)).await;
+        assert!(early.is_err(), "nothing gets through while paused");
+        proxy.resume();
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PONG");
+    }
+
+    async fn airlock_wait(mut done: impl FnMut() -> bool) {
+        crate::eventually(std::time::Duration::from_secs(5), "the proxy to hold a read", || {
+            let now = done();
+            async move { now }
+        })
+        .await;
     }
 }

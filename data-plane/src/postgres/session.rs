@@ -1241,6 +1241,12 @@ enum Control {
 
 /// How long opening a review may take before the statement is refused.
 const OPEN_REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a review's opening waits for the control plane, for a session
+/// that may have stopped waiting for it: a review whose id comes later is
+/// not withdrawn, and expires on its own.
+const OPENING_LIMIT: Duration = Duration::from_secs(60);
+
 /// Time past a review's end before a worker stops waiting for the control
 /// plane to record the expiry: clocks differ a little.
 const REVIEW_GRACE: Duration = Duration::from_secs(2);
@@ -1487,6 +1493,11 @@ impl Relay<'_> {
         }
         self.inspecting = inspecting;
         Ok(())
+    }
+
+    /// What a wait looks at: the grant, the gateway's stop.
+    fn watch(&self) -> Watch<'_> {
+        Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown }
     }
 
     /// `None` while the projection still admits this session; otherwise why not.
@@ -2436,64 +2447,91 @@ impl Relay<'_> {
         let cancelled = cancel_held.notified();
         tokio::pin!(cancelled);
         cancelled.as_mut().enable();
-        let ctx = self.context;
-        let opening = self.gw.control_plane.hold_command(
-            ctx.tenant,
-            ctx.session,
-            ctx.grant,
-            held.shown.clone(),
-            held.rule.clone(),
-        );
-        // The grant and the gateway's stop are watched while the review
-        // opens, as while it waits: a control plane slow to answer must not
-        // keep a revoked session going.
-        let watch = Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
-        let watched = async {
-            tokio::pin!(opening);
-            let mut changes = watch.gw.projection.changes();
-            let shutting_down = shutdown.cancelled();
-            tokio::pin!(shutting_down);
-            let ends = timers::sleep(until(self.grant_end()));
-            tokio::pin!(ends);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = &mut shutting_down => return Err(gateway_stopping()),
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            return Err(gateway_stopping());
-                        }
-                        watch.check()?;
+        // Opened on the main runtime, apart from the session: a session that
+        // stops waiting before the review's id comes (its client cancelled or
+        // went away, its grant ended, the control plane slow) drops `opened`,
+        // and the review is withdrawn as soon as its id comes, instead of
+        // staying open in approvers' inboxes until it expires.
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        {
+            let control_plane = self.gw.control_plane.clone();
+            let ctx = self.context;
+            let (tenant, session) = (ctx.tenant, ctx.session);
+            let (grant, shown, rule) = (ctx.grant, held.shown.clone(), held.rule.clone());
+            self.gw.runtime.spawn(async move {
+                let opening = control_plane.hold_command(tenant, session, grant, shown, rule);
+                let opening = tokio::time::timeout(OPENING_LIMIT, opening)
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer from the control plane in {OPENING_LIMIT:?}")));
+                if let Err(Ok(review)) = opened_tx.send(opening) {
+                    let id = review.review_id;
+                    if let Err(e) = control_plane.withdraw_review(tenant, id, session).await {
+                        tracing::warn!(review = %id, "failed to withdraw a review no session waits for: {e:#}");
                     }
-                    () = &mut ends => {
-                        watch.check()?;
-                        ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
-                    }
-                    opened = &mut opening => return Ok(opened),
                 }
-            }
-        };
-        let opened = match timers::timeout(OPEN_REVIEW_TIMEOUT, watched).await {
-            // The review stays open until it expires: its id never came.
-            Ok(Err(ended)) => return Err(ended),
-            Ok(Ok(opened)) => Ok(opened),
-            Err(elapsed) => Err(elapsed),
-        };
-        let review = match opened {
-            Ok(Ok(review)) => review,
-            Ok(Err(e)) => {
-                tracing::warn!(parent: self.span, rule = %held.rule, "failed to open a review: {e:#}");
-                return Ok(Err(refused(format!(
-                    "permission denied: rule {} holds this statement for review, and the review could not be opened",
-                    held.rule
-                ))));
-            }
-            Err(_) => {
-                tracing::warn!(parent: self.span, rule = %held.rule, "opening a review timed out");
-                return Ok(Err(refused(format!(
-                    "permission denied: rule {} holds this statement for review, and the control plane did not answer",
-                    held.rule
-                ))));
+            });
+        }
+        tokio::pin!(opened);
+        // The grant, the gateway's stop, the client's cancel and the client
+        // itself are watched while the review opens, as while it waits: a
+        // control plane slow to answer must not keep a revoked session going,
+        // nor a client waiting on a statement it cancelled.
+        let mut changes = self.gw.projection.changes();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
+        let ends = timers::sleep(until(self.grant_end()));
+        tokio::pin!(ends);
+        let gives_up = timers::sleep(OPEN_REVIEW_TIMEOUT);
+        tokio::pin!(gives_up);
+        let review = loop {
+            let room = self.client.buf.len() < HELD_BUFFER_LIMIT;
+            tokio::select! {
+                biased;
+                () = &mut shutting_down => return Err(gateway_stopping()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(gateway_stopping());
+                    }
+                    self.watch().check()?;
+                }
+                () = &mut ends => {
+                    self.watch().check()?;
+                    ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                () = &mut cancelled => {
+                    tracing::info!(parent: self.span, rule = %held.rule, "a statement was cancelled while its review opened");
+                    let report = Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
+                        .with_detail("it was held for review, which is withdrawn");
+                    return Ok(Err(report));
+                }
+                read = self.client.io.read_buf(&mut self.client.buf), if room => {
+                    let n = read.map_err(io_ended)?;
+                    if n == 0 {
+                        return Err(Ended::quietly("the client went away while a statement was held"));
+                    }
+                    self.bytes_in += n as u64;
+                    self.record_read(n)?;
+                    self.commit_recording()?;
+                }
+                opened = &mut opened => {
+                    let failure = match opened {
+                        Ok(Ok(review)) => break review,
+                        Ok(Err(e)) => format!("{e:#}"),
+                        Err(_) => "its task ended without an answer (the gateway is stopping)".to_owned(),
+                    };
+                    tracing::warn!(parent: self.span, rule = %held.rule, "failed to open a review: {failure}");
+                    return Ok(Err(refused(format!(
+                        "permission denied: rule {} holds this statement for review, and the review could not be opened",
+                        held.rule
+                    ))));
+                }
+                () = &mut gives_up => {
+                    tracing::warn!(parent: self.span, rule = %held.rule, "opening a review timed out");
+                    return Ok(Err(refused(format!(
+                        "permission denied: rule {} holds this statement for review, and the control plane did not answer",
+                        held.rule
+                    ))));
+                }
             }
         };
         let id = review.review_id;
