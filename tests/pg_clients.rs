@@ -1511,12 +1511,33 @@ async fn masking_rules_that_come_back_end_the_session() {
     assert!(text.starts_with("masking rules cover this connection again"), "{text}");
 }
 
+/// Holds the first call that passes through it (on a session thread) until
+/// the test releases it, telling the test when that call came.
+struct FirstCallHeld(std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>);
+
+impl FirstCallHeld {
+    /// The hold, what says it was entered, and what releases it.
+    fn new() -> (FirstCallHeld, tokio::sync::oneshot::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel();
+        (FirstCallHeld(std::sync::Mutex::new(Some((entered_tx, held)))), entered, release)
+    }
+
+    fn hold(&self) {
+        let first = self.0.lock().unwrap().take();
+        if let Some((entered, release)) = first {
+            let _ = entered.send(());
+            let _ = release.recv_timeout(Duration::from_secs(30));
+        }
+    }
+}
+
 /// Masks (under no rule) while `masks` is set, and holds the start of the
 /// first session in its catalog question until released, as a slow read of
 /// the target's catalog would.
 struct SlowStart {
     masks: std::sync::atomic::AtomicBool,
-    pause: std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    pause: FirstCallHeld,
 }
 
 impl airlock_data_plane::postgres::hook::StatementHook for SlowStart {
@@ -1533,11 +1554,7 @@ impl airlock_data_plane::postgres::hook::StatementHook for SlowStart {
     }
 
     fn wants_catalog(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
-        let paused = self.pause.lock().unwrap().take();
-        if let Some((entered, release)) = paused {
-            let _ = entered.send(());
-            let _ = release.recv_timeout(Duration::from_secs(30));
-        }
+        self.pause.hold();
         false
     }
 }
@@ -1548,12 +1565,8 @@ impl airlock_data_plane::postgres::hook::StatementHook for SlowStart {
 /// lapse later on.
 #[tokio::test]
 async fn a_change_of_rules_while_a_session_starts_is_not_missed() {
-    let (entered_tx, entered) = tokio::sync::oneshot::channel();
-    let (release, held) = std::sync::mpsc::channel();
-    let hook = std::sync::Arc::new(SlowStart {
-        masks: std::sync::atomic::AtomicBool::new(true),
-        pause: std::sync::Mutex::new(Some((entered_tx, held))),
-    });
+    let (pause, entered, release) = FirstCallHeld::new();
+    let hook = std::sync::Arc::new(SlowStart { masks: std::sync::atomic::AtomicBool::new(true), pause });
     let s = Stack::start_with_hook(hook.clone()).await;
     let token = s.token("raw").await;
     s.grant("raw", 900).await;
@@ -1577,9 +1590,7 @@ async fn a_change_of_rules_while_a_session_starts_is_not_missed() {
 /// Inspects nothing, and holds the first login it is asked about, once it
 /// is admitted, until released: as a slow target holds a login while the
 /// session's role is made.
-struct SlowLogin {
-    pause: std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
-}
+struct SlowLogin(FirstCallHeld);
 
 impl airlock_data_plane::postgres::hook::StatementHook for SlowLogin {
     fn check(
@@ -1591,11 +1602,7 @@ impl airlock_data_plane::postgres::hook::StatementHook for SlowLogin {
     }
 
     fn inspects(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
-        let paused = self.pause.lock().unwrap().take();
-        if let Some((entered, release)) = paused {
-            let _ = entered.send(());
-            let _ = release.recv_timeout(Duration::from_secs(30));
-        }
+        self.0.hold();
         false
     }
 }
@@ -1604,12 +1611,8 @@ impl airlock_data_plane::postgres::hook::StatementHook for SlowLogin {
 /// starts: what the client sent along with its password does not run.
 #[tokio::test]
 async fn a_grant_revoked_while_a_session_is_set_up_runs_nothing_it_sent() {
-    let (entered_tx, entered) = tokio::sync::oneshot::channel();
-    let (release, held) = std::sync::mpsc::channel();
-    let s = Stack::start_with_hook(std::sync::Arc::new(SlowLogin {
-        pause: std::sync::Mutex::new(Some((entered_tx, held))),
-    }))
-    .await;
+    let (pause, entered, release) = FirstCallHeld::new();
+    let s = Stack::start_with_hook(std::sync::Arc::new(SlowLogin(pause))).await;
     let token = s.token("raw").await;
     let grant = s.grant("raw", 900).await;
     let mut stream = support::wire::prompted_login(&s, "pg").await;
@@ -1619,21 +1622,8 @@ async fn a_grant_revoked_while_a_session_is_set_up_runs_nothing_it_sent() {
     assert_eq!(status, 200);
     s.settle().await;
     release.send(()).unwrap();
-    let mut seen = Vec::new();
-    let (code, text) = loop {
-        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut stream)).await.unwrap();
-        let field = |name: u8| {
-            body.split(|b| *b == 0)
-                .find_map(|f| f.strip_prefix(&[name]))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        if tag == b'E' {
-            break (field(b'C'), field(b'M'));
-        }
-        seen.push(tag as char);
-    };
-    assert!(!seen.contains(&'D'), "the query ran after the revocation: {seen:?}");
+    let (seen, code, text) = support::wire::read_to_fatal(&mut stream).await;
+    assert!(!seen.contains(&b'D'), "the query ran after the revocation: {:?}", String::from_utf8_lossy(&seen));
     assert_eq!(code, "42501");
     assert!(text.contains("revoked"), "{text}");
 }

@@ -175,6 +175,13 @@ pub async fn raw_login(s: &Stack, user: &str, token: &str) -> TcpStream {
 /// returns its SQLSTATE and message, once the gateway has closed the
 /// connection.
 pub async fn read_fatal(stream: &mut TcpStream) -> (String, String) {
+    let (_, code, message) = read_to_fatal(stream).await;
+    (code, message)
+}
+
+/// `read_fatal`, with the tags of the messages that came before the FATAL.
+pub async fn read_to_fatal(stream: &mut TcpStream) -> (Vec<u8>, String, String) {
+    let mut before = Vec::new();
     loop {
         let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(stream)).await.unwrap();
         let field = |name: u8| {
@@ -187,7 +194,8 @@ pub async fn read_fatal(stream: &mut TcpStream) -> (String, String) {
             let mut after = Vec::new();
             tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut after)).await.unwrap().unwrap();
             assert!(after.is_empty());
-            return (field(b'C'), field(b'M'));
+            return (before, field(b'C'), field(b'M'));
         }
+        before.push(tag);
     }
 }
