@@ -216,6 +216,10 @@ pub struct Worker {
     /// a /64 whole), 128 where many hosts share a /64. 1 to 128.
     /// (Wider than a prefix needs, so that 300 is told the range, not a type.)
     pub login_ipv6_prefix: u32,
+    /// The longest message of a target's a masked session holds whole to mask
+    /// it: a longer one ends the session (54000) before it is read whole
+    /// (default 64 MiB; 64 KiB to 1 GiB, the most Postgres sends).
+    pub masked_message_max_bytes: usize,
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
@@ -357,6 +361,7 @@ impl Default for Worker {
             max_logins_per_address: airlock_data_plane::postgres::gateway::DEFAULT_MAX_LOGINS_PER_ADDRESS,
             max_logins: airlock_data_plane::postgres::gateway::DEFAULT_MAX_LOGINS,
             login_ipv6_prefix: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_IPV6_PREFIX.into(),
+            masked_message_max_bytes: airlock_data_plane::postgres::gateway::DEFAULT_MASKED_MESSAGE_MAX,
             reconcile_every: Duration::from_secs(2),
             recording: airlock_data_plane::recording::Options::default(),
         }

@@ -189,6 +189,10 @@ fn recordings(config: &Config) -> anyhow::Result<airlock_control_plane::service:
     Ok(airlock_control_plane::service::Recordings { store: airlock_recorder::Recordings::open(&store)?, trusted_key })
 }
 
+/// The least `worker.masked_message_max_bytes` may be: below it, ordinary
+/// results (a wide row, an error with its detail) would end masked sessions.
+const MASKED_MESSAGE_MAX_AT_LEAST: usize = 64 << 10;
+
 fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options> {
     use airlock_data_plane::postgres::tls::TlsSource;
     let tls = match (&config.worker.tls_cert_file, &config.worker.tls_key_file) {
@@ -202,6 +206,12 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
     anyhow::ensure!(config.worker.admin_connections >= 1, "worker.admin_connections must be at least 1");
     anyhow::ensure!(config.worker.max_logins_per_address >= 1, "worker.max_logins_per_address must be at least 1");
     anyhow::ensure!(config.worker.max_logins >= 1, "worker.max_logins must be at least 1");
+    let masked_message_max = config.worker.masked_message_max_bytes;
+    anyhow::ensure!(
+        (MASKED_MESSAGE_MAX_AT_LEAST..=airlock_data_plane::postgres::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN)
+            .contains(&masked_message_max),
+        "worker.masked_message_max_bytes must be from 65536 (64 KiB) to 1073741824 (1 GiB), not {masked_message_max}"
+    );
     let login_ipv6_prefix = u8::try_from(config.worker.login_ipv6_prefix)
         .ok()
         .filter(|bits| (1..=128).contains(bits))
@@ -229,6 +239,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         max_logins_per_address: config.worker.max_logins_per_address,
         max_logins: config.worker.max_logins,
         login_ipv6_prefix,
+        masked_message_max,
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
@@ -442,6 +453,25 @@ mod tests {
         assert_eq!(total(&config).unwrap(), Some(10));
         config.worker.max_logins = 0;
         assert_eq!(total(&config).unwrap_err().to_string(), "worker.max_logins must be at least 1");
+    }
+
+    /// `worker.masked_message_max_bytes` reaches the gateway, within what a
+    /// result may need and what Postgres may send.
+    #[test]
+    fn the_masked_message_bound_comes_from_the_configuration() {
+        let mut config = crate::config::Config::default();
+        config.worker.token = "w".into();
+        let masked = |config: &crate::config::Config| {
+            worker_options(config).map(|o| o.postgres.map(|p| p.gateway.masked_message_max))
+        };
+        assert_eq!(masked(&config).unwrap(), Some(64 << 20), "64 MiB by default");
+        config.worker.masked_message_max_bytes = 1 << 30;
+        assert_eq!(masked(&config).unwrap(), Some(1 << 30));
+        for wrong in [0, 1000, (1 << 30) + 1] {
+            config.worker.masked_message_max_bytes = wrong;
+            let e = masked(&config).unwrap_err().to_string();
+            assert!(e.starts_with("worker.masked_message_max_bytes must be from 65536"), "{e}");
+        }
     }
 
     /// `worker.login_ipv6_prefix` reaches the gateway; a length no IPv6

@@ -1511,6 +1511,24 @@ async fn masking_rules_that_come_back_end_the_session() {
     assert!(text.starts_with("masking rules cover this connection again"), "{text}");
 }
 
+/// A masked session holds each row whole to mask it, up to a bound: a row
+/// longer than that ends the session, found out from its header before it
+/// is read whole; shorter ones go through.
+#[tokio::test]
+async fn a_row_longer_than_a_masked_session_holds_ends_it() {
+    let s = Stack::start_with_gateway(|g| g.masked_message_max = 1 << 20).await;
+    let mut stream = raw_masked(&s).await;
+    send(&mut stream, &[query("SELECT repeat('x', 1000000)")]).await;
+    let (seen, _) = read_until_ready(&mut stream).await;
+    assert_eq!(seen.len(), 3, "a row description, the row, its end");
+    assert_eq!(seen[1].len(), 2 + 1_000_000, "the row whole");
+    send(&mut stream, &[query("SELECT repeat('x', 2000000)")]).await;
+    let (before, code, text) = support::wire::read_to_fatal(&mut stream).await;
+    assert!(!before.contains(&b'D'), "the row does not reach the client: {before:?}");
+    assert_eq!(code, "54000");
+    assert!(text.contains("more than the 1048576 bytes a masked session holds"), "{text}");
+}
+
 /// Holds the first call that passes through it (on a session thread) until
 /// the test releases it, telling the test when that call came.
 struct FirstCallHeld(std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>);

@@ -77,6 +77,10 @@ pub struct GatewayOptions {
     /// sources (a botnet, the /64s of one IPv6 site) cannot hold the
     /// gateway's sockets with logins that never finish.
     pub max_logins: usize,
+    /// The longest message of the target's a masked session holds whole to
+    /// mask it; a longer one ends the session (54000) before it is read
+    /// whole. Sessions without masking pass long messages on as they come.
+    pub masked_message_max: usize,
 }
 
 impl Default for GatewayOptions {
@@ -95,9 +99,16 @@ impl Default for GatewayOptions {
             admin_connections: super::roles::ADMIN_CONNECTIONS,
             read_ahead_limit: DEFAULT_READ_AHEAD_LIMIT,
             max_logins: DEFAULT_MAX_LOGINS,
+            masked_message_max: DEFAULT_MASKED_MESSAGE_MAX,
         }
     }
 }
+
+/// `GatewayOptions::masked_message_max` by default: 64 MiB. A few sessions
+/// holding a message each stay well within a worker's memory; Postgres
+/// allows values up to 1 GiB, which a deployment masking such values raises
+/// it to.
+pub const DEFAULT_MASKED_MESSAGE_MAX: usize = 64 << 20;
 
 /// What a session reads of the target's answers while a write to the target
 /// waits, at most, before it passes them on.

@@ -2863,10 +2863,24 @@ impl Relay<'_> {
     /// errors and notices as the result they belong to says. Everything goes
     /// to `to_client`, for the caller to write.
     async fn forward_masked(&mut self, server_buf: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        let held_at_most = self.gw.options.masked_message_max.min(DEFAULT_MAX_BACKEND_MESSAGE_LEN);
         loop {
-            let (tag, len) = match peek_frame(server_buf, DEFAULT_MAX_BACKEND_MESSAGE_LEN) {
+            let (tag, len) = match peek_frame(server_buf, held_at_most) {
                 Ok(Some(next)) => next,
                 Ok(None) => return Ok(()),
+                // Found out from its header, before it is read whole.
+                Err(super::protocol::ProtocolError::MessageTooLong { len, .. })
+                    if len <= DEFAULT_MAX_BACKEND_MESSAGE_LEN =>
+                {
+                    tracing::warn!(parent: self.span, len, "a message of the target's is too long to mask");
+                    return Err(Ended::fatal(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!(
+                            "the target sent a message of {len} bytes, more than the {held_at_most} bytes a masked \
+                             session holds to mask one (worker.masked_message_max_bytes)"
+                        ),
+                    ));
+                }
                 Err(e) => {
                     tracing::error!(parent: self.span, "the target sent an invalid message: {e}");
                     return Err(Ended::fatal(sqlstate::PROTOCOL_VIOLATION, "the target sent an invalid message"));
@@ -3276,12 +3290,19 @@ impl Relay<'_> {
             // target may be waiting to write the rest of it.
             // (Not while a long message is passed on as it comes: the buffer
             // starts inside it, and what arrives goes on.)
+            // (Nor past what a masked session holds of a message: a longer
+            // one ends it once it is seen.)
+            let longest = match self.masking {
+                Some(_) => self.gw.options.masked_message_max,
+                None => super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN,
+            };
             let started = match server_buf.get(..HEADER_LEN) {
                 Some(&[_, a, b, c, d]) if self.passing == 0 => {
                     usize::try_from(i32::from_be_bytes([a, b, c, d])).unwrap_or(0)
                 }
                 _ => 0,
             }
+            .min(longest)
             .min(super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN);
             let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit.max(started + 2));
             let watch =
