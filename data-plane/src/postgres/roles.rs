@@ -947,14 +947,17 @@ async fn drop_role(client: &mut Client, name: &str) -> Result<(), RoleError> {
     let end_and_hand_over = match &template {
         Some(template) => format!("{terminate}; REASSIGN OWNED BY {role} TO {}", quote_ident(template)),
         // Every backend must be gone before the check (one still there
-        // could make an object after it, which DROP OWNED would destroy), so
-        // the ending is in the same block and its answers are looked at
-        // (the activity view is read once a transaction: not again after).
-        // Default privileges and user mappings count as owned, but DROP
-        // OWNED is what clears them, and they lend no one anything.
+        // could make an object after it, which DROP OWNED would destroy):
+        // each is ended, then the activity view, which a transaction reads
+        // once, is read again to see that none is left. Default privileges
+        // and user mappings count as owned, but DROP OWNED is what clears
+        // them, and they lend no one anything.
         None => format!(
             "DO $orphan$ BEGIN \
-                 IF EXISTS (SELECT FROM ({terminate}) AS t(gone) WHERE NOT t.gone) THEN \
+                 PERFORM FROM ({terminate}) AS t; \
+                 PERFORM pg_catalog.pg_stat_clear_snapshot(); \
+                 IF EXISTS (SELECT FROM pg_catalog.pg_stat_activity \
+                   WHERE usename = {literal} AND pid <> pg_catalog.pg_backend_pid()) THEN \
                    RAISE EXCEPTION USING ERRCODE = '{BACKEND_STAYED}', \
                      MESSAGE = 'a backend of the role did not exit within {TERMINATE_WAIT_MS} ms'; \
                  END IF; \
