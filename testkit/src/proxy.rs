@@ -75,13 +75,17 @@ impl TcpProxy {
                         [socket2::SockRef::from(&client).try_clone(), socket2::SockRef::from(&server).try_clone()];
                     let (from_client, to_client) = client.into_split();
                     let (from_server, to_server) = server.into_split();
+                    let relay = async {
+                        tokio::join!(
+                            pipe(from_client, to_server, paused.clone(), &held),
+                            pipe(from_server, to_client, paused, &held),
+                        )
+                    };
+                    // Dropped after the sockets are set to reset: dropping a
+                    // write half would otherwise close it cleanly first.
+                    tokio::pin!(relay);
                     tokio::select! {
-                        _ = async {
-                            tokio::join!(
-                                pipe(from_client, to_server, paused.clone(), &held),
-                                pipe(from_server, to_client, paused, &held),
-                            )
-                        } => {}
+                        _ = &mut relay => {}
                         _ = cut.changed() => {
                             if mode.load(Ordering::Acquire) == STALLED {
                                 for socket in sockets.iter().flatten() {

@@ -2447,31 +2447,36 @@ impl Relay<'_> {
         let cancelled = cancel_held.notified();
         tokio::pin!(cancelled);
         cancelled.as_mut().enable();
-        // Opened on the main runtime, apart from the session: a session that
-        // stops waiting before the review's id comes (its client cancelled or
-        // went away, its grant ended, the control plane slow) drops `opened`,
-        // and the review is withdrawn as soon as its id comes, instead of
-        // staying open in approvers' inboxes until it expires.
+        // Opened on the main runtime, apart from the session, and withdrawn
+        // whatever way the session stops waiting for it (`AskedReview`).
         let (opened_tx, opened) = tokio::sync::oneshot::channel();
         {
-            let control_plane = self.gw.control_plane.clone();
+            let gw = self.gw.clone();
             let ctx = self.context;
             let (tenant, session) = (ctx.tenant, ctx.session);
             let (grant, shown, rule) = (ctx.grant, held.shown.clone(), held.rule.clone());
             self.gw.runtime.spawn(async move {
-                let opening = control_plane.hold_command(tenant, session, grant, shown, rule);
+                let opening = gw.control_plane.hold_command(tenant, session, grant, shown, rule);
                 let opening = tokio::time::timeout(OPENING_LIMIT, opening)
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer from the control plane in {OPENING_LIMIT:?}")));
+                // No session waits for it any more.
                 if let Err(Ok(review)) = opened_tx.send(opening) {
-                    let id = review.review_id;
-                    if let Err(e) = control_plane.withdraw_review(tenant, id, session).await {
-                        tracing::warn!(review = %id, "failed to withdraw a review no session waits for: {e:#}");
-                    }
+                    withdraw_review(&gw, tenant, session, review.review_id);
                 }
             });
         }
-        tokio::pin!(opened);
+        let mut asked = AskedReview {
+            gw: self.gw.clone(),
+            tenant: self.context.tenant,
+            session: self.context.session,
+            opening: opened,
+            answered: false,
+            id: None,
+        };
+        // A change the relay has not looked at yet (the receiver below
+        // starts from the projection as it is).
+        self.watch().check()?;
         // The grant, the gateway's stop, the client's cancel and the client
         // itself are watched while the review opens, as while it waits: a
         // control plane slow to answer must not keep a revoked session going,
@@ -2513,7 +2518,8 @@ impl Relay<'_> {
                     self.record_read(n)?;
                     self.commit_recording()?;
                 }
-                opened = &mut opened => {
+                opened = &mut asked.opening => {
+                    asked.answered = true;
                     let failure = match opened {
                         Ok(Ok(review)) => break review,
                         Ok(Err(e)) => format!("{e:#}"),
@@ -2535,6 +2541,7 @@ impl Relay<'_> {
             }
         };
         let id = review.review_id;
+        asked.id = Some(id);
         self.review_note = Some((id.to_string(), String::new()));
         let wait = until(review.expires_at_unix);
         tracing::info!(parent: self.span, review = %id, rule = %held.rule, "statement held for review");
@@ -2573,6 +2580,7 @@ impl Relay<'_> {
                 self.send_client(to_client).await?;
             }
             if let Some((outcome, approver)) = self.review_outcome(id, review.seq) {
+                asked.id = None;
                 self.review_note = Some((id.to_string(), approver));
                 tracing::info!(parent: self.span, review = %id, approved = outcome.is_ok(), "review decided");
                 return Ok(outcome);
@@ -2581,7 +2589,6 @@ impl Relay<'_> {
             tokio::select! {
                 () = &mut cancelled => {
                     tracing::info!(parent: self.span, review = %id, "a held statement was cancelled by the client");
-                    self.withdraw(id);
                     let report = Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
                         .with_detail(format!("it was held for review {id}, which is withdrawn"));
                     return Ok(Err(report));
@@ -2591,7 +2598,6 @@ impl Relay<'_> {
                 read = self.client.io.read_buf(&mut self.client.buf), if room => {
                     let n = read.map_err(io_ended)?;
                     if n == 0 {
-                        self.withdraw(id);
                         return Err(Ended::quietly("the client went away while a statement was held"));
                     }
                     self.bytes_in += n as u64;
@@ -2616,6 +2622,8 @@ impl Relay<'_> {
                     self.send_client(to_client).await?;
                 }
                 () = timers::sleep_until(deadline) => {
+                    // Expired at the control plane: nothing to withdraw.
+                    asked.id = None;
                     return Ok(Err(refused(format!(
                         "permission denied: review {id} was not decided in time; the statement did not run"
                     ))));
@@ -2626,19 +2634,6 @@ impl Relay<'_> {
                 e = &mut recording_stopped => return Err(recording_lost(self.span, &e)),
             }
         }
-    }
-
-    /// Closes a review this session stopped waiting for, in the background: the
-    /// session does not wait on it, and a failure only leaves the review to expire.
-    fn withdraw(&self, review: airlock_core::ReviewId) {
-        let gw = self.gw.clone();
-        let (tenant, session) = (self.context.tenant, self.context.session);
-        // On the main runtime: not a session thread's work.
-        self.gw.runtime.spawn(async move {
-            if let Err(e) = gw.control_plane.withdraw_review(tenant, review, session).await {
-                tracing::warn!(%review, "failed to withdraw a review: {e:#}");
-            }
-        });
     }
 
     /// The review's outcome once the projection has it: `Ok` to run the
@@ -3421,6 +3416,53 @@ fn denial(gw: &Gateway, context: &SessionContext, connection: &ConnectionSpec) -
         };
         state.denial(&context.principal, current, &context.role, now)
     })
+}
+
+/// A review a session asked for, withdrawn when this is dropped unless its
+/// outcome came (or it expired): whatever way the session stops waiting (a
+/// cancel, its client gone, a revocation, the gateway stopping, an error),
+/// no approver is left asked to decide a statement that can no longer run.
+struct AskedReview {
+    gw: Arc<Gateway>,
+    tenant: TenantId,
+    session: SessionId,
+    /// The opening's answer.
+    opening: tokio::sync::oneshot::Receiver<anyhow::Result<crate::sync::grpc::HeldReview>>,
+    /// The answer was taken.
+    answered: bool,
+    /// The review, from its opening until its outcome.
+    id: Option<airlock_core::ReviewId>,
+}
+
+impl Drop for AskedReview {
+    fn drop(&mut self) {
+        let id = self.id.take().or_else(|| {
+            if self.answered {
+                return None;
+            }
+            // From here an answer not yet sent is withdrawn by the task that
+            // opens the review; one sent already is withdrawn here.
+            self.opening.close();
+            self.opening.try_recv().ok()?.ok().map(|review| review.review_id)
+        });
+        if let Some(id) = id {
+            withdraw_review(&self.gw, self.tenant, self.session, id);
+        }
+    }
+}
+
+/// Closes a review no session waits for any more, in the background, on the
+/// main runtime: a failure only leaves the review to expire.
+fn withdraw_review(gw: &Arc<Gateway>, tenant: TenantId, session: SessionId, review: airlock_core::ReviewId) {
+    let withdrawing = gw.clone();
+    gw.runtime.spawn(async move {
+        let withdrawn = withdrawing.control_plane.withdraw_review(tenant, review, session);
+        match tokio::time::timeout(OPENING_LIMIT, withdrawn).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%review, "failed to withdraw a review: {e:#}"),
+            Err(_) => tracing::warn!(%review, "failed to withdraw a review: no answer in {OPENING_LIMIT:?}"),
+        }
+    });
 }
 
 /// What ends a session that waits (on a write, on the control plane): the
