@@ -69,20 +69,20 @@ impl TcpProxy {
                 let mode = accepting.clone();
                 let (paused, held) = (pauses.subscribe(), holding.clone());
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = TcpStream::connect(target).await else { return };
                     // The same sockets, to reset them on a stall while the halves relay.
                     let sockets =
                         [socket2::SockRef::from(&client).try_clone(), socket2::SockRef::from(&server).try_clone()];
-                    let (from_client, to_client) = client.into_split();
-                    let (from_server, to_server) = server.into_split();
+                    // Borrowed halves: dropping one shuts nothing down, so a
+                    // stall's reset is the first thing either side sees.
+                    let (from_client, to_client) = client.split();
+                    let (from_server, to_server) = server.split();
                     let relay = async {
                         tokio::join!(
                             pipe(from_client, to_server, paused.clone(), &held),
                             pipe(from_server, to_client, paused, &held),
                         )
                     };
-                    // Dropped after the sockets are set to reset: dropping a
-                    // write half would otherwise close it cleanly first.
                     tokio::pin!(relay);
                     tokio::select! {
                         _ = &mut relay => {}
@@ -151,8 +151,8 @@ impl TcpProxy {
 /// Copies `from` to `to` until `from` ends, then shuts `to` down for writing
 /// (as `copy_bidirectional` does); while paused, what was read waits.
 async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
     mut paused: watch::Receiver<bool>,
     held: &AtomicUsize,
 ) {

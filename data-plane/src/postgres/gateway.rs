@@ -215,6 +215,10 @@ pub struct Gateway {
     /// connections (session threads' runtimes stop one by one at shutdown,
     /// while other sessions still drop their roles).
     pub(crate) runtime: tokio::runtime::Handle,
+    /// What `serve` was given to track its sessions in, which the worker
+    /// waits for at its stop: background work sessions leave behind them
+    /// (a review to withdraw) is tracked there too (`spawn_behind`).
+    behind: std::sync::OnceLock<TaskTracker>,
     /// What each target's catalog says of the relations results come from.
     catalogs: Mutex<HashMap<AtTarget, Arc<Catalog>>>,
     /// Sessions' opening and closing, on their way to the control plane's log.
@@ -500,6 +504,7 @@ impl Gateway {
             salt_caches: Mutex::default(),
             admins: tokio::sync::Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
+            behind: std::sync::OnceLock::new(),
             catalogs: Mutex::new(HashMap::new()),
             session_events,
             bus,
@@ -884,10 +889,20 @@ impl Gateway {
         }
     }
 
+    /// Runs `task` on the main runtime, apart from any session, where the
+    /// worker's stop waits for it (when the gateway serves).
+    pub(crate) fn spawn_behind(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match self.behind.get() {
+            Some(tracker) => drop(tracker.spawn_on(task, &self.runtime)),
+            None => drop(self.runtime.spawn(task)),
+        }
+    }
+
     /// Accepts clients until cancelled. Sessions run on the session threads
     /// (round robin), or in `tracker` when there are none; either way `tracker`
     /// is done only when every session has ended and dropped its role.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken, tracker: TaskTracker) {
+        let _ = self.behind.set(tracker.clone());
         let lanes = self.session_lanes(&cancel, &tracker);
         let mut next = 0usize;
         loop {

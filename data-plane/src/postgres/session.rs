@@ -1495,6 +1495,20 @@ impl Relay<'_> {
         Ok(())
     }
 
+    /// Ends a masked session at a message of `len` bytes from the target,
+    /// longer than it holds to mask one.
+    fn too_long_to_mask(&self, len: usize) -> Ended {
+        let most = self.gw.options.masked_message_max;
+        tracing::warn!(parent: self.span, len, most, "a message of the target's is too long to mask");
+        Ended::fatal(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "the target sent a message of {len} bytes, more than the {most} bytes a masked session holds to \
+                 mask one (worker.masked_message_max_bytes)"
+            ),
+        )
+    }
+
     /// What a wait looks at: the grant, the gateway's stop.
     fn watch(&self) -> Watch<'_> {
         Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown }
@@ -2447,6 +2461,12 @@ impl Relay<'_> {
         let cancelled = cancel_held.notified();
         tokio::pin!(cancelled);
         cancelled.as_mut().enable();
+        // The grant and the gateway's stop are watched from here on, as
+        // while the review waits: a change the relay has not looked at yet
+        // (the watch starts from the projection as it is now) is looked at
+        // before anything is asked of the control plane.
+        let mut changes = self.gw.projection.changes();
+        self.watch().check()?;
         // Opened on the main runtime, apart from the session, and withdrawn
         // whatever way the session stops waiting for it (`AskedReview`).
         let (opened_tx, opened) = tokio::sync::oneshot::channel();
@@ -2455,7 +2475,7 @@ impl Relay<'_> {
             let ctx = self.context;
             let (tenant, session) = (ctx.tenant, ctx.session);
             let (grant, shown, rule) = (ctx.grant, held.shown.clone(), held.rule.clone());
-            self.gw.runtime.spawn(async move {
+            self.gw.spawn_behind(async move {
                 let opening = gw.control_plane.hold_command(tenant, session, grant, shown, rule);
                 let opening = tokio::time::timeout(OPENING_LIMIT, opening)
                     .await
@@ -2474,14 +2494,10 @@ impl Relay<'_> {
             answered: false,
             id: None,
         };
-        // A change the relay has not looked at yet (the receiver below
-        // starts from the projection as it is).
-        self.watch().check()?;
-        // The grant, the gateway's stop, the client's cancel and the client
-        // itself are watched while the review opens, as while it waits: a
-        // control plane slow to answer must not keep a revoked session going,
-        // nor a client waiting on a statement it cancelled.
-        let mut changes = self.gw.projection.changes();
+        // The client's cancel and the client itself are watched while the
+        // review opens, as while it waits: a control plane slow to answer
+        // must not keep a revoked session going, nor a client waiting on a
+        // statement it cancelled.
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
         let ends = timers::sleep(until(self.grant_end()));
@@ -2863,18 +2879,13 @@ impl Relay<'_> {
             let (tag, len) = match peek_frame(server_buf, held_at_most) {
                 Ok(Some(next)) => next,
                 Ok(None) => return Ok(()),
-                // Found out from its header, before it is read whole.
+                // Found out from its header, before it is read whole. What
+                // came before it goes first: a COMMIT's answer, say.
                 Err(super::protocol::ProtocolError::MessageTooLong { len, .. })
                     if len <= DEFAULT_MAX_BACKEND_MESSAGE_LEN =>
                 {
-                    tracing::warn!(parent: self.span, len, "a message of the target's is too long to mask");
-                    return Err(Ended::fatal(
-                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                        format!(
-                            "the target sent a message of {len} bytes, more than the {held_at_most} bytes a masked \
-                             session holds to mask one (worker.masked_message_max_bytes)"
-                        ),
-                    ));
+                    self.send_client(to_client).await?;
+                    return Err(self.too_long_to_mask(len));
                 }
                 Err(e) => {
                     tracing::error!(parent: self.span, "the target sent an invalid message: {e}");
@@ -3285,20 +3296,19 @@ impl Relay<'_> {
             // target may be waiting to write the rest of it.
             // (Not while a long message is passed on as it comes: the buffer
             // starts inside it, and what arrives goes on.)
-            // (Nor past what a masked session holds of a message: a longer
-            // one ends it once it is seen.)
-            let longest = match self.masking {
-                Some(_) => self.gw.options.masked_message_max,
-                None => super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN,
-            };
             let started = match server_buf.get(..HEADER_LEN) {
                 Some(&[_, a, b, c, d]) if self.passing == 0 => {
                     usize::try_from(i32::from_be_bytes([a, b, c, d])).unwrap_or(0)
                 }
                 _ => 0,
             }
-            .min(longest)
             .min(super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN);
+            // Not one a masked session would not hold: that ends it now.
+            if self.masking.is_some() && started > self.gw.options.masked_message_max {
+                self.forward_answers(server_buf, to_client).await?;
+                self.send_client(to_client).await?;
+                return Err(self.too_long_to_mask(started));
+            }
             let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit.max(started + 2));
             let watch =
                 Watch { gw: self.gw, context: self.context, connection: self.connection, shutdown: &self.shutdown };
@@ -3455,7 +3465,7 @@ impl Drop for AskedReview {
 /// main runtime: a failure only leaves the review to expire.
 fn withdraw_review(gw: &Arc<Gateway>, tenant: TenantId, session: SessionId, review: airlock_core::ReviewId) {
     let withdrawing = gw.clone();
-    gw.runtime.spawn(async move {
+    gw.spawn_behind(async move {
         let withdrawn = withdrawing.control_plane.withdraw_review(tenant, review, session);
         match tokio::time::timeout(OPENING_LIMIT, withdrawn).await {
             Ok(Ok(())) => {}
