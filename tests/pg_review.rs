@@ -461,7 +461,6 @@ async fn a_cancel_while_a_review_opens_answers_at_once_and_the_review_is_withdra
     client.batch_execute("SELECT 1").await.unwrap();
     let opened = s.get_as("/v1/reviews", &alice).await;
     assert_eq!(opened, json!([]), "the review's opening was held on its way to the control plane");
-    assert!(link.held() > 0, "something was held on its way: the review's opening");
 
     link.resume();
     eventually(Duration::from_secs(20), "the late review to be withdrawn", || async {

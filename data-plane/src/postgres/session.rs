@@ -1242,10 +1242,11 @@ enum Control {
 /// How long opening a review may take before the statement is refused.
 const OPEN_REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a review's opening waits for the control plane, for a session
-/// that may have stopped waiting for it: a review whose id comes later is
-/// not withdrawn, and expires on its own.
-const OPENING_LIMIT: Duration = Duration::from_secs(60);
+/// How long a review's opening, or its withdrawal, waits for the control
+/// plane, for a session that may have stopped waiting for it: a review
+/// whose id comes later is not withdrawn, and expires on its own. The two
+/// together stay within a stop's usual grace period (a minute).
+const OPENING_LIMIT: Duration = Duration::from_secs(25);
 
 /// Time past a review's end before a worker stops waiting for the control
 /// plane to record the expiry: clocks differ a little.
@@ -3303,10 +3304,10 @@ impl Relay<'_> {
                 _ => 0,
             }
             .min(super::protocol::DEFAULT_MAX_BACKEND_MESSAGE_LEN);
-            // Not one a masked session would not hold: that ends it now.
+            // Not one a masked session would not hold: `forward_masked` ends
+            // the session at its header, once what came before it is sent.
             if self.masking.is_some() && started > self.gw.options.masked_message_max {
                 self.forward_answers(server_buf, to_client).await?;
-                self.send_client(to_client).await?;
                 return Err(self.too_long_to_mask(started));
             }
             let ahead = (&mut *server_buf, self.gw.options.read_ahead_limit.max(started + 2));
