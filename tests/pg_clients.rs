@@ -1610,9 +1610,9 @@ async fn a_change_of_rules_while_a_session_starts_is_not_missed() {
     assert!(text.starts_with("masking rules cover this connection again"), "{text}");
 }
 
-/// Inspects nothing, and holds the first login it is asked about, once it
-/// is admitted, until released: as a slow target holds a login while the
-/// session's role is made.
+/// Inspects nothing, and holds the first login it is asked about (once it
+/// is admitted, before the session's role is made) until released: the
+/// window a slow target opens while it makes the role.
 struct SlowLogin(FirstCallHeld);
 
 impl airlock_data_plane::postgres::hook::StatementHook for SlowLogin {

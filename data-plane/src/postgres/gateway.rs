@@ -379,12 +379,7 @@ impl Drop for Forward {
     fn drop(&mut self) {
         let mut now = self.all.0.lock().unwrap_or_else(|e| e.into_inner());
         now.keys.remove(&self.key);
-        if let Entry::Occupied(mut count) = now.by_tenant.entry(self.tenant) {
-            *count.get_mut() = count.get().saturating_sub(1);
-            if *count.get() == 0 {
-                count.remove();
-            }
-        }
+        count_down(&mut now.by_tenant, self.tenant);
     }
 }
 
@@ -399,11 +394,16 @@ impl Drop for LoginSlot<'_> {
         let mut guard = self.gateway.logins.lock().unwrap_or_else(|e| e.into_inner());
         let (logins, total) = &mut *guard;
         *total = total.saturating_sub(1);
-        if let Entry::Occupied(mut count) = logins.entry(self.source) {
-            *count.get_mut() = count.get().saturating_sub(1);
-            if *count.get() == 0 {
-                count.remove();
-            }
+        count_down(logins, self.source);
+    }
+}
+
+/// One fewer of `key` in `counts`; a key counted down to none is forgotten.
+fn count_down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
+    if let Entry::Occupied(mut count) = counts.entry(key) {
+        *count.get_mut() = count.get().saturating_sub(1);
+        if *count.get() == 0 {
+            count.remove();
         }
     }
 }
@@ -662,20 +662,17 @@ impl Gateway {
         refused.0 += 1;
         let now = std::time::Instant::now();
         if refused.1.is_none_or(|at| now.duration_since(at) >= REFUSAL_WARNING_EVERY) {
-            match cap {
-                LoginCap::Source(_) => tracing::warn!(
-                    latest = %source,
-                    refused = refused.0,
-                    "refused logins past worker.max_logins_per_address ({}): too many in progress from one address",
-                    self.options.max_logins_per_address
-                ),
-                LoginCap::Everywhere => tracing::warn!(
-                    latest = %source,
-                    refused = refused.0,
-                    "refused logins past worker.max_logins ({}): too many in progress from every address together",
-                    self.options.max_logins
-                ),
-            }
+            let (setting, most, whence) = match cap {
+                LoginCap::Source(_) => {
+                    ("worker.max_logins_per_address", self.options.max_logins_per_address, "from one address")
+                }
+                LoginCap::Everywhere => ("worker.max_logins", self.options.max_logins, "from every address together"),
+            };
+            tracing::warn!(
+                latest = %source,
+                refused = refused.0,
+                "refused logins past {setting} ({most}): too many in progress {whence}"
+            );
             *refused = (0, Some(now));
         }
     }

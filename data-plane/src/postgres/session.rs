@@ -2520,21 +2520,8 @@ impl Relay<'_> {
                     self.watch().check()?;
                     ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
-                () = &mut cancelled => {
-                    tracing::info!(parent: self.span, rule = %held.rule, "a statement was cancelled while its review opened");
-                    let report = Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
-                        .with_detail("it was held for review, which is withdrawn");
-                    return Ok(Err(report));
-                }
-                read = self.client.io.read_buf(&mut self.client.buf), if room => {
-                    let n = read.map_err(io_ended)?;
-                    if n == 0 {
-                        return Err(Ended::quietly("the client went away while a statement was held"));
-                    }
-                    self.bytes_in += n as u64;
-                    self.record_read(n)?;
-                    self.commit_recording()?;
-                }
+                () = &mut cancelled => return Ok(Err(self.held_cancelled(&held.rule, None))),
+                read = self.client.io.read_buf(&mut self.client.buf), if room => self.read_while_held(read)?,
                 opened = &mut asked.opening => {
                     asked.answered = true;
                     let failure = match opened {
@@ -2604,24 +2591,8 @@ impl Relay<'_> {
             }
             let room = self.client.buf.len() < HELD_BUFFER_LIMIT;
             tokio::select! {
-                () = &mut cancelled => {
-                    tracing::info!(parent: self.span, review = %id, "a held statement was cancelled by the client");
-                    let report = Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
-                        .with_detail(format!("it was held for review {id}, which is withdrawn"));
-                    return Ok(Err(report));
-                }
-                // Whatever the client sends meanwhile waits its turn; a client that
-                // went away ends the session now, not when the review ends.
-                read = self.client.io.read_buf(&mut self.client.buf), if room => {
-                    let n = read.map_err(io_ended)?;
-                    if n == 0 {
-                        return Err(Ended::quietly("the client went away while a statement was held"));
-                    }
-                    self.bytes_in += n as u64;
-                    self.record_read(n)?;
-                    // Written now: nothing may take it along for as long as the review lasts.
-                    self.commit_recording()?;
-                }
+                () = &mut cancelled => return Ok(Err(self.held_cancelled(&held.rule, Some(id)))),
+                read = self.client.io.read_buf(&mut self.client.buf), if room => self.read_while_held(read)?,
                 () = &mut grant_ends => {
                     // Checked again at the top: ends the session if the grant is over.
                     grant_ends.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -2651,6 +2622,29 @@ impl Relay<'_> {
                 e = &mut recording_stopped => return Err(recording_lost(self.span, &e)),
             }
         }
+    }
+
+    /// What the client hears when it cancels a statement held for review
+    /// (`review`, once opened), which is then withdrawn (`AskedReview`).
+    fn held_cancelled(&self, rule: &str, review: Option<airlock_core::ReviewId>) -> Report {
+        tracing::info!(parent: self.span, rule, review = ?review, "a held statement was cancelled by the client");
+        let which = review.map_or_else(String::new, |id| format!(" {id}"));
+        Report::error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
+            .with_detail(format!("it was held for review{which}, which is withdrawn"))
+    }
+
+    /// Takes what the client sends while a statement is held: it waits its
+    /// turn, recorded at once (nothing may take it along for as long as the
+    /// review lasts); a client that went away ends the session now, not
+    /// when the review ends.
+    fn read_while_held(&mut self, read: std::io::Result<usize>) -> Result<(), Ended> {
+        let n = read.map_err(io_ended)?;
+        if n == 0 {
+            return Err(Ended::quietly("the client went away while a statement was held"));
+        }
+        self.bytes_in += n as u64;
+        self.record_read(n)?;
+        self.commit_recording()
     }
 
     /// The review's outcome once the projection has it: `Ok` to run the
