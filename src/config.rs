@@ -24,6 +24,10 @@ pub struct Config {
     pub public_url: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// How long a process asked to stop (Ctrl-C, SIGTERM) waits for what it
+    /// is doing to end before it exits anyway; a second request exits at once.
+    #[serde(with = "duration_text")]
+    pub stop_timeout: Duration,
     pub database: Database,
     pub secrets: Secrets,
     pub api: Api,
@@ -289,6 +293,7 @@ impl Default for Config {
             data_dir: PathBuf::from("airlock-data"),
             public_url: String::new(),
             log_format: "text".into(),
+            stop_timeout: Duration::from_secs(30),
             database: Database::default(),
             secrets: Secrets::default(),
             api: Api::default(),
@@ -370,7 +375,7 @@ impl Default for Worker {
 
 const SECTIONS: [&str; 9] =
     ["database", "secrets", "api", "bus", "worker", "identity", "recorder", "recordings", "console"];
-const TOP_LEVEL: [&str; 3] = ["data_dir", "public_url", "log_format"];
+const TOP_LEVEL: [&str; 4] = ["data_dir", "public_url", "log_format", "stop_timeout"];
 
 impl Config {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {

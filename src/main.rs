@@ -151,6 +151,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(dispatch(cli));
+    // What is left (a blocking call that hangs, after a stop that gave up on
+    // it) does not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! Wires the parts into processes: `up` (everything, embedded), and each part
 //! alone. Shutdown: Ctrl-C or SIGTERM cancels every task, and the process waits
-//! for them to drain.
+//! for them to drain, for at most `stop_timeout`; a second Ctrl-C or SIGTERM
+//! exits at once.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -33,7 +34,7 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     let bus: Arc<dyn Bus> =
         if config.bus.nats_url.is_empty() { Arc::new(MemoryBus::new()) } else { nats(&config).await? };
 
-    let (stop, worker_tracker) = lifecycle();
+    let life = lifecycle(config.stop_timeout);
     // The worker stops first, on its own: its sessions end, and their closes
     // reach the control plane and their recordings the recorder, which are
     // stopped after it.
@@ -58,7 +59,7 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     if let Some(recording) = worker.postgres.as_mut().and_then(|pg| pg.recording.as_mut()) {
         recording.recorder_url = rec_url.clone();
     }
-    let w = airlock_data_plane::start(worker, bus, stop.clone(), &worker_tracker).await?;
+    let w = airlock_data_plane::start(worker, bus, life.stop.clone(), &life.tracker).await?;
 
     let api_url = local_url(cp.api_addr, cp.api_tls);
     println!("Airlock is up.");
@@ -74,14 +75,16 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     if cp.api_tls {
         println!("     (and AIRLOCK_CA_FILE=<the CA of api.tls_cert_file> unless the system trusts it)");
     }
-    stop.cancelled().await;
-    worker_tracker.close();
-    if tokio::time::timeout(WORKER_STOP, worker_tracker.wait()).await.is_err() {
-        tracing::warn!("the worker did not stop within {WORKER_STOP:?}; stopping the rest anyway");
+    life.stop.cancelled().await;
+    // Half the stop's time for the worker, the rest for what it reports to.
+    let worker_limit = life.limit / 2;
+    let worker = drain(&life.tracker, worker_limit, &life.force, "the worker").await;
+    if worker == Drained::Forced {
+        return Ok(ExitCode::FAILURE);
     }
     cancel.cancel();
-    wait(cancel, tracker).await;
-    Ok(ExitCode::SUCCESS)
+    let rest = drain(&tracker, life.limit - worker_limit, &life.force, "the control plane and the recorder").await;
+    Ok(if worker == Drained::All && rest == Drained::All { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// How `airlock up`'s own worker reaches a server of the same process
@@ -98,10 +101,6 @@ fn local_url(addr: std::net::SocketAddr, tls: bool) -> String {
     format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
-/// How long `airlock up` waits for its worker to stop before it stops the
-/// control plane and the recorder under it.
-const WORKER_STOP: std::time::Duration = std::time::Duration::from_secs(15);
-
 pub async fn control_plane(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     anyhow::ensure!(
@@ -110,28 +109,26 @@ pub async fn control_plane(config: Config) -> anyhow::Result<ExitCode> {
     );
     let bus = nats(&config).await?;
     create_private_dir(&config.data_dir)?;
-    let (cancel, tracker) = lifecycle();
-    airlock_control_plane::server::start(control_plane_options(&config)?, bus, cancel.clone(), &tracker).await?;
-    wait(cancel, tracker).await;
-    Ok(ExitCode::SUCCESS)
+    let life = lifecycle(config.stop_timeout);
+    airlock_control_plane::server::start(control_plane_options(&config)?, bus, life.stop.clone(), &life.tracker)
+        .await?;
+    Ok(life.wait("the control plane").await)
 }
 
 pub async fn gateway(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     raise_open_file_limit();
     let bus = nats(&config).await?;
-    let (cancel, tracker) = lifecycle();
-    airlock_data_plane::start(worker_options(&config)?, bus, cancel.clone(), &tracker).await?;
-    wait(cancel, tracker).await;
-    Ok(ExitCode::SUCCESS)
+    let life = lifecycle(config.stop_timeout);
+    airlock_data_plane::start(worker_options(&config)?, bus, life.stop.clone(), &life.tracker).await?;
+    Ok(life.wait("the gateway").await)
 }
 
 pub async fn recorder(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
-    let (cancel, tracker) = lifecycle();
-    airlock_recorder::start(config.recorder(), Some(worker_token(&config)?), cancel.clone(), &tracker).await?;
-    wait(cancel, tracker).await;
-    Ok(ExitCode::SUCCESS)
+    let life = lifecycle(config.stop_timeout);
+    airlock_recorder::start(config.recorder(), Some(worker_token(&config)?), life.stop.clone(), &life.tracker).await?;
+    Ok(life.wait("the recorder").await)
 }
 
 fn control_plane_options(config: &Config) -> anyhow::Result<airlock_control_plane::server::Options> {
@@ -381,15 +378,67 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn lifecycle() -> (CancellationToken, TaskTracker) {
-    let cancel = CancellationToken::new();
-    let signal = cancel.clone();
+/// A process's stop: the first Ctrl-C or SIGTERM cancels `stop`, a second
+/// one `force`. Once stopping, the process waits at most `limit` (the
+/// configuration's `stop_timeout`) for what it is doing to end: its
+/// sessions' ends, their roles' drops, their closes and recordings on their
+/// way. Each of those bounds its own steps; this bounds a part that hangs
+/// all the same (a target that takes a role's drop and never answers), so
+/// that a stop always ends.
+struct Lifecycle {
+    stop: CancellationToken,
+    force: CancellationToken,
+    tracker: TaskTracker,
+    limit: std::time::Duration,
+}
+
+fn lifecycle(limit: std::time::Duration) -> Lifecycle {
+    let (stop, force) = (CancellationToken::new(), CancellationToken::new());
+    let (first, second) = (stop.clone(), force.clone());
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
-        signal.cancel();
+        tracing::info!("shutting down (Ctrl-C or SIGTERM again exits at once)");
+        first.cancel();
+        shutdown_signal().await;
+        second.cancel();
     });
-    (cancel, TaskTracker::new())
+    Lifecycle { stop, force, tracker: TaskTracker::new(), limit }
+}
+
+impl Lifecycle {
+    /// Until asked to stop, then until the tasks drain (see [`drain`]):
+    /// success only if they all ended.
+    async fn wait(self, what: &str) -> ExitCode {
+        self.stop.cancelled().await;
+        match drain(&self.tracker, self.limit, &self.force, what).await {
+            Drained::All => ExitCode::SUCCESS,
+            Drained::TimedOut | Drained::Forced => ExitCode::FAILURE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    All,
+    TimedOut,
+    Forced,
+}
+
+/// Waits for `tracker`'s tasks to end, for at most `limit`, or until `force`
+/// (a second request to stop); says what was left.
+async fn drain(tracker: &TaskTracker, limit: std::time::Duration, force: &CancellationToken, what: &str) -> Drained {
+    tracker.close();
+    tokio::select! {
+        () = tracker.wait() => Drained::All,
+        () = tokio::time::sleep(limit) => {
+            tracing::warn!("{what} did not stop within {limit:?}: leaving {} tasks unfinished", tracker.len());
+            Drained::TimedOut
+        }
+        () = force.cancelled() => {
+            tracing::warn!("asked again to stop: leaving {} tasks of {what} unfinished", tracker.len());
+            Drained::Forced
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -406,12 +455,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-}
-
-async fn wait(cancel: CancellationToken, tracker: TaskTracker) {
-    cancel.cancelled().await;
-    tracker.close();
-    tracker.wait().await;
 }
 
 #[cfg(test)]

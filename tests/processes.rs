@@ -311,87 +311,31 @@ async fn access_is_requested_approved_and_denied_from_the_cli() {
 /// session's open and close once the control plane is back.
 #[tokio::test]
 async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back() {
-    let dir = TempDir::new();
     let target = airlock_testkit::pg::TestDb::create().await.unwrap();
     let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
     let worker_id = format!("cp-down-{}", uuid::Uuid::new_v4().simple());
     let _roles = DropRoles(target.url().to_owned(), worker_id.clone(), template.clone());
     let admin = support::admin_client(target.url()).await;
     admin.batch_execute(&format!("CREATE ROLE {template} NOLOGIN")).await.unwrap();
-    let prefix = airlock_testkit::nats::unique_prefix();
-    let _stream = airlock_testkit::nats::StreamCleanup(format!("{}_EVENTS", prefix.to_uppercase()));
-    let common = vec![
-        ("AIRLOCK_BUS__NATS_URL", airlock_testkit::nats::nats_url()),
-        ("AIRLOCK_BUS__PREFIX", prefix.clone()),
-        ("AIRLOCK_WORKER__TOKEN", "cluster-secret".to_owned()),
-    ];
-    let (api, grpc) = (free_addr(), free_addr());
-    // The gateway checks Airlock's own tokens as issued by the control plane's public URL.
-    let common: Vec<(&str, String)> =
-        common.into_iter().chain([("AIRLOCK_PUBLIC_URL", format!("http://{api}"))]).collect();
-    let mut cp_env = common.clone();
-    cp_env.push(("AIRLOCK_DATABASE__URL", format!("sqlite://{}", dir.0.join("airlock.db").display())));
-    cp_env.push(("AIRLOCK_SECRETS__MASTER_KEY", base64::engine::general_purpose::STANDARD.encode([5u8; 32])));
-    cp_env.push(("AIRLOCK_DATA_DIR", dir.0.join("cp").display().to_string()));
-    let cp_args = ["control-plane", "--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string()];
-    let mut cp = Proc::spawn("control-plane", &dir.0, &cp_args, &cp_env);
-    let url = format!("http://{api}");
-    wait_ready(&format!("{url}/readyz")).await;
-    let (health, pg) = (free_addr(), free_addr());
-    let mut gw_env = common.clone();
-    gw_env.push(("AIRLOCK_DATA_DIR", dir.0.join("gateway").display().to_string()));
-    gw_env.push(("AIRLOCK_WORKER__ID", worker_id.clone()));
-    gw_env.push(("AIRLOCK_WORKER__RECORDING__ENABLED", "false".to_owned()));
-    let gw_args = [
-        "gateway",
-        "--control-plane-url",
-        &format!("http://{grpc}"),
-        "--admin-addr",
-        &health.to_string(),
-        "--pg-addr",
-        &pg.to_string(),
-    ];
-    let _gateway = Proc::spawn("gateway", &dir.0, &gw_args, &gw_env);
-    wait_ready(&format!("http://{health}/readyz")).await;
-
-    let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
+    let mut cluster = Cluster::start().await;
+    let (_gateway, pg) = cluster.gateway("gateway", &worker_id, &[]).await;
+    let (url, admin_token) = (cluster.url.clone(), cluster.admin_token.clone());
     let http = reqwest::Client::new();
     let target_at = ("127.0.0.1:5432", "disable");
     let token = grant_on_target(&url, &admin_token, target_at, target.name(), &template, "steady").await;
-    let connect = || async {
-        let url = format!(
-            "host=127.0.0.1 port={} user=pg.readonly password={token} dbname={} sslmode=disable",
-            pg.port(),
-            target.name()
-        );
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let role: String = client.query_one("SELECT current_user", &[]).await?.get(0);
-        Ok::<_, tokio_postgres::Error>((client, role))
-    };
-    let first = std::sync::Mutex::new(None);
-    eventually(Duration::from_secs(20), "the gateway to admit the grant", || async {
-        let session = connect().await.ok();
-        let admitted = session.is_some();
-        *first.lock().unwrap() = session;
-        admitted
-    })
-    .await;
-    let (before, before_role) = first.into_inner().unwrap().unwrap();
+    let (before, before_role) = first_session(pg, &token, target.name()).await;
 
     // The control plane is killed: a live session goes on, ends, and a new one opens and ends.
-    cp.kill();
+    cluster.control_plane.kill();
     before.simple_query("SELECT 1").await.unwrap();
     drop(before);
-    let (during, during_role) = connect().await.expect("a session while the control plane is down");
+    let (during, during_role) =
+        session_through(pg, &token, target.name()).await.expect("a session while the control plane is down");
     during.simple_query("SELECT 2").await.unwrap();
     drop(during);
 
     // Back on the same database: the log gets both sessions, each opened and closed once.
-    let _cp = Proc::spawn("control-plane-again", &dir.0, &cp_args, &cp_env);
-    wait_ready(&format!("{url}/readyz")).await;
+    cluster.restart_control_plane().await;
     let sessions = || async {
         let Ok(r) = http.get(format!("{url}/v1/sessions")).bearer_auth(&admin_token).send().await else {
             return Vec::new();
@@ -418,6 +362,199 @@ async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back(
     let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "session_opened").count(), 2, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "session_closed").count(), 2, "{kinds:?}");
+}
+
+/// A gateway asked to stop while it cannot finish (the target takes the
+/// drop of a session's role and never answers) exits at its `stop_timeout`,
+/// or at once when asked a second time, saying what it left; the role is
+/// then dropped by the next start.
+#[tokio::test]
+async fn a_stop_that_cannot_finish_ends_at_its_limit_or_at_a_second_signal() {
+    let target = airlock_testkit::pg::TestDb::create().await.unwrap();
+    let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
+    let worker_id = format!("stop-{}", uuid::Uuid::new_v4().simple());
+    let _roles = DropRoles(target.url().to_owned(), worker_id.clone(), template.clone());
+    let admin = support::admin_client(target.url()).await;
+    admin.batch_execute(&format!("CREATE ROLE {template} NOLOGIN")).await.unwrap();
+    // The gateway reaches the target, its admin connections included, through a proxy that can hold what is sent.
+    let proxy = airlock_testkit::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await.unwrap();
+    let cluster = Cluster::start().await;
+    let address = proxy.addr().to_string();
+    let token =
+        grant_on_target(&cluster.url, &cluster.admin_token, (&address, "disable"), target.name(), &template, "agent")
+            .await;
+    let roles = || async {
+        let rows = admin
+            .query("SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND pg_has_role(rolname, $1, 'MEMBER')", &[&template])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+    };
+    let stop_with_a_hung_drop = |name: &'static str, stop_timeout: &'static str| {
+        let (cluster, proxy, token, target) = (&cluster, &proxy, &token, &target);
+        let worker_id = worker_id.clone();
+        async move {
+            let env = [("AIRLOCK_STOP_TIMEOUT", stop_timeout.to_owned())];
+            let (gateway, pg) = cluster.gateway(name, &worker_id, &env).await;
+            let (client, role) = first_session(pg, token, target.name()).await;
+            client.simple_query("SELECT 1").await.unwrap();
+            proxy.pause();
+            let asked = std::time::Instant::now();
+            signal(&gateway, "TERM");
+            (gateway, role, asked, client)
+        }
+    };
+
+    // At its limit: it waits for the drop until then, then exits, failing.
+    let (mut gateway, left, asked, _client) = stop_with_a_hung_drop("gateway-1", "4s").await;
+    let exited = wait_exit(&mut gateway, Duration::from_secs(30)).await;
+    assert!(asked.elapsed() >= Duration::from_secs(4), "exited {:?} after SIGTERM", asked.elapsed());
+    assert!(!exited.success(), "{exited:?}");
+    let log = std::fs::read_to_string(&gateway.log).unwrap();
+    assert!(log.contains("the gateway did not stop within 4s: leaving"), "{log}");
+    assert_eq!(roles().await, vec![left], "the role whose drop hung is still there");
+    proxy.resume();
+
+    // At a second signal: at once, however long the limit.
+    let (mut gateway, _, _, _client) = stop_with_a_hung_drop("gateway-2", "10m").await;
+    eventually(Duration::from_secs(10), "the gateway to begin its stop", || async {
+        std::fs::read_to_string(&gateway.log).unwrap_or_default().contains("shutting down")
+    })
+    .await;
+    signal(&gateway, "TERM");
+    let exited = wait_exit(&mut gateway, Duration::from_secs(20)).await;
+    assert!(!exited.success(), "{exited:?}");
+    let log = std::fs::read_to_string(&gateway.log).unwrap();
+    assert!(log.contains("asked again to stop: leaving"), "{log}");
+    proxy.resume();
+
+    // The next start drops what the stops left.
+    let (_gateway, _) = cluster.gateway("gateway-3", &worker_id, &[]).await;
+    eventually(Duration::from_secs(20), "the roles the stops left to be dropped", || async {
+        roles().await.is_empty()
+    })
+    .await;
+}
+
+/// Sends `SIG{name}` to `process`.
+fn signal(process: &Proc, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &process.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// How `process` exited, waiting at most `within`.
+async fn wait_exit(process: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < within, "{} did not exit within {within:?}", process.log.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A control plane (SQLite, NATS) and what gateway processes need to join it.
+struct Cluster {
+    control_plane: Proc,
+    url: String,
+    grpc: SocketAddr,
+    admin_token: String,
+    common: Vec<(&'static str, String)>,
+    cp_args: Vec<String>,
+    cp_env: Vec<(&'static str, String)>,
+    _stream: airlock_testkit::nats::StreamCleanup,
+    /// Last: removed once the processes are gone.
+    dir: TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = TempDir::new();
+        let prefix = airlock_testkit::nats::unique_prefix();
+        let stream = airlock_testkit::nats::StreamCleanup(format!("{}_EVENTS", prefix.to_uppercase()));
+        let (api, grpc) = (free_addr(), free_addr());
+        let common = vec![
+            ("AIRLOCK_BUS__NATS_URL", airlock_testkit::nats::nats_url()),
+            ("AIRLOCK_BUS__PREFIX", prefix),
+            ("AIRLOCK_WORKER__TOKEN", "cluster-secret".to_owned()),
+            // The gateway checks Airlock's own tokens as issued by the control plane's public URL.
+            ("AIRLOCK_PUBLIC_URL", format!("http://{api}")),
+        ];
+        let mut cp_env = common.clone();
+        cp_env.push(("AIRLOCK_DATABASE__URL", format!("sqlite://{}", dir.0.join("airlock.db").display())));
+        cp_env.push(("AIRLOCK_SECRETS__MASTER_KEY", base64::engine::general_purpose::STANDARD.encode([5u8; 32])));
+        cp_env.push(("AIRLOCK_DATA_DIR", dir.0.join("cp").display().to_string()));
+        let cp_args = ["control-plane", "--api-addr", &api.to_string(), "--grpc-addr", &grpc.to_string()]
+            .map(str::to_owned)
+            .to_vec();
+        let control_plane = Proc::spawn("control-plane", &dir.0, &cp_args, &cp_env);
+        let url = format!("http://{api}");
+        wait_ready(&format!("{url}/readyz")).await;
+        let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
+        Cluster { control_plane, url, grpc, admin_token, common, cp_args, cp_env, _stream: stream, dir }
+    }
+
+    /// Starts the control plane again on the same database, after a kill.
+    async fn restart_control_plane(&mut self) {
+        self.control_plane = Proc::spawn("control-plane-again", &self.dir.0, &self.cp_args, &self.cp_env);
+        wait_ready(&format!("{}/readyz", self.url)).await;
+    }
+
+    /// A gateway process (worker `worker_id`, without recording), once ready;
+    /// the address of its Postgres listener.
+    async fn gateway(&self, name: &str, worker_id: &str, env: &[(&'static str, String)]) -> (Proc, SocketAddr) {
+        let (health, pg) = (free_addr(), free_addr());
+        let mut gw_env = self.common.clone();
+        gw_env.push(("AIRLOCK_DATA_DIR", self.dir.0.join(name).display().to_string()));
+        gw_env.push(("AIRLOCK_WORKER__ID", worker_id.to_owned()));
+        gw_env.push(("AIRLOCK_WORKER__RECORDING__ENABLED", "false".to_owned()));
+        gw_env.extend(env.iter().cloned());
+        let args = [
+            "gateway",
+            "--control-plane-url",
+            &format!("http://{}", self.grpc),
+            "--admin-addr",
+            &health.to_string(),
+            "--pg-addr",
+            &pg.to_string(),
+        ];
+        let gateway = Proc::spawn(name, &self.dir.0, &args, &gw_env);
+        wait_ready(&format!("http://{health}/readyz")).await;
+        (gateway, pg)
+    }
+}
+
+/// A session through the gateway listening at `pg`, to `database` with
+/// `token`; with the name of its session role.
+async fn session_through(
+    pg: SocketAddr,
+    token: &str,
+    database: &str,
+) -> Result<(tokio_postgres::Client, String), tokio_postgres::Error> {
+    let url = format!(
+        "host=127.0.0.1 port={} user=pg.readonly password={token} dbname={database} sslmode=disable",
+        pg.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let role: String = client.query_one("SELECT current_user", &[]).await?.get(0);
+    Ok((client, role))
+}
+
+/// The first session the gateway at `pg` admits, once it has the grant.
+async fn first_session(pg: SocketAddr, token: &str, database: &str) -> (tokio_postgres::Client, String) {
+    let first = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(20), "the gateway to admit the grant", || async {
+        let session = session_through(pg, token, database).await.ok();
+        let admitted = session.is_some();
+        *first.lock().unwrap() = session;
+        admitted
+    })
+    .await;
+    first.into_inner().unwrap().unwrap()
 }
 
 /// `airlock up` with its REST API on every interface: refused in cleartext,
