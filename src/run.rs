@@ -381,10 +381,11 @@ fn init_logging(config: &Config) {
 /// A process's stop: the first Ctrl-C or SIGTERM cancels `stop`, a second
 /// one `force`. Once stopping, the process waits at most `limit` (the
 /// configuration's `stop_timeout`) for what it is doing to end: its
-/// sessions' ends, their roles' drops, their closes and recordings on their
-/// way. Each of those bounds its own steps; this bounds a part that hangs
-/// all the same (a target that takes a role's drop and never answers), so
-/// that a stop always ends.
+/// sessions' ends, their roles' drops, their closes on their way (their
+/// recordings stay in the spool for the next start), requests being
+/// answered. Each of those bounds its own steps; this bounds a part that
+/// hangs all the same (a target that takes a role's drop and never
+/// answers, a client's open event stream), so that a stop always ends.
 struct Lifecycle {
     stop: CancellationToken,
     force: CancellationToken,
@@ -395,11 +396,14 @@ struct Lifecycle {
 fn lifecycle(limit: std::time::Duration) -> Lifecycle {
     let (stop, force) = (CancellationToken::new(), CancellationToken::new());
     let (first, second) = (stop.clone(), force.clone());
+    // One listener for both requests: a signal that comes between them is
+    // kept for the second, not lost.
+    let mut signals = StopSignals::listen();
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down (Ctrl-C or SIGTERM again exits at once)");
+        signals.next().await;
         first.cancel();
-        shutdown_signal().await;
+        tracing::info!("shutting down (Ctrl-C or SIGTERM again exits at once)");
+        signals.next().await;
         second.cancel();
     });
     Lifecycle { stop, force, tracker: TaskTracker::new(), limit }
@@ -441,20 +445,45 @@ async fn drain(tracker: &TaskTracker, limit: std::time::Duration, force: &Cancel
     }
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C and SIGTERM, each request to stop in turn.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    listening: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn listen() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listening = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                (Ok(interrupt), Ok(terminate)) => Some((interrupt, terminate)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!("cannot listen for Ctrl-C and SIGTERM: {e}");
+                    None
+                }
+            };
+            StopSignals { listening }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// The next request to stop (never, when the signals could not be listened for).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        match &mut self.listening {
+            Some((interrupt, terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]

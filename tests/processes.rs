@@ -385,7 +385,11 @@ async fn a_stop_that_cannot_finish_ends_at_its_limit_or_at_a_second_signal() {
             .await;
     let roles = || async {
         let rows = admin
-            .query("SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'airlock\\_%' AND pg_has_role(rolname, $1, 'MEMBER')", &[&template])
+            .query(
+                "SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
+                 JOIN pg_roles t ON t.oid = m.roleid WHERE t.rolname = $1",
+                &[&template],
+            )
             .await
             .unwrap();
         rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()

@@ -1244,8 +1244,9 @@ const OPEN_REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a review's opening, or its withdrawal, waits for the control
 /// plane, for a session that may have stopped waiting for it: a review
-/// whose id comes later is not withdrawn, and expires on its own. The two
-/// together stay within a stop's usual grace period (a minute).
+/// whose id comes later is not withdrawn, and expires on its own. A stop
+/// may give up on them sooner (`stop_timeout`): the review then expires on
+/// its own too.
 const OPENING_LIMIT: Duration = Duration::from_secs(25);
 
 /// Time past a review's end before a worker stops waiting for the control
