@@ -385,7 +385,7 @@ fn init_logging(config: &Config) {
 /// recordings stay in the spool for the next start), requests being
 /// answered. Each of those bounds its own steps; this bounds a part that
 /// hangs all the same (a target that takes a role's drop and never
-/// answers, a client's open event stream), so that a stop always ends.
+/// answers), so that a stop always ends.
 struct Lifecycle {
     stop: CancellationToken,
     force: CancellationToken,

@@ -148,6 +148,12 @@ pub async fn start_on(
     tracker.spawn(relay.run(cancel.clone()));
 
     tracker.spawn(expire_by_the_clock(cp.clone(), cancel.clone()));
+    // Long polls and event streams end at the stop instead of holding it.
+    let (waiting, stopped) = (cp.clone(), cancel.clone());
+    tracker.spawn(async move {
+        stopped.cancelled().await;
+        waiting.stop_waiting();
+    });
 
     let slack = crate::notify::slack_review::SlackDeliverer::new(
         store.secrets(),

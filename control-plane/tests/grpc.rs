@@ -216,3 +216,37 @@ async fn access_is_requested_and_reviewed_over_grpc() {
     let (_, rest) = h.get(&format!("/v1/access-requests/{}", write.id), &agent).await;
     assert_eq!(rest["state"], "active");
 }
+
+/// A stop is not held by clients waiting for new events: a subscription
+/// ends and a long poll answers with what there is, at once, instead of
+/// when the poll's wait runs out (30 s here) or never (a subscription).
+#[tokio::test]
+async fn a_stop_ends_subscriptions_and_long_polls() {
+    let h = Harness::start(Backend::Sqlite).await;
+    let mut events = v1::event_service_client::EventServiceClient::new(channel(&h).await);
+    // The three bootstrap events exist: from seq 4 there is nothing yet.
+    let mut stream =
+        events.subscribe(authed(&h.admin_token, v1::SubscribeRequest { from_seq: 4 })).await.unwrap().into_inner();
+    let poll = h.client.get(format!("{}/v1/events?from_seq=4&wait_ms=30000", h.base)).bearer_auth(&h.admin_token);
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answered = match poll.send().await {
+            Ok(r) => Some((r.status(), r.json::<serde_json::Value>().await.unwrap_or_default())),
+            // Only if the poll reached the server after its stop began.
+            Err(_) => None,
+        };
+        (answered, started.elapsed())
+    });
+    // Time for the poll to reach the server (nothing to wait on that says it has).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    assert!(h.stop(std::time::Duration::from_secs(10)).await, "the stop waited for its clients");
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await.unwrap();
+    assert!(end.as_ref().is_none_or(Result::is_err), "{end:?}");
+    let (answered, took) = poll.await.unwrap();
+    assert!(took < std::time::Duration::from_secs(10), "the long poll answered after {took:?}");
+    if let Some((status, page)) = answered {
+        assert_eq!(status, reqwest::StatusCode::OK);
+        assert_eq!(page["events"], serde_json::json!([]), "{page}");
+    }
+}

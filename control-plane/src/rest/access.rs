@@ -52,16 +52,11 @@ pub async fn get(
     loop {
         appended.mark_unchanged();
         let view = cp.get_access_request(&p, &id)?;
-        if view.state != "pending" || tokio::time::Instant::now() >= deadline {
+        // Woken by an append here (a decision, an expiry); the wait's short
+        // bound also notices the clock passing the review's end.
+        if view.state != "pending" || !cp.next_append(&mut appended, deadline).await {
             return Ok(axum::Json(view));
         }
-        // Woken by an append here (a decision, an expiry); the short timeout
-        // also notices the clock passing the review's end.
-        let _ = tokio::time::timeout_at(
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(500)),
-            appended.changed(),
-        )
-        .await;
     }
 }
 

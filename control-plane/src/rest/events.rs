@@ -33,15 +33,9 @@ pub async fn list(
     let (records, head_seq) = loop {
         appended.mark_unchanged();
         let (records, head_seq) = cp.list_events(&p, q.from_seq, q.limit).await?;
-        if !records.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !records.is_empty() || !cp.next_append(&mut appended, deadline).await {
             break (records, head_seq);
         }
-        // Woken by an append here; the timeout also catches appends by another control plane.
-        let _ = tokio::time::timeout_at(
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(500)),
-            appended.changed(),
-        )
-        .await;
     };
     Ok(axum::Json(EventPage { events: records.iter().map(EventView::from_record).collect(), head_seq }))
 }

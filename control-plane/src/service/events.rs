@@ -111,7 +111,7 @@ impl ControlPlane {
 
     /// Follows one tenant's log from `from_seq`: reads pages until caught up, then
     /// waits for the next append (or a short poll, for appends made by another
-    /// control-plane instance).
+    /// control-plane instance). Ends when the server stops.
     pub(crate) fn follow(
         self: &std::sync::Arc<Self>,
         tenant: TenantId,
@@ -121,7 +121,7 @@ impl ControlPlane {
         let mut appended = self.appended();
         async_stream::stream! {
             let mut next = from_seq.max(1);
-            loop {
+            while !cp.stopping.is_cancelled() {
                 appended.mark_unchanged();
                 let records = match cp.log.read(tenant, next, DEFAULT_PAGE).await {
                     Ok(r) => r,
@@ -131,7 +131,10 @@ impl ControlPlane {
                     }
                 };
                 if records.is_empty() {
-                    let _ = tokio::time::timeout(Duration::from_millis(500), appended.changed()).await;
+                    let poll = tokio::time::Instant::now() + Duration::from_millis(500);
+                    if !cp.next_append(&mut appended, poll).await {
+                        return;
+                    }
                     continue;
                 }
                 for r in records {

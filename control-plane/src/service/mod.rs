@@ -85,6 +85,9 @@ pub struct ControlPlane {
     create_lock: tokio::sync::Mutex<()>,
     /// Bumped after every append, so subscribers wake without polling.
     appended: watch::Sender<u64>,
+    /// Cancelled when the server stops: long polls answer with what they
+    /// have and event streams end, instead of holding the stop.
+    stopping: tokio_util::sync::CancellationToken,
     /// Private signing keys already read from the secret store, by kid.
     signing_keys: Mutex<HashMap<String, Arc<Vec<u8>>>>,
 }
@@ -131,6 +134,7 @@ impl ControlPlane {
             write_locks: Mutex::new(HashMap::new()),
             create_lock: tokio::sync::Mutex::new(()),
             appended,
+            stopping: tokio_util::sync::CancellationToken::new(),
             signing_keys: Mutex::new(HashMap::new()),
         });
         for tenant in cp.log.tenants().await? {
@@ -189,6 +193,29 @@ impl ControlPlane {
     /// A watch that changes after every append.
     pub fn appended(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
+    }
+
+    /// Ends every wait for appends (`next_append`): the server is stopping.
+    pub fn stop_waiting(&self) {
+        self.stopping.cancel();
+    }
+
+    /// For a reader of the log that waits for something new: waits for the
+    /// next append after `appended` was last marked, but at most until
+    /// `deadline`, and at most half a second (appends by another control
+    /// plane are seen only by reading again). False, without waiting, once
+    /// the deadline has passed or the server is stopping: the reader
+    /// answers with what it has.
+    pub async fn next_append(&self, appended: &mut watch::Receiver<u64>, deadline: tokio::time::Instant) -> bool {
+        let now = tokio::time::Instant::now();
+        if now >= deadline || self.stopping.is_cancelled() {
+            return false;
+        }
+        let poll = deadline.min(now + std::time::Duration::from_millis(500));
+        tokio::select! {
+            _ = tokio::time::timeout_at(poll, appended.changed()) => true,
+            () = self.stopping.cancelled() => false,
+        }
     }
 
     fn write_lock(&self, tenant: TenantId) -> Arc<tokio::sync::Mutex<()>> {

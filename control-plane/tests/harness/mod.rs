@@ -35,6 +35,7 @@ pub struct Harness {
     /// Trusts the REST API's certificate when it serves TLS.
     pub client: reqwest::Client,
     cancel: CancellationToken,
+    tracker: TaskTracker,
     _db: Option<airlock_testkit::pg::TestDb>,
 }
 
@@ -148,10 +149,18 @@ impl Harness {
             }),
             console,
         };
-        let cancel = CancellationToken::new();
-        let running = start(options, bus.clone(), cancel.clone(), &TaskTracker::new()).await.unwrap();
+        let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let running = start(options, bus.clone(), cancel.clone(), &tracker).await.unwrap();
         let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Harness { base: public_url, running, admin_token, dir, database_url, bus, client, cancel, _db: db }
+        Harness { base: public_url, running, admin_token, dir, database_url, bus, client, cancel, tracker, _db: db }
+    }
+
+    /// Stops the server as a process stops it; whether all its tasks ended
+    /// within `within`.
+    pub async fn stop(&self, within: std::time::Duration) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(within, self.tracker.wait()).await.is_ok()
     }
 
     pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
