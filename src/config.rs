@@ -227,6 +227,11 @@ pub struct Worker {
     /// How often a worker compares its state with the log's heads.
     #[serde(with = "duration_text")]
     pub reconcile_every: Duration,
+    /// How long a stopping gateway lets its sessions go on, refusing new
+    /// logins (57P03) and reporting itself not ready, before it ends them.
+    /// Unset (the default) or "off": they end at once.
+    #[serde(with = "optional_duration_text")]
+    pub drain_timeout: Option<Duration>,
     /// Session recording (`[worker.recording]`): every session is recorded.
     /// The recorder's URL is ignored by `airlock up`, which records to its own.
     pub recording: airlock_data_plane::recording::Options,
@@ -368,6 +373,7 @@ impl Default for Worker {
             login_ipv6_prefix: airlock_data_plane::postgres::gateway::DEFAULT_LOGIN_IPV6_PREFIX.into(),
             masked_message_max_bytes: airlock_data_plane::postgres::gateway::DEFAULT_MASKED_MESSAGE_MAX,
             reconcile_every: Duration::from_secs(2),
+            drain_timeout: None,
             recording: airlock_data_plane::recording::Options::default(),
         }
     }
@@ -463,6 +469,28 @@ mod duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         airlock_core::duration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration or "off" (`None`), as text.
+mod optional_duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&airlock_core::duration::format(*d)),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "off" {
+            return Ok(None);
+        }
+        airlock_core::duration::parse(&text).map(Some).map_err(serde::de::Error::custom)
     }
 }
 

@@ -49,6 +49,7 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
     }
     let cp = airlock_control_plane::server::start(options, bus.clone(), cancel.clone(), &tracker).await?;
     let mut worker = worker_options(&config)?;
+    check_drain(&config, config.stop_timeout / 2, "half of stop_timeout, the worker's share of airlock up's stop")?;
     let cp_grpc = local_url(cp.grpc_addr, config.api.grpc_tls_cert_file.is_some());
     worker.control_plane_url = cp_grpc.clone();
     // Both are servers of this process, at an address of this machine
@@ -119,8 +120,10 @@ pub async fn gateway(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     raise_open_file_limit();
     let bus = nats(&config).await?;
+    let options = worker_options(&config)?;
+    check_drain(&config, config.stop_timeout, "stop_timeout")?;
     let life = lifecycle(config.stop_timeout);
-    airlock_data_plane::start(worker_options(&config)?, bus, life.stop.clone(), &life.tracker).await?;
+    airlock_data_plane::start(options, bus, life.stop.clone(), &life.tracker).await?;
     Ok(life.wait("the gateway").await)
 }
 
@@ -237,6 +240,7 @@ fn worker_options(config: &Config) -> anyhow::Result<airlock_data_plane::Options
         max_logins: config.worker.max_logins,
         login_ipv6_prefix,
         masked_message_max,
+        drain: config.worker.drain_timeout,
         ..Default::default()
     };
     Ok(airlock_data_plane::Options {
@@ -378,6 +382,22 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Refuses a `worker.drain_timeout` that leaves the worker no time, within
+/// `budget` (what a stop gives the worker), to end the sessions still open
+/// and drop their roles.
+fn check_drain(config: &Config, budget: std::time::Duration, what: &str) -> anyhow::Result<()> {
+    if let Some(drain) = config.worker.drain_timeout {
+        anyhow::ensure!(
+            drain < budget,
+            "worker.drain_timeout ({}) must be shorter than {what} ({}): the sessions still open when it ends \
+             must yet be ended and their roles dropped before the process gives up on them",
+            airlock_core::duration::format(drain),
+            airlock_core::duration::format(budget),
+        );
+    }
+    Ok(())
+}
+
 /// A process's stop: the first Ctrl-C or SIGTERM cancels `stop`, a second
 /// one `force`. Once stopping, the process waits at most `limit` (the
 /// configuration's `stop_timeout`) for what it is doing to end: its
@@ -488,7 +508,7 @@ impl StopSignals {
 
 #[cfg(test)]
 mod tests {
-    use super::{local_url, worker_options};
+    use super::{check_drain, local_url, worker_options};
 
     /// `worker.admin_connections` reaches the gateway; none at all is refused.
     #[test]
@@ -544,6 +564,30 @@ mod tests {
             let e = masked(&config).unwrap_err().to_string();
             assert!(e.starts_with("worker.masked_message_max_bytes must be from 65536"), "{e}");
         }
+    }
+
+    /// `worker.drain_timeout` reaches the gateway ("off" by default), and one
+    /// that leaves a stop no time to end the sessions after it is refused.
+    #[test]
+    fn the_drain_comes_from_the_configuration_and_fits_in_the_stop() {
+        let dir = std::env::temp_dir().join(format!("airlock-drain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("airlock.toml");
+        let load = |toml: &str| {
+            std::fs::write(&file, toml).unwrap();
+            let mut config = crate::config::Config::load(Some(&file)).unwrap();
+            config.worker.token = "w".into();
+            config
+        };
+        let drain = |config: &crate::config::Config| worker_options(config).unwrap().postgres.unwrap().gateway.drain;
+        assert_eq!(drain(&load("")), None, "off by default");
+        assert_eq!(drain(&load("[worker]\ndrain_timeout = \"off\"\n")), None);
+        let config = load("stop_timeout = \"1m\"\n[worker]\ndrain_timeout = \"20s\"\n");
+        assert_eq!(drain(&config), Some(std::time::Duration::from_secs(20)));
+        assert!(check_drain(&config, config.stop_timeout, "stop_timeout").is_ok());
+        let e = check_drain(&config, config.stop_timeout / 3, "half of it").unwrap_err().to_string();
+        assert!(e.starts_with("worker.drain_timeout (20s) must be shorter than half of it (20s)"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// `worker.login_ipv6_prefix` reaches the gateway; a length no IPv6

@@ -311,14 +311,9 @@ async fn access_is_requested_approved_and_denied_from_the_cli() {
 /// session's open and close once the control plane is back.
 #[tokio::test]
 async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back() {
-    let target = airlock_testkit::pg::TestDb::create().await.unwrap();
-    let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
-    let worker_id = format!("cp-down-{}", uuid::Uuid::new_v4().simple());
-    let _roles = DropRoles(target.url().to_owned(), worker_id.clone(), template.clone());
-    let admin = support::admin_client(target.url()).await;
-    admin.batch_execute(&format!("CREATE ROLE {template} NOLOGIN")).await.unwrap();
+    let Target { db: target, template, worker_id, admin: _, _roles } = Target::create("cp-down").await;
     let mut cluster = Cluster::start().await;
-    let (_gateway, pg) = cluster.gateway("gateway", &worker_id, &[]).await;
+    let (_gateway, pg, _) = cluster.gateway("gateway", &worker_id, &[]).await;
     let (url, admin_token) = (cluster.url.clone(), cluster.admin_token.clone());
     let http = reqwest::Client::new();
     let target_at = ("127.0.0.1:5432", "disable");
@@ -370,12 +365,7 @@ async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back(
 /// then dropped by the next start.
 #[tokio::test]
 async fn a_stop_that_cannot_finish_ends_at_its_limit_or_at_a_second_signal() {
-    let target = airlock_testkit::pg::TestDb::create().await.unwrap();
-    let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
-    let worker_id = format!("stop-{}", uuid::Uuid::new_v4().simple());
-    let _roles = DropRoles(target.url().to_owned(), worker_id.clone(), template.clone());
-    let admin = support::admin_client(target.url()).await;
-    admin.batch_execute(&format!("CREATE ROLE {template} NOLOGIN")).await.unwrap();
+    let Target { db: target, template, worker_id, admin, _roles } = Target::create("stop").await;
     // The gateway reaches the target, its admin connections included, through a proxy that can hold what is sent.
     let proxy = airlock_testkit::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await.unwrap();
     let cluster = Cluster::start().await;
@@ -383,23 +373,13 @@ async fn a_stop_that_cannot_finish_ends_at_its_limit_or_at_a_second_signal() {
     let token =
         grant_on_target(&cluster.url, &cluster.admin_token, (&address, "disable"), target.name(), &template, "agent")
             .await;
-    let roles = || async {
-        let rows = admin
-            .query(
-                "SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
-                 JOIN pg_roles t ON t.oid = m.roleid WHERE t.rolname = $1",
-                &[&template],
-            )
-            .await
-            .unwrap();
-        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
-    };
+    let roles = || members_of(&admin, &template);
     let stop_with_a_hung_drop = |name: &'static str, stop_timeout: &'static str| {
         let (cluster, proxy, token, target) = (&cluster, &proxy, &token, &target);
         let worker_id = worker_id.clone();
         async move {
             let env = [("AIRLOCK_STOP_TIMEOUT", stop_timeout.to_owned())];
-            let (gateway, pg) = cluster.gateway(name, &worker_id, &env).await;
+            let (gateway, pg, _) = cluster.gateway(name, &worker_id, &env).await;
             let (client, role) = first_session(pg, token, target.name()).await;
             client.simple_query("SELECT 1").await.unwrap();
             proxy.pause();
@@ -433,11 +413,77 @@ async fn a_stop_that_cannot_finish_ends_at_its_limit_or_at_a_second_signal() {
     proxy.resume();
 
     // The next start drops what the stops left.
-    let (_gateway, _) = cluster.gateway("gateway-3", &worker_id, &[]).await;
+    let _gateway = cluster.gateway("gateway-3", &worker_id, &[]).await;
     eventually(Duration::from_secs(20), "the roles the stops left to be dropped", || async {
         roles().await.is_empty()
     })
     .await;
+}
+
+/// A gateway with `worker.drain_timeout` lets its sessions go on once asked
+/// to stop, refusing new logins as Postgres does while it shuts down
+/// (57P03) and reporting itself not ready, and stops as soon as the last one
+/// ends; a session still open when the drain runs out is ended as at any
+/// stop.
+#[tokio::test]
+async fn a_draining_gateway_lets_its_sessions_finish_and_refuses_new_ones() {
+    let Target { db: target, template, worker_id, admin, _roles } = Target::create("drain").await;
+    let cluster = Cluster::start().await;
+    let token = grant_on_target(
+        &cluster.url,
+        &cluster.admin_token,
+        ("127.0.0.1:5432", "disable"),
+        target.name(),
+        &template,
+        "agent",
+    )
+    .await;
+
+    // Drained to its end: the session goes on, and the stop ends with it.
+    let env = [("AIRLOCK_WORKER__DRAIN_TIMEOUT", "5m".to_owned()), ("AIRLOCK_STOP_TIMEOUT", "10m".to_owned())];
+    let (mut gateway, pg, health) = cluster.gateway("gateway-1", &worker_id, &env).await;
+    let (client, role) = first_session(pg, &token, target.name()).await;
+    signal(&gateway, "TERM");
+    eventually(Duration::from_secs(10), "the gateway to report itself not ready", || async {
+        reqwest::get(format!("http://{health}/readyz")).await.is_ok_and(|r| r.status().as_u16() == 503)
+    })
+    .await;
+    let row = client.query_one("SELECT current_user::text", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), role, "the session goes on while the gateway drains");
+    let refused = session_through(pg, &token, target.name()).await.unwrap_err();
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW), "{refused}");
+    let message = refused.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.starts_with("the gateway is shutting down"), "{refused:?}");
+    assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway stopped with a session open");
+    drop(client);
+    let exited = wait_exit(&mut gateway, Duration::from_secs(30)).await;
+    assert!(exited.success(), "{exited:?}");
+    assert!(members_of(&admin, &template).await.is_empty(), "the session's role outlived the stop");
+
+    // Drained until it ran out: the session still open is ended then.
+    let env = [("AIRLOCK_WORKER__DRAIN_TIMEOUT", "2s".to_owned())];
+    let (mut gateway, pg, _) = cluster.gateway("gateway-2", &worker_id, &env).await;
+    let (client, _) = first_session(pg, &token, target.name()).await;
+    signal(&gateway, "TERM");
+    let exited = wait_exit(&mut gateway, Duration::from_secs(30)).await;
+    assert!(exited.success(), "{exited:?}");
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    let log = std::fs::read_to_string(&gateway.log).unwrap();
+    assert!(log.contains("draining over: ending the sessions still open"), "{log}");
+    assert!(members_of(&admin, &template).await.is_empty(), "the session's role outlived the stop");
+}
+
+/// The roles that are members of `template`: its sessions' roles.
+async fn members_of(admin: &tokio_postgres::Client, template: &str) -> Vec<String> {
+    let rows = admin
+        .query(
+            "SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
+             JOIN pg_roles t ON t.oid = m.roleid WHERE t.rolname = $1",
+            &[&template],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get::<_, String>(0)).collect()
 }
 
 /// Sends `SIG{name}` to `process`.
@@ -506,8 +552,13 @@ impl Cluster {
     }
 
     /// A gateway process (worker `worker_id`, without recording), once ready;
-    /// the address of its Postgres listener.
-    async fn gateway(&self, name: &str, worker_id: &str, env: &[(&'static str, String)]) -> (Proc, SocketAddr) {
+    /// the addresses of its Postgres listener and its health endpoint.
+    async fn gateway(
+        &self,
+        name: &str,
+        worker_id: &str,
+        env: &[(&'static str, String)],
+    ) -> (Proc, SocketAddr, SocketAddr) {
         let (health, pg) = (free_addr(), free_addr());
         let mut gw_env = self.common.clone();
         gw_env.push(("AIRLOCK_DATA_DIR", self.dir.0.join(name).display().to_string()));
@@ -525,7 +576,7 @@ impl Cluster {
         ];
         let gateway = Proc::spawn(name, &self.dir.0, &args, &gw_env);
         wait_ready(&format!("http://{health}/readyz")).await;
-        (gateway, pg)
+        (gateway, pg, health)
     }
 }
 
@@ -847,6 +898,28 @@ async fn grant_on_target(
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
+}
+
+/// A database on the machine's Postgres with a role template for its
+/// sessions, and a worker id whose leftovers are dropped at the end.
+struct Target {
+    db: airlock_testkit::pg::TestDb,
+    template: String,
+    worker_id: String,
+    admin: tokio_postgres::Client,
+    _roles: DropRoles,
+}
+
+impl Target {
+    async fn create(worker: &str) -> Target {
+        let db = airlock_testkit::pg::TestDb::create().await.unwrap();
+        let template = format!("tpl_{}", uuid::Uuid::new_v4().simple());
+        let worker_id = format!("{worker}-{}", uuid::Uuid::new_v4().simple());
+        let _roles = DropRoles(db.url().to_owned(), worker_id.clone(), template.clone());
+        let admin = support::admin_client(db.url()).await;
+        admin.batch_execute(&format!("CREATE ROLE {template} NOLOGIN")).await.unwrap();
+        Target { db, template, worker_id, admin, _roles }
+    }
 }
 
 /// Drops the template role and any session role of the worker a failed run left.

@@ -35,8 +35,14 @@ async fn healthz(State(Worker { projection: p, .. }): State<Worker>) -> impl Int
     axum::Json(serde_json::json!({"status": "ok", "ready": p.is_ready(), "applied": applied}))
 }
 
-async fn readyz(State(Worker { projection: p, .. }): State<Worker>) -> impl IntoResponse {
-    if p.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "loading the projection") }
+async fn readyz(State(Worker { projection: p, gateway }): State<Worker>) -> impl IntoResponse {
+    if gateway.is_some_and(|g| g.draining()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining before a stop")
+    } else if p.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading the projection")
+    }
 }
 
 async fn metrics(State(Worker { projection: p, gateway }): State<Worker>) -> impl IntoResponse {

@@ -73,17 +73,35 @@ pub struct RunningWorker {
     pub projection: Arc<Projection>,
 }
 
+/// Starts a worker that runs until `cancel`: then its gateway drains (see
+/// `Gateway::drain`), and everything stops.
 pub async fn start(
     options: Options,
     bus: Arc<dyn Bus>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<RunningWorker> {
+    // What every part of the worker stops at: `cancel`, once the gateway,
+    // if any, has drained.
+    let ending = CancellationToken::new();
+    let draining: Arc<std::sync::OnceLock<Arc<crate::postgres::gateway::Gateway>>> = Arc::default();
+    {
+        let (ending, draining) = (ending.clone(), draining.clone());
+        tracker.spawn(async move {
+            cancel.cancelled().await;
+            if let Some(gateway) = draining.get() {
+                gateway.drain().await;
+            }
+            ending.cancel();
+        });
+    }
+    let cancel = ending;
     let projection = Arc::new(Projection::new());
     let source = Arc::new(GrpcSource::new(&options.control_plane_url, &options.grpc_tls, &options.worker_token)?);
     let (pg_addr, gateway) = match &options.postgres {
         Some(pg) => {
             let (addr, gateway) = start_postgres(pg, &options, &projection, &source, &bus, &cancel, tracker).await?;
+            let _ = draining.set(gateway.clone());
             (Some(addr), Some(gateway))
         }
         None => (None, None),

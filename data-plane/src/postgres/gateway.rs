@@ -81,6 +81,10 @@ pub struct GatewayOptions {
     /// mask it; a longer one ends the session (54000) before it is read
     /// whole. Sessions without masking pass long messages on as they come.
     pub masked_message_max: usize,
+    /// How long sessions may go on once the worker is asked to stop, while
+    /// new logins are refused (57P03) and the worker reports itself not
+    /// ready ([`Gateway::drain`]); `None` ends them at once.
+    pub drain: Option<Duration>,
 }
 
 impl Default for GatewayOptions {
@@ -100,6 +104,7 @@ impl Default for GatewayOptions {
             read_ahead_limit: DEFAULT_READ_AHEAD_LIMIT,
             max_logins: DEFAULT_MAX_LOGINS,
             masked_message_max: DEFAULT_MASKED_MESSAGE_MAX,
+            drain: None,
         }
     }
 }
@@ -248,6 +253,10 @@ pub struct Gateway {
 struct Counts {
     /// Sessions relaying now (admitted, their target logged in to).
     sessions_live: AtomicUsize,
+    /// Woken when the last live session ends (for `Gateway::drain`).
+    sessions_gone: tokio::sync::Notify,
+    /// The gateway refuses new logins: it is draining before its stop.
+    draining: std::sync::atomic::AtomicBool,
     sessions_started: AtomicU64,
     logins_refused_past_the_cap: AtomicU64,
     /// Session roles a round of `retry_drops` took out of `undropped` and
@@ -256,11 +265,13 @@ struct Counts {
 }
 
 /// A session counted live until dropped (`Gateway::session_started`).
-pub(crate) struct LiveSession<'a>(&'a AtomicUsize);
+pub(crate) struct LiveSession<'a>(&'a Counts);
 
 impl Drop for LiveSession<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.sessions_live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.sessions_gone.notify_waiters();
+        }
     }
 }
 
@@ -605,7 +616,44 @@ impl Gateway {
     pub(crate) fn session_started(&self) -> LiveSession<'_> {
         self.counts.sessions_started.fetch_add(1, Ordering::Relaxed);
         self.counts.sessions_live.fetch_add(1, Ordering::AcqRel);
-        LiveSession(&self.counts.sessions_live)
+        LiveSession(&self.counts)
+    }
+
+    /// Whether the gateway is draining: new logins are refused, and the
+    /// worker is not ready.
+    pub fn draining(&self) -> bool {
+        self.counts.draining.load(Ordering::Acquire)
+    }
+
+    /// The first part of the worker's stop, when `GatewayOptions::drain` is
+    /// set: refuses new logins from now on and waits, at most that long, for
+    /// the live sessions to end of their own accord (their clients done);
+    /// the stop then ends the rest. Cancel requests are still passed on, and
+    /// revocation and expiry still end sessions meanwhile. Logins already
+    /// under way go on, but the drain waits only for sessions that relay.
+    pub async fn drain(&self) {
+        let Some(within) = self.options.drain else { return };
+        self.counts.draining.store(true, Ordering::Release);
+        let live = || self.counts.sessions_live.load(Ordering::Acquire);
+        if live() == 0 {
+            return;
+        }
+        tracing::info!(sessions = live(), "draining: refusing new logins, letting sessions end for up to {within:?}");
+        let all_gone = async {
+            loop {
+                let gone = self.counts.sessions_gone.notified();
+                tokio::pin!(gone);
+                // Registered before the count is read: an end in between wakes it.
+                gone.as_mut().enable();
+                if live() == 0 {
+                    return;
+                }
+                gone.await;
+            }
+        };
+        if tokio::time::timeout(within, all_gone).await.is_err() {
+            tracing::info!(sessions = live(), "draining over: ending the sessions still open");
+        }
     }
 
     /// The gateway's figures in Prometheus's text format, for the worker's

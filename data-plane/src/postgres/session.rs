@@ -143,6 +143,15 @@ async fn session_main(
     // Until its token is checked a client holds a task and a socket without
     // having shown who it is: a deadline bounds how long, as Postgres's
     // `authentication_timeout` does, and a count how many one source holds.
+    if gw.draining() {
+        // As Postgres refuses logins while it shuts down: the client's pool
+        // or retry connects again, and reaches another gateway.
+        let refusal = Ended::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "the gateway is shutting down: connect again to reach another gateway",
+        );
+        return Err(refuse_login(gw, client, refusal).instrument(span.clone()).await);
+    }
     let slot = match gw.start_login(client.peer.ip()) {
         Ok(slot) => slot,
         Err(cap) => return Err(past_the_cap(gw, client, cap).instrument(span.clone()).await),
@@ -249,10 +258,15 @@ async fn past_the_cap(gw: &Gateway, client: &mut Client, cap: super::gateway::Lo
             gw.options.max_logins
         ),
     };
-    let refusal = Ended::fatal(sqlstate::TOO_MANY_CONNECTIONS, message);
+    refuse_login(gw, client, Ended::fatal(sqlstate::TOO_MANY_CONNECTIONS, message)).await
+}
+
+/// Refuses a login with `refusal`, sent after TLS and the startup message
+/// (see `past_the_cap`), but passes a cancel request on.
+async fn refuse_login(gw: &Gateway, client: &mut Client, refusal: Ended) -> Ended {
     let Some(_refusing) = gw.start_refusal() else { return refusal };
     match timers::timeout(REFUSAL_DEADLINE.min(gw.options.login_timeout), startup(gw, client)).await {
-        Ok(Ok(None)) => Ended::quietly("a cancel request past the login cap"),
+        Ok(Ok(None)) => Ended::quietly("a cancel request while logins are refused"),
         Ok(Err(e)) => e,
         Ok(Ok(Some(_))) | Err(_) => refusal,
     }

@@ -87,6 +87,7 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const QUERY_CANCELED: &str = "57014";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const OUT_OF_MEMORY: &str = "53200";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INVALID_CATALOG_NAME: &str = "3D000";
