@@ -487,10 +487,12 @@ mod optional_duration_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
-        if text.trim() == "off" {
+        if text.trim().eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        airlock_core::duration::parse(&text).map(Some).map_err(serde::de::Error::custom)
+        airlock_core::duration::parse(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e} (a duration such as \"30s\", or \"off\")")))
     }
 }
 

@@ -31,6 +31,9 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
         config.worker.token_file = Some(dir.join("worker.token"));
         ensure_random_file(&dir.join("worker.token"), 32)?;
     }
+    // The worker's settings are checked before anything starts.
+    let mut worker = worker_options(&config)?;
+    check_drain(&config, config.stop_timeout / 2, "half of stop_timeout, the worker's share of airlock up's stop")?;
     let bus: Arc<dyn Bus> =
         if config.bus.nats_url.is_empty() { Arc::new(MemoryBus::new()) } else { nats(&config).await? };
 
@@ -48,8 +51,6 @@ pub async fn up(mut config: Config) -> anyhow::Result<ExitCode> {
         recordings.trusted_key = Some(rec.public_key);
     }
     let cp = airlock_control_plane::server::start(options, bus.clone(), cancel.clone(), &tracker).await?;
-    let mut worker = worker_options(&config)?;
-    check_drain(&config, config.stop_timeout / 2, "half of stop_timeout, the worker's share of airlock up's stop")?;
     let cp_grpc = local_url(cp.grpc_addr, config.api.grpc_tls_cert_file.is_some());
     worker.control_plane_url = cp_grpc.clone();
     // Both are servers of this process, at an address of this machine
@@ -382,17 +383,16 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// Refuses a `worker.drain_timeout` that leaves the worker no time, within
-/// `budget` (what a stop gives the worker), to end the sessions still open
-/// and drop their roles.
+/// Refuses a `worker.drain_timeout` that leaves the worker too little of
+/// `budget` (what a stop gives the worker) to end the sessions still open
+/// and drop their roles: at least a quarter of it, and at least 5 s.
 fn check_drain(config: &Config, budget: std::time::Duration, what: &str) -> anyhow::Result<()> {
     if let Some(drain) = config.worker.drain_timeout {
+        let spare = (budget / 4).max(std::time::Duration::from_secs(5));
         anyhow::ensure!(
-            drain < budget,
-            "worker.drain_timeout ({}) must be shorter than {what} ({}): the sessions still open when it ends \
-             must yet be ended and their roles dropped before the process gives up on them",
-            airlock_core::duration::format(drain),
-            airlock_core::duration::format(budget),
+            drain.saturating_add(spare) <= budget,
+            "worker.drain_timeout ({drain:?}) must leave at least {spare:?} of {what} ({budget:?}) to end the \
+             sessions still open and drop their roles before the process gives up on them",
         );
     }
     Ok(())
@@ -582,11 +582,15 @@ mod tests {
         let drain = |config: &crate::config::Config| worker_options(config).unwrap().postgres.unwrap().gateway.drain;
         assert_eq!(drain(&load("")), None, "off by default");
         assert_eq!(drain(&load("[worker]\ndrain_timeout = \"off\"\n")), None);
-        let config = load("stop_timeout = \"1m\"\n[worker]\ndrain_timeout = \"20s\"\n");
-        assert_eq!(drain(&config), Some(std::time::Duration::from_secs(20)));
+        assert_eq!(drain(&load("[worker]\ndrain_timeout = \"OFF\"\n")), None);
+        let config = load("stop_timeout = \"1m\"\n[worker]\ndrain_timeout = \"45s\"\n");
+        assert_eq!(drain(&config), Some(std::time::Duration::from_secs(45)));
         assert!(check_drain(&config, config.stop_timeout, "stop_timeout").is_ok());
-        let e = check_drain(&config, config.stop_timeout / 3, "half of it").unwrap_err().to_string();
-        assert!(e.starts_with("worker.drain_timeout (20s) must be shorter than half of it (20s)"), "{e}");
+        let e = check_drain(&config, config.stop_timeout / 2, "half of stop_timeout").unwrap_err().to_string();
+        assert!(
+            e.starts_with("worker.drain_timeout (45s) must leave at least 7.5s of half of stop_timeout (30s)"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -13,6 +13,7 @@ use airlock_testkit::eventually;
 use base64::Engine;
 use serde_json::Value;
 use support::process::{BIN, Proc, TempDir, free_addr, wait_ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const CONNECTION: &str = r#"{"name": "pg-local", "kind": "postgres", "address": "127.0.0.1:5432", "database": "app",
  "tls": "prefer",
  "admin_credential": {"user": "postgres", "password": ""},
@@ -439,21 +440,40 @@ async fn a_draining_gateway_lets_its_sessions_finish_and_refuses_new_ones() {
     )
     .await;
 
-    // Drained to its end: the session goes on, and the stop ends with it.
+    // Drained to its end. A login under way when the stop comes, the only
+    // client then, goes on to a session, which goes on; a new login is
+    // refused; the stop ends with the session.
     let env = [("AIRLOCK_WORKER__DRAIN_TIMEOUT", "5m".to_owned()), ("AIRLOCK_STOP_TIMEOUT", "10m".to_owned())];
     let (mut gateway, pg, health) = cluster.gateway("gateway-1", &worker_id, &env).await;
-    let (client, role) = first_session(pg, &token, target.name()).await;
+    // Once a session is admitted, the gateway has the grant; it ends, and its role goes.
+    drop(first_session(pg, &token, target.name()).await);
+    eventually(Duration::from_secs(10), "the first session's role to be dropped", || async {
+        members_of(&admin, &template).await.is_empty()
+    })
+    .await;
+    let mut under_way = tokio::net::TcpStream::connect(pg).await.unwrap();
+    // A GSSENCRequest, which the gateway always declines: the answer shows
+    // the login under way.
+    under_way.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap();
+    let mut declined = [0u8; 1];
+    under_way.read_exact(&mut declined).await.unwrap();
+    assert_eq!(&declined, b"N");
     signal(&gateway, "TERM");
     eventually(Duration::from_secs(10), "the gateway to report itself not ready", || async {
         reqwest::get(format!("http://{health}/readyz")).await.is_ok_and(|r| r.status().as_u16() == 503)
     })
     .await;
-    let row = client.query_one("SELECT current_user::text", &[]).await.unwrap();
-    assert_eq!(row.get::<_, String>(0), role, "the session goes on while the gateway drains");
     let refused = session_through(pg, &token, target.name()).await.unwrap_err();
     assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW), "{refused}");
     let message = refused.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
     assert!(message.starts_with("the gateway is shutting down"), "{refused:?}");
+    let config: tokio_postgres::Config =
+        format!("user=pg.readonly password={token} dbname={} sslmode=disable", target.name()).parse().unwrap();
+    let (client, conn) = config.connect_raw(under_way, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let role: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert!(role.starts_with("airlock_"), "{role}");
+    client.simple_query("SELECT 1").await.unwrap();
     assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway stopped with a session open");
     drop(client);
     let exited = wait_exit(&mut gateway, Duration::from_secs(30)).await;

@@ -28,11 +28,14 @@ pub fn router(projection: Arc<Projection>, gateway: Option<Arc<Gateway>>) -> Rou
         .with_state(Worker { projection, gateway })
 }
 
-/// `{"status": "ok", "ready": true, "applied": {"<tenant>": seq}}`
-async fn healthz(State(Worker { projection: p, .. }): State<Worker>) -> impl IntoResponse {
+/// `{"status": "ok", "ready": true, "draining": false, "applied": {"<tenant>": seq}}`
+async fn healthz(State(Worker { projection: p, gateway }): State<Worker>) -> impl IntoResponse {
     let applied: serde_json::Map<String, serde_json::Value> =
         p.applied().into_iter().map(|(t, seq)| (t.to_string(), seq.into())).collect();
-    axum::Json(serde_json::json!({"status": "ok", "ready": p.is_ready(), "applied": applied}))
+    let draining = gateway.is_some_and(|g| g.draining());
+    axum::Json(
+        serde_json::json!({"status": "ok", "ready": p.is_ready() && !draining, "draining": draining, "applied": applied}),
+    )
 }
 
 async fn readyz(State(Worker { projection: p, gateway }): State<Worker>) -> impl IntoResponse {

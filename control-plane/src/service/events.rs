@@ -121,7 +121,11 @@ impl ControlPlane {
         let mut appended = self.appended();
         async_stream::stream! {
             let mut next = from_seq.max(1);
-            while !cp.stopping.is_cancelled() {
+            loop {
+                if cp.stopping.is_cancelled() {
+                    yield Err(stopping());
+                    return;
+                }
                 appended.mark_unchanged();
                 let records = match cp.log.read(tenant, next, DEFAULT_PAGE).await {
                     Ok(r) => r,
@@ -133,6 +137,7 @@ impl ControlPlane {
                 if records.is_empty() {
                     let poll = tokio::time::Instant::now() + Duration::from_millis(500);
                     if !cp.next_append(&mut appended, poll).await {
+                        yield Err(stopping());
                         return;
                     }
                     continue;
@@ -144,4 +149,9 @@ impl ControlPlane {
             }
         }
     }
+}
+
+/// Why a stream of the log ended: the server stops.
+fn stopping() -> ApiError {
+    ApiError::new(crate::error::ErrorCode::Unavailable, "the control plane is stopping")
 }

@@ -253,8 +253,11 @@ pub struct Gateway {
 struct Counts {
     /// Sessions relaying now (admitted, their target logged in to).
     sessions_live: AtomicUsize,
-    /// Woken when the last live session ends (for `Gateway::drain`).
-    sessions_gone: tokio::sync::Notify,
+    /// Clients being served, from their connection (login included) to
+    /// their session's end: what `Gateway::drain` waits for.
+    under_way: AtomicUsize,
+    /// Woken when the last client being served is done.
+    all_done: tokio::sync::Notify,
     /// The gateway refuses new logins: it is draining before its stop.
     draining: std::sync::atomic::AtomicBool,
     sessions_started: AtomicU64,
@@ -265,12 +268,21 @@ struct Counts {
 }
 
 /// A session counted live until dropped (`Gateway::session_started`).
-pub(crate) struct LiveSession<'a>(&'a Counts);
+pub(crate) struct LiveSession<'a>(&'a AtomicUsize);
 
 impl Drop for LiveSession<'_> {
     fn drop(&mut self) {
-        if self.0.sessions_live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.sessions_gone.notify_waiters();
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client counted as being served until dropped (`Gateway::under_way`).
+pub(crate) struct UnderWay<'a>(&'a Counts);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        if self.0.under_way.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.all_done.notify_waiters();
         }
     }
 }
@@ -616,43 +628,57 @@ impl Gateway {
     pub(crate) fn session_started(&self) -> LiveSession<'_> {
         self.counts.sessions_started.fetch_add(1, Ordering::Relaxed);
         self.counts.sessions_live.fetch_add(1, Ordering::AcqRel);
-        LiveSession(&self.counts)
+        LiveSession(&self.counts.sessions_live)
+    }
+
+    /// Counts a client as being served, from its connection to its
+    /// session's end, and tells whether the gateway is draining, in which
+    /// case the client is to be refused. Counted before the flag is read,
+    /// and the drain sets the flag before it reads the count (both
+    /// sequentially consistent): a client the drain does not wait for is
+    /// one that sees it draining.
+    pub(crate) fn under_way(&self) -> (UnderWay<'_>, bool) {
+        self.counts.under_way.fetch_add(1, Ordering::SeqCst);
+        (UnderWay(&self.counts), self.counts.draining.load(Ordering::SeqCst))
     }
 
     /// Whether the gateway is draining: new logins are refused, and the
     /// worker is not ready.
     pub fn draining(&self) -> bool {
-        self.counts.draining.load(Ordering::Acquire)
+        self.counts.draining.load(Ordering::SeqCst)
     }
 
     /// The first part of the worker's stop, when `GatewayOptions::drain` is
     /// set: refuses new logins from now on and waits, at most that long, for
     /// the live sessions to end of their own accord (their clients done);
     /// the stop then ends the rest. Cancel requests are still passed on, and
-    /// revocation and expiry still end sessions meanwhile. Logins already
-    /// under way go on, but the drain waits only for sessions that relay.
+    /// revocation and expiry still end sessions meanwhile. A login under way
+    /// when the drain begins goes on, and its session is waited for.
     pub async fn drain(&self) {
         let Some(within) = self.options.drain else { return };
-        self.counts.draining.store(true, Ordering::Release);
-        let live = || self.counts.sessions_live.load(Ordering::Acquire);
-        if live() == 0 {
+        self.counts.draining.store(true, Ordering::SeqCst);
+        let under_way = || self.counts.under_way.load(Ordering::SeqCst);
+        if under_way() == 0 {
             return;
         }
-        tracing::info!(sessions = live(), "draining: refusing new logins, letting sessions end for up to {within:?}");
-        let all_gone = async {
+        tracing::info!(
+            clients = under_way(),
+            "draining: refusing new logins, letting sessions end for up to {within:?}"
+        );
+        let all_done = async {
             loop {
-                let gone = self.counts.sessions_gone.notified();
-                tokio::pin!(gone);
+                let done = self.counts.all_done.notified();
+                tokio::pin!(done);
                 // Registered before the count is read: an end in between wakes it.
-                gone.as_mut().enable();
-                if live() == 0 {
+                done.as_mut().enable();
+                if under_way() == 0 {
                     return;
                 }
-                gone.await;
+                done.await;
             }
         };
-        if tokio::time::timeout(within, all_gone).await.is_err() {
-            tracing::info!(sessions = live(), "draining over: ending the sessions still open");
+        if tokio::time::timeout(within, all_done).await.is_err() {
+            tracing::info!(clients = under_way(), "draining over: ending the sessions still open");
         }
     }
 

@@ -140,22 +140,25 @@ async fn session_main(
     shutdown: &CancellationToken,
     span: &tracing::Span,
 ) -> Result<(), Ended> {
+    // Counted from here to the session's end, so that a drain waits for it.
+    let (_under_way, draining) = gw.under_way();
     // Until its token is checked a client holds a task and a socket without
     // having shown who it is: a deadline bounds how long, as Postgres's
     // `authentication_timeout` does, and a count how many one source holds.
-    if gw.draining() {
-        // As Postgres refuses logins while it shuts down: the client's pool
-        // or retry connects again, and reaches another gateway.
-        let refusal = Ended::fatal(
-            sqlstate::CANNOT_CONNECT_NOW,
-            "the gateway is shutting down: connect again to reach another gateway",
-        );
-        return Err(refuse_login(gw, client, refusal).instrument(span.clone()).await);
-    }
     let slot = match gw.start_login(client.peer.ip()) {
         Ok(slot) => slot,
         Err(cap) => return Err(past_the_cap(gw, client, cap).instrument(span.clone()).await),
     };
+    if draining {
+        // As Postgres refuses logins while it shuts down, after TLS and the
+        // startup message (bounded as any login is, by its slot), passing a
+        // cancel request on: sessions still open may need one.
+        let refusal = Ended::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "the gateway is shutting down: connect again to reach another gateway",
+        );
+        return Err(refuse_after_startup(gw, client, refusal).instrument(span.clone()).await);
+    }
     let login = async {
         let Some(params) = startup(gw, client).await? else { return Ok(None) };
         authenticate(gw, client, session, params).await.map(Some)
@@ -258,13 +261,14 @@ async fn past_the_cap(gw: &Gateway, client: &mut Client, cap: super::gateway::Lo
             gw.options.max_logins
         ),
     };
-    refuse_login(gw, client, Ended::fatal(sqlstate::TOO_MANY_CONNECTIONS, message)).await
+    let refusal = Ended::fatal(sqlstate::TOO_MANY_CONNECTIONS, message);
+    let Some(_refusing) = gw.start_refusal() else { return refusal };
+    refuse_after_startup(gw, client, refusal).await
 }
 
-/// Refuses a login with `refusal`, sent after TLS and the startup message
-/// (see `past_the_cap`), but passes a cancel request on.
-async fn refuse_login(gw: &Gateway, client: &mut Client, refusal: Ended) -> Ended {
-    let Some(_refusing) = gw.start_refusal() else { return refusal };
+/// Refuses a login with `refusal`, sent after TLS and the startup message,
+/// within `REFUSAL_DEADLINE`, but passes a cancel request on.
+async fn refuse_after_startup(gw: &Gateway, client: &mut Client, refusal: Ended) -> Ended {
     match timers::timeout(REFUSAL_DEADLINE.min(gw.options.login_timeout), startup(gw, client)).await {
         Ok(Ok(None)) => Ended::quietly("a cancel request while logins are refused"),
         Ok(Err(e)) => e,
