@@ -120,9 +120,9 @@ pub async fn control_plane(config: Config) -> anyhow::Result<ExitCode> {
 pub async fn gateway(config: Config) -> anyhow::Result<ExitCode> {
     init_logging(&config);
     raise_open_file_limit();
-    let bus = nats(&config).await?;
     let options = worker_options(&config)?;
     check_drain(&config, config.stop_timeout, "stop_timeout")?;
+    let bus = nats(&config).await?;
     let life = lifecycle(config.stop_timeout);
     airlock_data_plane::start(options, bus, life.stop.clone(), &life.tracker).await?;
     Ok(life.wait("the gateway").await)

@@ -440,17 +440,12 @@ async fn a_draining_gateway_lets_its_sessions_finish_and_refuses_new_ones() {
     )
     .await;
 
-    // Drained to its end. A login under way when the stop comes, the only
-    // client then, goes on to a session, which goes on; a new login is
-    // refused; the stop ends with the session.
+    // Drained to its end. A session open when the stop comes goes on, and a
+    // login under way then goes on to a session, which outlives the first;
+    // a new login is refused; the stop ends with the last session.
     let env = [("AIRLOCK_WORKER__DRAIN_TIMEOUT", "5m".to_owned()), ("AIRLOCK_STOP_TIMEOUT", "10m".to_owned())];
     let (mut gateway, pg, health) = cluster.gateway("gateway-1", &worker_id, &env).await;
-    // Once a session is admitted, the gateway has the grant; it ends, and its role goes.
-    drop(first_session(pg, &token, target.name()).await);
-    eventually(Duration::from_secs(10), "the first session's role to be dropped", || async {
-        members_of(&admin, &template).await.is_empty()
-    })
-    .await;
+    let (open, open_role) = first_session(pg, &token, target.name()).await;
     let mut under_way = tokio::net::TcpStream::connect(pg).await.unwrap();
     // A GSSENCRequest, which the gateway always declines: the answer shows
     // the login under way.
@@ -463,16 +458,24 @@ async fn a_draining_gateway_lets_its_sessions_finish_and_refuses_new_ones() {
         reqwest::get(format!("http://{health}/readyz")).await.is_ok_and(|r| r.status().as_u16() == 503)
     })
     .await;
+    let row = open.query_one("SELECT current_user::text", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), open_role, "the open session goes on while the gateway drains");
     let refused = session_through(pg, &token, target.name()).await.unwrap_err();
     assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW), "{refused}");
     let message = refused.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
     assert!(message.starts_with("the gateway is shutting down"), "{refused:?}");
+    // The open session ends; its role goes (the drain waits for that too).
+    drop(open);
+    eventually(Duration::from_secs(10), "the open session's role to be dropped", || async {
+        !members_of(&admin, &template).await.contains(&open_role)
+    })
+    .await;
     let config: tokio_postgres::Config =
         format!("user=pg.readonly password={token} dbname={} sslmode=disable", target.name()).parse().unwrap();
     let (client, conn) = config.connect_raw(under_way, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let role: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
-    assert!(role.starts_with("airlock_"), "{role}");
+    assert!(role.starts_with("airlock_") && role != open_role, "{role}");
     client.simple_query("SELECT 1").await.unwrap();
     assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway stopped with a session open");
     drop(client);

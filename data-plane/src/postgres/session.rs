@@ -141,7 +141,12 @@ async fn session_main(
     span: &tracing::Span,
 ) -> Result<(), Ended> {
     // Counted from here to the session's end, so that a drain waits for it.
-    let (_under_way, draining) = gw.under_way();
+    let (under_way, draining) = gw.under_way();
+    if draining {
+        // The drain waits for no client it refuses.
+        drop(under_way);
+        return Err(refuse_while_draining(gw, client).instrument(span.clone()).await);
+    }
     // Until its token is checked a client holds a task and a socket without
     // having shown who it is: a deadline bounds how long, as Postgres's
     // `authentication_timeout` does, and a count how many one source holds.
@@ -149,16 +154,6 @@ async fn session_main(
         Ok(slot) => slot,
         Err(cap) => return Err(past_the_cap(gw, client, cap).instrument(span.clone()).await),
     };
-    if draining {
-        // As Postgres refuses logins while it shuts down, after TLS and the
-        // startup message (bounded as any login is, by its slot), passing a
-        // cancel request on: sessions still open may need one.
-        let refusal = Ended::fatal(
-            sqlstate::CANNOT_CONNECT_NOW,
-            "the gateway is shutting down: connect again to reach another gateway",
-        );
-        return Err(refuse_after_startup(gw, client, refusal).instrument(span.clone()).await);
-    }
     let login = async {
         let Some(params) = startup(gw, client).await? else { return Ok(None) };
         authenticate(gw, client, session, params).await.map(Some)
@@ -264,6 +259,24 @@ async fn past_the_cap(gw: &Gateway, client: &mut Client, cap: super::gateway::Lo
     let refusal = Ended::fatal(sqlstate::TOO_MANY_CONNECTIONS, message);
     let Some(_refusing) = gw.start_refusal() else { return refusal };
     refuse_after_startup(gw, client, refusal).await
+}
+
+/// Refuses a login while the gateway drains, as Postgres refuses one while
+/// it shuts down (57P03), after TLS and the startup message, and passes a
+/// cancel request on: sessions still open may need one. Bounded as a login
+/// is, by its slot, or past the login caps as a refusal past them is.
+async fn refuse_while_draining(gw: &Gateway, client: &mut Client) -> Ended {
+    let refusal = Ended::fatal(
+        sqlstate::CANNOT_CONNECT_NOW,
+        "the gateway is shutting down: connect again to reach another gateway",
+    );
+    match gw.start_login(client.peer.ip()) {
+        Ok(_slot) => refuse_after_startup(gw, client, refusal).await,
+        Err(_) => {
+            let Some(_refusing) = gw.start_refusal() else { return refusal };
+            refuse_after_startup(gw, client, refusal).await
+        }
+    }
 }
 
 /// Refuses a login with `refusal`, sent after TLS and the startup message,
