@@ -494,6 +494,43 @@ async fn a_draining_gateway_lets_its_sessions_finish_and_refuses_new_ones() {
     let log = std::fs::read_to_string(&gateway.log).unwrap();
     assert!(log.contains("draining over: ending the sessions still open"), "{log}");
     assert!(members_of(&admin, &template).await.is_empty(), "the session's role outlived the stop");
+
+    // A revocation during a drain ends the session as at any time, and the
+    // gateway, with no client left, stops then, long before its drain runs out.
+    let env = [("AIRLOCK_WORKER__DRAIN_TIMEOUT", "5m".to_owned()), ("AIRLOCK_STOP_TIMEOUT", "10m".to_owned())];
+    let (mut gateway, pg, health) = cluster.gateway("gateway-3", &worker_id, &env).await;
+    let (client, _) = first_session(pg, &token, target.name()).await;
+    signal(&gateway, "TERM");
+    eventually(Duration::from_secs(10), "the gateway to report itself not ready", || async {
+        reqwest::get(format!("http://{health}/readyz")).await.is_ok_and(|r| r.status().as_u16() == 503)
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let grants: Value = http
+        .get(format!("{}/v1/grants", cluster.url))
+        .bearer_auth(&cluster.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grant = grants[0]["id"].as_str().unwrap().to_owned();
+    let revoked = http
+        .post(format!("{}/v1/grants/{grant}/revoke", cluster.url))
+        .bearer_auth(&cluster.admin_token)
+        .json(&serde_json::json!({"reason": "incident"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    eventually(Duration::from_secs(5), "the revoked session to end", || async {
+        client.simple_query("SELECT 1").await.is_err()
+    })
+    .await;
+    let exited = wait_exit(&mut gateway, Duration::from_secs(30)).await;
+    assert!(exited.success(), "{exited:?}");
+    assert!(members_of(&admin, &template).await.is_empty(), "the session's role outlived the stop");
 }
 
 /// The roles that are members of `template`: its sessions' roles.
