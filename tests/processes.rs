@@ -346,15 +346,7 @@ async fn sessions_while_the_control_plane_is_down_reach_the_log_once_it_is_back(
             .all(|role| all.iter().any(|s| s["target_role"] == role.as_str() && s["outcome"] == "completed"))
     })
     .await;
-    let page: Value = http
-        .get(format!("{url}/v1/events?from_seq=1&limit=1000"))
-        .bearer_auth(&admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = cluster.get("/v1/events?from_seq=1&limit=1000").await;
     let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "session_opened").count(), 2, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "session_closed").count(), 2, "{kinds:?}");
@@ -505,18 +497,9 @@ async fn a_draining_gateway_lets_its_sessions_finish_and_refuses_new_ones() {
         reqwest::get(format!("http://{health}/readyz")).await.is_ok_and(|r| r.status().as_u16() == 503)
     })
     .await;
-    let http = reqwest::Client::new();
-    let grants: Value = http
-        .get(format!("{}/v1/grants", cluster.url))
-        .bearer_auth(&cluster.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grants = cluster.get("/v1/grants").await;
     let grant = grants[0]["id"].as_str().unwrap().to_owned();
-    let revoked = http
+    let revoked = reqwest::Client::new()
         .post(format!("{}/v1/grants/{grant}/revoke", cluster.url))
         .bearer_auth(&cluster.admin_token)
         .json(&serde_json::json!({"reason": "incident"}))
@@ -603,6 +586,13 @@ impl Cluster {
         wait_ready(&format!("{url}/readyz")).await;
         let admin_token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_owned();
         Cluster { control_plane, url, grpc, admin_token, common, cp_args, cp_env, _stream: stream, dir }
+    }
+
+    /// What the REST API answers to a GET of `path` with the admin token.
+    async fn get(&self, path: &str) -> Value {
+        let response =
+            reqwest::Client::new().get(format!("{}{path}", self.url)).bearer_auth(&self.admin_token).send().await;
+        response.unwrap().json().await.unwrap()
     }
 
     /// Starts the control plane again on the same database, after a kill.
