@@ -650,10 +650,11 @@ impl Gateway {
 
     /// The first part of the worker's stop, when `GatewayOptions::drain` is
     /// set: refuses new logins from now on and waits, at most that long, for
-    /// the live sessions to end of their own accord (their clients done);
-    /// the stop then ends the rest. Cancel requests are still passed on, and
-    /// revocation and expiry still end sessions meanwhile. A login under way
-    /// when the drain begins goes on, and its session is waited for.
+    /// the clients being served (`under_way`) to be done, their sessions
+    /// ended of their own accord; the stop then ends the rest. Cancel
+    /// requests are still passed on, and revocation and expiry still end
+    /// sessions meanwhile. A login under way when the drain begins goes on,
+    /// and its session is waited for.
     pub async fn drain(&self) {
         let Some(within) = self.options.drain else { return };
         self.counts.draining.store(true, Ordering::SeqCst);
