@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use airlock_data_plane::postgres::hook::{SessionContext, Statement, StatementHook, Verdict};
 use airlock_testkit::eventually;
 use serde_json::{Value, json};
 use support::wire::{
@@ -1563,20 +1564,16 @@ struct SlowStart {
     pause: FirstCallHeld,
 }
 
-impl airlock_data_plane::postgres::hook::StatementHook for SlowStart {
-    fn check(
-        &self,
-        _session: &airlock_data_plane::postgres::hook::SessionContext,
-        _statement: airlock_data_plane::postgres::hook::Statement<'_>,
-    ) -> airlock_data_plane::postgres::hook::Verdict {
-        airlock_data_plane::postgres::hook::Verdict::Allow
+impl StatementHook for SlowStart {
+    fn check(&self, _session: &SessionContext, _statement: Statement<'_>) -> Verdict {
+        Verdict::Allow
     }
 
-    fn masks(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
+    fn masks(&self, _session: &SessionContext) -> bool {
         self.masks.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn wants_catalog(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
+    fn wants_catalog(&self, _session: &SessionContext) -> bool {
         self.pause.hold();
         false
     }
@@ -1615,16 +1612,12 @@ async fn a_change_of_rules_while_a_session_starts_is_not_missed() {
 /// window a slow target opens while it makes the role.
 struct SlowLogin(FirstCallHeld);
 
-impl airlock_data_plane::postgres::hook::StatementHook for SlowLogin {
-    fn check(
-        &self,
-        _session: &airlock_data_plane::postgres::hook::SessionContext,
-        _statement: airlock_data_plane::postgres::hook::Statement<'_>,
-    ) -> airlock_data_plane::postgres::hook::Verdict {
-        airlock_data_plane::postgres::hook::Verdict::Allow
+impl StatementHook for SlowLogin {
+    fn check(&self, _session: &SessionContext, _statement: Statement<'_>) -> Verdict {
+        Verdict::Allow
     }
 
-    fn inspects(&self, _session: &airlock_data_plane::postgres::hook::SessionContext) -> bool {
+    fn inspects(&self, _session: &SessionContext) -> bool {
         self.0.hold();
         false
     }
